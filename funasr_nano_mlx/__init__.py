@@ -1,0 +1,5 @@
+"""Fun-ASR-Nano on MLX."""
+
+from .transcribe import Transcription, load, transcribe
+
+__all__ = ["load", "transcribe", "Transcription"]

@@ -1,0 +1,76 @@
+"""The `funasr-nano-mlx` command: each subcommand is a thin layer over one library call."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from .errors import UserError
+
+
+def user_errors(command):
+    """Problems the user can fix: one line on stderr, exit status 2, no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="funasr-nano-mlx")
+def main():
+    """Fun-ASR-Nano speech recognition on MLX: convert, quantize, evaluate, publish, transcribe."""
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--dtype", type=click.Choice(["bfloat16", "float32"]), default="bfloat16", show_default=True,
+              help="Weight dtype of the converted model (float16 is refused: Qwen3 overflows in it).")
+@user_errors
+def convert(src, dst, dtype):
+    """Convert an upstream checkpoint to MLX.
+
+    SRC is a directory laid out like the upstream repo (model.pt, config.yaml, Qwen3-0.6B/) or a hub
+    repo id such as FunAudioLLM/Fun-ASR-Nano-2512. DST must not exist; it appears only when complete.
+    """
+    from .convert import convert as run_convert
+
+    click.echo(run_convert(src, dst, dtype=dtype))
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("audio", nargs=-1, required=True, type=click.Path())
+@click.option("--language", default=None,
+              help="Language of the speech: an ISO code (zh, en, ja, yue, ...) or the model's own name "
+                   "(中文, 英文, 日文, ...). Default: none given, the model decides ('auto').")
+@click.option("--hotword", "hotwords", multiple=True, help="A word or phrase to favour; repeat for several.")
+@click.option("--no-itn", is_flag=True, help="Ask for unnormalized text (no inverse text normalization).")
+@click.option("--max-new-tokens", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Stop decoding after this many tokens.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: one line per file; json: one JSON object per file with audio, text, token_ids, timings.")
+@user_errors
+def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt):
+    """Transcribe AUDIO files (wav, flac, mp3, ogg; any rate, mono or stereo) with a converted MODEL."""
+    from .transcribe import load, resolve_language, transcribe as run_transcribe
+
+    resolve_language(language)  # reject a bad language before the model loads
+    loaded, tokenizer = load(model)
+    for path in audio:
+        result = run_transcribe(loaded, tokenizer, path, language=language, hotwords=hotwords,
+                                itn=not no_itn, max_new_tokens=max_new_tokens)
+        if fmt == "json":
+            click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+        else:
+            click.echo(result.text.strip())

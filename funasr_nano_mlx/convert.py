@@ -1,0 +1,189 @@
+"""Upstream PyTorch checkpoint (model.pt + config.yaml + Qwen3-0.6B/) -> MLX model directory.
+
+torch is needed only here, to read model.pt; it is imported lazily so inference never needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+import mlx.core as mx
+import yaml
+from mlx.utils import tree_flatten
+from mlx_lm.utils import save_config, save_model
+from tqdm import tqdm
+
+from .errors import UserError
+from .model import CTC_PREFIXES, AdaptorArgs, FunASRNano, ModelArgs
+from .transcribe import MODEL_TYPE, TOKENIZER_DIR
+
+CHECKPOINT = "model.pt"
+UPSTREAM_FILES = [CHECKPOINT, "config.yaml", "configuration.json", f"{TOKENIZER_DIR}/*"]
+CHECKPOINT_WRAPPERS = ("state_dict", "model_state_dict", "model")  # unwrapped in this order, as upstream
+DTYPES = {"bfloat16": mx.bfloat16, "float32": mx.float32}
+TIED_HEAD, EMBEDDINGS = "llm.lm_head.weight", "llm.model.embed_tokens.weight"
+MAX_KEYS_IN_MESSAGE = 8
+
+
+def download(repo_id: str, revision: str | None = None, local_dir: Path | None = None) -> Path:
+    """Fetch what conversion needs from a hub repo (honours HF_ENDPOINT and the HF token)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=UPSTREAM_FILES, local_dir=local_dir))
+    except (RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError, OSError) as err:
+        raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {err}") from None
+
+
+def resolve_source(src: str | Path) -> Path:
+    path = Path(src)
+    if path.exists():
+        return path
+    if isinstance(src, str) and src.count("/") == 1 and not src.startswith((".", "/")):
+        return download(src)
+    raise UserError(f"source not found: {src} (a local upstream directory or a hub repo id ORG/NAME)")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_upstream_config(src: Path) -> dict:
+    """Build our config.json from config.yaml (encoder, adaptor, frontend) and Qwen3-0.6B/config.json."""
+    for name in ("config.yaml", f"{TOKENIZER_DIR}/config.json", CHECKPOINT):
+        if not (src / name).is_file():
+            raise UserError(f"{src} is not an upstream Fun-ASR-Nano directory: {name} is missing")
+    try:
+        upstream = yaml.safe_load((src / "config.yaml").read_text())
+        text_config = json.loads((src / TOKENIZER_DIR / "config.json").read_text())
+    except (yaml.YAMLError, ValueError) as err:
+        raise UserError(f"cannot parse the configuration in {src}: {err}") from None
+    if upstream.get("model") != "FunASRNano":
+        raise UserError(f"{src}/config.yaml describes model {upstream.get('model')!r}, not FunASRNano")
+    frontend = upstream.get("frontend_conf", {})
+    adaptor = dict(upstream.get("audio_adaptor_conf", {}))
+    # As the reference does at build time ([F] fun_asr_nano/model.py:138-142): widths come from the
+    # encoder output and the LLM embeddings, not from the adaptor's own config entries.
+    adaptor["encoder_dim"] = upstream["audio_encoder_conf"]["output_size"]
+    adaptor["llm_dim"] = text_config["hidden_size"]
+    return {
+        "model_type": MODEL_TYPE,
+        "input_size": frontend.get("n_mels", 80) * frontend.get("lfr_m", 7),
+        "frontend_conf": frontend,
+        "audio_encoder_conf": upstream["audio_encoder_conf"],
+        "audio_adaptor_conf": {k: adaptor[k] for k in vars(AdaptorArgs()) if k in adaptor},
+        "text_config": text_config,
+        "qwen_tokenizer_path": TOKENIZER_DIR,
+        "default_max_tokens": 512,
+    }
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Tensors of model.pt, memory-mapped, without running pickled code."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
+        raise UserError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {err}") from None
+    for wrapper in CHECKPOINT_WRAPPERS:
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def to_mlx(tensor, dtype: mx.Dtype) -> mx.array:
+    import torch
+
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: widen exactly, then narrow in MLX
+        tensor = tensor.float()
+    return mx.array(tensor.numpy()).astype(dtype)
+
+
+def _tied(state: dict) -> bool:
+    import torch
+
+    return TIED_HEAD not in state or torch.equal(state[TIED_HEAD], state[EMBEDDINGS])
+
+
+def _listing(keys) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - MAX_KEYS_IN_MESSAGE} more" if len(keys) > MAX_KEYS_IN_MESSAGE else ""
+    return ", ".join(keys[:MAX_KEYS_IN_MESSAGE]) + more
+
+
+def check_keys(model: FunASRNano, weights: dict) -> None:
+    expected = {key for key, _ in tree_flatten(model.parameters())}
+    missing, unknown = expected - weights.keys(), weights.keys() - expected
+    if missing or unknown:
+        problems = [f"missing {_listing(missing)}" if missing else "", f"unknown {_listing(unknown)}" if unknown else ""]
+        raise UserError("checkpoint does not match the configuration: " + "; ".join(p for p in problems if p))
+
+
+@contextmanager
+def staged_output(dst: Path):
+    """Yield DST.tmp; rename it to DST only if the body completes, remove it otherwise."""
+    if dst.exists():
+        raise UserError(f"destination already exists: {dst}")
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id: str | None = None) -> Path:
+    """Convert an upstream directory (or hub repo id) to an MLX model directory at `dst`."""
+    if dtype not in DTYPES:
+        raise UserError(f"dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)} "
+                        "(Qwen3 is numerically unstable in float16)")  # fmt: skip
+    src, dst = resolve_source(src), Path(dst)
+    if dst.exists():
+        raise UserError(f"destination already exists: {dst}")
+    config = read_upstream_config(src)
+    state = read_checkpoint(src / CHECKPOINT)
+    config["text_config"]["tie_word_embeddings"] = _tied(state)
+    model = FunASRNano(ModelArgs.from_dict(config))  # parameters stay lazy: never materialized
+
+    weights = {key: to_mlx(tensor, DTYPES[dtype]) for key, tensor in tqdm(state.items(), desc="convert", unit="tensor")}
+    dropped = [k for k in weights if k.removeprefix("module.").startswith(CTC_PREFIXES)]
+    weights = model.sanitize(weights)
+    check_keys(model, weights)
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as err:  # shape mismatches, named by MLX
+        raise UserError(f"checkpoint does not match the configuration: {err}") from None
+    del weights, state
+
+    config["conversion"] = {
+        "source": source_id or str(src),
+        "model_pt_sha256": sha256(src / CHECKPOINT),
+        "dtype": dtype,
+        "dropped_ctc_tensors": len(dropped),
+        "note": "CTC timestamp head left out: it does not affect transcripts" if dropped else None,
+        "package": "funasr-nano-mlx",
+        "package_version": version("funasr-nano-mlx"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    with staged_output(dst) as out:
+        save_model(out, model, donate_model=True)
+        save_config(config, out / "config.json")
+        shutil.copytree(src / TOKENIZER_DIR, out / TOKENIZER_DIR, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    return dst

@@ -1,0 +1,295 @@
+"""Fun-ASR-Nano in MLX: SenseVoice SAN-M encoder, Transformer adaptor, Qwen3 (from mlx-lm).
+
+No I/O here. Module names follow the upstream checkpoint keys (`audio_encoder.*`, `audio_adaptor.*`,
+`llm.*`), so converted weights load with `load_weights(strict=True)`. References of the form
+`[F] path:line` point into the official funasr 1.4.16 package (see FUN_ASR_NANO_SPEC.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models import qwen3
+
+ENCODER_LN_EPS = 1e-5  # SenseVoice LayerNorm default, [F] models/sense_voice/model.py:300
+ADAPTOR_LN_EPS = 1e-12  # funasr transformer LayerNorm, [F] models/transformer/layer_norm.py:24
+PE_MAX_TIMESCALE = 10000.0
+# Upstream copies that carry the CTC timestamp head; it does not affect the LLM text, so it is dropped.
+CTC_PREFIXES = ("ctc_decoder.", "ctc.")
+
+
+def _from_dict(cls, params: dict, aliases: dict[str, str] | None = None):
+    """Lenient dataclass construction: upstream spellings via `aliases`, unknown keys ignored."""
+    params = dict(params)
+    for upstream, ours in (aliases or {}).items():
+        if upstream in params:
+            params.setdefault(ours, params.pop(upstream))
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in params.items() if k in known})
+
+
+@dataclass
+class EncoderArgs:
+    """`audio_encoder_conf` of config.yaml (SenseVoiceEncoderSmall)."""
+
+    output_size: int = 512
+    attention_heads: int = 4
+    linear_units: int = 2048
+    num_blocks: int = 50  # encoders0 (1 layer) + encoders (num_blocks - 1 layers)
+    tp_blocks: int = 20
+    kernel_size: int = 11
+    sanm_shift: int = 0
+
+    @classmethod
+    def from_dict(cls, params: dict) -> "EncoderArgs":
+        return _from_dict(cls, params, {"sanm_shfit": "sanm_shift"})  # upstream typo
+
+
+@dataclass
+class AdaptorArgs:
+    """`audio_adaptor_conf` of config.yaml (llm_asr Transformer adaptor)."""
+
+    downsample_rate: int = 1
+    use_low_frame_rate: bool = True
+    ffn_dim: int = 2048  # width of linear1/linear2; the blocks' FFN is llm_dim // 4 whatever this says
+    llm_dim: int = 1024
+    encoder_dim: int = 512
+    n_layer: int = 2
+    attention_heads: int = 8
+
+    @classmethod
+    def from_dict(cls, params: dict) -> "AdaptorArgs":
+        return _from_dict(cls, params)
+
+
+@dataclass
+class FrontendArgs:
+    """`frontend_conf` of config.yaml; the values the frontend in audio.py implements."""
+
+    fs: int = 16000
+    window: str = "hamming"
+    n_mels: int = 80
+    frame_length: int = 25
+    frame_shift: int = 10
+    lfr_m: int = 7
+    lfr_n: int = 6
+    cmvn_file: str | None = None
+
+    @classmethod
+    def from_dict(cls, params: dict) -> "FrontendArgs":
+        return _from_dict(cls, params)
+
+
+@dataclass
+class ModelArgs:
+    """The whole of config.json (mlx-audio's `fun_asr_nano` layout)."""
+
+    model_type: str = "fun_asr_nano"
+    input_size: int = 560  # n_mels * lfr_m
+    frontend_conf: FrontendArgs = field(default_factory=FrontendArgs)
+    audio_encoder_conf: EncoderArgs = field(default_factory=EncoderArgs)
+    audio_adaptor_conf: AdaptorArgs = field(default_factory=AdaptorArgs)
+    text_config: dict = field(default_factory=dict)  # Qwen3-0.6B/config.json
+
+    @classmethod
+    def from_dict(cls, params: dict) -> "ModelArgs":
+        args = _from_dict(cls, params)
+        args.frontend_conf = FrontendArgs.from_dict(params.get("frontend_conf", {}))
+        args.audio_encoder_conf = EncoderArgs.from_dict(params.get("audio_encoder_conf", {}))
+        args.audio_adaptor_conf = AdaptorArgs.from_dict(params.get("audio_adaptor_conf", {}))
+        return args
+
+    def llm_args(self) -> qwen3.ModelArgs:
+        return qwen3.ModelArgs.from_dict(self.text_config)
+
+
+def sinusoidal_position_encoding(length: int, depth: int) -> mx.array:
+    """SenseVoice's PE: positions 1..length, depth = the input width (560), [sin | cos] halves, fp32."""
+    increment = math.log(PE_MAX_TIMESCALE) / (depth / 2 - 1)
+    inv_timescales = mx.exp(mx.arange(depth // 2, dtype=mx.float32) * -increment)
+    scaled_time = mx.arange(1, length + 1, dtype=mx.float32)[:, None] * inv_timescales[None, :]
+    return mx.concatenate([mx.sin(scaled_time), mx.cos(scaled_time)], axis=-1)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dims: int, hidden: int):
+        super().__init__()
+        self.w_1 = nn.Linear(dims, hidden)
+        self.w_2 = nn.Linear(hidden, dims)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.w_2(nn.relu(self.w_1(x)))
+
+
+class SANMAttention(nn.Module):
+    """Multi-head self-attention plus an FSMN memory block over v ([F] sense_voice/model.py:99-258)."""
+
+    def __init__(self, in_dims: int, dims: int, heads: int, kernel_size: int, sanm_shift: int):
+        super().__init__()
+        self.heads = heads
+        self.linear_q_k_v = nn.Linear(in_dims, 3 * dims)
+        self.linear_out = nn.Linear(dims, dims)
+        # Depthwise conv, weight (C, K, 1) in MLX layout; no bias.
+        self.fsmn_block = nn.Conv1d(dims, dims, kernel_size, groups=dims, bias=False)
+        self.left_pad = (kernel_size - 1) // 2 + sanm_shift
+        self.right_pad = kernel_size - 1 - self.left_pad
+
+    def fsmn(self, v: mx.array) -> mx.array:
+        padded = mx.pad(v, [(0, 0), (self.left_pad, self.right_pad), (0, 0)])
+        return self.fsmn_block(padded) + v
+
+    def __call__(self, x: mx.array) -> mx.array:
+        batch, length, _ = x.shape
+        q, k, v = mx.split(self.linear_q_k_v(x), 3, axis=-1)
+        memory = self.fsmn(v)
+        q, k, v = (t.reshape(batch, length, self.heads, -1).transpose(0, 2, 1, 3) for t in (q, k, v))
+        # SAN-M scales q before the q @ k^T product (the adaptor scales after it).
+        q = q * (q.shape[-1] ** -0.5)
+        context = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0)
+        context = context.transpose(0, 2, 1, 3).reshape(batch, length, -1)
+        return self.linear_out(context) + memory
+
+
+class SANMEncoderLayer(nn.Module):
+    def __init__(self, in_dims: int, args: EncoderArgs):
+        super().__init__()
+        dims = args.output_size
+        self.self_attn = SANMAttention(in_dims, dims, args.attention_heads, args.kernel_size, args.sanm_shift)
+        self.feed_forward = FeedForward(dims, args.linear_units)
+        self.norm1 = nn.LayerNorm(in_dims, eps=ENCODER_LN_EPS)
+        self.norm2 = nn.LayerNorm(dims, eps=ENCODER_LN_EPS)
+        # encoders0 changes width (560 -> 512), so it has no attention residual.
+        self.attention_residual = in_dims == dims
+
+    def __call__(self, x: mx.array) -> mx.array:
+        attended = self.self_attn(self.norm1(x))
+        x = x + attended if self.attention_residual else attended
+        return x + self.feed_forward(self.norm2(x))
+
+
+class SenseVoiceEncoder(nn.Module):
+    """SenseVoiceEncoderSmall ([F] sense_voice/model.py:488-655), B=1 inference without masks."""
+
+    def __init__(self, input_size: int, args: EncoderArgs):
+        super().__init__()
+        dims = args.output_size
+        self.input_scale = math.sqrt(dims)
+        self.encoders0 = [SANMEncoderLayer(input_size, args)]
+        self.encoders = [SANMEncoderLayer(dims, args) for _ in range(args.num_blocks - 1)]
+        self.after_norm = nn.LayerNorm(dims, eps=ENCODER_LN_EPS)
+        self.tp_encoders = [SANMEncoderLayer(dims, args) for _ in range(args.tp_blocks)]
+        self.tp_norm = nn.LayerNorm(dims, eps=ENCODER_LN_EPS)
+
+    def __call__(self, feats: mx.array) -> mx.array:
+        x = feats * self.input_scale
+        x = x + sinusoidal_position_encoding(x.shape[1], x.shape[2]).astype(x.dtype)
+        for layer in self.encoders0 + self.encoders:
+            x = layer(x)
+        x = self.after_norm(x)
+        for layer in self.tp_encoders:
+            x = layer(x)
+        return self.tp_norm(x)
+
+
+class AdaptorAttention(nn.Module):
+    """funasr transformer MultiHeadedAttention ([F] models/transformer/attention.py:21-120)."""
+
+    def __init__(self, dims: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.linear_q = nn.Linear(dims, dims)
+        self.linear_k = nn.Linear(dims, dims)
+        self.linear_v = nn.Linear(dims, dims)
+        self.linear_out = nn.Linear(dims, dims)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        batch, length, _ = x.shape
+        q, k, v = (
+            proj(x).reshape(batch, length, self.heads, -1).transpose(0, 2, 1, 3)
+            for proj in (self.linear_q, self.linear_k, self.linear_v)
+        )
+        # Scaled after the product, as the reference does: scores = q @ k^T / sqrt(d_k).
+        scores = (q @ k.transpose(0, 1, 3, 2)) * (q.shape[-1] ** -0.5)
+        context = mx.softmax(scores, axis=-1, precise=True) @ v
+        return self.linear_out(context.transpose(0, 2, 1, 3).reshape(batch, length, -1))
+
+
+class AdaptorBlock(nn.Module):
+    def __init__(self, dims: int, heads: int):
+        super().__init__()
+        self.self_attn = AdaptorAttention(dims, heads)
+        self.feed_forward = FeedForward(dims, dims // 4)  # hard-coded llm_dim // 4 upstream
+        self.norm1 = nn.LayerNorm(dims, eps=ADAPTOR_LN_EPS)
+        self.norm2 = nn.LayerNorm(dims, eps=ADAPTOR_LN_EPS)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x = x + self.self_attn(self.norm1(x))
+        return x + self.feed_forward(self.norm2(x))
+
+
+class AudioAdaptor(nn.Module):
+    """llm_asr Transformer adaptor ([F] models/llm_asr/adaptor.py:125-202)."""
+
+    def __init__(self, args: AdaptorArgs):
+        super().__init__()
+        self.stride = args.downsample_rate
+        self.linear1 = nn.Linear(args.encoder_dim * args.downsample_rate, args.ffn_dim)
+        self.linear2 = nn.Linear(args.ffn_dim, args.llm_dim)
+        self.blocks = [AdaptorBlock(args.llm_dim, args.attention_heads) for _ in range(args.n_layer)]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        batch, length, dims = x.shape
+        chunks = -(-length // self.stride)
+        x = mx.pad(x, [(0, 0), (0, chunks * self.stride - length), (0, 0)])
+        x = self.linear2(nn.relu(self.linear1(x.reshape(batch, chunks, dims * self.stride))))
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class FunASRNano(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.audio_encoder = SenseVoiceEncoder(args.input_size, args.audio_encoder_conf)
+        self.audio_adaptor = AudioAdaptor(args.audio_adaptor_conf)
+        self.llm = qwen3.Model(args.llm_args())
+
+    def encode(self, feats: mx.array) -> mx.array:
+        """LFR features (B, T, 560) -> adaptor output (B, T, llm_dim), all frames."""
+        return self.audio_adaptor(self.audio_encoder(feats))
+
+    def num_audio_tokens(self, num_lfr_frames: int) -> int:
+        """How many adaptor frames the prompt takes ([F] fun_asr_nano/model.py:569-574).
+
+        With use_low_frame_rate the reference reserves the output length of three stride-2
+        convolutions, ceil(T / 8), and copies only the first that many adaptor frames.
+        """
+        if not self.args.audio_adaptor_conf.use_low_frame_rate:
+            return num_lfr_frames
+        length = 1 + (num_lfr_frames - 3 + 2) // 2
+        length = 1 + (length - 3 + 2) // 2
+        return (length - 1) // 2 + 1
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """Every fix from upstream keys/layouts to this module, idempotent.
+
+        - FSMN conv weights: PyTorch (C, 1, K) -> MLX (C, K, 1).
+        - `llm.lm_head.weight` is dropped when the LLM ties it to the embeddings.
+        - CTC-head tensors (timestamps only, absent from the HF copy) are dropped.
+        - A DDP `module.` prefix is removed, as the reference's loader does.
+        """
+        tied = self.args.llm_args().tie_word_embeddings
+        out = {}
+        for key, value in weights.items():
+            key = key.removeprefix("module.")
+            if key.startswith(CTC_PREFIXES) or (tied and key == "llm.lm_head.weight"):
+                continue
+            if key.endswith("fsmn_block.weight") and value.ndim == 3 and value.shape[1] == 1:
+                value = value.transpose(0, 2, 1)
+            out[key] = value
+        return out
+

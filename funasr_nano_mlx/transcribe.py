@@ -1,0 +1,209 @@
+"""Load a converted model and transcribe audio with it, as the official `FunASRNano.inference` does.
+
+The prompt strings below are the reference's, byte for byte ([F] models/fun_asr_nano/model.py:725-769
+and data_load_speech :464-624). The audio frames replace the `<|startofspeech|>...<|endofspeech|>`
+span entirely, so those marker tokens never reach the LLM.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.generate import generate_step
+from mlx_lm.tokenizer_utils import TokenizerWrapper
+from mlx_lm.utils import load_model, load_tokenizer
+
+from .audio import features, load_audio
+from .errors import UserError
+from .model import FunASRNano, ModelArgs
+
+MODEL_TYPE = "fun_asr_nano"
+TOKENIZER_DIR = "Qwen3-0.6B"
+DEFAULT_MAX_NEW_TOKENS = 512  # the reference's max_length
+SYSTEM_PROMPT = "You are a helpful assistant."
+HOTWORD_PREAMBLE = (
+    "请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n**上下文信息：**\n\n\n"
+)
+END_OF_TEXT = "<|endoftext|>"  # also a stop token, as Qwen3 may end a turn with it
+
+# Language names the models were trained with (Fun-ASR-Nano: 中文/英文/日文; the MLT sibling: all 31),
+# keyed by ISO 639 code so that `--language ja` and `--language 日文` mean the same.
+LANGUAGES = {
+    "zh": "中文", "en": "英文", "ja": "日文", "yue": "粤语", "ko": "韩文", "vi": "越南语", "id": "印尼语",
+    "th": "泰语", "ms": "马来语", "fil": "菲律宾语", "ar": "阿拉伯语", "hi": "印地语", "bg": "保加利亚语",
+    "hr": "克罗地亚语", "cs": "捷克语", "da": "丹麦语", "nl": "荷兰语", "et": "爱沙尼亚语", "fi": "芬兰语",
+    "el": "希腊语", "hu": "匈牙利语", "ga": "爱尔兰语", "lv": "拉脱维亚语", "lt": "立陶宛语", "mt": "马耳他语",
+    "pl": "波兰语", "pt": "葡萄牙语", "ro": "罗马尼亚语", "sk": "斯洛伐克语", "sl": "斯洛文尼亚语", "sv": "瑞典语",
+}  # fmt: skip
+AUTO_LANGUAGE = "auto"
+
+
+def resolve_language(language: str | None) -> str | None:
+    """ISO code or reference name -> the reference name; None/'auto' -> None (no language in prompt)."""
+    if language is None or language.strip().lower() in ("", AUTO_LANGUAGE):
+        return None
+    if language in LANGUAGES.values():
+        return language
+    code = language.strip().lower()
+    if code in LANGUAGES:
+        return LANGUAGES[code]
+    known = ", ".join(f"{code} ({name})" for code, name in LANGUAGES.items())
+    raise UserError(f"unknown language {language!r}; use 'auto' or one of: {known}")
+
+
+def instruction(language: str | None = None, hotwords: Sequence[str] = (), itn: bool = True) -> str:
+    """The user instruction exactly as the reference's get_prompt builds it."""
+    text = ""
+    if hotwords:
+        text = HOTWORD_PREAMBLE + f"热词列表：[{', '.join(hotwords)}]\n"
+    name = resolve_language(language)
+    text += "语音转写" if name is None else f"语音转写成{name}"
+    if not itn:
+        text += "，不进行文本规整"
+    return text + "："
+
+
+def prompt_around_audio(language=None, hotwords: Sequence[str] = (), itn: bool = True) -> tuple[str, str]:
+    """ChatML text before and after the audio frames (system prompt on, no <think> block)."""
+    before = (
+        f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
+        f"<|im_start|>user\n{instruction(language, hotwords, itn)}"
+    )
+    return before, "<|im_end|>\n<|im_start|>assistant\n"
+
+
+def postprocess(text: str) -> str:
+    """The reference's clean-up: '/sil' markers and runs of whitespace become one space (no strip)."""
+    return re.sub(r"\s+", " ", text.replace("/sil", " "))
+
+
+@dataclass
+class Transcription:
+    audio: str
+    text: str
+    token_ids: list[int]  # generated ids, without the stop token
+    hit_token_limit: bool  # True when decoding stopped at max_new_tokens, not at a stop token
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    def to_dict(self) -> dict:
+        return {
+            "audio": self.audio,
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "hit_token_limit": self.hit_token_limit,
+            "timings": self.timings,
+        }
+
+
+def _read_config(path: Path) -> dict:
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        config = {}
+    if config.get("model_type") != MODEL_TYPE or not (path / TOKENIZER_DIR).is_dir():
+        raise UserError(
+            f"{path} is not a converted Fun-ASR-Nano model (expected config.json with model_type "
+            f"{MODEL_TYPE!r} and a {TOKENIZER_DIR}/ tokenizer folder); create one with `funasr-nano-mlx convert`"
+        )
+    return config
+
+
+def stop_token_ids(config: dict, tokenizer) -> list[int]:
+    """The checkpoint's eos_token_id(s) plus <|endoftext|>."""
+    eos = config["text_config"].get("eos_token_id", [])
+    eos = [eos] if isinstance(eos, int) else list(eos)
+    end_of_text = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+    return sorted(set(eos + ([end_of_text] if end_of_text is not None else [])))
+
+
+def load(path: str | Path) -> tuple[FunASRNano, TokenizerWrapper]:
+    """Load a converted (optionally quantized) model directory: returns (model, tokenizer)."""
+    path = Path(path)
+    config = _read_config(path)
+    try:
+        model, _ = load_model(path, get_model_classes=lambda config: (FunASRNano, ModelArgs))
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(f"cannot load weights from {path}: {err}") from None
+    tokenizer = load_tokenizer(path / TOKENIZER_DIR)
+    # Exactly the reference's stop set: not the tokenizer_config's eos, which mlx-lm would add.
+    tokenizer.eos_token_ids = stop_token_ids(config, tokenizer)
+    return model, tokenizer
+
+
+def prompt_inputs(
+    model: FunASRNano, tokenizer, audio_frames: mx.array, language=None, hotwords: Sequence[str] = (), itn=True
+) -> tuple[mx.array, mx.array]:
+    """Token ids (audio positions hold 0, as in the reference) and the LLM input embeddings.
+
+    `audio_frames` is the adaptor output (T, llm_dim); only the first ceil(T/8) frames are used.
+    """
+    before, after = prompt_around_audio(language, hotwords, itn)
+    num_audio = model.num_audio_tokens(audio_frames.shape[0])
+    before_ids, after_ids = tokenizer.encode(before), tokenizer.encode(after)
+    ids = mx.array(before_ids + [0] * num_audio + after_ids)
+    embed = model.llm.model.embed_tokens
+    embeddings = mx.concatenate(
+        [
+            embed(mx.array(before_ids)),
+            audio_frames[:num_audio].astype(embed(mx.array([0])).dtype),
+            embed(mx.array(after_ids)),
+        ]
+    )
+    return ids, embeddings
+
+
+def _as_list(hotwords: Sequence[str] | str) -> list[str]:
+    # A bare string is one hotword (the reference would join it character by character).
+    return [hotwords] if isinstance(hotwords, str) else [w for w in hotwords if w]
+
+
+def transcribe(
+    model: FunASRNano,
+    tokenizer: TokenizerWrapper,
+    audio: str | Path | np.ndarray,
+    *,
+    language: str | None = None,
+    hotwords: Sequence[str] | str = (),
+    itn: bool = True,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+) -> Transcription:
+    """Greedy transcription of one file or one 16 kHz mono float array."""
+    timings = {}
+    start = time.perf_counter()
+    samples = audio if isinstance(audio, np.ndarray) else load_audio(audio)
+    feats = mx.array(features(samples))
+    timings["frontend"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    dtype = model.audio_encoder.after_norm.weight.dtype
+    frames = model.encode(feats[None].astype(dtype))[0]
+    mx.eval(frames)
+    timings["encoder"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    ids, embeddings = prompt_inputs(model, tokenizer, frames, language, _as_list(hotwords), itn)
+    token_ids, hit_limit, steps_after_first = [], max_new_tokens > 0, 0
+    steps = generate_step(ids, model.llm, max_tokens=max_new_tokens, input_embeddings=embeddings)
+    for step, (token, _) in enumerate(steps):
+        if step == 0:  # the first token comes out of the prefill
+            timings["prefill"] = time.perf_counter() - start
+            start = time.perf_counter()
+        steps_after_first = step
+        if int(token) in tokenizer.eos_token_ids:
+            hit_limit = False
+            break
+        token_ids.append(int(token))
+    timings["decode"] = time.perf_counter() - start
+    timings["decode_ms_per_token"] = 1000 * timings["decode"] / max(1, steps_after_first)
+
+    text = postprocess(tokenizer.decode(token_ids, skip_special_tokens=True))
+    name = str(audio) if not isinstance(audio, np.ndarray) else "<array>"
+    return Transcription(name, text, token_ids, hit_limit, timings)
