@@ -42,7 +42,8 @@ def load_audio(path: str | Path) -> np.ndarray:
         raise UserError(f"cannot read audio {path}: {err}") from None
     mono = samples.mean(axis=1, dtype=np.float32)
     if rate != SAMPLE_RATE:
-        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="VHQ").astype(np.float32)
+        # soxr "HQ" is what the reference applies (librosa's soxr_hq) where torchaudio is absent.
+        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
     return mono
 
 

@@ -1,0 +1,97 @@
+"""Shared fixtures: a tiny random official checkpoint, its MLX conversions, and speech clips.
+
+Everything is built at test time from the official funasr code (tests/reference.py), seeded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.speech import synthesize
+
+SAMPLE_RATE = 16000
+ENGLISH = "The quick brown fox jumps over the lazy dog while the band plays a slow song."
+MANDARIN = "今天天气很好，我们一起去公园散步，然后在湖边喝茶聊天。"
+# Durations the issue asks for: shorter than an LLM token's worth of frames, ~1 s, a typical
+# utterance, and just over the 30 s that upstream says needs segmentation.
+CLIP_SECONDS = {"0.3s": 0.3, "1s": 1.0, "7s": 7.0, "31s": 31.0}
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory) -> np.ndarray:
+    """About 10 s of English then Mandarin synthetic speech, 16 kHz mono float32."""
+    tmp = tmp_path_factory.mktemp("speech")
+    parts = [sf.read(str(synthesize(text, tmp / f"{voice}.wav", voice)), dtype="float32")[0]
+             for voice, text in (("en", ENGLISH), ("cmn", MANDARIN))]
+    return np.concatenate(parts)
+
+
+def clip(speech: np.ndarray, seconds: float) -> np.ndarray:
+    """The first `seconds` of speech, looped if needed, starting at the first voiced sample."""
+    start = int(np.argmax(np.abs(speech) > 1e-3))
+    voiced = speech[start:]
+    needed = int(round(seconds * SAMPLE_RATE))
+    return np.resize(voiced, needed).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def clips(speech) -> dict[str, np.ndarray]:
+    return {name: clip(speech, seconds) for name, seconds in CLIP_SECONDS.items()}
+
+
+@pytest.fixture(scope="session")
+def stereo_44k(tmp_path_factory, speech) -> Path:
+    """A 44.1 kHz stereo WAV (left: speech, right: speech at half level) of 7 s."""
+    import soxr
+
+    mono = soxr.resample(clip(speech, 7.0), SAMPLE_RATE, 44100)
+    path = tmp_path_factory.mktemp("stereo") / "stereo-44k.wav"
+    sf.write(str(path), np.stack([mono, 0.5 * mono], axis=1), 44100, subtype="FLOAT")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_upstream(tmp_path_factory) -> Path:
+    from tests.reference import write_upstream_dir
+
+    return write_upstream_dir(tmp_path_factory.mktemp("upstream") / "Fun-ASR-Nano-tiny", "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_upstream):
+    from tests.reference import Reference
+
+    return Reference(tiny_upstream)
+
+
+def _converted(tmp_path_factory, upstream: Path, dtype: str) -> Path:
+    from funasr_nano_mlx.convert import convert
+
+    return convert(upstream, tmp_path_factory.mktemp("mlx") / f"tiny-{dtype}", dtype=dtype)
+
+
+@pytest.fixture(scope="session")
+def tiny_f32(tmp_path_factory, tiny_upstream) -> Path:
+    return _converted(tmp_path_factory, tiny_upstream, "float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_bf16(tmp_path_factory, tiny_upstream) -> Path:
+    return _converted(tmp_path_factory, tiny_upstream, "bfloat16")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_f32):
+    from funasr_nano_mlx import load
+
+    return load(tiny_f32)
+
+
+def rel_err(ours, ref) -> float:
+    """Relative L2 error ||ours - ref|| / ||ref||, in float64."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
