@@ -84,6 +84,7 @@ def read_upstream_config(src: Path) -> dict:
         "audio_encoder_conf": upstream["audio_encoder_conf"],
         "audio_adaptor_conf": {k: adaptor[k] for k in vars(AdaptorArgs()) if k in adaptor},
         "text_config": text_config,
+        "llm_dtype": upstream.get("llm_conf", {}).get("llm_dtype", "fp32"),
         "qwen_tokenizer_path": TOKENIZER_DIR,
         "default_max_tokens": 512,
     }

@@ -93,6 +93,7 @@ class ModelArgs:
     audio_encoder_conf: EncoderArgs = field(default_factory=EncoderArgs)
     audio_adaptor_conf: AdaptorArgs = field(default_factory=AdaptorArgs)
     text_config: dict = field(default_factory=dict)  # Qwen3-0.6B/config.json
+    llm_dtype: str = "bf16"  # llm_conf.llm_dtype of config.yaml: the dtype upstream builds the LLM in
 
     @classmethod
     def from_dict(cls, params: dict) -> "ModelArgs":
@@ -250,13 +251,40 @@ class AudioAdaptor(nn.Module):
         return x
 
 
+class UpstreamRoPE(nn.Module):
+    """Qwen3's RoPE with inverse frequencies rounded to the dtype upstream builds the LLM in.
+
+    FunASRNano casts the whole LLM to llm_dtype (bf16) after building it ([F] fun_asr_nano/
+    model.py:128-129); that also rounds transformers' `inv_freq` buffer, and the later cast to fp32
+    for inference cannot restore it. The model was trained and is run upstream with these rounded
+    frequencies (e.g. 0.8046875 instead of 0.80584), so they are reproduced here.
+    """
+
+    ROUNDING = {"bf16": mx.bfloat16, "fp16": mx.float16, "fp32": mx.float32}
+
+    def __init__(self, dims: int, base: float, llm_dtype: str):
+        super().__init__()
+        self.dims = dims
+        exponents = mx.arange(0, dims, 2, dtype=mx.float32) / dims
+        inv_freq = (1.0 / mx.power(mx.array(base, mx.float32), exponents)).astype(self.ROUNDING[llm_dtype])
+        self._freqs = 1.0 / inv_freq.astype(mx.float32)  # mx.fast.rope takes periods, not inverses
+
+    def __call__(self, x: mx.array, offset: int | mx.array = 0) -> mx.array:
+        return mx.fast.rope(x, self.dims, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._freqs)
+
+
 class FunASRNano(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
         self.audio_encoder = SenseVoiceEncoder(args.input_size, args.audio_encoder_conf)
         self.audio_adaptor = AudioAdaptor(args.audio_adaptor_conf)
-        self.llm = qwen3.Model(args.llm_args())
+        llm_args = args.llm_args()
+        if llm_args.rope_scaling and llm_args.rope_scaling.get("rope_type", "default") != "default":
+            raise ValueError(f"unsupported rope_scaling for Fun-ASR-Nano: {llm_args.rope_scaling}")
+        self.llm = qwen3.Model(llm_args)
+        for layer in self.llm.layers:
+            layer.self_attn.rope = UpstreamRoPE(llm_args.head_dim, llm_args.rope_theta, args.llm_dtype)
 
     def encode(self, feats: mx.array) -> mx.array:
         """LFR features (B, T, 560) -> adaptor output (B, T, llm_dim), all frames."""

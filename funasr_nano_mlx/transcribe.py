@@ -132,6 +132,10 @@ def load(path: str | Path) -> tuple[FunASRNano, TokenizerWrapper]:
         model, _ = load_model(path, get_model_classes=lambda config: (FunASRNano, ModelArgs))
     except (FileNotFoundError, ValueError) as err:
         raise UserError(f"cannot load weights from {path}: {err}") from None
+    # The reference always runs encoder and adaptor in float32 ([F] fun_asr_nano/model.py:663-667).
+    # They run once per utterance, so this costs little; in bf16 they visibly change the tokens.
+    for audio_module in (model.audio_encoder, model.audio_adaptor):
+        audio_module.set_dtype(mx.float32)
     tokenizer = load_tokenizer(path / TOKENIZER_DIR)
     # Exactly the reference's stop set: not the tokenizer_config's eos, which mlx-lm would add.
     tokenizer.eos_token_ids = stop_token_ids(config, tokenizer)
@@ -183,8 +187,7 @@ def transcribe(
     timings["frontend"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    dtype = model.audio_encoder.after_norm.weight.dtype
-    frames = model.encode(feats[None].astype(dtype))[0]
+    frames = model.encode(feats[None])[0]
     mx.eval(frames)
     timings["encoder"] = time.perf_counter() - start
 

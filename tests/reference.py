@@ -1,10 +1,11 @@
 """Build and run the OFFICIAL FunASR-Nano PyTorch reference (funasr 1.4.16) with random weights.
 
-Test helper, not a test module. ``write_upstream_dir`` lays out a model directory the way the upstream
-hub repo stores it (``model.pt``, ``config.yaml``, ``configuration.json``, ``Qwen3-0.6B/``), with
-random weights re-drawn so that greedy decoding produces varied tokens. ``Reference`` loads such a
-directory through funasr's own loader and exposes every stage (features, encoder, adaptor, prompt,
-input embeddings, teacher-forced logits, greedy transcription) as numpy arrays.
+Test helper, not a test module. ``write_upstream_dir`` lays out a model directory the way the
+upstream hub repo stores it (``model.pt``, ``config.yaml``, ``configuration.json``,
+``Qwen3-0.6B/``), with random weights re-drawn so that greedy decoding produces varied tokens.
+``Reference`` loads such a directory through funasr's own loader and exposes every stage
+(features, encoder, adaptor, prompt, input embeddings, teacher-forced logits, greedy
+transcription) as numpy arrays.
 """
 
 from __future__ import annotations
@@ -244,7 +245,8 @@ def _meta_model(model_dir: Path) -> torch.nn.Module:
     return model
 
 
-def _draw(name: str, shape: torch.Size, gen: torch.Generator, init: dict[str, float]) -> torch.Tensor:
+def _draw(name: str, shape: torch.Size, gen: torch.Generator,
+          init: dict[str, float]) -> torch.Tensor:
     """One random fp32 tensor for parameter ``name``."""
     noise = torch.randn(shape, generator=gen, dtype=torch.float32)
     if len(shape) >= 2:
