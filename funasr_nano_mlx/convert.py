@@ -20,14 +20,13 @@ from mlx_lm.utils import save_config, save_model
 from tqdm import tqdm
 
 from .errors import UserError
-from .model import CTC_PREFIXES, AdaptorArgs, FunASRNano, ModelArgs
+from .model import CTC_PREFIXES, EMBEDDINGS, LM_HEAD, AdaptorArgs, FunASRNano, ModelArgs
 from .transcribe import MODEL_TYPE, TOKENIZER_DIR
 
 CHECKPOINT = "model.pt"
 UPSTREAM_FILES = [CHECKPOINT, "config.yaml", "configuration.json", f"{TOKENIZER_DIR}/*"]
 CHECKPOINT_WRAPPERS = ("state_dict", "model_state_dict", "model")  # unwrapped in this order, as upstream
 DTYPES = {"bfloat16": mx.bfloat16, "float32": mx.float32}
-TIED_HEAD, EMBEDDINGS = "llm.lm_head.weight", "llm.model.embed_tokens.weight"
 MAX_KEYS_IN_MESSAGE = 8
 
 
@@ -114,10 +113,12 @@ def to_mlx(tensor, dtype: mx.Dtype) -> mx.array:
     return mx.array(tensor.numpy()).astype(dtype)
 
 
-def _tied(state: dict) -> bool:
+def _head_differs(state: dict, text_config: dict) -> bool:
+    """A tied config with a stored head that is not the embeddings (sanitize keeps the head's values)."""
     import torch
 
-    return TIED_HEAD not in state or torch.equal(state[TIED_HEAD], state[EMBEDDINGS])
+    tied = text_config.get("tie_word_embeddings", True)
+    return tied and LM_HEAD in state and not torch.equal(state[LM_HEAD], state[EMBEDDINGS])
 
 
 def _listing(keys) -> str:
@@ -160,7 +161,7 @@ def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id
         raise UserError(f"destination already exists: {dst}")
     config = read_upstream_config(src)
     state = read_checkpoint(src / CHECKPOINT)
-    config["text_config"]["tie_word_embeddings"] = _tied(state)
+    head_differs = _head_differs(state, config["text_config"])
     model = FunASRNano(ModelArgs.from_dict(config))  # parameters stay lazy: never materialized
 
     weights = {key: to_mlx(tensor, DTYPES[dtype]) for key, tensor in tqdm(state.items(), desc="convert", unit="tensor")}
@@ -178,7 +179,10 @@ def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id
         "model_pt_sha256": sha256(src / CHECKPOINT),
         "dtype": dtype,
         "dropped_ctc_tensors": len(dropped),
-        "note": "CTC timestamp head left out: it does not affect transcripts" if dropped else None,
+        "notes": [note for note, applies in (
+            ("CTC timestamp head left out: it does not affect transcripts", dropped),
+            ("lm_head differs from the embeddings under a tied config: both use lm_head, as upstream", head_differs),
+        ) if applies],  # fmt: skip
         "package": "funasr-nano-mlx",
         "package_version": version("funasr-nano-mlx"),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -19,6 +19,7 @@ ADAPTOR_LN_EPS = 1e-12  # funasr transformer LayerNorm, [F] models/transformer/l
 PE_MAX_TIMESCALE = 10000.0
 # Upstream copies that carry the CTC timestamp head; it does not affect the LLM text, so it is dropped.
 CTC_PREFIXES = ("ctc_decoder.", "ctc.")
+LM_HEAD, EMBEDDINGS = "llm.lm_head.weight", "llm.model.embed_tokens.weight"
 
 
 def _from_dict(cls, params: dict, aliases: dict[str, str] | None = None):
@@ -306,15 +307,18 @@ class FunASRNano(nn.Module):
         """Every fix from upstream keys/layouts to this module, idempotent.
 
         - FSMN conv weights: PyTorch (C, 1, K) -> MLX (C, K, 1).
-        - `llm.lm_head.weight` is dropped when the LLM ties it to the embeddings.
+        - With tied embeddings (Qwen3-0.6B's config), `llm.lm_head.weight` is folded into the
+          embeddings: upstream loads both keys into the one shared Parameter and the head, loaded
+          last, wins. The stored head equals the embeddings in the released checkpoints.
         - CTC-head tensors (timestamps only, absent from the HF copy) are dropped.
         - A DDP `module.` prefix is removed, as the reference's loader does.
         """
-        tied = self.args.llm_args().tie_word_embeddings
+        weights = {key.removeprefix("module."): value for key, value in weights.items()}
+        if self.args.llm_args().tie_word_embeddings and LM_HEAD in weights:
+            weights[EMBEDDINGS] = weights.pop(LM_HEAD)
         out = {}
         for key, value in weights.items():
-            key = key.removeprefix("module.")
-            if key.startswith(CTC_PREFIXES) or (tied and key == "llm.lm_head.weight"):
+            if key.startswith(CTC_PREFIXES):
                 continue
             if key.endswith("fsmn_block.weight") and value.ndim == 3 and value.shape[1] == 1:
                 value = value.transpose(0, 2, 1)

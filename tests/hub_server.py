@@ -1,38 +1,38 @@
-"""A small fake Hugging Face Hub for tests: stdlib only, serves the real `huggingface_hub` client.
+"""A small fake Hugging Face Hub for tests: stdlib only, driven by the real `huggingface_hub` client.
 
-Only model repositories ("namespace/name") and the branch `main` exist. Endpoints used by
-huggingface_hub 1.33 (client function -> requests it makes):
+Only model repositories ("namespace/name") and their branch `main` exist. What huggingface_hub 1.33
+requests for each call (all of it is served here):
 
     create_repo          POST /api/repos/create                  (409 + {"url"} when it exists)
-    whoami               GET  /api/whoami-v2                     (needs any token)
-    model_info/repo_info GET  /api/models/{repo}[/revision/{rev}]  (?blobs=True: sizes, blob ids, LFS)
-    list_repo_files      GET  /api/models/{repo}/tree/{rev}?recursive=True
+    whoami               GET  /api/whoami-v2                     (any token is valid)
+    model_info/repo_info GET  /api/models/{repo}[/revision/{rev}]  (?blobs=true: sizes, blob ids, LFS)
+    list_repo_files      GET  /api/models/{repo}/tree/{rev}?recursive=true
     list_repo_commits    GET  /api/models/{repo}/commits/{rev}
     hf_hub_download      HEAD then GET /{repo}/resolve/{rev}/{path}
-    snapshot_download    model_info (only if rev is not a 40-hex sha), tree at the sha, then
-                         hf_hub_download of each file matching allow_patterns
-    upload_folder        [POST /api/validate-yaml when README.md is uploaded]
-                         POST /api/models/{repo}/preupload/{rev}  -> "regular" or "lfs" + remote oid
-                         POST /{repo}.git/info/lfs/objects/batch  (LFS files not stored yet)
-                         PUT  /lfs-upload/{sha256}                (the "basic" transfer href)
-                         POST /api/models/{repo}/commit/{rev}     (ndjson; regular files base64)
+    snapshot_download    model_info (skipped when rev is a 40-hex sha), tree at that sha, then
+                         hf_hub_download of each file that matches allow_patterns
+    upload_folder        POST /api/validate-yaml (twice, only if README.md is uploaded)
+                         POST /api/models/{repo}/preupload/{rev}  -> "regular"/"lfs" + remote oid
+                         POST /{repo}.git/info/lfs/objects/batch  (if any LFS file; "basic" transfer)
+                         PUT  /lfs-upload/{sha256}                (only objects the server lacks)
+                         POST /api/models/{repo}/commit/{rev}     (ndjson; regular files in base64)
+                         or, when nothing changed: GET /api/models/{repo}/revision/{rev} instead
 
-Wiring: huggingface_hub reads HF_ENDPOINT, HF_HUB_DISABLE_XET, HF_HOME, ... once, at import, and
-binds module-level helpers (`huggingface_hub.upload_folder`, ...) to an `HfApi` built then, so
-patching a running interpreter is fragile. Run the client in a fresh interpreter instead, with
-`server.client_env(home)` (see `run_client`). HF_HUB_DISABLE_XET=1 is required: with hf_xet
-installed the client uploads LFS files to a Xet CAS service, which this fake does not implement.
+Wiring: huggingface_hub reads HF_ENDPOINT, HF_HUB_DISABLE_XET, HF_HOME... once, at import, and binds
+its module-level functions (`huggingface_hub.upload_folder`...) to an `HfApi` built then. So run the
+client in a fresh interpreter with `server.client_env(home)` (see `run_client`), not in the pytest
+process. HF_HUB_DISABLE_XET=1 is required: with hf_xet installed, LFS files would otherwise go to a
+Xet storage service, which this fake does not implement.
 
-Unchanged re-upload: the client skips files whose preupload "oid" (git blob sha1, or sha256 for
-LFS) equals its local one, and makes no commit at all when nothing is left. Like the real Hub,
-this server itself accepts a commit that changes nothing and records it.
+Unchanged re-upload: the client drops every file whose preupload "oid" (git blob sha1, or sha256
+for LFS) equals its own and makes no commit when nothing is left. Like the real Hub, the server
+itself would record a commit that changes nothing; the client just never sends one.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -48,38 +48,53 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 USER = "tester"
 TOKEN = "hf_fake_test_token"
-# Paths the Hub stores with git LFS (its default .gitattributes); binary or >= 10 MiB files are LFS too.
+# Suffixes the Hub's default .gitattributes stores with LFS; binary or >= 10 MiB files go to LFS too.
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npy", ".npz", ".onnx", ".gguf",
                 ".h5", ".msgpack", ".pkl", ".model", ".zip", ".tar", ".gz", ".wav", ".flac", ".mp3")
 GITATTRIBUTES = "".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n" for s in LFS_SUFFIXES).encode()
-
-
-class HubError(Exception):
-    """An error response with the X-Error-Code header that huggingface_hub maps to its exceptions."""
-
-    def __init__(self, status: int, code: str | None, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.headers = status, code, headers or {}
-
-
-def git_blob_id(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def is_lfs(path: str, size: int, sample: bytes) -> bool:
     return path.endswith(LFS_SUFFIXES) or size >= 10 * 2**20 or b"\0" in sample
 
 
+class HubError(Exception):
+    """An error answer; `code` goes to the X-Error-Code header that huggingface_hub maps to
+    RepositoryNotFoundError ("RepoNotFound"), RevisionNotFoundError, EntryNotFoundError..."""
+
+    def __init__(self, status: int, code: str | None, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.headers = status, code, headers or {}
+
+
 @dataclass(frozen=True)
 class Entry:
-    """A file in a commit: content address (sha256), size, and whether git stores it with LFS."""
+    """A file in a commit. `oid` is its git blob id (for LFS files, that of the pointer file)."""
 
     sha256: str
     size: int
-    lfs: bool
+    oid: str
+    pointer_size: int | None  # None for a regular (non-LFS) file
 
-    def pointer(self) -> bytes:
-        return f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {self.size}\n".encode()
+    @classmethod
+    def of(cls, data: bytes, lfs: bool) -> Entry:
+        sha256 = hashlib.sha256(data).hexdigest()
+        pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n"
+        blob = pointer.encode() if lfs else data
+        oid = hashlib.sha1(b"blob %d\0" % len(blob) + blob).hexdigest()
+        return cls(sha256, len(data), oid, len(blob) if lfs else None)
+
+    @property
+    def etag(self) -> str:
+        """What the client compares its local copy with: resolve's ETag and preupload's "oid"."""
+        return self.oid if self.pointer_size is None else self.sha256
+
+    def metadata(self, lfs_key: str) -> dict:
+        """Size, blob id and LFS info, as the tree (lfs_key "oid") or model_info ("sha256") lists them."""
+        meta: dict[str, Any] = {"size": self.size, "oid": self.oid}
+        if self.pointer_size is not None:
+            meta["lfs"] = {lfs_key: self.sha256, "size": self.size, "pointerSize": self.pointer_size}
+        return meta
 
 
 @dataclass
@@ -94,26 +109,24 @@ class Commit:
 class Repo:
     private: bool
     commits: list[Commit] = field(default_factory=list)  # oldest first; the last one is `main`
-    tampered: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (path, sha256) -> served bytes
+    tampered: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (path, sha256) -> bytes
 
 
 class HubServer:
-    """In-process fake Hub on 127.0.0.1. Blobs live in memory, or under `root` when given."""
+    """The fake Hub, on 127.0.0.1 in a background thread. File contents are kept by sha256 in memory,
+    or as files under `root` when given; repositories and commits always live in memory."""
 
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root is not None else None
         self.repos: dict[str, Repo] = {}
-        self.requests: list[str] = []  # "METHOD /path?query" for every request received
+        self.requests: list[str] = []  # "METHOD /path?query" of every request, in arrival order
         self._blobs: dict[str, bytes] = {}
-        self._failures: list[list] = []  # [method, substring, status, remaining]
+        self._failures: list[list] = []  # [method, path substring, status, remaining count]
         self._lock = threading.RLock()
-        self._counter = itertools.count()
         self._httpd: ThreadingHTTPServer | None = None
 
-    # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> HubServer:
-        handler = type("Handler", (_Handler,), {"hub": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"hub": self}))
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
         return self
@@ -136,7 +149,8 @@ class HubServer:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def client_env(self, home: Path, token: str | None = TOKEN) -> dict[str, str]:
-        """Environment for a subprocess whose huggingface_hub talks to this server only."""
+        """os.environ for a subprocess whose huggingface_hub talks to this server only: every HF_*
+        variable is dropped (no HF_HUB_OFFLINE, no real token), cache and token file live in `home`."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
         env.update(HF_ENDPOINT=self.url, HF_HOME=str(home), HF_HUB_DISABLE_XET="1",
                    HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
@@ -144,58 +158,59 @@ class HubServer:
             env["HF_TOKEN"] = token
         return env
 
-    # -- test helpers (server side) ----------------------------------------------------------
+    # -- helpers for tests (server side, no HTTP) ---------------------------------------------
     def seed(self, repo_id: str, files: dict[str, bytes | Path], message: str = "init") -> str:
-        """Commit `files` to `main` of `repo_id` (created, empty and public, if missing); return the sha."""
+        """Commit `files` on top of `main` of `repo_id` (created public and empty if missing, without
+        the .gitattributes commit that create_repo makes); return the new commit's sha."""
         with self._lock:
             repo = self.repos.setdefault(repo_id, Repo(private=False))
             tree = dict(repo.commits[-1].tree) if repo.commits else {}
             for path, data in files.items():
                 data = data.read_bytes() if isinstance(data, Path) else data
-                tree[path] = Entry(self._put_blob(data), len(data), is_lfs(path, len(data), data[:512]))
+                tree[path] = self._store(data, is_lfs(path, len(data), data[:512]))
             return self._commit(repo, message, tree)
 
     def commits(self, repo_id: str) -> list[str]:
-        """Commit shas of `main`, newest first (the order of `list_repo_commits`)."""
+        """The commit shas of `main`, newest first (the order of `list_repo_commits`)."""
         return [c.sha for c in reversed(self._repo(repo_id).commits)]
 
     def files(self, repo_id: str, revision: str | None = None) -> dict[str, bytes]:
-        """The bytes the server serves for each file at `revision` (default `main`), tampering included."""
+        """The bytes served for each file at `revision` (default `main`), tampering included."""
         repo = self._repo(repo_id)
         return {p: self._served(repo, p, e) for p, e in self._resolve(repo, revision or "main").tree.items()}
 
     def tamper(self, repo_id: str, path: str, data: bytes) -> None:
-        """Serve `data` for `path` from now on, while all metadata (ETag, sizes, hashes) keeps
-        describing the committed file and no commit is made. Same-length data passes the client's
-        size check, so only hash verification catches it."""
+        """From now on serve `data` for the file at `path` on `main` (at every revision holding the
+        same content), with no new commit: ETag, sizes and hashes keep describing the committed file.
+        Same-length data passes the client's size check, so only hash verification notices."""
         repo = self._repo(repo_id)
-        entry = self._resolve(repo, "main").tree[path]
         with self._lock:
-            repo.tampered[(path, entry.sha256)] = data
+            repo.tampered[(path, self._resolve(repo, "main").tree[path].sha256)] = data
 
     def fail_next(self, method: str, path_substring: str, status: int = 500, count: int = 1) -> None:
         """Answer the next `count` `method` requests whose path contains `path_substring` with `status`.
-        Note the client retries 408/429/5xx by itself on most calls, though not on POST /commit."""
+        The client retries 408/429/5xx itself (sleeping 1 s, 2 s...) on all of upload_folder's requests
+        except POST .../commit/..., so fail the commit to make an upload raise at once."""
         with self._lock:
             self._failures.append([method.upper(), path_substring, status, count])
 
-    # -- storage -----------------------------------------------------------------------------
-    def _put_blob(self, data: bytes) -> str:
-        sha = hashlib.sha256(data).hexdigest()
+    # -- storage -------------------------------------------------------------------------------
+    def _store(self, data: bytes, lfs: bool) -> Entry:
+        entry = Entry.of(data, lfs)
         with self._lock:
             if self.root is None:
-                self._blobs[sha] = data
-            elif not (self.root / sha).exists():
+                self._blobs[entry.sha256] = data
+            elif not (self.root / entry.sha256).exists():
                 self.root.mkdir(parents=True, exist_ok=True)
-                (self.root / f"{sha}.tmp").write_bytes(data)
-                (self.root / f"{sha}.tmp").replace(self.root / sha)
-        return sha
+                (self.root / f"{entry.sha256}.tmp").write_bytes(data)
+                (self.root / f"{entry.sha256}.tmp").replace(self.root / entry.sha256)
+        return entry
 
-    def _has_blob(self, sha: str) -> bool:
-        return sha in self._blobs if self.root is None else (self.root / sha).exists()
+    def _has_blob(self, sha256: str) -> bool:
+        return sha256 in self._blobs if self.root is None else (self.root / sha256).exists()
 
-    def _blob(self, sha: str) -> bytes:
-        return self._blobs[sha] if self.root is None else (self.root / sha).read_bytes()
+    def _blob(self, sha256: str) -> bytes:
+        return self._blobs[sha256] if self.root is None else (self.root / sha256).read_bytes()
 
     def _served(self, repo: Repo, path: str, entry: Entry) -> bytes:
         tampered = repo.tampered.get((path, entry.sha256))
@@ -203,11 +218,9 @@ class HubServer:
 
     def _commit(self, repo: Repo, title: str, tree: dict[str, Entry]) -> str:
         parent = repo.commits[-1].sha if repo.commits else ""
-        listing = "".join(f"{p}:{e.sha256}\n" for p, e in sorted(tree.items()))
-        seed = f"{parent}\n{title}\n{listing}{time.time_ns()}-{next(self._counter)}"
-        sha = hashlib.sha1(seed.encode()).hexdigest()
-        date = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
-        repo.commits.append(Commit(sha, title, date, tree))
+        listing = "".join(f"{p} {e.oid}\n" for p, e in sorted(tree.items()))
+        sha = hashlib.sha1(f"{parent}\n{title}\n{listing}".encode() + os.urandom(16)).hexdigest()
+        repo.commits.append(Commit(sha, title, time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), tree))
         return sha
 
     def _repo(self, repo_id: str) -> Repo:
@@ -216,18 +229,21 @@ class HubServer:
         return self.repos[repo_id]
 
     def _readable(self, repo_id: str, token: str | None) -> Repo:
-        """Like the Hub, a private repo is "not found" for anonymous callers (any token may read it)."""
+        """Like the Hub, a private repo is "not found" without a token (here any token may read it)."""
         repo = self._repo(repo_id)
         if repo.private and token is None:
             raise HubError(404, "RepoNotFound", f"Repository Not Found for {repo_id}.")
         return repo
 
+    def _writable(self, repo_id: str, token: str | None) -> Repo:
+        if token is None:
+            raise HubError(401, None, "Invalid credentials in Authorization header")
+        return self._repo(repo_id)
+
     @staticmethod
     def _resolve(repo: Repo, revision: str) -> Commit:
-        if revision == "main":
-            return repo.commits[-1]
-        for commit in repo.commits:
-            if commit.sha == revision:
+        for commit in repo.commits[-1:] if revision == "main" else repo.commits:
+            if revision in ("main", commit.sha):
                 return commit
         raise HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
 
@@ -241,7 +257,7 @@ class HubServer:
                     return rule[2]
         return None
 
-    # -- endpoints: each takes (token, query, body, **url groups) and returns (status, json|bytes, headers)
+    # -- endpoints: (token, query, body, **groups of the route) -> (status, JSON or bytes, headers) -
     def whoami(self, token, query, body):
         if token is None:
             raise HubError(401, None, "Invalid credentials in Authorization header")
@@ -255,58 +271,49 @@ class HubServer:
         repo_id = f"{payload.get('organization') or USER}/{payload['name']}"
         url = f"{self.url}/{repo_id}"
         with self._lock:
-            if repo_id in self.repos:
+            if repo_id in self._writable(repo_id, token) if repo_id in self.repos else False:
                 return 409, {"error": "You already created this model repo", "url": url}, {}
             repo = self.repos[repo_id] = Repo(private=payload.get("visibility") == "private")
-            sha = self._put_blob(GITATTRIBUTES)
-            self._commit(repo, "initial commit", {".gitattributes": Entry(sha, len(GITATTRIBUTES), False)})
+            self._commit(repo, "initial commit", {".gitattributes": self._store(GITATTRIBUTES, False)})
         return 200, {"url": url, "name": repo_id}, {}
 
     def validate_yaml(self, token, query, body):
         return 200, {"errors": [], "warnings": []}, {}
 
-    def info(self, token, query, body, repo, rev=None):
+    def info(self, token, query, body, repo, rev="main"):
         r = self._readable(repo, token)
-        commit = self._resolve(r, rev or "main")
-        siblings = []
-        for path, e in sorted(commit.tree.items()):
-            sibling = {"rfilename": path}
-            if query.get("blobs") in ("True", "true", "1"):
-                sibling.update(size=e.size, blobId=self._oid(e))
-                if e.lfs:
-                    sibling["lfs"] = {"sha256": e.sha256, "size": e.size, "pointerSize": len(e.pointer())}
-            siblings.append(sibling)
+        commit = self._resolve(r, rev)
+        siblings = [{"rfilename": path} for path in sorted(commit.tree)]
+        if query.get("blobs") in ("true", "True"):  # files_metadata=True
+            for s in siblings:
+                s.update(commit.tree[s["rfilename"]].metadata("sha256"), blobId=commit.tree[s["rfilename"]].oid)
         return 200, {"_id": repo, "id": repo, "modelId": repo, "author": repo.split("/")[0],
                      "sha": commit.sha, "lastModified": commit.date, "createdAt": r.commits[0].date,
                      "private": r.private, "gated": False, "disabled": False, "downloads": 0,
                      "likes": 0, "tags": [], "siblings": siblings}, {}
 
-    def tree(self, token, query, body, repo, rev, path=None):
+    def tree(self, token, query, body, repo, rev, path=""):
         commit = self._resolve(self._readable(repo, token), rev)
         prefix = f"{path.strip('/')}/" if path else ""
-        recursive = query.get("recursive") in ("True", "true", "1")
+        recursive = query.get("recursive") in ("true", "True")
         entries: dict[str, dict] = {}
         for p, e in sorted(commit.tree.items()):
             if not p.startswith(prefix):
                 continue
             parts = p[len(prefix):].split("/")
-            for depth in range(1, len(parts)):  # the folders between prefix and file
+            for depth in range(1, len(parts) if recursive else min(2, len(parts))):  # folders on the way
                 folder = prefix + "/".join(parts[:depth])
-                if recursive or depth == 1:
-                    entries[folder] = {"type": "directory", "path": folder, "size": 0,
-                                       "oid": hashlib.sha1(folder.encode()).hexdigest()}
+                entries[folder] = {"type": "directory", "path": folder, "size": 0,
+                                   "oid": hashlib.sha1(folder.encode()).hexdigest()}
             if recursive or len(parts) == 1:
-                entries[p] = {"type": "file", "path": p, "size": e.size, "oid": self._oid(e)}
-                if e.lfs:
-                    entries[p]["lfs"] = {"oid": e.sha256, "size": e.size, "pointerSize": len(e.pointer())}
+                entries[p] = {"type": "file", "path": p, **e.metadata("oid")}
         if path and not entries:
             raise HubError(404, "EntryNotFound", f"{path} does not exist at {commit.sha}")
         return 200, list(entries.values()), {}
 
     def list_commits(self, token, query, body, repo, rev):
         r = self._readable(repo, token)
-        head = self._resolve(r, rev)
-        history = r.commits[: r.commits.index(head) + 1]
+        history = r.commits[: r.commits.index(self._resolve(r, rev)) + 1]
         return 200, [{"id": c.sha, "title": c.title, "message": "", "date": c.date,
                       "authors": [{"user": USER}]} for c in reversed(history)], {}
 
@@ -315,8 +322,7 @@ class HubServer:
         files = []
         for f in json.loads(body)["files"]:
             mode = "lfs" if is_lfs(f["path"], f["size"], base64.b64decode(f["sample"])) else "regular"
-            entry = commit.tree.get(f["path"])
-            oid = None if entry is None else entry.sha256 if entry.lfs else self._oid(entry)
+            oid = commit.tree[f["path"]].etag if f["path"] in commit.tree else None
             files.append({"path": f["path"], "uploadMode": mode, "shouldIgnore": False, "oid": oid})
         return 200, {"files": files, "commitOid": commit.sha}, {}
 
@@ -325,71 +331,57 @@ class HubServer:
         objects = []
         for obj in json.loads(body)["objects"]:
             item = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
-            if not self._has_blob(obj["oid"]):
+            if not self._has_blob(obj["oid"]):  # no "actions": the client skips the upload
                 item["actions"] = {"upload": {"href": f"{self.url}/lfs-upload/{obj['oid']}"}}
             objects.append(item)
-        return 200, {"transfer": "basic", "objects": objects}, {"Content-Type": "application/vnd.git-lfs+json"}
+        return 200, {"transfer": "basic", "objects": objects}, {}
 
     def lfs_put(self, token, query, body, oid):
         if hashlib.sha256(body).hexdigest() != oid:
             raise HubError(400, None, f"uploaded bytes do not hash to {oid}")
-        self._put_blob(body)
+        self._store(body, True)
         return 200, b"", {}
 
     def commit(self, token, query, body, repo, rev):
         r = self._writable(repo, token)
-        lines = [json.loads(line) for line in body.splitlines() if line.strip()]
-        header = next(x["value"] for x in lines if x["key"] == "header")
+        ops = [json.loads(line) for line in body.splitlines() if line.strip()]
+        header = next(op["value"] for op in ops if op["key"] == "header")
         with self._lock:
             head = self._resolve(r, rev)
             if header.get("parentCommit") not in (None, head.sha):
                 raise HubError(412, None, "A commit has happened since. Please refresh and try again.")
             tree = dict(head.tree)
-            for op in (x for x in lines if x["key"] != "header"):
-                key, value = op["key"], op["value"]
+            for key, value in ((op["key"], op["value"]) for op in ops if op["key"] != "header"):
                 if key == "file":
-                    data = base64.b64decode(value["content"])
-                    tree[value["path"]] = Entry(self._put_blob(data), len(data), False)
+                    tree[value["path"]] = self._store(base64.b64decode(value["content"]), False)
+                elif key == "lfsFile" and self._has_blob(value["oid"]):
+                    tree[value["path"]] = Entry.of(self._blob(value["oid"]), True)
                 elif key == "lfsFile":
-                    if not self._has_blob(value["oid"]):
-                        raise HubError(422, None, f"LFS object {value['oid']} was never uploaded")
-                    tree[value["path"]] = Entry(value["oid"], value["size"], True)
-                elif key == "deletedFile":
-                    if tree.pop(value["path"], None) is None:
-                        raise HubError(404, "EntryNotFound", "A file with this name doesn't exist")
+                    raise HubError(422, None, f"LFS object {value['oid']} was never uploaded")
+                elif key == "deletedFile" and value["path"] in tree:
+                    del tree[value["path"]]
                 elif key == "deletedFolder":
-                    folder = value["path"].rstrip("/") + "/"
-                    tree = {p: e for p, e in tree.items() if not p.startswith(folder)}
+                    tree = {p: e for p, e in tree.items() if not p.startswith(value["path"].rstrip("/") + "/")}
                 else:
-                    raise HubError(400, None, f"unsupported commit operation {key}")
+                    raise HubError(404, "EntryNotFound", f"cannot apply {key} to {value.get('path')}")
             sha = self._commit(r, header["summary"], tree)
         return 200, {"success": True, "commitOid": sha, "commitUrl": f"{self.url}/{repo}/commit/{sha}"}, {}
 
     def resolve(self, token, query, body, repo, rev, path):
         r = self._readable(repo, token)
         commit = self._resolve(r, rev)
-        entry = commit.tree.get(path)
-        if entry is None:
+        if path not in commit.tree:
             raise HubError(404, "EntryNotFound", f"{path} does not exist at {commit.sha}",
                            {"X-Repo-Commit": commit.sha})
-        headers = {"X-Repo-Commit": commit.sha, "ETag": f'"{entry.sha256 if entry.lfs else self._oid(entry)}"',
-                   "Content-Type": "application/octet-stream"}
-        if entry.lfs:
+        entry = commit.tree[path]
+        headers = {"X-Repo-Commit": commit.sha, "ETag": f'"{entry.etag}"', "Content-Type": "application/octet-stream"}
+        if entry.pointer_size is not None:
             headers.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size)})
         return 200, self._served(r, path, entry), headers
 
-    def _writable(self, repo_id: str, token: str | None) -> Repo:
-        if token is None:
-            raise HubError(401, None, "Invalid credentials in Authorization header")
-        return self._repo(repo_id)
-
-    def _oid(self, entry: Entry) -> str:
-        """The git blob id: of the LFS pointer for LFS files, of the content otherwise."""
-        return git_blob_id(entry.pointer() if entry.lfs else self._blob(entry.sha256))
-
 
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
-ROUTES = [  # (methods, path regex on the still-quoted path, HubServer method name)
+ROUTES = [  # (methods, regex on the still-quoted URL path, HubServer endpoint)
     ({"GET"}, r"/api/whoami-v2", "whoami"),
     ({"POST"}, r"/api/repos/create", "create_repo"),
     ({"POST"}, r"/api/validate-yaml", "validate_yaml"),
@@ -414,21 +406,13 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        self._handle()
-
-    do_HEAD = do_POST = do_PUT = do_GET
-
-    def _read_body(self) -> bytes:
-        # huggingface_hub 1.33 sends a Content-Length with every body, LFS uploads included.
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def _handle(self) -> None:
-        body = self._read_body()
+        # huggingface_hub 1.33 sends a Content-Length with every body (never chunked), LFS uploads included.
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         hub, split = self.hub, urlsplit(self.path)
         with hub._lock:
             hub.requests.append(f"{self.command} {self.path}")
         auth = self.headers.get("Authorization", "")
-        token = auth[len("Bearer "):] if auth.startswith("Bearer ") and len(auth) > 7 else None
+        token = auth.removeprefix("Bearer ") or None if auth.startswith("Bearer ") else None
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         try:
             status = hub._injected_failure(self.command, self.path)
@@ -438,21 +422,18 @@ class _Handler(BaseHTTPRequestHandler):
                 match = re.fullmatch(pattern, split.path)
                 if match and self.command in methods:
                     groups = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
-                    self._send(*getattr(hub, name)(token, query, body, **groups))
-                    return
+                    return self._send(*getattr(hub, name)(token, query, body, **groups))
             raise HubError(404, None, f"no such endpoint: {self.command} {split.path}")
         except HubError as e:
-            headers = {"X-Error-Message": str(e), **e.headers}
-            if e.code:
-                headers["X-Error-Code"] = e.code
+            headers = {"X-Error-Message": str(e), **e.headers, **({"X-Error-Code": e.code} if e.code else {})}
             self._send(e.status, {"error": str(e)}, headers)
+
+    do_HEAD = do_POST = do_PUT = do_GET
 
     def _send(self, status: int, payload: Any, headers: dict) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
-        if not isinstance(payload, bytes):
-            self.send_header("Content-Type", "application/json")
-        for key, value in headers.items():
+        for key, value in {"Content-Type": "application/json", **headers}.items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -473,7 +454,8 @@ except Exception as e:
 
 
 class ClientError(Exception):
-    """A huggingface_hub exception raised in the client subprocess; `types` is its class's MRO names."""
+    """An exception raised by huggingface_hub in the client subprocess; `types` are its class's MRO
+    names, so `"EntryNotFoundError" in err.types` holds for RemoteEntryNotFoundError too."""
 
     def __init__(self, types: list[str], message: str):
         super().__init__(f"{types[0]}: {message}")
@@ -481,13 +463,13 @@ class ClientError(Exception):
 
 
 def run_client(env: dict[str, str], name: str, **kwargs: Any) -> Any:
-    """Call `huggingface_hub.<name>(**kwargs)` in a fresh interpreter with `env` (see
-    `HubServer.client_env`); return its result as JSON data (objects become their `vars`), or
-    raise ClientError. Arguments must be JSON-serialisable (pass paths as str)."""
+    """Call `huggingface_hub.<name>(**kwargs)` in a fresh interpreter with `env` (from
+    `HubServer.client_env`) and return its result as JSON data (objects become their `vars()`), or
+    raise ClientError. Arguments must be JSON-serialisable: pass paths as str."""
     proc = subprocess.run([sys.executable, "-c", _CLIENT, json.dumps([name, kwargs])],
                           env=env, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0 or not proc.stdout.strip():
-        raise RuntimeError(f"client crashed ({proc.returncode}):\n{proc.stderr}")
+        raise RuntimeError(f"huggingface_hub client crashed ({proc.returncode}):\n{proc.stderr}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if "error" in result:
         raise ClientError(result["error"], result["message"])

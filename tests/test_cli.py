@@ -1,0 +1,79 @@
+"""The command line: JSON output, and one clear line with exit status 2 for every user error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from funasr_nano_mlx import load, transcribe
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "funasr_nano_mlx", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def wav_1s(tmp_path_factory, clips):
+    path = tmp_path_factory.mktemp("audio") / "one-second.wav"
+    sf.write(str(path), clips["1s"], 16000)
+    return path
+
+
+def test_json_output_matches_the_python_api(tiny_f32, wav_1s, tmp_path):
+    flac = tmp_path / "same.flac"
+    sf.write(str(flac), sf.read(str(wav_1s))[0], 16000)
+    run = cli("transcribe", tiny_f32, wav_1s, flac, "--format", "json", "--language", "en",
+              "--hotword", "MLX", "--max-new-tokens", "24")
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [row["audio"] for row in rows] == [str(wav_1s), str(flac)]
+    model, tokenizer = load(tiny_f32)
+    expected = transcribe(model, tokenizer, wav_1s, language="en", hotwords=["MLX"], max_new_tokens=24)
+    for row in rows:  # FLAC is lossless: same samples, same tokens
+        assert row["token_ids"] == expected.token_ids and row["text"] == expected.text
+        assert {"frontend", "encoder", "prefill", "decode"} <= row["timings"].keys()
+
+
+def test_text_output(tiny_f32, wav_1s):
+    run = cli("transcribe", tiny_f32, wav_1s, "--max-new-tokens", "8", "--no-itn")
+    assert run.returncode == 0, run.stderr
+    assert len(run.stdout.splitlines()) == 1
+
+
+def assert_user_error(run, fragment):
+    assert run.returncode == 2, (run.returncode, run.stderr)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert fragment in lines[0]
+
+
+def test_user_errors(tiny_f32, tiny_upstream, wav_1s, tmp_path):
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("not audio")
+    too_short = tmp_path / "short.wav"
+    sf.write(str(too_short), np.zeros(200, np.float32), 16000)
+    assert_user_error(cli("transcribe", tiny_f32, tmp_path / "missing.wav"), "audio file not found")
+    assert_user_error(cli("transcribe", tiny_f32, not_audio), "cannot read audio")
+    assert_user_error(cli("transcribe", tiny_f32, too_short), "at least one 25 ms frame")
+    assert_user_error(cli("transcribe", tmp_path, wav_1s), "is not a converted Fun-ASR-Nano model")
+    assert_user_error(cli("transcribe", tiny_f32, wav_1s, "--language", "klingon"), "unknown language")
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_upstream, corrupt)
+    (corrupt / "model.pt").write_bytes(b"\x00" * 1000)
+    assert_user_error(cli("convert", corrupt, tmp_path / "out"), "not a readable PyTorch checkpoint")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
+def test_help_explains_the_commands():
+    run = cli("--help")
+    assert run.returncode == 0 and "convert" in run.stdout and "transcribe" in run.stdout
+    run = cli("transcribe", "--help")
+    assert "--language" in run.stdout and "auto" in run.stdout
