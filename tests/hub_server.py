@@ -19,10 +19,15 @@ requests for each call (all of it is served here):
                          or, when nothing changed: GET /api/models/{repo}/revision/{rev} instead
 
 Wiring: huggingface_hub reads HF_ENDPOINT, HF_HUB_DISABLE_XET, HF_HOME... once, at import, and binds
-its module-level functions (`huggingface_hub.upload_folder`...) to an `HfApi` built then. So run the
-client in a fresh interpreter with `server.client_env(home)` (see `run_client`), not in the pytest
-process. HF_HUB_DISABLE_XET=1 is required: with hf_xet installed, LFS files would otherwise go to a
-Xet storage service, which this fake does not implement.
+its module-level functions (`huggingface_hub.upload_folder`...) to an `HfApi` built then. So never
+call it in the pytest process; run it in a fresh interpreter with this server's environment:
+
+    with HubServer() as hub:
+        subprocess.run([sys.executable, ...], env=hub.client_env(tmp_path / "hf-home"), check=True)
+
+(tests/test_hub_server.py's `client_for` does so for any huggingface_hub function). The variable
+HF_HUB_DISABLE_XET=1 is essential: with hf_xet installed, LFS files would otherwise be sent to a Xet
+storage service, which this fake does not implement.
 
 Unchanged re-upload: the client drops every file whose preupload "oid" (git blob sha1, or sha256
 for LFS) equals its own and makes no commit when nothing is left. Like the real Hub, the server
@@ -36,8 +41,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -128,7 +131,7 @@ class HubServer:
     def start(self) -> HubServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"hub": self}))
         self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()  # quick stop()
         return self
 
     def stop(self) -> None:
@@ -189,8 +192,8 @@ class HubServer:
 
     def fail_next(self, method: str, path_substring: str, status: int = 500, count: int = 1) -> None:
         """Answer the next `count` `method` requests whose path contains `path_substring` with `status`.
-        The client retries 408/429/5xx itself (sleeping 1 s, 2 s...) on all of upload_folder's requests
-        except POST .../commit/..., so fail the commit to make an upload raise at once."""
+        huggingface_hub retries 408/429/5xx by itself (after 1 s, 2 s...) on preupload, the LFS batch
+        and the LFS PUT, not on POST .../commit/..., so fail the commit to make an upload raise at once."""
         with self._lock:
             self._failures.append([method.upper(), path_substring, status, count])
 
@@ -235,17 +238,20 @@ class HubServer:
             raise HubError(404, "RepoNotFound", f"Repository Not Found for {repo_id}.")
         return repo
 
-    def _writable(self, repo_id: str, token: str | None) -> Repo:
+    @staticmethod
+    def _require_token(token: str | None) -> None:
+        """Writes and whoami need a token, any token."""
         if token is None:
             raise HubError(401, None, "Invalid credentials in Authorization header")
-        return self._repo(repo_id)
 
     @staticmethod
     def _resolve(repo: Repo, revision: str) -> Commit:
-        for commit in repo.commits[-1:] if revision == "main" else repo.commits:
-            if revision in ("main", commit.sha):
-                return commit
-        raise HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        """The commit that `main` or a full 40-hex sha names."""
+        shas = {c.sha: c for c in repo.commits}
+        commit = repo.commits[-1] if revision == "main" else shas.get(revision)
+        if commit is None:
+            raise HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        return commit
 
     def _injected_failure(self, method: str, path: str) -> int | None:
         with self._lock:
@@ -257,42 +263,44 @@ class HubServer:
                     return rule[2]
         return None
 
-    # -- endpoints: (token, query, body, **groups of the route) -> (status, JSON or bytes, headers) -
-    def whoami(self, token, query, body):
-        if token is None:
-            raise HubError(401, None, "Invalid credentials in Authorization header")
-        return 200, {"type": "user", "name": USER, "fullname": "Test User", "orgs": [],
-                     "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}}}, {}
+    # -- endpoints (see ROUTES): (token, query, body, **route groups) -> (status, JSON or bytes, headers)
+    def api_whoami(self, token, query, body):
+        self._require_token(token)
+        token_info = {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}}
+        return 200, {"type": "user", "name": USER, "fullname": "Test User", "orgs": [], "auth": token_info}, {}
 
-    def create_repo(self, token, query, body):
+    def api_create_repo(self, token, query, body):
+        self._require_token(token)
         payload = json.loads(body)
         if payload.get("type", "model") != "model":
             raise HubError(400, None, "this fake hub only has model repositories")
         repo_id = f"{payload.get('organization') or USER}/{payload['name']}"
         url = f"{self.url}/{repo_id}"
         with self._lock:
-            if repo_id in self._writable(repo_id, token) if repo_id in self.repos else False:
+            if repo_id in self.repos:
                 return 409, {"error": "You already created this model repo", "url": url}, {}
             repo = self.repos[repo_id] = Repo(private=payload.get("visibility") == "private")
             self._commit(repo, "initial commit", {".gitattributes": self._store(GITATTRIBUTES, False)})
         return 200, {"url": url, "name": repo_id}, {}
 
-    def validate_yaml(self, token, query, body):
+    def api_validate_yaml(self, token, query, body):
         return 200, {"errors": [], "warnings": []}, {}
 
-    def info(self, token, query, body, repo, rev="main"):
+    def api_info(self, token, query, body, repo, rev="main"):
         r = self._readable(repo, token)
         commit = self._resolve(r, rev)
         siblings = [{"rfilename": path} for path in sorted(commit.tree)]
         if query.get("blobs") in ("true", "True"):  # files_metadata=True
-            for s in siblings:
-                s.update(commit.tree[s["rfilename"]].metadata("sha256"), blobId=commit.tree[s["rfilename"]].oid)
+            for sibling in siblings:
+                meta = commit.tree[sibling["rfilename"]].metadata("sha256")
+                meta["blobId"] = meta.pop("oid")
+                sibling.update(meta)
         return 200, {"_id": repo, "id": repo, "modelId": repo, "author": repo.split("/")[0],
                      "sha": commit.sha, "lastModified": commit.date, "createdAt": r.commits[0].date,
                      "private": r.private, "gated": False, "disabled": False, "downloads": 0,
                      "likes": 0, "tags": [], "siblings": siblings}, {}
 
-    def tree(self, token, query, body, repo, rev, path=""):
+    def api_tree(self, token, query, body, repo, rev, path=""):
         commit = self._resolve(self._readable(repo, token), rev)
         prefix = f"{path.strip('/')}/" if path else ""
         recursive = query.get("recursive") in ("true", "True")
@@ -311,14 +319,15 @@ class HubServer:
             raise HubError(404, "EntryNotFound", f"{path} does not exist at {commit.sha}")
         return 200, list(entries.values()), {}
 
-    def list_commits(self, token, query, body, repo, rev):
+    def api_commits(self, token, query, body, repo, rev):
         r = self._readable(repo, token)
         history = r.commits[: r.commits.index(self._resolve(r, rev)) + 1]
         return 200, [{"id": c.sha, "title": c.title, "message": "", "date": c.date,
                       "authors": [{"user": USER}]} for c in reversed(history)], {}
 
-    def preupload(self, token, query, body, repo, rev):
-        commit = self._resolve(self._writable(repo, token), rev)
+    def api_preupload(self, token, query, body, repo, rev):
+        self._require_token(token)
+        commit = self._resolve(self._repo(repo), rev)
         files = []
         for f in json.loads(body)["files"]:
             mode = "lfs" if is_lfs(f["path"], f["size"], base64.b64decode(f["sample"])) else "regular"
@@ -326,8 +335,9 @@ class HubServer:
             files.append({"path": f["path"], "uploadMode": mode, "shouldIgnore": False, "oid": oid})
         return 200, {"files": files, "commitOid": commit.sha}, {}
 
-    def lfs_batch(self, token, query, body, repo):
-        self._writable(repo, token)
+    def api_lfs_batch(self, token, query, body, repo):
+        self._require_token(token)
+        self._repo(repo)
         objects = []
         for obj in json.loads(body)["objects"]:
             item = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
@@ -336,14 +346,15 @@ class HubServer:
             objects.append(item)
         return 200, {"transfer": "basic", "objects": objects}, {}
 
-    def lfs_put(self, token, query, body, oid):
+    def api_lfs_put(self, token, query, body, oid):
         if hashlib.sha256(body).hexdigest() != oid:
             raise HubError(400, None, f"uploaded bytes do not hash to {oid}")
         self._store(body, True)
         return 200, b"", {}
 
-    def commit(self, token, query, body, repo, rev):
-        r = self._writable(repo, token)
+    def api_commit(self, token, query, body, repo, rev):
+        self._require_token(token)
+        r = self._repo(repo)
         ops = [json.loads(line) for line in body.splitlines() if line.strip()]
         header = next(op["value"] for op in ops if op["key"] == "header")
         with self._lock:
@@ -354,45 +365,48 @@ class HubServer:
             for key, value in ((op["key"], op["value"]) for op in ops if op["key"] != "header"):
                 if key == "file":
                     tree[value["path"]] = self._store(base64.b64decode(value["content"]), False)
-                elif key == "lfsFile" and self._has_blob(value["oid"]):
-                    tree[value["path"]] = Entry.of(self._blob(value["oid"]), True)
                 elif key == "lfsFile":
-                    raise HubError(422, None, f"LFS object {value['oid']} was never uploaded")
-                elif key == "deletedFile" and value["path"] in tree:
-                    del tree[value["path"]]
+                    if not self._has_blob(value["oid"]):
+                        raise HubError(422, None, f"LFS object {value['oid']} was never uploaded")
+                    tree[value["path"]] = Entry.of(self._blob(value["oid"]), True)
+                elif key == "deletedFile":
+                    if tree.pop(value["path"], None) is None:
+                        raise HubError(404, "EntryNotFound", f"A file with this name doesn't exist: {value}")
                 elif key == "deletedFolder":
-                    tree = {p: e for p, e in tree.items() if not p.startswith(value["path"].rstrip("/") + "/")}
+                    folder = value["path"].rstrip("/") + "/"
+                    tree = {p: e for p, e in tree.items() if not p.startswith(folder)}
                 else:
-                    raise HubError(404, "EntryNotFound", f"cannot apply {key} to {value.get('path')}")
+                    raise HubError(400, None, f"unsupported commit operation {key}")
             sha = self._commit(r, header["summary"], tree)
         return 200, {"success": True, "commitOid": sha, "commitUrl": f"{self.url}/{repo}/commit/{sha}"}, {}
 
-    def resolve(self, token, query, body, repo, rev, path):
+    def api_resolve(self, token, query, body, repo, rev, path):
         r = self._readable(repo, token)
         commit = self._resolve(r, rev)
         if path not in commit.tree:
             raise HubError(404, "EntryNotFound", f"{path} does not exist at {commit.sha}",
                            {"X-Repo-Commit": commit.sha})
         entry = commit.tree[path]
-        headers = {"X-Repo-Commit": commit.sha, "ETag": f'"{entry.etag}"', "Content-Type": "application/octet-stream"}
-        if entry.pointer_size is not None:
+        headers = {"X-Repo-Commit": commit.sha, "ETag": f'"{entry.etag}"',
+                   "Content-Type": "application/octet-stream"}
+        if entry.pointer_size is not None:  # LFS: what the Hub sends along with its redirect to the CDN
             headers.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size)})
         return 200, self._served(r, path, entry), headers
 
 
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
-ROUTES = [  # (methods, regex on the still-quoted URL path, HubServer endpoint)
-    ({"GET"}, r"/api/whoami-v2", "whoami"),
-    ({"POST"}, r"/api/repos/create", "create_repo"),
-    ({"POST"}, r"/api/validate-yaml", "validate_yaml"),
-    ({"GET"}, rf"/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "info"),
-    ({"GET"}, rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "tree"),
-    ({"GET"}, rf"/api/models/{_REPO}/commits/(?P<rev>[^/]+)", "list_commits"),
-    ({"POST"}, rf"/api/models/{_REPO}/preupload/(?P<rev>[^/]+)", "preupload"),
-    ({"POST"}, rf"/api/models/{_REPO}/commit/(?P<rev>[^/]+)", "commit"),
-    ({"POST"}, rf"/{_REPO}\.git/info/lfs/objects/batch", "lfs_batch"),
-    ({"PUT"}, r"/lfs-upload/(?P<oid>[0-9a-f]{64})", "lfs_put"),
-    ({"GET", "HEAD"}, rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "resolve"),
+ROUTES = [  # (methods, regex on the still-quoted URL path, HubServer endpoint method)
+    ({"GET"}, r"/api/whoami-v2", "api_whoami"),
+    ({"POST"}, r"/api/repos/create", "api_create_repo"),
+    ({"POST"}, r"/api/validate-yaml", "api_validate_yaml"),
+    ({"GET"}, rf"/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "api_info"),
+    ({"GET"}, rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "api_tree"),
+    ({"GET"}, rf"/api/models/{_REPO}/commits/(?P<rev>[^/]+)", "api_commits"),
+    ({"POST"}, rf"/api/models/{_REPO}/preupload/(?P<rev>[^/]+)", "api_preupload"),
+    ({"POST"}, rf"/api/models/{_REPO}/commit/(?P<rev>[^/]+)", "api_commit"),
+    ({"POST"}, rf"/{_REPO}\.git/info/lfs/objects/batch", "api_lfs_batch"),
+    ({"PUT"}, r"/lfs-upload/(?P<oid>[0-9a-f]{64})", "api_lfs_put"),
+    ({"GET", "HEAD"}, rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "api_resolve"),
 ]
 
 
@@ -406,13 +420,13 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        # huggingface_hub 1.33 sends a Content-Length with every body (never chunked), LFS uploads included.
+        # huggingface_hub 1.33 sends a Content-Length with every body (never chunked), LFS uploads too.
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         hub, split = self.hub, urlsplit(self.path)
         with hub._lock:
             hub.requests.append(f"{self.command} {self.path}")
         auth = self.headers.get("Authorization", "")
-        token = auth.removeprefix("Bearer ") or None if auth.startswith("Bearer ") else None
+        token = auth[len("Bearer "):] if auth.startswith("Bearer ") and len(auth) > len("Bearer ") else None
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         try:
             status = hub._injected_failure(self.command, self.path)
@@ -427,6 +441,8 @@ class _Handler(BaseHTTPRequestHandler):
         except HubError as e:
             headers = {"X-Error-Message": str(e), **e.headers, **({"X-Error-Code": e.code} if e.code else {})}
             self._send(e.status, {"error": str(e)}, headers)
+        except Exception as e:  # a request this fake cannot handle: 501 is not retried by the client
+            self._send(501, {"error": f"fake hub failed on {self.command} {split.path}: {e!r}"}, {})
 
     do_HEAD = do_POST = do_PUT = do_GET
 
@@ -440,37 +456,3 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
-
-_CLIENT = """
-import json, sys, huggingface_hub
-name, kwargs = json.loads(sys.argv[1])
-try:
-    out = getattr(huggingface_hub, name)(**kwargs)
-    out = vars(out) if hasattr(out, "__dict__") else out
-    print(json.dumps({"ok": out}, default=lambda o: vars(o) if hasattr(o, "__dict__") else str(o)))
-except Exception as e:
-    print(json.dumps({"error": [c.__name__ for c in type(e).__mro__], "message": str(e)}))
-"""
-
-
-class ClientError(Exception):
-    """An exception raised by huggingface_hub in the client subprocess; `types` are its class's MRO
-    names, so `"EntryNotFoundError" in err.types` holds for RemoteEntryNotFoundError too."""
-
-    def __init__(self, types: list[str], message: str):
-        super().__init__(f"{types[0]}: {message}")
-        self.types, self.message = types, message
-
-
-def run_client(env: dict[str, str], name: str, **kwargs: Any) -> Any:
-    """Call `huggingface_hub.<name>(**kwargs)` in a fresh interpreter with `env` (from
-    `HubServer.client_env`) and return its result as JSON data (objects become their `vars()`), or
-    raise ClientError. Arguments must be JSON-serialisable: pass paths as str."""
-    proc = subprocess.run([sys.executable, "-c", _CLIENT, json.dumps([name, kwargs])],
-                          env=env, capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise RuntimeError(f"huggingface_hub client crashed ({proc.returncode}):\n{proc.stderr}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "error" in result:
-        raise ClientError(result["error"], result["message"])
-    return result["ok"]
