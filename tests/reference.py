@@ -336,13 +336,13 @@ class Reference:
     the LLM to fp32 so the first-call bf16 rounding of audio embeddings (spec 6.2) never applies.
     """
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, device: str = "cpu") -> None:
         _funasr()
         from funasr.auto.auto_model import AutoModel
 
         with _quiet():
             model, kwargs = AutoModel.build_model(
-                model=str(model_dir), device="cpu", disable_update=True,
+                model=str(model_dir), device=device, disable_update=True,
                 ncpu=torch.get_num_threads(), frontend_conf={"dither": 0.0})
         self.model = model.eval()
         self.tokenizer = kwargs.pop("tokenizer")

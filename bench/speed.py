@@ -1,0 +1,187 @@
+"""Speed and memory of Fun-ASR-Nano implementations on the same weights and audio.
+
+    python bench/speed.py --workdir work/bench [--size full] [--seconds 10 60] [--tokens 64]
+                          [--impl ours official official-bf16 mlx-audio] [--dtype bfloat16|float32]
+
+Builds a random-weight upstream checkpoint with the official code (tests/reference.py) and converts
+it with our converter, once, under --workdir. Each implementation then runs in its own process (so
+peak-memory figures are its own) on the same seeded audio: one warm-up pass, then a timed pass per
+clip that decodes exactly --tokens tokens. Prints one JSON line per (implementation, clip):
+
+    frontend_ms, encoder_ms (encoder + adaptor), prefill_ms (LLM prompt -> first token),
+    ttft_ms (audio in -> first token), decode_ms_per_token, total_ms, tokens, peak_mem_gb
+
+Implementations: ours (this package, MLX); official (funasr 1.4.16 `FunASRNano.inference`, the LLM in
+fp32 as its default inference does); official-bf16 (the same with bf16=True, its autocast path);
+mlx-audio (mlx-audio 0.6.2's port, loading our converted directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SAMPLE_RATE = 16000
+
+
+def synthetic_audio(seconds: float) -> np.ndarray:
+    """Seeded noise with a slow tone: random weights make content irrelevant, length is what counts."""
+    rng = np.random.default_rng(int(seconds))
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return (0.05 * rng.standard_normal(t.size) + 0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def bench_ours(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
+    import mlx.core as mx
+
+    from funasr_nano_mlx import load, transcribe
+
+    model, tokenizer = load(model_dir)
+    tokenizer.eos_token_ids = []  # decode exactly `tokens` tokens, whatever random weights say
+    transcribe(model, tokenizer, wave[: SAMPLE_RATE], max_new_tokens=4)  # warm-up
+    mx.reset_peak_memory()
+    start = time.perf_counter()
+    result = transcribe(model, tokenizer, wave, max_new_tokens=tokens)
+    total = time.perf_counter() - start
+    t = result.timings
+    return dict(frontend_ms=1e3 * t["frontend"], encoder_ms=1e3 * t["encoder"], prefill_ms=1e3 * t["prefill"],
+                ttft_ms=1e3 * (t["frontend"] + t["encoder"] + t["prefill"]),
+                decode_ms_per_token=t["decode_ms_per_token"], total_ms=1e3 * total,
+                tokens=len(result.token_ids), peak_mem_gb=max(mx.get_peak_memory() / 2**30, 0) or rss_gb())
+
+
+def bench_mlx_audio(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
+    import mlx.core as mx
+    from mlx_audio.stt import load
+
+    model = load(str(model_dir))
+
+    def run(samples, n):
+        start = time.perf_counter()
+        stamps = []
+        for _ in model.stream_generate(mx.array(samples), max_tokens=n):
+            stamps.append(time.perf_counter())
+        return start, stamps
+
+    run(wave[:SAMPLE_RATE], 4)
+    mx.reset_peak_memory()
+    start, stamps = run(wave, tokens)
+    decode = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
+    return dict(ttft_ms=1e3 * (stamps[0] - start), decode_ms_per_token=1e3 * decode,
+                total_ms=1e3 * (stamps[-1] - start), tokens=len(stamps), peak_mem_gb=mx.get_peak_memory() / 2**30)
+
+
+def bench_official(upstream: Path, wave: np.ndarray, tokens: int, bf16: bool) -> dict:
+    import torch
+
+    from tests.reference import Reference
+
+    cuda = torch.cuda.is_available()
+    if cuda:  # exact fp32 convolutions, as in the parity tests
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    ref = Reference(upstream, device="cuda" if cuda else "cpu")
+    model, llm = ref.model, ref.model.llm
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    stamps: list[float] = []
+
+    class FirstTokens:  # transformers streamer protocol: put() per step, first call = the prompt
+        def put(self, value):
+            sync()
+            stamps.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    original = llm.generate
+
+    def generate(*args, **kwargs):
+        kwargs.update(min_new_tokens=kwargs["max_new_tokens"], streamer=FirstTokens())
+        return original(*args, **kwargs)
+
+    def run(samples, n):
+        stamps.clear()
+        llm.generate = generate
+        try:
+            sync()
+            start = time.perf_counter()
+            _, meta = model.inference(data_in=[torch.from_numpy(samples.copy())], key=["bench"],
+                                      tokenizer=ref.tokenizer, frontend=ref.frontend,
+                                      **{**ref.kwargs, "max_length": n, "bf16": bf16})
+            sync()
+            return start, time.perf_counter(), meta
+        finally:
+            del llm.generate
+
+    run(wave[:SAMPLE_RATE], 4)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start, end, meta = run(wave, tokens)
+    # stamps[0]: generate() got the prompt; stamps[1]: first new token; stamps[-1]: last token.
+    frontend_ms = 1e3 * float(meta.get("extract_feat", "nan")) if "extract_feat" in meta else None
+    return dict(frontend_ms=frontend_ms, prefill_ms=1e3 * (stamps[1] - stamps[0]),
+                encoder_ms=None, ttft_ms=1e3 * (stamps[1] - start),
+                decode_ms_per_token=1e3 * (stamps[-1] - stamps[1]) / max(1, len(stamps) - 2),
+                total_ms=1e3 * (end - start), tokens=len(stamps) - 1,
+                peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else rss_gb())
+
+
+def prepare(workdir: Path, size: str, dtype: str) -> tuple[Path, Path]:
+    from funasr_nano_mlx.convert import convert
+    from tests.reference import write_upstream_dir
+
+    upstream, converted = workdir / f"upstream-{size}", workdir / f"mlx-{size}-{dtype}"
+    if not (upstream / "model.pt").exists():
+        write_upstream_dir(upstream, size, seed=0)
+    if not converted.exists():
+        convert(upstream, converted, dtype=dtype)
+    return upstream, converted
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=ROOT / "work" / "bench")
+    parser.add_argument("--size", choices=["tiny", "full"], default="full")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 60.0])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--impl", nargs="+", default=["ours", "official", "official-bf16", "mlx-audio"])
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one implementation here
+    args = parser.parse_args()
+
+    upstream, converted = prepare(args.workdir, args.size, args.dtype)
+    if args.child:
+        for seconds in args.seconds:
+            wave = synthetic_audio(seconds)
+            if args.child == "ours":
+                row = bench_ours(converted, wave, args.tokens)
+            elif args.child == "mlx-audio":
+                row = bench_mlx_audio(converted, wave, args.tokens)
+            else:
+                row = bench_official(upstream, wave, args.tokens, bf16=args.child == "official-bf16")
+            print(json.dumps({"impl": args.child, "size": args.size, "dtype": args.dtype,
+                              "audio_s": seconds, **row}), flush=True)
+        return
+    for impl in args.impl:
+        command = [sys.executable, __file__, "--child", impl, "--workdir", str(args.workdir), "--size", args.size,
+                   "--dtype", args.dtype, "--tokens", str(args.tokens), "--seconds", *map(str, args.seconds)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        rows = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        print("\n".join(rows) if rows else json.dumps({"impl": impl, "error": done.stderr.strip()[-400:]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
