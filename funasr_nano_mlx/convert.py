@@ -10,7 +10,7 @@ import json
 import shutil
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import mlx.core as mx
@@ -48,6 +48,13 @@ def resolve_source(src: str | Path) -> Path:
     if isinstance(src, str) and src.count("/") == 1 and not src.startswith((".", "/")):
         return download(src)
     raise UserError(f"source not found: {src} (a local upstream directory or a hub repo id ORG/NAME)")
+
+
+def package_version() -> str:
+    try:
+        return version("funasr-nano-mlx")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+source"
 
 
 def sha256(path: Path) -> str:
@@ -184,7 +191,7 @@ def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id
             ("lm_head differs from the embeddings under a tied config: both use lm_head, as upstream", head_differs),
         ) if applies],  # fmt: skip
         "package": "funasr-nano-mlx",
-        "package_version": version("funasr-nano-mlx"),
+        "package_version": package_version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     with staged_output(dst) as out:
