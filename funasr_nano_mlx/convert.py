@@ -113,11 +113,16 @@ def read_checkpoint(path: Path) -> dict:
 
 
 def to_mlx(tensor, dtype: mx.Dtype) -> mx.array:
+    """One tensor, evaluated at once so that no float32 temporaries pile up (peak ~ one checkpoint)."""
     import torch
 
-    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: widen exactly, then narrow in MLX
-        tensor = tensor.float()
-    return mx.array(tensor.numpy()).astype(dtype)
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: move the raw 16-bit patterns
+        array = mx.array(tensor.view(torch.int16).numpy()).view(mx.bfloat16)
+    else:
+        array = mx.array(tensor.numpy())
+    array = array.astype(dtype)
+    mx.eval(array)
+    return array
 
 
 def _head_differs(state: dict, text_config: dict) -> bool:
