@@ -459,3 +459,20 @@ class Reference:
         finally:
             del llm.generate
         return captured[0][0].tolist(), results[0]["text"]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Write a random-weight Fun-ASR-Nano checkpoint laid out like the upstream repo "
+                    "(model.pt, config.yaml, configuration.json, Qwen3-0.6B/), built with the official code.")
+    parser.add_argument("command", choices=["build"])
+    parser.add_argument("dst", type=Path)
+    parser.add_argument("--size", choices=sorted(_SIZES), default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if (args.dst / "model.pt").exists():
+        print(f"{args.dst} already holds a checkpoint; kept")
+    else:
+        print(write_upstream_dir(args.dst, args.size, args.seed))
