@@ -1,0 +1,45 @@
+"""Audio loading and the frontend's edge cases (parity of the features themselves: test_parity.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from funasr_nano_mlx.audio import FRAME_LENGTH, apply_lfr, fbank, load_audio
+from funasr_nano_mlx.errors import UserError
+
+
+def test_lfr_closed_form_equals_funasr_for_every_length():
+    from funasr.frontends.wav_frontend import apply_lfr as funasr_apply_lfr
+
+    rng = np.random.default_rng(0)
+    for frames in range(1, 200):
+        feats = rng.standard_normal((frames, 80)).astype(np.float32)
+        expected = funasr_apply_lfr(torch.from_numpy(feats), 7, 6).numpy()
+        np.testing.assert_array_equal(apply_lfr(feats), expected)
+
+
+def test_one_frame_minimum():
+    assert fbank(np.zeros(FRAME_LENGTH, np.float32)).shape == (1, 80)
+    with pytest.raises(UserError, match="25 ms"):
+        fbank(np.zeros(FRAME_LENGTH - 1, np.float32))
+
+
+@pytest.mark.parametrize("suffix", ["flac", "ogg", "mp3"])
+def test_formats_rates_and_channels(tmp_path, clips, suffix):
+    """Any common format at 22.05 kHz stereo decodes to nearly the same 16 kHz mono signal
+    (lossy codecs change samples a little: the bound is on correlation, not equality)."""
+    import soxr
+
+    mono = clips["1s"]
+    stereo = np.stack([mono, mono], axis=1)
+    path = tmp_path / f"clip.{suffix}"
+    sf.write(str(path), soxr.resample(stereo, 16000, 22050), 22050)
+    loaded = load_audio(path)
+    assert abs(len(loaded) - len(mono)) <= 1200  # codec padding and priming, under 75 ms
+    n = min(len(loaded), len(mono))
+    lag = int(np.argmax(np.correlate(loaded[:n], mono[:4000], mode="valid")[:1200]))
+    correlation = np.corrcoef(loaded[lag : lag + n - 1200], mono[: n - 1200])[0, 1]
+    assert correlation > 0.95, correlation
