@@ -28,7 +28,7 @@ demo: setup
 	rm -rf $(WORK)/demo/mlx
 	$(RUN) -m funasr_nano_mlx convert $(WORK)/demo/upstream $(WORK)/demo/mlx --dtype float32
 	$(RUN) -m tests.speech "the quick brown fox jumps over the lazy dog" $(WORK)/demo/fox.wav
-	$(RUN) -m funasr_nano_mlx transcribe $(WORK)/demo/mlx $(WORK)/demo/fox.wav --format json
+	$(RUN) -m funasr_nano_mlx transcribe $(WORK)/demo/mlx $(WORK)/demo/fox.wav --format json --max-new-tokens 32
 
 test: setup
 	$(RUN) -m pytest -q
