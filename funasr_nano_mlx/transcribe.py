@@ -155,14 +155,10 @@ def prompt_inputs(
     before_ids, after_ids = tokenizer.encode(before), tokenizer.encode(after)
     ids = mx.array(before_ids + [0] * num_audio + after_ids)
     embed = model.llm.model.embed_tokens
-    embeddings = mx.concatenate(
-        [
-            embed(mx.array(before_ids)),
-            audio_frames[:num_audio].astype(embed(mx.array([0])).dtype),
-            embed(mx.array(after_ids)),
-        ]
-    )
-    return ids, embeddings
+    before_embeddings, after_embeddings = embed(mx.array(before_ids)), embed(mx.array(after_ids))
+    # Audio frames take the embeddings' dtype, as upstream writes them into the embedded prompt.
+    audio_embeddings = audio_frames[:num_audio].astype(before_embeddings.dtype)
+    return ids, mx.concatenate([before_embeddings, audio_embeddings, after_embeddings])
 
 
 def greedy_tokens(llm, ids: mx.array, embeddings: mx.array, max_new_tokens: int) -> Iterator[int]:
