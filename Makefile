@@ -38,3 +38,28 @@ test-fast: setup
 
 clean:
 	rm -rf $(WORK)
+
+# Recipe stages (recipes/*.yaml): `make quantize RECIPE=4bit-llm` builds $(WORK)/4bit-llm/{download,convert,quantize}.
+# Each stage directory appears only when complete; Make (like `run`) skips one newer than its inputs.
+# RUN_ARGS passes overrides to `run`, e.g. RUN_ARGS="--source DIR" or "--revision SHA --sha256 HASH".
+RECIPE ?= 4bit-llm
+RUN_ARGS ?=
+STAGE_DIR := $(WORK)/$(RECIPE)
+RECIPE_FILE := recipes/$(RECIPE).yaml
+RUN_STAGE = $(RUN) -m funasr_nano_mlx run $(RECIPE) --work $(WORK) $(RUN_ARGS) --until
+
+.PHONY: download convert quantize publish
+download convert quantize: %: $(STAGE_DIR)/%
+
+$(STAGE_DIR)/download: $(RECIPE_FILE) | $(VENV)/.installed
+	$(RUN_STAGE) download
+
+$(STAGE_DIR)/convert: $(STAGE_DIR)/download $(RECIPE_FILE)
+	$(RUN_STAGE) convert
+
+$(STAGE_DIR)/quantize: $(STAGE_DIR)/convert $(RECIPE_FILE)
+	$(RUN_STAGE) quantize
+
+# evaluate, card and publish come with their issues; until then publish stops after the last stage built.
+publish: $(STAGE_DIR)/quantize
+	@echo "publish is not built yet: stopped after quantize; the variant is in $(STAGE_DIR)/quantize (nothing was uploaded)"

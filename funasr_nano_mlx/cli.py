@@ -74,3 +74,53 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt):
             click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
         else:
             click.echo(result.text.strip())
+
+
+# -- recipes (issue 3) ------------------------------------------------------------------------------
+from .recipe import STAGES  # noqa: E402  (a light module: --until's choices are needed at import)
+
+
+@main.command()
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--recipe", required=True,
+              help="A recipe name (recipes/NAME.yaml, e.g. 4bit-llm) or the path of a recipe YAML file.")
+@user_errors
+def quantize(src, dst, recipe):
+    """Quantize a converted model per component, as a recipe says.
+
+    SRC is a model made by `convert` in the recipe's dtype. Linear and embedding layers are quantized
+    as the recipe's quantization block says (norms and convolutions never are; a layer whose input size
+    does not divide the group size is skipped and listed). DST must not exist; it appears only when
+    complete, with the quantization and a quantization_summary in its config.json.
+    """
+    from .quantize import quantize as run_quantize
+    from .recipe import Recipe
+
+    click.echo(run_quantize(src, dst, Recipe.load(recipe)))
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--work", default="work", show_default=True, type=click.Path(file_okay=False),
+              help="Stage outputs go to WORK/RECIPE/STAGE.")
+@click.option("--until", type=click.Choice(STAGES), help="Stop after this stage (default: the last one).")
+@click.option("--source", help="Build from another source: a hub repo id or a local upstream directory.")
+@click.option("--revision", help="Download this 40-hex commit instead of the recipe's pin.")
+@click.option("--sha256", "model_pt_sha256",
+              help="Expected SHA-256 of model.pt. The recipe's own applies to its own source and revision only.")
+@user_errors
+def run(recipe, work, until, source, revision, model_pt_sha256):
+    """Build the variant a RECIPE describes: download, convert, quantize.
+
+    RECIPE is a name (recipes/NAME.yaml) or a recipe file. Each stage writes WORK/RECIPE/STAGE all at
+    once and is skipped when that directory is newer than its inputs (the recipe file, the stage
+    before), so an interrupted run resumes where it stopped. A recipe without a pinned revision is
+    refused: nothing unpinned is ever downloaded.
+    """
+    from .recipe import Recipe, run as run_recipe
+
+    loaded = Recipe.load(recipe)
+    if source or revision or model_pt_sha256:
+        loaded = loaded.override(source, revision, model_pt_sha256)
+    click.echo(run_recipe(loaded, work, until))

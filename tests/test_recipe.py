@@ -1,0 +1,143 @@
+"""Recipes: the shipped files, strict validation (file, line and field in every error), layer choices."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from funasr_nano_mlx.errors import UserError
+from funasr_nano_mlx.recipe import RECIPES_DIR, QuantSpec, Recipe, run
+
+NANO = ("FunAudioLLM/Fun-ASR-Nano-2512", "272c57b82523ada6fd87095e955f8e29100979ab",
+        "55ae0d2fee369f0f11cce0795f6927934ad17cf11b278a7e56a51272074160bb")  # fmt: skip
+SHIPPED = ("bf16", "8bit", "4bit-llm", "4bit-mixed", "mlt-bf16", "mlt-4bit-llm")
+Q4, Q6, Q8 = QuantSpec(4, 64), QuantSpec(6, 64), QuantSpec(8, 64)
+
+VALID = """\
+source:
+  repo: org/model
+  revision: 272c57b82523ada6fd87095e955f8e29100979ab
+dtype: bfloat16
+quantization:
+  audio_encoder: null
+  audio_adaptor: {bits: 8}
+  llm: {bits: 4, group_size: 64, mode: affine}
+  embeddings: {bits: 8, group_size: 32, mode: mxfp8}
+  mixed:
+    - {match: "llm.model.layers.*.mlp.down_proj", layers: [0, 3], bits: 6}
+evaluation: [fleurs-en]
+target: org/model-mlx
+"""
+
+
+def test_shipped_recipes():
+    assert sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) == sorted(SHIPPED)
+    recipes = {name: Recipe.load(name) for name in SHIPPED}
+    for name, recipe in recipes.items():
+        assert recipe.dtype == "bfloat16" and recipe.evaluation and recipe.target.startswith("mlx-community/")
+        if name.startswith("mlt-"):  # the MLT commit is not known: loads, but run refuses (below)
+            assert recipe.source == "FunAudioLLM/Fun-ASR-MLT-Nano-2512" and recipe.revision is None
+        else:
+            assert (recipe.source, recipe.revision, recipe.model_pt_sha256) == NANO
+    specs = {name: (r.audio_encoder, r.audio_adaptor, r.llm, r.embeddings) for name, r in recipes.items()}
+    assert specs["bf16"] == specs["mlt-bf16"] == (None, None, None, None)
+    assert specs["8bit"] == (Q8, Q8, Q8, Q8)
+    assert specs["4bit-llm"] == specs["mlt-4bit-llm"] == (None, None, Q4, Q4)
+    assert specs["4bit-mixed"] == (None, None, Q4, Q6)
+
+
+def test_layer_choices_of_the_mixed_recipe():
+    recipe = Recipe.load("4bit-mixed")
+    assert recipe.spec_for("llm.model.embed_tokens") == Q6  # its own choice, not the LLM's
+    assert recipe.spec_for("llm.model.layers.5.mlp.down_proj") == Q6  # mlx-lm's use_more_bits layers
+    assert recipe.spec_for("llm.model.layers.6.mlp.down_proj") == Q4
+    assert recipe.spec_for("llm.model.layers.27.self_attn.v_proj") == Q6
+    assert recipe.spec_for("llm.model.layers.27.self_attn.k_proj") == Q4
+    assert recipe.spec_for("audio_encoder.encoders.3.self_attn.linear_out") is None
+    assert recipe.spec_for("audio_adaptor.linear1") is None
+
+
+def test_a_recipe_file_by_path(tmp_path):
+    file = tmp_path / "custom.yaml"
+    file.write_text(VALID)
+    recipe = Recipe.load(file)
+    assert recipe.name == "custom" and recipe.audio_adaptor == Q8 and recipe.embeddings == QuantSpec(8, 32, "mxfp8")
+    assert recipe.spec_for("llm.model.layers.3.mlp.down_proj") == Q6
+    assert recipe.spec_for("llm.model.layers.13.mlp.down_proj") == Q4  # 13 is not 3
+    assert recipe.model_pt_sha256 is None and len(recipe.file_sha256) == 64
+
+
+def edit(old: str, new: str) -> str:
+    assert old in VALID
+    return VALID.replace(old, new, 1)
+
+
+BAD = [  # (recipe text, line, the start of the message after "FILE:LINE: ")
+    (edit("target:", "targte: x\ntarget:"), 13, "targte: unknown key 'targte'"),
+    (edit("  llm: {bits: 4,", "  llm: {bitz: 3, bits: 4,"), 8, "quantization.llm.bitz: unknown key"),
+    (edit("  embeddings:", "  vision: null\n  embeddings:"), 9, "quantization.vision: unknown key 'vision'"),
+    (edit("bits: 4, group_size: 64", "bits: 7, group_size: 64"), 8, "quantization.llm.bits: 7 bits is not supported by mode affine"),
+    (edit("bits: 4, group_size: 64", "bits: 4, group_size: 16"), 8, "quantization.llm.group_size: group size 16 is not supported"),
+    (edit("group_size: 32, mode: mxfp8", "group_size: 64, mode: mxfp8"), 9, "quantization.embeddings.group_size: group size 64"),
+    (edit("bits: 8, group_size: 32", "bits: 4, group_size: 32"), 9, "quantization.embeddings.bits: 4 bits is not supported by mode mxfp8"),
+    (edit("mode: affine", "mode: fp4"), 8, "quantization.llm.mode: 'fp4' is not a quantization mode"),
+    (edit("{bits: 8}", "{bits: true}"), 7, "quantization.audio_adaptor.bits: expected int, found True"),
+    (edit("dtype: bfloat16", "dtype: float16"), 4, "dtype: 'float16' is not supported"),
+    (edit("  revision: 272c57b82523ada6fd87095e955f8e29100979ab\n", ""), 2, "source.revision: is missing: pin a 40-hex commit"),
+    (edit("272c57b82523ada6fd87095e955f8e29100979ab", "main"), 3, "source.revision: 'main' is not a pinned commit"),
+    (edit("  audio_encoder: null\n", ""), 6, "quantization.audio_encoder: is missing: give its quantization, or null"),
+    (edit("layers: [0, 3]", "layers: [zero]"), 11, "quantization.mixed[0].layers: expected a non-empty list"),
+    (edit("  audio_encoder: null\n", "  audio_encoder: null\n  audio_encoder: {bits: 4}\n"), 7, "quantization: 'audio_encoder' is given twice"),
+    (edit("repo: org/model", "repo: model"), 2, "source.repo: 'model' is not a hub repo id"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text,line,message", BAD, ids=[m.split(":")[0] + str(i) for i, (_, _, m) in enumerate(BAD)])
+def test_strict_validation_names_file_line_and_field(tmp_path, text, line, message):
+    file = tmp_path / "bad.yaml"
+    file.write_text(text)
+    with pytest.raises(UserError) as info:
+        Recipe.load(file)
+    assert str(info.value).startswith(f"{file}:{line}: {message}"), str(info.value)
+
+
+def test_unknown_recipe_and_bad_yaml(tmp_path):
+    with pytest.raises(UserError, match=r"no recipe 'nope'.*4bit-llm"):
+        Recipe.load("nope")
+    file = tmp_path / "broken.yaml"
+    file.write_text("source: [unclosed\n")
+    with pytest.raises(UserError, match=re.escape(f"{file}: not valid YAML")):
+        Recipe.load(file)
+
+
+def test_overrides():
+    recipe = Recipe.load("4bit-llm")
+    other = recipe.override(revision="a" * 40)
+    assert other.revision == "a" * 40 and other.model_pt_sha256 is None  # the pin's SHA-256 no longer applies
+    assert recipe.override(model_pt_sha256="b" * 64).model_pt_sha256 == "b" * 64
+    assert recipe.override(source=recipe.source).model_pt_sha256 == recipe.model_pt_sha256
+    mirror = recipe.override(source="mirror/model")  # the pin is not the mirror's: run refuses without one
+    assert (mirror.revision, mirror.model_pt_sha256) == (None, None)
+    with pytest.raises(UserError, match="source.revision of mirror/model is not pinned"):
+        run(mirror, "unused")
+    with pytest.raises(UserError, match="--revision 'main' is not a pinned commit"):
+        recipe.override(revision="main")
+
+
+def test_an_unpinned_recipe_refuses_to_run(tmp_path):
+    with pytest.raises(UserError, match="source.revision of FunAudioLLM/Fun-ASR-MLT-Nano-2512 is not pinned"):
+        run(Recipe.load("mlt-4bit-llm"), tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+    with pytest.raises(UserError, match="unknown stage 'publish'"):
+        run(Recipe.load("bf16"), tmp_path / "work", until="publish")
+
+
+def test_recipes_are_documented_in_their_files():
+    for name in SHIPPED:
+        text = (RECIPES_DIR / f"{name}.yaml").read_text()
+        assert text.startswith("# "), name  # a comment says what the variant is
+        if name.startswith("mlt-"):
+            assert "NOT PINNED" in text
+    assert Path(RECIPES_DIR).name == "recipes"
