@@ -1,0 +1,647 @@
+"""Evaluate a converted model on speech sets: error rates, speed and memory, a comparison with a
+baseline variant, and a report (hypotheses.jsonl, eval.json, summary.md, a PNG plot).
+
+A set is a Hugging Face dataset streamed with `datasets` at a pinned revision (eval_sets/NAME.yaml
+names it, its columns and its language), a local folder with `metadata.csv` (file_name,text[,language],
+as HF audiofolder), or a JSONL manifest ({"audio": path, "text": ..., "language"?: ...}). A row that
+cannot be scored (missing or unreadable audio, audio too short, empty reference) stays in the report
+as a skipped row with its reason.
+
+Every number in eval.json is computed from the per-utterance rows (`aggregate`, `compare`), so a
+merge of shards, which only gathers rows, gives exactly the counts of an unsharded run; only the
+timings and the peak memory come from other processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from itertools import islice
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import yaml
+
+from .errors import UserError
+from .normalize import normalize, scoring_for
+
+EVAL_SETS_DIR = Path(__file__).resolve().parent.parent / "eval_sets"
+HYPOTHESES, COMPARISON, EVAL_JSON, SUMMARY, PLOT = (
+    "hypotheses.jsonl", "comparison.jsonl", "eval.json", "summary.md", "error_rate_vs_size.png")  # fmt: skip
+REPORT_FORMAT = 1
+WEIGHT_FILES = "model*.safetensors"
+COMMIT = re.compile(r"[0-9a-f]{40}")
+BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 0  # seeded: the same rows always give the same interval
+CHANGED_MOST = 10  # utterances listed per set where the variant and its baseline differ most
+LOCAL_COLUMNS = {"metadata.csv": ("file_name", "text"), ".jsonl": ("audio", "text")}  # plus optional language
+
+
+# -- set definitions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One evaluation set: a hub dataset (`dataset`) or a local one (`path`)."""
+
+    name: str
+    dataset: str | None = None  # HF dataset id (or a local directory that `datasets` reads)
+    config: str | None = None
+    split: str = "test"
+    revision: str | None = None  # 40-hex commit; a hub dataset is read only at a pinned commit
+    data_files: str | None = None  # glob inside the repo, for repos read as plain parquet files
+    audio_column: str = "audio"
+    text_column: str = "text"
+    id_column: str | None = None
+    path: str | None = None  # local set: a folder with metadata.csv, or a .jsonl manifest
+    language: str | None = None  # ISO code for every row; a local row's own `language` wins
+    itn: bool = True  # False asks the model for unnormalized text (references with numbers in words)
+    traditional_to_simplified: bool = False
+    description: str = ""
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> EvalSet:
+        """A set by name (eval_sets/NAME.yaml), a set YAML file, a local folder or a JSONL manifest."""
+        path = Path(name_or_path)
+        if path.is_dir() or (path.is_file() and path.suffix == ".jsonl"):
+            return cls(name=path.stem, path=str(path))
+        if path.is_file() and path.suffix in (".yaml", ".yml"):
+            return cls.from_yaml(path)
+        if (EVAL_SETS_DIR / f"{name_or_path}.yaml").is_file():
+            return cls.from_yaml(EVAL_SETS_DIR / f"{name_or_path}.yaml")
+        known = ", ".join(sorted(p.stem for p in EVAL_SETS_DIR.glob("*.yaml")))
+        raise UserError(f"no evaluation set {str(name_or_path)!r}: give a folder with metadata.csv, a .jsonl "
+                        f"manifest, a set YAML file, or one of: {known}")  # fmt: skip
+
+    @classmethod
+    def from_yaml(cls, file: Path) -> EvalSet:
+        try:
+            data = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as err:
+            raise UserError(f"{file}: not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{file}: expected a mapping of set fields")
+        kinds = {f.name: (bool,) if f.type == "bool" else (str, type(None)) for f in fields(cls) if f.name != "name"}
+        for key, value in data.items():
+            if key not in kinds:
+                raise UserError(f"{file}: unknown field {key!r} (allowed: {', '.join(kinds)})")
+            if type(value) not in kinds[key]:
+                raise UserError(f"{file}: {key}: expected {kinds[key][0].__name__}, found {value!r}")
+        if data.get("path"):  # relative to the YAML file, like a manifest's audio paths
+            data["path"] = str(file.parent / data["path"])
+        evalset = cls(name=file.stem, **data)
+        if (evalset.dataset is None) == (evalset.path is None):
+            raise UserError(f"{file}: give either `dataset` (a hub dataset) or `path` (a local set)")
+        from .transcribe import resolve_language
+
+        resolve_language(evalset.language)  # a bad language fails before anything runs
+        return evalset
+
+    @property
+    def is_hub(self) -> bool:
+        return self.dataset is not None and not Path(self.dataset).exists()
+
+    def describe(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
+
+
+@dataclass
+class Item:
+    """One row of a set before inference; `problem` says why it cannot be scored, when known early."""
+
+    index: int
+    id: str
+    reference: str
+    language: str | None
+    audio: Path | bytes | None  # a file, or an encoded file's bytes (hub sets)
+    suffix: str = ".wav"
+    problem: str | None = None
+
+
+def _require_columns(available: Sequence[str], wanted: Sequence[str], where: str) -> None:
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise UserError(f"{where}: no column {', '.join(map(repr, missing))}; "
+                        f"the columns are: {', '.join(available) or '(none)'}")  # fmt: skip
+
+
+def _local_item(index: int, audio, text, language, base: Path, evalset: EvalSet) -> Item:
+    from .transcribe import resolve_language
+
+    audio_path = base / str(audio) if audio else None
+    item = Item(index, str(audio or f"row {index}"), str(text or ""), language or evalset.language, audio_path)
+    if audio_path is None:
+        item.problem = "no audio path"
+    elif not audio_path.is_file():
+        item.problem = f"audio file not found: {audio_path}"
+    try:
+        resolve_language(item.language)
+    except UserError:
+        item.problem = f"unknown language {item.language!r}"
+    return item
+
+
+def _csv_items(folder: Path, evalset: EvalSet) -> Iterator[Item]:
+    file = folder / "metadata.csv"
+    if not file.is_file():
+        raise UserError(f"{folder} has no metadata.csv (columns: file_name,text[,language])")
+    with open(file, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        _require_columns(reader.fieldnames or [], LOCAL_COLUMNS[file.name], str(file))
+        rows = list(reader)
+    return (_local_item(i, row["file_name"], row["text"], row.get("language"), folder, evalset) for i, row in enumerate(rows))
+
+
+def _jsonl_items(file: Path, evalset: EvalSet) -> Iterator[Item]:
+    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError as err:
+            rows.append(f"not valid JSON: {err}")
+    first = next((row for row in rows if isinstance(row, dict)), {})
+    _require_columns(list(first), LOCAL_COLUMNS[".jsonl"], str(file))
+
+    def items():
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                yield Item(i, f"line {i + 1}", "", None, None, problem=row if isinstance(row, str) else "not an object")
+            else:
+                yield _local_item(i, row.get("audio"), row.get("text"), row.get("language"), file.parent, evalset)
+
+    return items()
+
+
+def _hub_items(evalset: EvalSet) -> Iterator[Item]:
+    from datasets import Audio, load_dataset
+    from datasets.exceptions import DatasetNotFoundError
+
+    label = f"dataset {evalset.dataset}" + (f" ({evalset.config})" if evalset.config else "") + f" split {evalset.split}"
+    if evalset.is_hub and not COMMIT.fullmatch(evalset.revision or ""):
+        raise UserError(f"set {evalset.name}: {label} is not pinned (revision {evalset.revision!r}); write its "
+                        "40-hex commit as `revision` in the set definition: nothing unpinned is evaluated")  # fmt: skip
+    try:
+        stream = load_dataset(evalset.dataset, evalset.config, split=evalset.split, streaming=True,
+                              revision=evalset.revision if evalset.is_hub else None,
+                              data_files={evalset.split: evalset.data_files} if evalset.data_files else None)  # fmt: skip
+        columns = stream.column_names or list(next(iter(stream)))
+    except (DatasetNotFoundError, OSError, ValueError, StopIteration) as err:
+        raise UserError(f"set {evalset.name}: cannot open {label}: {err or 'it has no rows'}") from None
+    wanted = [c for c in (evalset.audio_column, evalset.text_column, evalset.id_column) if c]
+    _require_columns(columns, wanted, f"set {evalset.name}: {label}")
+    # Undecoded: our own loader reads the bytes, as for local files (and no torchcodec is needed).
+    stream = stream.cast_column(evalset.audio_column, Audio(decode=False))
+
+    def items():
+        for i, row in enumerate(stream):
+            audio = row[evalset.audio_column] or {}
+            name = audio.get("path") or ""
+            data = audio.get("bytes") or (Path(name) if name and Path(name).is_file() else None)
+            item = Item(i, str(row[evalset.id_column]) if evalset.id_column else name or str(i),
+                        str(row[evalset.text_column] or ""), evalset.language, data, Path(name).suffix or ".wav")  # fmt: skip
+            item.problem = None if data is not None else "no audio in the row"
+            yield item
+
+    return items()
+
+
+def open_set(evalset: EvalSet) -> Iterator[Item]:
+    """The set's rows, in their stored order. A missing set or column fails here, before any inference."""
+    if evalset.path is None:
+        return _hub_items(evalset)
+    path = Path(evalset.path)
+    if path.is_dir():
+        return _csv_items(path, evalset)
+    if path.is_file():
+        return _jsonl_items(path, evalset)
+    raise UserError(f"set {evalset.name}: {path} is neither a folder with metadata.csv nor a .jsonl manifest")
+
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
+    """'i/n' -> (i, n), 0 <= i < n; None -> (0, 1). Row k of a set belongs to shard k mod n."""
+    if shard is None:
+        return 0, 1
+    if isinstance(shard, str):
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", shard)
+        if not match:
+            raise UserError(f"--shard {shard!r}: expected i/n, e.g. 0/4 (shards are numbered from 0)")
+        shard = int(match[1]), int(match[2])
+    index, count = shard
+    if not 0 <= index < count:
+        raise UserError(f"--shard {index}/{count}: i must be in 0..{count - 1} (shards are numbered from 0)")
+    return index, count
+
+
+# -- one utterance --------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One utterance's result: a line of hypotheses.jsonl."""
+
+    set: str
+    index: int  # position in the set, the key that merges and comparisons join on
+    id: str
+    language: str | None
+    reference: str
+    metric: str = ""  # "wer" or "cer"; "" when skipped before scoring
+    hypothesis: str = ""
+    normalized_reference: str = ""  # the scoring tokens, space-separated
+    normalized_hypothesis: str = ""
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+    hits: int = 0
+    token_ids: list[int] = field(default_factory=list)
+    hit_token_limit: bool = False
+    audio_seconds: float = 0.0
+    seconds: float = 0.0  # wall time of transcribe: frontend, encoder, prefill, decode
+    generation_seconds: float = 0.0  # prefill + decode
+    skipped: str | None = None  # why the row was not scored
+
+    TIMING_FIELDS = ("seconds", "generation_seconds")
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def reference_tokens(self) -> int:
+        return self.substitutions + self.deletions + self.hits
+
+
+def score(reference: str, hypothesis: str, language: str | None, traditional_to_simplified: bool = False) -> dict:
+    """Normalize both texts for `language` and align them with jiwer: metric, tokens, S/D/I/hits."""
+    import jiwer
+
+    metric, normalizer = scoring_for(language, reference)
+    ref, hyp = (normalize(text, normalizer, traditional_to_simplified) for text in (reference, hypothesis))
+    counts = jiwer.process_words(ref, hyp)
+    return {"metric": metric, "normalized_reference": ref, "normalized_hypothesis": hyp,
+            "substitutions": counts.substitutions, "deletions": counts.deletions,
+            "insertions": counts.insertions, "hits": counts.hits}  # fmt: skip
+
+
+def load_samples(item: Item) -> np.ndarray:
+    """16 kHz mono samples of the row's audio; a UserError says why they cannot be had."""
+    from .audio import check_duration, load_audio
+
+    if isinstance(item.audio, bytes):  # through a file, so that one loader reads every format
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / f"audio{item.suffix}"
+            file.write_bytes(item.audio)
+            try:
+                samples = load_audio(file)
+            except UserError as err:
+                raise UserError(str(err).replace(str(file), item.id)) from None
+    else:
+        samples = load_audio(item.audio)
+    check_duration(samples, item.id)
+    return samples
+
+
+def transcribe_item(model, tokenizer, item: Item, evalset: EvalSet, max_new_tokens: int) -> Row:
+    from .audio import SAMPLE_RATE
+    from .transcribe import transcribe
+
+    row = Row(evalset.name, item.index, item.id, item.language, item.reference)
+    row.skipped = item.problem or (None if item.reference.strip() else "empty reference")
+    if row.skipped is None:  # checked before decoding: such a row costs no inference
+        normalizer = scoring_for(item.language, item.reference)[1]
+        if not normalize(item.reference, normalizer, evalset.traditional_to_simplified):
+            row.skipped = "reference is empty after normalization"
+    if row.skipped:
+        return row
+    try:
+        samples = load_samples(item)
+        start = time.perf_counter()
+        result = transcribe(model, tokenizer, samples, language=item.language, itn=evalset.itn,
+                            max_new_tokens=max_new_tokens)  # fmt: skip
+        row.seconds = time.perf_counter() - start
+    except UserError as err:  # unreadable or too short: this row only
+        row.skipped = str(err)
+        return row
+    row.audio_seconds = len(samples) / SAMPLE_RATE
+    row.hypothesis, row.token_ids, row.hit_token_limit = result.text, result.token_ids, result.hit_token_limit
+    row.generation_seconds = result.timings.get("prefill", 0.0) + result.timings.get("decode", 0.0)
+    for key, value in score(item.reference, result.text, item.language, evalset.traditional_to_simplified).items():
+        setattr(row, key, value)
+    return row
+
+
+# -- numbers from rows ----------------------------------------------------------------------------
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def aggregate(rows: list[Row]) -> dict:
+    """A set's numbers from its rows: micro error rate per metric (total errors / total reference
+    tokens), skipped rows, audio hours, real-time factor and generated tokens per second."""
+    scored = [r for r in rows if r.skipped is None]
+    scores = {}
+    for metric in sorted({r.metric for r in scored}):
+        group = [r for r in scored if r.metric == metric]
+        counts = {key: sum(getattr(r, key) for r in group) for key in ("substitutions", "deletions", "insertions", "hits")}
+        tokens = sum(r.reference_tokens for r in group)
+        scores[metric] = {"error_rate": _ratio(sum(r.errors for r in group), tokens), **counts,
+                          "reference_tokens": tokens, "utterances": len(group)}  # fmt: skip
+    audio = sum(r.audio_seconds for r in scored)
+    return {
+        "rows": len(rows),
+        "utterances": len(scored),
+        "audio_hours": audio / 3600,
+        "scores": scores,
+        "real_time_factor": _ratio(sum(r.seconds for r in scored), audio),
+        "tokens_per_second": _ratio(sum(len(r.token_ids) for r in scored), sum(r.generation_seconds for r in scored)),
+        "hit_token_limit": sum(r.hit_token_limit for r in scored),
+        "skipped": [{"index": r.index, "id": r.id, "reason": r.skipped} for r in rows if r.skipped],
+    }
+
+
+def token_agreement(baseline: list[int], variant: list[int]) -> float:
+    """Aligned identical tokens over the longer sequence: 1.0 for the same tokens, 0.0 for nothing alike."""
+    import jiwer
+
+    if not baseline or not variant:
+        return float(baseline == variant)
+    hits = jiwer.process_words(" ".join(map(str, baseline)), " ".join(map(str, variant))).hits
+    return hits / max(len(baseline), len(variant))
+
+
+def bootstrap_interval(base_errors: np.ndarray, errors: np.ndarray, tokens: np.ndarray) -> list[float]:
+    """95% interval of (variant - baseline) micro error rate, resampling utterances in pairs."""
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    picks = rng.integers(0, len(tokens), size=(BOOTSTRAP_SAMPLES, len(tokens)))
+    deltas = (errors[picks].sum(axis=1) - base_errors[picks].sum(axis=1)) / tokens[picks].sum(axis=1)
+    return [float(x) for x in np.percentile(deltas, [2.5, 97.5])]
+
+
+def compare(rows: list[Row], baseline_rows: list[Row]) -> tuple[dict, list[dict]]:
+    """Per set: token agreement, error-rate delta with its bootstrap interval and the utterances that
+    changed most; and one line per compared utterance. Rows join on (set, index)."""
+    baseline = {(r.set, r.index): r for r in baseline_rows if r.skipped is None}
+    per_set, lines = {}, []
+    for name in dict.fromkeys(r.set for r in rows):
+        pairs = [(baseline[(r.set, r.index)], r) for r in rows if r.set == name and r.skipped is None
+                 and (r.set, r.index) in baseline]  # fmt: skip
+        if not pairs:
+            continue
+        for base, row in pairs:
+            if base.reference != row.reference:
+                raise UserError(f"the baseline's set {name} differs at row {row.index} ({row.id}): compare reports "
+                                "made on the same set revision and --limit")  # fmt: skip
+        agreement = [token_agreement(b.token_ids, r.token_ids) for b, r in pairs]
+        lines += [{"set": name, "index": r.index, "id": r.id, "token_agreement": a, "baseline_errors": b.errors,
+                   "errors": r.errors} for (b, r), a in zip(pairs, agreement)]  # fmt: skip
+        scores = {}
+        for metric in sorted({r.metric for _, r in pairs}):
+            group = [(b, r, a) for (b, r), a in zip(pairs, agreement) if r.metric == metric]
+            base_errors = np.array([b.errors for b, _, _ in group])
+            errors = np.array([r.errors for _, r, _ in group])
+            tokens = np.array([r.reference_tokens for _, r, _ in group])
+            scores[metric] = {"utterances": len(group), "baseline": float(base_errors.sum() / tokens.sum()),
+                              "variant": float(errors.sum() / tokens.sum()),
+                              "delta": float((errors.sum() - base_errors.sum()) / tokens.sum()),
+                              "delta_ci95": bootstrap_interval(base_errors, errors, tokens),
+                              "token_agreement": float(np.mean([a for _, _, a in group])),
+                              "identical": sum(b.token_ids == r.token_ids for b, r, _ in group) / len(group)}  # fmt: skip
+        # Largest change in errors first, then lowest agreement.
+        changed = sorted(((b, r, a) for (b, r), a in zip(pairs, agreement) if b.token_ids != r.token_ids),
+                         key=lambda c: (-abs(c[1].errors - c[0].errors), c[2]))  # fmt: skip
+        per_set[name] = {
+            "utterances": len(pairs),
+            "not_compared": sum(1 for r in rows if r.set == name) - len(pairs),
+            "token_agreement": float(np.mean(agreement)),
+            "identical": sum(b.token_ids == r.token_ids for b, r in pairs) / len(pairs),
+            "scores": scores,
+            "changed_most": [{"index": r.index, "id": r.id, "reference": r.reference, "baseline": b.hypothesis,
+                              "variant": r.hypothesis, "baseline_errors": b.errors, "errors": r.errors,
+                              "token_agreement": a} for b, r, a in changed[:CHANGED_MOST]],
+        }  # fmt: skip
+    return per_set, lines
+
+
+# -- reports ----------------------------------------------------------------------------------------
+
+
+def _machine() -> dict:
+    import mlx.core as mx
+
+    info = mx.device_info()
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "mlx": mx.__version__, "device": str(mx.default_device()),
+            **{k: info[k] for k in ("device_name", "architecture", "memory_size") if k in info}}  # fmt: skip
+
+
+def _model(model_dir: Path) -> dict:
+    """Identity and size of the evaluated model, with the provenance blocks its config.json carries."""
+    config = json.loads((model_dir / "config.json").read_text())
+    model = {"name": config.get("recipe", {}).get("name") or model_dir.name, "path": str(model_dir),
+             "size_bytes": sum(f.stat().st_size for f in model_dir.glob(WEIGHT_FILES))}  # fmt: skip
+    return model | {key: config[key] for key in ("conversion", "quantization_summary", "recipe") if key in config}
+
+
+def read_report(report_dir: str | Path) -> tuple[dict, list[Row]]:
+    report_dir = Path(report_dir)
+    try:
+        report = json.loads((report_dir / EVAL_JSON).read_text())
+        lines = (report_dir / HYPOTHESES).read_text(encoding="utf-8").splitlines()
+    except (OSError, ValueError) as err:
+        raise UserError(f"{report_dir} is not an evaluation report: {err}") from None
+    return report, [Row(**json.loads(line)) for line in lines if line]
+
+
+def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], peaks: dict, baseline) -> dict:
+    from .convert import staged_output
+
+    report = {**header, "sets": {}, "baseline": None}
+    for name, definition in sets.items():
+        set_rows = [r for r in rows if r.set == name]
+        report["sets"][name] = {"definition": definition, **aggregate(set_rows), "peak_memory_bytes": peaks.get(name)}
+    lines, reports = [], [report]
+    if baseline is not None:
+        base_report, base_rows = read_report(baseline)
+        per_set, lines = compare(rows, base_rows)
+        report["baseline"] = {"name": base_report["model"]["name"], "path": str(baseline),
+                              "size_bytes": base_report["model"]["size_bytes"]}  # fmt: skip
+        for name, comparison in per_set.items():
+            report["sets"][name]["comparison"] = comparison
+        reports.insert(0, base_report)
+    with staged_output(Path(report_dir)) as out:
+        (out / HYPOTHESES).write_text("".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in rows), "utf-8")
+        if lines:
+            (out / COMPARISON).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), "utf-8")
+        (out / EVAL_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", "utf-8")
+        plot_reports(reports, out / PLOT)
+        (out / SUMMARY).write_text(render_summary(report), "utf-8")
+    return report
+
+
+def evaluate(model_dir, sets: Sequence[str], report_dir, limit: int | None = None, shard=None, baseline=None,
+             max_new_tokens: int | None = None) -> dict:  # fmt: skip
+    """Transcribe the first `limit` rows of each set (those of shard i/n only) with the model in
+    `model_dir`, score them and write the report to `report_dir` (all or nothing); `baseline` is the
+    report of the variant to compare with (the bf16 one of the same source). Returns eval.json's dict."""
+    import mlx.core as mx
+    from tqdm import tqdm
+
+    from .convert import package_version
+    from .transcribe import DEFAULT_MAX_NEW_TOKENS, load
+
+    index, count = parse_shard(shard)
+    model_dir, report_dir = Path(model_dir), Path(report_dir)
+    evalsets = [EvalSet.load(s) for s in sets]
+    if len({s.name for s in evalsets}) < len(evalsets) or not evalsets:
+        raise UserError(f"give one or more sets with distinct names (got {[s.name for s in evalsets]})")
+    if report_dir.exists():
+        raise UserError(f"report directory already exists: {report_dir}")
+    if baseline is not None:
+        read_report(baseline)  # fail now, not after hours of decoding
+    opened = {s.name: open_set(s) for s in evalsets}  # every set and column is checked before the model loads
+    model, tokenizer = load(model_dir)
+    max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    rows, peaks = [], {}
+    for evalset in evalsets:
+        mx.reset_peak_memory()
+        mine = (item for item in islice(opened[evalset.name], limit) if item.index % count == index)
+        for item in tqdm(mine, desc=evalset.name, unit="utt", disable=None):
+            rows.append(transcribe_item(model, tokenizer, item, evalset, max_new_tokens))
+        peaks[evalset.name] = mx.get_peak_memory()
+    header = {"format": REPORT_FORMAT, "model": _model(model_dir), "package_version": package_version(),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": _machine(),
+              "settings": {"max_new_tokens": max_new_tokens, "limit": limit, "shard": index if count > 1 else None,
+                           "shards": count}}  # fmt: skip
+    return _write_report(report_dir, header, {s.name: s.describe() for s in evalsets}, rows, peaks, baseline)
+
+
+def merge(shard_report_dirs: Sequence, out_dir, baseline=None) -> dict:
+    """One report from the reports of shards 0..n-1 of one evaluation: the rows of all shards in set
+    order, every number recomputed from them (peak memory: the largest of the shards')."""
+    shards = [read_report(d) for d in shard_report_dirs]
+    if not shards:
+        raise UserError("merge: give the report directories of the shards")
+    first = shards[0][0]
+    count = first["settings"]["shards"]
+    found = sorted(report["settings"]["shard"] for report, _ in shards if report["settings"]["shards"] == count)
+    if found != list(range(count)):
+        raise UserError(f"merge: expected shards 0..{count - 1} of {count} once each, found {found}")
+    for (report, _), directory in zip(shards, shard_report_dirs):
+        same = ("model", "name"), ("model", "size_bytes"), ("settings", "max_new_tokens"), ("settings", "limit")
+        differs = [f"{a}.{b}" for a, b in same if report[a][b] != first[a][b]]
+        if differs or {n: s["definition"] for n, s in report["sets"].items()} != \
+                {n: s["definition"] for n, s in first["sets"].items()}:  # fmt: skip
+            raise UserError(f"merge: {directory} is not a shard of the same evaluation ({', '.join(differs) or 'sets'} differ)")
+    order = {name: i for i, name in enumerate(first["sets"])}
+    rows = sorted((row for _, shard_rows in shards for row in shard_rows), key=lambda r: (order[r.set], r.index))
+    peaks = {name: max(report["sets"][name]["peak_memory_bytes"] or 0 for report, _ in shards) for name in order}
+    header = {key: value for key, value in first.items() if key not in ("sets", "baseline")}
+    header["settings"] = {**first["settings"], "shard": None, "merged_from": [str(d) for d in shard_report_dirs]}
+    return _write_report(Path(out_dir), header, {n: s["definition"] for n, s in first["sets"].items()}, rows, peaks, baseline)
+
+
+# -- rendering --------------------------------------------------------------------------------------
+
+
+def plot(report_dirs: Sequence, png) -> Path:
+    """Error rate against model size for the variants whose reports are given, as a PNG."""
+    return plot_reports([read_report(d)[0] for d in report_dirs], Path(png))
+
+
+def plot_reports(reports: list[dict], png: Path) -> Path:
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot()
+    series: dict[str, list[tuple[float, float]]] = {}
+    for report in reports:
+        size = report["model"]["size_bytes"] / 1e6
+        for name, data in report["sets"].items():
+            for metric, scores in data["scores"].items():
+                if scores["error_rate"] is not None:
+                    series.setdefault(f"{name} ({metric.upper()})", []).append((size, 100 * scores["error_rate"]))
+    for label, points in series.items():
+        ax.plot(*zip(*sorted(points)), marker="o", label=label)
+    sizes = {report["model"]["size_bytes"] / 1e6: report["model"]["name"] for report in reports}
+    ax.set_xticks(list(sizes), [f"{name}\n{size:,.0f} MB" for size, name in sizes.items()], fontsize=8)
+    ax.set_xlabel("model size (weights)")
+    ax.set_ylabel("error rate (%)")
+    ax.set_title("Error rate against model size")
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    return png
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_summary(report: dict) -> str:
+    model, settings, machine = report["model"], report["settings"], report["machine"]
+    shard = f", shard {settings['shard']}/{settings['shards']}" if settings.get("shard") is not None else ""
+    merged = f", merged from {len(settings['merged_from'])} shards" if settings.get("merged_from") else ""
+    out = [f"# Evaluation of {model['name']}", "",
+           f"{model['size_bytes'] / 1e6:,.0f} MB of weights; funasr-nano-mlx {report['package_version']}; "
+           f"{report['date']}; {machine.get('device_name', machine['platform'])} ({machine['device']}, MLX {machine['mlx']}); "
+           f"max {settings['max_new_tokens']} new tokens" + (f", first {settings['limit']} rows per set" if settings["limit"] else "")
+           + shard + merged + ".", "",
+           "| set | metric | error rate | S | D | I | ref. tokens | utterances | skipped | audio h | RTF | tokens/s | peak memory | hit token limit |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, data in report["sets"].items():
+        speed = (f"{data['real_time_factor']:.3f}" if data["real_time_factor"] is not None else "n/a",
+                 f"{data['tokens_per_second']:.1f}" if data["tokens_per_second"] is not None else "n/a")
+        memory = f"{data['peak_memory_bytes'] / 2**30:.2f} GiB" if data["peak_memory_bytes"] else "n/a"
+        for metric, s in data["scores"].items() or [("-", None)]:
+            counts = [s[k] for k in ("substitutions", "deletions", "insertions", "reference_tokens", "utterances")] if s else [""] * 5
+            out.append(f"| {name} | {metric.upper()} | {_percent(s and s['error_rate'])} | " + " | ".join(map(str, counts))
+                       + f" | {len(data['skipped'])} | {data['audio_hours']:.3f} | {speed[0]} | {speed[1]} | {memory} | "
+                       f"{data['hit_token_limit']} |")  # fmt: skip
+    if report["baseline"]:
+        out += _render_comparison(report)
+    skipped = [(name, s) for name, data in report["sets"].items() for s in data["skipped"]]
+    out += ["", f"## Skipped rows ({len(skipped)})", ""]
+    out += [f"- {name} row {s['index']} ({_cell(s['id'])}): {_cell(s['reason'])}" for name, s in skipped] or ["None."]
+    out += ["", f"![error rate against model size]({PLOT})", ""]
+    return "\n".join(out)
+
+
+def _render_comparison(report: dict) -> list[str]:
+    base = report["baseline"]
+    out = ["", f"## Against {base['name']} ({base['size_bytes'] / 1e6:,.0f} MB)", "",
+           "Token agreement: aligned identical tokens over the longer sequence, averaged over utterances; delta: "
+           f"this variant minus the baseline, with a paired bootstrap 95% interval ({BOOTSTRAP_SAMPLES} resamples).", "",
+           "| set | metric | baseline | this variant | delta [95% interval] | token agreement | identical | compared |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    changed = []
+    for name, data in report["sets"].items():
+        comparison = data.get("comparison")
+        if not comparison:
+            continue
+        for metric, s in comparison["scores"].items():
+            low, high = s["delta_ci95"]
+            out.append(f"| {name} | {metric.upper()} | {_percent(s['baseline'])} | {_percent(s['variant'])} | "
+                       f"{100 * s['delta']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] | {100 * s['token_agreement']:.1f}% | "
+                       f"{100 * s['identical']:.1f}% | {s['utterances']} |")  # fmt: skip
+        changed += [(name, c) for c in comparison["changed_most"]]
+    out += ["", "### Utterances that changed most", ""]
+    if not changed:
+        return out + ["None: every compared utterance has the baseline's tokens."]
+    out += ["| set | row | reference | baseline | this variant | errors | agreement |", "|---|---|---|---|---|---:|---:|"]
+    return out + [f"| {name} | {c['index']} | {_cell(c['reference'])} | {_cell(c['baseline'])} | {_cell(c['variant'])} | "
+                  f"{c['baseline_errors']} → {c['errors']} | {100 * c['token_agreement']:.0f}% |" for name, c in changed]  # fmt: skip
