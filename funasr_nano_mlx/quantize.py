@@ -63,24 +63,21 @@ def summarize(model: nn.Module, planned: dict[str, QuantSpec | None], recipe: Re
     """What was quantized at what setting, per component and per mixed rule, and what was skipped."""
     modules = dict(model.named_modules())
     leaves = tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module)
-    summary: dict = {"components": {}, "mixed": [], "skipped": []}
-    for name in COMPONENTS:
-        paths = [p for p in planned if component_of(p) == name]
-        spec = getattr(recipe, name)
-        summary["components"][name] = {
-            "quantization": spec.params() if spec else None,
-            "layers": len(paths),
-            "quantized_layers": sum(_is_quantized(modules[p]) for p in paths),
-            "bits_per_weight": _bits_per_weight([m for p, m in leaves if component_of(p) == name]),
-        }
-    for rule in recipe.mixed:
-        matched = [p for p in planned if rule.applies(p)]
-        summary["mixed"].append({"match": rule.match, "layers": list(rule.layers) if rule.layers else None,
-                                 **rule.spec.params(), "matched_layers": len(matched)})  # fmt: skip
-    # Layers the recipe quantizes whose input size is not a multiple of the group size (MLX cannot).
-    summary["skipped"] = sorted(p for p, spec in planned.items() if spec and not _is_quantized(modules[p]))
-    summary["bits_per_weight"] = _bits_per_weight([m for _, m in leaves])
-    return summary
+
+    def component(name: str) -> dict:
+        paths, spec = [p for p in planned if component_of(p) == name], getattr(recipe, name)
+        return {"quantization": spec.params() if spec else None, "layers": len(paths),
+                "quantized_layers": sum(_is_quantized(modules[p]) for p in paths),
+                "bits_per_weight": _bits_per_weight([m for p, m in leaves if component_of(p) == name])}  # fmt: skip
+
+    return {
+        "components": {name: component(name) for name in COMPONENTS},
+        "mixed": [{"match": rule.match, "layers": list(rule.layers) if rule.layers else None, **rule.spec.params(),
+                   "matched_layers": sum(rule.applies(p) for p in planned)} for rule in recipe.mixed],  # fmt: skip
+        # Layers the recipe quantizes whose input size is not a multiple of the group size (MLX cannot).
+        "skipped": sorted(p for p, spec in planned.items() if spec and not _is_quantized(modules[p])),
+        "bits_per_weight": _bits_per_weight([m for _, m in leaves]),
+    }
 
 
 def quantize_layers(model: nn.Module, config: dict, recipe: Recipe) -> tuple[dict, dict]:
@@ -105,7 +102,6 @@ def quantize_layers(model: nn.Module, config: dict, recipe: Recipe) -> tuple[dic
         for path in planned:  # explicit entries for kept layers: loaders need not infer them from the weights
             if not _is_quantized(modules[path]):
                 config["quantization"][path] = False
-        config["quantization_config"] = config["quantization"]
     return config, summarize(model, planned, recipe)
 
 

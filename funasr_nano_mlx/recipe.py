@@ -347,8 +347,9 @@ def download(recipe: Recipe, dst: Path) -> Path:
         if recipe.model_pt_sha256 is None:
             log(recipe, f"download: {CHECKPOINT} SHA-256 {digest} (not checked: none expected for this source)")
         elif digest != recipe.model_pt_sha256:
-            raise UserError(f"{CHECKPOINT} of {recipe.source_label} has SHA-256 {digest}, but recipe {recipe.name} "
-                            f"expects {recipe.model_pt_sha256}: corrupt download or wrong pin; nothing was converted")  # fmt: skip
+            raise UserError(f"{CHECKPOINT} of {recipe.source_label} has SHA-256 {digest}, but recipe "
+                            f"{recipe.name} expects {recipe.model_pt_sha256}: corrupt download or wrong pin; "
+                            "nothing was converted")  # fmt: skip
         record = {"source": recipe.source, "revision": recipe.revision, "model_pt_sha256": digest}
         (out / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return dst

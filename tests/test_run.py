@@ -201,7 +201,8 @@ def test_an_interrupted_stage_is_not_done_and_a_rerun_completes(cli, tiny_upstre
     assert "convert: up to date, skipped" in resumed.stderr and "quantize: building" in resumed.stderr
     assert stage_dirs(work) == [f"4bit-llm/{stage}" for stage in sorted(STAGES)]
     assert make("-q", quantize_target, work=work, source=tiny_upstream, venv=venv).returncode == 0
-    assert_same_weights(work / "4bit-llm/quantize", quantize(work / "4bit-llm/convert", tmp_path / "q", Recipe.load("4bit-llm")))
+    direct = quantize(work / "4bit-llm/convert", tmp_path / "q", Recipe.load("4bit-llm"))
+    assert_same_weights(work / "4bit-llm/quantize", direct)
 
 
 def test_make_publish_runs_every_stage_and_says_publish_is_not_built(tiny_upstream, tmp_path):
