@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import re
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -137,14 +138,14 @@ def _local_item(index: int, audio, text, language, base: Path, evalset: EvalSet)
 
     audio_path = base / str(audio) if audio else None
     item = Item(index, str(audio or f"row {index}"), str(text or ""), language or evalset.language, audio_path)
-    if audio_path is None:
-        item.problem = "no audio path"
-    elif not audio_path.is_file():
-        item.problem = f"audio file not found: {audio_path}"
     try:
         resolve_language(item.language)
     except UserError:
         item.problem = f"unknown language {item.language!r}"
+    if audio_path is None:
+        item.problem = "no audio path"
+    elif not audio_path.is_file():
+        item.problem = f"audio file not found: {audio_path}"
     return item
 
 
@@ -186,8 +187,8 @@ def _hub_items(evalset: EvalSet) -> Iterator[Item]:
 
     label = f"dataset {evalset.dataset}" + (f" ({evalset.config})" if evalset.config else "") + f" split {evalset.split}"
     if evalset.is_hub and not COMMIT.fullmatch(evalset.revision or ""):
-        raise UserError(f"set {evalset.name}: {label} is not pinned (revision {evalset.revision!r}); write its "
-                        "40-hex commit as `revision` in the set definition: nothing unpinned is evaluated")  # fmt: skip
+        raise UserError(f"set {evalset.name}: {label} is not pinned to a commit (revision: {evalset.revision or 'none'}); "
+                        "write its 40-hex commit as `revision` in the set definition: nothing unpinned is evaluated")  # fmt: skip
     try:
         stream = load_dataset(evalset.dataset, evalset.config, split=evalset.split, streaming=True,
                               revision=evalset.revision if evalset.is_hub else None,
@@ -517,11 +518,28 @@ def evaluate(model_dir, sets: Sequence[str], report_dir, limit: int | None = Non
         for item in tqdm(mine, desc=evalset.name, unit="utt", disable=None):
             rows.append(transcribe_item(model, tokenizer, item, evalset, max_new_tokens))
         peaks[evalset.name] = mx.get_peak_memory()
+        done = aggregate([r for r in rows if r.set == evalset.name])
+        rates = ", ".join(f"{m.upper()} {_percent(s['error_rate'])}" for m, s in done["scores"].items())
+        print(f"[evaluate] {evalset.name}: {done['utterances']} scored, {len(done['skipped'])} skipped"
+              + (f"; {rates}" if rates else ""), file=sys.stderr, flush=True)  # fmt: skip
     header = {"format": REPORT_FORMAT, "model": _model(model_dir), "package_version": package_version(),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": _machine(),
-              "settings": {"max_new_tokens": max_new_tokens, "limit": limit, "shard": index if count > 1 else None,
-                           "shards": count}}  # fmt: skip
+              "settings": {"max_new_tokens": max_new_tokens, "limit": limit, "shard": index, "shards": count}}  # fmt: skip
     return _write_report(report_dir, header, {s.name: s.describe() for s in evalsets}, rows, peaks, baseline)
+
+
+def baseline_recipe(recipe) -> str | None:
+    """The recipe whose variant `recipe`'s is compared with: the unquantized bfloat16 one of the same
+    source and revision (None for that one itself, or when recipes/ has none)."""
+    from .recipe import COMPONENTS, RECIPES_DIR, Recipe
+
+    def plain(r: Recipe) -> bool:
+        return r.dtype == "bfloat16" and not r.mixed and all(getattr(r, c) is None for c in COMPONENTS)
+
+    if plain(recipe):
+        return None
+    candidates = (Recipe.load(file) for file in sorted(RECIPES_DIR.glob("*.yaml")))
+    return next((r.name for r in candidates if plain(r) and (r.source, r.revision) == (recipe.source, recipe.revision)), None)
 
 
 def merge(shard_report_dirs: Sequence, out_dir, baseline=None) -> dict:
@@ -594,7 +612,7 @@ def _cell(text) -> str:
 
 def render_summary(report: dict) -> str:
     model, settings, machine = report["model"], report["settings"], report["machine"]
-    shard = f", shard {settings['shard']}/{settings['shards']}" if settings.get("shard") is not None else ""
+    shard = f", shard {settings['shard']}/{settings['shards']}" if settings["shard"] is not None and settings["shards"] > 1 else ""
     merged = f", merged from {len(settings['merged_from'])} shards" if settings.get("merged_from") else ""
     out = [f"# Evaluation of {model['name']}", "",
            f"{model['size_bytes'] / 1e6:,.0f} MB of weights; funasr-nano-mlx {report['package_version']}; "
