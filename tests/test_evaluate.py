@@ -81,14 +81,19 @@ def speech_set(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory, tiny_f32, tiny_bf16, speech_set) -> dict[str, Path]:
-    """Reports of the tiny model: bf16, bf16 against itself, float32 against bf16 (unsharded, and in
-    three shards merged)."""
+    """Reports of the tiny model: bf16, bf16 against itself, 4-bit LLM (recipe 4bit-llm) and float32
+    against bf16, float32 also in three shards merged."""
+    from funasr_nano_mlx.quantize import quantize
+    from funasr_nano_mlx.recipe import Recipe
+
     out = tmp_path_factory.mktemp("reports")
     sets = [str(speech_set)]
     run = dict(max_new_tokens=MAX_NEW_TOKENS)
     evaluate(tiny_bf16, sets, out / "bf16", **run)
     evaluate(tiny_bf16, sets, out / "bf16-self", baseline=out / "bf16", **run)
     evaluate(tiny_f32, sets, out / "f32", baseline=out / "bf16", **run)
+    four_bit = quantize(tiny_bf16, tmp_path_factory.mktemp("quantized") / "tiny-4bit-llm", Recipe.load("4bit-llm"))
+    evaluate(four_bit, sets, out / "4bit", baseline=out / "bf16", **run)
     shards = [out / f"f32-shard-{i}" for i in range(3)]
     for i, shard in enumerate(shards):
         evaluate(tiny_f32, sets, shard, shard=f"{i}/3", **run)
@@ -150,9 +155,11 @@ def test_bf16_against_itself_agrees_fully(reports):
     assert "None: every compared utterance has the baseline's tokens." in (reports["bf16-self"] / SUMMARY).read_text()
 
 
-def test_float32_against_bf16_is_measured(reports):
-    comparison = read_report(reports["f32"])[0]["sets"]["speech"]["comparison"]
-    print(f"\ntiny float32 vs bf16 ({MAX_NEW_TOKENS} new tokens, 12 utterances): token agreement "
+@pytest.mark.parametrize("variant", ["f32", "4bit"])
+def test_variant_against_bf16_is_measured(reports, variant):
+    report = read_report(reports[variant])[0]
+    comparison = report["sets"]["speech"]["comparison"]
+    print(f"\n{report['model']['name']} vs tiny-bfloat16 ({MAX_NEW_TOKENS} new tokens, 12 utterances): token agreement "
           f"{100 * comparison['token_agreement']:.1f}%, identical {100 * comparison['identical']:.0f}%; "
           + "; ".join(f"{m.upper()} delta {100 * s['delta']:+.1f} [{100 * s['delta_ci95'][0]:+.1f}, "
                       f"{100 * s['delta_ci95'][1]:+.1f}]" for m, s in comparison["scores"].items()))  # fmt: skip
@@ -162,12 +169,12 @@ def test_float32_against_bf16_is_measured(reports):
         assert low <= s["delta"] <= high and s["delta"] == pytest.approx(s["variant"] - s["baseline"])
     changed = comparison["changed_most"]
     assert len(changed) == round(12 * (1 - comparison["identical"])) or len(changed) == 10
-    lines = (reports["f32"] / "comparison.jsonl").read_text().splitlines()
+    lines = (reports[variant] / "comparison.jsonl").read_text().splitlines()
     assert len(lines) == 12 and all(0 <= json.loads(line)["token_agreement"] <= 1 for line in lines)
 
 
 def test_plot_of_several_variants(reports, tmp_path):
-    png = plot([reports["bf16"], reports["f32"]], tmp_path / "variants.png")
+    png = plot([reports["bf16"], reports["f32"], reports["4bit"]], tmp_path / "variants.png")
     assert png.read_bytes().startswith(PNG_SIGNATURE) and b"Matplotlib" in png.read_bytes()[:200]
 
 
@@ -255,6 +262,14 @@ def test_hub_sets_must_be_pinned():
         open_set(EvalSet(name="x", dataset="some-org/some-set"))
     with pytest.raises(UserError, match="no evaluation set 'no-such-set'"):
         EvalSet.load("no-such-set")
+
+
+def test_baseline_of_each_recipe():
+    from funasr_nano_mlx.evaluate import baseline_recipe
+    from funasr_nano_mlx.recipe import Recipe
+
+    assert {name: baseline_recipe(Recipe.load(name)) for name in ("bf16", "4bit-llm", "8bit", "mlt-bf16", "mlt-4bit-llm")} \
+        == {"bf16": None, "4bit-llm": "bf16", "8bit": "bf16", "mlt-bf16": None, "mlt-4bit-llm": "mlt-bf16"}  # fmt: skip
 
 
 def test_named_sets_cover_the_recipes():
