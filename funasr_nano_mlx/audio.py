@@ -33,9 +33,7 @@ def load_audio(path: str | Path) -> np.ndarray:
     import soundfile as sf  # imported here so that pure-array users need no audio I/O stack
     import soxr
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"audio file not found: {path}")
+    path = check_audio_path(path)
     try:
         samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # libsndfile reports format problems with its own exception types
@@ -47,7 +45,14 @@ def load_audio(path: str | Path) -> np.ndarray:
     return mono
 
 
-def check_duration(samples: np.ndarray, name: str = "audio") -> None:
+def check_audio_path(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"audio file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    return path
+
+
+def check_duration(samples: np.ndarray, name: str) -> None:
     if samples.ndim != 1:
         raise UserError(f"{name}: expected mono samples, got shape {samples.shape}")
     if len(samples) < FRAME_LENGTH:
@@ -81,9 +86,9 @@ def mel_filterbank() -> np.ndarray:
     return bank
 
 
-def fbank(samples: np.ndarray) -> np.ndarray:
+def fbank(samples: np.ndarray, name: str = "audio") -> np.ndarray:
     """Log-mel filterbank of 16 kHz float samples in [-1, 1], shape (T, 80), Kaldi semantics, no dither."""
-    check_duration(samples)
+    check_duration(samples, name)
     wave = samples.astype(np.float32) * np.float32(INT16_SCALE)
     num_frames = 1 + (len(wave) - FRAME_LENGTH) // FRAME_SHIFT  # snip_edges=True
     index = FRAME_SHIFT * np.arange(num_frames)[:, None] + np.arange(FRAME_LENGTH)[None, :]
@@ -108,6 +113,6 @@ def apply_lfr(feats: np.ndarray, m: int = LFR_M, n: int = LFR_N) -> np.ndarray:
     return feats[np.clip(rows, 0, len(feats) - 1)].reshape(num_out, m * feats.shape[1])
 
 
-def features(samples: np.ndarray) -> np.ndarray:
+def features(samples: np.ndarray, name: str = "audio") -> np.ndarray:
     """The model input for one utterance: LFR-stacked fbank, shape (ceil(T / 6), 560), float32."""
-    return apply_lfr(fbank(samples))
+    return apply_lfr(fbank(samples, name))

@@ -63,9 +63,12 @@ def convert(src, dst, dtype):
 @user_errors
 def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt):
     """Transcribe AUDIO files (wav, flac, mp3, ogg; any rate, mono or stereo) with a converted MODEL."""
+    from .audio import check_audio_path
     from .transcribe import load, resolve_language, transcribe as run_transcribe
 
-    resolve_language(language)  # reject a bad language before the model loads
+    resolve_language(language)  # reject bad input before the model loads
+    for path in audio:
+        check_audio_path(path)
     loaded, tokenizer = load(model)
     for path in audio:
         result = run_transcribe(loaded, tokenizer, path, language=language, hotwords=hotwords,

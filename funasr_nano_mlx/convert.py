@@ -20,7 +20,7 @@ from mlx_lm.utils import save_config, save_model
 from tqdm import tqdm
 
 from .errors import UserError
-from .model import CTC_PREFIXES, EMBEDDINGS, LM_HEAD, AdaptorArgs, FunASRNano, ModelArgs
+from .model import EMBEDDINGS, LM_HEAD, AdaptorArgs, FrontendArgs, FunASRNano, ModelArgs
 from .transcribe import MODEL_TYPE, TOKENIZER_DIR
 
 CHECKPOINT = "model.pt"
@@ -41,13 +41,20 @@ def download(repo_id: str, revision: str | None = None, local_dir: Path | None =
         raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {err}") from None
 
 
-def resolve_source(src: str | Path) -> Path:
+def resolve_source(src: str | Path) -> tuple[Path, str]:
+    """A local upstream directory, or a hub repo id fetched into the HF cache; and its provenance label."""
     path = Path(src)
     if path.exists():
-        return path
+        return path, str(path)
     if isinstance(src, str) and src.count("/") == 1 and not src.startswith((".", "/")):
-        return download(src)
+        snapshot = download(src)
+        return snapshot, f"{src}@{snapshot.name}"  # the cache names a snapshot folder by its commit
     raise UserError(f"source not found: {src} (a local upstream directory or a hub repo id ORG/NAME)")
+
+
+def ensure_absent(dst: Path) -> None:
+    if dst.exists():
+        raise UserError(f"destination already exists: {dst}")
 
 
 def package_version() -> str:
@@ -75,25 +82,43 @@ def read_upstream_config(src: Path) -> dict:
         text_config = json.loads((src / TOKENIZER_DIR / "config.json").read_text())
     except (yaml.YAMLError, ValueError) as err:
         raise UserError(f"cannot parse the configuration in {src}: {err}") from None
-    if upstream.get("model") != "FunASRNano":
-        raise UserError(f"{src}/config.yaml describes model {upstream.get('model')!r}, not FunASRNano")
-    frontend = upstream.get("frontend_conf", {})
-    adaptor = dict(upstream.get("audio_adaptor_conf", {}))
-    # As the reference does at build time ([F] fun_asr_nano/model.py:138-142): widths come from the
-    # encoder output and the LLM embeddings, not from the adaptor's own config entries.
-    adaptor["encoder_dim"] = upstream["audio_encoder_conf"]["output_size"]
-    adaptor["llm_dim"] = text_config["hidden_size"]
+    if not isinstance(upstream, dict) or upstream.get("model") != "FunASRNano":
+        raise UserError(f"{src}/config.yaml does not describe a FunASRNano model")
+    check_supported(src, upstream)
+    try:
+        adaptor = dict(upstream.get("audio_adaptor_conf", {}))
+        # As the reference does at build time ([F] fun_asr_nano/model.py:138-142): widths come from the
+        # encoder output and the LLM embeddings, not from the adaptor's own config entries.
+        adaptor["encoder_dim"] = upstream["audio_encoder_conf"]["output_size"]
+        adaptor["llm_dim"] = text_config["hidden_size"]
+        adaptor.setdefault("use_low_frame_rate", AdaptorArgs.use_low_frame_rate)  # written out: it decides the prompt
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{src}: incomplete configuration, {err} is missing") from None
     return {
         "model_type": MODEL_TYPE,
-        "input_size": frontend.get("n_mels", 80) * frontend.get("lfr_m", 7),
-        "frontend_conf": frontend,
+        "input_size": FrontendArgs().n_mels * FrontendArgs().lfr_m,
+        "frontend_conf": upstream.get("frontend_conf", {}),
         "audio_encoder_conf": upstream["audio_encoder_conf"],
         "audio_adaptor_conf": {k: adaptor[k] for k in vars(AdaptorArgs()) if k in adaptor},
         "text_config": text_config,
         "llm_dtype": upstream.get("llm_conf", {}).get("llm_dtype", "fp32"),
         "qwen_tokenizer_path": TOKENIZER_DIR,
-        "default_max_tokens": 512,
     }
+
+
+def check_supported(src: Path, upstream: dict) -> None:
+    """Refuse settings the upstream code would honour but this port does not implement."""
+    frontend = upstream.get("frontend_conf", {})
+    if FrontendArgs.from_dict(frontend) != FrontendArgs():
+        raise UserError(f"{src}/config.yaml: unsupported frontend_conf {frontend}; this port implements "
+                        f"the released one: {vars(FrontendArgs())}")  # fmt: skip
+    dataset = upstream.get("dataset_conf", {}) or {}
+    # do_think=False would add an empty <think> block and sys_prompt=False drop the system prompt
+    # ([F] fun_asr_nano/model.py:481-520); top-level max_length/llm_dtype change upstream's inference.
+    changed = [key for key in ("do_think", "sys_prompt") if dataset.get(key, True) is not True]
+    changed += sorted({"max_length", "llm_dtype"} & upstream.keys())
+    if changed:
+        raise UserError(f"{src}/config.yaml sets {', '.join(changed)}, which this port does not implement")
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -150,8 +175,7 @@ def check_keys(model: FunASRNano, weights: dict) -> None:
 @contextmanager
 def staged_output(dst: Path):
     """Yield DST.tmp; rename it to DST only if the body completes, remove it otherwise."""
-    if dst.exists():
-        raise UserError(f"destination already exists: {dst}")
+    ensure_absent(dst)
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -168,17 +192,21 @@ def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id
     if dtype not in DTYPES:
         raise UserError(f"dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)} "
                         "(Qwen3 is numerically unstable in float16)")  # fmt: skip
-    src, dst = resolve_source(src), Path(dst)
-    if dst.exists():
-        raise UserError(f"destination already exists: {dst}")
+    dst = Path(dst)
+    ensure_absent(dst)  # before a possible download
+    src, label = resolve_source(src)
     config = read_upstream_config(src)
     state = read_checkpoint(src / CHECKPOINT)
     head_differs = _head_differs(state, config["text_config"])
-    model = FunASRNano(ModelArgs.from_dict(config))  # parameters stay lazy: never materialized
+    try:
+        model = FunASRNano(ModelArgs.from_dict(config))  # parameters stay lazy: never materialized
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{src}: unsupported or incomplete configuration: {err}") from None
 
     weights = {key: to_mlx(tensor, DTYPES[dtype]) for key, tensor in tqdm(state.items(), desc="convert", unit="tensor")}
-    dropped = [k for k in weights if k.removeprefix("module.").startswith(CTC_PREFIXES)]
+    original_keys = {key.removeprefix("module.") for key in weights}
     weights = model.sanitize(weights)
+    dropped = original_keys - weights.keys() - {LM_HEAD}  # the CTC head, when the copy carries it
     check_keys(model, weights)
     try:
         model.load_weights(list(weights.items()), strict=True)
@@ -187,7 +215,7 @@ def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id
     del weights, state
 
     config["conversion"] = {
-        "source": source_id or str(src),
+        "source": source_id or label,
         "model_pt_sha256": sha256(src / CHECKPOINT),
         "dtype": dtype,
         "dropped_ctc_tensors": len(dropped),

@@ -54,7 +54,7 @@ class AdaptorArgs:
     """`audio_adaptor_conf` of config.yaml (llm_asr Transformer adaptor)."""
 
     downsample_rate: int = 1
-    use_low_frame_rate: bool = True
+    use_low_frame_rate: bool = False  # upstream's default; the released config sets it to true
     ffn_dim: int = 2048  # width of linear1/linear2; the blocks' FFN is llm_dim // 4 whatever this says
     llm_dim: int = 1024
     encoder_dim: int = 512
@@ -110,7 +110,8 @@ class ModelArgs:
 
 def sinusoidal_position_encoding(length: int, depth: int) -> mx.array:
     """SenseVoice's PE: positions 1..length, depth = the input width (560), [sin | cos] halves, fp32."""
-    increment = math.log(PE_MAX_TIMESCALE) / (depth / 2 - 1)
+    # In float32 step by step, as torch computes it, so positions far into long audio agree too.
+    increment = mx.log(mx.array(PE_MAX_TIMESCALE, mx.float32)) / (depth / 2 - 1)
     inv_timescales = mx.exp(mx.arange(depth // 2, dtype=mx.float32) * -increment)
     scaled_time = mx.arange(1, length + 1, dtype=mx.float32)[:, None] * inv_timescales[None, :]
     return mx.concatenate([mx.sin(scaled_time), mx.cos(scaled_time)], axis=-1)
@@ -136,8 +137,11 @@ class SANMAttention(nn.Module):
         self.linear_out = nn.Linear(dims, dims)
         # Depthwise conv, weight (C, K, 1) in MLX layout; no bias.
         self.fsmn_block = nn.Conv1d(dims, dims, kernel_size, groups=dims, bias=False)
-        self.left_pad = (kernel_size - 1) // 2 + sanm_shift
+        # Upstream applies only a positive shift ([F] sense_voice/model.py:140-143).
+        self.left_pad = (kernel_size - 1) // 2 + max(sanm_shift, 0)
         self.right_pad = kernel_size - 1 - self.left_pad
+        if self.right_pad < 0:
+            raise ValueError(f"sanm_shift {sanm_shift} too large for kernel_size {kernel_size}")
 
     def fsmn(self, v: mx.array) -> mx.array:
         padded = mx.pad(v, [(0, 0), (self.left_pad, self.right_pad), (0, 0)])
@@ -288,7 +292,10 @@ class FunASRNano(nn.Module):
             layer.self_attn.rope = UpstreamRoPE(llm_args.head_dim, llm_args.rope_theta, args.llm_dtype)
 
     def encode(self, feats: mx.array) -> mx.array:
-        """LFR features (B, T, 560) -> adaptor output (B, T, llm_dim), all frames."""
+        """LFR features (1, T, 560) -> adaptor output (1, T // downsample_rate, llm_dim), all frames.
+
+        One utterance at a time: there are no padding masks (upstream also encodes each utterance alone).
+        """
         return self.audio_adaptor(self.audio_encoder(feats))
 
     def num_audio_tokens(self, num_lfr_frames: int) -> int:

@@ -50,8 +50,8 @@ def resolve_language(language: str | None) -> str | None:
     """ISO code or reference name -> the reference name; None/'auto' -> None (no language in prompt)."""
     if language is None or language.strip().lower() in ("", AUTO_LANGUAGE):
         return None
-    if language in LANGUAGES.values():
-        return language
+    if language.strip() in LANGUAGES.values():
+        return language.strip()
     code = language.strip().lower()
     if code in LANGUAGES:
         return LANGUAGES[code]
@@ -109,7 +109,8 @@ def _read_config(path: Path) -> dict:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError):
         config = {}
-    if config.get("model_type") != MODEL_TYPE or not (path / TOKENIZER_DIR).is_dir():
+    valid = config.get("model_type") == MODEL_TYPE and isinstance(config.get("text_config"), dict)
+    if not valid or not (path / TOKENIZER_DIR).is_dir():
         raise UserError(
             f"{path} is not a converted Fun-ASR-Nano model (expected config.json with model_type "
             f"{MODEL_TYPE!r} and a {TOKENIZER_DIR}/ tokenizer folder); create one with `funasr-nano-mlx convert`"
@@ -131,13 +132,14 @@ def load(path: str | Path) -> tuple[FunASRNano, TokenizerWrapper]:
     config = _read_config(path)
     try:
         model, _ = load_model(path, get_model_classes=lambda config: (FunASRNano, ModelArgs))
-    except (FileNotFoundError, ValueError) as err:
-        raise UserError(f"cannot load weights from {path}: {err}") from None
+        tokenizer = load_tokenizer(path / TOKENIZER_DIR)
+    except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: MLX reading a corrupt file
+        raise UserError(f"cannot load the model in {path}: {err}") from None
     # The reference always runs encoder and adaptor in float32 ([F] fun_asr_nano/model.py:663-667).
     # They run once per utterance, so this costs little; in bf16 they visibly change the tokens.
     for audio_module in (model.audio_encoder, model.audio_adaptor):
         audio_module.set_dtype(mx.float32)
-    tokenizer = load_tokenizer(path / TOKENIZER_DIR)
+    mx.eval(model.parameters())
     # Exactly the reference's stop set: not the tokenizer_config's eos, which mlx-lm would add.
     tokenizer.eos_token_ids = stop_token_ids(config, tokenizer)
     return model, tokenizer
@@ -158,6 +160,10 @@ def prompt_inputs(
     before_embeddings, after_embeddings = embed(mx.array(before_ids)), embed(mx.array(after_ids))
     # Audio frames take the embeddings' dtype, as upstream writes them into the embedded prompt.
     audio_embeddings = audio_frames[:num_audio].astype(before_embeddings.dtype)
+    if audio_embeddings.shape[0] < num_audio:  # adaptor output shorter than the slots: upstream's
+        # fallback ([F] fun_asr_nano/model.py:702-720) leaves the remaining placeholders as embed(0).
+        padding = embed(mx.zeros(num_audio - audio_embeddings.shape[0], mx.int32))
+        audio_embeddings = mx.concatenate([audio_embeddings, padding])
     return ids, mx.concatenate([before_embeddings, audio_embeddings, after_embeddings])
 
 
@@ -168,18 +174,27 @@ def greedy_tokens(llm, ids: mx.array, embeddings: mx.array, max_new_tokens: int)
     all-but-the-last token plus a one-token step, two passes that doubled the prefill time on an
     H100 (28 ms -> 13 ms for 10 s of audio). Decoding then runs in generate_step with that cache.
     """
-    if max_new_tokens < 1:
-        return
     cache = make_prompt_cache(llm)
-    first = mx.argmax(llm(ids[None], cache=cache, input_embeddings=embeddings[None])[0, -1])
+    last_hidden = llm.model(ids[None], cache=cache, input_embeddings=embeddings[None])[:, -1:]
+    # Only the last position's logits are needed: 151936 floats instead of that times the prompt.
+    head = llm.model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
+    first = mx.argmax(head(last_hidden)[0, -1])
     yield first.item()
     for token, _ in generate_step(first[None], llm, max_tokens=max_new_tokens - 1, prompt_cache=cache):
         yield token
 
 
-def _as_list(hotwords: Sequence[str] | str) -> list[str]:
+def _as_list(hotwords: Sequence[str] | str | None) -> list[str]:
     # A bare string is one hotword (the reference would join it character by character).
-    return [hotwords] if isinstance(hotwords, str) else [w for w in hotwords if w]
+    return [hotwords] if isinstance(hotwords, str) else [w for w in hotwords or () if w]
+
+
+def _samples(audio: str | Path | np.ndarray) -> np.ndarray:
+    if not isinstance(audio, np.ndarray):
+        return load_audio(audio)
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise UserError(f"audio arrays must be float samples in [-1, 1] at 16 kHz, got dtype {audio.dtype}")
+    return audio.astype(np.float32, copy=False)
 
 
 def transcribe(
@@ -193,10 +208,12 @@ def transcribe(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> Transcription:
     """Greedy transcription of one file or one 16 kHz mono float array."""
+    if max_new_tokens < 1:
+        raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    name = str(audio) if not isinstance(audio, np.ndarray) else "<array>"
     timings = {}
     start = time.perf_counter()
-    samples = audio if isinstance(audio, np.ndarray) else load_audio(audio)
-    feats = mx.array(features(samples))
+    feats = mx.array(features(_samples(audio), name=name))
     timings["frontend"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -206,19 +223,19 @@ def transcribe(
 
     start = time.perf_counter()
     ids, embeddings = prompt_inputs(model, tokenizer, frames, language, _as_list(hotwords), itn)
-    token_ids, hit_limit, steps_after_first = [], max_new_tokens > 0, 0
+    token_ids, stop_token, steps_after_first = [], [], 0
     for step, token in enumerate(greedy_tokens(model.llm, ids, embeddings, max_new_tokens)):
         if step == 0:  # the first token comes out of the prefill
             timings["prefill"] = time.perf_counter() - start
             start = time.perf_counter()
         steps_after_first = step
         if token in tokenizer.eos_token_ids:
-            hit_limit = False
+            stop_token = [token]
             break
         token_ids.append(token)
     timings["decode"] = time.perf_counter() - start
     timings["decode_ms_per_token"] = 1000 * timings["decode"] / max(1, steps_after_first)
 
-    text = postprocess(tokenizer.decode(token_ids, skip_special_tokens=True))
-    name = str(audio) if not isinstance(audio, np.ndarray) else "<array>"
-    return Transcription(name, text, token_ids, hit_limit, timings)
+    # Upstream decodes all that generate() returned, the stop token included (skipped as special).
+    text = postprocess(tokenizer.decode(token_ids + stop_token, skip_special_tokens=True))
+    return Transcription(name, text, token_ids, not stop_token, timings)

@@ -65,6 +65,13 @@ def test_user_errors(tiny_f32, tiny_upstream, wav_1s, tmp_path):
     assert_user_error(cli("transcribe", tmp_path, wav_1s), "is not a converted Fun-ASR-Nano model")
     assert_user_error(cli("transcribe", tiny_f32, wav_1s, "--language", "klingon"), "unknown language")
 
+    truncated_model = tmp_path / "truncated-model"
+    shutil.copytree(tiny_f32, truncated_model)
+    weights = (truncated_model / "model.safetensors").read_bytes()
+    (truncated_model / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    assert_user_error(cli("transcribe", truncated_model, wav_1s), "cannot load the model")
+    assert_user_error(cli("transcribe", tiny_f32, tmp_path), "(it is a directory)")
+
     corrupt = tmp_path / "corrupt"
     shutil.copytree(tiny_upstream, corrupt)
     (corrupt / "model.pt").write_bytes(b"\x00" * 1000)

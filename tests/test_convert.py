@@ -131,3 +131,26 @@ def test_interrupted_write_leaves_nothing(tmp_path, tiny_upstream, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         convert(tiny_upstream, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda cfg: "", "does not describe a FunASRNano model"),
+        (lambda cfg: cfg.replace("fs: 16000", "fs: 8000"), "unsupported frontend_conf"),
+        (lambda cfg: cfg.replace("cmvn_file: null", "cmvn_file: am.mvn"), "unsupported frontend_conf"),
+        (lambda cfg: cfg + "\nmax_length: 100\n", "sets max_length"),
+    ],
+    ids=["empty", "8khz", "cmvn", "max-length"],
+)
+def test_unsupported_upstream_settings_are_refused(tmp_path, tiny_upstream, edit, message):
+    """Settings the official code would honour but this port does not implement must not convert silently."""
+    upstream = tmp_path / "upstream"
+    shutil.copytree(tiny_upstream, upstream)
+    config = upstream / "config.yaml"
+    edited = edit(config.read_text())
+    assert edited != config.read_text()
+    config.write_text(edited)
+    with pytest.raises(UserError, match=message):
+        convert(upstream, tmp_path / "mlx")
+    assert not (tmp_path / "mlx").exists()

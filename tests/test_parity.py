@@ -7,6 +7,8 @@ the end-to-end test then runs our whole pipeline against the official one.
 from __future__ import annotations
 
 import itertools
+import json
+import shutil
 
 import mlx.core as mx
 import numpy as np
@@ -104,8 +106,9 @@ def test_greedy_tokens_and_text(clips, reference, tiny_model, name):
     model, tokenizer = tiny_model
     ref_ids, ref_text = reference.transcribe(clips[name], max_new_tokens=GREEDY_TOKENS)
     ours = transcribe(model, tokenizer, clips[name], max_new_tokens=GREEDY_TOKENS)
-    stopped = ref_ids[-1:] == [151645]  # the reference returns the stop token, we do not
-    assert ours.token_ids == ref_ids[:-1] if stopped else ref_ids
+    stopped = len(ref_ids) < GREEDY_TOKENS  # the reference returns the stop token, we do not
+    assert ours.token_ids == (ref_ids[:-1] if stopped else ref_ids)
+    assert ours.hit_token_limit == (not stopped)
     assert ours.text == ref_text
     assert len(set(ours.token_ids)) >= 10, "random weights should give varied tokens, not one repeated id"
 
@@ -150,3 +153,25 @@ def test_bf16_conversion_agrees_with_float32(clips, tiny_f32, tiny_bf16):
           f"{rel_err(ours, ref):.2e}, greedy identical for the first {same_prefix} of {len(path)} tokens")
     assert agreement >= 0.85
     assert rel_err(ours, ref) < 0.05  # bf16 has 8 mantissa bits: ~4e-3 per op, measured 1.2e-2
+
+
+def test_stops_at_the_checkpoints_eos(tmp_path, clips, tiny_upstream, reference):
+    """Random weights never emit <|im_end|>, so make a token of the greedy path the checkpoint's
+    eos_token_id: the reference's generate() and our loop must both stop right there."""
+    from funasr_nano_mlx import load
+    from funasr_nano_mlx.convert import convert
+    from tests.reference import Reference
+
+    path, _ = reference.transcribe(clips["1s"], max_new_tokens=40)
+    stop_at = next(i for i in range(8, len(path)) if path[i] not in path[:i])
+    upstream = tmp_path / "upstream"
+    shutil.copytree(tiny_upstream, upstream)
+    qwen_config = upstream / "Qwen3-0.6B" / "config.json"
+    qwen_config.write_text(json.dumps({**json.loads(qwen_config.read_text()), "eos_token_id": path[stop_at]}))
+
+    ref_ids, ref_text = Reference(upstream).transcribe(clips["1s"], max_new_tokens=40)
+    model, tokenizer = load(convert(upstream, tmp_path / "mlx", dtype="float32"))
+    ours = transcribe(model, tokenizer, clips["1s"], max_new_tokens=40)
+    assert ref_ids == path[: stop_at + 1]
+    assert ours.token_ids == path[:stop_at] and not ours.hit_token_limit
+    assert ours.text == ref_text
