@@ -33,13 +33,12 @@ import yaml
 
 from .errors import UserError
 from .normalize import normalize, scoring_for
+from .recipe import COMMIT
 
 EVAL_SETS_DIR = Path(__file__).resolve().parent.parent / "eval_sets"
 HYPOTHESES, COMPARISON, EVAL_JSON, SUMMARY, PLOT = (
     "hypotheses.jsonl", "comparison.jsonl", "eval.json", "summary.md", "error_rate_vs_size.png")  # fmt: skip
 REPORT_FORMAT = 1
-WEIGHT_FILES = "model*.safetensors"
-COMMIT = re.compile(r"[0-9a-f]{40}")
 BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 0  # seeded: the same rows always give the same interval
 CHANGED_MOST = 10  # utterances listed per set where the variant and its baseline differ most
 LOCAL_COLUMNS = {"metadata.csv": ("file_name", "text"), ".jsonl": ("audio", "text")}  # plus optional language
@@ -72,7 +71,7 @@ class EvalSet:
         """A set by name (eval_sets/NAME.yaml), a set YAML file, a local folder or a JSONL manifest."""
         path = Path(name_or_path)
         if path.is_dir() or (path.is_file() and path.suffix == ".jsonl"):
-            return cls(name=path.stem, path=str(path))
+            return cls(name=path.name if path.is_dir() else path.stem, path=str(path))
         if path.is_file() and path.suffix in (".yaml", ".yml"):
             return cls.from_yaml(path)
         if (EVAL_SETS_DIR / f"{name_or_path}.yaml").is_file():
@@ -446,9 +445,11 @@ def _machine() -> dict:
 
 def _model(model_dir: Path) -> dict:
     """Identity and size of the evaluated model, with the provenance blocks its config.json carries."""
+    from .quantize import WEIGHT_FILES
+
     config = json.loads((model_dir / "config.json").read_text())
     model = {"name": config.get("recipe", {}).get("name") or model_dir.name, "path": str(model_dir),
-             "size_bytes": sum(f.stat().st_size for f in model_dir.glob(WEIGHT_FILES))}  # fmt: skip
+             "size_bytes": sum(f.stat().st_size for f in model_dir.glob(WEIGHT_FILES[0]))}  # fmt: skip
     return model | {key: config[key] for key in ("conversion", "quantization_summary", "recipe") if key in config}
 
 
