@@ -463,6 +463,15 @@ def read_report(report_dir: str | Path) -> tuple[dict, list[Row]]:
     return report, [Row(**json.loads(line)) for line in lines if line]
 
 
+def read_baseline(baseline, max_new_tokens: int) -> tuple[dict, list[Row]]:
+    """The baseline's report, which must have been decoded with the same token limit to be comparable."""
+    report, rows = read_report(baseline)
+    if report["settings"]["max_new_tokens"] != max_new_tokens:
+        raise UserError(f"baseline {baseline} was decoded with max {report['settings']['max_new_tokens']} new tokens, "
+                        f"this evaluation with {max_new_tokens}: evaluate both alike")  # fmt: skip
+    return report, rows
+
+
 def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], peaks: dict, baseline) -> dict:
     from .convert import staged_output
 
@@ -472,7 +481,7 @@ def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], p
         report["sets"][name] = {"definition": definition, **aggregate(set_rows), "peak_memory_bytes": peaks.get(name)}
     lines, reports = [], [report]
     if baseline is not None:
-        base_report, base_rows = read_report(baseline)
+        base_report, base_rows = read_baseline(baseline, header["settings"]["max_new_tokens"])
         per_set, lines = compare(rows, base_rows)
         report["baseline"] = {"name": base_report["model"]["name"], "path": str(baseline),
                               "size_bytes": base_report["model"]["size_bytes"]}  # fmt: skip
@@ -507,11 +516,11 @@ def evaluate(model_dir, sets: Sequence[str], report_dir, limit: int | None = Non
         raise UserError(f"give one or more sets with distinct names (got {[s.name for s in evalsets]})")
     if report_dir.exists():
         raise UserError(f"report directory already exists: {report_dir}")
+    max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     if baseline is not None:
-        read_report(baseline)  # fail now, not after hours of decoding
+        read_baseline(baseline, max_new_tokens)  # fail now, not after hours of decoding
     opened = {s.name: open_set(s) for s in evalsets}  # every set and column is checked before the model loads
     model, tokenizer = load(model_dir)
-    max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     rows, peaks = [], {}
     for evalset in evalsets:
         mx.reset_peak_memory()
@@ -645,7 +654,7 @@ def _render_comparison(report: dict) -> list[str]:
     out = ["", f"## Against {base['name']} ({base['size_bytes'] / 1e6:,.0f} MB)", "",
            "Token agreement: aligned identical tokens over the longer sequence, averaged over utterances; delta: "
            f"this variant minus the baseline, with a paired bootstrap 95% interval ({BOOTSTRAP_SAMPLES} resamples).", "",
-           "| set | metric | baseline | this variant | delta [95% interval] | token agreement | identical | compared |",
+           "| set | metric | baseline | this variant | delta, points [95% interval] | token agreement | identical | compared |",
            "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     changed = []
     for name, data in report["sets"].items():

@@ -311,6 +311,8 @@ def test_merge_and_evaluate_refuse_bad_inputs(reports, tiny_f32, speech_set, tmp
         merge([tmp_path], tmp_path / "merged")
     with pytest.raises(UserError, match="already exists"):
         evaluate(tiny_f32, [str(speech_set)], reports["f32"])
+    with pytest.raises(UserError, match="decoded with max 16 new tokens, this evaluation with 8"):
+        evaluate(tiny_f32, [str(speech_set)], tmp_path / "r", baseline=reports["bf16"], max_new_tokens=8)
     assert not (tmp_path / "merged").exists()
     for file in (EVAL_JSON, HYPOTHESES):
         assert (reports["f32-merged"] / file).is_file()
