@@ -552,6 +552,18 @@ def baseline_recipe(recipe) -> str | None:
     return next((r.name for r in candidates if plain(r) and (r.source, r.revision) == (recipe.source, recipe.revision)), None)
 
 
+def evaluate_recipe(recipe, model_dir, report_dir, max_new_tokens: int | None = None) -> Path:
+    """The evaluate stage of `run`: the recipe's sets, compared with the report of its baseline recipe
+    beside this one (WORK/<baseline>/evaluate when this is WORK/<recipe>/evaluate), built first."""
+    base = baseline_recipe(recipe)
+    baseline = Path(report_dir).parent.parent / base / "evaluate" if base else None
+    if baseline is not None and not (baseline / EVAL_JSON).is_file():
+        raise UserError(f"{recipe.name} is compared with {base}: evaluate that first "
+                        f"(funasr-nano-mlx run {base} --until evaluate), expected in {baseline}")  # fmt: skip
+    evaluate(model_dir, recipe.evaluation, report_dir, baseline=baseline, max_new_tokens=max_new_tokens)
+    return Path(report_dir)
+
+
 def merge(shard_report_dirs: Sequence, out_dir, baseline=None) -> dict:
     """One report from the reports of shards 0..n-1 of one evaluation: the rows of all shards in set
     order, every number recomputed from them (peak memory: the largest of the shards')."""

@@ -272,6 +272,26 @@ def test_baseline_of_each_recipe():
         == {"bf16": None, "4bit-llm": "bf16", "8bit": "bf16", "mlt-bf16": None, "mlt-4bit-llm": "mlt-bf16"}  # fmt: skip
 
 
+def test_the_recipe_stage_finds_its_baseline(tiny_bf16, speech_set, tmp_path):
+    from dataclasses import replace
+
+    from funasr_nano_mlx.evaluate import evaluate_recipe
+    from funasr_nano_mlx.recipe import Recipe
+
+    manifest = tmp_path / "two.jsonl"  # two utterances are enough to find the files
+    manifest.write_text("".join(json.dumps({"audio": str(speech_set / f"{name}.wav"), "text": text}) + "\n"
+                                for name, text in (("en-0", ENGLISH[0]), ("zh-0", MANDARIN[0]))))  # fmt: skip
+    four_bit = replace(Recipe.load("4bit-llm"), evaluation=(str(manifest),))
+    with pytest.raises(UserError, match=r"compared with bf16: evaluate that first \(funasr-nano-mlx run bf16"):
+        evaluate_recipe(four_bit, tiny_bf16, tmp_path / "work" / "4bit-llm" / "evaluate", MAX_NEW_TOKENS)
+    bf16 = replace(Recipe.load("bf16"), evaluation=(str(manifest),))
+    evaluate_recipe(bf16, tiny_bf16, tmp_path / "work" / "bf16" / "evaluate", MAX_NEW_TOKENS)
+    evaluate_recipe(four_bit, tiny_bf16, tmp_path / "work" / "4bit-llm" / "evaluate", MAX_NEW_TOKENS)
+    report = read_report(tmp_path / "work" / "4bit-llm" / "evaluate")[0]
+    assert report["baseline"]["path"] == str(tmp_path / "work" / "bf16" / "evaluate")
+    assert report["sets"]["two"]["comparison"]["identical"] == 1.0  # the same model: only the wiring is tested
+
+
 def test_named_sets_cover_the_recipes():
     named = {p.stem: EvalSet.load(p.stem) for p in EVAL_SETS_DIR.glob("*.yaml")}
     for evalset in named.values():
