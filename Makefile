@@ -11,7 +11,9 @@ RUN := $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS) ,)$(PY)
 
 help:
 	@echo "make setup      create $(VENV) with the package and everything the tests need"
-	@echo "make demo       build a tiny random reference checkpoint, convert it, transcribe a clip"
+	@echo "make demo       run the 4bit-llm recipe on a tiny random official checkpoint, transcribe a clip"
+	@echo "make quantize RECIPE=name   download, convert and quantize one recipe (recipes/*.yaml) under $(WORK)/"
+	@echo "make publish RECIPE=name    every stage up to publish (evaluate, card and publish are not built yet)"
 	@echo "make test       the full test suite (what CI runs; includes the full-size parity test)"
 	@echo "make test-fast  the tests without the full-size (0.8B) parity test"
 
@@ -23,12 +25,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[cpu,convert,reference,eval,test]'
 	touch $@
 
+# The main job on a built-in default: a tiny random checkpoint from the official code stands in for the
+# hub download, the 4bit-llm recipe runs on it end to end, and the result transcribes a synthetic clip.
 demo: setup
 	$(RUN) -m tests.reference build $(WORK)/demo/upstream --size tiny
-	rm -rf $(WORK)/demo/mlx
-	$(RUN) -m funasr_nano_mlx convert $(WORK)/demo/upstream $(WORK)/demo/mlx --dtype float32
+	$(RUN) -m funasr_nano_mlx run 4bit-llm --work $(WORK)/demo --source $(WORK)/demo/upstream
 	$(RUN) -m tests.speech "the quick brown fox jumps over the lazy dog" $(WORK)/demo/fox.wav
-	$(RUN) -m funasr_nano_mlx transcribe $(WORK)/demo/mlx $(WORK)/demo/fox.wav --format json --max-new-tokens 32
+	$(RUN) -m funasr_nano_mlx transcribe $(WORK)/demo/4bit-llm/quantize $(WORK)/demo/fox.wav --format json --max-new-tokens 32
 
 test: setup
 	$(RUN) -m pytest -q

@@ -127,3 +127,58 @@ def run(recipe, work, until, source, revision, model_pt_sha256):
     if source or revision or model_pt_sha256:
         loaded = loaded.override(source, revision, model_pt_sha256)
     click.echo(run_recipe(loaded, work, until))
+
+
+# -- evaluation (issue 4) ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--set", "sets", multiple=True, required=True,
+              help="An evaluation set: a name (eval_sets/NAME.yaml, e.g. librispeech-test-clean), a set YAML "
+                   "file, a folder with metadata.csv (file_name,text[,language]) or a .jsonl manifest "
+                   "({\"audio\", \"text\", \"language\"?}). Repeat for several.")
+@click.option("--report", required=True, type=click.Path(file_okay=False),
+              help="Write the report here (it must not exist): eval.json, summary.md, hypotheses.jsonl, a PNG plot.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N rows of each set.")
+@click.option("--shard", metavar="I/N",
+              help="Evaluate only shard I of N (numbered from 0; row k is in shard k mod N); join the shard "
+                   "reports with merge-reports.")
+@click.option("--baseline", type=click.Path(file_okay=False),
+              help="Compare with this report: the bf16 variant of the same source, on the same sets and --limit.")
+@click.option("--max-new-tokens", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Stop decoding each utterance after this many tokens (counted in the report).")
+@user_errors
+def evaluate(model, sets, report, limit, shard, baseline, max_new_tokens):
+    """Evaluate a converted MODEL: WER/CER with S/D/I counts, speed and memory per set, and the change
+    against a baseline variant. Rows that cannot be scored are listed in the report, never dropped."""
+    from .evaluate import SUMMARY, evaluate as run_evaluate
+
+    run_evaluate(model, sets, report, limit=limit, shard=shard, baseline=baseline, max_new_tokens=max_new_tokens)
+    click.echo(f"{report}/{SUMMARY}")
+
+
+@main.command("merge-reports")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The merged report (must not exist).")
+@click.option("--baseline", type=click.Path(file_okay=False),
+              help="Compare with this report: the bf16 variant of the same source, on the same sets and --limit.")
+@user_errors
+def merge_reports(shards, out, baseline):
+    """Merge the reports of shards 0..N-1 of one evaluation (made with --shard I/N) into the report an
+    unsharded run writes: same rows, same counts; only timings differ."""
+    from .evaluate import SUMMARY, merge
+
+    merge(shards, out, baseline=baseline)
+    click.echo(f"{out}/{SUMMARY}")
+
+
+@main.command("plot-reports")
+@click.argument("reports", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG file to write.")
+@user_errors
+def plot_reports(reports, out):
+    """Plot error rate against model size for the variants whose evaluation REPORTS are given."""
+    from .evaluate import plot
+
+    click.echo(plot(reports, out))

@@ -228,7 +228,7 @@ def _quant_spec(fields: _Mapping) -> QuantSpec:
 def _component(parent: _Mapping, key: str) -> QuantSpec | None:
     node = parent.node_of(key)
     if node is None:
-        raise parent.error(f"is missing: give its quantization, or null to keep it in the recipe's dtype", key=key)
+        raise parent.error("is missing: give its quantization, or null to keep it in the recipe's dtype", key=key)
     if isinstance(node, yaml.ScalarNode) and parent.loader.construct_object(node) is None:
         return None
     fields = _Mapping(parent.loader, parent.file, node, parent.name(key))

@@ -94,7 +94,6 @@ def test_normalize_joins_tokens_with_spaces():
     assert normalize("Twenty-One!", "basic") == "twenty one"
 
 
-def test_traditional_to_simplified():
-    pytest.importorskip("opencc", reason="traditional_to_simplified needs opencc-python-reimplemented")
+def test_traditional_to_simplified():  # opencc-python-reimplemented comes with the [eval] extra
     assert cjk_tokens("這是繁體中文，說話。", traditional_to_simplified=True) == cjk_tokens("这是繁体中文说话")
     assert cjk_tokens("這是") == ["這", "是"]  # off unless asked for
