@@ -22,11 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.speed import prepare, synthetic_audio  # noqa: E402
-
-
-def rel_err(ours, ref) -> float:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+from tests.reference import rel_err  # noqa: E402
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.reference import rel_err  # noqa: F401  (re-exported for the tests)
 from tests.speech import synthesize
 
 SAMPLE_RATE = 16000
@@ -94,9 +95,3 @@ def tiny_model(tiny_f32):
     from funasr_nano_mlx import load
 
     return load(tiny_f32)
-
-
-def rel_err(ours, ref) -> float:
-    """Relative L2 error ||ours - ref|| / ||ref||, in float64."""
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))

@@ -288,6 +288,12 @@ def _insert_head(sd: dict[str, torch.Tensor], head: torch.Tensor) -> dict[str, t
     return out
 
 
+def rel_err(ours, ref) -> float:
+    """Relative L2 error ||ours - ref|| / ||ref||, in float64: the parity measure of tests and bench."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+
+
 def write_upstream_dir(dst: Path, size: str = "tiny", seed: int = 0, *, wrapped: bool = True,
                        with_ctc: bool = False, untie_head: bool = False) -> Path:
     """Write a random-weight Fun-ASR-Nano model directory laid out like the upstream hub repo.
