@@ -38,7 +38,8 @@ def download(repo_id: str, revision: str | None = None, local_dir: Path | None =
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=UPSTREAM_FILES, local_dir=local_dir))
     except (RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError, OSError) as err:
-        raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {err}") from None
+        message = " ".join(str(err).split())  # huggingface_hub's messages span lines; errors are one line
+        raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {message}") from None
 
 
 def resolve_source(src: str | Path) -> tuple[Path, str]:

@@ -333,10 +333,7 @@ def download(recipe: Recipe, dst: Path) -> Path:
     from .convert import CHECKPOINT, UPSTREAM_FILES, download as fetch, sha256, staged_output
 
     require_pin(recipe)
-    try:
-        src = Path(recipe.source) if recipe.is_local else fetch(recipe.source, recipe.revision)
-    except UserError as err:  # huggingface_hub's messages span lines; the CLI promises one
-        raise UserError(" ".join(str(err).split())) from None
+    src = Path(recipe.source) if recipe.is_local else fetch(recipe.source, recipe.revision)
     with staged_output(dst) as out:
         files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
         for name in filter_repo_objects(files, allow_patterns=UPSTREAM_FILES):
