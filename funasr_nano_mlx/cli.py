@@ -182,3 +182,38 @@ def plot_reports(reports, out):
     from .evaluate import plot
 
     click.echo(plot(reports, out))
+
+
+# -- model card and publishing (issue 5) -------------------------------------------------------------
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--recipe", help="The recipe (name or YAML file) the model was built with, when its config.json "
+                               "does not name one (an unquantized conversion).")
+@click.option("--eval", "report", type=click.Path(file_okay=False),
+              help="An evaluation report of this model: its eval.json is copied into MODEL_DIR and the card shows it.")
+@user_errors
+def card(model_dir, recipe, report):
+    """Write MODEL_DIR/README.md, the model card, from config.json and eval.json (figures missing from
+    them are shown as "not measured")."""
+    from .card import write_card
+
+    click.echo(write_card(model_dir, recipe, report))
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--repo", required=True, help="The hub repository ORG/NAME (created when missing).")
+@click.option("--private", is_flag=True, help="Create the repository private (for staging).")
+@click.option("--dry-run", is_flag=True, help="List what would be uploaded; send nothing.")
+@user_errors
+def publish(model_dir, repo, private, dry_run):
+    """Upload MODEL_DIR (with its card and eval.json) in one commit, then verify it: download the repo at
+    that commit, compare every file's SHA-256, load it and transcribe one clip. The token comes from
+    HF_TOKEN or `hf auth login`."""
+    from .publish import publish as run_publish
+
+    url = run_publish(model_dir, repo, private=private, dry_run=dry_run)
+    if url:
+        click.echo(url)
