@@ -9,7 +9,6 @@ The token comes from huggingface_hub's usual places (HF_TOKEN, the login cache);
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -17,19 +16,12 @@ from pathlib import Path
 import click
 
 from .card import CARD, EVAL_JSON_NAME, check_report
+from .convert import sha256
 from .errors import UserError
 
 IGNORED = [".cache/**", "*.tmp", ".DS_Store"]
 REMOTE_ONLY = {".gitattributes"}  # create_repo writes it; not ours to compare
 VERIFY_SECONDS, VERIFY_TOKENS = 1.0, 4
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def local_files(folder: Path) -> dict[str, Path]:
@@ -85,7 +77,7 @@ def verify(repo_id: str, commit: str, files: dict[str, Path]) -> None:
             raise UserError(f"verification failed: {repo_id}@{commit} " + "; ".join(
                 part for part in (f"lacks {', '.join(missing)}" if missing else "",
                                   f"has files not published from here: {', '.join(extra)}" if extra else "") if part))
-        changed = sorted(k for k, p in files.items() if _sha256(p) != _sha256(remote[k]))
+        changed = sorted(k for k, p in files.items() if sha256(p) != sha256(remote[k]))
         if changed:
             raise UserError(f"verification failed: {repo_id}@{commit} serves different bytes (SHA-256) for "
                             f"{', '.join(changed)}")  # fmt: skip
