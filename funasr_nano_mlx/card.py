@@ -111,10 +111,10 @@ def context(model_dir: str | Path, report: dict | None = None, recipe=None) -> d
     """Everything the template shows, formatted, from config.json, eval.json and the recipe."""
     from .convert import package_version
     from .quantize import WEIGHT_FILES
-    from .transcribe import LANGUAGES
+    from .transcribe import LANGUAGES, read_config
 
     model_dir = Path(model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
+    config = read_config(model_dir)
     recipe_block = config.get("recipe") or (recipe.provenance() if recipe is not None else None)
     conversion, summary = config.get("conversion", {}), config.get("quantization_summary")
     source, revision = _source(config, recipe_block)
@@ -201,10 +201,10 @@ def write_card(model_dir: str | Path, recipe: str | None = None, report_dir: str
     """Write MODEL_DIR/README.md; with `report_dir`, first copy its eval.json into MODEL_DIR (keeping
     its time, which publish checks against the model files). Returns the card's path."""
     from .recipe import Recipe
-    from .transcribe import _read_config
+    from .transcribe import read_config
 
     model_dir = Path(model_dir)
-    _read_config(model_dir)
+    read_config(model_dir)
     loaded = Recipe.load(recipe) if recipe else None
     target = model_dir / EVAL_JSON_NAME
     if report_dir is not None:

@@ -446,8 +446,9 @@ def _machine() -> dict:
 def _model(model_dir: Path) -> dict:
     """Identity and size of the evaluated model, with the provenance blocks its config.json carries."""
     from .quantize import WEIGHT_FILES
+    from .transcribe import read_config
 
-    config = json.loads((model_dir / "config.json").read_text())
+    config = read_config(model_dir)
     model = {"name": config.get("recipe", {}).get("name") or model_dir.name, "path": str(model_dir),
              "size_bytes": sum(f.stat().st_size for f in model_dir.glob(WEIGHT_FILES[0]))}  # fmt: skip
     return model | {key: config[key] for key in ("conversion", "quantization_summary", "recipe") if key in config}

@@ -332,3 +332,8 @@ class FunASRNano(nn.Module):
             out[key] = value
         return out
 
+
+def model_classes(config: dict) -> tuple[type, type]:
+    """How this model plugs into mlx-lm's loader (`load_model(..., get_model_classes=model_classes)`)."""
+    return FunASRNano, ModelArgs
+

@@ -9,7 +9,6 @@ The token comes from huggingface_hub's usual places (HF_TOKEN, the login cache);
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -34,8 +33,9 @@ def local_files(folder: Path) -> dict[str, Path]:
 
 def commit_message(model_dir: Path) -> str:
     from .convert import package_version
+    from .transcribe import read_config
 
-    config = json.loads((model_dir / "config.json").read_text())
+    config = read_config(model_dir)
     recipe = config.get("recipe") or {}
     source = config.get("conversion", {}).get("source", "unknown source")
     if recipe.get("source") and recipe.get("revision"):

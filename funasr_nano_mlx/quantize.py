@@ -19,7 +19,7 @@ from mlx_lm.utils import load_model, quantize_model, save_config, save_model
 
 from .convert import DTYPES, staged_output
 from .errors import UserError
-from .model import FunASRNano, ModelArgs
+from .model import FunASRNano, model_classes
 from .recipe import COMPONENTS, QuantSpec, Recipe, component_of
 from .transcribe import MODEL_TYPE
 
@@ -31,7 +31,7 @@ def load_unquantized(src: Path) -> tuple[FunASRNano, dict]:
     """The converted model in its stored dtype (lazily), unlike `transcribe.load`, which runs the
     encoder in float32: quantization scales take the dtype of the weights they are made from."""
     try:
-        model, config = load_model(src, lazy=True, get_model_classes=lambda config: (FunASRNano, ModelArgs))
+        model, config = load_model(src, lazy=True, get_model_classes=model_classes)
     except (FileNotFoundError, ValueError) as err:
         raise UserError(f"{src} is not a converted Fun-ASR-Nano model: {err}") from None
     if config.get("model_type") != MODEL_TYPE:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -23,7 +23,7 @@ from mlx_lm.utils import load_model, load_tokenizer
 
 from .audio import features, load_audio
 from .errors import UserError
-from .model import FunASRNano, ModelArgs
+from .model import FunASRNano, model_classes
 
 MODEL_TYPE = "fun_asr_nano"
 TOKENIZER_DIR = "Qwen3-0.6B"
@@ -94,16 +94,11 @@ class Transcription:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
     def to_dict(self) -> dict:
-        return {
-            "audio": self.audio,
-            "text": self.text,
-            "token_ids": self.token_ids,
-            "hit_token_limit": self.hit_token_limit,
-            "timings": self.timings,
-        }
+        return asdict(self)
 
 
-def _read_config(path: Path) -> dict:
+def read_config(path: Path) -> dict:
+    """config.json of a converted model directory; a clear error for anything else."""
     config_file = path / "config.json"
     try:
         config = json.loads(config_file.read_text())
@@ -129,9 +124,9 @@ def stop_token_ids(config: dict, tokenizer) -> list[int]:
 def load(path: str | Path) -> tuple[FunASRNano, TokenizerWrapper]:
     """Load a converted (optionally quantized) model directory: returns (model, tokenizer)."""
     path = Path(path)
-    config = _read_config(path)
+    config = read_config(path)
     try:
-        model, _ = load_model(path, get_model_classes=lambda config: (FunASRNano, ModelArgs))
+        model, _ = load_model(path, get_model_classes=model_classes)
         tokenizer = load_tokenizer(path / TOKENIZER_DIR)
     except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: MLX reading a corrupt file
         raise UserError(f"cannot load the model in {path}: {err}") from None
