@@ -43,7 +43,7 @@ def main() -> None:
     enc = reference.encode(feats)
     adapted = reference.adapt(enc)
     embeds = reference.input_embeds(wave)
-    path = reference.transcribe(wave, max_new_tokens=args.tokens)[0]
+    path = reference.transcribe(wave, max_new_tokens=args.tokens, segmenter=None, stop_loops=False)[0]
     logits = reference.logits(embeds, path)
     del reference
     gc.collect()
@@ -61,7 +61,7 @@ def main() -> None:
         ids = mx.array(path)[None]
         x = mx.concatenate([embeddings[None], model.llm.model.embed_tokens(ids)], axis=1)
         ours_logits = np.array(model.llm(ids, input_embeddings=x)[0, embeddings.shape[0] - 1 :].astype(mx.float32))
-        greedy = transcribe(model, tokenizer, wave, max_new_tokens=args.tokens).token_ids
+        greedy = transcribe(model, tokenizer, wave, max_new_tokens=args.tokens, segmenter=None, stop_loops=False).token_ids
         same = next((i for i, (a, b) in enumerate(zip(greedy, path)) if a != b), min(len(greedy), len(path)))
         print(json.dumps({
             "variant": name, "device": str(mx.default_device()), "MLX_ENABLE_TF32": os.environ.get("MLX_ENABLE_TF32"),

@@ -117,6 +117,16 @@ def sinusoidal_position_encoding(length: int, depth: int) -> mx.array:
     return mx.concatenate([mx.sin(scaled_time), mx.cos(scaled_time)], axis=-1)
 
 
+def frame_mask(lengths: mx.array, length: int) -> mx.array:
+    """(B, length) float mask, 1 on each row's first lengths[b] frames."""
+    return (mx.arange(length)[None, :] < lengths[:, None]).astype(mx.float32)
+
+
+def key_mask(mask: mx.array | None) -> mx.array | None:
+    """A (B, T) frame mask as an attention mask over keys, (B, 1, 1, T) boolean."""
+    return None if mask is None else (mask > 0)[:, None, None, :]
+
+
 class FeedForward(nn.Module):
     def __init__(self, dims: int, hidden: int):
         super().__init__()
@@ -143,18 +153,23 @@ class SANMAttention(nn.Module):
         if self.right_pad < 0:
             raise ValueError(f"sanm_shift {sanm_shift} too large for kernel_size {kernel_size}")
 
-    def fsmn(self, v: mx.array) -> mx.array:
+    def fsmn(self, v: mx.array, mask: mx.array | None = None) -> mx.array:
+        # Upstream zeroes padded frames before and after the memory block ([F] sense_voice/model.py:
+        # 152-165), so a valid frame sees zeros past its utterance's end, as at B = 1.
+        if mask is not None:
+            v = v * mask[..., None]
         padded = mx.pad(v, [(0, 0), (self.left_pad, self.right_pad), (0, 0)])
-        return self.fsmn_block(padded) + v
+        memory = self.fsmn_block(padded) + v
+        return memory if mask is None else memory * mask[..., None]
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
         batch, length, _ = x.shape
         q, k, v = mx.split(self.linear_q_k_v(x), 3, axis=-1)
-        memory = self.fsmn(v)
+        memory = self.fsmn(v, mask)
         q, k, v = (t.reshape(batch, length, self.heads, -1).transpose(0, 2, 1, 3) for t in (q, k, v))
         # SAN-M scales q before the q @ k^T product (the adaptor scales after it).
         q = q * (q.shape[-1] ** -0.5)
-        context = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0)
+        context = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=key_mask(mask))
         context = context.transpose(0, 2, 1, 3).reshape(batch, length, -1)
         return self.linear_out(context) + memory
 
@@ -170,14 +185,17 @@ class SANMEncoderLayer(nn.Module):
         # encoders0 changes width (560 -> 512), so it has no attention residual.
         self.attention_residual = in_dims == dims
 
-    def __call__(self, x: mx.array) -> mx.array:
-        attended = self.self_attn(self.norm1(x))
+    def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
+        attended = self.self_attn(self.norm1(x), mask)
         x = x + attended if self.attention_residual else attended
         return x + self.feed_forward(self.norm2(x))
 
 
 class SenseVoiceEncoder(nn.Module):
-    """SenseVoiceEncoderSmall ([F] sense_voice/model.py:488-655), B=1 inference without masks."""
+    """SenseVoiceEncoderSmall ([F] sense_voice/model.py:488-655).
+
+    `mask` (B, T), true on valid frames, is needed only for padded batches; at B = 1 it is None.
+    """
 
     def __init__(self, input_size: int, args: EncoderArgs):
         super().__init__()
@@ -189,14 +207,14 @@ class SenseVoiceEncoder(nn.Module):
         self.tp_encoders = [SANMEncoderLayer(dims, args) for _ in range(args.tp_blocks)]
         self.tp_norm = nn.LayerNorm(dims, eps=ENCODER_LN_EPS)
 
-    def __call__(self, feats: mx.array) -> mx.array:
+    def __call__(self, feats: mx.array, mask: mx.array | None = None) -> mx.array:
         x = feats * self.input_scale
         x = x + sinusoidal_position_encoding(x.shape[1], x.shape[2]).astype(x.dtype)
         for layer in self.encoders0 + self.encoders:
-            x = layer(x)
+            x = layer(x, mask)
         x = self.after_norm(x)
         for layer in self.tp_encoders:
-            x = layer(x)
+            x = layer(x, mask)
         return self.tp_norm(x)
 
 
@@ -211,7 +229,7 @@ class AdaptorAttention(nn.Module):
         self.linear_v = nn.Linear(dims, dims)
         self.linear_out = nn.Linear(dims, dims)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
         batch, length, _ = x.shape
         q, k, v = (
             proj(x).reshape(batch, length, self.heads, -1).transpose(0, 2, 1, 3)
@@ -219,6 +237,8 @@ class AdaptorAttention(nn.Module):
         )
         # Scaled after the product, as the reference does: scores = q @ k^T / sqrt(d_k).
         scores = (q @ k.transpose(0, 1, 3, 2)) * (q.shape[-1] ** -0.5)
+        if mask is not None:
+            scores = mx.where(key_mask(mask), scores, mx.array(-mx.inf, scores.dtype))
         context = mx.softmax(scores, axis=-1, precise=True) @ v
         return self.linear_out(context.transpose(0, 2, 1, 3).reshape(batch, length, -1))
 
@@ -231,8 +251,8 @@ class AdaptorBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dims, eps=ADAPTOR_LN_EPS)
         self.norm2 = nn.LayerNorm(dims, eps=ADAPTOR_LN_EPS)
 
-    def __call__(self, x: mx.array) -> mx.array:
-        x = x + self.self_attn(self.norm1(x))
+    def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
+        x = x + self.self_attn(self.norm1(x), mask)
         return x + self.feed_forward(self.norm2(x))
 
 
@@ -246,14 +266,23 @@ class AudioAdaptor(nn.Module):
         self.linear2 = nn.Linear(args.ffn_dim, args.llm_dim)
         self.blocks = [AdaptorBlock(args.llm_dim, args.attention_heads) for _ in range(args.n_layer)]
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, lengths: mx.array | None = None) -> mx.array:
+        """Encoder output (B, T, D) -> (B, ceil(T / stride), llm_dim); `lengths` only for padded batches."""
         batch, length, dims = x.shape
+        mask = None
+        if lengths is not None:
+            # At B = 1 the frames past the end are the zeros padded here, so padded rows are zeroed too.
+            x = x * frame_mask(lengths, length)[..., None]
+            mask = frame_mask(self.output_lengths(lengths), -(-length // self.stride))
         chunks = -(-length // self.stride)
         x = mx.pad(x, [(0, 0), (0, chunks * self.stride - length), (0, 0)])
         x = self.linear2(nn.relu(self.linear1(x.reshape(batch, chunks, dims * self.stride))))
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         return x
+
+    def output_lengths(self, lengths: mx.array) -> mx.array:
+        return (lengths + self.stride - 1) // self.stride
 
 
 class UpstreamRoPE(nn.Module):
@@ -291,12 +320,17 @@ class FunASRNano(nn.Module):
         for layer in self.llm.layers:
             layer.self_attn.rope = UpstreamRoPE(llm_args.head_dim, llm_args.rope_theta, args.llm_dtype)
 
-    def encode(self, feats: mx.array) -> mx.array:
-        """LFR features (1, T, 560) -> adaptor output (1, T // downsample_rate, llm_dim), all frames.
+    def encode(self, feats: mx.array, lengths: mx.array | None = None) -> mx.array:
+        """LFR features (B, T, 560) -> adaptor output (B, ceil(T / downsample_rate), llm_dim).
 
-        One utterance at a time: there are no padding masks (upstream also encodes each utterance alone).
+        Upstream encodes one utterance at a time. For a padded batch pass the valid `lengths` (B,):
+        padding is masked out of attention and the FSMN memory, so each row's valid frames are those
+        of encoding it alone; row i's output is valid up to `audio_adaptor.output_lengths(lengths)[i]`.
         """
-        return self.audio_adaptor(self.audio_encoder(feats))
+        if lengths is None:
+            return self.audio_adaptor(self.audio_encoder(feats))
+        encoded = self.audio_encoder(feats, frame_mask(lengths, feats.shape[1]))
+        return self.audio_adaptor(encoded, lengths)
 
     def num_audio_tokens(self, num_lfr_frames: int) -> int:
         """How many adaptor frames the prompt takes ([F] fun_asr_nano/model.py:569-574).

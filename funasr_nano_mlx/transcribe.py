@@ -3,31 +3,49 @@
 The prompt strings below are the reference's, byte for byte ([F] models/fun_asr_nano/model.py:725-769
 and data_load_speech :464-624). The audio frames replace the `<|startofspeech|>...<|endofspeech|>`
 span entirely, so those marker tokens never reach the LLM.
+
+Long recordings are cut into segments of at most 30 s (funasr_nano_mlx.segment, or an FSMN-VAD), and
+segments of many files go through the encoder and the LLM in padded batches, as upstream's batched
+path does ([F] fun_asr_nano/model.py:810-885: left padding, per-row positions from 0).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.generate import generate_step
-from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import load_model, load_tokenizer
+from tqdm import tqdm
 
-from .audio import features, load_audio
+from .audio import SAMPLE_RATE, features, load_audio
 from .errors import UserError
 from .model import FunASRNano, model_classes
+from .segment import DEFAULT_MAX_SEGMENT_MS, EnergySegmenter
 
 MODEL_TYPE = "fun_asr_nano"
 TOKENIZER_DIR = "Qwen3-0.6B"
 DEFAULT_MAX_NEW_TOKENS = 512  # the reference's max_length
+# Unless a fixed max_new_tokens is asked for, each segment may generate this many tokens per second of
+# audio plus a margin, at most DEFAULT_MAX_NEW_TOKENS (reached at 30 s): about 3x the fastest speech
+# in Qwen3 tokens (Mandarin at ~5 tokens/s), so only a runaway segment meets it.
+BUDGET_TOKENS_PER_SECOND = 16
+BUDGET_MARGIN_TOKENS = 32
+# The repetition guard: a tail of at least LOOP_MIN_TOKENS tokens that repeats one n-gram (n up to
+# LOOP_MAX_PERIOD) at least LOOP_MIN_COPIES times is a decoding loop, not speech ("哈" x 32 is not read out).
+LOOP_MAX_PERIOD = 16
+LOOP_MIN_COPIES = 4
+LOOP_MIN_TOKENS = 32
+DEFAULT_BATCH_SIZE = 8
+FILES_PER_GROUP = 4  # files are read and results returned in groups of this many batches' worth of segments
 SYSTEM_PROMPT = "You are a helpful assistant."
 HOTWORD_PREAMBLE = (
     "请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n**上下文信息：**\n\n\n"
@@ -86,12 +104,27 @@ def postprocess(text: str) -> str:
 
 
 @dataclass
-class Transcription:
-    audio: str
+class Segment:
+    start: float  # seconds into the audio
+    end: float
     text: str
     token_ids: list[int]  # generated ids, without the stop token
-    hit_token_limit: bool  # True when decoding stopped at max_new_tokens, not at a stop token
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    hit_token_limit: bool  # decoding stopped at the segment's token budget, not at a stop token
+    repetition: bool  # decoding was stopped by the repetition guard; the loop is cut to one copy
+
+
+@dataclass
+class Transcription:
+    audio: str
+    text: str  # the segments' texts joined by one space, as upstream joins VAD segments
+    token_ids: list[int]  # all segments' generated ids, without stop tokens
+    hit_token_limit: bool  # some segment stopped at its token budget
+    repetition: bool = False  # some segment was stopped by the repetition guard
+    duration: float = 0.0  # seconds of audio
+    segments: list[Segment] = field(default_factory=list)
+    # Seconds per stage, summed over the batches this audio's segments were in (shared with the
+    # other rows of those batches), and decode_ms_per_token over those batches' decoding steps.
+    timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,21 +195,101 @@ def prompt_inputs(
     return ids, mx.concatenate([before_embeddings, audio_embeddings, after_embeddings])
 
 
-def greedy_tokens(llm, ids: mx.array, embeddings: mx.array, max_new_tokens: int) -> Iterator[int]:
-    """Greedy token ids after the prompt, without end.
+def token_budget(seconds: float, max_new_tokens: int | None = None) -> int:
+    """New tokens a segment of `seconds` may generate: max_new_tokens if given, else scaled to its length."""
+    if max_new_tokens is not None:
+        return max_new_tokens
+    return min(DEFAULT_MAX_NEW_TOKENS, math.ceil(BUDGET_TOKENS_PER_SECOND * seconds) + BUDGET_MARGIN_TOKENS)
 
-    The prompt is prefilled in one forward pass here; mlx-lm's generate_step would split it into
-    all-but-the-last token plus a one-token step, two passes that doubled the prefill time on an
-    H100 (28 ms -> 13 ms for 10 s of audio). Decoding then runs in generate_step with that cache.
+
+def loop_end(tokens: list[int]) -> int | None:
+    """If `tokens` ends in a decoding loop, the length that keeps one copy of it; else None."""
+    n = len(tokens)
+    for period in range(1, LOOP_MAX_PERIOD + 1):
+        span = max(LOOP_MIN_COPIES * period, LOOP_MIN_TOKENS)
+        if span > n:
+            break
+        if tokens[-1] == tokens[-1 - period] and tokens[n - span + period :] == tokens[n - span : n - period]:
+            start = n - span
+            while start > 0 and tokens[start - 1] == tokens[start - 1 + period]:
+                start -= 1  # back to where the loop began
+            return start + period
+    return None
+
+
+@dataclass
+class Decoded:
+    """One row's greedy decoding, fed a token at a time."""
+
+    budget: int
+    token_ids: list[int] = field(default_factory=list)
+    stop_token: int | None = None
+    hit_token_limit: bool = False
+    repetition: bool = False
+
+    def add(self, token: int, stop_ids: Iterable[int], stop_loops: bool) -> bool:
+        """Take the next token; True when this row is finished."""
+        if token in stop_ids:
+            self.stop_token = token
+            return True
+        self.token_ids.append(token)
+        if stop_loops and (keep := loop_end(self.token_ids)) is not None:
+            del self.token_ids[keep:]
+            self.repetition = True
+            return True
+        self.hit_token_limit = len(self.token_ids) >= self.budget
+        return self.hit_token_limit
+
+
+def _left_padded(rows: list[mx.array]) -> mx.array:
+    length = max(row.shape[0] for row in rows)
+    return mx.stack([mx.pad(row, [(length - row.shape[0], 0), (0, 0)]) for row in rows])
+
+
+def greedy_batch(llm, embeddings: list[mx.array], budgets: list[int], stop_ids: Iterable[int],
+                 stop_loops: bool = True, timings: dict | None = None) -> list[Decoded]:  # fmt: skip
+    """Greedy decoding of several prompts (each (L_i, D) input embeddings) at once.
+
+    Written here rather than with mlx-lm's BatchGenerator, which takes token prompts, not embeddings.
+    Rows are left-padded and use mlx-lm's BatchKVCache (per-row positions from 0, padding masked), as
+    upstream's batched path does; a single row uses a plain KV cache, without masks. The whole prompt
+    is prefilled in one pass and only the last position goes through the 151936-wide head. Finished
+    rows leave the batch. The next step is queued before the current tokens are read, so the device
+    is never idle waiting for Python (the overlap mlx-lm's generate_step has).
     """
-    cache = make_prompt_cache(llm)
-    last_hidden = llm.model(ids[None], cache=cache, input_embeddings=embeddings[None])[:, -1:]
-    # Only the last position's logits are needed: 151936 floats instead of that times the prompt.
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
+    lengths = [row.shape[0] for row in embeddings]
+    if len(embeddings) == 1:
+        cache = make_prompt_cache(llm)
+    else:
+        cache = [BatchKVCache([max(lengths) - n for n in lengths]) for _ in llm.layers]
+    x = _left_padded(embeddings)
+    hidden = llm.model(mx.zeros(x.shape[:2], mx.int32), cache=cache, input_embeddings=x)[:, -1:]
     head = llm.model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
-    first = mx.argmax(head(last_hidden)[0, -1])
-    yield first.item()
-    for token, _ in generate_step(first[None], llm, max_tokens=max_new_tokens - 1, prompt_cache=cache):
-        yield token
+    tokens = mx.argmax(head(hidden)[:, -1], axis=-1)
+    rows, results = list(range(len(embeddings))), [Decoded(budget) for budget in budgets]
+    stop_ids, steps = set(stop_ids), 0
+    while True:
+        next_tokens = mx.argmax(llm(tokens[:, None], cache=cache)[:, -1], axis=-1)
+        mx.async_eval(next_tokens)
+        values = tokens.tolist()
+        if steps == 0:
+            timings["prefill"] = timings.get("prefill", 0.0) + time.perf_counter() - start
+            start = time.perf_counter()
+        steps += 1
+        finished = [results[row].add(token, stop_ids, stop_loops) for row, token in zip(rows, values)]
+        keep = [i for i, done in enumerate(finished) if not done]
+        if not keep:
+            break
+        if len(keep) < len(rows):
+            for layer_cache in cache:
+                layer_cache.filter(mx.array(keep))
+            next_tokens, rows = next_tokens[mx.array(keep)], [rows[i] for i in keep]
+        tokens = next_tokens
+    timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - start
+    timings["decode_steps"] = timings.get("decode_steps", 0) + steps - 1  # tokens after the prefill's
+    return results
 
 
 def _as_list(hotwords: Sequence[str] | str | None) -> list[str]:
@@ -192,45 +305,172 @@ def _samples(audio: str | Path | np.ndarray) -> np.ndarray:
     return audio.astype(np.float32, copy=False)
 
 
-def transcribe(
+@dataclass
+class _Job:
+    """One segment of one input."""
+
+    item: int  # index of the input in this group
+    samples: np.ndarray
+    start_ms: int
+    end_ms: int
+    name: str
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+
+def _segment_spans(samples: np.ndarray, segmenter, max_segment_ms: int) -> list[tuple[int, int]]:
+    """(start_ms, end_ms) spans to decode: the whole input, or what the segmenter finds.
+
+    "auto" (the default) decodes audio up to max_segment_ms whole, exactly as upstream without a VAD,
+    and segments longer audio with the energy segmenter; None always decodes whole; a segmenter object
+    (EnergySegmenter, an FSMN-VAD) is always used.
+    """
+    whole = [(0, math.ceil(len(samples) * 1000 / SAMPLE_RATE))]
+    if segmenter is None:
+        return whole
+    if segmenter == "auto":
+        if len(samples) * 1000 <= max_segment_ms * SAMPLE_RATE:
+            return whole
+        segmenter = EnergySegmenter()
+    return segmenter.segments(samples, max_segment_ms)
+
+
+class _Pipeline:
+    """The settings shared by every segment, and the batched run over one group of jobs."""
+
+    def __init__(self, model, tokenizer, language, hotwords, itn, max_new_tokens, stop_loops):
+        if max_new_tokens is not None and max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        resolve_language(language)
+        self.model, self.tokenizer = model, tokenizer
+        self.prompt = dict(language=language, hotwords=_as_list(hotwords), itn=itn)
+        self.max_new_tokens, self.stop_loops = max_new_tokens, stop_loops
+
+    def run(self, batch: list[_Job], timings: dict) -> list[Decoded]:
+        start = time.perf_counter()
+        feats = [features(job.samples, name=job.name) for job in batch]
+        timings["frontend"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        if len(batch) == 1:
+            frames = [self.model.encode(mx.array(feats[0])[None])[0]]
+        else:
+            lengths = mx.array([f.shape[0] for f in feats])
+            padded = np.zeros((len(feats), max(f.shape[0] for f in feats), feats[0].shape[1]), np.float32)
+            for row, f in enumerate(feats):
+                padded[row, : f.shape[0]] = f
+            encoded = self.model.encode(mx.array(padded), lengths)
+            valid = self.model.audio_adaptor.output_lengths(lengths).tolist()
+            frames = [encoded[row, :n] for row, n in enumerate(valid)]
+        mx.eval(frames)
+        timings["encoder"] = time.perf_counter() - start
+
+        embeddings = [prompt_inputs(self.model, self.tokenizer, f, **self.prompt)[1] for f in frames]
+        budgets = [token_budget(job.seconds, self.max_new_tokens) for job in batch]
+        return greedy_batch(self.model.llm, embeddings, budgets, self.tokenizer.eos_token_ids, self.stop_loops, timings)
+
+    def segment(self, job: _Job, decoded: Decoded) -> Segment:
+        # Upstream decodes all that generate() returned, the stop token included (skipped as special).
+        stop = [] if decoded.stop_token is None else [decoded.stop_token]
+        text = postprocess(self.tokenizer.decode(decoded.token_ids + stop, skip_special_tokens=True))
+        return Segment(job.start_ms / 1000, job.end_ms / 1000, text, decoded.token_ids,
+                       decoded.hit_token_limit, decoded.repetition)  # fmt: skip
+
+
+def _add_timings(total: dict, batch: dict) -> None:
+    for key, value in batch.items():
+        total[key] = total.get(key, 0.0) + value
+
+
+def _finish(name: str, duration: float, segments: list[Segment], timings: dict) -> Transcription:
+    steps = timings.pop("decode_steps", 0)
+    if "decode" in timings:
+        timings["decode_ms_per_token"] = 1000 * timings["decode"] / max(1, steps)
+    return Transcription(
+        audio=name,
+        text=" ".join(segment.text for segment in segments),
+        token_ids=[token for segment in segments for token in segment.token_ids],
+        hit_token_limit=any(segment.hit_token_limit for segment in segments),
+        repetition=any(segment.repetition for segment in segments),
+        duration=duration,
+        segments=segments,
+        timings=timings,
+    )
+
+
+def transcribe_many(
     model: FunASRNano,
     tokenizer: TokenizerWrapper,
-    audio: str | Path | np.ndarray,
+    audios: Iterable[str | Path | np.ndarray],
     *,
     language: str | None = None,
     hotwords: Sequence[str] | str = (),
     itn: bool = True,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    max_new_tokens: int | None = None,
+    segmenter="auto",
+    max_segment_seconds: float = DEFAULT_MAX_SEGMENT_MS / 1000,
+    stop_loops: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool | None = False,
+) -> Iterator[Transcription]:
+    """Transcribe files or 16 kHz float arrays in batches; yields one Transcription per input, in order.
+
+    Inputs are read a few batches' worth at a time, cut into segments (see `_segment_spans`), sorted by
+    length so that batches hold similar lengths, and decoded `batch_size` segments at a time; results are
+    the same as one at a time (batch_size=1) up to float rounding. `max_new_tokens=None` gives each segment
+    a budget scaled to its length (`token_budget`); `stop_loops` stops a segment caught in a repetition
+    loop. `progress=None` shows a bar on a terminal only.
+    """
+    if batch_size < 1:
+        raise UserError(f"batch_size must be at least 1, got {batch_size}")
+    max_segment_ms = round(max_segment_seconds * 1000)
+    pipeline = _Pipeline(model, tokenizer, language, hotwords, itn, max_new_tokens, stop_loops)
+    bar = tqdm(total=0, unit="s audio", desc="transcribe", disable=None if progress is None else not progress,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")  # fmt: skip
+    group: list[tuple[str, np.ndarray]] = []
+    jobs: list[_Job] = []
+    for audio in audios:
+        name = str(audio) if not isinstance(audio, np.ndarray) else "<array>"
+        samples = _samples(audio)
+        for start_ms, end_ms in _segment_spans(samples, segmenter, max_segment_ms):
+            piece = samples[start_ms * SAMPLE_RATE // 1000 : end_ms * SAMPLE_RATE // 1000]
+            jobs.append(_Job(len(group), piece, start_ms, end_ms, name))
+        group.append((name, samples))
+        bar.total += len(samples) / SAMPLE_RATE
+        bar.refresh()
+        if len(jobs) >= FILES_PER_GROUP * batch_size:
+            yield from _run_group(pipeline, group, jobs, batch_size, bar)
+            group, jobs = [], []
+    if group:
+        yield from _run_group(pipeline, group, jobs, batch_size, bar)
+    bar.close()
+
+
+def _run_group(pipeline: _Pipeline, group, jobs: list[_Job], batch_size: int, bar) -> Iterator[Transcription]:
+    segments: list[list[Segment]] = [[] for _ in group]
+    timings: list[dict] = [{} for _ in group]
+    # Longest first: similar lengths share a batch (less padding), and memory peaks at the start.
+    order = sorted(jobs, key=lambda job: -len(job.samples))
+    for first in range(0, len(order), batch_size):
+        batch = order[first : first + batch_size]
+        batch_timings: dict = {}
+        for job, decoded in zip(batch, pipeline.run(batch, batch_timings)):
+            segments[job.item].append(pipeline.segment(job, decoded))
+        for item in {job.item for job in batch}:
+            _add_timings(timings[item], batch_timings)
+        bar.update(sum(job.seconds for job in batch))
+    for (name, samples), found, spent in zip(group, segments, timings):
+        found.sort(key=lambda segment: segment.start)
+        yield _finish(name, len(samples) / SAMPLE_RATE, found, spent)
+
+
+def transcribe(
+    model: FunASRNano,
+    tokenizer: TokenizerWrapper,
+    audio: str | Path | np.ndarray,
+    **options,
 ) -> Transcription:
-    """Greedy transcription of one file or one 16 kHz mono float array."""
-    if max_new_tokens < 1:
-        raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    name = str(audio) if not isinstance(audio, np.ndarray) else "<array>"
-    timings = {}
-    start = time.perf_counter()
-    feats = mx.array(features(_samples(audio), name=name))
-    timings["frontend"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    frames = model.encode(feats[None])[0]
-    mx.eval(frames)
-    timings["encoder"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    ids, embeddings = prompt_inputs(model, tokenizer, frames, language, _as_list(hotwords), itn)
-    token_ids, stop_token, steps_after_first = [], [], 0
-    for step, token in enumerate(greedy_tokens(model.llm, ids, embeddings, max_new_tokens)):
-        if step == 0:  # the first token comes out of the prefill
-            timings["prefill"] = time.perf_counter() - start
-            start = time.perf_counter()
-        steps_after_first = step
-        if token in tokenizer.eos_token_ids:
-            stop_token = [token]
-            break
-        token_ids.append(token)
-    timings["decode"] = time.perf_counter() - start
-    timings["decode_ms_per_token"] = 1000 * timings["decode"] / max(1, steps_after_first)
-
-    # Upstream decodes all that generate() returned, the stop token included (skipped as special).
-    text = postprocess(tokenizer.decode(token_ids + stop_token, skip_special_tokens=True))
-    return Transcription(name, text, token_ids, not stop_token, timings)
+    """Greedy transcription of one file or one 16 kHz mono float array; options as `transcribe_many`."""
+    return next(transcribe_many(model, tokenizer, [audio], **options))

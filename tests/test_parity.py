@@ -23,6 +23,8 @@ CLIPS = list(CLIP_SECONDS)
 FEATURE_ATOL = 2e-3  # log-mel values of magnitude ~20; measured ~1e-4 (pocketfft vs kaldi-native-fbank FFT)
 STAGE_REL = 1e-5  # encoder/adaptor/logits relative L2 error; measured ~1e-6
 GREEDY_TOKENS = 128
+# Upstream without a VAD: the whole clip at once, no repetition guard (random weights may loop).
+AS_UPSTREAM = {"segmenter": None, "stop_loops": False}
 
 
 def as_np(x) -> np.ndarray:
@@ -105,7 +107,7 @@ def test_teacher_forced_logits(clips, reference, tiny_model, name):
 def test_greedy_tokens_and_text(clips, reference, tiny_model, name):
     model, tokenizer = tiny_model
     ref_ids, ref_text = reference.transcribe(clips[name], max_new_tokens=GREEDY_TOKENS)
-    ours = transcribe(model, tokenizer, clips[name], max_new_tokens=GREEDY_TOKENS)
+    ours = transcribe(model, tokenizer, clips[name], max_new_tokens=GREEDY_TOKENS, **AS_UPSTREAM)
     stopped = len(ref_ids) < GREEDY_TOKENS  # the reference returns the stop token, we do not
     assert ours.token_ids == (ref_ids[:-1] if stopped else ref_ids)
     assert ours.hit_token_limit == (not stopped)
@@ -119,7 +121,7 @@ def test_greedy_512_tokens_on_the_stereo_file(stereo_44k, reference, tiny_model)
 
     model, tokenizer = tiny_model
     ref_ids, ref_text = reference.transcribe(load_audio_text_image_video(str(stereo_44k), fs=16000).numpy())
-    ours = transcribe(model, tokenizer, stereo_44k)
+    ours = transcribe(model, tokenizer, stereo_44k, max_new_tokens=512, **AS_UPSTREAM)
     assert len(ref_ids) == 512 and ours.hit_token_limit
     assert ours.token_ids == ref_ids
     assert ours.text == ref_text
@@ -136,7 +138,7 @@ def test_bf16_conversion_agrees_with_float32(clips, tiny_f32, tiny_bf16):
     f32, tokenizer = load(tiny_f32)
     bf16, _ = load(tiny_bf16)
     assert bf16.llm.model.embed_tokens.weight.dtype == mx.bfloat16
-    path = transcribe(f32, tokenizer, clips["7s"], max_new_tokens=64).token_ids
+    path = transcribe(f32, tokenizer, clips["7s"], max_new_tokens=64, **AS_UPSTREAM).token_ids
 
     def logits_along_path(model):
         frames = model.encode(mx.array(features(clips["7s"]))[None])[0]
@@ -147,7 +149,7 @@ def test_bf16_conversion_agrees_with_float32(clips, tiny_f32, tiny_bf16):
 
     ours, ref = logits_along_path(bf16), logits_along_path(f32)
     agreement = (ours.argmax(-1) == ref.argmax(-1)).mean()
-    greedy = transcribe(bf16, tokenizer, clips["7s"], max_new_tokens=64).token_ids
+    greedy = transcribe(bf16, tokenizer, clips["7s"], max_new_tokens=64, **AS_UPSTREAM).token_ids
     same_prefix = next((i for i, (a, b) in enumerate(zip(path, greedy)) if a != b), min(len(path), len(greedy)))
     print(f"bf16 vs float32: teacher-forced top-1 agreement {agreement:.1%}, logits rel err "
           f"{rel_err(ours, ref):.2e}, greedy identical for the first {same_prefix} of {len(path)} tokens")
@@ -171,7 +173,7 @@ def test_stops_at_the_checkpoints_eos(tmp_path, clips, tiny_upstream, reference)
 
     ref_ids, ref_text = Reference(upstream).transcribe(clips["1s"], max_new_tokens=40)
     model, tokenizer = load(convert(upstream, tmp_path / "mlx", dtype="float32"))
-    ours = transcribe(model, tokenizer, clips["1s"], max_new_tokens=40)
+    ours = transcribe(model, tokenizer, clips["1s"], max_new_tokens=40, **AS_UPSTREAM)
     assert ref_ids == path[: stop_at + 1]
     assert ours.token_ids == path[:stop_at] and not ours.hit_token_limit
     assert ours.text == ref_text
