@@ -52,6 +52,23 @@ def check_audio_path(path: str | Path) -> Path:
     return path
 
 
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")  # what libsndfile decodes
+
+
+def audio_files(paths: list[str | Path]) -> list[Path]:
+    """Files as given, and every audio file under each directory (recursively, sorted)."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+            if not found:
+                raise UserError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in directory {path}")
+            files += found
+        else:
+            files.append(check_audio_path(path))
+    return files
+
+
 def check_duration(samples: np.ndarray, name: str) -> None:
     if samples.ndim != 1:
         raise UserError(f"{name}: expected mono samples, got shape {samples.shape}")

@@ -5,10 +5,15 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from pathlib import Path
 
 import click
 
 from .errors import UserError
+
+FORMATS = ("text", "json", "srt", "vtt")
+FORMAT_SUFFIX = {"text": "txt", "json": "json", "srt": "srt", "vtt": "vtt"}
+DEFAULT_BATCH_SIZE = 8  # the CLI starts without importing MLX; transcribe.DEFAULT_BATCH_SIZE is checked equal in tests
 
 
 def user_errors(command):
@@ -56,27 +61,76 @@ def convert(src, dst, dtype):
                    "(中文, 英文, 日文, ...). Default: none given, the model decides ('auto').")
 @click.option("--hotword", "hotwords", multiple=True, help="A word or phrase to favour; repeat for several.")
 @click.option("--no-itn", is_flag=True, help="Ask for unnormalized text (no inverse text normalization).")
-@click.option("--max-new-tokens", default=512, show_default=True, type=click.IntRange(min=1),
-              help="Stop decoding after this many tokens.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text: one line per file; json: one JSON object per file with audio, text, token_ids, timings.")
+@click.option("--max-new-tokens", default=None, type=click.IntRange(min=1),
+              help="Stop each segment after this many tokens. Default: 16 per second of audio + 32, at most 512.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="text: one line per file; json: one object per file with text, token_ids, segments (start, "
+                   "end, text, flags) and timings; srt / vtt: subtitles, one cue per segment.")
+@click.option("--output-dir", type=click.Path(file_okay=False), default=None,
+              help="Write one file per input (NAME.txt, .json, .srt or .vtt) here instead of printing.")
+@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=click.IntRange(min=1),
+              help="Segments decoded together; the results do not depend on it beyond float rounding.")
+@click.option("--vad", type=click.Path(), default=None,
+              help="A converted FSMN-VAD (`convert-vad`) to cut every file into speech segments. Default: files "
+                   "up to --max-segment-seconds are decoded whole, longer ones cut at pauses by signal energy.")
+@click.option("--max-segment-seconds", default=30.0, show_default=True, type=click.FloatRange(min=1.0),
+              help="The longest piece decoded at once (upstream advises 30 s).")
+@click.option("--no-segment", is_flag=True, help="Decode every file whole, however long (upstream without a VAD).")
+@click.option("--no-repetition-guard", is_flag=True,
+              help="Let a segment that repeats one phrase over and over run to its token budget.")
 @user_errors
-def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt):
-    """Transcribe AUDIO files (wav, flac, mp3, ogg; any rate, mono or stereo) with a converted MODEL."""
-    from .audio import check_audio_path
-    from .transcribe import load, resolve_language, transcribe as run_transcribe
+def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, output_dir, batch_size, vad,
+               max_segment_seconds, no_segment, no_repetition_guard):
+    """Transcribe AUDIO files or directories (wav, flac, mp3, ogg; any rate, mono or stereo) with MODEL.
 
+    Long recordings are cut into segments at pauses, and segments of all files are decoded in batches.
+    A segment that stopped at its token budget or in a repetition loop is flagged in the JSON output
+    (hit_token_limit, repetition) and reported on stderr.
+    """
+    from .audio import audio_files
+    from .subtitles import to_srt, to_vtt
+    from .transcribe import load, resolve_language, transcribe_many
+
+    if no_segment and vad:
+        raise UserError("--no-segment and --vad contradict each other: choose one")
     resolve_language(language)  # reject bad input before the model loads
-    for path in audio:
-        check_audio_path(path)
+    files = audio_files(audio)
+    if fmt in ("srt", "vtt") and len(files) > 1 and output_dir is None:
+        raise UserError(f"{len(files)} inputs: give --output-dir to write one .{fmt} file each")
+    stems = [path.stem for path in files]
+    if output_dir is not None and len(set(stems)) < len(stems):
+        clash = next(stem for stem in stems if stems.count(stem) > 1)
+        raise UserError(f"several inputs are named {clash!r}: their outputs would overwrite each other in {output_dir}")
+    segmenter = None if no_segment else "auto"
+    if vad:
+        from .vad import load_vad
+
+        segmenter = load_vad(vad)
     loaded, tokenizer = load(model)
-    for path in audio:
-        result = run_transcribe(loaded, tokenizer, path, language=language, hotwords=hotwords,
-                                itn=not no_itn, max_new_tokens=max_new_tokens)
-        if fmt == "json":
-            click.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+    render = {"text": lambda r: r.text.strip() + "\n", "srt": lambda r: to_srt(r.segments),
+              "vtt": lambda r: to_vtt(r.segments),
+              "json": lambda r: json.dumps(r.to_dict(), ensure_ascii=False) + "\n"}[fmt]
+    results = transcribe_many(loaded, tokenizer, files, language=language, hotwords=hotwords, itn=not no_itn,
+                              max_new_tokens=max_new_tokens, segmenter=segmenter,
+                              max_segment_seconds=max_segment_seconds, stop_loops=not no_repetition_guard,
+                              batch_size=batch_size, progress=None)
+    for path, result in zip(files, results):
+        for segment in result.segments:
+            if segment.hit_token_limit or segment.repetition:
+                why = "hit its token budget" if segment.hit_token_limit else "was stopped repeating itself"
+                click.echo(f"warning: {path} {segment.start:.2f}-{segment.end:.2f} s {why}", err=True)
+        if output_dir is None:
+            click.echo(render(result), nl=False)
         else:
-            click.echo(result.text.strip())
+            write_text(Path(output_dir) / f"{path.stem}.{FORMAT_SUFFIX[fmt]}", render(result))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
 
 
 # -- recipes (issue 3) ------------------------------------------------------------------------------

@@ -56,8 +56,9 @@ class EnergySegmenter:
 
 def frame_energy_db(samples: np.ndarray) -> np.ndarray:
     """Mean-square energy of each whole 10 ms frame in dBFS (a full-scale sine is -3 dB)."""
-    frames = samples[: len(samples) // FRAME * FRAME].reshape(-1, FRAME).astype(np.float64)
-    return 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+    frames = samples[: len(samples) // FRAME * FRAME].reshape(-1, FRAME)
+    # einsum sums the squares frame by frame with no squared copy of the recording (20 min: 77 MB).
+    return 10 * np.log10(np.einsum("ij,ij->i", frames, frames, dtype=np.float64) / FRAME + 1e-12)
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:

@@ -26,7 +26,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import load_model, load_tokenizer
 from tqdm import tqdm
 
-from .audio import SAMPLE_RATE, features, load_audio
+from .audio import FRAME_LENGTH, SAMPLE_RATE, features, load_audio
 from .errors import UserError
 from .model import FunASRNano, model_classes
 from .segment import DEFAULT_MAX_SEGMENT_MS, EnergySegmenter
@@ -334,7 +334,8 @@ def _segment_spans(samples: np.ndarray, segmenter, max_segment_ms: int) -> list[
         if len(samples) * 1000 <= max_segment_ms * SAMPLE_RATE:
             return whole
         segmenter = EnergySegmenter()
-    return segmenter.segments(samples, max_segment_ms)
+    # A span shorter than one fbank frame holds no speech (and has no features): left out.
+    return [(a, b) for a, b in segmenter.segments(samples, max_segment_ms) if (b - a) * SAMPLE_RATE >= FRAME_LENGTH * 1000]
 
 
 class _Pipeline:
