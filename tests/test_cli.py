@@ -70,7 +70,8 @@ def test_user_errors(tiny_f32, tiny_upstream, wav_1s, tmp_path):
     weights = (truncated_model / "model.safetensors").read_bytes()
     (truncated_model / "model.safetensors").write_bytes(weights[: len(weights) // 2])
     assert_user_error(cli("transcribe", truncated_model, wav_1s), "cannot load the model")
-    assert_user_error(cli("transcribe", tiny_f32, tmp_path), "no audio files")  # a directory without audio
+    (tmp_path / "empty").mkdir()
+    assert_user_error(cli("transcribe", tiny_f32, tmp_path / "empty"), "no audio files")
 
     corrupt = tmp_path / "corrupt"
     shutil.copytree(tiny_upstream, corrupt)
