@@ -53,6 +53,21 @@ def convert(src, dst, dtype):
     click.echo(run_convert(src, dst, dtype=dtype))
 
 
+@main.command("convert-vad")
+@click.argument("src")
+@click.argument("dst", type=click.Path(file_okay=False))
+@user_errors
+def convert_vad(src, dst):
+    """Convert FunASR's FSMN-VAD (fsmn-vad) to MLX.
+
+    SRC is a directory laid out like the upstream repo (model.pt, config.yaml, am.mvn) or a hub repo
+    id such as funasr/fsmn-vad. DST must not exist; it appears only when complete.
+    """
+    from .convert import convert_vad as run_convert_vad
+
+    click.echo(run_convert_vad(src, dst))
+
+
 @main.command()
 @click.argument("model", type=click.Path())
 @click.argument("audio", nargs=-1, required=True, type=click.Path())

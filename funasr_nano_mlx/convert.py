@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 import yaml
 from mlx.utils import tree_flatten
 from mlx_lm.utils import save_config, save_model
@@ -22,6 +23,9 @@ from tqdm import tqdm
 from .errors import UserError
 from .model import EMBEDDINGS, LM_HEAD, AdaptorArgs, FrontendArgs, FunASRNano, ModelArgs
 from .transcribe import MODEL_TYPE, TOKENIZER_DIR
+from .vad import CMVN_KEY, FsmnArgs, FsmnVad, unsupported_settings
+from .vad import MODEL_TYPE as VAD_MODEL_TYPE
+from .vad import WEIGHTS as VAD_WEIGHTS
 
 CHECKPOINT = "model.pt"
 UPSTREAM_FILES = [CHECKPOINT, "config.yaml", "configuration.json", f"{TOKENIZER_DIR}/*"]
@@ -30,25 +34,26 @@ DTYPES = {"bfloat16": mx.bfloat16, "float32": mx.float32}
 MAX_KEYS_IN_MESSAGE = 8
 
 
-def download(repo_id: str, revision: str | None = None, local_dir: Path | None = None) -> Path:
-    """Fetch what conversion needs from a hub repo (honours HF_ENDPOINT and the HF token)."""
+def download(repo_id: str, revision: str | None = None, local_dir: Path | None = None,
+             patterns: list[str] = UPSTREAM_FILES) -> Path:  # fmt: skip
+    """Fetch what conversion needs (`patterns`) from a hub repo (honours HF_ENDPOINT and the HF token)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=UPSTREAM_FILES, local_dir=local_dir))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_dir=local_dir))
     except (RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError, OSError) as err:
         message = " ".join(str(err).split())  # huggingface_hub's messages span lines; errors are one line
         raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {message}") from None
 
 
-def resolve_source(src: str | Path) -> tuple[Path, str]:
+def resolve_source(src: str | Path, patterns: list[str] = UPSTREAM_FILES) -> tuple[Path, str]:
     """A local upstream directory, or a hub repo id fetched into the HF cache; and its provenance label."""
     path = Path(src)
     if path.exists():
         return path, str(path)
     if isinstance(src, str) and src.count("/") == 1 and not src.startswith((".", "/")):
-        snapshot = download(src)
+        snapshot = download(src, patterns=patterns)
         return snapshot, f"{src}@{snapshot.name}"  # the cache names a snapshot folder by its commit
     raise UserError(f"source not found: {src} (a local upstream directory or a hub repo id ORG/NAME)")
 
@@ -232,4 +237,89 @@ def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id
         save_model(out, model, donate_model=True)
         save_config(config, out / "config.json")
         shutil.copytree(src / TOKENIZER_DIR, out / TOKENIZER_DIR, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    return dst
+
+
+# -- FSMN-VAD (FunASR's fsmn-vad) -------------------------------------------------------------------
+
+AM_MVN = "am.mvn"
+VAD_FILES = [CHECKPOINT, "config.yaml", "configuration.json", AM_MVN]
+
+
+def read_am_mvn(path: Path, dims: int) -> np.ndarray:
+    """am.mvn, a Kaldi nnet1 text file: its <AddShift> and <Rescale> vectors as a (2, dims) float32
+    array, cut to the first `dims` values as upstream's apply_cmvn does."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    rows = []
+    for component in ("<AddShift>", "<Rescale>"):
+        _, found, rest = text.partition(component)
+        try:  # "<AddShift> 400 400 <LearnRateCoef> 0 [ v1 v2 ... ]"
+            rows.append(np.array(rest.partition("[")[2].partition("]")[0].split() if found else [], np.float32))
+        except ValueError:
+            rows.append(np.zeros(0, np.float32))
+    if any(len(row) < dims for row in rows):
+        raise UserError(f"{path} is not a CMVN file with <AddShift> and <Rescale> vectors of at least {dims} values")
+    return np.stack([row[:dims] for row in rows])
+
+
+def read_upstream_vad_config(src: Path) -> dict:
+    """Our config.json from the upstream config.yaml: frontend, encoder and endpoint settings as they are."""
+    for name in ("config.yaml", AM_MVN, CHECKPOINT):
+        if not (src / name).is_file():
+            raise UserError(f"{src} is not an upstream FSMN-VAD directory: {name} is missing")
+    try:
+        upstream = yaml.safe_load((src / "config.yaml").read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"cannot parse {src}/config.yaml: {err}") from None
+    if not isinstance(upstream, dict) or (upstream.get("model"), upstream.get("encoder")) != ("FsmnVADStreaming", "FSMN"):
+        raise UserError(f"{src}/config.yaml does not describe an FsmnVADStreaming model with an FSMN encoder")
+    sections = ("frontend_conf", "encoder_conf", "model_conf")
+    if not all(isinstance(upstream.get(section) or {}, dict) for section in sections):
+        raise UserError(f"{src}/config.yaml: {', '.join(sections)} must be mappings")
+    if problems := unsupported_settings(upstream):
+        raise UserError(f"{src}/config.yaml: settings this port does not implement: {'; '.join(problems)}")
+    frontend = {k: v for k, v in (upstream.get("frontend_conf") or {}).items() if k != "cmvn_file"}  # CMVN: in the weights
+    return {"model_type": VAD_MODEL_TYPE, "frontend_conf": frontend,
+            "encoder_conf": upstream.get("encoder_conf") or {}, "model_conf": upstream.get("model_conf") or {}}  # fmt: skip
+
+
+def convert_vad(src: str | Path, dst: str | Path, source_id: str | None = None) -> Path:
+    """Convert an upstream FSMN-VAD directory (model.pt, config.yaml, am.mvn) or hub repo id (funasr/fsmn-vad;
+    the port follows its revision df20e6b30c653645fa4ff125cacfcabd1020a669) to an MLX directory at `dst`:
+    config.json, and model.safetensors with the float32 weights and the CMVN."""
+    dst = Path(dst)
+    ensure_absent(dst)  # before a possible download
+    src, label = resolve_source(src, VAD_FILES)
+    config = read_upstream_vad_config(src)
+    try:
+        model = FsmnVad(FsmnArgs.from_dict(config["encoder_conf"]))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{src}: unsupported or incomplete encoder_conf: {err}") from None
+    cmvn = read_am_mvn(src / AM_MVN, model.args.input_dim)
+    state = read_checkpoint(src / CHECKPOINT)
+    weights = FsmnVad.sanitize({key: to_mlx(tensor, mx.float32) for key, tensor in state.items()})
+    check_keys(model, weights)
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as err:  # shape mismatches, named by MLX
+        raise UserError(f"checkpoint does not match the configuration: {err}") from None
+
+    dither = config["frontend_conf"].get("dither", 1.0)  # WavFrontendOnline's default
+    config["conversion"] = {
+        "source": source_id or label,
+        "model_pt_sha256": sha256(src / CHECKPOINT),
+        "am_mvn_sha256": sha256(src / AM_MVN),
+        "dtype": "float32",
+        "notes": [f"upstream dithers the fbank input (dither {dither}); this port computes it without"] if dither else [],
+        "package": "funasr-nano-mlx",
+        "package_version": package_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    with staged_output(dst) as out:
+        arrays = {**dict(tree_flatten(model.parameters())), CMVN_KEY: mx.array(cmvn)}
+        mx.save_safetensors(str(out / VAD_WEIGHTS), arrays, metadata={"format": "mlx"})
+        save_config(config, out / "config.json")
     return dst

@@ -482,3 +482,152 @@ if __name__ == "__main__":
         print(f"{args.dst} already holds a checkpoint; kept")
     else:
         print(write_upstream_dir(args.dst, args.size, args.seed))
+
+
+# --------------------------------------------------------------------------------------------
+# FSMN-VAD (fsmn-vad): the official FsmnVADStreaming with random weights
+# --------------------------------------------------------------------------------------------
+
+# config.yaml of funasr/fsmn-vad (ModelScope iic/speech_fsmn_vad_zh-cn-16k-common-pytorch): the
+# released settings, written out because the hub is out of reach here.
+VAD_CONFIG: dict[str, Any] = {
+    "frontend": "WavFrontendOnline",
+    "frontend_conf": {"fs": SAMPLE_RATE, "window": "hamming", "n_mels": 80, "frame_length": 25,
+                      "frame_shift": 10, "dither": 0.0, "lfr_m": 5, "lfr_n": 1},
+    "model": "FsmnVADStreaming",
+    "model_conf": {"sample_rate": SAMPLE_RATE, "detect_mode": 1, "snr_mode": 0,
+                   "max_end_silence_time": 800, "max_start_silence_time": 3000,
+                   "do_start_point_detection": True, "do_end_point_detection": True,
+                   "window_size_ms": 200, "sil_to_speech_time_thres": 150,
+                   "speech_to_sil_time_thres": 150, "speech_2_noise_ratio": 1.0, "do_extend": 1,
+                   "lookback_time_start_point": 200, "lookahead_time_end_point": 100,
+                   "max_single_segment_time": 60000, "snr_thres": -100.0,
+                   "noise_frame_num_used_for_snr": 100, "decibel_thres": -100.0,
+                   "speech_noise_thres": 0.6, "fe_prior_thres": 0.0001, "silence_pdf_num": 1,
+                   "sil_pdf_ids": [0], "speech_noise_thresh_low": -0.1,
+                   "speech_noise_thresh_high": 0.3, "output_frame_probs": False, "frame_in_ms": 10,
+                   "frame_length_ms": 25},
+    "encoder": "FSMN",
+    "encoder_conf": {"input_dim": 400, "input_affine_dim": 140, "fsmn_layers": 4, "linear_dim": 250,
+                     "proj_dim": 128, "lorder": 20, "rorder": 0, "lstride": 1, "rstride": 0,
+                     "output_affine_dim": 140, "output_dim": 248},
+}
+VAD_CONFIGURATION_JSON: dict[str, Any] = {
+    "framework": "pytorch", "task": "voice-activity-detection", "model": {"type": "funasr"},
+    "pipeline": {"type": "funasr-pipeline"},
+    "file_path_metas": {"init_param": "model.pt", "config": "config.yaml",
+                        "frontend_conf": {"cmvn_file": "am.mvn"}},
+}
+# Random weights alone give a silence posterior that barely moves with the audio (a softmax over 248
+# random logits), so every frame would get the same decision and no boundary would depend on the
+# signal. One hidden unit is therefore wired to carry the loudness through the network: the mean of
+# the 400 normalized LFR features (log-mel energy, about -1.5 in the test's noise floor and +1.4 in
+# speech) passes every layer unchanged (plus an offset that keeps it above the ReLUs), and the
+# silence logit falls with it. Every other weight stays random and still shapes the posteriors.
+VAD_CARRIER = 0  # the hidden unit that carries the loudness
+VAD_CARRIER_OFFSET = 16.0  # normalized features stay above -16 even for digital silence
+VAD_SLOPE = 3.0  # silence logit per unit of normalized loudness: P(silence) 0.99 in the noise floor, 0.02 in speech
+VAD_OUTPUT_SCALE = 0.3  # the random part of the last layer, kept small beside the loudness term
+
+
+def _write_am_mvn(path: Path, rng: np.random.Generator, dims: int) -> None:
+    """A Kaldi nnet1 CMVN file like the released am.mvn: shift = -mean log-mel, scale = 1 / std."""
+    shift, scale = -rng.uniform(11.0, 13.0, dims), rng.uniform(0.2, 0.4, dims)
+    def component(name: str, values: np.ndarray) -> str:
+        return f"<{name}> {dims} {dims}\n<LearnRateCoef> 0 [ {' '.join(f'{x:.6f}' for x in values)} ]\n"
+
+    path.write_text(f"<Nnet>\n<Splice> {dims} {dims}\n[ 0 ]\n{component('AddShift', shift)}"
+                    f"{component('Rescale', scale)}</Nnet>\n")
+
+
+def _vad_model(config: dict[str, Any]) -> torch.nn.Module:
+    """The official FsmnVADStreaming built from a config.yaml dict (randomly initialized)."""
+    _funasr()
+    import funasr.models.fsmn_vad_streaming.model  # noqa: F401  (registers the classes)
+    from funasr.register import tables
+
+    model_class = tables.model_classes.get(config["model"])
+    return model_class(encoder=config["encoder"], encoder_conf=config["encoder_conf"], **config["model_conf"])
+
+
+def _vad_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """Seeded random fp32 weights (matrices N(0, 1/fan_in), biases N(0, 0.05^2)) with the loudness
+    carrier wired in (see VAD_CARRIER)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+    for name, meta in model.state_dict().items():
+        noise = torch.randn(meta.shape, generator=gen, dtype=torch.float32)
+        sd[name] = noise / float(np.sqrt(meta[0].numel())) if meta.ndim >= 2 else noise * 0.05
+    c, enc = VAD_CARRIER, "encoder."
+
+    def route(layer: str, weight: float | torch.Tensor = 1.0, bias: float | None = 0.0) -> None:
+        """Row c of this linear layer: `weight` on input c only (a tensor: on every input), and `bias`."""
+        w = sd[f"{enc}{layer}.linear.weight"]
+        w[c] = weight if isinstance(weight, torch.Tensor) else 0.0
+        if not isinstance(weight, torch.Tensor):
+            w[c, c] = weight
+        if bias is not None:
+            sd[f"{enc}{layer}.linear.bias"][c] = bias
+
+    conf = model.encoder_conf
+    route("in_linear1", torch.full((conf["input_dim"],), 1.0 / conf["input_dim"]))  # mean loudness
+    route("in_linear2", bias=VAD_CARRIER_OFFSET)
+    for i in range(conf["fsmn_layers"]):
+        route(f"fsmn.{i}.linear", bias=None)  # no bias in this layer
+        sd[f"{enc}fsmn.{i}.fsmn_block.conv_left.weight"][c] = 0.0  # memory adds nothing to the carrier
+        route(f"fsmn.{i}.affine")
+    route("out_linear1", bias=-VAD_CARRIER_OFFSET)
+    out_w, out_b = sd[f"{enc}out_linear2.linear.weight"], sd[f"{enc}out_linear2.linear.bias"]
+    out_w.mul_(VAD_OUTPUT_SCALE)
+    out_w[0, c] = -VAD_SLOPE  # class 0 is silence: loud frames make it unlikely
+    out_b[0] = float(np.log(conf["output_dim"] - 1))  # at loudness 0, P(silence) is about one half
+    return sd
+
+
+def write_upstream_vad_dir(dst: Path, seed: int = 0) -> Path:
+    """Write a random-weight FSMN-VAD directory laid out like funasr/fsmn-vad: model.pt (a bare
+    state_dict, fp32), config.yaml, configuration.json and am.mvn. The official FsmnVADStreaming is
+    built from the config to get the exact parameter names and shapes; weights, CMVN and the loudness
+    wiring are deterministic for a given ``seed``. Returns ``dst``."""
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "config.yaml").write_text(yaml.safe_dump(VAD_CONFIG, sort_keys=False))
+    (dst / "configuration.json").write_text(json.dumps(VAD_CONFIGURATION_JSON, indent=2) + "\n")
+    rng = np.random.default_rng(seed)
+    _write_am_mvn(dst / "am.mvn", rng, VAD_CONFIG["encoder_conf"]["input_dim"])
+    torch.save(_vad_state(_vad_model(VAD_CONFIG), seed), dst / "model.pt")
+    return dst
+
+
+class VadReference:
+    """The official FsmnVADStreaming of a ``write_upstream_vad_dir`` directory, run as AutoModel runs
+    a ``vad_model``: built by AutoModel with ``max_single_segment_time`` (and ``max_end_silence_time``
+    when given) as vad_kwargs pass them, on CPU, whole recording at once (offline)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = Path(model_dir)
+        self.chunk_frames: list[int] = []  # frames scored per 60 s chunk in the last run
+
+    @torch.no_grad()
+    def run(self, wav16k: np.ndarray, max_segment_ms: int = 30000,
+            max_end_silence_ms: int | None = None) -> tuple[np.ndarray, list[list[int]]]:
+        """(P(speech) per frame as GetFrameState computes it, the official segments in ms)."""
+        _funasr()
+        from funasr.auto.auto_model import AutoModel
+
+        vad_kwargs: dict[str, Any] = {"max_single_segment_time": max_segment_ms}
+        if max_end_silence_ms is not None:
+            vad_kwargs["max_end_silence_time"] = max_end_silence_ms
+        with _quiet():
+            auto = AutoModel(model=str(self.model_dir), device="cpu", disable_update=True,
+                             disable_pbar=True, **vad_kwargs)
+        scores: list[torch.Tensor] = []  # the encoder runs once per 60 s chunk
+        auto.model.encoder.register_forward_hook(lambda _m, _i, out: scores.append(out[0]))
+        with _quiet():
+            result = auto.generate(input=np.array(wav16k, dtype=np.float32, copy=True))
+        self.chunk_frames = [len(chunk) for chunk in scores]
+        silence_ids = auto.model.vad_opts.sil_pdf_ids
+        silence = torch.cat(scores)[:, silence_ids].sum(dim=-1) if scores else torch.zeros(0)
+        # GetFrameState: 1.0 - the silence posterior, in Python floats (float64) from the fp32 scores.
+        speech = np.array([1.0 - float(s) for s in silence.tolist()], dtype=np.float64)
+        return speech, result[0]["value"]
