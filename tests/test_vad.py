@@ -230,3 +230,25 @@ def test_cli_convert_vad_from_the_hub(vad_upstream, vad_converted, tmp_path):
         assert run.returncode == 2, run.stderr
         assert run.stderr.strip().startswith("error:") and fragment in run.stderr
         assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_transcription_uses_the_vad_segments(vad, vad_converted, recording, tiny_model, tiny_f32, tmp_path):
+    """With a VAD, every file is cut where the VAD says (upstream's AutoModel(vad_model=...)), each
+    segment decoded on its own, in Python and through `transcribe --vad`."""
+    import soundfile as sf
+
+    from funasr_nano_mlx.transcribe import transcribe
+    from tests.test_cli import cli
+
+    model, tokenizer = tiny_model
+    spans = vad.segments(recording, 30_000)
+    result = transcribe(model, tokenizer, recording, segmenter=vad, max_new_tokens=3)
+    assert [(s.start, s.end) for s in result.segments] == [(a / 1000, b / 1000) for a, b in spans]
+    assert all(len(s.token_ids) == 3 for s in result.segments)
+
+    wav = tmp_path / "recording.wav"
+    sf.write(wav, recording, SAMPLE_RATE)
+    out = cli("transcribe", tiny_f32, wav, "--vad", vad_converted, "--format", "json", "--max-new-tokens", "3")
+    assert out.returncode == 0, out.stderr
+    segments = json.loads(out.stdout)["segments"]
+    assert [(s["start"], s["end"]) for s in segments] == [(a / 1000, b / 1000) for a, b in spans]
