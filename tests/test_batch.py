@@ -128,3 +128,37 @@ def test_twenty_minutes_in_bounded_memory(tiny_f32):
     # Decoding holds one batch of segments at a time, whatever the length, and segmenting reads the
     # samples without copying them. Measured (2 cores, tiny model): +11 MB for 2 min, +18 MB for 20 min.
     assert growth[20] - growth[2] < 50, f"transcription peak grew {growth[2]:.0f} -> {growth[20]:.0f} MB"
+
+
+def official_batched_tokens(reference, waves: list[np.ndarray], max_new_tokens: int) -> list[list[int]]:
+    """Token ids from the official batched path (`_inference_llm_batch`: left-padded llm.generate),
+    which FunASRNano.inference takes for more than one input."""
+    import torch
+
+    llm, captured = reference.model.llm, []
+    original = llm.generate
+
+    def generate(*args, **kwargs):
+        captured.append(original(*args, **kwargs))
+        return captured[-1]
+
+    llm.generate = generate
+    try:
+        with torch.no_grad():
+            reference.model.inference(data_in=[torch.from_numpy(w.copy()) for w in waves],
+                                      key=[f"clip{i}" for i in range(len(waves))], tokenizer=reference.tokenizer,
+                                      frontend=reference.frontend, **reference._run_kwargs(max_length=max_new_tokens))  # fmt: skip
+    finally:
+        del llm.generate
+    (ids,) = captured
+    return ids.tolist()
+
+
+def test_batched_tokens_equal_the_official_batched_path(tiny_model, reference, ten_files):
+    """Ours in one batch against upstream's own batched decoding of the same ten clips: same tokens
+    (random weights never stop, so no row is padded after its end)."""
+    model, tokenizer = tiny_model
+    official = official_batched_tokens(reference, ten_files, max_new_tokens=24)
+    ours = transcribe_many(model, tokenizer, ten_files, max_new_tokens=24, segmenter=None, stop_loops=False,
+                           batch_size=len(ten_files))  # fmt: skip
+    assert [r.token_ids for r in ours] == official
