@@ -1,23 +1,30 @@
 """The model card (README.md of a published repo), rendered from model_cards/template.md with
-huggingface_hub's `ModelCard.from_template`, from the model's config.json and its evaluation report.
+huggingface_hub's `ModelCard.from_template`, from the model's config.json, its evaluation report, its
+benchmark record (when there is one) and the upstream published figures (model_cards/upstream_figures.yaml).
 
-Every figure comes from config.json (`conversion`, `quantization_summary`, `recipe`) or eval.json; a
-figure that is missing is shown as "not measured". This module only gathers and formats values: all
-text about a variant lives in the template.
+Every measured figure comes from config.json (`conversion`, `quantization_summary`, `recipe`),
+eval.json or benchmark.json; a figure that is missing is shown as "not measured". A card is refused
+when a figure falls outside the recipe's acceptance bound. This module only gathers, checks and
+formats values: all text about a variant lives in the template.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 from pathlib import Path
 
+import yaml
+
 from .errors import UserError
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "template.md"
-CARD, EVAL_JSON_NAME = "README.md", "eval.json"
+MODEL_CARDS = Path(__file__).resolve().parent.parent / "model_cards"
+TEMPLATE = MODEL_CARDS / "template.md"
+FIGURES = MODEL_CARDS / "upstream_figures.yaml"
+CARD, EVAL_JSON_NAME, BENCHMARK = "README.md", "eval.json", "benchmark.json"
 NOT_MEASURED = "not measured"
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 DTYPE_BITS = {"bfloat16": 16, "float32": 32}
@@ -25,20 +32,23 @@ DTYPE_BITS = {"bfloat16": 16, "float32": 32}
 FAMILY_LANGUAGES = {"fun-asr-nano": ("zh", "en", "ja")}
 COMPONENT_LABELS = {"audio_encoder": "audio encoder (SAN-M)", "audio_adaptor": "audio adaptor",
                     "llm": "LLM (Qwen3, without embeddings)", "embeddings": "embeddings / tied LM head"}  # fmt: skip
+# A benchmark record's per-clip figures (bench/speed.py's JSON lines): key -> (label, format).
+BENCHMARK_FIGURES = {"audio_s": ("audio", "g", " s"), "ttft_ms": ("time to first token", ".1f", " ms"),
+                     "decode_ms_per_token": ("decode", ".2f", " ms/token"), "total_ms": ("total", ".0f", " ms"),
+                     "tokens": ("tokens", "d", ""), "peak_mem_gb": ("peak memory", ".2f", " GB")}  # fmt: skip
 
 
 def model_files(model_dir: Path) -> list[Path]:
-    """The files that define the model (weights, config, tokenizer): not the card nor the report."""
+    """The files that define the model (weights, config, tokenizer): not the card, report or benchmark."""
     return sorted(p for p in model_dir.rglob("*") if p.is_file() and p.relative_to(model_dir).parts[0] not in
-                  (CARD, EVAL_JSON_NAME, ".cache"))  # fmt: skip
+                  (CARD, EVAL_JSON_NAME, BENCHMARK, ".cache"))  # fmt: skip
 
 
 def identity(model_dir: Path) -> dict:
     """What eval.json's `model` block must match for the report to describe this model."""
-    from .evaluate import _model
+    from .evaluate import model_info
 
-    model = _model(model_dir)
-    return {k: v for k, v in model.items() if k not in ("name", "path")}
+    return {k: v for k, v in model_info(model_dir).items() if k not in ("name", "path")}
 
 
 def check_report(model_dir: str | Path, eval_json: str | Path) -> dict:
@@ -55,13 +65,82 @@ def check_report(model_dir: str | Path, eval_json: str | Path) -> dict:
         raise UserError(f"{eval_json} is not an evaluation report: {err}") from None
     newest = max(model_files(model_dir), key=lambda p: p.stat().st_mtime)
     if eval_json.stat().st_mtime < newest.stat().st_mtime:
-        raise UserError(f"{eval_json} is older than {newest}: the model changed after its evaluation; evaluate it again")
+        raise UserError(
+            f"{eval_json} is older than {newest}: the model changed after its evaluation; evaluate it again"
+        )
     mine = identity(model_dir)
     if recorded != mine:
         differs = sorted(k for k in mine.keys() | recorded.keys() if mine.get(k) != recorded.get(k))
         raise UserError(f"{eval_json} evaluated another model ({', '.join(differs)} differ from {model_dir}): "
                         "evaluate this one")  # fmt: skip
     return report
+
+
+def read_benchmark(file: Path, recipe_block: dict | None) -> dict:
+    """A benchmark record of this variant: {"recipe", "machine", "date", "command", "results": [per-clip
+    figures as bench/speed.py prints them]}. One of another recipe is refused: a figure is never
+    carried over from another variant."""
+    try:
+        record = json.loads(Path(file).read_text())
+        results = [row for row in record["results"] if row.get("impl", "ours") == "ours"]
+        fields = {key: record[key] for key in ("recipe", "machine", "date", "command")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(
+            f"{file} is not a benchmark record ({{recipe, machine, date, command, results}}): {err}"
+        ) from None
+    if not all(isinstance(value, str) and value for value in fields.values()) or not results:
+        raise UserError(f"{file}: recipe, machine, date and command must be text, and results must hold this "
+                        "package's figures (impl absent or \"ours\")")  # fmt: skip
+    mine = (recipe_block or {}).get("name")
+    if fields["recipe"] != mine:
+        raise UserError(f"{file} is a benchmark of recipe {fields['recipe']}, but this model was built "
+                        f"{f'by recipe {mine}' if mine else 'without a recipe'}: benchmark this variant")  # fmt: skip
+    return {**fields, "results": results}
+
+
+def check_acceptance(recipe_block: dict | None, report: dict | None) -> None:
+    """Refuse a report with an error-rate delta against the bf16 baseline outside the recipe's
+    acceptance bound (config.json's recipe block carries it), or one that cannot show the delta."""
+    acceptance = (recipe_block or {}).get("acceptance")
+    if not acceptance:
+        return
+    name, default = recipe_block.get("name"), acceptance.get("max_error_rate_delta")
+    per_set = {set_name: bound["max_error_rate_delta"] for set_name, bound in (acceptance.get("sets") or {}).items()}
+    if report is None:
+        raise UserError(f"recipe {name} has an acceptance bound, and there is no evaluation report to check it: "
+                        "evaluate the model first")  # fmt: skip
+    outside = []
+    for set_name, data in report["sets"].items():
+        bound = per_set.get(set_name, default)
+        if bound is None:
+            continue
+        where = f"acceptance.sets.{set_name}" if set_name in per_set else "acceptance.max_error_rate_delta"
+        scores = (data.get("comparison") or {}).get("scores")
+        if not scores:
+            raise UserError(f"acceptance: set {set_name} has no comparison with the bf16 baseline in eval.json, so "
+                            f"recipe {name}'s bound of {bound:g} points ({where}) cannot be checked: evaluate it "
+                            "against the baseline's report (run does)")  # fmt: skip
+        for metric, s in scores.items():
+            if 100 * s["delta"] > bound + 1e-9:
+                outside.append(f"set {set_name} {metric.upper()} is {100 * s['delta']:+.2f} points against "
+                               f"{report['baseline']['name']} ({100 * s['baseline']:.2f}% -> {100 * s['variant']:.2f}%), "
+                               f"outside recipe {name}'s bound of {bound:g} points ({where})")  # fmt: skip
+    if outside:
+        raise UserError("acceptance: " + "; ".join(outside))
+
+
+def published_figures(source: str | None) -> tuple[list[dict], list[dict]]:
+    """The upstream published figures for `source` (a hub repo id) and the sources they cite, from
+    model_cards/upstream_figures.yaml: ([{set, value, metric, eval_set, note}], [{id, citation, url}])."""
+    data = yaml.safe_load(FIGURES.read_text(encoding="utf-8"))
+    model = (data.get("models") or {}).get(source or "") or {}
+    figures = model.get("figures", [])
+    cited = list(dict.fromkeys(f["source"] for f in figures))
+    sources = [{"id": i + 1, **data["sources"][key]} for i, key in enumerate(cited)]
+    notes = {key: i + 1 for i, key in enumerate(cited)}
+    rows = [{"set": f["set"], "value": f"{f['value']}", "metric": model["metric"], "model": model["model"],
+             "eval_set": f.get("eval_set"), "note": notes[f["source"]]} for f in figures]  # fmt: skip
+    return rows, sources
 
 
 def _num(value, spec: str = "", suffix: str = "") -> str:
@@ -107,8 +186,31 @@ def _components(config: dict) -> list[dict]:
     return rows
 
 
-def context(model_dir: str | Path, report: dict | None = None, recipe=None) -> dict:
-    """Everything the template shows, formatted, from config.json, eval.json and the recipe."""
+def _benchmark(record: dict | None) -> dict | None:
+    if record is None:
+        return None
+    rows = [{key: _num(row.get(key) if isinstance(row.get(key), (int, float)) and math.isfinite(row[key]) else None,
+                       spec, suffix) for key, (_, spec, suffix) in BENCHMARK_FIGURES.items()}
+            for row in record["results"]]  # fmt: skip
+    labels = [label for label, _, _ in BENCHMARK_FIGURES.values()]
+    return {**{k: record[k] for k in ("machine", "date", "command")}, "labels": labels,
+            "rows": [list(row.values()) for row in rows]}  # fmt: skip
+
+
+def _acceptance(recipe_block: dict | None) -> dict | None:
+    acceptance = (recipe_block or {}).get("acceptance")
+    if not acceptance:
+        return None
+    default = acceptance.get("max_error_rate_delta")
+    return {"default": None if default is None else f"{default:g}",
+            "sets": [(name, f"{bound['max_error_rate_delta']:g}") for name, bound in (acceptance.get("sets") or {}).items()]}  # fmt: skip
+
+
+def context(model_dir: str | Path, report: dict | None = None, recipe=None, repo_id: str | None = None,
+            benchmark: dict | None = None) -> dict:  # fmt: skip
+    """Everything the template shows, formatted, from config.json, eval.json, the benchmark record,
+    the recipe and the published figures; `repo_id` is where the card is published (default: the
+    recipe's target)."""
     from .convert import package_version
     from .quantize import WEIGHT_FILES
     from .transcribe import LANGUAGES, read_config
@@ -122,12 +224,15 @@ def context(model_dir: str | Path, report: dict | None = None, recipe=None) -> d
     size = (summary or {}).get("size_bytes") or ((report or {}).get("model") or {}).get("size_bytes") \
         or sum(f.stat().st_size for f in model_dir.glob(WEIGHT_FILES[0])) or None  # fmt: skip
     components = _components(config)
+    published, published_sources = published_figures(source)
+    published_by_set = {f["eval_set"]: f for f in published if f["eval_set"]}
     sets, evaluated_languages = [], []
     for name, data in ((report or {}).get("sets") or {}).items():
         definition = data.get("definition", {})
         if definition.get("language"):
             evaluated_languages.append(definition["language"])
         comparison = (data.get("comparison") or {}).get("scores", {})
+        upstream = published_by_set.get(name)
         for metric, scores in data.get("scores", {}).items() or [("-", {})]:
             cmp = comparison.get(metric)
             sets.append({"name": name, "dataset": definition.get("dataset") or definition.get("path") or name,
@@ -138,14 +243,18 @@ def context(model_dir: str | Path, report: dict | None = None, recipe=None) -> d
                          "baseline": _pct(cmp["baseline"]) if cmp else NOT_MEASURED,
                          "delta": f"{100 * cmp['delta']:+.2f} [{100 * cmp['delta_ci95'][0]:+.2f}, "
                                   f"{100 * cmp['delta_ci95'][1]:+.2f}]" if cmp else NOT_MEASURED,
+                         "published": f"{upstream['value']}% [{upstream['note']}]" if upstream else "-",
                          "rtf": _num(data.get("real_time_factor"), ".3f"),
                          "tokens_per_second": _num(data.get("tokens_per_second"), ".1f"),
                          "peak_memory": _num(data["peak_memory_bytes"] / 2**30, ".2f", " GiB")
                          if data.get("peak_memory_bytes") else NOT_MEASURED})  # fmt: skip
     machine = (report or {}).get("machine") or {}
     quantized = [c for c in components if c["quantized"]]
+    repo_id = repo_id or (recipe_block or {}).get("target") or None
+    model_name = repo_id.split("/")[-1] if repo_id else model_dir.name
     return {
-        "model_name": (recipe_block or {}).get("target", "").split("/")[-1] or model_dir.name,
+        "repo_id": repo_id or f"mlx-community/{model_name}",
+        "model_name": model_name,
         "recipe": recipe_block,
         "source": source, "revision": revision or NOT_MEASURED, "family": family,
         "source_label": conversion.get("source", NOT_MEASURED),
@@ -154,6 +263,7 @@ def context(model_dir: str | Path, report: dict | None = None, recipe=None) -> d
         "package_version": conversion.get("package_version", package_version()),
         "conversion_notes": conversion.get("notes", []),
         "quantized": bool(quantized),
+        "is_baseline": not quantized and conversion.get("dtype") == "bfloat16",
         "mlx_audio": not any(c["quantized"] for c in components[:2]),  # quantized only under llm.model
         "components": components,
         "bits_per_weight": _num((summary or {}).get("bits_per_weight") or (DTYPE_BITS.get(conversion.get("dtype"))
@@ -168,21 +278,26 @@ def context(model_dir: str | Path, report: dict | None = None, recipe=None) -> d
         "sets": sets,
         "speed": list({s["name"]: s for s in sets}.values()),  # speed is per set, not per metric
         "baseline": (report or {}).get("baseline"),
+        "acceptance": _acceptance(recipe_block),
+        "published": published,
+        "published_sources": published_sources,
+        "published_beside": any(s["published"] != "-" for s in sets),
+        "benchmark": _benchmark(benchmark),
         "eval_date": (report or {}).get("date", NOT_MEASURED),
         "eval_settings": (report or {}).get("settings", {}),
         "eval_package_version": (report or {}).get("package_version", NOT_MEASURED),
         "machine": ", ".join(str(machine[k]) for k in ("device_name", "device", "platform") if machine.get(k))
         or NOT_MEASURED,
         "mlx_version": machine.get("mlx", NOT_MEASURED),
-    }
+    }  # fmt: skip
 
 
-def render(model_dir: str | Path, report: dict | None = None, recipe=None, repo_id: str | None = None) -> str:
+def render(model_dir: str | Path, report: dict | None = None, recipe=None, repo_id: str | None = None,
+           benchmark: dict | None = None) -> str:  # fmt: skip
     """The card's text: Hub metadata (ModelCardData, EvalResult) and the template's body."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    values = context(model_dir, report, recipe)
-    values["repo_id"] = repo_id or ((values["recipe"] or {}).get("target") or f"mlx-community/{values['model_name']}")
+    values = context(model_dir, report, recipe, repo_id, benchmark)
     results = [EvalResult(task_type="automatic-speech-recognition", task_name="Speech Recognition",
                           dataset_type=s["dataset"], dataset_name=s["name"], dataset_split=s["split"],
                           dataset_config=s["config"], dataset_revision=s["revision"],
@@ -197,22 +312,111 @@ def render(model_dir: str | Path, report: dict | None = None, recipe=None, repo_
     return str(card)
 
 
-def write_card(model_dir: str | Path, recipe: str | None = None, report_dir: str | Path | None = None) -> Path:
-    """Write MODEL_DIR/README.md; with `report_dir`, first copy its eval.json into MODEL_DIR (keeping
-    its time, which publish checks against the model files). Returns the card's path."""
+def _recipe(recipe, config: dict):
+    """The Recipe given for a card (a name, a file or a Recipe), which must be the one config.json names."""
     from .recipe import Recipe
+
+    if recipe is None:
+        return None
+    loaded = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
+    built = config.get("recipe")
+    if built and (built.get("name"), built.get("file_sha256")) != (loaded.name, loaded.file_sha256):
+        raise UserError(f"this model was built by recipe {built.get('name')} (file SHA-256 {built.get('file_sha256')}), "
+                        f"not by {loaded.name} ({loaded.file_sha256}): leave --recipe out, its config.json names it")  # fmt: skip
+    return loaded
+
+
+def recipe_block(config: dict, recipe=None) -> dict | None:
+    """The recipe's provenance block: config.json's, else that of the recipe given for the card."""
+    loaded = _recipe(recipe, config)
+    return config.get("recipe") or (loaded.provenance() if loaded else None)
+
+
+def _inputs(model_dir: Path, recipe=None) -> tuple[dict, object, dict | None, dict | None]:
+    """(config, recipe, report, benchmark) of a model directory as the card reads them."""
+    from .transcribe import read_config
+
+    config = read_config(model_dir)
+    loaded = _recipe(recipe, config)
+    block = recipe_block(config, loaded)
+    report = check_report(model_dir, model_dir / EVAL_JSON_NAME) if (model_dir / EVAL_JSON_NAME).exists() else None
+    benchmark = read_benchmark(model_dir / BENCHMARK, block) if (model_dir / BENCHMARK).exists() else None
+    return config, loaded, report, benchmark
+
+
+def write_card(model_dir: str | Path, recipe=None, report_dir: str | Path | None = None, repo_id: str | None = None,
+               benchmark: str | Path | None = None) -> Path:  # fmt: skip
+    """Write MODEL_DIR/README.md for publishing to `repo_id` (default: the recipe's target). With
+    `report_dir`, its eval.json is copied into MODEL_DIR first, keeping its time (which publish checks
+    against the model files); with `benchmark`, that record becomes MODEL_DIR/benchmark.json. Refused,
+    with nothing written, when a figure is outside the recipe's acceptance bound. Returns the card's path."""
     from .transcribe import read_config
 
     model_dir = Path(model_dir)
-    read_config(model_dir)
-    loaded = Recipe.load(recipe) if recipe else None
-    target = model_dir / EVAL_JSON_NAME
+    config = read_config(model_dir)
+    loaded = _recipe(recipe, config)
+    block = recipe_block(config, loaded)
+    if repo_id is not None and not REPO_ID.fullmatch(repo_id):
+        raise UserError(f"--repo {repo_id!r}: expected ORG/NAME")
+    # Everything is checked before anything is written.
+    report_file = Path(report_dir) / EVAL_JSON_NAME if report_dir is not None else model_dir / EVAL_JSON_NAME
+    report = check_report(model_dir, report_file) if report_dir is not None or report_file.exists() else None
+    if benchmark is not None:
+        read_benchmark(Path(benchmark), block)
+    check_acceptance(block, report)
     if report_dir is not None:
-        check_report(model_dir, Path(report_dir) / EVAL_JSON_NAME)
-        shutil.copy2(Path(report_dir) / EVAL_JSON_NAME, target)
-    report = check_report(model_dir, target) if target.exists() else None
-    text = render(model_dir, report, loaded)
+        shutil.copy2(report_file, model_dir / EVAL_JSON_NAME)
+    if benchmark is not None:
+        shutil.copy2(benchmark, model_dir / BENCHMARK)
+    _, _, report, record = _inputs(model_dir, loaded)
     tmp = model_dir / (CARD + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(render(model_dir, report, loaded, repo_id, record), encoding="utf-8")
     os.replace(tmp, model_dir / CARD)
     return model_dir / CARD
+
+
+def check_card(model_dir: str | Path, recipe=None, repo_id: str | None = None) -> None:
+    """README.md must be exactly the card that renders now from the files beside it for `repo_id`:
+    not edited by hand, and not stale (report, benchmark, template, figures or repo changed since)."""
+    model_dir = Path(model_dir)
+    card = model_dir / CARD
+    if not card.is_file():
+        raise UserError(
+            f"{model_dir} has no {CARD}: write the card first (funasr-nano-mlx card {model_dir} --eval REPORT)"
+        )
+    config, loaded, report, record = _inputs(model_dir, recipe)
+    fresh = render(model_dir, report, loaded, repo_id, record).splitlines()
+    mine = card.read_text(encoding="utf-8").splitlines()
+    if mine != fresh:
+        line = next((i for i, (a, b) in enumerate(zip(mine, fresh)) if a != b), min(len(mine), len(fresh))) + 1
+        repo = repo_id or (config.get("recipe") or {}).get("target") or "ORG/NAME"
+        raise UserError(f"{card} is not the card that renders now from {model_dir} for {repo} (first difference at "
+                        f"line {line}): it was edited, or is stale; write it again (funasr-nano-mlx card {model_dir} "
+                        f"--repo {repo}) and change the template, not the card")  # fmt: skip
+
+
+def is_current(model_dir: Path, recipe=None, repo_id: str | None = None, benchmark: Path | None = None) -> bool:
+    """Whether a card directory is what the card stage would write now (for `run`'s up-to-date check)."""
+    try:
+        check_card(model_dir, recipe, repo_id)
+    except UserError:
+        return False
+    mine = Path(model_dir) / BENCHMARK
+    return (
+        not mine.exists() if benchmark is None else mine.is_file() and mine.read_bytes() == Path(benchmark).read_bytes()
+    )
+
+
+def card_dir(model_dir: str | Path, report_dir: str | Path, dst: str | Path, recipe=None, repo_id: str | None = None,
+             benchmark: str | Path | None = None) -> Path:  # fmt: skip
+    """The card stage: DST (all or nothing) holds what is published: the model's files (hard links
+    where possible), eval.json from `report_dir`, benchmark.json when given, and README.md."""
+    from .convert import staged_output
+    from .recipe import link_or_copy
+
+    model_dir, dst = Path(model_dir), Path(dst)
+    with staged_output(dst) as out:
+        for path in model_files(model_dir):
+            link_or_copy(path, out / path.relative_to(model_dir))
+        write_card(out, recipe, report_dir, repo_id, benchmark)
+    return dst

@@ -149,7 +149,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 # -- recipes (issue 3) ------------------------------------------------------------------------------
-from .recipe import STAGES  # noqa: E402  (a light module: --until's choices are needed at import)
+from .recipe import STAGES  # a light module: --until's choices are needed at import
 
 
 @main.command()
@@ -181,21 +181,37 @@ def quantize(src, dst, recipe):
 @click.option("--revision", help="Download this 40-hex commit instead of the recipe's pin.")
 @click.option("--sha256", "model_pt_sha256",
               help="Expected SHA-256 of model.pt. The recipe's own applies to its own source and revision only.")
+@click.option("--set", "sets", multiple=True, metavar="NAME_OR_PATH",
+              help="Evaluate on this set instead of the recipe's evaluation sets (as `evaluate --set`); repeat for "
+                   "several. The baseline variant is evaluated on the same sets.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N rows of each set.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
+              help="Stop decoding each utterance after this many tokens (default: evaluate's, 512).")
+@click.option("--benchmark", type=click.Path(dir_okay=False),
+              help="A benchmark record of this variant (JSON: recipe, machine, date, command, results) for the card.")
+@click.option("--repo", help="Publish to this repo ORG/NAME (and name it in the card) instead of the recipe's target.")
+@click.option("--private", is_flag=True, help="Create the repository private (for staging).")
+@click.option("--dry-run", is_flag=True, help="Publish stage: list what would be uploaded; send nothing.")
 @user_errors
-def run(recipe, work, until, source, revision, model_pt_sha256):
-    """Build the variant a RECIPE describes: download, convert, quantize.
+def run(recipe, work, until, source, revision, model_pt_sha256, sets, limit, max_new_tokens, benchmark, repo,
+        private, dry_run):  # fmt: skip
+    """Build the variant a RECIPE describes: download, convert, quantize, evaluate, card, publish.
 
     RECIPE is a name (recipes/NAME.yaml) or a recipe file. Each stage writes WORK/RECIPE/STAGE all at
     once and is skipped when that directory is newer than its inputs (the recipe file, the stage
-    before), so an interrupted run resumes where it stopped. A recipe without a pinned revision is
-    refused: nothing unpinned is ever downloaded.
+    before) and agrees with this run's options, so an interrupted run resumes where it stopped. The
+    evaluate stage first builds the recipe's bfloat16 baseline up to its own evaluate stage in WORK and
+    compares with it; card and publish refuse a delta outside the recipe's acceptance bound. A recipe
+    without a pinned revision, or an unpinned hub set, is refused: nothing unpinned is ever used.
     """
-    from .recipe import Recipe, run as run_recipe
+    from .recipe import Options, Recipe
+    from .recipe import run as run_recipe
 
     loaded = Recipe.load(recipe)
     if source or revision or model_pt_sha256:
         loaded = loaded.override(source, revision, model_pt_sha256)
-    click.echo(run_recipe(loaded, work, until))
+    options = Options(tuple(sets), limit, max_new_tokens, Path(benchmark) if benchmark else None, repo, private, dry_run)
+    click.echo(run_recipe(loaded, work, until, options))
 
 
 # -- evaluation (issue 4) ---------------------------------------------------------------------------
@@ -221,7 +237,8 @@ def run(recipe, work, until, source, revision, model_pt_sha256):
 def evaluate(model, sets, report, limit, shard, baseline, max_new_tokens):
     """Evaluate a converted MODEL: WER/CER with S/D/I counts, speed and memory per set, and the change
     against a baseline variant. Rows that cannot be scored are listed in the report, never dropped."""
-    from .evaluate import SUMMARY, evaluate as run_evaluate
+    from .evaluate import SUMMARY
+    from .evaluate import evaluate as run_evaluate
 
     run_evaluate(model, sets, report, limit=limit, shard=shard, baseline=baseline, max_new_tokens=max_new_tokens)
     click.echo(f"{report}/{SUMMARY}")
@@ -248,7 +265,7 @@ def merge_reports(shards, out, baseline):
 @user_errors
 def plot_reports(reports, out):
     """Plot error rate against model size for the variants whose evaluation REPORTS are given."""
-    from .evaluate import plot
+    from .report import plot
 
     click.echo(plot(reports, out))
 
@@ -262,13 +279,19 @@ def plot_reports(reports, out):
                                "does not name one (an unquantized conversion).")
 @click.option("--eval", "report", type=click.Path(file_okay=False),
               help="An evaluation report of this model: its eval.json is copied into MODEL_DIR and the card shows it.")
+@click.option("--benchmark", type=click.Path(dir_okay=False),
+              help="A benchmark record of this variant (JSON: recipe, machine, date, command, results), copied "
+                   "into MODEL_DIR as benchmark.json for the card's speed section.")
+@click.option("--repo", help="The repo ORG/NAME the card is for (its usage examples name it); default: the "
+                             "recipe's target. publish checks that the card names the repo it uploads to.")
 @user_errors
-def card(model_dir, recipe, report):
-    """Write MODEL_DIR/README.md, the model card, from config.json and eval.json (figures missing from
-    them are shown as "not measured")."""
+def card(model_dir, recipe, report, benchmark, repo):
+    """Write MODEL_DIR/README.md, the model card, from config.json, eval.json, the benchmark record and
+    model_cards/ (figures missing from them are shown as "not measured"). Refused, writing nothing, when
+    an error-rate delta is outside the recipe's acceptance bound."""
     from .card import write_card
 
-    click.echo(write_card(model_dir, recipe, report))
+    click.echo(write_card(model_dir, recipe, report, repo, benchmark))
 
 
 @main.command()
@@ -276,13 +299,15 @@ def card(model_dir, recipe, report):
 @click.option("--repo", required=True, help="The hub repository ORG/NAME (created when missing).")
 @click.option("--private", is_flag=True, help="Create the repository private (for staging).")
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded; send nothing.")
+@click.option("--recipe", help="The recipe the card was written with (`card --recipe`), when config.json names none.")
 @user_errors
-def publish(model_dir, repo, private, dry_run):
+def publish(model_dir, repo, private, dry_run, recipe):
     """Upload MODEL_DIR (with its card and eval.json) in one commit, then verify it: download the repo at
-    that commit, compare every file's SHA-256, load it and transcribe one clip. The token comes from
-    HF_TOKEN or `hf auth login`."""
+    that commit, compare every file's SHA-256, load it and transcribe one clip. Refused when README.md
+    is not the card as it renders now for REPO, or a figure is outside the recipe's acceptance bound.
+    The token comes from HF_TOKEN or `hf auth login`."""
     from .publish import publish as run_publish
 
-    url = run_publish(model_dir, repo, private=private, dry_run=dry_run)
-    if url:
-        click.echo(url)
+    published = run_publish(model_dir, repo, private=private, dry_run=dry_run, recipe=recipe)
+    if published:
+        click.echo(published.url)

@@ -1,5 +1,6 @@
 """Evaluate a converted model on speech sets: error rates, speed and memory, a comparison with a
-baseline variant, and a report (hypotheses.jsonl, eval.json, summary.md, a PNG plot).
+baseline variant, and a report (hypotheses.jsonl, eval.json, and through report.py summary.md and a
+PNG plot).
 
 A set is a Hugging Face dataset streamed with `datasets` at a pinned revision (eval_sets/NAME.yaml
 names it, its columns and its language), a local folder with `metadata.csv` (file_name,text[,language],
@@ -22,20 +23,19 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import yaml
 
 from .errors import UserError
 from .normalize import normalize, scoring_for
-from .recipe import COMMIT
+from .recipe import COMMIT, EVAL_SETS_DIR
 
-EVAL_SETS_DIR = Path(__file__).resolve().parent.parent / "eval_sets"
 HYPOTHESES, COMPARISON, EVAL_JSON, SUMMARY, PLOT = (
     "hypotheses.jsonl", "comparison.jsonl", "eval.json", "summary.md", "error_rate_vs_size.png")  # fmt: skip
 REPORT_FORMAT = 1
@@ -108,6 +108,19 @@ class EvalSet:
     def is_hub(self) -> bool:
         return self.dataset is not None and not Path(self.dataset).exists()
 
+    @property
+    def label(self) -> str:
+        return f"dataset {self.dataset}" + (f" ({self.config})" if self.config else "") + f" split {self.split}"
+
+    def require_pin(self) -> None:
+        """A hub dataset is read only at a pinned commit."""
+        if self.is_hub and not COMMIT.fullmatch(self.revision or ""):
+            named = EVAL_SETS_DIR / f"{self.name}.yaml"
+            where = f"in {named}" if named.is_file() else "in its definition"
+            raise UserError(f"set {self.name}: {self.label} is not pinned to a commit (revision: {self.revision or 'none'}); "
+                            f"write its 40-hex commit as `revision` {where}, or evaluate other sets: nothing unpinned "
+                            "is evaluated")  # fmt: skip
+
     def describe(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v not in (None, "")}
 
@@ -156,7 +169,10 @@ def _csv_items(folder: Path, evalset: EvalSet) -> Iterator[Item]:
         reader = csv.DictReader(f)
         _require_columns(reader.fieldnames or [], LOCAL_COLUMNS[file.name], str(file))
         rows = list(reader)
-    return (_local_item(i, row["file_name"], row["text"], row.get("language"), folder, evalset) for i, row in enumerate(rows))
+    return (
+        _local_item(i, row["file_name"], row["text"], row.get("language"), folder, evalset)
+        for i, row in enumerate(rows)
+    )
 
 
 def _jsonl_items(file: Path, evalset: EvalSet) -> Iterator[Item]:
@@ -184,10 +200,8 @@ def _hub_items(evalset: EvalSet) -> Iterator[Item]:
     from datasets import Audio, load_dataset
     from datasets.exceptions import DatasetNotFoundError
 
-    label = f"dataset {evalset.dataset}" + (f" ({evalset.config})" if evalset.config else "") + f" split {evalset.split}"
-    if evalset.is_hub and not COMMIT.fullmatch(evalset.revision or ""):
-        raise UserError(f"set {evalset.name}: {label} is not pinned to a commit (revision: {evalset.revision or 'none'}); "
-                        "write its 40-hex commit as `revision` in the set definition: nothing unpinned is evaluated")  # fmt: skip
+    label = evalset.label
+    evalset.require_pin()
     try:
         stream = load_dataset(evalset.dataset, evalset.config, split=evalset.split, streaming=True,
                               revision=evalset.revision if evalset.is_hub else None,
@@ -223,6 +237,29 @@ def open_set(evalset: EvalSet) -> Iterator[Item]:
     if path.is_file():
         return _jsonl_items(path, evalset)
     raise UserError(f"set {evalset.name}: {path} is neither a folder with metadata.csv nor a .jsonl manifest")
+
+
+def check_sets(sets: Sequence[str]) -> list[EvalSet]:
+    """The sets, loaded, after the checks that need no data: each exists, hub sets are pinned, names
+    are distinct. `run` calls it before any stage, `evaluate` before the model loads."""
+    evalsets = [EvalSet.load(s) for s in sets]
+    if len({s.name for s in evalsets}) < len(evalsets) or not evalsets:
+        raise UserError(f"give one or more sets with distinct names (got {[s.name for s in evalsets]})")
+    for evalset in evalsets:
+        evalset.require_pin()
+    return evalsets
+
+
+def set_files(name_or_path: str) -> list[Path]:
+    """The local files a set's definition is read from (metadata.csv, the manifest, the set YAML): a
+    report made before one of them changed is stale. Audio files are not watched."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return [path / "metadata.csv"] if (path / "metadata.csv").is_file() else []
+    if path.is_file():
+        return [path]
+    named = EVAL_SETS_DIR / f"{name_or_path}.yaml"
+    return [named] if named.is_file() else []
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
@@ -308,9 +345,15 @@ def load_samples(item: Item) -> np.ndarray:
     return samples
 
 
+def decode(model, tokenizer, samples: np.ndarray, item: Item, evalset: EvalSet, max_new_tokens: int):
+    """The one transcription call of an evaluation: a `transcribe.Transcription` of the row's audio."""
+    from .transcribe import transcribe
+
+    return transcribe(model, tokenizer, samples, language=item.language, itn=evalset.itn, max_new_tokens=max_new_tokens)
+
+
 def transcribe_item(model, tokenizer, item: Item, evalset: EvalSet, max_new_tokens: int) -> Row:
     from .audio import SAMPLE_RATE
-    from .transcribe import transcribe
 
     row = Row(evalset.name, item.index, item.id, item.language, item.reference)
     row.skipped = item.problem or (None if item.reference.strip() else "empty reference")
@@ -323,8 +366,7 @@ def transcribe_item(model, tokenizer, item: Item, evalset: EvalSet, max_new_toke
     try:
         samples = load_samples(item)
         start = time.perf_counter()
-        result = transcribe(model, tokenizer, samples, language=item.language, itn=evalset.itn,
-                            max_new_tokens=max_new_tokens)  # fmt: skip
+        result = decode(model, tokenizer, samples, item, evalset, max_new_tokens)
         row.seconds = time.perf_counter() - start
     except UserError as err:  # unreadable or too short: this row only
         row.skipped = str(err)
@@ -351,7 +393,9 @@ def aggregate(rows: list[Row]) -> dict:
     scores = {}
     for metric in sorted({r.metric for r in scored}):
         group = [r for r in scored if r.metric == metric]
-        counts = {key: sum(getattr(r, key) for r in group) for key in ("substitutions", "deletions", "insertions", "hits")}
+        counts = {
+            key: sum(getattr(r, key) for r in group) for key in ("substitutions", "deletions", "insertions", "hits")
+        }
         tokens = sum(r.reference_tokens for r in group)
         scores[metric] = {"error_rate": _ratio(sum(r.errors for r in group), tokens), **counts,
                           "reference_tokens": tokens, "utterances": len(group)}  # fmt: skip
@@ -443,7 +487,7 @@ def _machine() -> dict:
             **{k: info[k] for k in ("device_name", "architecture", "memory_size") if k in info}}  # fmt: skip
 
 
-def _model(model_dir: Path) -> dict:
+def model_info(model_dir: Path) -> dict:
     """Identity and size of the evaluated model, with the provenance blocks its config.json carries."""
     from .quantize import WEIGHT_FILES
     from .transcribe import read_config
@@ -475,6 +519,7 @@ def read_baseline(baseline, max_new_tokens: int) -> tuple[dict, list[Row]]:
 
 def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], peaks: dict, baseline) -> dict:
     from .convert import staged_output
+    from .report import plot_reports, render_summary
 
     report = {**header, "sets": {}, "baseline": None}
     for name, definition in sets.items():
@@ -508,13 +553,12 @@ def evaluate(model_dir, sets: Sequence[str], report_dir, limit: int | None = Non
     from tqdm import tqdm
 
     from .convert import package_version
+    from .report import percent
     from .transcribe import DEFAULT_MAX_NEW_TOKENS, load
 
     index, count = parse_shard(shard)
     model_dir, report_dir = Path(model_dir), Path(report_dir)
-    evalsets = [EvalSet.load(s) for s in sets]
-    if len({s.name for s in evalsets}) < len(evalsets) or not evalsets:
-        raise UserError(f"give one or more sets with distinct names (got {[s.name for s in evalsets]})")
+    evalsets = check_sets(sets)
     if report_dir.exists():
         raise UserError(f"report directory already exists: {report_dir}")
     max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
@@ -530,39 +574,13 @@ def evaluate(model_dir, sets: Sequence[str], report_dir, limit: int | None = Non
             rows.append(transcribe_item(model, tokenizer, item, evalset, max_new_tokens))
         peaks[evalset.name] = mx.get_peak_memory()
         done = aggregate([r for r in rows if r.set == evalset.name])
-        rates = ", ".join(f"{m.upper()} {_percent(s['error_rate'])}" for m, s in done["scores"].items())
+        rates = ", ".join(f"{m.upper()} {percent(s['error_rate'])}" for m, s in done["scores"].items())
         print(f"[evaluate] {evalset.name}: {done['utterances']} scored, {len(done['skipped'])} skipped"
               + (f"; {rates}" if rates else ""), file=sys.stderr, flush=True)  # fmt: skip
-    header = {"format": REPORT_FORMAT, "model": _model(model_dir), "package_version": package_version(),
+    header = {"format": REPORT_FORMAT, "model": model_info(model_dir), "package_version": package_version(),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": _machine(),
               "settings": {"max_new_tokens": max_new_tokens, "limit": limit, "shard": index, "shards": count}}  # fmt: skip
     return _write_report(report_dir, header, {s.name: s.describe() for s in evalsets}, rows, peaks, baseline)
-
-
-def baseline_recipe(recipe) -> str | None:
-    """The recipe whose variant `recipe`'s is compared with: the unquantized bfloat16 one of the same
-    source and revision (None for that one itself, or when recipes/ has none)."""
-    from .recipe import COMPONENTS, RECIPES_DIR, Recipe
-
-    def plain(r: Recipe) -> bool:
-        return r.dtype == "bfloat16" and not r.mixed and all(getattr(r, c) is None for c in COMPONENTS)
-
-    if plain(recipe):
-        return None
-    candidates = (Recipe.load(file) for file in sorted(RECIPES_DIR.glob("*.yaml")))
-    return next((r.name for r in candidates if plain(r) and (r.source, r.revision) == (recipe.source, recipe.revision)), None)
-
-
-def evaluate_recipe(recipe, model_dir, report_dir, max_new_tokens: int | None = None) -> Path:
-    """The evaluate stage of `run`: the recipe's sets, compared with the report of its baseline recipe
-    beside this one (WORK/<baseline>/evaluate when this is WORK/<recipe>/evaluate), built first."""
-    base = baseline_recipe(recipe)
-    baseline = Path(report_dir).parent.parent / base / "evaluate" if base else None
-    if baseline is not None and not (baseline / EVAL_JSON).is_file():
-        raise UserError(f"{recipe.name} is compared with {base}: evaluate that first "
-                        f"(funasr-nano-mlx run {base} --until evaluate), expected in {baseline}")  # fmt: skip
-    evaluate(model_dir, recipe.evaluation, report_dir, baseline=baseline, max_new_tokens=max_new_tokens)
-    return Path(report_dir)
 
 
 def merge(shard_report_dirs: Sequence, out_dir, baseline=None) -> dict:
@@ -581,108 +599,32 @@ def merge(shard_report_dirs: Sequence, out_dir, baseline=None) -> dict:
         differs = [f"{a}.{b}" for a, b in same if report[a][b] != first[a][b]]
         if differs or {n: s["definition"] for n, s in report["sets"].items()} != \
                 {n: s["definition"] for n, s in first["sets"].items()}:  # fmt: skip
-            raise UserError(f"merge: {directory} is not a shard of the same evaluation ({', '.join(differs) or 'sets'} differ)")
+            raise UserError(
+                f"merge: {directory} is not a shard of the same evaluation ({', '.join(differs) or 'sets'} differ)"
+            )
     order = {name: i for i, name in enumerate(first["sets"])}
     rows = sorted((row for _, shard_rows in shards for row in shard_rows), key=lambda r: (order[r.set], r.index))
     peaks = {name: max(report["sets"][name]["peak_memory_bytes"] or 0 for report, _ in shards) for name in order}
     header = {key: value for key, value in first.items() if key not in ("sets", "baseline")}
     header["settings"] = {**first["settings"], "shard": None, "merged_from": [str(d) for d in shard_report_dirs]}
-    return _write_report(Path(out_dir), header, {n: s["definition"] for n, s in first["sets"].items()}, rows, peaks, baseline)
+    return _write_report(
+        Path(out_dir), header, {n: s["definition"] for n, s in first["sets"].items()}, rows, peaks, baseline
+    )
 
 
-# -- rendering --------------------------------------------------------------------------------------
+def answers(report_dir, sets: Sequence[str], limit: int | None = None, max_new_tokens: int | None = None,
+            baseline=None) -> bool:  # fmt: skip
+    """Whether the report in `report_dir` is the evaluation asked for now: an unsharded run of these
+    sets (as defined now), with this row limit and token limit, against this baseline report."""
+    from .transcribe import DEFAULT_MAX_NEW_TOKENS
 
-
-def plot(report_dirs: Sequence, png) -> Path:
-    """Error rate against model size for the variants whose reports are given, as a PNG."""
-    return plot_reports([read_report(d)[0] for d in report_dirs], Path(png))
-
-
-def plot_reports(reports: list[dict], png: Path) -> Path:
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
-
-    fig = Figure(figsize=(7.5, 4.5))
-    ax = fig.add_subplot()
-    series: dict[str, list[tuple[float, float]]] = {}
-    for report in reports:
-        size = report["model"]["size_bytes"] / 1e6
-        for name, data in report["sets"].items():
-            for metric, scores in data["scores"].items():
-                if scores["error_rate"] is not None:
-                    series.setdefault(f"{name} ({metric.upper()})", []).append((size, 100 * scores["error_rate"]))
-    for label, points in series.items():
-        ax.plot(*zip(*sorted(points)), marker="o", label=label)
-    sizes = {report["model"]["size_bytes"] / 1e6: report["model"]["name"] for report in reports}
-    ax.set_xticks(list(sizes), [f"{name}\n{size:,.0f} MB" for size, name in sizes.items()], fontsize=8)
-    ax.set_xlabel("model size (weights)")
-    ax.set_ylabel("error rate (%)")
-    ax.set_title("Error rate against model size")
-    ax.grid(alpha=0.3)
-    if series:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    return png
-
-
-def _percent(value) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
-def _cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def render_summary(report: dict) -> str:
-    model, settings, machine = report["model"], report["settings"], report["machine"]
-    shard = f", shard {settings['shard']}/{settings['shards']}" if settings["shard"] is not None and settings["shards"] > 1 else ""
-    merged = f", merged from {len(settings['merged_from'])} shards" if settings.get("merged_from") else ""
-    out = [f"# Evaluation of {model['name']}", "",
-           f"{model['size_bytes'] / 1e6:,.0f} MB of weights; funasr-nano-mlx {report['package_version']}; "
-           f"{report['date']}; {machine.get('device_name', machine['platform'])} ({machine['device']}, MLX {machine['mlx']}); "
-           f"max {settings['max_new_tokens']} new tokens" + (f", first {settings['limit']} rows per set" if settings["limit"] else "")
-           + shard + merged + ".", "",
-           "| set | metric | error rate | S | D | I | ref. tokens | utterances | skipped | audio h | RTF | tokens/s | peak memory | hit token limit |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for name, data in report["sets"].items():
-        speed = (f"{data['real_time_factor']:.3f}" if data["real_time_factor"] is not None else "n/a",
-                 f"{data['tokens_per_second']:.1f}" if data["tokens_per_second"] is not None else "n/a")
-        memory = f"{data['peak_memory_bytes'] / 2**30:.2f} GiB" if data["peak_memory_bytes"] else "n/a"
-        for metric, s in data["scores"].items() or [("-", None)]:
-            counts = [s[k] for k in ("substitutions", "deletions", "insertions", "reference_tokens", "utterances")] if s else [""] * 5
-            out.append(f"| {name} | {metric.upper()} | {_percent(s and s['error_rate'])} | " + " | ".join(map(str, counts))
-                       + f" | {len(data['skipped'])} | {data['audio_hours']:.3f} | {speed[0]} | {speed[1]} | {memory} | "
-                       f"{data['hit_token_limit']} |")  # fmt: skip
-    if report["baseline"]:
-        out += _render_comparison(report)
-    skipped = [(name, s) for name, data in report["sets"].items() for s in data["skipped"]]
-    out += ["", f"## Skipped rows ({len(skipped)})", ""]
-    out += [f"- {name} row {s['index']} ({_cell(s['id'])}): {_cell(s['reason'])}" for name, s in skipped] or ["None."]
-    out += ["", f"![error rate against model size]({PLOT})", ""]
-    return "\n".join(out)
-
-
-def _render_comparison(report: dict) -> list[str]:
-    base = report["baseline"]
-    out = ["", f"## Against {base['name']} ({base['size_bytes'] / 1e6:,.0f} MB)", "",
-           "Token agreement: aligned identical tokens over the longer sequence, averaged over utterances; delta: "
-           f"this variant minus the baseline, with a paired bootstrap 95% interval ({BOOTSTRAP_SAMPLES} resamples).", "",
-           "| set | metric | baseline | this variant | delta, points [95% interval] | token agreement | identical | compared |",
-           "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    changed = []
-    for name, data in report["sets"].items():
-        comparison = data.get("comparison")
-        if not comparison:
-            continue
-        for metric, s in comparison["scores"].items():
-            low, high = s["delta_ci95"]
-            out.append(f"| {name} | {metric.upper()} | {_percent(s['baseline'])} | {_percent(s['variant'])} | "
-                       f"{100 * s['delta']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] | {100 * s['token_agreement']:.1f}% | "
-                       f"{100 * s['identical']:.1f}% | {s['utterances']} |")  # fmt: skip
-        changed += [(name, c) for c in comparison["changed_most"]]
-    out += ["", "### Utterances that changed most", ""]
-    if not changed:
-        return out + ["None: every compared utterance has the baseline's tokens."]
-    out += ["| set | row | reference | baseline | this variant | errors | agreement |", "|---|---|---|---|---|---:|---:|"]
-    return out + [f"| {name} | {c['index']} | {_cell(c['reference'])} | {_cell(c['baseline'])} | {_cell(c['variant'])} | "
-                  f"{c['baseline_errors']} → {c['errors']} | {100 * c['token_agreement']:.0f}% |" for name, c in changed]  # fmt: skip
+    try:
+        report = json.loads((Path(report_dir) / EVAL_JSON).read_text())
+        recorded = {name: data["definition"] for name, data in report["sets"].items()}
+        settings, base = report["settings"], report["baseline"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    wanted = {s.name: json.loads(json.dumps(s.describe())) for s in map(EvalSet.load, sets)}
+    return (recorded == wanted and list(recorded) == list(wanted) and settings.get("shards") == 1
+            and settings.get("limit") == limit and settings.get("max_new_tokens") == (max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+            and (base and Path(base["path"]).resolve()) == (baseline and Path(baseline).resolve()))  # fmt: skip

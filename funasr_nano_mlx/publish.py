@@ -1,20 +1,29 @@
 """Publish a carded, evaluated model directory to the Hugging Face Hub, and verify what arrived.
 
-Refused before any upload when the directory does not load, has no card, or its eval.json is missing,
-older than the model files or from another model. One `upload_folder` commit (none when nothing
-changed, as huggingface_hub skips empty commits); then the repo at that commit is downloaded into a
-temporary directory, compared file by file (SHA-256) with the local one, loaded and run on one clip.
-The token comes from huggingface_hub's usual places (HF_TOKEN, the login cache); it is never shown.
+Refused before any upload when the directory does not load; when its eval.json is missing, older
+than the model files or from another model; when its README.md is not the card as it renders now for
+this repo (edited by hand, or stale); or when a figure is outside the recipe's acceptance bound. One
+`upload_folder` commit (none when nothing changed, as huggingface_hub skips empty commits); then the
+repo at that commit is downloaded into a temporary directory, compared file by file (SHA-256) with the
+local one, loaded and run on one clip. The token comes from huggingface_hub's usual places (HF_TOKEN,
+the login cache); it is never shown.
 """
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from .card import CARD, EVAL_JSON_NAME, check_report
+from .card import (
+    EVAL_JSON_NAME,
+    check_acceptance,
+    check_card,
+    check_report,
+    recipe_block,
+)
 from .convert import sha256
 from .errors import UserError
 
@@ -44,16 +53,30 @@ def commit_message(model_dir: Path) -> str:
     return f"Upload {name} from {source} with funasr-nano-mlx {package_version()}"
 
 
-def check(model_dir: Path) -> None:
-    """Everything that must hold before anything is sent."""
-    from .transcribe import load
+@dataclass(frozen=True)
+class Published:
+    repo: str
+    commit: str
+    url: str
+    private: bool
+    files: dict[str, str]  # repo path -> SHA-256, as verified after the upload
+
+    def record(self) -> dict:
+        """What the publish stage of `run` keeps (no token, nothing secret)."""
+        return {"repo": self.repo, "commit": self.commit, "url": self.url, "private": self.private,
+                "files": self.files}  # fmt: skip
+
+
+def check(model_dir: Path, repo_id: str | None = None, recipe=None) -> None:
+    """Everything that must hold before anything is sent to `repo_id`."""
+    from .transcribe import load, read_config
 
     if not model_dir.is_dir():
         raise UserError(f"model directory not found: {model_dir}")
     load(model_dir)  # a UserError if it does not load
-    check_report(model_dir, model_dir / EVAL_JSON_NAME)
-    if not (model_dir / CARD).is_file():
-        raise UserError(f"{model_dir} has no {CARD}: write the card first (funasr-nano-mlx card {model_dir} --eval REPORT)")
+    report = check_report(model_dir, model_dir / EVAL_JSON_NAME)
+    check_acceptance(recipe_block(read_config(model_dir), recipe), report)
+    check_card(model_dir, recipe, repo_id)
 
 
 def _one_line(err: Exception) -> str:
@@ -74,27 +97,38 @@ def verify(repo_id: str, commit: str, files: dict[str, Path]) -> None:
         remote = {k: p for k, p in local_files(Path(tmp)).items() if k not in REMOTE_ONLY}
         missing, extra = sorted(files.keys() - remote.keys()), sorted(remote.keys() - files.keys())
         if missing or extra:
-            raise UserError(f"verification failed: {repo_id}@{commit} " + "; ".join(
-                part for part in (f"lacks {', '.join(missing)}" if missing else "",
-                                  f"has files not published from here: {', '.join(extra)}" if extra else "") if part))
+            raise UserError(
+                f"verification failed: {repo_id}@{commit} "
+                + "; ".join(
+                    part
+                    for part in (
+                        f"lacks {', '.join(missing)}" if missing else "",
+                        f"has files not published from here: {', '.join(extra)}" if extra else "",
+                    )
+                    if part
+                )
+            )
         changed = sorted(k for k, p in files.items() if sha256(p) != sha256(remote[k]))
         if changed:
             raise UserError(f"verification failed: {repo_id}@{commit} serves different bytes (SHA-256) for "
                             f"{', '.join(changed)}")  # fmt: skip
         model, tokenizer = load(tmp)
         t = np.arange(int(VERIFY_SECONDS * SAMPLE_RATE)) / SAMPLE_RATE
-        audio = (0.1 * np.sin(2 * np.pi * 220 * t) + 0.01 * np.random.default_rng(0).standard_normal(t.size))
+        audio = 0.1 * np.sin(2 * np.pi * 220 * t) + 0.01 * np.random.default_rng(0).standard_normal(t.size)
         transcribe(model, tokenizer, audio.astype(np.float32), max_new_tokens=VERIFY_TOKENS)
 
 
-def publish(model_dir, repo_id: str, private: bool = False, dry_run: bool = False, echo=click.echo) -> str | None:
-    """Upload `model_dir` to `repo_id` and verify it; returns the commit URL (None for a dry run)."""
+def publish(model_dir, repo_id: str, private: bool = False, dry_run: bool = False, echo=click.echo,
+            recipe=None) -> Published | None:  # fmt: skip
+    """Upload `model_dir` to `repo_id` and verify it; returns what was published (None for a dry run).
+    `recipe` (a name, file or Recipe) is the one the card was written with, for a model whose
+    config.json names none."""
     from .recipe import REPO_ID
 
     model_dir = Path(model_dir)
     if not REPO_ID.fullmatch(repo_id):
         raise UserError(f"--repo {repo_id!r}: expected ORG/NAME")
-    check(model_dir)
+    check(model_dir, repo_id, recipe)
     files = local_files(model_dir)
     message = commit_message(model_dir)
     if dry_run:
@@ -114,11 +148,13 @@ def publish(model_dir, repo_id: str, private: bool = False, dry_run: bool = Fals
         info = api.upload_folder(repo_id=repo_id, folder_path=model_dir, commit_message=message,
                                  ignore_patterns=IGNORED)  # fmt: skip
     except (HfHubHTTPError, OSError, ValueError) as err:
-        raise UserError(f"upload to {repo_id} failed: {_one_line(err)} (nothing is half-committed: run publish again)") from None
+        raise UserError(
+            f"upload to {repo_id} failed: {_one_line(err)} (nothing is half-committed: run publish again)"
+        ) from None
     commit = info.oid
     try:
         verify(repo_id, commit, files)
     except (HfHubHTTPError, OSError) as err:
         raise UserError(f"verification failed: cannot download {repo_id}@{commit}: {_one_line(err)}") from None
     echo(f"verified {len(files)} files of {repo_id}@{commit}")
-    return info.commit_url
+    return Published(repo_id, commit, info.commit_url, private, {name: sha256(path) for name, path in files.items()})

@@ -1,10 +1,11 @@
 """Recipes: what one published variant is, read strictly from recipes/<name>.yaml, and `run`, which
-builds it stage by stage (download -> convert -> quantize; evaluate, card and publish come later).
+builds it stage by stage: download -> convert -> quantize -> evaluate -> card -> publish.
 
 A recipe names its source (hub repo at a pinned commit, expected SHA-256 of model.pt), the dtype, the
 quantization of each component (with mixed-precision rules in the spirit of mlx-lm's mixed_3_6), the
-evaluation sets and the target repository. Every stage writes `<work>/<recipe>/<stage>` all-or-nothing
-and is skipped when that directory is newer than its inputs, as Make would.
+evaluation sets, the acceptance bound against the bf16 variant and the target repository. Every stage
+writes `<work>/<recipe>/<stage>` all-or-nothing and is skipped when that directory is newer than its
+inputs (as Make would) and agrees with what is asked now (the source, the sets, the card's text...).
 
 This module imports no MLX (the CLI reads STAGES at startup); the stages import what they need.
 """
@@ -14,9 +15,11 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import math
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,7 +28,9 @@ import yaml
 from .errors import UserError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+EVAL_SETS_DIR = RECIPES_DIR.parent / "eval_sets"
 SOURCE_RECORD = "source.json"  # in the download stage: what was fetched, so an overridden source is noticed
+PUBLISH_RECORD = "publish.json"  # the publish stage's output: repo, commit, URL and the files sent
 COMMIT = re.compile(r"[0-9a-f]{40}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -84,6 +89,31 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Acceptance:
+    """How much worse than its bf16 baseline a variant may be and still be carded and published: the
+    error-rate delta (variant minus baseline, WER or CER, in percentage points), for every set
+    (`max_error_rate_delta`) and per set (`sets`, which take precedence)."""
+
+    max_error_rate_delta: float | None = None
+    sets: tuple[tuple[str, float], ...] = ()
+
+    def bound_for(self, set_name: str) -> float | None:
+        return dict(self.sets).get(set_name, self.max_error_rate_delta)
+
+    def to_dict(self) -> dict:
+        """As config.json's recipe block carries it (so that `card` and `publish` check it too)."""
+        return {"max_error_rate_delta": self.max_error_rate_delta,
+                "sets": {name: {"max_error_rate_delta": bound} for name, bound in self.sets}}  # fmt: skip
+
+
+def set_name(entry: str) -> str:
+    """The name an evaluation set is reported under: eval_sets/NAME.yaml -> NAME, a folder -> its name,
+    a .jsonl or .yaml file -> its stem (as `evaluate.EvalSet.load` names it)."""
+    path = Path(entry)
+    return path.name if path.is_dir() else path.stem if path.suffix in (".yaml", ".yml", ".jsonl") else entry
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     file: Path
@@ -96,8 +126,9 @@ class Recipe:
     llm: QuantSpec | None
     embeddings: QuantSpec | None
     mixed: tuple[Rule, ...] = ()
-    evaluation: tuple[str, ...] = ()  # set names, for the evaluate stage
+    evaluation: tuple[str, ...] = ()  # eval_sets/ names, or local set paths (made absolute), for `evaluate`
     target: str = ""
+    acceptance: Acceptance | None = None
     file_sha256: str = field(default="", compare=False)
 
     @classmethod
@@ -142,9 +173,36 @@ class Recipe:
         return replace(self, source=source or self.source, revision=revision,
                        model_pt_sha256=model_pt_sha256 or (None if moved else self.model_pt_sha256))  # fmt: skip
 
+    @property
+    def is_plain(self) -> bool:
+        """Unquantized bfloat16: the baseline that the quantized variants of its source are compared with."""
+        return self.dtype == "bfloat16" and not self.mixed and all(getattr(self, c) is None for c in COMPONENTS)
+
     def provenance(self) -> dict:
         return {"name": self.name, "file_sha256": self.file_sha256, "source": self.source,
-                "revision": self.revision, "target": self.target}  # fmt: skip
+                "revision": self.revision, "target": self.target,
+                "acceptance": self.acceptance.to_dict() if self.acceptance else None}  # fmt: skip
+
+
+def baseline_recipe(recipe: Recipe) -> str | None:
+    """The recipe whose variant `recipe`'s is compared with: the unquantized bfloat16 one of the same
+    source and revision in recipes/ (None for that one itself, or when recipes/ has none)."""
+    if recipe.is_plain:
+        return None
+    candidates = (Recipe.load(file) for file in sorted(RECIPES_DIR.glob("*.yaml")))
+    return next(
+        (r.name for r in candidates if r.is_plain and (r.source, r.revision) == (recipe.source, recipe.revision)), None
+    )
+
+
+def baseline_for(recipe: Recipe) -> Recipe | None:
+    """The baseline recipe of `recipe` as written in its file, built from the same source as `recipe`
+    is (the same --source/--revision/--sha256 overrides), or None (see `baseline_recipe`)."""
+    name = baseline_recipe(Recipe.load(recipe.file))
+    if name is None:
+        return None
+    return replace(Recipe.load(name), source=recipe.source, revision=recipe.revision,
+                   model_pt_sha256=recipe.model_pt_sha256)  # fmt: skip
 
 
 # -- strict YAML reading -------------------------------------------------------------------------
@@ -248,6 +306,71 @@ def _rule(loader, file: Path, node: yaml.Node, field: str) -> Rule:
     return Rule(match, spec, tuple(layers) if layers is not None else None)
 
 
+def _evaluation(top: _Mapping) -> tuple[str, ...]:
+    """Set names (eval_sets/NAME.yaml) or local sets (a folder with metadata.csv, a .jsonl manifest, a
+    set YAML file), paths relative to the recipe file; every one must exist."""
+    node = top.node_of("evaluation")
+    if node is None or (isinstance(node, yaml.ScalarNode) and top.loader.construct_object(node) is None):
+        return ()
+    if not isinstance(node, yaml.SequenceNode):
+        raise top.error(f"expected a list of evaluation sets, found {_kind(node)}", node, "evaluation")
+    entries, names = [], {}
+    for i, item in enumerate(node.value):
+        value = top.loader.construct_object(item)
+        where = f"evaluation[{i}]"
+        if type(value) is not str or not value:
+            raise top.error(f"expected a set name or path, found {value!r}", item, where)
+        if NAME.fullmatch(value) and (EVAL_SETS_DIR / f"{value}.yaml").is_file():
+            entry = value
+        elif "/" in value or value.endswith((".yaml", ".yml", ".jsonl")):
+            path = top.file.parent / value
+            if not path.exists():
+                raise top.error(f"no local set {value!r}: {path} does not exist", item, where)
+            entry = str(path.resolve())
+        else:
+            known = ", ".join(sorted(p.stem for p in EVAL_SETS_DIR.glob("*.yaml")))
+            raise top.error(f"no evaluation set {value!r}: name one of eval_sets/ ({known}) or give a local set's "
+                            "path relative to the recipe (./folder, set.jsonl, set.yaml)", item, where)  # fmt: skip
+        if set_name(entry) in names:
+            raise top.error(
+                f"two sets are named {set_name(entry)!r} (entries {names[set_name(entry)]} and {i})", item, where
+            )
+        names[set_name(entry)] = i
+        entries.append(entry)
+    return tuple(entries)
+
+
+def _bound(fields: _Mapping, key: str, required: bool) -> float | None:
+    bound = fields.take(key, (int, float), required=required)
+    _check(fields, key, bound is None or (math.isfinite(bound) and bound >= 0),
+           f"expected a number of percentage points >= 0, found {bound!r}")  # fmt: skip
+    return None if bound is None else float(bound)
+
+
+def _acceptance(top: _Mapping, evaluation: tuple[str, ...]) -> Acceptance | None:
+    node = top.node_of("acceptance")
+    if node is None or (isinstance(node, yaml.ScalarNode) and top.loader.construct_object(node) is None):
+        return None
+    fields = _Mapping(top.loader, top.file, node, "acceptance")
+    default = _bound(fields, "max_error_rate_delta", required=False)
+    per_set = []
+    if fields.node_of("sets") is not None:
+        sets = fields.sub("sets")
+        names = [set_name(entry) for entry in evaluation]
+        for name, (key, _) in sets.items.items():
+            if name not in names:
+                raise sets.error(f"{name!r} is not one of the recipe's evaluation sets ({', '.join(names) or 'none'})",
+                                 key, name)  # fmt: skip
+            one = sets.sub(name)
+            per_set.append((name, _bound(one, "max_error_rate_delta", required=True)))
+            one.finish()
+        sets.finish()
+    fields.finish()
+    if default is None and not per_set:
+        raise fields.error("give max_error_rate_delta (points, every set) and/or sets (per set bounds)")
+    return Acceptance(default, tuple(per_set))
+
+
 def _parse(file: Path) -> Recipe:
     """Recipe from a YAML file: see recipes/*.yaml for the layout."""
     from .convert import DTYPES  # imports MLX: only once a recipe is read
@@ -292,13 +415,13 @@ def _parse(file: Path) -> Recipe:
     mixed = tuple(_rule(loader, file, node, f"quantization.mixed[{i}]") for i, node in enumerate(mixed_items))
     quant.finish()
 
-    evaluation = top.take("evaluation", (list,), required=False, default=[])
-    _check(top, "evaluation", all(type(s) is str and s for s in evaluation), "expected a list of set names")
+    evaluation = _evaluation(top)
+    acceptance = _acceptance(top, evaluation)
     target = top.take("target", (str,))
     _check(top, "target", REPO_ID.fullmatch(target) is not None, f"{target!r} is not a hub repo id ORG/NAME")
     top.finish()
-    return Recipe(file.stem, file, repo, revision, sha, dtype, **specs, mixed=mixed, evaluation=tuple(evaluation),
-                  target=target, file_sha256=hashlib.sha256(text).hexdigest())  # fmt: skip
+    return Recipe(file.stem, file, repo, revision, sha, dtype, **specs, mixed=mixed, evaluation=evaluation,
+                  target=target, acceptance=acceptance, file_sha256=hashlib.sha256(text).hexdigest())  # fmt: skip
 
 
 # -- stages ----------------------------------------------------------------------------------------
@@ -308,7 +431,7 @@ def log(recipe: Recipe, message: str) -> None:
     print(f"[{recipe.name}] {message}", file=sys.stderr, flush=True)
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
     """Hard-link (no second copy of a 2 GB checkpoint from the hub cache) or copy across filesystems."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -330,14 +453,15 @@ def download(recipe: Recipe, dst: Path) -> Path:
     directory; model.pt's SHA-256 is checked before any later stage can see it."""
     from huggingface_hub.utils import filter_repo_objects
 
-    from .convert import CHECKPOINT, UPSTREAM_FILES, download as fetch, sha256, staged_output
+    from .convert import CHECKPOINT, UPSTREAM_FILES, sha256, staged_output
+    from .convert import download as fetch
 
     require_pin(recipe)
     src = Path(recipe.source) if recipe.is_local else fetch(recipe.source, recipe.revision)
     with staged_output(dst) as out:
         files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
         for name in filter_repo_objects(files, allow_patterns=UPSTREAM_FILES):
-            _link_or_copy(src / name, out / name)
+            link_or_copy(src / name, out / name)
         if not (out / CHECKPOINT).is_file():
             raise UserError(f"{recipe.source_label} has no {CHECKPOINT}")
         digest = sha256(out / CHECKPOINT)
@@ -361,24 +485,152 @@ def _same_source(recipe: Recipe, download_dir: Path) -> bool:
     return record == {"source": recipe.source, "revision": recipe.revision, "model_pt_sha256": expected}
 
 
-def _download(recipe: Recipe, src: None, dst: Path) -> Path:
-    return download(recipe, dst)
+@dataclass(frozen=True)
+class Options:
+    """What `run` is asked besides the recipe: settings of the stages after quantize, none of which
+    changes the variant itself."""
+
+    sets: tuple[str, ...] = ()  # evaluate on these instead of the recipe's evaluation sets
+    limit: int | None = None  # evaluate only the first N rows of each set
+    max_new_tokens: int | None = None  # per utterance; None: evaluate's default
+    benchmark: Path | None = None  # a benchmark record of this variant, for the card
+    repo: str | None = None  # publish (and name in the card) this repo instead of the recipe's target
+    private: bool = False  # create the repo private
+    dry_run: bool = False  # list what publish would upload; send nothing, write no publish stage
 
 
-def _convert(recipe: Recipe, src: Path, dst: Path) -> Path:
+@dataclass(frozen=True)
+class Job:
+    """One recipe being built in one work directory, with its options."""
+
+    recipe: Recipe
+    work: Path
+    options: Options = Options()
+
+    def dir(self, stage: str) -> Path:
+        return self.work / self.recipe.name / stage
+
+    @property
+    def sets(self) -> tuple[str, ...]:
+        return self.options.sets or self.recipe.evaluation
+
+    @property
+    def repo(self) -> str:
+        return self.options.repo or self.recipe.target
+
+    @property
+    def baseline(self) -> Job | None:
+        """The baseline recipe's job in the same work directory, evaluated on this job's sets."""
+        base = baseline_for(self.recipe)
+        return None if base is None else Job(base, self.work, replace(self.options, sets=self.sets))
+
+
+def _download(job: Job, src: None, dst: Path) -> Path:
+    return download(job.recipe, dst)
+
+
+def _convert(job: Job, src: Path, dst: Path) -> Path:
     from .convert import convert
 
-    return convert(src, dst, dtype=recipe.dtype, source_id=recipe.source_label)
+    return convert(src, dst, dtype=job.recipe.dtype, source_id=job.recipe.source_label)
 
 
-def _quantize(recipe: Recipe, src: Path, dst: Path) -> Path:
+def _quantize(job: Job, src: Path, dst: Path) -> Path:
     from .quantize import quantize
 
-    return quantize(src, dst, recipe)
+    return quantize(src, dst, job.recipe)
 
 
-BUILDERS = {"download": _download, "convert": _convert, "quantize": _quantize}  # each (recipe, src, dst)
-STAGES = tuple(BUILDERS)
+def _evaluate_needs(job: Job) -> list[Path]:
+    """The sets' local files, and the baseline's report (its stages are run first, up to evaluate)."""
+    from .evaluate import set_files
+
+    baseline = job.baseline
+    reports = [run(baseline.recipe, baseline.work, "evaluate", baseline.options)] if baseline else []
+    return [file for entry in job.sets for file in set_files(entry)] + reports
+
+
+def _evaluate(job: Job, src: Path, dst: Path) -> Path:
+    from .evaluate import evaluate
+
+    baseline = job.baseline
+    if baseline is not None:
+        log(job.recipe, f"evaluate: compared with {baseline.recipe.name}, the bfloat16 variant of the same source")
+    elif job.recipe.is_plain:
+        log(job.recipe, "evaluate: this is the unquantized baseline of its source: no comparison")
+    else:
+        log(job.recipe, "evaluate: no unquantized bfloat16 recipe of the same source in recipes/: no comparison "
+                        "(an acceptance bound cannot be checked without one)")  # fmt: skip
+    evaluate(src, job.sets, dst, limit=job.options.limit, max_new_tokens=job.options.max_new_tokens,
+             baseline=baseline.dir("evaluate") if baseline else None)  # fmt: skip
+    return dst
+
+
+def _evaluate_agrees(job: Job, out: Path) -> bool:
+    from .evaluate import answers
+
+    baseline = job.baseline
+    return answers(out, job.sets, job.options.limit, job.options.max_new_tokens,
+                   baseline.dir("evaluate") if baseline else None)  # fmt: skip
+
+
+def _card_needs(job: Job) -> list[Path]:
+    return [job.dir("quantize")] + ([job.options.benchmark] if job.options.benchmark else [])
+
+
+def _card(job: Job, src: Path, dst: Path) -> Path:
+    from .card import card_dir
+
+    return card_dir(job.dir("quantize"), src, dst, job.recipe, job.repo, job.options.benchmark)
+
+
+def _card_agrees(job: Job, out: Path) -> bool:
+    from .card import is_current
+
+    return is_current(out, job.recipe, job.repo, job.options.benchmark)
+
+
+def _publish(job: Job, src: Path, dst: Path) -> Path:
+    from .convert import staged_output
+    from .publish import publish
+
+    published = publish(src, job.repo, private=job.options.private, dry_run=job.options.dry_run, recipe=job.recipe)
+    if published is None:
+        log(job.recipe, f"publish: dry run: nothing was sent, {dst} is not written")
+        return src
+    with staged_output(dst) as out:
+        (out / PUBLISH_RECORD).write_text(json.dumps(published.record(), indent=2) + "\n")
+    log(job.recipe, f"publish: {published.url}")
+    return dst
+
+
+def _publish_agrees(job: Job, out: Path) -> bool:
+    try:
+        return json.loads((out / PUBLISH_RECORD).read_text())["repo"] == job.repo
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Stage:
+    """How a stage builds WORK/RECIPE/STAGE from the previous stage's output (returning what it made:
+    a dry run makes nothing and returns its input), what else it reads (built first where that is
+    another recipe's stage), and what its existing output must agree with to count as up to date."""
+
+    build: Callable[[Job, Path | None, Path], Path]
+    needs: Callable[[Job], list[Path]] = lambda job: []
+    agrees: Callable[[Job, Path], bool] = lambda job, out: True
+
+
+PIPELINE = {
+    "download": Stage(_download, agrees=lambda job, out: _same_source(job.recipe, out)),
+    "convert": Stage(_convert),
+    "quantize": Stage(_quantize),
+    "evaluate": Stage(_evaluate, _evaluate_needs, _evaluate_agrees),
+    "card": Stage(_card, _card_needs, _card_agrees),
+    "publish": Stage(_publish, agrees=_publish_agrees),
+}
+STAGES = tuple(PIPELINE)
 
 
 def up_to_date(output: Path, inputs: list[Path]) -> bool:
@@ -396,21 +648,42 @@ def _discard(output: Path) -> None:
         shutil.rmtree(stale)
 
 
-def run(recipe: Recipe, work: str | Path = "work", until: str | None = None) -> Path:
+def _preflight(job: Job, stages: tuple[str, ...]) -> None:
+    """What can be refused before any stage runs: unusable sets, a bad repo id or benchmark file."""
+    if "evaluate" in stages:
+        from .evaluate import check_sets
+
+        if not job.sets:
+            raise UserError(f"recipe {job.recipe.name} names no evaluation sets: give some with --set NAME_OR_PATH")
+        check_sets(job.sets)
+    if "card" in stages and job.options.benchmark is not None and not Path(job.options.benchmark).is_file():
+        raise UserError(f"--benchmark {job.options.benchmark}: no such file")
+    if "publish" in stages and not REPO_ID.fullmatch(job.repo):
+        raise UserError(f"--repo {job.repo!r}: expected ORG/NAME")
+
+
+def run(recipe: Recipe, work: str | Path = "work", until: str | None = None, options: Options = Options()) -> Path:
     """Build the recipe's stages in order up to `until` (default: the last one) under work/<recipe>/,
-    skipping each stage whose output is up to date; returns the last stage's directory."""
+    skipping each stage whose output is up to date; returns the last stage's output (for a dry run of
+    publish, the directory that would be uploaded)."""
     if until is not None and until not in STAGES:
         raise UserError(f"unknown stage {until!r}: the stages are {', '.join(STAGES)}")
     require_pin(recipe)  # before anything is logged or created
+    job = Job(recipe, Path(work), options)
+    stages = STAGES[: STAGES.index(until or STAGES[-1]) + 1]
+    _preflight(job, stages)
     previous = None
-    for stage in STAGES[: STAGES.index(until or STAGES[-1]) + 1]:
-        output = Path(work) / recipe.name / stage
-        inputs = [recipe.file] + ([previous] if previous else [])
-        if up_to_date(output, inputs) and (stage != "download" or _same_source(recipe, output)):
+    for stage in stages:
+        spec, output = PIPELINE[stage], job.dir(stage)
+        inputs = [recipe.file] + ([previous] if previous else []) + spec.needs(job)
+        if up_to_date(output, inputs) and spec.agrees(job, output):
             log(recipe, f"{stage}: up to date, skipped ({output})")
+            previous = output
+            continue
+        if stage == "publish" and options.dry_run:  # a dry run changes nothing, here either
+            log(recipe, f"{stage}: dry run for {job.repo}")
         else:
             _discard(output)
             log(recipe, f"{stage}: building {output}")
-            BUILDERS[stage](recipe, previous, output)
-        previous = output
+        previous = spec.build(job, previous, output)
     return previous

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,19 +14,33 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from funasr_nano_mlx.card import CARD, NOT_MEASURED, check_report, render, write_card
+from funasr_nano_mlx.card import (
+    BENCHMARK,
+    CARD,
+    FIGURES,
+    NOT_MEASURED,
+    check_acceptance,
+    check_card,
+    check_report,
+    is_current,
+    published_figures,
+    read_benchmark,
+    render,
+    write_card,
+)  # fmt: skip
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.evaluate import EVAL_JSON, evaluate
+from funasr_nano_mlx.recipe import EVAL_SETS_DIR, RECIPES_DIR, Recipe
 from tests.speech import synthesize
 
 SENTENCES = [("en.wav", "the quick brown fox", "en"), ("zh.wav", "今天天气很好", "zh")]
 
 
-def local_set(folder: Path) -> Path:
+def local_set(folder: Path, sentences=SENTENCES) -> Path:
     folder.mkdir(parents=True)
-    for name, text, language in SENTENCES:
+    for name, text, language in sentences:
         synthesize(text, folder / name, "cmn" if language == "zh" else "en")
-    lines = ["file_name,text,language"] + [f"{n},{t},{lang}" for n, t, lang in SENTENCES]
+    lines = ["file_name,text,language"] + [f"{n},{t},{lang}" for n, t, lang in sentences]
     (folder / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
 
@@ -40,6 +55,32 @@ def evaluated(tmp_path_factory, tiny_f32, tiny_bf16):
     shutil.copytree(tiny_f32, model)  # copy2: the model files keep their (older) times
     evaluate(model, [str(evalset)], tmp / "report", baseline=tmp / "bf16-report", max_new_tokens=8)
     return model, tmp / "report"
+
+
+@pytest.fixture(scope="module")
+def four_bit(evaluated, tiny_bf16, tmp_path_factory):
+    """(model dir, report dir): the tiny model quantized by recipe 4bit-llm (acceptance bound 0.5 points),
+    evaluated on the same set against the same bf16 report."""
+    from funasr_nano_mlx.quantize import quantize
+
+    tmp = evaluated[1].parent
+    model = quantize(tiny_bf16, tmp_path_factory.mktemp("q4") / "model", Recipe.load("4bit-llm"))
+    evaluate(model, [str(tmp / "tiny-set")], tmp / "q4-report", baseline=tmp / "bf16-report", max_new_tokens=8)
+    return model, tmp / "q4-report"
+
+
+def worst_delta(report_dir: Path) -> tuple[str, str, float]:
+    """(set, METRIC, points) of the largest error-rate delta against the baseline."""
+    sets = json.loads((report_dir / EVAL_JSON).read_text())["sets"]
+    return max(((name, metric.upper(), 100 * s["delta"]) for name, data in sets.items()
+                for metric, s in data["comparison"]["scores"].items()), key=lambda x: x[2])  # fmt: skip
+
+
+BENCH = {"recipe": "4bit-llm", "machine": "NVIDIA H100 80GB HBM3", "date": "2026-11-24",
+         "command": "python bench/speed.py --size full --seconds 10", "results": [
+             {"impl": "ours", "audio_s": 10.0, "ttft_ms": 44.7, "decode_ms_per_token": 4.2, "total_ms": 583.0,
+              "tokens": 128, "peak_mem_gb": 2.54},
+             {"impl": "official", "audio_s": 10.0, "ttft_ms": 113.0, "total_ms": 4796.0}]}  # fmt: skip
 
 
 def cli(*args: str, env=None) -> subprocess.CompletedProcess:
@@ -117,3 +158,137 @@ def test_a_report_of_another_or_a_changed_model_is_refused(evaluated, tiny_bf16,
         check_report(target, report / EVAL_JSON)
     done = cli("card", target, "--eval", report)
     assert done.returncode == 2 and done.stderr.startswith("error:") and len(done.stderr.splitlines()) == 1
+
+
+def test_the_card_refuses_a_delta_outside_the_acceptance_bound(four_bit, tmp_path):
+    model, report = four_bit
+    target = tmp_path / "model"
+    shutil.copytree(model, target)
+    name, metric, delta = worst_delta(report)
+    print(f"\ntiny 4-bit LLM vs bf16 (8 new tokens): worst delta {metric} {delta:+.2f} points on {name}")
+    assert delta > 0.5, "the tiny 4-bit variant is within 4bit-llm's bound: this test needs one outside it"
+    done = cli("card", target, "--eval", report)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(
+        f"error: acceptance: set {name} {metric} is {delta:+.2f} points against tiny-bfloat16"
+    )
+    assert "outside recipe 4bit-llm's bound of 0.5 points (acceptance.max_error_rate_delta)" in done.stderr
+    assert not (target / CARD).exists() and not (target / "eval.json").exists()  # nothing written
+
+
+def test_acceptance_bounds(four_bit):
+    """The bound is on the point estimate of each set's delta; a set's own bound wins; a bound that
+    cannot be checked (no comparison, no report) refuses too."""
+    report = json.loads((four_bit[1] / EVAL_JSON).read_text())
+    name, metric, delta = worst_delta(four_bit[1])
+    block = {"name": "r", "acceptance": {"max_error_rate_delta": delta, "sets": {}}}
+    check_acceptance(block, report)  # exactly at the bound: accepted
+    check_acceptance({"name": "r", "acceptance": None}, report)
+    check_acceptance(None, report)
+    below = {"name": "r", "acceptance": {"max_error_rate_delta": delta - 0.01, "sets": {}}}
+    with pytest.raises(
+        UserError, match=rf"set {name} {metric} is \{delta:+.2f} points .* bound of {delta - 0.01:g} points"
+    ):
+        check_acceptance(below, report)
+    per_set = {
+        "name": "r",
+        "acceptance": {"max_error_rate_delta": 1000.0, "sets": {name: {"max_error_rate_delta": 0.0}}},
+    }
+    with pytest.raises(UserError, match=rf"\(acceptance.sets.{name}\)"):
+        check_acceptance(per_set, report)
+    relaxed = {
+        "name": "r",
+        "acceptance": {"max_error_rate_delta": 0.0, "sets": {name: {"max_error_rate_delta": 1000.0}}},
+    }
+    check_acceptance(relaxed, report)  # the only set has its own, looser bound
+    uncompared = json.loads(json.dumps(report))
+    del uncompared["sets"][name]["comparison"]
+    with pytest.raises(UserError, match=f"set {name} has no comparison with the bf16 baseline"):
+        check_acceptance(block, uncompared)
+    with pytest.raises(UserError, match="no evaluation report"):
+        check_acceptance(block, None)
+
+
+def test_published_figures_and_the_benchmark_record(four_bit, tmp_path):
+    """The upstream figures beside the measured ones for the same set; the benchmark record's figures."""
+    model, _ = four_bit
+    english = local_set(tmp_path / "fleurs-en", SENTENCES[:1])  # named like the published set it stands for
+    report = evaluate(model, [str(english)], tmp_path / "report", max_new_tokens=8)
+    (tmp_path / "bench.json").write_text(json.dumps(BENCH))
+    benchmark = read_benchmark(tmp_path / "bench.json", {"name": "4bit-llm"})
+    assert [row["impl"] for row in benchmark["results"]] == ["ours"]  # the other implementations are not ours
+    card = ModelCard(render(model, report, benchmark=benchmark, repo_id="tester/q4"))
+    text = card.text
+    assert "| fleurs-en | WER |" in text and text.split("| fleurs-en | WER |")[1].splitlines()[0].endswith(
+        " 5.96% [1] |"
+    )
+    for figure in ("1.80% [1]", "2.75% [1]", "4.33% [1]", "6.01% [1]"):
+        assert figure in text
+    assert "[1] FunAudioLLM/Fun-ASR, README.md at commit 45c8c96" in text and "arXiv:2509.12508" in text
+    assert "Not compared with the bfloat16 variant" in text  # quantized, evaluated without a baseline
+    assert "on NVIDIA H100 80GB HBM3, 2026-11-24, with `python bench/speed.py --size full --seconds 10`" in text
+    assert "| 10 s | 44.7 ms | 4.20 ms/token | 583 ms | 128 | 2.54 GB |" in text
+    assert "4796" not in text and 'snapshot_download("tester/q4")' in text and card.data.model_name == "q4"
+    assert "0.5 points on every set" in text  # the recipe's bound, from config.json
+
+    (tmp_path / "other.json").write_text(json.dumps({**BENCH, "recipe": "bf16"}))
+    with pytest.raises(UserError, match="is a benchmark of recipe bf16, but this model was built by recipe 4bit-llm"):
+        read_benchmark(tmp_path / "other.json", {"name": "4bit-llm"})
+    (tmp_path / "bare.json").write_text(json.dumps({"results": []}))
+    with pytest.raises(UserError, match="is not a benchmark record"):
+        read_benchmark(tmp_path / "bare.json", {"name": "4bit-llm"})
+
+
+def test_a_card_without_published_figures_or_benchmark_says_so(evaluated):
+    text = ModelCard(render(evaluated[0], json.loads((evaluated[1] / EVAL_JSON).read_text()))).text
+    assert "None recorded for" in text and "published (upstream)" not in text
+    assert "Benchmark record (time to first token, decode speed, peak memory on a named machine): not measured." in text
+
+
+def test_the_upstream_figures_file():
+    """Every figure cites a source that is listed; values as printed; set names exist here."""
+    import yaml
+
+    data = yaml.safe_load(FIGURES.read_text())
+    sources = {Recipe.load(f).source for f in RECIPES_DIR.glob("*.yaml")}
+    assert set(data["models"]) <= sources
+    for model in data["models"].values():
+        assert model["model"] and model["metric"]
+        for figure in model["figures"]:
+            assert data["sources"][figure["source"]]["citation"]
+            assert re.fullmatch(r"\d+\.\d\d", figure["value"]), figure
+            assert figure["eval_set"] is None or (EVAL_SETS_DIR / f"{figure['eval_set']}.yaml").is_file()
+    figures, cited = published_figures("FunAudioLLM/Fun-ASR-Nano-2512")
+    assert len(figures) == 8 and [c["id"] for c in cited] == [1]
+    assert published_figures("FunAudioLLM/Fun-ASR-MLT-Nano-2512") == ([], [])  # none recorded: none shown
+
+
+def test_an_edited_or_stale_card_is_noticed(evaluated, tmp_path):
+    model, report = evaluated
+    target = tmp_path / "model"
+    shutil.copytree(model, target)
+    write_card(target, report_dir=report, repo_id="tester/tiny")
+    check_card(target, repo_id="tester/tiny")
+    assert is_current(target, repo_id="tester/tiny") and not is_current(target, repo_id="tester/other")
+    with pytest.raises(UserError, match="renders now from .* for tester/other"):
+        check_card(target, repo_id="tester/other")  # the card names another repo
+    lines = (target / CARD).read_text().splitlines()
+    line = next(i for i, text in enumerate(lines) if text.startswith("## Speed")) + 2
+    lines[line - 1] = "Very fast."
+    (target / CARD).write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=f"first difference at line {line}\\): it was edited, or is stale"):
+        check_card(target, repo_id="tester/tiny")
+    write_card(target, repo_id="tester/tiny")
+    assert is_current(target, repo_id="tester/tiny")
+    (target / BENCHMARK).write_text(json.dumps(BENCH))  # a benchmark record appears: the card is stale,
+    assert not is_current(target, repo_id="tester/tiny")
+    done = cli("card", target, "--repo", "tester/tiny")  # and this one is not even this model's
+    assert (
+        done.returncode == 2
+        and "is a benchmark of recipe 4bit-llm, but this model was built without a recipe" in done.stderr
+    )
+
+
+def test_a_recipe_other_than_the_models_is_refused(four_bit, tmp_path):
+    done = cli("card", four_bit[0], "--recipe", "bf16")
+    assert done.returncode == 2 and "this model was built by recipe 4bit-llm" in done.stderr

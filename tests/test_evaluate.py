@@ -17,9 +17,24 @@ import yaml
 
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.evaluate import (
-    EVAL_JSON, EVAL_SETS_DIR, HYPOTHESES, PLOT, SUMMARY, EvalSet, Row, evaluate, merge, open_set, parse_shard, plot,
-    read_report, score,
+    EVAL_JSON,
+    EVAL_SETS_DIR,
+    HYPOTHESES,
+    PLOT,
+    SUMMARY,
+    EvalSet,
+    Row,
+    answers,
+    check_sets,
+    evaluate,
+    merge,
+    open_set,
+    parse_shard,
+    read_report,
+    score,
+    set_files,
 )  # fmt: skip
+from funasr_nano_mlx.report import plot
 from tests.speech import synthesize
 
 MAX_NEW_TOKENS = 16  # random weights rarely stop by themselves: keep decoding short
@@ -88,7 +103,7 @@ def reports(tmp_path_factory, tiny_f32, tiny_bf16, speech_set) -> dict[str, Path
 
     out = tmp_path_factory.mktemp("reports")
     sets = [str(speech_set)]
-    run = dict(max_new_tokens=MAX_NEW_TOKENS)
+    run = {"max_new_tokens": MAX_NEW_TOKENS}
     evaluate(tiny_bf16, sets, out / "bf16", **run)
     evaluate(tiny_bf16, sets, out / "bf16-self", baseline=out / "bf16", **run)
     evaluate(tiny_f32, sets, out / "f32", baseline=out / "bf16", **run)
@@ -116,8 +131,11 @@ def test_end_to_end_report(reports):
     assert data["peak_memory_bytes"] > 0
     assert report["model"]["name"] == "tiny-float32" and report["model"]["conversion"]["dtype"] == "float32"
     assert report["model"]["size_bytes"] > 0 and report["package_version"] and report["machine"]["mlx"]
-    print(f"\ntiny float32, {MAX_NEW_TOKENS} new tokens: " + ", ".join(
-        f"{m.upper()} {100 * s['error_rate']:.0f}%" for m, s in data["scores"].items()) + f", RTF {data['real_time_factor']:.3f}")
+    print(
+        f"\ntiny float32, {MAX_NEW_TOKENS} new tokens: "
+        + ", ".join(f"{m.upper()} {100 * s['error_rate']:.0f}%" for m, s in data["scores"].items())
+        + f", RTF {data['real_time_factor']:.3f}"
+    )
 
 
 def test_report_renders(reports):
@@ -244,7 +262,13 @@ def hub_style_dataset(folder: Path) -> Path:
 
 def test_hub_style_dataset(tiny_f32, tmp_path):
     repo = hub_style_dataset(tmp_path / "repo")
-    definition = {"dataset": str(repo), "split": "test", "text_column": "sentence", "id_column": "key", "language": "en"}
+    definition = {
+        "dataset": str(repo),
+        "split": "test",
+        "text_column": "sentence",
+        "id_column": "key",
+        "language": "en",
+    }
     (tmp_path / "hubset.yaml").write_text(yaml.safe_dump(definition))
     report = evaluate(tiny_f32, [str(tmp_path / "hubset.yaml")], tmp_path / "report", limit=3, max_new_tokens=4)
     data = report["sets"]["hubset"]
@@ -264,32 +288,30 @@ def test_hub_sets_must_be_pinned():
         EvalSet.load("no-such-set")
 
 
-def test_baseline_of_each_recipe():
-    from funasr_nano_mlx.evaluate import baseline_recipe
-    from funasr_nano_mlx.recipe import Recipe
+def test_a_report_answers_only_the_request_it_was_made_for(reports, speech_set, tmp_path):
+    """What the evaluate stage of `run` checks before reusing a report."""
+    sets = [str(speech_set)]
+    assert answers(reports["bf16"], sets, max_new_tokens=MAX_NEW_TOKENS)
+    assert answers(reports["f32"], sets, max_new_tokens=MAX_NEW_TOKENS, baseline=reports["bf16"])
+    assert not answers(reports["f32"], sets, max_new_tokens=MAX_NEW_TOKENS)  # made against a baseline
+    assert not answers(reports["bf16"], sets, max_new_tokens=MAX_NEW_TOKENS + 1)
+    assert not answers(reports["bf16"], sets, limit=3, max_new_tokens=MAX_NEW_TOKENS)
+    assert not answers(reports["f32-shard-0"], sets, max_new_tokens=MAX_NEW_TOKENS)  # one shard is not the set
+    assert not answers(tmp_path, sets, max_new_tokens=MAX_NEW_TOKENS)  # no report at all
+    other = tmp_path / "speech"  # the same name, another definition (path)
+    other.mkdir()
+    (other / "metadata.csv").write_text("file_name,text\n")
+    assert not answers(reports["bf16"], [str(other)], max_new_tokens=MAX_NEW_TOKENS)
+    assert set_files(str(speech_set)) == [speech_set / "metadata.csv"]
+    assert set_files("fleurs-en") == [EVAL_SETS_DIR / "fleurs-en.yaml"]
 
-    assert {name: baseline_recipe(Recipe.load(name)) for name in ("bf16", "4bit-llm", "8bit", "mlt-bf16", "mlt-4bit-llm")} \
-        == {"bf16": None, "4bit-llm": "bf16", "8bit": "bf16", "mlt-bf16": None, "mlt-4bit-llm": "mlt-bf16"}  # fmt: skip
 
-
-def test_the_recipe_stage_finds_its_baseline(tiny_bf16, speech_set, tmp_path):
-    from dataclasses import replace
-
-    from funasr_nano_mlx.evaluate import evaluate_recipe
-    from funasr_nano_mlx.recipe import Recipe
-
-    manifest = tmp_path / "two.jsonl"  # two utterances are enough to find the files
-    manifest.write_text("".join(json.dumps({"audio": str(speech_set / f"{name}.wav"), "text": text}) + "\n"
-                                for name, text in (("en-0", ENGLISH[0]), ("zh-0", MANDARIN[0]))))  # fmt: skip
-    four_bit = replace(Recipe.load("4bit-llm"), evaluation=(str(manifest),))
-    with pytest.raises(UserError, match=r"compared with bf16: evaluate that first \(funasr-nano-mlx run bf16"):
-        evaluate_recipe(four_bit, tiny_bf16, tmp_path / "work" / "4bit-llm" / "evaluate", MAX_NEW_TOKENS)
-    bf16 = replace(Recipe.load("bf16"), evaluation=(str(manifest),))
-    evaluate_recipe(bf16, tiny_bf16, tmp_path / "work" / "bf16" / "evaluate", MAX_NEW_TOKENS)
-    evaluate_recipe(four_bit, tiny_bf16, tmp_path / "work" / "4bit-llm" / "evaluate", MAX_NEW_TOKENS)
-    report = read_report(tmp_path / "work" / "4bit-llm" / "evaluate")[0]
-    assert report["baseline"]["path"] == str(tmp_path / "work" / "bf16" / "evaluate")
-    assert report["sets"]["two"]["comparison"]["identical"] == 1.0  # the same model: only the wiring is tested
+def test_unpinned_named_sets_are_refused_in_one_line():
+    with pytest.raises(UserError) as info:
+        check_sets(["librispeech-test-clean"])
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("set librispeech-test-clean: dataset openslr/librispeech_asr")
+    assert "is not pinned to a commit (revision: none)" in message and "librispeech-test-clean.yaml" in message
 
 
 def test_named_sets_cover_the_recipes():

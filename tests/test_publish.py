@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from funasr_nano_mlx.card import write_card
+from funasr_nano_mlx.card import CARD, EVAL_JSON_NAME, render, write_card
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.publish import check
 from tests.hub_server import HubServer
-from tests.test_card import cli, evaluated  # noqa: F401  (a fixture)
+from tests.test_card import cli, evaluated, four_bit, worst_delta  # noqa: F401  (fixtures)
 
 REPO = "tester/fun-asr-nano-tiny"
 
@@ -30,7 +30,7 @@ def carded_once(evaluated, tmp_path_factory):  # noqa: F811
     model, report = evaluated
     target = tmp_path_factory.mktemp("carded") / "model"
     shutil.copytree(model, target)
-    write_card(target, report_dir=report)
+    write_card(target, report_dir=report, repo_id=REPO)
     return target
 
 
@@ -115,3 +115,33 @@ def test_a_directory_that_does_not_load_is_refused(hub, carded, tmp_path):
     (carded / "model.safetensors").write_bytes(b"not weights")
     assert_user_error(publish(hub, tmp_path / "hf", carded), "cannot load")
     assert not hub.repos
+
+
+def test_an_edited_or_stale_card_blocks_publishing(hub, carded, tmp_path):
+    card = carded / CARD
+    card.write_text(card.read_text().replace("## Limitations", "## Limitations\n\n- None at all."))
+    assert_user_error(publish(hub, tmp_path / "hf", carded), "it was edited, or is stale")
+    write_card(carded, repo_id="tester/another-name")  # a card for another repo (its usage names that one)
+    assert_user_error(publish(hub, tmp_path / "hf", carded), f"renders now from {carded} for {REPO}")
+    assert not hub.repos
+
+
+def test_a_delta_outside_the_acceptance_bound_blocks_publishing(hub, four_bit, tmp_path):  # noqa: F811
+    """A card written without the check (an older version, by hand) still cannot be published."""
+    model, report = four_bit
+    target = tmp_path / "model"
+    shutil.copytree(model, target)
+    shutil.copy2(report / EVAL_JSON_NAME, target / EVAL_JSON_NAME)
+    (target / CARD).write_text(render(target, check_report_of(target), repo_id=REPO), encoding="utf-8")
+    name, metric, delta = worst_delta(report)
+    assert delta > 0.5, "the tiny 4-bit variant is within 4bit-llm's bound: this test needs one outside it"
+    done = publish(hub, tmp_path / "hf", target)
+    assert_user_error(done, f"acceptance: set {name} {metric} is {delta:+.2f} points against tiny-bfloat16")
+    assert "bound of 0.5 points" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not hub.repos
+
+
+def check_report_of(model: Path) -> dict:
+    from funasr_nano_mlx.card import check_report
+
+    return check_report(model, model / EVAL_JSON_NAME)

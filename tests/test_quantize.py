@@ -120,6 +120,8 @@ def test_quantized_layers_are_exactly_what_the_recipe_says(name, recipes, quanti
         assert row["quantization"] == (spec.params() if spec else None)
         assert row["quantized_layers"] == sum(1 for p, s in layers.items() if s and component_of(p) == component)
     assert config["recipe"]["name"] == name and config["recipe"]["file_sha256"] == recipe.file_sha256
+    # The acceptance bound travels with the model, so that `card` and `publish` check it without the recipe file.
+    assert config["recipe"]["acceptance"] == (recipe.acceptance.to_dict() if recipe.acceptance else None)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -135,7 +137,7 @@ def test_bits_per_weight_and_size(name, recipes, quantized, tiny_bf16):
 
     assert summary["bits_per_weight"] == bits_per_weight(lambda k: True)
     for component, row in summary["components"].items():
-        assert row["bits_per_weight"] == bits_per_weight(lambda k: component_of(k) == component), component
+        assert row["bits_per_weight"] == bits_per_weight(lambda k, c=component: component_of(k) == c), component
     embeddings = recipes[name].embeddings  # one bf16 scale (and bias) per group: bits + 16 (or 32) / group
     if embeddings and embeddings.mode == "affine" and "llm.model.embed_tokens.scales" in weights:
         assert summary["components"]["embeddings"]["bits_per_weight"] == embeddings.bits + 32 / embeddings.group_size
@@ -199,8 +201,11 @@ def test_loads_and_transcribes(name, recipes, quantized, clips, unquantized_run,
 
 
 def only_llm_quantized(recipe: Recipe) -> bool:
-    return recipe.audio_encoder is None and recipe.audio_adaptor is None and not any(
-        rule.match.startswith(("audio_", "*")) for rule in recipe.mixed)
+    return (
+        recipe.audio_encoder is None
+        and recipe.audio_adaptor is None
+        and not any(rule.match.startswith(("audio_", "*")) for rule in recipe.mixed)
+    )
 
 
 @pytest.mark.parametrize("name", DISTINCT)

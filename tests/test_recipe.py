@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from funasr_nano_mlx.errors import UserError
-from funasr_nano_mlx.recipe import RECIPES_DIR, QuantSpec, Recipe, run
+from funasr_nano_mlx.recipe import (
+    RECIPES_DIR,
+    Acceptance,
+    QuantSpec,
+    Recipe,
+    baseline_for,
+    baseline_recipe,
+    run,
+)
 
 NANO = ("FunAudioLLM/Fun-ASR-Nano-2512", "272c57b82523ada6fd87095e955f8e29100979ab",
         "55ae0d2fee369f0f11cce0795f6927934ad17cf11b278a7e56a51272074160bb")  # fmt: skip
@@ -28,6 +36,7 @@ quantization:
   mixed:
     - {match: "llm.model.layers.*.mlp.down_proj", layers: [0, 3], bits: 6}
 evaluation: [fleurs-en]
+acceptance: {max_error_rate_delta: 0.5}
 target: org/model-mlx
 """
 
@@ -37,6 +46,9 @@ def test_shipped_recipes():
     recipes = {name: Recipe.load(name) for name in SHIPPED}
     for name, recipe in recipes.items():
         assert recipe.dtype == "bfloat16" and recipe.evaluation and recipe.target.startswith("mlx-community/")
+        # Every quantized variant has a bound against its bf16 baseline; the baselines themselves none.
+        assert (recipe.acceptance is None) == recipe.is_plain, name
+        assert recipe.acceptance is None or recipe.acceptance.max_error_rate_delta > 0
         if name.startswith("mlt-"):  # the MLT commit is not known: loads, but run refuses (below)
             assert recipe.source == "FunAudioLLM/Fun-ASR-MLT-Nano-2512" and recipe.revision is None
         else:
@@ -67,6 +79,38 @@ def test_a_recipe_file_by_path(tmp_path):
     assert recipe.spec_for("llm.model.layers.3.mlp.down_proj") == Q6
     assert recipe.spec_for("llm.model.layers.13.mlp.down_proj") == Q4  # 13 is not 3
     assert recipe.model_pt_sha256 is None and len(recipe.file_sha256) == 64
+    assert recipe.evaluation == ("fleurs-en",) and recipe.acceptance == Acceptance(0.5)
+
+
+def test_local_sets_and_per_set_bounds(tmp_path):
+    """Local sets are paths relative to the recipe file; a set's own bound wins over the global one."""
+    (tmp_path / "sets" / "mine").mkdir(parents=True)
+    (tmp_path / "sets" / "other.jsonl").write_text("")
+    text = VALID.replace("evaluation: [fleurs-en]", "evaluation: [fleurs-en, ./sets/mine, sets/other.jsonl]")
+    text = text.replace("acceptance: {max_error_rate_delta: 0.5}",
+                        "acceptance:\n  max_error_rate_delta: 0.5\n  sets:\n    mine: {max_error_rate_delta: 2}")  # fmt: skip
+    (tmp_path / "recipes").mkdir()
+    file = tmp_path / "recipes" / "local.yaml"
+    file.write_text(text.replace("./sets", "../sets").replace(" sets/other", " ../sets/other"))
+    recipe = Recipe.load(file)
+    assert recipe.evaluation == ("fleurs-en", str(tmp_path / "sets" / "mine"), str(tmp_path / "sets" / "other.jsonl"))
+    assert recipe.acceptance == Acceptance(0.5, (("mine", 2.0),))
+    assert [recipe.acceptance.bound_for(name) for name in ("mine", "other", "fleurs-en")] == [2.0, 0.5, 0.5]
+    assert recipe.provenance()["acceptance"] == {
+        "max_error_rate_delta": 0.5,
+        "sets": {"mine": {"max_error_rate_delta": 2.0}},
+    }
+
+
+def test_baselines():
+    """Each recipe's baseline is the bf16 one of its source; built from wherever the recipe is built from."""
+    assert {name: baseline_recipe(Recipe.load(name)) for name in SHIPPED} == {
+        "bf16": None, "8bit": "bf16", "4bit-llm": "bf16", "4bit-mixed": "bf16", "mlt-bf16": None,
+        "mlt-4bit-llm": "mlt-bf16"}  # fmt: skip
+    moved = Recipe.load("4bit-llm").override(source="/some/mirror")
+    base = baseline_for(moved)
+    assert base.name == "bf16" and (base.source, base.revision, base.model_pt_sha256) == ("/some/mirror", None, None)
+    assert baseline_for(Recipe.load("bf16")) is None
 
 
 def edit(old: str, new: str) -> str:
@@ -75,7 +119,7 @@ def edit(old: str, new: str) -> str:
 
 
 BAD = [  # (recipe text, line, the start of the message after "FILE:LINE: ")
-    (edit("target:", "targte: x\ntarget:"), 13, "targte: unknown key 'targte'"),
+    (edit("target:", "targte: x\ntarget:"), 14, "targte: unknown key 'targte'"),
     (edit("  llm: {bits: 4,", "  llm: {bitz: 3, bits: 4,"), 8, "quantization.llm.bitz: unknown key"),
     (edit("  embeddings:", "  vision: null\n  embeddings:"), 9, "quantization.vision: unknown key 'vision'"),
     (edit("bits: 4, group_size: 64", "bits: 7, group_size: 64"), 8, "quantization.llm.bits: 7 bits is not supported by mode affine"),
@@ -91,6 +135,20 @@ BAD = [  # (recipe text, line, the start of the message after "FILE:LINE: ")
     (edit("layers: [0, 3]", "layers: [zero]"), 11, "quantization.mixed[0].layers: expected a non-empty list"),
     (edit("  audio_encoder: null\n", "  audio_encoder: null\n  audio_encoder: {bits: 4}\n"), 7, "quantization: 'audio_encoder' is given twice"),
     (edit("repo: org/model", "repo: model"), 2, "source.repo: 'model' is not a hub repo id"),
+    (edit("[fleurs-en]", "[fleurs-en, fleurs-xx]"), 12, "evaluation[1]: no evaluation set 'fleurs-xx'"),
+    (edit("[fleurs-en]", "[fleurs-en, ./no-such-folder]"), 12, "evaluation[1]: no local set './no-such-folder'"),
+    (edit("[fleurs-en]", "[fleurs-en, 3]"), 12, "evaluation[1]: expected a set name or path, found 3"),
+    (edit("[fleurs-en]", "[fleurs-en, fleurs-en]"), 12, "evaluation[1]: two sets are named 'fleurs-en'"),
+    (edit("[fleurs-en]", "fleurs-en"), 12, "evaluation: expected a list of evaluation sets, found a scalar"),
+    (edit("{max_error_rate_delta: 0.5}", "{max_error_rate_delta: -1}"), 13, "acceptance.max_error_rate_delta: expected a number of percentage points >= 0"),
+    (edit("{max_error_rate_delta: 0.5}", "{max_error_rate_delta: .inf}"), 13, "acceptance.max_error_rate_delta: expected a number of percentage points >= 0"),
+    (edit("{max_error_rate_delta: 0.5}", "{max_error_rate_delta: yes}"), 13, "acceptance.max_error_rate_delta: expected int or float, found True"),
+    (edit("{max_error_rate_delta: 0.5}", "{max_wer_delta: 0.5}"), 13, "acceptance.max_wer_delta: unknown key 'max_wer_delta'"),
+    (edit("{max_error_rate_delta: 0.5}", "{}"), 13, "acceptance: give max_error_rate_delta"),
+    (edit("acceptance: {max_error_rate_delta: 0.5}", "acceptance:\n  sets:\n    fleurs-ja: {max_error_rate_delta: 1}"), 15,
+     "acceptance.sets.fleurs-ja: 'fleurs-ja' is not one of the recipe's evaluation sets (fleurs-en)"),
+    (edit("acceptance: {max_error_rate_delta: 0.5}", "acceptance:\n  sets:\n    fleurs-en: {}"), 15,
+     "acceptance.sets.fleurs-en.max_error_rate_delta: is missing (required)"),
 ]  # fmt: skip
 
 
@@ -130,8 +188,8 @@ def test_an_unpinned_recipe_refuses_to_run(tmp_path):
     with pytest.raises(UserError, match="source.revision of FunAudioLLM/Fun-ASR-MLT-Nano-2512 is not pinned"):
         run(Recipe.load("mlt-4bit-llm"), tmp_path / "work")
     assert not (tmp_path / "work").exists()
-    with pytest.raises(UserError, match="unknown stage 'publish'"):
-        run(Recipe.load("bf16"), tmp_path / "work", until="publish")
+    with pytest.raises(UserError, match="unknown stage 'upload'"):
+        run(Recipe.load("bf16"), tmp_path / "work", until="upload")
 
 
 def test_recipes_are_documented_in_their_files():

@@ -2,7 +2,9 @@
 
 The tiny reference checkpoint is served under the upstream repo ids by tests/hub_server.py; the CLI runs
 in subprocesses whose huggingface_hub points there (`client_env`). Recipes keep their repo id and are
-given the server's commit (--revision) and the tiny model.pt's SHA-256 (--sha256).
+given the server's commit (--revision) and the tiny model.pt's SHA-256 (--sha256). The shipped recipes'
+hub evaluation sets are not pinned, so recipes are evaluated here on a small espeak-ng set (--set), and
+published to the same fake hub.
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ import pytest
 
 from funasr_nano_mlx.convert import sha256
 from funasr_nano_mlx.quantize import quantize
-from funasr_nano_mlx.recipe import STAGES, Recipe, run
+from funasr_nano_mlx.recipe import PUBLISH_RECORD, STAGES, Options, Recipe, run
 from tests.hub_server import HubServer
+from tests.test_card import local_set
 from tests.test_recipe import SHIPPED
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+BUILD = STAGES[: STAGES.index("quantize") + 1]  # what every shipped recipe builds here (their sets are not pinned)
+TOKENS = "8"  # new tokens per utterance: random weights rarely stop by themselves
 # A hard kill in the middle of the quantize stage: the weights are in quantize.tmp, config.json is not.
 KILLED_IN_QUANTIZE = """
 import os, signal, sys
@@ -64,7 +69,7 @@ def cli(hub, tmp_path_factory):
     def call(*args, script: str | None = None):
         command = ["-c", script] if script else ["-m", "funasr_nano_mlx"]
         return subprocess.run([sys.executable, *command, *map(str, args)], env=env, cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+                              capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
 
     return call
 
@@ -81,9 +86,17 @@ def stage_dirs(work: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def built(hub, cli, tiny_upstream, tmp_path_factory):
-    """Every shipped recipe, run to its last stage against the hub: name -> (work dir, completed process)."""
+    """Every shipped recipe, run up to quantize against the hub: name -> (work dir, completed process)."""
     work = tmp_path_factory.mktemp("work")
-    return {name: cli("run", name, "--work", work, *pinned(hub, tiny_upstream, name)) for name in SHIPPED}, work
+    runs = {name: cli("run", name, "--work", work, "--until", "quantize", *pinned(hub, tiny_upstream, name))
+            for name in SHIPPED}  # fmt: skip
+    return runs, work
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> Path:
+    """A local set `speech` of two espeak-ng utterances (English, Mandarin)."""
+    return local_set(tmp_path_factory.mktemp("sets") / "speech")
 
 
 def weights(model_dir: Path) -> dict[str, mx.array]:
@@ -100,12 +113,13 @@ def test_every_recipe_builds_from_the_hub(name, built, tiny_upstream, tiny_bf16,
     runs, work = built
     done = runs[name]
     assert done.returncode == 0, done.stderr
-    out = work / name / STAGES[-1]
+    out = work / name / "quantize"
     assert done.stdout.strip().splitlines()[-1] == str(out)
-    assert sorted(p.name for p in (work / name).iterdir()) == sorted(STAGES)  # no .tmp or .stale left
+    assert sorted(p.name for p in (work / name).iterdir()) == sorted(BUILD)  # no .tmp or .stale left
     downloaded = work / name / "download"
     assert sorted(files_of(downloaded)) == sorted(
-        [*(k for k in files_of(tiny_upstream) if k != "multilingual.tiktoken"), "source.json"])  # allow-patterns only
+        [*(k for k in files_of(tiny_upstream) if k != "multilingual.tiktoken"), "source.json"]
+    )  # allow-patterns only
     conversion = json.loads((work / name / "convert" / "config.json").read_text())["conversion"]
     recipe = Recipe.load(name)
     assert conversion["source"] == f"{recipe.source}@{json.loads((downloaded / 'source.json').read_text())['revision']}"
@@ -116,11 +130,11 @@ def test_every_recipe_builds_from_the_hub(name, built, tiny_upstream, tiny_bf16,
 
 def test_a_second_run_and_a_second_recipe_download_nothing(hub, cli, built, tiny_upstream):
     server, _ = hub
-    runs, work = built
+    _, work = built
     before = len(server.requests)
-    again = cli("run", "4bit-llm", "--work", work, *pinned(hub, tiny_upstream, "4bit-llm"))
+    again = cli("run", "4bit-llm", "--work", work, "--until", "quantize", *pinned(hub, tiny_upstream, "4bit-llm"))
     assert again.returncode == 0, again.stderr
-    assert all(f"{stage}: up to date, skipped" in again.stderr for stage in STAGES)
+    assert all(f"{stage}: up to date, skipped" in again.stderr for stage in BUILD)
     assert len(server.requests) == before  # not even a metadata request
     # Six recipes, two repos: model.pt was fetched once per repo (the Hugging Face cache is shared).
     fetched = [r for r in server.requests[:before] if r.startswith("GET ") and r.split("?")[0].endswith("/model.pt")]
@@ -136,8 +150,8 @@ def test_an_unpinned_recipe_is_refused_before_any_request(hub, cli, tmp_path):
 
 def test_a_wrong_sha256_leaves_no_stage_output(hub, cli, tmp_path):
     _, revisions = hub
-    done = cli("run", "bf16", "--work", tmp_path, "--revision", revisions["FunAudioLLM/Fun-ASR-Nano-2512"],
-               "--sha256", "0" * 64)  # fmt: skip
+    done = cli("run", "bf16", "--work", tmp_path, "--until", "quantize", "--revision",
+               revisions["FunAudioLLM/Fun-ASR-Nano-2512"], "--sha256", "0" * 64)  # fmt: skip
     assert_user_error(done, "expects 0000")
     assert "nothing was converted" in done.stderr and stage_dirs(tmp_path) == []
 
@@ -160,12 +174,13 @@ def test_a_truncated_model_pt_leaves_no_stage_output(hub, cli, tiny_upstream, tm
     # Cut short on the wire (sizes and hashes describe the whole file): huggingface_hub notices.
     whole = server.seed("test/cut-in-transit", files)
     server.tamper("test/cut-in-transit", "model.pt", truncated)
-    done = cli("run", "bf16", "--work", tmp_path / "a", "--source", "test/cut-in-transit", "--revision", whole)
+    done = cli("run", "bf16", "--work", tmp_path / "a", "--until", "quantize", "--source", "test/cut-in-transit",
+               "--revision", whole)  # fmt: skip
     assert_user_error(done, "cannot download test/cut-in-transit")
     assert stage_dirs(tmp_path / "a") == []
     # Truncated at the source, expected SHA-256 known: the download stage refuses it.
     cut = server.seed("test/cut-at-source", {**files, "model.pt": truncated})
-    source = ["--source", "test/cut-at-source", "--revision", cut]
+    source = ["--until", "quantize", "--source", "test/cut-at-source", "--revision", cut]
     done = cli("run", "bf16", "--work", tmp_path / "b", *source, "--sha256", sha256(tiny_upstream / "model.pt"))
     assert_user_error(done, "has SHA-256")
     assert stage_dirs(tmp_path / "b") == []
@@ -175,18 +190,20 @@ def test_a_truncated_model_pt_leaves_no_stage_output(hub, cli, tiny_upstream, tm
     assert stage_dirs(tmp_path / "c") == ["bf16/download"]  # the download itself is complete and verified as is
 
 
-def make(*targets: str, work: Path, source: Path, venv: Path) -> subprocess.CompletedProcess:
+def make(
+    *targets: str, work: Path, source: Path, venv: Path, run_args: str = "", env=None
+) -> subprocess.CompletedProcess:
     """The repository's Makefile with this interpreter and a local source."""
     (venv / ".installed").parent.mkdir(parents=True, exist_ok=True)
     (venv / ".installed").touch()
-    variables = [f"PY={sys.executable}", f"VENV={venv}", f"WORK={work}", f"RUN_ARGS=--source {source}"]
+    variables = [f"PY={sys.executable}", f"VENV={venv}", f"WORK={work}", f"RUN_ARGS=--source {source} {run_args}"]
     return subprocess.run(["make", "--no-print-directory", "-C", str(REPO_ROOT), *variables, *targets],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+                          capture_output=True, text=True, timeout=300, env=env, check=False)  # fmt: skip
 
 
 def test_an_interrupted_stage_is_not_done_and_a_rerun_completes(cli, tiny_upstream, tmp_path):
     work, venv = tmp_path / "work", tmp_path / "venv"
-    args = ["run", "4bit-llm", "--work", work, "--source", tiny_upstream]
+    args = ["run", "4bit-llm", "--work", work, "--source", tiny_upstream, "--until", "quantize"]
     killed = cli(*args, script=KILLED_IN_QUANTIZE)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert stage_dirs(work) == ["4bit-llm/convert", "4bit-llm/download", "4bit-llm/quantize.tmp"]
@@ -199,20 +216,27 @@ def test_an_interrupted_stage_is_not_done_and_a_rerun_completes(cli, tiny_upstre
     resumed = cli(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert "convert: up to date, skipped" in resumed.stderr and "quantize: building" in resumed.stderr
-    assert stage_dirs(work) == [f"4bit-llm/{stage}" for stage in sorted(STAGES)]
+    assert stage_dirs(work) == [f"4bit-llm/{stage}" for stage in sorted(BUILD)]
     assert make("-q", quantize_target, work=work, source=tiny_upstream, venv=venv).returncode == 0
     direct = quantize(work / "4bit-llm/convert", tmp_path / "q", Recipe.load("4bit-llm"))
     assert_same_weights(work / "4bit-llm/quantize", direct)
 
 
-def test_make_publish_runs_every_stage_and_says_publish_is_not_built(tiny_upstream, tmp_path):
-    work, venv = tmp_path / "work", tmp_path / "venv"
-    done = make("publish", "RECIPE=bf16", work=work, source=tiny_upstream, venv=venv)
+def test_make_publish_goes_all_the_way_to_the_hub(hub, speech, tiny_upstream, tmp_path):
+    server, _ = hub
+    work, venv, repo = tmp_path / "work", tmp_path / "venv", "tester/made-by-make"
+    env = server.client_env(tmp_path / "hf")
+    args = f"--set {speech} --max-new-tokens {TOKENS} --repo {repo}"
+    done = make("publish", "RECIPE=bf16", work=work, source=tiny_upstream, venv=venv, run_args=args, env=env)
     assert done.returncode == 0, done.stderr
-    assert "publish is not built yet" in done.stdout and str(work / "bf16/quantize") in done.stdout
     assert stage_dirs(work) == [f"bf16/{stage}" for stage in sorted(STAGES)]
-    again = make("publish", "RECIPE=bf16", work=work, source=tiny_upstream, venv=venv)
-    assert "funasr_nano_mlx run" not in again.stdout  # every stage up to date: Make runs nothing
+    record = json.loads((work / "bf16/publish" / PUBLISH_RECORD).read_text())
+    assert record["repo"] == repo and server.commits(repo)[0] == record["commit"]
+    assert "this is the unquantized baseline of its source: no comparison" in done.stderr
+    again = make("publish", "RECIPE=bf16", work=work, source=tiny_upstream, venv=venv, run_args=args, env=env)
+    assert again.returncode == 0, again.stderr
+    assert all(f"{stage}: up to date, skipped" in again.stderr for stage in STAGES)
+    assert server.commits(repo)[0] == record["commit"]
 
 
 def test_a_changed_recipe_rebuilds_its_stages(tiny_upstream, tmp_path):
@@ -231,3 +255,116 @@ def test_a_changed_recipe_rebuilds_its_stages(tiny_upstream, tmp_path):
     before = (tmp_path / "work/mine/download").stat().st_mtime_ns
     run(moved, tmp_path / "work", until="download")
     assert (tmp_path / "work/mine/download").stat().st_mtime_ns > before
+
+
+def test_unpinned_evaluation_sets_are_refused_before_any_stage(cli, tiny_upstream, speech, tmp_path):
+    """The shipped recipes' hub sets have no pinned revision: `run` says so in one line, building nothing."""
+    done = cli("run", "4bit-llm", "--work", tmp_path / "work", "--source", tiny_upstream)
+    assert_user_error(
+        done, "set librispeech-test-clean: dataset openslr/librispeech_asr (clean) split test is not pinned"
+    )
+    assert stage_dirs(tmp_path / "work") == []
+    assert_user_error(cli("run", "bf16", "--work", tmp_path / "work", "--source", tiny_upstream, "--set",
+                          tmp_path / "nowhere"), "no evaluation set")  # fmt: skip
+    assert_user_error(cli("run", "bf16", "--work", tmp_path / "work", "--source", tiny_upstream, "--set", speech,
+                          "--repo", "no-slash"), "--repo 'no-slash': expected ORG/NAME")  # fmt: skip
+    assert stage_dirs(tmp_path / "work") == []
+
+
+def test_the_evaluate_stage_builds_its_baseline_first_and_reuses_what_agrees(tiny_upstream, speech, tmp_path, capfd):
+    work, sets = tmp_path / "work", (str(speech),)
+    four_bit = Recipe.load("4bit-llm").override(source=str(tiny_upstream))
+    bf16 = Recipe.load("bf16").override(source=str(tiny_upstream))
+
+    def built(recipe, tokens) -> tuple[str, dict[str, int]]:
+        run(recipe, work, "evaluate", Options(sets=sets, max_new_tokens=tokens))
+        times = {d: (work / d).stat().st_mtime_ns for d in stage_dirs(work)}
+        return capfd.readouterr().err, times
+
+    log, first = built(four_bit, 8)
+    assert sorted(first) == sorted(f"{r}/{s}" for r in ("4bit-llm", "bf16") for s in BUILD + ("evaluate",))
+    assert log.index("[bf16] evaluate: building") < log.index("[4bit-llm] evaluate: building")
+    report = json.loads((work / "4bit-llm/evaluate/eval.json").read_text())
+    assert report["baseline"]["path"] == str(work / "bf16/evaluate") and report["sets"]["speech"]["comparison"]
+    assert json.loads((work / "bf16/evaluate/eval.json").read_text())["baseline"] is None
+
+    log, again = built(four_bit, 8)
+    assert again == first and log.count("up to date, skipped") == 8
+    log, same_for_bf16 = built(bf16, 8)  # the baseline's own run finds its stages built
+    assert same_for_bf16 == first and "building" not in log
+
+    log, fewer_tokens = built(four_bit, 4)  # another request: both reports are made again, nothing else
+    assert [d for d in first if fewer_tokens[d] != first[d]] == ["4bit-llm/evaluate", "bf16/evaluate"]
+    assert json.loads((work / "4bit-llm/evaluate/eval.json").read_text())["settings"]["max_new_tokens"] == 4
+
+
+def recipe_with_bound(folder: Path, name: str, bound: float) -> Path:
+    """4bit-llm under another name, with another acceptance bound."""
+    text = Recipe.load("4bit-llm").file.read_text()
+    assert "acceptance: {max_error_rate_delta: 0.5}" in text
+    file = folder / f"{name}.yaml"
+    file.write_text(
+        text.replace("acceptance: {max_error_rate_delta: 0.5}", f"acceptance: {{max_error_rate_delta: {bound}}}")
+    )
+    return file
+
+
+def test_a_recipe_runs_to_publish_against_the_hub(hub, cli, tiny_upstream, speech, tmp_path):
+    """Every stage, with the baseline built beside it: refused outside the acceptance bound, published
+    within it, then nothing done again unless asked."""
+    server, _ = hub
+    work, repo = tmp_path / "work", "tester/tiny-4bit-llm"
+    common = ["--work", work, *pinned(hub, tiny_upstream, "4bit-llm"), "--set", speech, "--max-new-tokens", TOKENS]
+
+    strict = cli("run", recipe_with_bound(tmp_path, "strict", 0), *common, "--repo", repo)
+    comparison = json.loads((work / "strict/evaluate/eval.json").read_text())["sets"]["speech"]["comparison"]
+    worst_metric, worst = max(((m, 100 * s["delta"]) for m, s in comparison["scores"].items()), key=lambda x: x[1])
+    print(
+        f"\ntiny 4-bit LLM vs bf16, {TOKENS} new tokens, 2 utterances: worst delta {worst_metric.upper()} {worst:+.2f} points"
+    )
+    assert worst > 0, "the tiny 4-bit variant measured no worse than bf16: the bound of 0 cannot be exceeded"
+    assert_user_error(strict, f"acceptance: set speech {worst_metric.upper()} is {worst:+.2f} points against bf16")
+    assert "outside recipe strict's bound of 0 points (acceptance.max_error_rate_delta)" in strict.stderr
+    assert sorted(p.name for p in (work / "strict").iterdir()) == sorted((*BUILD, "evaluate"))  # no card, no .tmp
+    assert repo not in server.repos
+
+    loose = cli("run", recipe_with_bound(tmp_path, "loose", 10000), *common, "--repo", repo)
+    assert loose.returncode == 0, loose.stderr
+    assert loose.stdout.strip().splitlines()[-1] == str(work / "loose/publish")
+    assert "[bf16] evaluate: up to date, skipped" in loose.stderr  # the baseline made for `strict` is reused
+    record = json.loads((work / "loose/publish" / PUBLISH_RECORD).read_text())
+    assert (
+        record["repo"] == repo
+        and record["commit"] == server.commits(repo)[0]
+        and record["url"].endswith(record["commit"])
+    )
+    served = server.files(repo)
+    served.pop(".gitattributes")
+    card_dir = work / "loose/card"
+    assert served == {k: p.read_bytes() for k, p in files_of(card_dir).items()}
+    assert record["files"] == {k: sha256(p) for k, p in files_of(card_dir).items()}
+    card = served["README.md"].decode()
+    assert "Acceptance bound of recipe `loose`" in card and f'snapshot_download("{repo}")' in card
+    assert "| Librispeech-clean (`librispeech-test-clean` here) | 1.76% [1] |" in card  # the source's published figures
+    assert json.loads(served["eval.json"]) == json.loads((work / "loose/evaluate/eval.json").read_text())
+    assert "hf_fake_test_token" not in loose.stdout + loose.stderr + "".join(p.read_text() for p in
+                                                                             (work / "loose/publish").iterdir())  # fmt: skip
+
+    requests = len(server.requests)
+    again = cli("run", tmp_path / "loose.yaml", *common, "--repo", repo)
+    assert again.returncode == 0, again.stderr
+    assert all(f"[loose] {stage}: up to date, skipped" in again.stderr for stage in STAGES)
+    assert len(server.requests) == requests  # nothing downloaded, nothing sent
+
+    (card_dir / "README.md").write_text((card_dir / "README.md").read_text() + "\nEdited by hand.\n")
+    edited = cli("run", tmp_path / "loose.yaml", *common, "--repo", repo)
+    assert edited.returncode == 0, edited.stderr
+    assert "[loose] card: building" in edited.stderr and "[loose] publish: building" in edited.stderr
+    assert "Edited by hand" not in (card_dir / "README.md").read_text()
+    assert server.commits(repo)[0] == record["commit"]  # the same files again: no new commit
+
+    dry = cli("run", "bf16", *common, "--repo", "tester/dry", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run: would upload" in dry.stdout and "README.md" in dry.stdout
+    assert dry.stdout.strip().splitlines()[-1] == str(work / "bf16/card")
+    assert "tester/dry" not in server.repos and not (work / "bf16/publish").exists()
