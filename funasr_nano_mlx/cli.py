@@ -13,6 +13,7 @@ from .errors import UserError
 
 FORMATS = ("text", "json", "srt", "vtt")
 FORMAT_SUFFIX = {"text": "txt", "json": "json", "srt": "srt", "vtt": "vtt"}
+REVISION_HELP = "With a hub repo id: the commit to download (pin it for a reproducible build). Default: main."
 DEFAULT_BATCH_SIZE = 8  # the CLI starts without importing MLX; transcribe.DEFAULT_BATCH_SIZE is checked equal in tests
 
 
@@ -41,8 +42,9 @@ def main():
 @click.argument("dst", type=click.Path(file_okay=False))
 @click.option("--dtype", type=click.Choice(["bfloat16", "float32"]), default="bfloat16", show_default=True,
               help="Weight dtype of the converted model (float16 is refused: Qwen3 overflows in it).")
+@click.option("--revision", default=None, help=REVISION_HELP)
 @user_errors
-def convert(src, dst, dtype):
+def convert(src, dst, dtype, revision):
     """Convert an upstream checkpoint to MLX.
 
     SRC is a directory laid out like the upstream repo (model.pt, config.yaml, Qwen3-0.6B/) or a hub
@@ -50,14 +52,15 @@ def convert(src, dst, dtype):
     """
     from .convert import convert as run_convert
 
-    click.echo(run_convert(src, dst, dtype=dtype))
+    click.echo(run_convert(src, dst, dtype=dtype, revision=revision))
 
 
 @main.command("convert-vad")
 @click.argument("src")
 @click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--revision", default=None, help=REVISION_HELP)
 @user_errors
-def convert_vad(src, dst):
+def convert_vad(src, dst, revision):
     """Convert FunASR's FSMN-VAD (fsmn-vad) to MLX.
 
     SRC is a directory laid out like the upstream repo (model.pt, config.yaml, am.mvn) or a hub repo
@@ -65,7 +68,7 @@ def convert_vad(src, dst):
     """
     from .convert import convert_vad as run_convert_vad
 
-    click.echo(run_convert_vad(src, dst))
+    click.echo(run_convert_vad(src, dst, revision=revision))
 
 
 @main.command()

@@ -47,13 +47,15 @@ def download(repo_id: str, revision: str | None = None, local_dir: Path | None =
         raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {message}") from None
 
 
-def resolve_source(src: str | Path, patterns: list[str] = UPSTREAM_FILES) -> tuple[Path, str]:
-    """A local upstream directory, or a hub repo id fetched into the HF cache; and its provenance label."""
+def resolve_source(src: str | Path, patterns: list[str] = UPSTREAM_FILES, revision: str | None = None,
+                   ) -> tuple[Path, str]:  # fmt: skip
+    """A local upstream directory, or a hub repo id fetched into the HF cache (at `revision`, a commit
+    for reproducible builds; default the main branch); and its provenance label."""
     path = Path(src)
     if path.exists():
         return path, str(path)
     if isinstance(src, str) and src.count("/") == 1 and not src.startswith((".", "/")):
-        snapshot = download(src, patterns=patterns)
+        snapshot = download(src, revision=revision, patterns=patterns)
         return snapshot, f"{src}@{snapshot.name}"  # the cache names a snapshot folder by its commit
     raise UserError(f"source not found: {src} (a local upstream directory or a hub repo id ORG/NAME)")
 
@@ -193,14 +195,15 @@ def staged_output(dst: Path):
         raise
 
 
-def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id: str | None = None) -> Path:
+def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id: str | None = None,
+            revision: str | None = None) -> Path:  # fmt: skip
     """Convert an upstream directory (or hub repo id) to an MLX model directory at `dst`."""
     if dtype not in DTYPES:
         raise UserError(f"dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)} "
                         "(Qwen3 is numerically unstable in float16)")  # fmt: skip
     dst = Path(dst)
     ensure_absent(dst)  # before a possible download
-    src, label = resolve_source(src)
+    src, label = resolve_source(src, revision=revision)
     config = read_upstream_config(src)
     state = read_checkpoint(src / CHECKPOINT)
     head_differs = _head_differs(state, config["text_config"])
@@ -286,13 +289,13 @@ def read_upstream_vad_config(src: Path) -> dict:
             "encoder_conf": upstream.get("encoder_conf") or {}, "model_conf": upstream.get("model_conf") or {}}  # fmt: skip
 
 
-def convert_vad(src: str | Path, dst: str | Path, source_id: str | None = None) -> Path:
+def convert_vad(src: str | Path, dst: str | Path, source_id: str | None = None, revision: str | None = None) -> Path:
     """Convert an upstream FSMN-VAD directory (model.pt, config.yaml, am.mvn) or hub repo id (funasr/fsmn-vad;
     the port follows its revision df20e6b30c653645fa4ff125cacfcabd1020a669) to an MLX directory at `dst`:
     config.json, and model.safetensors with the float32 weights and the CMVN."""
     dst = Path(dst)
     ensure_absent(dst)  # before a possible download
-    src, label = resolve_source(src, VAD_FILES)
+    src, label = resolve_source(src, VAD_FILES, revision)
     config = read_upstream_vad_config(src)
     try:
         model = FsmnVad(FsmnArgs.from_dict(config["encoder_conf"]))

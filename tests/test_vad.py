@@ -210,13 +210,15 @@ def test_cli_convert_vad_from_the_hub(vad_upstream, vad_converted, tmp_path):
     with HubServer() as hub:
         files = {p.relative_to(vad_upstream).as_posix(): p for p in vad_upstream.iterdir()}
         revision = hub.seed("funasr/fsmn-vad", files)
+        newer = hub.seed("funasr/fsmn-vad", {**files, "README.md": b"a later commit"}, message="later")
+        assert newer != revision
         env = hub.client_env(tmp_path / "hf-home")
 
         def cli(*args):
             return subprocess.run([sys.executable, "-m", "funasr_nano_mlx", *map(str, args)], env=env,
                                   capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
 
-        done = cli("convert-vad", "funasr/fsmn-vad", tmp_path / "out")
+        done = cli("convert-vad", "funasr/fsmn-vad", tmp_path / "out", "--revision", revision)  # not main
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == str(tmp_path / "out")
         again = cli("convert-vad", "funasr/fsmn-vad", tmp_path / "out")
