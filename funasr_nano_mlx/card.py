@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from .decoding import describe_budget
 from .errors import UserError
 
 MODEL_CARDS = Path(__file__).resolve().parent.parent / "model_cards"
@@ -285,6 +286,7 @@ def context(model_dir: str | Path, report: dict | None = None, recipe=None, repo
         "benchmark": _benchmark(benchmark),
         "eval_date": (report or {}).get("date", NOT_MEASURED),
         "eval_settings": (report or {}).get("settings", {}),
+        "eval_budget": describe_budget((report or {}).get("settings", {}).get("max_new_tokens")),
         "eval_package_version": (report or {}).get("package_version", NOT_MEASURED),
         "machine": ", ".join(str(machine[k]) for k in ("device_name", "device", "platform") if machine.get(k))
         or NOT_MEASURED,

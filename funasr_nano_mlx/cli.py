@@ -9,12 +9,20 @@ from pathlib import Path
 
 import click
 
+from .decoding import DEFAULT_BATCH_SIZE, describe_budget
 from .errors import UserError
 
 FORMATS = ("text", "json", "srt", "vtt")
 FORMAT_SUFFIX = {"text": "txt", "json": "json", "srt": "srt", "vtt": "vtt"}
 REVISION_HELP = "With a hub repo id: the commit to download (pin it for a reproducible build). Default: main."
-DEFAULT_BATCH_SIZE = 8  # the CLI starts without importing MLX; transcribe.DEFAULT_BATCH_SIZE is checked equal in tests
+
+
+max_new_tokens_option = click.option(
+    "--max-new-tokens", default=None, type=click.IntRange(min=1),
+    help=f"Stop each segment after this many tokens. Default: {describe_budget(None)}.")
+batch_size_option = click.option(
+    "--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=click.IntRange(min=1),
+    help="Segments decoded together; the results do not depend on it beyond float rounding.")
 
 
 def user_errors(command):
@@ -79,15 +87,13 @@ def convert_vad(src, dst, revision):
                    "(中文, 英文, 日文, ...). Default: none given, the model decides ('auto').")
 @click.option("--hotword", "hotwords", multiple=True, help="A word or phrase to favour; repeat for several.")
 @click.option("--no-itn", is_flag=True, help="Ask for unnormalized text (no inverse text normalization).")
-@click.option("--max-new-tokens", default=None, type=click.IntRange(min=1),
-              help="Stop each segment after this many tokens. Default: 16 per second of audio + 32, at most 512.")
+@max_new_tokens_option
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
               help="text: one line per file; json: one object per file with text, token_ids, segments (start, "
                    "end, text, flags) and timings; srt / vtt: subtitles, one cue per segment.")
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="Write one file per input (NAME.txt, .json, .srt or .vtt) here instead of printing.")
-@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=click.IntRange(min=1),
-              help="Segments decoded together; the results do not depend on it beyond float rounding.")
+@batch_size_option
 @click.option("--vad", type=click.Path(), default=None,
               help="A converted FSMN-VAD (`convert-vad`) to cut every file into speech segments. Default: files "
                    "up to --max-segment-seconds are decoded whole, longer ones cut at pauses by signal energy.")
@@ -188,8 +194,7 @@ def quantize(src, dst, recipe):
               help="Evaluate on this set instead of the recipe's evaluation sets (as `evaluate --set`); repeat for "
                    "several. The baseline variant is evaluated on the same sets.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N rows of each set.")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
-              help="Stop decoding each utterance after this many tokens (default: evaluate's, 512).")
+@max_new_tokens_option
 @click.option("--benchmark", type=click.Path(dir_okay=False),
               help="A benchmark record of this variant (JSON: recipe, machine, date, command, results) for the card.")
 @click.option("--repo", help="Publish to this repo ORG/NAME (and name it in the card) instead of the recipe's target.")
@@ -234,16 +239,17 @@ def run(recipe, work, until, source, revision, model_pt_sha256, sets, limit, max
                    "reports with merge-reports.")
 @click.option("--baseline", type=click.Path(file_okay=False),
               help="Compare with this report: the bf16 variant of the same source, on the same sets and --limit.")
-@click.option("--max-new-tokens", default=512, show_default=True, type=click.IntRange(min=1),
-              help="Stop decoding each utterance after this many tokens (counted in the report).")
+@max_new_tokens_option
+@batch_size_option
 @user_errors
-def evaluate(model, sets, report, limit, shard, baseline, max_new_tokens):
+def evaluate(model, sets, report, limit, shard, baseline, max_new_tokens, batch_size):
     """Evaluate a converted MODEL: WER/CER with S/D/I counts, speed and memory per set, and the change
     against a baseline variant. Rows that cannot be scored are listed in the report, never dropped."""
     from .evaluate import SUMMARY
     from .evaluate import evaluate as run_evaluate
 
-    run_evaluate(model, sets, report, limit=limit, shard=shard, baseline=baseline, max_new_tokens=max_new_tokens)
+    run_evaluate(model, sets, report, limit=limit, shard=shard, baseline=baseline, max_new_tokens=max_new_tokens,
+                 batch_size=batch_size)
     click.echo(f"{report}/{SUMMARY}")
 
 

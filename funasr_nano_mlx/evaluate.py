@@ -22,7 +22,6 @@ import platform
 import re
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -40,6 +39,7 @@ HYPOTHESES, COMPARISON, EVAL_JSON, SUMMARY, PLOT = (
     "hypotheses.jsonl", "comparison.jsonl", "eval.json", "summary.md", "error_rate_vs_size.png")  # fmt: skip
 REPORT_FORMAT = 1
 BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 0  # seeded: the same rows always give the same interval
+ROWS_PER_BATCH = 4  # rows read per decoding call, in batches: enough for length-sorted batches to fill
 CHANGED_MOST = 10  # utterances listed per set where the variant and its baseline differ most
 LOCAL_COLUMNS = {"metadata.csv": ("file_name", "text"), ".jsonl": ("audio", "text")}  # plus optional language
 
@@ -345,16 +345,18 @@ def load_samples(item: Item) -> np.ndarray:
     return samples
 
 
-def decode(model, tokenizer, samples: np.ndarray, item: Item, evalset: EvalSet, max_new_tokens: int):
-    """The one transcription call of an evaluation: a `transcribe.Transcription` of the row's audio."""
-    from .transcribe import transcribe
+def decode(model, tokenizer, samples: list[np.ndarray], language: str | None, evalset: EvalSet,
+           max_new_tokens: int | None, batch_size: int) -> list:  # fmt: skip
+    """The one transcription call of an evaluation, the path users run: `transcribe.Transcription`s
+    of these rows' audio (segmented if long, batched)."""
+    from .transcribe import transcribe_many
 
-    return transcribe(model, tokenizer, samples, language=item.language, itn=evalset.itn, max_new_tokens=max_new_tokens)
+    return list(transcribe_many(model, tokenizer, samples, language=language, itn=evalset.itn,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size))  # fmt: skip
 
 
-def transcribe_item(model, tokenizer, item: Item, evalset: EvalSet, max_new_tokens: int) -> Row:
-    from .audio import SAMPLE_RATE
-
+def _prepared(item: Item, evalset: EvalSet) -> tuple[Row, np.ndarray | None]:
+    """The row for an item and its samples, or the row marked skipped (and None) saying why."""
     row = Row(evalset.name, item.index, item.id, item.language, item.reference)
     row.skipped = item.problem or (None if item.reference.strip() else "empty reference")
     if row.skipped is None:  # checked before decoding: such a row costs no inference
@@ -362,21 +364,35 @@ def transcribe_item(model, tokenizer, item: Item, evalset: EvalSet, max_new_toke
         if not normalize(item.reference, normalizer, evalset.traditional_to_simplified):
             row.skipped = "reference is empty after normalization"
     if row.skipped:
-        return row
+        return row, None
     try:
-        samples = load_samples(item)
-        start = time.perf_counter()
-        result = decode(model, tokenizer, samples, item, evalset, max_new_tokens)
-        row.seconds = time.perf_counter() - start
+        return row, load_samples(item)
     except UserError as err:  # unreadable or too short: this row only
         row.skipped = str(err)
-        return row
-    row.audio_seconds = len(samples) / SAMPLE_RATE
-    row.hypothesis, row.token_ids, row.hit_token_limit = result.text, result.token_ids, result.hit_token_limit
-    row.generation_seconds = result.timings.get("prefill", 0.0) + result.timings.get("decode", 0.0)
-    for key, value in score(item.reference, result.text, item.language, evalset.traditional_to_simplified).items():
-        setattr(row, key, value)
-    return row
+        return row, None
+
+
+def transcribe_items(model, tokenizer, items: list[Item], evalset: EvalSet, max_new_tokens: int | None,
+                     batch_size: int) -> list[Row]:  # fmt: skip
+    """Rows for these items, decoded together `batch_size` segments at a time (one call per language)."""
+    from .audio import SAMPLE_RATE
+
+    prepared = [_prepared(item, evalset) for item in items]
+    languages = {row.language for row, samples in prepared if samples is not None}
+    for language in sorted(languages, key=str):
+        todo = [(row, samples) for row, samples in prepared if samples is not None and row.language == language]
+        results = decode(model, tokenizer, [samples for _, samples in todo], language, evalset, max_new_tokens,
+                         batch_size)  # fmt: skip
+        for (row, samples), result in zip(todo, results):
+            timings = result.timings  # this row's share of its batches' time
+            row.audio_seconds = len(samples) / SAMPLE_RATE
+            row.seconds = sum(timings.get(stage, 0.0) for stage in ("frontend", "encoder", "prefill", "decode"))
+            row.generation_seconds = timings.get("prefill", 0.0) + timings.get("decode", 0.0)
+            row.hypothesis, row.token_ids, row.hit_token_limit = result.text, result.token_ids, result.hit_token_limit
+            scores = score(row.reference, result.text, row.language, evalset.traditional_to_simplified)
+            for key, value in scores.items():
+                setattr(row, key, value)
+    return [row for row, _ in prepared]
 
 
 # -- numbers from rows ----------------------------------------------------------------------------
@@ -508,12 +524,15 @@ def read_report(report_dir: str | Path) -> tuple[dict, list[Row]]:
     return report, [Row(**json.loads(line)) for line in lines if line]
 
 
-def read_baseline(baseline, max_new_tokens: int) -> tuple[dict, list[Row]]:
-    """The baseline's report, which must have been decoded with the same token limit to be comparable."""
+def read_baseline(baseline, max_new_tokens: int | None) -> tuple[dict, list[Row]]:
+    """The baseline's report, which must have been decoded with the same token budget to be comparable."""
+    from .decoding import describe_budget
+
     report, rows = read_report(baseline)
     if report["settings"]["max_new_tokens"] != max_new_tokens:
-        raise UserError(f"baseline {baseline} was decoded with max {report['settings']['max_new_tokens']} new tokens, "
-                        f"this evaluation with {max_new_tokens}: evaluate both alike")  # fmt: skip
+        theirs = describe_budget(report["settings"]["max_new_tokens"])
+        raise UserError(f"baseline {baseline} was decoded with {theirs}, this evaluation with "
+                        f"{describe_budget(max_new_tokens)}: evaluate both alike")  # fmt: skip
     return report, rows
 
 
@@ -545,23 +564,26 @@ def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], p
 
 
 def evaluate(model_dir, sets: Sequence[str], report_dir, limit: int | None = None, shard=None, baseline=None,
-             max_new_tokens: int | None = None) -> dict:  # fmt: skip
+             max_new_tokens: int | None = None, batch_size: int | None = None) -> dict:  # fmt: skip
     """Transcribe the first `limit` rows of each set (those of shard i/n only) with the model in
     `model_dir`, score them and write the report to `report_dir` (all or nothing); `baseline` is the
-    report of the variant to compare with (the bf16 one of the same source). Returns eval.json's dict."""
+    report of the variant to compare with (the bf16 one of the same source). Decoding is transcribe's:
+    long rows segmented, `batch_size` segments at a time, `max_new_tokens` None for budgets scaled to
+    each segment's length (the scores do not depend on the batch size beyond float rounding).
+    Returns eval.json's dict."""
     import mlx.core as mx
     from tqdm import tqdm
 
     from .convert import package_version
     from .report import percent
-    from .transcribe import DEFAULT_MAX_NEW_TOKENS, load
+    from .transcribe import DEFAULT_BATCH_SIZE, load
 
     index, count = parse_shard(shard)
     model_dir, report_dir = Path(model_dir), Path(report_dir)
     evalsets = check_sets(sets)
     if report_dir.exists():
         raise UserError(f"report directory already exists: {report_dir}")
-    max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
     if baseline is not None:
         read_baseline(baseline, max_new_tokens)  # fail now, not after hours of decoding
     opened = {s.name: open_set(s) for s in evalsets}  # every set and column is checked before the model loads
@@ -570,8 +592,10 @@ def evaluate(model_dir, sets: Sequence[str], report_dir, limit: int | None = Non
     for evalset in evalsets:
         mx.reset_peak_memory()
         mine = (item for item in islice(opened[evalset.name], limit) if item.index % count == index)
-        for item in tqdm(mine, desc=evalset.name, unit="utt", disable=None):
-            rows.append(transcribe_item(model, tokenizer, item, evalset, max_new_tokens))
+        with tqdm(desc=evalset.name, unit="utt", disable=None) as bar:
+            while chunk := list(islice(mine, ROWS_PER_BATCH * batch_size)):
+                rows += transcribe_items(model, tokenizer, chunk, evalset, max_new_tokens, batch_size)
+                bar.update(len(chunk))
         peaks[evalset.name] = mx.get_peak_memory()
         done = aggregate([r for r in rows if r.set == evalset.name])
         rates = ", ".join(f"{m.upper()} {percent(s['error_rate'])}" for m, s in done["scores"].items())
@@ -616,8 +640,6 @@ def answers(report_dir, sets: Sequence[str], limit: int | None = None, max_new_t
             baseline=None) -> bool:  # fmt: skip
     """Whether the report in `report_dir` is the evaluation asked for now: an unsharded run of these
     sets (as defined now), with this row limit and token limit, against this baseline report."""
-    from .transcribe import DEFAULT_MAX_NEW_TOKENS
-
     try:
         report = json.loads((Path(report_dir) / EVAL_JSON).read_text())
         recorded = {name: data["definition"] for name, data in report["sets"].items()}
@@ -626,5 +648,5 @@ def answers(report_dir, sets: Sequence[str], limit: int | None = None, max_new_t
         return False
     wanted = {s.name: json.loads(json.dumps(s.describe())) for s in map(EvalSet.load, sets)}
     return (recorded == wanted and list(recorded) == list(wanted) and settings.get("shards") == 1
-            and settings.get("limit") == limit and settings.get("max_new_tokens") == (max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+            and settings.get("limit") == limit and settings.get("max_new_tokens") == max_new_tokens
             and (base and Path(base["path"]).resolve()) == (baseline and Path(baseline).resolve()))  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from .decoding import describe_budget
 from .evaluate import BOOTSTRAP_SAMPLES, PLOT, read_report
 
 
@@ -63,7 +64,7 @@ def render_summary(report: dict) -> str:
     out = [f"# Evaluation of {model['name']}", "",
            f"{model['size_bytes'] / 1e6:,.0f} MB of weights; funasr-nano-mlx {report['package_version']}; "
            f"{report['date']}; {machine.get('device_name', machine['platform'])} ({machine['device']}, MLX {machine['mlx']}); "
-           f"max {settings['max_new_tokens']} new tokens" + (f", first {settings['limit']} rows per set" if settings["limit"] else "")
+           + describe_budget(settings["max_new_tokens"]) + (f", first {settings['limit']} rows per set" if settings["limit"] else "")
            + shard + merged + ".", "",
            "| set | metric | error rate | S | D | I | ref. tokens | utterances | skipped | audio h | RTF | tokens/s | peak memory | hit token limit |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip

@@ -27,25 +27,14 @@ from mlx_lm.utils import load_model, load_tokenizer
 from tqdm import tqdm
 
 from .audio import FRAME_LENGTH, SAMPLE_RATE, features, load_audio
+from .decoding import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, loop_end, token_budget  # noqa: F401  (re-exported)
 from .errors import UserError
 from .model import FunASRNano, model_classes
 from .segment import DEFAULT_MAX_SEGMENT_MS, EnergySegmenter
 
 MODEL_TYPE = "fun_asr_nano"
 TOKENIZER_DIR = "Qwen3-0.6B"
-DEFAULT_MAX_NEW_TOKENS = 512  # the reference's max_length
-# Unless a fixed max_new_tokens is asked for, each segment may generate this many tokens per second of
-# audio plus a margin, at most DEFAULT_MAX_NEW_TOKENS (reached at 30 s): about 3x the fastest speech
-# in Qwen3 tokens (Mandarin at ~5 tokens/s), so only a runaway segment meets it.
-BUDGET_TOKENS_PER_SECOND = 16
-BUDGET_MARGIN_TOKENS = 32
-# The repetition guard: a tail of at least LOOP_MIN_TOKENS tokens that repeats one n-gram (n up to
-# LOOP_MAX_PERIOD) at least LOOP_MIN_COPIES times is a decoding loop, not speech ("哈" x 32 is not read out).
-LOOP_MAX_PERIOD = 16
-LOOP_MIN_COPIES = 4
-LOOP_MIN_TOKENS = 32
-DEFAULT_BATCH_SIZE = 8
-FILES_PER_GROUP = 4  # files are read and results returned in groups of this many batches' worth of segments
+BATCHES_PER_GROUP = 4  # inputs are read, and results returned, in groups of about this many batches of segments
 SYSTEM_PROMPT = "You are a helpful assistant."
 HOTWORD_PREAMBLE = (
     "请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n**上下文信息：**\n\n\n"
@@ -122,8 +111,8 @@ class Transcription:
     repetition: bool = False  # some segment was stopped by the repetition guard
     duration: float = 0.0  # seconds of audio
     segments: list[Segment] = field(default_factory=list)
-    # Seconds per stage, summed over the batches this audio's segments were in (shared with the
-    # other rows of those batches), and decode_ms_per_token over those batches' decoding steps.
+    # Seconds per stage; a batch's time is shared among its segments by audio length, so the
+    # timings of all inputs add up to the time spent. decode_ms_per_token: per decoding step.
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -193,28 +182,6 @@ def prompt_inputs(
         padding = embed(mx.zeros(num_audio - audio_embeddings.shape[0], mx.int32))
         audio_embeddings = mx.concatenate([audio_embeddings, padding])
     return ids, mx.concatenate([before_embeddings, audio_embeddings, after_embeddings])
-
-
-def token_budget(seconds: float, max_new_tokens: int | None = None) -> int:
-    """New tokens a segment of `seconds` may generate: max_new_tokens if given, else scaled to its length."""
-    if max_new_tokens is not None:
-        return max_new_tokens
-    return min(DEFAULT_MAX_NEW_TOKENS, math.ceil(BUDGET_TOKENS_PER_SECOND * seconds) + BUDGET_MARGIN_TOKENS)
-
-
-def loop_end(tokens: list[int]) -> int | None:
-    """If `tokens` ends in a decoding loop, the length that keeps one copy of it; else None."""
-    n = len(tokens)
-    for period in range(1, LOOP_MAX_PERIOD + 1):
-        span = max(LOOP_MIN_COPIES * period, LOOP_MIN_TOKENS)
-        if span > n:
-            break
-        if tokens[-1] == tokens[-1 - period] and tokens[n - span + period :] == tokens[n - span : n - period]:
-            start = n - span
-            while start > 0 and tokens[start - 1] == tokens[start - 1 + period]:
-                start -= 1  # back to where the loop began
-            return start + period
-    return None
 
 
 @dataclass
@@ -380,9 +347,9 @@ class _Pipeline:
                        decoded.hit_token_limit, decoded.repetition)  # fmt: skip
 
 
-def _add_timings(total: dict, batch: dict) -> None:
+def _add_timings(total: dict, batch: dict, share: float) -> None:
     for key, value in batch.items():
-        total[key] = total.get(key, 0.0) + value
+        total[key] = total.get(key, 0.0) + value * share
 
 
 def _finish(name: str, duration: float, segments: list[Segment], timings: dict) -> Transcription:
@@ -441,7 +408,7 @@ def transcribe_many(
         group.append((name, samples))
         bar.total += len(samples) / SAMPLE_RATE
         bar.refresh()
-        if len(jobs) >= FILES_PER_GROUP * batch_size:
+        if len(jobs) >= BATCHES_PER_GROUP * batch_size:
             yield from _run_group(pipeline, group, jobs, batch_size, bar)
             group, jobs = [], []
     if group:
@@ -459,9 +426,10 @@ def _run_group(pipeline: _Pipeline, group, jobs: list[_Job], batch_size: int, ba
         batch_timings: dict = {}
         for job, decoded in zip(batch, pipeline.run(batch, batch_timings)):
             segments[job.item].append(pipeline.segment(job, decoded))
-        for item in {job.item for job in batch}:
-            _add_timings(timings[item], batch_timings)
-        bar.update(sum(job.seconds for job in batch))
+        batch_seconds = sum(job.seconds for job in batch)
+        for job in batch:
+            _add_timings(timings[job.item], batch_timings, job.seconds / batch_seconds)
+        bar.update(batch_seconds)
     for (name, samples), found, spent in zip(group, segments, timings):
         found.sort(key=lambda segment: segment.start)
         yield _finish(name, len(samples) / SAMPLE_RATE, found, spent)

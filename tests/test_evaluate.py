@@ -353,8 +353,35 @@ def test_merge_and_evaluate_refuse_bad_inputs(reports, tiny_f32, speech_set, tmp
         merge([tmp_path], tmp_path / "merged")
     with pytest.raises(UserError, match="already exists"):
         evaluate(tiny_f32, [str(speech_set)], reports["f32"])
-    with pytest.raises(UserError, match="decoded with max 16 new tokens, this evaluation with 8"):
+    with pytest.raises(UserError, match="decoded with at most 16 new tokens per segment, this evaluation with at most 8"):
         evaluate(tiny_f32, [str(speech_set)], tmp_path / "r", baseline=reports["bf16"], max_new_tokens=8)
     assert not (tmp_path / "merged").exists()
     for file in (EVAL_JSON, HYPOTHESES):
         assert (reports["f32-merged"] / file).is_file()
+
+
+def test_long_rows_are_segmented_and_batching_changes_nothing(tmp_path, tiny_f32, tiny_model, speech_set):
+    """Evaluation decodes as `transcribe` does: a 45 s row is cut into segments (its tokens are those of
+    transcribe(), not of one whole-clip pass), and the batch size does not change any hypothesis."""
+    from funasr_nano_mlx.transcribe import transcribe
+    from tests.speech import recording
+
+    long_samples, _ = recording(45.0, tmp_path / "voices")
+    folder = tmp_path / "long"
+    folder.mkdir()
+    sf.write(folder / "long.wav", long_samples, 16000)
+    rows = [("long.wav", "a long recording of several sentences", "en")]
+    with open(speech_set / "metadata.csv", encoding="utf-8") as f:
+        for name, text, language in list(csv.reader(f))[1:6]:  # five short rows, English and Mandarin
+            (folder / name).write_bytes((speech_set / name).read_bytes())
+            rows.append((name, text, language))
+    write_set(folder, rows)
+    one = evaluate(tiny_f32, [str(folder)], tmp_path / "one", max_new_tokens=6, batch_size=1)
+    four = evaluate(tiny_f32, [str(folder)], tmp_path / "four", max_new_tokens=6, batch_size=4)
+    assert one["sets"]["long"]["utterances"] == 6
+    by_one, by_four = read_report(tmp_path / "one")[1], read_report(tmp_path / "four")[1]
+    assert [(r.hypothesis, r.token_ids) for r in by_one] == [(r.hypothesis, r.token_ids) for r in by_four]
+    model, tokenizer = tiny_model
+    segmented = transcribe(model, tokenizer, folder / "long.wav", language="en", max_new_tokens=6)
+    assert len(segmented.segments) > 5 and by_one[0].token_ids == segmented.token_ids
+    assert four["settings"]["max_new_tokens"] == 6
