@@ -15,7 +15,6 @@ import json
 import math
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -317,13 +316,11 @@ class _Pipeline:
         self.prompt = dict(language=language, hotwords=_as_list(hotwords), itn=itn)
         self.max_new_tokens, self.stop_loops = max_new_tokens, stop_loops
 
-    @staticmethod
-    def frontend(batch: list[_Job]) -> tuple[list[np.ndarray], float]:
-        """LFR features of each segment (numpy, on the CPU) and the seconds they took."""
+    def run(self, batch: list[_Job], timings: dict) -> list[Decoded]:
         start = time.perf_counter()
-        return [features(job.samples, name=job.name) for job in batch], time.perf_counter() - start
+        feats = [features(job.samples, name=job.name) for job in batch]
+        timings["frontend"] = time.perf_counter() - start
 
-    def run(self, batch: list[_Job], feats: list[np.ndarray], timings: dict) -> list[Decoded]:
         start = time.perf_counter()
         if len(batch) == 1:
             frames = [self.model.encode(mx.array(feats[0])[None])[0]]
@@ -424,21 +421,15 @@ def _run_group(pipeline: _Pipeline, group, jobs: list[_Job], batch_size: int, ba
     timings: list[dict] = [{} for _ in group]
     # Longest first: similar lengths share a batch (less padding), and memory peaks at the start.
     order = sorted(jobs, key=lambda job: -len(job.samples))
-    batches = [order[first : first + batch_size] for first in range(0, len(order), batch_size)]
-    with ThreadPoolExecutor(max_workers=1) as cpu:
-        # The next batch's features are computed on the CPU while the device encodes and decodes this one.
-        upcoming = cpu.submit(pipeline.frontend, batches[0]) if batches else None
-        for index, batch in enumerate(batches):
-            feats, frontend_seconds = upcoming.result()
-            if index + 1 < len(batches):
-                upcoming = cpu.submit(pipeline.frontend, batches[index + 1])
-            batch_timings = {"frontend": frontend_seconds}
-            for job, decoded in zip(batch, pipeline.run(batch, feats, batch_timings)):
-                segments[job.item].append(pipeline.segment(job, decoded))
-            batch_seconds = sum(job.seconds for job in batch)
-            for job in batch:
-                _add_timings(timings[job.item], batch_timings, job.seconds / batch_seconds)
-            bar.update(batch_seconds)
+    for first in range(0, len(order), batch_size):
+        batch = order[first : first + batch_size]
+        batch_timings: dict = {}
+        for job, decoded in zip(batch, pipeline.run(batch, batch_timings)):
+            segments[job.item].append(pipeline.segment(job, decoded))
+        batch_seconds = sum(job.seconds for job in batch)
+        for job in batch:
+            _add_timings(timings[job.item], batch_timings, job.seconds / batch_seconds)
+        bar.update(batch_seconds)
     for (name, samples), found, spent in zip(group, segments, timings):
         found.sort(key=lambda segment: segment.start)
         yield _finish(name, len(samples) / SAMPLE_RATE, found, spent)
