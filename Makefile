@@ -7,7 +7,7 @@ WORK ?= work
 OPENBLAS := $(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0)
 RUN := $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS) ,)$(PY)
 
-.PHONY: help setup demo test test-fast clean
+.PHONY: help setup demo lint test test-fast clean
 
 help:
 	@echo "make setup      create $(VENV) with the package and everything the tests need"
@@ -19,6 +19,7 @@ help:
 	@echo "                 RUN_ARGS passes options to run: --set, --limit, --repo, --private, --dry-run, --source ..."
 	@echo "make test       the full test suite (what CI runs; includes the full-size parity test)"
 	@echo "make test-fast  the tests without the full-size (0.8B) parity test"
+	@echo "make lint       ruff with the project's rules (pyproject.toml); make test runs it first"
 
 setup: $(VENV)/.installed
 
@@ -49,7 +50,10 @@ demo: setup
 	$(DEMO_RUN) bf16 --dry-run
 	$(RUN) -m funasr_nano_mlx transcribe $(DEMO)/4bit-llm/quantize $(DEMO)/speech/fox.wav --format json --max-new-tokens 32
 
-test: setup
+lint: setup
+	$(PY) -m ruff check .
+
+test: setup lint
 	$(RUN) -m pytest -q
 
 test-fast: setup
