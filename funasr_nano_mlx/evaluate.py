@@ -299,6 +299,7 @@ class Row:
     hits: int = 0
     token_ids: list[int] = field(default_factory=list)
     hit_token_limit: bool = False
+    repetition: bool = False  # decoding was stopped by the repetition guard (a loop cut to one copy)
     audio_seconds: float = 0.0
     seconds: float = 0.0  # wall time of transcribe: frontend, encoder, prefill, decode
     generation_seconds: float = 0.0  # prefill + decode
@@ -388,7 +389,8 @@ def transcribe_items(model, tokenizer, items: list[Item], evalset: EvalSet, max_
             row.audio_seconds = len(samples) / SAMPLE_RATE
             row.seconds = sum(timings.get(stage, 0.0) for stage in ("frontend", "encoder", "prefill", "decode"))
             row.generation_seconds = timings.get("prefill", 0.0) + timings.get("decode", 0.0)
-            row.hypothesis, row.token_ids, row.hit_token_limit = result.text, result.token_ids, result.hit_token_limit
+            row.hypothesis, row.token_ids = result.text, result.token_ids
+            row.hit_token_limit, row.repetition = result.hit_token_limit, result.repetition
             scores = score(row.reference, result.text, row.language, evalset.traditional_to_simplified)
             for key, value in scores.items():
                 setattr(row, key, value)
@@ -424,6 +426,7 @@ def aggregate(rows: list[Row]) -> dict:
         "real_time_factor": _ratio(sum(r.seconds for r in scored), audio),
         "tokens_per_second": _ratio(sum(len(r.token_ids) for r in scored), sum(r.generation_seconds for r in scored)),
         "hit_token_limit": sum(r.hit_token_limit for r in scored),
+        "repetition": sum(r.repetition for r in scored),
         "skipped": [{"index": r.index, "id": r.id, "reason": r.skipped} for r in rows if r.skipped],
     }
 

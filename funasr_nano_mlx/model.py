@@ -118,9 +118,9 @@ def sinusoidal_position_encoding(length: int, depth: int) -> mx.array:
     return mx.concatenate([mx.sin(scaled_time), mx.cos(scaled_time)], axis=-1)
 
 
-def frame_mask(lengths: mx.array, length: int) -> mx.array:
-    """(B, length) float mask, 1 on each row's first lengths[b] frames."""
-    return (mx.arange(length)[None, :] < lengths[:, None]).astype(mx.float32)
+def frame_mask(lengths: mx.array, length: int, dtype=mx.float32) -> mx.array:
+    """(B, length) mask, 1 on each row's first lengths[b] frames, 0 after."""
+    return (mx.arange(length)[None, :] < lengths[:, None]).astype(dtype)
 
 
 def key_mask(mask: mx.array | None) -> mx.array | None:
@@ -215,7 +215,6 @@ class SenseVoiceEncoder(nn.Module):
         x = self.run_layers(self.tp_encoders, self.after_norm(x), mask)
         return self.tp_norm(x)
 
-
     @staticmethod
     def run_layers(layers: list[SANMEncoderLayer], x: mx.array, mask: mx.array | None) -> mx.array:
         for index, layer in enumerate(layers, start=1):
@@ -279,12 +278,11 @@ class AudioAdaptor(nn.Module):
     def __call__(self, x: mx.array, lengths: mx.array | None = None) -> mx.array:
         """Encoder output (B, T, D) -> (B, ceil(T / stride), llm_dim); `lengths` only for padded batches."""
         batch, length, dims = x.shape
-        mask = None
+        chunks, mask = -(-length // self.stride), None
         if lengths is not None:
             # At B = 1 the frames past the end are the zeros padded here, so padded rows are zeroed too.
-            x = x * frame_mask(lengths, length)[..., None]
-            mask = frame_mask(self.output_lengths(lengths), -(-length // self.stride))
-        chunks = -(-length // self.stride)
+            x = x * frame_mask(lengths, length, x.dtype)[..., None]
+            mask = frame_mask(self.output_lengths(lengths), chunks)
         x = mx.pad(x, [(0, 0), (0, chunks * self.stride - length), (0, 0)])
         x = self.linear2(nn.relu(self.linear1(x.reshape(batch, chunks, dims * self.stride))))
         for block in self.blocks:
@@ -339,7 +337,7 @@ class FunASRNano(nn.Module):
         """
         if lengths is None:
             return self.audio_adaptor(self.audio_encoder(feats))
-        encoded = self.audio_encoder(feats, frame_mask(lengths, feats.shape[1]))
+        encoded = self.audio_encoder(feats, frame_mask(lengths, feats.shape[1], feats.dtype))
         return self.audio_adaptor(encoded, lengths)
 
     def num_audio_tokens(self, num_lfr_frames: int) -> int:

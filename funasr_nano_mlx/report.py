@@ -66,8 +66,8 @@ def render_summary(report: dict) -> str:
            f"{report['date']}; {machine.get('device_name', machine['platform'])} ({machine['device']}, MLX {machine['mlx']}); "
            + describe_budget(settings["max_new_tokens"]) + (f", first {settings['limit']} rows per set" if settings["limit"] else "")
            + shard + merged + ".", "",
-           "| set | metric | error rate | S | D | I | ref. tokens | utterances | skipped | audio h | RTF | tokens/s | peak memory | hit token limit |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+           "| set | metric | error rate | S | D | I | ref. tokens | utterances | skipped | audio h | RTF | tokens/s | peak memory | hit token limit | loop stopped |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for name, data in report["sets"].items():
         speed = (
             f"{data['real_time_factor']:.3f}" if data["real_time_factor"] is not None else "n/a",
@@ -82,7 +82,7 @@ def render_summary(report: dict) -> str:
             )
             out.append(f"| {name} | {metric.upper()} | {percent(s and s['error_rate'])} | " + " | ".join(map(str, counts))
                        + f" | {len(data['skipped'])} | {data['audio_hours']:.3f} | {speed[0]} | {speed[1]} | {memory} | "
-                       f"{data['hit_token_limit']} |")  # fmt: skip
+                       f"{data['hit_token_limit']} | {data.get('repetition', 0)} |")  # fmt: skip
     if report["baseline"]:
         out += _render_comparison(report)
     skipped = [(name, s) for name, data in report["sets"].items() for s in data["skipped"]]

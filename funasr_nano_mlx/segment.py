@@ -22,6 +22,7 @@ FRAME_MS = 10
 FRAME = SAMPLE_RATE * FRAME_MS // 1000
 DEFAULT_MAX_SEGMENT_MS = 30_000  # upstream's advice: decode at most 30 s at once
 SILENT_DBFS = -60.0  # a recording whose loudest frames are below this has no speech
+MIN_PIECE_FRAMES = 100  # 1 s: the shortest remainder a forced cut may leave
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class EnergySegmenter:
     min_silence_ms: int = 400  # a pause at least this long ends a segment (shorter ones are inside words/phrases)
     min_speech_ms: int = 100  # a burst shorter than this (a click, a breath) is not speech
     padding_ms: int = 50  # kept on each side of a segment, so onsets and releases are not clipped
-    threshold: float = 0.3  # between the noise floor (0) and the speech level (1), in dB
+    threshold: float = 0.3  # voiced above this fraction of the way (in dB) from noise floor to speech level
+    min_margin_db: float = 6.0  # the threshold is at least this far above the noise floor
 
     def segments(self, samples: np.ndarray, max_segment_ms: int = DEFAULT_MAX_SEGMENT_MS) -> list[tuple[int, int]]:
         """[(start_ms, end_ms), ...] of speech, in order, none longer than `max_segment_ms`."""
@@ -40,18 +42,20 @@ class EnergySegmenter:
         energy = frame_energy_db(samples)
         if energy.size == 0 or energy.max() < SILENT_DBFS:
             return []
-        # Percentiles, not min/max: a few dropouts or clicks must not move the threshold.
-        noise, speech = np.percentile(energy, 10), np.percentile(energy, 95)
-        voiced = energy > noise + self.threshold * (speech - noise)
+        # Smoothed over 110 ms: a click is not a speech level, and a forced cut lands in a pause, not in
+        # one quiet frame between syllables.
+        smooth = np.convolve(np.pad(energy, 5, mode="edge"), np.ones(11) / 11, mode="valid")
+        # Percentiles, not min/max, so a few dropouts do not move the floor; the 99th, so that speech
+        # that fills only a few percent of a long recording still sets the speech level.
+        noise, speech = np.percentile(energy, 10), np.percentile(smooth, 99)
+        voiced = energy > noise + max(self.threshold * (speech - noise), self.min_margin_db)
         regions = _runs(voiced)
         regions = _bridge(regions, self.min_silence_ms // FRAME_MS)
         regions = [(a, b) for a, b in regions if b - a >= self.min_speech_ms // FRAME_MS]
         padded = _pad(regions, self.padding_ms // FRAME_MS, len(energy))
-        # Smoothed over 110 ms, so a forced cut lands in a pause, not in one quiet frame between syllables.
-        smooth = np.convolve(energy, np.ones(11) / 11, mode="same")
         split = [piece for region in padded for piece in _split_long(region, smooth, max_segment_ms // FRAME_MS)]
-        duration_ms = len(samples) * 1000 // SAMPLE_RATE
-        return [(a * FRAME_MS, min(b * FRAME_MS, duration_ms)) for a, b in split]
+        # Frames are whole 10 ms steps (a last partial frame is left out), so every span is in the audio.
+        return [(a * FRAME_MS, b * FRAME_MS) for a, b in split]
 
 
 def frame_energy_db(samples: np.ndarray) -> np.ndarray:
@@ -97,7 +101,9 @@ def _split_long(region: tuple[int, int], energy: np.ndarray, max_frames: int) ->
     pieces = []
     while end - start > max_frames:
         lo = start + max_frames // 2
-        cut = lo + int(np.argmin(energy[lo : start + max_frames]))
+        # ... and leaves at least MIN_PIECE for the rest, not a sliver of trailing silence.
+        hi = min(start + max_frames, end - min(MIN_PIECE_FRAMES, max_frames // 2))
+        cut = lo + int(np.argmin(energy[lo : max(hi, lo + 1)]))
         pieces.append((start, cut))
         start = cut
     return pieces + [(start, end)]

@@ -20,13 +20,18 @@ def timestamp(seconds: float, decimal: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
 
 
-def _cues(segments: Iterable[Timed], decimal: str) -> list[str]:
+def _cues(segments: Iterable[Timed], decimal: str, escape=lambda text: text) -> list[str]:
     # A cue's text may not contain a blank line (it would end the cue), so whitespace runs become one space.
     return [
-        f"{timestamp(s.start, decimal)} --> {timestamp(s.end, decimal)}\n{' '.join(s.text.split())}\n"
+        f"{timestamp(s.start, decimal)} --> {timestamp(s.end, decimal)}\n{escape(' '.join(s.text.split()))}\n"
         for s in segments
         if s.text.strip()
     ]
+
+
+def _vtt_escape(text: str) -> str:
+    """WebVTT cue text is markup: &, < and > must be character references (this also breaks any -->)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def to_srt(segments: Iterable[Timed]) -> str:
@@ -34,4 +39,4 @@ def to_srt(segments: Iterable[Timed]) -> str:
 
 
 def to_vtt(segments: Iterable[Timed]) -> str:
-    return "\n".join(["WEBVTT\n", *_cues(segments, ".")])
+    return "\n".join(["WEBVTT\n", *_cues(segments, ".", _vtt_escape)])

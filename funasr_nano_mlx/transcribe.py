@@ -12,7 +12,6 @@ path does ([F] fun_asr_nano/model.py:810-885: left padding, per-row positions fr
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import load_model, load_tokenizer
 from tqdm import tqdm
 
-from .audio import FRAME_LENGTH, SAMPLE_RATE, features, load_audio
+from .audio import FRAME_LENGTH, SAMPLE_RATE, check_duration, features, load_audio
 from .decoding import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, loop_end, token_budget  # noqa: F401  (re-exported)
 from .errors import UserError
 from .model import FunASRNano, model_classes
@@ -112,7 +111,8 @@ class Transcription:
     duration: float = 0.0  # seconds of audio
     segments: list[Segment] = field(default_factory=list)
     # Seconds per stage; a batch's time is shared among its segments by audio length, so the
-    # timings of all inputs add up to the time spent. decode_ms_per_token: per decoding step.
+    # timings of all inputs add up to the time spent in these stages (reading audio and segmenting
+    # are not counted). decode_ms_per_token: per decoding step of the batches it was in.
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -294,15 +294,18 @@ def _segment_spans(samples: np.ndarray, segmenter, max_segment_ms: int) -> list[
     and segments longer audio with the energy segmenter; None always decodes whole; a segmenter object
     (EnergySegmenter, an FSMN-VAD) is always used.
     """
-    whole = [(0, math.ceil(len(samples) * 1000 / SAMPLE_RATE))]
+    whole = [(0, -(-len(samples) * 1000 // SAMPLE_RATE))]  # ms, rounded up: every sample is in
     if segmenter is None:
         return whole
-    if segmenter == "auto":
+    if isinstance(segmenter, str):
+        if segmenter != "auto":
+            raise UserError(f"segmenter must be 'auto', None or an object with a segments() method, got {segmenter!r}")
         if len(samples) * 1000 <= max_segment_ms * SAMPLE_RATE:
             return whole
         segmenter = EnergySegmenter()
     # A span shorter than one fbank frame holds no speech (and has no features): left out.
-    return [(a, b) for a, b in segmenter.segments(samples, max_segment_ms) if (b - a) * SAMPLE_RATE >= FRAME_LENGTH * 1000]
+    spans = segmenter.segments(samples, max_segment_ms)
+    return [(a, b) for a, b in spans if (b - a) * SAMPLE_RATE >= FRAME_LENGTH * 1000]
 
 
 class _Pipeline:
@@ -348,14 +351,19 @@ class _Pipeline:
 
 
 def _add_timings(total: dict, batch: dict, share: float) -> None:
-    for key, value in batch.items():
-        total[key] = total.get(key, 0.0) + value * share
+    """Add this segment's share of a batch's stage seconds, and of its decoding rate (a weighted mean)."""
+    for key in ("frontend", "encoder", "prefill", "decode"):
+        total[key] = total.get(key, 0.0) + batch[key] * share
+    if batch["decode_steps"]:
+        total["decode_ms_per_token"] = total.get("decode_ms_per_token", 0.0) + share * (
+            1000 * batch["decode"] / batch["decode_steps"])
+        total["rate_weight"] = total.get("rate_weight", 0.0) + share
 
 
 def _finish(name: str, duration: float, segments: list[Segment], timings: dict) -> Transcription:
-    steps = timings.pop("decode_steps", 0)
-    if "decode" in timings:
-        timings["decode_ms_per_token"] = 1000 * timings["decode"] / max(1, steps)
+    weight = timings.pop("rate_weight", 0.0)
+    if weight:
+        timings["decode_ms_per_token"] /= weight
     return Transcription(
         audio=name,
         text=" ".join(segment.text for segment in segments),
@@ -399,24 +407,31 @@ def transcribe_many(
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")  # fmt: skip
     group: list[tuple[str, np.ndarray]] = []
     jobs: list[_Job] = []
-    for audio in audios:
-        name = str(audio) if not isinstance(audio, np.ndarray) else "<array>"
-        samples = _samples(audio)
-        for start_ms, end_ms in _segment_spans(samples, segmenter, max_segment_ms):
-            piece = samples[start_ms * SAMPLE_RATE // 1000 : end_ms * SAMPLE_RATE // 1000]
-            jobs.append(_Job(len(group), piece, start_ms, end_ms, name))
-        group.append((name, samples))
-        bar.total += len(samples) / SAMPLE_RATE
-        bar.refresh()
-        if len(jobs) >= BATCHES_PER_GROUP * batch_size:
-            yield from _run_group(pipeline, group, jobs, batch_size, bar)
-            group, jobs = [], []
-    if group:
+    try:
+        for index, audio in enumerate(audios):
+            name = str(audio) if not isinstance(audio, np.ndarray) else f"<array {index}>"
+            try:
+                samples = _samples(audio)
+                check_duration(samples, name)  # now, not after the rest of its group has been decoded
+            except UserError:
+                yield from _run_group(pipeline, group, jobs, batch_size, bar)  # what was read is not lost
+                raise
+            for start_ms, end_ms in _segment_spans(samples, segmenter, max_segment_ms):
+                piece = samples[start_ms * SAMPLE_RATE // 1000 : end_ms * SAMPLE_RATE // 1000]
+                jobs.append(_Job(len(group), piece, start_ms, end_ms, name))
+                bar.total += piece.size / SAMPLE_RATE
+            group.append((name, samples))
+            bar.refresh()
+            if len(jobs) >= BATCHES_PER_GROUP * batch_size or len(group) >= BATCHES_PER_GROUP * batch_size:
+                yield from _run_group(pipeline, group, jobs, batch_size, bar)
+                group, jobs = [], []
         yield from _run_group(pipeline, group, jobs, batch_size, bar)
-    bar.close()
+    finally:
+        bar.close()
 
 
 def _run_group(pipeline: _Pipeline, group, jobs: list[_Job], batch_size: int, bar) -> Iterator[Transcription]:
+    """Decode the jobs of these inputs in length-sorted batches; yield the inputs' results in order."""
     segments: list[list[Segment]] = [[] for _ in group]
     timings: list[dict] = [{} for _ in group]
     # Longest first: similar lengths share a batch (less padding), and memory peaks at the start.

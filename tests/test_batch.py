@@ -162,3 +162,25 @@ def test_batched_tokens_equal_the_official_batched_path(tiny_model, reference, t
     ours = transcribe_many(model, tokenizer, ten_files, max_new_tokens=24, segmenter=None, stop_loops=False,
                            batch_size=len(ten_files))  # fmt: skip
     assert [r.token_ids for r in ours] == official
+
+
+def test_a_short_clip_in_a_batch_reports_the_batch_decoding_rate(tiny_model, ten_files):
+    """Timings are shared by audio length, but ms per token is a rate: every clip of one batch has
+    the batch's (a 0.4 s clip beside a 12 s one once reported a fraction of it)."""
+    model, tokenizer = tiny_model
+    short, long = list(transcribe_many(model, tokenizer, [ten_files[0], ten_files[-1]], batch_size=2))
+    assert short.timings["decode_ms_per_token"] == pytest.approx(long.timings["decode_ms_per_token"])
+    assert short.timings["decode"] < long.timings["decode"]  # the shares of the batch's time
+
+
+def test_a_bad_input_stops_after_the_results_before_it(tiny_model, ten_files):
+    """A too-short array among many: the results read before it are still returned, then one clear error
+    naming it; it is found when read, not after the rest of its group has been decoded."""
+    from funasr_nano_mlx.errors import UserError
+
+    model, tokenizer = tiny_model
+    inputs = [ten_files[1], ten_files[2], np.zeros(100, np.float32), ten_files[3]]
+    results = transcribe_many(model, tokenizer, inputs, max_new_tokens=2, batch_size=4)
+    assert [len(next(results).token_ids) for _ in range(2)] == [2, 2]
+    with pytest.raises(UserError, match=r"<array 2> is 6.2 ms long"):
+        next(results)

@@ -57,6 +57,40 @@ def test_speech_longer_than_the_limit_is_cut_in_a_pause(tmp_path):
         assert any(start - 0.01 <= cut <= end + 0.01 for start, end in pauses), f"cut at {cut} s is not in a pause"
 
 
+def test_rare_speech_in_loud_noise(tmp_path):
+    """Five sentences (3% of 10 minutes) over noise at -50 dBFS: the speech level must come from the
+    speech, not from the noise (a 95th percentile would have taken all 600 s for speech)."""
+    rng = np.random.default_rng(0)
+    samples = (0.003 * rng.standard_normal(600 * 16000)).astype(np.float32)
+    truth = []
+    for i, (voice, text) in enumerate(SENTENCES[:5]):
+        spoken, start = utterance(text, voice, tmp_path), (60 + 110 * i) * 16000
+        samples[start : start + len(spoken)] += spoken
+        truth.append((start / 16000, (start + len(spoken)) / 16000))
+    spans = EnergySegmenter().segments(samples)
+    assert_near_boundaries([(a / 1000, b / 1000) for a, b in spans], truth)
+
+
+def test_a_forced_cut_leaves_no_sliver():
+    """A region 100 ms over the limit whose last 150 ms are quiet: the quietest point is in that tail,
+    but the cut must leave the remainder at least a second long."""
+    from funasr_nano_mlx.segment import MIN_PIECE_FRAMES, _split_long
+
+    energy = np.full(3010, -20.0)
+    energy[-15:] = -70.0
+    pieces = _split_long((0, 3010), energy, 3000)
+    assert len(pieces) == 2 and pieces[0][0] == 0 and pieces[-1][1] == 3010
+    assert all(b - a >= MIN_PIECE_FRAMES for a, b in pieces)
+
+
+def test_an_unknown_segmenter_is_refused(tiny_model, clips):
+    from funasr_nano_mlx.errors import UserError
+
+    model, tokenizer = tiny_model
+    with pytest.raises(UserError, match="segmenter must be"):
+        transcribe(model, tokenizer, clips["1s"], segmenter="energy")
+
+
 def test_silence_has_no_segments():
     quiet = 1e-4 * np.random.default_rng(0).standard_normal(40 * 16000).astype(np.float32)
     assert EnergySegmenter().segments(quiet) == []
@@ -100,6 +134,9 @@ def test_srt_and_vtt_are_well_formed():
         "WEBVTT\n\n00:00:00.000 --> 00:00:01.250\nhello world\n\n01:01:01.500 --> 01:01:02.000\nline one line two\n"
     )
     assert timestamp(59.9996, ",") == "00:01:00,000"
+    markup = [Segment(0.0, 1.0, "AT&T <b> x --> y", [1], False, False)]
+    assert to_vtt(markup).endswith("\nAT&amp;T &lt;b&gt; x --&gt; y\n")  # WebVTT cue text is markup
+    assert to_srt(markup).endswith("\nAT&T <b> x --> y\n")
 
 
 def check_srt(text: str, count: int) -> None:
