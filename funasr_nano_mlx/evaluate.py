@@ -579,7 +579,8 @@ def evaluate(model_dir, sets: Sequence[str], report_dir, limit: int | None = Non
 
     from .convert import package_version
     from .report import percent
-    from .transcribe import DEFAULT_BATCH_SIZE, load
+    from .decoding import DEFAULT_BATCH_SIZE
+    from .transcribe import load
 
     index, count = parse_shard(shard)
     model_dir, report_dir = Path(model_dir), Path(report_dir)

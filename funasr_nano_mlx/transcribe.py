@@ -26,7 +26,7 @@ from mlx_lm.utils import load_model, load_tokenizer
 from tqdm import tqdm
 
 from .audio import FRAME_LENGTH, SAMPLE_RATE, check_duration, features, load_audio
-from .decoding import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, loop_end, token_budget  # noqa: F401  (re-exported)
+from .decoding import DEFAULT_BATCH_SIZE, loop_end, token_budget
 from .errors import UserError
 from .model import FunASRNano, model_classes
 from .segment import DEFAULT_MAX_SEGMENT_MS, EnergySegmenter
