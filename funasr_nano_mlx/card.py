@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 from pathlib import Path
@@ -371,9 +370,9 @@ def write_card(model_dir: str | Path, recipe=None, report_dir: str | Path | None
     if benchmark is not None:
         shutil.copy2(benchmark, model_dir / BENCHMARK)
     _, _, report, record = _inputs(model_dir, loaded)
-    tmp = model_dir / (CARD + ".tmp")
-    tmp.write_text(render(model_dir, report, loaded, repo_id, record), encoding="utf-8")
-    os.replace(tmp, model_dir / CARD)
+    from .convert import write_text_atomic
+
+    write_text_atomic(model_dir / CARD, render(model_dir, report, loaded, repo_id, record))
     return model_dir / CARD
 
 

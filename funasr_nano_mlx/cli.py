@@ -112,6 +112,7 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
     (hit_token_limit, repetition) and reported on stderr.
     """
     from .audio import audio_files
+    from .convert import write_text_atomic
     from .subtitles import to_srt, to_vtt
     from .transcribe import load, resolve_language, transcribe_many
 
@@ -146,15 +147,7 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
         if output_dir is None:
             click.echo(render(result), nl=False)
         else:
-            write_text(Path(output_dir) / f"{path.stem}.{FORMAT_SUFFIX[fmt]}", render(result))
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
+            write_text_atomic(Path(output_dir) / f"{path.stem}.{FORMAT_SUFFIX[fmt]}", render(result))
 
 
 # -- recipes (issue 3) ------------------------------------------------------------------------------

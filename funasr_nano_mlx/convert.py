@@ -180,6 +180,14 @@ def check_keys(model: FunASRNano, weights: dict) -> None:
         raise UserError("checkpoint does not match the configuration: " + "; ".join(p for p in problems if p))
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file via PATH.tmp and a rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(path)
+
+
 @contextmanager
 def staged_output(dst: Path):
     """Yield DST.tmp; rename it to DST only if the body completes, remove it otherwise."""
