@@ -208,9 +208,8 @@ class Decoded:
         return self.hit_token_limit
 
 
-def _left_padded(rows: list[mx.array]) -> mx.array:
-    length = max(row.shape[0] for row in rows)
-    return mx.stack([mx.pad(row, [(length - row.shape[0], 0), (0, 0)]) for row in rows])
+def _left_padded(rows: list[mx.array], padding: list[int]) -> mx.array:
+    return mx.stack([mx.pad(row, [(pad, 0), (0, 0)]) for row, pad in zip(rows, padding)])
 
 
 def greedy_batch(llm, embeddings: list[mx.array], budgets: list[int], stop_ids: Iterable[int],
@@ -226,12 +225,10 @@ def greedy_batch(llm, embeddings: list[mx.array], budgets: list[int], stop_ids: 
     """
     timings = {} if timings is None else timings
     start = time.perf_counter()
-    lengths = [row.shape[0] for row in embeddings]
-    if len(embeddings) == 1:
-        cache = make_prompt_cache(llm)
-    else:
-        cache = [BatchKVCache([max(lengths) - n for n in lengths]) for _ in llm.layers]
-    x = _left_padded(embeddings)
+    longest = max(row.shape[0] for row in embeddings)
+    padding = [longest - row.shape[0] for row in embeddings]
+    cache = make_prompt_cache(llm) if len(embeddings) == 1 else [BatchKVCache(padding) for _ in llm.layers]
+    x = _left_padded(embeddings, padding)
     hidden = llm.model(mx.zeros(x.shape[:2], mx.int32), cache=cache, input_embeddings=x)[:, -1:]
     head = llm.model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
     tokens = mx.argmax(head(hidden)[:, -1], axis=-1)
