@@ -90,7 +90,7 @@ def convert_vad(src, dst, revision):
 @max_new_tokens_option
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
               help="text: one line per file; json: one object per file with text, token_ids, segments (start, "
-                   "end, text, flags) and timings; srt / vtt: subtitles, one cue per segment.")
+                   "end, text, flags), timings and, with timestamps, `timestamps` and `words`; srt / vtt: subtitles.")
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="Write one file per input (NAME.txt, .json, .srt or .vtt) here instead of printing.")
 @batch_size_option
@@ -102,9 +102,12 @@ def convert_vad(src, dst, revision):
 @click.option("--no-segment", is_flag=True, help="Decode every file whole, however long (upstream without a VAD).")
 @click.option("--no-repetition-guard", is_flag=True,
               help="Let a segment that repeats one phrase over and over run to its token budget.")
+@click.option("--timestamps/--no-timestamps", default=None,
+              help="Token and word times from the CTC head (JSON `timestamps`, `words`; subtitles cut at sentences). "
+                   "Default: on when the model has the head; --timestamps with a model without one is an error.")
 @user_errors
 def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, output_dir, batch_size, vad,
-               max_segment_seconds, no_segment, no_repetition_guard):
+               max_segment_seconds, no_segment, no_repetition_guard, timestamps):
     """Transcribe AUDIO files or directories (wav, flac, mp3, ogg; any rate, mono or stereo) with MODEL.
 
     Long recordings are cut into segments at pauses, and segments of all files are decoded in batches.
@@ -113,7 +116,7 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
     """
     from .audio import audio_files
     from .convert import write_text_atomic
-    from .subtitles import to_srt, to_vtt
+    from .subtitles import timed_cues, to_srt, to_vtt
     from .transcribe import load, resolve_language, transcribe_many
 
     if no_segment and vad:
@@ -132,13 +135,15 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
 
         segmenter = load_vad(vad)
     loaded, tokenizer = load(model)
-    render = {"text": lambda r: r.text.strip() + "\n", "srt": lambda r: to_srt(r.segments),
-              "vtt": lambda r: to_vtt(r.segments),
+    if timestamps is None and not loaded.has_ctc and fmt != "text":
+        click.echo(f"note: {model} has no CTC head: no timestamps, subtitles have one cue per segment", err=True)
+    render = {"text": lambda r: r.text.strip() + "\n", "srt": lambda r: to_srt(timed_cues(r)),
+              "vtt": lambda r: to_vtt(timed_cues(r)),
               "json": lambda r: json.dumps(r.to_dict(), ensure_ascii=False) + "\n"}[fmt]
     results = transcribe_many(loaded, tokenizer, files, language=language, hotwords=hotwords, itn=not no_itn,
                               max_new_tokens=max_new_tokens, segmenter=segmenter,
                               max_segment_seconds=max_segment_seconds, stop_loops=not no_repetition_guard,
-                              batch_size=batch_size, progress=None)
+                              batch_size=batch_size, progress=None, timestamps=timestamps)
     for path, result in zip(files, results):
         for segment in result.segments:
             if segment.hit_token_limit or segment.repetition:

@@ -21,14 +21,16 @@ from mlx_lm.utils import save_config, save_model
 from tqdm import tqdm
 
 from .errors import UserError
-from .model import EMBEDDINGS, LM_HEAD, AdaptorArgs, FrontendArgs, FunASRNano, ModelArgs
+from .ctc import TOKENIZER_FILE as CTC_TOKENIZER
+from .model import (CTC, CTC_PREFIXES, CTC_VOCAB_SIZE, EMBEDDINGS, LM_HEAD, AdaptorArgs, AudioAdaptor, FrontendArgs,
+                    FunASRNano, ModelArgs)
 from .transcribe import MODEL_TYPE, TOKENIZER_DIR
 from .vad import CMVN_KEY, FsmnArgs, FsmnVad, unsupported_settings
 from .vad import MODEL_TYPE as VAD_MODEL_TYPE
 from .vad import WEIGHTS as VAD_WEIGHTS
 
 CHECKPOINT = "model.pt"
-UPSTREAM_FILES = [CHECKPOINT, "config.yaml", "configuration.json", f"{TOKENIZER_DIR}/*"]
+UPSTREAM_FILES = [CHECKPOINT, "config.yaml", "configuration.json", f"{TOKENIZER_DIR}/*", CTC_TOKENIZER]
 CHECKPOINT_WRAPPERS = ("state_dict", "model_state_dict", "model")  # unwrapped in this order, as upstream
 DTYPES = {"bfloat16": mx.bfloat16, "float32": mx.float32}
 MAX_KEYS_IN_MESSAGE = 8
@@ -111,7 +113,46 @@ def read_upstream_config(src: Path) -> dict:
         "text_config": text_config,
         "llm_dtype": upstream.get("llm_conf", {}).get("llm_dtype", "fp32"),
         "qwen_tokenizer_path": TOKENIZER_DIR,
+        **ctc_config(upstream),
     }
+
+
+def ctc_config(upstream: dict) -> dict:
+    """The CTC head's settings as the reference builds it ([F] fun_asr_nano/model.py:152-199): the
+    ctc_decoder_conf (encoder_dim from the encoder), the vocabulary size, the blank and the CTC
+    tokenizer's language count; {} when config.yaml names no CTC decoder."""
+    if upstream.get("ctc_decoder") != "Transformer":
+        return {}
+    try:
+        decoder = dict(upstream.get("ctc_decoder_conf") or {})
+        decoder["encoder_dim"] = upstream["audio_encoder_conf"]["output_size"]
+        vocab = int(upstream.get("ctc_vocab_size", CTC_VOCAB_SIZE))
+        tokenizer_conf = (upstream.get("dataset_conf") or {}).get("ctc_tokenizer_conf") or {}
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"incomplete CTC configuration in config.yaml: {err}") from None
+    return {"ctc_decoder_conf": {k: decoder[k] for k in vars(AdaptorArgs()) if k in decoder},
+            "ctc_vocab_size": vocab,
+            "ctc_blank_id": int((upstream.get("ctc_conf") or {}).get("blank_id", vocab - 1)),
+            "ctc_num_languages": int(tokenizer_conf.get("num_languages", 8749))}  # fmt: skip
+
+
+def _ctc_state(src: Path, config: dict, state: dict) -> tuple[bool, str | None]:
+    """Whether to keep the CTC head, and a note when one is left out. Kept only when config.yaml
+    configures it, every one of its tensors is in model.pt and multilingual.tiktoken is present: upstream
+    turns timestamps off for an incomplete head ([F] fun_asr_nano/checkpoint_utils.py:22-47)."""
+    present = {key.removeprefix("module.") for key in state if key.removeprefix("module.").startswith(CTC_PREFIXES)}
+    if "ctc_decoder_conf" not in config:
+        return False, "CTC timestamp head left out: config.yaml configures none" if present else None
+    decoder_args = AdaptorArgs.from_dict(config["ctc_decoder_conf"])
+    head = {"ctc_decoder": AudioAdaptor(decoder_args), "ctc": CTC(decoder_args.llm_dim, config["ctc_vocab_size"])}
+    expected = {f"{name}.{key}" for name, module in head.items() for key, _ in tree_flatten(module.parameters())}
+    missing = sorted(expected - present)
+    if missing:
+        return False, (f"CTC timestamp head left out: model.pt lacks {len(missing)} of its {len(expected)} "
+                       f"tensors ({_listing(missing)}); no timestamps")  # fmt: skip
+    if not (src / CTC_TOKENIZER).is_file():
+        return False, f"CTC timestamp head left out: {CTC_TOKENIZER} is missing; no timestamps"
+    return True, None
 
 
 def check_supported(src: Path, upstream: dict) -> None:
@@ -216,14 +257,21 @@ def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id
     state = read_checkpoint(src / CHECKPOINT)
     head_differs = _head_differs(state, config["text_config"])
     try:
+        keep_ctc, ctc_note = _ctc_state(src, config, state)
+        if not keep_ctc:
+            config = {k: v for k, v in config.items() if not k.startswith("ctc_")}
+        config["timestamps"] = keep_ctc
         model = FunASRNano(ModelArgs.from_dict(config))  # parameters stay lazy: never materialized
     except (TypeError, ValueError) as err:
         raise UserError(f"{src}: unsupported or incomplete configuration: {err}") from None
 
-    weights = {key: to_mlx(tensor, DTYPES[dtype]) for key, tensor in tqdm(state.items(), desc="convert", unit="tensor")}
+    # The CTC head is stored in float32 upstream: it stays so (lossless) whatever `dtype` says.
+    weights = {key: to_mlx(tensor, mx.float32 if keep_ctc and key.removeprefix("module.").startswith(CTC_PREFIXES)
+                           else DTYPES[dtype])
+               for key, tensor in tqdm(state.items(), desc="convert", unit="tensor")}  # fmt: skip
     original_keys = {key.removeprefix("module.") for key in weights}
     weights = model.sanitize(weights)
-    dropped = original_keys - weights.keys() - {LM_HEAD}  # the CTC head, when the copy carries it
+    dropped = original_keys - weights.keys() - {LM_HEAD}  # the CTC head, when it is left out
     check_keys(model, weights)
     try:
         model.load_weights(list(weights.items()), strict=True)
@@ -237,7 +285,7 @@ def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id
         "dtype": dtype,
         "dropped_ctc_tensors": len(dropped),
         "notes": [note for note, applies in (
-            ("CTC timestamp head left out: it does not affect transcripts", dropped),
+            (ctc_note, ctc_note),
             ("lm_head differs from the embeddings under a tied config: both use lm_head, as upstream", head_differs),
         ) if applies],  # fmt: skip
         "package": "funasr-nano-mlx",
@@ -248,6 +296,8 @@ def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id
         save_model(out, model, donate_model=True)
         save_config(config, out / "config.json")
         shutil.copytree(src / TOKENIZER_DIR, out / TOKENIZER_DIR, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+        if keep_ctc:
+            shutil.copyfile(src / CTC_TOKENIZER, out / CTC_TOKENIZER)
     return dst
 
 

@@ -18,8 +18,9 @@ ENCODER_LN_EPS = 1e-5  # SenseVoice LayerNorm default, [F] models/sense_voice/mo
 ADAPTOR_LN_EPS = 1e-12  # funasr transformer LayerNorm, [F] models/transformer/layer_norm.py:24
 PE_MAX_TIMESCALE = 10000.0
 ENCODER_LAYERS_PER_EVAL = 10  # see SenseVoiceEncoder.__call__
-# Upstream copies that carry the CTC timestamp head; it does not affect the LLM text, so it is dropped.
+# The CTC timestamp head (ModelScope copy only): kept when the config has `ctc_decoder_conf`, else dropped.
 CTC_PREFIXES = ("ctc_decoder.", "ctc.")
+CTC_VOCAB_SIZE = 60515  # [F] fun_asr_nano/model.py:174; the blank is the last id (:198)
 LM_HEAD, EMBEDDINGS = "llm.lm_head.weight", "llm.model.embed_tokens.weight"
 
 
@@ -96,6 +97,10 @@ class ModelArgs:
     audio_adaptor_conf: AdaptorArgs = field(default_factory=AdaptorArgs)
     text_config: dict = field(default_factory=dict)  # Qwen3-0.6B/config.json
     llm_dtype: str = "bf16"  # llm_conf.llm_dtype of config.yaml: the dtype upstream builds the LLM in
+    # The CTC timestamp head: ctc_decoder_conf of config.yaml (None: the model has none), vocabulary, blank.
+    ctc_decoder_conf: AdaptorArgs | None = None
+    ctc_vocab_size: int = CTC_VOCAB_SIZE
+    ctc_blank_id: int | None = None  # None: ctc_vocab_size - 1
 
     @classmethod
     def from_dict(cls, params: dict) -> "ModelArgs":
@@ -103,7 +108,13 @@ class ModelArgs:
         args.frontend_conf = FrontendArgs.from_dict(params.get("frontend_conf", {}))
         args.audio_encoder_conf = EncoderArgs.from_dict(params.get("audio_encoder_conf", {}))
         args.audio_adaptor_conf = AdaptorArgs.from_dict(params.get("audio_adaptor_conf", {}))
+        if params.get("ctc_decoder_conf"):
+            args.ctc_decoder_conf = AdaptorArgs.from_dict(params["ctc_decoder_conf"])
         return args
+
+    @property
+    def blank_id(self) -> int:
+        return self.ctc_vocab_size - 1 if self.ctc_blank_id is None else self.ctc_blank_id
 
     def llm_args(self) -> qwen3.ModelArgs:
         return qwen3.ModelArgs.from_dict(self.text_config)
@@ -293,6 +304,31 @@ class AudioAdaptor(nn.Module):
         return (lengths + self.stride - 1) // self.stride
 
 
+class CTC(nn.Module):
+    """The CTC output layer ([F] models/fun_asr_nano/ctc.py:5-70): `ctc_lo`, then a log-softmax."""
+
+    def __init__(self, dims: int, vocab_size: int):
+        super().__init__()
+        self.ctc_lo = nn.Linear(dims, vocab_size)
+
+    def log_softmax(self, x: mx.array) -> mx.array:
+        logits = self.ctc_lo(x).astype(mx.float32)
+        return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+    def columns(self, x: mx.array, ids: list[int]) -> mx.array:
+        """The logits of the vocabulary entries `ids` only, (..., len(ids)): the rows of the weight that
+        a forced alignment needs (a quantized layer's rows are dequantized)."""
+        layer, index = self.ctc_lo, mx.array(ids, mx.int32)
+        if isinstance(layer, nn.QuantizedLinear):
+            weight = mx.dequantize(layer.weight[index], layer.scales[index],
+                                   layer.get("biases")[index] if "biases" in layer else None,
+                                   layer.group_size, layer.bits, mode=layer.mode)  # fmt: skip
+        else:
+            weight = layer.weight[index]
+        logits = x @ weight.astype(x.dtype).T
+        return (logits + layer.bias[index].astype(x.dtype) if "bias" in layer else logits).astype(mx.float32)
+
+
 class UpstreamRoPE(nn.Module):
     """Qwen3's RoPE with inverse frequencies rounded to the dtype upstream builds the LLM in.
 
@@ -327,6 +363,27 @@ class FunASRNano(nn.Module):
         self.llm = qwen3.Model(llm_args)
         for layer in self.llm.layers:
             layer.self_attn.rope = UpstreamRoPE(llm_args.head_dim, llm_args.rope_theta, args.llm_dtype)
+        if args.ctc_decoder_conf is not None:  # [F] fun_asr_nano/model.py:152-199
+            self.ctc_decoder = AudioAdaptor(args.ctc_decoder_conf)
+            self.ctc = CTC(args.ctc_decoder_conf.llm_dim, args.ctc_vocab_size)
+
+    @property
+    def has_ctc(self) -> bool:
+        """Whether the model carries the CTC timestamp head."""
+        return "ctc_decoder" in self
+
+    def encode_both(self, feats: mx.array, lengths: mx.array | None = None) -> tuple[mx.array, mx.array]:
+        """As `encode`, and also the encoder output (B, T, D), which the CTC head reads."""
+        if lengths is None:
+            encoded = self.audio_encoder(feats)
+            return encoded, self.audio_adaptor(encoded)
+        encoded = self.audio_encoder(feats, frame_mask(lengths, feats.shape[1], feats.dtype))
+        return encoded, self.audio_adaptor(encoded, lengths)
+
+    def ctc_hidden(self, encoded: mx.array, lengths: mx.array | None = None) -> mx.array:
+        """The CTC decoder over the encoder output ([F] fun_asr_nano/model.py:968-970), (B, T, dims):
+        `ctc.log_softmax` of it gives the CTC log-probabilities."""
+        return self.ctc_decoder(encoded, lengths)
 
     def encode(self, feats: mx.array, lengths: mx.array | None = None) -> mx.array:
         """LFR features (B, T, 560) -> adaptor output (B, ceil(T / downsample_rate), llm_dim).
@@ -359,7 +416,8 @@ class FunASRNano(nn.Module):
         - With tied embeddings (Qwen3-0.6B's config), `llm.lm_head.weight` is folded into the
           embeddings: upstream loads both keys into the one shared Parameter and the head, loaded
           last, wins. The stored head equals the embeddings in the released checkpoints.
-        - CTC-head tensors (timestamps only, absent from the HF copy) are dropped.
+        - CTC-head tensors (timestamps only, absent from the HF copy) are dropped unless the model has
+          the CTC head.
         - A DDP `module.` prefix is removed, as the reference's loader does.
         """
         weights = {key.removeprefix("module."): value for key, value in weights.items()}
@@ -367,7 +425,7 @@ class FunASRNano(nn.Module):
             weights[EMBEDDINGS] = weights.pop(LM_HEAD)
         out = {}
         for key, value in weights.items():
-            if key.startswith(CTC_PREFIXES):
+            if key.startswith(CTC_PREFIXES) and not self.has_ctc:
                 continue
             if key.endswith("fsmn_block.weight") and value.ndim == 3 and value.shape[1] == 1:
                 value = value.transpose(0, 2, 1)

@@ -25,6 +25,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import load_model, load_tokenizer
 from tqdm import tqdm
 
+from . import align, ctc
 from .audio import FRAME_LENGTH, SAMPLE_RATE, check_duration, features, load_audio
 from .decoding import DEFAULT_BATCH_SIZE, loop_end, token_budget
 from .errors import UserError
@@ -99,6 +100,12 @@ class Segment:
     token_ids: list[int]  # generated ids, without the stop token
     hit_token_limit: bool  # decoding stopped at the segment's token budget, not at a stop token
     repetition: bool  # decoding was stopped by the repetition guard; the loop is cut to one copy
+    # With timestamps (a model with the CTC head): upstream's CTC greedy transcript, and the aligned
+    # tokens of `text` and of `ctc_text` (see align.segment_timestamps), seconds from the recording's start.
+    ctc_text: str | None = None
+    timestamps: list[dict] | None = None
+    ctc_timestamps: list[dict] | None = None
+    words: list[dict] | None = None  # `timestamps` grouped into words (ctc.words)
 
 
 @dataclass
@@ -114,6 +121,9 @@ class Transcription:
     # timings of all inputs add up to the time spent in these stages (reading audio and segmenting
     # are not counted). decode_ms_per_token: per decoding step of the batches it was in.
     timings: dict[str, float] = field(default_factory=dict)
+    # With timestamps: every segment's aligned tokens in order, and them grouped into words; else None.
+    timestamps: list[dict] | None = None
+    words: list[dict] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,12 +164,27 @@ def load(path: str | Path) -> tuple[FunASRNano, TokenizerWrapper]:
         raise UserError(f"cannot load the model in {path}: {err}") from None
     # The reference always runs encoder and adaptor in float32 ([F] fun_asr_nano/model.py:663-667).
     # They run once per utterance, so this costs little; in bf16 they visibly change the tokens.
-    for audio_module in (model.audio_encoder, model.audio_adaptor):
+    for audio_module in (model.audio_encoder, model.audio_adaptor, *ctc_modules(model)):
         audio_module.set_dtype(mx.float32)
     mx.eval(model.parameters())
+    if model.has_ctc:  # the CTC tokenizer travels with the model, as the Qwen one with `tokenizer`
+        model.ctc_tokenizer = ctc.CTCTokenizer.from_file(path / ctc.TOKENIZER_FILE, config.get("ctc_num_languages", 8749))
     # Exactly the reference's stop set: not the tokenizer_config's eos, which mlx-lm would add.
     tokenizer.eos_token_ids = stop_token_ids(config, tokenizer)
     return model, tokenizer
+
+
+def ctc_modules(model: FunASRNano) -> list:
+    """The CTC head's modules; like the encoder, upstream runs them in float32 (stored so, too)."""
+    return [model.ctc_decoder, model.ctc] if model.has_ctc else []
+
+
+def use_timestamps(model: FunASRNano, timestamps: bool | None) -> bool:
+    """None: timestamps when the model has the CTC head; True on a model without one is an error."""
+    if timestamps and not model.has_ctc:
+        raise UserError("this model has no CTC head, so no timestamps: convert a copy that carries it "
+                        "(the ModelScope model.pt with ctc_decoder.* and ctc.* tensors)")  # fmt: skip
+    return model.has_ctc if timestamps is None else timestamps
 
 
 def prompt_inputs(
@@ -193,6 +218,7 @@ class Decoded:
     stop_token: int | None = None
     hit_token_limit: bool = False
     repetition: bool = False
+    ctc: align.Emissions | None = None  # the segment's CTC output, when timestamps are asked for
 
     def add(self, token: int, stop_ids: Iterable[int], stop_loops: bool) -> bool:
         """Take the next token; True when this row is finished."""
@@ -308,11 +334,12 @@ def _segment_spans(samples: np.ndarray, segmenter, max_segment_ms: int) -> list[
 class _Pipeline:
     """The settings shared by every segment, and the batched run over one group of jobs."""
 
-    def __init__(self, model, tokenizer, language, hotwords, itn, max_new_tokens, stop_loops):
+    def __init__(self, model, tokenizer, language, hotwords, itn, max_new_tokens, stop_loops, timestamps=None):
         if max_new_tokens is not None and max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         resolve_language(language)
         self.model, self.tokenizer = model, tokenizer
+        self.timestamps = use_timestamps(model, timestamps)
         self.prompt = dict(language=language, hotwords=_as_list(hotwords), itn=itn)
         self.max_new_tokens, self.stop_loops = max_new_tokens, stop_loops
 
@@ -322,35 +349,51 @@ class _Pipeline:
         timings["frontend"] = time.perf_counter() - start
 
         start = time.perf_counter()
+        encode = self.model.encode_both if self.timestamps else self.model.encode
         if len(batch) == 1:
-            frames = [self.model.encode(mx.array(feats[0])[None])[0]]
+            encoded = encode(mx.array(feats[0])[None])
+            frames = [(encoded[1] if self.timestamps else encoded)[0]]
         else:
             lengths = mx.array([f.shape[0] for f in feats])
             padded = np.zeros((len(feats), max(f.shape[0] for f in feats), feats[0].shape[1]), np.float32)
             for row, f in enumerate(feats):
                 padded[row, : f.shape[0]] = f
-            encoded = self.model.encode(mx.array(padded), lengths)
+            encoded = encode(mx.array(padded), lengths)
             valid = self.model.audio_adaptor.output_lengths(lengths).tolist()
-            frames = [encoded[row, :n] for row, n in enumerate(valid)]
+            frames = [(encoded[1] if self.timestamps else encoded)[row, :n] for row, n in enumerate(valid)]
         mx.eval(frames)
         timings["encoder"] = time.perf_counter() - start
+        if self.timestamps:
+            start = time.perf_counter()
+            emitted = align.emissions(self.model, encoded[0], [f.shape[0] for f in feats])
+            timings["ctc"] = time.perf_counter() - start
 
         embeddings = [prompt_inputs(self.model, self.tokenizer, f, **self.prompt)[1] for f in frames]
         budgets = [token_budget(job.seconds, self.max_new_tokens) for job in batch]
-        return greedy_batch(self.model.llm, embeddings, budgets, self.tokenizer.eos_token_ids, self.stop_loops, timings)
+        results = greedy_batch(self.model.llm, embeddings, budgets, self.tokenizer.eos_token_ids, self.stop_loops,
+                               timings)  # fmt: skip
+        for decoded, em in zip(results, emitted if self.timestamps else []):
+            decoded.ctc = em
+        return results
 
     def segment(self, job: _Job, decoded: Decoded) -> Segment:
         # Upstream decodes all that generate() returned, the stop token included (skipped as special).
         stop = [] if decoded.stop_token is None else [decoded.stop_token]
         text = postprocess(self.tokenizer.decode(decoded.token_ids + stop, skip_special_tokens=True))
+        stamps = {}
+        if decoded.ctc is not None:  # upstream aligns the post-processed text ([F] model.py:1065)
+            stamps = align.segment_timestamps(self.model, self.model.ctc_tokenizer, decoded.ctc, text,
+                                              job.start_ms / 1000)  # fmt: skip
+            stamps["words"] = ctc.words(self.model.ctc_tokenizer, stamps["timestamps"])
         return Segment(job.start_ms / 1000, job.end_ms / 1000, text, decoded.token_ids,
-                       decoded.hit_token_limit, decoded.repetition)  # fmt: skip
+                       decoded.hit_token_limit, decoded.repetition, **stamps)  # fmt: skip
 
 
 def _add_timings(total: dict, batch: dict, share: float) -> None:
     """Add this segment's share of a batch's stage seconds, and of its decoding rate (a weighted mean)."""
-    for key in ("frontend", "encoder", "prefill", "decode"):
-        total[key] = total.get(key, 0.0) + batch[key] * share
+    for key in ("frontend", "encoder", "ctc", "align", "prefill", "decode"):
+        if key in batch:
+            total[key] = total.get(key, 0.0) + batch[key] * share
     if batch["decode_steps"]:
         total["decode_ms_per_token"] = total.get("decode_ms_per_token", 0.0) + share * (
             1000 * batch["decode"] / batch["decode_steps"])
@@ -361,7 +404,10 @@ def _finish(name: str, duration: float, segments: list[Segment], timings: dict) 
     weight = timings.pop("rate_weight", 0.0)
     if weight:
         timings["decode_ms_per_token"] /= weight
+    timed = bool(segments) and all(segment.timestamps is not None for segment in segments)
     return Transcription(
+        timestamps=[stamp for segment in segments for stamp in segment.timestamps] if timed else None,
+        words=[word for segment in segments for word in segment.words] if timed else None,
         audio=name,
         text=" ".join(segment.text for segment in segments),
         token_ids=[token for segment in segments for token in segment.token_ids],
@@ -387,6 +433,7 @@ def transcribe_many(
     stop_loops: bool = True,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool | None = False,
+    timestamps: bool | None = None,
 ) -> Iterator[Transcription]:
     """Transcribe files or 16 kHz float arrays in batches; yields one Transcription per input, in order.
 
@@ -394,12 +441,13 @@ def transcribe_many(
     length so that batches hold similar lengths, and decoded `batch_size` segments at a time; results are
     the same as one at a time (batch_size=1) up to float rounding. `max_new_tokens=None` gives each segment
     a budget scaled to its length (`token_budget`); `stop_loops` stops a segment caught in a repetition
-    loop. `progress=None` shows a bar on a terminal only.
+    loop. `progress=None` shows a bar on a terminal only. `timestamps`: align every segment's text with the
+    CTC head (None: when the model has one; True on a model without one is a UserError).
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}")
     max_segment_ms = round(max_segment_seconds * 1000)
-    pipeline = _Pipeline(model, tokenizer, language, hotwords, itn, max_new_tokens, stop_loops)
+    pipeline = _Pipeline(model, tokenizer, language, hotwords, itn, max_new_tokens, stop_loops, timestamps)
     bar = tqdm(total=0, unit="s audio", desc="transcribe", disable=None if progress is None else not progress,
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")  # fmt: skip
     group: list[tuple[str, np.ndarray]] = []
@@ -436,8 +484,12 @@ def _run_group(pipeline: _Pipeline, group, jobs: list[_Job], batch_size: int, ba
     for first in range(0, len(order), batch_size):
         batch = order[first : first + batch_size]
         batch_timings: dict = {}
-        for job, decoded in zip(batch, pipeline.run(batch, batch_timings)):
+        decoded_batch = pipeline.run(batch, batch_timings)
+        start = time.perf_counter()
+        for job, decoded in zip(batch, decoded_batch):
             segments[job.item].append(pipeline.segment(job, decoded))
+        if pipeline.timestamps:
+            batch_timings["align"] = time.perf_counter() - start
         batch_seconds = sum(job.seconds for job in batch)
         for job in batch:
             _add_timings(timings[job.item], batch_timings, job.seconds / batch_seconds)

@@ -87,7 +87,7 @@ TINY: dict[str, Any] = dict(
            "intermediate_size": 128},
     # Re-draw stds: matrices N(0, audio_std) (encoder/adaptor/ctc) and N(0, llm_std) (LLM);
     # norm weights 1 + N(0, norm_std), norm and linear biases N(0, bias_std).
-    init=dict(audio_std=0.15, llm_std=0.35, norm_std=0.1, bias_std=0.05),
+    init=dict(audio_std=0.15, llm_std=0.35, norm_std=0.1, bias_std=0.05, ctc_lo_std=0.0075),
 )
 
 FULL: dict[str, Any] = dict(
@@ -98,7 +98,7 @@ FULL: dict[str, Any] = dict(
     ctc=dict(downsample_rate=1, ffn_dim=2048, llm_dim=512, encoder_dim=512, n_layer=5,
              vocab_size=60515),
     qwen3=dict(_QWEN3_0_6B),
-    init=dict(audio_std=0.15, llm_std=0.35, norm_std=0.1, bias_std=0.05),
+    init=dict(audio_std=0.15, llm_std=0.35, norm_std=0.1, bias_std=0.05, ctc_lo_std=0.0075),
 )
 
 _SIZES = {"tiny": TINY, "full": FULL}
@@ -271,10 +271,31 @@ def _random_state(model: torch.nn.Module, seed: int, init: dict[str, float], *,
             raise RuntimeError(f"unexpected buffer in state_dict: {name}")
         value = _draw(name, meta.shape, gen, init)
         sd[name] = value if is_ctc else value.to(torch.bfloat16)
+    if with_ctc:
+        _shape_ctc_head(sd, init["ctc_lo_std"] / init["audio_std"])
     embed = sd["llm.model.embed_tokens.weight"]
     head = _draw("llm.lm_head.weight", embed.shape, gen, init) if untie_head else None
     sd = _insert_head(sd, embed.clone() if head is None else head.to(torch.bfloat16))
     return sd
+
+
+# Logit offsets that make a random CTC head behave like a trained one in kind (its argmax is mostly
+# blank or text, sometimes <|nospeech|>, never a timestamp token), so that ctc_text is not empty and
+# alignments are not degenerate. Added to the random bias of ctc.ctc_lo.
+_CTC_BLANK_BIAS, _CTC_NOSPEECH_BIAS, _CTC_SPECIAL_BIAS, _CTC_TIMESTAMP_BIAS = 0.5, 1.0, -1.0, -6.0
+_CTC_TIMESTAMPS, _CTC_NOSPEECH_INDEX = 1501, 126  # among the specials (whisper_lib/tokenizer.py:460-475)
+
+
+def _shape_ctc_head(sd: dict[str, torch.Tensor], weight_scale: float) -> None:
+    """Scale ctc.ctc_lo.weight by ``weight_scale`` (the encoder output is large, so N(0, audio_std)
+    makes one token win every frame) and shift its bias per token class (see _CTC_BLANK_BIAS)."""
+    weight, bias = sd["ctc.ctc_lo.weight"], sd["ctc.ctc_lo.bias"]
+    weight.mul_(weight_scale)
+    ranks = bias.numel() - _CTC_N_SPECIALS
+    bias[ranks:] += _CTC_SPECIAL_BIAS
+    bias[-_CTC_TIMESTAMPS:] += _CTC_TIMESTAMP_BIAS - _CTC_SPECIAL_BIAS
+    bias[ranks + _CTC_NOSPEECH_INDEX] += _CTC_NOSPEECH_BIAS - _CTC_SPECIAL_BIAS
+    bias[-1] += _CTC_BLANK_BIAS - _CTC_TIMESTAMP_BIAS  # the blank is the last timestamp slot's id
 
 
 def _insert_head(sd: dict[str, torch.Tensor], head: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -334,6 +355,16 @@ def _torchaudio_available() -> bool:
     return True
 
 
+def _patch_torchaudio_forced_align(forced_align) -> None:
+    """Make funasr's tools/utils.py forced_align find ``forced_align`` where it asks for torchaudio."""
+    import types
+
+    from funasr.models.fun_asr_nano.tools import utils
+
+    fake = types.SimpleNamespace(functional=types.SimpleNamespace(forced_align=forced_align))
+    utils.require_torchaudio = lambda feature="": fake
+
+
 class Reference:
     """The official FunASRNano loaded from a ``write_upstream_dir`` directory.
 
@@ -342,7 +373,10 @@ class Reference:
     the LLM to fp32 so the first-call bf16 rounding of audio embeddings (spec 6.2) never applies.
     """
 
-    def __init__(self, model_dir: Path, device: str = "cpu") -> None:
+    def __init__(self, model_dir: Path, device: str = "cpu", forced_align=None) -> None:
+        """``forced_align``: a stand-in for ``torchaudio.functional.forced_align`` (same signature and
+        result) that keeps a CTC-complete checkpoint's timestamps on where torchaudio cannot load;
+        funasr's own forced_align wrapper (tools/utils.py) still does everything around it."""
         _funasr()
         from funasr.auto.auto_model import AutoModel
 
@@ -355,9 +389,34 @@ class Reference:
         self.frontend = kwargs.pop("frontend")
         self.frontend.dither = 0.0
         self.kwargs = kwargs
-        self._disable_ctc_without_torchaudio()
+        if forced_align is not None:
+            _patch_torchaudio_forced_align(forced_align)
+        else:
+            self._disable_ctc_without_torchaudio()
         self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.float32), max_new_tokens=1)
         assert next(self.model.llm.parameters()).dtype == torch.float32
+
+    @torch.no_grad()
+    def ctc_log_probs(self, enc: np.ndarray) -> np.ndarray:
+        """CTC log-probabilities [T, vocab]: ctc_decoder over the encoder output, then CTC.log_softmax,
+        as inference_llm computes them (model.py:968-970)."""
+        x = torch.from_numpy(np.array(enc, dtype=np.float32, copy=True))[None]
+        lengths = torch.tensor([x.shape[1]], dtype=torch.int32)
+        hidden, _ = self.model.ctc_decoder(x, lengths)
+        return self.model.ctc.log_softmax(hidden)[0].float().numpy()
+
+    def ctc_decode(self, ids: Sequence[int]) -> str:
+        """The official CTC tokenizer's decode."""
+        return self.model.ctc_tokenizer.decode(list(ids))
+
+    @torch.no_grad()
+    def result(self, wav16k: np.ndarray, max_new_tokens: int = 512, **prompt: Any) -> dict[str, Any]:
+        """The official inference result dict of one utterance (text, and with a CTC head: ctc_text,
+        timestamps, ctc_timestamps)."""
+        results, _ = self.model.inference(
+            data_in=[_wav_tensor(wav16k)], key=["ref"], tokenizer=self.tokenizer, frontend=self.frontend,
+            **self._run_kwargs(max_length=max_new_tokens, **prompt))
+        return results[0]
 
     def _disable_ctc_without_torchaudio(self) -> None:
         """A CTC-complete checkpoint makes inference_llm call torchaudio's forced_align

@@ -1,0 +1,392 @@
+"""CTC timestamps (issue 12): the CTC head, ctc_text and forced alignment against the official model.
+
+How the official alignment is run. Upstream's timestamps come from `torchaudio.functional.forced_align`
+(funasr fun_asr_nano/tools/utils.py:47-80), and torchaudio does not load beside torch 2.13 here. A
+second reference environment (torch 2.9.1 + torchaudio 2.9) would cost about 7 GB and minutes of CI
+time for one function, so instead the official model runs unchanged with `forced_align` below standing
+in for torchaudio's: an exact CTC Viterbi written independently of ours (plain loops over frames and
+states, no pruning window; ours is vectorized per frame and prunes as torchaudio's C++ does), with
+torchaudio's input checks, float32 arithmetic and tie-breaking (libtorchaudio/forced_align/cpu/
+compute.cpp: the skip transition only if strictly better than both others, then the previous state
+only if strictly better than staying, else stay; at the end the last token over the final blank only
+if strictly better). Everything around it (which text is aligned, <|nospeech|>, grouping, scores, the
+60 ms frame scale) is funasr's own code. `test_viterbi_equals_the_textbook_one` checks the two
+Viterbis on many random and tied inputs.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+
+from funasr_nano_mlx import ctc
+from funasr_nano_mlx.audio import features
+from funasr_nano_mlx.errors import UserError
+from funasr_nano_mlx.subtitles import to_srt, to_vtt
+from funasr_nano_mlx.transcribe import transcribe, transcribe_many
+from tests.conftest import CLIP_SECONDS, rel_err
+
+CTC_REL = 1e-5  # CTC log-probabilities, relative L2 error; float32 both sides
+AS_UPSTREAM = {"segmenter": None, "stop_loops": False}
+# Tokens the LLM may generate per clip: the tiny CTC vocabulary is single bytes, so the aligned text must
+# stay shorter than the clip's 60 ms frames (a longer one cannot be aligned: upstream returns none).
+MAX_TOKENS = {"0.3s": 4, "1s": 4, "7s": 12, "31s": 48}
+
+
+# --------------------------------------------------------------------------------------------------
+# the independent reference Viterbi, in torchaudio's shape
+# --------------------------------------------------------------------------------------------------
+
+
+def textbook_viterbi(log_probs: np.ndarray, targets: list[int], blank: int) -> list[int]:
+    """Best CTC path (label per frame) by the recursion over the 2L + 1 states, float32 sums, with
+    torchaudio's tie-breaking (see the module docstring)."""
+    frames, states = log_probs.shape[0], 2 * len(targets) + 1
+    label = [blank if s % 2 == 0 else targets[s // 2] for s in range(states)]
+    neg_inf = np.float32(-np.inf)
+    alpha = [[neg_inf] * states for _ in range(frames)]
+    back = [[0] * states for _ in range(frames)]
+    alpha[0][0] = log_probs[0, blank]
+    if states > 1:
+        alpha[0][1] = log_probs[0, targets[0]]
+    for t in range(1, frames):
+        for s in range(states):
+            stay = alpha[t - 1][s]
+            step = alpha[t - 1][s - 1] if s >= 1 else neg_inf
+            skip = alpha[t - 1][s - 2] if s % 2 == 1 and s >= 3 and label[s] != label[s - 2] else neg_inf
+            if skip > step and skip > stay:
+                best, back[t][s] = skip, 2
+            elif step > stay:
+                best, back[t][s] = step, 1
+            else:
+                best, back[t][s] = stay, 0
+            alpha[t][s] = np.float32(best + log_probs[t, label[s]])
+    s = states - 1 if states == 1 or alpha[-1][states - 1] > alpha[-1][states - 2] else states - 2
+    path = []
+    for t in range(frames - 1, -1, -1):
+        path.append(label[s])
+        s -= back[t][s]
+    return path[::-1]
+
+
+def forced_align(log_probs: torch.Tensor, targets: torch.Tensor, blank: int = 0):
+    """torchaudio.functional.forced_align's contract (checks, (paths, scores)) over textbook_viterbi."""
+    if blank in targets:
+        raise ValueError("targets Tensor shouldn't contain blank index")
+    if torch.max(targets) >= log_probs.shape[-1]:  # raises on empty targets, as torchaudio does
+        raise ValueError("targets values must be less than the CTC dimension")
+    lp, tg = log_probs[0].float().numpy(), targets[0].tolist()
+    repeats = sum(a == b for a, b in zip(tg, tg[1:]))
+    if lp.shape[0] < len(tg) + repeats:
+        raise RuntimeError("targets length is too long for CTC")
+    path = torch.tensor([textbook_viterbi(lp, tg, blank)], dtype=targets.dtype)
+    return path, log_probs[:, torch.arange(lp.shape[0]), path[0]]
+
+
+# --------------------------------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ctc_upstream(tmp_path_factory):
+    from tests.reference import write_upstream_dir
+
+    return write_upstream_dir(tmp_path_factory.mktemp("upstream-ctc") / "tiny-ctc", "tiny", seed=1, with_ctc=True)
+
+
+@pytest.fixture(scope="session")
+def ctc_reference(ctc_upstream):
+    from tests.reference import Reference
+
+    return Reference(ctc_upstream, forced_align=forced_align)
+
+
+@pytest.fixture(scope="session")
+def ctc_f32(tmp_path_factory, ctc_upstream):
+    from funasr_nano_mlx.convert import convert
+
+    return convert(ctc_upstream, tmp_path_factory.mktemp("mlx-ctc") / "tiny-ctc-f32", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def ctc_model(ctc_f32):
+    from funasr_nano_mlx import load
+
+    return load(ctc_f32)
+
+
+def as_upstream(stamps: list[dict]) -> list[dict]:
+    """Our timestamp dicts in upstream's keys (token, start_time, end_time, score)."""
+    return [{"token": s["token"], "start_time": s["start"], "end_time": s["end"], "score": s["score"]} for s in stamps]
+
+
+def shifted(stamps: list[dict], offset: float) -> list[dict]:
+    return [{**s, "start_time": round(offset + s["start_time"], 3), "end_time": round(offset + s["end_time"], 3)}
+            for s in stamps]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------
+# alignment and tokenizer
+# --------------------------------------------------------------------------------------------------
+
+
+def _random_case(rng: np.random.Generator, tied: bool):
+    frames, vocab, blank = int(rng.integers(1, 30)), 6, 5
+    length = int(rng.integers(0, 12))
+    targets = [int(t) for t in rng.integers(0, 3 if tied else vocab - 1, length)]  # few ids: many repeats
+    lp = rng.integers(-3, 1, (frames, vocab)).astype(np.float32) if tied else \
+        np.log(rng.dirichlet(np.ones(vocab), frames)).astype(np.float32)  # fmt: skip
+    return lp, targets, blank
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["random", "integer-ties"])
+def test_viterbi_equals_the_textbook_one(tied):
+    rng = np.random.default_rng(7)
+    aligned = 0
+    for _ in range(400):
+        lp, targets, blank = _random_case(rng, tied)
+        ours = ctc.viterbi_path(lp[:, blank], lp[:, targets], targets)
+        try:
+            expected = forced_align(torch.from_numpy(lp)[None], torch.tensor([targets]), blank)[0][0].tolist()
+        except (ValueError, RuntimeError):
+            assert ours is None
+            continue
+        labels = [blank if s % 2 == 0 else targets[s // 2] for s in ours]
+        assert labels == expected
+        aligned += 1
+    assert aligned > 150  # most cases align; the rest check the refusals
+
+
+def test_tokenizer_equals_the_official_one(ctc_reference, ctc_upstream):
+    ours = ctc.CTCTokenizer.from_file(ctc_upstream / ctc.TOKENIZER_FILE)
+    official = ctc_reference.model.ctc_tokenizer
+    assert ours.vocab_size == official.encoding.n_vocab == 256 + 1679
+    assert ours.timestamp_begin == official.timestamp_begin
+    for text in [" Hello, world!", "今天天气很好。", "<|nospeech|><|zh|> a<|0.00|>", "", "  x\n y"]:
+        assert ours.encode(text) == official.encode(text)
+    ids = list(range(0, 1935, 7)) + [382, 1934, 433, 434]
+    assert ours.decode(ids) == official.decode(ids)
+    assert ours.decode([382]) == "<|nospeech|>"
+
+
+# --------------------------------------------------------------------------------------------------
+# conversion
+# --------------------------------------------------------------------------------------------------
+
+
+def test_conversion_keeps_a_complete_head(ctc_f32, ctc_upstream, tmp_path):
+    import json
+
+    from funasr_nano_mlx.convert import convert
+
+    config = json.loads((ctc_f32 / "config.json").read_text())
+    assert config["timestamps"] is True and config["ctc_vocab_size"] == 1935 and config["ctc_blank_id"] == 1934
+    assert config["conversion"]["dropped_ctc_tensors"] == 0 and config["conversion"]["notes"] == []
+    assert (ctc_f32 / ctc.TOKENIZER_FILE).read_bytes() == (ctc_upstream / ctc.TOKENIZER_FILE).read_bytes()
+    weights = mx.load(str(ctc_f32 / "model.safetensors"))
+    assert sum(k.startswith(("ctc_decoder.", "ctc.")) for k in weights) == 84 + 2
+    bf16 = convert(ctc_upstream, tmp_path / "bf16", dtype="bfloat16")
+    stored = mx.load(str(bf16 / "model.safetensors"))
+    # Stored in float32 upstream, kept so in a bfloat16 conversion (lossless); the rest is bfloat16.
+    assert stored["ctc.ctc_lo.weight"].dtype == mx.float32
+    assert stored["audio_adaptor.linear1.weight"].dtype == mx.bfloat16
+
+
+@pytest.mark.parametrize("damage", ["tensor", "tokenizer"])
+def test_conversion_drops_an_incomplete_head(ctc_upstream, tmp_path, damage):
+    import json
+
+    from funasr_nano_mlx import load
+    from funasr_nano_mlx.convert import convert
+
+    src = tmp_path / "src"
+    shutil.copytree(ctc_upstream, src)
+    if damage == "tensor":  # as upstream's disable_incomplete_ctc: one tensor missing turns CTC off
+        state = torch.load(src / "model.pt", weights_only=True)
+        del state["state_dict"]["ctc_decoder.blocks.4.norm2.bias"]
+        torch.save(state, src / "model.pt")
+    else:
+        (src / ctc.TOKENIZER_FILE).unlink()
+    out = convert(src, tmp_path / "out", dtype="float32")
+    config = json.loads((out / "config.json").read_text())
+    assert config["timestamps"] is False and "ctc_decoder_conf" not in config
+    assert len(config["conversion"]["notes"]) == 1 and "CTC timestamp head left out" in config["conversion"]["notes"][0]
+    assert config["conversion"]["dropped_ctc_tensors"] == (85 if damage == "tensor" else 86)
+    model, _ = load(out)
+    assert not model.has_ctc
+
+
+# --------------------------------------------------------------------------------------------------
+# parity with the official model
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CLIP_SECONDS))
+def test_ctc_log_probs_and_ctc_text(clips, ctc_reference, ctc_model, name):
+    model, _ = ctc_model
+    enc = ctc_reference.encode(ctc_reference.features(clips[name]))
+    ref = ctc_reference.ctc_log_probs(enc)
+    ours = np.array(model.ctc.log_softmax(model.ctc_hidden(mx.array(enc)[None]))[0])
+    assert ours.shape == ref.shape
+    assert rel_err(ours, ref) < CTC_REL
+    greedy = ctc.greedy_ids(ref.argmax(-1), model.args.blank_id)
+    assert ctc.greedy_ids(ours.argmax(-1), model.args.blank_id) == greedy
+    assert ctc.ctc_text(model.ctc_tokenizer, greedy) == ctc_reference.ctc_decode(greedy).replace("<|nospeech|>", "")
+
+
+@pytest.mark.parametrize("name", list(CLIP_SECONDS))
+def test_timestamps_equal_the_official_ones(clips, ctc_reference, ctc_model, name, record_property):
+    model, tokenizer = ctc_model
+    ref = ctc_reference.result(clips[name], max_new_tokens=MAX_TOKENS[name])
+    ours = transcribe(model, tokenizer, clips[name], max_new_tokens=MAX_TOKENS[name], **AS_UPSTREAM)
+    segment = ours.segments[0]
+    assert ours.text == ref["text"]
+    assert segment.ctc_text == ref["ctc_text"]
+    assert as_upstream(segment.timestamps) == ref["timestamps"]
+    assert as_upstream(segment.ctc_timestamps) == ref["ctc_timestamps"]
+    assert ours.timestamps == segment.timestamps
+    record_property("aligned_tokens", len(ref["timestamps"]))
+    if name in ("7s", "31s"):  # long enough for the text: the alignments are real and not degenerate
+        for stamps in (ref["timestamps"], ref["ctc_timestamps"]):
+            assert len(stamps) >= 8
+            assert len({s["start_time"] for s in stamps}) == len(stamps)  # distinct, increasing times
+            assert len({s["end_time"] - s["start_time"] for s in stamps}) > 1  # and durations vary
+
+
+def test_the_clips_exercise_nospeech(clips, ctc_reference, ctc_model):
+    """The random head emits <|nospeech|> on some clip, so its removal from ctc_text is tested above."""
+    model, _ = ctc_model
+    found = []
+    for wave in clips.values():
+        lp = ctc_reference.ctc_log_probs(ctc_reference.encode(ctc_reference.features(wave)))
+        found += ctc.greedy_ids(lp.argmax(-1), model.args.blank_id)
+    assert 382 in found  # <|nospeech|> in the tiny vocabulary
+
+
+@pytest.fixture(scope="session")
+def long_recording(tmp_path_factory):
+    from tests.speech import recording
+
+    samples, _ = recording(75.0, tmp_path_factory.mktemp("long-ctc"), seed=3)
+    return samples
+
+
+def test_long_recording_segments_equal_the_official_ones(long_recording, ctc_reference, ctc_model):
+    """A 75 s recording cut into segments: each segment's timestamps are the official model's on that
+    segment, offset by the segment's start."""
+    model, tokenizer = ctc_model
+    result = transcribe(model, tokenizer, long_recording, max_new_tokens=10, stop_loops=False)
+    assert len(result.segments) >= 3
+    for segment in result.segments:
+        piece = long_recording[round(segment.start * 16000) : round(segment.end * 16000)]
+        ref = ctc_reference.result(piece, max_new_tokens=10)
+        assert segment.text == ref["text"] and segment.ctc_text == ref["ctc_text"]
+        assert as_upstream(segment.timestamps) == shifted(ref["timestamps"], segment.start)
+        assert as_upstream(segment.ctc_timestamps) == shifted(ref["ctc_timestamps"], segment.start)
+        assert all(segment.start <= s["start"] < s["end"] <= segment.end + 0.06 for s in segment.timestamps)
+    assert result.timestamps == [s for segment in result.segments for s in segment.timestamps]
+
+
+def test_batched_decoding_keeps_the_timestamps(clips, ctc_model, long_recording):
+    model, tokenizer = ctc_model
+    inputs = [clips["7s"], clips["1s"], long_recording, clips["31s"]]
+    options = dict(max_new_tokens=10, stop_loops=False)
+    alone = [transcribe(model, tokenizer, x, **options) for x in inputs]
+    batched = list(transcribe_many(model, tokenizer, inputs, batch_size=4, **options))
+    for a, b in zip(alone, batched):
+        assert [s.text for s in a.segments] == [s.text for s in b.segments]
+        assert a.timestamps == b.timestamps and a.words == b.words
+        assert [s.ctc_timestamps for s in a.segments] == [s.ctc_timestamps for s in b.segments]
+
+
+# --------------------------------------------------------------------------------------------------
+# without a head, words, subtitles
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_model_without_the_head_transcribes_and_says_so(tiny_model, clips):
+    model, tokenizer = tiny_model
+    assert not model.has_ctc
+    result = transcribe(model, tokenizer, clips["1s"], max_new_tokens=4)
+    assert result.timestamps is None and result.words is None and result.segments[0].ctc_text is None
+    with pytest.raises(UserError, match="no CTC head"):
+        transcribe(model, tokenizer, clips["1s"], max_new_tokens=4, timestamps=True)
+
+
+def test_timestamps_can_be_turned_off(ctc_model, clips):
+    model, tokenizer = ctc_model
+    result = transcribe(model, tokenizer, clips["1s"], max_new_tokens=4, timestamps=False)
+    assert result.timestamps is None
+
+
+class _Vocab:
+    """A stand-in tokenizer for `ctc.words`: token id -> its bytes."""
+
+    def __init__(self, pieces: list[bytes]):
+        self.pieces = pieces
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.pieces[token]
+
+
+def test_words_group_spaced_and_unspaced_scripts():
+    pieces = [b" The", b" qu", b"ick", b",", b" fox", "今".encode(), "天".encode()[:2], "天".encode()[2:],
+              "好".encode(), "。".encode(), b"MLX", b" ok"]  # fmt: skip
+    vocab = _Vocab(pieces)
+    stamps = [{"id": i, "start": i * 0.1, "end": i * 0.1 + 0.06} for i in range(len(pieces))]
+    found = ctc.words(vocab, stamps)
+    assert [w["word"] for w in found] == ["The", "quick,", "fox", "今", "天", "好。", "MLX", "ok"]
+    assert found[1]["start"] == 0.1 and found[1]["end"] == pytest.approx(0.36)
+    assert found[4]["start"] == pytest.approx(0.6) and found[4]["end"] == pytest.approx(0.76)  # both halves
+
+
+def _parse_cues(text: str, decimal: str) -> list[tuple[float, float, str]]:
+    pattern = rf"(\d\d):(\d\d):(\d\d){re.escape(decimal)}(\d\d\d) --> (\d\d):(\d\d):(\d\d){re.escape(decimal)}(\d\d\d)\n(.+)"
+    cues = []
+    for match in re.finditer(pattern, text):
+        g = [int(x) for x in match.groups()[:8]]
+        cues.append((g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000, g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000,
+                     match.group(9)))  # fmt: skip
+    return cues
+
+
+def test_subtitles_follow_the_timestamps(ctc_model, long_recording):
+    from funasr_nano_mlx.subtitles import timed_cues
+
+    model, tokenizer = ctc_model
+    result = transcribe(model, tokenizer, long_recording, max_new_tokens=8, stop_loops=False)
+    timed = [segment for segment in result.segments if segment.words]
+    assert len(timed) > len(result.segments) / 2  # the others' text is too long to align in their frames
+    cues = timed_cues(result, max_chars=12)
+    assert len(cues) > len(result.segments) + len(timed)  # cut within segments, not one cue per segment
+    srt, vtt = to_srt(cues), to_vtt(cues)
+    assert vtt.startswith("WEBVTT\n\n")
+    blocks = srt.strip().split("\n\n")
+    assert [b.split("\n")[0] for b in blocks] == [str(i) for i in range(1, len(blocks) + 1)]
+    for parsed in (_parse_cues(srt, ","), _parse_cues(vtt, ".")):
+        assert len(parsed) == len(cues)
+        assert all(start < end for start, end, _ in parsed)
+        assert all(a[1] <= b[0] for a, b in zip(parsed, parsed[1:]))  # never overlap
+        for start, end, _ in parsed:  # each inside one segment
+            assert any(s.start - 1e-3 <= start and end <= s.end + 1e-3 for s in result.segments)
+
+
+def test_alignment_cost_is_small(ctc_model, clips):
+    """The CTC head and the alignment take a small share of a transcription (tiny model; the numbers
+    for the full model are in BENCHMARKS.md)."""
+    model, tokenizer = ctc_model
+    result = transcribe(model, tokenizer, clips["31s"], max_new_tokens=48, **AS_UPSTREAM)
+    assert result.timings["ctc"] + result.timings["align"] < 1.0
+
+
+def test_features_unchanged_by_the_head(ctc_model, clips):
+    """encode_both gives the same adaptor frames as encode (the head only reads the encoder output)."""
+    model, _ = ctc_model
+    feats = mx.array(features(clips["7s"]))[None]
+    assert np.array_equal(np.array(model.encode(feats)), np.array(model.encode_both(feats)[1]))
