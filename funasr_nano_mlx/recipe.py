@@ -51,7 +51,10 @@ COMPONENTS = {
     "audio_adaptor": ("audio_adaptor",),
     "llm": ("llm",),
     "embeddings": ("llm.model.embed_tokens", "llm.lm_head"),
+    "ctc": ("ctc_decoder", "ctc"),  # the CTC timestamp head, where the model has one
 }
+# Components a recipe may leave out, and whose setting they then take.
+OPTIONAL_COMPONENTS = {"ctc": "audio_encoder"}
 LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
 
 
@@ -125,6 +128,7 @@ class Recipe:
     audio_adaptor: QuantSpec | None
     llm: QuantSpec | None
     embeddings: QuantSpec | None
+    ctc: QuantSpec | None = None  # by default (no `ctc` key) the encoder's setting
     mixed: tuple[Rule, ...] = ()
     evaluation: tuple[str, ...] = ()  # eval_sets/ names, or local set paths (made absolute), for `evaluate`
     target: str = ""
@@ -407,7 +411,10 @@ def _parse(file: Path) -> Recipe:
            "(Qwen3 is numerically unstable in float16)")  # fmt: skip
 
     quant = top.sub("quantization")
-    specs = {name: _component(quant, name) for name in COMPONENTS}
+    specs = {name: _component(quant, name) for name in COMPONENTS
+             if name not in OPTIONAL_COMPONENTS or quant.node_of(name) is not None}  # fmt: skip
+    for name, like in OPTIONAL_COMPONENTS.items():
+        specs.setdefault(name, specs[like])
     mixed_node = quant.node_of("mixed")
     mixed_items = [] if mixed_node is None else mixed_node.value
     if mixed_node is not None and not isinstance(mixed_node, yaml.SequenceNode):

@@ -16,8 +16,10 @@ Viterbis on many random and tied inputs.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -181,8 +183,6 @@ def test_tokenizer_equals_the_official_one(ctc_reference, ctc_upstream):
 
 
 def test_conversion_keeps_a_complete_head(ctc_f32, ctc_upstream, tmp_path):
-    import json
-
     from funasr_nano_mlx.convert import convert
 
     config = json.loads((ctc_f32 / "config.json").read_text())
@@ -200,8 +200,6 @@ def test_conversion_keeps_a_complete_head(ctc_f32, ctc_upstream, tmp_path):
 
 @pytest.mark.parametrize("damage", ["tensor", "tokenizer"])
 def test_conversion_drops_an_incomplete_head(ctc_upstream, tmp_path, damage):
-    import json
-
     from funasr_nano_mlx import load
     from funasr_nano_mlx.convert import convert
 
@@ -390,3 +388,109 @@ def test_features_unchanged_by_the_head(ctc_model, clips):
     model, _ = ctc_model
     feats = mx.array(features(clips["7s"]))[None]
     assert np.array_equal(np.array(model.encode(feats)), np.array(model.encode_both(feats)[1]))
+
+
+# --------------------------------------------------------------------------------------------------
+# quantization, mlx-audio
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ctc_bf16(tmp_path_factory, ctc_upstream):
+    from funasr_nano_mlx.convert import convert
+
+    return convert(ctc_upstream, tmp_path_factory.mktemp("mlx-ctc") / "tiny-ctc-bf16", dtype="bfloat16")
+
+
+def test_recipes_give_the_ctc_head_the_encoder_setting_unless_they_name_it(tmp_path):
+    from funasr_nano_mlx.recipe import Recipe, component_of
+
+    eight = Recipe.load("8bit")  # no `ctc` key: as the encoder
+    assert eight.ctc == eight.audio_encoder and eight.ctc is not None
+    assert Recipe.load("4bit-llm").ctc is None  # the encoder is kept, so is the head
+    assert component_of("ctc_decoder.blocks.0.self_attn.linear_q") == "ctc"
+    assert component_of("ctc.ctc_lo") == "ctc"
+    text = Path(eight.file).read_text().replace("  embeddings:", "  ctc: null\n  embeddings:")
+    custom = tmp_path / "8bit-ctc-kept.yaml"
+    custom.write_text(text)
+    assert Recipe.load(custom).ctc is None
+
+
+def test_a_quantized_head_aligns(ctc_bf16, tmp_path, clips):
+    """8bit (no `ctc` key) quantizes the head like the encoder; the alignment's column logits, taken
+    from dequantized rows, equal the quantized layer's full output; timestamps come out."""
+    from funasr_nano_mlx import load
+    from funasr_nano_mlx.quantize import quantize
+    from funasr_nano_mlx.recipe import Recipe
+
+    out = quantize(ctc_bf16, tmp_path / "8bit", Recipe.load("8bit"))
+    summary = json.loads((out / "config.json").read_text())["quantization_summary"]["components"]["ctc"]
+    assert summary["quantization"]["bits"] == 8 and summary["layers"] == 5 * 6 + 3  # blocks; linear1/2, ctc_lo
+    assert summary["quantized_layers"] == 33 - 5  # the blocks' w_2 (input 64 // 4) cannot be grouped by 64
+    model, tokenizer = load(out)
+    assert hasattr(model.ctc.ctc_lo, "bits")
+    hidden = model.ctc_hidden(model.encode_both(mx.array(features(clips["1s"]))[None])[0])[0]
+    ids = [model.args.blank_id, 3, 70, 200]
+    full = np.array(model.ctc.ctc_lo(hidden).astype(mx.float32))[:, ids]
+    assert np.allclose(np.array(model.ctc.columns(hidden, ids)), full, rtol=1e-5, atol=1e-5)
+    result = transcribe(model, tokenizer, clips["7s"], max_new_tokens=8, segmenter=None)
+    assert result.timestamps
+
+
+def test_mlx_audio_loads_a_model_with_the_head(ctc_bf16, clips):
+    """mlx-audio 0.6.2 loads weights with strict=False: the CTC tensors are ignored and it transcribes
+    (without timestamps: it has no CTC head)."""
+    from mlx_audio.stt import load as mlx_audio_load
+
+    theirs = mlx_audio_load(str(ctc_bf16))
+    assert "ctc_decoder" not in theirs
+    assert len(list(theirs.stream_generate(mx.array(clips["1s"]), max_tokens=2))) >= 1
+
+
+# --------------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------------
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "funasr_nano_mlx", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def wav_7s(tmp_path_factory, clips):
+    import soundfile as sf
+
+    path = tmp_path_factory.mktemp("audio-ctc") / "seven.wav"
+    sf.write(str(path), clips["7s"], 16000, subtype="FLOAT")
+    return path
+
+
+def test_cli_json_and_subtitles(ctc_f32, ctc_model, wav_7s):
+    run = _cli("transcribe", ctc_f32, wav_7s, "--format", "json", "--max-new-tokens", "8")
+    assert run.returncode == 0, run.stderr
+    row = json.loads(run.stdout)
+    model, tokenizer = ctc_model
+    expected = transcribe(model, tokenizer, wav_7s, max_new_tokens=8)
+    assert row["timestamps"] == expected.timestamps and row["words"] == expected.words and row["timestamps"]
+    assert {"token", "start", "end"} <= row["timestamps"][0].keys() and {"word", "start", "end"} <= row["words"][0].keys()
+    assert row["segments"][0]["ctc_text"] == expected.segments[0].ctc_text
+    srt = _cli("transcribe", ctc_f32, wav_7s, "--format", "srt", "--max-new-tokens", "8")
+    assert srt.returncode == 0 and "no CTC head" not in srt.stderr, srt.stderr
+    assert len(_parse_cues(srt.stdout, ",")) > 1  # one segment, several cues
+    off = _cli("transcribe", ctc_f32, wav_7s, "--format", "json", "--max-new-tokens", "8", "--no-timestamps")
+    assert json.loads(off.stdout)["timestamps"] is None
+
+
+def test_cli_model_without_the_head(tiny_f32, wav_7s):
+    run = _cli("transcribe", tiny_f32, wav_7s, "--timestamps", "--max-new-tokens", "4")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "no CTC head" in run.stderr
+    srt = _cli("transcribe", tiny_f32, wav_7s, "--format", "srt", "--max-new-tokens", "4")
+    assert srt.returncode == 0
+    notes = [line for line in srt.stderr.splitlines() if "no CTC head" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: ")  # said once, not silent
+    assert len(_parse_cues(srt.stdout, ",")) == 1  # one cue per segment, as before
