@@ -1,6 +1,7 @@
 """Parity at the real dimensions (1+49+20 encoder layers, Qwen3-0.6B) with random weights.
 
-One 5 s clip: encoder and adaptor outputs and teacher-forced logits against the official model.
+One 5 s clip: encoder and adaptor outputs, teacher-forced logits, and the CTC head's log-probabilities,
+ctc_text and timestamps (issue 12; official alignment as in tests/test_ctc.py) against the official model.
 The reference is run and released before our model loads, so peak memory stays near one model
 (measured: see BENCHMARKS.md).
 """
@@ -47,13 +48,14 @@ def reference_layer_outputs(reference, feats) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, speech):
     from tests.reference import Reference, write_upstream_dir
+    from tests.test_ctc import forced_align
 
     tmp = tmp_path_factory.mktemp("full")
-    upstream = write_upstream_dir(tmp / "upstream", "full", seed=0)
+    upstream = write_upstream_dir(tmp / "upstream", "full", seed=0, with_ctc=True)
     converted = convert(upstream, tmp / "mlx", dtype="float32")
     wave = clip(speech, 5.0)
 
-    reference = Reference(upstream)
+    reference = Reference(upstream, forced_align=forced_align)
     feats = reference.features(wave)
     enc = reference.encode(feats)
     layers = reference_layer_outputs(reference, feats)
@@ -61,10 +63,13 @@ def full_run(tmp_path_factory, speech):
     embeds = reference.input_embeds(wave)
     continuation = reference.transcribe(wave, max_new_tokens=CONTINUATION)[0]
     logits = reference.logits(embeds, continuation)
+    ctc_log_probs = reference.ctc_log_probs(enc)
+    result = reference.result(wave, max_new_tokens=CONTINUATION)
     del reference
     gc.collect()
     return converted, dict(feats=feats, enc=enc, layers=layers, adapted=adapted, embeds=embeds,
-                           continuation=continuation, logits=logits)
+                           continuation=continuation, logits=logits, ctc_log_probs=ctc_log_probs, result=result,
+                           wave=wave)
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +109,22 @@ def test_adaptor_and_logits_at_full_size(full_run, full_model):
           f"over {len(ref['continuation'])} tokens")
     assert rel_err(logits, ref["logits"]) < STAGE_REL
     assert (logits.argmax(-1) == ref["logits"].argmax(-1)).all()
+
+
+def test_ctc_timestamps_at_full_size(full_run, full_model):
+    from funasr_nano_mlx import ctc
+    from funasr_nano_mlx.transcribe import transcribe
+    from tests.test_ctc import as_upstream
+
+    ref = full_run[1]
+    model, tokenizer = full_model
+    ours = np.array(model.ctc.log_softmax(model.ctc_hidden(mx.array(ref["enc"])[None]))[0])
+    assert ours.shape == ref["ctc_log_probs"].shape == (ref["enc"].shape[0], 60515)
+    print(f"full size: CTC log-probabilities rel err {rel_err(ours, ref['ctc_log_probs']):.2e}")
+    assert rel_err(ours, ref["ctc_log_probs"]) < STAGE_REL
+    assert ctc.greedy_ids(ours.argmax(-1), 60514) == ctc.greedy_ids(ref["ctc_log_probs"].argmax(-1), 60514)
+    result = transcribe(model, tokenizer, ref["wave"], max_new_tokens=CONTINUATION, segmenter=None, stop_loops=False)
+    official, segment = ref["result"], result.segments[0]
+    assert segment.text == official["text"] and segment.ctc_text == official["ctc_text"]
+    assert as_upstream(segment.timestamps) == official["timestamps"] and len(official["timestamps"]) > 5
+    assert as_upstream(segment.ctc_timestamps) == official["ctc_timestamps"]
