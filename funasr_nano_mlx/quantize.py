@@ -20,7 +20,7 @@ from mlx_lm.utils import load_model, quantize_model, save_config, save_model
 from .convert import DTYPES, staged_output
 from .errors import UserError
 from .model import FunASRNano, model_classes
-from .recipe import COMPONENTS, QuantSpec, Recipe, component_of
+from .recipe import COMPONENTS, OPTIONAL_COMPONENTS, QuantSpec, Recipe, component_of
 from .transcribe import MODEL_TYPE
 
 QUANTIZABLE = (nn.Linear, nn.Embedding)
@@ -71,7 +71,9 @@ def summarize(model: nn.Module, planned: dict[str, QuantSpec | None], recipe: Re
                 "bits_per_weight": _bits_per_weight([m for p, m in leaves if component_of(p) == name])}  # fmt: skip
 
     return {
-        "components": {name: component(name) for name in COMPONENTS},
+        # An optional component (the CTC head) only where the model has it.
+        "components": {name: component(name) for name in COMPONENTS
+                       if name not in OPTIONAL_COMPONENTS or any(component_of(p) == name for p in planned)},
         "mixed": [{"match": rule.match, "layers": list(rule.layers) if rule.layers else None, **rule.spec.params(),
                    "matched_layers": sum(rule.applies(p) for p in planned)} for rule in recipe.mixed],  # fmt: skip
         # Layers the recipe quantizes whose input size is not a multiple of the group size (MLX cannot).

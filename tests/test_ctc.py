@@ -232,6 +232,7 @@ def test_ctc_log_probs_and_ctc_text(clips, ctc_reference, ctc_model, name):
     ref = ctc_reference.ctc_log_probs(enc)
     ours = np.array(model.ctc.log_softmax(model.ctc_hidden(mx.array(enc)[None]))[0])
     assert ours.shape == ref.shape
+    print(f"{name}: CTC log-probabilities rel err {rel_err(ours, ref):.2e}")
     assert rel_err(ours, ref) < CTC_REL
     greedy = ctc.greedy_ids(ref.argmax(-1), model.args.blank_id)
     assert ctc.greedy_ids(ours.argmax(-1), model.args.blank_id) == greedy
