@@ -265,6 +265,7 @@ def context(model_dir: str | Path, report: dict | None = None, recipe=None, repo
         "quantized": bool(quantized),
         "is_baseline": not quantized and conversion.get("dtype") == "bfloat16",
         "mlx_audio": not any(c["quantized"] for c in components[:2]),  # quantized only under llm.model
+        "timestamps": bool(config.get("timestamps")),  # the CTC head was kept at conversion
         "components": components,
         "bits_per_weight": _num((summary or {}).get("bits_per_weight") or (DTYPE_BITS.get(conversion.get("dtype"))
                                                                            if not summary else None), "g"),

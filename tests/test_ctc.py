@@ -500,3 +500,10 @@ def test_cli_model_without_the_head(tiny_f32, wav_7s):
     notes = [line for line in srt.stderr.splitlines() if "no CTC head" in line]
     assert len(notes) == 1 and notes[0].startswith("note: ")  # said once, not silent
     assert len(_parse_cues(srt.stdout, ",")) == 1  # one cue per segment, as before
+
+
+def test_the_card_says_whether_the_variant_has_timestamps(ctc_bf16, tiny_bf16):
+    from funasr_nano_mlx.card import render
+
+    assert "**Timestamps.** This variant carries the CTC head" in render(ctc_bf16, repo_id="org/with-ctc")
+    assert "has no CTC head" in render(tiny_bf16, repo_id="org/without-ctc")
