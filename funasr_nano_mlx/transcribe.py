@@ -180,11 +180,13 @@ def ctc_modules(model: FunASRNano) -> list:
 
 
 def use_timestamps(model: FunASRNano, timestamps: bool | None) -> bool:
-    """None: timestamps when the model has the CTC head; True on a model without one is an error."""
-    if timestamps and not model.has_ctc:
+    """None: timestamps when the model has the CTC head (and `load` gave it its CTC tokenizer); True on a
+    model without one is an error."""
+    available = model.has_ctc and getattr(model, "ctc_tokenizer", None) is not None
+    if timestamps and not available:
         raise UserError("this model has no CTC head, so no timestamps: convert a copy that carries it "
                         "(the ModelScope model.pt with ctc_decoder.* and ctc.* tensors)")  # fmt: skip
-    return model.has_ctc if timestamps is None else timestamps
+    return available if timestamps is None else timestamps
 
 
 def prompt_inputs(
