@@ -12,7 +12,7 @@ RUN := $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS) ,)$(PY)
 help:
 	@echo "make setup      create $(VENV) with the package and everything the tests need"
 	@echo "make demo       run the 4bit-llm recipe on a tiny random official checkpoint and a synthetic set"
-	@echo "make quantize RECIPE=name   download, convert and quantize one recipe (recipes/*.yaml) under $(WORK)/"
+	@echo "make quantize RECIPE=name   download, convert and quantize one recipe (funasr_nano_mlx/recipes/*.yaml) under $(WORK)/"
 	@echo "make evaluate RECIPE=name   ... and evaluate it on its sets against its bf16 baseline (built too)"
 	@echo "make card RECIPE=name       ... and write its model card (refused outside the acceptance bound)"
 	@echo "make publish RECIPE=name    every stage: ... and upload to the recipe's target, then verify"
@@ -62,7 +62,7 @@ test-fast: setup
 clean:
 	rm -rf $(WORK)
 
-# Recipe stages (recipes/*.yaml): `make quantize RECIPE=4bit-llm` builds $(WORK)/4bit-llm/{download,convert,quantize}.
+# Recipe stages (funasr_nano_mlx/recipes/*.yaml): `make quantize RECIPE=4bit-llm` builds $(WORK)/4bit-llm/{download,convert,quantize}.
 # Each stage directory appears only when complete; Make (like `run`) skips one newer than its inputs.
 # From evaluate on, `run` alone decides what is up to date (it also compares the sets, the baseline's report,
 # the card's text and the target repo), so those targets always call it.
@@ -71,7 +71,7 @@ clean:
 RECIPE ?= 4bit-llm
 RUN_ARGS ?=
 STAGE_DIR := $(WORK)/$(RECIPE)
-RECIPE_FILE := recipes/$(RECIPE).yaml
+RECIPE_FILE := funasr_nano_mlx/recipes/$(RECIPE).yaml
 RUN_STAGE = $(RUN) -m funasr_nano_mlx run $(RECIPE) --work $(WORK) $(RUN_ARGS) --until
 
 .PHONY: download convert quantize evaluate card publish

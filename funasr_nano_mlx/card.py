@@ -20,10 +20,10 @@ import yaml
 
 from .decoding import describe_budget
 from .errors import UserError
+from .packaged import MODEL_CARDS_DIR
 
-MODEL_CARDS = Path(__file__).resolve().parent.parent / "model_cards"
-TEMPLATE = MODEL_CARDS / "template.md"
-FIGURES = MODEL_CARDS / "upstream_figures.yaml"
+TEMPLATE = MODEL_CARDS_DIR / "template.md"
+FIGURES = MODEL_CARDS_DIR / "upstream_figures.yaml"
 CARD, EVAL_JSON_NAME, BENCHMARK = "README.md", "eval.json", "benchmark.json"
 NOT_MEASURED = "not measured"
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")

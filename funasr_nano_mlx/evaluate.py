@@ -33,7 +33,8 @@ import yaml
 
 from .errors import UserError
 from .normalize import normalize, scoring_for
-from .recipe import COMMIT, EVAL_SETS_DIR
+from .packaged import EVAL_SETS_DIR, packaged_names
+from .recipe import COMMIT
 
 HYPOTHESES, COMPARISON, EVAL_JSON, SUMMARY, PLOT = (
     "hypotheses.jsonl", "comparison.jsonl", "eval.json", "summary.md", "error_rate_vs_size.png")  # fmt: skip
@@ -76,7 +77,7 @@ class EvalSet:
             return cls.from_yaml(path)
         if (EVAL_SETS_DIR / f"{name_or_path}.yaml").is_file():
             return cls.from_yaml(EVAL_SETS_DIR / f"{name_or_path}.yaml")
-        known = ", ".join(sorted(p.stem for p in EVAL_SETS_DIR.glob("*.yaml")))
+        known = ", ".join(packaged_names(EVAL_SETS_DIR))
         raise UserError(f"no evaluation set {str(name_or_path)!r}: give a folder with metadata.csv, a .jsonl "
                         f"manifest, a set YAML file, or one of: {known}")  # fmt: skip
 

@@ -26,9 +26,8 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
+from .packaged import EVAL_SETS_DIR, RECIPES_DIR, packaged_names
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-EVAL_SETS_DIR = RECIPES_DIR.parent / "eval_sets"
 SOURCE_RECORD = "source.json"  # in the download stage: what was fetched, so an overridden source is noticed
 PUBLISH_RECORD = "publish.json"  # the publish stage's output: repo, commit, URL and the files sent
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -138,7 +137,7 @@ class Recipe:
         path = Path(name_or_path)
         if not path.is_file():
             if not NAME.fullmatch(str(name_or_path)) or not (RECIPES_DIR / f"{name_or_path}.yaml").is_file():
-                known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+                known = ", ".join(packaged_names(RECIPES_DIR))
                 raise UserError(f"no recipe {str(name_or_path)!r}: give a recipe file or one of: {known}")
             path = RECIPES_DIR / f"{name_or_path}.yaml"
         return _parse(path)
@@ -328,7 +327,7 @@ def _evaluation(top: _Mapping) -> tuple[str, ...]:
                 raise top.error(f"no local set {value!r}: {path} does not exist", item, where)
             entry = str(path.resolve())
         else:
-            known = ", ".join(sorted(p.stem for p in EVAL_SETS_DIR.glob("*.yaml")))
+            known = ", ".join(packaged_names(EVAL_SETS_DIR))
             raise top.error(f"no evaluation set {value!r}: name one of eval_sets/ ({known}) or give a local set's "
                             "path relative to the recipe (./folder, set.jsonl, set.yaml)", item, where)  # fmt: skip
         if set_name(entry) in names:

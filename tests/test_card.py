@@ -30,7 +30,8 @@ from funasr_nano_mlx.card import (
 )  # fmt: skip
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.evaluate import EVAL_JSON, evaluate
-from funasr_nano_mlx.recipe import EVAL_SETS_DIR, RECIPES_DIR, Recipe
+from funasr_nano_mlx.packaged import EVAL_SETS_DIR, RECIPES_DIR
+from funasr_nano_mlx.recipe import Recipe
 from tests.speech import synthesize
 
 SENTENCES = [("en.wav", "the quick brown fox", "en"), ("zh.wav", "今天天气很好", "zh")]

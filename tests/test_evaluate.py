@@ -18,7 +18,6 @@ import yaml
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.evaluate import (
     EVAL_JSON,
-    EVAL_SETS_DIR,
     HYPOTHESES,
     PLOT,
     SUMMARY,
@@ -34,6 +33,7 @@ from funasr_nano_mlx.evaluate import (
     score,
     set_files,
 )  # fmt: skip
+from funasr_nano_mlx.packaged import EVAL_SETS_DIR, RECIPES_DIR
 from funasr_nano_mlx.report import plot
 from tests.speech import synthesize
 
@@ -43,7 +43,6 @@ ENGLISH = ["the quick brown fox jumps over the lazy dog", "she sells sea shells 
            "the weather is nice today", "I can't find my keys anywhere"]  # fmt: skip
 MANDARIN = ["今天天气很好", "我们一起去公园散步", "请把门关上", "这本书非常有意思", "明天早上八点开会", "我喜欢喝绿茶"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 # -- exact counts -------------------------------------------------------------------------------------

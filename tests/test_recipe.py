@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from funasr_nano_mlx.errors import UserError
+from funasr_nano_mlx.packaged import RECIPES_DIR
 from funasr_nano_mlx.recipe import (
-    RECIPES_DIR,
     Acceptance,
     QuantSpec,
     Recipe,
