@@ -2,9 +2,9 @@
 
 The tiny reference checkpoint is served under the upstream repo ids by tests/hub_server.py; the CLI runs
 in subprocesses whose huggingface_hub points there (`client_env`). Recipes keep their repo id and are
-given the server's commit (--revision) and the tiny model.pt's SHA-256 (--sha256). The shipped recipes'
-hub evaluation sets are not pinned, so recipes are evaluated here on a small espeak-ng set (--set), and
-published to the same fake hub.
+given the server's commit (--revision) and the tiny model.pt's SHA-256 (--sha256). Recipes are evaluated
+here on a small espeak-ng set (--set) and published to the same fake hub; the shipped hub sets, pinned,
+are streamed from the fake hub in tests/test_hub_sets.py.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tests.test_card import local_set
 from tests.test_recipe import SHIPPED
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BUILD = STAGES[: STAGES.index("quantize") + 1]  # what every shipped recipe builds here (their sets are not pinned)
+BUILD = STAGES[: STAGES.index("quantize") + 1]  # what every shipped recipe builds here (until=quantize)
 TOKENS = "8"  # new tokens per utterance: random weights rarely stop by themselves
 # A hard kill in the middle of the quantize stage: the weights are in quantize.tmp, config.json is not.
 KILLED_IN_QUANTIZE = """
@@ -258,11 +258,11 @@ def test_a_changed_recipe_rebuilds_its_stages(tiny_upstream, tmp_path):
 
 
 def test_unpinned_evaluation_sets_are_refused_before_any_stage(cli, tiny_upstream, speech, tmp_path):
-    """The shipped recipes' hub sets have no pinned revision: `run` says so in one line, building nothing."""
-    done = cli("run", "4bit-llm", "--work", tmp_path / "work", "--source", tiny_upstream)
-    assert_user_error(
-        done, "set librispeech-test-clean: dataset openslr/librispeech_asr (clean) split test is not pinned"
-    )
+    """A hub set with no pinned revision: `run` says so in one line, building nothing."""
+    unpinned = tmp_path / "unpinned.yaml"
+    unpinned.write_text("dataset: some-org/some-set\nlanguage: en\n")
+    done = cli("run", "bf16", "--work", tmp_path / "work", "--source", tiny_upstream, "--set", unpinned)
+    assert_user_error(done, "set unpinned: dataset some-org/some-set split test is not pinned")
     assert stage_dirs(tmp_path / "work") == []
     assert_user_error(cli("run", "bf16", "--work", tmp_path / "work", "--source", tiny_upstream, "--set",
                           tmp_path / "nowhere"), "no evaluation set")  # fmt: skip
