@@ -1,7 +1,8 @@
 """A small fake Hugging Face Hub for tests: stdlib only, driven by the real `huggingface_hub` client.
 
-Only model repositories ("namespace/name") and their branch `main` exist. What huggingface_hub 1.33
-requests for each call (all of it is served here):
+Model repositories ("namespace/name") and their branch `main`, and dataset repositories that tests
+create with `seed(..., repo_type="dataset")` (read-only over HTTP). What huggingface_hub 1.33 requests
+for each call (all of it is served here):
 
     create_repo          POST /api/repos/create                  (409 + {"url"} when it exists)
     whoami               GET  /api/whoami-v2                     (any token is valid)
@@ -17,6 +18,22 @@ requests for each call (all of it is served here):
                          PUT  /lfs-upload/{sha256}                (only objects the server lacks)
                          POST /api/models/{repo}/commit/{rev}     (ndjson; regular files in base64)
                          or, when nothing changed: GET /api/models/{repo}/revision/{rev} instead
+    get_paths_info       POST /api/{models,datasets}/{repo}/paths-info/{rev}  (form: paths=...&expand=)
+
+What `datasets` 5.2 requests to stream a dataset repo (the /api/ read endpoints above serve datasets too):
+
+    load_dataset(repo, config, revision=sha, streaming=True)
+                         HEAD+GET /datasets/{repo}/resolve/{sha}/README.md  (its YAML `configs`)
+                         HEAD .../{name}.py, .../.huggingface.yaml, .../dataset_infos.json (404 here)
+                         GET  /api/datasets/{repo}/revision/{sha}, tree/{sha}[/{folder}]?recursive=...
+                         GET  /datasets/{repo}/resolve/{sha}/{file}  with Range: bytes=a-b (parquet
+                              footer, then row groups): answered 206 with Content-Range
+    load_dataset("parquet", data_files="hf://datasets/{repo}@{sha}/{path}", streaming=True)
+                         GET /api/datasets/{repo}/revision/{sha}, tree/{sha}/{folder}, then resolve
+
+A commit may be given its id (`seed(..., sha=...)`), so a repo can stand under the very commit a set
+definition pins, and an LFS file may declare another file's SHA-256 (`seed(..., declared=...)`): see
+`seed`, and tests/hub_datasets.py for the shipped evaluation sets' repos.
 
 Wiring: huggingface_hub reads HF_ENDPOINT, HF_HUB_DISABLE_XET, HF_HOME... once, at import, and binds
 its module-level functions (`huggingface_hub.upload_folder`...) to an `HfApi` built then. So never
