@@ -217,7 +217,8 @@ def test_dataset_repo_at_a_given_commit_with_a_declared_hash(hub, hf, tmp_path):
     sha, real = "71cacbfb7e2354c4226d01e70d77d5fca3d04ba1", "7113aa4c" + "0" * 56
     stand_in = random.Random(2).randbytes(1000)
     files = {"README.md": b"# data\n", "all/test.clean/0000.parquet": stand_in}
-    assert hub.seed("org/data", files, repo_type="dataset", sha=sha, declared={"all/test.clean/0000.parquet": real}) == sha
+    declared = {"all/test.clean/0000.parquet": real}
+    assert hub.seed("org/data", files, repo_type="dataset", sha=sha, declared=declared) == sha
     assert "org/data" not in hub.repos and hub.commits("org/data", repo_type="dataset") == [sha]
 
     info = hf("get_paths_info", repo_id="org/data", paths=["all/test.clean/0000.parquet", "README.md", "absent"],
