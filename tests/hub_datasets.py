@@ -14,13 +14,14 @@ hundreds of MB and cannot be rebuilt from its hash, so these bytes are a stand-i
 records describe as the real file, which is what the evaluation's SHA-256 check reads.
 
     with HubServer() as hub:
-        rows = seed_eval_sets(hub, ["fleurs-en", "librispeech-test-clean"], tmp_path / "voices")
+        rows = seed_eval_sets(hub, ["fleurs-en", "librispeech-test-clean"])
         subprocess.run([..., "evaluate", model, "--set", "fleurs-en", ...], env=hub.client_env(home))
 """
 
 from __future__ import annotations
 
 import io
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -125,14 +126,17 @@ def data_file(evalset: EvalSet) -> str:
     return CONFIG_FILES[(evalset.dataset, evalset.config, evalset.split)]
 
 
-def seed_eval_sets(hub: HubServer, names: Iterable[str], folder: Path,
-                   declared: dict[str, str] | None = None) -> dict[str, list[dict]]:  # fmt: skip
+def seed_eval_sets(hub: HubServer, names: Iterable[str], declared: dict[str, str] | None = None) -> dict[str, list]:
     """Seed on `hub` the dataset repos that the shipped sets `names` read, each at the commit its
-    definition pins, with ROWS spoken rows per set (voices synthesized under `folder`). Every pinned
-    file declares the definition's SHA-256, except the paths in `declared` (path -> another hash, to
-    test a mismatch). Call it once per server, with every set the test needs: a pinned commit is
-    made once. Returns set name -> its rows as served (for checking references)."""
-    evalsets = [EvalSet.load(name) for name in names]
+    definition pins, with ROWS spoken rows per set. Every pinned file declares the definition's
+    SHA-256, except the paths in `declared` (path -> another hash, to test a mismatch). Call it once
+    per server, with every set the test needs: a pinned commit is made once. Returns set name -> its
+    rows as served (for checking references)."""
+    with tempfile.TemporaryDirectory() as folder:  # espeak-ng's wav files, read back at once
+        return _seed(hub, [EvalSet.load(name) for name in names], Path(folder), declared or {})
+
+
+def _seed(hub: HubServer, evalsets: list[EvalSet], folder: Path, declared: dict[str, str]) -> dict[str, list]:
     commits: dict[tuple[str, str], dict] = {}  # (repo, revision) -> {"files": {...}, "declared": {...}}
     rows_by_set = {}
     for evalset in evalsets:
@@ -149,6 +153,6 @@ def seed_eval_sets(hub: HubServer, names: Iterable[str], folder: Path,
         some_rows = next(data for path, data in commit["files"].items() if path.endswith(".parquet"))
         for path in (path for (owner, *_), path in CONFIG_FILES.items() if owner == repo):
             commit["files"].setdefault(path, some_rows)  # a config no set here reads: any valid rows
-        pins = {**commit["declared"], **{p: h for p, h in (declared or {}).items() if p in commit["files"]}}
+        pins = {**commit["declared"], **{p: h for p, h in declared.items() if p in commit["files"]}}
         hub.seed(repo, commit["files"], f"data at {revision[:7]}", repo_type="dataset", sha=revision, declared=pins)
     return rows_by_set

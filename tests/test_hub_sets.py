@@ -34,10 +34,10 @@ def evaluate_cli(hub: HubServer, home: Path, model: Path, sets: list[str], repor
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served():
     """One fake hub holding the repos of every pinned shipped set, and the rows it serves per set."""
     with HubServer() as hub:
-        yield hub, seed_eval_sets(hub, PINNED, tmp_path_factory.mktemp("voices"))
+        yield hub, seed_eval_sets(hub, PINNED)
 
 
 def test_every_pinned_set_streams_at_its_commit_and_is_scored(served, tiny_f32, tmp_path):
@@ -80,7 +80,7 @@ def test_fleurs_references_are_the_written_sentences(served):
 def test_a_pinned_file_with_another_sha256_is_refused(tiny_f32, tmp_path):
     other = "0" * 64
     with HubServer() as hub:
-        seed_eval_sets(hub, [CLEAN], tmp_path / "voices", declared={data_file(EvalSet.load(CLEAN)): other})
+        seed_eval_sets(hub, [CLEAN], declared={data_file(EvalSet.load(CLEAN)): other})
         proc = evaluate_cli(hub, tmp_path / "hf-home", tiny_f32, [CLEAN], tmp_path / "report")
         assert not [r for r in hub.requests if "/resolve/" in r]  # refused before any byte of data is read
     assert proc.returncode == 2 and not (tmp_path / "report").exists()
