@@ -196,6 +196,11 @@ def _local_item(index: int, audio, text, language, base: Path, evalset: EvalSet)
     return item
 
 
+def _one_line(err: BaseException) -> str:
+    """A library's error message on one line (huggingface_hub's span several: status, request id, URL)."""
+    return " ".join(str(err).split())
+
+
 def _transcript_column(columns: Sequence[str], evalset: EvalSet, where: str) -> str:
     """The column of a metadata.csv that holds the transcripts: the one the set's definition names,
     else the one of TRANSCRIPT_COLUMNS present. None of them, or several: which one is meant is not
@@ -271,7 +276,7 @@ def _recorded_sha256(evalset: EvalSet) -> dict[str, str | None]:
     try:
         infos = HfApi().get_paths_info(evalset.dataset, paths, revision=evalset.revision, repo_type="dataset")
     except (HfHubHTTPError, OSError) as err:
-        raise UserError(f"set {evalset.name}: cannot check the SHA-256 of its files: {err}") from None
+        raise UserError(f"set {evalset.name}: cannot check the SHA-256 of its files: {_one_line(err)}") from None
     return {i.path: i.lfs.sha256 if getattr(i, "lfs", None) else None for i in infos if hasattr(i, "blob_id")}
 
 
@@ -314,7 +319,7 @@ def _hub_items(evalset: EvalSet) -> Iterator[Item]:
         stream = _stream(evalset)
         columns = stream.column_names or list(next(iter(stream)))
     except (DatasetNotFoundError, OSError, ValueError, StopIteration) as err:
-        raise UserError(f"set {evalset.name}: cannot open {label}: {err or 'it has no rows'}") from None
+        raise UserError(f"set {evalset.name}: cannot open {label}: {_one_line(err) or 'it has no rows'}") from None
     audio_column, text_column = evalset.audio_column or HUB_COLUMNS[0], evalset.text_column or HUB_COLUMNS[1]
     wanted = [c for c in (audio_column, text_column, evalset.id_column) if c]
     _require_columns(columns, wanted, f"set {evalset.name}: {label}")

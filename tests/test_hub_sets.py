@@ -80,13 +80,16 @@ def test_fleurs_references_are_the_written_sentences(served):
 def test_a_pinned_file_with_another_sha256_is_refused(tiny_f32, tmp_path):
     other = "0" * 64
     with HubServer() as hub:
+        absent = evaluate_cli(hub, tmp_path / "hf-home", tiny_f32, [CLEAN], tmp_path / "report")
         seed_eval_sets(hub, [CLEAN], declared={data_file(EvalSet.load(CLEAN)): other})
         proc = evaluate_cli(hub, tmp_path / "hf-home", tiny_f32, [CLEAN], tmp_path / "report")
         assert not [r for r in hub.requests if "/resolve/" in r]  # refused before any byte of data is read
-    assert proc.returncode == 2 and not (tmp_path / "report").exists()
+    assert proc.returncode == absent.returncode == 2 and not (tmp_path / "report").exists()
     (line,) = proc.stderr.strip().splitlines()
     pinned = EvalSet.load(CLEAN).sha256[data_file(EvalSet.load(CLEAN))]
     assert f"its SHA-256 is {other}, the definition pins {pinned}" in line and line.startswith(f"error: set {CLEAN}: ")
+    (line,) = absent.stderr.strip().splitlines()  # no such repo on the hub: one line too
+    assert line.startswith(f"error: set {CLEAN}: cannot check the SHA-256 of its files: ") and "Not Found" in line
 
 
 def test_shipped_sets_are_pinned_except_the_known_unpinned():
