@@ -213,7 +213,8 @@ def context(model_dir: str | Path, report: dict | None = None, recipe=None, repo
     recipe's target)."""
     from .convert import package_version
     from .quantize import WEIGHT_FILES
-    from .transcribe import LANGUAGES, read_config
+    from .modeldir import read_config
+    from .transcribe import LANGUAGES
 
     model_dir = Path(model_dir)
     config = read_config(model_dir)
@@ -335,7 +336,7 @@ def recipe_block(config: dict, recipe=None) -> dict | None:
 
 def _inputs(model_dir: Path, recipe=None) -> tuple[dict, object, dict | None, dict | None]:
     """(config, recipe, report, benchmark) of a model directory as the card reads them."""
-    from .transcribe import read_config
+    from .modeldir import read_config
 
     config = read_config(model_dir)
     loaded = _recipe(recipe, config)
@@ -351,7 +352,7 @@ def write_card(model_dir: str | Path, recipe=None, report_dir: str | Path | None
     `report_dir`, its eval.json is copied into MODEL_DIR first, keeping its time (which publish checks
     against the model files); with `benchmark`, that record becomes MODEL_DIR/benchmark.json. Refused,
     with nothing written, when a figure is outside the recipe's acceptance bound. Returns the card's path."""
-    from .transcribe import read_config
+    from .modeldir import read_config
 
     model_dir = Path(model_dir)
     config = read_config(model_dir)

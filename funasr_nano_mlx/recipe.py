@@ -26,13 +26,13 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
+from .hub import REPO_ID
 from .packaged import EVAL_SETS_DIR, RECIPES_DIR, packaged_names
 
 SOURCE_RECORD = "source.json"  # in the download stage: what was fetched, so an overridden source is noticed
 PUBLISH_RECORD = "publish.json"  # the publish stage's output: repo, commit, URL and the files sent
 COMMIT = re.compile(r"[0-9a-f]{40}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
-REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 # What mx.quantize supports in MLX 0.32 (its "quantization modes" table): mode -> (bits, group sizes);
@@ -453,7 +453,7 @@ def download(recipe: Recipe, dst: Path) -> Path:
     from huggingface_hub.utils import filter_repo_objects
 
     from .convert import CHECKPOINT, UPSTREAM_FILES, sha256, staged_output
-    from .convert import download as fetch
+    from .hub import download as fetch
 
     require_pin(recipe)
     src = Path(recipe.source) if recipe.is_local else fetch(recipe.source, recipe.revision)
