@@ -34,7 +34,7 @@ import yaml
 from .errors import UserError
 from .normalize import normalize, scoring_for
 from .packaged import EVAL_SETS_DIR, packaged_names
-from .recipe import COMMIT
+from .hub import COMMIT
 
 HYPOTHESES, COMPARISON, EVAL_JSON, SUMMARY, PLOT = (
     "hypotheses.jsonl", "comparison.jsonl", "eval.json", "summary.md", "error_rate_vs_size.png")  # fmt: skip

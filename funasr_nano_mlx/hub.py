@@ -14,6 +14,7 @@ from pathlib import Path
 from .errors import UserError
 
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+COMMIT = re.compile(r"[0-9a-f]{40}")  # a pinned revision; branch and tag names move
 CONFIG_FILE = "config.json"
 
 

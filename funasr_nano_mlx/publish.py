@@ -47,9 +47,7 @@ def commit_message(model_dir: Path) -> str:
 
     config = read_config(model_dir)
     recipe = config.get("recipe") or {}
-    source = config.get("conversion", {}).get("source", "unknown source")
-    if recipe.get("source") and recipe.get("revision"):
-        source = f"{recipe['source']}@{recipe['revision']}"
+    source = config.get("conversion", {}).get("source", "unknown source")  # SOURCE@COMMIT for a hub source
     name = f"recipe {recipe['name']}" if recipe.get("name") else "no recipe (converted only)"
     return f"Upload {name} from {source} with funasr-nano-mlx {package_version()}"
 
