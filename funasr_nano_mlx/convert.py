@@ -21,8 +21,9 @@ from mlx_lm.utils import save_config, save_model
 from tqdm import tqdm
 
 from .errors import UserError
+from .hub import download, is_repo_id
 from .model import EMBEDDINGS, LM_HEAD, AdaptorArgs, FrontendArgs, FunASRNano, ModelArgs
-from .transcribe import MODEL_TYPE, TOKENIZER_DIR
+from .modeldir import MODEL_TYPE, TOKENIZER_DIR
 from .vad import CMVN_KEY, FsmnArgs, FsmnVad, unsupported_settings
 from .vad import MODEL_TYPE as VAD_MODEL_TYPE
 from .vad import WEIGHTS as VAD_WEIGHTS
@@ -34,29 +35,15 @@ DTYPES = {"bfloat16": mx.bfloat16, "float32": mx.float32}
 MAX_KEYS_IN_MESSAGE = 8
 
 
-def download(repo_id: str, revision: str | None = None, local_dir: Path | None = None,
-             patterns: list[str] = UPSTREAM_FILES) -> Path:  # fmt: skip
-    """Fetch what conversion needs (`patterns`) from a hub repo (honours HF_ENDPOINT and the HF token)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_dir=local_dir))
-    except (RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError, OSError) as err:
-        message = " ".join(str(err).split())  # huggingface_hub's messages span lines; errors are one line
-        raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {message}") from None
-
-
 def resolve_source(src: str | Path, patterns: list[str] = UPSTREAM_FILES, revision: str | None = None,
                    ) -> tuple[Path, str]:  # fmt: skip
     """A local upstream directory, or a hub repo id fetched into the HF cache (at `revision`, a commit
     for reproducible builds; default the main branch); and its provenance label."""
-    path = Path(src)
-    if path.exists():
-        return path, str(path)
-    if isinstance(src, str) and src.count("/") == 1 and not src.startswith((".", "/")):
-        snapshot = download(src, revision=revision, patterns=patterns)
+    if is_repo_id(src):
+        snapshot = download(str(src), revision=revision, patterns=patterns)
         return snapshot, f"{src}@{snapshot.name}"  # the cache names a snapshot folder by its commit
+    if Path(src).exists():
+        return Path(src), str(src)
     raise UserError(f"source not found: {src} (a local upstream directory or a hub repo id ORG/NAME)")
 
 

@@ -37,7 +37,7 @@ import yaml
 from .errors import UserError
 from .normalize import normalize, scoring_for
 from .packaged import EVAL_SETS_DIR, packaged_names
-from .recipe import COMMIT
+from .hub import COMMIT
 
 HYPOTHESES, COMPARISON, EVAL_JSON, SUMMARY, PLOT = (
     "hypotheses.jsonl", "comparison.jsonl", "eval.json", "summary.md", "error_rate_vs_size.png")  # fmt: skip
@@ -621,7 +621,7 @@ def _machine() -> dict:
 def model_info(model_dir: Path) -> dict:
     """Identity and size of the evaluated model, with the provenance blocks its config.json carries."""
     from .quantize import WEIGHT_FILES
-    from .transcribe import read_config
+    from .modeldir import read_config
 
     config = read_config(model_dir)
     model = {"name": config.get("recipe", {}).get("name") or model_dir.name, "path": str(model_dir),
@@ -678,10 +678,10 @@ def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], p
     return report
 
 
-def evaluate(model_dir, sets: Sequence[str], report_dir, limit: int | None = None, shard=None, baseline=None,
-             max_new_tokens: int | None = None, batch_size: int | None = None) -> dict:  # fmt: skip
-    """Transcribe the first `limit` rows of each set (those of shard i/n only) with the model in
-    `model_dir`, score them and write the report to `report_dir` (all or nothing); `baseline` is the
+def evaluate(model, sets: Sequence[str], report_dir, limit: int | None = None, shard=None, baseline=None,
+             max_new_tokens: int | None = None, batch_size: int | None = None, revision: str | None = None) -> dict:  # fmt: skip
+    """Transcribe the first `limit` rows of each set (those of shard i/n only) with `model` (a model
+    directory, or a hub repo id at `revision`), score them and write the report to `report_dir` (all or nothing); `baseline` is the
     report of the variant to compare with (the bf16 one of the same source). Decoding is transcribe's:
     long rows segmented, `batch_size` segments at a time, `max_new_tokens` None for budgets scaled to
     each segment's length (the scores do not depend on the batch size beyond float rounding).
@@ -692,16 +692,18 @@ def evaluate(model_dir, sets: Sequence[str], report_dir, limit: int | None = Non
     from .convert import package_version
     from .report import percent
     from .decoding import DEFAULT_BATCH_SIZE
+    from .modeldir import find_model
     from .transcribe import load
 
     index, count = parse_shard(shard)
-    model_dir, report_dir = Path(model_dir), Path(report_dir)
+    report_dir = Path(report_dir)
     evalsets = check_sets(sets)
     if report_dir.exists():
         raise UserError(f"report directory already exists: {report_dir}")
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     if baseline is not None:
         read_baseline(baseline, max_new_tokens)  # fail now, not after hours of decoding
+    model_dir = find_model(model, revision)
     opened = {s.name: open_set(s) for s in evalsets}  # every set and column is checked before the model loads
     model, tokenizer = load(model_dir)
     rows, peaks = [], {}

@@ -26,6 +26,7 @@ from .card import (
 )
 from .convert import sha256
 from .errors import UserError
+from .hub import one_line
 
 IGNORED = [".cache/**", "*.tmp", ".DS_Store"]
 REMOTE_ONLY = {".gitattributes"}  # create_repo writes it; not ours to compare
@@ -42,13 +43,11 @@ def local_files(folder: Path) -> dict[str, Path]:
 
 def commit_message(model_dir: Path) -> str:
     from .convert import package_version
-    from .transcribe import read_config
+    from .modeldir import read_config
 
     config = read_config(model_dir)
     recipe = config.get("recipe") or {}
-    source = config.get("conversion", {}).get("source", "unknown source")
-    if recipe.get("source") and recipe.get("revision"):
-        source = f"{recipe['source']}@{recipe['revision']}"
+    source = config.get("conversion", {}).get("source", "unknown source")  # SOURCE@COMMIT for a hub source
     name = f"recipe {recipe['name']}" if recipe.get("name") else "no recipe (converted only)"
     return f"Upload {name} from {source} with funasr-nano-mlx {package_version()}"
 
@@ -69,7 +68,8 @@ class Published:
 
 def check(model_dir: Path, repo_id: str | None = None, recipe=None) -> None:
     """Everything that must hold before anything is sent to `repo_id`."""
-    from .transcribe import load, read_config
+    from .modeldir import read_config
+    from .transcribe import load
 
     if not model_dir.is_dir():
         raise UserError(f"model directory not found: {model_dir}")
@@ -77,10 +77,6 @@ def check(model_dir: Path, repo_id: str | None = None, recipe=None) -> None:
     report = check_report(model_dir, model_dir / EVAL_JSON_NAME)
     check_acceptance(recipe_block(read_config(model_dir), recipe), report)
     check_card(model_dir, recipe, repo_id)
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
 
 
 def verify(repo_id: str, commit: str, files: dict[str, Path]) -> None:
@@ -149,12 +145,12 @@ def publish(model_dir, repo_id: str, private: bool = False, dry_run: bool = Fals
                                  ignore_patterns=IGNORED)  # fmt: skip
     except (HfHubHTTPError, OSError, ValueError) as err:
         raise UserError(
-            f"upload to {repo_id} failed: {_one_line(err)} (nothing is half-committed: run publish again)"
+            f"upload to {repo_id} failed: {one_line(err)} (nothing is half-committed: run publish again)"
         ) from None
     commit = info.oid
     try:
         verify(repo_id, commit, files)
     except (HfHubHTTPError, OSError) as err:
-        raise UserError(f"verification failed: cannot download {repo_id}@{commit}: {_one_line(err)}") from None
+        raise UserError(f"verification failed: cannot download {repo_id}@{commit}: {one_line(err)}") from None
     echo(f"verified {len(files)} files of {repo_id}@{commit}")
     return Published(repo_id, commit, info.commit_url, private, {name: sha256(path) for name, path in files.items()})

@@ -21,7 +21,7 @@ from .convert import DTYPES, staged_output
 from .errors import UserError
 from .model import FunASRNano, model_classes
 from .recipe import COMPONENTS, QuantSpec, Recipe, component_of
-from .transcribe import MODEL_TYPE
+from .modeldir import MODEL_TYPE
 
 QUANTIZABLE = (nn.Linear, nn.Embedding)
 WEIGHT_FILES = ("model*.safetensors", "model.safetensors.index.json")

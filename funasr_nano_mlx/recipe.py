@@ -26,14 +26,16 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
+from .hub import COMMIT, REPO_ID
 from .packaged import EVAL_SETS_DIR, RECIPES_DIR, packaged_names
 
 SOURCE_RECORD = "source.json"  # in the download stage: what was fetched, so an overridden source is noticed
 PUBLISH_RECORD = "publish.json"  # the publish stage's output: repo, commit, URL and the files sent
-COMMIT = re.compile(r"[0-9a-f]{40}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
-REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+# Where no commit of a source is published, a recipe may follow this branch if it pins model.pt by its
+# SHA-256: the download records the commit it resolved, and any other content is refused before conversion.
+CONTENT_PINNED_BRANCH = "main"
 
 # What mx.quantize supports in MLX 0.32 (its "quantization modes" table): mode -> (bits, group sizes);
 # the first group size is MLX's default.
@@ -117,7 +119,8 @@ class Recipe:
     name: str
     file: Path
     source: str  # hub repo id, or a local upstream directory (overrides only)
-    revision: str | None  # 40-hex commit; None: not known yet, and `run` refuses to download
+    revision: str | None  # 40-hex commit, or CONTENT_PINNED_BRANCH with model_pt_sha256; None: not known yet,
+    # and `run` refuses to download
     model_pt_sha256: str | None  # checked after download when given
     dtype: str
     audio_encoder: QuantSpec | None  # None: kept in `dtype`
@@ -393,12 +396,14 @@ def _parse(file: Path) -> Recipe:
     if "revision" not in source.items:
         raise source.error("is missing: pin a 40-hex commit (null while it is not known: run then refuses)",
                            key="revision")  # fmt: skip
-    revision = source.take("revision", (str, type(None)))
-    _check(source, "revision", revision is None or COMMIT.fullmatch(revision) is not None,
-           f"{revision!r} is not a pinned commit (40 lowercase hex digits); branch and tag names move")  # fmt: skip
     sha = source.take("model_pt_sha256", (str,), required=False)
     _check(source, "model_pt_sha256", sha is None or SHA256.fullmatch(sha) is not None,
            f"{sha!r} is not a SHA-256 (64 lowercase hex digits)")  # fmt: skip
+    revision = source.take("revision", (str, type(None)))
+    _check(source, "revision", revision is None or COMMIT.fullmatch(revision) is not None
+           or (revision == CONTENT_PINNED_BRANCH and sha is not None),
+           f"{revision!r} is not a pinned commit (40 lowercase hex digits): branch and tag names move; "
+           f"only {CONTENT_PINNED_BRANCH!r} together with model_pt_sha256 (a pin by content) is accepted")  # fmt: skip
     source.finish()
 
     dtype = top.take("dtype", (str,))
@@ -453,7 +458,7 @@ def download(recipe: Recipe, dst: Path) -> Path:
     from huggingface_hub.utils import filter_repo_objects
 
     from .convert import CHECKPOINT, UPSTREAM_FILES, sha256, staged_output
-    from .convert import download as fetch
+    from .hub import download as fetch
 
     require_pin(recipe)
     src = Path(recipe.source) if recipe.is_local else fetch(recipe.source, recipe.revision)
@@ -470,18 +475,33 @@ def download(recipe: Recipe, dst: Path) -> Path:
             raise UserError(f"{CHECKPOINT} of {recipe.source_label} has SHA-256 {digest}, but recipe "
                             f"{recipe.name} expects {recipe.model_pt_sha256}: corrupt download or wrong pin; "
                             "nothing was converted")  # fmt: skip
-        record = {"source": recipe.source, "revision": recipe.revision, "model_pt_sha256": digest}
+        # The hub cache names a snapshot folder by its commit: what a branch resolved to is kept.
+        commit = None if recipe.is_local else src.name
+        record = {"source": recipe.source, "revision": recipe.revision, "commit": commit, "model_pt_sha256": digest}
         (out / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return dst
 
 
-def _same_source(recipe: Recipe, download_dir: Path) -> bool:
+def _source_record(download_dir: Path) -> dict:
     try:
         record = json.loads((download_dir / SOURCE_RECORD).read_text())
     except (OSError, ValueError):
-        return False
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _same_source(recipe: Recipe, download_dir: Path) -> bool:
+    record = _source_record(download_dir)
     expected = recipe.model_pt_sha256 or record.get("model_pt_sha256")
-    return record == {"source": recipe.source, "revision": recipe.revision, "model_pt_sha256": expected}
+    asked = {"source": recipe.source, "revision": recipe.revision, "model_pt_sha256": expected}
+    return {key: record.get(key) for key in asked} == asked
+
+
+def downloaded_label(recipe: Recipe, download_dir: Path) -> str:
+    """The source as conversion records it: SOURCE@COMMIT with the commit the download resolved (the
+    recipe's own pin, or what its branch pointed at for a pin by content)."""
+    commit = _source_record(download_dir).get("commit")
+    return recipe.source if recipe.is_local or not commit else f"{recipe.source}@{commit}"
 
 
 @dataclass(frozen=True)
@@ -531,7 +551,7 @@ def _download(job: Job, src: None, dst: Path) -> Path:
 def _convert(job: Job, src: Path, dst: Path) -> Path:
     from .convert import convert
 
-    return convert(src, dst, dtype=job.recipe.dtype, source_id=job.recipe.source_label)
+    return convert(src, dst, dtype=job.recipe.dtype, source_id=downloaded_label(job.recipe, src))
 
 
 def _quantize(job: Job, src: Path, dst: Path) -> Path:

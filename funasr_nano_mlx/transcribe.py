@@ -11,7 +11,6 @@ path does ([F] fun_asr_nano/model.py:810-885: left padding, per-row positions fr
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,10 +28,9 @@ from .audio import FRAME_LENGTH, SAMPLE_RATE, check_duration, features, load_aud
 from .decoding import DEFAULT_BATCH_SIZE, loop_end, token_budget
 from .errors import UserError
 from .model import FunASRNano, model_classes
+from .modeldir import TOKENIZER_DIR, find_model, read_config
 from .segment import DEFAULT_MAX_SEGMENT_MS, EnergySegmenter
 
-MODEL_TYPE = "fun_asr_nano"
-TOKENIZER_DIR = "Qwen3-0.6B"
 BATCHES_PER_GROUP = 4  # inputs are read, and results returned, in groups of about this many batches of segments
 SYSTEM_PROMPT = "You are a helpful assistant."
 HOTWORD_PREAMBLE = (
@@ -119,22 +117,6 @@ class Transcription:
         return asdict(self)
 
 
-def read_config(path: Path) -> dict:
-    """config.json of a converted model directory; a clear error for anything else."""
-    config_file = path / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError):
-        config = {}
-    valid = config.get("model_type") == MODEL_TYPE and isinstance(config.get("text_config"), dict)
-    if not valid or not (path / TOKENIZER_DIR).is_dir():
-        raise UserError(
-            f"{path} is not a converted Fun-ASR-Nano model (expected config.json with model_type "
-            f"{MODEL_TYPE!r} and a {TOKENIZER_DIR}/ tokenizer folder); create one with `funasr-nano-mlx convert`"
-        )
-    return config
-
-
 def stop_token_ids(config: dict, tokenizer) -> list[int]:
     """The checkpoint's eos_token_id(s) plus <|endoftext|>."""
     eos = config["text_config"].get("eos_token_id", [])
@@ -143,9 +125,10 @@ def stop_token_ids(config: dict, tokenizer) -> list[int]:
     return sorted(set(eos + ([end_of_text] if end_of_text is not None else [])))
 
 
-def load(path: str | Path) -> tuple[FunASRNano, TokenizerWrapper]:
-    """Load a converted (optionally quantized) model directory: returns (model, tokenizer)."""
-    path = Path(path)
+def load(path_or_repo: str | Path, revision: str | None = None) -> tuple[FunASRNano, TokenizerWrapper]:
+    """Load a converted (optionally quantized) model: a local directory or a hub repo id (downloaded
+    into the Hugging Face cache at `revision`, default main). Returns (model, tokenizer)."""
+    path = find_model(path_or_repo, revision)
     config = read_config(path)
     try:
         model, _ = load_model(path, get_model_classes=model_classes)

@@ -143,9 +143,29 @@ def test_a_second_run_and_a_second_recipe_download_nothing(hub, cli, built, tiny
 
 def test_an_unpinned_recipe_is_refused_before_any_request(hub, cli, tmp_path):
     server, _ = hub
+    unpinned = tmp_path / "unpinned.yaml"
+    unpinned.write_text(Recipe.load("mlt-bf16").file.read_text().replace("revision: main", "revision: null"))
     before = len(server.requests)
-    assert_user_error(cli("run", "mlt-bf16", "--work", tmp_path / "work"), "is not pinned")
+    assert_user_error(cli("run", unpinned, "--work", tmp_path / "work"), "is not pinned")
     assert len(server.requests) == before and not (tmp_path / "work").exists()
+
+
+def test_a_pin_by_content_follows_main_records_its_commit_and_refuses_other_bytes(hub, cli, tiny_upstream, tmp_path):
+    """The MLT recipes follow `main` with model.pt's SHA-256 (no public commit is known): the served
+    tiny model.pt is not the real one and is refused before conversion; accepted under its own SHA-256,
+    the commit that main resolved to is what the download and the conversion record."""
+    _, revisions = hub
+    work = tmp_path / "work"
+    assert_user_error(cli("run", "mlt-bf16", "--work", work, "--until", "convert"),
+                      "but recipe mlt-bf16 expects f7ddbef5ff8c57254e6a045f0b316501b704fe2b774f962efc6e402364e8fe37")  # fmt: skip
+    assert stage_dirs(work) == []
+    done = cli("run", "mlt-bf16", "--work", work, "--until", "convert", "--sha256", sha256(tiny_upstream / "model.pt"))
+    assert done.returncode == 0, done.stderr
+    commit = revisions["FunAudioLLM/Fun-ASR-MLT-Nano-2512"]
+    record = json.loads((work / "mlt-bf16" / "download" / "source.json").read_text())
+    assert (record["revision"], record["commit"]) == ("main", commit)
+    config = json.loads((work / "mlt-bf16" / "convert" / "config.json").read_text())
+    assert config["conversion"]["source"] == f"FunAudioLLM/Fun-ASR-MLT-Nano-2512@{commit}"
 
 
 def test_a_wrong_sha256_leaves_no_stage_output(hub, cli, tmp_path):
