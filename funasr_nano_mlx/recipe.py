@@ -109,7 +109,7 @@ class Acceptance:
 
 def set_name(entry: str) -> str:
     """The name an evaluation set is reported under: eval_sets/NAME.yaml -> NAME, a folder -> its name,
-    a .jsonl or .yaml file -> its stem (as `evaluate.EvalSet.load` names it)."""
+    a .jsonl or .yaml file -> its stem (as `evalsets.EvalSet.load` names it)."""
     path = Path(entry)
     return path.name if path.is_dir() else path.stem if path.suffix in (".yaml", ".yml", ".jsonl") else entry
 
@@ -562,7 +562,7 @@ def _quantize(job: Job, src: Path, dst: Path) -> Path:
 
 def _evaluate_needs(job: Job) -> list[Path]:
     """The sets' local files, and the baseline's report (its stages are run first, up to evaluate)."""
-    from .evaluate import set_files
+    from .evalsets import set_files
 
     baseline = job.baseline
     reports = [run(baseline.recipe, baseline.work, "evaluate", baseline.options)] if baseline else []
@@ -670,7 +670,7 @@ def _discard(output: Path) -> None:
 def _preflight(job: Job, stages: tuple[str, ...]) -> None:
     """What can be refused before any stage runs: unusable sets, a bad repo id or benchmark file."""
     if "evaluate" in stages:
-        from .evaluate import check_sets
+        from .evalsets import check_sets
 
         if not job.sets:
             raise UserError(f"recipe {job.recipe.name} names no evaluation sets: give some with --set NAME_OR_PATH")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from funasr_nano_mlx.evaluate import EvalSet
+from funasr_nano_mlx.evalsets import EvalSet
 from tests.hub_server import HubServer
 from tests.speech import synthesize
 

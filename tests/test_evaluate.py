@@ -16,22 +16,19 @@ import soundfile as sf
 import yaml
 
 from funasr_nano_mlx.errors import UserError
+from funasr_nano_mlx.evalsets import EvalSet, check_sets, open_set, set_files
 from funasr_nano_mlx.evaluate import (
     EVAL_JSON,
     HYPOTHESES,
     PLOT,
     SUMMARY,
-    EvalSet,
     Row,
     answers,
-    check_sets,
     evaluate,
     merge,
-    open_set,
     parse_shard,
     read_report,
     score,
-    set_files,
 )  # fmt: skip
 from funasr_nano_mlx.packaged import EVAL_SETS_DIR, RECIPES_DIR
 from funasr_nano_mlx.report import plot

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from funasr_nano_mlx.errors import UserError
-from funasr_nano_mlx.evaluate import EVAL_SETS_DIR, HYPOTHESES, EvalSet, check_sets
-from funasr_nano_mlx.recipe import COMMIT
+from funasr_nano_mlx.evalsets import EvalSet, check_sets
+from funasr_nano_mlx.evaluate import HYPOTHESES
+from funasr_nano_mlx.packaged import EVAL_SETS_DIR
+from funasr_nano_mlx.hub import COMMIT
 from tests.hub_datasets import ROWS, data_file, seed_eval_sets
 from tests.hub_server import HubServer
 
@@ -115,7 +117,7 @@ def local_pinned_set(tmp_path: Path, digest: str) -> Path:
 
 def test_local_pinned_file_is_hashed(tmp_path):
     from funasr_nano_mlx.convert import sha256
-    from funasr_nano_mlx.evaluate import open_set
+    from funasr_nano_mlx.evalsets import open_set
 
     definition = local_pinned_set(tmp_path, "a" * 64)
     with pytest.raises(UserError, match=r"set pinned: data/test-00000-of-00001.parquet in .*repo: its SHA-256 is "):
