@@ -37,7 +37,6 @@ JSONL_TEXT_COLUMN = "text"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
-
 @dataclass(frozen=True)
 class EvalSet:
     """One evaluation set: a hub dataset (`dataset`) or a local one (`path`)."""
@@ -92,6 +91,9 @@ class EvalSet:
         evalset = cls(name=file.stem, **data)
         if (evalset.dataset is None) == (evalset.path is None):
             raise UserError(f"{file}: give either `dataset` (a hub dataset) or `path` (a local set)")
+        if evalset.data_files and not evalset.data_files.endswith(".parquet"):
+            raise UserError(f"{file}: data_files: {evalset.data_files!r} names no .parquet files; they are read with "
+                            "the parquet builder (leave it out to read the repo's config and split)")  # fmt: skip
         evalset._check_sha256_fields(file)
         from .transcribe import resolve_language
 

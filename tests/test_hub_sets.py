@@ -133,8 +133,10 @@ def test_local_pinned_file_is_hashed(tmp_path):
     ("sha256:\n  data/x.parquet: ABC", r"expected 64 lower-case hex digits \(quoted if all are digits\), found 'ABC'"),
     ("sha256:\n  data/x.parquet: " + "1" * 64, "found 1111"),  # YAML reads it as a number
     ("sha256: abc", "sha256: expected dict, found 'abc'"),
+    ("data_files: data/*.csv", r"data_files: 'data/\*.csv' names no .parquet files"),
 ])  # fmt: skip
-def test_sha256_pins_are_checked_when_the_definition_is_read(tmp_path, pins, message):
-    (tmp_path / "set.yaml").write_text(f"dataset: a/b\nrevision: {'f' * 40}\ndata_files: data/x.parquet\n{pins}\n")
+def test_sha256_pins_and_data_files_are_checked_when_the_definition_is_read(tmp_path, pins, message):
+    files = "" if "data_files" in pins else "data_files: data/x.parquet\n"
+    (tmp_path / "set.yaml").write_text(f"dataset: a/b\nrevision: {'f' * 40}\n{files}{pins}\n")
     with pytest.raises(UserError, match=message):
         EvalSet.load(tmp_path / "set.yaml")
