@@ -213,7 +213,7 @@ def context(model_dir: str | Path, report: dict | None = None, recipe=None, repo
     """Everything the template shows, formatted, from config.json, eval.json, the benchmark record,
     the recipe and the published figures; `repo_id` is where the card is published (default: the
     recipe's target)."""
-    from .convert import package_version
+    from .files import package_version
     from .quantize import WEIGHT_FILES
     from .modeldir import read_config
     from .transcribe import LANGUAGES
@@ -373,7 +373,7 @@ def write_card(model_dir: str | Path, recipe=None, report_dir: str | Path | None
     if benchmark is not None:
         shutil.copy2(benchmark, model_dir / BENCHMARK)
     _, _, report, record = _inputs(model_dir, loaded)
-    from .convert import write_text_atomic
+    from .files import write_text_atomic
 
     write_text_atomic(model_dir / CARD, render(model_dir, report, loaded, repo_id, record))
     return model_dir / CARD
@@ -415,8 +415,7 @@ def card_dir(model_dir: str | Path, report_dir: str | Path, dst: str | Path, rec
              benchmark: str | Path | None = None) -> Path:  # fmt: skip
     """The card stage: DST (all or nothing) holds what is published: the model's files (hard links
     where possible), eval.json from `report_dir`, benchmark.json when given, and README.md."""
-    from .convert import staged_output
-    from .recipe import link_or_copy
+    from .files import link_or_copy, staged_output
 
     model_dir, dst = Path(model_dir), Path(dst)
     with staged_output(dst) as out:

@@ -260,7 +260,7 @@ def _jsonl_items(file: Path, evalset: EvalSet) -> Iterator[Item]:
 # folder's files are hashed in full: they are on disk already.
 def _recorded_sha256(evalset: EvalSet) -> dict[str, str | None]:
     """path -> the SHA-256 of each pinned file present (None: the hub records none, not an LFS file)."""
-    from .convert import sha256
+    from .files import sha256
 
     paths = list(evalset.sha256 or {})
     if not evalset.is_hub:
@@ -647,7 +647,7 @@ def read_baseline(baseline, max_new_tokens: int | None) -> tuple[dict, list[Row]
 
 
 def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], peaks: dict, baseline) -> dict:
-    from .convert import staged_output
+    from .files import staged_output
     from .report import plot_reports, render_summary
 
     report = {**header, "sets": {}, "baseline": None}
@@ -684,7 +684,7 @@ def evaluate(model, sets: Sequence[str], report_dir, limit: int | None = None, s
     import mlx.core as mx
     from tqdm import tqdm
 
-    from .convert import package_version
+    from .files import package_version
     from .report import percent
     from .decoding import DEFAULT_BATCH_SIZE
     from .modeldir import find_model

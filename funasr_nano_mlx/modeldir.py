@@ -11,6 +11,7 @@ from .hub import CONFIG_FILE, model_dir
 
 MODEL_TYPE = "fun_asr_nano"
 TOKENIZER_DIR = "Qwen3-0.6B"
+DTYPES = ("bfloat16", "float32")  # of a conversion; float16 is refused: Qwen3 overflows in it
 # What loading needs from a published repo: the card, eval.json and benchmark.json are not fetched.
 MODEL_FILES = [CONFIG_FILE, "model*.safetensors", "model.safetensors.index.json", f"{TOKENIZER_DIR}/*"]
 

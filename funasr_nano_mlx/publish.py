@@ -24,7 +24,7 @@ from .card import (
     check_report,
     recipe_block,
 )
-from .convert import sha256
+from .files import sha256
 from .errors import UserError
 from .hub import one_line
 
@@ -42,7 +42,7 @@ def local_files(folder: Path) -> dict[str, Path]:
 
 
 def commit_message(model_dir: Path) -> str:
-    from .convert import package_version
+    from .files import package_version
     from .modeldir import read_config
 
     config = read_config(model_dir)
@@ -119,7 +119,7 @@ def publish(model_dir, repo_id: str, private: bool = False, dry_run: bool = Fals
     """Upload `model_dir` to `repo_id` and verify it; returns what was published (None for a dry run).
     `recipe` (a name, file or Recipe) is the one the card was written with, for a model whose
     config.json names none."""
-    from .recipe import REPO_ID
+    from .hub import REPO_ID
 
     model_dir = Path(model_dir)
     if not REPO_ID.fullmatch(repo_id):

@@ -17,7 +17,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.utils import load_model, quantize_model, save_config, save_model
 
-from .convert import DTYPES, staged_output
+from .convert import MLX_DTYPES
+from .files import staged_output
 from .errors import UserError
 from .model import FunASRNano, model_classes
 from .recipe import COMPONENTS, QuantSpec, Recipe, component_of
@@ -112,7 +113,7 @@ def quantize(src: str | Path, dst: str | Path, recipe: Recipe) -> Path:
         raise UserError(f"destination already exists: {dst}")
     model, config = load_unquantized(src)
     stored = model.llm.model.embed_tokens.weight.dtype
-    if stored != DTYPES[recipe.dtype]:
+    if stored != MLX_DTYPES[recipe.dtype]:
         raise UserError(f"{src} holds {stored} weights but recipe {recipe.name} is for {recipe.dtype}: "
                         f"convert with --dtype {recipe.dtype}")  # fmt: skip
     config, summary = quantize_layers(model, config, recipe)

@@ -16,7 +16,7 @@ import pytest
 
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.evaluate import EVAL_SETS_DIR, HYPOTHESES, EvalSet, check_sets
-from funasr_nano_mlx.recipe import COMMIT
+from funasr_nano_mlx.hub import COMMIT
 from tests.hub_datasets import ROWS, data_file, seed_eval_sets
 from tests.hub_server import HubServer
 
@@ -111,7 +111,7 @@ def local_pinned_set(tmp_path: Path, digest: str) -> Path:
 
 
 def test_local_pinned_file_is_hashed(tmp_path):
-    from funasr_nano_mlx.convert import sha256
+    from funasr_nano_mlx.files import sha256
     from funasr_nano_mlx.evaluate import open_set
 
     definition = local_pinned_set(tmp_path, "a" * 64)

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from funasr_nano_mlx.convert import sha256
-from funasr_nano_mlx.recipe import PUBLISH_RECORD, STAGES, Recipe
+from funasr_nano_mlx.files import sha256
+from funasr_nano_mlx.pipeline import PUBLISH_RECORD
+from funasr_nano_mlx.recipe import STAGES, Recipe
 from tests.helpers import files_of, run_cli
 from tests.hub_datasets import seed_eval_sets
 from tests.hub_server import HubServer
