@@ -216,7 +216,7 @@ def context(model_dir: str | Path, report: dict | None = None, recipe=None, repo
     from .files import package_version
     from .quantize import WEIGHT_FILES
     from .modeldir import read_config
-    from .transcribe import LANGUAGES
+    from .languages import LANGUAGES
 
     model_dir = Path(model_dir)
     config = read_config(model_dir)

@@ -122,7 +122,8 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
     from .audio import audio_files
     from .files import write_text_atomic
     from .subtitles import to_srt, to_vtt
-    from .transcribe import load, resolve_language, transcribe_many
+    from .languages import resolve_language
+    from .transcribe import load, transcribe_many
 
     if no_segment and vad:
         raise UserError("--no-segment and --vad contradict each other: choose one")

@@ -113,7 +113,7 @@ class EvalSet:
         if (evalset.dataset is None) == (evalset.path is None):
             raise UserError(f"{file}: give either `dataset` (a hub dataset) or `path` (a local set)")
         evalset._check_sha256_fields(file)
-        from .transcribe import resolve_language
+        from .languages import resolve_language
 
         resolve_language(evalset.language)  # a bad language fails before anything runs
         return evalset
@@ -181,7 +181,7 @@ def _require_columns(available: Sequence[str], wanted: Sequence[str], where: str
 
 
 def _local_item(index: int, audio, text, language, base: Path, evalset: EvalSet) -> Item:
-    from .transcribe import resolve_language
+    from .languages import resolve_language
 
     audio_path = base / str(audio) if audio else None
     item = Item(index, str(audio or f"row {index}"), str(text or ""), language or evalset.language, audio_path)
