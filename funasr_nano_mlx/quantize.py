@@ -22,10 +22,9 @@ from .files import staged_output
 from .errors import UserError
 from .model import FunASRNano, model_classes
 from .recipe import COMPONENTS, QuantSpec, Recipe, component_of
-from .modeldir import MODEL_TYPE
+from .modeldir import MODEL_TYPE, WEIGHT_FILES, weights_size
 
 QUANTIZABLE = (nn.Linear, nn.Embedding)
-WEIGHT_FILES = ("model*.safetensors", "model.safetensors.index.json")
 
 
 def load_unquantized(src: Path) -> tuple[FunASRNano, dict]:
@@ -120,7 +119,7 @@ def quantize(src: str | Path, dst: str | Path, recipe: Recipe) -> Path:
     config["recipe"] = recipe.provenance()
     with staged_output(dst) as out:
         save_model(out, model, donate_model=True)
-        summary["size_bytes"] = sum(f.stat().st_size for f in out.glob(WEIGHT_FILES[0]))
+        summary["size_bytes"] = weights_size(out)
         config["quantization_summary"] = summary
         save_config(config, out / "config.json")
         for item in src.iterdir():  # the tokenizer and anything else that is not weights or config
