@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The main job on a built-in default: a tiny random checkpoint from the official code stands in for the
-# hub download and two synthetic utterances for the (unpinned, so refused) hub sets. The 4bit-llm recipe
+# hub download and two synthetic utterances for the hub sets (no hub here). The 4bit-llm recipe
 # runs on them up to evaluate (its bf16 baseline is built and evaluated too) and prints the comparison;
 # its card is then asked for, which the acceptance bound refuses (with random weights the two variants'
 # error rates differ by far more than its 0.5 points; the demo goes on either way); the bf16 baseline

@@ -120,9 +120,10 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
     (hit_token_limit, repetition) and reported on stderr.
     """
     from .audio import audio_files
-    from .convert import write_text_atomic
+    from .files import write_text_atomic
     from .subtitles import to_srt, to_vtt
-    from .transcribe import load, resolve_language, transcribe_many
+    from .languages import resolve_language
+    from .transcribe import load, transcribe_many
 
     if no_segment and vad:
         raise UserError("--no-segment and --vad contradict each other: choose one")
@@ -215,8 +216,9 @@ def run(recipe, work, until, source, revision, model_pt_sha256, sets, limit, max
     compares with it; card and publish refuse a delta outside the recipe's acceptance bound. A recipe
     without a pinned revision, or an unpinned hub set, is refused: nothing unpinned is ever used.
     """
-    from .recipe import Options, Recipe
-    from .recipe import run as run_recipe
+    from .pipeline import Options
+    from .pipeline import run as run_recipe
+    from .recipe import Recipe
 
     loaded = Recipe.load(recipe)
     if source or revision or model_pt_sha256:

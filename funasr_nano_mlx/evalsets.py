@@ -95,7 +95,7 @@ class EvalSet:
             raise UserError(f"{file}: data_files: {evalset.data_files!r} names no .parquet files; they are read with "
                             "the parquet builder (leave it out to read the repo's config and split)")  # fmt: skip
         evalset._check_sha256_fields(file)
-        from .transcribe import resolve_language
+        from .languages import resolve_language
 
         resolve_language(evalset.language)  # a bad language fails before anything runs
         return evalset
@@ -163,7 +163,7 @@ def _require_columns(available: Sequence[str], wanted: Sequence[str], where: str
 
 
 def _local_item(index: int, audio, text, language, base: Path, evalset: EvalSet) -> Item:
-    from .transcribe import resolve_language
+    from .languages import resolve_language
 
     audio_path = base / str(audio) if audio else None
     item = Item(index, str(audio or f"row {index}"), str(text or ""), language or evalset.language, audio_path)
@@ -247,7 +247,7 @@ def _jsonl_items(file: Path, evalset: EvalSet) -> Iterator[Item]:
 # folder's files are hashed in full: they are on disk already.
 def _recorded_sha256(evalset: EvalSet) -> dict[str, str | None]:
     """path -> the SHA-256 of each pinned file present (None: the hub records none, not an LFS file)."""
-    from .convert import sha256
+    from .files import sha256
 
     paths = list(evalset.sha256 or {})
     if not evalset.is_hub:

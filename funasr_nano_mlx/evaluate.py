@@ -317,7 +317,7 @@ def read_baseline(baseline, max_new_tokens: int | None) -> tuple[dict, list[Row]
 
 
 def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], peaks: dict, baseline) -> dict:
-    from .convert import staged_output
+    from .files import staged_output
     from .report import plot_reports, render_summary
 
     report = {**header, "sets": {}, "baseline": None}
@@ -354,7 +354,7 @@ def evaluate(model, sets: Sequence[str], report_dir, limit: int | None = None, s
     import mlx.core as mx
     from tqdm import tqdm
 
-    from .convert import package_version
+    from .files import package_version
     from .report import percent
     from .decoding import DEFAULT_BATCH_SIZE
     from .modeldir import find_model

@@ -109,7 +109,7 @@ def local_pinned_set(tmp_path: Path, digest: str) -> Path:
 
 
 def test_local_pinned_file_is_hashed(tmp_path):
-    from funasr_nano_mlx.convert import sha256
+    from funasr_nano_mlx.files import sha256
     from funasr_nano_mlx.evalsets import open_set
 
     definition = local_pinned_set(tmp_path, "a" * 64)

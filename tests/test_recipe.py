@@ -9,13 +9,13 @@ import pytest
 
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.packaged import RECIPES_DIR
+from funasr_nano_mlx.pipeline import run
 from funasr_nano_mlx.recipe import (
     Acceptance,
     QuantSpec,
     Recipe,
     baseline_for,
     baseline_recipe,
-    run,
 )
 
 NANO = ("FunAudioLLM/Fun-ASR-Nano-2512", "272c57b82523ada6fd87095e955f8e29100979ab",

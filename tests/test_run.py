@@ -19,9 +19,10 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
-from funasr_nano_mlx.convert import sha256
+from funasr_nano_mlx.files import sha256
 from funasr_nano_mlx.quantize import quantize
-from funasr_nano_mlx.recipe import PUBLISH_RECORD, STAGES, Options, Recipe, run
+from funasr_nano_mlx.pipeline import PUBLISH_RECORD, Options, run
+from funasr_nano_mlx.recipe import STAGES, Recipe
 from tests.hub_server import HubServer
 from tests.test_card import local_set
 from tests.test_recipe import SHIPPED
