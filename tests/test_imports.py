@@ -70,3 +70,23 @@ def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_import_circle():
     assert find_circle(package_imports()) is None
     assert find_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the search finds one
+
+
+def test_the_command_line_starts_without_mlx():
+    """`funasr-nano-mlx --help` (and every command before it needs a model) imports no MLX, torch,
+    transformers or datasets; the package's names still work once asked for."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import sys
+        from funasr_nano_mlx.cli import main
+        heavy = sorted({m.split(".")[0] for m in sys.modules} & {"mlx", "mlx_lm", "torch", "transformers", "datasets"})
+        assert not heavy, heavy
+        import funasr_nano_mlx.transcribe  # the submodule, imported first by another route
+        from funasr_nano_mlx import Transcription, load, transcribe
+        assert callable(transcribe) and transcribe.__module__ == "funasr_nano_mlx.transcribe", transcribe
+        assert load.__name__ == "load" and Transcription.__name__ == "Transcription"
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
