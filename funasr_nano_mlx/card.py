@@ -20,10 +20,12 @@ import yaml
 
 from .decoding import describe_budget
 from .errors import UserError
-from .files import write_text_atomic
+from .files import link_or_copy, package_version, staged_output, write_text_atomic
 from .hub import COMMIT, REPO_ID
+from .languages import LANGUAGES
 from .modeldir import ModelDir
 from .packaged import MODEL_CARDS_DIR
+from .recipe import Acceptance, Recipe
 
 TEMPLATE = MODEL_CARDS_DIR / "template.md"
 FIGURES = MODEL_CARDS_DIR / "upstream_figures.yaml"
@@ -103,20 +105,17 @@ def read_benchmark(file: Path, recipe_block: dict | None) -> dict:
 def check_acceptance(recipe_block: dict | None, report: dict | None) -> None:
     """Refuse a report with an error-rate delta against the bf16 baseline outside the recipe's
     acceptance bound (config.json's recipe block carries it), or one that cannot show the delta."""
-    acceptance = (recipe_block or {}).get("acceptance")
-    if not acceptance:
+    if not (recipe_block or {}).get("acceptance"):
         return
-    name, default = recipe_block.get("name"), acceptance.get("max_error_rate_delta")
-    per_set = {set_name: bound["max_error_rate_delta"] for set_name, bound in (acceptance.get("sets") or {}).items()}
+    name, acceptance = recipe_block.get("name"), Acceptance.from_dict(recipe_block["acceptance"])
     if report is None:
         raise UserError(f"recipe {name} has an acceptance bound, and there is no evaluation report to check it: "
                         "evaluate the model first")  # fmt: skip
     outside = []
     for set_name, data in report["sets"].items():
-        bound = per_set.get(set_name, default)
+        bound, where = acceptance.bound_for(set_name), acceptance.field_for(set_name)
         if bound is None:
             continue
-        where = f"acceptance.sets.{set_name}" if set_name in per_set else "acceptance.max_error_rate_delta"
         scores = (data.get("comparison") or {}).get("scores")
         if not scores:
             raise UserError(f"acceptance: set {set_name} has no comparison with the bf16 baseline in eval.json, so "
@@ -215,8 +214,6 @@ def context(model_dir: str | Path | ModelDir, report: dict | None = None, recipe
     """Everything the template shows, formatted, from config.json, eval.json, the benchmark record,
     the recipe and the published figures; `repo_id` is where the card is published (default: the
     recipe's target)."""
-    from .files import package_version
-    from .languages import LANGUAGES
 
     model = ModelDir.of(model_dir)
     model_dir, config = model.path, model.config
@@ -318,8 +315,6 @@ def render(model_dir: str | Path | ModelDir, report: dict | None = None, recipe=
 
 def _recipe(recipe, config: dict):
     """The Recipe given for a card (a name, a file or a Recipe), which must be the one config.json names."""
-    from .recipe import Recipe
-
     if recipe is None:
         return None
     loaded = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
@@ -408,8 +403,6 @@ def card_dir(model_dir: str | Path, report_dir: str | Path, dst: str | Path, rec
              benchmark: str | Path | None = None) -> Path:  # fmt: skip
     """The card stage: DST (all or nothing) holds what is published: the model's files (hard links
     where possible), eval.json from `report_dir`, benchmark.json when given, and README.md."""
-    from .files import link_or_copy, staged_output
-
     model_dir, dst = Path(model_dir), Path(dst)
     with staged_output(dst) as out:
         for path in model_files(model_dir):

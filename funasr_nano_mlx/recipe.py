@@ -95,10 +95,20 @@ class Acceptance:
     def bound_for(self, set_name: str) -> float | None:
         return dict(self.sets).get(set_name, self.max_error_rate_delta)
 
+    def field_for(self, set_name: str) -> str:
+        """The recipe field the bound of `set_name` comes from, for messages."""
+        return f"acceptance.sets.{set_name}" if set_name in dict(self.sets) else "acceptance.max_error_rate_delta"
+
     def to_dict(self) -> dict:
         """As config.json's recipe block carries it (so that `card` and `publish` check it too)."""
         return {"max_error_rate_delta": self.max_error_rate_delta,
                 "sets": {name: {"max_error_rate_delta": bound} for name, bound in self.sets}}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Acceptance:
+        """The inverse of to_dict."""
+        sets = tuple((name, bound["max_error_rate_delta"]) for name, bound in (data.get("sets") or {}).items())
+        return cls(data.get("max_error_rate_delta"), sets)
 
 
 def set_name(entry: str) -> str:
