@@ -24,9 +24,9 @@ from .card import (
     check_report,
     recipe_block,
 )
-from .files import sha256
 from .errors import UserError
-from .hub import one_line
+from .files import package_version, sha256
+from .hub import REPO_ID, one_line
 from .modeldir import ModelDir
 
 IGNORED = [".cache/**", "*.tmp", ".DS_Store"]
@@ -43,8 +43,6 @@ def local_files(folder: Path) -> dict[str, Path]:
 
 
 def commit_message(model: ModelDir) -> str:
-    from .files import package_version
-
     recipe = model.recipe or {}
     source = model.conversion.get("source", "unknown source")  # SOURCE@COMMIT for a hub source
     name = f"recipe {recipe['name']}" if recipe.get("name") else "no recipe (converted only)"
@@ -119,8 +117,6 @@ def publish(model_dir, repo_id: str, private: bool = False, dry_run: bool = Fals
     """Upload `model_dir` to `repo_id` and verify it; returns what was published (None for a dry run).
     `recipe` (a name, file or Recipe) is the one the card was written with, for a model whose
     config.json names none."""
-    from .hub import REPO_ID
-
     model_dir = Path(model_dir)
     if not REPO_ID.fullmatch(repo_id):
         raise UserError(f"--repo {repo_id!r}: expected ORG/NAME")

@@ -18,11 +18,11 @@ from mlx.utils import tree_flatten
 from mlx_lm.utils import load_model, quantize_model, save_config, save_model
 
 from .convert import MLX_DTYPES
-from .files import staged_output
 from .errors import UserError
+from .files import staged_output
 from .model import FunASRNano, model_classes
-from .recipe import COMPONENTS, QuantSpec, Recipe, component_of
 from .modeldir import MODEL_TYPE, WEIGHT_FILES, weights_size
+from .recipe import COMPONENTS, QuantSpec, Recipe, component_of
 
 QUANTIZABLE = (nn.Linear, nn.Embedding)
 
