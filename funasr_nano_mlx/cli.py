@@ -281,7 +281,7 @@ def merge_reports(shards, out, baseline):
 @user_errors
 def plot_reports(reports, out):
     """Plot error rate against model size for the variants whose evaluation REPORTS are given."""
-    from .report import plot
+    from .evaluate import plot
 
     click.echo(plot(reports, out))
 

@@ -19,23 +19,26 @@ import re
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from .decoding import DEFAULT_BATCH_SIZE, describe_budget
 from .errors import UserError
+from .files import package_version, staged_output
+from .modeldir import ModelDir, find_model
 from .normalize import normalize, scoring_for
+from .report import PLOT, percent, plot_reports, render_summary
+from .scoring import Row, aggregate, compare, score
 from .evalsets import EvalSet, Item, check_sets, open_set
 
-HYPOTHESES, COMPARISON, EVAL_JSON, SUMMARY, PLOT = (
-    "hypotheses.jsonl", "comparison.jsonl", "eval.json", "summary.md", "error_rate_vs_size.png")  # fmt: skip
+HYPOTHESES, COMPARISON, EVAL_JSON, SUMMARY = "hypotheses.jsonl", "comparison.jsonl", "eval.json", "summary.md"
 REPORT_FORMAT = 1
-BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 0  # seeded: the same rows always give the same interval
 ROWS_PER_BATCH = 4  # rows read per decoding call, in batches: enough for length-sorted batches to fill
-CHANGED_MOST = 10  # utterances listed per set where the variant and its baseline differ most
 # -- set definitions ------------------------------------------------------------------------------
 
 
@@ -54,59 +57,9 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
     return index, count
 
 
-# -- one utterance --------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    """One utterance's result: a line of hypotheses.jsonl."""
-
-    set: str
-    index: int  # position in the set, the key that merges and comparisons join on
-    id: str
-    language: str | None
-    reference: str
-    metric: str = ""  # "wer" or "cer"; "" when skipped before scoring
-    hypothesis: str = ""
-    normalized_reference: str = ""  # the scoring tokens, space-separated
-    normalized_hypothesis: str = ""
-    substitutions: int = 0
-    deletions: int = 0
-    insertions: int = 0
-    hits: int = 0
-    token_ids: list[int] = field(default_factory=list)
-    hit_token_limit: bool = False
-    repetition: bool = False  # decoding was stopped by the repetition guard (a loop cut to one copy)
-    audio_seconds: float = 0.0
-    seconds: float = 0.0  # wall time of transcribe: frontend, encoder, prefill, decode
-    generation_seconds: float = 0.0  # prefill + decode
-    skipped: str | None = None  # why the row was not scored
-
-    TIMING_FIELDS = ("seconds", "generation_seconds")
-
-    @property
-    def errors(self) -> int:
-        return self.substitutions + self.deletions + self.insertions
-
-    @property
-    def reference_tokens(self) -> int:
-        return self.substitutions + self.deletions + self.hits
-
-
-def score(reference: str, hypothesis: str, language: str | None, traditional_to_simplified: bool = False) -> dict:
-    """Normalize both texts for `language` and align them with jiwer: metric, tokens, S/D/I/hits."""
-    import jiwer
-
-    metric, normalizer = scoring_for(language, reference)
-    ref, hyp = (normalize(text, normalizer, traditional_to_simplified) for text in (reference, hypothesis))
-    counts = jiwer.process_words(ref, hyp)
-    return {"metric": metric, "normalized_reference": ref, "normalized_hypothesis": hyp,
-            "substitutions": counts.substitutions, "deletions": counts.deletions,
-            "insertions": counts.insertions, "hits": counts.hits}  # fmt: skip
-
-
 def load_samples(item: Item) -> np.ndarray:
     """16 kHz mono samples of the row's audio; a UserError says why they cannot be had."""
+    # audio and transcribe load MLX: imported where used, so merge-reports and plot-reports start at once.
     from .audio import check_duration, load_audio
 
     if isinstance(item.audio, bytes):  # through a file, so that one loader reads every format
@@ -174,103 +127,6 @@ def transcribe_items(model, tokenizer, items: list[Item], evalset: EvalSet, max_
     return [row for row, _ in prepared]
 
 
-# -- numbers from rows ----------------------------------------------------------------------------
-
-
-def _ratio(numerator: float, denominator: float) -> float | None:
-    return numerator / denominator if denominator else None
-
-
-def aggregate(rows: list[Row]) -> dict:
-    """A set's numbers from its rows: micro error rate per metric (total errors / total reference
-    tokens), skipped rows, audio hours, real-time factor and generated tokens per second."""
-    scored = [r for r in rows if r.skipped is None]
-    scores = {}
-    for metric in sorted({r.metric for r in scored}):
-        group = [r for r in scored if r.metric == metric]
-        counts = {
-            key: sum(getattr(r, key) for r in group) for key in ("substitutions", "deletions", "insertions", "hits")
-        }
-        tokens = sum(r.reference_tokens for r in group)
-        scores[metric] = {"error_rate": _ratio(sum(r.errors for r in group), tokens), **counts,
-                          "reference_tokens": tokens, "utterances": len(group)}  # fmt: skip
-    audio = sum(r.audio_seconds for r in scored)
-    return {
-        "rows": len(rows),
-        "utterances": len(scored),
-        "audio_hours": audio / 3600,
-        "scores": scores,
-        "real_time_factor": _ratio(sum(r.seconds for r in scored), audio),
-        "tokens_per_second": _ratio(sum(len(r.token_ids) for r in scored), sum(r.generation_seconds for r in scored)),
-        "hit_token_limit": sum(r.hit_token_limit for r in scored),
-        "repetition": sum(r.repetition for r in scored),
-        "skipped": [{"index": r.index, "id": r.id, "reason": r.skipped} for r in rows if r.skipped],
-    }
-
-
-def token_agreement(baseline: list[int], variant: list[int]) -> float:
-    """Aligned identical tokens over the longer sequence: 1.0 for the same tokens, 0.0 for nothing alike."""
-    import jiwer
-
-    if not baseline or not variant:
-        return float(baseline == variant)
-    hits = jiwer.process_words(" ".join(map(str, baseline)), " ".join(map(str, variant))).hits
-    return hits / max(len(baseline), len(variant))
-
-
-def bootstrap_interval(base_errors: np.ndarray, errors: np.ndarray, tokens: np.ndarray) -> list[float]:
-    """95% interval of (variant - baseline) micro error rate, resampling utterances in pairs."""
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    picks = rng.integers(0, len(tokens), size=(BOOTSTRAP_SAMPLES, len(tokens)))
-    deltas = (errors[picks].sum(axis=1) - base_errors[picks].sum(axis=1)) / tokens[picks].sum(axis=1)
-    return [float(x) for x in np.percentile(deltas, [2.5, 97.5])]
-
-
-def compare(rows: list[Row], baseline_rows: list[Row]) -> tuple[dict, list[dict]]:
-    """Per set: token agreement, error-rate delta with its bootstrap interval and the utterances that
-    changed most; and one line per compared utterance. Rows join on (set, index)."""
-    baseline = {(r.set, r.index): r for r in baseline_rows if r.skipped is None}
-    per_set, lines = {}, []
-    for name in dict.fromkeys(r.set for r in rows):
-        pairs = [(baseline[(r.set, r.index)], r) for r in rows if r.set == name and r.skipped is None
-                 and (r.set, r.index) in baseline]  # fmt: skip
-        if not pairs:
-            continue
-        for base, row in pairs:
-            if base.reference != row.reference:
-                raise UserError(f"the baseline's set {name} differs at row {row.index} ({row.id}): compare reports "
-                                "made on the same set revision and --limit")  # fmt: skip
-        agreement = [token_agreement(b.token_ids, r.token_ids) for b, r in pairs]
-        lines += [{"set": name, "index": r.index, "id": r.id, "token_agreement": a, "baseline_errors": b.errors,
-                   "errors": r.errors} for (b, r), a in zip(pairs, agreement)]  # fmt: skip
-        scores = {}
-        for metric in sorted({r.metric for _, r in pairs}):
-            group = [(b, r, a) for (b, r), a in zip(pairs, agreement) if r.metric == metric]
-            base_errors = np.array([b.errors for b, _, _ in group])
-            errors = np.array([r.errors for _, r, _ in group])
-            tokens = np.array([r.reference_tokens for _, r, _ in group])
-            scores[metric] = {"utterances": len(group), "baseline": float(base_errors.sum() / tokens.sum()),
-                              "variant": float(errors.sum() / tokens.sum()),
-                              "delta": float((errors.sum() - base_errors.sum()) / tokens.sum()),
-                              "delta_ci95": bootstrap_interval(base_errors, errors, tokens),
-                              "token_agreement": float(np.mean([a for _, _, a in group])),
-                              "identical": sum(b.token_ids == r.token_ids for b, r, _ in group) / len(group)}  # fmt: skip
-        # Largest change in errors first, then lowest agreement.
-        changed = sorted(((b, r, a) for (b, r), a in zip(pairs, agreement) if b.token_ids != r.token_ids),
-                         key=lambda c: (-abs(c[1].errors - c[0].errors), c[2]))  # fmt: skip
-        per_set[name] = {
-            "utterances": len(pairs),
-            "not_compared": sum(1 for r in rows if r.set == name) - len(pairs),
-            "token_agreement": float(np.mean(agreement)),
-            "identical": sum(b.token_ids == r.token_ids for b, r in pairs) / len(pairs),
-            "scores": scores,
-            "changed_most": [{"index": r.index, "id": r.id, "reference": r.reference, "baseline": b.hypothesis,
-                              "variant": r.hypothesis, "baseline_errors": b.errors, "errors": r.errors,
-                              "token_agreement": a} for b, r, a in changed[:CHANGED_MOST]],
-        }  # fmt: skip
-    return per_set, lines
-
-
 # -- reports ----------------------------------------------------------------------------------------
 
 
@@ -285,13 +141,16 @@ def _machine() -> dict:
 
 def model_info(model_dir: Path) -> dict:
     """Identity and size of the evaluated model, with the provenance blocks its config.json carries."""
-    from .quantize import WEIGHT_FILES
-    from .modeldir import read_config
+    model = ModelDir.read(model_dir)
+    config = model.config
+    identity = {"name": (model.recipe or {}).get("name") or model_dir.name, "path": str(model_dir),
+                "size_bytes": model.weights_size}  # fmt: skip
+    return identity | {key: config[key] for key in ("conversion", "quantization_summary", "recipe") if key in config}
 
-    config = read_config(model_dir)
-    model = {"name": config.get("recipe", {}).get("name") or model_dir.name, "path": str(model_dir),
-             "size_bytes": sum(f.stat().st_size for f in model_dir.glob(WEIGHT_FILES[0]))}  # fmt: skip
-    return model | {key: config[key] for key in ("conversion", "quantization_summary", "recipe") if key in config}
+
+def plot(report_dirs: Sequence, png) -> Path:
+    """Error rate against model size for the variants whose reports are given, as a PNG."""
+    return plot_reports([read_report(d)[0] for d in report_dirs], Path(png))
 
 
 def read_report(report_dir: str | Path) -> tuple[dict, list[Row]]:
@@ -306,8 +165,6 @@ def read_report(report_dir: str | Path) -> tuple[dict, list[Row]]:
 
 def read_baseline(baseline, max_new_tokens: int | None) -> tuple[dict, list[Row]]:
     """The baseline's report, which must have been decoded with the same token budget to be comparable."""
-    from .decoding import describe_budget
-
     report, rows = read_report(baseline)
     if report["settings"]["max_new_tokens"] != max_new_tokens:
         theirs = describe_budget(report["settings"]["max_new_tokens"])
@@ -317,8 +174,6 @@ def read_baseline(baseline, max_new_tokens: int | None) -> tuple[dict, list[Row]
 
 
 def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], peaks: dict, baseline) -> dict:
-    from .files import staged_output
-    from .report import plot_reports, render_summary
 
     report = {**header, "sets": {}, "baseline": None}
     for name, definition in sets.items():
@@ -352,12 +207,6 @@ def evaluate(model, sets: Sequence[str], report_dir, limit: int | None = None, s
     each segment's length (the scores do not depend on the batch size beyond float rounding).
     Returns eval.json's dict."""
     import mlx.core as mx
-    from tqdm import tqdm
-
-    from .files import package_version
-    from .report import percent
-    from .decoding import DEFAULT_BATCH_SIZE
-    from .modeldir import find_model
     from .transcribe import load
 
     index, count = parse_shard(shard)

@@ -20,18 +20,17 @@ from funasr_nano_mlx.evalsets import EvalSet, check_sets, open_set, set_files
 from funasr_nano_mlx.evaluate import (
     EVAL_JSON,
     HYPOTHESES,
-    PLOT,
     SUMMARY,
-    Row,
     answers,
     evaluate,
     merge,
     parse_shard,
+    plot,
     read_report,
-    score,
 )  # fmt: skip
 from funasr_nano_mlx.packaged import EVAL_SETS_DIR, RECIPES_DIR
-from funasr_nano_mlx.report import plot
+from funasr_nano_mlx.report import PLOT
+from funasr_nano_mlx.scoring import Row, score
 from tests.speech import synthesize
 
 MAX_NEW_TOKENS = 16  # random weights rarely stop by themselves: keep decoding short

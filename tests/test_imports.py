@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "funasr_nano_mlx"
 LAYERS = [
     # facts and helpers that know nothing of the rest: no stage, no model
     {"errors", "decoding", "packaged", "subtitles", "files", "hub", "languages", "model"},
-    {"modeldir", "audio", "normalize", "recipe", "evalsets", "segment"},
+    {"modeldir", "audio", "normalize", "scoring", "recipe", "evalsets", "segment"},
     # inference
     {"vad", "transcribe"},
     # stages, each a function from one directory to the next

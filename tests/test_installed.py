@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import torch
 
 from funasr_nano_mlx.files import sha256
@@ -44,11 +45,11 @@ def agreeing_upstream(tiny_upstream, tmp_path_factory) -> Path:
     return folder
 
 
-def test_the_4bit_llm_recipe_runs_to_publish_from_the_installed_wheel(installed_cli, agreeing_upstream, tmp_path):
+def test_the_4bit_llm_recipe_runs_to_publish_from_the_installed_wheel(installed_cli, agreeing_upstream, clips, tmp_path):
     work, home = tmp_path / "work", tmp_path / "hf-home"
     with HubServer() as hub:
         hub.seed(RECIPE.source, {**files_of(agreeing_upstream), **UPSTREAM_EXTRAS}, sha=RECIPE.revision)
-        seed_eval_sets(hub, RECIPE.evaluation, tmp_path / "voices")
+        seed_eval_sets(hub, RECIPE.evaluation)
         env = {k: v for k, v in hub.client_env(home).items() if k != "PYTHONPATH"}
         where = run_cli(command=[str(Path(installed_cli[0]).with_name("python")), "-c",
                                  "import funasr_nano_mlx; print(funasr_nano_mlx.__file__)"], env=env, cwd=tmp_path)  # fmt: skip
@@ -75,7 +76,9 @@ def test_the_4bit_llm_recipe_runs_to_publish_from_the_installed_wheel(installed_
         card = served["README.md"].decode()
         assert f"{RECIPE.source}@{RECIPE.revision}" in card or RECIPE.revision in card
 
-        by_name = run_cli("transcribe", RECIPE.target, next((tmp_path / "voices").glob("*.wav")), "--format", "json",
+        wav = tmp_path / "clip.wav"
+        sf.write(str(wav), clips["1s"], 16000)
+        by_name = run_cli("transcribe", RECIPE.target, wav, "--format", "json",
                           command=installed_cli, env=env, cwd=tmp_path)  # fmt: skip
         assert by_name.returncode == 0 and json.loads(by_name.stdout)["token_ids"], by_name.stderr
         assert os.listdir(home / "hub")  # the published repo came through the cache
