@@ -20,6 +20,8 @@ REVISION_HELP = "With a hub repo id: the commit to download (pin it for a reprod
 max_new_tokens_option = click.option(
     "--max-new-tokens", default=None, type=click.IntRange(min=1),
     help=f"Stop each segment after this many tokens. Default: {describe_budget(None)}.")
+model_revision_option = click.option(
+    "--revision", default=None, help="With a hub repo id as MODEL: the commit to use. Default: main.")
 batch_size_option = click.option(
     "--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=click.IntRange(min=1),
     help="Segments decoded together; the results do not depend on it beyond float rounding.")
@@ -80,7 +82,7 @@ def convert_vad(src, dst, revision):
 
 
 @main.command()
-@click.argument("model", type=click.Path())
+@click.argument("model")
 @click.argument("audio", nargs=-1, required=True, type=click.Path())
 @click.option("--language", default=None,
               help="Language of the speech: an ISO code (zh, en, ja, yue, ...) or the model's own name "
@@ -94,30 +96,37 @@ def convert_vad(src, dst, revision):
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="Write one file per input (NAME.txt, .json, .srt or .vtt) here instead of printing.")
 @batch_size_option
-@click.option("--vad", type=click.Path(), default=None,
-              help="A converted FSMN-VAD (`convert-vad`) to cut every file into speech segments. Default: files "
+@click.option("--vad", default=None,
+              help="A converted FSMN-VAD (`convert-vad`; a directory or hub repo id) to cut every file into speech segments. Default: files "
                    "up to --max-segment-seconds are decoded whole, longer ones cut at pauses by signal energy.")
 @click.option("--max-segment-seconds", default=30.0, show_default=True, type=click.FloatRange(min=1.0),
               help="The longest piece decoded at once (upstream advises 30 s).")
 @click.option("--no-segment", is_flag=True, help="Decode every file whole, however long (upstream without a VAD).")
 @click.option("--no-repetition-guard", is_flag=True,
               help="Let a segment that repeats one phrase over and over run to its token budget.")
+@model_revision_option
+@click.option("--vad-revision", default=None, help="With a hub repo id as --vad: the commit to use. Default: main.")
 @click.option("--timestamps/--no-timestamps", default=None,
               help="Token and word times from the CTC head (JSON `timestamps`, `words`; subtitles cut at sentences). "
                    "Default: on when the model has the head; --timestamps with a model without one is an error.")
 @user_errors
 def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, output_dir, batch_size, vad,
-               max_segment_seconds, no_segment, no_repetition_guard, timestamps):
+               max_segment_seconds, no_segment, no_repetition_guard, revision, vad_revision, timestamps):
     """Transcribe AUDIO files or directories (wav, flac, mp3, ogg; any rate, mono or stereo) with MODEL.
+
+    MODEL (and --vad) is a converted model directory or a hub repo id such as
+    mlx-community/Fun-ASR-Nano-2512-4bit-llm, downloaded once into the Hugging Face cache (only the
+    files a model needs; HF_HUB_OFFLINE=1 works once cached).
 
     Long recordings are cut into segments at pauses, and segments of all files are decoded in batches.
     A segment that stopped at its token budget or in a repetition loop is flagged in the JSON output
     (hit_token_limit, repetition) and reported on stderr.
     """
     from .audio import audio_files
-    from .convert import write_text_atomic
+    from .files import write_text_atomic
     from .subtitles import timed_cues, to_srt, to_vtt
-    from .transcribe import load, resolve_language, transcribe_many
+    from .languages import resolve_language
+    from .transcribe import load, transcribe_many
 
     if no_segment and vad:
         raise UserError("--no-segment and --vad contradict each other: choose one")
@@ -133,8 +142,10 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
     if vad:
         from .vad import load_vad
 
-        segmenter = load_vad(vad)
-    loaded, tokenizer = load(model)
+        segmenter = load_vad(vad, vad_revision)
+    elif vad_revision:
+        raise UserError("--vad-revision needs --vad")
+    loaded, tokenizer = load(model, revision)
     if timestamps is None and not loaded.has_ctc and fmt != "text":
         click.echo(f"note: {model} has no CTC head: no timestamps, subtitles have one cue per segment", err=True)
     render = {"text": lambda r: r.text.strip() + "\n", "srt": lambda r: to_srt(timed_cues(r)),
@@ -210,8 +221,9 @@ def run(recipe, work, until, source, revision, model_pt_sha256, sets, limit, max
     compares with it; card and publish refuse a delta outside the recipe's acceptance bound. A recipe
     without a pinned revision, or an unpinned hub set, is refused: nothing unpinned is ever used.
     """
-    from .recipe import Options, Recipe
-    from .recipe import run as run_recipe
+    from .pipeline import Options
+    from .pipeline import run as run_recipe
+    from .recipe import Recipe
 
     loaded = Recipe.load(recipe)
     if source or revision or model_pt_sha256:
@@ -239,15 +251,17 @@ def run(recipe, work, until, source, revision, model_pt_sha256, sets, limit, max
               help="Compare with this report: the bf16 variant of the same source, on the same sets and --limit.")
 @max_new_tokens_option
 @batch_size_option
+@model_revision_option
 @user_errors
-def evaluate(model, sets, report, limit, shard, baseline, max_new_tokens, batch_size):
-    """Evaluate a converted MODEL: WER/CER with S/D/I counts, speed and memory per set, and the change
-    against a baseline variant. Rows that cannot be scored are listed in the report, never dropped."""
+def evaluate(model, sets, report, limit, shard, baseline, max_new_tokens, batch_size, revision):
+    """Evaluate a converted MODEL (a directory or a hub repo id): WER/CER with S/D/I counts, speed and
+    memory per set, and the change against a baseline variant. Rows that cannot be scored are listed in
+    the report, never dropped."""
     from .evaluate import SUMMARY
     from .evaluate import evaluate as run_evaluate
 
     run_evaluate(model, sets, report, limit=limit, shard=shard, baseline=baseline, max_new_tokens=max_new_tokens,
-                 batch_size=batch_size)
+                 batch_size=batch_size, revision=revision)
     click.echo(f"{report}/{SUMMARY}")
 
 
@@ -272,7 +286,7 @@ def merge_reports(shards, out, baseline):
 @user_errors
 def plot_reports(reports, out):
     """Plot error rate against model size for the variants whose evaluation REPORTS are given."""
-    from .report import plot
+    from .evaluate import plot
 
     click.echo(plot(reports, out))
 

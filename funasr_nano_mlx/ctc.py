@@ -22,7 +22,6 @@ from typing import Sequence
 
 import numpy as np
 
-TOKENIZER_FILE = "multilingual.tiktoken"
 NOSPEECH = "<|nospeech|>"
 # [F] whisper_lib/tokenizer.py:11-135 LANGUAGES keys, :137-155 AUDIO_EVENT and EMOTION keys; upstream's
 # config takes num_languages 8749, i.e. all of them.
@@ -61,7 +60,7 @@ class CTCTokenizer:
 
         specials = special_tokens(num_languages)
         self.encoding = tiktoken.Encoding(
-            name=TOKENIZER_FILE, explicit_n_vocab=len(ranks) + len(specials), pat_str=PATTERN,
+            name="multilingual.tiktoken", explicit_n_vocab=len(ranks) + len(specials), pat_str=PATTERN,
             mergeable_ranks=ranks, special_tokens={token: len(ranks) + i for i, token in enumerate(specials)},
         )  # fmt: skip
         self.timestamp_begin = len(ranks) + len(specials) - TIMESTAMP_SPECIALS
@@ -69,7 +68,7 @@ class CTCTokenizer:
 
     @classmethod
     def from_file(cls, path: Path, num_languages: int = 8749) -> CTCTokenizer:
-        """Read `multilingual.tiktoken` (base64 token, rank per line) as get_encoding does (:438-442)."""
+        """Read a `multilingual.tiktoken` (base64 token, rank per line) as get_encoding does (:438-442)."""
         ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in open(path) if line)}
         return cls(ranks, num_languages)
 

@@ -95,3 +95,30 @@ def tiny_model(tiny_f32):
     from funasr_nano_mlx import load
 
     return load(tiny_f32)
+
+
+@pytest.fixture(scope="session")
+def installed_cli(tmp_path_factory) -> list[str]:
+    """`funasr-nano-mlx` as a user installs it: a wheel built from this checkout, installed into a new
+    virtual environment whose only view of the dependencies is this environment's site-packages (a
+    path in a .pth file: the editable install's hook there is not run, so no checkout is importable).
+    pip installs the wheel with its extras and no index, so every dependency it declares must already be
+    satisfied. Returns the console script's command; run it outside the checkout."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    root = Path(__file__).resolve().parent.parent
+    tmp = tmp_path_factory.mktemp("installed")
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp / "dist", root], check=True,
+                   cwd=tmp)  # fmt: skip
+    wheel = next((tmp / "dist").glob("funasr_nano_mlx-*.whl"))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", tmp / "venv"], check=True)
+    python = tmp / "venv" / "bin" / "python"
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    Path(purelib, "test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([*pip, "--python", python, "install", "--no-index", f"{wheel}[cpu,convert,eval]"], check=True,
+                   cwd=tmp)  # fmt: skip
+    return [str(tmp / "venv" / "bin" / "funasr-nano-mlx")]

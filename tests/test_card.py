@@ -30,7 +30,8 @@ from funasr_nano_mlx.card import (
 )  # fmt: skip
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.evaluate import EVAL_JSON, evaluate
-from funasr_nano_mlx.recipe import EVAL_SETS_DIR, RECIPES_DIR, Recipe
+from funasr_nano_mlx.packaged import EVAL_SETS_DIR, RECIPES_DIR
+from funasr_nano_mlx.recipe import Recipe
 from tests.speech import synthesize
 
 SENTENCES = [("en.wav", "the quick brown fox", "en"), ("zh.wav", "今天天气很好", "zh")]
@@ -225,6 +226,7 @@ def test_published_figures_and_the_benchmark_record(four_bit, tmp_path):
     for figure in ("1.80% [1]", "2.75% [1]", "4.33% [1]", "6.01% [1]"):
         assert figure in text
     assert "[1] FunAudioLLM/Fun-ASR, README.md at commit 45c8c96" in text and "arXiv:2509.12508" in text
+    assert "Comparability of [1] with the figures above: How these figures were scored is not published" in text
     assert "Not compared with the bfloat16 variant" in text  # quantized, evaluated without a baseline
     assert "on NVIDIA H100 80GB HBM3, 2026-11-24, with `python bench/speed.py --size full --seconds 10`" in text
     assert "| 10 s | 44.7 ms | 4.20 ms/token | 583 ms | 128 | 2.54 GB |" in text

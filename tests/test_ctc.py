@@ -29,6 +29,7 @@ import torch
 from funasr_nano_mlx import ctc
 from funasr_nano_mlx.audio import features
 from funasr_nano_mlx.errors import UserError
+from funasr_nano_mlx.modeldir import CTC_TOKENIZER_FILE
 from funasr_nano_mlx.subtitles import to_srt, to_vtt
 from funasr_nano_mlx.transcribe import transcribe, transcribe_many
 from tests.conftest import CLIP_SECONDS, rel_err
@@ -166,7 +167,7 @@ def test_viterbi_equals_the_textbook_one(tied):
 
 
 def test_tokenizer_equals_the_official_one(ctc_reference, ctc_upstream):
-    ours = ctc.CTCTokenizer.from_file(ctc_upstream / ctc.TOKENIZER_FILE)
+    ours = ctc.CTCTokenizer.from_file(ctc_upstream / CTC_TOKENIZER_FILE)
     official = ctc_reference.model.ctc_tokenizer
     assert ours.vocab_size == official.encoding.n_vocab == 256 + 1679
     assert ours.timestamp_begin == official.timestamp_begin
@@ -188,7 +189,7 @@ def test_conversion_keeps_a_complete_head(ctc_f32, ctc_upstream, tmp_path):
     config = json.loads((ctc_f32 / "config.json").read_text())
     assert config["timestamps"] is True and config["ctc_vocab_size"] == 1935 and config["ctc_blank_id"] == 1934
     assert config["conversion"]["dropped_ctc_tensors"] == 0 and config["conversion"]["notes"] == []
-    assert (ctc_f32 / ctc.TOKENIZER_FILE).read_bytes() == (ctc_upstream / ctc.TOKENIZER_FILE).read_bytes()
+    assert (ctc_f32 / CTC_TOKENIZER_FILE).read_bytes() == (ctc_upstream / CTC_TOKENIZER_FILE).read_bytes()
     weights = mx.load(str(ctc_f32 / "model.safetensors"))
     assert sum(k.startswith(("ctc_decoder.", "ctc.")) for k in weights) == 84 + 2
     bf16 = convert(ctc_upstream, tmp_path / "bf16", dtype="bfloat16")
@@ -210,7 +211,7 @@ def test_conversion_drops_an_incomplete_head(ctc_upstream, tmp_path, damage):
         del state["state_dict"]["ctc_decoder.blocks.4.norm2.bias"]
         torch.save(state, src / "model.pt")
     else:
-        (src / ctc.TOKENIZER_FILE).unlink()
+        (src / CTC_TOKENIZER_FILE).unlink()
     out = convert(src, tmp_path / "out", dtype="float32")
     config = json.loads((out / "config.json").read_text())
     assert config["timestamps"] is False and "ctc_decoder_conf" not in config

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from funasr_nano_mlx.audio import features, load_audio
-from funasr_nano_mlx.transcribe import prompt_inputs, resolve_language, transcribe
+from funasr_nano_mlx.languages import resolve_language
+from funasr_nano_mlx.transcribe import prompt_inputs, transcribe
 from tests.conftest import CLIP_SECONDS, rel_err
 
 CLIPS = list(CLIP_SECONDS)

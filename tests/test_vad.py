@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from funasr_nano_mlx.convert import convert_vad, sha256
+from funasr_nano_mlx.convert import convert_vad
+from funasr_nano_mlx.files import sha256
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.vad import CMVN_KEY, chunk_starts, load_vad
 from tests.conftest import NOISE_FLOOR, SAMPLE_RATE
