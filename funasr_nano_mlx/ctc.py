@@ -6,7 +6,7 @@ Pure (numpy and tiktoken, no MLX). References `[F] path:line` point into funasr 
 - `ctc_text` is the argmax per frame, consecutive repeats merged, blanks dropped, decoded, with
   `<|nospeech|>` removed ([F] models/fun_asr_nano/model.py:972-985,1058);
 - both `ctc_text` and the LLM's text are re-tokenized and aligned to the CTC log-probabilities with
-  torchaudio's `forced_align` ([F] models/fun_asr_nano/tools/utils.py:47-80, model.py:1057-1071); frames
+  torchaudio's `forced_align` ([F] models/fun_asr_nano/tools/utils.py:46-80, model.py:1057-1071); frames
   are 60 ms (LFR stride 6 x 10 ms shift).
 """
 
@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 NOSPEECH = "<|nospeech|>"
-# [F] whisper_lib/tokenizer.py:11-135 LANGUAGES keys, :137-155 AUDIO_EVENT and EMOTION keys; upstream's
+# [F] whisper_lib/tokenizer.py:11-117 LANGUAGES keys, :137-156 AUDIO_EVENT and EMOTION keys; upstream's
 # config takes num_languages 8749, i.e. all of them.
 LANGUAGE_CODES = (
     "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg lt "
@@ -34,7 +34,7 @@ LANGUAGE_CODES = (
 AUDIO_EVENTS = ("ASR", "AED", "SER", "Speech", "/Speech", "BGM", "/BGM", "Laughter", "/Laughter", "Applause", "/Applause")
 EMOTIONS = ("HAPPY", "SAD", "ANGRY", "NEUTRAL")
 TIMESTAMP_SPECIALS = 1501  # <|0.00|> .. <|30.00|>; decode() drops them ([F] whisper_lib/tokenizer.py:217-225)
-# The pre-tokenizer of [F] whisper_lib/tokenizer.py:483.
+# The pre-tokenizer of [F] whisper_lib/tokenizer.py:484.
 PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # Frame index -> seconds exactly as upstream computes it: frame * 6 * 10 / 1000 ([F] model.py:1070-1071).
 LFR_STRIDE, FRAME_SHIFT_MS = 6, 10
@@ -159,7 +159,7 @@ class TokenTime:
 
 
 def align(blank_lp: np.ndarray, token_lp: np.ndarray, targets: Sequence[int]) -> list[TokenTime]:
-    """Upstream's forced_align ([F] tools/utils.py:47-80): the Viterbi path grouped into runs of one
+    """Upstream's forced_align ([F] tools/utils.py:46-80): the Viterbi path grouped into runs of one
     target token; each run's frames and the highest probability among them, rounded to 3 decimals."""
     path = viterbi_path(blank_lp, token_lp, targets)
     if path is None:

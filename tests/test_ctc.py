@@ -1,7 +1,7 @@
 """CTC timestamps (issue 12): the CTC head, ctc_text and forced alignment against the official model.
 
 How the official alignment is run. Upstream's timestamps come from `torchaudio.functional.forced_align`
-(funasr fun_asr_nano/tools/utils.py:47-80), and torchaudio does not load beside torch 2.13 here. A
+(funasr fun_asr_nano/tools/utils.py:46-80), and torchaudio does not load beside torch 2.13 here. A
 second reference environment (torch 2.9.1 + torchaudio 2.9) would cost about 7 GB and minutes of CI
 time for one function, so instead the official model runs unchanged with `forced_align` below standing
 in for torchaudio's: an exact CTC Viterbi written independently of ours (plain loops over frames and
