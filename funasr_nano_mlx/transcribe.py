@@ -95,9 +95,11 @@ class Transcription:
     # timings of all inputs add up to the time spent in these stages (reading audio and segmenting
     # are not counted). decode_ms_per_token: per decoding step of the batches it was in.
     timings: dict[str, float] = field(default_factory=dict)
-    # With timestamps: every segment's aligned tokens in order, and them grouped into words; else None.
+    # With timestamps: every segment's aligned tokens in order, them grouped into words, and the segments'
+    # CTC greedy transcripts joined by one space; else None.
     timestamps: list[dict] | None = None
     words: list[dict] | None = None
+    ctc_text: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -369,6 +371,7 @@ def _finish(name: str, duration: float, segments: list[Segment], timings: dict) 
     return Transcription(
         timestamps=[stamp for segment in segments for stamp in segment.timestamps] if timed else None,
         words=[word for segment in segments for word in segment.words] if timed else None,
+        ctc_text=" ".join(segment.ctc_text for segment in segments) if timed else None,
         audio=name,
         text=" ".join(segment.text for segment in segments),
         token_ids=[token for segment in segments for token in segment.token_ids],

@@ -293,6 +293,7 @@ def test_long_recording_segments_equal_the_official_ones(long_recording, ctc_ref
         assert as_upstream(segment.ctc_timestamps) == shifted(ref["ctc_timestamps"], segment.start)
         assert all(segment.start <= s["start"] < s["end"] <= segment.end + 0.06 for s in segment.timestamps)
     assert result.timestamps == [s for segment in result.segments for s in segment.timestamps]
+    assert result.ctc_text == " ".join(segment.ctc_text for segment in result.segments)
 
 
 def test_batched_decoding_keeps_the_timestamps(clips, ctc_model, long_recording):
@@ -316,7 +317,8 @@ def test_a_model_without_the_head_transcribes_and_says_so(tiny_model, clips):
     model, tokenizer = tiny_model
     assert not model.has_ctc
     result = transcribe(model, tokenizer, clips["1s"], max_new_tokens=4)
-    assert result.timestamps is None and result.words is None and result.segments[0].ctc_text is None
+    assert result.timestamps is None and result.words is None and result.ctc_text is None
+    assert result.segments[0].ctc_text is None
     with pytest.raises(UserError, match="no CTC head"):
         transcribe(model, tokenizer, clips["1s"], max_new_tokens=4, timestamps=True)
 
