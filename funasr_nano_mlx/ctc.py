@@ -95,15 +95,17 @@ def ctc_text(tokenizer: CTCTokenizer, ids: Sequence[int]) -> str:
 
 
 def viterbi_path(blank_lp: np.ndarray, token_lp: np.ndarray, targets: Sequence[int]) -> np.ndarray | None:
-    """torchaudio's CTC forced alignment (libtorchaudio/forced_align/cpu/compute.cpp), vectorized over
+    """torchaudio 2.9's CTC forced alignment (libtorchaudio/forced_align/cpu/compute.cpp), vectorized over
     the 2L + 1 states, one numpy step per frame.
 
     `blank_lp` (T,) and `token_lp` (T, L) are the log-probabilities of the blank and of each target
     token. Returns the state per frame (even: blank, 2j + 1: target j), or None where torchaudio raises
     (no target, or T < L + repeats), which upstream's forced_align turns into no timestamps. Same
     arithmetic as torchaudio: float32 sums; a state takes the skip (i - 2) only if strictly better than
-    both others, else the previous state (i - 1) only if strictly better than staying (i), else stays;
-    the states that cannot reach the end in time, or be reached from the start, are -inf.
+    both others, else the previous state (i - 1) only if strictly better than both others, else stays
+    (so where the skip and the previous state tie above staying, it stays: torchaudio 2.9.1's rule,
+    checked on its binary by bench/torchaudio_check.py; later sources drop `x1 > x2`); the states that
+    cannot reach the end in time, or be reached from the start, are -inf.
     """
     frames, length = token_lp.shape
     targets = np.asarray(targets)
@@ -136,7 +138,7 @@ def viterbi_path(blank_lp: np.ndarray, token_lp: np.ndarray, targets: Sequence[i
         step = np.concatenate(([neg_inf], alpha[:-1]))
         skip = np.where(can_skip, np.concatenate(([neg_inf, neg_inf], alpha[:-2])), neg_inf)
         take_skip = (skip > step) & (skip > stay)
-        take_step = ~take_skip & (step > stay)
+        take_step = ~take_skip & (step > stay) & (step > skip)
         best = np.where(take_skip, skip, np.where(take_step, step, stay))
         back[t] = np.where(take_skip, 2, np.where(take_step, 1, 0))
         alpha = np.where((state_index >= lo) & (state_index < hi), best + emit[t], neg_inf).astype(np.float32)

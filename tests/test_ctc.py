@@ -7,11 +7,14 @@ time for one function, so instead the official model runs unchanged with `forced
 in for torchaudio's: an exact CTC Viterbi written independently of ours (plain loops over frames and
 states, no pruning window; ours is vectorized per frame and prunes as torchaudio's C++ does), with
 torchaudio's input checks, float32 arithmetic and tie-breaking (libtorchaudio/forced_align/cpu/
-compute.cpp: the skip transition only if strictly better than both others, then the previous state
-only if strictly better than staying, else stay; at the end the last token over the final blank only
-if strictly better). Everything around it (which text is aligned, <|nospeech|>, grouping, scores, the
-60 ms frame scale) is funasr's own code. `test_viterbi_equals_the_textbook_one` checks the two
-Viterbis on many random and tied inputs.
+compute.cpp as released in torchaudio 2.9.1: the skip transition only if strictly better than both
+others, then the previous state only if strictly better than both others, else stay; at the end the
+last token over the final blank only if strictly better). Everything around it (which text is aligned,
+<|nospeech|>, grouping, scores, the 60 ms frame scale) is funasr's own code.
+`test_viterbi_equals_the_textbook_one` checks the two Viterbis on many random and tied inputs. Once, by
+hand, ours was also checked against the real torchaudio 2.9.1 in a separate environment
+(bench/torchaudio_check.py: 3000 cases, half of them with ties, all equal); that check found that
+torchaudio's current sources break one tie differently from the 2.9.1 release, which this follows.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def textbook_viterbi(log_probs: np.ndarray, targets: list[int], blank: int) -> l
             skip = alpha[t - 1][s - 2] if s % 2 == 1 and s >= 3 and label[s] != label[s - 2] else neg_inf
             if skip > step and skip > stay:
                 best, back[t][s] = skip, 2
-            elif step > stay:
+            elif step > stay and step > skip:
                 best, back[t][s] = step, 1
             else:
                 best, back[t][s] = stay, 0
