@@ -337,6 +337,60 @@ def write_upstream_dir(dst: Path, size: str = "tiny", seed: int = 0, *, wrapped:
 
 
 # --------------------------------------------------------------------------------------------
+# torchaudio's forced alignment, written independently (for the CTC timestamps)
+# --------------------------------------------------------------------------------------------
+
+
+def textbook_viterbi(log_probs: np.ndarray, targets: list[int], blank: int) -> list[int]:
+    """Best CTC path (label per frame) by the recursion over the 2L + 1 states, float32 sums, with
+    torchaudio 2.9.1's tie-breaking (libtorchaudio/forced_align/cpu/compute.cpp as released): the skip
+    only if strictly better than both others, the previous state only if strictly better than both
+    others, else stay; the last token over the final blank only if strictly better."""
+    frames, states = log_probs.shape[0], 2 * len(targets) + 1
+    label = [blank if s % 2 == 0 else targets[s // 2] for s in range(states)]
+    neg_inf = np.float32(-np.inf)
+    alpha = [[neg_inf] * states for _ in range(frames)]
+    back = [[0] * states for _ in range(frames)]
+    alpha[0][0] = log_probs[0, blank]
+    if states > 1:
+        alpha[0][1] = log_probs[0, targets[0]]
+    for t in range(1, frames):
+        for s in range(states):
+            stay = alpha[t - 1][s]
+            step = alpha[t - 1][s - 1] if s >= 1 else neg_inf
+            skip = alpha[t - 1][s - 2] if s % 2 == 1 and s >= 3 and label[s] != label[s - 2] else neg_inf
+            if skip > step and skip > stay:
+                best, back[t][s] = skip, 2
+            elif step > stay and step > skip:
+                best, back[t][s] = step, 1
+            else:
+                best, back[t][s] = stay, 0
+            alpha[t][s] = np.float32(best + log_probs[t, label[s]])
+    s = states - 1 if states == 1 or alpha[-1][states - 1] > alpha[-1][states - 2] else states - 2
+    path = []
+    for t in range(frames - 1, -1, -1):
+        path.append(label[s])
+        s -= back[t][s]
+    return path[::-1]
+
+
+def torchaudio_forced_align(log_probs: torch.Tensor, targets: torch.Tensor, blank: int = 0):
+    """A stand-in for torchaudio.functional.forced_align (torchaudio does not load beside torch 2.13):
+    its contract (checks, (paths, scores)) over textbook_viterbi. Why and how it was checked against the
+    real torchaudio 2.9.1: tests/test_ctc.py's docstring."""
+    if blank in targets:
+        raise ValueError("targets Tensor shouldn't contain blank index")
+    if torch.max(targets) >= log_probs.shape[-1]:  # raises on empty targets, as torchaudio does
+        raise ValueError("targets values must be less than the CTC dimension")
+    lp, tg = log_probs[0].float().numpy(), targets[0].tolist()
+    repeats = sum(a == b for a, b in zip(tg, tg[1:]))
+    if lp.shape[0] < len(tg) + repeats:
+        raise RuntimeError("targets length is too long for CTC")
+    path = torch.tensor([textbook_viterbi(lp, tg, blank)], dtype=targets.dtype)
+    return path, log_probs[:, torch.arange(lp.shape[0]), path[0]]
+
+
+# --------------------------------------------------------------------------------------------
 # reference runner
 # --------------------------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ How the official alignment is run. Upstream's timestamps come from `torchaudio.f
 (funasr fun_asr_nano/tools/utils.py:46-80), and torchaudio does not load beside torch 2.13 here. A
 second reference environment (torch 2.9.1 + torchaudio 2.9) would cost about 7 GB and minutes of CI
 time for one function, so instead the official model runs unchanged with `forced_align` below standing
-in for torchaudio's: an exact CTC Viterbi written independently of ours (plain loops over frames and
+in for torchaudio's: an exact CTC Viterbi written independently of ours (tests/reference.py
+`torchaudio_forced_align`) (plain loops over frames and
 states, no pruning window; ours is vectorized per frame and prunes as torchaudio's C++ does), with
 torchaudio's input checks, float32 arithmetic and tie-breaking (libtorchaudio/forced_align/cpu/
 compute.cpp as released in torchaudio 2.9.1: the skip transition only if strictly better than both
@@ -37,63 +38,14 @@ from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.modeldir import CTC_TOKENIZER_FILE
 from funasr_nano_mlx.subtitles import to_srt, to_vtt
 from funasr_nano_mlx.transcribe import transcribe, transcribe_many
-from tests.conftest import CLIP_SECONDS, rel_err
+from tests.helpers import CLIP_SECONDS, as_upstream, shifted
+from tests.reference import rel_err, torchaudio_forced_align
 
 CTC_REL = 1e-5  # CTC log-probabilities, relative L2 error; float32 both sides
 AS_UPSTREAM = {"segmenter": None, "stop_loops": False}
 # Tokens the LLM may generate per clip: the tiny CTC vocabulary is single bytes, so the aligned text must
 # stay shorter than the clip's 60 ms frames (a longer one cannot be aligned: upstream returns none).
 MAX_TOKENS = {"0.3s": 4, "1s": 4, "7s": 12, "31s": 48}
-
-
-# --------------------------------------------------------------------------------------------------
-# the independent reference Viterbi, in torchaudio's shape
-# --------------------------------------------------------------------------------------------------
-
-
-def textbook_viterbi(log_probs: np.ndarray, targets: list[int], blank: int) -> list[int]:
-    """Best CTC path (label per frame) by the recursion over the 2L + 1 states, float32 sums, with
-    torchaudio's tie-breaking (see the module docstring)."""
-    frames, states = log_probs.shape[0], 2 * len(targets) + 1
-    label = [blank if s % 2 == 0 else targets[s // 2] for s in range(states)]
-    neg_inf = np.float32(-np.inf)
-    alpha = [[neg_inf] * states for _ in range(frames)]
-    back = [[0] * states for _ in range(frames)]
-    alpha[0][0] = log_probs[0, blank]
-    if states > 1:
-        alpha[0][1] = log_probs[0, targets[0]]
-    for t in range(1, frames):
-        for s in range(states):
-            stay = alpha[t - 1][s]
-            step = alpha[t - 1][s - 1] if s >= 1 else neg_inf
-            skip = alpha[t - 1][s - 2] if s % 2 == 1 and s >= 3 and label[s] != label[s - 2] else neg_inf
-            if skip > step and skip > stay:
-                best, back[t][s] = skip, 2
-            elif step > stay and step > skip:
-                best, back[t][s] = step, 1
-            else:
-                best, back[t][s] = stay, 0
-            alpha[t][s] = np.float32(best + log_probs[t, label[s]])
-    s = states - 1 if states == 1 or alpha[-1][states - 1] > alpha[-1][states - 2] else states - 2
-    path = []
-    for t in range(frames - 1, -1, -1):
-        path.append(label[s])
-        s -= back[t][s]
-    return path[::-1]
-
-
-def forced_align(log_probs: torch.Tensor, targets: torch.Tensor, blank: int = 0):
-    """torchaudio.functional.forced_align's contract (checks, (paths, scores)) over textbook_viterbi."""
-    if blank in targets:
-        raise ValueError("targets Tensor shouldn't contain blank index")
-    if torch.max(targets) >= log_probs.shape[-1]:  # raises on empty targets, as torchaudio does
-        raise ValueError("targets values must be less than the CTC dimension")
-    lp, tg = log_probs[0].float().numpy(), targets[0].tolist()
-    repeats = sum(a == b for a, b in zip(tg, tg[1:]))
-    if lp.shape[0] < len(tg) + repeats:
-        raise RuntimeError("targets length is too long for CTC")
-    path = torch.tensor([textbook_viterbi(lp, tg, blank)], dtype=targets.dtype)
-    return path, log_probs[:, torch.arange(lp.shape[0]), path[0]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,7 +64,7 @@ def ctc_upstream(tmp_path_factory):
 def ctc_reference(ctc_upstream):
     from tests.reference import Reference
 
-    return Reference(ctc_upstream, forced_align=forced_align)
+    return Reference(ctc_upstream, forced_align=torchaudio_forced_align)
 
 
 @pytest.fixture(scope="session")
@@ -127,16 +79,6 @@ def ctc_model(ctc_f32):
     from funasr_nano_mlx import load
 
     return load(ctc_f32)
-
-
-def as_upstream(stamps: list[dict]) -> list[dict]:
-    """Our timestamp dicts in upstream's keys (token, start_time, end_time, score)."""
-    return [{"token": s["token"], "start_time": s["start"], "end_time": s["end"], "score": s["score"]} for s in stamps]
-
-
-def shifted(stamps: list[dict], offset: float) -> list[dict]:
-    return [{**s, "start_time": round(offset + s["start_time"], 3), "end_time": round(offset + s["end_time"], 3)}
-            for s in stamps]  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,7 +103,7 @@ def test_viterbi_equals_the_textbook_one(tied):
         lp, targets, blank = _random_case(rng, tied)
         ours = ctc.viterbi_path(lp[:, blank], lp[:, targets], targets)
         try:
-            expected = forced_align(torch.from_numpy(lp)[None], torch.tensor([targets]), blank)[0][0].tolist()
+            expected = torchaudio_forced_align(torch.from_numpy(lp)[None], torch.tensor([targets]), blank)[0][0].tolist()
         except (ValueError, RuntimeError):
             assert ours is None
             continue

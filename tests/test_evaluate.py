@@ -5,7 +5,6 @@ gibberish, so these tests check the machinery, not accuracy)."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +30,7 @@ from funasr_nano_mlx.evaluate import (
 from funasr_nano_mlx.packaged import EVAL_SETS_DIR, RECIPES_DIR
 from funasr_nano_mlx.report import PLOT
 from funasr_nano_mlx.scoring import Row, score
+from tests.helpers import hub_style_dataset
 from tests.speech import synthesize
 
 MAX_NEW_TOKENS = 16  # random weights rarely stop by themselves: keep decoding short
@@ -270,25 +270,6 @@ def test_a_set_yaml_names_the_columns_of_a_local_folder(tmp_path):
     (tmp_path / "clips.yaml").write_text("path: clips\naudio_column: wav\ntext_column: sentence\n")
     with pytest.raises(UserError, match=r"no column 'sentence'; the columns are: wav, text, transcription"):
         open_set(EvalSet.load(tmp_path / "clips.yaml"))
-
-
-def hub_style_dataset(folder: Path) -> Path:
-    """A dataset repository as the hub stores one (parquet under data/), read through `datasets`."""
-    from datasets import Audio, Dataset
-
-    def wav(text: str) -> bytes:
-        samples = sf.read(str(synthesize(text, folder / "tmp.wav")), dtype="float32")[0]
-        buffer = io.BytesIO()
-        sf.write(buffer, samples, 16000, format="FLAC")
-        return buffer.getvalue()
-
-    audio = [{"bytes": wav("good morning"), "path": "a.flac"}, {"bytes": b"garbage", "path": "b.flac"},
-             {"bytes": wav("good night"), "path": "c.flac"}, {"bytes": wav("not read"), "path": "d.flac"}]  # fmt: skip
-    dataset = Dataset.from_dict({"audio": audio, "sentence": ["Good morning!", "x", "Good night.", "not read"],
-                                 "key": ["u1", "u2", "u3", "u4"]}).cast_column("audio", Audio(decode=False))  # fmt: skip
-    (folder / "data").mkdir(parents=True)
-    dataset.to_parquet(str(folder / "data" / "test-00000-of-00001.parquet"))
-    return folder
 
 
 def test_hub_style_dataset(tiny_f32, tmp_path):

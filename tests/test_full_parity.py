@@ -16,7 +16,8 @@ import pytest
 
 from funasr_nano_mlx.convert import convert
 from funasr_nano_mlx.transcribe import load, prompt_inputs
-from tests.conftest import clip, rel_err
+from tests.helpers import clip
+from tests.reference import rel_err
 
 pytestmark = pytest.mark.full
 
@@ -48,14 +49,14 @@ def reference_layer_outputs(reference, feats) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, speech):
     from tests.reference import Reference, write_upstream_dir
-    from tests.test_ctc import forced_align
+    from tests.reference import torchaudio_forced_align
 
     tmp = tmp_path_factory.mktemp("full")
     upstream = write_upstream_dir(tmp / "upstream", "full", seed=0, with_ctc=True)
     converted = convert(upstream, tmp / "mlx", dtype="float32")
     wave = clip(speech, 5.0)
 
-    reference = Reference(upstream, forced_align=forced_align)
+    reference = Reference(upstream, forced_align=torchaudio_forced_align)
     feats = reference.features(wave)
     enc = reference.encode(feats)
     layers = reference_layer_outputs(reference, feats)
@@ -114,7 +115,7 @@ def test_adaptor_and_logits_at_full_size(full_run, full_model):
 def test_ctc_timestamps_at_full_size(full_run, full_model):
     from funasr_nano_mlx import ctc
     from funasr_nano_mlx.transcribe import transcribe
-    from tests.test_ctc import as_upstream
+    from tests.helpers import as_upstream
 
     ref = full_run[1]
     model, tokenizer = full_model

@@ -113,7 +113,7 @@ def test_a_local_path_that_does_not_exist_is_not_sent_to_the_hub(served, wav, tm
 
 def test_evaluate_and_vad_by_repo_id(served, tiny_f32, tmp_path):
     from funasr_nano_mlx.vad import load_vad
-    from tests.test_card import local_set
+    from tests.helpers import local_set
 
     hub, _ = served
     env = hub.client_env(tmp_path / "hf-home")

@@ -99,7 +99,7 @@ def test_shipped_sets_are_pinned_except_the_known_unpinned():
 
 
 def local_pinned_set(tmp_path: Path, digest: str) -> Path:
-    from tests.test_evaluate import hub_style_dataset
+    from tests.helpers import hub_style_dataset
 
     repo = hub_style_dataset(tmp_path / "repo")
     definition = (f"dataset: {repo}\ndata_files: data/test-00000-of-00001.parquet\ntext_column: sentence\n"

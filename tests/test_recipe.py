@@ -10,6 +10,7 @@ import pytest
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.packaged import RECIPES_DIR
 from funasr_nano_mlx.pipeline import run
+from tests.helpers import SHIPPED_RECIPES as SHIPPED
 from funasr_nano_mlx.recipe import (
     Acceptance,
     QuantSpec,
@@ -21,7 +22,6 @@ from funasr_nano_mlx.recipe import (
 NANO = ("FunAudioLLM/Fun-ASR-Nano-2512", "272c57b82523ada6fd87095e955f8e29100979ab",
         "55ae0d2fee369f0f11cce0795f6927934ad17cf11b278a7e56a51272074160bb")  # fmt: skip
 MLT = ("FunAudioLLM/Fun-ASR-MLT-Nano-2512", "main", "f7ddbef5ff8c57254e6a045f0b316501b704fe2b774f962efc6e402364e8fe37")
-SHIPPED = ("bf16", "8bit", "4bit-llm", "4bit-mixed", "mlt-bf16", "mlt-4bit-llm")
 Q4, Q6, Q8 = QuantSpec(4, 64), QuantSpec(6, 64), QuantSpec(8, 64)
 
 VALID = """\

@@ -24,8 +24,8 @@ from funasr_nano_mlx.quantize import quantize
 from funasr_nano_mlx.pipeline import PUBLISH_RECORD, Options, run
 from funasr_nano_mlx.recipe import STAGES, Recipe
 from tests.hub_server import HubServer
-from tests.test_card import local_set
-from tests.test_recipe import SHIPPED
+from tests.helpers import SHIPPED_RECIPES as SHIPPED
+from tests.helpers import assert_user_error, files_of, local_set
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD = STAGES[: STAGES.index("quantize") + 1]  # what every shipped recipe builds here (until=quantize)
@@ -38,18 +38,6 @@ funasr_nano_mlx.quantize.save_config = lambda *args, **kwargs: os.kill(os.getpid
 from funasr_nano_mlx.cli import main
 main(sys.argv[1:], prog_name="funasr-nano-mlx")
 """
-
-
-def assert_user_error(done: subprocess.CompletedProcess, fragment: str) -> None:
-    """Exit status 2 and one `error:` line, the last on stderr (stage progress lines come before it)."""
-    assert done.returncode == 2, (done.returncode, done.stderr)
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert errors == done.stderr.strip().splitlines()[-1:] and "Traceback" not in done.stderr, done.stderr
-    assert fragment in errors[0], errors[0]
-
-
-def files_of(folder: Path) -> dict[str, Path]:
-    return {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
