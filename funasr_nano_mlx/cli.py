@@ -150,6 +150,47 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
             write_text_atomic(Path(output_dir) / f"{path.stem}.{FORMAT_SUFFIX[fmt]}", render(result))
 
 
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but loopback exposes the server: set an API key.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
+@click.option("--api-key", envvar="FUNASR_NANO_MLX_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' on every request. Prefer the FUNASR_NANO_MLX_API_KEY "
+                   "environment variable: a command line is visible to other users.")
+@click.option("--vad", type=click.Path(), default=None,
+              help="A converted FSMN-VAD (`convert-vad`) to cut every upload into speech segments, as transcribe --vad.")
+@click.option("--max-batch", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Segments decoded together, from all requests in flight.")
+@click.option("--max-upload-mb", default=25.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Largest audio file accepted (413 beyond).")
+@click.option("--max-audio-seconds", default=1800.0, show_default=True, type=click.FloatRange(min=1),
+              help="Longest audio accepted (400 beyond).")
+@click.option("--request-timeout", default=600.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a request may take, upload to answer (then 504, and its work is dropped).")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Requests in the server at once, uploading, waiting or decoding (429 beyond).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@user_errors
+def serve(model, host, port, api_key, vad, max_batch, max_upload_mb, max_audio_seconds, request_timeout, max_queue,
+          log_level):
+    """Serve MODEL over OpenAI's transcription API (POST /v1/audio/transcriptions), batching requests together.
+
+    Needs the [serve] extra. Every response equals `transcribe` on that file alone; the segments of all
+    requests in flight share the encoder and decoder batches.
+    """
+    try:
+        from .serve import Limits
+        from .serve import serve as run_server
+    except ImportError as err:
+        raise UserError(f"serve needs the [serve] extra (pip install 'funasr-nano-mlx[serve]'): {err}") from None
+
+    limits = Limits(round(max_upload_mb * 1024 * 1024), max_audio_seconds, request_timeout, max_queue)
+    run_server(model, host=host, port=port, api_key=api_key, vad=vad, max_batch=max_batch, limits=limits,
+               log_level=log_level)
+
+
 # -- recipes (issue 3) ------------------------------------------------------------------------------
 from .recipe import STAGES  # noqa: E402  (a light module: --until's choices are needed at import)
 

@@ -278,6 +278,7 @@ class _Job:
     start_ms: int
     end_ms: int
     name: str
+    prompt: dict | None = None  # this segment's own prompt settings, else the pipeline's (the server mixes requests)
 
     @property
     def seconds(self) -> float:
@@ -303,6 +304,13 @@ def _segment_spans(samples: np.ndarray, segmenter, max_segment_ms: int) -> list[
     # A span shorter than one fbank frame holds no speech (and has no features): left out.
     spans = segmenter.segments(samples, max_segment_ms)
     return [(a, b) for a, b in spans if (b - a) * SAMPLE_RATE >= FRAME_LENGTH * 1000]
+
+
+def _jobs(item: int, name: str, samples: np.ndarray, segmenter, max_segment_ms: int) -> list[_Job]:
+    """The segments of one input to decode (see `_segment_spans`), in time order."""
+    spans = _segment_spans(samples, segmenter, max_segment_ms)
+    cut = [samples[start_ms * SAMPLE_RATE // 1000 : end_ms * SAMPLE_RATE // 1000] for start_ms, end_ms in spans]
+    return [_Job(item, piece, start_ms, end_ms, name) for piece, (start_ms, end_ms) in zip(cut, spans)]
 
 
 class _Pipeline:
@@ -335,7 +343,8 @@ class _Pipeline:
         mx.eval(frames)
         timings["encoder"] = time.perf_counter() - start
 
-        embeddings = [prompt_inputs(self.model, self.tokenizer, f, **self.prompt)[1] for f in frames]
+        embeddings = [prompt_inputs(self.model, self.tokenizer, f, **(job.prompt or self.prompt))[1]
+                      for job, f in zip(batch, frames)]
         budgets = [token_budget(job.seconds, self.max_new_tokens) for job in batch]
         return greedy_batch(self.model.llm, embeddings, budgets, self.tokenizer.eos_token_ids, self.stop_loops, timings)
 
@@ -413,10 +422,9 @@ def transcribe_many(
             except UserError:
                 yield from _run_group(pipeline, group, jobs, batch_size, bar)  # what was read is not lost
                 raise
-            for start_ms, end_ms in _segment_spans(samples, segmenter, max_segment_ms):
-                piece = samples[start_ms * SAMPLE_RATE // 1000 : end_ms * SAMPLE_RATE // 1000]
-                jobs.append(_Job(len(group), piece, start_ms, end_ms, name))
-                bar.total += piece.size / SAMPLE_RATE
+            for job in _jobs(len(group), name, samples, segmenter, max_segment_ms):
+                jobs.append(job)
+                bar.total += job.seconds
             group.append((name, samples))
             bar.refresh()
             if len(jobs) >= BATCHES_PER_GROUP * batch_size or len(group) >= BATCHES_PER_GROUP * batch_size:
