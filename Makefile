@@ -26,7 +26,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[cpu,convert,reference,eval,test]'
+	$(PY) -m pip install -q -e '.[cpu,convert,reference,eval,serve,test]'
 	touch $@
 
 # The main job on a built-in default: a tiny random checkpoint from the official code stands in for the

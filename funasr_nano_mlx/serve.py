@@ -42,7 +42,7 @@ API_KEY_ENV = "FUNASR_NANO_MLX_API_KEY"
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 STREAM_FORMATS = ("json", "text")  # as OpenAI: a stream carries text, not subtitles or segments
 MAX_FIELD_BYTES = 64 * 1024  # a form field other than the file (the prompt is the longest)
-FORM_OVERHEAD_BYTES = 1024 * 1024  # multipart framing and the other fields, on top of the file
+FORM_OVERHEAD_BYTES = 64 * 1024  # multipart framing and the other fields, on top of the file
 # A prompt is a list of hotwords separated by commas, semicolons or newlines, ASCII or full-width
 # (and the ideographic enumeration comma): "Stella, 开放时间；Fun-ASR" -> Stella / 开放时间 / Fun-ASR.
 HOTWORD_SEPARATORS = re.compile(r"[,;\n，；、]")
