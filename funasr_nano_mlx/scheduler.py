@@ -15,12 +15,14 @@ left-padded LLM batch with per-row prompts); its tokens equal decoding each file
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+import mlx.core as mx
 import numpy as np
 
 from .audio import SAMPLE_RATE
@@ -181,6 +183,11 @@ class Scheduler:
             left, self._arrived = self._active + self._arrived, []
         for work in left:
             self._fail(work, shutdown)
+        # Free the model on the thread whose stream holds it, and let queued work finish, before this
+        # thread's stream goes away (as mlx-lm's server does); else the process may abort at exit.
+        self.pipeline = None
+        gc.collect()
+        mx.synchronize()
 
     def _split(self, work: Work) -> None:
         """Cut the request into segments as `transcribe` would cut the file alone."""

@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import re
+import signal
 import socket
 import tempfile
 from dataclasses import dataclass, field
@@ -602,4 +603,16 @@ def _run(scheduler: Scheduler, sock: socket.socket, model: str, limits: Limits, 
         server = Server(scheduler, model_id, Path(uploads), limits, api_key)
         print(f"serving {model_id} on http://{host}:{port}/v1", flush=True)
         config = uvicorn.Config(server.app(), log_level=log_level, timeout_graceful_shutdown=5)
-        uvicorn.Server(config).run(sockets=[sock])
+        # uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal again; both end up as
+        # KeyboardInterrupt here, so the uploads folder is removed and a stop is not an error.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
