@@ -151,15 +151,27 @@ class Scheduler:
                 self.segmenter = self.segmenter()
             # The server's settings are transcribe's defaults: duration-scaled budgets, the repetition guard.
             self.pipeline = _Pipeline(model, tokenizer, None, (), True, None, True)
-        except BaseException as err:  # handed to the thread that built the scheduler
+        except BaseException as err:  # raised in the thread that built the scheduler, after the clean-up
             self._load_error = err
-        finally:
-            self._ready.set()
-        return self._load_error is None
+            return False
+        self._ready.set()
+        return True
 
     def _work(self, load) -> None:
-        if not self._setup(load):
-            return
+        try:
+            if self._setup(load):
+                self._serve()
+        finally:
+            # Free the model and this thread's MLX streams on this thread, with no work queued: a
+            # stream left for the thread's exit (or the process's) aborts it ("terminate called
+            # without an active exception"), often. mlx-lm's server frees its model the same way.
+            self.pipeline = None
+            gc.collect()
+            mx.synchronize()
+            mx.clear_streams()
+            self._ready.set()  # a failed load is reported now, with this thread's streams gone
+
+    def _serve(self) -> None:
         while True:
             with self._cond:
                 self._cond.wait_for(self._has_work)
@@ -183,11 +195,6 @@ class Scheduler:
             left, self._arrived = self._active + self._arrived, []
         for work in left:
             self._fail(work, shutdown)
-        # Free the model on the thread whose stream holds it, and let queued work finish, before this
-        # thread's stream goes away (as mlx-lm's server does); else the process may abort at exit.
-        self.pipeline = None
-        gc.collect()
-        mx.synchronize()
 
     def _split(self, work: Work) -> None:
         """Cut the request into segments as `transcribe` would cut the file alone."""
