@@ -314,7 +314,7 @@ def verbose_json(result: Transcription, options: Options) -> dict:
             for index, segment in enumerate(result.segments)
         ],
     }
-    words = word_timestamps(result)
+    words = word_timestamps(result) if options.words else None  # as OpenAI: words only when asked for
     if words is not None:
         body["words"] = words
     return body

@@ -358,6 +358,7 @@ def test_verbose_json_has_words_when_the_transcription_has_timestamps():
     result.timestamps = [{"token": "你", "start": 0.12, "end": 0.3}, {"token": "好", "start": 0.3, "end": 0.54}]
     assert verbose_json(result, options)["words"] == [{"word": "你", "start": 0.12, "end": 0.3},
                                                       {"word": "好", "start": 0.3, "end": 0.54}]
+    assert "words" not in verbose_json(result, Options("verbose_json", None, (), False, False))  # not asked
 
 
 def test_serve_command(tiny_f32, tmp_path, files, expected):
