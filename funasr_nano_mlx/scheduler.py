@@ -142,7 +142,8 @@ class Scheduler:
     # -- the worker thread ---------------------------------------------------------------------------
 
     def _has_work(self) -> bool:
-        return self._closed or bool(self._arrived) or any(work.pending for work in self._active)
+        # A cancelled request counts: it is dropped at the next step even if nothing else waits.
+        return self._closed or bool(self._arrived) or any(work.pending or work.cancelled for work in self._active)
 
     def _setup(self, load) -> bool:
         try:

@@ -395,3 +395,38 @@ def test_help_does_not_import_the_server_stack():
     probe = "import sys, funasr_nano_mlx.cli; print(json.dumps([m for m in ('starlette', 'uvicorn') if m in sys.modules]))"
     done = subprocess.run([sys.executable, "-c", "import json; " + probe], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == []
+
+
+def test_a_short_request_is_not_kept_behind_a_long_one(tiny_f32, recording_file, files, expected):
+    """Round-robin batches: a request that arrives while a long file decodes joins the next batch."""
+    from funasr_nano_mlx.audio import load_audio
+    from funasr_nano_mlx.scheduler import Work
+
+    short_submitted, both_done, batches, finished = threading.Event(), threading.Event(), [], []
+
+    def decode(pipeline, jobs, timings):
+        assert short_submitted.wait(60)  # the first batch may hold only the long file's segments
+        batches.append([job.name for job in jobs])
+        return _Pipeline.run(pipeline, jobs, timings)
+
+    def notify(name):
+        def record(kind, payload):
+            if kind != "segment":
+                finished.append((name, kind, payload))
+                if len(finished) == 2:
+                    both_done.set()
+        return record
+
+    scheduler = Scheduler(functools.partial(load, tiny_f32), max_batch=2, decode=decode)
+    try:
+        prompt = dict(language=None, hotwords=[], itn=True)
+        scheduler.submit(Work("long", load_audio(recording_file), prompt, notify("long")))
+        scheduler.submit(Work("short", load_audio(files["clip1"]), prompt, notify("short")))
+        short_submitted.set()
+        assert both_done.wait(300)
+    finally:
+        scheduler.close(300)
+    assert [(name, kind) for name, kind, _ in finished] == [("short", "done"), ("long", "done")]
+    assert finished[0][2].token_ids == expected["clip1"].token_ids
+    first_short = next(i for i, names in enumerate(batches) if "short" in names)
+    assert first_short <= 1 and len(batches) > 3, batches  # in the first or second of many batches
