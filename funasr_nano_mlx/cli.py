@@ -162,6 +162,8 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
               help="A converted FSMN-VAD (`convert-vad`) to cut every upload into speech segments, as transcribe --vad.")
 @click.option("--max-batch", default=16, show_default=True, type=click.IntRange(min=1),
               help="Segments decoded together, from all requests in flight.")
+@click.option("--batch-wait-ms", default=50.0, show_default=True, type=click.FloatRange(min=0),
+              help="After a batch, wait up to this long for requests to fill the next one (0: never wait).")
 @click.option("--max-upload-mb", default=25.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest audio file accepted (413 beyond).")
 @click.option("--max-audio-seconds", default=1800.0, show_default=True, type=click.FloatRange(min=1),
@@ -173,8 +175,8 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @user_errors
-def serve(model, host, port, api_key, vad, max_batch, max_upload_mb, max_audio_seconds, request_timeout, max_queue,
-          log_level):
+def serve(model, host, port, api_key, vad, max_batch, batch_wait_ms, max_upload_mb, max_audio_seconds,
+          request_timeout, max_queue, log_level):
     """Serve MODEL over OpenAI's transcription API (POST /v1/audio/transcriptions), batching requests together.
 
     Needs the [serve] extra. Every response equals `transcribe` on that file alone; the segments of all
@@ -187,8 +189,8 @@ def serve(model, host, port, api_key, vad, max_batch, max_upload_mb, max_audio_s
         raise UserError(f"serve needs the [serve] extra (pip install 'funasr-nano-mlx[serve]'): {err}") from None
 
     limits = Limits(round(max_upload_mb * 1024 * 1024), max_audio_seconds, request_timeout, max_queue)
-    run_server(model, host=host, port=port, api_key=api_key, vad=vad, max_batch=max_batch, limits=limits,
-               log_level=log_level)
+    run_server(model, host=host, port=port, api_key=api_key, vad=vad, max_batch=max_batch,
+               batch_wait=batch_wait_ms / 1000, limits=limits, log_level=log_level)
 
 
 # -- recipes (issue 3) ------------------------------------------------------------------------------

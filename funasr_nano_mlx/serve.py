@@ -569,7 +569,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          vad: str | None = None, max_batch: int = 16, limits: Limits = Limits(),
+          vad: str | None = None, max_batch: int = 16, batch_wait: float = 0.05, limits: Limits = Limits(),
           log_level: str = "info") -> None:
     """Load MODEL, listen on host:port and serve until interrupted."""
     from .transcribe import load
@@ -582,7 +582,8 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
         segmenter = functools.partial(load_vad, vad)
     sock = listen(host, port)  # first: a port in use is reported before the model loads
     try:
-        scheduler = Scheduler(functools.partial(load, model), segmenter=segmenter, max_batch=max_batch)
+        scheduler = Scheduler(functools.partial(load, model), segmenter=segmenter, max_batch=max_batch,
+                              batch_wait=batch_wait)
         try:
             _run(scheduler, sock, model, limits, api_key, log_level)
         finally:

@@ -39,7 +39,8 @@ class Running:
     def __init__(self, model_dir: Path, uploads: Path, limits: Limits = LIMITS, max_batch: int = 8, decode=None):
         uploads.mkdir(parents=True, exist_ok=True)
         self.uploads = uploads
-        self.scheduler = Scheduler(functools.partial(load, model_dir), max_batch=max_batch, decode=decode)
+        self.scheduler = Scheduler(functools.partial(load, model_dir), max_batch=max_batch, batch_wait=0.05,
+                                   decode=decode)
         app = Server(self.scheduler, "tiny", uploads, limits, API_KEY).app()
         sock = socket.create_server(("127.0.0.1", 0))  # listening now: clients may connect at once
         self.port = sock.getsockname()[1]
