@@ -2,7 +2,7 @@
 several numbers of concurrent clients (the openai client, one thread each), on 127.0.0.1 only.
 
     python bench/serve_load.py MODEL [--clients 1 8 32] [--requests 64] [--max-seconds 120]
-                               [--min-s 5 --max-s 30] [--clips 16] [--max-batch 16]
+                               [--min-s 5 --max-s 30] [--clips 16] [--max-batch 16] [--batch-wait-ms 100]
     python bench/serve_load.py --url http://127.0.0.1:8000/v1 ...   # a server already running here
 
 With MODEL, a server is started on a free loopback port and stopped at the end. Each level sends at most
@@ -48,9 +48,10 @@ def write_clips(folder: Path, count: int, low: float, high: float) -> list[tuple
     return clips
 
 
-def start_server(model: str, max_batch: int, key: str) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, max_batch: int, batch_wait_ms: float, key: str) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "funasr_nano_mlx", "serve", model, "--host", "127.0.0.1", "--port", "0",
-               "--max-batch", str(max_batch), "--max-queue", "256", "--log-level", "warning"]
+               "--max-batch", str(max_batch), "--batch-wait-ms", str(batch_wait_ms), "--max-queue", "256",
+               "--log-level", "warning"]
     env = {**os.environ, "FUNASR_NANO_MLX_API_KEY": key}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     line = process.stdout.readline()  # "serving NAME on URL", printed once the model is loaded
@@ -114,6 +115,7 @@ def main() -> None:
     parser.add_argument("--min-s", type=float, default=5.0)
     parser.add_argument("--max-s", type=float, default=30.0)
     parser.add_argument("--max-batch", type=int, default=16, help="the started server's --max-batch")
+    parser.add_argument("--batch-wait-ms", type=float, default=100.0, help="the started server's --batch-wait-ms")
     args = parser.parse_args()
     if (args.model is None) == (args.url is None):
         parser.error("give MODEL (a server is started) or --url (one already running), not both")
@@ -126,7 +128,7 @@ def main() -> None:
         try:
             url = args.url
             if args.model:
-                process, url = start_server(args.model, args.max_batch, args.api_key)
+                process, url = start_server(args.model, args.max_batch, args.batch_wait_ms, args.api_key)
             level(url, args.api_key, 1, clips[:1], 1, args.max_seconds)  # warm-up
             for clients in args.clients:
                 print(json.dumps(level(url, args.api_key, clients, clips, args.requests, args.max_seconds)),

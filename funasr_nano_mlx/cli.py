@@ -162,8 +162,9 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
               help="A converted FSMN-VAD (`convert-vad`) to cut every upload into speech segments, as transcribe --vad.")
 @click.option("--max-batch", default=16, show_default=True, type=click.IntRange(min=1),
               help="Segments decoded together, from all requests in flight.")
-@click.option("--batch-wait-ms", default=50.0, show_default=True, type=click.FloatRange(min=0),
-              help="After a batch, wait up to this long for requests to fill the next one (0: never wait).")
+@click.option("--batch-wait-ms", default=100.0, show_default=True, type=click.FloatRange(min=0),
+              help="After a batch shared by several requests, wait up to this long for their clients' next "
+                   "requests to fill the next batch (0: never wait). A lone client never waits.")
 @click.option("--max-upload-mb", default=25.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest audio file accepted (413 beyond).")
 @click.option("--max-audio-seconds", default=1800.0, show_default=True, type=click.FloatRange(min=1),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -90,7 +91,7 @@ class Scheduler:
     `segmenter` is "auto" (as transcribe), None, or a function that loads one on the worker (an
     FSMN-VAD is an MLX model too). `decode(pipeline, jobs, timings) -> list[Decoded]` decodes one
     batch; the default is transcribe.py's batched path; a test passes one that fails. `batch_wait`:
-    seconds the next batch may wait to fill up when work was already waiting as the last one ended.
+    seconds after a batch shared by several requests during which the next batch waits to fill up.
     """
 
     def __init__(self, load: Callable[[], tuple], *, segmenter="auto", max_batch: int = DEFAULT_BATCH_SIZE,
@@ -175,16 +176,16 @@ class Scheduler:
             self._ready.set()  # a failed load is reported now, with this thread's streams gone
 
     def _serve(self) -> None:
-        just_decoded = False
+        shared_until = 0.0  # the last batch served several requests: its clients may come back until then
         while True:
             with self._cond:
-                backlog = just_decoded and self._has_work()  # work was waiting when the last batch ended
                 self._cond.wait_for(self._has_work)
-                if backlog and self.batch_wait:
-                    # Under load, the clients a batch has just answered send their next requests within
+                if time.monotonic() < shared_until:
+                    # The clients a shared batch has just answered send their next requests within
                     # milliseconds; starting the next batch without them splits steady clients into
-                    # groups that take turns (measured: 8 clients in batches of 3 and 5). Wait a little.
-                    self._cond.wait_for(self._batch_full, timeout=self.batch_wait)
+                    # groups that take turns (measured: 8 clients in batches of 3 and 5). A lone client
+                    # never waits: its batches are not shared.
+                    self._cond.wait_for(self._batch_full, timeout=shared_until - time.monotonic())
                 if self._closed:
                     break
                 arrived, self._arrived = self._arrived, []
@@ -196,7 +197,8 @@ class Scheduler:
                 batch = self._pick()
                 if batch:
                     self._run(batch)
-                just_decoded = bool(batch)
+                if len({id(entry[0]) for entry in batch}) > 1:
+                    shared_until = time.monotonic() + self.batch_wait
             except Exception as err:  # a bug here must not stop the worker: fail whom it touched
                 log.exception("scheduler step failed")
                 for work in {id(w): w for w in arrived + [entry[0] for entry in batch]}.values():

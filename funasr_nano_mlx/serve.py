@@ -569,7 +569,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          vad: str | None = None, max_batch: int = 16, batch_wait: float = 0.05, limits: Limits = Limits(),
+          vad: str | None = None, max_batch: int = 16, batch_wait: float = 0.1, limits: Limits = Limits(),
           log_level: str = "info") -> None:
     """Load MODEL, listen on host:port and serve until interrupted."""
     from .transcribe import load
