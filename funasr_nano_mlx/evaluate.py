@@ -2,11 +2,8 @@
 baseline variant, and a report (hypotheses.jsonl, eval.json, and through report.py summary.md and a
 PNG plot).
 
-A set is a Hugging Face dataset streamed with `datasets` at a pinned revision (eval_sets/NAME.yaml
-names it, its columns and its language), a local folder with `metadata.csv` (file_name,text[,language],
-as HF audiofolder), or a JSONL manifest ({"audio": path, "text": ..., "language"?: ...}). A row that
-cannot be scored (missing or unreadable audio, audio too short, empty reference) stays in the report
-as a skipped row with its reason.
+The sets and their rows come from evalsets.py. A row that cannot be scored (missing or unreadable
+audio, audio too short, empty reference) stays in the report as a skipped row with its reason.
 
 Every number in eval.json is computed from the per-utterance rows (`aggregate`, `compare`), so a
 merge of shards, which only gathers rows, gives exactly the counts of an unsharded run; only the
@@ -15,251 +12,34 @@ timings and the peak memory come from other processes.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
 import re
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
-import yaml
+from tqdm import tqdm
 
+from .decoding import DEFAULT_BATCH_SIZE, describe_budget
 from .errors import UserError
+from .files import package_version, staged_output
+from .modeldir import ModelDir, find_model
 from .normalize import normalize, scoring_for
-from .recipe import COMMIT, EVAL_SETS_DIR
+from .report import PLOT, percent, plot_reports, render_summary
+from .scoring import Row, aggregate, compare, score
+from .evalsets import EvalSet, Item, check_sets, open_set
 
-HYPOTHESES, COMPARISON, EVAL_JSON, SUMMARY, PLOT = (
-    "hypotheses.jsonl", "comparison.jsonl", "eval.json", "summary.md", "error_rate_vs_size.png")  # fmt: skip
+HYPOTHESES, COMPARISON, EVAL_JSON, SUMMARY = "hypotheses.jsonl", "comparison.jsonl", "eval.json", "summary.md"
 REPORT_FORMAT = 1
-BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED = 1000, 0  # seeded: the same rows always give the same interval
 ROWS_PER_BATCH = 4  # rows read per decoding call, in batches: enough for length-sorted batches to fill
-CHANGED_MOST = 10  # utterances listed per set where the variant and its baseline differ most
-LOCAL_COLUMNS = {"metadata.csv": ("file_name", "text"), ".jsonl": ("audio", "text")}  # plus optional language
-
-
 # -- set definitions ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """One evaluation set: a hub dataset (`dataset`) or a local one (`path`)."""
-
-    name: str
-    dataset: str | None = None  # HF dataset id (or a local directory that `datasets` reads)
-    config: str | None = None
-    split: str = "test"
-    revision: str | None = None  # 40-hex commit; a hub dataset is read only at a pinned commit
-    data_files: str | None = None  # glob inside the repo, for repos read as plain parquet files
-    audio_column: str = "audio"
-    text_column: str = "text"
-    id_column: str | None = None
-    path: str | None = None  # local set: a folder with metadata.csv, or a .jsonl manifest
-    language: str | None = None  # ISO code for every row; a local row's own `language` wins
-    itn: bool = True  # False asks the model for unnormalized text (references with numbers in words)
-    traditional_to_simplified: bool = False
-    description: str = ""
-
-    @classmethod
-    def load(cls, name_or_path: str | Path) -> EvalSet:
-        """A set by name (eval_sets/NAME.yaml), a set YAML file, a local folder or a JSONL manifest."""
-        path = Path(name_or_path)
-        if path.is_dir() or (path.is_file() and path.suffix == ".jsonl"):
-            return cls(name=path.name if path.is_dir() else path.stem, path=str(path))
-        if path.is_file() and path.suffix in (".yaml", ".yml"):
-            return cls.from_yaml(path)
-        if (EVAL_SETS_DIR / f"{name_or_path}.yaml").is_file():
-            return cls.from_yaml(EVAL_SETS_DIR / f"{name_or_path}.yaml")
-        known = ", ".join(sorted(p.stem for p in EVAL_SETS_DIR.glob("*.yaml")))
-        raise UserError(f"no evaluation set {str(name_or_path)!r}: give a folder with metadata.csv, a .jsonl "
-                        f"manifest, a set YAML file, or one of: {known}")  # fmt: skip
-
-    @classmethod
-    def from_yaml(cls, file: Path) -> EvalSet:
-        try:
-            data = yaml.safe_load(file.read_text())
-        except yaml.YAMLError as err:
-            raise UserError(f"{file}: not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{file}: expected a mapping of set fields")
-        kinds = {f.name: (bool,) if f.type == "bool" else (str, type(None)) for f in fields(cls) if f.name != "name"}
-        for key, value in data.items():
-            if key not in kinds:
-                raise UserError(f"{file}: unknown field {key!r} (allowed: {', '.join(kinds)})")
-            if type(value) not in kinds[key]:
-                raise UserError(f"{file}: {key}: expected {kinds[key][0].__name__}, found {value!r}")
-        if data.get("path"):  # relative to the YAML file, like a manifest's audio paths
-            data["path"] = str(file.parent / data["path"])
-        evalset = cls(name=file.stem, **data)
-        if (evalset.dataset is None) == (evalset.path is None):
-            raise UserError(f"{file}: give either `dataset` (a hub dataset) or `path` (a local set)")
-        from .transcribe import resolve_language
-
-        resolve_language(evalset.language)  # a bad language fails before anything runs
-        return evalset
-
-    @property
-    def is_hub(self) -> bool:
-        return self.dataset is not None and not Path(self.dataset).exists()
-
-    @property
-    def label(self) -> str:
-        return f"dataset {self.dataset}" + (f" ({self.config})" if self.config else "") + f" split {self.split}"
-
-    def require_pin(self) -> None:
-        """A hub dataset is read only at a pinned commit."""
-        if self.is_hub and not COMMIT.fullmatch(self.revision or ""):
-            named = EVAL_SETS_DIR / f"{self.name}.yaml"
-            where = f"in {named}" if named.is_file() else "in its definition"
-            raise UserError(f"set {self.name}: {self.label} is not pinned to a commit (revision: {self.revision or 'none'}); "
-                            f"write its 40-hex commit as `revision` {where}, or evaluate other sets: nothing unpinned "
-                            "is evaluated")  # fmt: skip
-
-    def describe(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v not in (None, "")}
-
-
-@dataclass
-class Item:
-    """One row of a set before inference; `problem` says why it cannot be scored, when known early."""
-
-    index: int
-    id: str
-    reference: str
-    language: str | None
-    audio: Path | bytes | None  # a file, or an encoded file's bytes (hub sets)
-    suffix: str = ".wav"
-    problem: str | None = None
-
-
-def _require_columns(available: Sequence[str], wanted: Sequence[str], where: str) -> None:
-    missing = [c for c in wanted if c not in available]
-    if missing:
-        raise UserError(f"{where}: no column {', '.join(map(repr, missing))}; "
-                        f"the columns are: {', '.join(available) or '(none)'}")  # fmt: skip
-
-
-def _local_item(index: int, audio, text, language, base: Path, evalset: EvalSet) -> Item:
-    from .transcribe import resolve_language
-
-    audio_path = base / str(audio) if audio else None
-    item = Item(index, str(audio or f"row {index}"), str(text or ""), language or evalset.language, audio_path)
-    try:
-        resolve_language(item.language)
-    except UserError:
-        item.problem = f"unknown language {item.language!r}"
-    if audio_path is None:
-        item.problem = "no audio path"
-    elif not audio_path.is_file():
-        item.problem = f"audio file not found: {audio_path}"
-    return item
-
-
-def _csv_items(folder: Path, evalset: EvalSet) -> Iterator[Item]:
-    file = folder / "metadata.csv"
-    if not file.is_file():
-        raise UserError(f"{folder} has no metadata.csv (columns: file_name,text[,language])")
-    with open(file, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        _require_columns(reader.fieldnames or [], LOCAL_COLUMNS[file.name], str(file))
-        rows = list(reader)
-    return (
-        _local_item(i, row["file_name"], row["text"], row.get("language"), folder, evalset)
-        for i, row in enumerate(rows)
-    )
-
-
-def _jsonl_items(file: Path, evalset: EvalSet) -> Iterator[Item]:
-    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows = []
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except ValueError as err:
-            rows.append(f"not valid JSON: {err}")
-    first = next((row for row in rows if isinstance(row, dict)), {})
-    _require_columns(list(first), LOCAL_COLUMNS[".jsonl"], str(file))
-
-    def items():
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                yield Item(i, f"line {i + 1}", "", None, None, problem=row if isinstance(row, str) else "not an object")
-            else:
-                yield _local_item(i, row.get("audio"), row.get("text"), row.get("language"), file.parent, evalset)
-
-    return items()
-
-
-def _hub_items(evalset: EvalSet) -> Iterator[Item]:
-    from datasets import Audio, load_dataset
-    from datasets.exceptions import DatasetNotFoundError
-
-    label = evalset.label
-    evalset.require_pin()
-    try:
-        stream = load_dataset(evalset.dataset, evalset.config, split=evalset.split, streaming=True,
-                              revision=evalset.revision if evalset.is_hub else None,
-                              data_files={evalset.split: evalset.data_files} if evalset.data_files else None)  # fmt: skip
-        columns = stream.column_names or list(next(iter(stream)))
-    except (DatasetNotFoundError, OSError, ValueError, StopIteration) as err:
-        raise UserError(f"set {evalset.name}: cannot open {label}: {err or 'it has no rows'}") from None
-    wanted = [c for c in (evalset.audio_column, evalset.text_column, evalset.id_column) if c]
-    _require_columns(columns, wanted, f"set {evalset.name}: {label}")
-    # Undecoded: our own loader reads the bytes, as for local files (and no torchcodec is needed).
-    stream = stream.cast_column(evalset.audio_column, Audio(decode=False))
-
-    def items():
-        for i, row in enumerate(stream):
-            audio = row[evalset.audio_column] or {}
-            name = audio.get("path") or ""
-            data = audio.get("bytes") or (Path(name) if name and Path(name).is_file() else None)
-            item = Item(i, str(row[evalset.id_column]) if evalset.id_column else name or str(i),
-                        str(row[evalset.text_column] or ""), evalset.language, data, Path(name).suffix or ".wav")  # fmt: skip
-            item.problem = None if data is not None else "no audio in the row"
-            yield item
-
-    return items()
-
-
-def open_set(evalset: EvalSet) -> Iterator[Item]:
-    """The set's rows, in their stored order. A missing set or column fails here, before any inference."""
-    if evalset.path is None:
-        return _hub_items(evalset)
-    path = Path(evalset.path)
-    if path.is_dir():
-        return _csv_items(path, evalset)
-    if path.is_file():
-        return _jsonl_items(path, evalset)
-    raise UserError(f"set {evalset.name}: {path} is neither a folder with metadata.csv nor a .jsonl manifest")
-
-
-def check_sets(sets: Sequence[str]) -> list[EvalSet]:
-    """The sets, loaded, after the checks that need no data: each exists, hub sets are pinned, names
-    are distinct. `run` calls it before any stage, `evaluate` before the model loads."""
-    evalsets = [EvalSet.load(s) for s in sets]
-    if len({s.name for s in evalsets}) < len(evalsets) or not evalsets:
-        raise UserError(f"give one or more sets with distinct names (got {[s.name for s in evalsets]})")
-    for evalset in evalsets:
-        evalset.require_pin()
-    return evalsets
-
-
-def set_files(name_or_path: str) -> list[Path]:
-    """The local files a set's definition is read from (metadata.csv, the manifest, the set YAML): a
-    report made before one of them changed is stale. Audio files are not watched."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return [path / "metadata.csv"] if (path / "metadata.csv").is_file() else []
-    if path.is_file():
-        return [path]
-    named = EVAL_SETS_DIR / f"{name_or_path}.yaml"
-    return [named] if named.is_file() else []
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
@@ -277,59 +57,9 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
     return index, count
 
 
-# -- one utterance --------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    """One utterance's result: a line of hypotheses.jsonl."""
-
-    set: str
-    index: int  # position in the set, the key that merges and comparisons join on
-    id: str
-    language: str | None
-    reference: str
-    metric: str = ""  # "wer" or "cer"; "" when skipped before scoring
-    hypothesis: str = ""
-    normalized_reference: str = ""  # the scoring tokens, space-separated
-    normalized_hypothesis: str = ""
-    substitutions: int = 0
-    deletions: int = 0
-    insertions: int = 0
-    hits: int = 0
-    token_ids: list[int] = field(default_factory=list)
-    hit_token_limit: bool = False
-    repetition: bool = False  # decoding was stopped by the repetition guard (a loop cut to one copy)
-    audio_seconds: float = 0.0
-    seconds: float = 0.0  # wall time of transcribe: frontend, encoder, prefill, decode
-    generation_seconds: float = 0.0  # prefill + decode
-    skipped: str | None = None  # why the row was not scored
-
-    TIMING_FIELDS = ("seconds", "generation_seconds")
-
-    @property
-    def errors(self) -> int:
-        return self.substitutions + self.deletions + self.insertions
-
-    @property
-    def reference_tokens(self) -> int:
-        return self.substitutions + self.deletions + self.hits
-
-
-def score(reference: str, hypothesis: str, language: str | None, traditional_to_simplified: bool = False) -> dict:
-    """Normalize both texts for `language` and align them with jiwer: metric, tokens, S/D/I/hits."""
-    import jiwer
-
-    metric, normalizer = scoring_for(language, reference)
-    ref, hyp = (normalize(text, normalizer, traditional_to_simplified) for text in (reference, hypothesis))
-    counts = jiwer.process_words(ref, hyp)
-    return {"metric": metric, "normalized_reference": ref, "normalized_hypothesis": hyp,
-            "substitutions": counts.substitutions, "deletions": counts.deletions,
-            "insertions": counts.insertions, "hits": counts.hits}  # fmt: skip
-
-
 def load_samples(item: Item) -> np.ndarray:
     """16 kHz mono samples of the row's audio; a UserError says why they cannot be had."""
+    # audio and transcribe load MLX: imported where used, so merge-reports and plot-reports start at once.
     from .audio import check_duration, load_audio
 
     if isinstance(item.audio, bytes):  # through a file, so that one loader reads every format
@@ -397,103 +127,6 @@ def transcribe_items(model, tokenizer, items: list[Item], evalset: EvalSet, max_
     return [row for row, _ in prepared]
 
 
-# -- numbers from rows ----------------------------------------------------------------------------
-
-
-def _ratio(numerator: float, denominator: float) -> float | None:
-    return numerator / denominator if denominator else None
-
-
-def aggregate(rows: list[Row]) -> dict:
-    """A set's numbers from its rows: micro error rate per metric (total errors / total reference
-    tokens), skipped rows, audio hours, real-time factor and generated tokens per second."""
-    scored = [r for r in rows if r.skipped is None]
-    scores = {}
-    for metric in sorted({r.metric for r in scored}):
-        group = [r for r in scored if r.metric == metric]
-        counts = {
-            key: sum(getattr(r, key) for r in group) for key in ("substitutions", "deletions", "insertions", "hits")
-        }
-        tokens = sum(r.reference_tokens for r in group)
-        scores[metric] = {"error_rate": _ratio(sum(r.errors for r in group), tokens), **counts,
-                          "reference_tokens": tokens, "utterances": len(group)}  # fmt: skip
-    audio = sum(r.audio_seconds for r in scored)
-    return {
-        "rows": len(rows),
-        "utterances": len(scored),
-        "audio_hours": audio / 3600,
-        "scores": scores,
-        "real_time_factor": _ratio(sum(r.seconds for r in scored), audio),
-        "tokens_per_second": _ratio(sum(len(r.token_ids) for r in scored), sum(r.generation_seconds for r in scored)),
-        "hit_token_limit": sum(r.hit_token_limit for r in scored),
-        "repetition": sum(r.repetition for r in scored),
-        "skipped": [{"index": r.index, "id": r.id, "reason": r.skipped} for r in rows if r.skipped],
-    }
-
-
-def token_agreement(baseline: list[int], variant: list[int]) -> float:
-    """Aligned identical tokens over the longer sequence: 1.0 for the same tokens, 0.0 for nothing alike."""
-    import jiwer
-
-    if not baseline or not variant:
-        return float(baseline == variant)
-    hits = jiwer.process_words(" ".join(map(str, baseline)), " ".join(map(str, variant))).hits
-    return hits / max(len(baseline), len(variant))
-
-
-def bootstrap_interval(base_errors: np.ndarray, errors: np.ndarray, tokens: np.ndarray) -> list[float]:
-    """95% interval of (variant - baseline) micro error rate, resampling utterances in pairs."""
-    rng = np.random.default_rng(BOOTSTRAP_SEED)
-    picks = rng.integers(0, len(tokens), size=(BOOTSTRAP_SAMPLES, len(tokens)))
-    deltas = (errors[picks].sum(axis=1) - base_errors[picks].sum(axis=1)) / tokens[picks].sum(axis=1)
-    return [float(x) for x in np.percentile(deltas, [2.5, 97.5])]
-
-
-def compare(rows: list[Row], baseline_rows: list[Row]) -> tuple[dict, list[dict]]:
-    """Per set: token agreement, error-rate delta with its bootstrap interval and the utterances that
-    changed most; and one line per compared utterance. Rows join on (set, index)."""
-    baseline = {(r.set, r.index): r for r in baseline_rows if r.skipped is None}
-    per_set, lines = {}, []
-    for name in dict.fromkeys(r.set for r in rows):
-        pairs = [(baseline[(r.set, r.index)], r) for r in rows if r.set == name and r.skipped is None
-                 and (r.set, r.index) in baseline]  # fmt: skip
-        if not pairs:
-            continue
-        for base, row in pairs:
-            if base.reference != row.reference:
-                raise UserError(f"the baseline's set {name} differs at row {row.index} ({row.id}): compare reports "
-                                "made on the same set revision and --limit")  # fmt: skip
-        agreement = [token_agreement(b.token_ids, r.token_ids) for b, r in pairs]
-        lines += [{"set": name, "index": r.index, "id": r.id, "token_agreement": a, "baseline_errors": b.errors,
-                   "errors": r.errors} for (b, r), a in zip(pairs, agreement)]  # fmt: skip
-        scores = {}
-        for metric in sorted({r.metric for _, r in pairs}):
-            group = [(b, r, a) for (b, r), a in zip(pairs, agreement) if r.metric == metric]
-            base_errors = np.array([b.errors for b, _, _ in group])
-            errors = np.array([r.errors for _, r, _ in group])
-            tokens = np.array([r.reference_tokens for _, r, _ in group])
-            scores[metric] = {"utterances": len(group), "baseline": float(base_errors.sum() / tokens.sum()),
-                              "variant": float(errors.sum() / tokens.sum()),
-                              "delta": float((errors.sum() - base_errors.sum()) / tokens.sum()),
-                              "delta_ci95": bootstrap_interval(base_errors, errors, tokens),
-                              "token_agreement": float(np.mean([a for _, _, a in group])),
-                              "identical": sum(b.token_ids == r.token_ids for b, r, _ in group) / len(group)}  # fmt: skip
-        # Largest change in errors first, then lowest agreement.
-        changed = sorted(((b, r, a) for (b, r), a in zip(pairs, agreement) if b.token_ids != r.token_ids),
-                         key=lambda c: (-abs(c[1].errors - c[0].errors), c[2]))  # fmt: skip
-        per_set[name] = {
-            "utterances": len(pairs),
-            "not_compared": sum(1 for r in rows if r.set == name) - len(pairs),
-            "token_agreement": float(np.mean(agreement)),
-            "identical": sum(b.token_ids == r.token_ids for b, r in pairs) / len(pairs),
-            "scores": scores,
-            "changed_most": [{"index": r.index, "id": r.id, "reference": r.reference, "baseline": b.hypothesis,
-                              "variant": r.hypothesis, "baseline_errors": b.errors, "errors": r.errors,
-                              "token_agreement": a} for b, r, a in changed[:CHANGED_MOST]],
-        }  # fmt: skip
-    return per_set, lines
-
-
 # -- reports ----------------------------------------------------------------------------------------
 
 
@@ -508,13 +141,16 @@ def _machine() -> dict:
 
 def model_info(model_dir: Path) -> dict:
     """Identity and size of the evaluated model, with the provenance blocks its config.json carries."""
-    from .quantize import WEIGHT_FILES
-    from .transcribe import read_config
+    model = ModelDir.read(model_dir)
+    config = model.config
+    identity = {"name": (model.recipe or {}).get("name") or model_dir.name, "path": str(model_dir),
+                "size_bytes": model.weights_size}  # fmt: skip
+    return identity | {key: config[key] for key in ("conversion", "quantization_summary", "recipe") if key in config}
 
-    config = read_config(model_dir)
-    model = {"name": config.get("recipe", {}).get("name") or model_dir.name, "path": str(model_dir),
-             "size_bytes": sum(f.stat().st_size for f in model_dir.glob(WEIGHT_FILES[0]))}  # fmt: skip
-    return model | {key: config[key] for key in ("conversion", "quantization_summary", "recipe") if key in config}
+
+def plot(report_dirs: Sequence, png) -> Path:
+    """Error rate against model size for the variants whose reports are given, as a PNG."""
+    return plot_reports([read_report(d)[0] for d in report_dirs], Path(png))
 
 
 def read_report(report_dir: str | Path) -> tuple[dict, list[Row]]:
@@ -529,8 +165,6 @@ def read_report(report_dir: str | Path) -> tuple[dict, list[Row]]:
 
 def read_baseline(baseline, max_new_tokens: int | None) -> tuple[dict, list[Row]]:
     """The baseline's report, which must have been decoded with the same token budget to be comparable."""
-    from .decoding import describe_budget
-
     report, rows = read_report(baseline)
     if report["settings"]["max_new_tokens"] != max_new_tokens:
         theirs = describe_budget(report["settings"]["max_new_tokens"])
@@ -540,8 +174,6 @@ def read_baseline(baseline, max_new_tokens: int | None) -> tuple[dict, list[Row]
 
 
 def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], peaks: dict, baseline) -> dict:
-    from .convert import staged_output
-    from .report import plot_reports, render_summary
 
     report = {**header, "sets": {}, "baseline": None}
     for name, definition in sets.items():
@@ -566,30 +198,26 @@ def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], p
     return report
 
 
-def evaluate(model_dir, sets: Sequence[str], report_dir, limit: int | None = None, shard=None, baseline=None,
-             max_new_tokens: int | None = None, batch_size: int | None = None) -> dict:  # fmt: skip
-    """Transcribe the first `limit` rows of each set (those of shard i/n only) with the model in
-    `model_dir`, score them and write the report to `report_dir` (all or nothing); `baseline` is the
+def evaluate(model, sets: Sequence[str], report_dir, limit: int | None = None, shard=None, baseline=None,
+             max_new_tokens: int | None = None, batch_size: int | None = None, revision: str | None = None) -> dict:  # fmt: skip
+    """Transcribe the first `limit` rows of each set (those of shard i/n only) with `model` (a model
+    directory, or a hub repo id at `revision`), score them and write the report to `report_dir` (all or nothing); `baseline` is the
     report of the variant to compare with (the bf16 one of the same source). Decoding is transcribe's:
     long rows segmented, `batch_size` segments at a time, `max_new_tokens` None for budgets scaled to
     each segment's length (the scores do not depend on the batch size beyond float rounding).
     Returns eval.json's dict."""
     import mlx.core as mx
-    from tqdm import tqdm
-
-    from .convert import package_version
-    from .report import percent
-    from .decoding import DEFAULT_BATCH_SIZE
     from .transcribe import load
 
     index, count = parse_shard(shard)
-    model_dir, report_dir = Path(model_dir), Path(report_dir)
+    report_dir = Path(report_dir)
     evalsets = check_sets(sets)
     if report_dir.exists():
         raise UserError(f"report directory already exists: {report_dir}")
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     if baseline is not None:
         read_baseline(baseline, max_new_tokens)  # fail now, not after hours of decoding
+    model_dir = find_model(model, revision)
     opened = {s.name: open_set(s) for s in evalsets}  # every set and column is checked before the model loads
     model, tokenizer = load(model_dir)
     rows, peaks = [], {}

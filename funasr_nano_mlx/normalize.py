@@ -30,6 +30,7 @@ import unicodedata
 from functools import lru_cache
 
 from .errors import UserError
+from .languages import LANGUAGES, resolve_language
 
 CER_LANGUAGES = ("zh", "ja", "yue")  # written without spaces between words
 
@@ -61,8 +62,6 @@ AMBIGUOUS_ORDINALS = {"first", "second"}  # "at first", "a second": numbers only
 
 def language_code(language: str | None) -> str | None:
     """ISO code of an ISO code or the model's own language name ('中文' -> 'zh'); None for auto."""
-    from .transcribe import LANGUAGES, resolve_language
-
     name = resolve_language(language)
     return next((code for code, known in LANGUAGES.items() if known == name), None)
 

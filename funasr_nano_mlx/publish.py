@@ -24,8 +24,10 @@ from .card import (
     check_report,
     recipe_block,
 )
-from .convert import sha256
 from .errors import UserError
+from .files import package_version, sha256
+from .hub import REPO_ID, one_line
+from .modeldir import ModelDir
 
 IGNORED = [".cache/**", "*.tmp", ".DS_Store"]
 REMOTE_ONLY = {".gitattributes"}  # create_repo writes it; not ours to compare
@@ -40,15 +42,9 @@ def local_files(folder: Path) -> dict[str, Path]:
     return {k: p for k, p in files.items() if not any(fnmatch.fnmatch(k, pat) for pat in IGNORED)}
 
 
-def commit_message(model_dir: Path) -> str:
-    from .convert import package_version
-    from .transcribe import read_config
-
-    config = read_config(model_dir)
-    recipe = config.get("recipe") or {}
-    source = config.get("conversion", {}).get("source", "unknown source")
-    if recipe.get("source") and recipe.get("revision"):
-        source = f"{recipe['source']}@{recipe['revision']}"
+def commit_message(model: ModelDir) -> str:
+    recipe = model.recipe or {}
+    source = model.conversion.get("source", "unknown source")  # SOURCE@COMMIT for a hub source
     name = f"recipe {recipe['name']}" if recipe.get("name") else "no recipe (converted only)"
     return f"Upload {name} from {source} with funasr-nano-mlx {package_version()}"
 
@@ -67,20 +63,18 @@ class Published:
                 "files": self.files}  # fmt: skip
 
 
-def check(model_dir: Path, repo_id: str | None = None, recipe=None) -> None:
-    """Everything that must hold before anything is sent to `repo_id`."""
-    from .transcribe import load, read_config
+def check(model_dir: Path, repo_id: str | None = None, recipe=None) -> ModelDir:
+    """Everything that must hold before anything is sent to `repo_id`; returns the model directory read."""
+    from .transcribe import load
 
     if not model_dir.is_dir():
         raise UserError(f"model directory not found: {model_dir}")
+    model = ModelDir.read(model_dir)
     load(model_dir)  # a UserError if it does not load
     report = check_report(model_dir, model_dir / EVAL_JSON_NAME)
-    check_acceptance(recipe_block(read_config(model_dir), recipe), report)
-    check_card(model_dir, recipe, repo_id)
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
+    check_acceptance(recipe_block(model.config, recipe), report)
+    check_card(model, recipe, repo_id)
+    return model
 
 
 def verify(repo_id: str, commit: str, files: dict[str, Path]) -> None:
@@ -123,14 +117,12 @@ def publish(model_dir, repo_id: str, private: bool = False, dry_run: bool = Fals
     """Upload `model_dir` to `repo_id` and verify it; returns what was published (None for a dry run).
     `recipe` (a name, file or Recipe) is the one the card was written with, for a model whose
     config.json names none."""
-    from .recipe import REPO_ID
-
     model_dir = Path(model_dir)
     if not REPO_ID.fullmatch(repo_id):
         raise UserError(f"--repo {repo_id!r}: expected ORG/NAME")
-    check(model_dir, repo_id, recipe)
+    model = check(model_dir, repo_id, recipe)
     files = local_files(model_dir)
-    message = commit_message(model_dir)
+    message = commit_message(model)
     if dry_run:
         for name, path in files.items():
             echo(f"{path.stat().st_size:>14,d}  {name}")
@@ -149,12 +141,12 @@ def publish(model_dir, repo_id: str, private: bool = False, dry_run: bool = Fals
                                  ignore_patterns=IGNORED)  # fmt: skip
     except (HfHubHTTPError, OSError, ValueError) as err:
         raise UserError(
-            f"upload to {repo_id} failed: {_one_line(err)} (nothing is half-committed: run publish again)"
+            f"upload to {repo_id} failed: {one_line(err)} (nothing is half-committed: run publish again)"
         ) from None
     commit = info.oid
     try:
         verify(repo_id, commit, files)
     except (HfHubHTTPError, OSError) as err:
-        raise UserError(f"verification failed: cannot download {repo_id}@{commit}: {_one_line(err)}") from None
+        raise UserError(f"verification failed: cannot download {repo_id}@{commit}: {one_line(err)}") from None
     echo(f"verified {len(files)} files of {repo_id}@{commit}")
     return Published(repo_id, commit, info.commit_url, private, {name: sha256(path) for name, path in files.items()})

@@ -17,14 +17,14 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.utils import load_model, quantize_model, save_config, save_model
 
-from .convert import DTYPES, staged_output
+from .convert import MLX_DTYPES
 from .errors import UserError
+from .files import staged_output
 from .model import FunASRNano, model_classes
+from .modeldir import MODEL_TYPE, WEIGHT_FILES, weights_size
 from .recipe import COMPONENTS, QuantSpec, Recipe, component_of
-from .transcribe import MODEL_TYPE
 
 QUANTIZABLE = (nn.Linear, nn.Embedding)
-WEIGHT_FILES = ("model*.safetensors", "model.safetensors.index.json")
 
 
 def load_unquantized(src: Path) -> tuple[FunASRNano, dict]:
@@ -112,14 +112,14 @@ def quantize(src: str | Path, dst: str | Path, recipe: Recipe) -> Path:
         raise UserError(f"destination already exists: {dst}")
     model, config = load_unquantized(src)
     stored = model.llm.model.embed_tokens.weight.dtype
-    if stored != DTYPES[recipe.dtype]:
+    if stored != MLX_DTYPES[recipe.dtype]:
         raise UserError(f"{src} holds {stored} weights but recipe {recipe.name} is for {recipe.dtype}: "
                         f"convert with --dtype {recipe.dtype}")  # fmt: skip
     config, summary = quantize_layers(model, config, recipe)
     config["recipe"] = recipe.provenance()
     with staged_output(dst) as out:
         save_model(out, model, donate_model=True)
-        summary["size_bytes"] = sum(f.stat().st_size for f in out.glob(WEIGHT_FILES[0]))
+        summary["size_bytes"] = weights_size(out)
         config["quantization_summary"] = summary
         save_config(config, out / "config.json")
         for item in src.iterdir():  # the tokenizer and anything else that is not weights or config

@@ -1,40 +1,35 @@
-"""Recipes: what one published variant is, read strictly from recipes/<name>.yaml, and `run`, which
-builds it stage by stage: download -> convert -> quantize -> evaluate -> card -> publish.
+"""Recipes: what one published variant is, read strictly from recipes/<name>.yaml (inside the package)
+or any recipe file.
 
-A recipe names its source (hub repo at a pinned commit, expected SHA-256 of model.pt), the dtype, the
-quantization of each component (with mixed-precision rules in the spirit of mlx-lm's mixed_3_6), the
-evaluation sets, the acceptance bound against the bf16 variant and the target repository. Every stage
-writes `<work>/<recipe>/<stage>` all-or-nothing and is skipped when that directory is newer than its
-inputs (as Make would) and agrees with what is asked now (the source, the sets, the card's text...).
-
-This module imports no MLX (the CLI reads STAGES at startup); the stages import what they need.
+A recipe names its source (hub repo at a pinned commit, or main with the expected SHA-256 of model.pt),
+the dtype, the quantization of each component (with mixed-precision rules in the spirit of mlx-lm's
+mixed_3_6), the evaluation sets, the acceptance bound against the bf16 variant and the target
+repository. This module is the schema and its reader; pipeline.py runs the stages that build a recipe's
+variant. It imports no stage and no MLX.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import math
 import re
-import shutil
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
 from .errors import UserError
+from .hub import COMMIT, REPO_ID
+from .modeldir import DTYPES
+from .packaged import EVAL_SETS_DIR, RECIPES_DIR, packaged_names
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-EVAL_SETS_DIR = RECIPES_DIR.parent / "eval_sets"
-SOURCE_RECORD = "source.json"  # in the download stage: what was fetched, so an overridden source is noticed
-PUBLISH_RECORD = "publish.json"  # the publish stage's output: repo, commit, URL and the files sent
-COMMIT = re.compile(r"[0-9a-f]{40}")
+STAGES = ("download", "convert", "quantize", "evaluate", "card", "publish")  # what `run` builds (pipeline.py)
 SHA256 = re.compile(r"[0-9a-f]{64}")
-REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+# Where no commit of a source is published, a recipe may follow this branch if it pins model.pt by its
+# SHA-256: the download records the commit it resolved, and any other content is refused before conversion.
+CONTENT_PINNED_BRANCH = "main"
 
 # What mx.quantize supports in MLX 0.32 (its "quantization modes" table): mode -> (bits, group sizes);
 # the first group size is MLX's default.
@@ -100,15 +95,25 @@ class Acceptance:
     def bound_for(self, set_name: str) -> float | None:
         return dict(self.sets).get(set_name, self.max_error_rate_delta)
 
+    def field_for(self, set_name: str) -> str:
+        """The recipe field the bound of `set_name` comes from, for messages."""
+        return f"acceptance.sets.{set_name}" if set_name in dict(self.sets) else "acceptance.max_error_rate_delta"
+
     def to_dict(self) -> dict:
         """As config.json's recipe block carries it (so that `card` and `publish` check it too)."""
         return {"max_error_rate_delta": self.max_error_rate_delta,
                 "sets": {name: {"max_error_rate_delta": bound} for name, bound in self.sets}}  # fmt: skip
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Acceptance:
+        """The inverse of to_dict."""
+        sets = tuple((name, bound["max_error_rate_delta"]) for name, bound in (data.get("sets") or {}).items())
+        return cls(data.get("max_error_rate_delta"), sets)
+
 
 def set_name(entry: str) -> str:
     """The name an evaluation set is reported under: eval_sets/NAME.yaml -> NAME, a folder -> its name,
-    a .jsonl or .yaml file -> its stem (as `evaluate.EvalSet.load` names it)."""
+    a .jsonl or .yaml file -> its stem (as `evalsets.EvalSet.load` names it)."""
     path = Path(entry)
     return path.name if path.is_dir() else path.stem if path.suffix in (".yaml", ".yml", ".jsonl") else entry
 
@@ -118,7 +123,8 @@ class Recipe:
     name: str
     file: Path
     source: str  # hub repo id, or a local upstream directory (overrides only)
-    revision: str | None  # 40-hex commit; None: not known yet, and `run` refuses to download
+    revision: str | None  # 40-hex commit, or CONTENT_PINNED_BRANCH with model_pt_sha256; None: not known yet,
+    # and `run` refuses to download
     model_pt_sha256: str | None  # checked after download when given
     dtype: str
     audio_encoder: QuantSpec | None  # None: kept in `dtype`
@@ -138,7 +144,7 @@ class Recipe:
         path = Path(name_or_path)
         if not path.is_file():
             if not NAME.fullmatch(str(name_or_path)) or not (RECIPES_DIR / f"{name_or_path}.yaml").is_file():
-                known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+                known = ", ".join(packaged_names(RECIPES_DIR))
                 raise UserError(f"no recipe {str(name_or_path)!r}: give a recipe file or one of: {known}")
             path = RECIPES_DIR / f"{name_or_path}.yaml"
         return _parse(path)
@@ -328,7 +334,7 @@ def _evaluation(top: _Mapping) -> tuple[str, ...]:
                 raise top.error(f"no local set {value!r}: {path} does not exist", item, where)
             entry = str(path.resolve())
         else:
-            known = ", ".join(sorted(p.stem for p in EVAL_SETS_DIR.glob("*.yaml")))
+            known = ", ".join(packaged_names(EVAL_SETS_DIR))
             raise top.error(f"no evaluation set {value!r}: name one of eval_sets/ ({known}) or give a local set's "
                             "path relative to the recipe (./folder, set.jsonl, set.yaml)", item, where)  # fmt: skip
         if set_name(entry) in names:
@@ -373,8 +379,6 @@ def _acceptance(top: _Mapping, evaluation: tuple[str, ...]) -> Acceptance | None
 
 def _parse(file: Path) -> Recipe:
     """Recipe from a YAML file: see recipes/*.yaml for the layout."""
-    from .convert import DTYPES  # imports MLX: only once a recipe is read
-
     text = file.read_bytes()
     loader = yaml.SafeLoader(text.decode())
     try:
@@ -394,12 +398,14 @@ def _parse(file: Path) -> Recipe:
     if "revision" not in source.items:
         raise source.error("is missing: pin a 40-hex commit (null while it is not known: run then refuses)",
                            key="revision")  # fmt: skip
-    revision = source.take("revision", (str, type(None)))
-    _check(source, "revision", revision is None or COMMIT.fullmatch(revision) is not None,
-           f"{revision!r} is not a pinned commit (40 lowercase hex digits); branch and tag names move")  # fmt: skip
     sha = source.take("model_pt_sha256", (str,), required=False)
     _check(source, "model_pt_sha256", sha is None or SHA256.fullmatch(sha) is not None,
            f"{sha!r} is not a SHA-256 (64 lowercase hex digits)")  # fmt: skip
+    revision = source.take("revision", (str, type(None)))
+    _check(source, "revision", revision is None or COMMIT.fullmatch(revision) is not None
+           or (revision == CONTENT_PINNED_BRANCH and sha is not None),
+           f"{revision!r} is not a pinned commit (40 lowercase hex digits): branch and tag names move; "
+           f"only {CONTENT_PINNED_BRANCH!r} together with model_pt_sha256 (a pin by content) is accepted")  # fmt: skip
     source.finish()
 
     dtype = top.take("dtype", (str,))
@@ -424,266 +430,8 @@ def _parse(file: Path) -> Recipe:
                   target=target, acceptance=acceptance, file_sha256=hashlib.sha256(text).hexdigest())  # fmt: skip
 
 
-# -- stages ----------------------------------------------------------------------------------------
-
-
-def log(recipe: Recipe, message: str) -> None:
-    print(f"[{recipe.name}] {message}", file=sys.stderr, flush=True)
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link (no second copy of a 2 GB checkpoint from the hub cache) or copy across filesystems."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        dst.hardlink_to(src.resolve())
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def require_pin(recipe: Recipe) -> None:
     if not recipe.is_local and recipe.revision is None:
         raise UserError(f"recipe {recipe.name} ({recipe.file}): source.revision of {recipe.source} is not pinned "
                         "(the commit is not known here); pin a 40-hex commit in the recipe or pass --revision. "
                         "An unpinned revision is never downloaded.")  # fmt: skip
-
-
-def download(recipe: Recipe, dst: Path) -> Path:
-    """The upstream files conversion needs, from the hub at the pinned commit (through the Hugging Face
-    cache, so a re-run or another recipe of the same source downloads nothing) or from a local
-    directory; model.pt's SHA-256 is checked before any later stage can see it."""
-    from huggingface_hub.utils import filter_repo_objects
-
-    from .convert import CHECKPOINT, UPSTREAM_FILES, sha256, staged_output
-    from .convert import download as fetch
-
-    require_pin(recipe)
-    src = Path(recipe.source) if recipe.is_local else fetch(recipe.source, recipe.revision)
-    with staged_output(dst) as out:
-        files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
-        for name in filter_repo_objects(files, allow_patterns=UPSTREAM_FILES):
-            link_or_copy(src / name, out / name)
-        if not (out / CHECKPOINT).is_file():
-            raise UserError(f"{recipe.source_label} has no {CHECKPOINT}")
-        digest = sha256(out / CHECKPOINT)
-        if recipe.model_pt_sha256 is None:
-            log(recipe, f"download: {CHECKPOINT} SHA-256 {digest} (not checked: none expected for this source)")
-        elif digest != recipe.model_pt_sha256:
-            raise UserError(f"{CHECKPOINT} of {recipe.source_label} has SHA-256 {digest}, but recipe "
-                            f"{recipe.name} expects {recipe.model_pt_sha256}: corrupt download or wrong pin; "
-                            "nothing was converted")  # fmt: skip
-        record = {"source": recipe.source, "revision": recipe.revision, "model_pt_sha256": digest}
-        (out / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    return dst
-
-
-def _same_source(recipe: Recipe, download_dir: Path) -> bool:
-    try:
-        record = json.loads((download_dir / SOURCE_RECORD).read_text())
-    except (OSError, ValueError):
-        return False
-    expected = recipe.model_pt_sha256 or record.get("model_pt_sha256")
-    return record == {"source": recipe.source, "revision": recipe.revision, "model_pt_sha256": expected}
-
-
-@dataclass(frozen=True)
-class Options:
-    """What `run` is asked besides the recipe: settings of the stages after quantize, none of which
-    changes the variant itself."""
-
-    sets: tuple[str, ...] = ()  # evaluate on these instead of the recipe's evaluation sets
-    limit: int | None = None  # evaluate only the first N rows of each set
-    max_new_tokens: int | None = None  # per utterance; None: evaluate's default
-    benchmark: Path | None = None  # a benchmark record of this variant, for the card
-    repo: str | None = None  # publish (and name in the card) this repo instead of the recipe's target
-    private: bool = False  # create the repo private
-    dry_run: bool = False  # list what publish would upload; send nothing, write no publish stage
-
-
-@dataclass(frozen=True)
-class Job:
-    """One recipe being built in one work directory, with its options."""
-
-    recipe: Recipe
-    work: Path
-    options: Options = Options()
-
-    def dir(self, stage: str) -> Path:
-        return self.work / self.recipe.name / stage
-
-    @property
-    def sets(self) -> tuple[str, ...]:
-        return self.options.sets or self.recipe.evaluation
-
-    @property
-    def repo(self) -> str:
-        return self.options.repo or self.recipe.target
-
-    @property
-    def baseline(self) -> Job | None:
-        """The baseline recipe's job in the same work directory, evaluated on this job's sets."""
-        base = baseline_for(self.recipe)
-        return None if base is None else Job(base, self.work, replace(self.options, sets=self.sets))
-
-
-def _download(job: Job, src: None, dst: Path) -> Path:
-    return download(job.recipe, dst)
-
-
-def _convert(job: Job, src: Path, dst: Path) -> Path:
-    from .convert import convert
-
-    return convert(src, dst, dtype=job.recipe.dtype, source_id=job.recipe.source_label)
-
-
-def _quantize(job: Job, src: Path, dst: Path) -> Path:
-    from .quantize import quantize
-
-    return quantize(src, dst, job.recipe)
-
-
-def _evaluate_needs(job: Job) -> list[Path]:
-    """The sets' local files, and the baseline's report (its stages are run first, up to evaluate)."""
-    from .evaluate import set_files
-
-    baseline = job.baseline
-    reports = [run(baseline.recipe, baseline.work, "evaluate", baseline.options)] if baseline else []
-    return [file for entry in job.sets for file in set_files(entry)] + reports
-
-
-def _evaluate(job: Job, src: Path, dst: Path) -> Path:
-    from .evaluate import evaluate
-
-    baseline = job.baseline
-    if baseline is not None:
-        log(job.recipe, f"evaluate: compared with {baseline.recipe.name}, the bfloat16 variant of the same source")
-    elif job.recipe.is_plain:
-        log(job.recipe, "evaluate: this is the unquantized baseline of its source: no comparison")
-    else:
-        log(job.recipe, "evaluate: no unquantized bfloat16 recipe of the same source in recipes/: no comparison "
-                        "(an acceptance bound cannot be checked without one)")  # fmt: skip
-    evaluate(src, job.sets, dst, limit=job.options.limit, max_new_tokens=job.options.max_new_tokens,
-             baseline=baseline.dir("evaluate") if baseline else None)  # fmt: skip
-    return dst
-
-
-def _evaluate_agrees(job: Job, out: Path) -> bool:
-    from .evaluate import answers
-
-    baseline = job.baseline
-    return answers(out, job.sets, job.options.limit, job.options.max_new_tokens,
-                   baseline.dir("evaluate") if baseline else None)  # fmt: skip
-
-
-def _card_needs(job: Job) -> list[Path]:
-    return [job.dir("quantize")] + ([job.options.benchmark] if job.options.benchmark else [])
-
-
-def _card(job: Job, src: Path, dst: Path) -> Path:
-    from .card import card_dir
-
-    return card_dir(job.dir("quantize"), src, dst, job.recipe, job.repo, job.options.benchmark)
-
-
-def _card_agrees(job: Job, out: Path) -> bool:
-    from .card import is_current
-
-    return is_current(out, job.recipe, job.repo, job.options.benchmark)
-
-
-def _publish(job: Job, src: Path, dst: Path) -> Path:
-    from .convert import staged_output
-    from .publish import publish
-
-    published = publish(src, job.repo, private=job.options.private, dry_run=job.options.dry_run, recipe=job.recipe)
-    if published is None:
-        log(job.recipe, f"publish: dry run: nothing was sent, {dst} is not written")
-        return src
-    with staged_output(dst) as out:
-        (out / PUBLISH_RECORD).write_text(json.dumps(published.record(), indent=2) + "\n")
-    log(job.recipe, f"publish: {published.url}")
-    return dst
-
-
-def _publish_agrees(job: Job, out: Path) -> bool:
-    try:
-        return json.loads((out / PUBLISH_RECORD).read_text())["repo"] == job.repo
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
-@dataclass(frozen=True)
-class Stage:
-    """How a stage builds WORK/RECIPE/STAGE from the previous stage's output (returning what it made:
-    a dry run makes nothing and returns its input), what else it reads (built first where that is
-    another recipe's stage), and what its existing output must agree with to count as up to date."""
-
-    build: Callable[[Job, Path | None, Path], Path]
-    needs: Callable[[Job], list[Path]] = lambda job: []
-    agrees: Callable[[Job, Path], bool] = lambda job, out: True
-
-
-PIPELINE = {
-    "download": Stage(_download, agrees=lambda job, out: _same_source(job.recipe, out)),
-    "convert": Stage(_convert),
-    "quantize": Stage(_quantize),
-    "evaluate": Stage(_evaluate, _evaluate_needs, _evaluate_agrees),
-    "card": Stage(_card, _card_needs, _card_agrees),
-    "publish": Stage(_publish, agrees=_publish_agrees),
-}
-STAGES = tuple(PIPELINE)
-
-
-def up_to_date(output: Path, inputs: list[Path]) -> bool:
-    """Make's rule: the output exists and is not older than any input. A stage directory appears only
-    when complete (it is renamed from `.tmp`), and its mtime is when its last entry was written."""
-    return output.is_dir() and all(output.stat().st_mtime_ns >= p.stat().st_mtime_ns for p in inputs)
-
-
-def _discard(output: Path) -> None:
-    """Remove a stale stage output so that no half-deleted directory can look complete."""
-    if output.exists():
-        stale = output.with_name(output.name + ".stale")
-        shutil.rmtree(stale, ignore_errors=True)
-        output.rename(stale)
-        shutil.rmtree(stale)
-
-
-def _preflight(job: Job, stages: tuple[str, ...]) -> None:
-    """What can be refused before any stage runs: unusable sets, a bad repo id or benchmark file."""
-    if "evaluate" in stages:
-        from .evaluate import check_sets
-
-        if not job.sets:
-            raise UserError(f"recipe {job.recipe.name} names no evaluation sets: give some with --set NAME_OR_PATH")
-        check_sets(job.sets)
-    if "card" in stages and job.options.benchmark is not None and not Path(job.options.benchmark).is_file():
-        raise UserError(f"--benchmark {job.options.benchmark}: no such file")
-    if "publish" in stages and not REPO_ID.fullmatch(job.repo):
-        raise UserError(f"--repo {job.repo!r}: expected ORG/NAME")
-
-
-def run(recipe: Recipe, work: str | Path = "work", until: str | None = None, options: Options = Options()) -> Path:
-    """Build the recipe's stages in order up to `until` (default: the last one) under work/<recipe>/,
-    skipping each stage whose output is up to date; returns the last stage's output (for a dry run of
-    publish, the directory that would be uploaded)."""
-    if until is not None and until not in STAGES:
-        raise UserError(f"unknown stage {until!r}: the stages are {', '.join(STAGES)}")
-    require_pin(recipe)  # before anything is logged or created
-    job = Job(recipe, Path(work), options)
-    stages = STAGES[: STAGES.index(until or STAGES[-1]) + 1]
-    _preflight(job, stages)
-    previous = None
-    for stage in stages:
-        spec, output = PIPELINE[stage], job.dir(stage)
-        inputs = [recipe.file] + ([previous] if previous else []) + spec.needs(job)
-        if up_to_date(output, inputs) and spec.agrees(job, output):
-            log(recipe, f"{stage}: up to date, skipped ({output})")
-            previous = output
-            continue
-        if stage == "publish" and options.dry_run:  # a dry run changes nothing, here either
-            log(recipe, f"{stage}: dry run for {job.repo}")
-        else:
-            _discard(output)
-            log(recipe, f"{stage}: building {output}")
-        previous = spec.build(job, previous, output)
-    return previous

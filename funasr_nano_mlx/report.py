@@ -5,16 +5,12 @@ evaluate.py computes and writes the numbers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from .decoding import describe_budget
-from .evaluate import BOOTSTRAP_SAMPLES, PLOT, read_report
+from .scoring import BOOTSTRAP_SAMPLES
 
-
-def plot(report_dirs: Sequence, png) -> Path:
-    """Error rate against model size for the variants whose reports are given, as a PNG."""
-    return plot_reports([read_report(d)[0] for d in report_dirs], Path(png))
+PLOT = "error_rate_vs_size.png"  # beside summary.md, which shows it
 
 
 def plot_reports(reports: list[dict], png: Path) -> Path:

@@ -33,9 +33,10 @@ from starlette.routing import Route
 
 from .audio import AUDIO_EXTENSIONS, SAMPLE_RATE, check_duration, load_audio
 from .errors import UserError
+from .languages import resolve_language
 from .scheduler import Scheduler, Work
 from .subtitles import to_srt, to_vtt
-from .transcribe import Transcription, _as_list, resolve_language
+from .transcribe import Transcription, _as_list
 
 log = logging.getLogger("funasr_nano_mlx.serve")
 
@@ -568,10 +569,10 @@ def listen(host: str, port: int) -> socket.socket:
         raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
 
 
-def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          vad: str | None = None, max_batch: int = 16, batch_wait: float = 0.1, limits: Limits = Limits(),
-          log_level: str = "info") -> None:
-    """Load MODEL, listen on host:port and serve until interrupted."""
+def serve(model: str, *, revision: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+          api_key: str | None = None, vad: str | None = None, vad_revision: str | None = None, max_batch: int = 16,
+          batch_wait: float = 0.1, limits: Limits = Limits(), log_level: str = "info") -> None:
+    """Load MODEL (a directory or a hub repo id), listen on host:port and serve until interrupted."""
     from .transcribe import load
 
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
@@ -579,10 +580,10 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str
     if vad:
         from .vad import load_vad
 
-        segmenter = functools.partial(load_vad, vad)
+        segmenter = functools.partial(load_vad, vad, vad_revision)
     sock = listen(host, port)  # first: a port in use is reported before the model loads
     try:
-        scheduler = Scheduler(functools.partial(load, model), segmenter=segmenter, max_batch=max_batch,
+        scheduler = Scheduler(functools.partial(load, model, revision), segmenter=segmenter, max_batch=max_batch,
                               batch_wait=batch_wait)
         try:
             _run(scheduler, sock, model, limits, api_key, log_level)

@@ -11,7 +11,6 @@ path does ([F] fun_asr_nano/model.py:810-885: left padding, per-row positions fr
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,42 +27,17 @@ from tqdm import tqdm
 from .audio import FRAME_LENGTH, SAMPLE_RATE, check_duration, features, load_audio
 from .decoding import DEFAULT_BATCH_SIZE, loop_end, token_budget
 from .errors import UserError
+from .languages import resolve_language
 from .model import FunASRNano, model_classes
+from .modeldir import TOKENIZER_DIR, find_model, read_config
 from .segment import DEFAULT_MAX_SEGMENT_MS, EnergySegmenter
 
-MODEL_TYPE = "fun_asr_nano"
-TOKENIZER_DIR = "Qwen3-0.6B"
 BATCHES_PER_GROUP = 4  # inputs are read, and results returned, in groups of about this many batches of segments
 SYSTEM_PROMPT = "You are a helpful assistant."
 HOTWORD_PREAMBLE = (
     "请结合上下文信息，更加准确地完成语音转写任务。如果没有相关信息，我们会留空。\n\n\n**上下文信息：**\n\n\n"
 )
 END_OF_TEXT = "<|endoftext|>"  # also a stop token, as Qwen3 may end a turn with it
-
-# Language names the models were trained with (Fun-ASR-Nano: 中文/英文/日文; the MLT sibling: all 31),
-# keyed by ISO 639 code so that `--language ja` and `--language 日文` mean the same.
-LANGUAGES = {
-    "zh": "中文", "en": "英文", "ja": "日文", "yue": "粤语", "ko": "韩文", "vi": "越南语", "id": "印尼语",
-    "th": "泰语", "ms": "马来语", "fil": "菲律宾语", "ar": "阿拉伯语", "hi": "印地语", "bg": "保加利亚语",
-    "hr": "克罗地亚语", "cs": "捷克语", "da": "丹麦语", "nl": "荷兰语", "et": "爱沙尼亚语", "fi": "芬兰语",
-    "el": "希腊语", "hu": "匈牙利语", "ga": "爱尔兰语", "lv": "拉脱维亚语", "lt": "立陶宛语", "mt": "马耳他语",
-    "pl": "波兰语", "pt": "葡萄牙语", "ro": "罗马尼亚语", "sk": "斯洛伐克语", "sl": "斯洛文尼亚语", "sv": "瑞典语",
-}  # fmt: skip
-AUTO_LANGUAGE = "auto"
-
-
-def resolve_language(language: str | None) -> str | None:
-    """ISO code or reference name -> the reference name; None/'auto' -> None (no language in prompt)."""
-    if language is None or language.strip().lower() in ("", AUTO_LANGUAGE):
-        return None
-    if language.strip() in LANGUAGES.values():
-        return language.strip()
-    code = language.strip().lower()
-    if code in LANGUAGES:
-        return LANGUAGES[code]
-    known = ", ".join(f"{code} ({name})" for code, name in LANGUAGES.items())
-    raise UserError(f"unknown language {language!r}; use 'auto' or one of: {known}")
-
 
 def instruction(language: str | None = None, hotwords: Sequence[str] = (), itn: bool = True) -> str:
     """The user instruction exactly as the reference's get_prompt builds it."""
@@ -119,22 +93,6 @@ class Transcription:
         return asdict(self)
 
 
-def read_config(path: Path) -> dict:
-    """config.json of a converted model directory; a clear error for anything else."""
-    config_file = path / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError):
-        config = {}
-    valid = config.get("model_type") == MODEL_TYPE and isinstance(config.get("text_config"), dict)
-    if not valid or not (path / TOKENIZER_DIR).is_dir():
-        raise UserError(
-            f"{path} is not a converted Fun-ASR-Nano model (expected config.json with model_type "
-            f"{MODEL_TYPE!r} and a {TOKENIZER_DIR}/ tokenizer folder); create one with `funasr-nano-mlx convert`"
-        )
-    return config
-
-
 def stop_token_ids(config: dict, tokenizer) -> list[int]:
     """The checkpoint's eos_token_id(s) plus <|endoftext|>."""
     eos = config["text_config"].get("eos_token_id", [])
@@ -143,9 +101,10 @@ def stop_token_ids(config: dict, tokenizer) -> list[int]:
     return sorted(set(eos + ([end_of_text] if end_of_text is not None else [])))
 
 
-def load(path: str | Path) -> tuple[FunASRNano, TokenizerWrapper]:
-    """Load a converted (optionally quantized) model directory: returns (model, tokenizer)."""
-    path = Path(path)
+def load(path_or_repo: str | Path, revision: str | None = None) -> tuple[FunASRNano, TokenizerWrapper]:
+    """Load a converted (optionally quantized) model: a local directory or a hub repo id (downloaded
+    into the Hugging Face cache at `revision`, default main). Returns (model, tokenizer)."""
+    path = find_model(path_or_repo, revision)
     config = read_config(path)
     try:
         model, _ = load_model(path, get_model_classes=model_classes)

@@ -34,6 +34,7 @@ from mlx import nn
 
 from .audio import FRAME_LENGTH, FRAME_SHIFT, SAMPLE_RATE, fbank
 from .errors import UserError
+from .hub import CONFIG_FILE, model_dir
 from .model import _from_dict
 
 MODEL_TYPE = "fsmn_vad"
@@ -485,13 +486,17 @@ class VadModel:
                              max_segment_ms, max_end_silence_ms)  # fmt: skip
 
 
+def is_vad_config(config: dict) -> bool:
+    return config.get("model_type") == MODEL_TYPE
+
+
 def read_vad_config(path: Path) -> dict:
     """config.json of a converted FSMN-VAD directory; a clear error for anything else."""
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
         config = {}
-    if not isinstance(config, dict) or config.get("model_type") != MODEL_TYPE or not (path / WEIGHTS).is_file():
+    if not isinstance(config, dict) or not is_vad_config(config) or not (path / WEIGHTS).is_file():
         raise UserError(f"{path} is not a converted FSMN-VAD model (expected config.json with model_type "
                         f"{MODEL_TYPE!r} and {WEIGHTS}); create one with `funasr-nano-mlx convert-vad`")  # fmt: skip
     if problems := unsupported_settings(config):
@@ -499,9 +504,10 @@ def read_vad_config(path: Path) -> dict:
     return config
 
 
-def load_vad(path: str | Path) -> VadModel:
-    """Load a directory written by `convert_vad` (funasr_nano_mlx.convert)."""
-    path = Path(path)
+def load_vad(path_or_repo: str | Path, revision: str | None = None) -> VadModel:
+    """Load a directory written by `convert_vad` (funasr_nano_mlx.convert), or a hub repo id of one
+    (downloaded into the Hugging Face cache at `revision`, default main)."""
+    path = model_dir(path_or_repo, revision, [CONFIG_FILE, WEIGHTS], is_vad_config, "a converted FSMN-VAD model")
     config = read_vad_config(path)
     network = FsmnVad(FsmnArgs.from_dict(config.get("encoder_conf", {})))
     try:

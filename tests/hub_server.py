@@ -1,7 +1,8 @@
 """A small fake Hugging Face Hub for tests: stdlib only, driven by the real `huggingface_hub` client.
 
-Only model repositories ("namespace/name") and their branch `main` exist. What huggingface_hub 1.33
-requests for each call (all of it is served here):
+Model repositories ("namespace/name") and their branch `main`, and dataset repositories that tests
+create with `seed(..., repo_type="dataset")` (read-only over HTTP). What huggingface_hub 1.33 requests
+for each call (all of it is served here):
 
     create_repo          POST /api/repos/create                  (409 + {"url"} when it exists)
     whoami               GET  /api/whoami-v2                     (any token is valid)
@@ -17,6 +18,22 @@ requests for each call (all of it is served here):
                          PUT  /lfs-upload/{sha256}                (only objects the server lacks)
                          POST /api/models/{repo}/commit/{rev}     (ndjson; regular files in base64)
                          or, when nothing changed: GET /api/models/{repo}/revision/{rev} instead
+    get_paths_info       POST /api/{models,datasets}/{repo}/paths-info/{rev}  (form: paths=...&expand=)
+
+What `datasets` 5.2 requests to stream a dataset repo (the /api/ read endpoints above serve datasets too):
+
+    load_dataset(repo, config, revision=sha, streaming=True)
+                         HEAD+GET /datasets/{repo}/resolve/{sha}/README.md  (its YAML `configs`)
+                         HEAD .../{name}.py, .../.huggingface.yaml, .../dataset_infos.json (404 here)
+                         GET  /api/datasets/{repo}/revision/{sha}, tree/{sha}[/{folder}]?recursive=...
+                         GET  /datasets/{repo}/resolve/{sha}/{file}  with Range: bytes=a-b (parquet
+                              footer, then row groups): answered 206 with Content-Range
+    load_dataset("parquet", data_files="hf://datasets/{repo}@{sha}/{path}", streaming=True)
+                         GET /api/datasets/{repo}/revision/{sha}, tree/{sha}/{folder}, then resolve
+
+A commit may be given its id (`seed(..., sha=...)`), so a repo can stand under the very commit a set
+definition pins, and an LFS file may declare another file's SHA-256 (`seed(..., declared=...)`): see
+`seed`, and tests/hub_datasets.py for the shipped evaluation sets' repos.
 
 Wiring: huggingface_hub reads HF_ENDPOINT, HF_HUB_DISABLE_XET, HF_HOME... once, at import, and binds
 its module-level functions (`huggingface_hub.upload_folder`...) to an `HfApi` built then. So never
@@ -78,14 +95,20 @@ class Entry:
     size: int
     oid: str
     pointer_size: int | None  # None for a regular (non-LFS) file
+    content: str = ""  # sha256 of the bytes served, when they are a stand-in (see `seed`'s `declared`)
 
     @classmethod
-    def of(cls, data: bytes, lfs: bool) -> Entry:
+    def of(cls, data: bytes, lfs: bool, declared_sha256: str | None = None) -> Entry:
         sha256 = hashlib.sha256(data).hexdigest()
+        if declared_sha256 is not None:
+            assert lfs, "only an LFS pointer can declare another file's SHA-256"
+            sha256, content = declared_sha256, sha256
+        else:
+            content = sha256
         pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n"
         blob = pointer.encode() if lfs else data
         oid = hashlib.sha1(b"blob %d\0" % len(blob) + blob).hexdigest()
-        return cls(sha256, len(data), oid, len(blob) if lfs else None)
+        return cls(sha256, len(data), oid, len(blob) if lfs else None, content)
 
     @property
     def etag(self) -> str:
@@ -121,7 +144,8 @@ class HubServer:
 
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root is not None else None
-        self.repos: dict[str, Repo] = {}
+        self.repos: dict[str, Repo] = {}  # model repositories
+        self.datasets: dict[str, Repo] = {}  # dataset repositories (read-only over HTTP: see `seed`)
         self.requests: list[str] = []  # "METHOD /path?query" of every request, in arrival order
         self._blobs: dict[str, bytes] = {}
         self._failures: list[list] = []  # [method, path substring, status, remaining count]
@@ -162,24 +186,35 @@ class HubServer:
         return env
 
     # -- helpers for tests (server side, no HTTP) ---------------------------------------------
-    def seed(self, repo_id: str, files: dict[str, bytes | Path], message: str = "init") -> str:
+    def seed(self, repo_id: str, files: dict[str, bytes | Path], message: str = "init", *,
+             repo_type: str = "model", sha: str | None = None, declared: dict[str, str] | None = None) -> str:
         """Commit `files` on top of `main` of `repo_id` (created public and empty if missing, without
-        the .gitattributes commit that create_repo makes); return the new commit's sha."""
+        the .gitattributes commit that create_repo makes); return the new commit's sha.
+
+        repo_type "dataset" makes a dataset repo (served under /api/datasets/ and /datasets/; only
+        `seed` writes to them). `sha`: the commit's id, e.g. a real upstream commit a definition pins.
+        `declared`: path -> the SHA-256 that the hub's records (tree, paths-info, LFS pointer, ETag)
+        give for an LFS file whose bytes here are a stand-in. A real evaluation file is hundreds of MB
+        and cannot be rebuilt from its hash; tests serve a few synthetic rows under the real file's
+        declared hash, as the real hub would describe it. Its size stays that of the served bytes:
+        parquet readers seek from the end of the file by the size the hub reports."""
+        declared = declared or {}
         with self._lock:
-            repo = self.repos.setdefault(repo_id, Repo(private=False))
+            repo = self._repos(repo_type).setdefault(repo_id, Repo(private=False))
             tree = dict(repo.commits[-1].tree) if repo.commits else {}
             for path, data in files.items():
                 data = data.read_bytes() if isinstance(data, Path) else data
-                tree[path] = self._store(data, is_lfs(path, len(data), data[:512]))
-            return self._commit(repo, message, tree)
+                lfs = is_lfs(path, len(data), data[:512]) or path in declared
+                tree[path] = self._store(data, lfs, declared.get(path))
+            return self._commit(repo, message, tree, sha)
 
-    def commits(self, repo_id: str) -> list[str]:
+    def commits(self, repo_id: str, repo_type: str = "model") -> list[str]:
         """The commit shas of `main`, newest first (the order of `list_repo_commits`)."""
-        return [c.sha for c in reversed(self._repo(repo_id).commits)]
+        return [c.sha for c in reversed(self._repo(repo_id, repo_type).commits)]
 
-    def files(self, repo_id: str, revision: str | None = None) -> dict[str, bytes]:
+    def files(self, repo_id: str, revision: str | None = None, repo_type: str = "model") -> dict[str, bytes]:
         """The bytes served for each file at `revision` (default `main`), tampering included."""
-        repo = self._repo(repo_id)
+        repo = self._repo(repo_id, repo_type)
         return {p: self._served(repo, p, e) for p, e in self._resolve(repo, revision or "main").tree.items()}
 
     def tamper(self, repo_id: str, path: str, data: bytes) -> None:
@@ -198,15 +233,15 @@ class HubServer:
             self._failures.append([method.upper(), path_substring, status, count])
 
     # -- storage -------------------------------------------------------------------------------
-    def _store(self, data: bytes, lfs: bool) -> Entry:
-        entry = Entry.of(data, lfs)
+    def _store(self, data: bytes, lfs: bool, declared_sha256: str | None = None) -> Entry:
+        entry = Entry.of(data, lfs, declared_sha256)
         with self._lock:
             if self.root is None:
-                self._blobs[entry.sha256] = data
-            elif not (self.root / entry.sha256).exists():
+                self._blobs[entry.content] = data
+            elif not (self.root / entry.content).exists():
                 self.root.mkdir(parents=True, exist_ok=True)
-                (self.root / f"{entry.sha256}.tmp").write_bytes(data)
-                (self.root / f"{entry.sha256}.tmp").replace(self.root / entry.sha256)
+                (self.root / f"{entry.content}.tmp").write_bytes(data)
+                (self.root / f"{entry.content}.tmp").replace(self.root / entry.content)
         return entry
 
     def _has_blob(self, sha256: str) -> bool:
@@ -217,23 +252,29 @@ class HubServer:
 
     def _served(self, repo: Repo, path: str, entry: Entry) -> bytes:
         tampered = repo.tampered.get((path, entry.sha256))
-        return self._blob(entry.sha256) if tampered is None else tampered
+        return self._blob(entry.content) if tampered is None else tampered
 
-    def _commit(self, repo: Repo, title: str, tree: dict[str, Entry]) -> str:
+    def _commit(self, repo: Repo, title: str, tree: dict[str, Entry], sha: str | None = None) -> str:
         parent = repo.commits[-1].sha if repo.commits else ""
         listing = "".join(f"{p} {e.oid}\n" for p, e in sorted(tree.items()))
-        sha = hashlib.sha1(f"{parent}\n{title}\n{listing}".encode() + os.urandom(16)).hexdigest()
+        sha = sha or hashlib.sha1(f"{parent}\n{title}\n{listing}".encode() + os.urandom(16)).hexdigest()
+        assert re.fullmatch(r"[0-9a-f]{40}", sha) and sha not in {c.sha for c in repo.commits}, sha
         repo.commits.append(Commit(sha, title, time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), tree))
         return sha
 
-    def _repo(self, repo_id: str) -> Repo:
-        if repo_id not in self.repos:
-            raise HubError(404, "RepoNotFound", f"Repository Not Found for {repo_id}.")
-        return self.repos[repo_id]
+    def _repos(self, repo_type: str) -> dict[str, Repo]:
+        """The repos of one type: "model" or "dataset" (or their URL forms "models", "datasets")."""
+        return {"model": self.repos, "dataset": self.datasets}[repo_type.removesuffix("s")]
 
-    def _readable(self, repo_id: str, token: str | None) -> Repo:
+    def _repo(self, repo_id: str, repo_type: str = "model") -> Repo:
+        repos = self._repos(repo_type)
+        if repo_id not in repos:
+            raise HubError(404, "RepoNotFound", f"Repository Not Found for {repo_id}.")
+        return repos[repo_id]
+
+    def _readable(self, repo_id: str, token: str | None, repo_type: str = "model") -> Repo:
         """Like the Hub, a private repo is "not found" without a token (here any token may read it)."""
-        repo = self._repo(repo_id)
+        repo = self._repo(repo_id, repo_type)
         if repo.private and token is None:
             raise HubError(404, "RepoNotFound", f"Repository Not Found for {repo_id}.")
         return repo
@@ -286,8 +327,8 @@ class HubServer:
     def api_validate_yaml(self, token, query, body):
         return 200, {"errors": [], "warnings": []}, {}
 
-    def api_info(self, token, query, body, repo, rev="main"):
-        r = self._readable(repo, token)
+    def api_info(self, token, query, body, repo, kind="models", rev="main"):
+        r = self._readable(repo, token, kind)
         commit = self._resolve(r, rev)
         siblings = [{"rfilename": path} for path in sorted(commit.tree)]
         if query.get("blobs") in ("true", "True"):  # files_metadata=True
@@ -300,8 +341,8 @@ class HubServer:
                      "private": r.private, "gated": False, "disabled": False, "downloads": 0,
                      "likes": 0, "tags": [], "siblings": siblings}, {}
 
-    def api_tree(self, token, query, body, repo, rev, path=""):
-        commit = self._resolve(self._readable(repo, token), rev)
+    def api_tree(self, token, query, body, repo, rev, kind="models", path=""):
+        commit = self._resolve(self._readable(repo, token, kind), rev)
         prefix = f"{path.strip('/')}/" if path else ""
         recursive = query.get("recursive") in ("true", "True")
         entries: dict[str, dict] = {}
@@ -319,8 +360,22 @@ class HubServer:
             raise HubError(404, "EntryNotFound", f"{path} does not exist at {commit.sha}")
         return 200, list(entries.values()), {}
 
-    def api_commits(self, token, query, body, repo, rev):
-        r = self._readable(repo, token)
+    def api_paths_info(self, token, query, body, repo, rev, kind="models"):
+        """The tree entries of the given paths (form fields `paths`, repeated); absent ones are left out."""
+        commit = self._resolve(self._readable(repo, token, kind), rev)
+        form = parse_qs(body.decode())
+        entries = []
+        for path in form.get("paths", []):
+            path = path.strip("/")
+            if path in commit.tree:
+                entries.append({"type": "file", "path": path, **commit.tree[path].metadata("oid")})
+            elif any(p.startswith(f"{path}/") for p in commit.tree):
+                entries.append({"type": "directory", "path": path, "size": 0,
+                                "oid": hashlib.sha1(path.encode()).hexdigest()})
+        return 200, entries, {}
+
+    def api_commits(self, token, query, body, repo, rev, kind="models"):
+        r = self._readable(repo, token, kind)
         history = r.commits[: r.commits.index(self._resolve(r, rev)) + 1]
         return 200, [{"id": c.sha, "title": c.title, "message": "", "date": c.date,
                       "authors": [{"user": USER}]} for c in reversed(history)], {}
@@ -380,8 +435,8 @@ class HubServer:
             sha = self._commit(r, header["summary"], tree)
         return 200, {"success": True, "commitOid": sha, "commitUrl": f"{self.url}/{repo}/commit/{sha}"}, {}
 
-    def api_resolve(self, token, query, body, repo, rev, path):
-        r = self._readable(repo, token)
+    def api_resolve(self, token, query, body, repo, rev, path, kind="models", byte_range=None):
+        r = self._readable(repo, token, kind)
         commit = self._resolve(r, rev)
         if path not in commit.tree:
             raise HubError(404, "EntryNotFound", f"{path} does not exist at {commit.sha}",
@@ -391,21 +446,38 @@ class HubServer:
                    "Content-Type": "application/octet-stream"}
         if entry.pointer_size is not None:  # LFS: what the Hub sends along with its redirect to the CDN
             headers.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size)})
-        return 200, self._served(r, path, entry), headers
+        data = self._served(r, path, entry)
+        if byte_range is None:
+            return 200, data, headers
+        # "bytes=a-b", "bytes=a-" or "bytes=-n": what fsspec's HTTP reads of parquet footers and row groups send
+        match = re.fullmatch(r"bytes=(\d*)-(\d*)", byte_range)
+        if not match or match.groups() == ("", ""):
+            raise HubError(400, None, f"unsupported Range: {byte_range}")
+        first, last = match.groups()
+        start = len(data) - int(last) if first == "" else int(first)
+        end = len(data) - 1 if first == "" or last == "" else min(int(last), len(data) - 1)
+        if start >= len(data) or start > end:
+            raise HubError(416, None, f"Range {byte_range} outside {len(data)} bytes",
+                           {"Content-Range": f"bytes */{len(data)}"})
+        headers["Content-Range"] = f"bytes {max(start, 0)}-{end}/{len(data)}"
+        return 206, data[max(start, 0): end + 1], headers
 
 
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
+_KIND = r"(?P<kind>models|datasets)"  # read endpoints serve both; writes are for model repos only
 ROUTES = [  # (methods, regex on the still-quoted URL path, HubServer endpoint method)
     ({"GET"}, r"/api/whoami-v2", "api_whoami"),
     ({"POST"}, r"/api/repos/create", "api_create_repo"),
     ({"POST"}, r"/api/validate-yaml", "api_validate_yaml"),
-    ({"GET"}, rf"/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "api_info"),
-    ({"GET"}, rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "api_tree"),
-    ({"GET"}, rf"/api/models/{_REPO}/commits/(?P<rev>[^/]+)", "api_commits"),
+    ({"GET"}, rf"/api/{_KIND}/{_REPO}(?:/revision/(?P<rev>[^/]+))?", "api_info"),
+    ({"GET"}, rf"/api/{_KIND}/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", "api_tree"),
+    ({"POST"}, rf"/api/{_KIND}/{_REPO}/paths-info/(?P<rev>[^/]+)", "api_paths_info"),
+    ({"GET"}, rf"/api/{_KIND}/{_REPO}/commits/(?P<rev>[^/]+)", "api_commits"),
     ({"POST"}, rf"/api/models/{_REPO}/preupload/(?P<rev>[^/]+)", "api_preupload"),
     ({"POST"}, rf"/api/models/{_REPO}/commit/(?P<rev>[^/]+)", "api_commit"),
     ({"POST"}, rf"/{_REPO}\.git/info/lfs/objects/batch", "api_lfs_batch"),
     ({"PUT"}, r"/lfs-upload/(?P<oid>[0-9a-f]{64})", "api_lfs_put"),
+    ({"GET", "HEAD"}, rf"/(?P<kind>datasets)/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "api_resolve"),
     ({"GET", "HEAD"}, rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "api_resolve"),
 ]
 
@@ -436,6 +508,8 @@ class _Handler(BaseHTTPRequestHandler):
                 match = re.fullmatch(pattern, split.path)
                 if match and self.command in methods:
                     groups = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
+                    if name == "api_resolve" and self.headers.get("Range"):
+                        groups["byte_range"] = self.headers["Range"]
                     return self._send(*getattr(hub, name)(token, query, body, **groups))
             raise HubError(404, None, f"no such endpoint: {self.command} {split.path}")
         except HubError as e:

@@ -14,7 +14,7 @@ import pytest
 from funasr_nano_mlx.audio import features
 from funasr_nano_mlx.decoding import DEFAULT_MAX_NEW_TOKENS, loop_end, token_budget
 from funasr_nano_mlx.transcribe import Decoded, transcribe, transcribe_many
-from tests.conftest import clip
+from tests.helpers import clip
 
 TEN_LENGTHS_S = [0.4, 1.0, 1.7, 2.5, 3.2, 4.0, 5.5, 7.0, 9.0, 12.0]
 

@@ -7,9 +7,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
@@ -30,51 +27,9 @@ from funasr_nano_mlx.card import (
 )  # fmt: skip
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.evaluate import EVAL_JSON, evaluate
-from funasr_nano_mlx.recipe import EVAL_SETS_DIR, RECIPES_DIR, Recipe
-from tests.speech import synthesize
-
-SENTENCES = [("en.wav", "the quick brown fox", "en"), ("zh.wav", "今天天气很好", "zh")]
-
-
-def local_set(folder: Path, sentences=SENTENCES) -> Path:
-    folder.mkdir(parents=True)
-    for name, text, language in sentences:
-        synthesize(text, folder / name, "cmn" if language == "zh" else "en")
-    lines = ["file_name,text,language"] + [f"{n},{t},{lang}" for n, t, lang in sentences]
-    (folder / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, tiny_f32, tiny_bf16):
-    """(model dir, report dir): a copy of the tiny float32 model, evaluated against the bf16 one."""
-    tmp = tmp_path_factory.mktemp("evaluated")
-    evalset = local_set(tmp / "tiny-set")
-    evaluate(tiny_bf16, [str(evalset)], tmp / "bf16-report", max_new_tokens=8)
-    model = tmp / "model"
-    shutil.copytree(tiny_f32, model)  # copy2: the model files keep their (older) times
-    evaluate(model, [str(evalset)], tmp / "report", baseline=tmp / "bf16-report", max_new_tokens=8)
-    return model, tmp / "report"
-
-
-@pytest.fixture(scope="module")
-def four_bit(evaluated, tiny_bf16, tmp_path_factory):
-    """(model dir, report dir): the tiny model quantized by recipe 4bit-llm (acceptance bound 0.5 points),
-    evaluated on the same set against the same bf16 report."""
-    from funasr_nano_mlx.quantize import quantize
-
-    tmp = evaluated[1].parent
-    model = quantize(tiny_bf16, tmp_path_factory.mktemp("q4") / "model", Recipe.load("4bit-llm"))
-    evaluate(model, [str(tmp / "tiny-set")], tmp / "q4-report", baseline=tmp / "bf16-report", max_new_tokens=8)
-    return model, tmp / "q4-report"
-
-
-def worst_delta(report_dir: Path) -> tuple[str, str, float]:
-    """(set, METRIC, points) of the largest error-rate delta against the baseline."""
-    sets = json.loads((report_dir / EVAL_JSON).read_text())["sets"]
-    return max(((name, metric.upper(), 100 * s["delta"]) for name, data in sets.items()
-                for metric, s in data["comparison"]["scores"].items()), key=lambda x: x[2])  # fmt: skip
-
+from funasr_nano_mlx.packaged import EVAL_SETS_DIR, RECIPES_DIR
+from funasr_nano_mlx.recipe import Recipe
+from tests.helpers import SENTENCES, local_set, run_cli, worst_delta
 
 BENCH = {"recipe": "4bit-llm", "machine": "NVIDIA H100 80GB HBM3", "date": "2026-11-24",
          "command": "python bench/speed.py --size full --seconds 10", "results": [
@@ -83,16 +38,11 @@ BENCH = {"recipe": "4bit-llm", "machine": "NVIDIA H100 80GB HBM3", "date": "2026
              {"impl": "official", "audio_s": 10.0, "ttft_ms": 113.0, "total_ms": 4796.0}]}  # fmt: skip
 
 
-def cli(*args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "funasr_nano_mlx", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)  # fmt: skip
-
-
 def test_card_metadata_parses_and_carries_the_metrics(evaluated, tmp_path):
     model, report = evaluated
     target = tmp_path / "model"
     shutil.copytree(model, target)
-    done = cli("card", target, "--eval", report)
+    done = run_cli("card", target, "--eval", report)
     assert done.returncode == 0, done.stderr
     card = ModelCard.load(target / CARD)
     data = card.data
@@ -156,7 +106,7 @@ def test_a_report_of_another_or_a_changed_model_is_refused(evaluated, tiny_bf16,
     os.utime(target / "config.json", (later, later))
     with pytest.raises(UserError, match="older than"):
         check_report(target, report / EVAL_JSON)
-    done = cli("card", target, "--eval", report)
+    done = run_cli("card", target, "--eval", report)
     assert done.returncode == 2 and done.stderr.startswith("error:") and len(done.stderr.splitlines()) == 1
 
 
@@ -167,7 +117,7 @@ def test_the_card_refuses_a_delta_outside_the_acceptance_bound(four_bit, tmp_pat
     name, metric, delta = worst_delta(report)
     print(f"\ntiny 4-bit LLM vs bf16 (8 new tokens): worst delta {metric} {delta:+.2f} points on {name}")
     assert delta > 0.5, "the tiny 4-bit variant is within 4bit-llm's bound: this test needs one outside it"
-    done = cli("card", target, "--eval", report)
+    done = run_cli("card", target, "--eval", report)
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
     assert done.stderr.startswith(
         f"error: acceptance: set {name} {metric} is {delta:+.2f} points against tiny-bfloat16"
@@ -225,6 +175,7 @@ def test_published_figures_and_the_benchmark_record(four_bit, tmp_path):
     for figure in ("1.80% [1]", "2.75% [1]", "4.33% [1]", "6.01% [1]"):
         assert figure in text
     assert "[1] FunAudioLLM/Fun-ASR, README.md at commit 45c8c96" in text and "arXiv:2509.12508" in text
+    assert "Comparability of [1] with the figures above: How these figures were scored is not published" in text
     assert "Not compared with the bfloat16 variant" in text  # quantized, evaluated without a baseline
     assert "on NVIDIA H100 80GB HBM3, 2026-11-24, with `python bench/speed.py --size full --seconds 10`" in text
     assert "| 10 s | 44.7 ms | 4.20 ms/token | 583 ms | 128 | 2.54 GB |" in text
@@ -282,7 +233,7 @@ def test_an_edited_or_stale_card_is_noticed(evaluated, tmp_path):
     assert is_current(target, repo_id="tester/tiny")
     (target / BENCHMARK).write_text(json.dumps(BENCH))  # a benchmark record appears: the card is stale,
     assert not is_current(target, repo_id="tester/tiny")
-    done = cli("card", target, "--repo", "tester/tiny")  # and this one is not even this model's
+    done = run_cli("card", target, "--repo", "tester/tiny")  # and this one is not even this model's
     assert (
         done.returncode == 2
         and "is a benchmark of recipe 4bit-llm, but this model was built without a recipe" in done.stderr
@@ -290,5 +241,5 @@ def test_an_edited_or_stale_card_is_noticed(evaluated, tmp_path):
 
 
 def test_a_recipe_other_than_the_models_is_refused(four_bit, tmp_path):
-    done = cli("card", four_bit[0], "--recipe", "bf16")
+    done = run_cli("card", four_bit[0], "--recipe", "bf16")
     assert done.returncode == 2 and "this model was built by recipe 4bit-llm" in done.stderr

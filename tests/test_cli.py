@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from funasr_nano_mlx import load, transcribe
-
-
-def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "funasr_nano_mlx", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
+from tests.helpers import assert_user_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +23,7 @@ def wav_1s(tmp_path_factory, clips):
 def test_json_output_matches_the_python_api(tiny_f32, wav_1s, tmp_path):
     flac = tmp_path / "same.flac"
     sf.write(str(flac), sf.read(str(wav_1s))[0], 16000)
-    run = cli("transcribe", tiny_f32, wav_1s, flac, "--format", "json", "--language", "en",
+    run = run_cli("transcribe", tiny_f32, wav_1s, flac, "--format", "json", "--language", "en",
               "--hotword", "MLX", "--max-new-tokens", "24")
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in run.stdout.splitlines()]
@@ -42,16 +36,9 @@ def test_json_output_matches_the_python_api(tiny_f32, wav_1s, tmp_path):
 
 
 def test_text_output(tiny_f32, wav_1s):
-    run = cli("transcribe", tiny_f32, wav_1s, "--max-new-tokens", "8", "--no-itn")
+    run = run_cli("transcribe", tiny_f32, wav_1s, "--max-new-tokens", "8", "--no-itn")
     assert run.returncode == 0, run.stderr
     assert len(run.stdout.splitlines()) == 1
-
-
-def assert_user_error(run, fragment):
-    assert run.returncode == 2, (run.returncode, run.stderr)
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
-    assert fragment in lines[0]
 
 
 def test_user_errors(tiny_f32, tiny_upstream, wav_1s, tmp_path):
@@ -59,29 +46,29 @@ def test_user_errors(tiny_f32, tiny_upstream, wav_1s, tmp_path):
     not_audio.write_text("not audio")
     too_short = tmp_path / "short.wav"
     sf.write(str(too_short), np.zeros(200, np.float32), 16000)
-    assert_user_error(cli("transcribe", tiny_f32, tmp_path / "missing.wav"), "audio file not found")
-    assert_user_error(cli("transcribe", tiny_f32, not_audio), "cannot read audio")
-    assert_user_error(cli("transcribe", tiny_f32, too_short), "at least one 25 ms frame")
-    assert_user_error(cli("transcribe", tmp_path, wav_1s), "is not a converted Fun-ASR-Nano model")
-    assert_user_error(cli("transcribe", tiny_f32, wav_1s, "--language", "klingon"), "unknown language")
+    assert_user_error(run_cli("transcribe", tiny_f32, tmp_path / "missing.wav"), "audio file not found", alone=True)
+    assert_user_error(run_cli("transcribe", tiny_f32, not_audio), "cannot read audio", alone=True)
+    assert_user_error(run_cli("transcribe", tiny_f32, too_short), "at least one 25 ms frame", alone=True)
+    assert_user_error(run_cli("transcribe", tmp_path, wav_1s), "is not a converted Fun-ASR-Nano model", alone=True)
+    assert_user_error(run_cli("transcribe", tiny_f32, wav_1s, "--language", "klingon"), "unknown language", alone=True)
 
     truncated_model = tmp_path / "truncated-model"
     shutil.copytree(tiny_f32, truncated_model)
     weights = (truncated_model / "model.safetensors").read_bytes()
     (truncated_model / "model.safetensors").write_bytes(weights[: len(weights) // 2])
-    assert_user_error(cli("transcribe", truncated_model, wav_1s), "cannot load the model")
+    assert_user_error(run_cli("transcribe", truncated_model, wav_1s), "cannot load the model", alone=True)
     (tmp_path / "empty").mkdir()
-    assert_user_error(cli("transcribe", tiny_f32, tmp_path / "empty"), "no audio files")
+    assert_user_error(run_cli("transcribe", tiny_f32, tmp_path / "empty"), "no audio files", alone=True)
 
     corrupt = tmp_path / "corrupt"
     shutil.copytree(tiny_upstream, corrupt)
     (corrupt / "model.pt").write_bytes(b"\x00" * 1000)
-    assert_user_error(cli("convert", corrupt, tmp_path / "out"), "not a readable PyTorch checkpoint")
+    assert_user_error(run_cli("convert", corrupt, tmp_path / "out"), "not a readable PyTorch checkpoint", alone=True)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 
 def test_help_explains_the_commands():
-    run = cli("--help")
+    run = run_cli("--help")
     assert run.returncode == 0 and "convert" in run.stdout and "transcribe" in run.stdout
-    run = cli("transcribe", "--help")
+    run = run_cli("transcribe", "--help")
     assert "--language" in run.stdout and "auto" in run.stdout

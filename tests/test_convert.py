@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from funasr_nano_mlx.convert import convert, sha256
+from funasr_nano_mlx.convert import convert
+from funasr_nano_mlx.files import sha256
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.transcribe import load, transcribe
 from tests.reference import Reference, write_upstream_dir

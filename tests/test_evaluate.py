@@ -5,7 +5,6 @@ gibberish, so these tests check the machinery, not accuracy)."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -16,25 +15,22 @@ import soundfile as sf
 import yaml
 
 from funasr_nano_mlx.errors import UserError
+from funasr_nano_mlx.evalsets import EvalSet, check_sets, open_set, set_files
 from funasr_nano_mlx.evaluate import (
     EVAL_JSON,
-    EVAL_SETS_DIR,
     HYPOTHESES,
-    PLOT,
     SUMMARY,
-    EvalSet,
-    Row,
     answers,
-    check_sets,
     evaluate,
     merge,
-    open_set,
     parse_shard,
+    plot,
     read_report,
-    score,
-    set_files,
 )  # fmt: skip
-from funasr_nano_mlx.report import plot
+from funasr_nano_mlx.packaged import EVAL_SETS_DIR, RECIPES_DIR
+from funasr_nano_mlx.report import PLOT
+from funasr_nano_mlx.scoring import Row, score
+from tests.helpers import hub_style_dataset
 from tests.speech import synthesize
 
 MAX_NEW_TOKENS = 16  # random weights rarely stop by themselves: keep decoding short
@@ -43,7 +39,6 @@ ENGLISH = ["the quick brown fox jumps over the lazy dog", "she sells sea shells 
            "the weather is nice today", "I can't find my keys anywhere"]  # fmt: skip
 MANDARIN = ["今天天气很好", "我们一起去公园散步", "请把门关上", "这本书非常有意思", "明天早上八点开会", "我喜欢喝绿茶"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 # -- exact counts -------------------------------------------------------------------------------------
@@ -63,6 +58,7 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
     ("東京へ行きます。", "東京に行きます", "ja", (1, 0, 0, 6)),
     ("ＧＰＴ４很强！", "gpt4很强", "zh", (0, 0, 0, 3)),  # full width and case
     ("今天 is fine", "今天 is fine", None, (0, 0, 0, 4)),  # no language: CJK text is scored by character
+    ("甚 至 出 现 交 易 停 滞", "甚至出现交易停滞。", "zh", (0, 0, 0, 8)),  # AISHELL writes spaces
 ])  # fmt: skip
 def test_known_pairs(reference, hypothesis, language, expected):
     counts = score(reference, hypothesis, language)
@@ -236,28 +232,44 @@ def test_wrong_column_fails_at_once(tmp_path):
     folder = tmp_path / "cols"
     folder.mkdir()
     (folder / "metadata.csv").write_text("path,sentence\na.wav,hello\n")
-    with pytest.raises(UserError, match=r"no column 'file_name', 'text'; the columns are: path, sentence"):
+    with pytest.raises(UserError, match=r"no column 'file_name'; the columns are: path, sentence"):
         evaluate(tmp_path / "no-model-needed", [str(folder)], tmp_path / "report")  # fails before the model loads
     assert not (tmp_path / "report").exists()
 
 
-def hub_style_dataset(folder: Path) -> Path:
-    """A dataset repository as the hub stores one (parquet under data/), read through `datasets`."""
-    from datasets import Audio, Dataset
+@pytest.mark.parametrize("column", ["text", "transcription", "sentence"])
+def test_local_sets_take_the_transcript_column_people_use(tmp_path, column):
+    """metadata.csv as the Hugging Face audiofolder docs lay it out (and as Common Voice names it)."""
+    synthesize("hello", tmp_path / "a.wav")
+    (tmp_path / "metadata.csv").write_text(f"file_name,{column},speaker\na.wav,Hello there,s1\n")
+    (item,) = open_set(EvalSet.load(tmp_path))
+    assert (item.reference, item.audio, item.problem) == ("Hello there", tmp_path / "a.wav", None)
 
-    def wav(text: str) -> bytes:
-        samples = sf.read(str(synthesize(text, folder / "tmp.wav")), dtype="float32")[0]
-        buffer = io.BytesIO()
-        sf.write(buffer, samples, 16000, format="FLAC")
-        return buffer.getvalue()
 
-    audio = [{"bytes": wav("good morning"), "path": "a.flac"}, {"bytes": b"garbage", "path": "b.flac"},
-             {"bytes": wav("good night"), "path": "c.flac"}, {"bytes": wav("not read"), "path": "d.flac"}]  # fmt: skip
-    dataset = Dataset.from_dict({"audio": audio, "sentence": ["Good morning!", "x", "Good night.", "not read"],
-                                 "key": ["u1", "u2", "u3", "u4"]}).cast_column("audio", Audio(decode=False))  # fmt: skip
-    (folder / "data").mkdir(parents=True)
-    dataset.to_parquet(str(folder / "data" / "test-00000-of-00001.parquet"))
-    return folder
+@pytest.mark.parametrize("header, problem", [
+    ("file_name,speaker", "no transcript column (text, transcription, sentence)"),
+    ("file_name,text,transcription", "text and transcription: which is the transcript?"),
+])  # fmt: skip
+def test_local_transcript_column_must_be_one(tmp_path, header, problem):
+    (tmp_path / "metadata.csv").write_text(header + "\n")
+    with pytest.raises(UserError) as info:
+        open_set(EvalSet.load(tmp_path))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{tmp_path / 'metadata.csv'}: {problem} the columns are: ")
+    assert message.endswith(f"the columns are: {header.replace(',', ', ')}; keep one, or name it as text_column in "
+                            "a set YAML whose path is this folder")  # fmt: skip
+
+
+def test_a_set_yaml_names_the_columns_of_a_local_folder(tmp_path):
+    folder = tmp_path / "clips"
+    synthesize("hello", folder / "a.wav")
+    (folder / "metadata.csv").write_text("wav,text,transcription\na.wav,raw Text!,raw text\n")
+    (tmp_path / "clips.yaml").write_text("path: clips\naudio_column: wav\ntext_column: transcription\nlanguage: en\n")
+    (item,) = open_set(EvalSet.load(tmp_path / "clips.yaml"))
+    assert (item.reference, item.audio, item.language) == ("raw text", folder / "a.wav", "en")
+    (tmp_path / "clips.yaml").write_text("path: clips\naudio_column: wav\ntext_column: sentence\n")
+    with pytest.raises(UserError, match=r"no column 'sentence'; the columns are: wav, text, transcription"):
+        open_set(EvalSet.load(tmp_path / "clips.yaml"))
 
 
 def test_hub_style_dataset(tiny_f32, tmp_path):
@@ -308,10 +320,10 @@ def test_a_report_answers_only_the_request_it_was_made_for(reports, speech_set, 
 
 def test_unpinned_named_sets_are_refused_in_one_line():
     with pytest.raises(UserError) as info:
-        check_sets(["librispeech-test-clean"])
+        check_sets(["fleurs-pl"])
     message = str(info.value)
-    assert "\n" not in message and message.startswith("set librispeech-test-clean: dataset openslr/librispeech_asr")
-    assert "is not pinned to a commit (revision: none)" in message and "librispeech-test-clean.yaml" in message
+    assert "\n" not in message and message.startswith("set fleurs-pl: dataset google/fleurs files parquet-data/pl_pl/")
+    assert "is not pinned to a commit (revision: none)" in message and "fleurs-pl.yaml" in message
 
 
 def test_named_sets_cover_the_recipes():

@@ -15,7 +15,8 @@ import pytest
 
 from funasr_nano_mlx.convert import convert
 from funasr_nano_mlx.transcribe import load, prompt_inputs
-from tests.conftest import clip, rel_err
+from tests.helpers import clip
+from tests.reference import rel_err
 
 pytestmark = pytest.mark.full
 

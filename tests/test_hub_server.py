@@ -207,3 +207,33 @@ def test_tamper_changes_served_bytes_but_not_metadata(hub, hf, tmp_path):
              local_dir=str(tmp_path / "dl"))
     assert Path(out).read_bytes() == bad  # huggingface_hub does not notice (same size)...
     assert hashlib.sha256(bad).hexdigest() != listed == hashlib.sha256(V1["model.safetensors"]).hexdigest()
+
+
+def test_dataset_repo_at_a_given_commit_with_a_declared_hash(hub, hf, tmp_path):
+    """A dataset repo under a chosen commit id; one LFS file served as a stand-in under a declared SHA-256
+    (what tests/hub_datasets.py does for the real evaluation files), and partial reads of it."""
+    import urllib.request
+
+    sha, real = "71cacbfb7e2354c4226d01e70d77d5fca3d04ba1", "7113aa4c" + "0" * 56
+    stand_in = random.Random(2).randbytes(1000)
+    files = {"README.md": b"# data\n", "all/test.clean/0000.parquet": stand_in}
+    declared = {"all/test.clean/0000.parquet": real}
+    assert hub.seed("org/data", files, repo_type="dataset", sha=sha, declared=declared) == sha
+    assert "org/data" not in hub.repos and hub.commits("org/data", repo_type="dataset") == [sha]
+
+    info = hf("get_paths_info", repo_id="org/data", paths=["all/test.clean/0000.parquet", "README.md", "absent"],
+              revision=sha, repo_type="dataset")  # fmt: skip
+    by_path = {i["path"]: i for i in info}
+    assert set(by_path) == {"all/test.clean/0000.parquet", "README.md"}  # an absent path is left out
+    assert by_path["all/test.clean/0000.parquet"]["lfs"]["sha256"] == real and by_path["README.md"]["lfs"] is None
+    out = hf("hf_hub_download", repo_id="org/data", filename="all/test.clean/0000.parquet", revision=sha,
+             repo_type="dataset", local_dir=str(tmp_path / "dl"))  # fmt: skip
+    assert Path(out).read_bytes() == stand_in  # the bytes served are the stand-in's
+    expect_error("RepositoryNotFoundError", hf, "model_info", repo_id="org/data")  # not a model repo
+
+    url = f"{hub.url}/datasets/org/data/resolve/{sha}/all/test.clean/0000.parquet"
+    for byte_range, expected in (("bytes=10-19", stand_in[10:20]), ("bytes=-8", stand_in[-8:]),
+                                 ("bytes=990-", stand_in[990:])):  # fmt: skip
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": byte_range})) as response:
+            assert response.status == 206 and response.read() == expected
+            assert response.headers["Content-Range"].endswith("/1000")

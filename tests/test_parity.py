@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from funasr_nano_mlx.audio import features, load_audio
-from funasr_nano_mlx.transcribe import prompt_inputs, resolve_language, transcribe
-from tests.conftest import CLIP_SECONDS, rel_err
+from funasr_nano_mlx.languages import resolve_language
+from funasr_nano_mlx.transcribe import prompt_inputs, transcribe
+from tests.helpers import CLIP_SECONDS
+from tests.reference import rel_err
 
 CLIPS = list(CLIP_SECONDS)
 # float32 on both sides; the remaining differences are summation order (BLAS, FFT, softmax).

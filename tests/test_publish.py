@@ -14,7 +14,7 @@ from funasr_nano_mlx.card import CARD, EVAL_JSON_NAME, render, write_card
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.publish import check
 from tests.hub_server import HubServer
-from tests.test_card import cli, evaluated, four_bit, worst_delta  # noqa: F401  (fixtures)
+from tests.helpers import assert_user_error, run_cli, worst_delta
 
 REPO = "tester/fun-asr-nano-tiny"
 
@@ -26,7 +26,7 @@ def hub():
 
 
 @pytest.fixture(scope="module")
-def carded_once(evaluated, tmp_path_factory):  # noqa: F811
+def carded_once(evaluated, tmp_path_factory):
     model, report = evaluated
     target = tmp_path_factory.mktemp("carded") / "model"
     shutil.copytree(model, target)
@@ -40,18 +40,11 @@ def carded(carded_once, tmp_path):
 
 
 def publish(hub: HubServer, home: Path, model: Path, *extra: str):
-    return cli("publish", model, "--repo", REPO, *extra, env=hub.client_env(home))
+    return run_cli("publish", model, "--repo", REPO, *extra, env=hub.client_env(home))
 
 
 def local(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
-def assert_user_error(done, fragment: str) -> None:
-    assert done.returncode == 2, (done.returncode, done.stderr)
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert lines[-1].startswith("error:") and fragment in lines[-1], done.stderr
-    assert "Traceback" not in done.stderr
 
 
 def test_round_trip_is_byte_identical_and_unchanged_republish_adds_no_commit(hub, carded, tmp_path):
@@ -126,7 +119,7 @@ def test_an_edited_or_stale_card_blocks_publishing(hub, carded, tmp_path):
     assert not hub.repos
 
 
-def test_a_delta_outside_the_acceptance_bound_blocks_publishing(hub, four_bit, tmp_path):  # noqa: F811
+def test_a_delta_outside_the_acceptance_bound_blocks_publishing(hub, four_bit, tmp_path):
     """A card written without the check (an older version, by hand) still cannot be published."""
     model, report = four_bit
     target = tmp_path / "model"

@@ -24,7 +24,8 @@ from funasr_nano_mlx.model import FunASRNano, ModelArgs
 from funasr_nano_mlx.quantize import quantize
 from funasr_nano_mlx.recipe import Recipe, component_of
 from funasr_nano_mlx.transcribe import prompt_inputs
-from tests.test_recipe import SHIPPED
+from tests.helpers import SHIPPED_RECIPES as SHIPPED
+from tests.helpers import assert_user_error, run_cli
 
 # Every float mode, group sizes other than the default, and a rule: per-layer entries of all kinds.
 FLOAT_MODES = """\
@@ -280,15 +281,13 @@ def test_summary_is_json_friendly(quantized):
 
 
 def test_the_quantize_command(tiny_bf16, tiny_f32, quantized, tmp_path):
-    from tests.test_cli import assert_user_error, cli
-
-    done = cli("quantize", tiny_bf16, tmp_path / "q", "--recipe", "4bit-mixed")
+    done = run_cli("quantize", tiny_bf16, tmp_path / "q", "--recipe", "4bit-mixed")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == str(tmp_path / "q")
     ours, reference = tensors(tmp_path / "q"), tensors(quantized("4bit-mixed"))
     assert ours.keys() == reference.keys() and all(mx.array_equal(ours[k], reference[k]) for k in ours)
-    done = cli("quantize", tiny_f32, tmp_path / "f32", "--recipe", "4bit-mixed")
+    done = run_cli("quantize", tiny_f32, tmp_path / "f32", "--recipe", "4bit-mixed")
     assert_user_error(done, "convert with --dtype bfloat16")
-    assert_user_error(cli("quantize", tiny_bf16, tmp_path / "x", "--recipe", "4bit"), "no recipe '4bit'")
+    assert_user_error(run_cli("quantize", tiny_bf16, tmp_path / "x", "--recipe", "4bit"), "no recipe '4bit'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
-    assert "--recipe" in cli("quantize", "--help").stdout
+    assert "--recipe" in run_cli("quantize", "--help").stdout

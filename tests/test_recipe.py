@@ -8,19 +8,20 @@ from pathlib import Path
 import pytest
 
 from funasr_nano_mlx.errors import UserError
+from funasr_nano_mlx.packaged import RECIPES_DIR
+from funasr_nano_mlx.pipeline import run
+from tests.helpers import SHIPPED_RECIPES as SHIPPED
 from funasr_nano_mlx.recipe import (
-    RECIPES_DIR,
     Acceptance,
     QuantSpec,
     Recipe,
     baseline_for,
     baseline_recipe,
-    run,
 )
 
 NANO = ("FunAudioLLM/Fun-ASR-Nano-2512", "272c57b82523ada6fd87095e955f8e29100979ab",
         "55ae0d2fee369f0f11cce0795f6927934ad17cf11b278a7e56a51272074160bb")  # fmt: skip
-SHIPPED = ("bf16", "8bit", "4bit-llm", "4bit-mixed", "mlt-bf16", "mlt-4bit-llm")
+MLT = ("FunAudioLLM/Fun-ASR-MLT-Nano-2512", "main", "f7ddbef5ff8c57254e6a045f0b316501b704fe2b774f962efc6e402364e8fe37")
 Q4, Q6, Q8 = QuantSpec(4, 64), QuantSpec(6, 64), QuantSpec(8, 64)
 
 VALID = """\
@@ -49,8 +50,8 @@ def test_shipped_recipes():
         # Every quantized variant has a bound against its bf16 baseline; the baselines themselves none.
         assert (recipe.acceptance is None) == recipe.is_plain, name
         assert recipe.acceptance is None or recipe.acceptance.max_error_rate_delta > 0
-        if name.startswith("mlt-"):  # the MLT commit is not known: loads, but run refuses (below)
-            assert recipe.source == "FunAudioLLM/Fun-ASR-MLT-Nano-2512" and recipe.revision is None
+        if name.startswith("mlt-"):  # no MLT commit is known: pinned by the content of model.pt
+            assert (recipe.source, recipe.revision, recipe.model_pt_sha256) == MLT
         else:
             assert (recipe.source, recipe.revision, recipe.model_pt_sha256) == NANO
     specs = {name: (r.audio_encoder, r.audio_adaptor, r.llm, r.embeddings) for name, r in recipes.items()}
@@ -184,9 +185,20 @@ def test_overrides():
         recipe.override(revision="main")
 
 
+def test_a_branch_is_a_pin_only_with_the_checkpoints_sha256(tmp_path):
+    file = tmp_path / "content.yaml"
+    file.write_text(edit("272c57b82523ada6fd87095e955f8e29100979ab", "main\n  model_pt_sha256: " + "c" * 64))
+    assert (Recipe.load(file).revision, Recipe.load(file).model_pt_sha256) == ("main", "c" * 64)
+    file.write_text(edit("272c57b82523ada6fd87095e955f8e29100979ab", "dev\n  model_pt_sha256: " + "c" * 64))
+    with pytest.raises(UserError, match="source.revision: 'dev' is not a pinned commit"):
+        Recipe.load(file)
+
+
 def test_an_unpinned_recipe_refuses_to_run(tmp_path):
-    with pytest.raises(UserError, match="source.revision of FunAudioLLM/Fun-ASR-MLT-Nano-2512 is not pinned"):
-        run(Recipe.load("mlt-4bit-llm"), tmp_path / "work")
+    file = tmp_path / "unpinned.yaml"
+    file.write_text(edit("272c57b82523ada6fd87095e955f8e29100979ab", "null"))
+    with pytest.raises(UserError, match="source.revision of org/model is not pinned"):
+        run(Recipe.load(file), tmp_path / "work")
     assert not (tmp_path / "work").exists()
     with pytest.raises(UserError, match="unknown stage 'upload'"):
         run(Recipe.load("bf16"), tmp_path / "work", until="upload")
@@ -197,5 +209,5 @@ def test_recipes_are_documented_in_their_files():
         text = (RECIPES_DIR / f"{name}.yaml").read_text()
         assert text.startswith("# "), name  # a comment says what the variant is
         if name.startswith("mlt-"):
-            assert "NOT PINNED" in text
+            assert "PINNED BY CONTENT" in text
     assert Path(RECIPES_DIR).name == "recipes"

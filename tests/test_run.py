@@ -2,9 +2,9 @@
 
 The tiny reference checkpoint is served under the upstream repo ids by tests/hub_server.py; the CLI runs
 in subprocesses whose huggingface_hub points there (`client_env`). Recipes keep their repo id and are
-given the server's commit (--revision) and the tiny model.pt's SHA-256 (--sha256). The shipped recipes'
-hub evaluation sets are not pinned, so recipes are evaluated here on a small espeak-ng set (--set), and
-published to the same fake hub.
+given the server's commit (--revision) and the tiny model.pt's SHA-256 (--sha256). Recipes are evaluated
+here on a small espeak-ng set (--set) and published to the same fake hub; the shipped hub sets, pinned,
+are streamed from the fake hub in tests/test_hub_sets.py.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
-from funasr_nano_mlx.convert import sha256
+from funasr_nano_mlx.files import sha256
 from funasr_nano_mlx.quantize import quantize
-from funasr_nano_mlx.recipe import PUBLISH_RECORD, STAGES, Options, Recipe, run
+from funasr_nano_mlx.pipeline import PUBLISH_RECORD, Options, run
+from funasr_nano_mlx.recipe import STAGES, Recipe
 from tests.hub_server import HubServer
-from tests.test_card import local_set
-from tests.test_recipe import SHIPPED
+from tests.helpers import SHIPPED_RECIPES as SHIPPED
+from tests.helpers import assert_user_error, files_of, local_set
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BUILD = STAGES[: STAGES.index("quantize") + 1]  # what every shipped recipe builds here (their sets are not pinned)
+BUILD = STAGES[: STAGES.index("quantize") + 1]  # what every shipped recipe builds here (until=quantize)
 TOKENS = "8"  # new tokens per utterance: random weights rarely stop by themselves
 # A hard kill in the middle of the quantize stage: the weights are in quantize.tmp, config.json is not.
 KILLED_IN_QUANTIZE = """
@@ -37,18 +38,6 @@ funasr_nano_mlx.quantize.save_config = lambda *args, **kwargs: os.kill(os.getpid
 from funasr_nano_mlx.cli import main
 main(sys.argv[1:], prog_name="funasr-nano-mlx")
 """
-
-
-def assert_user_error(done: subprocess.CompletedProcess, fragment: str) -> None:
-    """Exit status 2 and one `error:` line, the last on stderr (stage progress lines come before it)."""
-    assert done.returncode == 2, (done.returncode, done.stderr)
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert errors == done.stderr.strip().splitlines()[-1:] and "Traceback" not in done.stderr, done.stderr
-    assert fragment in errors[0], errors[0]
-
-
-def files_of(folder: Path) -> dict[str, Path]:
-    return {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +132,29 @@ def test_a_second_run_and_a_second_recipe_download_nothing(hub, cli, built, tiny
 
 def test_an_unpinned_recipe_is_refused_before_any_request(hub, cli, tmp_path):
     server, _ = hub
+    unpinned = tmp_path / "unpinned.yaml"
+    unpinned.write_text(Recipe.load("mlt-bf16").file.read_text().replace("revision: main", "revision: null"))
     before = len(server.requests)
-    assert_user_error(cli("run", "mlt-bf16", "--work", tmp_path / "work"), "is not pinned")
+    assert_user_error(cli("run", unpinned, "--work", tmp_path / "work"), "is not pinned")
     assert len(server.requests) == before and not (tmp_path / "work").exists()
+
+
+def test_a_pin_by_content_follows_main_records_its_commit_and_refuses_other_bytes(hub, cli, tiny_upstream, tmp_path):
+    """The MLT recipes follow `main` with model.pt's SHA-256 (no public commit is known): the served
+    tiny model.pt is not the real one and is refused before conversion; accepted under its own SHA-256,
+    the commit that main resolved to is what the download and the conversion record."""
+    _, revisions = hub
+    work = tmp_path / "work"
+    assert_user_error(cli("run", "mlt-bf16", "--work", work, "--until", "convert"),
+                      "but recipe mlt-bf16 expects f7ddbef5ff8c57254e6a045f0b316501b704fe2b774f962efc6e402364e8fe37")  # fmt: skip
+    assert stage_dirs(work) == []
+    done = cli("run", "mlt-bf16", "--work", work, "--until", "convert", "--sha256", sha256(tiny_upstream / "model.pt"))
+    assert done.returncode == 0, done.stderr
+    commit = revisions["FunAudioLLM/Fun-ASR-MLT-Nano-2512"]
+    record = json.loads((work / "mlt-bf16" / "download" / "source.json").read_text())
+    assert (record["revision"], record["commit"]) == ("main", commit)
+    config = json.loads((work / "mlt-bf16" / "convert" / "config.json").read_text())
+    assert config["conversion"]["source"] == f"FunAudioLLM/Fun-ASR-MLT-Nano-2512@{commit}"
 
 
 def test_a_wrong_sha256_leaves_no_stage_output(hub, cli, tmp_path):
@@ -258,11 +267,11 @@ def test_a_changed_recipe_rebuilds_its_stages(tiny_upstream, tmp_path):
 
 
 def test_unpinned_evaluation_sets_are_refused_before_any_stage(cli, tiny_upstream, speech, tmp_path):
-    """The shipped recipes' hub sets have no pinned revision: `run` says so in one line, building nothing."""
-    done = cli("run", "4bit-llm", "--work", tmp_path / "work", "--source", tiny_upstream)
-    assert_user_error(
-        done, "set librispeech-test-clean: dataset openslr/librispeech_asr (clean) split test is not pinned"
-    )
+    """A hub set with no pinned revision: `run` says so in one line, building nothing."""
+    unpinned = tmp_path / "unpinned.yaml"
+    unpinned.write_text("dataset: some-org/some-set\nlanguage: en\n")
+    done = cli("run", "bf16", "--work", tmp_path / "work", "--source", tiny_upstream, "--set", unpinned)
+    assert_user_error(done, "set unpinned: dataset some-org/some-set split test is not pinned")
     assert stage_dirs(tmp_path / "work") == []
     assert_user_error(cli("run", "bf16", "--work", tmp_path / "work", "--source", tiny_upstream, "--set",
                           tmp_path / "nowhere"), "no evaluation set")  # fmt: skip

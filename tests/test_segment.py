@@ -160,7 +160,7 @@ def _seconds(stamp: str) -> float:
 def test_cli_writes_subtitles(three_minutes, tiny_f32, tmp_path, clips):
     import soundfile as sf
 
-    from tests.test_cli import cli
+    from tests.helpers import run_cli
 
     samples, sentences = three_minutes
     long_file, short_file = tmp_path / "in" / "meeting.wav", tmp_path / "in" / "sub" / "clip.flac"
@@ -168,19 +168,19 @@ def test_cli_writes_subtitles(three_minutes, tiny_f32, tmp_path, clips):
     sf.write(long_file, samples, 16000)
     sf.write(short_file, clips["1s"], 16000)
 
-    srt = cli("transcribe", tiny_f32, long_file, "--format", "srt", "--max-new-tokens", "4")
+    srt = run_cli("transcribe", tiny_f32, long_file, "--format", "srt", "--max-new-tokens", "4")
     assert srt.returncode == 0, srt.stderr
     check_srt(srt.stdout, len(sentences))
     assert "hit its token budget" in srt.stderr  # flagged, never silently cut
 
     out = tmp_path / "out"
-    vtt = cli("transcribe", tiny_f32, tmp_path / "in", "--format", "vtt", "--output-dir", out, "--max-new-tokens", "4")
+    vtt = run_cli("transcribe", tiny_f32, tmp_path / "in", "--format", "vtt", "--output-dir", out, "--max-new-tokens", "4")
     assert vtt.returncode == 0, vtt.stderr
     assert sorted(p.name for p in out.iterdir()) == ["clip.vtt", "meeting.vtt"]  # a directory, recursively
     body = (out / "meeting.vtt").read_text()
     assert body.startswith("WEBVTT\n\n") and len(re.findall(f"{VTT_TIME} --> {VTT_TIME}\n", body)) == len(sentences)
 
-    many = cli("transcribe", tiny_f32, long_file, short_file, "--format", "srt")
+    many = run_cli("transcribe", tiny_f32, long_file, short_file, "--format", "srt")
     assert many.returncode == 2 and "--output-dir" in many.stderr
-    both = cli("transcribe", tiny_f32, long_file, "--no-segment", "--vad", tmp_path)
+    both = run_cli("transcribe", tiny_f32, long_file, "--no-segment", "--vad", tmp_path)
     assert both.returncode == 2 and "contradict" in both.stderr

@@ -27,7 +27,7 @@ from funasr_nano_mlx.scheduler import Scheduler
 from funasr_nano_mlx.serve import Limits, Server, split_hotwords, verbose_json, Options
 from funasr_nano_mlx.subtitles import to_srt, to_vtt
 from funasr_nano_mlx.transcribe import Segment, Transcription, _Pipeline, transcribe
-from tests.conftest import clip
+from tests.helpers import clip
 
 API_KEY = "test-key"
 LIMITS = Limits(max_upload_bytes=1024 * 1024, max_audio_seconds=120.0, request_timeout=120.0, max_queue=64)

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import mlx.core as mx
 import numpy as np
 import pytest
 import torch
 
-from funasr_nano_mlx.convert import convert_vad, sha256
+from funasr_nano_mlx.convert import convert_vad
+from funasr_nano_mlx.files import sha256
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.vad import CMVN_KEY, chunk_starts, load_vad
-from tests.conftest import NOISE_FLOOR, SAMPLE_RATE
+from tests.helpers import NOISE_FLOOR, SAMPLE_RATE
 from tests.reference import VadReference, write_upstream_vad_dir
 
 MAX_PROBABILITY_ERROR = 1e-5  # measured: 2e-6 (float32 MLX against float32 torch)
@@ -206,6 +205,7 @@ def test_load_refuses_other_directories(tmp_path, vad_converted):
 
 def test_cli_convert_vad_from_the_hub(vad_upstream, vad_converted, tmp_path):
     from tests.hub_server import HubServer
+    from tests.helpers import assert_user_error, run_cli
 
     with HubServer() as hub:
         files = {p.relative_to(vad_upstream).as_posix(): p for p in vad_upstream.iterdir()}
@@ -213,25 +213,18 @@ def test_cli_convert_vad_from_the_hub(vad_upstream, vad_converted, tmp_path):
         newer = hub.seed("funasr/fsmn-vad", {**files, "README.md": b"a later commit"}, message="later")
         assert newer != revision
         env = hub.client_env(tmp_path / "hf-home")
-
-        def cli(*args):
-            return subprocess.run([sys.executable, "-m", "funasr_nano_mlx", *map(str, args)], env=env,
-                                  capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
-
-        done = cli("convert-vad", "funasr/fsmn-vad", tmp_path / "out", "--revision", revision)  # not main
+        done = run_cli("convert-vad", "funasr/fsmn-vad", tmp_path / "out", "--revision", revision, env=env)  # not main
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == str(tmp_path / "out")
-        again = cli("convert-vad", "funasr/fsmn-vad", tmp_path / "out")
-        missing = cli("convert-vad", tmp_path / "nowhere", tmp_path / "other")
+        again = run_cli("convert-vad", "funasr/fsmn-vad", tmp_path / "out", env=env)
+        missing = run_cli("convert-vad", tmp_path / "nowhere", tmp_path / "other", env=env)
     provenance = json.loads((tmp_path / "out" / "config.json").read_text())["conversion"]
     assert provenance["source"] == f"funasr/fsmn-vad@{revision}"
     ours = mx.load(str(tmp_path / "out" / "model.safetensors"))
     expected = mx.load(str(vad_converted / "model.safetensors"))
     assert ours.keys() == expected.keys() and all(mx.array_equal(ours[k], expected[k]) for k in ours)
     for run, fragment in [(again, "already exists"), (missing, "source not found")]:
-        assert run.returncode == 2, run.stderr
-        assert run.stderr.strip().startswith("error:") and fragment in run.stderr
-        assert len(run.stderr.strip().splitlines()) == 1
+        assert_user_error(run, fragment, alone=True)
 
 
 def test_transcription_uses_the_vad_segments(vad, vad_converted, recording, tiny_model, tiny_f32, tmp_path):
@@ -240,7 +233,7 @@ def test_transcription_uses_the_vad_segments(vad, vad_converted, recording, tiny
     import soundfile as sf
 
     from funasr_nano_mlx.transcribe import transcribe
-    from tests.test_cli import cli
+    from tests.helpers import run_cli
 
     model, tokenizer = tiny_model
     spans = vad.segments(recording, 30_000)
@@ -250,7 +243,7 @@ def test_transcription_uses_the_vad_segments(vad, vad_converted, recording, tiny
 
     wav = tmp_path / "recording.wav"
     sf.write(wav, recording, SAMPLE_RATE)
-    out = cli("transcribe", tiny_f32, wav, "--vad", vad_converted, "--format", "json", "--max-new-tokens", "3")
+    out = run_cli("transcribe", tiny_f32, wav, "--vad", vad_converted, "--format", "json", "--max-new-tokens", "3")
     assert out.returncode == 0, out.stderr
     segments = json.loads(out.stdout)["segments"]
     assert [(s["start"], s["end"]) for s in segments] == [(a / 1000, b / 1000) for a, b in spans]

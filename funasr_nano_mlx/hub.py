@@ -1,0 +1,83 @@
+"""Hugging Face Hub access: a model directory by local path or by repo id (downloaded through
+huggingface_hub's cache, so a second use downloads nothing and HF_HUB_OFFLINE=1 works once cached).
+
+No MLX here: the CLI resolves names before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import UserError
+
+REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+COMMIT = re.compile(r"[0-9a-f]{40}")  # a pinned revision; branch and tag names move
+CONFIG_FILE = "config.json"
+
+
+def is_repo_id(name: str | Path) -> bool:
+    """ORG/NAME that is not an existing local path (a local directory always wins)."""
+    text = str(name)
+    return REPO_ID.fullmatch(text) is not None and not text.startswith(".") and not Path(text).exists()
+
+
+def one_line(err: Exception) -> str:
+    return " ".join(str(err).split())  # huggingface_hub's messages span lines; our errors are one line
+
+
+def download(repo_id: str, revision: str | None = None, patterns: list[str] | None = None,
+             local_dir: Path | None = None) -> Path:  # fmt: skip
+    """snapshot_download of the files matching `patterns` (honours HF_ENDPOINT, HF_HUB_OFFLINE and the
+    HF token); any hub or network failure is one UserError line."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_dir=local_dir))
+    except LocalEntryNotFoundError as err:
+        raise UserError(f"{repo_id}@{revision or 'main'} is not in the local cache and cannot be downloaded "
+                        f"(offline?): {one_line(err)}") from None  # fmt: skip
+    except (RepositoryNotFoundError, HfHubHTTPError, OSError) as err:  # RevisionNotFound is an HfHubHTTPError
+        raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {one_line(err)}") from None
+
+
+def _remote_config(repo_id: str, revision: str | None) -> dict:
+    """The repo's config.json alone (one small file), so that a repo of something else is refused
+    before its weights are fetched."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = hf_hub_download(repo_id, CONFIG_FILE, revision=revision)
+    except EntryNotFoundError:
+        return {}
+    except LocalEntryNotFoundError as err:
+        raise UserError(f"{repo_id}@{revision or 'main'} is not in the local cache and cannot be downloaded "
+                        f"(offline?): {one_line(err)}") from None  # fmt: skip
+    except (HfHubHTTPError, OSError) as err:
+        raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {one_line(err)}") from None
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def model_dir(name: str | Path, revision: str | None, patterns: list[str], accepts: Callable[[dict], bool],
+              what: str) -> Path:  # fmt: skip
+    """`name` itself when it is a local path, else the hub repo `name` at `revision` downloaded with only
+    the files `patterns` match. A repo whose config.json `accepts` refuses is named as not being `what`
+    before anything else is fetched, so the cache never holds more of it than that config.json. The
+    caller reads the directory as it reads any local one (an interrupted download is then refused in
+    one line, and completed by the next use that can reach the hub)."""
+    if not is_repo_id(name):
+        if revision is not None:
+            raise UserError(f"a revision ({revision}) applies to a hub repo id, but {name} is a local path")
+        return Path(name)
+    if not accepts(_remote_config(str(name), revision)):
+        raise UserError(f"{name}@{revision or 'main'} is not {what}: its config.json is missing or names "
+                        "another model type")  # fmt: skip
+    return download(str(name), revision, patterns)

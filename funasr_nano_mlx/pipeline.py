@@ -1,0 +1,294 @@
+"""`run`: build the variant a recipe describes, stage by stage: download -> convert -> quantize ->
+evaluate -> card -> publish. Each stage writes `<work>/<recipe>/<stage>` all-or-nothing and is skipped
+when that directory is newer than its inputs (as Make would) and agrees with what is asked now (the
+source, the sets, the card's text...). A quantized variant is evaluated against its bfloat16 baseline,
+which this run resolves once and builds first, in the same work directory.
+
+The only module that imports every stage; the recipe schema it runs is recipe.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from huggingface_hub.utils import filter_repo_objects
+
+from .card import card_dir, is_current
+from .convert import CHECKPOINT, UPSTREAM_FILES, convert
+from .errors import UserError
+from .evalsets import check_sets, set_files
+from .evaluate import answers, evaluate
+from .files import link_or_copy, sha256, staged_output
+from .hub import REPO_ID
+from .hub import download as fetch
+from .publish import publish
+from .quantize import quantize
+from .recipe import STAGES, Recipe, baseline_for, require_pin
+
+SOURCE_RECORD = "source.json"  # in the download stage: what was fetched, so an overridden source is noticed
+PUBLISH_RECORD = "publish.json"  # the publish stage's output: repo, commit, URL and the files sent
+
+
+def log(recipe: Recipe, message: str) -> None:
+    print(f"[{recipe.name}] {message}", file=sys.stderr, flush=True)
+
+
+def download(recipe: Recipe, dst: Path) -> Path:
+    """The upstream files conversion needs, from the hub at the pinned commit (through the Hugging Face
+    cache, so a re-run or another recipe of the same source downloads nothing) or from a local
+    directory; model.pt's SHA-256 is checked before any later stage can see it."""
+    require_pin(recipe)
+    src = Path(recipe.source) if recipe.is_local else fetch(recipe.source, recipe.revision)
+    with staged_output(dst) as out:
+        files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+        for name in filter_repo_objects(files, allow_patterns=UPSTREAM_FILES):
+            link_or_copy(src / name, out / name)
+        if not (out / CHECKPOINT).is_file():
+            raise UserError(f"{recipe.source_label} has no {CHECKPOINT}")
+        digest = sha256(out / CHECKPOINT)
+        if recipe.model_pt_sha256 is None:
+            log(recipe, f"download: {CHECKPOINT} SHA-256 {digest} (not checked: none expected for this source)")
+        elif digest != recipe.model_pt_sha256:
+            raise UserError(f"{CHECKPOINT} of {recipe.source_label} has SHA-256 {digest}, but recipe "
+                            f"{recipe.name} expects {recipe.model_pt_sha256}: corrupt download or wrong pin; "
+                            "nothing was converted")  # fmt: skip
+        # The hub cache names a snapshot folder by its commit: what a branch resolved to is kept.
+        commit = None if recipe.is_local else src.name
+        record = {"source": recipe.source, "revision": recipe.revision, "commit": commit, "model_pt_sha256": digest}
+        (out / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    return dst
+
+
+def _source_record(download_dir: Path) -> dict:
+    try:
+        record = json.loads((download_dir / SOURCE_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _same_source(recipe: Recipe, download_dir: Path) -> bool:
+    record = _source_record(download_dir)
+    expected = recipe.model_pt_sha256 or record.get("model_pt_sha256")
+    asked = {"source": recipe.source, "revision": recipe.revision, "model_pt_sha256": expected}
+    return {key: record.get(key) for key in asked} == asked
+
+
+def downloaded_label(recipe: Recipe, download_dir: Path) -> str:
+    """The source as conversion records it: SOURCE@COMMIT with the commit the download resolved (the
+    recipe's own pin, or what its branch pointed at for a pin by content)."""
+    commit = _source_record(download_dir).get("commit")
+    return recipe.source if recipe.is_local or not commit else f"{recipe.source}@{commit}"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `run` is asked besides the recipe: settings of the stages after quantize, none of which
+    changes the variant itself."""
+
+    sets: tuple[str, ...] = ()  # evaluate on these instead of the recipe's evaluation sets
+    limit: int | None = None  # evaluate only the first N rows of each set
+    max_new_tokens: int | None = None  # per utterance; None: evaluate's default
+    benchmark: Path | None = None  # a benchmark record of this variant, for the card
+    repo: str | None = None  # publish (and name in the card) this repo instead of the recipe's target
+    private: bool = False  # create the repo private
+    dry_run: bool = False  # list what publish would upload; send nothing, write no publish stage
+
+
+@dataclass(frozen=True)
+class Job:
+    """One recipe being built in one work directory, with its options and the job of its bf16
+    baseline (resolved once, when the job is made; None for a baseline itself)."""
+
+    recipe: Recipe
+    work: Path
+    options: Options = Options()
+    baseline: Job | None = None
+
+    @classmethod
+    def of(cls, recipe: Recipe, work: Path, options: Options = Options()) -> Job:
+        """The job with its baseline: the bf16 recipe of the same source, evaluated on the same sets."""
+        base = baseline_for(recipe)
+        sets = options.sets or recipe.evaluation
+        return cls(recipe, work, options, None if base is None else cls(base, work, replace(options, sets=sets)))
+
+    def dir(self, stage: str) -> Path:
+        return self.work / self.recipe.name / stage
+
+    @property
+    def sets(self) -> tuple[str, ...]:
+        return self.options.sets or self.recipe.evaluation
+
+    @property
+    def repo(self) -> str:
+        return self.options.repo or self.recipe.target
+
+    @property
+    def baseline_report(self) -> Path | None:
+        return self.baseline.dir("evaluate") if self.baseline else None
+
+
+def _download(job: Job, src: None, dst: Path) -> Path:
+    return download(job.recipe, dst)
+
+
+def _convert(job: Job, src: Path, dst: Path) -> Path:
+    return convert(src, dst, dtype=job.recipe.dtype, source_id=downloaded_label(job.recipe, src))
+
+
+def _quantize(job: Job, src: Path, dst: Path) -> Path:
+    return quantize(src, dst, job.recipe)
+
+
+def _evaluate_check(job: Job) -> None:
+    if not job.sets:
+        raise UserError(f"recipe {job.recipe.name} names no evaluation sets: give some with --set NAME_OR_PATH")
+    check_sets(job.sets)
+
+
+def _evaluate_needs(job: Job) -> list[Path]:
+    """The sets' local files, and the baseline's report."""
+    return [file for entry in job.sets for file in set_files(entry)] + ([job.baseline_report] if job.baseline else [])
+
+
+def _evaluate(job: Job, src: Path, dst: Path) -> Path:
+    if job.baseline is not None:
+        log(job.recipe, f"evaluate: compared with {job.baseline.recipe.name}, the bfloat16 variant of the same source")
+    elif job.recipe.is_plain:
+        log(job.recipe, "evaluate: this is the unquantized baseline of its source: no comparison")
+    else:
+        log(job.recipe, "evaluate: no unquantized bfloat16 recipe of the same source in recipes/: no comparison "
+                        "(an acceptance bound cannot be checked without one)")  # fmt: skip
+    evaluate(src, job.sets, dst, limit=job.options.limit, max_new_tokens=job.options.max_new_tokens,
+             baseline=job.baseline_report)  # fmt: skip
+    return dst
+
+
+def _evaluate_agrees(job: Job, out: Path) -> bool:
+    return answers(out, job.sets, job.options.limit, job.options.max_new_tokens, job.baseline_report)
+
+
+def _card_check(job: Job) -> None:
+    if job.options.benchmark is not None and not Path(job.options.benchmark).is_file():
+        raise UserError(f"--benchmark {job.options.benchmark}: no such file")
+
+
+def _card_needs(job: Job) -> list[Path]:
+    return [job.dir("quantize")] + ([job.options.benchmark] if job.options.benchmark else [])
+
+
+def _card(job: Job, src: Path, dst: Path) -> Path:
+    return card_dir(job.dir("quantize"), src, dst, job.recipe, job.repo, job.options.benchmark)
+
+
+def _card_agrees(job: Job, out: Path) -> bool:
+    return is_current(out, job.recipe, job.repo, job.options.benchmark)
+
+
+def _publish_check(job: Job) -> None:
+    if not REPO_ID.fullmatch(job.repo):
+        raise UserError(f"--repo {job.repo!r}: expected ORG/NAME")
+
+
+def _publish(job: Job, src: Path, dst: Path) -> Path:
+    published = publish(src, job.repo, private=job.options.private, dry_run=job.options.dry_run, recipe=job.recipe)
+    if published is None:
+        log(job.recipe, f"publish: dry run: nothing was sent, {dst} is not written")
+        return src
+    with staged_output(dst) as out:
+        (out / PUBLISH_RECORD).write_text(json.dumps(published.record(), indent=2) + "\n")
+    log(job.recipe, f"publish: {published.url}")
+    return dst
+
+
+def _publish_agrees(job: Job, out: Path) -> bool:
+    try:
+        return json.loads((out / PUBLISH_RECORD).read_text())["repo"] == job.repo
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+@dataclass(frozen=True)
+class Stage:
+    """How a stage builds WORK/RECIPE/STAGE from the previous stage's output (returning what it made:
+    a dry run makes nothing and returns its input); what it refuses before any stage runs (`check`);
+    what other jobs' stages must be built before it (`first`, e.g. the baseline's evaluation) and what
+    else it reads (`needs`); what its existing output must agree with to count as up to date; and
+    whether this run replaces that output (a dry run only reports)."""
+
+    build: Callable[[Job, Path | None, Path], Path]
+    check: Callable[[Job], None] = lambda job: None
+    first: Callable[[Job], list[tuple[Job, str]]] = lambda job: []
+    needs: Callable[[Job], list[Path]] = lambda job: []
+    agrees: Callable[[Job, Path], bool] = lambda job, out: True
+    replaces_output: Callable[[Job], bool] = lambda job: True
+
+
+PIPELINE = {
+    "download": Stage(_download, agrees=lambda job, out: _same_source(job.recipe, out)),
+    "convert": Stage(_convert),
+    "quantize": Stage(_quantize),
+    "evaluate": Stage(_evaluate, _evaluate_check, lambda job: [(job.baseline, "evaluate")] if job.baseline else [],
+                      _evaluate_needs, _evaluate_agrees),  # fmt: skip
+    "card": Stage(_card, _card_check, needs=_card_needs, agrees=_card_agrees),
+    "publish": Stage(_publish, _publish_check, agrees=_publish_agrees,
+                     replaces_output=lambda job: not job.options.dry_run),  # fmt: skip
+}
+assert tuple(PIPELINE) == STAGES
+
+
+def up_to_date(output: Path, inputs: list[Path]) -> bool:
+    """Make's rule: the output exists and is not older than any input. A stage directory appears only
+    when complete (it is renamed from `.tmp`), and its mtime is when its last entry was written."""
+    return output.is_dir() and all(output.stat().st_mtime_ns >= p.stat().st_mtime_ns for p in inputs)
+
+
+def _discard(output: Path) -> None:
+    """Remove a stale stage output so that no half-deleted directory can look complete."""
+    if output.exists():
+        stale = output.with_name(output.name + ".stale")
+        shutil.rmtree(stale, ignore_errors=True)
+        output.rename(stale)
+        shutil.rmtree(stale)
+
+
+def _build(job: Job, stages: tuple[str, ...]) -> Path:
+    """Build `stages` of `job` in order, each after what it needs first; returns the last one's output."""
+    previous = None
+    for stage in stages:
+        spec, output = PIPELINE[stage], job.dir(stage)
+        for other, until in spec.first(job):
+            log(job.recipe, f"{stage}: needs {other.recipe.name} up to {until} first")
+            _build(other, STAGES[: STAGES.index(until) + 1])
+        inputs = [job.recipe.file] + ([previous] if previous else []) + spec.needs(job)
+        if up_to_date(output, inputs) and spec.agrees(job, output):
+            log(job.recipe, f"{stage}: up to date, skipped ({output})")
+            previous = output
+            continue
+        if spec.replaces_output(job):
+            _discard(output)
+            log(job.recipe, f"{stage}: building {output}")
+        else:
+            log(job.recipe, f"{stage}: dry run for {job.repo}, {output} stays as it is")
+        previous = spec.build(job, previous, output)
+    return previous
+
+
+def run(recipe: Recipe, work: str | Path = "work", until: str | None = None, options: Options = Options()) -> Path:
+    """Build the recipe's stages in order up to `until` (default: the last one) under work/<recipe>/,
+    skipping each stage whose output is up to date; returns the last stage's output (for a dry run of
+    publish, the directory that would be uploaded). Everything that can be refused without building
+    (an unpinned source, unusable sets, a bad repo id or benchmark file) is refused first."""
+    if until is not None and until not in STAGES:
+        raise UserError(f"unknown stage {until!r}: the stages are {', '.join(STAGES)}")
+    require_pin(recipe)  # before anything is logged or created
+    job = Job.of(recipe, Path(work), options)
+    stages = STAGES[: STAGES.index(until or STAGES[-1]) + 1]
+    for stage in stages:
+        PIPELINE[stage].check(job)
+    return _build(job, stages)
