@@ -12,7 +12,10 @@ when the window grows, so a step is one compiled graph (`mx.compile`), replayed 
 
 from __future__ import annotations
 
+from functools import partial
+
 import mlx.core as mx
+from mlx.utils import tree_flatten
 from mlx_lm.models.cache import BatchKVCache
 
 from .model import use_compile
@@ -42,28 +45,27 @@ class _StepCache:
         return valid[:, None, None, :]
 
 
-def _greedy_step(llm, parameters, tokens, keys, values, slot, offsets, left_padding, window: int):
+def _greedy_step(llm, tokens, keys, values, slot, offsets, left_padding, window: int):
     """One token per row: (B,) tokens in, (B,) argmax tokens out, and the buffers with this step written."""
-    if parameters is not None:  # traced by mx.compile: the weights are inputs, so no stale copy is kept
-        weights = llm.parameters()
-        llm.update(parameters)
-    try:
-        caches = [_StepCache(k, v, slot, offsets, left_padding, window) for k, v in zip(keys, values)]
-        logits = llm(tokens[:, None], cache=caches)[:, -1]
-    finally:
-        if parameters is not None:
-            llm.update(weights)
+    caches = [_StepCache(k, v, slot, offsets, left_padding, window) for k, v in zip(keys, values)]
+    logits = llm(tokens[:, None], cache=caches)[:, -1]
     keys, values = [c.keys for c in caches], [c.values for c in caches]
     return mx.argmax(logits, axis=-1), keys, values, slot + 1, offsets + 1
 
 
 def _compiled_step(llm):
-    # One compiled function per model, kept on it (MLX's compile cache is keyed by the function).
-    step = llm.__dict__.get("_greedy_step")
-    if step is None:
-        step = mx.compile(lambda *args: _greedy_step(llm, *args))
-        object.__setattr__(llm, "_greedy_step", step)
-    return step
+    """`_greedy_step` compiled for this model, kept on it (MLX's compile cache is keyed by the function).
+
+    The weights are closed over, so the trace holds them as constants: passing them as inputs cost
+    0.6 ms per call for a 4-bit model's 900 arrays (measured on the development CPU), more than the
+    step's arithmetic on a GPU. The trace is made again if any weight array was replaced since.
+    """
+    weights = tuple(id(array) for _, array in tree_flatten(llm.parameters()))
+    cached = llm.__dict__.get("_greedy_step")
+    if cached is None or cached[0] != weights:
+        cached = (weights, mx.compile(partial(_greedy_step, llm)))
+        object.__setattr__(llm, "_greedy_step", cached)  # a plain attribute: not part of the module tree
+    return cached[1]
 
 
 class StaticDecoder:
@@ -71,8 +73,8 @@ class StaticDecoder:
 
     def __init__(self, llm, prefilled: list, left_padding: list[int], capacity: int):
         capacity = -(-capacity // CAPACITY_STEP) * CAPACITY_STEP
-        self.llm, self.capacity = llm, capacity
-        self.parameters = llm.parameters() if use_compile() else None  # the compiled step's weight inputs
+        self.capacity = capacity
+        self.run = _compiled_step(llm) if use_compile() else partial(_greedy_step, llm)
         self.keys, self.values = [], []
         for cache in prefilled:
             # BatchKVCache counts its filled slots in _idx (its offsets are per row), KVCache in offset.
@@ -92,10 +94,7 @@ class StaticDecoder:
             raise ValueError(f"decoding past the {self.capacity} positions the cache was sized for")
         window = min(self.capacity, -(-(self.index + 1) // WINDOW_STEP) * WINDOW_STEP)
         args = (tokens, self.keys, self.values, self.slot, self.offsets, self.left_padding, window)
-        if self.parameters is not None:
-            out = _compiled_step(self.llm)(self.parameters, *args)
-        else:
-            out = _greedy_step(self.llm, None, *args)
+        out = self.run(*args)
         # Rebinding drops the last references to the old buffers, so the update can reuse them.
         next_tokens, self.keys, self.values, self.slot, self.offsets = out
         self.index += 1
