@@ -25,7 +25,7 @@ from mlx_lm.utils import load_model, load_tokenizer
 from tqdm import tqdm
 
 from .audio import FRAME_LENGTH, SAMPLE_RATE, check_duration, features, features_mx, frontend_on_device, load_audio
-from .decode_step import StaticDecoder
+from .decode_step import make_decoder
 from .decoding import DEFAULT_BATCH_SIZE, loop_end, token_budget
 from .errors import UserError
 from .languages import resolve_language
@@ -179,10 +179,10 @@ def greedy_batch(llm, embeddings: list[mx.array], budgets: list[int], stop_ids: 
     Written here rather than with mlx-lm's BatchGenerator, which takes token prompts, not embeddings.
     Rows are left-padded and use mlx-lm's BatchKVCache (per-row positions from 0, padding masked), as
     upstream's batched path does; a single row uses a plain KV cache, without masks. The whole prompt
-    is prefilled in one pass and only the last position goes through the 151936-wide head. The steps
-    after it run compiled over a preallocated cache (decode_step.StaticDecoder). A finished row stays in
-    the batch (its tokens are ignored) until at most half the rows are left, so that the batch changes
-    shape, and the step is traced again, only a few times. The next step is queued before the current
+    is prefilled in one pass and only the last position goes through the 151936-wide head. For several
+    rows, the steps after it run compiled over a preallocated cache (decode_step.StaticDecoder); a
+    finished row then stays in the batch (its tokens are ignored) until at most half the rows are left,
+    so that the batch changes shape, and the step is traced again, only a few times. The next step is queued before the current
     tokens are read, so the device is never idle waiting for Python (the overlap mlx-lm's generate_step has).
     """
     timings = {} if timings is None else timings
@@ -195,7 +195,7 @@ def greedy_batch(llm, embeddings: list[mx.array], budgets: list[int], stop_ids: 
     head = llm.model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
     tokens = mx.argmax(head(hidden)[:, -1], axis=-1)
     # Every step is queued one ahead of reading its tokens: room for max(budgets) + 1 of them.
-    decoder = StaticDecoder(llm, cache, padding, capacity=longest + max(budgets) + 1)
+    decoder = make_decoder(llm, cache, padding, capacity=longest + max(budgets) + 1)
     rows, results = list(range(len(embeddings))), [Decoded(budget) for budget in budgets]
     done = [False] * len(rows)
     stop_ids, steps = set(stop_ids), 0
