@@ -2,9 +2,9 @@
 
 mlx-lm's caches grow in steps of 256 positions and slice by the current length, so every step has new
 shapes and cannot be compiled; each token then pays Python and MLX's per-op cost for ~700 operations,
-which on a GPU is most of a step (a bf16 0.6B model reads its 1.2 GB of weights in ~0.4 ms, the step
-took 5-7 ms). Here the prompt's keys and values, once prefilled by mlx-lm's cache (so the prompt's
-numbers are unchanged), are copied into buffers sized to the token budget, and each step writes its
+while a bf16 0.6B model reads its 1.2 GB of weights in ~0.4 ms on an H100 (a step took 3.3-7 ms on
+the lent H100/H200 hosts). Here the prompt's keys and values, once prefilled by mlx-lm's cache (so the prompt's
+numbers are unchanged), go into buffers that grow in steps of `CAPACITY_STEP`, and each step writes its
 slot with a dynamic `slice_update` and reads the buffer up to a window that grows in steps of
 `WINDOW_STEP`, with a mask for the slots not written yet (and for left padding). Shapes change only
 when the window grows, so a step is one compiled graph (`mx.compile`), replayed without Python.
@@ -27,7 +27,7 @@ from mlx_lm.models.cache import BatchKVCache
 from .model import use_compile
 
 WINDOW_STEP = 128  # the attention reads the buffers up to the next multiple of this: few shapes, little waste
-CAPACITY_STEP = 256  # buffer lengths are rounded up to this, so that utterances share compiled shapes
+CAPACITY_STEP = 256  # buffers grow by this many slots, so that utterances share compiled shapes
 
 
 class _StepCache:
@@ -77,27 +77,33 @@ def _compiled_step(llm):
 class StaticDecoder:
     """Greedy decoding state after a prefill: buffers, the next slot, each row's position and padding."""
 
-    def __init__(self, llm, prefilled: list, left_padding: list[int], capacity: int):
-        capacity = -(-capacity // CAPACITY_STEP) * CAPACITY_STEP
-        self.capacity = capacity
+    def __init__(self, llm, prefilled: list, left_padding: list[int]):
         self.run = _compiled_step(llm) if use_compile() else partial(_greedy_step, llm)
         self.keys, self.values = [], []
         for cache in prefilled:
             # BatchKVCache counts its filled slots in _idx (its offsets are per row), KVCache in offset.
             filled = cache._idx if isinstance(cache, BatchKVCache) else cache.offset
-            keys, values = cache.keys[..., :filled, :], cache.values[..., :filled, :]
-            pad = [(0, 0), (0, 0), (0, capacity - keys.shape[2]), (0, 0)]
-            self.keys.append(mx.pad(keys, pad))
-            self.values.append(mx.pad(values, pad))
-        self.index = keys.shape[2]  # the next slot to write (host copy, for the window)
+            self.keys.append(cache.keys[..., :filled, :])
+            self.values.append(cache.values[..., :filled, :])
+        self.index = filled  # the next slot to write (host copy, for the window and the capacity)
+        self.capacity = filled
         self.slot = mx.array([self.index], mx.int32)
         self.left_padding = mx.array(left_padding, mx.int32)
         self.offsets = self.index - self.left_padding
 
+    def _grow(self) -> None:
+        """Room for CAPACITY_STEP more slots: grown as used, so rows that stop early never pay for
+        their budget (32 rows x 768 slots would hold 2.8 GB in bf16)."""
+        capacity = (self.index // CAPACITY_STEP + 1) * CAPACITY_STEP
+        pad = [(0, 0), (0, 0), (0, capacity - self.capacity), (0, 0)]
+        self.keys = [mx.pad(k, pad) for k in self.keys]
+        self.values = [mx.pad(v, pad) for v in self.values]
+        self.capacity = capacity
+
     def step(self, tokens: mx.array) -> mx.array:
         """Queue one step; returns the (lazy) next tokens."""
         if self.index >= self.capacity:
-            raise ValueError(f"decoding past the {self.capacity} positions the cache was sized for")
+            self._grow()
         window = min(self.capacity, -(-(self.index + 1) // WINDOW_STEP) * WINDOW_STEP)
         args = (tokens, self.keys, self.values, self.slot, self.offsets, self.left_padding, window)
         out = self.run(*args)
@@ -123,8 +129,8 @@ class CacheDecoder:
         return mx.argmax(self.llm(tokens[:, None], cache=self.cache)[:, -1], axis=-1)
 
 
-def make_decoder(llm, prefilled: list, left_padding: list[int], capacity: int):
+def make_decoder(llm, prefilled: list, left_padding: list[int]):
     """The faster decoder for this batch: `CacheDecoder` for one row, else `StaticDecoder`."""
     if len(left_padding) == 1:
         return CacheDecoder(llm, prefilled)
-    return StaticDecoder(llm, prefilled, left_padding, capacity)
+    return StaticDecoder(llm, prefilled, left_padding)

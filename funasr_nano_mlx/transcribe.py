@@ -194,8 +194,7 @@ def greedy_batch(llm, embeddings: list[mx.array], budgets: list[int], stop_ids: 
     hidden = llm.model(mx.zeros(x.shape[:2], mx.int32), cache=cache, input_embeddings=x)[:, -1:]
     head = llm.model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
     tokens = mx.argmax(head(hidden)[:, -1], axis=-1)
-    # Every step is queued one ahead of reading its tokens: room for max(budgets) + 1 of them.
-    decoder = make_decoder(llm, cache, padding, capacity=longest + max(budgets) + 1)
+    decoder = make_decoder(llm, cache, padding)
     rows, results = list(range(len(embeddings))), [Decoded(budget) for budget in budgets]
     done = [False] * len(rows)
     stop_ids, steps = set(stop_ids), 0
