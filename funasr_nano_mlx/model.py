@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import astuple, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
 import mlx.core as mx
@@ -35,7 +35,7 @@ def _from_dict(cls, params: dict, aliases: dict[str, str] | None = None):
     return cls(**{k: v for k, v in params.items() if k in known})
 
 
-@dataclass
+@dataclass(unsafe_hash=True)  # hashable: with the input width, the key of the layers' compiled function
 class EncoderArgs:
     """`audio_encoder_conf` of config.yaml (SenseVoiceEncoderSmall)."""
 
@@ -143,6 +143,7 @@ def compiled_layer(layer_class: type, *init_args):
 
 
 def run_layer(layer: nn.Module, init_args: tuple, x: mx.array, mask: mx.array | None) -> mx.array:
+    """`layer(x, mask)`, through the compiled function of its class and `init_args` where compiling is on."""
     if not use_compile():
         return layer(x, mask)
     return compiled_layer(type(layer), *init_args)(layer.parameters(), x, mask)
@@ -215,9 +216,8 @@ class SANMAttention(nn.Module):
 
 
 class SANMEncoderLayer(nn.Module):
-    def __init__(self, in_dims: int, args: EncoderArgs | tuple):
+    def __init__(self, in_dims: int, args: EncoderArgs):
         super().__init__()
-        args = args if isinstance(args, EncoderArgs) else EncoderArgs(*args)  # tuple: see run_layers
         dims = args.output_size
         self.self_attn = SANMAttention(in_dims, dims, args.attention_heads, args.kernel_size, args.sanm_shift)
         self.feed_forward = FeedForward(dims, args.linear_units)
@@ -258,8 +258,7 @@ class SenseVoiceEncoder(nn.Module):
 
     def run_layers(self, layers: list[SANMEncoderLayer], x: mx.array, mask: mx.array | None) -> mx.array:
         for index, layer in enumerate(layers, start=1):
-            # (in_dims, args) as hashable constructor arguments: the key of the layer's compiled function.
-            x = run_layer(layer, (layer.norm1.weight.shape[0], astuple(self.args)), x, mask)
+            x = run_layer(layer, (layer.norm1.weight.shape[0], self.args), x, mask)  # its constructor's arguments
             if index % ENCODER_LAYERS_PER_EVAL == 0:
                 # On CUDA, intermediates of a graph submitted at once stay allocated until it has run:
                 # 70 layers held 6.9 GB above the weights for 16 x 30 s (0.3 GB for one clip).

@@ -182,8 +182,9 @@ def greedy_batch(llm, embeddings: list[mx.array], budgets: list[int], stop_ids: 
     is prefilled in one pass and only the last position goes through the 151936-wide head. For several
     rows, the steps after it run compiled over a preallocated cache (decode_step.StaticDecoder); a
     finished row then stays in the batch (its tokens are ignored) until at most half the rows are left,
-    so that the batch changes shape, and the step is traced again, only a few times. The next step is queued before the current
-    tokens are read, so the device is never idle waiting for Python (the overlap mlx-lm's generate_step has).
+    so that the batch changes shape, and the step is traced again, only a few times. The next step is
+    queued before the current tokens are read, so the device is never idle waiting for Python (the
+    overlap mlx-lm's generate_step has).
     """
     timings = {} if timings is None else timings
     start = time.perf_counter()
