@@ -14,7 +14,7 @@ LAYERS = [
     {"errors", "decoding", "packaged", "subtitles", "files", "hub", "languages", "model"},
     {"modeldir", "audio", "normalize", "scoring", "recipe", "evalsets", "segment"},
     # inference
-    {"vad", "transcribe", "scheduler"},
+    {"vad", "transcribe", "decode_step", "scheduler"},
     # stages, each a function from one directory to the next
     {"convert", "quantize", "evaluate", "report", "card", "publish"},
     {"pipeline"},
