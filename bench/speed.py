@@ -153,10 +153,11 @@ def bench_official(upstream: Path, wave: np.ndarray, tokens: int, bf16: bool) ->
 
 def prepare(workdir: Path, size: str, dtype: str) -> tuple[Path, Path]:
     from funasr_nano_mlx.convert import convert
-    from tests.reference import write_upstream_dir
 
     upstream, converted = workdir / f"upstream-{size}", workdir / f"mlx-{size}-{dtype}"
     if not (upstream / "model.pt").exists():
+        from tests.reference import write_upstream_dir  # the official package: only to build the model
+
         write_upstream_dir(upstream, size, seed=0)
     if not converted.exists():
         convert(upstream, converted, dtype=dtype)

@@ -166,6 +166,55 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
             write_text_atomic(Path(output_dir) / f"{path.stem}.{FORMAT_SUFFIX[fmt]}", render(result))
 
 
+@main.command()
+@click.argument("model")
+@model_revision_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Anything but loopback exposes the server: set an API key.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
+@click.option("--api-key", envvar="FUNASR_NANO_MLX_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' on every request. Prefer the FUNASR_NANO_MLX_API_KEY "
+                   "environment variable: a command line is visible to other users.")
+@click.option("--vad", default=None,
+              help="A converted FSMN-VAD (`convert-vad`; a directory or hub repo id) to cut every upload into "
+                   "speech segments, as transcribe --vad.")
+@click.option("--vad-revision", default=None, help="With a hub repo id as --vad: the commit to use. Default: main.")
+@click.option("--max-batch", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Segments decoded together, from all requests in flight.")
+@click.option("--batch-wait-ms", default=100.0, show_default=True, type=click.FloatRange(min=0),
+              help="After a batch shared by several requests, wait up to this long for their clients' next "
+                   "requests to fill the next batch (0: never wait). A lone client never waits.")
+@click.option("--max-upload-mb", default=25.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Largest audio file accepted (413 beyond).")
+@click.option("--max-audio-seconds", default=1800.0, show_default=True, type=click.FloatRange(min=1),
+              help="Longest audio accepted (400 beyond).")
+@click.option("--request-timeout", default=600.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a request may take, upload to answer (then 504, and its work is dropped).")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Requests in the server at once, uploading, waiting or decoding (429 beyond).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@user_errors
+def serve(model, revision, host, port, api_key, vad, vad_revision, max_batch, batch_wait_ms, max_upload_mb,
+          max_audio_seconds, request_timeout, max_queue, log_level):
+    """Serve MODEL over OpenAI's transcription API (POST /v1/audio/transcriptions), batching requests together.
+
+    MODEL is a converted model directory or a hub repo id (as for transcribe). Needs the [serve] extra. Every response equals `transcribe` on that file alone; the segments of all
+    requests in flight share the encoder and decoder batches.
+    """
+    try:
+        from .serve import Limits
+        from .serve import serve as run_server
+    except ImportError as err:
+        raise UserError(f"serve needs the [serve] extra (pip install 'funasr-nano-mlx[serve]'): {err}") from None
+
+    if vad_revision and not vad:
+        raise UserError("--vad-revision needs --vad")
+    limits = Limits(round(max_upload_mb * 1024 * 1024), max_audio_seconds, request_timeout, max_queue)
+    run_server(model, revision=revision, host=host, port=port, api_key=api_key, vad=vad, vad_revision=vad_revision,
+               max_batch=max_batch, batch_wait=batch_wait_ms / 1000, limits=limits, log_level=log_level)
+
+
 # -- recipes (issue 3) ------------------------------------------------------------------------------
 from .recipe import STAGES  # noqa: E402  (a light module: --until's choices are needed at import)
 

@@ -8,7 +8,9 @@ No I/O here. Module names follow the upstream checkpoint keys (`audio_encoder.*`
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -34,7 +36,7 @@ def _from_dict(cls, params: dict, aliases: dict[str, str] | None = None):
     return cls(**{k: v for k, v in params.items() if k in known})
 
 
-@dataclass
+@dataclass(unsafe_hash=True)  # hashable: with the input width, the key of the layers' compiled function
 class EncoderArgs:
     """`audio_encoder_conf` of config.yaml (SenseVoiceEncoderSmall)."""
 
@@ -118,6 +120,44 @@ class ModelArgs:
 
     def llm_args(self) -> qwen3.ModelArgs:
         return qwen3.ModelArgs.from_dict(self.text_config)
+
+
+def use_compile() -> bool:
+    """Whether encoder and adaptor layers run through `mx.compile` (see `compiled_layer`).
+
+    On by default on a GPU, where the per-op overhead of a 70-layer encoder costs far more than its
+    arithmetic; off on MLX's CPU backend (compute-bound there, and its fused kernels need a C++ compiler
+    at run time). FUNASR_NANO_COMPILE=1 / 0 forces it either way.
+    """
+    forced = os.environ.get("FUNASR_NANO_COMPILE")
+    if forced is not None:
+        return forced not in ("", "0")
+    return mx.default_device().type == mx.DeviceType.gpu
+
+
+@lru_cache(maxsize=None)
+def compiled_layer(layer_class: type, *init_args):
+    """One compiled `(parameters, x, mask) -> y` function for every layer of this class and shape.
+
+    The layers of a stack differ only in their weights, so a template module is traced once with the
+    weights as inputs and the trace serves all of them (70 SAN-M layers: two traces, encoders0 being
+    wider). MLX retraces for each new input shape (a few ms for one layer; its fused kernels are shape-
+    generic, so nothing is compiled again on the device). Fusing changes only float rounding order.
+    """
+    template = layer_class(*init_args)  # its own random weights stay lazy: never computed
+
+    def forward(parameters, x, mask):
+        template.update(parameters)
+        return template(x, mask)
+
+    return mx.compile(forward)
+
+
+def run_layer(layer: nn.Module, init_args: tuple, x: mx.array, mask: mx.array | None) -> mx.array:
+    """`layer(x, mask)`, through the compiled function of its class and `init_args` where compiling is on."""
+    if not use_compile():
+        return layer(x, mask)
+    return compiled_layer(type(layer), *init_args)(layer.parameters(), x, mask)
 
 
 def sinusoidal_position_encoding(length: int, depth: int) -> mx.array:
@@ -211,6 +251,7 @@ class SenseVoiceEncoder(nn.Module):
 
     def __init__(self, input_size: int, args: EncoderArgs):
         super().__init__()
+        self.args = args
         dims = args.output_size
         self.input_scale = math.sqrt(dims)
         self.encoders0 = [SANMEncoderLayer(input_size, args)]
@@ -226,10 +267,9 @@ class SenseVoiceEncoder(nn.Module):
         x = self.run_layers(self.tp_encoders, self.after_norm(x), mask)
         return self.tp_norm(x)
 
-    @staticmethod
-    def run_layers(layers: list[SANMEncoderLayer], x: mx.array, mask: mx.array | None) -> mx.array:
+    def run_layers(self, layers: list[SANMEncoderLayer], x: mx.array, mask: mx.array | None) -> mx.array:
         for index, layer in enumerate(layers, start=1):
-            x = layer(x, mask)
+            x = run_layer(layer, (layer.norm1.weight.shape[0], self.args), x, mask)  # its constructor's arguments
             if index % ENCODER_LAYERS_PER_EVAL == 0:
                 # On CUDA, intermediates of a graph submitted at once stay allocated until it has run:
                 # 70 layers held 6.9 GB above the weights for 16 x 30 s (0.3 GB for one clip).
@@ -266,6 +306,7 @@ class AdaptorAttention(nn.Module):
 class AdaptorBlock(nn.Module):
     def __init__(self, dims: int, heads: int):
         super().__init__()
+        self.dims, self.heads = dims, heads
         self.self_attn = AdaptorAttention(dims, heads)
         self.feed_forward = FeedForward(dims, dims // 4)  # hard-coded llm_dim // 4 upstream
         self.norm1 = nn.LayerNorm(dims, eps=ADAPTOR_LN_EPS)
@@ -297,7 +338,7 @@ class AudioAdaptor(nn.Module):
         x = mx.pad(x, [(0, 0), (0, chunks * self.stride - length), (0, 0)])
         x = self.linear2(nn.relu(self.linear1(x.reshape(batch, chunks, dims * self.stride))))
         for block in self.blocks:
-            x = block(x, mask)
+            x = run_layer(block, (block.dims, block.heads), x, mask)
         return x
 
     def output_lengths(self, lengths: mx.array) -> mx.array:

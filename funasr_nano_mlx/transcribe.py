@@ -25,7 +25,8 @@ from mlx_lm.utils import load_model, load_tokenizer
 from tqdm import tqdm
 
 from . import align, ctc
-from .audio import FRAME_LENGTH, SAMPLE_RATE, check_duration, features, load_audio
+from .audio import FRAME_LENGTH, SAMPLE_RATE, check_duration, features, features_mx, frontend_on_device, load_audio
+from .decode_step import make_decoder
 from .decoding import DEFAULT_BATCH_SIZE, loop_end, token_budget
 from .errors import UserError
 from .languages import resolve_language
@@ -208,9 +209,12 @@ def greedy_batch(llm, embeddings: list[mx.array], budgets: list[int], stop_ids: 
     Written here rather than with mlx-lm's BatchGenerator, which takes token prompts, not embeddings.
     Rows are left-padded and use mlx-lm's BatchKVCache (per-row positions from 0, padding masked), as
     upstream's batched path does; a single row uses a plain KV cache, without masks. The whole prompt
-    is prefilled in one pass and only the last position goes through the 151936-wide head. Finished
-    rows leave the batch. The next step is queued before the current tokens are read, so the device
-    is never idle waiting for Python (the overlap mlx-lm's generate_step has).
+    is prefilled in one pass and only the last position goes through the 151936-wide head. For several
+    rows, the steps after it run compiled over a preallocated cache (decode_step.StaticDecoder); a
+    finished row then stays in the batch (its tokens are ignored) until at most half the rows are left,
+    so that the batch changes shape, and the step is traced again, only a few times. The next step is
+    queued before the current tokens are read, so the device is never idle waiting for Python (the
+    overlap mlx-lm's generate_step has).
     """
     timings = {} if timings is None else timings
     start = time.perf_counter()
@@ -221,23 +225,25 @@ def greedy_batch(llm, embeddings: list[mx.array], budgets: list[int], stop_ids: 
     hidden = llm.model(mx.zeros(x.shape[:2], mx.int32), cache=cache, input_embeddings=x)[:, -1:]
     head = llm.model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
     tokens = mx.argmax(head(hidden)[:, -1], axis=-1)
+    decoder = make_decoder(llm, cache, padding)
     rows, results = list(range(len(embeddings))), [Decoded(budget) for budget in budgets]
+    done = [False] * len(rows)
     stop_ids, steps = set(stop_ids), 0
     while True:
-        next_tokens = mx.argmax(llm(tokens[:, None], cache=cache)[:, -1], axis=-1)
+        next_tokens = decoder.step(tokens)
         mx.async_eval(next_tokens)
         values = tokens.tolist()
         if steps == 0:
             timings["prefill"] = timings.get("prefill", 0.0) + time.perf_counter() - start
             start = time.perf_counter()
         steps += 1
-        finished = [results[row].add(token, stop_ids, stop_loops) for row, token in zip(rows, values)]
-        keep = [i for i, done in enumerate(finished) if not done]
+        for row, token in zip(rows, values):
+            done[row] = done[row] or results[row].add(token, stop_ids, stop_loops)
+        keep = [i for i, row in enumerate(rows) if not done[row]]
         if not keep:
             break
-        if len(keep) < len(rows):
-            for layer_cache in cache:
-                layer_cache.filter(mx.array(keep))
+        if len(keep) <= len(rows) // 2:
+            decoder.filter(mx.array(keep))
             next_tokens, rows = next_tokens[mx.array(keep)], [rows[i] for i in keep]
         tokens = next_tokens
     timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - start
@@ -267,6 +273,7 @@ class _Job:
     start_ms: int
     end_ms: int
     name: str
+    prompt: dict | None = None  # this segment's own prompt settings, else the pipeline's (the server mixes requests)
 
     @property
     def seconds(self) -> float:
@@ -294,6 +301,31 @@ def _segment_spans(samples: np.ndarray, segmenter, max_segment_ms: int) -> list[
     return [(a, b) for a, b in spans if (b - a) * SAMPLE_RATE >= FRAME_LENGTH * 1000]
 
 
+def _jobs(item: int, name: str, samples: np.ndarray, segmenter, max_segment_ms: int) -> list[_Job]:
+    """The segments of one input to decode (see `_segment_spans`), in time order."""
+    spans = _segment_spans(samples, segmenter, max_segment_ms)
+    cut = [samples[start_ms * SAMPLE_RATE // 1000 : end_ms * SAMPLE_RATE // 1000] for start_ms, end_ms in spans]
+    return [_Job(item, piece, start_ms, end_ms, name) for piece, (start_ms, end_ms) in zip(cut, spans)]
+
+
+def _batch_features(batch: list[_Job]) -> tuple[mx.array, list[int]]:
+    """The jobs' features, zero-padded to the longest, (B, T, 560) float32, and each one's length.
+
+    Computed with MLX ops where that is faster (a GPU), else with numpy (audio.frontend_on_device).
+    """
+    if frontend_on_device():
+        feats = [features_mx(job.samples, name=job.name) for job in batch]
+        longest = max(f.shape[0] for f in feats)
+        padded = mx.stack([mx.pad(f, [(0, longest - f.shape[0]), (0, 0)]) for f in feats])
+        mx.eval(padded)
+        return padded, [f.shape[0] for f in feats]
+    feats = [features(job.samples, name=job.name) for job in batch]
+    padded = np.zeros((len(feats), max(f.shape[0] for f in feats), feats[0].shape[1]), np.float32)
+    for row, f in enumerate(feats):
+        padded[row, : f.shape[0]] = f
+    return mx.array(padded), [f.shape[0] for f in feats]
+
+
 class _Pipeline:
     """The settings shared by every segment, and the batched run over one group of jobs."""
 
@@ -308,30 +340,27 @@ class _Pipeline:
 
     def run(self, batch: list[_Job], timings: dict) -> list[Decoded]:
         start = time.perf_counter()
-        feats = [features(job.samples, name=job.name) for job in batch]
+        feats, lengths = _batch_features(batch)
         timings["frontend"] = time.perf_counter() - start
 
         start = time.perf_counter()
         encode = self.model.encode_both if self.timestamps else self.model.encode
         if len(batch) == 1:
-            encoded = encode(mx.array(feats[0])[None])
+            encoded = encode(feats)
             frames = [(encoded[1] if self.timestamps else encoded)[0]]
         else:
-            lengths = mx.array([f.shape[0] for f in feats])
-            padded = np.zeros((len(feats), max(f.shape[0] for f in feats), feats[0].shape[1]), np.float32)
-            for row, f in enumerate(feats):
-                padded[row, : f.shape[0]] = f
-            encoded = encode(mx.array(padded), lengths)
-            valid = self.model.audio_adaptor.output_lengths(lengths).tolist()
+            encoded = encode(feats, mx.array(lengths))
+            valid = self.model.audio_adaptor.output_lengths(mx.array(lengths)).tolist()
             frames = [(encoded[1] if self.timestamps else encoded)[row, :n] for row, n in enumerate(valid)]
         mx.eval(frames)
         timings["encoder"] = time.perf_counter() - start
         if self.timestamps:
             start = time.perf_counter()
-            emitted = align.emissions(self.model, encoded[0], [f.shape[0] for f in feats])
+            emitted = align.emissions(self.model, encoded[0], lengths)
             timings["ctc"] = time.perf_counter() - start
 
-        embeddings = [prompt_inputs(self.model, self.tokenizer, f, **self.prompt)[1] for f in frames]
+        embeddings = [prompt_inputs(self.model, self.tokenizer, f, **(job.prompt or self.prompt))[1]
+                      for job, f in zip(batch, frames)]
         budgets = [token_budget(job.seconds, self.max_new_tokens) for job in batch]
         results = greedy_batch(self.model.llm, embeddings, budgets, self.tokenizer.eos_token_ids, self.stop_loops,
                                timings)  # fmt: skip
@@ -425,10 +454,9 @@ def transcribe_many(
             except UserError:
                 yield from _run_group(pipeline, group, jobs, batch_size, bar)  # what was read is not lost
                 raise
-            for start_ms, end_ms in _segment_spans(samples, segmenter, max_segment_ms):
-                piece = samples[start_ms * SAMPLE_RATE // 1000 : end_ms * SAMPLE_RATE // 1000]
-                jobs.append(_Job(len(group), piece, start_ms, end_ms, name))
-                bar.total += piece.size / SAMPLE_RATE
+            for job in _jobs(len(group), name, samples, segmenter, max_segment_ms):
+                jobs.append(job)
+                bar.total += job.seconds
             group.append((name, samples))
             bar.refresh()
             if len(jobs) >= BATCHES_PER_GROUP * batch_size or len(group) >= BATCHES_PER_GROUP * batch_size:

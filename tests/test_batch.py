@@ -183,3 +183,16 @@ def test_a_bad_input_stops_after_the_results_before_it(tiny_model, ten_files):
     assert [len(next(results).token_ids) for _ in range(2)] == [2, 2]
     with pytest.raises(UserError, match=r"<array 2> is 6.2 ms long"):
         next(results)
+
+
+def test_compiled_paths_give_the_same_numbers(tiny_model, ten_files, monkeypatch):
+    """What a GPU runs by default (mx.compile of encoder/adaptor layers and of batched decode steps),
+    forced on here: encoder output identical, tokens identical."""
+    model, tokenizer = tiny_model
+    feats = mx.array(features(ten_files[-1]))[None]
+    plain = np.array(model.encode(feats))
+    plain_tokens = [r.token_ids for r in transcribe_many(model, tokenizer, ten_files[:4], batch_size=4)]
+    monkeypatch.setenv("FUNASR_NANO_COMPILE", "1")
+    np.testing.assert_array_equal(np.array(model.encode(feats)), plain)
+    compiled = [r.token_ids for r in transcribe_many(model, tokenizer, ten_files[:4], batch_size=4)]
+    assert compiled == plain_tokens

@@ -457,3 +457,14 @@ def test_the_card_says_whether_the_variant_has_timestamps(ctc_bf16, tiny_bf16):
 
     assert "**Timestamps.** This variant carries the CTC head" in render(ctc_bf16, repo_id="org/with-ctc")
     assert "has no CTC head" in render(tiny_bf16, repo_id="org/without-ctc")
+
+
+def test_the_server_gives_words_from_the_timestamps(ctc_model, clips):
+    """OpenAI's verbose_json with timestamp_granularities=word: the transcription's words."""
+    from funasr_nano_mlx.serve import Options, verbose_json
+
+    model, tokenizer = ctc_model
+    result = transcribe(model, tokenizer, clips["7s"], max_new_tokens=8)
+    assert result.words
+    words = verbose_json(result, Options("verbose_json", None, (), False, True))["words"]
+    assert [(w["word"], w["start"], w["end"]) for w in words] == [(w["word"], w["start"], w["end"]) for w in result.words]

@@ -14,12 +14,12 @@ LAYERS = [
     {"errors", "decoding", "packaged", "subtitles", "files", "hub", "languages", "model", "ctc"},
     {"modeldir", "audio", "normalize", "scoring", "recipe", "evalsets", "segment"},
     # inference
-    {"vad", "transcribe", "align"},
+    {"vad", "transcribe", "decode_step", "scheduler", "align"},
     # stages, each a function from one directory to the next
     {"convert", "quantize", "evaluate", "report", "card", "publish"},
     {"pipeline"},
     # entry points
-    {"cli", "__main__", "__init__"},
+    {"cli", "serve", "__main__", "__init__"},
 ]
 
 
