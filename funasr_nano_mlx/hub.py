@@ -44,6 +44,21 @@ def download(repo_id: str, revision: str | None = None, patterns: list[str] | No
         raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {one_line(err)}") from None
 
 
+def download_from_modelscope(repo_id: str, revision: str, patterns: list[str]) -> Path:
+    """The files matching `patterns` of a ModelScope model repo, through the `modelscope` client (an
+    optional install) into its own cache. Its snapshot folder does not name the commit it resolved."""
+    try:
+        from modelscope import snapshot_download
+    except ImportError:
+        raise UserError(f"{repo_id} is downloaded from ModelScope: install its client (pip install modelscope), "
+                        f"or fetch it with `modelscope download --model {repo_id} --local_dir DIR` and pass "
+                        "--source DIR") from None  # fmt: skip
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except Exception as err:  # the client raises requests', its own and builtin exception types
+        raise UserError(f"cannot download {repo_id}@{revision} from ModelScope: {one_line(err)}") from None
+
+
 def _remote_config(repo_id: str, revision: str | None) -> dict:
     """The repo's config.json alone (one small file), so that a repo of something else is refused
     before its weights are fetched."""

@@ -26,6 +26,7 @@ from .evaluate import answers, evaluate
 from .files import link_or_copy, sha256, staged_output
 from .hub import REPO_ID
 from .hub import download as fetch
+from .hub import download_from_modelscope
 from .publish import publish
 from .quantize import quantize
 from .recipe import STAGES, Recipe, baseline_for, require_pin
@@ -38,12 +39,21 @@ def log(recipe: Recipe, message: str) -> None:
     print(f"[{recipe.name}] {message}", file=sys.stderr, flush=True)
 
 
+def _fetch(recipe: Recipe) -> Path:
+    if recipe.is_local:
+        return Path(recipe.source)
+    if recipe.hub == "modelscope":
+        return download_from_modelscope(recipe.source, recipe.revision, UPSTREAM_FILES)
+    return fetch(recipe.source, recipe.revision, UPSTREAM_FILES)
+
+
 def download(recipe: Recipe, dst: Path) -> Path:
-    """The upstream files conversion needs, from the hub at the pinned commit (through the Hugging Face
-    cache, so a re-run or another recipe of the same source downloads nothing) or from a local
-    directory; model.pt's SHA-256 is checked before any later stage can see it."""
+    """The upstream files conversion needs, from the recipe's hub at the pinned revision (through the hub
+    client's cache, so a re-run or another recipe of the same source downloads nothing) or from a local
+    directory (as `modelscope download` or `hf download` leave one); model.pt's SHA-256 is checked
+    before any later stage can see it."""
     require_pin(recipe)
-    src = Path(recipe.source) if recipe.is_local else fetch(recipe.source, recipe.revision)
+    src = _fetch(recipe)
     with staged_output(dst) as out:
         files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
         for name in filter_repo_objects(files, allow_patterns=UPSTREAM_FILES):
@@ -57,8 +67,9 @@ def download(recipe: Recipe, dst: Path) -> Path:
             raise UserError(f"{CHECKPOINT} of {recipe.source_label} has SHA-256 {digest}, but recipe "
                             f"{recipe.name} expects {recipe.model_pt_sha256}: corrupt download or wrong pin; "
                             "nothing was converted")  # fmt: skip
-        # The hub cache names a snapshot folder by its commit: what a branch resolved to is kept.
-        commit = None if recipe.is_local else src.name
+        # The Hugging Face cache names a snapshot folder by its commit: what a branch resolved to is kept.
+        # ModelScope's does not: a pin by content there records no commit.
+        commit = src.name if not recipe.is_local and recipe.hub == "huggingface" else None
         record = {"source": recipe.source, "revision": recipe.revision, "commit": commit, "model_pt_sha256": digest}
         (out / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return dst

@@ -27,9 +27,9 @@ from .packaged import EVAL_SETS_DIR, RECIPES_DIR, packaged_names
 STAGES = ("download", "convert", "quantize", "evaluate", "card", "publish")  # what `run` builds (pipeline.py)
 SHA256 = re.compile(r"[0-9a-f]{64}")
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
-# Where no commit of a source is published, a recipe may follow this branch if it pins model.pt by its
-# SHA-256: the download records the commit it resolved, and any other content is refused before conversion.
-CONTENT_PINNED_BRANCH = "main"
+# Where a source is downloaded from (`source.hub`), and the branch a recipe may follow where no commit is
+# published, if it pins model.pt by its SHA-256 (any other content is refused before conversion).
+HUBS = {"huggingface": "main", "modelscope": "master"}
 
 # What mx.quantize supports in MLX 0.32 (its "quantization modes" table): mode -> (bits, group sizes);
 # the first group size is MLX's default.
@@ -126,8 +126,8 @@ class Recipe:
     name: str
     file: Path
     source: str  # hub repo id, or a local upstream directory (overrides only)
-    revision: str | None  # 40-hex commit, or CONTENT_PINNED_BRANCH with model_pt_sha256; None: not known yet,
-    # and `run` refuses to download
+    revision: str | None  # 40-hex commit, or the hub's main branch (HUBS) with model_pt_sha256; None: not
+    # known yet, and `run` refuses to download
     model_pt_sha256: str | None  # checked after download when given
     dtype: str
     audio_encoder: QuantSpec | None  # None: kept in `dtype`
@@ -139,6 +139,7 @@ class Recipe:
     evaluation: tuple[str, ...] = ()  # eval_sets/ names, or local set paths (made absolute), for `evaluate`
     target: str = ""
     acceptance: Acceptance | None = None
+    hub: str = "huggingface"  # where `source` is downloaded from (HUBS)
     file_sha256: str = field(default="", compare=False)
 
     @classmethod
@@ -189,7 +190,7 @@ class Recipe:
         return self.dtype == "bfloat16" and not self.mixed and all(getattr(self, c) is None for c in COMPONENTS)
 
     def provenance(self) -> dict:
-        return {"name": self.name, "file_sha256": self.file_sha256, "source": self.source,
+        return {"name": self.name, "file_sha256": self.file_sha256, "source": self.source, "hub": self.hub,
                 "revision": self.revision, "target": self.target,
                 "acceptance": self.acceptance.to_dict() if self.acceptance else None}  # fmt: skip
 
@@ -201,8 +202,9 @@ def baseline_recipe(recipe: Recipe) -> str | None:
         return None
     candidates = (Recipe.load(file) for file in sorted(RECIPES_DIR.glob("*.yaml")))
     return next(
-        (r.name for r in candidates if r.is_plain and (r.source, r.revision) == (recipe.source, recipe.revision)), None
-    )
+        (r.name for r in candidates
+         if r.is_plain and (r.source, r.revision, r.hub) == (recipe.source, recipe.revision, recipe.hub)), None
+    )  # fmt: skip
 
 
 def baseline_for(recipe: Recipe) -> Recipe | None:
@@ -402,14 +404,16 @@ def _parse(file: Path) -> Recipe:
     if "revision" not in source.items:
         raise source.error("is missing: pin a 40-hex commit (null while it is not known: run then refuses)",
                            key="revision")  # fmt: skip
+    hub = source.take("hub", (str,), required=False, default="huggingface")
+    _check(source, "hub", hub in HUBS, f"{hub!r} is not a hub this package downloads from: {', '.join(HUBS)}")
     sha = source.take("model_pt_sha256", (str,), required=False)
     _check(source, "model_pt_sha256", sha is None or SHA256.fullmatch(sha) is not None,
            f"{sha!r} is not a SHA-256 (64 lowercase hex digits)")  # fmt: skip
     revision = source.take("revision", (str, type(None)))
     _check(source, "revision", revision is None or COMMIT.fullmatch(revision) is not None
-           or (revision == CONTENT_PINNED_BRANCH and sha is not None),
+           or (revision == HUBS[hub] and sha is not None),
            f"{revision!r} is not a pinned commit (40 lowercase hex digits): branch and tag names move; "
-           f"only {CONTENT_PINNED_BRANCH!r} together with model_pt_sha256 (a pin by content) is accepted")  # fmt: skip
+           f"only {HUBS[hub]!r} together with model_pt_sha256 (a pin by content) is accepted")  # fmt: skip
     source.finish()
 
     dtype = top.take("dtype", (str,))
@@ -434,7 +438,7 @@ def _parse(file: Path) -> Recipe:
     _check(top, "target", REPO_ID.fullmatch(target) is not None, f"{target!r} is not a hub repo id ORG/NAME")
     top.finish()
     return Recipe(file.stem, file, repo, revision, sha, dtype, **specs, mixed=mixed, evaluation=evaluation,
-                  target=target, acceptance=acceptance, file_sha256=hashlib.sha256(text).hexdigest())  # fmt: skip
+                  target=target, acceptance=acceptance, hub=hub, file_sha256=hashlib.sha256(text).hexdigest())  # fmt: skip
 
 
 def require_pin(recipe: Recipe) -> None:

@@ -19,7 +19,8 @@ NOISE_FLOOR = 1e-4  # a recording's noise floor under synthetic speech (about 3 
 # Clip lengths: shorter than an LLM token's worth of frames, ~1 s, a typical utterance, and just over
 # the 30 s that upstream says needs segmentation.
 CLIP_SECONDS = {"0.3s": 0.3, "1s": 1.0, "7s": 7.0, "31s": 31.0}
-SHIPPED_RECIPES = ("bf16", "8bit", "4bit-llm", "4bit-mixed", "mlt-bf16", "mlt-4bit-llm")
+SHIPPED_RECIPES = ("bf16", "8bit", "4bit-llm", "4bit-mixed", "mlt-bf16", "mlt-4bit-llm", "bf16-timestamps",
+                   "4bit-llm-timestamps")
 
 
 def run_cli(*args, env: dict | None = None, cwd: Path | None = None, command: list[str] | None = None,

@@ -21,6 +21,8 @@ from funasr_nano_mlx.recipe import (
 
 NANO = ("FunAudioLLM/Fun-ASR-Nano-2512", "272c57b82523ada6fd87095e955f8e29100979ab",
         "55ae0d2fee369f0f11cce0795f6927934ad17cf11b278a7e56a51272074160bb")  # fmt: skip
+NANO_CTC = ("FunAudioLLM/Fun-ASR-Nano-2512", "master", "81fec8616083c69377f3ceef36aba3655660ee0ca69a5d4a1e9810cd340ca499",
+            "modelscope")  # fmt: skip
 MLT = ("FunAudioLLM/Fun-ASR-MLT-Nano-2512", "main", "f7ddbef5ff8c57254e6a045f0b316501b704fe2b774f962efc6e402364e8fe37")
 Q4, Q6, Q8 = QuantSpec(4, 64), QuantSpec(6, 64), QuantSpec(8, 64)
 
@@ -51,13 +53,17 @@ def test_shipped_recipes():
         assert (recipe.acceptance is None) == recipe.is_plain, name
         assert recipe.acceptance is None or recipe.acceptance.max_error_rate_delta > 0
         if name.startswith("mlt-"):  # no MLT commit is known: pinned by the content of model.pt
-            assert (recipe.source, recipe.revision, recipe.model_pt_sha256) == MLT
+            assert (recipe.source, recipe.revision, recipe.model_pt_sha256, recipe.hub) == (*MLT, "huggingface")
+        elif name.endswith("-timestamps"):  # the ModelScope copy carries the CTC head; pinned by content too
+            assert (recipe.source, recipe.revision, recipe.model_pt_sha256, recipe.hub) == NANO_CTC
         else:
-            assert (recipe.source, recipe.revision, recipe.model_pt_sha256) == NANO
+            assert (recipe.source, recipe.revision, recipe.model_pt_sha256, recipe.hub) == (*NANO, "huggingface")
     specs = {name: (r.audio_encoder, r.audio_adaptor, r.llm, r.embeddings) for name, r in recipes.items()}
     assert specs["bf16"] == specs["mlt-bf16"] == (None, None, None, None)
     assert specs["8bit"] == (Q8, Q8, Q8, Q8)
-    assert specs["4bit-llm"] == specs["mlt-4bit-llm"] == (None, None, Q4, Q4)
+    assert specs["4bit-llm"] == specs["mlt-4bit-llm"] == specs["4bit-llm-timestamps"] == (None, None, Q4, Q4)
+    assert specs["bf16-timestamps"] == (None, None, None, None)
+    assert all(recipes[name].ctc is None for name in ("bf16-timestamps", "4bit-llm-timestamps"))
     assert specs["4bit-mixed"] == (None, None, Q4, Q6)
 
 
@@ -107,7 +113,7 @@ def test_baselines():
     """Each recipe's baseline is the bf16 one of its source; built from wherever the recipe is built from."""
     assert {name: baseline_recipe(Recipe.load(name)) for name in SHIPPED} == {
         "bf16": None, "8bit": "bf16", "4bit-llm": "bf16", "4bit-mixed": "bf16", "mlt-bf16": None,
-        "mlt-4bit-llm": "mlt-bf16"}  # fmt: skip
+        "mlt-4bit-llm": "mlt-bf16", "bf16-timestamps": None, "4bit-llm-timestamps": "bf16-timestamps"}  # fmt: skip
     moved = Recipe.load("4bit-llm").override(source="/some/mirror")
     base = baseline_for(moved)
     assert base.name == "bf16" and (base.source, base.revision, base.model_pt_sha256) == ("/some/mirror", None, None)
@@ -192,6 +198,16 @@ def test_a_branch_is_a_pin_only_with_the_checkpoints_sha256(tmp_path):
     file.write_text(edit("272c57b82523ada6fd87095e955f8e29100979ab", "dev\n  model_pt_sha256: " + "c" * 64))
     with pytest.raises(UserError, match="source.revision: 'dev' is not a pinned commit"):
         Recipe.load(file)
+
+
+def test_the_source_hub_is_one_this_package_downloads_from(tmp_path):
+    file = tmp_path / "hub.yaml"
+    file.write_text(edit("  repo: org/model\n", "  hub: gitee\n  repo: org/model\n"))
+    with pytest.raises(UserError, match="source.hub: 'gitee' is not a hub this package downloads from"):
+        Recipe.load(file)
+    file.write_text(edit("272c57b82523ada6fd87095e955f8e29100979ab", "main\n  hub: modelscope\n  model_pt_sha256: " + "c" * 64))
+    with pytest.raises(UserError, match="only 'master' together with model_pt_sha256"):
+        Recipe.load(file)  # ModelScope's branch is master
 
 
 def test_an_unpinned_recipe_refuses_to_run(tmp_path):

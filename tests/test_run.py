@@ -24,10 +24,13 @@ from funasr_nano_mlx.quantize import quantize
 from funasr_nano_mlx.pipeline import PUBLISH_RECORD, Options, run
 from funasr_nano_mlx.recipe import STAGES, Recipe
 from tests.hub_server import HubServer
-from tests.helpers import SHIPPED_RECIPES as SHIPPED
+from tests.helpers import SHIPPED_RECIPES
 from tests.helpers import assert_user_error, files_of, local_set
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The recipes downloaded from Hugging Face, served here by the fake hub; the ModelScope ones are built
+# from a local directory (test_the_timestamp_recipes_build_from_a_modelscope_download).
+SHIPPED = [name for name in SHIPPED_RECIPES if Recipe.load(name).hub == "huggingface"]
 BUILD = STAGES[: STAGES.index("quantize") + 1]  # what every shipped recipe builds here (until=quantize)
 TOKENS = "8"  # new tokens per utterance: random weights rarely stop by themselves
 # A hard kill in the middle of the quantize stage: the weights are in quantize.tmp, config.json is not.
@@ -106,9 +109,7 @@ def test_every_recipe_builds_from_the_hub(name, built, tiny_upstream, tiny_bf16,
     assert done.stdout.strip().splitlines()[-1] == str(out)
     assert sorted(p.name for p in (work / name).iterdir()) == sorted(BUILD)  # no .tmp or .stale left
     downloaded = work / name / "download"
-    assert sorted(files_of(downloaded)) == sorted(
-        [*(k for k in files_of(tiny_upstream) if k != "multilingual.tiktoken"), "source.json"]
-    )  # allow-patterns only
+    assert sorted(files_of(downloaded)) == sorted([*files_of(tiny_upstream), "source.json"])  # allow-patterns only
     conversion = json.loads((work / name / "convert" / "config.json").read_text())["conversion"]
     recipe = Recipe.load(name)
     assert conversion["source"] == f"{recipe.source}@{json.loads((downloaded / 'source.json').read_text())['revision']}"
@@ -128,6 +129,39 @@ def test_a_second_run_and_a_second_recipe_download_nothing(hub, cli, built, tiny
     # Six recipes, two repos: model.pt was fetched once per repo (the Hugging Face cache is shared).
     fetched = [r for r in server.requests[:before] if r.startswith("GET ") and r.split("?")[0].endswith("/model.pt")]
     assert len(fetched) == 2, fetched
+
+
+@pytest.fixture(scope="module")
+def ctc_upstream(tmp_path_factory) -> Path:
+    """The tiny checkpoint with the CTC head, laid out as `modelscope download` leaves the upstream repo."""
+    from tests.reference import write_upstream_dir
+
+    return write_upstream_dir(tmp_path_factory.mktemp("ctc") / "Fun-ASR-Nano-2512", "tiny", seed=0, with_ctc=True)
+
+
+WITHOUT_MODELSCOPE = """
+import sys
+sys.modules["modelscope"] = None  # as where the optional client is not installed
+from funasr_nano_mlx.cli import main
+main(sys.argv[1:], prog_name="funasr-nano-mlx")
+"""
+
+
+def test_the_timestamp_recipes_build_from_a_modelscope_download(cli, ctc_upstream, tmp_path):
+    """The ModelScope copy carries the CTC head. Its client cannot be tested against a local server
+    here, so the timestamp recipes are built from a local directory laid out as its download leaves
+    one (`--source`); without the client, the download stage says what to do in one line."""
+    work = tmp_path / "work"
+    blocked = cli("run", "bf16-timestamps", "--work", work, "--until", "download", script=WITHOUT_MODELSCOPE)
+    assert_user_error(blocked, "is downloaded from ModelScope: install its client (pip install modelscope)")
+    assert stage_dirs(work) == []
+    for name in ("bf16-timestamps", "4bit-llm-timestamps"):
+        done = cli("run", name, "--work", work, "--until", "quantize", "--source", ctc_upstream)
+        assert done.returncode == 0, done.stderr
+        config = json.loads((work / name / "quantize" / "config.json").read_text())
+        assert config["timestamps"] is True and config["recipe"]["hub"] == "modelscope"
+        assert (work / name / "quantize" / "multilingual.tiktoken").is_file()
+        assert any(key.startswith("ctc_decoder.") for key in weights(work / name / "quantize"))
 
 
 def test_an_unpinned_recipe_is_refused_before_any_request(hub, cli, tmp_path):
