@@ -9,7 +9,7 @@ own queue. A worker step takes up to `max_batch` segments round-robin over the r
 oldest request first, one segment each per round: a request that arrives while a long file is being
 decoded gets a place in the very next batch, and a long file alone still fills whole batches.
 Within a request segments go in time order, so a streaming client receives text from the start.
-A batch is decoded by transcribe.py's own batched path (`_Pipeline.run`: padded encoder batch,
+A batch is decoded by transcribe.py's own batched path (`BatchDecoder.run`: padded encoder batch,
 left-padded LLM batch with per-row prompts); its tokens equal decoding each file alone.
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 from .audio import SAMPLE_RATE
 from .decoding import DEFAULT_BATCH_SIZE
 from .segment import DEFAULT_MAX_SEGMENT_MS
-from .transcribe import Segment, _add_timings, _finish, _Job, _jobs, _Pipeline
+from .transcribe import Segment, add_timings, finish_transcription, SegmentJob, segment_jobs, BatchDecoder
 
 log = logging.getLogger("funasr_nano_mlx.serve")
 
@@ -47,7 +47,7 @@ class Work:
     prompt: dict  # transcribe's language / hotwords / itn for this request's segments
     notify: Notify
     duration: float = 0.0  # seconds, set from the samples
-    pending: deque = field(default_factory=deque)  # (index, _Job) not yet decoded, in time order
+    pending: deque = field(default_factory=deque)  # (index, SegmentJob) not yet decoded, in time order
     segments: list = field(default_factory=list)  # Segment (or None until decoded) per index
     timings: dict = field(default_factory=dict)
     cancelled: bool = False  # set from the server's thread (client gone, timeout); the worker drops the rest
@@ -97,7 +97,7 @@ class Scheduler:
     def __init__(self, load: Callable[[], tuple], *, segmenter="auto", max_batch: int = DEFAULT_BATCH_SIZE,
                  max_segment_seconds: float = DEFAULT_MAX_SEGMENT_MS / 1000, batch_wait: float = 0.0,
                  decode=None):
-        self._decode = decode or _Pipeline.run
+        self._decode = decode or BatchDecoder.run
         self.segmenter, self.max_batch, self.batch_wait = segmenter, max_batch, batch_wait
         self.max_segment_ms = round(max_segment_seconds * 1000)
         self.stats = Stats()
@@ -154,7 +154,7 @@ class Scheduler:
             if callable(self.segmenter):
                 self.segmenter = self.segmenter()
             # The server's settings are transcribe's defaults: duration-scaled budgets, the repetition guard.
-            self.pipeline = _Pipeline(model, tokenizer, None, (), True, None, True)
+            self.pipeline = BatchDecoder(model, tokenizer, None, (), True, None, True)
         except BaseException as err:  # raised in the thread that built the scheduler, after the clean-up
             self._load_error = err
             return False
@@ -212,7 +212,7 @@ class Scheduler:
     def _split(self, work: Work) -> None:
         """Cut the request into segments as `transcribe` would cut the file alone."""
         try:
-            jobs = _jobs(0, work.name, work.samples, self.segmenter, self.max_segment_ms)
+            jobs = segment_jobs(0, work.name, work.samples, self.segmenter, self.max_segment_ms)
         except Exception as err:  # the segmenter failed on this audio: this request only
             self._fail(work, err)
             return
@@ -237,9 +237,9 @@ class Scheduler:
             work.pending.clear()
             self._retire(work)
 
-    def _pick(self) -> list[tuple[Work, int, _Job]]:
+    def _pick(self) -> list[tuple[Work, int, SegmentJob]]:
         """Up to max_batch segments: one per request per round, oldest request first."""
-        batch: list[tuple[Work, int, _Job]] = []
+        batch: list[tuple[Work, int, SegmentJob]] = []
         queues = [work for work in self._active if work.pending]
         while queues and len(batch) < self.max_batch:
             for work in queues[: self.max_batch - len(batch)]:
@@ -247,7 +247,7 @@ class Scheduler:
             queues = [work for work in queues if work.pending]
         return batch
 
-    def _run(self, batch: list[tuple[Work, int, _Job]]) -> None:
+    def _run(self, batch: list[tuple[Work, int, SegmentJob]]) -> None:
         jobs = [job for _, _, job in batch]
         timings: dict = {}
         try:
@@ -273,14 +273,14 @@ class Scheduler:
             if work.finished or work.cancelled:
                 continue
             work.segments[index] = self.pipeline.segment(job, result)
-            _add_timings(work.timings, timings, job.seconds / seconds)
+            add_timings(work.timings, timings, job.seconds / seconds)
             _notify(work, "segment", (index, work.segments[index]))
             if not work.pending and all(segment is not None for segment in work.segments):
                 self._complete(work)
 
     def _complete(self, work: Work) -> None:
         segments: list[Segment] = work.segments
-        result = _finish(work.name, work.duration, segments, work.timings)
+        result = finish_transcription(work.name, work.duration, segments, work.timings)
         with self._cond:
             self.stats.requests_done += 1
         self._retire(work)

@@ -265,7 +265,7 @@ def _samples(audio: str | Path | np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _Job:
+class SegmentJob:
     """One segment of one input."""
 
     item: int  # index of the input in this group
@@ -301,14 +301,14 @@ def _segment_spans(samples: np.ndarray, segmenter, max_segment_ms: int) -> list[
     return [(a, b) for a, b in spans if (b - a) * SAMPLE_RATE >= FRAME_LENGTH * 1000]
 
 
-def _jobs(item: int, name: str, samples: np.ndarray, segmenter, max_segment_ms: int) -> list[_Job]:
+def segment_jobs(item: int, name: str, samples: np.ndarray, segmenter, max_segment_ms: int) -> list[SegmentJob]:
     """The segments of one input to decode (see `_segment_spans`), in time order."""
     spans = _segment_spans(samples, segmenter, max_segment_ms)
     cut = [samples[start_ms * SAMPLE_RATE // 1000 : end_ms * SAMPLE_RATE // 1000] for start_ms, end_ms in spans]
-    return [_Job(item, piece, start_ms, end_ms, name) for piece, (start_ms, end_ms) in zip(cut, spans)]
+    return [SegmentJob(item, piece, start_ms, end_ms, name) for piece, (start_ms, end_ms) in zip(cut, spans)]
 
 
-def _batch_features(batch: list[_Job]) -> tuple[mx.array, list[int]]:
+def _batch_features(batch: list[SegmentJob]) -> tuple[mx.array, list[int]]:
     """The jobs' features, zero-padded to the longest, (B, T, 560) float32, and each one's length.
 
     Computed with MLX ops where that is faster (a GPU), else with numpy (audio.frontend_on_device).
@@ -326,7 +326,7 @@ def _batch_features(batch: list[_Job]) -> tuple[mx.array, list[int]]:
     return mx.array(padded), [f.shape[0] for f in feats]
 
 
-class _Pipeline:
+class BatchDecoder:
     """The settings shared by every segment, and the batched run over one group of jobs."""
 
     def __init__(self, model, tokenizer, language, hotwords, itn, max_new_tokens, stop_loops, timestamps=None):
@@ -338,7 +338,7 @@ class _Pipeline:
         self.prompt = dict(language=language, hotwords=_as_list(hotwords), itn=itn)
         self.max_new_tokens, self.stop_loops = max_new_tokens, stop_loops
 
-    def run(self, batch: list[_Job], timings: dict) -> list[Decoded]:
+    def run(self, batch: list[SegmentJob], timings: dict) -> list[Decoded]:
         start = time.perf_counter()
         feats, lengths = _batch_features(batch)
         timings["frontend"] = time.perf_counter() - start
@@ -368,7 +368,7 @@ class _Pipeline:
             decoded.ctc = em
         return results
 
-    def segment(self, job: _Job, decoded: Decoded) -> Segment:
+    def segment(self, job: SegmentJob, decoded: Decoded) -> Segment:
         # Upstream decodes all that generate() returned, the stop token included (skipped as special).
         stop = [] if decoded.stop_token is None else [decoded.stop_token]
         text = postprocess(self.tokenizer.decode(decoded.token_ids + stop, skip_special_tokens=True))
@@ -381,7 +381,7 @@ class _Pipeline:
                        decoded.hit_token_limit, decoded.repetition, **stamps)  # fmt: skip
 
 
-def _add_timings(total: dict, batch: dict, share: float) -> None:
+def add_timings(total: dict, batch: dict, share: float) -> None:
     """Add this segment's share of a batch's stage seconds, and of its decoding rate (a weighted mean)."""
     for key in ("frontend", "encoder", "ctc", "align", "prefill", "decode"):
         if key in batch:
@@ -392,7 +392,7 @@ def _add_timings(total: dict, batch: dict, share: float) -> None:
         total["rate_weight"] = total.get("rate_weight", 0.0) + share
 
 
-def _finish(name: str, duration: float, segments: list[Segment], timings: dict) -> Transcription:
+def finish_transcription(name: str, duration: float, segments: list[Segment], timings: dict) -> Transcription:
     weight = timings.pop("rate_weight", 0.0)
     if weight:
         timings["decode_ms_per_token"] /= weight
@@ -440,11 +440,11 @@ def transcribe_many(
     if batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}")
     max_segment_ms = round(max_segment_seconds * 1000)
-    pipeline = _Pipeline(model, tokenizer, language, hotwords, itn, max_new_tokens, stop_loops, timestamps)
+    pipeline = BatchDecoder(model, tokenizer, language, hotwords, itn, max_new_tokens, stop_loops, timestamps)
     bar = tqdm(total=0, unit="s audio", desc="transcribe", disable=None if progress is None else not progress,
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")  # fmt: skip
     group: list[tuple[str, np.ndarray]] = []
-    jobs: list[_Job] = []
+    jobs: list[SegmentJob] = []
     try:
         for index, audio in enumerate(audios):
             name = str(audio) if not isinstance(audio, np.ndarray) else f"<array {index}>"
@@ -454,7 +454,7 @@ def transcribe_many(
             except UserError:
                 yield from _run_group(pipeline, group, jobs, batch_size, bar)  # what was read is not lost
                 raise
-            for job in _jobs(len(group), name, samples, segmenter, max_segment_ms):
+            for job in segment_jobs(len(group), name, samples, segmenter, max_segment_ms):
                 jobs.append(job)
                 bar.total += job.seconds
             group.append((name, samples))
@@ -467,7 +467,7 @@ def transcribe_many(
         bar.close()
 
 
-def _run_group(pipeline: _Pipeline, group, jobs: list[_Job], batch_size: int, bar) -> Iterator[Transcription]:
+def _run_group(pipeline: BatchDecoder, group, jobs: list[SegmentJob], batch_size: int, bar) -> Iterator[Transcription]:
     """Decode the jobs of these inputs in length-sorted batches; yield the inputs' results in order."""
     segments: list[list[Segment]] = [[] for _ in group]
     timings: list[dict] = [{} for _ in group]
@@ -484,11 +484,11 @@ def _run_group(pipeline: _Pipeline, group, jobs: list[_Job], batch_size: int, ba
             batch_timings["align"] = time.perf_counter() - start
         batch_seconds = sum(job.seconds for job in batch)
         for job in batch:
-            _add_timings(timings[job.item], batch_timings, job.seconds / batch_seconds)
+            add_timings(timings[job.item], batch_timings, job.seconds / batch_seconds)
         bar.update(batch_seconds)
     for (name, samples), found, spent in zip(group, segments, timings):
         found.sort(key=lambda segment: segment.start)
-        yield _finish(name, len(samples) / SAMPLE_RATE, found, spent)
+        yield finish_transcription(name, len(samples) / SAMPLE_RATE, found, spent)
 
 
 def transcribe(

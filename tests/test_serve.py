@@ -26,7 +26,7 @@ from funasr_nano_mlx import load
 from funasr_nano_mlx.scheduler import Scheduler
 from funasr_nano_mlx.serve import Limits, Server, split_hotwords, verbose_json, Options
 from funasr_nano_mlx.subtitles import to_srt, to_vtt
-from funasr_nano_mlx.transcribe import Segment, Transcription, _Pipeline, transcribe
+from funasr_nano_mlx.transcribe import Segment, Transcription, BatchDecoder, transcribe
 from tests.helpers import clip
 
 API_KEY = "test-key"
@@ -324,7 +324,7 @@ def test_a_decoding_error_fails_only_its_request(tiny_f32, tmp_path, files, expe
     def decode(pipeline, jobs, timings):  # one request's audio breaks the decoder
         if any(job.name == "poison.wav" for job in jobs):
             raise RuntimeError("this segment cannot be decoded")
-        return _Pipeline.run(pipeline, jobs, timings)
+        return BatchDecoder.run(pipeline, jobs, timings)
 
     poison = tmp_path / "poison.wav"
     poison.write_bytes(files["clip3"].read_bytes())
@@ -419,7 +419,7 @@ def test_a_short_request_is_not_kept_behind_a_long_one(tiny_f32, recording_file,
     def decode(pipeline, jobs, timings):
         assert short_submitted.wait(60)  # the first batch may hold only the long file's segments
         batches.append([job.name for job in jobs])
-        return _Pipeline.run(pipeline, jobs, timings)
+        return BatchDecoder.run(pipeline, jobs, timings)
 
     def notify(name):
         def record(kind, payload):
