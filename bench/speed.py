@@ -55,7 +55,7 @@ def bench_ours(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
 
     model, tokenizer = load(model_dir)
     tokenizer.eos_token_ids = []  # decode exactly `tokens` tokens, whatever random weights say
-    transcribe(model, tokenizer, wave[: SAMPLE_RATE], max_new_tokens=4, **FIXED_LENGTH)  # load-time warm-up
+    transcribe(model, tokenizer, wave[:SAMPLE_RATE], max_new_tokens=4, **FIXED_LENGTH)  # load-time warm-up
     mx.reset_peak_memory()
     cold = time.perf_counter()
     transcribe(model, tokenizer, wave, max_new_tokens=tokens, **FIXED_LENGTH)  # first time at this length
@@ -64,10 +64,17 @@ def bench_ours(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
     result = transcribe(model, tokenizer, wave, max_new_tokens=tokens, **FIXED_LENGTH)
     total = time.perf_counter() - start
     t = result.timings
-    return dict(frontend_ms=1e3 * t["frontend"], encoder_ms=1e3 * t["encoder"], prefill_ms=1e3 * t["prefill"],
-                ttft_ms=1e3 * (t["frontend"] + t["encoder"] + t["prefill"]),
-                decode_ms_per_token=t["decode_ms_per_token"], total_ms=1e3 * total, cold_total_ms=1e3 * cold,
-                tokens=len(result.token_ids), peak_mem_gb=max(mx.get_peak_memory() / 2**30, 0) or rss_gb())
+    return dict(
+        frontend_ms=1e3 * t["frontend"],
+        encoder_ms=1e3 * t["encoder"],
+        prefill_ms=1e3 * t["prefill"],
+        ttft_ms=1e3 * (t["frontend"] + t["encoder"] + t["prefill"]),
+        decode_ms_per_token=t["decode_ms_per_token"],
+        total_ms=1e3 * total,
+        cold_total_ms=1e3 * cold,
+        tokens=len(result.token_ids),
+        peak_mem_gb=max(mx.get_peak_memory() / 2**30, 0) or rss_gb(),
+    )
 
 
 def bench_mlx_audio(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
@@ -89,9 +96,14 @@ def bench_mlx_audio(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
     cold = stamps[-1] - start
     start, stamps = run(wave, tokens)
     decode = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
-    return dict(ttft_ms=1e3 * (stamps[0] - start), decode_ms_per_token=1e3 * decode,
-                total_ms=1e3 * (stamps[-1] - start), cold_total_ms=1e3 * cold, tokens=len(stamps),
-                peak_mem_gb=mx.get_peak_memory() / 2**30)
+    return dict(
+        ttft_ms=1e3 * (stamps[0] - start),
+        decode_ms_per_token=1e3 * decode,
+        total_ms=1e3 * (stamps[-1] - start),
+        cold_total_ms=1e3 * cold,
+        tokens=len(stamps),
+        peak_mem_gb=mx.get_peak_memory() / 2**30,
+    )
 
 
 def bench_official(upstream: Path, wave: np.ndarray, tokens: int, bf16: bool) -> dict:
@@ -128,9 +140,13 @@ def bench_official(upstream: Path, wave: np.ndarray, tokens: int, bf16: bool) ->
         try:
             sync()
             start = time.perf_counter()
-            _, meta = model.inference(data_in=[torch.from_numpy(samples.copy())], key=["bench"],
-                                      tokenizer=ref.tokenizer, frontend=ref.frontend,
-                                      **{**ref.kwargs, "max_length": n, "bf16": bf16})
+            _, meta = model.inference(
+                data_in=[torch.from_numpy(samples.copy())],
+                key=["bench"],
+                tokenizer=ref.tokenizer,
+                frontend=ref.frontend,
+                **{**ref.kwargs, "max_length": n, "bf16": bf16},
+            )
             sync()
             return start, time.perf_counter(), meta
         finally:
@@ -144,11 +160,17 @@ def bench_official(upstream: Path, wave: np.ndarray, tokens: int, bf16: bool) ->
     start, end, meta = run(wave, tokens)
     # stamps[0]: generate() got the prompt; stamps[1]: first new token; stamps[-1]: last token.
     frontend_ms = 1e3 * float(meta.get("extract_feat", "nan")) if "extract_feat" in meta else None
-    return dict(frontend_ms=frontend_ms, prefill_ms=1e3 * (stamps[1] - stamps[0]),
-                encoder_ms=None, ttft_ms=1e3 * (stamps[1] - start),
-                decode_ms_per_token=1e3 * (stamps[-1] - stamps[1]) / max(1, len(stamps) - 2),
-                total_ms=1e3 * (end - start), cold_total_ms=1e3 * cold, tokens=len(stamps) - 1,
-                peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else rss_gb())
+    return dict(
+        frontend_ms=frontend_ms,
+        prefill_ms=1e3 * (stamps[1] - stamps[0]),
+        encoder_ms=None,
+        ttft_ms=1e3 * (stamps[1] - start),
+        decode_ms_per_token=1e3 * (stamps[-1] - stamps[1]) / max(1, len(stamps) - 2),
+        total_ms=1e3 * (end - start),
+        cold_total_ms=1e3 * cold,
+        tokens=len(stamps) - 1,
+        peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else rss_gb(),
+    )
 
 
 def prepare(workdir: Path, size: str, dtype: str) -> tuple[Path, Path]:
@@ -185,12 +207,28 @@ def main() -> None:
                 row = bench_mlx_audio(converted, wave, args.tokens)
             else:
                 row = bench_official(upstream, wave, args.tokens, bf16=args.child == "official-bf16")
-            print(json.dumps({"impl": args.child, "size": args.size, "dtype": args.dtype,
-                              "audio_s": seconds, **row}), flush=True)
+            print(
+                json.dumps({"impl": args.child, "size": args.size, "dtype": args.dtype, "audio_s": seconds, **row}),
+                flush=True,
+            )
         return
     for impl in args.impl:
-        command = [sys.executable, __file__, "--child", impl, "--workdir", str(args.workdir), "--size", args.size,
-                   "--dtype", args.dtype, "--tokens", str(args.tokens), "--seconds", *map(str, args.seconds)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            impl,
+            "--workdir",
+            str(args.workdir),
+            "--size",
+            args.size,
+            "--dtype",
+            args.dtype,
+            "--tokens",
+            str(args.tokens),
+            "--seconds",
+            *map(str, args.seconds),
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         rows = [line for line in done.stdout.splitlines() if line.startswith("{")]
         print("\n".join(rows) if rows else json.dumps({"impl": impl, "error": done.stderr.strip()[-400:]}), flush=True)

@@ -26,8 +26,17 @@ def measured(stage: str, batch: int, run):
     base = mx.get_active_memory()
     out = run()
     mx.eval(out)
-    print(json.dumps({"stage": stage, "batch": batch, "base_gb": round(base / 2**30, 3),
-                      "peak_above_base_gb": round((mx.get_peak_memory() - base) / 2**30, 3)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "stage": stage,
+                "batch": batch,
+                "base_gb": round(base / 2**30, 3),
+                "peak_above_base_gb": round((mx.get_peak_memory() - base) / 2**30, 3),
+            }
+        ),
+        flush=True,
+    )
     return out
 
 
@@ -44,13 +53,25 @@ def main() -> None:
     for batch in args.batch:
         x = mx.array(np.repeat(feats[None], batch, axis=0))
         lengths = mx.array([feats.shape[0]] * batch) if batch > 1 else None
-        encoded = measured("encoder", batch, lambda: model.audio_encoder(x) if lengths is None else
-                           model.audio_encoder(x, (mx.arange(x.shape[1])[None] < lengths[:, None]).astype(mx.float32)))
+        encoded = measured(
+            "encoder",
+            batch,
+            lambda: (
+                model.audio_encoder(x)
+                if lengths is None
+                else model.audio_encoder(x, (mx.arange(x.shape[1])[None] < lengths[:, None]).astype(mx.float32))
+            ),
+        )
         frames = measured("adaptor", batch, lambda: model.audio_adaptor(encoded, lengths))
         embeddings = [prompt_inputs(model, tokenizer, frames[row])[1] for row in range(batch)]
         mx.eval(embeddings)
-        measured("llm", batch, lambda: [mx.array(r.token_ids) for r in
-                                        greedy_batch(model.llm, embeddings, [args.tokens] * batch, [], False)])
+        measured(
+            "llm",
+            batch,
+            lambda: [
+                mx.array(r.token_ids) for r in greedy_batch(model.llm, embeddings, [args.tokens] * batch, [], False)
+            ],
+        )
         print(json.dumps({"prompt_tokens": embeddings[0].shape[0]}))
 
 

@@ -73,11 +73,22 @@ def main() -> None:
             f = mx.array(features(synthetic_audio(seconds)))[None]
             cold, again = timed(lambda: mx.eval(model.encode(f)), 3)
             new.append(round(cold / again, 2))
-        report(stage="encoder+adaptor", label=args.label, compiled=on, first_ms=first, warm_ms=warm,
-               new_length_first_over_warm=new)
+        report(
+            stage="encoder+adaptor",
+            label=args.label,
+            compiled=on,
+            first_ms=first,
+            warm_ms=warm,
+            new_length_first_over_warm=new,
+        )
     ref, out = outputs[False].astype(np.float64), outputs[True].astype(np.float64)
-    report(stage="encoder+adaptor agreement", label=args.label, max_abs_diff=float(np.abs(ref - out).max()),
-           rel_l2=float(np.linalg.norm(ref - out) / np.linalg.norm(ref)), identical=bool((ref == out).all()))
+    report(
+        stage="encoder+adaptor agreement",
+        label=args.label,
+        max_abs_diff=float(np.abs(ref - out).max()),
+        rel_l2=float(np.linalg.norm(ref - out) / np.linalg.norm(ref)),
+        identical=bool((ref == out).all()),
+    )
 
     frames = model.encode(feats)[0]
     embeddings = prompt_inputs(model, tokenizer, frames)[1]
@@ -87,8 +98,13 @@ def main() -> None:
         timings: dict = {}
         greedy_batch(model.llm, [embeddings], [args.tokens], [], stop_loops=False, timings=timings)
         runs.append(1e3 * timings["decode"] / timings["decode_steps"])
-    report(stage="decode batch 1", label=args.label, ms_per_token=statistics.median(runs),
-           runs=[round(r, 3) for r in runs], prefill_ms=1e3 * timings["prefill"])
+    report(
+        stage="decode batch 1",
+        label=args.label,
+        ms_per_token=statistics.median(runs),
+        runs=[round(r, 3) for r in runs],
+        prefill_ms=1e3 * timings["prefill"],
+    )
     tokens = {}
     for on in (False, True):
         compiled(on)
@@ -97,12 +113,20 @@ def main() -> None:
             greedy_batch(model.llm, rows, [args.tokens // 2] * batch, [], stop_loops=False)  # traces
             timings = {}
             result = greedy_batch(model.llm, rows, [args.tokens // 2] * batch, [], stop_loops=False, timings=timings)
-            report(stage=f"decode batch {batch}", label=args.label, compiled=on,
-                   ms_per_step=1e3 * timings["decode"] / timings["decode_steps"])
+            report(
+                stage=f"decode batch {batch}",
+                label=args.label,
+                compiled=on,
+                ms_per_step=1e3 * timings["decode"] / timings["decode_steps"],
+            )
         tokens[on] = [r.token_ids for r in result]
     same = sum(a == b for a, b in zip(tokens[False], tokens[True]))
-    report(stage="batch-32 decode agreement (rows identical, compiled vs not)", label=args.label,
-           same_rows=same, of=len(tokens[False]))
+    report(
+        stage="batch-32 decode agreement (rows identical, compiled vs not)",
+        label=args.label,
+        same_rows=same,
+        of=len(tokens[False]),
+    )
 
 
 if __name__ == "__main__":

@@ -93,9 +93,13 @@ def run_official(upstream: Path, waves: list[np.ndarray], tokens: int, batch_siz
             sync()
             start = time.perf_counter()
             for chunk in chunks:
-                ref.model.inference(data_in=[torch.from_numpy(w.copy()) for w in chunk],
-                                    key=[f"clip{i}" for i in range(len(chunk))], tokenizer=ref.tokenizer,
-                                    frontend=ref.frontend, **{**ref.kwargs, "max_length": tokens, "bf16": bf16})
+                ref.model.inference(
+                    data_in=[torch.from_numpy(w.copy()) for w in chunk],
+                    key=[f"clip{i}" for i in range(len(chunk))],
+                    tokenizer=ref.tokenizer,
+                    frontend=ref.frontend,
+                    **{**ref.kwargs, "max_length": tokens, "bf16": bf16},
+                )
             sync()
             return time.perf_counter() - start
         finally:
@@ -154,17 +158,48 @@ def main() -> None:
         else:
             wall, cold, peak = run_official(upstream, waves, args.tokens, batch_size, bf16=impl == "official-bf16")
         audio = sum(map(len, waves)) / SAMPLE_RATE
-        print(json.dumps({"impl": impl, "batch_size": batch_size, "files": len(waves), "audio_s": round(audio, 1),
-                          "wall_s": round(wall, 3), "cold_s": round(cold, 3), "audio_s_per_s": round(audio / wall, 1),
-                          "tokens_per_s": round(len(waves) * args.tokens / wall, 1),
-                          "peak_mem_gb": None if peak is None else round(peak, 2)}), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "impl": impl,
+                    "batch_size": batch_size,
+                    "files": len(waves),
+                    "audio_s": round(audio, 1),
+                    "wall_s": round(wall, 3),
+                    "cold_s": round(cold, 3),
+                    "audio_s_per_s": round(audio / wall, 1),
+                    "tokens_per_s": round(len(waves) * args.tokens / wall, 1),
+                    "peak_mem_gb": None if peak is None else round(peak, 2),
+                }
+            ),
+            flush=True,
+        )
         return
     for impl in args.impl:
         for batch_size in [1] if impl == "mlx-audio" else args.batch_sizes:
-            command = [sys.executable, __file__, "--child", impl, str(batch_size), "--workdir", str(args.workdir),
-                       "--size", args.size, "--dtype", args.dtype, "--files", str(args.files),
-                       "--min-s", str(args.min_s), "--max-s", str(args.max_s), "--tokens", str(args.tokens),
-                       "--sequential-files", str(args.sequential_files)]  # fmt: skip
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                impl,
+                str(batch_size),
+                "--workdir",
+                str(args.workdir),
+                "--size",
+                args.size,
+                "--dtype",
+                args.dtype,
+                "--files",
+                str(args.files),
+                "--min-s",
+                str(args.min_s),
+                "--max-s",
+                str(args.max_s),
+                "--tokens",
+                str(args.tokens),
+                "--sequential-files",
+                str(args.sequential_files),
+            ]
             done = subprocess.run(command, capture_output=True, text=True)
             rows = [line for line in done.stdout.splitlines() if line.startswith("{")]
             error = {"impl": impl, "batch_size": batch_size, "error": done.stderr.strip()[-600:]}

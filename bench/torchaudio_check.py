@@ -32,8 +32,11 @@ def case(rng: np.random.Generator, tied: bool, long: bool):
     length = int(rng.integers(1, frames // 2 + 2)) if long else int(rng.integers(1, 14))
     vocab, blank = 8, 7
     targets = [int(t) for t in rng.integers(0, 3 if tied else vocab - 1, length)]
-    lp = rng.integers(-3, 1, (frames, vocab)).astype(np.float32) if tied else \
-        np.log(rng.dirichlet(np.ones(vocab) * 0.3, frames)).astype(np.float32)  # fmt: skip
+    lp = (
+        rng.integers(-3, 1, (frames, vocab)).astype(np.float32)
+        if tied
+        else np.log(rng.dirichlet(np.ones(vocab) * 0.3, frames)).astype(np.float32)
+    )
     return lp, targets, blank
 
 
@@ -47,7 +50,9 @@ def main() -> None:
         lp, targets, blank = case(rng, tied=i % 2 == 1, long=i % 5 == 0)
         ours = ctc.viterbi_path(lp[:, blank], lp[:, targets], targets)
         try:
-            paths, _ = torchaudio.functional.forced_align(torch.from_numpy(lp)[None], torch.tensor([targets]), blank=blank)
+            paths, _ = torchaudio.functional.forced_align(
+                torch.from_numpy(lp)[None], torch.tensor([targets]), blank=blank
+            )
             theirs = paths[0].tolist()
         except (RuntimeError, ValueError):
             theirs = None

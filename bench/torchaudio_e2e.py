@@ -23,10 +23,16 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CLIPS = {"en": ("en", "The quick brown fox jumps over the lazy dog while the band plays.", 6),
-         "zh": ("cmn", "今天天气很好，我们一起去公园散步，然后在湖边喝茶聊天。", 8),
-         "long": ("en", "A long recording is cut into pieces at the pauses between sentences, and each piece "
-                        "is decoded on its own before the texts are joined.", 16)}  # fmt: skip
+CLIPS = {
+    "en": ("en", "The quick brown fox jumps over the lazy dog while the band plays.", 6),
+    "zh": ("cmn", "今天天气很好，我们一起去公园散步，然后在湖边喝茶聊天。", 8),
+    "long": (
+        "en",
+        "A long recording is cut into pieces at the pauses between sentences, and each piece "
+        "is decoded on its own before the texts are joined.",
+        16,
+    ),
+}
 
 
 def official(work: Path) -> None:
@@ -47,8 +53,11 @@ def official(work: Path) -> None:
     import torch
     import torchaudio
 
-    (work / "official.json").write_text(json.dumps({"torch": torch.__version__, "torchaudio": torchaudio.__version__,
-                                                    "results": results}, ensure_ascii=False))  # fmt: skip
+    (work / "official.json").write_text(
+        json.dumps(
+            {"torch": torch.__version__, "torchaudio": torchaudio.__version__, "results": results}, ensure_ascii=False
+        )
+    )
 
 
 def ours(work: Path) -> None:
@@ -65,17 +74,23 @@ def ours(work: Path) -> None:
     for name, (_, _, tokens) in CLIPS.items():
         ref = recorded["results"][name]
         samples = sf.read(str(work / f"{name}.wav"), dtype="float32")[0]
-        segment = transcribe(model, tokenizer, samples, max_new_tokens=tokens, segmenter=None,
-                             stop_loops=False).segments[0]  # fmt: skip
+        segment = transcribe(
+            model, tokenizer, samples, max_new_tokens=tokens, segmenter=None, stop_loops=False
+        ).segments[0]
 
         def upstream_keys(stamps):
-            return [{"token": s["token"], "start_time": s["start"], "end_time": s["end"], "score": s["score"]}
-                    for s in stamps]  # fmt: skip
+            return [
+                {"token": s["token"], "start_time": s["start"], "end_time": s["end"], "score": s["score"]}
+                for s in stamps
+            ]
 
-        summary[name] = {"text": segment.text == ref["text"], "ctc_text": segment.ctc_text == ref["ctc_text"],
-                         "timestamps": upstream_keys(segment.timestamps) == ref["timestamps"],
-                         "ctc_timestamps": upstream_keys(segment.ctc_timestamps) == ref["ctc_timestamps"],
-                         "aligned": [len(ref["timestamps"]), len(ref["ctc_timestamps"])]}  # fmt: skip
+        summary[name] = {
+            "text": segment.text == ref["text"],
+            "ctc_text": segment.ctc_text == ref["ctc_text"],
+            "timestamps": upstream_keys(segment.timestamps) == ref["timestamps"],
+            "ctc_timestamps": upstream_keys(segment.ctc_timestamps) == ref["ctc_timestamps"],
+            "aligned": [len(ref["timestamps"]), len(ref["ctc_timestamps"])],
+        }
     print(json.dumps(summary))
 
 

@@ -47,8 +47,7 @@ def log_probs(model: FunASRNano, em: Emissions, ids: list[int]) -> np.ndarray:
     return np.array(model.ctc.columns(em.hidden, ids) - em.log_norm[:, None])
 
 
-def align_text(model: FunASRNano, tokenizer: ctc.CTCTokenizer, em: Emissions, text: str,
-               offset: float) -> list[dict]:  # fmt: skip
+def align_text(model: FunASRNano, tokenizer: ctc.CTCTokenizer, em: Emissions, text: str, offset: float) -> list[dict]:
     """`text` re-tokenized with the CTC tokenizer and aligned to the segment's frames; times in seconds
     from the recording's start (`offset` is the segment's start)."""
     targets = tokenizer.encode(text)
@@ -58,10 +57,12 @@ def align_text(model: FunASRNano, tokenizer: ctc.CTCTokenizer, em: Emissions, te
     return ctc.timestamps(tokenizer, ctc.align(lp[:, 0], lp[:, 1:], targets), offset)
 
 
-def segment_timestamps(model: FunASRNano, tokenizer: ctc.CTCTokenizer, em: Emissions, text: str,
-                       offset: float) -> dict:  # fmt: skip
+def segment_timestamps(model: FunASRNano, tokenizer: ctc.CTCTokenizer, em: Emissions, text: str, offset: float) -> dict:
     """Upstream's three CTC results for one segment: `ctc_text`, and the alignments of the LLM's text
     (`timestamps`) and of `ctc_text` (`ctc_timestamps`) ([F] model.py:1057-1071)."""
     greedy_text = ctc.ctc_text(tokenizer, em.greedy)
-    return {"ctc_text": greedy_text, "timestamps": align_text(model, tokenizer, em, text, offset),
-            "ctc_timestamps": align_text(model, tokenizer, em, greedy_text, offset)}  # fmt: skip
+    return {
+        "ctc_text": greedy_text,
+        "timestamps": align_text(model, tokenizer, em, text, offset),
+        "ctc_timestamps": align_text(model, tokenizer, em, greedy_text, offset),
+    }

@@ -34,18 +34,30 @@ NOT_MEASURED = "not measured"
 DTYPE_BITS = {"bfloat16": 16, "float32": 32}
 # Languages each source family was trained on (the official model cards); others: the evaluated ones.
 FAMILY_LANGUAGES = {"fun-asr-nano": ("zh", "en", "ja")}
-COMPONENT_LABELS = {"audio_encoder": "audio encoder (SAN-M)", "audio_adaptor": "audio adaptor",
-                    "llm": "LLM (Qwen3, without embeddings)", "embeddings": "embeddings / tied LM head"}  # fmt: skip
+COMPONENT_LABELS = {
+    "audio_encoder": "audio encoder (SAN-M)",
+    "audio_adaptor": "audio adaptor",
+    "llm": "LLM (Qwen3, without embeddings)",
+    "embeddings": "embeddings / tied LM head",
+}
 # A benchmark record's per-clip figures (bench/speed.py's JSON lines): key -> (label, format).
-BENCHMARK_FIGURES = {"audio_s": ("audio", "g", " s"), "ttft_ms": ("time to first token", ".1f", " ms"),
-                     "decode_ms_per_token": ("decode", ".2f", " ms/token"), "total_ms": ("total", ".0f", " ms"),
-                     "tokens": ("tokens", "d", ""), "peak_mem_gb": ("peak memory", ".2f", " GB")}  # fmt: skip
+BENCHMARK_FIGURES = {
+    "audio_s": ("audio", "g", " s"),
+    "ttft_ms": ("time to first token", ".1f", " ms"),
+    "decode_ms_per_token": ("decode", ".2f", " ms/token"),
+    "total_ms": ("total", ".0f", " ms"),
+    "tokens": ("tokens", "d", ""),
+    "peak_mem_gb": ("peak memory", ".2f", " GB"),
+}
 
 
 def model_files(model_dir: Path) -> list[Path]:
     """The files that define the model (weights, config, tokenizer): not the card, report or benchmark."""
-    return sorted(p for p in model_dir.rglob("*") if p.is_file() and p.relative_to(model_dir).parts[0] not in
-                  (CARD, EVAL_JSON_NAME, BENCHMARK, ".cache"))  # fmt: skip
+    return sorted(
+        p
+        for p in model_dir.rglob("*")
+        if p.is_file() and p.relative_to(model_dir).parts[0] not in (CARD, EVAL_JSON_NAME, BENCHMARK, ".cache")
+    )
 
 
 def identity(model_dir: Path) -> dict:
@@ -60,8 +72,10 @@ def check_report(model_dir: str | Path, eval_json: str | Path) -> dict:
     this very model (its size and provenance blocks); a UserError says what is wrong."""
     model_dir, eval_json = Path(model_dir), Path(eval_json)
     if not eval_json.is_file():
-        raise UserError(f"no evaluation report {eval_json}: evaluate the model first "
-                        f"(funasr-nano-mlx evaluate {model_dir} --set ... --report DIR; card --eval DIR)")  # fmt: skip
+        raise UserError(
+            f"no evaluation report {eval_json}: evaluate the model first "
+            f"(funasr-nano-mlx evaluate {model_dir} --set ... --report DIR; card --eval DIR)"
+        )
     try:
         report = json.loads(eval_json.read_text())
         recorded = {k: v for k, v in report["model"].items() if k not in ("name", "path")}
@@ -75,8 +89,9 @@ def check_report(model_dir: str | Path, eval_json: str | Path) -> dict:
     mine = identity(model_dir)
     if recorded != mine:
         differs = sorted(k for k in mine.keys() | recorded.keys() if mine.get(k) != recorded.get(k))
-        raise UserError(f"{eval_json} evaluated another model ({', '.join(differs)} differ from {model_dir}): "
-                        "evaluate this one")  # fmt: skip
+        raise UserError(
+            f"{eval_json} evaluated another model ({', '.join(differs)} differ from {model_dir}): evaluate this one"
+        )
     return report
 
 
@@ -93,12 +108,16 @@ def read_benchmark(file: Path, recipe_block: dict | None) -> dict:
             f"{file} is not a benchmark record ({{recipe, machine, date, command, results}}): {err}"
         ) from None
     if not all(isinstance(value, str) and value for value in fields.values()) or not results:
-        raise UserError(f"{file}: recipe, machine, date and command must be text, and results must hold this "
-                        "package's figures (impl absent or \"ours\")")  # fmt: skip
+        raise UserError(
+            f"{file}: recipe, machine, date and command must be text, and results must hold this "
+            'package\'s figures (impl absent or "ours")'
+        )
     mine = (recipe_block or {}).get("name")
     if fields["recipe"] != mine:
-        raise UserError(f"{file} is a benchmark of recipe {fields['recipe']}, but this model was built "
-                        f"{f'by recipe {mine}' if mine else 'without a recipe'}: benchmark this variant")  # fmt: skip
+        raise UserError(
+            f"{file} is a benchmark of recipe {fields['recipe']}, but this model was built "
+            f"{f'by recipe {mine}' if mine else 'without a recipe'}: benchmark this variant"
+        )
     return {**fields, "results": results}
 
 
@@ -109,8 +128,10 @@ def check_acceptance(recipe_block: dict | None, report: dict | None) -> None:
         return
     name, acceptance = recipe_block.get("name"), Acceptance.from_dict(recipe_block["acceptance"])
     if report is None:
-        raise UserError(f"recipe {name} has an acceptance bound, and there is no evaluation report to check it: "
-                        "evaluate the model first")  # fmt: skip
+        raise UserError(
+            f"recipe {name} has an acceptance bound, and there is no evaluation report to check it: "
+            "evaluate the model first"
+        )
     outside = []
     for set_name, data in report["sets"].items():
         bound, where = acceptance.bound_for(set_name), acceptance.field_for(set_name)
@@ -118,14 +139,18 @@ def check_acceptance(recipe_block: dict | None, report: dict | None) -> None:
             continue
         scores = (data.get("comparison") or {}).get("scores")
         if not scores:
-            raise UserError(f"acceptance: set {set_name} has no comparison with the bf16 baseline in eval.json, so "
-                            f"recipe {name}'s bound of {bound:g} points ({where}) cannot be checked: evaluate it "
-                            "against the baseline's report (run does)")  # fmt: skip
+            raise UserError(
+                f"acceptance: set {set_name} has no comparison with the bf16 baseline in eval.json, so "
+                f"recipe {name}'s bound of {bound:g} points ({where}) cannot be checked: evaluate it "
+                "against the baseline's report (run does)"
+            )
         for metric, s in scores.items():
             if 100 * s["delta"] > bound + 1e-9:
-                outside.append(f"set {set_name} {metric.upper()} is {100 * s['delta']:+.2f} points against "
-                               f"{report['baseline']['name']} ({100 * s['baseline']:.2f}% -> {100 * s['variant']:.2f}%), "
-                               f"outside recipe {name}'s bound of {bound:g} points ({where})")  # fmt: skip
+                outside.append(
+                    f"set {set_name} {metric.upper()} is {100 * s['delta']:+.2f} points against "
+                    f"{report['baseline']['name']} ({100 * s['baseline']:.2f}% -> {100 * s['variant']:.2f}%), "
+                    f"outside recipe {name}'s bound of {bound:g} points ({where})"
+                )
     if outside:
         raise UserError("acceptance: " + "; ".join(outside))
 
@@ -139,8 +164,17 @@ def published_figures(source: str | None) -> tuple[list[dict], list[dict]]:
     cited = list(dict.fromkeys(f["source"] for f in figures))
     sources = [{"id": i + 1, **data["sources"][key]} for i, key in enumerate(cited)]
     notes = {key: i + 1 for i, key in enumerate(cited)}
-    rows = [{"set": f["set"], "value": f"{f['value']}", "metric": model["metric"], "model": model["model"],
-             "eval_set": f.get("eval_set"), "note": notes[f["source"]]} for f in figures]  # fmt: skip
+    rows = [
+        {
+            "set": f["set"],
+            "value": f"{f['value']}",
+            "metric": model["metric"],
+            "model": model["model"],
+            "eval_set": f.get("eval_set"),
+            "note": notes[f["source"]],
+        }
+        for f in figures
+    ]
     return rows, sources
 
 
@@ -181,23 +215,41 @@ def _components(config: dict) -> list[dict]:
         part = (summary or {}).get("components", {}).get(key)
         quant = part and part.get("quantization") and part.get("quantized_layers") and part["quantization"]
         bpw = part.get("bits_per_weight") if part else DTYPE_BITS.get(dtype)
-        rows.append({"name": label, "quantized": bool(quant), "dtype": dtype or NOT_MEASURED,
-                     "bits": quant["bits"] if quant else NOT_MEASURED if not dtype else DTYPE_BITS.get(dtype, dtype),
-                     "group_size": quant["group_size"] if quant else "-", "mode": quant["mode"] if quant else "-",
-                     "layers": f"{part['quantized_layers']}/{part['layers']}" if part else "-",
-                     "bits_per_weight": _num(bpw, "g")})  # fmt: skip
+        rows.append(
+            {
+                "name": label,
+                "quantized": bool(quant),
+                "dtype": dtype or NOT_MEASURED,
+                "bits": quant["bits"] if quant else NOT_MEASURED if not dtype else DTYPE_BITS.get(dtype, dtype),
+                "group_size": quant["group_size"] if quant else "-",
+                "mode": quant["mode"] if quant else "-",
+                "layers": f"{part['quantized_layers']}/{part['layers']}" if part else "-",
+                "bits_per_weight": _num(bpw, "g"),
+            }
+        )
     return rows
 
 
 def _benchmark(record: dict | None) -> dict | None:
     if record is None:
         return None
-    rows = [{key: _num(row.get(key) if isinstance(row.get(key), (int, float)) and math.isfinite(row[key]) else None,
-                       spec, suffix) for key, (_, spec, suffix) in BENCHMARK_FIGURES.items()}
-            for row in record["results"]]  # fmt: skip
+    rows = [
+        {
+            key: _num(
+                row.get(key) if isinstance(row.get(key), (int, float)) and math.isfinite(row[key]) else None,
+                spec,
+                suffix,
+            )
+            for key, (_, spec, suffix) in BENCHMARK_FIGURES.items()
+        }
+        for row in record["results"]
+    ]
     labels = [label for label, _, _ in BENCHMARK_FIGURES.values()]
-    return {**{k: record[k] for k in ("machine", "date", "command")}, "labels": labels,
-            "rows": [list(row.values()) for row in rows]}  # fmt: skip
+    return {
+        **{k: record[k] for k in ("machine", "date", "command")},
+        "labels": labels,
+        "rows": [list(row.values()) for row in rows],
+    }
 
 
 def _acceptance(recipe_block: dict | None) -> dict | None:
@@ -205,12 +257,21 @@ def _acceptance(recipe_block: dict | None) -> dict | None:
     if not acceptance:
         return None
     default = acceptance.get("max_error_rate_delta")
-    return {"default": None if default is None else f"{default:g}",
-            "sets": [(name, f"{bound['max_error_rate_delta']:g}") for name, bound in (acceptance.get("sets") or {}).items()]}  # fmt: skip
+    return {
+        "default": None if default is None else f"{default:g}",
+        "sets": [
+            (name, f"{bound['max_error_rate_delta']:g}") for name, bound in (acceptance.get("sets") or {}).items()
+        ],
+    }
 
 
-def context(model_dir: str | Path | ModelDir, report: dict | None = None, recipe=None, repo_id: str | None = None,
-            benchmark: dict | None = None) -> dict:  # fmt: skip
+def context(
+    model_dir: str | Path | ModelDir,
+    report: dict | None = None,
+    recipe=None,
+    repo_id: str | None = None,
+    benchmark: dict | None = None,
+) -> dict:
     """Everything the template shows, formatted, from config.json, eval.json, the benchmark record,
     the recipe and the published figures; `repo_id` is where the card is published (default: the
     recipe's target)."""
@@ -221,8 +282,12 @@ def context(model_dir: str | Path | ModelDir, report: dict | None = None, recipe
     conversion, summary = model.conversion, model.quantization_summary
     source, revision = _source(config, recipe_block)
     family = family_of(source or conversion.get("source") or model_dir.name)
-    size = (summary or {}).get("size_bytes") or ((report or {}).get("model") or {}).get("size_bytes") \
-        or model.weights_size or None  # fmt: skip
+    size = (
+        (summary or {}).get("size_bytes")
+        or ((report or {}).get("model") or {}).get("size_bytes")
+        or model.weights_size
+        or None
+    )
     components = _components(config)
     published, published_sources = published_figures(source)
     published_by_set = {f["eval_set"]: f for f in published if f["eval_set"]}
@@ -235,19 +300,31 @@ def context(model_dir: str | Path | ModelDir, report: dict | None = None, recipe
         upstream = published_by_set.get(name)
         for metric, scores in data.get("scores", {}).items() or [("-", {})]:
             cmp = comparison.get(metric)
-            sets.append({"name": name, "dataset": definition.get("dataset") or definition.get("path") or name,
-                         "split": definition.get("split"), "config": definition.get("config"),
-                         "revision": definition.get("revision"), "metric": metric.upper(),
-                         "metric_key": metric, "value": scores.get("error_rate"),
-                         "error_rate": _pct(scores.get("error_rate")), "utterances": _num(scores.get("utterances")),
-                         "baseline": _pct(cmp["baseline"]) if cmp else NOT_MEASURED,
-                         "delta": f"{100 * cmp['delta']:+.2f} [{100 * cmp['delta_ci95'][0]:+.2f}, "
-                                  f"{100 * cmp['delta_ci95'][1]:+.2f}]" if cmp else NOT_MEASURED,
-                         "published": f"{upstream['value']}% [{upstream['note']}]" if upstream else "-",
-                         "rtf": _num(data.get("real_time_factor"), ".3f"),
-                         "tokens_per_second": _num(data.get("tokens_per_second"), ".1f"),
-                         "peak_memory": _num(data["peak_memory_bytes"] / 2**30, ".2f", " GiB")
-                         if data.get("peak_memory_bytes") else NOT_MEASURED})  # fmt: skip
+            sets.append(
+                {
+                    "name": name,
+                    "dataset": definition.get("dataset") or definition.get("path") or name,
+                    "split": definition.get("split"),
+                    "config": definition.get("config"),
+                    "revision": definition.get("revision"),
+                    "metric": metric.upper(),
+                    "metric_key": metric,
+                    "value": scores.get("error_rate"),
+                    "error_rate": _pct(scores.get("error_rate")),
+                    "utterances": _num(scores.get("utterances")),
+                    "baseline": _pct(cmp["baseline"]) if cmp else NOT_MEASURED,
+                    "delta": f"{100 * cmp['delta']:+.2f} [{100 * cmp['delta_ci95'][0]:+.2f}, "
+                    f"{100 * cmp['delta_ci95'][1]:+.2f}]"
+                    if cmp
+                    else NOT_MEASURED,
+                    "published": f"{upstream['value']}% [{upstream['note']}]" if upstream else "-",
+                    "rtf": _num(data.get("real_time_factor"), ".3f"),
+                    "tokens_per_second": _num(data.get("tokens_per_second"), ".1f"),
+                    "peak_memory": _num(data["peak_memory_bytes"] / 2**30, ".2f", " GiB")
+                    if data.get("peak_memory_bytes")
+                    else NOT_MEASURED,
+                }
+            )
     machine = (report or {}).get("machine") or {}
     quantized = [c for c in components if c["quantized"]]
     repo_id = repo_id or (recipe_block or {}).get("target") or None
@@ -256,7 +333,9 @@ def context(model_dir: str | Path | ModelDir, report: dict | None = None, recipe
         "repo_id": repo_id or f"mlx-community/{model_name}",
         "model_name": model_name,
         "recipe": recipe_block,
-        "source": source, "revision": revision or NOT_MEASURED, "family": family,
+        "source": source,
+        "revision": revision or NOT_MEASURED,
+        "family": family,
         "source_label": conversion.get("source", NOT_MEASURED),
         "model_pt_sha256": conversion.get("model_pt_sha256", NOT_MEASURED),
         "dtype": conversion.get("dtype", NOT_MEASURED),
@@ -267,8 +346,11 @@ def context(model_dir: str | Path | ModelDir, report: dict | None = None, recipe
         "mlx_audio": not any(c["quantized"] for c in components[:2]),  # quantized only under llm.model
         "timestamps": bool(config.get("timestamps")),  # the CTC head was kept at conversion
         "components": components,
-        "bits_per_weight": _num((summary or {}).get("bits_per_weight") or (DTYPE_BITS.get(conversion.get("dtype"))
-                                                                           if not summary else None), "g"),
+        "bits_per_weight": _num(
+            (summary or {}).get("bits_per_weight")
+            or (DTYPE_BITS.get(conversion.get("dtype")) if not summary else None),
+            "g",
+        ),
         "size": _bytes(size),
         "skipped_layers": (summary or {}).get("skipped", []),
         "mixed": (summary or {}).get("mixed", []),
@@ -291,25 +373,48 @@ def context(model_dir: str | Path | ModelDir, report: dict | None = None, recipe
         "machine": ", ".join(str(machine[k]) for k in ("device_name", "device", "platform") if machine.get(k))
         or NOT_MEASURED,
         "mlx_version": machine.get("mlx", NOT_MEASURED),
-    }  # fmt: skip
+    }
 
 
-def render(model_dir: str | Path | ModelDir, report: dict | None = None, recipe=None, repo_id: str | None = None,
-           benchmark: dict | None = None) -> str:  # fmt: skip
+def render(
+    model_dir: str | Path | ModelDir,
+    report: dict | None = None,
+    recipe=None,
+    repo_id: str | None = None,
+    benchmark: dict | None = None,
+) -> str:
     """The card's text: Hub metadata (ModelCardData, EvalResult) and the template's body."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     values = context(model_dir, report, recipe, repo_id, benchmark)
-    results = [EvalResult(task_type="automatic-speech-recognition", task_name="Speech Recognition",
-                          dataset_type=s["dataset"], dataset_name=s["name"], dataset_split=s["split"],
-                          dataset_config=s["config"], dataset_revision=s["revision"],
-                          metric_type=s["metric_key"], metric_name=s["metric"], metric_value=round(100 * s["value"], 4))
-               for s in values["sets"] if s["value"] is not None]  # fmt: skip
+    results = [
+        EvalResult(
+            task_type="automatic-speech-recognition",
+            task_name="Speech Recognition",
+            dataset_type=s["dataset"],
+            dataset_name=s["name"],
+            dataset_split=s["split"],
+            dataset_config=s["config"],
+            dataset_revision=s["revision"],
+            metric_type=s["metric_key"],
+            metric_name=s["metric"],
+            metric_value=round(100 * s["value"], 4),
+        )
+        for s in values["sets"]
+        if s["value"] is not None
+    ]
     extra = {"base_model_relation": "quantized"} if values["quantized"] and values["source"] else {}
-    data = ModelCardData(library_name="mlx", license="apache-2.0", pipeline_tag="automatic-speech-recognition",
-                         tags=["mlx", "speech-recognition", values["family"]], base_model=values["source"],
-                         language=values["languages"], model_name=values["model_name"],
-                         eval_results=results or None, **extra)  # fmt: skip
+    data = ModelCardData(
+        library_name="mlx",
+        license="apache-2.0",
+        pipeline_tag="automatic-speech-recognition",
+        tags=["mlx", "speech-recognition", values["family"]],
+        base_model=values["source"],
+        language=values["languages"],
+        model_name=values["model_name"],
+        eval_results=results or None,
+        **extra,
+    )
     card = ModelCard.from_template(data, template_path=str(TEMPLATE), **values)
     return str(card)
 
@@ -321,8 +426,10 @@ def _recipe(recipe, config: dict):
     loaded = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
     built = config.get("recipe")
     if built and (built.get("name"), built.get("file_sha256")) != (loaded.name, loaded.file_sha256):
-        raise UserError(f"this model was built by recipe {built.get('name')} (file SHA-256 {built.get('file_sha256')}), "
-                        f"not by {loaded.name} ({loaded.file_sha256}): leave --recipe out, its config.json names it")  # fmt: skip
+        raise UserError(
+            f"this model was built by recipe {built.get('name')} (file SHA-256 {built.get('file_sha256')}), "
+            f"not by {loaded.name} ({loaded.file_sha256}): leave --recipe out, its config.json names it"
+        )
     return loaded
 
 
@@ -342,8 +449,13 @@ def _inputs(model: ModelDir, recipe=None) -> tuple[object, dict | None, dict | N
     return loaded, report, benchmark
 
 
-def write_card(model_dir: str | Path | ModelDir, recipe=None, report_dir: str | Path | None = None, repo_id: str | None = None,
-               benchmark: str | Path | None = None) -> Path:  # fmt: skip
+def write_card(
+    model_dir: str | Path | ModelDir,
+    recipe=None,
+    report_dir: str | Path | None = None,
+    repo_id: str | None = None,
+    benchmark: str | Path | None = None,
+) -> Path:
     """Write MODEL_DIR/README.md for publishing to `repo_id` (default: the recipe's target). With
     `report_dir`, its eval.json is copied into MODEL_DIR first, keeping its time (which publish checks
     against the model files); with `benchmark`, that record becomes MODEL_DIR/benchmark.json. Refused,
@@ -383,9 +495,11 @@ def check_card(model_dir: str | Path | ModelDir, recipe=None, repo_id: str | Non
     if mine != fresh:
         line = next((i for i, (a, b) in enumerate(zip(mine, fresh)) if a != b), min(len(mine), len(fresh))) + 1
         repo = repo_id or (model.recipe or {}).get("target") or "ORG/NAME"
-        raise UserError(f"{card} is not the card that renders now from {folder} for {repo} (first difference at "
-                        f"line {line}): it was edited, or is stale; write it again (funasr-nano-mlx card {folder} "
-                        f"--repo {repo}) and change the template, not the card")  # fmt: skip
+        raise UserError(
+            f"{card} is not the card that renders now from {folder} for {repo} (first difference at "
+            f"line {line}): it was edited, or is stale; write it again (funasr-nano-mlx card {folder} "
+            f"--repo {repo}) and change the template, not the card"
+        )
 
 
 def is_current(model_dir: Path, recipe=None, repo_id: str | None = None, benchmark: Path | None = None) -> bool:
@@ -400,8 +514,14 @@ def is_current(model_dir: Path, recipe=None, repo_id: str | None = None, benchma
     )
 
 
-def card_dir(model_dir: str | Path, report_dir: str | Path, dst: str | Path, recipe=None, repo_id: str | None = None,
-             benchmark: str | Path | None = None) -> Path:  # fmt: skip
+def card_dir(
+    model_dir: str | Path,
+    report_dir: str | Path,
+    dst: str | Path,
+    recipe=None,
+    repo_id: str | None = None,
+    benchmark: str | Path | None = None,
+) -> Path:
     """The card stage: DST (all or nothing) holds what is published: the model's files (hard links
     where possible), eval.json from `report_dir`, benchmark.json when given, and README.md."""
     model_dir, dst = Path(model_dir), Path(dst)

@@ -18,13 +18,21 @@ REVISION_HELP = "With a hub repo id: the commit to download (pin it for a reprod
 
 
 max_new_tokens_option = click.option(
-    "--max-new-tokens", default=None, type=click.IntRange(min=1),
-    help=f"Stop each segment after this many tokens. Default: {describe_budget(None)}.")
+    "--max-new-tokens",
+    default=None,
+    type=click.IntRange(min=1),
+    help=f"Stop each segment after this many tokens. Default: {describe_budget(None)}.",
+)
 model_revision_option = click.option(
-    "--revision", default=None, help="With a hub repo id as MODEL: the commit to use. Default: main.")
+    "--revision", default=None, help="With a hub repo id as MODEL: the commit to use. Default: main."
+)
 batch_size_option = click.option(
-    "--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=click.IntRange(min=1),
-    help="Segments decoded together; the results do not depend on it beyond float rounding.")
+    "--batch-size",
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Segments decoded together; the results do not depend on it beyond float rounding.",
+)
 
 
 def user_errors(command):
@@ -50,8 +58,13 @@ def main():
 @main.command()
 @click.argument("src")
 @click.argument("dst", type=click.Path(file_okay=False))
-@click.option("--dtype", type=click.Choice(["bfloat16", "float32"]), default="bfloat16", show_default=True,
-              help="Weight dtype of the converted model (float16 is refused: Qwen3 overflows in it).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["bfloat16", "float32"]),
+    default="bfloat16",
+    show_default=True,
+    help="Weight dtype of the converted model (float16 is refused: Qwen3 overflows in it).",
+)
 @click.option("--revision", default=None, help=REVISION_HELP)
 @user_errors
 def convert(src, dst, dtype, revision):
@@ -84,34 +97,77 @@ def convert_vad(src, dst, revision):
 @main.command()
 @click.argument("model")
 @click.argument("audio", nargs=-1, required=True, type=click.Path())
-@click.option("--language", default=None,
-              help="Language of the speech: an ISO code (zh, en, ja, yue, ...) or the model's own name "
-                   "(中文, 英文, 日文, ...). Default: none given, the model decides ('auto').")
+@click.option(
+    "--language",
+    default=None,
+    help="Language of the speech: an ISO code (zh, en, ja, yue, ...) or the model's own name "
+    "(中文, 英文, 日文, ...). Default: none given, the model decides ('auto').",
+)
 @click.option("--hotword", "hotwords", multiple=True, help="A word or phrase to favour; repeat for several.")
 @click.option("--no-itn", is_flag=True, help="Ask for unnormalized text (no inverse text normalization).")
 @max_new_tokens_option
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
-              help="text: one line per file; json: one object per file with text, token_ids, segments (start, "
-                   "end, text, flags), timings and, with timestamps, `timestamps` and `words`; srt / vtt: subtitles.")
-@click.option("--output-dir", type=click.Path(file_okay=False), default=None,
-              help="Write one file per input (NAME.txt, .json, .srt or .vtt) here instead of printing.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help="text: one line per file; json: one object per file with text, token_ids, segments (start, "
+    "end, text, flags), timings and, with timestamps, `timestamps` and `words`; srt / vtt: subtitles.",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write one file per input (NAME.txt, .json, .srt or .vtt) here instead of printing.",
+)
 @batch_size_option
-@click.option("--vad", default=None,
-              help="A converted FSMN-VAD (`convert-vad`; a directory or hub repo id) to cut every file into speech segments. Default: files "
-                   "up to --max-segment-seconds are decoded whole, longer ones cut at pauses by signal energy.")
-@click.option("--max-segment-seconds", default=30.0, show_default=True, type=click.FloatRange(min=1.0),
-              help="The longest piece decoded at once (upstream advises 30 s).")
+@click.option(
+    "--vad",
+    default=None,
+    help="A converted FSMN-VAD (`convert-vad`; a directory or hub repo id) to cut every file into speech segments. Default: files "
+    "up to --max-segment-seconds are decoded whole, longer ones cut at pauses by signal energy.",
+)
+@click.option(
+    "--max-segment-seconds",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=1.0),
+    help="The longest piece decoded at once (upstream advises 30 s).",
+)
 @click.option("--no-segment", is_flag=True, help="Decode every file whole, however long (upstream without a VAD).")
-@click.option("--no-repetition-guard", is_flag=True,
-              help="Let a segment that repeats one phrase over and over run to its token budget.")
+@click.option(
+    "--no-repetition-guard",
+    is_flag=True,
+    help="Let a segment that repeats one phrase over and over run to its token budget.",
+)
 @model_revision_option
 @click.option("--vad-revision", default=None, help="With a hub repo id as --vad: the commit to use. Default: main.")
-@click.option("--timestamps/--no-timestamps", default=None,
-              help="Token and word times from the CTC head (JSON `timestamps`, `words`; subtitles cut at sentences). "
-                   "Default: on when the model has the head; --timestamps with a model without one is an error.")
+@click.option(
+    "--timestamps/--no-timestamps",
+    default=None,
+    help="Token and word times from the CTC head (JSON `timestamps`, `words`; subtitles cut at sentences). "
+    "Default: on when the model has the head; --timestamps with a model without one is an error.",
+)
 @user_errors
-def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, output_dir, batch_size, vad,
-               max_segment_seconds, no_segment, no_repetition_guard, revision, vad_revision, timestamps):
+def transcribe(
+    model,
+    audio,
+    language,
+    hotwords,
+    no_itn,
+    max_new_tokens,
+    fmt,
+    output_dir,
+    batch_size,
+    vad,
+    max_segment_seconds,
+    no_segment,
+    no_repetition_guard,
+    revision,
+    vad_revision,
+    timestamps,
+):
     """Transcribe AUDIO files or directories (wav, flac, mp3, ogg; any rate, mono or stereo) with MODEL.
 
     MODEL (and --vad) is a converted model directory or a hub repo id such as
@@ -148,13 +204,27 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
     loaded, tokenizer = load(model, revision)
     if timestamps is None and not loaded.has_ctc and fmt != "text":
         click.echo(f"note: {model} has no CTC head: no timestamps, subtitles have one cue per segment", err=True)
-    render = {"text": lambda r: r.text.strip() + "\n", "srt": lambda r: to_srt(timed_cues(r)),
-              "vtt": lambda r: to_vtt(timed_cues(r)),
-              "json": lambda r: json.dumps(r.to_dict(), ensure_ascii=False) + "\n"}[fmt]
-    results = transcribe_many(loaded, tokenizer, files, language=language, hotwords=hotwords, itn=not no_itn,
-                              max_new_tokens=max_new_tokens, segmenter=segmenter,
-                              max_segment_seconds=max_segment_seconds, stop_loops=not no_repetition_guard,
-                              batch_size=batch_size, progress=None, timestamps=timestamps)
+    render = {
+        "text": lambda r: r.text.strip() + "\n",
+        "srt": lambda r: to_srt(timed_cues(r)),
+        "vtt": lambda r: to_vtt(timed_cues(r)),
+        "json": lambda r: json.dumps(r.to_dict(), ensure_ascii=False) + "\n",
+    }[fmt]
+    results = transcribe_many(
+        loaded,
+        tokenizer,
+        files,
+        language=language,
+        hotwords=hotwords,
+        itn=not no_itn,
+        max_new_tokens=max_new_tokens,
+        segmenter=segmenter,
+        max_segment_seconds=max_segment_seconds,
+        stop_loops=not no_repetition_guard,
+        batch_size=batch_size,
+        progress=None,
+        timestamps=timestamps,
+    )
     for path, result in zip(files, results):
         for segment in result.segments:
             if segment.hit_token_limit or segment.repetition:
@@ -169,34 +239,93 @@ def transcribe(model, audio, language, hotwords, no_itn, max_new_tokens, fmt, ou
 @main.command()
 @click.argument("model")
 @model_revision_option
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. Anything but loopback exposes the server: set an API key.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Anything but loopback exposes the server: set an API key.",
+)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
-@click.option("--api-key", envvar="FUNASR_NANO_MLX_API_KEY", default=None,
-              help="Require 'Authorization: Bearer KEY' on every request. Prefer the FUNASR_NANO_MLX_API_KEY "
-                   "environment variable: a command line is visible to other users.")
-@click.option("--vad", default=None,
-              help="A converted FSMN-VAD (`convert-vad`; a directory or hub repo id) to cut every upload into "
-                   "speech segments, as transcribe --vad.")
+@click.option(
+    "--api-key",
+    envvar="FUNASR_NANO_MLX_API_KEY",
+    default=None,
+    help="Require 'Authorization: Bearer KEY' on every request. Prefer the FUNASR_NANO_MLX_API_KEY "
+    "environment variable: a command line is visible to other users.",
+)
+@click.option(
+    "--vad",
+    default=None,
+    help="A converted FSMN-VAD (`convert-vad`; a directory or hub repo id) to cut every upload into "
+    "speech segments, as transcribe --vad.",
+)
 @click.option("--vad-revision", default=None, help="With a hub repo id as --vad: the commit to use. Default: main.")
-@click.option("--max-batch", default=16, show_default=True, type=click.IntRange(min=1),
-              help="Segments decoded together, from all requests in flight.")
-@click.option("--batch-wait-ms", default=100.0, show_default=True, type=click.FloatRange(min=0),
-              help="After a batch shared by several requests, wait up to this long for their clients' next "
-                   "requests to fill the next batch (0: never wait). A lone client never waits.")
-@click.option("--max-upload-mb", default=25.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Largest audio file accepted (413 beyond).")
-@click.option("--max-audio-seconds", default=1800.0, show_default=True, type=click.FloatRange(min=1),
-              help="Longest audio accepted (400 beyond).")
-@click.option("--request-timeout", default=600.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Seconds a request may take, upload to answer (then 504, and its work is dropped).")
-@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Requests in the server at once, uploading, waiting or decoding (429 beyond).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option(
+    "--max-batch",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Segments decoded together, from all requests in flight.",
+)
+@click.option(
+    "--batch-wait-ms",
+    default=100.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="After a batch shared by several requests, wait up to this long for their clients' next "
+    "requests to fill the next batch (0: never wait). A lone client never waits.",
+)
+@click.option(
+    "--max-upload-mb",
+    default=25.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Largest audio file accepted (413 beyond).",
+)
+@click.option(
+    "--max-audio-seconds",
+    default=1800.0,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Longest audio accepted (400 beyond).",
+)
+@click.option(
+    "--request-timeout",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a request may take, upload to answer (then 504, and its work is dropped).",
+)
+@click.option(
+    "--max-queue",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Requests in the server at once, uploading, waiting or decoding (429 beyond).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+)
 @user_errors
-def serve(model, revision, host, port, api_key, vad, vad_revision, max_batch, batch_wait_ms, max_upload_mb,
-          max_audio_seconds, request_timeout, max_queue, log_level):
+def serve(
+    model,
+    revision,
+    host,
+    port,
+    api_key,
+    vad,
+    vad_revision,
+    max_batch,
+    batch_wait_ms,
+    max_upload_mb,
+    max_audio_seconds,
+    request_timeout,
+    max_queue,
+    log_level,
+):
     """Serve MODEL over OpenAI's transcription API (POST /v1/audio/transcriptions), batching requests together.
 
     MODEL is a converted model directory or a hub repo id (as for transcribe). Needs the [serve] extra. Every response equals `transcribe` on that file alone; the segments of all
@@ -211,8 +340,19 @@ def serve(model, revision, host, port, api_key, vad, vad_revision, max_batch, ba
     if vad_revision and not vad:
         raise UserError("--vad-revision needs --vad")
     limits = Limits(round(max_upload_mb * 1024 * 1024), max_audio_seconds, request_timeout, max_queue)
-    run_server(model, revision=revision, host=host, port=port, api_key=api_key, vad=vad, vad_revision=vad_revision,
-               max_batch=max_batch, batch_wait=batch_wait_ms / 1000, limits=limits, log_level=log_level)
+    run_server(
+        model,
+        revision=revision,
+        host=host,
+        port=port,
+        api_key=api_key,
+        vad=vad,
+        vad_revision=vad_revision,
+        max_batch=max_batch,
+        batch_wait=batch_wait_ms / 1000,
+        limits=limits,
+        log_level=log_level,
+    )
 
 
 # -- recipes (issue 3) ------------------------------------------------------------------------------
@@ -222,8 +362,11 @@ from .recipe import STAGES  # noqa: E402  (a light module: --until's choices are
 @main.command()
 @click.argument("src", type=click.Path())
 @click.argument("dst", type=click.Path(file_okay=False))
-@click.option("--recipe", required=True,
-              help="A recipe name (recipes/NAME.yaml, e.g. 4bit-llm) or the path of a recipe YAML file.")
+@click.option(
+    "--recipe",
+    required=True,
+    help="A recipe name (recipes/NAME.yaml, e.g. 4bit-llm) or the path of a recipe YAML file.",
+)
 @user_errors
 def quantize(src, dst, recipe):
     """Quantize a converted model per component, as a recipe says.
@@ -241,26 +384,55 @@ def quantize(src, dst, recipe):
 
 @main.command()
 @click.argument("recipe")
-@click.option("--work", default="work", show_default=True, type=click.Path(file_okay=False),
-              help="Stage outputs go to WORK/RECIPE/STAGE.")
+@click.option(
+    "--work",
+    default="work",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Stage outputs go to WORK/RECIPE/STAGE.",
+)
 @click.option("--until", type=click.Choice(STAGES), help="Stop after this stage (default: the last one).")
 @click.option("--source", help="Build from another source: a hub repo id or a local upstream directory.")
 @click.option("--revision", help="Download this 40-hex commit instead of the recipe's pin.")
-@click.option("--sha256", "model_pt_sha256",
-              help="Expected SHA-256 of model.pt. The recipe's own applies to its own source and revision only.")
-@click.option("--set", "sets", multiple=True, metavar="NAME_OR_PATH",
-              help="Evaluate on this set instead of the recipe's evaluation sets (as `evaluate --set`); repeat for "
-                   "several. The baseline variant is evaluated on the same sets.")
+@click.option(
+    "--sha256",
+    "model_pt_sha256",
+    help="Expected SHA-256 of model.pt. The recipe's own applies to its own source and revision only.",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="NAME_OR_PATH",
+    help="Evaluate on this set instead of the recipe's evaluation sets (as `evaluate --set`); repeat for "
+    "several. The baseline variant is evaluated on the same sets.",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N rows of each set.")
 @max_new_tokens_option
-@click.option("--benchmark", type=click.Path(dir_okay=False),
-              help="A benchmark record of this variant (JSON: recipe, machine, date, command, results) for the card.")
+@click.option(
+    "--benchmark",
+    type=click.Path(dir_okay=False),
+    help="A benchmark record of this variant (JSON: recipe, machine, date, command, results) for the card.",
+)
 @click.option("--repo", help="Publish to this repo ORG/NAME (and name it in the card) instead of the recipe's target.")
 @click.option("--private", is_flag=True, help="Create the repository private (for staging).")
 @click.option("--dry-run", is_flag=True, help="Publish stage: list what would be uploaded; send nothing.")
 @user_errors
-def run(recipe, work, until, source, revision, model_pt_sha256, sets, limit, max_new_tokens, benchmark, repo,
-        private, dry_run):  # fmt: skip
+def run(
+    recipe,
+    work,
+    until,
+    source,
+    revision,
+    model_pt_sha256,
+    sets,
+    limit,
+    max_new_tokens,
+    benchmark,
+    repo,
+    private,
+    dry_run,
+):
     """Build the variant a RECIPE describes: download, convert, quantize, evaluate, card, publish.
 
     RECIPE is a name (recipes/NAME.yaml) or a recipe file. Each stage writes WORK/RECIPE/STAGE all at
@@ -277,7 +449,9 @@ def run(recipe, work, until, source, revision, model_pt_sha256, sets, limit, max
     loaded = Recipe.load(recipe)
     if source or revision or model_pt_sha256:
         loaded = loaded.override(source, revision, model_pt_sha256)
-    options = Options(tuple(sets), limit, max_new_tokens, Path(benchmark) if benchmark else None, repo, private, dry_run)
+    options = Options(
+        tuple(sets), limit, max_new_tokens, Path(benchmark) if benchmark else None, repo, private, dry_run
+    )
     click.echo(run_recipe(loaded, work, until, options))
 
 
@@ -286,18 +460,33 @@ def run(recipe, work, until, source, revision, model_pt_sha256, sets, limit, max
 
 @main.command()
 @click.argument("model", type=click.Path())
-@click.option("--set", "sets", multiple=True, required=True,
-              help="An evaluation set: a name (eval_sets/NAME.yaml, e.g. librispeech-test-clean), a set YAML "
-                   "file, a folder with metadata.csv (file_name,text[,language]) or a .jsonl manifest "
-                   "({\"audio\", \"text\", \"language\"?}). Repeat for several.")
-@click.option("--report", required=True, type=click.Path(file_okay=False),
-              help="Write the report here (it must not exist): eval.json, summary.md, hypotheses.jsonl, a PNG plot.")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    required=True,
+    help="An evaluation set: a name (eval_sets/NAME.yaml, e.g. librispeech-test-clean), a set YAML "
+    "file, a folder with metadata.csv (file_name,text[,language]) or a .jsonl manifest "
+    '({"audio", "text", "language"?}). Repeat for several.',
+)
+@click.option(
+    "--report",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Write the report here (it must not exist): eval.json, summary.md, hypotheses.jsonl, a PNG plot.",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N rows of each set.")
-@click.option("--shard", metavar="I/N",
-              help="Evaluate only shard I of N (numbered from 0; row k is in shard k mod N); join the shard "
-                   "reports with merge-reports.")
-@click.option("--baseline", type=click.Path(file_okay=False),
-              help="Compare with this report: the bf16 variant of the same source, on the same sets and --limit.")
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="Evaluate only shard I of N (numbered from 0; row k is in shard k mod N); join the shard "
+    "reports with merge-reports.",
+)
+@click.option(
+    "--baseline",
+    type=click.Path(file_okay=False),
+    help="Compare with this report: the bf16 variant of the same source, on the same sets and --limit.",
+)
 @max_new_tokens_option
 @batch_size_option
 @model_revision_option
@@ -309,16 +498,28 @@ def evaluate(model, sets, report, limit, shard, baseline, max_new_tokens, batch_
     from .evaluate import SUMMARY
     from .evaluate import evaluate as run_evaluate
 
-    run_evaluate(model, sets, report, limit=limit, shard=shard, baseline=baseline, max_new_tokens=max_new_tokens,
-                 batch_size=batch_size, revision=revision)
+    run_evaluate(
+        model,
+        sets,
+        report,
+        limit=limit,
+        shard=shard,
+        baseline=baseline,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        revision=revision,
+    )
     click.echo(f"{report}/{SUMMARY}")
 
 
 @main.command("merge-reports")
 @click.argument("shards", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The merged report (must not exist).")
-@click.option("--baseline", type=click.Path(file_okay=False),
-              help="Compare with this report: the bf16 variant of the same source, on the same sets and --limit.")
+@click.option(
+    "--baseline",
+    type=click.Path(file_okay=False),
+    help="Compare with this report: the bf16 variant of the same source, on the same sets and --limit.",
+)
 @user_errors
 def merge_reports(shards, out, baseline):
     """Merge the reports of shards 0..N-1 of one evaluation (made with --shard I/N) into the report an
@@ -345,15 +546,28 @@ def plot_reports(reports, out):
 
 @main.command()
 @click.argument("model_dir", type=click.Path(file_okay=False))
-@click.option("--recipe", help="The recipe (name or YAML file) the model was built with, when its config.json "
-                               "does not name one (an unquantized conversion).")
-@click.option("--eval", "report", type=click.Path(file_okay=False),
-              help="An evaluation report of this model: its eval.json is copied into MODEL_DIR and the card shows it.")
-@click.option("--benchmark", type=click.Path(dir_okay=False),
-              help="A benchmark record of this variant (JSON: recipe, machine, date, command, results), copied "
-                   "into MODEL_DIR as benchmark.json for the card's speed section.")
-@click.option("--repo", help="The repo ORG/NAME the card is for (its usage examples name it); default: the "
-                             "recipe's target. publish checks that the card names the repo it uploads to.")
+@click.option(
+    "--recipe",
+    help="The recipe (name or YAML file) the model was built with, when its config.json "
+    "does not name one (an unquantized conversion).",
+)
+@click.option(
+    "--eval",
+    "report",
+    type=click.Path(file_okay=False),
+    help="An evaluation report of this model: its eval.json is copied into MODEL_DIR and the card shows it.",
+)
+@click.option(
+    "--benchmark",
+    type=click.Path(dir_okay=False),
+    help="A benchmark record of this variant (JSON: recipe, machine, date, command, results), copied "
+    "into MODEL_DIR as benchmark.json for the card's speed section.",
+)
+@click.option(
+    "--repo",
+    help="The repo ORG/NAME the card is for (its usage examples name it); default: the "
+    "recipe's target. publish checks that the card names the repo it uploads to.",
+)
 @user_errors
 def card(model_dir, recipe, report, benchmark, repo):
     """Write MODEL_DIR/README.md, the model card, from config.json, eval.json, the benchmark record and

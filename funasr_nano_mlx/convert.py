@@ -20,8 +20,18 @@ from tqdm import tqdm
 from .errors import UserError
 from .files import ensure_absent, package_version, sha256, staged_output
 from .hub import download, is_repo_id
-from .model import (CTC, CTC_PREFIXES, CTC_VOCAB_SIZE, EMBEDDINGS, LM_HEAD, AdaptorArgs, AudioAdaptor, FrontendArgs,
-                    FunASRNano, ModelArgs)
+from .model import (
+    CTC,
+    CTC_PREFIXES,
+    CTC_VOCAB_SIZE,
+    EMBEDDINGS,
+    LM_HEAD,
+    AdaptorArgs,
+    AudioAdaptor,
+    FrontendArgs,
+    FunASRNano,
+    ModelArgs,
+)
 from .modeldir import CTC_TOKENIZER_FILE as CTC_TOKENIZER
 from .modeldir import DTYPES, MODEL_TYPE, TOKENIZER_DIR
 from .vad import CMVN_KEY, FsmnArgs, FsmnVad, unsupported_settings
@@ -35,8 +45,11 @@ MLX_DTYPES = {name: getattr(mx, name) for name in DTYPES}
 MAX_KEYS_IN_MESSAGE = 8
 
 
-def resolve_source(src: str | Path, patterns: list[str] = UPSTREAM_FILES, revision: str | None = None,
-                   ) -> tuple[Path, str]:  # fmt: skip
+def resolve_source(
+    src: str | Path,
+    patterns: list[str] = UPSTREAM_FILES,
+    revision: str | None = None,
+) -> tuple[Path, str]:
     """A local upstream directory, or a hub repo id fetched into the HF cache (at `revision`, a commit
     for reproducible builds; default the main branch); and its provenance label."""
     if is_repo_id(src):
@@ -95,10 +108,12 @@ def ctc_config(upstream: dict) -> dict:
         tokenizer_conf = (upstream.get("dataset_conf") or {}).get("ctc_tokenizer_conf") or {}
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"incomplete CTC configuration in config.yaml: {err}") from None
-    return {"ctc_decoder_conf": {k: decoder[k] for k in vars(AdaptorArgs()) if k in decoder},
-            "ctc_vocab_size": vocab,
-            "ctc_blank_id": int((upstream.get("ctc_conf") or {}).get("blank_id", vocab - 1)),
-            "ctc_num_languages": int(tokenizer_conf.get("num_languages", 8749))}  # fmt: skip
+    return {
+        "ctc_decoder_conf": {k: decoder[k] for k in vars(AdaptorArgs()) if k in decoder},
+        "ctc_vocab_size": vocab,
+        "ctc_blank_id": int((upstream.get("ctc_conf") or {}).get("blank_id", vocab - 1)),
+        "ctc_num_languages": int(tokenizer_conf.get("num_languages", 8749)),
+    }
 
 
 def _ctc_state(src: Path, config: dict, state: dict) -> tuple[bool, str | None]:
@@ -113,8 +128,10 @@ def _ctc_state(src: Path, config: dict, state: dict) -> tuple[bool, str | None]:
     expected = {f"{name}.{key}" for name, module in head.items() for key, _ in tree_flatten(module.parameters())}
     missing = sorted(expected - present)
     if missing:
-        return False, (f"CTC timestamp head left out: model.pt lacks {len(missing)} of its {len(expected)} "
-                       f"tensors ({_listing(missing)}); no timestamps")  # fmt: skip
+        return False, (
+            f"CTC timestamp head left out: model.pt lacks {len(missing)} of its {len(expected)} "
+            f"tensors ({_listing(missing)}); no timestamps"
+        )
     if not (src / CTC_TOKENIZER).is_file():
         return False, f"CTC timestamp head left out: {CTC_TOKENIZER} is missing; no timestamps"
     return True, None
@@ -124,8 +141,10 @@ def check_supported(src: Path, upstream: dict) -> None:
     """Refuse settings the upstream code would honour but this port does not implement."""
     frontend = upstream.get("frontend_conf", {})
     if FrontendArgs.from_dict(frontend) != FrontendArgs():
-        raise UserError(f"{src}/config.yaml: unsupported frontend_conf {frontend}; this port implements "
-                        f"the released one: {vars(FrontendArgs())}")  # fmt: skip
+        raise UserError(
+            f"{src}/config.yaml: unsupported frontend_conf {frontend}; this port implements "
+            f"the released one: {vars(FrontendArgs())}"
+        )
     dataset = upstream.get("dataset_conf", {}) or {}
     # do_think=False would add an empty <think> block and sys_prompt=False drop the system prompt
     # ([F] fun_asr_nano/model.py:481-520); top-level max_length/llm_dtype change upstream's inference.
@@ -182,16 +201,22 @@ def check_keys(model: FunASRNano, weights: dict) -> None:
     expected = {key for key, _ in tree_flatten(model.parameters())}
     missing, unknown = expected - weights.keys(), weights.keys() - expected
     if missing or unknown:
-        problems = [f"missing {_listing(missing)}" if missing else "", f"unknown {_listing(unknown)}" if unknown else ""]
+        problems = [
+            f"missing {_listing(missing)}" if missing else "",
+            f"unknown {_listing(unknown)}" if unknown else "",
+        ]
         raise UserError("checkpoint does not match the configuration: " + "; ".join(p for p in problems if p))
 
 
-def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id: str | None = None,
-            revision: str | None = None) -> Path:  # fmt: skip
+def convert(
+    src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id: str | None = None, revision: str | None = None
+) -> Path:
     """Convert an upstream directory (or hub repo id) to an MLX model directory at `dst`."""
     if dtype not in DTYPES:
-        raise UserError(f"dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)} "
-                        "(Qwen3 is numerically unstable in float16)")  # fmt: skip
+        raise UserError(
+            f"dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)} "
+            "(Qwen3 is numerically unstable in float16)"
+        )
     dst = Path(dst)
     ensure_absent(dst)  # before a possible download
     src, label = resolve_source(src, revision=revision)
@@ -208,9 +233,13 @@ def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id
         raise UserError(f"{src}: unsupported or incomplete configuration: {err}") from None
 
     # The CTC head is stored in float32 upstream: it stays so (lossless) whatever `dtype` says.
-    weights = {key: to_mlx(tensor, mx.float32 if keep_ctc and key.removeprefix("module.").startswith(CTC_PREFIXES)
-                           else MLX_DTYPES[dtype])
-               for key, tensor in tqdm(state.items(), desc="convert", unit="tensor")}  # fmt: skip
+    weights = {
+        key: to_mlx(
+            tensor,
+            mx.float32 if keep_ctc and key.removeprefix("module.").startswith(CTC_PREFIXES) else MLX_DTYPES[dtype],
+        )
+        for key, tensor in tqdm(state.items(), desc="convert", unit="tensor")
+    }
     original_keys = {key.removeprefix("module.") for key in weights}
     weights = model.sanitize(weights)
     dropped = original_keys - weights.keys() - {LM_HEAD}  # the CTC head, when it is left out
@@ -226,10 +255,17 @@ def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id
         "model_pt_sha256": sha256(src / CHECKPOINT),
         "dtype": dtype,
         "dropped_ctc_tensors": len(dropped),
-        "notes": [note for note, applies in (
-            (ctc_note, ctc_note),
-            ("lm_head differs from the embeddings under a tied config: both use lm_head, as upstream", head_differs),
-        ) if applies],  # fmt: skip
+        "notes": [
+            note
+            for note, applies in (
+                (ctc_note, ctc_note),
+                (
+                    "lm_head differs from the embeddings under a tied config: both use lm_head, as upstream",
+                    head_differs,
+                ),
+            )
+            if applies
+        ],
         "package": "funasr-nano-mlx",
         "package_version": package_version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -237,7 +273,9 @@ def convert(src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id
     with staged_output(dst) as out:
         save_model(out, model, donate_model=True)
         save_config(config, out / "config.json")
-        shutil.copytree(src / TOKENIZER_DIR, out / TOKENIZER_DIR, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+        shutil.copytree(
+            src / TOKENIZER_DIR, out / TOKENIZER_DIR, ignore=shutil.ignore_patterns("*.safetensors", "*.bin")
+        )
         if keep_ctc:
             shutil.copyfile(src / CTC_TOKENIZER, out / CTC_TOKENIZER)
     return dst
@@ -277,16 +315,25 @@ def read_upstream_vad_config(src: Path) -> dict:
         upstream = yaml.safe_load((src / "config.yaml").read_text())
     except yaml.YAMLError as err:
         raise UserError(f"cannot parse {src}/config.yaml: {err}") from None
-    if not isinstance(upstream, dict) or (upstream.get("model"), upstream.get("encoder")) != ("FsmnVADStreaming", "FSMN"):
+    if not isinstance(upstream, dict) or (upstream.get("model"), upstream.get("encoder")) != (
+        "FsmnVADStreaming",
+        "FSMN",
+    ):
         raise UserError(f"{src}/config.yaml does not describe an FsmnVADStreaming model with an FSMN encoder")
     sections = ("frontend_conf", "encoder_conf", "model_conf")
     if not all(isinstance(upstream.get(section) or {}, dict) for section in sections):
         raise UserError(f"{src}/config.yaml: {', '.join(sections)} must be mappings")
     if problems := unsupported_settings(upstream):
         raise UserError(f"{src}/config.yaml: settings this port does not implement: {'; '.join(problems)}")
-    frontend = {k: v for k, v in (upstream.get("frontend_conf") or {}).items() if k != "cmvn_file"}  # CMVN: in the weights
-    return {"model_type": VAD_MODEL_TYPE, "frontend_conf": frontend,
-            "encoder_conf": upstream.get("encoder_conf") or {}, "model_conf": upstream.get("model_conf") or {}}  # fmt: skip
+    frontend = {
+        k: v for k, v in (upstream.get("frontend_conf") or {}).items() if k != "cmvn_file"
+    }  # CMVN: in the weights
+    return {
+        "model_type": VAD_MODEL_TYPE,
+        "frontend_conf": frontend,
+        "encoder_conf": upstream.get("encoder_conf") or {},
+        "model_conf": upstream.get("model_conf") or {},
+    }
 
 
 def convert_vad(src: str | Path, dst: str | Path, source_id: str | None = None, revision: str | None = None) -> Path:
@@ -316,7 +363,9 @@ def convert_vad(src: str | Path, dst: str | Path, source_id: str | None = None, 
         "model_pt_sha256": sha256(src / CHECKPOINT),
         "am_mvn_sha256": sha256(src / AM_MVN),
         "dtype": "float32",
-        "notes": [f"upstream dithers the fbank input (dither {dither}); this port computes it without"] if dither else [],
+        "notes": [f"upstream dithers the fbank input (dither {dither}); this port computes it without"]
+        if dither
+        else [],
         "package": "funasr-nano-mlx",
         "package_version": package_version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -31,7 +31,19 @@ LANGUAGE_CODES = (
     "ka be tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue minnan wuyu "
     "dialect zh/en en/zh"
 ).split()
-AUDIO_EVENTS = ("ASR", "AED", "SER", "Speech", "/Speech", "BGM", "/BGM", "Laughter", "/Laughter", "Applause", "/Applause")
+AUDIO_EVENTS = (
+    "ASR",
+    "AED",
+    "SER",
+    "Speech",
+    "/Speech",
+    "BGM",
+    "/BGM",
+    "Laughter",
+    "/Laughter",
+    "Applause",
+    "/Applause",
+)
 EMOTIONS = ("HAPPY", "SAD", "ANGRY", "NEUTRAL")
 TIMESTAMP_SPECIALS = 1501  # <|0.00|> .. <|30.00|>; decode() drops them ([F] whisper_lib/tokenizer.py:217-225)
 # The pre-tokenizer of [F] whisper_lib/tokenizer.py:484.
@@ -43,13 +55,20 @@ LFR_STRIDE, FRAME_SHIFT_MS = 6, 10
 def special_tokens(num_languages: int = 8749) -> list[str]:
     """The specials appended after the ranks, in order ([F] whisper_lib/tokenizer.py:460-475)."""
     return [
-        "<|endoftext|>", "<|startoftranscript|>",
+        "<|endoftext|>",
+        "<|startoftranscript|>",
         *[f"<|{code}|>" for code in LANGUAGE_CODES[:num_languages]],
-        *[f"<|{event}|>" for event in AUDIO_EVENTS], *[f"<|{emotion}|>" for emotion in EMOTIONS],
-        "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", NOSPEECH, "<|notimestamps|>",
+        *[f"<|{event}|>" for event in AUDIO_EVENTS],
+        *[f"<|{emotion}|>" for emotion in EMOTIONS],
+        "<|translate|>",
+        "<|transcribe|>",
+        "<|startoflm|>",
+        "<|startofprev|>",
+        NOSPEECH,
+        "<|notimestamps|>",
         *[f"<|SPECIAL_TOKEN_{i}|>" for i in range(1, 51)],
         *[f"<|{i * 0.02:.2f}|>" for i in range(TIMESTAMP_SPECIALS)],
-    ]  # fmt: skip
+    ]
 
 
 class CTCTokenizer:
@@ -60,9 +79,12 @@ class CTCTokenizer:
 
         specials = special_tokens(num_languages)
         self.encoding = tiktoken.Encoding(
-            name="multilingual.tiktoken", explicit_n_vocab=len(ranks) + len(specials), pat_str=PATTERN,
-            mergeable_ranks=ranks, special_tokens={token: len(ranks) + i for i, token in enumerate(specials)},
-        )  # fmt: skip
+            name="multilingual.tiktoken",
+            explicit_n_vocab=len(ranks) + len(specials),
+            pat_str=PATTERN,
+            mergeable_ranks=ranks,
+            special_tokens={token: len(ranks) + i for i, token in enumerate(specials)},
+        )
         self.timestamp_begin = len(ranks) + len(specials) - TIMESTAMP_SPECIALS
         self.vocab_size = len(ranks) + len(specials)
 
@@ -187,10 +209,15 @@ def timestamps(tokenizer: CTCTokenizer, items: list[TokenTime], offset: float = 
     """Upstream's timestamp dicts with our key names: token text (each token decoded alone, as upstream),
     start and end in seconds (+ `offset`, the segment's start in the recording), score; plus the id."""
     return [
-        {"token": tokenizer.decode([item.token]), "start": round(offset + frame_seconds(item.start), 3),
-         "end": round(offset + frame_seconds(item.end), 3), "score": item.score, "id": item.token}
+        {
+            "token": tokenizer.decode([item.token]),
+            "start": round(offset + frame_seconds(item.start), 3),
+            "end": round(offset + frame_seconds(item.end), 3),
+            "score": item.score,
+            "id": item.token,
+        }
         for item in items
-    ]  # fmt: skip
+    ]
 
 
 # Scripts written without spaces between words: each of their characters is a word of its own.

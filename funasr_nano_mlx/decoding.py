@@ -32,8 +32,10 @@ def describe_budget(max_new_tokens: int | None) -> str:
     """The budget in words, for help texts, reports and cards."""
     if max_new_tokens is not None:
         return f"at most {max_new_tokens} new tokens per segment"
-    return (f"at most {BUDGET_TOKENS_PER_SECOND} new tokens per second of audio + {BUDGET_MARGIN_TOKENS}, "
-            f"{DEFAULT_MAX_NEW_TOKENS} at most, per segment")  # fmt: skip
+    return (
+        f"at most {BUDGET_TOKENS_PER_SECOND} new tokens per second of audio + {BUDGET_MARGIN_TOKENS}, "
+        f"{DEFAULT_MAX_NEW_TOKENS} at most, per segment"
+    )
 
 
 def loop_end(tokens: list[int]) -> int | None:

@@ -68,8 +68,10 @@ class EvalSet:
         if (EVAL_SETS_DIR / f"{name_or_path}.yaml").is_file():
             return cls.from_yaml(EVAL_SETS_DIR / f"{name_or_path}.yaml")
         known = ", ".join(packaged_names(EVAL_SETS_DIR))
-        raise UserError(f"no evaluation set {str(name_or_path)!r}: give a folder with metadata.csv, a .jsonl "
-                        f"manifest, a set YAML file, or one of: {known}")  # fmt: skip
+        raise UserError(
+            f"no evaluation set {str(name_or_path)!r}: give a folder with metadata.csv, a .jsonl "
+            f"manifest, a set YAML file, or one of: {known}"
+        )
 
     @classmethod
     def from_yaml(cls, file: Path) -> EvalSet:
@@ -92,8 +94,10 @@ class EvalSet:
         if (evalset.dataset is None) == (evalset.path is None):
             raise UserError(f"{file}: give either `dataset` (a hub dataset) or `path` (a local set)")
         if evalset.data_files and not evalset.data_files.endswith(".parquet"):
-            raise UserError(f"{file}: data_files: {evalset.data_files!r} names no .parquet files; they are read with "
-                            "the parquet builder (leave it out to read the repo's config and split)")  # fmt: skip
+            raise UserError(
+                f"{file}: data_files: {evalset.data_files!r} names no .parquet files; they are read with "
+                "the parquet builder (leave it out to read the repo's config and split)"
+            )
         evalset._check_sha256_fields(file)
         from .languages import resolve_language
 
@@ -105,11 +109,15 @@ class EvalSet:
         that a repo's configs would pick are not known before the hub is asked)."""
         for path, digest in (self.sha256 or {}).items():
             if not isinstance(digest, str) or not SHA256_HEX.fullmatch(digest):  # YAML reads 123... as a number
-                raise UserError(f"{file}: sha256: {path}: expected 64 lower-case hex digits (quoted if all are "
-                                f"digits), found {digest!r}")  # fmt: skip
+                raise UserError(
+                    f"{file}: sha256: {path}: expected 64 lower-case hex digits (quoted if all are "
+                    f"digits), found {digest!r}"
+                )
             if not self.data_files or not fnmatch.fnmatchcase(str(path), self.data_files):
-                raise UserError(f"{file}: sha256: {path} is not a file this set reads (data_files: "
-                                f"{self.data_files or 'none'}): pin the files that data_files names")  # fmt: skip
+                raise UserError(
+                    f"{file}: sha256: {path} is not a file this set reads (data_files: "
+                    f"{self.data_files or 'none'}): pin the files that data_files names"
+                )
 
     @property
     def is_hub(self) -> bool:
@@ -134,9 +142,11 @@ class EvalSet:
         if self.is_hub and not COMMIT.fullmatch(self.revision or ""):
             named = EVAL_SETS_DIR / f"{self.name}.yaml"
             where = f"in {named}" if named.is_file() else "in its definition"
-            raise UserError(f"set {self.name}: {self.label} is not pinned to a commit (revision: {self.revision or 'none'}); "
-                            f"write its 40-hex commit as `revision` {where}, or evaluate other sets: nothing unpinned "
-                            "is evaluated")  # fmt: skip
+            raise UserError(
+                f"set {self.name}: {self.label} is not pinned to a commit (revision: {self.revision or 'none'}); "
+                f"write its 40-hex commit as `revision` {where}, or evaluate other sets: nothing unpinned "
+                "is evaluated"
+            )
 
     def describe(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v not in (None, "")}
@@ -158,8 +168,9 @@ class Item:
 def _require_columns(available: Sequence[str], wanted: Sequence[str], where: str) -> None:
     missing = [c for c in wanted if c not in available]
     if missing:
-        raise UserError(f"{where}: no column {', '.join(map(repr, missing))}; "
-                        f"the columns are: {', '.join(available) or '(none)'}")  # fmt: skip
+        raise UserError(
+            f"{where}: no column {', '.join(map(repr, missing))}; the columns are: {', '.join(available) or '(none)'}"
+        )
 
 
 def _local_item(index: int, audio, text, language, base: Path, evalset: EvalSet) -> Item:
@@ -193,17 +204,23 @@ def _transcript_column(columns: Sequence[str], evalset: EvalSet, where: str) -> 
     found = [c for c in TRANSCRIPT_COLUMNS if c in columns]
     if len(found) == 1:
         return found[0]
-    problem = f"{' and '.join(found)}: which is the transcript?" if found else \
-        f"no transcript column ({', '.join(TRANSCRIPT_COLUMNS)})"  # fmt: skip
-    raise UserError(f"{where}: {problem} the columns are: {', '.join(columns) or '(none)'}; keep one, or name it "
-                    "as text_column in a set YAML whose path is this folder")  # fmt: skip
+    problem = (
+        f"{' and '.join(found)}: which is the transcript?"
+        if found
+        else f"no transcript column ({', '.join(TRANSCRIPT_COLUMNS)})"
+    )
+    raise UserError(
+        f"{where}: {problem} the columns are: {', '.join(columns) or '(none)'}; keep one, or name it "
+        "as text_column in a set YAML whose path is this folder"
+    )
 
 
 def _csv_items(folder: Path, evalset: EvalSet) -> Iterator[Item]:
     file = folder / "metadata.csv"
     if not file.is_file():
-        raise UserError(f"{folder} has no metadata.csv (columns: file_name and one of "
-                        f"{', '.join(TRANSCRIPT_COLUMNS)} [,language])")  # fmt: skip
+        raise UserError(
+            f"{folder} has no metadata.csv (columns: file_name and one of {', '.join(TRANSCRIPT_COLUMNS)} [,language])"
+        )
     with open(file, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
@@ -272,9 +289,12 @@ def check_sha256(evalset: EvalSet) -> None:
         found = recorded.get(path, "absent")
         if found != expected:
             what = {"absent": "there is no such file", None: "it has no SHA-256 (not an LFS file)"}.get(
-                found, f"its SHA-256 is {found}")  # fmt: skip
-            raise UserError(f"set {evalset.name}: {path} in {where}: {what}, the definition pins {expected}: "
-                            "nothing is evaluated against other data than the pinned file")  # fmt: skip
+                found, f"its SHA-256 is {found}"
+            )
+            raise UserError(
+                f"set {evalset.name}: {path} in {where}: {what}, the definition pins {expected}: "
+                "nothing is evaluated against other data than the pinned file"
+            )
 
 
 def _stream(evalset: EvalSet):
@@ -284,10 +304,16 @@ def _stream(evalset: EvalSet):
         # The named files, with the parquet builder, at the pinned commit: the repo's configs and any
         # loading script are not consulted (datasets 5 refuses a repo with a script, as google/fleurs's
         # main is), and these are the files whose SHA-256 a definition can pin.
-        return load_dataset("parquet", data_files={evalset.split: evalset.data_files_url}, split=evalset.split,
-                            streaming=True)  # fmt: skip
-    return load_dataset(evalset.dataset, evalset.config, split=evalset.split, streaming=True,
-                        revision=evalset.revision if evalset.is_hub else None)  # fmt: skip
+        return load_dataset(
+            "parquet", data_files={evalset.split: evalset.data_files_url}, split=evalset.split, streaming=True
+        )
+    return load_dataset(
+        evalset.dataset,
+        evalset.config,
+        split=evalset.split,
+        streaming=True,
+        revision=evalset.revision if evalset.is_hub else None,
+    )
 
 
 def _hub_items(evalset: EvalSet) -> Iterator[Item]:
@@ -313,8 +339,14 @@ def _hub_items(evalset: EvalSet) -> Iterator[Item]:
             audio = row[audio_column] or {}
             name = audio.get("path") or ""
             data = audio.get("bytes") or (Path(name) if name and Path(name).is_file() else None)
-            item = Item(i, str(row[evalset.id_column]) if evalset.id_column else name or str(i),
-                        str(row[text_column] or ""), evalset.language, data, Path(name).suffix or ".wav")  # fmt: skip
+            item = Item(
+                i,
+                str(row[evalset.id_column]) if evalset.id_column else name or str(i),
+                str(row[text_column] or ""),
+                evalset.language,
+                data,
+                Path(name).suffix or ".wav",
+            )
             item.problem = None if data is not None else "no audio in the row"
             yield item
 

@@ -76,15 +76,32 @@ def load_samples(item: Item) -> np.ndarray:
     return samples
 
 
-def decode(model, tokenizer, samples: list[np.ndarray], language: str | None, evalset: EvalSet,
-           max_new_tokens: int | None, batch_size: int) -> list:  # fmt: skip
+def decode(
+    model,
+    tokenizer,
+    samples: list[np.ndarray],
+    language: str | None,
+    evalset: EvalSet,
+    max_new_tokens: int | None,
+    batch_size: int,
+) -> list:
     """The one transcription call of an evaluation, the path users run: `transcribe.Transcription`s
     of these rows' audio (segmented if long, batched)."""
     from .transcribe import transcribe_many
 
     # No CTC timestamps: error rates do not use them, and speed figures stay comparable across variants.
-    return list(transcribe_many(model, tokenizer, samples, language=language, itn=evalset.itn,
-                                 max_new_tokens=max_new_tokens, batch_size=batch_size, timestamps=False))  # fmt: skip
+    return list(
+        transcribe_many(
+            model,
+            tokenizer,
+            samples,
+            language=language,
+            itn=evalset.itn,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            timestamps=False,
+        )
+    )
 
 
 def _prepared(item: Item, evalset: EvalSet) -> tuple[Row, np.ndarray | None]:
@@ -104,8 +121,9 @@ def _prepared(item: Item, evalset: EvalSet) -> tuple[Row, np.ndarray | None]:
         return row, None
 
 
-def transcribe_items(model, tokenizer, items: list[Item], evalset: EvalSet, max_new_tokens: int | None,
-                     batch_size: int) -> list[Row]:  # fmt: skip
+def transcribe_items(
+    model, tokenizer, items: list[Item], evalset: EvalSet, max_new_tokens: int | None, batch_size: int
+) -> list[Row]:
     """Rows for these items, decoded together `batch_size` segments at a time (one call per language)."""
     from .audio import SAMPLE_RATE
 
@@ -113,8 +131,9 @@ def transcribe_items(model, tokenizer, items: list[Item], evalset: EvalSet, max_
     languages = {row.language for row, samples in prepared if samples is not None}
     for language in sorted(languages, key=str):
         todo = [(row, samples) for row, samples in prepared if samples is not None and row.language == language]
-        results = decode(model, tokenizer, [samples for _, samples in todo], language, evalset, max_new_tokens,
-                         batch_size)  # fmt: skip
+        results = decode(
+            model, tokenizer, [samples for _, samples in todo], language, evalset, max_new_tokens, batch_size
+        )
         for (row, samples), result in zip(todo, results):
             timings = result.timings  # this row's share of its batches' time
             row.audio_seconds = len(samples) / SAMPLE_RATE
@@ -135,17 +154,25 @@ def _machine() -> dict:
     import mlx.core as mx
 
     info = mx.device_info()
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "mlx": mx.__version__, "device": str(mx.default_device()),
-            **{k: info[k] for k in ("device_name", "architecture", "memory_size") if k in info}}  # fmt: skip
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "mlx": mx.__version__,
+        "device": str(mx.default_device()),
+        **{k: info[k] for k in ("device_name", "architecture", "memory_size") if k in info},
+    }
 
 
 def model_info(model_dir: Path) -> dict:
     """Identity and size of the evaluated model, with the provenance blocks its config.json carries."""
     model = ModelDir.read(model_dir)
     config = model.config
-    identity = {"name": (model.recipe or {}).get("name") or model_dir.name, "path": str(model_dir),
-                "size_bytes": model.weights_size}  # fmt: skip
+    identity = {
+        "name": (model.recipe or {}).get("name") or model_dir.name,
+        "path": str(model_dir),
+        "size_bytes": model.weights_size,
+    }
     return identity | {key: config[key] for key in ("conversion", "quantization_summary", "recipe") if key in config}
 
 
@@ -169,8 +196,10 @@ def read_baseline(baseline, max_new_tokens: int | None) -> tuple[dict, list[Row]
     report, rows = read_report(baseline)
     if report["settings"]["max_new_tokens"] != max_new_tokens:
         theirs = describe_budget(report["settings"]["max_new_tokens"])
-        raise UserError(f"baseline {baseline} was decoded with {theirs}, this evaluation with "
-                        f"{describe_budget(max_new_tokens)}: evaluate both alike")  # fmt: skip
+        raise UserError(
+            f"baseline {baseline} was decoded with {theirs}, this evaluation with "
+            f"{describe_budget(max_new_tokens)}: evaluate both alike"
+        )
     return report, rows
 
 
@@ -184,8 +213,11 @@ def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], p
     if baseline is not None:
         base_report, base_rows = read_baseline(baseline, header["settings"]["max_new_tokens"])
         per_set, lines = compare(rows, base_rows)
-        report["baseline"] = {"name": base_report["model"]["name"], "path": str(baseline),
-                              "size_bytes": base_report["model"]["size_bytes"]}  # fmt: skip
+        report["baseline"] = {
+            "name": base_report["model"]["name"],
+            "path": str(baseline),
+            "size_bytes": base_report["model"]["size_bytes"],
+        }
         for name, comparison in per_set.items():
             report["sets"][name]["comparison"] = comparison
         reports.insert(0, base_report)
@@ -199,8 +231,17 @@ def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], p
     return report
 
 
-def evaluate(model, sets: Sequence[str], report_dir, limit: int | None = None, shard=None, baseline=None,
-             max_new_tokens: int | None = None, batch_size: int | None = None, revision: str | None = None) -> dict:  # fmt: skip
+def evaluate(
+    model,
+    sets: Sequence[str],
+    report_dir,
+    limit: int | None = None,
+    shard=None,
+    baseline=None,
+    max_new_tokens: int | None = None,
+    batch_size: int | None = None,
+    revision: str | None = None,
+) -> dict:
     """Transcribe the first `limit` rows of each set (those of shard i/n only) with `model` (a model
     directory, or a hub repo id at `revision`), score them and write the report to `report_dir` (all or nothing); `baseline` is the
     report of the variant to compare with (the bf16 one of the same source). Decoding is transcribe's:
@@ -232,11 +273,20 @@ def evaluate(model, sets: Sequence[str], report_dir, limit: int | None = None, s
         peaks[evalset.name] = mx.get_peak_memory()
         done = aggregate([r for r in rows if r.set == evalset.name])
         rates = ", ".join(f"{m.upper()} {percent(s['error_rate'])}" for m, s in done["scores"].items())
-        print(f"[evaluate] {evalset.name}: {done['utterances']} scored, {len(done['skipped'])} skipped"
-              + (f"; {rates}" if rates else ""), file=sys.stderr, flush=True)  # fmt: skip
-    header = {"format": REPORT_FORMAT, "model": model_info(model_dir), "package_version": package_version(),
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": _machine(),
-              "settings": {"max_new_tokens": max_new_tokens, "limit": limit, "shard": index, "shards": count}}  # fmt: skip
+        print(
+            f"[evaluate] {evalset.name}: {done['utterances']} scored, {len(done['skipped'])} skipped"
+            + (f"; {rates}" if rates else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+    header = {
+        "format": REPORT_FORMAT,
+        "model": model_info(model_dir),
+        "package_version": package_version(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "settings": {"max_new_tokens": max_new_tokens, "limit": limit, "shard": index, "shards": count},
+    }
     return _write_report(report_dir, header, {s.name: s.describe() for s in evalsets}, rows, peaks, baseline)
 
 
@@ -254,8 +304,9 @@ def merge(shard_report_dirs: Sequence, out_dir, baseline=None) -> dict:
     for (report, _), directory in zip(shards, shard_report_dirs):
         same = ("model", "name"), ("model", "size_bytes"), ("settings", "max_new_tokens"), ("settings", "limit")
         differs = [f"{a}.{b}" for a, b in same if report[a][b] != first[a][b]]
-        if differs or {n: s["definition"] for n, s in report["sets"].items()} != \
-                {n: s["definition"] for n, s in first["sets"].items()}:  # fmt: skip
+        if differs or {n: s["definition"] for n, s in report["sets"].items()} != {
+            n: s["definition"] for n, s in first["sets"].items()
+        }:
             raise UserError(
                 f"merge: {directory} is not a shard of the same evaluation ({', '.join(differs) or 'sets'} differ)"
             )
@@ -269,8 +320,9 @@ def merge(shard_report_dirs: Sequence, out_dir, baseline=None) -> dict:
     )
 
 
-def answers(report_dir, sets: Sequence[str], limit: int | None = None, max_new_tokens: int | None = None,
-            baseline=None) -> bool:  # fmt: skip
+def answers(
+    report_dir, sets: Sequence[str], limit: int | None = None, max_new_tokens: int | None = None, baseline=None
+) -> bool:
     """Whether the report in `report_dir` is the evaluation asked for now: an unsharded run of these
     sets (as defined now), with this row limit and token limit, against this baseline report."""
     try:
@@ -280,6 +332,11 @@ def answers(report_dir, sets: Sequence[str], limit: int | None = None, max_new_t
     except (OSError, ValueError, KeyError, TypeError):
         return False
     wanted = {s.name: json.loads(json.dumps(s.describe())) for s in map(EvalSet.load, sets)}
-    return (recorded == wanted and list(recorded) == list(wanted) and settings.get("shards") == 1
-            and settings.get("limit") == limit and settings.get("max_new_tokens") == max_new_tokens
-            and (base and Path(base["path"]).resolve()) == (baseline and Path(baseline).resolve()))  # fmt: skip
+    return (
+        recorded == wanted
+        and list(recorded) == list(wanted)
+        and settings.get("shards") == 1
+        and settings.get("limit") == limit
+        and settings.get("max_new_tokens") == max_new_tokens
+        and (base and Path(base["path"]).resolve()) == (baseline and Path(baseline).resolve())
+    )

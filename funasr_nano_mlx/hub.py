@@ -28,8 +28,9 @@ def one_line(err: Exception) -> str:
     return " ".join(str(err).split())  # huggingface_hub's messages span lines; our errors are one line
 
 
-def download(repo_id: str, revision: str | None = None, patterns: list[str] | None = None,
-             local_dir: Path | None = None) -> Path:  # fmt: skip
+def download(
+    repo_id: str, revision: str | None = None, patterns: list[str] | None = None, local_dir: Path | None = None
+) -> Path:
     """snapshot_download of the files matching `patterns` (honours HF_ENDPOINT, HF_HUB_OFFLINE and the
     HF token); any hub or network failure is one UserError line."""
     from huggingface_hub import snapshot_download
@@ -38,8 +39,10 @@ def download(repo_id: str, revision: str | None = None, patterns: list[str] | No
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_dir=local_dir))
     except LocalEntryNotFoundError as err:
-        raise UserError(f"{repo_id}@{revision or 'main'} is not in the local cache and cannot be downloaded "
-                        f"(offline?): {one_line(err)}") from None  # fmt: skip
+        raise UserError(
+            f"{repo_id}@{revision or 'main'} is not in the local cache and cannot be downloaded "
+            f"(offline?): {one_line(err)}"
+        ) from None
     except (RepositoryNotFoundError, HfHubHTTPError, OSError) as err:  # RevisionNotFound is an HfHubHTTPError
         raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {one_line(err)}") from None
 
@@ -50,9 +53,11 @@ def download_from_modelscope(repo_id: str, revision: str, patterns: list[str]) -
     try:
         from modelscope import snapshot_download
     except ImportError:
-        raise UserError(f"{repo_id} is downloaded from ModelScope: install its client (pip install modelscope), "
-                        f"or fetch it with `modelscope download --model {repo_id} --local_dir DIR` and pass "
-                        "--source DIR") from None  # fmt: skip
+        raise UserError(
+            f"{repo_id} is downloaded from ModelScope: install its client (pip install modelscope), "
+            f"or fetch it with `modelscope download --model {repo_id} --local_dir DIR` and pass "
+            "--source DIR"
+        ) from None
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except Exception as err:  # the client raises requests', its own and builtin exception types
@@ -70,8 +75,10 @@ def _remote_config(repo_id: str, revision: str | None) -> dict:
     except EntryNotFoundError:
         return {}
     except LocalEntryNotFoundError as err:
-        raise UserError(f"{repo_id}@{revision or 'main'} is not in the local cache and cannot be downloaded "
-                        f"(offline?): {one_line(err)}") from None  # fmt: skip
+        raise UserError(
+            f"{repo_id}@{revision or 'main'} is not in the local cache and cannot be downloaded "
+            f"(offline?): {one_line(err)}"
+        ) from None
     except (HfHubHTTPError, OSError) as err:
         raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {one_line(err)}") from None
     try:
@@ -81,8 +88,9 @@ def _remote_config(repo_id: str, revision: str | None) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-def model_dir(name: str | Path, revision: str | None, patterns: list[str], accepts: Callable[[dict], bool],
-              what: str) -> Path:  # fmt: skip
+def model_dir(
+    name: str | Path, revision: str | None, patterns: list[str], accepts: Callable[[dict], bool], what: str
+) -> Path:
     """`name` itself when it is a local path, else the hub repo `name` at `revision` downloaded with only
     the files `patterns` match. A repo whose config.json `accepts` refuses is named as not being `what`
     before anything else is fetched, so the cache never holds more of it than that config.json. The
@@ -93,6 +101,7 @@ def model_dir(name: str | Path, revision: str | None, patterns: list[str], accep
             raise UserError(f"a revision ({revision}) applies to a hub repo id, but {name} is a local path")
         return Path(name)
     if not accepts(_remote_config(str(name), revision)):
-        raise UserError(f"{name}@{revision or 'main'} is not {what}: its config.json is missing or names "
-                        "another model type")  # fmt: skip
+        raise UserError(
+            f"{name}@{revision or 'main'} is not {what}: its config.json is missing or names another model type"
+        )
     return download(str(name), revision, patterns)

@@ -361,9 +361,14 @@ class CTC(nn.Module):
         a forced alignment needs (a quantized layer's rows are dequantized)."""
         layer, index = self.ctc_lo, mx.array(ids, mx.int32)
         if isinstance(layer, nn.QuantizedLinear):
-            weight = mx.dequantize(layer.weight[index], layer.scales[index],
-                                   layer.get("biases")[index] if "biases" in layer else None,
-                                   layer.group_size, layer.bits, mode=layer.mode)  # fmt: skip
+            weight = mx.dequantize(
+                layer.weight[index],
+                layer.scales[index],
+                layer.get("biases")[index] if "biases" in layer else None,
+                layer.group_size,
+                layer.bits,
+                mode=layer.mode,
+            )
         else:
             weight = layer.weight[index]
         logits = x @ weight.astype(x.dtype).T
@@ -477,4 +482,3 @@ class FunASRNano(nn.Module):
 def model_classes(config: dict) -> tuple[type, type]:
     """How this model plugs into mlx-lm's loader (`load_model(..., get_model_classes=model_classes)`)."""
     return FunASRNano, ModelArgs
-

@@ -42,21 +42,38 @@ BRACKETED = re.compile(r"\[[^\]]*\]|\([^)]*\)|<[^>]*>")
 APOSTROPHES = "'’ʼ‘`"
 
 CONTRACTIONS = [  # (pattern, replacement), applied in order: the irregular ones before n't
-    (r"\bwon't\b", "will not"), (r"\bcan't\b", "can not"), (r"\bcannot\b", "can not"), (r"\bshan't\b", "shall not"),
-    (r"\bain't\b", "is not"), (r"n't\b", " not"), (r"'re\b", " are"), (r"'m\b", " am"), (r"'ll\b", " will"), (r"'ve\b", " have"),
+    (r"\bwon't\b", "will not"),
+    (r"\bcan't\b", "can not"),
+    (r"\bcannot\b", "can not"),
+    (r"\bshan't\b", "shall not"),
+    (r"\bain't\b", "is not"),
+    (r"n't\b", " not"),
+    (r"'re\b", " are"),
+    (r"'m\b", " am"),
+    (r"'ll\b", " will"),
+    (r"'ve\b", " have"),
     (r"'d\b", " would"),
-]  # fmt: skip
+]
 TITLES = {"mr": "mister", "mrs": "missus", "ms": "miss", "dr": "doctor"}
 HESITATIONS = {"uh", "um", "umm", "hmm", "mm", "mmm", "mhm", "er", "erm"}
 CURRENCIES = {"$": "dollar", "£": "pound", "€": "euro"}
 
-ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-        "seventeen eighteen nineteen").split()  # fmt: skip
+ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen"
+).split()
 TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 SMALL = {word: i for i, word in enumerate(ONES)} | {word: 20 + 10 * i for i, word in enumerate(TENS)}
 SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
-IRREGULAR_ORDINALS = {"first": "one", "second": "two", "third": "three", "fifth": "five", "eighth": "eight",
-                      "ninth": "nine", "twelfth": "twelve"}  # fmt: skip
+IRREGULAR_ORDINALS = {
+    "first": "one",
+    "second": "two",
+    "third": "three",
+    "fifth": "five",
+    "eighth": "eight",
+    "ninth": "nine",
+    "twelfth": "twelve",
+}
 AMBIGUOUS_ORDINALS = {"first", "second"}  # "at first", "a second": numbers only inside a number
 
 
@@ -109,8 +126,10 @@ def _traditional_to_simplified():
     try:
         from opencc import OpenCC  # opencc-python-reimplemented (pure Python, Apache-2.0)
     except ImportError:
-        raise UserError("traditional_to_simplified needs the opencc-python-reimplemented package: "
-                        "pip install opencc-python-reimplemented") from None  # fmt: skip
+        raise UserError(
+            "traditional_to_simplified needs the opencc-python-reimplemented package: "
+            "pip install opencc-python-reimplemented"
+        ) from None
     return OpenCC("t2s").convert
 
 
@@ -131,8 +150,9 @@ def _remove_diacritics(text: str) -> str:
 def _expand_symbols(text: str) -> str:
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,000 -> 1000
     for symbol, unit in CURRENCIES.items():
-        text = re.sub(re.escape(symbol) + r"\s*(\d+(?:\.\d+)?)",
-                      lambda m: f"{m[1]} {unit}{'' if m[1] == '1' else 's'}", text)  # fmt: skip
+        text = re.sub(
+            re.escape(symbol) + r"\s*(\d+(?:\.\d+)?)", lambda m: f"{m[1]} {unit}{'' if m[1] == '1' else 's'}", text
+        )
     return re.sub(r"(?<=\d)\s*%", " percent", text)
 
 
@@ -227,8 +247,13 @@ def spoken_numbers_to_digits(words: list[str]) -> list[str]:
         elif cardinal in SMALL and word not in AMBIGUOUS_ORDINALS:
             flush()
             out.append(f"{SMALL[cardinal]}{_ordinal_suffix(SMALL[cardinal])}")  # fourth
-        elif number is not None and word == "and" and number.last in ("hundred", "scale") \
-                and i + 1 < len(words) and words[i + 1] in SMALL:  # fmt: skip
+        elif (
+            number is not None
+            and word == "and"
+            and number.last in ("hundred", "scale")
+            and i + 1 < len(words)
+            and words[i + 1] in SMALL
+        ):
             pass  # one hundred and five
         elif number is not None and word == "point" and _digit_word(words, i + 1):
             digits = ""

@@ -64,9 +64,11 @@ def download(recipe: Recipe, dst: Path) -> Path:
         if recipe.model_pt_sha256 is None:
             log(recipe, f"download: {CHECKPOINT} SHA-256 {digest} (not checked: none expected for this source)")
         elif digest != recipe.model_pt_sha256:
-            raise UserError(f"{CHECKPOINT} of {recipe.source_label} has SHA-256 {digest}, but recipe "
-                            f"{recipe.name} expects {recipe.model_pt_sha256}: corrupt download or wrong pin; "
-                            "nothing was converted")  # fmt: skip
+            raise UserError(
+                f"{CHECKPOINT} of {recipe.source_label} has SHA-256 {digest}, but recipe "
+                f"{recipe.name} expects {recipe.model_pt_sha256}: corrupt download or wrong pin; "
+                "nothing was converted"
+            )
         # The Hugging Face cache names a snapshot folder by its commit: what a branch resolved to is kept.
         # ModelScope's does not: a pin by content there records no commit.
         commit = src.name if not recipe.is_local and recipe.hub == "huggingface" else None
@@ -173,10 +175,19 @@ def _evaluate(job: Job, src: Path, dst: Path) -> Path:
     elif job.recipe.is_plain:
         log(job.recipe, "evaluate: this is the unquantized baseline of its source: no comparison")
     else:
-        log(job.recipe, "evaluate: no unquantized bfloat16 recipe of the same source in recipes/: no comparison "
-                        "(an acceptance bound cannot be checked without one)")  # fmt: skip
-    evaluate(src, job.sets, dst, limit=job.options.limit, max_new_tokens=job.options.max_new_tokens,
-             baseline=job.baseline_report)  # fmt: skip
+        log(
+            job.recipe,
+            "evaluate: no unquantized bfloat16 recipe of the same source in recipes/: no comparison "
+            "(an acceptance bound cannot be checked without one)",
+        )
+    evaluate(
+        src,
+        job.sets,
+        dst,
+        limit=job.options.limit,
+        max_new_tokens=job.options.max_new_tokens,
+        baseline=job.baseline_report,
+    )
     return dst
 
 
@@ -244,11 +255,17 @@ PIPELINE = {
     "download": Stage(_download, agrees=lambda job, out: _same_source(job.recipe, out)),
     "convert": Stage(_convert),
     "quantize": Stage(_quantize),
-    "evaluate": Stage(_evaluate, _evaluate_check, lambda job: [(job.baseline, "evaluate")] if job.baseline else [],
-                      _evaluate_needs, _evaluate_agrees),  # fmt: skip
+    "evaluate": Stage(
+        _evaluate,
+        _evaluate_check,
+        lambda job: [(job.baseline, "evaluate")] if job.baseline else [],
+        _evaluate_needs,
+        _evaluate_agrees,
+    ),
     "card": Stage(_card, _card_check, needs=_card_needs, agrees=_card_agrees),
-    "publish": Stage(_publish, _publish_check, agrees=_publish_agrees,
-                     replaces_output=lambda job: not job.options.dry_run),  # fmt: skip
+    "publish": Stage(
+        _publish, _publish_check, agrees=_publish_agrees, replaces_output=lambda job: not job.options.dry_run
+    ),
 }
 assert tuple(PIPELINE) == STAGES
 

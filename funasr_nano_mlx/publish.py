@@ -59,8 +59,7 @@ class Published:
 
     def record(self) -> dict:
         """What the publish stage of `run` keeps (no token, nothing secret)."""
-        return {"repo": self.repo, "commit": self.commit, "url": self.url, "private": self.private,
-                "files": self.files}  # fmt: skip
+        return {"repo": self.repo, "commit": self.commit, "url": self.url, "private": self.private, "files": self.files}
 
 
 def check(model_dir: Path, repo_id: str | None = None, recipe=None) -> ModelDir:
@@ -104,16 +103,18 @@ def verify(repo_id: str, commit: str, files: dict[str, Path]) -> None:
             )
         changed = sorted(k for k, p in files.items() if sha256(p) != sha256(remote[k]))
         if changed:
-            raise UserError(f"verification failed: {repo_id}@{commit} serves different bytes (SHA-256) for "
-                            f"{', '.join(changed)}")  # fmt: skip
+            raise UserError(
+                f"verification failed: {repo_id}@{commit} serves different bytes (SHA-256) for {', '.join(changed)}"
+            )
         model, tokenizer = load(tmp)
         t = np.arange(int(VERIFY_SECONDS * SAMPLE_RATE)) / SAMPLE_RATE
         audio = 0.1 * np.sin(2 * np.pi * 220 * t) + 0.01 * np.random.default_rng(0).standard_normal(t.size)
         transcribe(model, tokenizer, audio.astype(np.float32), max_new_tokens=VERIFY_TOKENS)
 
 
-def publish(model_dir, repo_id: str, private: bool = False, dry_run: bool = False, echo=click.echo,
-            recipe=None) -> Published | None:  # fmt: skip
+def publish(
+    model_dir, repo_id: str, private: bool = False, dry_run: bool = False, echo=click.echo, recipe=None
+) -> Published | None:
     """Upload `model_dir` to `repo_id` and verify it; returns what was published (None for a dry run).
     `recipe` (a name, file or Recipe) is the one the card was written with, for a model whose
     config.json names none."""
@@ -127,8 +128,10 @@ def publish(model_dir, repo_id: str, private: bool = False, dry_run: bool = Fals
         for name, path in files.items():
             echo(f"{path.stat().st_size:>14,d}  {name}")
         total = sum(p.stat().st_size for p in files.values())
-        echo(f"dry run: would upload {len(files)} files ({total:,d} bytes) to {repo_id}"
-             f"{' (private)' if private else ''} with message: {message}")  # fmt: skip
+        echo(
+            f"dry run: would upload {len(files)} files ({total:,d} bytes) to {repo_id}"
+            f"{' (private)' if private else ''} with message: {message}"
+        )
         return None
 
     from huggingface_hub import HfApi
@@ -137,8 +140,9 @@ def publish(model_dir, repo_id: str, private: bool = False, dry_run: bool = Fals
     api = HfApi()
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=model_dir, commit_message=message,
-                                 ignore_patterns=IGNORED)  # fmt: skip
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=model_dir, commit_message=message, ignore_patterns=IGNORED
+        )
     except (HfHubHTTPError, OSError, ValueError) as err:
         raise UserError(
             f"upload to {repo_id} failed: {one_line(err)} (nothing is half-committed: run publish again)"

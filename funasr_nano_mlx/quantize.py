@@ -54,8 +54,12 @@ def _bits_per_weight(modules: list[nn.Module]) -> float | None:
     """Stored bits per original weight, as mlx_lm.utils.compute_bits_per_weight counts them but over
     parameters only: it also counts other arrays a module holds (our RoPE frequencies), not saved."""
     nbytes = sum(v.nbytes for m in modules for _, v in tree_flatten(m.parameters()))
-    weights = sum(m.weight.size * 32 // m.bits + (m.bias.size if "bias" in m else 0) if _is_quantized(m)
-                  else sum(v.size for _, v in tree_flatten(m.parameters())) for m in modules)  # fmt: skip
+    weights = sum(
+        m.weight.size * 32 // m.bits + (m.bias.size if "bias" in m else 0)
+        if _is_quantized(m)
+        else sum(v.size for _, v in tree_flatten(m.parameters()))
+        for m in modules
+    )
     return round(8 * nbytes / weights, 4) if weights else None
 
 
@@ -66,16 +70,29 @@ def summarize(model: nn.Module, planned: dict[str, QuantSpec | None], recipe: Re
 
     def component(name: str) -> dict:
         paths, spec = [p for p in planned if component_of(p) == name], getattr(recipe, name)
-        return {"quantization": spec.params() if spec else None, "layers": len(paths),
-                "quantized_layers": sum(_is_quantized(modules[p]) for p in paths),
-                "bits_per_weight": _bits_per_weight([m for p, m in leaves if component_of(p) == name])}  # fmt: skip
+        return {
+            "quantization": spec.params() if spec else None,
+            "layers": len(paths),
+            "quantized_layers": sum(_is_quantized(modules[p]) for p in paths),
+            "bits_per_weight": _bits_per_weight([m for p, m in leaves if component_of(p) == name]),
+        }
 
     return {
         # An optional component (the CTC head) only where the model has it.
-        "components": {name: component(name) for name in COMPONENTS
-                       if name not in OPTIONAL_COMPONENTS or any(component_of(p) == name for p in planned)},
-        "mixed": [{"match": rule.match, "layers": list(rule.layers) if rule.layers else None, **rule.spec.params(),
-                   "matched_layers": sum(rule.applies(p) for p in planned)} for rule in recipe.mixed],  # fmt: skip
+        "components": {
+            name: component(name)
+            for name in COMPONENTS
+            if name not in OPTIONAL_COMPONENTS or any(component_of(p) == name for p in planned)
+        },
+        "mixed": [
+            {
+                "match": rule.match,
+                "layers": list(rule.layers) if rule.layers else None,
+                **rule.spec.params(),
+                "matched_layers": sum(rule.applies(p) for p in planned),
+            }
+            for rule in recipe.mixed
+        ],
         # Layers the recipe quantizes whose input size is not a multiple of the group size (MLX cannot).
         "skipped": sorted(p for p, spec in planned.items() if spec and not _is_quantized(modules[p])),
         "bits_per_weight": _bits_per_weight([m for _, m in leaves]),
@@ -98,8 +115,9 @@ def quantize_layers(model: nn.Module, config: dict, recipe: Recipe) -> tuple[dic
                 return False
             return True if spec == default else spec.params()
 
-        model, config = quantize_model(model, config, default.group_size, default.bits, default.mode,
-                                       quant_predicate=predicate)  # fmt: skip
+        model, config = quantize_model(
+            model, config, default.group_size, default.bits, default.mode, quant_predicate=predicate
+        )
         modules = dict(model.named_modules())
         for path in planned:  # explicit entries for kept layers: loaders need not infer them from the weights
             if not _is_quantized(modules[path]):
@@ -115,8 +133,10 @@ def quantize(src: str | Path, dst: str | Path, recipe: Recipe) -> Path:
     model, config = load_unquantized(src)
     stored = model.llm.model.embed_tokens.weight.dtype
     if stored != MLX_DTYPES[recipe.dtype]:
-        raise UserError(f"{src} holds {stored} weights but recipe {recipe.name} is for {recipe.dtype}: "
-                        f"convert with --dtype {recipe.dtype}")  # fmt: skip
+        raise UserError(
+            f"{src} holds {stored} weights but recipe {recipe.name} is for {recipe.dtype}: "
+            f"convert with --dtype {recipe.dtype}"
+        )
     config, summary = quantize_layers(model, config, recipe)
     config["recipe"] = recipe.provenance()
     with staged_output(dst) as out:

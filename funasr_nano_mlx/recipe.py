@@ -54,8 +54,12 @@ LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
 
 
 def component_of(path: str) -> str:
-    matches = [(len(prefix), name) for name, prefixes in COMPONENTS.items() for prefix in prefixes
-               if path == prefix or path.startswith(prefix + ".")]  # fmt: skip
+    matches = [
+        (len(prefix), name)
+        for name, prefixes in COMPONENTS.items()
+        for prefix in prefixes
+        if path == prefix or path.startswith(prefix + ".")
+    ]
     return max(matches)[1]
 
 
@@ -104,8 +108,10 @@ class Acceptance:
 
     def to_dict(self) -> dict:
         """As config.json's recipe block carries it (so that `card` and `publish` check it too)."""
-        return {"max_error_rate_delta": self.max_error_rate_delta,
-                "sets": {name: {"max_error_rate_delta": bound} for name, bound in self.sets}}  # fmt: skip
+        return {
+            "max_error_rate_delta": self.max_error_rate_delta,
+            "sets": {name: {"max_error_rate_delta": bound} for name, bound in self.sets},
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Acceptance:
@@ -169,8 +175,9 @@ class Recipe:
                 return rule.spec
         return getattr(self, component_of(path))
 
-    def override(self, source: str | None = None, revision: str | None = None,
-                 model_pt_sha256: str | None = None) -> Recipe:  # fmt: skip
+    def override(
+        self, source: str | None = None, revision: str | None = None, model_pt_sha256: str | None = None
+    ) -> Recipe:
         """The same variant from another source or commit (tests, mirrors). The recipe's pin and
         SHA-256 describe its own source only: a changed source drops both, a changed revision the
         SHA-256, unless they are given too."""
@@ -181,8 +188,12 @@ class Recipe:
         source_moved = source is not None and source != self.source
         revision = revision or (None if source_moved else self.revision)
         moved = source_moved or revision != self.revision
-        return replace(self, source=source or self.source, revision=revision,
-                       model_pt_sha256=model_pt_sha256 or (None if moved else self.model_pt_sha256))  # fmt: skip
+        return replace(
+            self,
+            source=source or self.source,
+            revision=revision,
+            model_pt_sha256=model_pt_sha256 or (None if moved else self.model_pt_sha256),
+        )
 
     @property
     def is_plain(self) -> bool:
@@ -190,9 +201,15 @@ class Recipe:
         return self.dtype == "bfloat16" and not self.mixed and all(getattr(self, c) is None for c in COMPONENTS)
 
     def provenance(self) -> dict:
-        return {"name": self.name, "file_sha256": self.file_sha256, "source": self.source, "hub": self.hub,
-                "revision": self.revision, "target": self.target,
-                "acceptance": self.acceptance.to_dict() if self.acceptance else None}  # fmt: skip
+        return {
+            "name": self.name,
+            "file_sha256": self.file_sha256,
+            "source": self.source,
+            "hub": self.hub,
+            "revision": self.revision,
+            "target": self.target,
+            "acceptance": self.acceptance.to_dict() if self.acceptance else None,
+        }
 
 
 def baseline_recipe(recipe: Recipe) -> str | None:
@@ -202,9 +219,13 @@ def baseline_recipe(recipe: Recipe) -> str | None:
         return None
     candidates = (Recipe.load(file) for file in sorted(RECIPES_DIR.glob("*.yaml")))
     return next(
-        (r.name for r in candidates
-         if r.is_plain and (r.source, r.revision, r.hub) == (recipe.source, recipe.revision, recipe.hub)), None
-    )  # fmt: skip
+        (
+            r.name
+            for r in candidates
+            if r.is_plain and (r.source, r.revision, r.hub) == (recipe.source, recipe.revision, recipe.hub)
+        ),
+        None,
+    )
 
 
 def baseline_for(recipe: Recipe) -> Recipe | None:
@@ -213,8 +234,9 @@ def baseline_for(recipe: Recipe) -> Recipe | None:
     name = baseline_recipe(Recipe.load(recipe.file))
     if name is None:
         return None
-    return replace(Recipe.load(name), source=recipe.source, revision=recipe.revision,
-                   model_pt_sha256=recipe.model_pt_sha256)  # fmt: skip
+    return replace(
+        Recipe.load(name), source=recipe.source, revision=recipe.revision, model_pt_sha256=recipe.model_pt_sha256
+    )
 
 
 # -- strict YAML reading -------------------------------------------------------------------------
@@ -283,15 +305,28 @@ def _check(fields: _Mapping, key: str, ok: bool, message: str) -> None:
 
 def _quant_spec(fields: _Mapping) -> QuantSpec:
     mode = fields.take("mode", (str,), required=False, default="affine")
-    _check(fields, "mode", mode in QUANT_MODES, f"{mode!r} is not a quantization mode of MLX: use one of "
-           + ", ".join(QUANT_MODES))  # fmt: skip
+    _check(
+        fields,
+        "mode",
+        mode in QUANT_MODES,
+        f"{mode!r} is not a quantization mode of MLX: use one of " + ", ".join(QUANT_MODES),
+    )
     bits_allowed, groups_allowed = QUANT_MODES[mode]
     bits = fields.take("bits", (int,))
-    _check(fields, "bits", bits in bits_allowed, f"{bits} bits is not supported by mode {mode} "
-           f"(MLX supports {', '.join(map(str, bits_allowed))})")  # fmt: skip
+    _check(
+        fields,
+        "bits",
+        bits in bits_allowed,
+        f"{bits} bits is not supported by mode {mode} (MLX supports {', '.join(map(str, bits_allowed))})",
+    )
     group_size = fields.take("group_size", (int,), required=False, default=groups_allowed[0])
-    _check(fields, "group_size", group_size in groups_allowed, f"group size {group_size} is not supported by "
-           f"mode {mode} (MLX supports {', '.join(map(str, sorted(groups_allowed)))})")  # fmt: skip
+    _check(
+        fields,
+        "group_size",
+        group_size in groups_allowed,
+        f"group size {group_size} is not supported by "
+        f"mode {mode} (MLX supports {', '.join(map(str, sorted(groups_allowed)))})",
+    )
     return QuantSpec(bits, group_size, mode)
 
 
@@ -311,8 +346,12 @@ def _rule(loader, file: Path, node: yaml.Node, field: str) -> Rule:
     fields = _Mapping(loader, file, node, field)
     match = fields.take("match", (str,))
     layers = fields.take("layers", (list,), required=False)
-    _check(fields, "layers", layers is None or (layers and all(type(i) is int and i >= 0 for i in layers)),
-           "expected a non-empty list of layer indices (0, 1, ...)")  # fmt: skip
+    _check(
+        fields,
+        "layers",
+        layers is None or (layers and all(type(i) is int and i >= 0 for i in layers)),
+        "expected a non-empty list of layer indices (0, 1, ...)",
+    )
     spec = _quant_spec(fields)
     fields.finish()
     return Rule(match, spec, tuple(layers) if layers is not None else None)
@@ -341,8 +380,12 @@ def _evaluation(top: _Mapping) -> tuple[str, ...]:
             entry = str(path.resolve())
         else:
             known = ", ".join(packaged_names(EVAL_SETS_DIR))
-            raise top.error(f"no evaluation set {value!r}: name one of eval_sets/ ({known}) or give a local set's "
-                            "path relative to the recipe (./folder, set.jsonl, set.yaml)", item, where)  # fmt: skip
+            raise top.error(
+                f"no evaluation set {value!r}: name one of eval_sets/ ({known}) or give a local set's "
+                "path relative to the recipe (./folder, set.jsonl, set.yaml)",
+                item,
+                where,
+            )
         if set_name(entry) in names:
             raise top.error(
                 f"two sets are named {set_name(entry)!r} (entries {names[set_name(entry)]} and {i})", item, where
@@ -354,8 +397,12 @@ def _evaluation(top: _Mapping) -> tuple[str, ...]:
 
 def _bound(fields: _Mapping, key: str, required: bool) -> float | None:
     bound = fields.take(key, (int, float), required=required)
-    _check(fields, key, bound is None or (math.isfinite(bound) and bound >= 0),
-           f"expected a number of percentage points >= 0, found {bound!r}")  # fmt: skip
+    _check(
+        fields,
+        key,
+        bound is None or (math.isfinite(bound) and bound >= 0),
+        f"expected a number of percentage points >= 0, found {bound!r}",
+    )
     return None if bound is None else float(bound)
 
 
@@ -371,8 +418,9 @@ def _acceptance(top: _Mapping, evaluation: tuple[str, ...]) -> Acceptance | None
         names = [set_name(entry) for entry in evaluation]
         for name, (key, _) in sets.items.items():
             if name not in names:
-                raise sets.error(f"{name!r} is not one of the recipe's evaluation sets ({', '.join(names) or 'none'})",
-                                 key, name)  # fmt: skip
+                raise sets.error(
+                    f"{name!r} is not one of the recipe's evaluation sets ({', '.join(names) or 'none'})", key, name
+                )
             one = sets.sub(name)
             per_set.append((name, _bound(one, "max_error_rate_delta", required=True)))
             one.finish()
@@ -402,27 +450,42 @@ def _parse(file: Path) -> Recipe:
     _check(source, "repo", REPO_ID.fullmatch(repo) is not None, f"{repo!r} is not a hub repo id ORG/NAME")
     # Present but null means "not known yet": the recipe loads, and run refuses to download.
     if "revision" not in source.items:
-        raise source.error("is missing: pin a 40-hex commit (null while it is not known: run then refuses)",
-                           key="revision")  # fmt: skip
+        raise source.error(
+            "is missing: pin a 40-hex commit (null while it is not known: run then refuses)", key="revision"
+        )
     hub = source.take("hub", (str,), required=False, default="huggingface")
     _check(source, "hub", hub in HUBS, f"{hub!r} is not a hub this package downloads from: {', '.join(HUBS)}")
     sha = source.take("model_pt_sha256", (str,), required=False)
-    _check(source, "model_pt_sha256", sha is None or SHA256.fullmatch(sha) is not None,
-           f"{sha!r} is not a SHA-256 (64 lowercase hex digits)")  # fmt: skip
+    _check(
+        source,
+        "model_pt_sha256",
+        sha is None or SHA256.fullmatch(sha) is not None,
+        f"{sha!r} is not a SHA-256 (64 lowercase hex digits)",
+    )
     revision = source.take("revision", (str, type(None)))
-    _check(source, "revision", revision is None or COMMIT.fullmatch(revision) is not None
-           or (revision == HUBS[hub] and sha is not None),
-           f"{revision!r} is not a pinned commit (40 lowercase hex digits): branch and tag names move; "
-           f"only {HUBS[hub]!r} together with model_pt_sha256 (a pin by content) is accepted")  # fmt: skip
+    _check(
+        source,
+        "revision",
+        revision is None or COMMIT.fullmatch(revision) is not None or (revision == HUBS[hub] and sha is not None),
+        f"{revision!r} is not a pinned commit (40 lowercase hex digits): branch and tag names move; "
+        f"only {HUBS[hub]!r} together with model_pt_sha256 (a pin by content) is accepted",
+    )
     source.finish()
 
     dtype = top.take("dtype", (str,))
-    _check(top, "dtype", dtype in DTYPES, f"{dtype!r} is not supported: use one of {', '.join(DTYPES)} "
-           "(Qwen3 is numerically unstable in float16)")  # fmt: skip
+    _check(
+        top,
+        "dtype",
+        dtype in DTYPES,
+        f"{dtype!r} is not supported: use one of {', '.join(DTYPES)} (Qwen3 is numerically unstable in float16)",
+    )
 
     quant = top.sub("quantization")
-    specs = {name: _component(quant, name) for name in COMPONENTS
-             if name not in OPTIONAL_COMPONENTS or quant.node_of(name) is not None}  # fmt: skip
+    specs = {
+        name: _component(quant, name)
+        for name in COMPONENTS
+        if name not in OPTIONAL_COMPONENTS or quant.node_of(name) is not None
+    }
     for name, like in OPTIONAL_COMPONENTS.items():
         specs.setdefault(name, specs[like])
     mixed_node = quant.node_of("mixed")
@@ -437,12 +500,27 @@ def _parse(file: Path) -> Recipe:
     target = top.take("target", (str,))
     _check(top, "target", REPO_ID.fullmatch(target) is not None, f"{target!r} is not a hub repo id ORG/NAME")
     top.finish()
-    return Recipe(file.stem, file, repo, revision, sha, dtype, **specs, mixed=mixed, evaluation=evaluation,
-                  target=target, acceptance=acceptance, hub=hub, file_sha256=hashlib.sha256(text).hexdigest())  # fmt: skip
+    return Recipe(
+        file.stem,
+        file,
+        repo,
+        revision,
+        sha,
+        dtype,
+        **specs,
+        mixed=mixed,
+        evaluation=evaluation,
+        target=target,
+        acceptance=acceptance,
+        hub=hub,
+        file_sha256=hashlib.sha256(text).hexdigest(),
+    )
 
 
 def require_pin(recipe: Recipe) -> None:
     if not recipe.is_local and recipe.revision is None:
-        raise UserError(f"recipe {recipe.name} ({recipe.file}): source.revision of {recipe.source} is not pinned "
-                        "(the commit is not known here); pin a 40-hex commit in the recipe or pass --revision. "
-                        "An unpinned revision is never downloaded.")  # fmt: skip
+        raise UserError(
+            f"recipe {recipe.name} ({recipe.file}): source.revision of {recipe.source} is not pinned "
+            "(the commit is not known here); pin a 40-hex commit in the recipe or pass --revision. "
+            "An unpinned revision is never downloaded."
+        )

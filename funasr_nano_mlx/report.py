@@ -57,13 +57,20 @@ def render_summary(report: dict) -> str:
         else ""
     )
     merged = f", merged from {len(settings['merged_from'])} shards" if settings.get("merged_from") else ""
-    out = [f"# Evaluation of {model['name']}", "",
-           f"{model['size_bytes'] / 1e6:,.0f} MB of weights; funasr-nano-mlx {report['package_version']}; "
-           f"{report['date']}; {machine.get('device_name', machine['platform'])} ({machine['device']}, MLX {machine['mlx']}); "
-           + describe_budget(settings["max_new_tokens"]) + (f", first {settings['limit']} rows per set" if settings["limit"] else "")
-           + shard + merged + ".", "",
-           "| set | metric | error rate | S | D | I | ref. tokens | utterances | skipped | audio h | RTF | tokens/s | peak memory | hit token limit | loop stopped |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    out = [
+        f"# Evaluation of {model['name']}",
+        "",
+        f"{model['size_bytes'] / 1e6:,.0f} MB of weights; funasr-nano-mlx {report['package_version']}; "
+        f"{report['date']}; {machine.get('device_name', machine['platform'])} ({machine['device']}, MLX {machine['mlx']}); "
+        + describe_budget(settings["max_new_tokens"])
+        + (f", first {settings['limit']} rows per set" if settings["limit"] else "")
+        + shard
+        + merged
+        + ".",
+        "",
+        "| set | metric | error rate | S | D | I | ref. tokens | utterances | skipped | audio h | RTF | tokens/s | peak memory | hit token limit | loop stopped |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, data in report["sets"].items():
         speed = (
             f"{data['real_time_factor']:.3f}" if data["real_time_factor"] is not None else "n/a",
@@ -76,9 +83,12 @@ def render_summary(report: dict) -> str:
                 if s
                 else [""] * 5
             )
-            out.append(f"| {name} | {metric.upper()} | {percent(s and s['error_rate'])} | " + " | ".join(map(str, counts))
-                       + f" | {len(data['skipped'])} | {data['audio_hours']:.3f} | {speed[0]} | {speed[1]} | {memory} | "
-                       f"{data['hit_token_limit']} | {data.get('repetition', 0)} |")  # fmt: skip
+            out.append(
+                f"| {name} | {metric.upper()} | {percent(s and s['error_rate'])} | "
+                + " | ".join(map(str, counts))
+                + f" | {len(data['skipped'])} | {data['audio_hours']:.3f} | {speed[0]} | {speed[1]} | {memory} | "
+                f"{data['hit_token_limit']} | {data.get('repetition', 0)} |"
+            )
     if report["baseline"]:
         out += _render_comparison(report)
     skipped = [(name, s) for name, data in report["sets"].items() for s in data["skipped"]]
@@ -90,11 +100,18 @@ def render_summary(report: dict) -> str:
 
 def _render_comparison(report: dict) -> list[str]:
     base = report["baseline"]
-    out = ["", f"## Against {base['name']} ({base['size_bytes'] / 1e6:,.0f} MB)", "",
-           ("Token agreement: aligned identical tokens over the longer sequence, averaged over utterances; delta: "
-            f"this variant minus the baseline, with a paired bootstrap 95% interval ({BOOTSTRAP_SAMPLES} resamples)."), "",
-           "| set | metric | baseline | this variant | delta, points [95% interval] | token agreement | identical | compared |",
-           "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    out = [
+        "",
+        f"## Against {base['name']} ({base['size_bytes'] / 1e6:,.0f} MB)",
+        "",
+        (
+            "Token agreement: aligned identical tokens over the longer sequence, averaged over utterances; delta: "
+            f"this variant minus the baseline, with a paired bootstrap 95% interval ({BOOTSTRAP_SAMPLES} resamples)."
+        ),
+        "",
+        "| set | metric | baseline | this variant | delta, points [95% interval] | token agreement | identical | compared |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     changed = []
     for name, data in report["sets"].items():
         comparison = data.get("comparison")
@@ -102,9 +119,11 @@ def _render_comparison(report: dict) -> list[str]:
             continue
         for metric, s in comparison["scores"].items():
             low, high = s["delta_ci95"]
-            out.append(f"| {name} | {metric.upper()} | {percent(s['baseline'])} | {percent(s['variant'])} | "
-                       f"{100 * s['delta']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] | {100 * s['token_agreement']:.1f}% | "
-                       f"{100 * s['identical']:.1f}% | {s['utterances']} |")  # fmt: skip
+            out.append(
+                f"| {name} | {metric.upper()} | {percent(s['baseline'])} | {percent(s['variant'])} | "
+                f"{100 * s['delta']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] | {100 * s['token_agreement']:.1f}% | "
+                f"{100 * s['identical']:.1f}% | {s['utterances']} |"
+            )
         changed += [(name, c) for c in comparison["changed_most"]]
     out += ["", "### Utterances that changed most", ""]
     if not changed:
@@ -113,5 +132,8 @@ def _render_comparison(report: dict) -> list[str]:
         "| set | row | reference | baseline | this variant | errors | agreement |",
         "|---|---|---|---|---|---:|---:|",
     ]
-    return out + [f"| {name} | {c['index']} | {cell(c['reference'])} | {cell(c['baseline'])} | {cell(c['variant'])} | "
-                  f"{c['baseline_errors']} → {c['errors']} | {100 * c['token_agreement']:.0f}% |" for name, c in changed]  # fmt: skip
+    return out + [
+        f"| {name} | {c['index']} | {cell(c['reference'])} | {cell(c['baseline'])} | {cell(c['variant'])} | "
+        f"{c['baseline_errors']} → {c['errors']} | {100 * c['token_agreement']:.0f}% |"
+        for name, c in changed
+    ]

@@ -94,9 +94,16 @@ class Scheduler:
     seconds after a batch shared by several requests during which the next batch waits to fill up.
     """
 
-    def __init__(self, load: Callable[[], tuple], *, segmenter="auto", max_batch: int = DEFAULT_BATCH_SIZE,
-                 max_segment_seconds: float = DEFAULT_MAX_SEGMENT_MS / 1000, batch_wait: float = 0.0,
-                 decode=None):
+    def __init__(
+        self,
+        load: Callable[[], tuple],
+        *,
+        segmenter="auto",
+        max_batch: int = DEFAULT_BATCH_SIZE,
+        max_segment_seconds: float = DEFAULT_MAX_SEGMENT_MS / 1000,
+        batch_wait: float = 0.0,
+        decode=None,
+    ):
         self._decode = decode or BatchDecoder.run
         self.segmenter, self.max_batch, self.batch_wait = segmenter, max_batch, batch_wait
         self.max_segment_ms = round(max_segment_seconds * 1000)
@@ -132,8 +139,12 @@ class Scheduler:
         with self._cond:
             waiting = sum(len(work.pending) for work in self._active if not work.cancelled)
             in_scheduler = len(self._arrived) + len(self._active)
-            return {**self.stats.as_dict(), "requests_in_scheduler": in_scheduler, "segments_waiting": waiting,
-                    "max_batch": self.max_batch}
+            return {
+                **self.stats.as_dict(),
+                "requests_in_scheduler": in_scheduler,
+                "segments_waiting": waiting,
+                "max_batch": self.max_batch,
+            }
 
     def close(self, timeout: float | None = None) -> None:
         """Stop after the batch under way; requests still waiting fail with 'shutting down'."""

@@ -58,9 +58,15 @@ def score(reference: str, hypothesis: str, language: str | None, traditional_to_
     metric, normalizer = scoring_for(language, reference)
     ref, hyp = (normalize(text, normalizer, traditional_to_simplified) for text in (reference, hypothesis))
     counts = jiwer.process_words(ref, hyp)
-    return {"metric": metric, "normalized_reference": ref, "normalized_hypothesis": hyp,
-            "substitutions": counts.substitutions, "deletions": counts.deletions,
-            "insertions": counts.insertions, "hits": counts.hits}  # fmt: skip
+    return {
+        "metric": metric,
+        "normalized_reference": ref,
+        "normalized_hypothesis": hyp,
+        "substitutions": counts.substitutions,
+        "deletions": counts.deletions,
+        "insertions": counts.insertions,
+        "hits": counts.hits,
+    }
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -78,8 +84,12 @@ def aggregate(rows: list[Row]) -> dict:
             key: sum(getattr(r, key) for r in group) for key in ("substitutions", "deletions", "insertions", "hits")
         }
         tokens = sum(r.reference_tokens for r in group)
-        scores[metric] = {"error_rate": _ratio(sum(r.errors for r in group), tokens), **counts,
-                          "reference_tokens": tokens, "utterances": len(group)}  # fmt: skip
+        scores[metric] = {
+            "error_rate": _ratio(sum(r.errors for r in group), tokens),
+            **counts,
+            "reference_tokens": tokens,
+            "utterances": len(group),
+        }
     audio = sum(r.audio_seconds for r in scored)
     return {
         "rows": len(rows),
@@ -118,40 +128,69 @@ def compare(rows: list[Row], baseline_rows: list[Row]) -> tuple[dict, list[dict]
     baseline = {(r.set, r.index): r for r in baseline_rows if r.skipped is None}
     per_set, lines = {}, []
     for name in dict.fromkeys(r.set for r in rows):
-        pairs = [(baseline[(r.set, r.index)], r) for r in rows if r.set == name and r.skipped is None
-                 and (r.set, r.index) in baseline]  # fmt: skip
+        pairs = [
+            (baseline[(r.set, r.index)], r)
+            for r in rows
+            if r.set == name and r.skipped is None and (r.set, r.index) in baseline
+        ]
         if not pairs:
             continue
         for base, row in pairs:
             if base.reference != row.reference:
-                raise UserError(f"the baseline's set {name} differs at row {row.index} ({row.id}): compare reports "
-                                "made on the same set revision and --limit")  # fmt: skip
+                raise UserError(
+                    f"the baseline's set {name} differs at row {row.index} ({row.id}): compare reports "
+                    "made on the same set revision and --limit"
+                )
         agreement = [token_agreement(b.token_ids, r.token_ids) for b, r in pairs]
-        lines += [{"set": name, "index": r.index, "id": r.id, "token_agreement": a, "baseline_errors": b.errors,
-                   "errors": r.errors} for (b, r), a in zip(pairs, agreement)]  # fmt: skip
+        lines += [
+            {
+                "set": name,
+                "index": r.index,
+                "id": r.id,
+                "token_agreement": a,
+                "baseline_errors": b.errors,
+                "errors": r.errors,
+            }
+            for (b, r), a in zip(pairs, agreement)
+        ]
         scores = {}
         for metric in sorted({r.metric for _, r in pairs}):
             group = [(b, r, a) for (b, r), a in zip(pairs, agreement) if r.metric == metric]
             base_errors = np.array([b.errors for b, _, _ in group])
             errors = np.array([r.errors for _, r, _ in group])
             tokens = np.array([r.reference_tokens for _, r, _ in group])
-            scores[metric] = {"utterances": len(group), "baseline": float(base_errors.sum() / tokens.sum()),
-                              "variant": float(errors.sum() / tokens.sum()),
-                              "delta": float((errors.sum() - base_errors.sum()) / tokens.sum()),
-                              "delta_ci95": bootstrap_interval(base_errors, errors, tokens),
-                              "token_agreement": float(np.mean([a for _, _, a in group])),
-                              "identical": sum(b.token_ids == r.token_ids for b, r, _ in group) / len(group)}  # fmt: skip
+            scores[metric] = {
+                "utterances": len(group),
+                "baseline": float(base_errors.sum() / tokens.sum()),
+                "variant": float(errors.sum() / tokens.sum()),
+                "delta": float((errors.sum() - base_errors.sum()) / tokens.sum()),
+                "delta_ci95": bootstrap_interval(base_errors, errors, tokens),
+                "token_agreement": float(np.mean([a for _, _, a in group])),
+                "identical": sum(b.token_ids == r.token_ids for b, r, _ in group) / len(group),
+            }
         # Largest change in errors first, then lowest agreement.
-        changed = sorted(((b, r, a) for (b, r), a in zip(pairs, agreement) if b.token_ids != r.token_ids),
-                         key=lambda c: (-abs(c[1].errors - c[0].errors), c[2]))  # fmt: skip
+        changed = sorted(
+            ((b, r, a) for (b, r), a in zip(pairs, agreement) if b.token_ids != r.token_ids),
+            key=lambda c: (-abs(c[1].errors - c[0].errors), c[2]),
+        )
         per_set[name] = {
             "utterances": len(pairs),
             "not_compared": sum(1 for r in rows if r.set == name) - len(pairs),
             "token_agreement": float(np.mean(agreement)),
             "identical": sum(b.token_ids == r.token_ids for b, r in pairs) / len(pairs),
             "scores": scores,
-            "changed_most": [{"index": r.index, "id": r.id, "reference": r.reference, "baseline": b.hypothesis,
-                              "variant": r.hypothesis, "baseline_errors": b.errors, "errors": r.errors,
-                              "token_agreement": a} for b, r, a in changed[:CHANGED_MOST]],
-        }  # fmt: skip
+            "changed_most": [
+                {
+                    "index": r.index,
+                    "id": r.id,
+                    "reference": r.reference,
+                    "baseline": b.hypothesis,
+                    "variant": r.hypothesis,
+                    "baseline_errors": b.errors,
+                    "errors": r.errors,
+                    "token_agreement": a,
+                }
+                for b, r, a in changed[:CHANGED_MOST]
+            ],
+        }
     return per_set, lines

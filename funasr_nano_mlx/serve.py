@@ -61,8 +61,14 @@ class Limits:
 class ApiError(Exception):
     """An error answered in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
@@ -109,10 +115,15 @@ class _FormReader:
         self._out = None
 
     def callbacks(self) -> dict:
-        return {"on_part_begin": self._begin, "on_header_field": self._header_field,
-                "on_header_value": self._header_value, "on_header_end": self._header_end,
-                "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
-                "on_part_end": self._part_end}
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
 
     def _begin(self):
         self._headers, self._data, self._part = {}, bytearray(), None
@@ -151,8 +162,9 @@ class _FormReader:
         else:
             self._data += data[start:end]
             if len(self._data) > MAX_FIELD_BYTES:
-                raise ApiError(400, f"form field {self._part!r} is longer than {MAX_FIELD_BYTES} bytes",
-                               param=self._part)
+                raise ApiError(
+                    400, f"form field {self._part!r} is longer than {MAX_FIELD_BYTES} bytes", param=self._part
+                )
 
     def _part_end(self):
         if self._part == "file":
@@ -167,16 +179,21 @@ class _FormReader:
 
 
 def _too_large(limits: Limits) -> ApiError:
-    return ApiError(413, f"the file is larger than the server's limit of {limits.max_upload_bytes} bytes",
-                    param="file", code="file_too_large")
+    return ApiError(
+        413,
+        f"the file is larger than the server's limit of {limits.max_upload_bytes} bytes",
+        param="file",
+        code="file_too_large",
+    )
 
 
 async def read_form(request: Request, folder: Path, limits: Limits) -> Form:
     """The multipart form of a transcription request, its file written into `folder`."""
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data":
-        raise ApiError(415, "send the audio as multipart/form-data (fields: file, model, ...)",
-                       code="unsupported_media_type")
+        raise ApiError(
+            415, "send the audio as multipart/form-data (fields: file, model, ...)", code="unsupported_media_type"
+        )
     if b"boundary" not in params:
         raise ApiError(400, "the multipart/form-data Content-Type has no boundary")
     declared = request.headers.get("content-length", "")
@@ -213,8 +230,12 @@ def read_audio(form: Form, limits: Limits) -> np.ndarray:
         raise ApiError(400, message, param="file", code="invalid_audio") from None
     seconds = len(samples) / SAMPLE_RATE
     if seconds > limits.max_audio_seconds:
-        raise ApiError(400, f"the audio is {seconds:.1f} s long; this server takes at most "
-                            f"{limits.max_audio_seconds:g} s", param="file", code="audio_too_long")
+        raise ApiError(
+            400,
+            f"the audio is {seconds:.1f} s long; this server takes at most {limits.max_audio_seconds:g} s",
+            param="file",
+            code="audio_too_long",
+        )
     return samples
 
 
@@ -244,12 +265,16 @@ def _flag(form: Form, name: str) -> bool:
 
 def parse_options(form: Form) -> Options:
     if form.get("model") is None:
-        raise ApiError(400, "the request has no 'model' field (any name is accepted: this server has one model)",
-                       param="model")
+        raise ApiError(
+            400, "the request has no 'model' field (any name is accepted: this server has one model)", param="model"
+        )
     response_format = form.get("response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
-        raise ApiError(400, f"unknown response_format {response_format!r}; use one of {', '.join(RESPONSE_FORMATS)}",
-                       param="response_format")
+        raise ApiError(
+            400,
+            f"unknown response_format {response_format!r}; use one of {', '.join(RESPONSE_FORMATS)}",
+            param="response_format",
+        )
     try:
         temperature = float(form.get("temperature") or 0)
     except ValueError:
@@ -263,14 +288,16 @@ def parse_options(form: Form) -> Options:
         raise ApiError(400, str(err), param="language", code="unsupported_language") from None
     stream = _flag(form, "stream")
     if stream and response_format not in STREAM_FORMATS:
-        raise ApiError(400, f"stream=true works with response_format json or text, not {response_format}",
-                       param="stream")
+        raise ApiError(
+            400, f"stream=true works with response_format json or text, not {response_format}", param="stream"
+        )
     granularities = form.get_all("timestamp_granularities")
     if set(granularities) - {"word", "segment"}:
         raise ApiError(400, "timestamp_granularities takes word and/or segment", param="timestamp_granularities")
     if granularities and response_format != "verbose_json":
-        raise ApiError(400, "timestamp_granularities needs response_format verbose_json",
-                       param="timestamp_granularities")
+        raise ApiError(
+            400, "timestamp_granularities needs response_format verbose_json", param="timestamp_granularities"
+        )
     # OpenAI's `keywords[]` are hotwords as they are; `prompt` is split into them.
     hotwords = _as_list(form.get_all("keywords")) + split_hotwords(form.get("prompt"))
     return Options(response_format, language, tuple(hotwords), stream, "word" in granularities)
@@ -297,8 +324,14 @@ def word_timestamps(result: Transcription) -> list[dict] | None:
     entries = getattr(result, "words", None) or getattr(result, "timestamps", None)
     if not entries:
         return None
-    return [{"word": _timed(entry, "word", "text", "token"), "start": float(_timed(entry, "start")),
-             "end": float(_timed(entry, "end"))} for entry in entries]
+    return [
+        {
+            "word": _timed(entry, "word", "text", "token"),
+            "start": float(_timed(entry, "start")),
+            "end": float(_timed(entry, "end")),
+        }
+        for entry in entries
+    ]
 
 
 def verbose_json(result: Transcription, options: Options) -> dict:
@@ -309,9 +342,17 @@ def verbose_json(result: Transcription, options: Options) -> dict:
         "duration": result.duration,
         "text": result.text,
         "segments": [
-            {"id": index, "seek": round(segment.start * 100),  # Whisper's seek: 10 ms frames into the audio
-             "start": segment.start, "end": segment.end, "text": segment.text, "tokens": segment.token_ids,
-             "temperature": 0.0, "hit_token_limit": segment.hit_token_limit, "repetition": segment.repetition}
+            {
+                "id": index,
+                "seek": round(segment.start * 100),  # Whisper's seek: 10 ms frames into the audio
+                "start": segment.start,
+                "end": segment.end,
+                "text": segment.text,
+                "tokens": segment.token_ids,
+                "temperature": 0.0,
+                "hit_token_limit": segment.hit_token_limit,
+                "repetition": segment.repetition,
+            }
             for index, segment in enumerate(result.segments)
         ],
     }
@@ -329,8 +370,11 @@ def render(result: Transcription, options: Options) -> Response:
         return JSONResponse(verbose_json(result, options))
     # OpenAI answers the text formats as text/plain.
     # Subtitles follow the words where the model gives timestamps (CTC head), else one cue per segment.
-    text = {"text": lambda: result.text.strip() + "\n", "srt": lambda: to_srt(timed_cues(result)),
-            "vtt": lambda: to_vtt(timed_cues(result))}[fmt]()
+    text = {
+        "text": lambda: result.text.strip() + "\n",
+        "srt": lambda: to_srt(timed_cues(result)),
+        "vtt": lambda: to_vtt(timed_cues(result)),
+    }[fmt]()
     return PlainTextResponse(text)
 
 
@@ -362,8 +406,9 @@ class Pending:
         try:
             kind, payload = await asyncio.wait_for(self.events.get(), deadline - asyncio.get_running_loop().time())
         except asyncio.TimeoutError:
-            raise ApiError(504, "the request took longer than the server's timeout", code="timeout",
-                           kind="timeout_error") from None
+            raise ApiError(
+                504, "the request took longer than the server's timeout", code="timeout", kind="timeout_error"
+            ) from None
         if kind == "error":
             if isinstance(payload, UserError):
                 raise ApiError(400, str(payload), param="file")
@@ -436,19 +481,22 @@ async def stream_events(pending: Pending, deadline: float, release):
 class Server:
     """The endpoints, over one scheduler. `uploads` is a folder of the server's own (see `serve`)."""
 
-    def __init__(self, scheduler: Scheduler, model_id: str, uploads: Path, limits: Limits = Limits(),
-                 api_key: str | None = None):
+    def __init__(
+        self, scheduler: Scheduler, model_id: str, uploads: Path, limits: Limits = Limits(), api_key: str | None = None
+    ):
         self.scheduler, self.model_id, self.uploads, self.limits = scheduler, model_id, Path(uploads), limits
         self.api_key = api_key.encode() if api_key else None
         self.in_flight = 0
         self.counts = {"requests": 0, "rejected_queue_full": 0, "uploads_aborted": 0, "client_gone": 0}
 
     def app(self) -> Starlette:
-        routes = [Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
-                  Route("/v1/models", self.models, methods=["GET"]),
-                  Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
-                  Route("/health", self.health, methods=["GET"]),
-                  Route("/metrics", self.metrics, methods=["GET"])]
+        routes = [
+            Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+        ]
         handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _server_error}
         return _KeyCheck(Starlette(routes=routes, exception_handlers=handlers), self.api_key)
 
@@ -472,8 +520,12 @@ class Server:
                     pending.cancel()
                     release()
 
-                return StreamingResponse(stream_events(pending, deadline, release), media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache"}, background=BackgroundTask(finish))
+                return StreamingResponse(
+                    stream_events(pending, deadline, release),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache"},
+                    background=BackgroundTask(finish),
+                )
             result = await result_of(pending, request, deadline)
             if result is None:
                 self.counts["client_gone"] += 1
@@ -487,8 +539,12 @@ class Server:
         """Count the request in, or refuse it (429) when the server holds max_queue already."""
         if self.in_flight >= self.limits.max_queue:
             self.counts["rejected_queue_full"] += 1
-            raise ApiError(429, f"the server is busy ({self.limits.max_queue} requests in flight); retry later",
-                           code="queue_full", kind="rate_limit_error")
+            raise ApiError(
+                429,
+                f"the server is busy ({self.limits.max_queue} requests in flight); retry later",
+                code="queue_full",
+                kind="rate_limit_error",
+            )
         self.in_flight += 1
         self.counts["requests"] += 1
         released = False
@@ -515,8 +571,12 @@ class Server:
 
     async def model(self, request: Request) -> Response:
         if request.path_params["model_id"] != self.model_id:
-            raise ApiError(404, f"the model {request.path_params['model_id']!r} does not exist; this server has "
-                                f"{self.model_id!r}", param="model", code="model_not_found")
+            raise ApiError(
+                404,
+                f"the model {request.path_params['model_id']!r} does not exist; this server has {self.model_id!r}",
+                param="model",
+                code="model_not_found",
+            )
         return JSONResponse(self._model_card())
 
     def _model_card(self) -> dict:
@@ -570,9 +630,20 @@ def listen(host: str, port: int) -> socket.socket:
         raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
 
 
-def serve(model: str, *, revision: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-          api_key: str | None = None, vad: str | None = None, vad_revision: str | None = None, max_batch: int = 16,
-          batch_wait: float = 0.1, limits: Limits = Limits(), log_level: str = "info") -> None:
+def serve(
+    model: str,
+    *,
+    revision: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    vad: str | None = None,
+    vad_revision: str | None = None,
+    max_batch: int = 16,
+    batch_wait: float = 0.1,
+    limits: Limits = Limits(),
+    log_level: str = "info",
+) -> None:
     """Load MODEL (a directory or a hub repo id), listen on host:port and serve until interrupted."""
     from .transcribe import load
 
@@ -584,8 +655,9 @@ def serve(model: str, *, revision: str | None = None, host: str = "127.0.0.1", p
         segmenter = functools.partial(load_vad, vad, vad_revision)
     sock = listen(host, port)  # first: a port in use is reported before the model loads
     try:
-        scheduler = Scheduler(functools.partial(load, model, revision), segmenter=segmenter, max_batch=max_batch,
-                              batch_wait=batch_wait)
+        scheduler = Scheduler(
+            functools.partial(load, model, revision), segmenter=segmenter, max_batch=max_batch, batch_wait=batch_wait
+        )
         try:
             _run(scheduler, sock, model, limits, api_key, log_level)
         finally:
@@ -594,8 +666,9 @@ def serve(model: str, *, revision: str | None = None, host: str = "127.0.0.1", p
         sock.close()
 
 
-def _run(scheduler: Scheduler, sock: socket.socket, model: str, limits: Limits, api_key: str | None,
-         log_level: str) -> None:
+def _run(
+    scheduler: Scheduler, sock: socket.socket, model: str, limits: Limits, api_key: str | None, log_level: str
+) -> None:
     import uvicorn
 
     host, port = sock.getsockname()[:2]

@@ -41,6 +41,7 @@ HOTWORD_PREAMBLE = (
 )
 END_OF_TEXT = "<|endoftext|>"  # also a stop token, as Qwen3 may end a turn with it
 
+
 def instruction(language: str | None = None, hotwords: Sequence[str] = (), itn: bool = True) -> str:
     """The user instruction exactly as the reference's get_prompt builds it."""
     text = ""
@@ -55,10 +56,7 @@ def instruction(language: str | None = None, hotwords: Sequence[str] = (), itn: 
 
 def prompt_around_audio(language=None, hotwords: Sequence[str] = (), itn: bool = True) -> tuple[str, str]:
     """ChatML text before and after the audio frames (system prompt on, no <think> block)."""
-    before = (
-        f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
-        f"<|im_start|>user\n{instruction(language, hotwords, itn)}"
-    )
+    before = f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{instruction(language, hotwords, itn)}"
     return before, "<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -130,7 +128,9 @@ def load(path_or_repo: str | Path, revision: str | None = None) -> tuple[FunASRN
         audio_module.set_dtype(mx.float32)
     mx.eval(model.parameters())
     if model.has_ctc:  # the CTC tokenizer travels with the model, as the Qwen one with `tokenizer`
-        model.ctc_tokenizer = ctc.CTCTokenizer.from_file(path / CTC_TOKENIZER_FILE, config.get("ctc_num_languages", 8749))
+        model.ctc_tokenizer = ctc.CTCTokenizer.from_file(
+            path / CTC_TOKENIZER_FILE, config.get("ctc_num_languages", 8749)
+        )
     # Exactly the reference's stop set: not the tokenizer_config's eos, which mlx-lm would add.
     tokenizer.eos_token_ids = stop_token_ids(config, tokenizer)
     return model, tokenizer
@@ -146,8 +146,10 @@ def use_timestamps(model: FunASRNano, timestamps: bool | None) -> bool:
     model without one is an error."""
     available = model.has_ctc and getattr(model, "ctc_tokenizer", None) is not None
     if timestamps and not available:
-        raise UserError("this model has no CTC head, so no timestamps: convert a copy that carries it "
-                        "(the ModelScope model.pt with ctc_decoder.* and ctc.* tensors)")  # fmt: skip
+        raise UserError(
+            "this model has no CTC head, so no timestamps: convert a copy that carries it "
+            "(the ModelScope model.pt with ctc_decoder.* and ctc.* tensors)"
+        )
     return available if timestamps is None else timestamps
 
 
@@ -202,8 +204,14 @@ def _left_padded(rows: list[mx.array], padding: list[int]) -> mx.array:
     return mx.stack([mx.pad(row, [(pad, 0), (0, 0)]) for row, pad in zip(rows, padding)])
 
 
-def greedy_batch(llm, embeddings: list[mx.array], budgets: list[int], stop_ids: Iterable[int],
-                 stop_loops: bool = True, timings: dict | None = None) -> list[Decoded]:  # fmt: skip
+def greedy_batch(
+    llm,
+    embeddings: list[mx.array],
+    budgets: list[int],
+    stop_ids: Iterable[int],
+    stop_loops: bool = True,
+    timings: dict | None = None,
+) -> list[Decoded]:
     """Greedy decoding of several prompts (each (L_i, D) input embeddings) at once.
 
     Written here rather than with mlx-lm's BatchGenerator, which takes token prompts, not embeddings.
@@ -359,11 +367,14 @@ class BatchDecoder:
             emitted = align.emissions(self.model, encoded[0], lengths)
             timings["ctc"] = time.perf_counter() - start
 
-        embeddings = [prompt_inputs(self.model, self.tokenizer, f, **(job.prompt or self.prompt))[1]
-                      for job, f in zip(batch, frames)]
+        embeddings = [
+            prompt_inputs(self.model, self.tokenizer, f, **(job.prompt or self.prompt))[1]
+            for job, f in zip(batch, frames)
+        ]
         budgets = [token_budget(job.seconds, self.max_new_tokens) for job in batch]
-        results = greedy_batch(self.model.llm, embeddings, budgets, self.tokenizer.eos_token_ids, self.stop_loops,
-                               timings)  # fmt: skip
+        results = greedy_batch(
+            self.model.llm, embeddings, budgets, self.tokenizer.eos_token_ids, self.stop_loops, timings
+        )
         for decoded, em in zip(results, emitted if self.timestamps else []):
             decoded.ctc = em
         return results
@@ -374,11 +385,19 @@ class BatchDecoder:
         text = postprocess(self.tokenizer.decode(decoded.token_ids + stop, skip_special_tokens=True))
         stamps = {}
         if decoded.ctc is not None:  # upstream aligns the post-processed text ([F] model.py:1065)
-            stamps = align.segment_timestamps(self.model, self.model.ctc_tokenizer, decoded.ctc, text,
-                                              job.start_ms / 1000)  # fmt: skip
+            stamps = align.segment_timestamps(
+                self.model, self.model.ctc_tokenizer, decoded.ctc, text, job.start_ms / 1000
+            )
             stamps["words"] = ctc.words(self.model.ctc_tokenizer, stamps["timestamps"])
-        return Segment(job.start_ms / 1000, job.end_ms / 1000, text, decoded.token_ids,
-                       decoded.hit_token_limit, decoded.repetition, **stamps)  # fmt: skip
+        return Segment(
+            job.start_ms / 1000,
+            job.end_ms / 1000,
+            text,
+            decoded.token_ids,
+            decoded.hit_token_limit,
+            decoded.repetition,
+            **stamps,
+        )
 
 
 def add_timings(total: dict, batch: dict, share: float) -> None:
@@ -388,7 +407,8 @@ def add_timings(total: dict, batch: dict, share: float) -> None:
             total[key] = total.get(key, 0.0) + batch[key] * share
     if batch["decode_steps"]:
         total["decode_ms_per_token"] = total.get("decode_ms_per_token", 0.0) + share * (
-            1000 * batch["decode"] / batch["decode_steps"])
+            1000 * batch["decode"] / batch["decode_steps"]
+        )
         total["rate_weight"] = total.get("rate_weight", 0.0) + share
 
 
@@ -441,8 +461,13 @@ def transcribe_many(
         raise UserError(f"batch_size must be at least 1, got {batch_size}")
     max_segment_ms = round(max_segment_seconds * 1000)
     pipeline = BatchDecoder(model, tokenizer, language, hotwords, itn, max_new_tokens, stop_loops, timestamps)
-    bar = tqdm(total=0, unit="s audio", desc="transcribe", disable=None if progress is None else not progress,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")  # fmt: skip
+    bar = tqdm(
+        total=0,
+        unit="s audio",
+        desc="transcribe",
+        disable=None if progress is None else not progress,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]",
+    )
     group: list[tuple[str, np.ndarray]] = []
     jobs: list[SegmentJob] = []
     try:

@@ -41,8 +41,17 @@ MODEL_TYPE = "fsmn_vad"
 WEIGHTS = "model.safetensors"
 CMVN_KEY = "frontend.cmvn"  # (2, 400): am.mvn's AddShift row, then its Rescale row
 # The frontend this port implements: upstream's WavFrontendOnline with the fsmn-vad settings.
-FRONTEND = {"fs": SAMPLE_RATE, "window": "hamming", "n_mels": 80, "frame_length": 25, "frame_shift": 10,
-            "lfr_m": 5, "lfr_n": 1, "snip_edges": True, "upsacle_samples": True}  # fmt: skip
+FRONTEND = {
+    "fs": SAMPLE_RATE,
+    "window": "hamming",
+    "n_mels": 80,
+    "frame_length": 25,
+    "frame_shift": 10,
+    "lfr_m": 5,
+    "lfr_n": 1,
+    "snip_edges": True,
+    "upsacle_samples": True,
+}
 LFR_M = FRONTEND["lfr_m"]
 LFR_LEFT = (LFR_M - 1) // 2  # stacked frames before the centre one; as many after, repeated at the edges
 DEFAULT_MAX_SEGMENT_MS = 30_000  # what Fun-ASR-Nano's examples pass as max_single_segment_time
@@ -53,8 +62,15 @@ BLOCK_FRAMES = 6000  # frames scored per encoder call (60 s): bounded memory for
 CHUNK_MS = 60_000
 # (time in speech so far, in ms, counted in whole chunks; pause that ends a segment, in ms): upstream's
 # DEFAULT_SILENCE_SCHEDULE. The first entry whose limit is not exceeded applies.
-DYNAMIC_SILENCE_SCHEDULE = ((10_000, 2000), (20_000, 1000), (30_000, 800), (40_000, 600), (50_000, 400),
-                            (60_000, 200), (float("inf"), 100))  # fmt: skip
+DYNAMIC_SILENCE_SCHEDULE = (
+    (10_000, 2000),
+    (20_000, 1000),
+    (30_000, 800),
+    (40_000, 600),
+    (50_000, 400),
+    (60_000, 200),
+    (float("inf"), 100),
+)
 DYNAMIC_SPEECH_NOISE_THRES = 0.5  # the margin upstream sets along with the schedule
 NOISE_LEVEL_UNSET = -100.0  # upstream's initial noise level; any value below -99.9 means "not measured yet"
 DECIBEL_EPSILON = 1e-6  # added to the frame energy before log10, as upstream
@@ -123,8 +139,11 @@ def unsupported_settings(config: dict) -> list[str]:
     does not implement; empty when the model can be run here exactly."""
     frontend, encoder = config.get("frontend_conf") or {}, config.get("encoder_conf") or {}
     options = VadOptions.from_dict(config.get("model_conf") or {})
-    problems = [f"frontend_conf.{key}: {frontend[key]!r}" for key in FRONTEND
-                if key in frontend and frontend[key] != FRONTEND[key]]  # fmt: skip
+    problems = [
+        f"frontend_conf.{key}: {frontend[key]!r}"
+        for key in FRONTEND
+        if key in frontend and frontend[key] != FRONTEND[key]
+    ]
     if FsmnArgs.from_dict(encoder).rorder != 0:
         problems.append(f"encoder_conf.rorder: {encoder['rorder']} (look-ahead memory)")
     if not FsmnArgs.from_dict(encoder).use_softmax:
@@ -215,8 +234,10 @@ class FsmnVad(nn.Module):
         """Upstream checkpoint keys -> ours; idempotent. Keys lose a DataParallel `module.` prefix, and
         the memory convolutions go from PyTorch Conv2d (C, 1, K, 1) to MLX Conv1d (C, K, 1)."""
         weights = {key.removeprefix("module."): value for key, value in weights.items()}
-        return {key: value.squeeze(1) if key.endswith("conv_left.weight") and value.ndim == 4 else value
-                for key, value in weights.items()}  # fmt: skip
+        return {
+            key: value.squeeze(1) if key.endswith("conv_left.weight") and value.ndim == 4 else value
+            for key, value in weights.items()
+        }
 
 
 # -- the frontend -----------------------------------------------------------------------------------
@@ -301,8 +322,11 @@ class Endpointer:
     def __init__(self, options: VadOptions, max_segment_ms: float, end_silence_ms: float):
         ms = options.frame_in_ms
         self.options = options
-        self.window = SmoothingWindow(int(options.window_size_ms / ms), int(options.sil_to_speech_time_thres / ms),
-                                      int(options.speech_to_sil_time_thres / ms))  # fmt: skip
+        self.window = SmoothingWindow(
+            int(options.window_size_ms / ms),
+            int(options.sil_to_speech_time_thres / ms),
+            int(options.speech_to_sil_time_thres / ms),
+        )
         extend = bool(options.do_extend)
         self.latency = self.window.size + (int(options.lookback_time_start_point / ms) if extend else 0)
         self.lookahead = int(options.lookahead_time_end_point / ms)
@@ -410,8 +434,14 @@ def speech_decisions(silence: np.ndarray, decibels: np.ndarray, options: VadOpti
     return speech
 
 
-def find_segments(silence: np.ndarray, decibels: np.ndarray, num_samples: int, options: VadOptions,
-                  max_segment_ms: float, max_end_silence_ms: float | None = None) -> list[tuple[int, int]]:  # fmt: skip
+def find_segments(
+    silence: np.ndarray,
+    decibels: np.ndarray,
+    num_samples: int,
+    options: VadOptions,
+    max_segment_ms: float,
+    max_end_silence_ms: float | None = None,
+) -> list[tuple[int, int]]:
     """Segments in ms from per-frame silence posteriors and energies, as upstream's offline inference."""
     dynamic = max_end_silence_ms is None
     margin = DYNAMIC_SPEECH_NOISE_THRES if dynamic else options.speech_noise_thres
@@ -467,8 +497,9 @@ class VadModel:
         covers samples [160 t, 160 t + 400). Empty for audio shorter than one frame (25 ms)."""
         return 1.0 - self.silence_posteriors(samples)
 
-    def segments(self, samples: np.ndarray, max_segment_ms: int = DEFAULT_MAX_SEGMENT_MS,
-                 max_end_silence_ms: int | None = None) -> list[tuple[int, int]]:  # fmt: skip
+    def segments(
+        self, samples: np.ndarray, max_segment_ms: int = DEFAULT_MAX_SEGMENT_MS, max_end_silence_ms: int | None = None
+    ) -> list[tuple[int, int]]:
         """[(start_ms, end_ms), ...] of speech, in order, as upstream's offline VAD returns them.
 
         `max_segment_ms` is upstream's max_single_segment_time: a segment reaching it is cut there and
@@ -482,8 +513,9 @@ class VadModel:
         if num_frames(len(samples)) == 0:
             return []
         decibels = frame_decibels(samples)
-        return find_segments(self.silence_posteriors(samples), decibels, len(samples), self.options,
-                             max_segment_ms, max_end_silence_ms)  # fmt: skip
+        return find_segments(
+            self.silence_posteriors(samples), decibels, len(samples), self.options, max_segment_ms, max_end_silence_ms
+        )
 
 
 def is_vad_config(config: dict) -> bool:
@@ -497,8 +529,10 @@ def read_vad_config(path: Path) -> dict:
     except (OSError, ValueError):
         config = {}
     if not isinstance(config, dict) or not is_vad_config(config) or not (path / WEIGHTS).is_file():
-        raise UserError(f"{path} is not a converted FSMN-VAD model (expected config.json with model_type "
-                        f"{MODEL_TYPE!r} and {WEIGHTS}); create one with `funasr-nano-mlx convert-vad`")  # fmt: skip
+        raise UserError(
+            f"{path} is not a converted FSMN-VAD model (expected config.json with model_type "
+            f"{MODEL_TYPE!r} and {WEIGHTS}); create one with `funasr-nano-mlx convert-vad`"
+        )
     if problems := unsupported_settings(config):
         raise UserError(f"{path}/config.json: unsupported settings: {'; '.join(problems)}")
     return config

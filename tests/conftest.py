@@ -22,8 +22,10 @@ MANDARIN = "今天天气很好，我们一起去公园散步，然后在湖边�
 def speech(tmp_path_factory) -> np.ndarray:
     """About 10 s of English then Mandarin synthetic speech, 16 kHz mono float32."""
     tmp = tmp_path_factory.mktemp("speech")
-    parts = [sf.read(str(synthesize(text, tmp / f"{voice}.wav", voice)), dtype="float32")[0]
-             for voice, text in (("en", ENGLISH), ("cmn", MANDARIN))]
+    parts = [
+        sf.read(str(synthesize(text, tmp / f"{voice}.wav", voice)), dtype="float32")[0]
+        for voice, text in (("en", ENGLISH), ("cmn", MANDARIN))
+    ]
     # A recording's noise floor (about 3 int16 steps). espeak's digital silence is exact zeros, which
     # make LFR rows of one constant value; their LayerNorm is ill-conditioned (offset ~360, spread
     # ~0.7 from the PE), so any two float32 implementations differ there by ~1e-4 relative.
@@ -98,16 +100,20 @@ def installed_cli(tmp_path_factory) -> list[str]:
     root = Path(__file__).resolve().parent.parent
     tmp = tmp_path_factory.mktemp("installed")
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp / "dist", root], check=True,
-                   cwd=tmp)  # fmt: skip
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp / "dist", root], check=True, cwd=tmp)
     wheel = next((tmp / "dist").glob("funasr_nano_mlx-*.whl"))
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", tmp / "venv"], check=True)
     python = tmp / "venv" / "bin" / "python"
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     Path(purelib, "test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([*pip, "--python", python, "install", "--no-index", f"{wheel}[cpu,convert,eval]"], check=True,
-                   cwd=tmp)  # fmt: skip
+    subprocess.run(
+        [*pip, "--python", python, "install", "--no-index", f"{wheel}[cpu,convert,eval]"], check=True, cwd=tmp
+    )
     return [str(tmp / "venv" / "bin" / "funasr-nano-mlx")]
 
 

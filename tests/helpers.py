@@ -19,18 +19,28 @@ NOISE_FLOOR = 1e-4  # a recording's noise floor under synthetic speech (about 3 
 # Clip lengths: shorter than an LLM token's worth of frames, ~1 s, a typical utterance, and just over
 # the 30 s that upstream says needs segmentation.
 CLIP_SECONDS = {"0.3s": 0.3, "1s": 1.0, "7s": 7.0, "31s": 31.0}
-SHIPPED_RECIPES = ("bf16", "8bit", "4bit-llm", "4bit-mixed", "mlt-bf16", "mlt-4bit-llm", "bf16-timestamps",
-                   "4bit-llm-timestamps")
+SHIPPED_RECIPES = (
+    "bf16",
+    "8bit",
+    "4bit-llm",
+    "4bit-mixed",
+    "mlt-bf16",
+    "mlt-4bit-llm",
+    "bf16-timestamps",
+    "4bit-llm-timestamps",
+)
 
 
-def run_cli(*args, env: dict | None = None, cwd: Path | None = None, command: list[str] | None = None,
-            timeout: int = 300) -> subprocess.CompletedProcess:  # fmt: skip
+def run_cli(
+    *args, env: dict | None = None, cwd: Path | None = None, command: list[str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """`funasr-nano-mlx ARGS` in a fresh interpreter (huggingface_hub reads HF_ENDPOINT at import, so a
     test pointing it at a local hub must not import it in the pytest process). `command` replaces
     `python -m funasr_nano_mlx`, e.g. with an installed console script."""
     command = command or [sys.executable, "-m", "funasr_nano_mlx"]
-    return subprocess.run([*command, *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        [*command, *map(str, args)], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def assert_user_error(done: subprocess.CompletedProcess, fragment: str, alone: bool = False) -> None:
@@ -71,10 +81,15 @@ def hub_style_dataset(folder: Path) -> Path:
         sf.write(buffer, samples, 16000, format="FLAC")
         return buffer.getvalue()
 
-    audio = [{"bytes": wav("good morning"), "path": "a.flac"}, {"bytes": b"garbage", "path": "b.flac"},
-             {"bytes": wav("good night"), "path": "c.flac"}, {"bytes": wav("not read"), "path": "d.flac"}]  # fmt: skip
-    dataset = Dataset.from_dict({"audio": audio, "sentence": ["Good morning!", "x", "Good night.", "not read"],
-                                 "key": ["u1", "u2", "u3", "u4"]}).cast_column("audio", Audio(decode=False))  # fmt: skip
+    audio = [
+        {"bytes": wav("good morning"), "path": "a.flac"},
+        {"bytes": b"garbage", "path": "b.flac"},
+        {"bytes": wav("good night"), "path": "c.flac"},
+        {"bytes": wav("not read"), "path": "d.flac"},
+    ]
+    dataset = Dataset.from_dict(
+        {"audio": audio, "sentence": ["Good morning!", "x", "Good night.", "not read"], "key": ["u1", "u2", "u3", "u4"]}
+    ).cast_column("audio", Audio(decode=False))
     (folder / "data").mkdir(parents=True)
     dataset.to_parquet(str(folder / "data" / "test-00000-of-00001.parquet"))
     return folder
@@ -83,8 +98,14 @@ def hub_style_dataset(folder: Path) -> Path:
 def worst_delta(report_dir: Path) -> tuple[str, str, float]:
     """(set, METRIC, points) of the largest error-rate delta against the baseline."""
     sets = json.loads((report_dir / "eval.json").read_text())["sets"]
-    return max(((name, metric.upper(), 100 * s["delta"]) for name, data in sets.items()
-                for metric, s in data["comparison"]["scores"].items()), key=lambda x: x[2])  # fmt: skip
+    return max(
+        (
+            (name, metric.upper(), 100 * s["delta"])
+            for name, data in sets.items()
+            for metric, s in data["comparison"]["scores"].items()
+        ),
+        key=lambda x: x[2],
+    )
 
 
 def clip(speech: np.ndarray, seconds: float) -> np.ndarray:
@@ -104,5 +125,7 @@ def as_upstream(stamps: list[dict]) -> list[dict]:
 
 
 def shifted(stamps: list[dict], offset: float) -> list[dict]:
-    return [{**s, "start_time": round(offset + s["start_time"], 3), "end_time": round(offset + s["end_time"], 3)}
-            for s in stamps]  # fmt: skip
+    return [
+        {**s, "start_time": round(offset + s["start_time"], 3), "end_time": round(offset + s["end_time"], 3)}
+        for s in stamps
+    ]

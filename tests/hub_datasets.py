@@ -34,8 +34,10 @@ from tests.speech import synthesize
 ROWS = 2  # rows per set: the evaluation test scores these end to end
 
 # What the real repos hold besides the data files, at the pinned commits.
-FLEURS_FILES = {"fleurs.py": b"# the loading script that datasets 5 refuses to run\n",
-                "README.md": b"---\nlicense: cc-by-4.0\n---\n# FLEURS\n"}  # fmt: skip
+FLEURS_FILES = {
+    "fleurs.py": b"# the loading script that datasets 5 refuses to run\n",
+    "README.md": b"---\nlicense: cc-by-4.0\n---\n# FLEURS\n",
+}
 LIBRISPEECH_README = b"""---
 license: cc-by-4.0
 configs:
@@ -65,15 +67,20 @@ configs:
 ---
 # AISHELL-1
 """
-REPO_FILES = {"google/fleurs": FLEURS_FILES, "openslr/librispeech_asr": {"README.md": LIBRISPEECH_README},
-              "TwinkStart/AISHELL-1": {"README.md": AISHELL_README}}  # fmt: skip
+REPO_FILES = {
+    "google/fleurs": FLEURS_FILES,
+    "openslr/librispeech_asr": {"README.md": LIBRISPEECH_README},
+    "TwinkStart/AISHELL-1": {"README.md": AISHELL_README},
+}
 # The file of each config's split that the READMEs above list (datasets resolves every config of a
 # repo, so each must have its file). Sets read through a config read the one named here.
-CONFIG_FILES = {("openslr/librispeech_asr", "clean", "test"): "clean/test/0000.parquet",
-                ("openslr/librispeech_asr", "other", "test"): "other/test/0000.parquet",
-                ("openslr/librispeech_asr", "all", "test.clean"): "all/test.clean/0000.parquet",
-                ("openslr/librispeech_asr", "all", "test.other"): "all/test.other/0000.parquet",
-                ("TwinkStart/AISHELL-1", "default", "test"): "data/test-00000-of-00001.parquet"}  # fmt: skip
+CONFIG_FILES = {
+    ("openslr/librispeech_asr", "clean", "test"): "clean/test/0000.parquet",
+    ("openslr/librispeech_asr", "other", "test"): "other/test/0000.parquet",
+    ("openslr/librispeech_asr", "all", "test.clean"): "all/test.clean/0000.parquet",
+    ("openslr/librispeech_asr", "all", "test.other"): "all/test.other/0000.parquet",
+    ("TwinkStart/AISHELL-1", "default", "test"): "data/test-00000-of-00001.parquet",
+}
 
 # Spoken rows per language: (espeak-ng voice, sentence as written). The references of each set are
 # written as that set writes them (see `_columns`).
@@ -144,8 +151,9 @@ def _seed(hub: HubServer, evalsets: list[EvalSet], folder: Path, declared: dict[
         voice, texts = SENTENCES[evalset.language]
         suffix = "flac" if evalset.dataset == "openslr/librispeech_asr" else "wav"
         rows = [_columns(evalset, i, text, _audio(text, voice, folder, suffix)) for i, text in enumerate(texts[:ROWS])]
-        commit = commits.setdefault((evalset.dataset, evalset.revision),
-                                    {"files": dict(REPO_FILES[evalset.dataset]), "declared": {}})  # fmt: skip
+        commit = commits.setdefault(
+            (evalset.dataset, evalset.revision), {"files": dict(REPO_FILES[evalset.dataset]), "declared": {}}
+        )
         commit["files"][data_file(evalset)] = _parquet(rows)
         commit["declared"].update(evalset.sha256 or {})
         rows_by_set[evalset.name] = rows

@@ -69,8 +69,27 @@ from urllib.parse import parse_qs, unquote, urlsplit
 USER = "tester"
 TOKEN = "hf_fake_test_token"
 # Suffixes the Hub's default .gitattributes stores with LFS; binary or >= 10 MiB files go to LFS too.
-LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npy", ".npz", ".onnx", ".gguf",
-                ".h5", ".msgpack", ".pkl", ".model", ".zip", ".tar", ".gz", ".wav", ".flac", ".mp3")
+LFS_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".npy",
+    ".npz",
+    ".onnx",
+    ".gguf",
+    ".h5",
+    ".msgpack",
+    ".pkl",
+    ".model",
+    ".zip",
+    ".tar",
+    ".gz",
+    ".wav",
+    ".flac",
+    ".mp3",
+)
 GITATTRIBUTES = "".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n" for s in LFS_SUFFIXES).encode()
 
 
@@ -179,15 +198,28 @@ class HubServer:
         """os.environ for a subprocess whose huggingface_hub talks to this server only: every HF_*
         variable is dropped (no HF_HUB_OFFLINE, no real token), cache and token file live in `home`."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-        env.update(HF_ENDPOINT=self.url, HF_HOME=str(home), HF_HUB_DISABLE_XET="1",
-                   HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
+        env.update(
+            HF_ENDPOINT=self.url,
+            HF_HOME=str(home),
+            HF_HUB_DISABLE_XET="1",
+            HF_HUB_DISABLE_TELEMETRY="1",
+            HF_HUB_DISABLE_PROGRESS_BARS="1",
+        )
         if token:
             env["HF_TOKEN"] = token
         return env
 
     # -- helpers for tests (server side, no HTTP) ---------------------------------------------
-    def seed(self, repo_id: str, files: dict[str, bytes | Path], message: str = "init", *,
-             repo_type: str = "model", sha: str | None = None, declared: dict[str, str] | None = None) -> str:
+    def seed(
+        self,
+        repo_id: str,
+        files: dict[str, bytes | Path],
+        message: str = "init",
+        *,
+        repo_type: str = "model",
+        sha: str | None = None,
+        declared: dict[str, str] | None = None,
+    ) -> str:
         """Commit `files` on top of `main` of `repo_id` (created public and empty if missing, without
         the .gitattributes commit that create_repo makes); return the new commit's sha.
 
@@ -336,10 +368,26 @@ class HubServer:
                 meta = commit.tree[sibling["rfilename"]].metadata("sha256")
                 meta["blobId"] = meta.pop("oid")
                 sibling.update(meta)
-        return 200, {"_id": repo, "id": repo, "modelId": repo, "author": repo.split("/")[0],
-                     "sha": commit.sha, "lastModified": commit.date, "createdAt": r.commits[0].date,
-                     "private": r.private, "gated": False, "disabled": False, "downloads": 0,
-                     "likes": 0, "tags": [], "siblings": siblings}, {}
+        return (
+            200,
+            {
+                "_id": repo,
+                "id": repo,
+                "modelId": repo,
+                "author": repo.split("/")[0],
+                "sha": commit.sha,
+                "lastModified": commit.date,
+                "createdAt": r.commits[0].date,
+                "private": r.private,
+                "gated": False,
+                "disabled": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "siblings": siblings,
+            },
+            {},
+        )
 
     def api_tree(self, token, query, body, repo, rev, kind="models", path=""):
         commit = self._resolve(self._readable(repo, token, kind), rev)
@@ -349,11 +397,15 @@ class HubServer:
         for p, e in sorted(commit.tree.items()):
             if not p.startswith(prefix):
                 continue
-            parts = p[len(prefix):].split("/")
+            parts = p[len(prefix) :].split("/")
             for depth in range(1, len(parts) if recursive else min(2, len(parts))):  # folders on the way
                 folder = prefix + "/".join(parts[:depth])
-                entries[folder] = {"type": "directory", "path": folder, "size": 0,
-                                   "oid": hashlib.sha1(folder.encode()).hexdigest()}
+                entries[folder] = {
+                    "type": "directory",
+                    "path": folder,
+                    "size": 0,
+                    "oid": hashlib.sha1(folder.encode()).hexdigest(),
+                }
             if recursive or len(parts) == 1:
                 entries[p] = {"type": "file", "path": p, **e.metadata("oid")}
         if path and not entries:
@@ -370,15 +422,22 @@ class HubServer:
             if path in commit.tree:
                 entries.append({"type": "file", "path": path, **commit.tree[path].metadata("oid")})
             elif any(p.startswith(f"{path}/") for p in commit.tree):
-                entries.append({"type": "directory", "path": path, "size": 0,
-                                "oid": hashlib.sha1(path.encode()).hexdigest()})
+                entries.append(
+                    {"type": "directory", "path": path, "size": 0, "oid": hashlib.sha1(path.encode()).hexdigest()}
+                )
         return 200, entries, {}
 
     def api_commits(self, token, query, body, repo, rev, kind="models"):
         r = self._readable(repo, token, kind)
         history = r.commits[: r.commits.index(self._resolve(r, rev)) + 1]
-        return 200, [{"id": c.sha, "title": c.title, "message": "", "date": c.date,
-                      "authors": [{"user": USER}]} for c in reversed(history)], {}
+        return (
+            200,
+            [
+                {"id": c.sha, "title": c.title, "message": "", "date": c.date, "authors": [{"user": USER}]}
+                for c in reversed(history)
+            ],
+            {},
+        )
 
     def api_preupload(self, token, query, body, repo, rev):
         self._require_token(token)
@@ -439,11 +498,11 @@ class HubServer:
         r = self._readable(repo, token, kind)
         commit = self._resolve(r, rev)
         if path not in commit.tree:
-            raise HubError(404, "EntryNotFound", f"{path} does not exist at {commit.sha}",
-                           {"X-Repo-Commit": commit.sha})
+            raise HubError(
+                404, "EntryNotFound", f"{path} does not exist at {commit.sha}", {"X-Repo-Commit": commit.sha}
+            )
         entry = commit.tree[path]
-        headers = {"X-Repo-Commit": commit.sha, "ETag": f'"{entry.etag}"',
-                   "Content-Type": "application/octet-stream"}
+        headers = {"X-Repo-Commit": commit.sha, "ETag": f'"{entry.etag}"', "Content-Type": "application/octet-stream"}
         if entry.pointer_size is not None:  # LFS: what the Hub sends along with its redirect to the CDN
             headers.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size)})
         data = self._served(r, path, entry)
@@ -457,10 +516,11 @@ class HubServer:
         start = len(data) - int(last) if first == "" else int(first)
         end = len(data) - 1 if first == "" or last == "" else min(int(last), len(data) - 1)
         if start >= len(data) or start > end:
-            raise HubError(416, None, f"Range {byte_range} outside {len(data)} bytes",
-                           {"Content-Range": f"bytes */{len(data)}"})
+            raise HubError(
+                416, None, f"Range {byte_range} outside {len(data)} bytes", {"Content-Range": f"bytes */{len(data)}"}
+            )
         headers["Content-Range"] = f"bytes {max(start, 0)}-{end}/{len(data)}"
-        return 206, data[max(start, 0): end + 1], headers
+        return 206, data[max(start, 0) : end + 1], headers
 
 
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
@@ -498,7 +558,7 @@ class _Handler(BaseHTTPRequestHandler):
         with hub._lock:
             hub.requests.append(f"{self.command} {self.path}")
         auth = self.headers.get("Authorization", "")
-        token = auth[len("Bearer "):] if auth.startswith("Bearer ") and len(auth) > len("Bearer ") else None
+        token = auth[len("Bearer ") :] if auth.startswith("Bearer ") and len(auth) > len("Bearer ") else None
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         try:
             status = hub._injected_failure(self.command, self.path)
@@ -529,4 +589,3 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
-

@@ -75,28 +75,33 @@ _CTC_N_SPECIALS = 1679
 
 TINY: dict[str, Any] = dict(
     # num_blocks counts encoders0 (1 layer, 560 -> D) plus num_blocks - 1 `encoders` layers.
-    encoder=dict(output_size=64, attention_heads=4, linear_units=128, num_blocks=2, tp_blocks=2,
-                 kernel_size=11, sanm_shfit=0),
+    encoder=dict(
+        output_size=64, attention_heads=4, linear_units=128, num_blocks=2, tp_blocks=2, kernel_size=11, sanm_shfit=0
+    ),
     # ffn_dim is linear1's width; each block's FFN is hard-coded llm_dim // 4 (adaptor.py:163).
-    adaptor=dict(downsample_rate=1, use_low_frame_rate=True, ffn_dim=2048, llm_dim=64,
-                 encoder_dim=64, n_layer=2),
-    ctc=dict(downsample_rate=1, ffn_dim=2048, llm_dim=64, encoder_dim=64, n_layer=5,
-             vocab_size=256 + _CTC_N_SPECIALS),
-    qwen3={**_QWEN3_0_6B, "hidden_size": 64, "num_hidden_layers": 2, "max_window_layers": 2,
-           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
-           "intermediate_size": 128},
+    adaptor=dict(downsample_rate=1, use_low_frame_rate=True, ffn_dim=2048, llm_dim=64, encoder_dim=64, n_layer=2),
+    ctc=dict(downsample_rate=1, ffn_dim=2048, llm_dim=64, encoder_dim=64, n_layer=5, vocab_size=256 + _CTC_N_SPECIALS),
+    qwen3={
+        **_QWEN3_0_6B,
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "max_window_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "intermediate_size": 128,
+    },
     # Re-draw stds: matrices N(0, audio_std) (encoder/adaptor/ctc) and N(0, llm_std) (LLM);
     # norm weights 1 + N(0, norm_std), norm and linear biases N(0, bias_std).
     init=dict(audio_std=0.15, llm_std=0.35, norm_std=0.1, bias_std=0.05, ctc_lo_std=0.0075),
 )
 
 FULL: dict[str, Any] = dict(
-    encoder=dict(output_size=512, attention_heads=4, linear_units=2048, num_blocks=50,
-                 tp_blocks=20, kernel_size=11, sanm_shfit=0),
-    adaptor=dict(downsample_rate=1, use_low_frame_rate=True, ffn_dim=2048, llm_dim=1024,
-                 encoder_dim=512, n_layer=2),
-    ctc=dict(downsample_rate=1, ffn_dim=2048, llm_dim=512, encoder_dim=512, n_layer=5,
-             vocab_size=60515),
+    encoder=dict(
+        output_size=512, attention_heads=4, linear_units=2048, num_blocks=50, tp_blocks=20, kernel_size=11, sanm_shfit=0
+    ),
+    adaptor=dict(downsample_rate=1, use_low_frame_rate=True, ffn_dim=2048, llm_dim=1024, encoder_dim=512, n_layer=2),
+    ctc=dict(downsample_rate=1, ffn_dim=2048, llm_dim=512, encoder_dim=512, n_layer=5, vocab_size=60515),
     qwen3=dict(_QWEN3_0_6B),
     init=dict(audio_std=0.15, llm_std=0.35, norm_std=0.1, bias_std=0.05, ctc_lo_std=0.0075),
 )
@@ -137,10 +142,18 @@ def _funasr() -> None:
 
 def _config_yaml(spec: dict[str, Any]) -> dict[str, Any]:
     """config.yaml as the ModelScope copy has it (spec 1.4), scaled to ``spec``."""
-    enc = dict(spec["encoder"], dropout_rate=0.1, positional_dropout_rate=0.1,
-               attention_dropout_rate=0.1, input_layer="pe",
-               pos_enc_class="SinusoidalPositionEncoder", normalize_before=True,
-               selfattention_layer_type="sanm", feat_permute=True, freeze=True)
+    enc = dict(
+        spec["encoder"],
+        dropout_rate=0.1,
+        positional_dropout_rate=0.1,
+        attention_dropout_rate=0.1,
+        input_layer="pe",
+        pos_enc_class="SinusoidalPositionEncoder",
+        normalize_before=True,
+        selfattention_layer_type="sanm",
+        feat_permute=True,
+        freeze=True,
+    )
     ctc = {k: v for k, v in spec["ctc"].items() if k != "vocab_size"}
     conf: dict[str, Any] = {
         "model": "FunASRNano",
@@ -149,22 +162,28 @@ def _config_yaml(spec: dict[str, Any]) -> dict[str, Any]:
         "audio_adaptor": "Transformer",
         "audio_adaptor_conf": dict(spec["adaptor"]),
         "llm": "Qwen3-0.6b",
-        "llm_conf": {"hub": "hf", "freeze": True, "llm_dtype": "bf16",
-                     "init_param_path": QWEN_DIR, "use_lora": False},
+        "llm_conf": {"hub": "hf", "freeze": True, "llm_dtype": "bf16", "init_param_path": QWEN_DIR, "use_lora": False},
         "ctc_decoder": "Transformer",
         "ctc_decoder_conf": dict(ctc, freeze=False),
         "ctc_weight": 1.0,
-        "ctc_conf": {"dropout_rate": 0.0, "ctc_type": "builtin", "reduce": True,
-                     "ignore_nan_grad": True},
+        "ctc_conf": {"dropout_rate": 0.0, "ctc_type": "builtin", "reduce": True, "ignore_nan_grad": True},
         "frontend": "WavFrontend",
-        "frontend_conf": {"fs": SAMPLE_RATE, "window": "hamming", "n_mels": 80,
-                          "frame_length": 25, "frame_shift": 10, "lfr_m": 7, "lfr_n": 6,
-                          "cmvn_file": None},
+        "frontend_conf": {
+            "fs": SAMPLE_RATE,
+            "window": "hamming",
+            "n_mels": 80,
+            "frame_length": 25,
+            "frame_shift": 10,
+            "lfr_m": 7,
+            "lfr_n": 6,
+            "cmvn_file": None,
+        },
         "tokenizer": "HuggingfaceTokenizer",
         "tokenizer_conf": {"init_param_path": "${llm_conf.init_param_path}"},
-        "dataset_conf": {"ctc_tokenizer": "SenseVoiceTokenizer",
-                         "ctc_tokenizer_conf": {"vocab_path": None, "is_multilingual": True,
-                                                "num_languages": 8749}},
+        "dataset_conf": {
+            "ctc_tokenizer": "SenseVoiceTokenizer",
+            "ctc_tokenizer_conf": {"vocab_path": None, "is_multilingual": True, "num_languages": 8749},
+        },
     }
     if spec["ctc"]["vocab_size"] != 60515:  # model.py:174 default; only the tiny one differs
         conf["ctc_vocab_size"] = spec["ctc"]["vocab_size"]
@@ -222,7 +241,8 @@ def _write_text_files(dst: Path, spec: dict[str, Any]) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     conf = _config_yaml(spec)
     (dst / "config.yaml").write_text(
-        yaml.safe_dump(conf, sort_keys=False, allow_unicode=True, default_flow_style=False))
+        yaml.safe_dump(conf, sort_keys=False, allow_unicode=True, default_flow_style=False)
+    )
     (dst / "configuration.json").write_text(json.dumps(_configuration_json(), indent=2) + "\n")
     _write_ctc_vocab(dst / "multilingual.tiktoken", spec["ctc"]["vocab_size"] - _CTC_N_SPECIALS)
     _write_qwen_dir(dst / QWEN_DIR, spec["qwen3"])
@@ -245,8 +265,7 @@ def _meta_model(model_dir: Path) -> torch.nn.Module:
     return model
 
 
-def _draw(name: str, shape: torch.Size, gen: torch.Generator,
-          init: dict[str, float]) -> torch.Tensor:
+def _draw(name: str, shape: torch.Size, gen: torch.Generator, init: dict[str, float]) -> torch.Tensor:
     """One random fp32 tensor for parameter ``name``."""
     noise = torch.randn(shape, generator=gen, dtype=torch.float32)
     if len(shape) >= 2:
@@ -257,8 +276,9 @@ def _draw(name: str, shape: torch.Size, gen: torch.Generator,
     return noise.mul_(init["bias_std"])
 
 
-def _random_state(model: torch.nn.Module, seed: int, init: dict[str, float], *,
-                  with_ctc: bool, untie_head: bool) -> dict[str, torch.Tensor]:
+def _random_state(
+    model: torch.nn.Module, seed: int, init: dict[str, float], *, with_ctc: bool, untie_head: bool
+) -> dict[str, torch.Tensor]:
     """The checkpoint's state_dict: bf16 core tensors (lm_head its own storage), fp32 CTC."""
     params = dict(model.named_parameters())
     gen = torch.Generator().manual_seed(seed)
@@ -315,8 +335,15 @@ def rel_err(ours, ref) -> float:
     return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
 
 
-def write_upstream_dir(dst: Path, size: str = "tiny", seed: int = 0, *, wrapped: bool = True,
-                       with_ctc: bool = False, untie_head: bool = False) -> Path:
+def write_upstream_dir(
+    dst: Path,
+    size: str = "tiny",
+    seed: int = 0,
+    *,
+    wrapped: bool = True,
+    with_ctc: bool = False,
+    untie_head: bool = False,
+) -> Path:
     """Write a random-weight Fun-ASR-Nano model directory laid out like the upstream hub repo.
 
     The official FunASRNano is built (on the meta device) from the written config.yaml to get the
@@ -436,8 +463,12 @@ class Reference:
 
         with _quiet():
             model, kwargs = AutoModel.build_model(
-                model=str(model_dir), device=device, disable_update=True,
-                ncpu=torch.get_num_threads(), frontend_conf={"dither": 0.0})
+                model=str(model_dir),
+                device=device,
+                disable_update=True,
+                ncpu=torch.get_num_threads(),
+                frontend_conf={"dither": 0.0},
+            )
         self.model = model.eval()
         self.tokenizer = kwargs.pop("tokenizer")
         self.frontend = kwargs.pop("frontend")
@@ -468,8 +499,12 @@ class Reference:
         """The official inference result dict of one utterance (text, and with a CTC head: ctc_text,
         timestamps, ctc_timestamps)."""
         results, _ = self.model.inference(
-            data_in=[_wav_tensor(wav16k)], key=["ref"], tokenizer=self.tokenizer, frontend=self.frontend,
-            **self._run_kwargs(max_length=max_new_tokens, **prompt))
+            data_in=[_wav_tensor(wav16k)],
+            key=["ref"],
+            tokenizer=self.tokenizer,
+            frontend=self.frontend,
+            **self._run_kwargs(max_length=max_new_tokens, **prompt),
+        )
         return results[0]
 
     def _disable_ctc_without_torchaudio(self) -> None:
@@ -486,8 +521,9 @@ class Reference:
         """Inference kwargs as AutoModel passes them (tokenizer/frontend passed separately)."""
         return {**self.kwargs, **overrides}
 
-    def _chatml(self, wav: torch.Tensor, language: str | None, hotwords: Sequence[str],
-                itn: bool) -> list[dict[str, Any]]:
+    def _chatml(
+        self, wav: torch.Tensor, language: str | None, hotwords: Sequence[str], itn: bool
+    ) -> list[dict[str, Any]]:
         """The official ChatML messages for one utterance (model.inference's first step)."""
         prompt = self.model.get_prompt(list(hotwords), language, itn)
         return self.model.generate_chatml(prompt, wav)
@@ -516,8 +552,9 @@ class Reference:
         return out[0].float().numpy()
 
     @torch.no_grad()
-    def prompt_ids(self, n_audio: int, language: str | None = None, hotwords: Sequence[str] = (),
-                   itn: bool = True) -> tuple[list[int], int]:
+    def prompt_ids(
+        self, n_audio: int, language: str | None = None, hotwords: Sequence[str] = (), itn: bool = True
+    ) -> tuple[list[int], int]:
         """Source ids from the official data_load_speech with ``n_audio`` audio placeholders (0),
         and the index of the first placeholder. Runs on silence whose length gives exactly
         ``n_audio`` = ceil(T_lfr / 8) placeholders."""
@@ -526,18 +563,19 @@ class Reference:
         n_fbank = 48 * n_audio  # T_lfr = ceil(n_fbank / 6) = 8 * n_audio
         wav = torch.zeros(400 + 160 * (n_fbank - 1))
         contents = self.model.data_template(self._chatml(wav, language, hotwords, itn))
-        out = self.model.data_load_speech(contents, self.tokenizer, self.frontend,
-                                          **self._run_kwargs())
+        out = self.model.data_load_speech(contents, self.tokenizer, self.frontend, **self._run_kwargs())
         assert int(out["fake_token_len"][0, 0]) == n_audio
         return out["source_ids"][0].tolist(), int(out["fbank_beg"][0, 0])
 
     @torch.no_grad()
-    def input_embeds(self, wav16k: np.ndarray, language: str | None = None,
-                     hotwords: Sequence[str] = (), itn: bool = True) -> np.ndarray:
+    def input_embeds(
+        self, wav16k: np.ndarray, language: str | None = None, hotwords: Sequence[str] = (), itn: bool = True
+    ) -> np.ndarray:
         """LLM input embeddings [L, hidden] float32 exactly as inference_prepare builds them."""
         chatml = self._chatml(_wav_tensor(wav16k), language, hotwords, itn)
-        embeds, *_ = self.model.inference_prepare([chatml], None, ["ref"], self.tokenizer,
-                                                  self.frontend, **self._run_kwargs())
+        embeds, *_ = self.model.inference_prepare(
+            [chatml], None, ["ref"], self.tokenizer, self.frontend, **self._run_kwargs()
+        )
         return embeds[0].float().numpy()
 
     @torch.no_grad()
@@ -550,12 +588,17 @@ class Reference:
             ids = torch.tensor([list(continuation)], dtype=torch.long)
             x = torch.cat([x, llm.get_input_embeddings()(ids).float()], dim=1)
         out = llm(inputs_embeds=x, use_cache=False).logits
-        return out[0, input_embeds.shape[0] - 1:].float().numpy()
+        return out[0, input_embeds.shape[0] - 1 :].float().numpy()
 
     @torch.no_grad()
-    def transcribe(self, wav16k: np.ndarray, language: str | None = None,
-                   hotwords: Sequence[str] = (), itn: bool = True,
-                   max_new_tokens: int = 512) -> tuple[list[int], str]:
+    def transcribe(
+        self,
+        wav16k: np.ndarray,
+        language: str | None = None,
+        hotwords: Sequence[str] = (),
+        itn: bool = True,
+        max_new_tokens: int = 512,
+    ) -> tuple[list[int], str]:
         """Greedy transcription through the official FunASRNano.inference (as AutoModel.generate
         calls it). Returns the ids llm.generate produced (new tokens only; the final eos is kept
         when decoding stopped on it) and the official output text (leading space kept)."""
@@ -571,10 +614,12 @@ class Reference:
         llm.generate = generate
         try:
             results, _ = self.model.inference(
-                data_in=[_wav_tensor(wav16k)], key=["ref"], tokenizer=self.tokenizer,
+                data_in=[_wav_tensor(wav16k)],
+                key=["ref"],
+                tokenizer=self.tokenizer,
                 frontend=self.frontend,
-                **self._run_kwargs(language=language, hotwords=list(hotwords), itn=itn,
-                                   max_length=max_new_tokens))
+                **self._run_kwargs(language=language, hotwords=list(hotwords), itn=itn, max_length=max_new_tokens),
+            )
         finally:
             del llm.generate
         return captured[0][0].tolist(), results[0]["text"]
@@ -585,7 +630,8 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(
         description="Write a random-weight Fun-ASR-Nano checkpoint laid out like the upstream repo "
-                    "(model.pt, config.yaml, configuration.json, Qwen3-0.6B/), built with the official code.")
+        "(model.pt, config.yaml, configuration.json, Qwen3-0.6B/), built with the official code."
+    )
     parser.add_argument("command", choices=["build"])
     parser.add_argument("dst", type=Path)
     parser.add_argument("--size", choices=sorted(_SIZES), default="tiny")
@@ -605,31 +651,67 @@ if __name__ == "__main__":
 # released settings, written out because the hub is out of reach here.
 VAD_CONFIG: dict[str, Any] = {
     "frontend": "WavFrontendOnline",
-    "frontend_conf": {"fs": SAMPLE_RATE, "window": "hamming", "n_mels": 80, "frame_length": 25,
-                      "frame_shift": 10, "dither": 0.0, "lfr_m": 5, "lfr_n": 1},
+    "frontend_conf": {
+        "fs": SAMPLE_RATE,
+        "window": "hamming",
+        "n_mels": 80,
+        "frame_length": 25,
+        "frame_shift": 10,
+        "dither": 0.0,
+        "lfr_m": 5,
+        "lfr_n": 1,
+    },
     "model": "FsmnVADStreaming",
-    "model_conf": {"sample_rate": SAMPLE_RATE, "detect_mode": 1, "snr_mode": 0,
-                   "max_end_silence_time": 800, "max_start_silence_time": 3000,
-                   "do_start_point_detection": True, "do_end_point_detection": True,
-                   "window_size_ms": 200, "sil_to_speech_time_thres": 150,
-                   "speech_to_sil_time_thres": 150, "speech_2_noise_ratio": 1.0, "do_extend": 1,
-                   "lookback_time_start_point": 200, "lookahead_time_end_point": 100,
-                   "max_single_segment_time": 60000, "snr_thres": -100.0,
-                   "noise_frame_num_used_for_snr": 100, "decibel_thres": -100.0,
-                   "speech_noise_thres": 0.6, "fe_prior_thres": 0.0001, "silence_pdf_num": 1,
-                   "sil_pdf_ids": [0], "speech_noise_thresh_low": -0.1,
-                   "speech_noise_thresh_high": 0.3, "output_frame_probs": False, "frame_in_ms": 10,
-                   "frame_length_ms": 25},
+    "model_conf": {
+        "sample_rate": SAMPLE_RATE,
+        "detect_mode": 1,
+        "snr_mode": 0,
+        "max_end_silence_time": 800,
+        "max_start_silence_time": 3000,
+        "do_start_point_detection": True,
+        "do_end_point_detection": True,
+        "window_size_ms": 200,
+        "sil_to_speech_time_thres": 150,
+        "speech_to_sil_time_thres": 150,
+        "speech_2_noise_ratio": 1.0,
+        "do_extend": 1,
+        "lookback_time_start_point": 200,
+        "lookahead_time_end_point": 100,
+        "max_single_segment_time": 60000,
+        "snr_thres": -100.0,
+        "noise_frame_num_used_for_snr": 100,
+        "decibel_thres": -100.0,
+        "speech_noise_thres": 0.6,
+        "fe_prior_thres": 0.0001,
+        "silence_pdf_num": 1,
+        "sil_pdf_ids": [0],
+        "speech_noise_thresh_low": -0.1,
+        "speech_noise_thresh_high": 0.3,
+        "output_frame_probs": False,
+        "frame_in_ms": 10,
+        "frame_length_ms": 25,
+    },
     "encoder": "FSMN",
-    "encoder_conf": {"input_dim": 400, "input_affine_dim": 140, "fsmn_layers": 4, "linear_dim": 250,
-                     "proj_dim": 128, "lorder": 20, "rorder": 0, "lstride": 1, "rstride": 0,
-                     "output_affine_dim": 140, "output_dim": 248},
+    "encoder_conf": {
+        "input_dim": 400,
+        "input_affine_dim": 140,
+        "fsmn_layers": 4,
+        "linear_dim": 250,
+        "proj_dim": 128,
+        "lorder": 20,
+        "rorder": 0,
+        "lstride": 1,
+        "rstride": 0,
+        "output_affine_dim": 140,
+        "output_dim": 248,
+    },
 }
 VAD_CONFIGURATION_JSON: dict[str, Any] = {
-    "framework": "pytorch", "task": "voice-activity-detection", "model": {"type": "funasr"},
+    "framework": "pytorch",
+    "task": "voice-activity-detection",
+    "model": {"type": "funasr"},
     "pipeline": {"type": "funasr-pipeline"},
-    "file_path_metas": {"init_param": "model.pt", "config": "config.yaml",
-                        "frontend_conf": {"cmvn_file": "am.mvn"}},
+    "file_path_metas": {"init_param": "model.pt", "config": "config.yaml", "frontend_conf": {"cmvn_file": "am.mvn"}},
 }
 # Random weights alone give a silence posterior that barely moves with the audio (a softmax over 248
 # random logits), so every frame would get the same decision and no boundary would depend on the
@@ -646,11 +728,13 @@ VAD_OUTPUT_SCALE = 0.3  # the random part of the last layer, kept small beside t
 def _write_am_mvn(path: Path, rng: np.random.Generator, dims: int) -> None:
     """A Kaldi nnet1 CMVN file like the released am.mvn: shift = -mean log-mel, scale = 1 / std."""
     shift, scale = -rng.uniform(11.0, 13.0, dims), rng.uniform(0.2, 0.4, dims)
+
     def component(name: str, values: np.ndarray) -> str:
         return f"<{name}> {dims} {dims}\n<LearnRateCoef> 0 [ {' '.join(f'{x:.6f}' for x in values)} ]\n"
 
-    path.write_text(f"<Nnet>\n<Splice> {dims} {dims}\n[ 0 ]\n{component('AddShift', shift)}"
-                    f"{component('Rescale', scale)}</Nnet>\n")
+    path.write_text(
+        f"<Nnet>\n<Splice> {dims} {dims}\n[ 0 ]\n{component('AddShift', shift)}{component('Rescale', scale)}</Nnet>\n"
+    )
 
 
 def _vad_model(config: dict[str, Any]) -> torch.nn.Module:
@@ -722,8 +806,9 @@ class VadReference:
         self.chunk_frames: list[int] = []  # frames scored per 60 s chunk in the last run
 
     @torch.no_grad()
-    def run(self, wav16k: np.ndarray, max_segment_ms: int = 30000,
-            max_end_silence_ms: int | None = None) -> tuple[np.ndarray, list[list[int]]]:
+    def run(
+        self, wav16k: np.ndarray, max_segment_ms: int = 30000, max_end_silence_ms: int | None = None
+    ) -> tuple[np.ndarray, list[list[int]]]:
         """(P(speech) per frame as GetFrameState computes it, the official segments in ms)."""
         _funasr()
         from funasr.auto.auto_model import AutoModel
@@ -732,8 +817,9 @@ class VadReference:
         if max_end_silence_ms is not None:
             vad_kwargs["max_end_silence_time"] = max_end_silence_ms
         with _quiet():
-            auto = AutoModel(model=str(self.model_dir), device="cpu", disable_update=True,
-                             disable_pbar=True, **vad_kwargs)
+            auto = AutoModel(
+                model=str(self.model_dir), device="cpu", disable_update=True, disable_pbar=True, **vad_kwargs
+            )
         scores: list[torch.Tensor] = []  # the encoder runs once per 60 s chunk
         auto.model.encoder.register_forward_hook(lambda _m, _i, out: scores.append(out[0]))
         with _quiet():

@@ -118,8 +118,13 @@ def test_twenty_minutes_in_bounded_memory(tiny_f32):
     peak memory must not grow with its length beyond the samples themselves."""
     runs = {}
     for minutes in (2, 20):
-        out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tiny_f32), str(minutes)],
-                             capture_output=True, text=True, timeout=600, check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, str(tiny_f32), str(minutes)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        )
         runs[minutes] = json.loads(out.stdout.strip().splitlines()[-1])
     print(runs)
     assert runs[20]["segments"] > 9 * runs[2]["segments"]
@@ -144,9 +149,13 @@ def official_batched_tokens(reference, waves: list[np.ndarray], max_new_tokens: 
     llm.generate = generate
     try:
         with torch.no_grad():
-            reference.model.inference(data_in=[torch.from_numpy(w.copy()) for w in waves],
-                                      key=[f"clip{i}" for i in range(len(waves))], tokenizer=reference.tokenizer,
-                                      frontend=reference.frontend, **reference._run_kwargs(max_length=max_new_tokens))  # fmt: skip
+            reference.model.inference(
+                data_in=[torch.from_numpy(w.copy()) for w in waves],
+                key=[f"clip{i}" for i in range(len(waves))],
+                tokenizer=reference.tokenizer,
+                frontend=reference.frontend,
+                **reference._run_kwargs(max_length=max_new_tokens),
+            )
     finally:
         del llm.generate
     (ids,) = captured
@@ -158,8 +167,9 @@ def test_batched_tokens_equal_the_official_batched_path(tiny_model, reference, t
     (random weights never stop, so no row is padded after its end)."""
     model, tokenizer = tiny_model
     official = official_batched_tokens(reference, ten_files, max_new_tokens=24)
-    ours = transcribe_many(model, tokenizer, ten_files, max_new_tokens=24, segmenter=None, stop_loops=False,
-                           batch_size=len(ten_files))  # fmt: skip
+    ours = transcribe_many(
+        model, tokenizer, ten_files, max_new_tokens=24, segmenter=None, stop_loops=False, batch_size=len(ten_files)
+    )
     assert [r.token_ids for r in ours] == official
 
 

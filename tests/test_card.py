@@ -24,18 +24,31 @@ from funasr_nano_mlx.card import (
     read_benchmark,
     render,
     write_card,
-)  # fmt: skip
+)
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.evaluate import EVAL_JSON, evaluate
 from funasr_nano_mlx.packaged import EVAL_SETS_DIR, RECIPES_DIR
 from funasr_nano_mlx.recipe import Recipe
 from tests.helpers import SENTENCES, local_set, run_cli, worst_delta
 
-BENCH = {"recipe": "4bit-llm", "machine": "NVIDIA H100 80GB HBM3", "date": "2026-11-24",
-         "command": "python bench/speed.py --size full --seconds 10", "results": [
-             {"impl": "ours", "audio_s": 10.0, "ttft_ms": 44.7, "decode_ms_per_token": 4.2, "total_ms": 583.0,
-              "tokens": 128, "peak_mem_gb": 2.54},
-             {"impl": "official", "audio_s": 10.0, "ttft_ms": 113.0, "total_ms": 4796.0}]}  # fmt: skip
+BENCH = {
+    "recipe": "4bit-llm",
+    "machine": "NVIDIA H100 80GB HBM3",
+    "date": "2026-11-24",
+    "command": "python bench/speed.py --size full --seconds 10",
+    "results": [
+        {
+            "impl": "ours",
+            "audio_s": 10.0,
+            "ttft_ms": 44.7,
+            "decode_ms_per_token": 4.2,
+            "total_ms": 583.0,
+            "tokens": 128,
+            "peak_mem_gb": 2.54,
+        },
+        {"impl": "official", "audio_s": 10.0, "ttft_ms": 113.0, "total_ms": 4796.0},
+    ],
+}
 
 
 def test_card_metadata_parses_and_carries_the_metrics(evaluated, tmp_path):
@@ -51,8 +64,11 @@ def test_card_metadata_parses_and_carries_the_metrics(evaluated, tmp_path):
     assert {"mlx", "speech-recognition", "fun-asr-nano-tiny"} <= set(data.tags)
     eval_json = json.loads((report / EVAL_JSON).read_text())
     assert json.loads((target / "eval.json").read_text()) == eval_json
-    expected = {(name, metric): round(100 * s["error_rate"], 4) for name, d in eval_json["sets"].items()
-                for metric, s in d["scores"].items()}  # fmt: skip
+    expected = {
+        (name, metric): round(100 * s["error_rate"], 4)
+        for name, d in eval_json["sets"].items()
+        for metric, s in d["scores"].items()
+    }
     found = {(r.dataset_name, r.metric_type): r.metric_value for r in data.eval_results}
     assert found == expected and len(found) == 2  # WER (en) and CER (zh)
     for r in data.eval_results:

@@ -23,8 +23,20 @@ def wav_1s(tmp_path_factory, clips):
 def test_json_output_matches_the_python_api(tiny_f32, wav_1s, tmp_path):
     flac = tmp_path / "same.flac"
     sf.write(str(flac), sf.read(str(wav_1s))[0], 16000)
-    run = run_cli("transcribe", tiny_f32, wav_1s, flac, "--format", "json", "--language", "en",
-              "--hotword", "MLX", "--max-new-tokens", "24")
+    run = run_cli(
+        "transcribe",
+        tiny_f32,
+        wav_1s,
+        flac,
+        "--format",
+        "json",
+        "--language",
+        "en",
+        "--hotword",
+        "MLX",
+        "--max-new-tokens",
+        "24",
+    )
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in run.stdout.splitlines()]
     assert [row["audio"] for row in rows] == [str(wav_1s), str(flac)]

@@ -90,8 +90,11 @@ def _random_case(rng: np.random.Generator, tied: bool):
     frames, vocab, blank = int(rng.integers(1, 30)), 6, 5
     length = int(rng.integers(0, 12))
     targets = [int(t) for t in rng.integers(0, 3 if tied else vocab - 1, length)]  # few ids: many repeats
-    lp = rng.integers(-3, 1, (frames, vocab)).astype(np.float32) if tied else \
-        np.log(rng.dirichlet(np.ones(vocab), frames)).astype(np.float32)  # fmt: skip
+    lp = (
+        rng.integers(-3, 1, (frames, vocab)).astype(np.float32)
+        if tied
+        else np.log(rng.dirichlet(np.ones(vocab), frames)).astype(np.float32)
+    )
     return lp, targets, blank
 
 
@@ -103,7 +106,9 @@ def test_viterbi_equals_the_textbook_one(tied):
         lp, targets, blank = _random_case(rng, tied)
         ours = ctc.viterbi_path(lp[:, blank], lp[:, targets], targets)
         try:
-            expected = torchaudio_forced_align(torch.from_numpy(lp)[None], torch.tensor([targets]), blank)[0][0].tolist()
+            expected = torchaudio_forced_align(torch.from_numpy(lp)[None], torch.tensor([targets]), blank)[0][
+                0
+            ].tolist()
         except (ValueError, RuntimeError):
             assert ours is None
             continue
@@ -287,8 +292,20 @@ class _Vocab:
 
 
 def test_words_group_spaced_and_unspaced_scripts():
-    pieces = [b" The", b" qu", b"ick", b",", b" fox", "今".encode(), "天".encode()[:2], "天".encode()[2:],
-              "好".encode(), "。".encode(), b"MLX", b" ok"]  # fmt: skip
+    pieces = [
+        b" The",
+        b" qu",
+        b"ick",
+        b",",
+        b" fox",
+        "今".encode(),
+        "天".encode()[:2],
+        "天".encode()[2:],
+        "好".encode(),
+        "。".encode(),
+        b"MLX",
+        b" ok",
+    ]
     vocab = _Vocab(pieces)
     stamps = [{"id": i, "start": i * 0.1, "end": i * 0.1 + 0.06} for i in range(len(pieces))]
     found = ctc.words(vocab, stamps)
@@ -298,12 +315,15 @@ def test_words_group_spaced_and_unspaced_scripts():
 
 
 def _parse_cues(text: str, decimal: str) -> list[tuple[float, float, str]]:
-    pattern = rf"(\d\d):(\d\d):(\d\d){re.escape(decimal)}(\d\d\d) --> (\d\d):(\d\d):(\d\d){re.escape(decimal)}(\d\d\d)\n(.+)"
+    pattern = (
+        rf"(\d\d):(\d\d):(\d\d){re.escape(decimal)}(\d\d\d) --> (\d\d):(\d\d):(\d\d){re.escape(decimal)}(\d\d\d)\n(.+)"
+    )
     cues = []
     for match in re.finditer(pattern, text):
         g = [int(x) for x in match.groups()[:8]]
-        cues.append((g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000, g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000,
-                     match.group(9)))  # fmt: skip
+        cues.append(
+            (g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000, g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000, match.group(9))
+        )
     return cues
 
 
@@ -432,7 +452,9 @@ def test_cli_json_and_subtitles(ctc_f32, ctc_model, wav_7s):
     model, tokenizer = ctc_model
     expected = transcribe(model, tokenizer, wav_7s, max_new_tokens=8)
     assert row["timestamps"] == expected.timestamps and row["words"] == expected.words and row["timestamps"]
-    assert {"token", "start", "end"} <= row["timestamps"][0].keys() and {"word", "start", "end"} <= row["words"][0].keys()
+    assert {"token", "start", "end"} <= row["timestamps"][0].keys() and {"word", "start", "end"} <= row["words"][
+        0
+    ].keys()
     assert row["segments"][0]["ctc_text"] == expected.segments[0].ctc_text
     srt = _cli("transcribe", ctc_f32, wav_7s, "--format", "srt", "--max-new-tokens", "8")
     assert srt.returncode == 0 and "no CTC head" not in srt.stderr, srt.stderr
@@ -467,4 +489,6 @@ def test_the_server_gives_words_from_the_timestamps(ctc_model, clips):
     result = transcribe(model, tokenizer, clips["7s"], max_new_tokens=8)
     assert result.words
     words = verbose_json(result, Options("verbose_json", None, (), False, True))["words"]
-    assert [(w["word"], w["start"], w["end"]) for w in words] == [(w["word"], w["start"], w["end"]) for w in result.words]
+    assert [(w["word"], w["start"], w["end"]) for w in words] == [
+        (w["word"], w["start"], w["end"]) for w in result.words
+    ]

@@ -26,7 +26,7 @@ from funasr_nano_mlx.evaluate import (
     parse_shard,
     plot,
     read_report,
-)  # fmt: skip
+)
 from funasr_nano_mlx.packaged import EVAL_SETS_DIR, RECIPES_DIR
 from funasr_nano_mlx.report import PLOT
 from funasr_nano_mlx.scoring import Row, score
@@ -34,9 +34,14 @@ from tests.helpers import hub_style_dataset
 from tests.speech import synthesize
 
 MAX_NEW_TOKENS = 16  # random weights rarely stop by themselves: keep decoding short
-ENGLISH = ["the quick brown fox jumps over the lazy dog", "she sells sea shells by the sea shore",
-           "twenty one people came to the meeting", "please call me back after five o'clock",
-           "the weather is nice today", "I can't find my keys anywhere"]  # fmt: skip
+ENGLISH = [
+    "the quick brown fox jumps over the lazy dog",
+    "she sells sea shells by the sea shore",
+    "twenty one people came to the meeting",
+    "please call me back after five o'clock",
+    "the weather is nice today",
+    "I can't find my keys anywhere",
+]
 MANDARIN = ["今天天气很好", "我们一起去公园散步", "请把门关上", "这本书非常有意思", "明天早上八点开会", "我喜欢喝绿茶"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -44,22 +49,25 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # -- exact counts -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reference, hypothesis, language, expected", [
-    # (substitutions, deletions, insertions, hits)
-    ("The cat sat on the mat.", "the cat sat on a mat", "en", (1, 0, 0, 5)),
-    ("one two three", "1 2 3 4", "en", (0, 0, 1, 3)),
-    ("It's twenty-one degrees!", "its 21 degrees", "en", (0, 0, 0, 3)),
-    ("hello big world", "hello world", "en", (0, 1, 0, 2)),
-    ("今天天气很好", "今天天汽很好啊", "zh", (1, 0, 1, 5)),
-    ("今天天气很好。", "今天很好", "zh", (0, 2, 0, 4)),
-    ("我们用Python写代码", "我们用 python 写码", "zh", (0, 1, 0, 6)),  # an English word is one token
-    ("打开WiFi设置", "打开 Wi-Fi 设置", "zh", (1, 0, 1, 4)),  # wifi -> wi + fi
-    ("请打开 Bluetooth 然后播放音乐", "请打开蓝牙然后播放 music", "zh", (2, 1, 1, 7)),  # 音乐 -> music: S + D
-    ("東京へ行きます。", "東京に行きます", "ja", (1, 0, 0, 6)),
-    ("ＧＰＴ４很强！", "gpt4很强", "zh", (0, 0, 0, 3)),  # full width and case
-    ("今天 is fine", "今天 is fine", None, (0, 0, 0, 4)),  # no language: CJK text is scored by character
-    ("甚 至 出 现 交 易 停 滞", "甚至出现交易停滞。", "zh", (0, 0, 0, 8)),  # AISHELL writes spaces
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "reference, hypothesis, language, expected",
+    [
+        # (substitutions, deletions, insertions, hits)
+        ("The cat sat on the mat.", "the cat sat on a mat", "en", (1, 0, 0, 5)),
+        ("one two three", "1 2 3 4", "en", (0, 0, 1, 3)),
+        ("It's twenty-one degrees!", "its 21 degrees", "en", (0, 0, 0, 3)),
+        ("hello big world", "hello world", "en", (0, 1, 0, 2)),
+        ("今天天气很好", "今天天汽很好啊", "zh", (1, 0, 1, 5)),
+        ("今天天气很好。", "今天很好", "zh", (0, 2, 0, 4)),
+        ("我们用Python写代码", "我们用 python 写码", "zh", (0, 1, 0, 6)),  # an English word is one token
+        ("打开WiFi设置", "打开 Wi-Fi 设置", "zh", (1, 0, 1, 4)),  # wifi -> wi + fi
+        ("请打开 Bluetooth 然后播放音乐", "请打开蓝牙然后播放 music", "zh", (2, 1, 1, 7)),  # 音乐 -> music: S + D
+        ("東京へ行きます。", "東京に行きます", "ja", (1, 0, 0, 6)),
+        ("ＧＰＴ４很强！", "gpt4很强", "zh", (0, 0, 0, 3)),  # full width and case
+        ("今天 is fine", "今天 is fine", None, (0, 0, 0, 4)),  # no language: CJK text is scored by character
+        ("甚 至 出 现 交 易 停 滞", "甚至出现交易停滞。", "zh", (0, 0, 0, 8)),  # AISHELL writes spaces
+    ],
+)
 def test_known_pairs(reference, hypothesis, language, expected):
     counts = score(reference, hypothesis, language)
     assert (counts["substitutions"], counts["deletions"], counts["insertions"], counts["hits"]) == expected
@@ -155,8 +163,9 @@ def test_sharded_and_merged_equals_unsharded(reports):
     assert untimed(merged_rows) == untimed(whole_rows)
     timed = ("real_time_factor", "tokens_per_second", "peak_memory_bytes")
     for name, data in whole["sets"].items():
-        assert {k: v for k, v in merged["sets"][name].items() if k not in timed} == \
-               {k: v for k, v in data.items() if k not in timed}  # fmt: skip
+        assert {k: v for k, v in merged["sets"][name].items() if k not in timed} == {
+            k: v for k, v in data.items() if k not in timed
+        }
     assert merged["settings"]["shards"] == 3 and len(merged["settings"]["merged_from"]) == 3
 
 
@@ -173,10 +182,15 @@ def test_bf16_against_itself_agrees_fully(reports):
 def test_variant_against_bf16_is_measured(reports, variant):
     report = read_report(reports[variant])[0]
     comparison = report["sets"]["speech"]["comparison"]
-    print(f"\n{report['model']['name']} vs tiny-bfloat16 ({MAX_NEW_TOKENS} new tokens, 12 utterances): token agreement "
-          f"{100 * comparison['token_agreement']:.1f}%, identical {100 * comparison['identical']:.0f}%; "
-          + "; ".join(f"{m.upper()} delta {100 * s['delta']:+.1f} [{100 * s['delta_ci95'][0]:+.1f}, "
-                      f"{100 * s['delta_ci95'][1]:+.1f}]" for m, s in comparison["scores"].items()))  # fmt: skip
+    print(
+        f"\n{report['model']['name']} vs tiny-bfloat16 ({MAX_NEW_TOKENS} new tokens, 12 utterances): token agreement "
+        f"{100 * comparison['token_agreement']:.1f}%, identical {100 * comparison['identical']:.0f}%; "
+        + "; ".join(
+            f"{m.upper()} delta {100 * s['delta']:+.1f} [{100 * s['delta_ci95'][0]:+.1f}, "
+            f"{100 * s['delta_ci95'][1]:+.1f}]"
+            for m, s in comparison["scores"].items()
+        )
+    )
     assert 0.0 <= comparison["token_agreement"] <= 1.0 and comparison["utterances"] == 12
     for s in comparison["scores"].values():
         low, high = s["delta_ci95"]
@@ -200,16 +214,31 @@ def test_bad_rows_are_reported_and_skipped(tiny_f32, tmp_path):
     synthesize("hello world", folder / "good.wav")
     sf.write(str(folder / "short.wav"), np.zeros(80, np.float32), 16000)  # 5 ms: less than one frame
     (folder / "garbage.wav").write_text("not audio")
-    write_set(folder, [("good.wav", "hello world", "en"), ("missing.wav", "hello", "en"), ("good.wav", "", "en"),
-                       ("garbage.wav", "hello", "en"), ("short.wav", "hello", "en"), ("good.wav", "?!…", "en"),
-                       ("good.wav", "hello", "xx")])  # fmt: skip
+    write_set(
+        folder,
+        [
+            ("good.wav", "hello world", "en"),
+            ("missing.wav", "hello", "en"),
+            ("good.wav", "", "en"),
+            ("garbage.wav", "hello", "en"),
+            ("short.wav", "hello", "en"),
+            ("good.wav", "?!…", "en"),
+            ("good.wav", "hello", "xx"),
+        ],
+    )
     report = evaluate(tiny_f32, [str(folder)], tmp_path / "report", max_new_tokens=4)
     data = report["sets"]["bad"]
     assert data["rows"] == 7 and data["utterances"] == 1 and data["scores"]["wer"]["utterances"] == 1
     reasons = {s["index"]: s["reason"] for s in data["skipped"]}
     assert sorted(reasons) == [1, 2, 3, 4, 5, 6]
-    for index, words in {1: "audio file not found", 2: "empty reference", 3: "cannot read audio",
-                         4: "ms long", 5: "empty after normalization", 6: "unknown language"}.items():  # fmt: skip
+    for index, words in {
+        1: "audio file not found",
+        2: "empty reference",
+        3: "cannot read audio",
+        4: "ms long",
+        5: "empty after normalization",
+        6: "unknown language",
+    }.items():
         assert words in reasons[index], reasons[index]
     summary = (tmp_path / "report" / SUMMARY).read_text()
     assert "## Skipped rows (6)" in summary and "bad row 1 (missing.wav): audio file not found" in summary
@@ -219,8 +248,12 @@ def test_bad_rows_are_reported_and_skipped(tiny_f32, tmp_path):
 
 def test_jsonl_manifest_with_bad_lines(tiny_f32, tmp_path):
     synthesize("good morning", tmp_path / "a.wav")
-    lines = [json.dumps({"audio": "a.wav", "text": "good morning", "language": "en"}), "{not json",
-             json.dumps({"text": "no audio"}), json.dumps(["not", "an", "object"])]  # fmt: skip
+    lines = [
+        json.dumps({"audio": "a.wav", "text": "good morning", "language": "en"}),
+        "{not json",
+        json.dumps({"text": "no audio"}),
+        json.dumps(["not", "an", "object"]),
+    ]
     (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     report = evaluate(tiny_f32, [str(tmp_path / "manifest.jsonl")], tmp_path / "report", max_new_tokens=4)
     data = report["sets"]["manifest"]
@@ -246,18 +279,23 @@ def test_local_sets_take_the_transcript_column_people_use(tmp_path, column):
     assert (item.reference, item.audio, item.problem) == ("Hello there", tmp_path / "a.wav", None)
 
 
-@pytest.mark.parametrize("header, problem", [
-    ("file_name,speaker", "no transcript column (text, transcription, sentence)"),
-    ("file_name,text,transcription", "text and transcription: which is the transcript?"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "header, problem",
+    [
+        ("file_name,speaker", "no transcript column (text, transcription, sentence)"),
+        ("file_name,text,transcription", "text and transcription: which is the transcript?"),
+    ],
+)
 def test_local_transcript_column_must_be_one(tmp_path, header, problem):
     (tmp_path / "metadata.csv").write_text(header + "\n")
     with pytest.raises(UserError) as info:
         open_set(EvalSet.load(tmp_path))
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"{tmp_path / 'metadata.csv'}: {problem} the columns are: ")
-    assert message.endswith(f"the columns are: {header.replace(',', ', ')}; keep one, or name it as text_column in "
-                            "a set YAML whose path is this folder")  # fmt: skip
+    assert message.endswith(
+        f"the columns are: {header.replace(',', ', ')}; keep one, or name it as text_column in "
+        "a set YAML whose path is this folder"
+    )
 
 
 def test_a_set_yaml_names_the_columns_of_a_local_folder(tmp_path):
@@ -346,8 +384,10 @@ def test_set_definition_is_strict(tmp_path):
         EvalSet.load(tmp_path / "lang.yaml")
 
 
-@pytest.mark.parametrize("shard, expected", [("0/4", (0, 4)), ("3/4", (3, 4)), (None, (0, 1)), ("4/4", None),
-                                             ("1/0", None), ("a/b", None), ("1", None)])  # fmt: skip
+@pytest.mark.parametrize(
+    "shard, expected",
+    [("0/4", (0, 4)), ("3/4", (3, 4)), (None, (0, 1)), ("4/4", None), ("1/0", None), ("a/b", None), ("1", None)],
+)
 def test_parse_shard(shard, expected):
     if expected is None:
         with pytest.raises(UserError):
@@ -365,7 +405,9 @@ def test_merge_and_evaluate_refuse_bad_inputs(reports, tiny_f32, speech_set, tmp
         merge([tmp_path], tmp_path / "merged")
     with pytest.raises(UserError, match="already exists"):
         evaluate(tiny_f32, [str(speech_set)], reports["f32"])
-    with pytest.raises(UserError, match="decoded with at most 16 new tokens per segment, this evaluation with at most 8"):
+    with pytest.raises(
+        UserError, match="decoded with at most 16 new tokens per segment, this evaluation with at most 8"
+    ):
         evaluate(tiny_f32, [str(speech_set)], tmp_path / "r", baseline=reports["bf16"], max_new_tokens=8)
     assert not (tmp_path / "merged").exists()
     for file in (EVAL_JSON, HYPOTHESES):

@@ -68,9 +68,18 @@ def full_run(tmp_path_factory, speech):
     result = reference.result(wave, max_new_tokens=CONTINUATION)
     del reference
     gc.collect()
-    return converted, dict(feats=feats, enc=enc, layers=layers, adapted=adapted, embeds=embeds,
-                           continuation=continuation, logits=logits, ctc_log_probs=ctc_log_probs, result=result,
-                           wave=wave)
+    return converted, dict(
+        feats=feats,
+        enc=enc,
+        layers=layers,
+        adapted=adapted,
+        embeds=embeds,
+        continuation=continuation,
+        logits=logits,
+        ctc_log_probs=ctc_log_probs,
+        result=result,
+        wave=wave,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +93,15 @@ def test_encoder_at_full_size(full_run, full_model):
     assert len(encoder.encoders) == 49 and len(encoder.tp_encoders) == 20
     np.testing.assert_allclose(ref["layers"][-1], ref["enc"])  # the layer walk is the real encoder
     modules = [*encoder.encoders0, *encoder.encoders, encoder.after_norm, *encoder.tp_encoders, encoder.tp_norm]
-    layer_errors = [rel_err(np.array(module(mx.array(x_in)[None])[0]), x_out)
-                    for module, x_in, x_out in zip(modules, ref["layers"], ref["layers"][1:])]
+    layer_errors = [
+        rel_err(np.array(module(mx.array(x_in)[None])[0]), x_out)
+        for module, x_in, x_out in zip(modules, ref["layers"], ref["layers"][1:])
+    ]
     enc = np.array(encoder(mx.array(ref["feats"])[None])[0])
-    print(f"full size: worst single-layer rel err {max(layer_errors):.2e} "
-          f"(layer {int(np.argmax(layer_errors))}), whole encoder {rel_err(enc, ref['enc']):.2e}")
+    print(
+        f"full size: worst single-layer rel err {max(layer_errors):.2e} "
+        f"(layer {int(np.argmax(layer_errors))}), whole encoder {rel_err(enc, ref['enc']):.2e}"
+    )
     assert max(layer_errors) < LAYER_REL
     assert rel_err(enc, ref["enc"]) < ENCODER_CHAIN_REL
 
@@ -106,8 +119,10 @@ def test_adaptor_and_logits_at_full_size(full_run, full_model):
     ids = mx.array(ref["continuation"])[None]
     x = mx.concatenate([embeddings[None], model.llm.model.embed_tokens(ids)], axis=1)
     logits = np.array(model.llm(ids, input_embeddings=x)[0, embeddings.shape[0] - 1 :])
-    print(f"full size: teacher-forced logits rel err {rel_err(logits, ref['logits']):.2e} "
-          f"over {len(ref['continuation'])} tokens")
+    print(
+        f"full size: teacher-forced logits rel err {rel_err(logits, ref['logits']):.2e} "
+        f"over {len(ref['continuation'])} tokens"
+    )
     assert rel_err(logits, ref["logits"]) < STAGE_REL
     assert (logits.argmax(-1) == ref["logits"].argmax(-1)).all()
 

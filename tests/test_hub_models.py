@@ -69,7 +69,9 @@ def test_transcribe_by_repo_id_fetches_only_the_model_and_then_works_offline(ser
     args = ("transcribe", REPO, wav, "--format", "json", "--max-new-tokens", TOKENS)
     assert transcribed(run_cli(*args, env=env))["token_ids"] == expected.token_ids
     cached = cached_files(home, REPO)
-    assert "model.safetensors" in cached and "config.json" in cached and any(n.startswith("Qwen3-0.6B/") for n in cached)
+    assert (
+        "model.safetensors" in cached and "config.json" in cached and any(n.startswith("Qwen3-0.6B/") for n in cached)
+    )
     assert not cached & CARD_FILES.keys()
 
     requests = len(hub.requests)
@@ -83,8 +85,9 @@ def test_revision_pins_the_commit(served, wav, expected, tiny_f32, tmp_path):
     broken = hub.seed(REPO, {"model.safetensors": b"\0" * 128}, message="a bad upload")
     try:
         env = hub.client_env(tmp_path / "hf-home")
-        pinned = run_cli("transcribe", REPO, wav, "--format", "json", "--max-new-tokens", TOKENS,
-                         "--revision", first, env=env)  # fmt: skip
+        pinned = run_cli(
+            "transcribe", REPO, wav, "--format", "json", "--max-new-tokens", TOKENS, "--revision", first, env=env
+        )
         assert transcribed(pinned)["token_ids"] == expected.token_ids
         assert_user_error(run_cli("transcribe", REPO, wav, env=env), "cannot load the model")
         assert_user_error(run_cli("transcribe", REPO, wav, "--revision", "0" * 40, env=env), f"{REPO}@{'0' * 40}")
@@ -93,11 +96,14 @@ def test_revision_pins_the_commit(served, wav, expected, tiny_f32, tmp_path):
         hub.seed(REPO, {"model.safetensors": tiny_f32 / "model.safetensors"}, message="fix")
 
 
-@pytest.mark.parametrize("repo, fragment", [
-    ("FunAudioLLM/Fun-ASR-Nano-2512", "is not a converted Fun-ASR-Nano model"),  # upstream: convert it first
-    ("someone/whisper-tiny", "is not a converted Fun-ASR-Nano model"),
-    ("nobody/nothing", "cannot download nobody/nothing@main"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "repo, fragment",
+    [
+        ("FunAudioLLM/Fun-ASR-Nano-2512", "is not a converted Fun-ASR-Nano model"),  # upstream: convert it first
+        ("someone/whisper-tiny", "is not a converted Fun-ASR-Nano model"),
+        ("nobody/nothing", "cannot download nobody/nothing@main"),
+    ],
+)
 def test_a_repo_that_is_not_a_model_is_refused_and_not_cached(served, wav, repo, fragment, tmp_path):
     hub, _ = served
     home = tmp_path / "hf-home"
@@ -124,10 +130,13 @@ def test_evaluate_and_vad_by_repo_id(served, tiny_f32, tmp_path):
     assert json.loads((report / "eval.json").read_text())["sets"]["set"]["utterances"] == 2
 
     wav = next(evalset.glob("*.wav"))
-    by_name = run_cli("transcribe", tiny_f32, wav, "--vad", VAD_REPO, "--format", "json", "--max-new-tokens", "2",
-                      env=env)  # fmt: skip
+    by_name = run_cli(
+        "transcribe", tiny_f32, wav, "--vad", VAD_REPO, "--format", "json", "--max-new-tokens", "2", env=env
+    )
     vad_dir = next((tmp_path / "hf-home" / "hub").glob("models--*fsmn-vad-tiny/snapshots/*"))
     model, tokenizer = load(tiny_f32)
     local = transcribe(model, tokenizer, wav, segmenter=load_vad(vad_dir), max_new_tokens=2)
-    assert [(s["start"], s["end"]) for s in transcribed(by_name)["segments"]] == [(s.start, s.end) for s in local.segments]
+    assert [(s["start"], s["end"]) for s in transcribed(by_name)["segments"]] == [
+        (s.start, s.end) for s in local.segments
+    ]
     assert_user_error(run_cli("transcribe", tiny_f32, wav, "--vad", REPO, env=env), "is not a converted FSMN-VAD model")

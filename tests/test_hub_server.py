@@ -46,8 +46,13 @@ def client_for(server: HubServer, home: Path, token: str | None = TOKEN) -> Call
     env = server.client_env(home, token=token)
 
     def call(name: str, **kwargs: Any) -> Any:
-        proc = subprocess.run([sys.executable, "-c", CLIENT, json.dumps([name, kwargs])],
-                              env=env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", CLIENT, json.dumps([name, kwargs])],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         if "error" in result:
@@ -92,10 +97,19 @@ def without_gitattributes(files: dict[str, bytes]) -> dict[str, bytes]:
     return {k: v for k, v in files.items() if k != ".gitattributes"}
 
 
-V1 = {"config.json": b'{"dim": 8}\n', "model.safetensors": random.Random(1).randbytes(4096),
-      "tokenizer/vocab.txt": b"a\nb\n", "tokenizer/merges.txt": b"a b\n", "notes.md": b"# notes\n"}
-UPLOAD = {"model.safetensors": random.Random(0).randbytes(3 * 2**20), "config.json": b'{"a": 1}\n',
-          "README.md": b"---\nlicense: mit\n---\n# A model\n", "sub/notes.txt": b"hello\n"}
+V1 = {
+    "config.json": b'{"dim": 8}\n',
+    "model.safetensors": random.Random(1).randbytes(4096),
+    "tokenizer/vocab.txt": b"a\nb\n",
+    "tokenizer/merges.txt": b"a b\n",
+    "notes.md": b"# notes\n",
+}
+UPLOAD = {
+    "model.safetensors": random.Random(0).randbytes(3 * 2**20),
+    "config.json": b'{"a": 1}\n',
+    "README.md": b"---\nlicense: mit\n---\n# A model\n",
+    "sub/notes.txt": b"hello\n",
+}
 
 
 def test_snapshot_download_at_a_pinned_sha_fetches_only_allowed_files(hub, hf, tmp_path):
@@ -103,8 +117,13 @@ def test_snapshot_download_at_a_pinned_sha_fetches_only_allowed_files(hub, hf, t
     v2 = hub.seed("org/model", {"config.json": b'{"dim": 16}\n'}, message="bigger")
     assert hub.commits("org/model") == [v2, v1]
 
-    out = hf("snapshot_download", repo_id="org/model", revision=v1, local_dir=str(tmp_path / "v1"),
-             allow_patterns=["*.json", "*.safetensors", "tokenizer/vocab.txt"])
+    out = hf(
+        "snapshot_download",
+        repo_id="org/model",
+        revision=v1,
+        local_dir=str(tmp_path / "v1"),
+        allow_patterns=["*.json", "*.safetensors", "tokenizer/vocab.txt"],
+    )
     assert local_files(Path(out)) == {k: V1[k] for k in ("config.json", "model.safetensors", "tokenizer/vocab.txt")}
     # By branch name it is the newest commit; without local_dir it lands in the cache under HF_HOME.
     out = hf("snapshot_download", repo_id="org/model", revision="main", allow_patterns=["config.json"])
@@ -120,8 +139,11 @@ def test_metadata_calls_describe_the_commits(hub, hf):
     siblings = {s["rfilename"]: s for s in info["siblings"]}
     assert info["sha"] == v1 and set(siblings) == set(V1)
     weights, config = siblings["model.safetensors"], siblings["config.json"]
-    assert weights["lfs"] == {"size": 4096, "sha256": hashlib.sha256(V1["model.safetensors"]).hexdigest(),
-                              "pointer_size": weights["lfs"]["pointer_size"]}
+    assert weights["lfs"] == {
+        "size": 4096,
+        "sha256": hashlib.sha256(V1["model.safetensors"]).hexdigest(),
+        "pointer_size": weights["lfs"]["pointer_size"],
+    }
     assert config["lfs"] is None and config["size"] == len(V1["config.json"])
     assert sorted(hf("list_repo_files", repo_id="org/model")) == sorted([*V1, "extra.txt"])
     assert [c["commit_id"] for c in hf("list_repo_commits", repo_id="org/model")] == [v2, v1]
@@ -131,8 +153,14 @@ def test_metadata_calls_describe_the_commits(hub, hf):
 def test_missing_repo_revision_and_file_raise_the_hub_errors(hub, hf, tmp_path):
     hub.seed("org/model", V1)
     expect_error("RepositoryNotFoundError", hf, "snapshot_download", repo_id="org/absent")
-    expect_error("RevisionNotFoundError", hf, "snapshot_download", repo_id="org/model", revision="0" * 40,
-                 local_dir=str(tmp_path / "dl"))
+    expect_error(
+        "RevisionNotFoundError",
+        hf,
+        "snapshot_download",
+        repo_id="org/model",
+        revision="0" * 40,
+        local_dir=str(tmp_path / "dl"),
+    )
     expect_error("RevisionNotFoundError", hf, "model_info", repo_id="org/model", revision="no-such-branch")
     expect_error("EntryNotFoundError", hf, "hf_hub_download", repo_id="org/model", filename="absent.bin")
 
@@ -203,8 +231,13 @@ def test_tamper_changes_served_bytes_but_not_metadata(hub, hf, tmp_path):
     assert hub.commits("org/model") == [sha] and hub.files("org/model")["model.safetensors"] == bad
     info = hf("model_info", repo_id="org/model", revision=sha, files_metadata=True)
     listed = next(s for s in info["siblings"] if s["rfilename"] == "model.safetensors")["lfs"]["sha256"]
-    out = hf("hf_hub_download", repo_id="org/model", filename="model.safetensors", revision=sha,
-             local_dir=str(tmp_path / "dl"))
+    out = hf(
+        "hf_hub_download",
+        repo_id="org/model",
+        filename="model.safetensors",
+        revision=sha,
+        local_dir=str(tmp_path / "dl"),
+    )
     assert Path(out).read_bytes() == bad  # huggingface_hub does not notice (same size)...
     assert hashlib.sha256(bad).hexdigest() != listed == hashlib.sha256(V1["model.safetensors"]).hexdigest()
 
@@ -221,19 +254,33 @@ def test_dataset_repo_at_a_given_commit_with_a_declared_hash(hub, hf, tmp_path):
     assert hub.seed("org/data", files, repo_type="dataset", sha=sha, declared=declared) == sha
     assert "org/data" not in hub.repos and hub.commits("org/data", repo_type="dataset") == [sha]
 
-    info = hf("get_paths_info", repo_id="org/data", paths=["all/test.clean/0000.parquet", "README.md", "absent"],
-              revision=sha, repo_type="dataset")  # fmt: skip
+    info = hf(
+        "get_paths_info",
+        repo_id="org/data",
+        paths=["all/test.clean/0000.parquet", "README.md", "absent"],
+        revision=sha,
+        repo_type="dataset",
+    )
     by_path = {i["path"]: i for i in info}
     assert set(by_path) == {"all/test.clean/0000.parquet", "README.md"}  # an absent path is left out
     assert by_path["all/test.clean/0000.parquet"]["lfs"]["sha256"] == real and by_path["README.md"]["lfs"] is None
-    out = hf("hf_hub_download", repo_id="org/data", filename="all/test.clean/0000.parquet", revision=sha,
-             repo_type="dataset", local_dir=str(tmp_path / "dl"))  # fmt: skip
+    out = hf(
+        "hf_hub_download",
+        repo_id="org/data",
+        filename="all/test.clean/0000.parquet",
+        revision=sha,
+        repo_type="dataset",
+        local_dir=str(tmp_path / "dl"),
+    )
     assert Path(out).read_bytes() == stand_in  # the bytes served are the stand-in's
     expect_error("RepositoryNotFoundError", hf, "model_info", repo_id="org/data")  # not a model repo
 
     url = f"{hub.url}/datasets/org/data/resolve/{sha}/all/test.clean/0000.parquet"
-    for byte_range, expected in (("bytes=10-19", stand_in[10:20]), ("bytes=-8", stand_in[-8:]),
-                                 ("bytes=990-", stand_in[990:])):  # fmt: skip
+    for byte_range, expected in (
+        ("bytes=10-19", stand_in[10:20]),
+        ("bytes=-8", stand_in[-8:]),
+        ("bytes=990-", stand_in[990:]),
+    ):
         with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": byte_range})) as response:
             assert response.status == 206 and response.read() == expected
             assert response.headers["Content-Range"].endswith("/1000")

@@ -30,8 +30,20 @@ CLEAN = "librispeech-test-clean"
 
 
 def evaluate_cli(hub: HubServer, home: Path, model: Path, sets: list[str], report: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "funasr_nano_mlx", "evaluate", str(model), *(f"--set={s}" for s in sets),
-               "--report", str(report), "--limit", str(ROWS), "--max-new-tokens", str(MAX_NEW_TOKENS)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "funasr_nano_mlx",
+        "evaluate",
+        str(model),
+        *(f"--set={s}" for s in sets),
+        "--report",
+        str(report),
+        "--limit",
+        str(ROWS),
+        "--max-new-tokens",
+        str(MAX_NEW_TOKENS),
+    ]
     return subprocess.run(command, env=hub.client_env(home), capture_output=True, text=True, timeout=600)
 
 
@@ -102,8 +114,10 @@ def local_pinned_set(tmp_path: Path, digest: str) -> Path:
     from tests.helpers import hub_style_dataset
 
     repo = hub_style_dataset(tmp_path / "repo")
-    definition = (f"dataset: {repo}\ndata_files: data/test-00000-of-00001.parquet\ntext_column: sentence\n"
-                  f"language: en\nsha256:\n  data/test-00000-of-00001.parquet: {digest}\n")  # fmt: skip
+    definition = (
+        f"dataset: {repo}\ndata_files: data/test-00000-of-00001.parquet\ntext_column: sentence\n"
+        f"language: en\nsha256:\n  data/test-00000-of-00001.parquet: {digest}\n"
+    )
     (tmp_path / "pinned.yaml").write_text(definition)
     return tmp_path / "pinned.yaml"
 
@@ -121,13 +135,19 @@ def test_local_pinned_file_is_hashed(tmp_path):
     assert [item.reference for item in items][:1] == ["Good morning!"] and len(items) == 4
 
 
-@pytest.mark.parametrize("pins, message", [
-    ("sha256:\n  data/other.parquet: " + "a" * 64, "data/other.parquet is not a file this set reads"),
-    ("sha256:\n  data/x.parquet: ABC", r"expected 64 lower-case hex digits \(quoted if all are digits\), found 'ABC'"),
-    ("sha256:\n  data/x.parquet: " + "1" * 64, "found 1111"),  # YAML reads it as a number
-    ("sha256: abc", "sha256: expected dict, found 'abc'"),
-    ("data_files: data/*.csv", r"data_files: 'data/\*.csv' names no .parquet files"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "pins, message",
+    [
+        ("sha256:\n  data/other.parquet: " + "a" * 64, "data/other.parquet is not a file this set reads"),
+        (
+            "sha256:\n  data/x.parquet: ABC",
+            r"expected 64 lower-case hex digits \(quoted if all are digits\), found 'ABC'",
+        ),
+        ("sha256:\n  data/x.parquet: " + "1" * 64, "found 1111"),  # YAML reads it as a number
+        ("sha256: abc", "sha256: expected dict, found 'abc'"),
+        ("data_files: data/*.csv", r"data_files: 'data/\*.csv' names no .parquet files"),
+    ],
+)
 def test_sha256_pins_and_data_files_are_checked_when_the_definition_is_read(tmp_path, pins, message):
     files = "" if "data_files" in pins else "data_files: data/x.parquet\n"
     (tmp_path / "set.yaml").write_text(f"dataset: a/b\nrevision: {'f' * 40}\n{files}{pins}\n")

@@ -45,8 +45,12 @@ def test_every_module_has_a_layer():
 
 
 def test_no_module_imports_upward():
-    upward = [(module, imported) for module, imports in package_imports().items() for imported in imports
-              if layer_of(imported) > layer_of(module)]  # fmt: skip
+    upward = [
+        (module, imported)
+        for module, imports in package_imports().items()
+        for imported in imports
+        if layer_of(imported) > layer_of(module)
+    ]
     assert not upward, upward
 
 
@@ -58,7 +62,7 @@ def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(module)
         for imported in sorted(graph[module]):
             if imported in path:
-                return path[path.index(imported):] + [imported]
+                return path[path.index(imported) :] + [imported]
             if imported not in done and (circle := visit(imported)):
                 return circle
         done.add(path.pop())

@@ -27,8 +27,12 @@ from tests.hub_server import HubServer
 
 RECIPE = Recipe.load("4bit-llm")
 # What the real upstream repo holds (at the pinned commit) besides the tiny checkpoint's own files.
-UPSTREAM_EXTRAS = {"multilingual.tiktoken": b"IQ== 0\n", "example/zh.mp3": b"ID3 stand-in", "example/en.mp3": b"ID3 stand-in",
-                   "README.md": b"---\nlicense: apache-2.0\n---\n# Fun-ASR-Nano-2512\n"}  # fmt: skip
+UPSTREAM_EXTRAS = {
+    "multilingual.tiktoken": b"IQ== 0\n",
+    "example/zh.mp3": b"ID3 stand-in",
+    "example/en.mp3": b"ID3 stand-in",
+    "README.md": b"---\nlicense: apache-2.0\n---\n# Fun-ASR-Nano-2512\n",
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +49,37 @@ def agreeing_upstream(tiny_upstream, tmp_path_factory) -> Path:
     return folder
 
 
-def test_the_4bit_llm_recipe_runs_to_publish_from_the_installed_wheel(installed_cli, agreeing_upstream, clips, tmp_path):
+def test_the_4bit_llm_recipe_runs_to_publish_from_the_installed_wheel(
+    installed_cli, agreeing_upstream, clips, tmp_path
+):
     work, home = tmp_path / "work", tmp_path / "hf-home"
     with HubServer() as hub:
         hub.seed(RECIPE.source, {**files_of(agreeing_upstream), **UPSTREAM_EXTRAS}, sha=RECIPE.revision)
         seed_eval_sets(hub, RECIPE.evaluation)
         env = {k: v for k, v in hub.client_env(home).items() if k != "PYTHONPATH"}
-        where = run_cli(command=[str(Path(installed_cli[0]).with_name("python")), "-c",
-                                 "import funasr_nano_mlx; print(funasr_nano_mlx.__file__)"], env=env, cwd=tmp_path)  # fmt: skip
+        where = run_cli(
+            command=[
+                str(Path(installed_cli[0]).with_name("python")),
+                "-c",
+                "import funasr_nano_mlx; print(funasr_nano_mlx.__file__)",
+            ],
+            env=env,
+            cwd=tmp_path,
+        )
         assert where.stdout.startswith(str(Path(installed_cli[0]).parents[1])), where  # the wheel's copy
 
-        done = run_cli("run", RECIPE.name, "--work", work, "--sha256", sha256(agreeing_upstream / "model.pt"),
-                       command=installed_cli, env=env, cwd=tmp_path, timeout=1200)  # fmt: skip
+        done = run_cli(
+            "run",
+            RECIPE.name,
+            "--work",
+            work,
+            "--sha256",
+            sha256(agreeing_upstream / "model.pt"),
+            command=installed_cli,
+            env=env,
+            cwd=tmp_path,
+            timeout=1200,
+        )
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip().splitlines()[-1] == str(work / RECIPE.name / "publish")
         assert sorted(p.name for p in (work / RECIPE.name).iterdir()) == sorted(STAGES)
@@ -78,7 +101,8 @@ def test_the_4bit_llm_recipe_runs_to_publish_from_the_installed_wheel(installed_
 
         wav = tmp_path / "clip.wav"
         sf.write(str(wav), clips["1s"], 16000)
-        by_name = run_cli("transcribe", RECIPE.target, wav, "--format", "json",
-                          command=installed_cli, env=env, cwd=tmp_path)  # fmt: skip
+        by_name = run_cli(
+            "transcribe", RECIPE.target, wav, "--format", "json", command=installed_cli, env=env, cwd=tmp_path
+        )
         assert by_name.returncode == 0 and json.loads(by_name.stdout)["token_ids"], by_name.stderr
         assert os.listdir(home / "hub")  # the published repo came through the cache

@@ -153,8 +153,10 @@ def test_bf16_conversion_agrees_with_float32(clips, tiny_f32, tiny_bf16):
     agreement = (ours.argmax(-1) == ref.argmax(-1)).mean()
     greedy = transcribe(bf16, tokenizer, clips["7s"], max_new_tokens=64, **AS_UPSTREAM).token_ids
     same_prefix = next((i for i, (a, b) in enumerate(zip(path, greedy)) if a != b), min(len(path), len(greedy)))
-    print(f"bf16 vs float32: teacher-forced top-1 agreement {agreement:.1%}, logits rel err "
-          f"{rel_err(ours, ref):.2e}, greedy identical for the first {same_prefix} of {len(path)} tokens")
+    print(
+        f"bf16 vs float32: teacher-forced top-1 agreement {agreement:.1%}, logits rel err "
+        f"{rel_err(ours, ref):.2e}, greedy identical for the first {same_prefix} of {len(path)} tokens"
+    )
     assert agreement >= 0.85
     assert rel_err(ours, ref) < 0.05  # bf16 has 8 mantissa bits: ~4e-3 per op, measured 1.2e-2
 

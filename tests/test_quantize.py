@@ -249,8 +249,10 @@ def test_mlx_audio_reads_the_same_llm(name, recipes, quantized, clips, record_pr
         other.self_attn.rope = mine.self_attn.rope
     assert greedy(theirs) == ours_tokens
 
-    findings = {"same_embeddings_plain_rope": agreement(plain_rope_tokens, ours_tokens),
-                "end_to_end": agreement(end_to_end, ours_end_to_end)}  # fmt: skip
+    findings = {
+        "same_embeddings_plain_rope": agreement(plain_rope_tokens, ours_tokens),
+        "end_to_end": agreement(end_to_end, ours_end_to_end),
+    }
     for key, value in findings.items():
         record_property(f"mlx_audio_leading_tokens_equal_{key}", value)
     print(f"{name}: mlx-audio, leading tokens equal to ours (of {TOKENS}): {findings}")

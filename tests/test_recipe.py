@@ -19,10 +19,17 @@ from funasr_nano_mlx.recipe import (
     baseline_recipe,
 )
 
-NANO = ("FunAudioLLM/Fun-ASR-Nano-2512", "272c57b82523ada6fd87095e955f8e29100979ab",
-        "55ae0d2fee369f0f11cce0795f6927934ad17cf11b278a7e56a51272074160bb")  # fmt: skip
-NANO_CTC = ("FunAudioLLM/Fun-ASR-Nano-2512", "master", "81fec8616083c69377f3ceef36aba3655660ee0ca69a5d4a1e9810cd340ca499",
-            "modelscope")  # fmt: skip
+NANO = (
+    "FunAudioLLM/Fun-ASR-Nano-2512",
+    "272c57b82523ada6fd87095e955f8e29100979ab",
+    "55ae0d2fee369f0f11cce0795f6927934ad17cf11b278a7e56a51272074160bb",
+)
+NANO_CTC = (
+    "FunAudioLLM/Fun-ASR-Nano-2512",
+    "master",
+    "81fec8616083c69377f3ceef36aba3655660ee0ca69a5d4a1e9810cd340ca499",
+    "modelscope",
+)
 MLT = ("FunAudioLLM/Fun-ASR-MLT-Nano-2512", "main", "f7ddbef5ff8c57254e6a045f0b316501b704fe2b774f962efc6e402364e8fe37")
 Q4, Q6, Q8 = QuantSpec(4, 64), QuantSpec(6, 64), QuantSpec(8, 64)
 
@@ -94,8 +101,10 @@ def test_local_sets_and_per_set_bounds(tmp_path):
     (tmp_path / "sets" / "mine").mkdir(parents=True)
     (tmp_path / "sets" / "other.jsonl").write_text("")
     text = VALID.replace("evaluation: [fleurs-en]", "evaluation: [fleurs-en, ./sets/mine, sets/other.jsonl]")
-    text = text.replace("acceptance: {max_error_rate_delta: 0.5}",
-                        "acceptance:\n  max_error_rate_delta: 0.5\n  sets:\n    mine: {max_error_rate_delta: 2}")  # fmt: skip
+    text = text.replace(
+        "acceptance: {max_error_rate_delta: 0.5}",
+        "acceptance:\n  max_error_rate_delta: 0.5\n  sets:\n    mine: {max_error_rate_delta: 2}",
+    )
     (tmp_path / "recipes").mkdir()
     file = tmp_path / "recipes" / "local.yaml"
     file.write_text(text.replace("./sets", "../sets").replace(" sets/other", " ../sets/other"))
@@ -112,8 +121,15 @@ def test_local_sets_and_per_set_bounds(tmp_path):
 def test_baselines():
     """Each recipe's baseline is the bf16 one of its source; built from wherever the recipe is built from."""
     assert {name: baseline_recipe(Recipe.load(name)) for name in SHIPPED} == {
-        "bf16": None, "8bit": "bf16", "4bit-llm": "bf16", "4bit-mixed": "bf16", "mlt-bf16": None,
-        "mlt-4bit-llm": "mlt-bf16", "bf16-timestamps": None, "4bit-llm-timestamps": "bf16-timestamps"}  # fmt: skip
+        "bf16": None,
+        "8bit": "bf16",
+        "4bit-llm": "bf16",
+        "4bit-mixed": "bf16",
+        "mlt-bf16": None,
+        "mlt-4bit-llm": "mlt-bf16",
+        "bf16-timestamps": None,
+        "4bit-llm-timestamps": "bf16-timestamps",
+    }
     moved = Recipe.load("4bit-llm").override(source="/some/mirror")
     base = baseline_for(moved)
     assert base.name == "bf16" and (base.source, base.revision, base.model_pt_sha256) == ("/some/mirror", None, None)
@@ -129,34 +145,82 @@ BAD = [  # (recipe text, line, the start of the message after "FILE:LINE: ")
     (edit("target:", "targte: x\ntarget:"), 14, "targte: unknown key 'targte'"),
     (edit("  llm: {bits: 4,", "  llm: {bitz: 3, bits: 4,"), 8, "quantization.llm.bitz: unknown key"),
     (edit("  embeddings:", "  vision: null\n  embeddings:"), 9, "quantization.vision: unknown key 'vision'"),
-    (edit("bits: 4, group_size: 64", "bits: 7, group_size: 64"), 8, "quantization.llm.bits: 7 bits is not supported by mode affine"),
-    (edit("bits: 4, group_size: 64", "bits: 4, group_size: 16"), 8, "quantization.llm.group_size: group size 16 is not supported"),
-    (edit("group_size: 32, mode: mxfp8", "group_size: 64, mode: mxfp8"), 9, "quantization.embeddings.group_size: group size 64"),
-    (edit("bits: 8, group_size: 32", "bits: 4, group_size: 32"), 9, "quantization.embeddings.bits: 4 bits is not supported by mode mxfp8"),
+    (
+        edit("bits: 4, group_size: 64", "bits: 7, group_size: 64"),
+        8,
+        "quantization.llm.bits: 7 bits is not supported by mode affine",
+    ),
+    (
+        edit("bits: 4, group_size: 64", "bits: 4, group_size: 16"),
+        8,
+        "quantization.llm.group_size: group size 16 is not supported",
+    ),
+    (
+        edit("group_size: 32, mode: mxfp8", "group_size: 64, mode: mxfp8"),
+        9,
+        "quantization.embeddings.group_size: group size 64",
+    ),
+    (
+        edit("bits: 8, group_size: 32", "bits: 4, group_size: 32"),
+        9,
+        "quantization.embeddings.bits: 4 bits is not supported by mode mxfp8",
+    ),
     (edit("mode: affine", "mode: fp4"), 8, "quantization.llm.mode: 'fp4' is not a quantization mode"),
     (edit("{bits: 8}", "{bits: true}"), 7, "quantization.audio_adaptor.bits: expected int, found True"),
     (edit("dtype: bfloat16", "dtype: float16"), 4, "dtype: 'float16' is not supported"),
-    (edit("  revision: 272c57b82523ada6fd87095e955f8e29100979ab\n", ""), 2, "source.revision: is missing: pin a 40-hex commit"),
+    (
+        edit("  revision: 272c57b82523ada6fd87095e955f8e29100979ab\n", ""),
+        2,
+        "source.revision: is missing: pin a 40-hex commit",
+    ),
     (edit("272c57b82523ada6fd87095e955f8e29100979ab", "main"), 3, "source.revision: 'main' is not a pinned commit"),
     (edit("  audio_encoder: null\n", ""), 6, "quantization.audio_encoder: is missing: give its quantization, or null"),
     (edit("layers: [0, 3]", "layers: [zero]"), 11, "quantization.mixed[0].layers: expected a non-empty list"),
-    (edit("  audio_encoder: null\n", "  audio_encoder: null\n  audio_encoder: {bits: 4}\n"), 7, "quantization: 'audio_encoder' is given twice"),
+    (
+        edit("  audio_encoder: null\n", "  audio_encoder: null\n  audio_encoder: {bits: 4}\n"),
+        7,
+        "quantization: 'audio_encoder' is given twice",
+    ),
     (edit("repo: org/model", "repo: model"), 2, "source.repo: 'model' is not a hub repo id"),
     (edit("[fleurs-en]", "[fleurs-en, fleurs-xx]"), 12, "evaluation[1]: no evaluation set 'fleurs-xx'"),
     (edit("[fleurs-en]", "[fleurs-en, ./no-such-folder]"), 12, "evaluation[1]: no local set './no-such-folder'"),
     (edit("[fleurs-en]", "[fleurs-en, 3]"), 12, "evaluation[1]: expected a set name or path, found 3"),
     (edit("[fleurs-en]", "[fleurs-en, fleurs-en]"), 12, "evaluation[1]: two sets are named 'fleurs-en'"),
     (edit("[fleurs-en]", "fleurs-en"), 12, "evaluation: expected a list of evaluation sets, found a scalar"),
-    (edit("{max_error_rate_delta: 0.5}", "{max_error_rate_delta: -1}"), 13, "acceptance.max_error_rate_delta: expected a number of percentage points >= 0"),
-    (edit("{max_error_rate_delta: 0.5}", "{max_error_rate_delta: .inf}"), 13, "acceptance.max_error_rate_delta: expected a number of percentage points >= 0"),
-    (edit("{max_error_rate_delta: 0.5}", "{max_error_rate_delta: yes}"), 13, "acceptance.max_error_rate_delta: expected int or float, found True"),
-    (edit("{max_error_rate_delta: 0.5}", "{max_wer_delta: 0.5}"), 13, "acceptance.max_wer_delta: unknown key 'max_wer_delta'"),
+    (
+        edit("{max_error_rate_delta: 0.5}", "{max_error_rate_delta: -1}"),
+        13,
+        "acceptance.max_error_rate_delta: expected a number of percentage points >= 0",
+    ),
+    (
+        edit("{max_error_rate_delta: 0.5}", "{max_error_rate_delta: .inf}"),
+        13,
+        "acceptance.max_error_rate_delta: expected a number of percentage points >= 0",
+    ),
+    (
+        edit("{max_error_rate_delta: 0.5}", "{max_error_rate_delta: yes}"),
+        13,
+        "acceptance.max_error_rate_delta: expected int or float, found True",
+    ),
+    (
+        edit("{max_error_rate_delta: 0.5}", "{max_wer_delta: 0.5}"),
+        13,
+        "acceptance.max_wer_delta: unknown key 'max_wer_delta'",
+    ),
     (edit("{max_error_rate_delta: 0.5}", "{}"), 13, "acceptance: give max_error_rate_delta"),
-    (edit("acceptance: {max_error_rate_delta: 0.5}", "acceptance:\n  sets:\n    fleurs-ja: {max_error_rate_delta: 1}"), 15,
-     "acceptance.sets.fleurs-ja: 'fleurs-ja' is not one of the recipe's evaluation sets (fleurs-en)"),
-    (edit("acceptance: {max_error_rate_delta: 0.5}", "acceptance:\n  sets:\n    fleurs-en: {}"), 15,
-     "acceptance.sets.fleurs-en.max_error_rate_delta: is missing (required)"),
-]  # fmt: skip
+    (
+        edit(
+            "acceptance: {max_error_rate_delta: 0.5}", "acceptance:\n  sets:\n    fleurs-ja: {max_error_rate_delta: 1}"
+        ),
+        15,
+        "acceptance.sets.fleurs-ja: 'fleurs-ja' is not one of the recipe's evaluation sets (fleurs-en)",
+    ),
+    (
+        edit("acceptance: {max_error_rate_delta: 0.5}", "acceptance:\n  sets:\n    fleurs-en: {}"),
+        15,
+        "acceptance.sets.fleurs-en.max_error_rate_delta: is missing (required)",
+    ),
+]
 
 
 @pytest.mark.parametrize("text,line,message", BAD, ids=[m.split(":")[0] + str(i) for i, (_, _, m) in enumerate(BAD)])
@@ -205,7 +269,9 @@ def test_the_source_hub_is_one_this_package_downloads_from(tmp_path):
     file.write_text(edit("  repo: org/model\n", "  hub: gitee\n  repo: org/model\n"))
     with pytest.raises(UserError, match="source.hub: 'gitee' is not a hub this package downloads from"):
         Recipe.load(file)
-    file.write_text(edit("272c57b82523ada6fd87095e955f8e29100979ab", "main\n  hub: modelscope\n  model_pt_sha256: " + "c" * 64))
+    file.write_text(
+        edit("272c57b82523ada6fd87095e955f8e29100979ab", "main\n  hub: modelscope\n  model_pt_sha256: " + "c" * 64)
+    )
     with pytest.raises(UserError, match="only 'master' together with model_pt_sha256"):
         Recipe.load(file)  # ModelScope's branch is master
 

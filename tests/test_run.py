@@ -47,8 +47,10 @@ main(sys.argv[1:], prog_name="funasr-nano-mlx")
 def hub(tiny_upstream):
     """The tiny checkpoint as commit `rev` of both upstream repos."""
     with HubServer() as server:
-        revisions = {repo: server.seed(repo, files_of(tiny_upstream))
-                     for repo in ("FunAudioLLM/Fun-ASR-Nano-2512", "FunAudioLLM/Fun-ASR-MLT-Nano-2512")}  # fmt: skip
+        revisions = {
+            repo: server.seed(repo, files_of(tiny_upstream))
+            for repo in ("FunAudioLLM/Fun-ASR-Nano-2512", "FunAudioLLM/Fun-ASR-MLT-Nano-2512")
+        }
         yield server, revisions
 
 
@@ -60,8 +62,15 @@ def cli(hub, tmp_path_factory):
 
     def call(*args, script: str | None = None):
         command = ["-c", script] if script else ["-m", "funasr_nano_mlx"]
-        return subprocess.run([sys.executable, *command, *map(str, args)], env=env, cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, *command, *map(str, args)],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
 
     return call
 
@@ -80,8 +89,10 @@ def stage_dirs(work: Path) -> list[str]:
 def built(hub, cli, tiny_upstream, tmp_path_factory):
     """Every shipped recipe, run up to quantize against the hub: name -> (work dir, completed process)."""
     work = tmp_path_factory.mktemp("work")
-    runs = {name: cli("run", name, "--work", work, "--until", "quantize", *pinned(hub, tiny_upstream, name))
-            for name in SHIPPED}  # fmt: skip
+    runs = {
+        name: cli("run", name, "--work", work, "--until", "quantize", *pinned(hub, tiny_upstream, name))
+        for name in SHIPPED
+    }
     return runs, work
 
 
@@ -179,8 +190,10 @@ def test_a_pin_by_content_follows_main_records_its_commit_and_refuses_other_byte
     the commit that main resolved to is what the download and the conversion record."""
     _, revisions = hub
     work = tmp_path / "work"
-    assert_user_error(cli("run", "mlt-bf16", "--work", work, "--until", "convert"),
-                      "but recipe mlt-bf16 expects f7ddbef5ff8c57254e6a045f0b316501b704fe2b774f962efc6e402364e8fe37")  # fmt: skip
+    assert_user_error(
+        cli("run", "mlt-bf16", "--work", work, "--until", "convert"),
+        "but recipe mlt-bf16 expects f7ddbef5ff8c57254e6a045f0b316501b704fe2b774f962efc6e402364e8fe37",
+    )
     assert stage_dirs(work) == []
     done = cli("run", "mlt-bf16", "--work", work, "--until", "convert", "--sha256", sha256(tiny_upstream / "model.pt"))
     assert done.returncode == 0, done.stderr
@@ -193,8 +206,18 @@ def test_a_pin_by_content_follows_main_records_its_commit_and_refuses_other_byte
 
 def test_a_wrong_sha256_leaves_no_stage_output(hub, cli, tmp_path):
     _, revisions = hub
-    done = cli("run", "bf16", "--work", tmp_path, "--until", "quantize", "--revision",
-               revisions["FunAudioLLM/Fun-ASR-Nano-2512"], "--sha256", "0" * 64)  # fmt: skip
+    done = cli(
+        "run",
+        "bf16",
+        "--work",
+        tmp_path,
+        "--until",
+        "quantize",
+        "--revision",
+        revisions["FunAudioLLM/Fun-ASR-Nano-2512"],
+        "--sha256",
+        "0" * 64,
+    )
     assert_user_error(done, "expects 0000")
     assert "nothing was converted" in done.stderr and stage_dirs(tmp_path) == []
 
@@ -217,8 +240,18 @@ def test_a_truncated_model_pt_leaves_no_stage_output(hub, cli, tiny_upstream, tm
     # Cut short on the wire (sizes and hashes describe the whole file): huggingface_hub notices.
     whole = server.seed("test/cut-in-transit", files)
     server.tamper("test/cut-in-transit", "model.pt", truncated)
-    done = cli("run", "bf16", "--work", tmp_path / "a", "--until", "quantize", "--source", "test/cut-in-transit",
-               "--revision", whole)  # fmt: skip
+    done = cli(
+        "run",
+        "bf16",
+        "--work",
+        tmp_path / "a",
+        "--until",
+        "quantize",
+        "--source",
+        "test/cut-in-transit",
+        "--revision",
+        whole,
+    )
     assert_user_error(done, "cannot download test/cut-in-transit")
     assert stage_dirs(tmp_path / "a") == []
     # Truncated at the source, expected SHA-256 known: the download stage refuses it.
@@ -240,8 +273,14 @@ def make(
     (venv / ".installed").parent.mkdir(parents=True, exist_ok=True)
     (venv / ".installed").touch()
     variables = [f"PY={sys.executable}", f"VENV={venv}", f"WORK={work}", f"RUN_ARGS=--source {source} {run_args}"]
-    return subprocess.run(["make", "--no-print-directory", "-C", str(REPO_ROOT), *variables, *targets],
-                          capture_output=True, text=True, timeout=300, env=env, check=False)  # fmt: skip
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(REPO_ROOT), *variables, *targets],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
 
 
 def test_an_interrupted_stage_is_not_done_and_a_rerun_completes(cli, tiny_upstream, tmp_path):
@@ -307,10 +346,16 @@ def test_unpinned_evaluation_sets_are_refused_before_any_stage(cli, tiny_upstrea
     done = cli("run", "bf16", "--work", tmp_path / "work", "--source", tiny_upstream, "--set", unpinned)
     assert_user_error(done, "set unpinned: dataset some-org/some-set split test is not pinned")
     assert stage_dirs(tmp_path / "work") == []
-    assert_user_error(cli("run", "bf16", "--work", tmp_path / "work", "--source", tiny_upstream, "--set",
-                          tmp_path / "nowhere"), "no evaluation set")  # fmt: skip
-    assert_user_error(cli("run", "bf16", "--work", tmp_path / "work", "--source", tiny_upstream, "--set", speech,
-                          "--repo", "no-slash"), "--repo 'no-slash': expected ORG/NAME")  # fmt: skip
+    assert_user_error(
+        cli("run", "bf16", "--work", tmp_path / "work", "--source", tiny_upstream, "--set", tmp_path / "nowhere"),
+        "no evaluation set",
+    )
+    assert_user_error(
+        cli(
+            "run", "bf16", "--work", tmp_path / "work", "--source", tiny_upstream, "--set", speech, "--repo", "no-slash"
+        ),
+        "--repo 'no-slash': expected ORG/NAME",
+    )
     assert stage_dirs(tmp_path / "work") == []
 
 
@@ -390,8 +435,9 @@ def test_a_recipe_runs_to_publish_against_the_hub(hub, cli, tiny_upstream, speec
     assert "Acceptance bound of recipe `loose`" in card and f'snapshot_download("{repo}")' in card
     assert "| Librispeech-clean (`librispeech-test-clean` here) | 1.76% [1] |" in card  # the source's published figures
     assert json.loads(served["eval.json"]) == json.loads((work / "loose/evaluate/eval.json").read_text())
-    assert "hf_fake_test_token" not in loose.stdout + loose.stderr + "".join(p.read_text() for p in
-                                                                             (work / "loose/publish").iterdir())  # fmt: skip
+    assert "hf_fake_test_token" not in loose.stdout + loose.stderr + "".join(
+        p.read_text() for p in (work / "loose/publish").iterdir()
+    )
 
     requests = len(server.requests)
     again = cli("run", tmp_path / "loose.yaml", *common, "--repo", repo)

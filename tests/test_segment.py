@@ -124,11 +124,13 @@ def test_a_short_clip_is_decoded_whole_as_upstream(tiny_model, clips):
 
 
 def test_srt_and_vtt_are_well_formed():
-    segments = [Segment(0.0, 1.25, "hello  world", [1], False, False), Segment(2.0, 3.5, " ", [], False, False),
-                Segment(3661.5, 3662.0, "line one\n\nline two", [2], True, False)]  # fmt: skip
+    segments = [
+        Segment(0.0, 1.25, "hello  world", [1], False, False),
+        Segment(2.0, 3.5, " ", [], False, False),
+        Segment(3661.5, 3662.0, "line one\n\nline two", [2], True, False),
+    ]
     assert to_srt(segments) == (
-        "1\n00:00:00,000 --> 00:00:01,250\nhello world\n\n"
-        "2\n01:01:01,500 --> 01:01:02,000\nline one line two\n"
+        "1\n00:00:00,000 --> 00:00:01,250\nhello world\n\n2\n01:01:01,500 --> 01:01:02,000\nline one line two\n"
     )
     assert to_vtt(segments) == (
         "WEBVTT\n\n00:00:00.000 --> 00:00:01.250\nhello world\n\n01:01:01.500 --> 01:01:02.000\nline one line two\n"
@@ -174,7 +176,9 @@ def test_cli_writes_subtitles(three_minutes, tiny_f32, tmp_path, clips):
     assert "hit its token budget" in srt.stderr  # flagged, never silently cut
 
     out = tmp_path / "out"
-    vtt = run_cli("transcribe", tiny_f32, tmp_path / "in", "--format", "vtt", "--output-dir", out, "--max-new-tokens", "4")
+    vtt = run_cli(
+        "transcribe", tiny_f32, tmp_path / "in", "--format", "vtt", "--output-dir", out, "--max-new-tokens", "4"
+    )
     assert vtt.returncode == 0, vtt.stderr
     assert sorted(p.name for p in out.iterdir()) == ["clip.vtt", "meeting.vtt"]  # a directory, recursively
     body = (out / "meeting.vtt").read_text()

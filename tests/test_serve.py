@@ -39,8 +39,9 @@ class Running:
     def __init__(self, model_dir: Path, uploads: Path, limits: Limits = LIMITS, max_batch: int = 8, decode=None):
         uploads.mkdir(parents=True, exist_ok=True)
         self.uploads = uploads
-        self.scheduler = Scheduler(functools.partial(load, model_dir), max_batch=max_batch, batch_wait=0.05,
-                                   decode=decode)
+        self.scheduler = Scheduler(
+            functools.partial(load, model_dir), max_batch=max_batch, batch_wait=0.05, decode=decode
+        )
         app = Server(self.scheduler, "tiny", uploads, limits, API_KEY).app()
         sock = socket.create_server(("127.0.0.1", 0))  # listening now: clients may connect at once
         self.port = sock.getsockname()[1]
@@ -86,8 +87,10 @@ def files(tmp_path_factory, speech) -> dict[str, Path]:
     """Eight clips of 0.5-7 s, each from another point of the speech, and a 31 s one (several segments)."""
     folder = tmp_path_factory.mktemp("serve-audio")
     lengths = [0.5, 0.9, 1.3, 1.8, 2.4, 3.1, 4.5, 7.0]
-    found = {f"clip{i}": write(folder / f"clip{i}.wav", np.roll(clip(speech, 8.0), -5000 * i)[: int(s * 16000)])
-             for i, s in enumerate(lengths)}
+    found = {
+        f"clip{i}": write(folder / f"clip{i}.wav", np.roll(clip(speech, 8.0), -5000 * i)[: int(s * 16000)])
+        for i, s in enumerate(lengths)
+    }
     found["long"] = write(folder / "long.wav", clip(speech, 31.0))
     return found
 
@@ -131,7 +134,8 @@ def test_language_and_prompt_reach_the_model(server, tiny_model, files):
     model, tokenizer = tiny_model
     path = files["clip5"]
     asked = server.client().audio.transcriptions.create(
-        file=path, model="tiny", language="zh", prompt="Stella, 开放时间；Fun-ASR", response_format="verbose_json")
+        file=path, model="tiny", language="zh", prompt="Stella, 开放时间；Fun-ASR", response_format="verbose_json"
+    )
     want = transcribe(model, tokenizer, path, language="zh", hotwords=["Stella", "开放时间", "Fun-ASR"])
     assert tokens(asked) == want.token_ids and asked.language == "zh"
     # The random tiny model's tokens depend on the prompt: the options are not silently dropped.
@@ -149,7 +153,7 @@ def test_stream_sends_segments_in_time_order(server, files, expected):
     assert len(want.segments) > 1  # the 31 s clip is cut at its pauses
     events = list(server.client().audio.transcriptions.create(file=files["long"], model="tiny", stream=True))
     deltas = [event.delta for event in events if event.type == "transcript.text.delta"]
-    assert [event.type for event in events[len(deltas):]] == ["transcript.text.done"]
+    assert [event.type for event in events[len(deltas) :]] == ["transcript.text.done"]
     assert "".join(deltas) == events[-1].text == want.text
     assert len(deltas) == sum(1 for segment in want.segments if segment.text)
 
@@ -159,8 +163,9 @@ def test_32_concurrent_clients_share_batches(server, files, expected):
     before = server.metrics()
 
     def ask(name):
-        return server.client().audio.transcriptions.create(file=files[name], model="tiny",
-                                                           response_format="verbose_json")
+        return server.client().audio.transcriptions.create(
+            file=files[name], model="tiny", response_format="verbose_json"
+        )
 
     with ThreadPoolExecutor(32) as pool:
         answers = list(pool.map(ask, names))
@@ -189,19 +194,22 @@ def bad_files(tmp_path_factory, files) -> dict[str, Path]:
     return {path.stem: path for path in folder.iterdir()}
 
 
-@pytest.mark.parametrize(("case", "options", "status", "param"), [
-    ("notes", {}, 400, "file"),
-    ("empty", {}, 400, "file"),
-    ("truncated", {}, 400, "file"),
-    ("header", {}, 400, "file"),
-    ("blip", {}, 400, "file"),
-    ("big", {}, 413, "file"),
-    ("clip0", {"response_format": "docx"}, 400, "response_format"),
-    ("clip0", {"language": "xx"}, 400, "language"),
-    ("clip0", {"temperature": 0.4}, 400, "temperature"),
-    ("clip0", {"response_format": "srt", "stream": True}, 400, "stream"),
-    ("clip0", {"timestamp_granularities": ["word"]}, 400, "timestamp_granularities"),
-])
+@pytest.mark.parametrize(
+    ("case", "options", "status", "param"),
+    [
+        ("notes", {}, 400, "file"),
+        ("empty", {}, 400, "file"),
+        ("truncated", {}, 400, "file"),
+        ("header", {}, 400, "file"),
+        ("blip", {}, 400, "file"),
+        ("big", {}, 413, "file"),
+        ("clip0", {"response_format": "docx"}, 400, "response_format"),
+        ("clip0", {"language": "xx"}, 400, "language"),
+        ("clip0", {"temperature": 0.4}, 400, "temperature"),
+        ("clip0", {"response_format": "srt", "stream": True}, 400, "stream"),
+        ("clip0", {"timestamp_granularities": ["word"]}, 400, "timestamp_granularities"),
+    ],
+)
 def test_bad_request_is_a_json_error(server, files, bad_files, case, options, status, param):
     path = bad_files.get(case) or files[case]
     with pytest.raises(openai.APIStatusError) as caught:
@@ -232,8 +240,9 @@ def test_api_key_is_required(server, files):
         wrong.models.list()
     # The openai client refuses to send no key at all: plain HTTP without an Authorization header.
     url = f"http://127.0.0.1:{server.port}"
-    missing = httpx.post(f"{url}/v1/audio/transcriptions", data={"model": "tiny"},
-                         files={"file": ("a.wav", files["clip0"].read_bytes())})
+    missing = httpx.post(
+        f"{url}/v1/audio/transcriptions", data={"model": "tiny"}, files={"file": ("a.wav", files["clip0"].read_bytes())}
+    )
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(f"{url}/health").status_code == 401
     server.assert_serving()
@@ -242,10 +251,12 @@ def test_api_key_is_required(server, files):
 def partial_upload(port: int) -> socket.socket:
     """A client that sends the headers and the first bytes of an upload, then nothing."""
     sock = socket.create_connection(("127.0.0.1", port))
-    head = ("POST /v1/audio/transcriptions HTTP/1.1\r\nHost: test\r\n"
-            f"Authorization: Bearer {API_KEY}\r\nContent-Type: multipart/form-data; boundary=cut\r\n"
-            "Content-Length: 200000\r\n\r\n"
-            '--cut\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n')
+    head = (
+        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: test\r\n"
+        f"Authorization: Bearer {API_KEY}\r\nContent-Type: multipart/form-data; boundary=cut\r\n"
+        "Content-Length: 200000\r\n\r\n"
+        '--cut\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    )
     sock.sendall(head.encode() + b"RIFF" + bytes(4000))
     return sock
 
@@ -330,6 +341,7 @@ def test_a_decoding_error_fails_only_its_request(tiny_f32, tmp_path, files, expe
     poison.write_bytes(files["clip3"].read_bytes())
     running = Running(tiny_f32, tmp_path / "uploads", decode=decode)
     try:
+
         def ask(path):
             try:
                 return running.client().audio.transcriptions.create(file=path, model="tiny").text
@@ -356,8 +368,10 @@ def test_verbose_json_has_words_when_the_transcription_has_timestamps():
     options = Options("verbose_json", None, (), False, True)
     assert "words" not in verbose_json(result, options)  # no model has timestamps yet: none invented
     result.timestamps = [{"token": "你", "start": 0.12, "end": 0.3}, {"token": "好", "start": 0.3, "end": 0.54}]
-    assert verbose_json(result, options)["words"] == [{"word": "你", "start": 0.12, "end": 0.3},
-                                                      {"word": "好", "start": 0.3, "end": 0.54}]
+    assert verbose_json(result, options)["words"] == [
+        {"word": "你", "start": 0.12, "end": 0.3},
+        {"word": "好", "start": 0.3, "end": 0.54},
+    ]
     assert "words" not in verbose_json(result, Options("verbose_json", None, (), False, False))  # not asked
 
 
@@ -427,6 +441,7 @@ def test_a_short_request_is_not_kept_behind_a_long_one(tiny_f32, recording_file,
                 finished.append((name, kind, payload))
                 if len(finished) == 2:
                     both_done.set()
+
         return record
 
     scheduler = Scheduler(functools.partial(load, tiny_f32), max_batch=2, decode=decode)

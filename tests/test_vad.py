@@ -65,8 +65,14 @@ def recording(speech) -> np.ndarray:
     for gap, duration in [(2.5, 3.0), (0.4, 2.0), (3.0, 2.5), (1.2, 1.5), (2.2, 3.0)]:
         parts += [np.zeros(seconds(gap)), burst(duration)]
     parts.append(np.zeros(seconds(CHUNK_S - 1.5) - sum(map(len, parts))))  # the next burst straddles 60 s
-    parts += [burst(3.0), np.zeros(seconds(3.5)), burst(3.0), np.zeros(seconds(0.6)), burst(2.0),
-              np.zeros(seconds(2.0))]  # fmt: skip
+    parts += [
+        burst(3.0),
+        np.zeros(seconds(3.5)),
+        burst(3.0),
+        np.zeros(seconds(0.6)),
+        burst(2.0),
+        np.zeros(seconds(2.0)),
+    ]
     audio = np.concatenate(parts).astype(np.float32)
     return audio + NOISE_FLOOR * rng.standard_normal(len(audio)).astype(np.float32)
 
@@ -82,8 +88,10 @@ def test_frame_probabilities_match_official(vad, reference, recording):
     assert 0.3 < float(np.mean(official > 0.6)) < 0.9 and float(np.mean(official < 0.4)) > 0.1
 
 
-@pytest.mark.parametrize(("max_segment_ms", "max_end_silence_ms", "cut"),
-                         [(30000, None, True), (5000, None, True), (30000, 800, True), (8000, 300, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("max_segment_ms", "max_end_silence_ms", "cut"),
+    [(30000, None, True), (5000, None, True), (30000, 800, True), (8000, 300, False)],
+)
 def test_segments_match_official(vad, reference, recording, max_segment_ms, max_end_silence_ms, cut):
     """`cut`: the stretch has no pause long enough to end a segment, so only max_segment_ms cuts it
     (with a 300 ms threshold its pauses between phrases end segments first)."""
@@ -99,9 +107,15 @@ def test_segments_match_official(vad, reference, recording, max_segment_ms, max_
     assert bool(cuts) == cut and all(ours[i][1] == ours[i + 1][0] for i in cuts[:1])
 
 
-@pytest.mark.parametrize("edits", [{"detect_mode: 1": "detect_mode: 0"}, {"do_extend: 1": "do_extend: 0"},
-                                   {"decibel_thres: -100.0": "decibel_thres: -45.0", "snr_thres: -100.0": "snr_thres: 10.0"}],
-                         ids=["single-utterance", "no-extension", "decibel-and-snr"])  # fmt: skip
+@pytest.mark.parametrize(
+    "edits",
+    [
+        {"detect_mode: 1": "detect_mode: 0"},
+        {"do_extend: 1": "do_extend: 0"},
+        {"decibel_thres: -100.0": "decibel_thres: -45.0", "snr_thres: -100.0": "snr_thres: 10.0"},
+    ],
+    ids=["single-utterance", "no-extension", "decibel-and-snr"],
+)
 def test_other_settings_match_official(vad_upstream, tmp_path, recording, edits):
     """Settings the released config leaves at their defaults, changed in config.yaml."""
     src = shutil.copytree(vad_upstream, tmp_path / "src")
@@ -172,10 +186,15 @@ def test_existing_destination_is_refused(vad_upstream, vad_converted):
     assert sorted(p.name for p in vad_converted.iterdir()) == before
 
 
-@pytest.mark.parametrize(("damage", "message"), [("missing", "model.pt is missing"),
-                                                 ("truncated", "not a readable PyTorch checkpoint"),
-                                                 ("rorder", "encoder_conf.rorder"),
-                                                 ("lfr", "frontend_conf.lfr_m")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("missing", "model.pt is missing"),
+        ("truncated", "not a readable PyTorch checkpoint"),
+        ("rorder", "encoder_conf.rorder"),
+        ("lfr", "frontend_conf.lfr_m"),
+    ],
+)
 def test_bad_sources_are_refused(vad_upstream, tmp_path, damage, message):
     src = shutil.copytree(vad_upstream, tmp_path / "src")
     checkpoint, config = src / "model.pt", src / "config.yaml"
