@@ -21,11 +21,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import yaml
 
 from .errors import UserError
 from .hub import COMMIT
 from .packaged import EVAL_SETS_DIR, packaged_names
+from .strict_yaml import StrictMapping, check
 
 # Columns when a set's definition names none (every local format also takes an optional `language`).
 HUB_COLUMNS = ("audio", "text")
@@ -75,29 +75,27 @@ class EvalSet:
 
     @classmethod
     def from_yaml(cls, file: Path) -> EvalSet:
-        try:
-            data = yaml.safe_load(file.read_text())
-        except yaml.YAMLError as err:
-            raise UserError(f"{file}: not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{file}: expected a mapping of set fields")
-        types = {"bool": (bool,), "dict[str, str] | None": (dict, type(None))}  # otherwise str or None
-        kinds = {f.name: types.get(f.type, (str, type(None))) for f in fields(cls) if f.name != "name"}
-        for key, value in data.items():
-            if key not in kinds:
-                raise UserError(f"{file}: unknown field {key!r} (allowed: {', '.join(kinds)})")
-            if type(value) not in kinds[key]:
-                raise UserError(f"{file}: {key}: expected {kinds[key][0].__name__}, found {value!r}")
+        """A set definition, read as strictly as a recipe: errors name the file, line and field."""
+        top = StrictMapping.read(file, file.read_bytes(), "set")
+        types = {"bool": (bool,), "dict[str, str] | None": (dict,)}  # otherwise text
+        data = {
+            f.name: top.take(f.name, types.get(f.type, (str,)), required=False, default=f.default)
+            for f in fields(cls)
+            if f.name != "name"
+        }
+        top.finish()
         if data.get("path"):  # relative to the YAML file, like a manifest's audio paths
             data["path"] = str(file.parent / data["path"])
         evalset = cls(name=file.stem, **data)
         if (evalset.dataset is None) == (evalset.path is None):
-            raise UserError(f"{file}: give either `dataset` (a hub dataset) or `path` (a local set)")
-        if evalset.data_files and not evalset.data_files.endswith(".parquet"):
-            raise UserError(
-                f"{file}: data_files: {evalset.data_files!r} names no .parquet files; they are read with "
-                "the parquet builder (leave it out to read the repo's config and split)"
-            )
+            raise top.error("give either `dataset` (a hub dataset) or `path` (a local set)")
+        check(
+            top,
+            "data_files",
+            not evalset.data_files or evalset.data_files.endswith(".parquet"),
+            f"{evalset.data_files!r} names no .parquet files; they are read with the parquet builder (leave "
+            "it out to read the repo's config and split)",
+        )
         evalset._check_sha256_fields(file)
         from .languages import resolve_language
 

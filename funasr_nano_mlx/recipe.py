@@ -23,6 +23,7 @@ from .errors import UserError
 from .hub import COMMIT, REPO_ID
 from .modeldir import DTYPES
 from .packaged import EVAL_SETS_DIR, RECIPES_DIR, packaged_names
+from .strict_yaml import StrictMapping, check, kind_of
 
 STAGES = ("download", "convert", "quantize", "evaluate", "card", "publish")  # what `run` builds (pipeline.py)
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -239,73 +240,9 @@ def baseline_for(recipe: Recipe) -> Recipe | None:
     )
 
 
-# -- strict YAML reading -------------------------------------------------------------------------
-
-
-class _Mapping:
-    """One YAML mapping, read strictly: every key must be taken once; errors name file:line and field."""
-
-    def __init__(self, loader: yaml.SafeLoader, file: Path, node: yaml.Node, field: str = ""):
-        self.loader, self.file, self.node, self.field = loader, file, node, field
-        if not isinstance(node, yaml.MappingNode):
-            raise self.error(f"expected a mapping, found {_kind(node)}")
-        self.items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for key, value in node.value:
-            if key.value in self.items:
-                raise self.error(f"{key.value!r} is given twice", key)
-            self.items[key.value] = (key, value)
-        self.taken: set[str] = set()
-
-    def name(self, key: str) -> str:
-        return f"{self.field}.{key}" if self.field else key
-
-    def error(self, message: str, node: yaml.Node | None = None, key: str | None = None) -> UserError:
-        line = (node or self.node).start_mark.line + 1
-        return UserError(f"{self.file}:{line}: {self.name(key) if key else self.field or 'recipe'}: {message}")
-
-    def node_of(self, key: str) -> yaml.Node | None:
-        self.taken.add(key)
-        return self.items[key][1] if key in self.items else None
-
-    def take(self, key: str, kinds: tuple[type, ...], required: bool = True, default=None):
-        node = self.node_of(key)
-        if node is None:
-            if required:
-                raise self.error("is missing (required)", key=key)
-            return default
-        value = self.loader.construct_object(node, deep=True)
-        if value is None and not required:
-            return default
-        if type(value) not in kinds:  # exact types: `true` is not a number of bits
-            wanted = " or ".join(k.__name__.replace("NoneType", "null") for k in kinds)
-            raise self.error(f"expected {wanted}, found {value!r}", node, key)
-        return value
-
-    def sub(self, key: str) -> _Mapping:
-        node = self.node_of(key)
-        if node is None:
-            raise self.error("is missing (required)", key=key)
-        return _Mapping(self.loader, self.file, node, self.name(key))
-
-    def finish(self) -> None:
-        for key in self.items.keys() - self.taken:
-            allowed = ", ".join(sorted(self.taken))
-            raise self.error(f"unknown key {key!r} (allowed here: {allowed})", self.items[key][0], key)
-
-
-def _kind(node: yaml.Node) -> str:
-    return {yaml.ScalarNode: "a scalar", yaml.SequenceNode: "a list"}.get(type(node), "a mapping")
-
-
-def _check(fields: _Mapping, key: str, ok: bool, message: str) -> None:
-    if not ok:
-        node = fields.items[key][1] if key in fields.items else None
-        raise fields.error(message, node, key)
-
-
-def _quant_spec(fields: _Mapping) -> QuantSpec:
+def _quant_spec(fields: StrictMapping) -> QuantSpec:
     mode = fields.take("mode", (str,), required=False, default="affine")
-    _check(
+    check(
         fields,
         "mode",
         mode in QUANT_MODES,
@@ -313,14 +250,14 @@ def _quant_spec(fields: _Mapping) -> QuantSpec:
     )
     bits_allowed, groups_allowed = QUANT_MODES[mode]
     bits = fields.take("bits", (int,))
-    _check(
+    check(
         fields,
         "bits",
         bits in bits_allowed,
         f"{bits} bits is not supported by mode {mode} (MLX supports {', '.join(map(str, bits_allowed))})",
     )
     group_size = fields.take("group_size", (int,), required=False, default=groups_allowed[0])
-    _check(
+    check(
         fields,
         "group_size",
         group_size in groups_allowed,
@@ -330,23 +267,23 @@ def _quant_spec(fields: _Mapping) -> QuantSpec:
     return QuantSpec(bits, group_size, mode)
 
 
-def _component(parent: _Mapping, key: str) -> QuantSpec | None:
+def _component(parent: StrictMapping, key: str) -> QuantSpec | None:
     node = parent.node_of(key)
     if node is None:
         raise parent.error("is missing: give its quantization, or null to keep it in the recipe's dtype", key=key)
     if isinstance(node, yaml.ScalarNode) and parent.loader.construct_object(node) is None:
         return None
-    fields = _Mapping(parent.loader, parent.file, node, parent.name(key))
+    fields = StrictMapping(parent.loader, parent.file, node, parent.name(key))
     spec = _quant_spec(fields)
     fields.finish()
     return spec
 
 
 def _rule(loader, file: Path, node: yaml.Node, field: str) -> Rule:
-    fields = _Mapping(loader, file, node, field)
+    fields = StrictMapping(loader, file, node, field)
     match = fields.take("match", (str,))
     layers = fields.take("layers", (list,), required=False)
-    _check(
+    check(
         fields,
         "layers",
         layers is None or (layers and all(type(i) is int and i >= 0 for i in layers)),
@@ -357,14 +294,14 @@ def _rule(loader, file: Path, node: yaml.Node, field: str) -> Rule:
     return Rule(match, spec, tuple(layers) if layers is not None else None)
 
 
-def _evaluation(top: _Mapping) -> tuple[str, ...]:
+def _evaluation(top: StrictMapping) -> tuple[str, ...]:
     """Set names (eval_sets/NAME.yaml) or local sets (a folder with metadata.csv, a .jsonl manifest, a
     set YAML file), paths relative to the recipe file; every one must exist."""
     node = top.node_of("evaluation")
     if node is None or (isinstance(node, yaml.ScalarNode) and top.loader.construct_object(node) is None):
         return ()
     if not isinstance(node, yaml.SequenceNode):
-        raise top.error(f"expected a list of evaluation sets, found {_kind(node)}", node, "evaluation")
+        raise top.error(f"expected a list of evaluation sets, found {kind_of(node)}", node, "evaluation")
     entries, names = [], {}
     for i, item in enumerate(node.value):
         value = top.loader.construct_object(item)
@@ -395,9 +332,9 @@ def _evaluation(top: _Mapping) -> tuple[str, ...]:
     return tuple(entries)
 
 
-def _bound(fields: _Mapping, key: str, required: bool) -> float | None:
+def _bound(fields: StrictMapping, key: str, required: bool) -> float | None:
     bound = fields.take(key, (int, float), required=required)
-    _check(
+    check(
         fields,
         key,
         bound is None or (math.isfinite(bound) and bound >= 0),
@@ -406,11 +343,11 @@ def _bound(fields: _Mapping, key: str, required: bool) -> float | None:
     return None if bound is None else float(bound)
 
 
-def _acceptance(top: _Mapping, evaluation: tuple[str, ...]) -> Acceptance | None:
+def _acceptance(top: StrictMapping, evaluation: tuple[str, ...]) -> Acceptance | None:
     node = top.node_of("acceptance")
     if node is None or (isinstance(node, yaml.ScalarNode) and top.loader.construct_object(node) is None):
         return None
-    fields = _Mapping(top.loader, top.file, node, "acceptance")
+    fields = StrictMapping(top.loader, top.file, node, "acceptance")
     default = _bound(fields, "max_error_rate_delta", required=False)
     per_set = []
     if fields.node_of("sets") is not None:
@@ -434,36 +371,28 @@ def _acceptance(top: _Mapping, evaluation: tuple[str, ...]) -> Acceptance | None
 def _parse(file: Path) -> Recipe:
     """Recipe from a YAML file: see recipes/*.yaml for the layout."""
     text = file.read_bytes()
-    loader = yaml.SafeLoader(text.decode())
-    try:
-        root = loader.get_single_node()
-    except yaml.YAMLError as err:
-        raise UserError(f"{file}: not valid YAML: {err}") from None
-    finally:
-        loader.dispose()
-    if root is None:
-        raise UserError(f"{file}: the recipe is empty")
-    top = _Mapping(loader, file, root)
+    top = StrictMapping.read(file, text, "recipe")
+    loader = top.loader
 
     source = top.sub("source")
     repo = source.take("repo", (str,))
-    _check(source, "repo", REPO_ID.fullmatch(repo) is not None, f"{repo!r} is not a hub repo id ORG/NAME")
+    check(source, "repo", REPO_ID.fullmatch(repo) is not None, f"{repo!r} is not a hub repo id ORG/NAME")
     # Present but null means "not known yet": the recipe loads, and run refuses to download.
     if "revision" not in source.items:
         raise source.error(
             "is missing: pin a 40-hex commit (null while it is not known: run then refuses)", key="revision"
         )
     hub = source.take("hub", (str,), required=False, default="huggingface")
-    _check(source, "hub", hub in HUBS, f"{hub!r} is not a hub this package downloads from: {', '.join(HUBS)}")
+    check(source, "hub", hub in HUBS, f"{hub!r} is not a hub this package downloads from: {', '.join(HUBS)}")
     sha = source.take("model_pt_sha256", (str,), required=False)
-    _check(
+    check(
         source,
         "model_pt_sha256",
         sha is None or SHA256.fullmatch(sha) is not None,
         f"{sha!r} is not a SHA-256 (64 lowercase hex digits)",
     )
     revision = source.take("revision", (str, type(None)))
-    _check(
+    check(
         source,
         "revision",
         revision is None or COMMIT.fullmatch(revision) is not None or (revision == HUBS[hub] and sha is not None),
@@ -473,7 +402,7 @@ def _parse(file: Path) -> Recipe:
     source.finish()
 
     dtype = top.take("dtype", (str,))
-    _check(
+    check(
         top,
         "dtype",
         dtype in DTYPES,
@@ -491,14 +420,14 @@ def _parse(file: Path) -> Recipe:
     mixed_node = quant.node_of("mixed")
     mixed_items = [] if mixed_node is None else mixed_node.value
     if mixed_node is not None and not isinstance(mixed_node, yaml.SequenceNode):
-        raise quant.error(f"expected a list of rules, found {_kind(mixed_node)}", mixed_node, "mixed")
+        raise quant.error(f"expected a list of rules, found {kind_of(mixed_node)}", mixed_node, "mixed")
     mixed = tuple(_rule(loader, file, node, f"quantization.mixed[{i}]") for i, node in enumerate(mixed_items))
     quant.finish()
 
     evaluation = _evaluation(top)
     acceptance = _acceptance(top, evaluation)
     target = top.take("target", (str,))
-    _check(top, "target", REPO_ID.fullmatch(target) is not None, f"{target!r} is not a hub repo id ORG/NAME")
+    check(top, "target", REPO_ID.fullmatch(target) is not None, f"{target!r} is not a hub repo id ORG/NAME")
     top.finish()
     return Recipe(
         file.stem,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -374,8 +375,12 @@ def test_named_sets_cover_the_recipes():
 
 def test_set_definition_is_strict(tmp_path):
     (tmp_path / "typo.yaml").write_text("dataset: a/b\ntext_colum: text\n")
-    with pytest.raises(UserError, match="unknown field 'text_colum'"):
-        EvalSet.load(tmp_path / "typo.yaml")
+    typo = tmp_path / "typo.yaml"
+    with pytest.raises(UserError, match=re.escape(f"{typo}:2: text_colum: unknown key 'text_colum'")):
+        EvalSet.load(typo)  # file, line and field, as for a recipe
+    (tmp_path / "flag.yaml").write_text("dataset: a/b\nitn: maybe\n")
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / 'flag.yaml'}:2: itn: expected bool, found 'maybe'")):
+        EvalSet.load(tmp_path / "flag.yaml")
     (tmp_path / "both.yaml").write_text("dataset: a/b\npath: here\n")
     with pytest.raises(UserError, match="either `dataset`"):
         EvalSet.load(tmp_path / "both.yaml")

@@ -1,0 +1,86 @@
+"""YAML read strictly, for the files people write by hand (recipes, evaluation-set definitions): every
+key of a mapping must be known and given once, every value of the expected type, and every error names
+the file, the line and the field (FILE:LINE: field: problem). No MLX, no stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+
+class StrictMapping:
+    """One YAML mapping, read strictly: every key must be taken once; errors name file:line and field."""
+
+    def __init__(self, loader: yaml.SafeLoader, file: Path, node: yaml.Node, field: str = "", what: str = ""):
+        self.loader, self.file, self.node, self.field, self.what = loader, file, node, field, what
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(f"expected a mapping, found {kind_of(node)}")
+        self.items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key, value in node.value:
+            if key.value in self.items:
+                raise self.error(f"{key.value!r} is given twice", key)
+            self.items[key.value] = (key, value)
+        self.taken: set[str] = set()
+
+    @classmethod
+    def read(cls, file: Path, text: bytes, what: str) -> StrictMapping:
+        """The top mapping of a YAML file; `what` names the file's kind in messages ("recipe", "set")."""
+        loader = yaml.SafeLoader(text.decode())
+        try:
+            root = loader.get_single_node()
+        except yaml.YAMLError as err:
+            raise UserError(f"{file}: not valid YAML: {err}") from None
+        finally:
+            loader.dispose()
+        if root is None:
+            raise UserError(f"{file}: the {what} is empty")
+        return cls(loader, file, root, what=what)
+
+    def name(self, key: str) -> str:
+        return f"{self.field}.{key}" if self.field else key
+
+    def error(self, message: str, node: yaml.Node | None = None, key: str | None = None) -> UserError:
+        line = (node or self.node).start_mark.line + 1
+        return UserError(f"{self.file}:{line}: {self.name(key) if key else self.field or self.what}: {message}")
+
+    def node_of(self, key: str) -> yaml.Node | None:
+        self.taken.add(key)
+        return self.items[key][1] if key in self.items else None
+
+    def take(self, key: str, kinds: tuple[type, ...], required: bool = True, default=None):
+        node = self.node_of(key)
+        if node is None:
+            if required:
+                raise self.error("is missing (required)", key=key)
+            return default
+        value = self.loader.construct_object(node, deep=True)
+        if value is None and not required:
+            return default
+        if type(value) not in kinds:  # exact types: `true` is not a number of bits
+            wanted = " or ".join(k.__name__.replace("NoneType", "null") for k in kinds)
+            raise self.error(f"expected {wanted}, found {value!r}", node, key)
+        return value
+
+    def sub(self, key: str) -> StrictMapping:
+        node = self.node_of(key)
+        if node is None:
+            raise self.error("is missing (required)", key=key)
+        return StrictMapping(self.loader, self.file, node, self.name(key), self.what)
+
+    def finish(self) -> None:
+        for key in self.items.keys() - self.taken:
+            allowed = ", ".join(sorted(self.taken))
+            raise self.error(f"unknown key {key!r} (allowed here: {allowed})", self.items[key][0], key)
+
+
+def kind_of(node: yaml.Node) -> str:
+    return {yaml.ScalarNode: "a scalar", yaml.SequenceNode: "a list"}.get(type(node), "a mapping")
+
+
+def check(fields: StrictMapping, key: str, ok: bool, message: str) -> None:
+    if not ok:
+        node = fields.items[key][1] if key in fields.items else None
+        raise fields.error(message, node, key)
