@@ -4,6 +4,7 @@ file is replaced in one rename), content hashes, and links instead of copies. No
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -62,3 +63,13 @@ def link_or_copy(src: Path, dst: Path) -> None:
         dst.hardlink_to(src.resolve())
     except OSError:
         shutil.copy2(src, dst)
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object from a file; {} when the file is missing, unreadable or holds anything else (the
+    caller says in one line what it expected there)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -6,12 +6,12 @@ No MLX here: the CLI resolves names before any model is loaded.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 from .errors import UserError
+from .files import read_json_object
 
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 COMMIT = re.compile(r"[0-9a-f]{40}")  # a pinned revision; branch and tag names move
@@ -81,11 +81,7 @@ def _remote_config(repo_id: str, revision: str | None) -> dict:
         ) from None
     except (HfHubHTTPError, OSError) as err:
         raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {one_line(err)}") from None
-    try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
+    return read_json_object(Path(path))
 
 
 def model_dir(

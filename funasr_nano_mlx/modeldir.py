@@ -3,11 +3,11 @@ finding one by local path or hub repo id. No MLX here."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .files import read_json_object
 from .hub import CONFIG_FILE, model_dir
 
 MODEL_TYPE = "fun_asr_nano"
@@ -25,11 +25,8 @@ def is_model_config(config: dict) -> bool:
 
 def read_config(path: Path) -> dict:
     """config.json of a converted model directory; a clear error for anything else."""
-    try:
-        config = json.loads((path / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        config = {}
-    if not isinstance(config, dict) or not is_model_config(config) or not (path / TOKENIZER_DIR).is_dir():
+    config = read_json_object(path / CONFIG_FILE)
+    if not is_model_config(config) or not (path / TOKENIZER_DIR).is_dir():
         raise UserError(
             f"{path} is not a converted Fun-ASR-Nano model (expected {CONFIG_FILE} with model_type "
             f"{MODEL_TYPE!r} and a {TOKENIZER_DIR}/ tokenizer folder); create one with `funasr-nano-mlx convert`"

@@ -23,7 +23,6 @@ decide the result and are easy to miss ([F] model.py FsmnVADStreaming.inference)
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from mlx import nn
 
 from .audio import FRAME_LENGTH, FRAME_SHIFT, SAMPLE_RATE, fbank
 from .errors import UserError
+from .files import read_json_object
 from .hub import CONFIG_FILE, model_dir
 from .model import _from_dict
 
@@ -524,11 +524,8 @@ def is_vad_config(config: dict) -> bool:
 
 def read_vad_config(path: Path) -> dict:
     """config.json of a converted FSMN-VAD directory; a clear error for anything else."""
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        config = {}
-    if not isinstance(config, dict) or not is_vad_config(config) or not (path / WEIGHTS).is_file():
+    config = read_json_object(path / CONFIG_FILE)
+    if not is_vad_config(config) or not (path / WEIGHTS).is_file():
         raise UserError(
             f"{path} is not a converted FSMN-VAD model (expected config.json with model_type "
             f"{MODEL_TYPE!r} and {WEIGHTS}); create one with `funasr-nano-mlx convert-vad`"
