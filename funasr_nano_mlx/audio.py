@@ -45,6 +45,18 @@ def load_audio(path: str | Path) -> np.ndarray:
     return mono
 
 
+def header_seconds(path: str | Path) -> float | None:
+    """The duration a file's header declares, without decoding it (None where it declares none or the
+    file is not audio: load_audio then says why). Lets a server refuse a long upload before decoding."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception:  # libsndfile's own exception types, as in load_audio
+        return None
+    return info.frames / info.samplerate if info.frames > 0 and info.samplerate > 0 else None
+
+
 def check_audio_path(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():

@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 from .errors import UserError
-from .hub import COMMIT
+from .hub import COMMIT, one_line
 from .packaged import EVAL_SETS_DIR, packaged_names
 from .strict_yaml import StrictMapping, check
 
@@ -187,11 +187,6 @@ def _local_item(index: int, audio, text, language, base: Path, evalset: EvalSet)
     return item
 
 
-def _one_line(err: BaseException) -> str:
-    """A library's error message on one line (huggingface_hub's span several: status, request id, URL)."""
-    return " ".join(str(err).split())
-
-
 def _transcript_column(columns: Sequence[str], evalset: EvalSet, where: str) -> str:
     """The column of a metadata.csv that holds the transcripts: the one the set's definition names,
     else the one of TRANSCRIPT_COLUMNS present. None of them, or several: which one is meant is not
@@ -267,13 +262,13 @@ def _recorded_sha256(evalset: EvalSet) -> dict[str, str | None]:
     paths = list(evalset.sha256 or {})
     if not evalset.is_hub:
         return {p: sha256(Path(evalset.dataset) / p) for p in paths if (Path(evalset.dataset) / p).is_file()}
+    import httpx
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     try:
         infos = HfApi().get_paths_info(evalset.dataset, paths, revision=evalset.revision, repo_type="dataset")
-    except (HfHubHTTPError, OSError) as err:
-        raise UserError(f"set {evalset.name}: cannot check the SHA-256 of its files: {_one_line(err)}") from None
+    except (httpx.HTTPError, OSError, ValueError) as err:  # huggingface_hub's HTTP errors are the first two
+        raise UserError(f"set {evalset.name}: cannot check the SHA-256 of its files: {one_line(err)}") from None
     return {i.path: i.lfs.sha256 if getattr(i, "lfs", None) else None for i in infos if hasattr(i, "blob_id")}
 
 
@@ -316,6 +311,7 @@ def _stream(evalset: EvalSet):
 
 def _hub_items(evalset: EvalSet) -> Iterator[Item]:
     from datasets import Audio
+    import httpx
     from datasets.exceptions import DatasetNotFoundError
 
     label = evalset.label
@@ -324,8 +320,8 @@ def _hub_items(evalset: EvalSet) -> Iterator[Item]:
     try:
         stream = _stream(evalset)
         columns = stream.column_names or list(next(iter(stream)))
-    except (DatasetNotFoundError, OSError, ValueError, StopIteration) as err:
-        raise UserError(f"set {evalset.name}: cannot open {label}: {_one_line(err) or 'it has no rows'}") from None
+    except (DatasetNotFoundError, OSError, ValueError, StopIteration, httpx.HTTPError) as err:
+        raise UserError(f"set {evalset.name}: cannot open {label}: {one_line(err) or 'it has no rows'}") from None
     audio_column, text_column = evalset.audio_column or HUB_COLUMNS[0], evalset.text_column or HUB_COLUMNS[1]
     wanted = [c for c in (audio_column, text_column, evalset.id_column) if c]
     _require_columns(columns, wanted, f"set {evalset.name}: {label}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
@@ -28,23 +29,37 @@ def one_line(err: Exception) -> str:
     return " ".join(str(err).split())  # huggingface_hub's messages span lines; our errors are one line
 
 
+@contextmanager
+def hub_errors(what: str):
+    """huggingface_hub's failures (network, missing repo or file, offline without a cache, an invalid
+    repo id) as one UserError line naming `what`, e.g. REPO@REVISION."""
+    import httpx
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        yield
+    except LocalEntryNotFoundError as err:
+        raise UserError(
+            f"{what} is not in the local cache and cannot be downloaded (offline?): {one_line(err)}"
+        ) from None
+    except HFValidationError as err:
+        raise UserError(f"{what}: not a valid hub repo id or revision: {one_line(err)}") from None
+    except (
+        httpx.HTTPError,
+        OSError,
+    ) as err:  # huggingface_hub's HTTP errors are both; a refused connection only the first
+        raise UserError(f"cannot download {what}: {one_line(err)}") from None
+
+
 def download(
     repo_id: str, revision: str | None = None, patterns: list[str] | None = None, local_dir: Path | None = None
 ) -> Path:
     """snapshot_download of the files matching `patterns` (honours HF_ENDPOINT, HF_HUB_OFFLINE and the
     HF token); any hub or network failure is one UserError line."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    try:
+    with hub_errors(f"{repo_id}@{revision or 'main'}"):
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_dir=local_dir))
-    except LocalEntryNotFoundError as err:
-        raise UserError(
-            f"{repo_id}@{revision or 'main'} is not in the local cache and cannot be downloaded "
-            f"(offline?): {one_line(err)}"
-        ) from None
-    except (RepositoryNotFoundError, HfHubHTTPError, OSError) as err:  # RevisionNotFound is an HfHubHTTPError
-        raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {one_line(err)}") from None
 
 
 def download_from_modelscope(repo_id: str, revision: str, patterns: list[str]) -> Path:
@@ -66,21 +81,15 @@ def download_from_modelscope(repo_id: str, revision: str, patterns: list[str]) -
 
 def _remote_config(repo_id: str, revision: str | None) -> dict:
     """The repo's config.json alone (one small file), so that a repo of something else is refused
-    before its weights are fetched."""
+    before its weights are fetched; {} when the repo has none."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import RemoteEntryNotFoundError
 
-    try:
-        path = hf_hub_download(repo_id, CONFIG_FILE, revision=revision)
-    except EntryNotFoundError:
-        return {}
-    except LocalEntryNotFoundError as err:
-        raise UserError(
-            f"{repo_id}@{revision or 'main'} is not in the local cache and cannot be downloaded "
-            f"(offline?): {one_line(err)}"
-        ) from None
-    except (HfHubHTTPError, OSError) as err:
-        raise UserError(f"cannot download {repo_id}@{revision or 'main'}: {one_line(err)}") from None
+    with hub_errors(f"{repo_id}@{revision or 'main'}"):
+        try:
+            path = hf_hub_download(repo_id, CONFIG_FILE, revision=revision)
+        except RemoteEntryNotFoundError:
+            return {}
     return read_json_object(Path(path))
 
 

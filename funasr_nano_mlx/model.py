@@ -153,9 +153,14 @@ def compiled_layer(layer_class: type, *init_args):
     return mx.compile(forward)
 
 
+def _is_quantized(layer: nn.Module) -> bool:
+    return any(isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, module in layer.named_modules())
+
+
 def run_layer(layer: nn.Module, init_args: tuple, x: mx.array, mask: mx.array | None) -> mx.array:
-    """`layer(x, mask)`, through the compiled function of its class and `init_args` where compiling is on."""
-    if not use_compile():
+    """`layer(x, mask)`, through the compiled function of its class and `init_args` where compiling is on.
+    A quantized layer (an `8bit` encoder) runs as it is: the template holds no quantization parameters."""
+    if not use_compile() or _is_quantized(layer):
         return layer(x, mask)
     return compiled_layer(type(layer), *init_args)(layer.parameters(), x, mask)
 

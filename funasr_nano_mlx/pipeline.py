@@ -146,6 +146,13 @@ class Job:
         return self.baseline.dir("evaluate") if self.baseline else None
 
 
+def _download_needs(job: Job) -> list[Path]:
+    """A local source's checkpoint: replaced by a newer download, it is fetched again (hub snapshots
+    of a commit never change)."""
+    checkpoint = Path(job.recipe.source) / CHECKPOINT
+    return [checkpoint] if job.recipe.is_local and checkpoint.is_file() else []
+
+
 def _download(job: Job, src: None, dst: Path) -> Path:
     return download(job.recipe, dst)
 
@@ -252,7 +259,7 @@ class Stage:
 
 
 PIPELINE = {
-    "download": Stage(_download, agrees=lambda job, out: _same_source(job.recipe, out)),
+    "download": Stage(_download, needs=_download_needs, agrees=lambda job, out: _same_source(job.recipe, out)),
     "convert": Stage(_convert),
     "quantize": Stage(_quantize),
     "evaluate": Stage(

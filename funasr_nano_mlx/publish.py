@@ -134,8 +134,8 @@ def publish(
         )
         return None
 
+    import httpx
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     api = HfApi()
     try:
@@ -143,14 +143,14 @@ def publish(
         info = api.upload_folder(
             repo_id=repo_id, folder_path=model_dir, commit_message=message, ignore_patterns=IGNORED
         )
-    except (HfHubHTTPError, OSError, ValueError) as err:
+    except (httpx.HTTPError, OSError, ValueError) as err:  # huggingface_hub's HTTP errors are both
         raise UserError(
             f"upload to {repo_id} failed: {one_line(err)} (nothing is half-committed: run publish again)"
         ) from None
     commit = info.oid
     try:
         verify(repo_id, commit, files)
-    except (HfHubHTTPError, OSError) as err:
+    except (httpx.HTTPError, OSError) as err:
         raise UserError(f"verification failed: cannot download {repo_id}@{commit}: {one_line(err)}") from None
     echo(f"verified {len(files)} files of {repo_id}@{commit}")
     return Published(repo_id, commit, info.commit_url, private, {name: sha256(path) for name, path in files.items()})

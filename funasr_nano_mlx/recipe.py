@@ -179,9 +179,10 @@ class Recipe:
     def override(
         self, source: str | None = None, revision: str | None = None, model_pt_sha256: str | None = None
     ) -> Recipe:
-        """The same variant from another source or commit (tests, mirrors). The recipe's pin and
-        SHA-256 describe its own source only: a changed source drops both, a changed revision the
-        SHA-256, unless they are given too."""
+        """The same variant from another source or commit (tests, mirrors, a local download). A commit
+        pin and its SHA-256 describe the recipe's own source only: a changed source drops both, a
+        changed revision the SHA-256, unless they are given too. A pin by content (a branch and the
+        SHA-256) names the bytes, not a place: its SHA-256 stays, wherever they come from."""
         if revision is not None and not COMMIT.fullmatch(revision):
             raise UserError(f"--revision {revision!r} is not a pinned commit (40 lowercase hex digits)")
         if model_pt_sha256 is not None and not SHA256.fullmatch(model_pt_sha256):
@@ -189,11 +190,12 @@ class Recipe:
         source_moved = source is not None and source != self.source
         revision = revision or (None if source_moved else self.revision)
         moved = source_moved or revision != self.revision
+        by_content = self.model_pt_sha256 is not None and not COMMIT.fullmatch(self.revision or "")
         return replace(
             self,
             source=source or self.source,
             revision=revision,
-            model_pt_sha256=model_pt_sha256 or (None if moved else self.model_pt_sha256),
+            model_pt_sha256=model_pt_sha256 or (None if moved and not by_content else self.model_pt_sha256),
         )
 
     @property
@@ -271,7 +273,7 @@ def _component(parent: StrictMapping, key: str) -> QuantSpec | None:
     node = parent.node_of(key)
     if node is None:
         raise parent.error("is missing: give its quantization, or null to keep it in the recipe's dtype", key=key)
-    if isinstance(node, yaml.ScalarNode) and parent.loader.construct_object(node) is None:
+    if isinstance(node, yaml.ScalarNode) and parent.value(node, key) is None:
         return None
     fields = StrictMapping(parent.loader, parent.file, node, parent.name(key))
     spec = _quant_spec(fields)
@@ -298,13 +300,13 @@ def _evaluation(top: StrictMapping) -> tuple[str, ...]:
     """Set names (eval_sets/NAME.yaml) or local sets (a folder with metadata.csv, a .jsonl manifest, a
     set YAML file), paths relative to the recipe file; every one must exist."""
     node = top.node_of("evaluation")
-    if node is None or (isinstance(node, yaml.ScalarNode) and top.loader.construct_object(node) is None):
+    if node is None or (isinstance(node, yaml.ScalarNode) and top.value(node, "evaluation") is None):
         return ()
     if not isinstance(node, yaml.SequenceNode):
         raise top.error(f"expected a list of evaluation sets, found {kind_of(node)}", node, "evaluation")
     entries, names = [], {}
     for i, item in enumerate(node.value):
-        value = top.loader.construct_object(item)
+        value = top.value(item, f"evaluation[{i}]")
         where = f"evaluation[{i}]"
         if type(value) is not str or not value:
             raise top.error(f"expected a set name or path, found {value!r}", item, where)
@@ -345,7 +347,7 @@ def _bound(fields: StrictMapping, key: str, required: bool) -> float | None:
 
 def _acceptance(top: StrictMapping, evaluation: tuple[str, ...]) -> Acceptance | None:
     node = top.node_of("acceptance")
-    if node is None or (isinstance(node, yaml.ScalarNode) and top.loader.construct_object(node) is None):
+    if node is None or (isinstance(node, yaml.ScalarNode) and top.value(node, "acceptance") is None):
         return None
     fields = StrictMapping(top.loader, top.file, node, "acceptance")
     default = _bound(fields, "max_error_rate_delta", required=False)

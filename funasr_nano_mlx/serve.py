@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.background import BackgroundTask
 from starlette.routing import Route
 
-from .audio import AUDIO_EXTENSIONS, SAMPLE_RATE, check_duration, load_audio
+from .audio import AUDIO_EXTENSIONS, SAMPLE_RATE, check_duration, header_seconds, load_audio
 from .errors import UserError
 from .languages import resolve_language
 from .scheduler import Scheduler, Work
@@ -222,6 +222,9 @@ def read_audio(form: Form, limits: Limits) -> np.ndarray:
         raise ApiError(400, "the 'file' part of the multipart body is incomplete", param="file")
     if form.file_bytes == 0:
         raise ApiError(400, f"the uploaded file {form.filename!r} is empty", param="file", code="empty_file")
+    declared = header_seconds(form.file)  # before decoding: a small compressed file can hold hours
+    if declared is not None and declared > limits.max_audio_seconds:
+        raise _too_long(declared, limits)
     try:
         samples = load_audio(form.file)
         check_duration(samples, repr(form.filename))
@@ -230,13 +233,17 @@ def read_audio(form: Form, limits: Limits) -> np.ndarray:
         raise ApiError(400, message, param="file", code="invalid_audio") from None
     seconds = len(samples) / SAMPLE_RATE
     if seconds > limits.max_audio_seconds:
-        raise ApiError(
-            400,
-            f"the audio is {seconds:.1f} s long; this server takes at most {limits.max_audio_seconds:g} s",
-            param="file",
-            code="audio_too_long",
-        )
+        raise _too_long(seconds, limits)
     return samples
+
+
+def _too_long(seconds: float, limits: Limits) -> ApiError:
+    return ApiError(
+        400,
+        f"the audio is {seconds:.1f} s long; this server takes at most {limits.max_audio_seconds:g} s",
+        param="file",
+        code="audio_too_long",
+    )
 
 
 # -- the request's options ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
+from .hub import one_line
 
 
 class StrictMapping:
@@ -28,11 +29,14 @@ class StrictMapping:
     @classmethod
     def read(cls, file: Path, text: bytes, what: str) -> StrictMapping:
         """The top mapping of a YAML file; `what` names the file's kind in messages ("recipe", "set")."""
-        loader = yaml.SafeLoader(text.decode())
+        try:
+            loader = yaml.SafeLoader(text.decode())
+        except (UnicodeDecodeError, yaml.YAMLError) as err:  # not UTF-8, or a control character
+            raise UserError(f"{file}: not valid YAML: {one_line(err)}") from None
         try:
             root = loader.get_single_node()
         except yaml.YAMLError as err:
-            raise UserError(f"{file}: not valid YAML: {err}") from None
+            raise UserError(f"{file}: not valid YAML: {one_line(err)}") from None
         finally:
             loader.dispose()
         if root is None:
@@ -56,13 +60,20 @@ class StrictMapping:
             if required:
                 raise self.error("is missing (required)", key=key)
             return default
-        value = self.loader.construct_object(node, deep=True)
+        value = self.value(node, key)
         if value is None and not required:
             return default
         if type(value) not in kinds:  # exact types: `true` is not a number of bits
             wanted = " or ".join(k.__name__.replace("NoneType", "null") for k in kinds)
             raise self.error(f"expected {wanted}, found {value!r}", node, key)
         return value
+
+    def value(self, node: yaml.Node, key: str):
+        """The Python value of a node; one that YAML cannot build (a date like 2020-13-45) is an error here."""
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (ValueError, yaml.YAMLError) as err:
+            raise self.error(f"cannot be read: {one_line(err)}", node, key) from None
 
     def sub(self, key: str) -> StrictMapping:
         node = self.node_of(key)

@@ -293,3 +293,17 @@ def test_the_quantize_command(tiny_bf16, tiny_f32, quantized, tmp_path):
     assert_user_error(run_cli("quantize", tiny_bf16, tmp_path / "x", "--recipe", "4bit"), "no recipe '4bit'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
     assert "--recipe" in run_cli("quantize", "--help").stdout
+
+
+def test_quantized_layers_run_as_they_are_where_layers_are_compiled(monkeypatch):
+    """On a GPU encoder and adaptor layers run compiled; a quantized one (the `8bit` recipe quantizes
+    them) runs as it is, with the same output."""
+    import mlx.nn as nn
+
+    from funasr_nano_mlx.model import AdaptorBlock, run_layer
+
+    monkeypatch.setenv("FUNASR_NANO_COMPILE", "1")
+    block = AdaptorBlock(128, 4)
+    nn.quantize(block, group_size=64, bits=8)
+    x = mx.random.normal((2, 6, 128), key=mx.random.key(0))
+    assert mx.array_equal(run_layer(block, (128, 4), x, None), block(x, None))

@@ -253,6 +253,8 @@ def test_overrides():
         run(mirror, "unused")
     with pytest.raises(UserError, match="--revision 'main' is not a pinned commit"):
         recipe.override(revision="main")
+    by_content = Recipe.load("bf16-timestamps")  # the SHA-256 is the pin: a local copy must match it too
+    assert by_content.override(source="/a/modelscope/download").model_pt_sha256 == by_content.model_pt_sha256
 
 
 def test_a_branch_is_a_pin_only_with_the_checkpoints_sha256(tmp_path):
@@ -293,3 +295,22 @@ def test_recipes_are_documented_in_their_files():
         if name.startswith("mlt-"):
             assert "PINNED BY CONTENT" in text
     assert Path(RECIPES_DIR).name == "recipes"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            b"source:\n  repo: a/b\n  revision: 2020-13-45\n",
+            ":3: source.revision: cannot be read: month must be in 1..12",
+        ),
+        (b"source:\n  repo: a/b\x01\n", ": not valid YAML: unacceptable character #x0001"),
+        (b"source:\xff\n", ": not valid YAML: 'utf-8' codec can't decode byte 0xff"),
+    ],
+)
+def test_unreadable_yaml_is_one_line_naming_the_file(tmp_path, content, message):
+    file = tmp_path / "odd.yaml"
+    file.write_bytes(content)
+    with pytest.raises(UserError) as info:
+        Recipe.load(file)
+    assert str(info.value).startswith(f"{file}{message}") and "\n" not in str(info.value), str(info.value)

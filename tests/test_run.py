@@ -167,7 +167,11 @@ def test_the_timestamp_recipes_build_from_a_modelscope_download(cli, ctc_upstrea
     assert_user_error(blocked, "is downloaded from ModelScope: install its client (pip install modelscope)")
     assert stage_dirs(work) == []
     for name in ("bf16-timestamps", "4bit-llm-timestamps"):
-        done = cli("run", name, "--work", work, "--until", "quantize", "--source", ctc_upstream)
+        local = ["--source", ctc_upstream]  # the pin by content stays: the local copy must match it
+        assert_user_error(cli("run", name, "--work", work, "--until", "quantize", *local), "expects 81fec861")
+        done = cli(
+            "run", name, "--work", work, "--until", "quantize", *local, "--sha256", sha256(ctc_upstream / "model.pt")
+        )
         assert done.returncode == 0, done.stderr
         config = json.loads((work / name / "quantize" / "config.json").read_text())
         assert config["timestamps"] is True and config["recipe"]["hub"] == "modelscope"

@@ -191,6 +191,8 @@ def bad_files(tmp_path_factory, files) -> dict[str, Path]:
     (folder / "header.wav").write_bytes(files["clip7"].read_bytes()[:30])  # cut inside the WAV header
     write(folder / "blip.wav", np.zeros(160, np.float32))  # 10 ms: less than one 25 ms frame
     (folder / "big.wav").write_bytes(np.random.default_rng(0).bytes(2 * LIMITS.max_upload_bytes))
+    # Longer than the limit in a small upload (silence compresses): refused from its header.
+    sf.write(str(folder / "long.flac"), np.zeros(int((LIMITS.max_audio_seconds + 5) * 16000), np.float32), 16000)
     return {path.stem: path for path in folder.iterdir()}
 
 
@@ -203,6 +205,7 @@ def bad_files(tmp_path_factory, files) -> dict[str, Path]:
         ("header", {}, 400, "file"),
         ("blip", {}, 400, "file"),
         ("big", {}, 413, "file"),
+        ("long", {}, 400, "file"),
         ("clip0", {"response_format": "docx"}, 400, "response_format"),
         ("clip0", {"language": "xx"}, 400, "language"),
         ("clip0", {"temperature": 0.4}, 400, "temperature"),
@@ -217,6 +220,7 @@ def test_bad_request_is_a_json_error(server, files, bad_files, case, options, st
     error = caught.value
     assert error.status_code == status and error.body["param"] == param, error.body
     assert error.body["type"] == "invalid_request_error" and error.body["message"]
+    assert case != "long" or error.body["code"] == "audio_too_long", error.body
     server.assert_serving()
 
 
