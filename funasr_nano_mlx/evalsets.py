@@ -214,7 +214,7 @@ def _csv_items(folder: Path, evalset: EvalSet) -> Iterator[Item]:
         raise UserError(
             f"{folder} has no metadata.csv (columns: file_name and one of {', '.join(TRANSCRIPT_COLUMNS)} [,language])"
         )
-    with open(file, newline="", encoding="utf-8") as f:
+    with open(file, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM, as spreadsheet programs write one
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         audio = evalset.audio_column or LOCAL_AUDIO_COLUMN[file.name]
@@ -376,6 +376,9 @@ def set_files(name_or_path: str) -> list[Path]:
     path = Path(name_or_path)
     if path.is_dir():
         return [path / "metadata.csv"] if (path / "metadata.csv").is_file() else []
+    if path.is_file() and path.suffix in (".yaml", ".yml"):  # and the local set it points at, if any
+        local = EvalSet.from_yaml(path).path
+        return [path] + (set_files(local) if local and Path(local).exists() else [])
     if path.is_file():
         return [path]
     named = EVAL_SETS_DIR / f"{name_or_path}.yaml"

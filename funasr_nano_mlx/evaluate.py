@@ -191,9 +191,19 @@ def read_report(report_dir: str | Path) -> tuple[dict, list[Row]]:
     return report, [Row(**json.loads(line)) for line in lines if line]
 
 
-def read_baseline(baseline, max_new_tokens: int | None) -> tuple[dict, list[Row]]:
-    """The baseline's report, which must have been decoded with the same token budget to be comparable."""
+def _rows(limit: int | None) -> str:
+    return "every row" if limit is None else f"the first {limit} rows"
+
+
+def read_baseline(baseline, max_new_tokens: int | None, limit: int | None) -> tuple[dict, list[Row]]:
+    """The baseline's report, which must have been decoded with the same token budget, and on the same
+    rows (--limit), to be comparable: a comparison on a subset would check a bound on that subset."""
     report, rows = read_report(baseline)
+    if report["settings"].get("limit") != limit:
+        raise UserError(
+            f"baseline {baseline} evaluated {_rows(report['settings'].get('limit'))} of each set, this "
+            f"evaluation {_rows(limit)}: evaluate both alike"
+        )
     if report["settings"]["max_new_tokens"] != max_new_tokens:
         theirs = describe_budget(report["settings"]["max_new_tokens"])
         raise UserError(
@@ -211,7 +221,9 @@ def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], p
         report["sets"][name] = {"definition": definition, **aggregate(set_rows), "peak_memory_bytes": peaks.get(name)}
     lines, reports = [], [report]
     if baseline is not None:
-        base_report, base_rows = read_baseline(baseline, header["settings"]["max_new_tokens"])
+        base_report, base_rows = read_baseline(
+            baseline, header["settings"]["max_new_tokens"], header["settings"]["limit"]
+        )
         per_set, lines = compare(rows, base_rows)
         report["baseline"] = {
             "name": base_report["model"]["name"],
@@ -258,7 +270,7 @@ def evaluate(
         raise UserError(f"report directory already exists: {report_dir}")
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     if baseline is not None:
-        read_baseline(baseline, max_new_tokens)  # fail now, not after hours of decoding
+        read_baseline(baseline, max_new_tokens, limit)  # fail now, not after hours of decoding
     model_dir = find_model(model, revision)
     opened = {s.name: open_set(s) for s in evalsets}  # every set and column is checked before the model loads
     model, tokenizer = load(model_dir)

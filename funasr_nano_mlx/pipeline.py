@@ -24,7 +24,7 @@ from .errors import UserError
 from .evalsets import check_sets, set_files
 from .evaluate import answers, evaluate
 from .files import link_or_copy, sha256, staged_output
-from .hub import REPO_ID
+from .hub import COMMIT, REPO_ID
 from .hub import download as fetch
 from .hub import download_from_modelscope
 from .publish import publish
@@ -37,6 +37,10 @@ PUBLISH_RECORD = "publish.json"  # the publish stage's output: repo, commit, URL
 
 def log(recipe: Recipe, message: str) -> None:
     print(f"[{recipe.name}] {message}", file=sys.stderr, flush=True)
+
+
+def _commit_pin(recipe: Recipe) -> str | None:
+    return recipe.revision if COMMIT.fullmatch(recipe.revision or "") else None
 
 
 def _fetch(recipe: Recipe) -> Path:
@@ -70,8 +74,8 @@ def download(recipe: Recipe, dst: Path) -> Path:
                 "nothing was converted"
             )
         # The Hugging Face cache names a snapshot folder by its commit: what a branch resolved to is kept.
-        # ModelScope's does not: a pin by content there records no commit.
-        commit = src.name if not recipe.is_local and recipe.hub == "huggingface" else None
+        # ModelScope's does not: there only a commit pin is known, a pin by content records none.
+        commit = None if recipe.is_local else src.name if recipe.hub == "huggingface" else _commit_pin(recipe)
         record = {"source": recipe.source, "revision": recipe.revision, "commit": commit, "model_pt_sha256": digest}
         (out / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return dst

@@ -275,7 +275,8 @@ def test_wrong_column_fails_at_once(tmp_path):
 def test_local_sets_take_the_transcript_column_people_use(tmp_path, column):
     """metadata.csv as the Hugging Face audiofolder docs lay it out (and as Common Voice names it)."""
     synthesize("hello", tmp_path / "a.wav")
-    (tmp_path / "metadata.csv").write_text(f"file_name,{column},speaker\na.wav,Hello there,s1\n")
+    # utf-8-sig: with the byte-order mark that spreadsheet programs write
+    (tmp_path / "metadata.csv").write_text(f"file_name,{column},speaker\na.wav,Hello there,s1\n", encoding="utf-8-sig")
     (item,) = open_set(EvalSet.load(tmp_path))
     assert (item.reference, item.audio, item.problem) == ("Hello there", tmp_path / "a.wav", None)
 
@@ -414,7 +415,9 @@ def test_merge_and_evaluate_refuse_bad_inputs(reports, tiny_f32, speech_set, tmp
         UserError, match="decoded with at most 16 new tokens per segment, this evaluation with at most 8"
     ):
         evaluate(tiny_f32, [str(speech_set)], tmp_path / "r", baseline=reports["bf16"], max_new_tokens=8)
-    assert not (tmp_path / "merged").exists()
+    with pytest.raises(UserError, match="evaluated every row of each set, this evaluation the first 2 rows"):
+        evaluate(tiny_f32, [str(speech_set)], tmp_path / "r", baseline=reports["bf16"], max_new_tokens=16, limit=2)
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "r").exists()
     for file in (EVAL_JSON, HYPOTHESES):
         assert (reports["f32-merged"] / file).is_file()
 
@@ -444,3 +447,11 @@ def test_long_rows_are_segmented_and_batching_changes_nothing(tmp_path, tiny_f32
     segmented = transcribe(model, tokenizer, folder / "long.wav", language="en", max_new_tokens=6)
     assert len(segmented.segments) > 5 and by_one[0].token_ids == segmented.token_ids
     assert four["settings"]["max_new_tokens"] == 6
+
+
+def test_a_set_yaml_watches_the_local_set_it_points_at(tmp_path):
+    """A report is stale when the transcripts change, also for a set YAML whose `path` is a folder."""
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "metadata.csv").write_text("file_name,text\n")
+    (tmp_path / "clips.yaml").write_text("path: clips\nlanguage: en\n")
+    assert set_files(str(tmp_path / "clips.yaml")) == [tmp_path / "clips.yaml", tmp_path / "clips" / "metadata.csv"]
