@@ -303,7 +303,7 @@ def test_quantized_layers_run_as_they_are_where_layers_are_compiled(monkeypatch)
     from funasr_nano_mlx.model import AdaptorBlock, run_layer
 
     monkeypatch.setenv("FUNASR_NANO_COMPILE", "1")
-    block = AdaptorBlock(128, 4)
+    block = AdaptorBlock(256, 4)
     nn.quantize(block, group_size=64, bits=8)
-    x = mx.random.normal((2, 6, 128), key=mx.random.key(0))
-    assert mx.array_equal(run_layer(block, (128, 4), x, None), block(x, None))
+    x = mx.random.normal((2, 6, 256), key=mx.random.key(0))
+    assert mx.array_equal(run_layer(block, (256, 4), x, None), block(x, None))
