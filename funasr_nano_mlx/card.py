@@ -40,6 +40,7 @@ COMPONENT_LABELS = {
     "llm": "LLM (Qwen3, without embeddings)",
     "embeddings": "embeddings / tied LM head",
 }
+CTC_LABEL = "CTC timestamp head"  # a row of its own where the model has one
 # A benchmark record's per-clip figures (bench/speed.py's JSON lines): key -> (label, format).
 BENCHMARK_FIGURES = {
     "audio_s": ("audio", "g", " s"),
@@ -209,9 +210,11 @@ def family_of(source: str) -> str:
 
 
 def _components(config: dict) -> list[dict]:
-    summary, dtype = config.get("quantization_summary"), config.get("conversion", {}).get("dtype")
+    summary, converted = config.get("quantization_summary"), config.get("conversion", {}).get("dtype")
+    labels = COMPONENT_LABELS | ({"ctc": CTC_LABEL} if config.get("timestamps") else {})
     rows = []
-    for key, label in COMPONENT_LABELS.items():
+    for key, label in labels.items():
+        dtype = "float32" if key == "ctc" and converted else converted  # the head is kept in float32 (convert.py)
         part = (summary or {}).get("components", {}).get(key)
         quant = part and part.get("quantization") and part.get("quantized_layers") and part["quantization"]
         bpw = part.get("bits_per_weight") if part else DTYPE_BITS.get(dtype)

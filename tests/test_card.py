@@ -259,3 +259,14 @@ def test_an_edited_or_stale_card_is_noticed(evaluated, tmp_path):
 def test_a_recipe_other_than_the_models_is_refused(four_bit, tmp_path):
     done = run_cli("card", four_bit[0], "--recipe", "bf16")
     assert done.returncode == 2 and "this model was built by recipe 4bit-llm" in done.stderr
+
+
+def test_a_model_with_timestamps_lists_its_ctc_head():
+    """The CTC head is a component row of its own, in float32 as conversion keeps it, only where it exists."""
+    from funasr_nano_mlx.card import CTC_LABEL, _components
+
+    plain = {"conversion": {"dtype": "bfloat16"}}
+    assert CTC_LABEL not in [row["name"] for row in _components(plain)]
+    rows = {row["name"]: row for row in _components({**plain, "timestamps": True})}
+    assert (rows[CTC_LABEL]["dtype"], rows[CTC_LABEL]["bits"], rows[CTC_LABEL]["quantized"]) == ("float32", 32, False)
+    assert rows["audio encoder (SAN-M)"]["dtype"] == "bfloat16"
