@@ -355,7 +355,7 @@ def serve(
     )
 
 
-# -- recipes (issue 3) ------------------------------------------------------------------------------
+# -- recipes ------------------------------------------------------------------------------------------
 from .recipe import STAGES  # noqa: E402  (a light module: --until's choices are needed at import)
 
 
@@ -455,7 +455,7 @@ def run(
     click.echo(run_recipe(loaded, work, until, options))
 
 
-# -- evaluation (issue 4) ---------------------------------------------------------------------------
+# -- evaluation ---------------------------------------------------------------------------------------
 
 
 @main.command()
@@ -541,7 +541,7 @@ def plot_reports(reports, out):
     click.echo(plot(reports, out))
 
 
-# -- model card and publishing (issue 5) -------------------------------------------------------------
+# -- model card and publishing -------------------------------------------------------------------------
 
 
 @main.command()

@@ -43,7 +43,7 @@ def to_vtt(segments: Iterable[Timed]) -> str:
     return "\n".join(["WEBVTT\n", *_cues(segments, ".", _vtt_escape)])
 
 
-# -- cues from CTC timestamps (issue 12) ----------------------------------------------------------------
+# -- cues from CTC timestamps ----------------------------------------------------------------------------
 
 SENTENCE_END = tuple("。！？!?.;；…")  # a cue ends after a word that ends a sentence
 MAX_CUE_CHARS = 42  # a cue is cut before a word that would make it longer (a common subtitle line limit)

@@ -1,4 +1,5 @@
-"""CTC timestamps (issue 12): the CTC head, ctc_text and forced alignment against the official model.
+"""CTC timestamps against the official model ([F] models/fun_asr_nano/model.py:960-1075): the CTC head,
+ctc_text and forced alignment.
 
 How the official alignment is run. Upstream's timestamps come from `torchaudio.functional.forced_align`
 (funasr fun_asr_nano/tools/utils.py:46-80), and torchaudio does not load beside torch 2.13 here. A

@@ -1,7 +1,7 @@
 """Parity at the real dimensions (1+49+20 encoder layers, Qwen3-0.6B) with random weights.
 
 One 5 s clip: encoder and adaptor outputs, teacher-forced logits, and the CTC head's log-probabilities,
-ctc_text and timestamps (issue 12; official alignment as in tests/test_ctc.py) against the official model.
+ctc_text and timestamps (official alignment as in tests/test_ctc.py) against the official model.
 The reference is run and released before our model loads, so peak memory stays near one model
 (measured: see BENCHMARKS.md).
 """
