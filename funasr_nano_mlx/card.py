@@ -61,17 +61,18 @@ def model_files(model_dir: Path) -> list[Path]:
     )
 
 
-def identity(model_dir: Path) -> dict:
+def identity(model_dir: Path | ModelDir) -> dict:
     """What eval.json's `model` block must match for the report to describe this model."""
     from .evaluate import model_info
 
     return {k: v for k, v in model_info(model_dir).items() if k not in ("name", "path")}
 
 
-def check_report(model_dir: str | Path, eval_json: str | Path) -> dict:
+def check_report(model_dir: str | Path | ModelDir, eval_json: str | Path) -> dict:
     """eval.json's contents, after checking it exists, is newer than the model files and describes
     this very model (its size and provenance blocks); a UserError says what is wrong."""
-    model_dir, eval_json = Path(model_dir), Path(eval_json)
+    model = ModelDir.of(model_dir)
+    model_dir, eval_json = model.path, Path(eval_json)
     if not eval_json.is_file():
         raise UserError(
             f"no evaluation report {eval_json}: evaluate the model first "
@@ -87,7 +88,7 @@ def check_report(model_dir: str | Path, eval_json: str | Path) -> dict:
         raise UserError(
             f"{eval_json} is older than {newest}: the model changed after its evaluation; evaluate it again"
         )
-    mine = identity(model_dir)
+    mine = identity(model)
     if recorded != mine:
         differs = sorted(k for k in mine.keys() | recorded.keys() if mine.get(k) != recorded.get(k))
         raise UserError(
@@ -447,7 +448,7 @@ def _inputs(model: ModelDir, recipe=None) -> tuple[object, dict | None, dict | N
     loaded = _recipe(recipe, model.config)
     block = recipe_block(model.config, loaded)
     folder = model.path
-    report = check_report(folder, folder / EVAL_JSON_NAME) if (folder / EVAL_JSON_NAME).exists() else None
+    report = check_report(model, folder / EVAL_JSON_NAME) if (folder / EVAL_JSON_NAME).exists() else None
     benchmark = read_benchmark(folder / BENCHMARK, block) if (folder / BENCHMARK).exists() else None
     return loaded, report, benchmark
 
@@ -471,7 +472,7 @@ def write_card(
         raise UserError(f"--repo {repo_id!r}: expected ORG/NAME")
     # Everything is checked before anything is written.
     report_file = Path(report_dir) / EVAL_JSON_NAME if report_dir is not None else model_dir / EVAL_JSON_NAME
-    report = check_report(model_dir, report_file) if report_dir is not None or report_file.exists() else None
+    report = check_report(model, report_file) if report_dir is not None or report_file.exists() else None
     if benchmark is not None:
         read_benchmark(Path(benchmark), block)
     check_acceptance(block, report)

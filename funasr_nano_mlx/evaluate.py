@@ -164,10 +164,10 @@ def _machine() -> dict:
     }
 
 
-def model_info(model_dir: Path) -> dict:
+def model_info(model_dir: Path | ModelDir) -> dict:
     """Identity and size of the evaluated model, with the provenance blocks its config.json carries."""
-    model = ModelDir.read(model_dir)
-    config = model.config
+    model = ModelDir.of(model_dir)
+    model_dir, config = model.path, model.config
     identity = {
         "name": (model.recipe or {}).get("name") or model_dir.name,
         "path": str(model_dir),

@@ -70,7 +70,7 @@ def check(model_dir: Path, repo_id: str | None = None, recipe=None) -> ModelDir:
         raise UserError(f"model directory not found: {model_dir}")
     model = ModelDir.read(model_dir)
     load(model_dir)  # a UserError if it does not load
-    report = check_report(model_dir, model_dir / EVAL_JSON_NAME)
+    report = check_report(model, model_dir / EVAL_JSON_NAME)
     check_acceptance(recipe_block(model.config, recipe), report)
     check_card(model, recipe, repo_id)
     return model

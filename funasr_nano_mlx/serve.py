@@ -36,11 +36,10 @@ from .errors import UserError
 from .languages import resolve_language
 from .scheduler import Scheduler, Work
 from .subtitles import timed_cues, to_srt, to_vtt
-from .transcribe import Transcription, _as_list
+from .transcribe import Transcription, hotword_list
 
 log = logging.getLogger("funasr_nano_mlx.serve")
 
-API_KEY_ENV = "FUNASR_NANO_MLX_API_KEY"
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 STREAM_FORMATS = ("json", "text")  # as OpenAI: a stream carries text, not subtitles or segments
 MAX_FIELD_BYTES = 64 * 1024  # a form field other than the file (the prompt is the longest)
@@ -306,7 +305,7 @@ def parse_options(form: Form) -> Options:
             400, "timestamp_granularities needs response_format verbose_json", param="timestamp_granularities"
         )
     # OpenAI's `keywords[]` are hotwords as they are; `prompt` is split into them.
-    hotwords = _as_list(form.get_all("keywords")) + split_hotwords(form.get("prompt"))
+    hotwords = hotword_list(form.get_all("keywords")) + split_hotwords(form.get("prompt"))
     return Options(response_format, language, tuple(hotwords), stream, "word" in granularities)
 
 

@@ -259,7 +259,7 @@ def greedy_batch(
     return results
 
 
-def _as_list(hotwords: Sequence[str] | str | None) -> list[str]:
+def hotword_list(hotwords: Sequence[str] | str | None) -> list[str]:
     # A bare string is one hotword (the reference would join it character by character).
     return [hotwords] if isinstance(hotwords, str) else [w for w in hotwords or () if w]
 
@@ -343,7 +343,7 @@ class BatchDecoder:
         resolve_language(language)
         self.model, self.tokenizer = model, tokenizer
         self.timestamps = use_timestamps(model, timestamps)
-        self.prompt = dict(language=language, hotwords=_as_list(hotwords), itn=itn)
+        self.prompt = dict(language=language, hotwords=hotword_list(hotwords), itn=itn)
         self.max_new_tokens, self.stop_loops = max_new_tokens, stop_loops
 
     def run(self, batch: list[SegmentJob], timings: dict) -> list[Decoded]:
