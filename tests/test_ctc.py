@@ -39,7 +39,7 @@ from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.modeldir import CTC_TOKENIZER_FILE
 from funasr_nano_mlx.subtitles import to_srt, to_vtt
 from funasr_nano_mlx.transcribe import transcribe, transcribe_many
-from tests.helpers import CLIP_SECONDS, as_upstream, shifted
+from tests.helpers import CLIP_SECONDS, as_upstream, invoke_cli, shifted
 from tests.reference import rel_err, torchaudio_forced_align
 
 CTC_REL = 1e-5  # CTC log-probabilities, relative L2 error; float32 both sides
@@ -426,17 +426,6 @@ def test_mlx_audio_loads_a_model_with_the_head(ctc_bf16, clips):
 # --------------------------------------------------------------------------------------------------
 
 
-def _cli(*args):
-    """The command in this process (click's runner; tests/test_cli.py runs it as a subprocess)."""
-    from click.testing import CliRunner
-
-    from funasr_nano_mlx.cli import main
-
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    result.returncode = result.exit_code
-    return result
-
-
 @pytest.fixture(scope="module")
 def wav_7s(tmp_path_factory, clips):
     import soundfile as sf
@@ -447,7 +436,7 @@ def wav_7s(tmp_path_factory, clips):
 
 
 def test_cli_json_and_subtitles(ctc_f32, ctc_model, wav_7s):
-    run = _cli("transcribe", ctc_f32, wav_7s, "--format", "json", "--max-new-tokens", "8")
+    run = invoke_cli("transcribe", ctc_f32, wav_7s, "--format", "json", "--max-new-tokens", "8")
     assert run.returncode == 0, run.stderr
     row = json.loads(run.stdout)
     model, tokenizer = ctc_model
@@ -457,18 +446,18 @@ def test_cli_json_and_subtitles(ctc_f32, ctc_model, wav_7s):
         0
     ].keys()
     assert row["segments"][0]["ctc_text"] == expected.segments[0].ctc_text
-    srt = _cli("transcribe", ctc_f32, wav_7s, "--format", "srt", "--max-new-tokens", "8")
+    srt = invoke_cli("transcribe", ctc_f32, wav_7s, "--format", "srt", "--max-new-tokens", "8")
     assert srt.returncode == 0 and "no CTC head" not in srt.stderr, srt.stderr
     assert len(_parse_cues(srt.stdout, ",")) > 1  # one segment, several cues
-    off = _cli("transcribe", ctc_f32, wav_7s, "--format", "json", "--max-new-tokens", "8", "--no-timestamps")
+    off = invoke_cli("transcribe", ctc_f32, wav_7s, "--format", "json", "--max-new-tokens", "8", "--no-timestamps")
     assert off.returncode == 0 and json.loads(off.stdout)["timestamps"] is None
 
 
 def test_cli_model_without_the_head(tiny_f32, wav_7s):
-    run = _cli("transcribe", tiny_f32, wav_7s, "--timestamps", "--max-new-tokens", "4")
+    run = invoke_cli("transcribe", tiny_f32, wav_7s, "--timestamps", "--max-new-tokens", "4")
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "no CTC head" in run.stderr
-    srt = _cli("transcribe", tiny_f32, wav_7s, "--format", "srt", "--max-new-tokens", "4")
+    srt = invoke_cli("transcribe", tiny_f32, wav_7s, "--format", "srt", "--max-new-tokens", "4")
     assert srt.returncode == 0
     notes = [line for line in srt.stderr.splitlines() if "no CTC head" in line]
     assert len(notes) == 1 and notes[0].startswith("note: ")  # said once, not silent
