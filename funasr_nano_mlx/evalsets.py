@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import io
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,7 @@ from pathlib import Path
 from .errors import UserError
 from .hub import COMMIT, one_line
 from .packaged import EVAL_SETS_DIR, packaged_names
-from .strict_yaml import StrictMapping, check
+from .strict_yaml import StrictMapping, check, read_utf8, short
 
 # Columns when a set's definition names none (every local format also takes an optional `language`).
 HUB_COLUMNS = ("audio", "text")
@@ -171,9 +172,22 @@ def _require_columns(available: Sequence[str], wanted: Sequence[str], where: str
         )
 
 
+def _require_rows(rows: list, file: Path) -> None:
+    if not rows:  # an evaluation of nothing would print no error rate and pass every bound
+        raise UserError(f"{file}: the set has no rows")
+
+
 def _local_item(index: int, audio, text, language, base: Path, evalset: EvalSet) -> Item:
     from .languages import resolve_language
 
+    # A JSONL row may hold any JSON value: a number or a list where text belongs is this row's problem.
+    wrong = [
+        f"{name} is not text: {short(value)}"
+        for name, value in (("audio", audio), ("text", text), ("language", language))
+        if value is not None and not isinstance(value, str)
+    ]
+    if wrong:
+        return Item(index, f"row {index}", "", None, None, problem="; ".join(wrong))
     audio_path = base / str(audio) if audio else None
     item = Item(index, str(audio or f"row {index}"), str(text or ""), language or evalset.language, audio_path)
     try:
@@ -214,18 +228,22 @@ def _csv_items(folder: Path, evalset: EvalSet) -> Iterator[Item]:
         raise UserError(
             f"{folder} has no metadata.csv (columns: file_name and one of {', '.join(TRANSCRIPT_COLUMNS)} [,language])"
         )
-    with open(file, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM, as spreadsheet programs write one
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        audio = evalset.audio_column or LOCAL_AUDIO_COLUMN[file.name]
-        _require_columns(columns, [audio], str(file))
-        text = _transcript_column(columns, evalset, str(file))
-        rows = list(reader)
+    reader = csv.DictReader(io.StringIO(read_utf8(file, file.read_bytes()), newline=""))  # as open(newline="")
+    columns = reader.fieldnames or []
+    twice = next((c for c in columns if columns.count(c) > 1), None)
+    if twice is not None:  # DictReader would keep the last silently: which one is meant is not known
+        raise UserError(f"{file}:1: column {twice!r} is given twice; the columns are: {', '.join(columns)}")
+    audio = evalset.audio_column or LOCAL_AUDIO_COLUMN[file.name]
+    _require_columns(columns, [audio], str(file))
+    text = _transcript_column(columns, evalset, str(file))
+    rows = list(reader)
+    _require_rows(rows, file)
     return (_local_item(i, row[audio], row[text], row.get("language"), folder, evalset) for i, row in enumerate(rows))
 
 
 def _jsonl_items(file: Path, evalset: EvalSet) -> Iterator[Item]:
-    lines = [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in read_utf8(file, file.read_bytes()).splitlines() if line.strip()]
+    _require_rows(lines, file)
     rows = []
     for line in lines:
         try:

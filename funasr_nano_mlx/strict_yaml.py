@@ -4,12 +4,50 @@ the file, the line and the field (FILE:LINE: field: problem). No MLX, no stage."
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 
 import yaml
 
 from .errors import UserError
 from .hub import one_line
+
+
+def read_utf8(file: Path, data: bytes) -> str:
+    """The text of a file people write by hand: UTF-8, with or without the BOM that spreadsheet programs
+    and Windows editors write; anything else is refused naming the line of the first bad byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise UserError(
+            f"{file}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x}): save the file as UTF-8"
+        ) from None
+
+
+class _AliasRefused(yaml.YAMLError):
+    def __init__(self, event: yaml.AliasEvent):
+        self.anchor, self.line = event.anchor, event.start_mark.line + 1
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without aliases. `*name` repeats the node anchored `&name`, so ten lines can stand for
+    a billion nodes ("billion laughs"), and building or printing them exhausts memory. No recipe or
+    set needs them, so the first alias is refused before any node is built."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasRefused(self.peek_event())
+        return super().compose_node(parent, index)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother = 80, 80
+
+
+def short(value) -> str:
+    """A value as messages quote it, cut short: a message is one line, whatever the file holds."""
+    return _SHORT.repr(value)
 
 
 class StrictMapping:
@@ -30,11 +68,15 @@ class StrictMapping:
     def read(cls, file: Path, text: bytes, what: str) -> StrictMapping:
         """The top mapping of a YAML file; `what` names the file's kind in messages ("recipe", "set")."""
         try:
-            loader = yaml.SafeLoader(text.decode())
-        except (UnicodeDecodeError, yaml.YAMLError) as err:  # not UTF-8, or a control character
+            loader = _Loader(read_utf8(file, text))
+        except yaml.YAMLError as err:  # a control character
             raise UserError(f"{file}: not valid YAML: {one_line(err)}") from None
         try:
             root = loader.get_single_node()
+        except _AliasRefused as err:
+            raise UserError(
+                f"{file}:{err.line}: YAML aliases (*{err.anchor}) are not allowed in a {what}: write the value out"
+            ) from None
         except yaml.YAMLError as err:
             raise UserError(f"{file}: not valid YAML: {one_line(err)}") from None
         finally:
@@ -65,7 +107,7 @@ class StrictMapping:
             return default
         if type(value) not in kinds:  # exact types: `true` is not a number of bits
             wanted = " or ".join(k.__name__.replace("NoneType", "null") for k in kinds)
-            raise self.error(f"expected {wanted}, found {value!r}", node, key)
+            raise self.error(f"expected {wanted}, found {short(value)}", node, key)
         return value
 
     def value(self, node: yaml.Node, key: str):
