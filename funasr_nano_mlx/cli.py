@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from .decoding import DEFAULT_BATCH_SIZE, describe_budget
+from .decoding import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_SEGMENT_SECONDS, describe_budget
 from .errors import UserError
 
 FORMATS = ("text", "json", "srt", "vtt")
 FORMAT_SUFFIX = {"text": "txt", "json": "json", "srt": "srt", "vtt": "vtt"}
 REVISION_HELP = "With a hub repo id: the commit to download (pin it for a reproducible build). Default: main."
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange without nan and inf: nan passes every comparison, so a range alone lets it in."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 max_new_tokens_option = click.option(
@@ -30,7 +42,7 @@ batch_size_option = click.option(
     "--batch-size",
     default=DEFAULT_BATCH_SIZE,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_BATCH_SIZE),
     help="Segments decoded together; the results do not depend on it beyond float rounding.",
 )
 
@@ -49,7 +61,42 @@ def user_errors(command):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class UsageLine(click.ClickException):
+    """A usage error (bad value, missing argument, unknown option or command) as one line, like a
+    UserError: click would print the usage block and a hint around it."""
+
+    exit_code = 2
+
+    def __init__(self, err: click.UsageError):
+        where = f" (see {err.ctx.command_path} --help)" if err.ctx is not None else ""
+        super().__init__(" ".join(err.format_message().split()) + where)
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+@contextmanager
+def _one_line_usage():
+    try:
+        yield
+    except click.UsageError as err:  # BadParameter, MissingParameter, NoSuchOption are UsageErrors
+        raise UsageLine(err) from None
+
+
+class Main(click.Group):
+    """The command group: usage errors of the group and of every subcommand (parsed within the group's
+    invoke) become one line; --help and --version are untouched."""
+
+    def make_context(self, *args, **kwargs):
+        with _one_line_usage():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _one_line_usage():
+            return super().invoke(ctx)
+
+
+@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="funasr-nano-mlx")
 def main():
     """Fun-ASR-Nano speech recognition on MLX: convert, quantize, evaluate, publish, transcribe."""
@@ -132,7 +179,7 @@ def convert_vad(src, dst, revision):
     "--max-segment-seconds",
     default=30.0,
     show_default=True,
-    type=click.FloatRange(min=1.0),
+    type=FiniteFloatRange(1.0, MAX_SEGMENT_SECONDS),
     help="The longest piece decoded at once (upstream advises 30 s).",
 )
 @click.option("--no-segment", is_flag=True, help="Decode every file whole, however long (upstream without a VAD).")
@@ -182,11 +229,12 @@ def transcribe(
     from .files import write_text_atomic
     from .subtitles import timed_cues, to_srt, to_vtt
     from .languages import resolve_language
-    from .transcribe import load, transcribe_many
+    from .transcribe import hotword_list, load, transcribe_many
 
     if no_segment and vad:
         raise UserError("--no-segment and --vad contradict each other: choose one")
     resolve_language(language)  # reject bad input before the model loads
+    hotword_list(hotwords)
     files = audio_files(audio)
     if fmt in ("srt", "vtt") and len(files) > 1 and output_dir is None:
         raise UserError(f"{len(files)} inputs: give --output-dir to write one .{fmt} file each")
@@ -264,14 +312,14 @@ def transcribe(
     "--max-batch",
     default=16,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_BATCH_SIZE),
     help="Segments decoded together, from all requests in flight.",
 )
 @click.option(
     "--batch-wait-ms",
     default=100.0,
     show_default=True,
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     help="After a batch shared by several requests, wait up to this long for their clients' next "
     "requests to fill the next batch (0: never wait). A lone client never waits.",
 )
@@ -279,21 +327,21 @@ def transcribe(
     "--max-upload-mb",
     default=25.0,
     show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     help="Largest audio file accepted (413 beyond).",
 )
 @click.option(
     "--max-audio-seconds",
     default=1800.0,
     show_default=True,
-    type=click.FloatRange(min=1),
+    type=FiniteFloatRange(min=1),
     help="Longest audio accepted (400 beyond).",
 )
 @click.option(
     "--request-timeout",
     default=600.0,
     show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloatRange(min=0, min_open=True),
     help="Seconds a request may take, upload to answer (then 504, and its work is dropped).",
 )
 @click.option(

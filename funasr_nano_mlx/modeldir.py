@@ -9,6 +9,7 @@ from pathlib import Path
 from .errors import UserError
 from .files import read_json_object
 from .hub import CONFIG_FILE, model_dir
+from .strict_yaml import short
 
 MODEL_TYPE = "fun_asr_nano"
 TOKENIZER_DIR = "Qwen3-0.6B"
@@ -17,6 +18,40 @@ WEIGHT_FILES = ("model*.safetensors", "model.safetensors.index.json")  # one fil
 CTC_TOKENIZER_FILE = "multilingual.tiktoken"  # the CTC head's tokenizer, in models with timestamps (upstream's name)
 # What loading needs from a published repo: the card, eval.json and benchmark.json are not fetched.
 MODEL_FILES = [CONFIG_FILE, *WEIGHT_FILES, f"{TOKENIZER_DIR}/*", CTC_TOKENIZER_FILE]
+
+
+# What the LLM is built from: the fields of mlx-lm's qwen3.ModelArgs that have no default
+# (mlx-lm, mlx_lm/models/qwen3.py:16-27), with their types; a missing one would be a TypeError deep in loading.
+TEXT_CONFIG_FIELDS = {
+    "model_type": (str,),
+    "hidden_size": (int,),
+    "num_hidden_layers": (int,),
+    "intermediate_size": (int,),
+    "num_attention_heads": (int,),
+    "rms_norm_eps": (float, int),
+    "vocab_size": (int,),
+    "num_key_value_heads": (int,),
+    "max_position_embeddings": (int,),
+    "head_dim": (int,),
+    "tie_word_embeddings": (bool,),
+}
+AUDIO_CONFIG_BLOCKS = ("frontend_conf", "audio_encoder_conf", "audio_adaptor_conf")  # mappings when present
+
+
+def config_problem(config: dict) -> str | None:
+    """What is wrong with a model config.json whose model_type is ours (None: nothing), as `field: problem`."""
+    text_config = config["text_config"]
+    for name, kinds in TEXT_CONFIG_FIELDS.items():
+        value = text_config.get(name)
+        if name not in text_config:
+            return f"text_config.{name}: is missing"
+        if type(value) not in kinds:  # exact types: `true` is not a number of layers
+            wanted = " or ".join(k.__name__ for k in kinds)
+            return f"text_config.{name}: expected {wanted}, found {short(value)}"
+    for name in AUDIO_CONFIG_BLOCKS:
+        if not isinstance(config.get(name, {}), dict):
+            return f"{name}: expected a mapping, found {short(config[name])}"
+    return None
 
 
 def is_model_config(config: dict) -> bool:
@@ -31,6 +66,9 @@ def read_config(path: Path) -> dict:
             f"{path} is not a converted Fun-ASR-Nano model (expected {CONFIG_FILE} with model_type "
             f"{MODEL_TYPE!r} and a {TOKENIZER_DIR}/ tokenizer folder); create one with `funasr-nano-mlx convert`"
         )
+    problem = config_problem(config)
+    if problem:
+        raise UserError(f"{path / CONFIG_FILE}: {problem}")
     return config
 
 

@@ -305,7 +305,10 @@ def parse_options(form: Form) -> Options:
             400, "timestamp_granularities needs response_format verbose_json", param="timestamp_granularities"
         )
     # OpenAI's `keywords[]` are hotwords as they are; `prompt` is split into them.
-    hotwords = hotword_list(form.get_all("keywords")) + split_hotwords(form.get("prompt"))
+    try:
+        hotwords = hotword_list([*form.get_all("keywords"), *split_hotwords(form.get("prompt"))])
+    except UserError as err:  # too long for a prompt
+        raise ApiError(400, str(err), param="prompt") from None
     return Options(response_format, language, tuple(hotwords), stream, "word" in granularities)
 
 

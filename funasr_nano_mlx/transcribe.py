@@ -27,7 +27,15 @@ from tqdm import tqdm
 from . import align, ctc
 from .audio import FRAME_LENGTH, SAMPLE_RATE, check_duration, features, features_mx, frontend_on_device, load_audio
 from .decode_step import make_decoder
-from .decoding import DEFAULT_BATCH_SIZE, loop_end, token_budget
+from .decoding import (
+    DEFAULT_BATCH_SIZE,
+    MAX_BATCH_SIZE,
+    MAX_SEGMENT_SECONDS,
+    check_hotwords,
+    check_max_new_tokens,
+    loop_end,
+    token_budget,
+)
 from .errors import UserError
 from .languages import resolve_language
 from .model import FunASRNano, model_classes
@@ -261,7 +269,7 @@ def greedy_batch(
 
 def hotword_list(hotwords: Sequence[str] | str | None) -> list[str]:
     # A bare string is one hotword (the reference would join it character by character).
-    return [hotwords] if isinstance(hotwords, str) else [w for w in hotwords or () if w]
+    return check_hotwords([hotwords] if isinstance(hotwords, str) else [w for w in hotwords or () if w])
 
 
 def _samples(audio: str | Path | np.ndarray) -> np.ndarray:
@@ -338,8 +346,7 @@ class BatchDecoder:
     """The settings shared by every segment, and the batched run over one group of jobs."""
 
     def __init__(self, model, tokenizer, language, hotwords, itn, max_new_tokens, stop_loops, timestamps=None):
-        if max_new_tokens is not None and max_new_tokens < 1:
-            raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        check_max_new_tokens(max_new_tokens, model.args.llm_args().max_position_embeddings)
         resolve_language(language)
         self.model, self.tokenizer = model, tokenizer
         self.timestamps = use_timestamps(model, timestamps)
@@ -457,8 +464,10 @@ def transcribe_many(
     loop. `progress=None` shows a bar on a terminal only. `timestamps`: align every segment's text with the
     CTC head (None: when the model has one; True on a model without one is a UserError).
     """
-    if batch_size < 1:
-        raise UserError(f"batch_size must be at least 1, got {batch_size}")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise UserError(f"batch_size must be in 1..{MAX_BATCH_SIZE}, got {batch_size}")
+    if not 0 < max_segment_seconds <= MAX_SEGMENT_SECONDS:  # also refuses nan
+        raise UserError(f"max_segment_seconds must be in (0, {MAX_SEGMENT_SECONDS:g}], got {max_segment_seconds}")
     max_segment_ms = round(max_segment_seconds * 1000)
     pipeline = BatchDecoder(model, tokenizer, language, hotwords, itn, max_new_tokens, stop_loops, timestamps)
     bar = tqdm(
