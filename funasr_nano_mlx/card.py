@@ -78,11 +78,10 @@ def check_report(model_dir: str | Path | ModelDir, eval_json: str | Path) -> dic
             f"no evaluation report {eval_json}: evaluate the model first "
             f"(funasr-nano-mlx evaluate {model_dir} --set ... --report DIR; card --eval DIR)"
         )
-    try:
-        report = json.loads(eval_json.read_text())
-        recorded = {k: v for k, v in report["model"].items() if k not in ("name", "path")}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise UserError(f"{eval_json} is not an evaluation report: {err}") from None
+    from .evaluate import read_eval_json
+
+    report = read_eval_json(eval_json)
+    recorded = {k: v for k, v in report["model"].items() if k not in ("name", "path")}
     newest = max(model_files(model_dir), key=lambda p: p.stat().st_mtime)
     if eval_json.stat().st_mtime < newest.stat().st_mtime:
         raise UserError(

@@ -19,7 +19,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
@@ -32,9 +32,10 @@ from .errors import UserError
 from .files import package_version, staged_output
 from .modeldir import ModelDir, find_model
 from .normalize import normalize, scoring_for
-from .report import PLOT, percent, plot_reports, render_summary
+from .report import OPTIONAL, PLOT, REPORT_SHAPE, percent, plot_reports, render_summary, shape_problem
 from .scoring import Row, aggregate, compare, score
 from .evalsets import EvalSet, Item, check_sets, open_set
+from .strict_yaml import read_utf8
 
 HYPOTHESES, COMPARISON, EVAL_JSON, SUMMARY = "hypotheses.jsonl", "comparison.jsonl", "eval.json", "summary.md"
 REPORT_FORMAT = 1
@@ -181,14 +182,59 @@ def plot(report_dirs: Sequence, png) -> Path:
     return plot_reports([read_report(d)[0] for d in report_dirs], Path(png))
 
 
-def read_report(report_dir: str | Path) -> tuple[dict, list[Row]]:
-    report_dir = Path(report_dir)
+# A line of hypotheses.jsonl: Row's fields, by their annotations (one home: the dataclass).
+_ROW_TYPES = {
+    "str": str,
+    "int": int,
+    "float": (float, int),
+    "bool": bool,
+    "str | None": (str, type(None)),
+    "list[int]": [int],
+}
+ROW_SHAPE = {
+    f.name + ("" if f.default is MISSING and f.default_factory is MISSING else OPTIONAL): _ROW_TYPES[f.type]
+    for f in fields(Row)
+}
+
+
+def _text(file: Path, report_dir: Path) -> str:
     try:
-        report = json.loads((report_dir / EVAL_JSON).read_text())
-        lines = (report_dir / HYPOTHESES).read_text(encoding="utf-8").splitlines()
-    except (OSError, ValueError) as err:
-        raise UserError(f"{report_dir} is not an evaluation report: {err}") from None
-    return report, [Row(**json.loads(line)) for line in lines if line]
+        return read_utf8(file, file.read_bytes())
+    except OSError as err:
+        raise UserError(
+            f"{report_dir} is not an evaluation report (a directory `evaluate --report` wrote): {err.strerror}: {file}"
+        ) from None
+
+
+def _json(file: Path, line: int, text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{file}:{line + err.lineno - 1}: not valid JSON: {err.msg}") from None
+
+
+def read_eval_json(file: Path, report_dir: Path | None = None) -> dict:
+    """eval.json, refused in one line naming the file (and line or key) unless it has REPORT_SHAPE."""
+    report = _json(file, 1, _text(file, report_dir or file.parent))
+    if problem := shape_problem(report, REPORT_SHAPE):
+        raise UserError(f"{file}: {problem}")
+    return report
+
+
+def read_report(report_dir: str | Path) -> tuple[dict, list[Row]]:
+    """eval.json and the rows of hypotheses.jsonl; anything else is refused naming FILE:LINE and the key."""
+    report_dir = Path(report_dir)
+    report, rows = read_eval_json(report_dir / EVAL_JSON, report_dir), []
+    file = report_dir / HYPOTHESES
+    for number, line in enumerate(_text(file, report_dir).splitlines(), 1):
+        if line.strip():
+            data = _json(file, number, line)
+            problem = shape_problem(data, ROW_SHAPE, "row")
+            unknown = set(data) - {f.name for f in fields(Row)} if isinstance(data, dict) else set()
+            if problem or unknown:
+                raise UserError(f"{file}:{number}: {problem or f'unknown key {sorted(unknown)[0]!r}'}")
+            rows.append(Row(**data))
+    return report, rows
 
 
 def _rows(limit: int | None) -> str:
@@ -308,6 +354,9 @@ def merge(shard_report_dirs: Sequence, out_dir, baseline=None) -> dict:
     shards = [read_report(d) for d in shard_report_dirs]
     if not shards:
         raise UserError("merge: give the report directories of the shards")
+    for (report, _), directory in zip(shards, shard_report_dirs):
+        if report["settings"]["shard"] is None:
+            raise UserError(f"merge: {directory} is a merged report, not one shard's: give the shards' reports")
     first = shards[0][0]
     count = first["settings"]["shards"]
     found = sorted(report["settings"]["shard"] for report, _ in shards if report["settings"]["shards"] == count)

@@ -9,8 +9,82 @@ from pathlib import Path
 
 from .decoding import describe_budget
 from .scoring import BOOTSTRAP_SAMPLES
+from .strict_yaml import short
 
 PLOT = "error_rate_vs_size.png"  # beside summary.md, which shows it
+
+# The shape of eval.json as this package reads it back (merge-reports, plot-reports, --baseline, card):
+# a report edited or cut short is refused naming its first wrong key, instead of failing deep in the
+# rendering. Written by hand: no dependency validates JSON, and the shape is small.
+EACH = "*"  # every key of a mapping
+OPTIONAL = "?"  # a key so suffixed may be absent
+NUMBER, MAYBE_NUMBER, MAYBE_INT = (int, float), (int, float, type(None)), (int, type(None))
+SCORES = {
+    "error_rate": MAYBE_NUMBER,
+    **dict.fromkeys(("substitutions", "deletions", "insertions", "reference_tokens", "utterances"), int),
+}
+COMPARISON = {
+    "scores": {EACH: {"baseline": NUMBER, "variant": NUMBER, "delta": NUMBER, "delta_ci95": [NUMBER]}},
+    "changed_most": [dict],
+}
+REPORT_SHAPE = {
+    "model": {"name": str, "size_bytes": int},
+    "package_version": str,
+    "date": str,
+    "machine": {"platform": str, "device": str, "mlx": str},
+    "settings": {"max_new_tokens": MAYBE_INT, "limit": MAYBE_INT, "shard": MAYBE_INT, "shards": int},
+    "sets": {
+        EACH: {
+            "definition": dict,
+            "scores": {EACH: SCORES},
+            "skipped": [{"index": int, "id": str, "reason": str}],
+            "audio_hours": NUMBER,
+            "real_time_factor": MAYBE_NUMBER,
+            "tokens_per_second": MAYBE_NUMBER,
+            "hit_token_limit": int,
+            "peak_memory_bytes": MAYBE_INT,
+            "comparison" + OPTIONAL: (COMPARISON, type(None)),
+        }
+    },
+    "baseline": ({"name": str, "size_bytes": int}, type(None)),
+}
+
+
+def shape_problem(value, shape, where: str = "") -> str | None:
+    """`where: problem` for the first place `value` departs from `shape` (None: it fits). A shape is a
+    type or tuple of them (exact: `true` is not a count), a dict of keys (EACH: every key), a one-item
+    list (every item), or a tuple of alternatives that may hold a dict shape."""
+    alternatives = shape if isinstance(shape, tuple) else (shape,)
+    if all(isinstance(one, type) for one in alternatives):
+        if type(value) in alternatives:
+            return None
+        wanted = " or ".join(one.__name__.replace("NoneType", "null") for one in alternatives)
+        return f"{where}: expected {wanted}, found {short(value)}"
+    problems = [_one_shape_problem(value, one, where) for one in alternatives]
+    return None if None in problems else next(p for p in problems if p)
+
+
+def _one_shape_problem(value, shape, where: str) -> str | None:
+    if isinstance(shape, list):
+        if type(value) is not list:
+            return f"{where}: expected a list, found {short(value)}"
+        items = ((item, f"{where}[{i}]") for i, item in enumerate(value))
+        return next((p for item, path in items if (p := shape_problem(item, shape[0], path))), None)
+    if not isinstance(shape, dict):
+        return shape_problem(value, shape, where)
+    if type(value) is not dict:
+        return f"{where or 'the file'}: expected an object, found {short(value)}"
+    keys = [(key, shape[EACH], False) for key in value] if EACH in shape else []
+    keys += [(key.removesuffix(OPTIONAL), sub, key.endswith(OPTIONAL)) for key, sub in shape.items() if key != EACH]
+    for key, sub, optional in keys:
+        path = f"{where}.{key}" if where else key
+        if key not in value:
+            if optional:
+                continue
+            return f"{path}: is missing"
+        if problem := shape_problem(value[key], sub, path):
+            return problem
+    return None
 
 
 def plot_reports(reports: list[dict], png: Path) -> Path:
