@@ -182,7 +182,7 @@ def _local_item(index: int, audio, text, language, base: Path, evalset: EvalSet)
 
     # A JSONL row may hold any JSON value: a number or a list where text belongs is this row's problem.
     wrong = [
-        f"{name} is not text: {short(value)}"
+        f"{name} {short(value)} is not a string"
         for name, value in (("audio", audio), ("text", text), ("language", language))
         if value is not None and not isinstance(value, str)
     ]

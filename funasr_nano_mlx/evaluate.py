@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .decoding import DEFAULT_BATCH_SIZE, describe_budget
+from .decoding import DEFAULT_BATCH_SIZE, check_max_new_tokens, describe_budget
 from .errors import UserError
 from .files import package_version, staged_output
 from .modeldir import ModelDir, find_model
@@ -318,6 +318,8 @@ def evaluate(
     if baseline is not None:
         read_baseline(baseline, max_new_tokens, limit)  # fail now, not after hours of decoding
     model_dir = find_model(model, revision)
+    positions = ModelDir.read(model_dir).config["text_config"]["max_position_embeddings"]
+    check_max_new_tokens(max_new_tokens, positions)  # before the model loads
     opened = {s.name: open_set(s) for s in evalsets}  # every set and column is checked before the model loads
     model, tokenizer = load(model_dir)
     rows, peaks = [], {}

@@ -1,0 +1,268 @@
+"""Hostile or broken text, and values without bounds: each is one line on stderr and exit status 2
+(or, for one row of a set, reported and skipped), never a traceback or click's usage block."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.helpers import assert_user_error, invoke_cli
+
+# Qwen3-0.6B's text_config, the fields the LLM is built from: enough for every check made before the
+# weights load, so the cases below need no model weights.
+TEXT_CONFIG = {
+    "model_type": "qwen3",
+    "hidden_size": 1024,
+    "num_hidden_layers": 28,
+    "intermediate_size": 3072,
+    "num_attention_heads": 16,
+    "rms_norm_eps": 1e-06,
+    "vocab_size": 151936,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 40960,
+    "head_dim": 128,
+    "tie_word_embeddings": True,
+}
+# 8^4 = 4,096 leaves from five lines: harmless here, but printed whole in a message (as it was) it is
+# 30 kB, and one level more per line is how a few lines exhaust memory ("billion laughs").
+BOMB = "a: &a [x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{name}: &{name} [{', '.join([f'*{below}'] * 8)}]\n" for below, name in zip("abc", "bcd")
+)
+BAD_UTF8 = b"caf\xe9"  # Latin-1, not UTF-8
+
+
+@pytest.fixture
+def work(tmp_path) -> Path:
+    """A model folder as the checks before loading see it (config.json, tokenizer folder), a second
+    of audio, and a valid JSONL set beside them."""
+    model = tmp_path / "model"
+    (model / "Qwen3-0.6B").mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"model_type": "fun_asr_nano", "text_config": TEXT_CONFIG}))
+    sf.write(str(tmp_path / "a.wav"), np.zeros(16000, np.float32), 16000)
+    (tmp_path / "set.jsonl").write_text('{"audio": "a.wav", "text": "hello"}\n')
+    return tmp_path
+
+
+def _config(**changes) -> bytes:
+    text_config = {k: v for k, v in {**TEXT_CONFIG, **changes}.items() if v is not None}
+    return json.dumps({"model_type": "fun_asr_nano", "text_config": text_config}).encode()
+
+
+EVALUATE = ["evaluate", "{tmp}/model", "--report", "{tmp}/report", "--set"]
+TRANSCRIBE = ["transcribe", "{tmp}/model", "{tmp}/a.wav"]
+RUN = ["run", "{tmp}/recipe.yaml", "--work", "{tmp}/work"]
+# case: (files written under tmp, the command, a fragment of the one error line)
+BROKEN_TEXT = {
+    "alias bomb in a set": ({"s.yaml": BOMB.encode()}, [*EVALUATE, "{tmp}/s.yaml"], "s.yaml:2: YAML aliases (*a)"),
+    "alias bomb in a recipe": ({"recipe.yaml": BOMB.encode()}, RUN, "recipe.yaml:2: YAML aliases (*a)"),
+    "recipe not UTF-8": ({"recipe.yaml": b"name: x\ndescription: " + BAD_UTF8}, RUN, "recipe.yaml:2: not valid UTF-8"),
+    "set YAML not UTF-8": (
+        {"s.yaml": b"dataset: " + BAD_UTF8},
+        [*EVALUATE, "{tmp}/s.yaml"],
+        "s.yaml:1: not valid UTF-8",
+    ),
+    "metadata.csv not UTF-8": (
+        {"csv/metadata.csv": b"file_name,text\n../a.wav,ok\n../a.wav," + BAD_UTF8},
+        [*EVALUATE, "{tmp}/csv"],
+        "metadata.csv:3: not valid UTF-8 (byte 0xe9)",
+    ),
+    "JSONL not UTF-8": (
+        {"bad.jsonl": b'{"audio": "a.wav", "text": "' + BAD_UTF8 + b'"}\n'},
+        [*EVALUATE, "{tmp}/bad.jsonl"],
+        "bad.jsonl:1: not valid UTF-8",
+    ),
+    "column twice": (
+        {"csv/metadata.csv": b"file_name,text,text\n../a.wav,a,b\n"},
+        [*EVALUATE, "{tmp}/csv"],
+        "metadata.csv:1: column 'text' is given twice",
+    ),
+    "no transcript column": (
+        {"csv/metadata.csv": b"file_name\n../a.wav\n"},
+        [*EVALUATE, "{tmp}/csv"],
+        "no transcript column",
+    ),
+    "header only": ({"csv/metadata.csv": b"file_name,text\n"}, [*EVALUATE, "{tmp}/csv"], "the set has no rows"),
+    "empty JSONL": ({"empty.jsonl": b"\n"}, [*EVALUATE, "{tmp}/empty.jsonl"], "empty.jsonl: the set has no rows"),
+    "text_config lacks a field": (
+        {"model/config.json": _config(hidden_size=None)},
+        TRANSCRIBE,
+        "config.json: text_config.hidden_size: is missing",
+    ),
+    "text_config field of a wrong type": (
+        {"model/config.json": _config(num_hidden_layers="28")},
+        [*EVALUATE, "{tmp}/set.jsonl"],
+        "config.json: text_config.num_hidden_layers: expected int, found '28'",
+    ),
+}
+
+
+def _invoke(args: list[str], tmp: Path):
+    return invoke_cli(*(arg.replace("{tmp}", str(tmp)) for arg in args))
+
+
+@pytest.mark.parametrize("case", BROKEN_TEXT)
+def test_broken_text_is_one_line(work, case):
+    files, args, fragment = BROKEN_TEXT[case]
+    for name, data in files.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_bytes(data)
+    done = _invoke(args, work)
+    assert_user_error(done, fragment, alone=True)
+    assert len(done.stderr) < 300, done.stderr  # nothing the file holds is printed whole
+    assert not (work / "report").exists()
+
+
+def _drop(data: dict, *path: str) -> None:
+    for key in path[:-1]:
+        data = data[key]
+    del data[path[-1]]
+
+
+def _edit_eval_json(report: Path, change) -> None:
+    data = json.loads((report / "eval.json").read_text())
+    change(data)
+    (report / "eval.json").write_text(json.dumps(data))
+
+
+# case: (how the copy of a good report is broken, the command given it, a fragment of the error line)
+BROKEN_REPORTS = {
+    "no eval.json": (lambda r: (r / "eval.json").unlink(), "merge", "No such file or directory"),
+    "eval.json not JSON": (
+        lambda r: (r / "eval.json").write_text('{"model":\n'),
+        "plot",
+        "eval.json:2: not valid JSON",
+    ),
+    "eval.json not UTF-8": (
+        lambda r: (r / "eval.json").write_bytes(BAD_UTF8),
+        "baseline",
+        "eval.json:1: not valid UTF-8",
+    ),
+    "a key missing": (
+        lambda r: _edit_eval_json(r, lambda d: _drop(d, "settings", "limit")),
+        "baseline",
+        "eval.json: settings.limit: is missing",
+    ),
+    "a wrong type": (
+        lambda r: _edit_eval_json(r, lambda d: d["model"].update(size_bytes="big")),
+        "card",
+        "eval.json: model.size_bytes: expected int, found 'big'",
+    ),
+    "a set's scores broken": (
+        lambda r: _edit_eval_json(r, lambda d: next(iter(d["sets"].values())).update(scores=[])),
+        "plot",
+        "scores: expected an object, found []",
+    ),
+    "a hypotheses line broken": (
+        lambda r: (r / "hypotheses.jsonl").open("a").write('{"set": "x", "index": "1"}\n'),
+        "merge",
+        "hypotheses.jsonl:3: row.index: expected int",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_REPORTS)
+def test_broken_report_is_one_line(evaluated, work, case):
+    """merge-reports, plot-reports, evaluate --baseline and card --eval read a report directory back."""
+    breaks, command, fragment = BROKEN_REPORTS[case]
+    report = work / "broken"
+    shutil.copytree(evaluated[1], report)
+    breaks(report)
+    args = {
+        "merge": ["merge-reports", str(report), "--out", str(work / "merged")],
+        "plot": ["plot-reports", str(report), "--out", str(work / "plot.png")],
+        "baseline": [*EVALUATE, "{tmp}/set.jsonl", "--baseline", str(report)],
+        "card": ["card", str(work / "model"), "--eval", str(report), "--recipe", "bf16"],
+    }[command]
+    assert_user_error(_invoke(args, work), fragment, alone=True)
+    assert not {"merged", "plot.png", "report"} & {p.name for p in work.iterdir()}
+    assert not (work / "model" / "README.md").exists()
+
+
+def test_bad_rows_are_reported_and_skipped(tiny_f32, work):
+    """A JSONL row whose language, text or audio is not text is this row's problem: the others are
+    scored. The set is read through a set YAML with a byte-order mark."""
+    rows = [
+        {"audio": "a.wav", "text": "hello", "language": 5},
+        {"audio": "a.wav", "text": ["hello"]},
+        {"audio": 7, "text": "hello"},
+        {"audio": "a.wav", "text": "hello world", "language": "en"},
+    ]
+    (work / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (work / "rows.yaml").write_text("\ufeffpath: rows.jsonl\n", encoding="utf-8")
+    done = invoke_cli(
+        "evaluate", tiny_f32, "--set", work / "rows.yaml", "--report", work / "report", "--max-new-tokens", 4
+    )
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    data = json.loads((work / "report" / "eval.json").read_text())["sets"]["rows"]
+    assert [(s["index"], s["reason"]) for s in data["skipped"]] == [
+        (0, "language 5 is not a string"),
+        (1, "text ['hello'] is not a string"),
+        (2, "audio 7 is not a string"),
+    ]
+    assert data["utterances"] == 1
+
+
+# case: (command, a fragment of the one error line)
+UNBOUNDED = {
+    "segment nan": ([*TRANSCRIBE, "--max-segment-seconds", "nan"], "'nan' is not a finite number"),
+    "segment inf": ([*TRANSCRIBE, "--max-segment-seconds", "inf"], "is not in the range 1.0<=x<=300.0"),
+    "segment 0": ([*TRANSCRIBE, "--max-segment-seconds", "0"], "Invalid value for '--max-segment-seconds'"),
+    "segment negative": ([*TRANSCRIBE, "--max-segment-seconds", "-5"], "Invalid value for '--max-segment-seconds'"),
+    "batch huge": ([*TRANSCRIBE, "--batch-size", "1000000"], "is not in the range 1<=x<=256"),
+    "batch 0": ([*EVALUATE, "{tmp}/set.jsonl", "--batch-size", "0"], "Invalid value for '--batch-size'"),
+    "max batch huge": (["serve", "{tmp}/model", "--max-batch", "100000"], "is not in the range 1<=x<=256"),
+    "server wait nan": (["serve", "{tmp}/model", "--batch-wait-ms", "nan"], "'nan' is not a finite number"),
+    "tokens past the LLM": (
+        [*EVALUATE, "{tmp}/set.jsonl", "--max-new-tokens", "100000"],
+        "max_new_tokens must be in 1..37420 (the LLM holds 40960 positions",
+    ),
+    "long hotword": ([*TRANSCRIBE, "--hotword", "x" * 100_000], "the hotwords come to 100000 characters"),
+    "many hotwords": (
+        [*TRANSCRIBE, *[arg for _ in range(300) for arg in ("--hotword", "word")]],
+        "the hotwords come to 1798 characters: at most 1000",
+    ),
+    "limit 0": ([*EVALUATE, "{tmp}/set.jsonl", "--limit", "0"], "Invalid value for '--limit': 0 is not in the range"),
+    "limit negative": (["run", "bf16", "--limit", "-3"], "Invalid value for '--limit'"),
+    "shard malformed": ([*EVALUATE, "{tmp}/set.jsonl", "--shard", "1/x"], "--shard '1/x': expected i/n"),
+    "shard out of range": ([*EVALUATE, "{tmp}/set.jsonl", "--shard", "4/4"], "i must be in 0..3"),
+}
+# Usage errors of every kind, in the group and in subcommands: click's message, on one line.
+USAGE = {
+    "no such command": (["transcibe"], "No such command 'transcibe'"),
+    "missing argument": (["transcribe", "{tmp}/model"], "Missing argument 'AUDIO...'"),
+    "unknown option": ([*TRANSCRIBE, "--beam-size", "5"], "No such option '--beam-size'"),
+    "bad choice": ([*TRANSCRIBE, "--format", "docx"], "Invalid value for '--format'"),
+    "not a number": ([*EVALUATE, "{tmp}/set.jsonl", "--max-new-tokens", "many"], "'many' is not a valid integer"),
+    "missing option": (["evaluate", "{tmp}/model", "--set", "{tmp}/set.jsonl"], "Missing option '--report'"),
+    "option without value": (["merge-reports", "{tmp}/r", "--out"], "Option '--out' requires an argument"),
+}
+
+
+@pytest.mark.parametrize("case", [*UNBOUNDED, *USAGE])
+def test_values_without_bounds_and_usage_errors_are_one_line(work, case):
+    args, fragment = {**UNBOUNDED, **USAGE}[case]
+    assert_user_error(_invoke(args, work), fragment, alone=True)
+    assert not (work / "report").exists()
+
+
+def test_help_is_unchanged():
+    done = invoke_cli("transcribe", "--help")
+    assert done.returncode == 0 and done.stdout.startswith("Usage: ") and not done.stderr
+
+
+def test_long_hotwords_are_refused_in_python_and_in_the_server():
+    from funasr_nano_mlx.errors import UserError
+    from funasr_nano_mlx.serve import ApiError, Form, parse_options
+    from funasr_nano_mlx.transcribe import hotword_list
+
+    with pytest.raises(UserError, match="the hotwords come to 1001 characters"):
+        hotword_list("x" * 1001)  # what transcribe() and transcribe_many() make of their `hotwords`
+    assert hotword_list(["x" * 1000]) == ["x" * 1000]
+    with pytest.raises(ApiError) as caught:
+        parse_options(Form({"model": ["tiny"], "prompt": [", ".join(["word"] * 300)]}))
+    assert caught.value.status == 400 and caught.value.param == "prompt"
