@@ -305,7 +305,7 @@ def test_recipes_are_documented_in_their_files():
             ":3: source.revision: cannot be read: month must be in 1..12",
         ),
         (b"source:\n  repo: a/b\x01\n", ": not valid YAML: unacceptable character #x0001"),
-        (b"source:\xff\n", ": not valid YAML: 'utf-8' codec can't decode byte 0xff"),
+        (b"source:\xff\n", ":1: not valid UTF-8 (byte 0xff)"),
     ],
 )
 def test_unreadable_yaml_is_one_line_naming_the_file(tmp_path, content, message):
