@@ -318,9 +318,9 @@ def evaluate(
     if baseline is not None:
         read_baseline(baseline, max_new_tokens, limit)  # fail now, not after hours of decoding
     model_dir = find_model(model, revision)
-    positions = ModelDir.read(model_dir).config["text_config"]["max_position_embeddings"]
-    check_max_new_tokens(max_new_tokens, positions)  # before the model loads
     opened = {s.name: open_set(s) for s in evalsets}  # every set and column is checked before the model loads
+    positions = ModelDir.read(model_dir).config["text_config"]["max_position_embeddings"]
+    check_max_new_tokens(max_new_tokens, positions)  # and the token budget
     model, tokenizer = load(model_dir)
     rows, peaks = [], {}
     for evalset in evalsets:
