@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from click.exceptions import NoArgsIsHelpError
 
 from .decoding import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_SEGMENT_SECONDS, describe_budget
 from .errors import UserError
@@ -79,6 +80,8 @@ class UsageLine(click.ClickException):
 def _one_line_usage():
     try:
         yield
+    except NoArgsIsHelpError:  # the bare command: its help, as click shows it
+        raise
     except click.UsageError as err:  # BadParameter, MissingParameter, NoSuchOption are UsageErrors
         raise UsageLine(err) from None
 

@@ -253,6 +253,8 @@ def test_values_without_bounds_and_usage_errors_are_one_line(work, case):
 def test_help_is_unchanged():
     done = invoke_cli("transcribe", "--help")
     assert done.returncode == 0 and done.stdout.startswith("Usage: ") and not done.stderr
+    bare = invoke_cli()  # the bare command shows the commands, as click does
+    assert "Commands:" in bare.stdout + bare.stderr and "error:" not in bare.stderr
 
 
 def test_long_hotwords_are_refused_in_python_and_in_the_server():
