@@ -25,11 +25,6 @@ PARTIAL_NAME_CHARS = 48  # a partial's name keeps this much of its final name: i
 FICLONE = 0x40049409  # Linux ioctl: a copy-on-write clone of a whole file (btrfs, XFS); <linux/fs.h>
 
 
-def ensure_absent(dst: Path) -> None:
-    if Path(dst).exists():
-        raise UserError(f"destination already exists: {dst}")
-
-
 def package_version() -> str:
     try:
         return version("funasr-nano-mlx")
@@ -164,9 +159,24 @@ def staged_output(dst: Path):
     try:
         yield tmp
         _check_complete(tmp, dst)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno in WRITE_ERRNOS:
+            raise _write_error(dst, err) from None
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _finish(tmp, dst)
+
+
+def _finish(tmp: Path, dst: Path) -> None:
+    """Rename the complete partial to DST, unless another process wrote DST meanwhile."""
+    try:
         # rename(2) would replace an empty directory that appeared meanwhile: look first (a window of
         # microseconds; `run` holds the work directory's lock, so only direct commands can race here).
-        ensure_absent(dst)
+        if dst.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(dst))
         tmp.rename(dst)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -174,9 +184,6 @@ def staged_output(dst: Path):
             raise UserError(f"destination already exists: {dst} (written meanwhile by another process)") from None
         if err.errno in WRITE_ERRNOS:
             raise _write_error(dst, err) from None
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
