@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from funasr_nano_mlx.files import exclusive, sha256
+from funasr_nano_mlx.files import sha256
 from tests.helpers import assert_user_error, files_of, invoke_cli, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -163,9 +163,16 @@ def test_a_checkpoint_changed_during_conversion_is_refused(source, tmp_path, mon
 
 
 def a_run_while_another_holds_the_work_directory(source, tmp_path, monkeypatch):
+    import fcntl
+
     work = tmp_path / "work"
-    with exclusive(work, "held by the test"):
+    work.mkdir()
+    holder = os.open(work, os.O_RDONLY)  # as a run in another process holds it
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
         done = invoke_cli(*run_args(source, work))
+    finally:
+        os.close(holder)
     assert_user_error(done, "is in use by another run", alone=True)
     assert "another --work" in done.stderr and list(work.iterdir()) == []
 
