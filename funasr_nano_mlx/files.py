@@ -215,8 +215,9 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 def stamp(path: Path) -> list[int]:
     """What changes whenever a file's bytes do: device, inode (a replaced file), size, and the
     modification and change times. The kernel sets ctime on every write and truncate and no call can
-    set it back, so an equal stamp means no write since it was taken (to the filesystem's clock tick,
-    which a writer would have to hit between our last write and the stamp). It gates re-hashing only."""
+    set it back (short of setting the system clock), so an equal stamp means no write since it was
+    taken (to the filesystem's clock tick, which a writer would have to hit between our last write and
+    the stamp). It gates re-hashing only: a different stamp costs a hash, never a wrong answer."""
     st = os.stat(path)
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
@@ -237,14 +238,13 @@ def copy_hashed(src: Path, dst: Path) -> str:
     with open(src, "rb") as fin, open(dst, "xb") as fout:
         try:
             fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+            digest = None
         except OSError:  # not a cloning filesystem (ext4, tmpfs, overlay) or another device
             while chunk := fin.read(1 << 24):
                 digest.update(chunk)
                 fout.write(chunk)
-        else:
-            return sha256(dst)
     shutil.copystat(src, dst)
-    return digest.hexdigest()
+    return sha256(dst) if digest is None else digest.hexdigest()
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

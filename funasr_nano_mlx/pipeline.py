@@ -74,7 +74,8 @@ def download(recipe: Recipe, dst: Path) -> Path:
         for name in filter_repo_objects(files, allow_patterns=UPSTREAM_FILES):
             if recipe.is_local:  # the user's folder can be rewritten in place: a link would follow it
                 hashes[name] = copy_hashed(src / name, out / name)
-            else:  # the hub cache's blobs are written once, by name of their content: a link costs nothing
+            else:  # the hub cache's blobs are written once, named by their content: a link costs no space
+                # (an edit through it is still noticed: the SHA-256 recorded here is checked by later runs)
                 link_or_copy(src / name, out / name)
                 hashes[name] = sha256(out / name)
         if CHECKPOINT not in hashes:
@@ -108,10 +109,9 @@ def _source_record(download_dir: Path) -> dict:
     return read_json_object(download_dir / SOURCE_RECORD)
 
 
-def _unchanged(folder: Path, hashes: dict, stamps: dict | None) -> bool:
-    return isinstance(hashes, dict) and all(
-        same_content(folder / name, sha, (stamps or {}).get(name)) for name, sha in hashes.items()
-    )
+def _unchanged(folder: Path, hashes: dict, stamps) -> bool:
+    stamps = stamps if isinstance(stamps, dict) else {}
+    return all(same_content(folder / name, sha, stamps.get(name)) for name, sha in hashes.items())
 
 
 def _same_source(recipe: Recipe, download_dir: Path) -> bool:
@@ -121,9 +121,11 @@ def _same_source(recipe: Recipe, download_dir: Path) -> bool:
     record = _source_record(download_dir)
     expected = recipe.model_pt_sha256 or record.get("model_pt_sha256")
     asked = {"source": recipe.source, "revision": recipe.revision, "model_pt_sha256": expected}
-    if {key: record.get(key) for key in asked} != asked or record.get("files", {}).get(CHECKPOINT) != expected:
+    hashes = record.get("files")  # none in a download stage of an older version: it is made again
+    if {key: record.get(key) for key in asked} != asked or not isinstance(hashes, dict):
         return False
-    hashes = record["files"]
+    if hashes.get(CHECKPOINT) != expected:
+        return False
     if recipe.is_local and not _unchanged(Path(recipe.source), hashes, record.get("source_stamps")):
         return False
     return _unchanged(download_dir, hashes, record.get("stamps"))
@@ -205,9 +207,9 @@ def _convert(job: Job, src: Path, dst: Path) -> Path:
 
 def _convert_agrees(job: Job, out: Path) -> bool:
     """Converted from the bytes the download stage holds now."""
-    conversion = read_json_object(out / "config.json").get("conversion") or {}
+    conversion = read_json_object(out / "config.json").get("conversion")
     recorded = _source_record(job.dir("download")).get("model_pt_sha256")
-    return recorded is not None and conversion.get("model_pt_sha256") == recorded
+    return isinstance(conversion, dict) and recorded is not None and conversion.get("model_pt_sha256") == recorded
 
 
 def _quantize(job: Job, src: Path, dst: Path) -> Path:
@@ -296,7 +298,8 @@ class Stage:
     """How a stage builds WORK/RECIPE/STAGE from the previous stage's output (returning what it made:
     a dry run makes nothing and returns its input); what it refuses before any stage runs (`check`);
     what other jobs' stages must be built before it (`first`, e.g. the baseline's evaluation) and what
-    else it reads (`needs`); what its existing output must agree with to count as up to date. In a dry run, only publish is asked (to list what it would send), and only when the card is built."""
+    else it reads (`needs`); what its existing output must agree with to count as up to date. A dry
+    run builds none of them: only publish is asked, to list what it would send, once the card is built."""
 
     build: Callable[[Job, Path | None, Path], Path]
     check: Callable[[Job], None] = lambda job: None
