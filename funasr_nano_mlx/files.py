@@ -276,6 +276,9 @@ def exclusive(folder: Path, busy: str):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(busy) from None
+        except OSError as err:  # a filesystem without locks (some NFS setups): go on unguarded, as before
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
+                raise
         yield folder
     finally:
         os.close(fd)  # releases the lock
