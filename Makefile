@@ -38,7 +38,7 @@ $(VENV)/.installed: pyproject.toml
 # runs on them up to evaluate (its bf16 baseline is built and evaluated too) and prints the comparison;
 # its card is then asked for, which the acceptance bound refuses (with random weights the two variants'
 # error rates differ by far more than its 0.5 points; the demo goes on either way); the bf16 baseline
-# goes through card and a dry-run publish (nothing is sent); last, the 4-bit variant transcribes a clip.
+# goes through card, then a dry-run publish (it writes and sends nothing); last, the 4-bit variant transcribes a clip.
 # About 25 s on 2 cores.
 DEMO := $(WORK)/demo
 DEMO_RUN = $(RUN) -m funasr_nano_mlx run --work $(DEMO) --source $(DEMO)/upstream --set $(DEMO)/speech --max-new-tokens 16
@@ -51,6 +51,7 @@ demo: setup
 	sed -n '/^## Against/,/^### /p' $(DEMO)/4bit-llm/evaluate/summary.md
 	@echo "The 4-bit variant's card: refused when its error rates (random weights) are outside 4bit-llm's acceptance bound."
 	-$(DEMO_RUN) 4bit-llm --until card
+	$(DEMO_RUN) bf16 --until card
 	$(DEMO_RUN) bf16 --dry-run
 	$(RUN) -m funasr_nano_mlx transcribe $(DEMO)/4bit-llm/quantize $(DEMO)/speech/fox.wav --format json --max-new-tokens 32
 

@@ -20,7 +20,7 @@ import yaml
 
 from .decoding import describe_budget
 from .errors import UserError
-from .files import link_or_copy, package_version, staged_output, write_text_atomic
+from .files import check_destination, link_or_copy, package_version, staged_output, write_text_atomic
 from .hub import COMMIT, REPO_ID
 from .languages import LANGUAGES
 from .modeldir import ModelDir
@@ -470,6 +470,7 @@ def write_card(
     if repo_id is not None and not REPO_ID.fullmatch(repo_id):
         raise UserError(f"--repo {repo_id!r}: expected ORG/NAME")
     # Everything is checked before anything is written.
+    check_destination(model_dir / CARD, directory=False, exists_ok=True)
     report_file = Path(report_dir) / EVAL_JSON_NAME if report_dir is not None else model_dir / EVAL_JSON_NAME
     report = check_report(model, report_file) if report_dir is not None or report_file.exists() else None
     if benchmark is not None:

@@ -116,8 +116,14 @@ def main():
     help="Weight dtype of the converted model (float16 is refused: Qwen3 overflows in it).",
 )
 @click.option("--revision", default=None, help=REVISION_HELP)
+@click.option(
+    "--sha256",
+    "model_pt_sha256",
+    default=None,
+    help="Expected SHA-256 of model.pt: anything else is refused, checked on the bytes converted.",
+)
 @user_errors
-def convert(src, dst, dtype, revision):
+def convert(src, dst, dtype, revision, model_pt_sha256):
     """Convert an upstream checkpoint to MLX.
 
     SRC is a directory laid out like the upstream repo (model.pt, config.yaml, Qwen3-0.6B/) or a hub
@@ -125,7 +131,7 @@ def convert(src, dst, dtype, revision):
     """
     from .convert import convert as run_convert
 
-    click.echo(run_convert(src, dst, dtype=dtype, revision=revision))
+    click.echo(run_convert(src, dst, dtype=dtype, revision=revision, expected_sha256=model_pt_sha256))
 
 
 @main.command("convert-vad")
@@ -229,7 +235,7 @@ def transcribe(
     (hit_token_limit, repetition) and reported on stderr.
     """
     from .audio import audio_files
-    from .files import write_text_atomic
+    from .files import check_destination, write_text_atomic
     from .subtitles import timed_cues, to_srt, to_vtt
     from .languages import resolve_language
     from .transcribe import hotword_list, load, transcribe_many
@@ -245,6 +251,10 @@ def transcribe(
     if output_dir is not None and len(set(stems)) < len(stems):
         clash = next(stem for stem in stems if stems.count(stem) > 1)
         raise UserError(f"several inputs are named {clash!r}: their outputs would overwrite each other in {output_dir}")
+    if output_dir is not None:  # an unusable place is refused before the model loads
+        check_destination(output_dir, exists_ok=True)
+        for path in files:
+            check_destination(Path(output_dir) / f"{path.stem}.{FORMAT_SUFFIX[fmt]}", directory=False, exists_ok=True)
     segmenter = None if no_segment else "auto"
     if vad:
         from .vad import load_vad
@@ -467,7 +477,12 @@ def quantize(src, dst, recipe):
 )
 @click.option("--repo", help="Publish to this repo ORG/NAME (and name it in the card) instead of the recipe's target.")
 @click.option("--private", is_flag=True, help="Create the repository private (for staging).")
-@click.option("--dry-run", is_flag=True, help="Publish stage: list what would be uploaded; send nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Write and send nothing: say which stages are up to date and which would be built, and list what "
+    "publish would upload once the card is built.",
+)
 @user_errors
 def run(
     recipe,
@@ -488,7 +503,10 @@ def run(
 
     RECIPE is a name (recipes/NAME.yaml) or a recipe file. Each stage writes WORK/RECIPE/STAGE all at
     once and is skipped when that directory is newer than its inputs (the recipe file, the stage
-    before) and agrees with this run's options, so an interrupted run resumes where it stopped. The
+    before) and agrees with this run's options, and the files it read still hold the bytes it recorded
+    (their SHA-256), so an interrupted run resumes where it stopped. One run at a time uses a WORK
+    directory (it holds the directory's lock): a second is refused at once; wait for the first to
+    finish, or give it another --work. The
     evaluate stage first builds the recipe's bfloat16 baseline up to its own evaluate stage in WORK and
     compares with it; card and publish refuse a delta outside the recipe's acceptance bound. A recipe
     without a pinned revision, or an unpinned hub set, is refused: nothing unpinned is ever used.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from mlx_lm.utils import save_config, save_model
 from tqdm import tqdm
 
 from .errors import UserError
-from .files import ensure_absent, package_version, sha256, staged_output
+from .files import check_destination, package_version, sha256, staged_output, stamp
 from .hub import download, is_repo_id
 from .model import (
     CTC,
@@ -54,7 +55,15 @@ def resolve_source(
     for reproducible builds; default the main branch); and its provenance label."""
     if is_repo_id(src):
         snapshot = download(str(src), revision=revision, patterns=patterns)
-        return snapshot, f"{src}@{snapshot.name}"  # the cache names a snapshot folder by its commit
+        commit = snapshot.name  # the cache names a snapshot folder by its commit
+        if revision != commit:  # a branch or tag: say what it meant today, and how to get it again
+            print(
+                f"note: {src} {revision or 'main'} resolved to commit {commit}; pass --revision {commit} "
+                "to convert exactly this again",
+                file=sys.stderr,
+                flush=True,
+            )
+        return snapshot, f"{src}@{commit}"
     if Path(src).exists():
         return Path(src), str(src)
     raise UserError(f"source not found: {src} (a local upstream directory or a hub repo id ORG/NAME)")
@@ -208,19 +217,44 @@ def check_keys(model: FunASRNano, weights: dict) -> None:
         raise UserError("checkpoint does not match the configuration: " + "; ".join(p for p in problems if p))
 
 
+def checked_checkpoint(src: Path, expected_sha256: str | None) -> tuple[str, list[int]]:
+    """model.pt's SHA-256, refused when it is not `expected_sha256`, and its stamp: conversion reads the
+    file after this, and `unchanged_since` proves after the reading that these were the bytes read."""
+    before = stamp(src / CHECKPOINT)
+    digest = sha256(src / CHECKPOINT)
+    if expected_sha256 is not None and digest != expected_sha256.lower():
+        raise UserError(
+            f"{src / CHECKPOINT} has SHA-256 {digest}, but {expected_sha256} is expected: another file, or "
+            "changed since it was checked; nothing was converted"
+        )
+    return digest, before
+
+
+def unchanged_since(src: Path, before: list[int]) -> None:
+    if stamp(src / CHECKPOINT) != before:
+        raise UserError(f"{src / CHECKPOINT} changed while it was being converted; nothing was written")
+
+
 def convert(
-    src: str | Path, dst: str | Path, dtype: str = "bfloat16", source_id: str | None = None, revision: str | None = None
+    src: str | Path,
+    dst: str | Path,
+    dtype: str = "bfloat16",
+    source_id: str | None = None,
+    revision: str | None = None,
+    expected_sha256: str | None = None,
 ) -> Path:
-    """Convert an upstream directory (or hub repo id) to an MLX model directory at `dst`."""
+    """Convert an upstream directory (or hub repo id) to an MLX model directory at `dst`; with
+    `expected_sha256`, only a model.pt of that SHA-256 (checked on the bytes converted)."""
     if dtype not in DTYPES:
         raise UserError(
             f"dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)} "
             "(Qwen3 is numerically unstable in float16)"
         )
     dst = Path(dst)
-    ensure_absent(dst)  # before a possible download
+    check_destination(dst)  # before a possible download and the conversion
     src, label = resolve_source(src, revision=revision)
     config = read_upstream_config(src)
+    digest, before = checked_checkpoint(src, expected_sha256)
     state = read_checkpoint(src / CHECKPOINT)
     head_differs = _head_differs(state, config["text_config"])
     try:
@@ -249,10 +283,11 @@ def convert(
     except ValueError as err:  # shape mismatches, named by MLX
         raise UserError(f"checkpoint does not match the configuration: {err}") from None
     del weights, state
+    unchanged_since(src, before)  # the tensors were read (memory-mapped) from the bytes hashed
 
     config["conversion"] = {
         "source": source_id or label,
-        "model_pt_sha256": sha256(src / CHECKPOINT),
+        "model_pt_sha256": digest,
         "dtype": dtype,
         "dropped_ctc_tensors": len(dropped),
         "notes": [
@@ -341,7 +376,7 @@ def convert_vad(src: str | Path, dst: str | Path, source_id: str | None = None, 
     the port follows its revision df20e6b30c653645fa4ff125cacfcabd1020a669) to an MLX directory at `dst`:
     config.json, and model.safetensors with the float32 weights and the CMVN."""
     dst = Path(dst)
-    ensure_absent(dst)  # before a possible download
+    check_destination(dst)  # before a possible download
     src, label = resolve_source(src, VAD_FILES, revision)
     config = read_upstream_vad_config(src)
     try:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .decoding import DEFAULT_BATCH_SIZE, check_max_new_tokens, describe_budget
 from .errors import UserError
-from .files import package_version, staged_output
+from .files import check_destination, package_version, staged_output
 from .modeldir import ModelDir, find_model
 from .normalize import normalize, scoring_for
 from .report import OPTIONAL, PLOT, REPORT_SHAPE, percent, plot_reports, render_summary, shape_problem
@@ -179,6 +179,7 @@ def model_info(model_dir: Path | ModelDir) -> dict:
 
 def plot(report_dirs: Sequence, png) -> Path:
     """Error rate against model size for the variants whose reports are given, as a PNG."""
+    check_destination(png, directory=False, exists_ok=True)
     return plot_reports([read_report(d)[0] for d in report_dirs], Path(png))
 
 
@@ -314,6 +315,7 @@ def evaluate(
     evalsets = check_sets(sets)
     if report_dir.exists():
         raise UserError(f"report directory already exists: {report_dir}")
+    check_destination(report_dir)  # not after hours of decoding
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     if baseline is not None:
         read_baseline(baseline, max_new_tokens, limit)  # fail now, not after hours of decoding
@@ -353,6 +355,7 @@ def evaluate(
 def merge(shard_report_dirs: Sequence, out_dir, baseline=None) -> dict:
     """One report from the reports of shards 0..n-1 of one evaluation: the rows of all shards in set
     order, every number recomputed from them (peak memory: the largest of the shards')."""
+    check_destination(Path(out_dir))
     shards = [read_report(d) for d in shard_report_dirs]
     if not shards:
         raise UserError("merge: give the report directories of the shards")

@@ -1,21 +1,28 @@
 """Files as every stage writes them: all or nothing (a directory appears only when complete, a text
-file is replaced in one rename), content hashes, and links instead of copies. No MLX here."""
+file is replaced in one rename), destinations checked before the work, content hashes, private copies,
+and one writer at a time for a work directory. No MLX here."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import os
 import shutil
+import struct
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .errors import UserError
 
-
-def ensure_absent(dst: Path) -> None:
-    if dst.exists():
-        raise UserError(f"destination already exists: {dst}")
+# What a write can meet that the user fixes (space, quota, a read-only or too-strict place, a long
+# name): one line, not a traceback. Any other OSError is a bug and keeps its traceback.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EFBIG}
+NAME_MAX = 255  # bytes in one path component on Linux and macOS filesystems (os.pathconf may say less)
+PARTIAL_NAME_CHARS = 48  # a partial's name keeps this much of its final name: it always fits NAME_MAX
+FICLONE = 0x40049409  # Linux ioctl: a copy-on-write clone of a whole file (btrfs, XFS); <linux/fs.h>
 
 
 def package_version() -> str:
@@ -33,27 +40,211 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file via PATH.tmp and a rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
+# -- destinations: checked before the work, failures at the end in one line --------------------------
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return NAME_MAX
+
+
+def check_destination(path: str | Path, *, directory: bool = True, exists_ok: bool = False) -> None:
+    """Refuse, before any work, a destination that cannot be written: under a regular file, in a
+    place this process may not write (read-only, no permission), a name longer than the filesystem
+    allows, a directory where a file goes or the reverse, or (unless `exists_ok`) one that exists.
+    A full disk cannot be known in advance: `staged_output` and `write_text_atomic` catch it."""
+    path = Path(path)
+    too_long = [part for part in path.parts if len(os.fsencode(part)) > NAME_MAX]
+    if too_long:  # before any stat: the kernel refuses the whole path (ENAMETOOLONG)
+        raise UserError(f"cannot write {path}: the name {too_long[0][:40]}... is longer than {NAME_MAX} bytes")
+    if path.exists():
+        if not exists_ok:
+            raise UserError(f"destination already exists: {path}")
+        if directory and not path.is_dir():
+            raise UserError(f"cannot write {path}: it exists and is not a directory")
+        if not directory and path.is_dir():
+            raise UserError(f"cannot write {path}: it is a directory")
+    # The nearest folder that exists is where the first entry is created (the rest is created under it).
+    base = path if directory and path.is_dir() else path.parent
+    missing = [] if base is path else [path.name]
+    while not base.exists() and base != base.parent:
+        missing.append(base.name)
+        base = base.parent
+    if not base.is_dir():
+        raise UserError(f"cannot write {path}: {base} is not a directory")
+    limit = _name_max(base)
+    for name in missing:
+        if len(os.fsencode(name)) > limit:
+            raise UserError(f"cannot write {path}: the name {name[:40]}... is longer than {limit} bytes")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {path}: {base} is read-only or not writable by this user")
+
+
+def _write_error(dst: Path, err: OSError) -> UserError:
+    where = f" ({err.filename})" if err.filename and str(err.filename) != str(dst) else ""
+    return UserError(f"cannot write {dst}: {err.strerror or err}{where}; nothing was left behind")
+
+
+def _partial(dst: Path) -> Path:
+    """DST's partial name, unique to this process (concurrent writers of one DST never meet) and
+    short enough for any name that fits: NAME.PID.tmp, NAME cut to PARTIAL_NAME_CHARS."""
+    return dst.with_name(f"{dst.name[:PARTIAL_NAME_CHARS]}.{os.getpid()}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove_abandoned(dst: Path) -> None:
+    """Partials of DST left by processes that died (kill -9, power loss); a live writer's stay."""
+    prefix = dst.name[:PARTIAL_NAME_CHARS] + "."
+    if not dst.parent.is_dir():
+        return
+    for entry in dst.parent.iterdir():
+        pid = entry.name[len(prefix) : -len(".tmp")]
+        if entry.name.startswith(prefix) and entry.name.endswith(".tmp") and pid.isdigit() and not _alive(int(pid)):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def safetensors_shortfall(path: Path) -> int:
+    """Bytes missing from a safetensors file: its header declares the size. MLX's writer
+    (mx.save_safetensors, used by mlx_lm's save_model) ignores write errors: on a full disk it leaves
+    a short file and raises nothing (seen writing to /dev/full), so a stage checks what it wrote."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, IndexError):
+        return max(1, size)  # not even a readable header
+    return max(0, 8 + length + end - size)
+
+
+def _check_complete(tmp: Path, dst: Path) -> None:
+    for file in tmp.rglob("*.safetensors"):
+        if short := safetensors_shortfall(file):
+            raise UserError(
+                f"cannot write {dst}: {file.name} was written {short:,d} bytes short (disk full?); "
+                "nothing was left behind"
+            )
 
 
 @contextmanager
 def staged_output(dst: Path):
-    """Yield DST.tmp; rename it to DST only if the body completes, remove it otherwise."""
-    ensure_absent(dst)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    """Yield a partial directory (DST.PID.tmp); rename it to DST only if the body completes and what it
+    wrote is whole, remove it otherwise. A write that fails for want of space, quota or permission is
+    one UserError line. Another process writing the same DST keeps its own partial; the one that
+    finishes second is refused, and its partial removed."""
+    dst = Path(dst)
+    check_destination(dst)
+    _remove_abandoned(dst)
+    tmp = _partial(dst)
+    shutil.rmtree(tmp, ignore_errors=True)  # this pid's own leftover: a dead process had the same pid
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as err:
+        raise _write_error(dst, err) from None
     try:
         yield tmp
-        tmp.rename(dst)
+        _check_complete(tmp, dst)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno in WRITE_ERRNOS:
+            raise _write_error(dst, err) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _finish(tmp, dst)
+
+
+def _finish(tmp: Path, dst: Path) -> None:
+    """Rename the complete partial to DST, unless another process wrote DST meanwhile."""
+    try:
+        # rename(2) would replace an empty directory that appeared meanwhile: look first (a window of
+        # microseconds; `run` holds the work directory's lock, so only direct commands can race here).
+        if dst.exists():
+            raise FileExistsError(errno.EEXIST, "exists", str(dst))
+        tmp.rename(dst)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise UserError(f"destination already exists: {dst} (written meanwhile by another process)") from None
+        if err.errno in WRITE_ERRNOS:
+            raise _write_error(dst, err) from None
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file via a partial (PATH.PID.tmp) and a rename: a reader never sees half a file,
+    a failed write leaves nothing, two writers never share a partial."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """As write_text_atomic, for bytes (a PNG)."""
+    path = Path(path)
+    check_destination(path, directory=False, exists_ok=True)
+    partial = _partial(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(data)
+        partial.replace(path)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        if err.errno in WRITE_ERRNOS:
+            raise _write_error(path, err) from None
+        raise
+
+
+# -- what a stage read: private copies, recorded hashes ----------------------------------------------
+
+
+def stamp(path: Path) -> list[int]:
+    """What changes whenever a file's bytes do: device, inode (a replaced file), size, and the
+    modification and change times. The kernel sets ctime on every write and truncate and no call can
+    set it back (short of setting the system clock), so an equal stamp means no write since it was
+    taken (to the filesystem's clock tick, which a writer would have to hit between our last write and
+    the stamp). It gates re-hashing only: a different stamp costs a hash, never a wrong answer."""
+    st = os.stat(path)
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def same_content(path: Path, recorded_sha256: str | None, recorded_stamp: list[int] | None) -> bool:
+    """Whether `path` still holds the bytes whose SHA-256 was recorded: by its stamp, else by hashing."""
+    if not recorded_sha256 or not path.is_file():
+        return False
+    return stamp(path) == recorded_stamp or sha256(path) == recorded_sha256
+
+
+def copy_hashed(src: Path, dst: Path) -> str:
+    """Copy `src` to `dst` (a reflink where the filesystem clones files, else bytes) and return the
+    SHA-256 of the copy: the copy is ours, so a later change to `src` (or to any hard link of it, as a
+    hub cache or a user's folder holds) cannot reach what the next stage reads."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
+            digest = None
+        except OSError:  # not a cloning filesystem (ext4, tmpfs, overlay) or another device
+            while chunk := fin.read(1 << 24):
+                digest.update(chunk)
+                fout.write(chunk)
+    shutil.copystat(src, dst)
+    return sha256(dst) if digest is None else digest.hexdigest()
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -63,6 +254,34 @@ def link_or_copy(src: Path, dst: Path) -> None:
         dst.hardlink_to(src.resolve())
     except OSError:
         shutil.copy2(src, dst)
+
+
+# -- one writer per work directory -------------------------------------------------------------------
+
+
+@contextmanager
+def exclusive(folder: Path, busy: str):
+    """Hold an advisory lock on `folder` (created if missing) for the body; refuse with `busy` when
+    another process holds it. The lock is flock(2) on the directory itself: no lock file to leave
+    behind, and the kernel releases it when the holder exits, however it dies."""
+    folder = Path(folder)
+    check_destination(folder, exists_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _write_error(folder, err) from None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(busy) from None
+        except OSError as err:  # a filesystem without locks (some NFS setups): go on unguarded, as before
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
+                raise
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def read_json_object(path: Path) -> dict:

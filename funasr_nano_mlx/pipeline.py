@@ -23,7 +23,16 @@ from .convert import CHECKPOINT, UPSTREAM_FILES, convert
 from .errors import UserError
 from .evalsets import check_sets, set_files
 from .evaluate import answers, evaluate
-from .files import link_or_copy, sha256, staged_output
+from .files import (
+    copy_hashed,
+    exclusive,
+    link_or_copy,
+    read_json_object,
+    same_content,
+    sha256,
+    stamp,
+    staged_output,
+)
 from .hub import COMMIT, REPO_ID
 from .hub import download as fetch
 from .hub import download_from_modelscope
@@ -55,16 +64,23 @@ def download(recipe: Recipe, dst: Path) -> Path:
     """The upstream files conversion needs, from the recipe's hub at the pinned revision (through the hub
     client's cache, so a re-run or another recipe of the same source downloads nothing) or from a local
     directory (as `modelscope download` or `hf download` leave one); model.pt's SHA-256 is checked
-    before any later stage can see it."""
+    before any later stage can see it. Every file's SHA-256 and stamp are recorded, so that a later run
+    notices a change to what was fetched (`_same_source`) and conversion reads exactly those bytes."""
     require_pin(recipe)
     src = _fetch(recipe)
     with staged_output(dst) as out:
         files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+        hashes = {}
         for name in filter_repo_objects(files, allow_patterns=UPSTREAM_FILES):
-            link_or_copy(src / name, out / name)
-        if not (out / CHECKPOINT).is_file():
+            if recipe.is_local:  # the user's folder can be rewritten in place: a link would follow it
+                hashes[name] = copy_hashed(src / name, out / name)
+            else:  # the hub cache's blobs are written once, named by their content: a link costs no space
+                # (an edit through it is still noticed: the SHA-256 recorded here is checked by later runs)
+                link_or_copy(src / name, out / name)
+                hashes[name] = sha256(out / name)
+        if CHECKPOINT not in hashes:
             raise UserError(f"{recipe.source_label} has no {CHECKPOINT}")
-        digest = sha256(out / CHECKPOINT)
+        digest = hashes[CHECKPOINT]
         if recipe.model_pt_sha256 is None:
             log(recipe, f"download: {CHECKPOINT} SHA-256 {digest} (not checked: none expected for this source)")
         elif digest != recipe.model_pt_sha256:
@@ -76,24 +92,43 @@ def download(recipe: Recipe, dst: Path) -> Path:
         # The Hugging Face cache names a snapshot folder by its commit: what a branch resolved to is kept.
         # ModelScope's does not: there only a commit pin is known, a pin by content records none.
         commit = None if recipe.is_local else src.name if recipe.hub == "huggingface" else _commit_pin(recipe)
-        record = {"source": recipe.source, "revision": recipe.revision, "commit": commit, "model_pt_sha256": digest}
+        record = {
+            "source": recipe.source,
+            "revision": recipe.revision,
+            "commit": commit,
+            "model_pt_sha256": digest,
+            "files": hashes,
+            "stamps": {name: stamp(out / name) for name in hashes},
+            "source_stamps": {name: stamp(src / name) for name in hashes} if recipe.is_local else None,
+        }
         (out / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return dst
 
 
 def _source_record(download_dir: Path) -> dict:
-    try:
-        record = json.loads((download_dir / SOURCE_RECORD).read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+    return read_json_object(download_dir / SOURCE_RECORD)
+
+
+def _unchanged(folder: Path, hashes: dict, stamps) -> bool:
+    stamps = stamps if isinstance(stamps, dict) else {}
+    return all(same_content(folder / name, sha, stamps.get(name)) for name, sha in hashes.items())
 
 
 def _same_source(recipe: Recipe, download_dir: Path) -> bool:
+    """The download was of this source and revision, and its files (and, for a local source, the
+    source's files) still hold the bytes it recorded: a file rewritten in place, whatever its time,
+    makes the stage stale."""
     record = _source_record(download_dir)
     expected = recipe.model_pt_sha256 or record.get("model_pt_sha256")
     asked = {"source": recipe.source, "revision": recipe.revision, "model_pt_sha256": expected}
-    return {key: record.get(key) for key in asked} == asked
+    hashes = record.get("files")  # none in a download stage of an older version: it is made again
+    if {key: record.get(key) for key in asked} != asked or not isinstance(hashes, dict):
+        return False
+    if hashes.get(CHECKPOINT) != expected:
+        return False
+    if recipe.is_local and not _unchanged(Path(recipe.source), hashes, record.get("source_stamps")):
+        return False
+    return _unchanged(download_dir, hashes, record.get("stamps"))
 
 
 def downloaded_label(recipe: Recipe, download_dir: Path) -> str:
@@ -162,7 +197,19 @@ def _download(job: Job, src: None, dst: Path) -> Path:
 
 
 def _convert(job: Job, src: Path, dst: Path) -> Path:
-    return convert(src, dst, dtype=job.recipe.dtype, source_id=downloaded_label(job.recipe, src))
+    """Conversion of the downloaded files, checked against the SHA-256 the download recorded (and
+    pinned): what is converted is what was verified."""
+    expected = _source_record(src).get("model_pt_sha256")
+    return convert(
+        src, dst, dtype=job.recipe.dtype, source_id=downloaded_label(job.recipe, src), expected_sha256=expected
+    )
+
+
+def _convert_agrees(job: Job, out: Path) -> bool:
+    """Converted from the bytes the download stage holds now."""
+    conversion = read_json_object(out / "config.json").get("conversion")
+    recorded = _source_record(job.dir("download")).get("model_pt_sha256")
+    return isinstance(conversion, dict) and recorded is not None and conversion.get("model_pt_sha256") == recorded
 
 
 def _quantize(job: Job, src: Path, dst: Path) -> Path:
@@ -251,20 +298,19 @@ class Stage:
     """How a stage builds WORK/RECIPE/STAGE from the previous stage's output (returning what it made:
     a dry run makes nothing and returns its input); what it refuses before any stage runs (`check`);
     what other jobs' stages must be built before it (`first`, e.g. the baseline's evaluation) and what
-    else it reads (`needs`); what its existing output must agree with to count as up to date; and
-    whether this run replaces that output (a dry run only reports)."""
+    else it reads (`needs`); what its existing output must agree with to count as up to date. A dry
+    run builds none of them: only publish is asked, to list what it would send, once the card is built."""
 
     build: Callable[[Job, Path | None, Path], Path]
     check: Callable[[Job], None] = lambda job: None
     first: Callable[[Job], list[tuple[Job, str]]] = lambda job: []
     needs: Callable[[Job], list[Path]] = lambda job: []
     agrees: Callable[[Job, Path], bool] = lambda job, out: True
-    replaces_output: Callable[[Job], bool] = lambda job: True
 
 
 PIPELINE = {
     "download": Stage(_download, needs=_download_needs, agrees=lambda job, out: _same_source(job.recipe, out)),
-    "convert": Stage(_convert),
+    "convert": Stage(_convert, agrees=_convert_agrees),
     "quantize": Stage(_quantize),
     "evaluate": Stage(
         _evaluate,
@@ -274,9 +320,7 @@ PIPELINE = {
         _evaluate_agrees,
     ),
     "card": Stage(_card, _card_check, needs=_card_needs, agrees=_card_agrees),
-    "publish": Stage(
-        _publish, _publish_check, agrees=_publish_agrees, replaces_output=lambda job: not job.options.dry_run
-    ),
+    "publish": Stage(_publish, _publish_check, agrees=_publish_agrees),
 }
 assert tuple(PIPELINE) == STAGES
 
@@ -284,7 +328,7 @@ assert tuple(PIPELINE) == STAGES
 def up_to_date(output: Path, inputs: list[Path]) -> bool:
     """Make's rule: the output exists and is not older than any input. A stage directory appears only
     when complete (it is renamed from `.tmp`), and its mtime is when its last entry was written."""
-    return output.is_dir() and all(output.stat().st_mtime_ns >= p.stat().st_mtime_ns for p in inputs)
+    return output.is_dir() and all(p.exists() and output.stat().st_mtime_ns >= p.stat().st_mtime_ns for p in inputs)
 
 
 def _discard(output: Path) -> None:
@@ -296,33 +340,40 @@ def _discard(output: Path) -> None:
         shutil.rmtree(stale)
 
 
-def _build(job: Job, stages: tuple[str, ...]) -> Path:
-    """Build `stages` of `job` in order, each after what it needs first; returns the last one's output."""
-    previous = None
+def _build(job: Job, stages: tuple[str, ...]) -> tuple[Path, str | None]:
+    """Build `stages` of `job` in order, each after what it needs first; returns the last one's output,
+    and in a dry run the first stage it would have built (None: all up to date). A dry run builds
+    nothing: it says which stages are up to date and which it would build."""
+    previous, stale = None, None
     for stage in stages:
         spec, output = PIPELINE[stage], job.dir(stage)
         for other, until in spec.first(job):
             log(job.recipe, f"{stage}: needs {other.recipe.name} up to {until} first")
-            _build(other, STAGES[: STAGES.index(until) + 1])
+            other_stale = _build(other, STAGES[: STAGES.index(until) + 1])[1]
+            stale = stale or (other_stale and f"{other.recipe.name} {other_stale}")
         inputs = [job.recipe.file] + ([previous] if previous else []) + spec.needs(job)
-        if up_to_date(output, inputs) and spec.agrees(job, output):
+        if stale is None and up_to_date(output, inputs) and spec.agrees(job, output):
             log(job.recipe, f"{stage}: up to date, skipped ({output})")
             previous = output
-            continue
-        if spec.replaces_output(job):
+        elif job.options.dry_run and stage == "publish" and stale is None:  # lists what it would send
+            previous = spec.build(job, previous, output)
+        elif job.options.dry_run:
+            after = f" after {stale}" if stale else ""
+            log(job.recipe, f"{stage}: dry run: would build {output}{after}; nothing is written")
+            previous, stale = (previous if stage == "publish" else output), stale or stage
+        else:
             _discard(output)
             log(job.recipe, f"{stage}: building {output}")
-        else:
-            log(job.recipe, f"{stage}: dry run for {job.repo}, {output} stays as it is")
-        previous = spec.build(job, previous, output)
-    return previous
+            previous = spec.build(job, previous, output)
+    return previous, stale
 
 
 def run(recipe: Recipe, work: str | Path = "work", until: str | None = None, options: Options = Options()) -> Path:
     """Build the recipe's stages in order up to `until` (default: the last one) under work/<recipe>/,
     skipping each stage whose output is up to date; returns the last stage's output (for a dry run of
     publish, the directory that would be uploaded). Everything that can be refused without building
-    (an unpinned source, unusable sets, a bad repo id or benchmark file) is refused first."""
+    (an unpinned source, unusable sets, a bad repo id or benchmark file, a work directory that cannot
+    be written or that another run is using) is refused first. A dry run writes nothing at all."""
     if until is not None and until not in STAGES:
         raise UserError(f"unknown stage {until!r}: the stages are {', '.join(STAGES)}")
     require_pin(recipe)  # before anything is logged or created
@@ -330,4 +381,11 @@ def run(recipe: Recipe, work: str | Path = "work", until: str | None = None, opt
     stages = STAGES[: STAGES.index(until or STAGES[-1]) + 1]
     for stage in stages:
         PIPELINE[stage].check(job)
-    return _build(job, stages)
+    if options.dry_run:
+        return _build(job, stages)[0]
+    busy = (
+        f"work directory {work} is in use by another run (it holds the directory's lock): wait for that run "
+        "to finish, or give this one another --work"
+    )
+    with exclusive(Path(work), busy):
+        return _build(job, stages)[0]

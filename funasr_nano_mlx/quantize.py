@@ -19,7 +19,7 @@ from mlx_lm.utils import load_model, quantize_model, save_config, save_model
 
 from .convert import MLX_DTYPES
 from .errors import UserError
-from .files import staged_output
+from .files import check_destination, staged_output
 from .model import FunASRNano, model_classes
 from .modeldir import MODEL_TYPE, WEIGHT_FILES, weights_size
 from .recipe import COMPONENTS, OPTIONAL_COMPONENTS, QuantSpec, Recipe, component_of
@@ -128,8 +128,7 @@ def quantize_layers(model: nn.Module, config: dict, recipe: Recipe) -> tuple[dic
 def quantize(src: str | Path, dst: str | Path, recipe: Recipe) -> Path:
     """Write a quantized copy of the converted model at `src` to `dst` (all or nothing)."""
     src, dst = Path(src), Path(dst)
-    if dst.exists():
-        raise UserError(f"destination already exists: {dst}")
+    check_destination(dst)  # before the work: an unusable destination is refused at once
     model, config = load_unquantized(src)
     stored = model.llm.model.embed_tokens.weight.dtype
     if stored != MLX_DTYPES[recipe.dtype]:

@@ -5,9 +5,11 @@ evaluate.py computes and writes the numbers.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from .decoding import describe_budget
+from .files import write_bytes_atomic
 from .scoring import BOOTSTRAP_SAMPLES
 from .strict_yaml import short
 
@@ -111,7 +113,9 @@ def plot_reports(reports: list[dict], png: Path) -> Path:
     if series:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
+    write_bytes_atomic(png, image.getvalue())  # all or nothing, a failed write in one line
     return png
 
 

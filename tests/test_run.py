@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [name for name in SHIPPED_RECIPES if Recipe.load(name).hub == "huggingface"]
 BUILD = STAGES[: STAGES.index("quantize") + 1]  # what every shipped recipe builds here (until=quantize)
 TOKENS = "8"  # new tokens per utterance: random weights rarely stop by themselves
-# A hard kill in the middle of the quantize stage: the weights are in quantize.tmp, config.json is not.
+# A hard kill in the middle of the quantize stage: the weights are in quantize.PID.tmp, config.json is not.
 KILLED_IN_QUANTIZE = """
 import os, signal, sys
 import funasr_nano_mlx.quantize
@@ -292,8 +293,9 @@ def test_an_interrupted_stage_is_not_done_and_a_rerun_completes(cli, tiny_upstre
     args = ["run", "4bit-llm", "--work", work, "--source", tiny_upstream, "--until", "quantize"]
     killed = cli(*args, script=KILLED_IN_QUANTIZE)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert stage_dirs(work) == ["4bit-llm/convert", "4bit-llm/download", "4bit-llm/quantize.tmp"]
-    assert (work / "4bit-llm/quantize.tmp/model.safetensors").exists()  # half-written, under its .tmp name
+    *built, partial = stage_dirs(work)
+    assert built == ["4bit-llm/convert", "4bit-llm/download"] and re.fullmatch(r"4bit-llm/quantize\.\d+\.tmp", partial)
+    assert (work / partial / "model.safetensors").exists()  # half-written, under its partial name
     quantize_target = str(work / "4bit-llm/quantize")
     question = make("-q", quantize_target, work=work, source=tiny_upstream, venv=venv)
     assert question.returncode == 1, question.stderr  # Make: not up to date
@@ -456,6 +458,10 @@ def test_a_recipe_runs_to_publish_against_the_hub(hub, cli, tiny_upstream, speec
     assert "Edited by hand" not in (card_dir / "README.md").read_text()
     assert server.commits(repo)[0] == record["commit"]  # the same files again: no new commit
 
+    dry = cli("run", "bf16", *common, "--repo", "tester/dry", "--dry-run")  # no card for it yet: none is written
+    assert dry.returncode == 0, dry.stderr
+    assert "[bf16] card: dry run: would build" in dry.stderr and not (work / "bf16/card").exists()
+    assert cli("run", "bf16", *common, "--repo", "tester/dry", "--until", "card").returncode == 0
     dry = cli("run", "bf16", *common, "--repo", "tester/dry", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "dry run: would upload" in dry.stdout and "README.md" in dry.stdout

@@ -1,0 +1,409 @@
+"""Stages under faults: an input changed after a build, two writers of one place, a destination that
+cannot be written, and promises kept exactly (the commit a branch resolved to, a dry run). Each case:
+exit status 2 and one line, or a rebuild; no traceback; nothing left that a later run would take for
+complete. The CLI runs in this process (invoke_cli) except where a second process or a hub is the point.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from funasr_nano_mlx.files import sha256
+from tests.helpers import assert_user_error, files_of, invoke_cli, run_cli
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Partials and half-removed stages: nothing of the kind may stay after a failure."""
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith((".tmp", ".stale")))
+
+
+def rewrite_in_place(path: Path, data: bytes) -> None:
+    """New bytes in the same file (same inode, links follow), its times set back to what they were:
+    as `cp --preserve=timestamps`, an editor or a restore can leave it. Make's rule sees no change."""
+    before = path.stat()
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate()
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def other_checkpoint(model_pt: Path) -> bytes:
+    """model.pt with one weight changed: still a valid checkpoint, of other bytes."""
+    import io
+
+    import torch
+
+    state = torch.load(model_pt, weights_only=True)
+    tensors = state["state_dict"]
+    key = next(k for k in tensors if k.endswith("down_proj.weight"))
+    tensors[key] = tensors[key] + 1
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def source(tiny_upstream, tmp_path) -> Path:
+    """A local upstream directory of our own, to change."""
+    return Path(shutil.copytree(tiny_upstream, tmp_path / "upstream"))
+
+
+def run_args(source: Path, work: Path, *more) -> list:
+    return ["run", "bf16", "--work", work, "--source", source, "--until", "convert", *more]
+
+
+# -- 1. a stage trusts inputs that changed ----------------------------------------------------------
+
+
+def changed_source(source, work, old):
+    rewrite_in_place(source / "model.pt", other_checkpoint(source / "model.pt"))
+    return run_args(source, work), ("download: building", "convert: building"), sha256(source / "model.pt")
+
+
+def changed_source_with_the_old_pin(source, work, old):
+    rewrite_in_place(source / "model.pt", other_checkpoint(source / "model.pt"))
+    return run_args(source, work, "--sha256", old), f"but recipe bf16 expects {old}", None
+
+
+def changed_download_copy(source, work, old):
+    downloaded = work / "bf16/download/model.pt"
+    rewrite_in_place(downloaded, other_checkpoint(downloaded))
+    return run_args(source, work), ("download: building", "convert: building"), old
+
+
+def changed_download_copy_convert_rebuilt_under_the_old_pin(source, work, old):
+    downloaded = work / "bf16/download/model.pt"
+    rewrite_in_place(downloaded, other_checkpoint(downloaded))
+    shutil.rmtree(work / "bf16/convert")
+    return run_args(source, work, "--sha256", old), ("download: building", "convert: building"), old
+
+
+def changed_config_yaml(source, work, old):
+    config = source / "config.yaml"
+    rewrite_in_place(config, config.read_bytes() + b"\n# edited\n")
+    return run_args(source, work), ("download: building", "convert: building"), old
+
+
+def converted_from_other_bytes(source, work, old):
+    config = work / "bf16/convert/config.json"
+    data = json.loads(config.read_text())
+    data["conversion"]["model_pt_sha256"] = "0" * 64
+    rewrite_in_place(config, json.dumps(data).encode())
+    return run_args(source, work), ("download: up to date", "convert: building"), old
+
+
+def direct_convert_with_a_pin_of_other_bytes(source, work, old):
+    rewrite_in_place(source / "model.pt", other_checkpoint(source / "model.pt"))
+    return ["convert", source, work / "direct", "--sha256", old], "has SHA-256", None
+
+
+CHANGES = [
+    changed_source,
+    changed_source_with_the_old_pin,
+    changed_download_copy,
+    changed_download_copy_convert_rebuilt_under_the_old_pin,
+    changed_config_yaml,
+    converted_from_other_bytes,
+    direct_convert_with_a_pin_of_other_bytes,
+]
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=[c.__name__ for c in CHANGES])
+def test_a_changed_input_is_rebuilt_or_refused_never_up_to_date(change, source, tmp_path):
+    """After a build, an input is rewritten in place with its times kept: the next run rebuilds what
+    read it (and converts the bytes it pinned), or refuses in one line; a direct conversion checks its
+    --sha256 on the bytes it converts."""
+    work, old = tmp_path / "work", sha256(source / "model.pt")
+    assert invoke_cli(*run_args(source, work)).returncode == 0
+    args, expected, converted_sha = change(source, work, old)
+    done = invoke_cli(*args)
+    if isinstance(expected, str):  # refused
+        assert_user_error(done, expected, alone=args[0] == "convert")
+        assert "nothing was converted" in done.stderr
+        assert leftovers(tmp_path) == [] and not (work / "direct").exists()
+        return
+    assert done.returncode == 0, done.stderr
+    assert all(line in done.stderr for line in expected), done.stderr
+    conversion = json.loads((work / "bf16/convert/config.json").read_text())["conversion"]
+    assert conversion["model_pt_sha256"] == converted_sha == sha256(work / "bf16/download/model.pt")
+    again = invoke_cli(*run_args(source, work))
+    assert "download: up to date" in again.stderr and "convert: up to date" in again.stderr
+
+
+def test_a_checkpoint_changed_during_conversion_is_refused(source, tmp_path, monkeypatch):
+    import funasr_nano_mlx.convert as convert_module
+
+    read = convert_module.read_checkpoint
+
+    def read_then_change(path):
+        state = read(path)
+        with open(path, "ab") as f:  # another writer, while the tensors are being read
+            f.write(b"\0")
+        return state
+
+    monkeypatch.setattr(convert_module, "read_checkpoint", read_then_change)
+    done = invoke_cli("convert", source, tmp_path / "out")
+    assert_user_error(done, "changed while it was being converted")  # after the progress bar
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+# -- 2. two writers of one place ----------------------------------------------------------------------
+
+
+def a_run_while_another_holds_the_work_directory(source, tmp_path, monkeypatch):
+    import fcntl
+
+    work = tmp_path / "work"
+    work.mkdir()
+    holder = os.open(work, os.O_RDONLY)  # as a run in another process holds it
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        done = invoke_cli(*run_args(source, work))
+    finally:
+        os.close(holder)
+    assert_user_error(done, "is in use by another run", alone=True)
+    assert "another --work" in done.stderr and list(work.iterdir()) == []
+
+
+def the_destination_appears_while_converting(source, tmp_path, monkeypatch):
+    import funasr_nano_mlx.convert as convert_module
+
+    dst, save = tmp_path / "out", convert_module.save_config
+
+    def other_writer_finishes_first(config, path):
+        dst.mkdir()
+        (dst / "theirs.txt").write_text("theirs")
+        save(config, path)
+
+    monkeypatch.setattr(convert_module, "save_config", other_writer_finishes_first)
+    done = invoke_cli("convert", source, dst)
+    assert_user_error(done, "written meanwhile by another process")  # after the progress bar
+    assert sorted(files_of(dst)) == ["theirs.txt"] and leftovers(tmp_path) == []
+
+
+def partials_of_live_and_dead_writers(source, tmp_path, monkeypatch):
+    dst = tmp_path / "out"
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    live = tmp_path / f"out.{os.getppid()}.tmp"  # another writer of the same destination, still running
+    abandoned = tmp_path / f"out.{dead.pid}.tmp"  # left by a writer that was killed
+    for partial in (live, abandoned):
+        partial.mkdir()
+        (partial / "model.safetensors").write_bytes(b"half")
+    assert invoke_cli("convert", source, dst).returncode == 0
+    assert live.is_dir() and (live / "model.safetensors").read_bytes() == b"half"
+    assert not abandoned.exists() and (dst / "config.json").is_file()
+
+
+WRITERS = [a_run_while_another_holds_the_work_directory, the_destination_appears_while_converting]
+WRITERS += [partials_of_live_and_dead_writers]
+
+
+@pytest.mark.parametrize("case", WRITERS, ids=[c.__name__ for c in WRITERS])
+def test_no_writer_touches_another_writers_output(case, source, tmp_path, monkeypatch):
+    case(source, tmp_path, monkeypatch)
+
+
+def test_two_runs_started_together_on_one_work_directory(source, tmp_path):
+    """Started together: one builds, the other waits its turn or is refused in one line; neither prints a
+    traceback, and what is left loads and transcribes."""
+    work = tmp_path / "work"
+    command = [sys.executable, "-m", "funasr_nano_mlx", *map(str, run_args(source, work))]
+    runs = [subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
+    runs.append(subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [r.communicate(timeout=300) for r in runs]
+    done = [subprocess.CompletedProcess(command, r.returncode, *out) for r, out in zip(runs, outputs)]
+    assert all("Traceback" not in d.stderr for d in done), [d.stderr for d in done]
+    assert 0 in [d.returncode for d in done]
+    for refused in (d for d in done if d.returncode != 0):
+        assert_user_error(refused, "is in use by another run", alone=True)
+    assert sorted(p.name for p in (work / "bf16").iterdir()) == ["convert", "download"]
+    from funasr_nano_mlx.transcribe import load, transcribe
+
+    model, tokenizer = load(work / "bf16/convert")
+    assert transcribe(model, tokenizer, np.zeros(16000, np.float32), max_new_tokens=4).token_ids is not None
+
+
+# -- 7. destinations: checked before the work, failures at the end in one line ----------------------
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory, tiny_upstream, tiny_bf16):
+    """Places that cannot be written, and what the commands need to get that far: a regular file to
+    put things under, a name too long for any filesystem, a directory where a file goes, a model, a
+    WAV clip, a set."""
+    from tests.helpers import local_set
+
+    tmp = tmp_path_factory.mktemp("places")
+    (tmp / "file").write_text("a regular file")
+    sf.write(str(tmp / "clip.wav"), np.zeros(1600, np.float32), 16000)
+    card_model = Path(shutil.copytree(tiny_bf16, tmp / "card-model"))
+    (card_model / "README.md").mkdir()
+    (tmp / "out" / "clip.txt").mkdir(parents=True)
+    local_set(tmp / "set")
+    return tmp, tiny_upstream, tiny_bf16
+
+
+DESTINATIONS = {  # (args, the line's fragment) from (tmp, upstream, model)
+    "convert under a file": lambda t, u, m: (["convert", u, t / "file" / "dst"], "is not a directory"),
+    "convert name too long": lambda t, u, m: (["convert", u, t / ("n" * 300)], "longer than 255 bytes"),
+    "quantize under a file": lambda t, u, m: (["quantize", m, t / "file/a/q", "--recipe", "4bit-llm"], "not a dir"),
+    "quantize name too long": lambda t, u, m: (["quantize", m, t / ("n" * 256) / "q", "--recipe", "bf16"], "longer"),
+    "evaluate under a file": lambda t, u, m: (
+        ["evaluate", m, "--set", t / "set", "--report", t / "file" / "r"],
+        "is not a directory",
+    ),
+    "merge-reports under a file": lambda t, u, m: (["merge-reports", t / "r", "--out", t / "file/m"], "not a dir"),
+    "plot-reports under a file": lambda t, u, m: (["plot-reports", t / "r", "--out", t / "file/p.png"], "not a dir"),
+    "card onto a directory": lambda t, u, m: (["card", t / "card-model", "--recipe", "bf16"], "README.md: it is a dir"),
+    "transcribe into a file": lambda t, u, m: (
+        ["transcribe", m, t / "clip.wav", "--output-dir", t / "file" / "o"],
+        "is not a directory",
+    ),
+    "transcribe onto a directory": lambda t, u, m: (
+        ["transcribe", m, t / "clip.wav", "--output-dir", t / "out"],
+        "clip.txt: it is a directory",
+    ),
+    "run's work under a file": lambda t, u, m: (
+        ["run", "bf16", "--work", t / "file" / "w", "--source", u, "--until", "download"],
+        "is not a directory",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DESTINATIONS)
+def test_an_unusable_destination_is_refused_before_the_work(case, places):
+    """One line before any work (no model loaded, nothing decoded or converted), nothing left."""
+    args, fragment = DESTINATIONS[case](*places)
+    assert_user_error(invoke_cli(*args), fragment, alone=True)
+    assert leftovers(places[0]) == []
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def short_weights(save):
+    """MLX's writer on a full disk: it writes what fits and raises nothing."""
+
+    def save_model(folder, *args, **kwargs):
+        save(folder, *args, **kwargs)
+        weights = Path(folder) / "model.safetensors"
+        with open(weights, "r+b") as f:
+            f.truncate(weights.stat().st_size // 2)
+
+    return save_model
+
+
+@pytest.mark.parametrize(
+    "target, writer, fragment",
+    [
+        ("convert", "save_config", "No space left on device"),
+        ("convert", "save_model", "bytes short (disk full?)"),
+        ("quantize", "save_model", "bytes short (disk full?)"),
+        ("text", "write_bytes", "No space left on device"),
+    ],
+)
+def test_a_write_that_fails_at_the_end_is_one_line_and_leaves_nothing(
+    target, writer, fragment, source, tiny_bf16, tmp_path, monkeypatch
+):
+    import funasr_nano_mlx.convert as convert_module
+    import funasr_nano_mlx.quantize as quantize_module
+
+    module = {"convert": convert_module, "quantize": quantize_module}.get(target)
+    if target == "text":  # transcribe --output-dir, card, the plot: files.write_text_atomic
+        monkeypatch.setattr(Path, "write_bytes", no_space)
+        wav = tmp_path / "clip.wav"
+        sf.write(str(wav), np.zeros(1600, np.float32), 16000)
+        done = invoke_cli("transcribe", tiny_bf16, wav, "--output-dir", tmp_path / "out", "--max-new-tokens", "2")
+        out = tmp_path / "out"
+        assert not out.exists() or list(out.iterdir()) == []
+    else:
+        monkeypatch.setattr(module, writer, no_space if writer == "save_config" else short_weights(module.save_model))
+        args = (
+            [source, tmp_path / "dst"] if target == "convert" else [tiny_bf16, tmp_path / "dst", "--recipe", "4bit-llm"]
+        )
+        done = invoke_cli(target, *args)
+        assert not (tmp_path / "dst").exists()
+    assert_user_error(done, fragment)
+    assert "nothing was left behind" in done.stderr and leftovers(tmp_path) == []
+
+
+# -- 9. promises kept exactly --------------------------------------------------------------------------
+
+
+def a_dry_run_from_nothing(source, tmp_path):
+    work = tmp_path / "work"
+    done = invoke_cli(*dry_run(source, tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert all(f"[bf16] {stage}: dry run: would build" in done.stderr for stage in ("download", "card", "publish"))
+    assert not work.exists()
+
+
+def a_dry_run_after_a_partial_build(source, tmp_path):
+    """Every file stays as it was (times included); each stage is named up to date or to be built."""
+    work = tmp_path / "work"
+    assert invoke_cli(*run_args(source, work)).returncode == 0
+    before = {name: path.stat().st_mtime_ns for name, path in files_of(work).items()}
+    done = invoke_cli(*dry_run(source, tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "[bf16] convert: up to date" in done.stderr and "[bf16] quantize: dry run: would build" in done.stderr
+    assert {name: path.stat().st_mtime_ns for name, path in files_of(work).items()} == before
+    assert sorted(p.name for p in (work / "bf16").iterdir()) == ["convert", "download"]
+
+
+def a_hub_conversion_without_revision(source, tmp_path):
+    """The commit `main` resolved to: said on stderr in one line, recorded as the source's."""
+    from tests.hub_server import HubServer
+
+    with HubServer() as server:
+        commit = server.seed("FunAudioLLM/Fun-ASR-Nano-2512", files_of(source))
+        env = server.client_env(tmp_path / "hf")
+        done = run_cli("convert", "FunAudioLLM/Fun-ASR-Nano-2512", tmp_path / "mlx", env=env)
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "resolved to commit" in line]
+    assert said == [
+        f"note: FunAudioLLM/Fun-ASR-Nano-2512 main resolved to commit {commit}; pass --revision {commit} "
+        "to convert exactly this again"
+    ]
+    conversion = json.loads((tmp_path / "mlx/config.json").read_text())["conversion"]
+    assert conversion["source"] == f"FunAudioLLM/Fun-ASR-Nano-2512@{commit}"
+
+
+def dry_run(source: Path, tmp_path: Path) -> list:
+    from tests.helpers import local_set
+
+    speech = tmp_path / "speech" if (tmp_path / "speech").exists() else local_set(tmp_path / "speech")
+    return [
+        "run",
+        "bf16",
+        "--work",
+        tmp_path / "work",
+        "--source",
+        source,
+        "--set",
+        speech,
+        "--repo",
+        "a/b",
+        "--dry-run",
+    ]
+
+
+PROMISES = [a_dry_run_from_nothing, a_dry_run_after_a_partial_build, a_hub_conversion_without_revision]
+
+
+@pytest.mark.parametrize("case", PROMISES, ids=[c.__name__ for c in PROMISES])
+def test_what_is_promised_is_done_exactly(case, source, tmp_path):
+    case(source, tmp_path)
