@@ -100,3 +100,95 @@ def test_audio_that_is_not_what_it_says(tiny_f32, tiny_model, clips, tmp_path, c
         assert 2.0 < result["duration"] < 4.5  # about half of the 7 s survives
     else:
         assert lines == [] and result["warnings"] == [] and result["duration"] == pytest.approx(7.0)
+
+
+# -- many files, some bad -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory, clips) -> tuple[Path, list[str], list[str]]:
+    """Five good files of different lengths and three bad ones between them, sorted by name as
+    `transcribe DIR` reads them: (folder, good names, bad names)."""
+    folder = tmp_path_factory.mktemp("mixed")
+    speech = clips["7s"]
+    for index, seconds in enumerate([1.0, 2.5, 4.0, 5.5, 7.0]):
+        written(folder, f"{2 * index}-good.wav", np.roll(speech, 3000 * index)[: int(seconds * 16000)])
+    (folder / "1-notes.wav").write_text("not audio\n")
+    written(folder, "3-blip.flac", np.zeros(100, np.float32))  # 6 ms: less than one 25 ms frame
+    written(folder, "5-nan.wav", _with(speech, 100, np.nan), subtype="FLOAT")
+    names = sorted(p.name for p in folder.iterdir())
+    return folder, [n for n in names if "good" in n], [n for n in names if "good" not in n]
+
+
+@pytest.fixture(scope="module")
+def good_alone(tiny_model, mixed_folder) -> dict[str, list[int]]:
+    """Each good file's tokens, transcribed without the bad ones."""
+    from funasr_nano_mlx.transcribe import transcribe_many
+
+    folder, good, _ = mixed_folder
+    results = transcribe_many(*tiny_model, [folder / n for n in good], max_new_tokens=2, timestamps=False)
+    return {n: r.token_ids for n, r in zip(good, results)}
+
+
+@pytest.mark.parametrize(
+    ("how", "batch_size"),
+    [("directory", 1), ("directory", 4), ("files", 3), ("api", 4)],
+)
+def test_one_bad_file_loses_no_other(tiny_f32, tiny_model, mixed_folder, good_alone, tmp_path, how, batch_size):
+    """Bad files among good ones, one at a time or in batches: every good file's result is written (the
+    same tokens as without the bad files), each bad file is named in one `error:` line at the end, and
+    the exit status is 2. The API with keep_going yields a Failure in each bad input's place."""
+    from funasr_nano_mlx.transcribe import Failure, transcribe_many
+
+    folder, good, bad = mixed_folder
+    if how == "api":
+        inputs = sorted(folder.iterdir())
+        results = list(transcribe_many(*tiny_model, inputs, max_new_tokens=2, batch_size=batch_size, keep_going=True))
+        assert [isinstance(r, Failure) for r in results] == ["good" not in p.name for p in inputs]
+        assert {Path(r.audio).name: r.token_ids for r in results if not isinstance(r, Failure)} == good_alone
+        assert all(Path(r.audio).name in r.error for r in results if isinstance(r, Failure))
+        return
+    inputs = [folder] if how == "directory" else [folder / n for n in reversed(bad + good)]
+    out = tmp_path / "out"
+    options = ("--output-dir", out) if how == "directory" else ()
+    done = invoke_cli(
+        "transcribe", tiny_f32, *inputs, "--format", "json", "--batch-size", batch_size, *TOKENS, *options
+    )
+    assert done.returncode == 2
+    lines = stderr_lines(done)
+    assert len(lines) == len(bad) and all(line.startswith("error: ") for line in lines), lines
+    assert sorted(next(n for n in bad if n in line) for line in lines) == bad
+    if how == "directory":
+        rows = {name: json.loads(path.read_text()) for name, path in files_of(out).items()}
+        assert sorted(rows) == [n.replace(".wav", ".json") for n in good]
+    else:  # to stdout, in the order given
+        rows = {Path(row["audio"]).stem + ".json": row for row in map(json.loads, done.stdout.splitlines())}
+        assert list(rows) == [n.replace(".wav", ".json") for n in reversed(good)]
+    assert {name: row["token_ids"] for name, row in rows.items()} == {
+        n.replace(".wav", ".json"): tokens for n, tokens in good_alone.items()
+    }
+
+
+# -- long files: read in blocks -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels", "subtype"),
+    [(44100, 2, "FLOAT"), (44100, 2, "PCM_16"), (16000, 1, "PCM_16"), (8000, 3, "PCM_24"), (48000, 1, "FLOAT")],
+)
+def test_reading_in_blocks_equals_reading_at_once(tmp_path, clips, rate, channels, subtype):
+    """The block-wise reader (downmix and soxr streaming per block) gives exactly the samples of reading
+    the whole file, averaging its channels and resampling it in one call, as the loader did before."""
+    import soxr
+
+    from funasr_nano_mlx.audio import load_audio
+
+    mono = soxr.resample(clips["7s"], 16000, rate)
+    samples = np.stack([mono * (0.5 + 0.25 * c) for c in range(channels)], axis=1)
+    path = written(tmp_path, "long.wav", samples, rate, subtype)
+    whole, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    expected = whole.mean(axis=1, dtype=np.float32)
+    if file_rate != 16000:
+        expected = soxr.resample(expected, file_rate, 16000, quality="HQ")
+    for block_frames in (1000, 4096, 1 << 16):  # 7 s at 44.1 kHz: 309 blocks, 76 blocks, 5 blocks
+        np.testing.assert_array_equal(load_audio(path, block_frames), expected)
