@@ -68,12 +68,18 @@ AUDIO_CASES = {
 def test_audio_that_is_not_what_it_says(tiny_f32, tiny_model, clips, tmp_path, capfd, case):
     """NaN or infinite samples are refused in one line (the API raises a UserError, the server answers
     400); a file cut short is transcribed as far as it goes with one warning line and JSON `warnings`;
-    a file name with bytes that are not UTF-8 is read, and its output written under the same bytes."""
+    a file name with bytes that are not UTF-8 is read, and its output written under the same bytes.
+    An evaluation skips a row with either (a cut-off file would score its missing words as deletions)."""
     from funasr_nano_mlx import transcribe
+    from funasr_nano_mlx.evaluate import load_samples
+    from funasr_nano_mlx.evalsets import Item
     from funasr_nano_mlx.serve import ApiError, Form, Limits, read_audio
 
     make, expected = AUDIO_CASES[case]
     path = make(tmp_path, clips["7s"])
+    if expected is not None:
+        with pytest.raises(UserError, match="NaN or infinite" if expected == "error" else "ends early"):
+            load_samples(Item(0, "row-1", "a reference", None, path))
     out = tmp_path / "out"
     done = invoke_cli("transcribe", tiny_f32, path, "--format", "json", "--output-dir", out, *TOKENS)
     lines = stderr_lines(done)
