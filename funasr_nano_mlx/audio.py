@@ -42,6 +42,9 @@ READ_FRAMES = 1 << 16  # frames per read: 256 KB per channel in float32, 1.5 s a
 # without gapless information: up to two MPEG frames); a larger shortfall means the file ends early.
 FRAME_COUNT_SLACK = 2 * 1152
 SALVAGE_FRAMES = 1024  # after a decoding error, the rest is read again in steps this small
+# The result is allocated at the length the header declares, up to this many samples (12 hours at 16 kHz,
+# 2.8 GB of address space, resident only as filled): a header that lies costs no more than this.
+MAX_PREALLOCATED = 12 * 3600 * SAMPLE_RATE
 # libsndfile logs "data : DECLARED (should be AVAILABLE)" when a WAV or AIFF sound chunk runs past the
 # end of the file, and then reads what is there (libsndfile src/wav.c and src/aiff.c, the data and
 # SSND chunk cases): the header's length is only in that log.
@@ -99,6 +102,8 @@ def _opened(stream):
     import soundfile as sf
 
     with _STDERR_LOCK:
+        if sys.stderr is None or not _has_fd2():
+            return sf.SoundFile(stream)  # no stderr to keep clean
         sys.stderr.flush()
         saved = os.dup(2)
         with tempfile.TemporaryFile() as sink:
@@ -114,6 +119,14 @@ def _opened(stream):
                         sys.stderr.write(line)  # anything else (another thread's output) is kept
 
 
+def _has_fd2() -> bool:
+    try:
+        os.fstat(2)
+        return True
+    except OSError:
+        return False
+
+
 def _read_mono_16k(sound, name: str, block_frames: int) -> tuple[np.ndarray, int, str | None]:
     """(16 kHz mono float32 samples, frames read, the decoder's error where it stopped early)."""
     import soundfile as sf
@@ -122,8 +135,8 @@ def _read_mono_16k(sound, name: str, block_frames: int) -> tuple[np.ndarray, int
     rate = sound.samplerate
     # soxr "HQ" is what the reference applies (librosa's soxr_hq) where torchaudio is absent.
     resampler = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, "float32", "HQ")
-    expected = sound.frames if 0 < sound.frames < 1 << 40 else block_frames
-    out = _Filled(expected if resampler is None else math.ceil(expected * SAMPLE_RATE / rate) + 1)
+    expected = math.ceil(max(sound.frames, 0) * SAMPLE_RATE / rate) + 1
+    out = _Filled(min(expected, MAX_PREALLOCATED))
     read, stopped = 0, None
     while True:
         try:
