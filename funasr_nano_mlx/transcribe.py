@@ -510,13 +510,14 @@ def transcribe_many(
             name = printable(audio) if not isinstance(audio, np.ndarray) else f"<array {index}>"
             try:
                 read = _read(audio, name)
+                found = segment_jobs(len(group), name, read.samples, segmenter, max_segment_ms)
             except UserError as err:
                 if keep_going:
                     group.append((name, Failure(name, str(err))))
                     continue
                 yield from _run_group(pipeline, group, jobs, batch_size, bar)  # what was read is not lost
                 raise
-            for job in segment_jobs(len(group), name, read.samples, segmenter, max_segment_ms):
+            for job in found:
                 jobs.append(job)
                 bar.total += job.seconds
             group.append((name, read))
