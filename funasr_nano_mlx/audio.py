@@ -90,8 +90,9 @@ def read_audio(path: str | Path, block_frames: int = READ_FRAMES) -> Audio:
         with open(path, "rb") as stream, _opened(stream) as sound:
             declared, rate, log = sound.frames, sound.samplerate, sound.extra_info
             samples, read, stopped = _read_mono_16k(sound, name, block_frames)
-    except sf.LibsndfileError as err:  # libsndfile reports format problems with its own exception type
-        raise UserError(f"cannot read audio {name}: {err.error_string}") from None
+    except sf.SoundFileError as err:  # soundfile's own exception types (format problems, libsndfile's errors)
+        why = err.error_string if isinstance(err, sf.LibsndfileError) else str(err)  # without the stream's repr
+        raise UserError(f"cannot read audio {name}: {why}") from None
     except OSError as err:
         raise UserError(f"cannot read audio {name}: {err.strerror or err}") from None
     return Audio(samples, _truncation(name, declared, read, rate, log, stopped))
@@ -196,8 +197,8 @@ def _truncation(name: str, declared: int, read: int, rate: int, log: str, stoppe
     short = _SHORT_CHUNK.search(log)
     if short:  # libsndfile has cut `declared` down to what the file holds: scale it back up
         declared = round(read * int(short[1]) / max(int(short[2]), 1))
-    if stopped is None and read + FRAME_COUNT_SLACK >= declared:
-        return []
+    if read + FRAME_COUNT_SLACK >= declared:  # read to the end (a decoder may have complained on the way)
+        return [] if stopped is None else [f"{name}: the decoder reported an error ({stopped}) while reading it"]
     how = f" (the decoder stopped: {stopped})" if stopped else ""
     return [
         f"{name} ends early: {read / rate:.2f} s of the {declared / rate:.2f} s its header declares could be read{how}"
@@ -212,7 +213,7 @@ def header_seconds(path: str | Path) -> float | None:
     try:
         with open(path, "rb") as stream, _opened(stream) as sound:
             frames, rate = sound.frames, sound.samplerate
-    except (sf.LibsndfileError, OSError):  # as in read_audio, which then says why
+    except (sf.SoundFileError, OSError):  # as in read_audio, which then says why
         return None
     return frames / rate if frames > 0 and rate > 0 else None
 
