@@ -9,6 +9,12 @@ is Kaldi's default or the value FunASR's WavFrontend passes (spec section 2).
 from __future__ import annotations
 
 import math
+import os
+import re
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,21 +34,175 @@ LOG_FLOOR = 1.1920929e-07  # float32 epsilon, Kaldi's floor before log
 LFR_M, LFR_N = 7, 6  # low frame rate: stack 7 frames, hop 6 (60 ms per output frame)
 
 
-def load_audio(path: str | Path) -> np.ndarray:
+# Files are read in blocks so that memory does not grow with a file's rate or channel count: only the
+# 16 kHz mono result (230 MB per hour) is held whole, plus one block as stored. soxr's streaming
+# resampler gives exactly soxr.resample's one-shot output (tests/test_bad_audio.py checks it).
+READ_FRAMES = 1 << 16  # frames per read: 256 KB per channel in float32, 1.5 s at 44.1 kHz
+# A decoder's frame count may differ from its header's by its priming and padding (libmpg123 on an MP3
+# without gapless information: up to two MPEG frames); a larger shortfall means the file ends early.
+FRAME_COUNT_SLACK = 2 * 1152
+SALVAGE_FRAMES = 1024  # after a decoding error, the rest is read again in steps this small
+# The result is allocated at the length the header declares, up to this many samples (12 hours at 16 kHz,
+# 2.8 GB of address space, resident only as filled): a header that lies costs no more than this.
+MAX_PREALLOCATED = 12 * 3600 * SAMPLE_RATE
+# libsndfile logs "data : DECLARED (should be AVAILABLE)" when a WAV or AIFF sound chunk runs past the
+# end of the file, and then reads what is there (libsndfile src/wav.c and src/aiff.c, the data and
+# SSND chunk cases): the header's length is only in that log.
+_SHORT_CHUNK = re.compile(r"^(?:data|SSND)\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
+# libmpg123 (libsndfile's MP3 decoder) prints this on the process's stderr when it opens a truncated
+# MP3; we report the truncation ourselves, in one line.
+_DECODER_NOISE = ("Xing stream size off",)
+_STDERR_LOCK = threading.Lock()  # fd 2 is one per process: one redirection at a time
+
+
+@dataclass
+class Audio:
+    """A file's 16 kHz mono samples, and what its user must know about how they were read."""
+
+    samples: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+
+
+def printable(path: str | Path) -> str:
+    """A path as text any terminal or JSON encoder takes: the bytes of a file name that are not UTF-8
+    (which Python holds as lone surrogates) become backslash escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def load_audio(path: str | Path, block_frames: int = READ_FRAMES) -> np.ndarray:
     """Read any file libsndfile can decode (wav, flac, ogg, mp3), mix to mono, resample to 16 kHz."""
+    return read_audio(path, block_frames).samples
+
+
+def read_audio(path: str | Path, block_frames: int = READ_FRAMES) -> Audio:
+    """`load_audio`, with a warning when the file ends before its header says.
+
+    Such a file (a cut-off download or copy) is read as far as it goes rather than refused: what
+    survives is real audio, and the warning says how much is missing. NaN or infinite samples are
+    refused (a model hears nothing in them, and would answer with noise)."""
     import soundfile as sf  # imported here so that pure-array users need no audio I/O stack
-    import soxr
 
     path = check_audio_path(path)
+    name = printable(path)
     try:
-        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as err:  # libsndfile reports format problems with its own exception types
-        raise UserError(f"cannot read audio {path}: {err}") from None
-    mono = samples.mean(axis=1, dtype=np.float32)
-    if rate != SAMPLE_RATE:
-        # soxr "HQ" is what the reference applies (librosa's soxr_hq) where torchaudio is absent.
-        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
-    return mono
+        # A Python file object, not the name: libsndfile takes only names valid in the file system's
+        # encoding (a name with non-UTF-8 bytes fails there), Python's open takes any name the OS does.
+        with open(path, "rb") as stream, _opened(stream) as sound:
+            declared, rate, log = sound.frames, sound.samplerate, sound.extra_info
+            samples, read, stopped = _read_mono_16k(sound, name, block_frames)
+    except sf.SoundFileError as err:  # soundfile's own exception types (format problems, libsndfile's errors)
+        why = err.error_string if isinstance(err, sf.LibsndfileError) else str(err)  # without the stream's repr
+        raise UserError(f"cannot read audio {name}: {why}") from None
+    except OSError as err:
+        raise UserError(f"cannot read audio {name}: {err.strerror or err}") from None
+    return Audio(samples, _truncation(name, declared, read, rate, log, stopped))
+
+
+def _opened(stream):
+    """soundfile.SoundFile(stream), with what its decoders print on fd 2 while opening filtered."""
+    import soundfile as sf
+
+    with _STDERR_LOCK:
+        if sys.stderr is None or not _has_fd2():
+            return sf.SoundFile(stream)  # no stderr to keep clean
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                return sf.SoundFile(stream)
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                for line in sink.read().decode(errors="replace").splitlines(keepends=True):
+                    if not any(noise in line for noise in _DECODER_NOISE):
+                        sys.stderr.write(line)  # anything else (another thread's output) is kept
+
+
+def _has_fd2() -> bool:
+    try:
+        os.fstat(2)
+        return True
+    except OSError:
+        return False
+
+
+def _read_mono_16k(sound, name: str, block_frames: int) -> tuple[np.ndarray, int, str | None]:
+    """(16 kHz mono float32 samples, frames read, the decoder's error where it stopped early)."""
+    import soundfile as sf
+    import soxr
+
+    rate = sound.samplerate
+    # soxr "HQ" is what the reference applies (librosa's soxr_hq) where torchaudio is absent.
+    resampler = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, "float32", "HQ")
+    expected = math.ceil(max(sound.frames, 0) * SAMPLE_RATE / rate) + 1
+    out = _Filled(min(expected, MAX_PREALLOCATED))
+    read, stopped = 0, None
+    while True:
+        try:
+            block = sound.read(block_frames, dtype="float32", always_2d=True)
+        except sf.LibsndfileError as err:  # e.g. "flac decoder lost sync": keep what came before it
+            stopped = stopped or err.error_string
+            if block_frames > SALVAGE_FRAMES and _seek(sound, read):
+                block_frames = SALVAGE_FRAMES  # the failed read returned nothing: read up to the fault
+                continue
+            if read == 0:
+                raise
+            block = block[:0]
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            first = (read + int(np.argmin(finite))) / rate
+            raise UserError(f"{name} holds NaN or infinite samples (the first at {first:.2f} s): it is not audio")
+        read += len(block)
+        mono = block.mean(axis=1, dtype=np.float32)  # row by row: the same numbers as a whole-file mean
+        done = len(block) == 0
+        out.append(mono if resampler is None else resampler.resample_chunk(mono, last=done))
+        if done:
+            return out.result(), read, stopped
+
+
+def _seek(sound, frame: int) -> bool:
+    import soundfile as sf
+
+    try:
+        return sound.seek(frame) == frame
+    except sf.LibsndfileError:
+        return False
+
+
+class _Filled:
+    """A float32 array filled block by block. Allocated once at the size the header promises: a list of
+    blocks joined at the end would hold the result twice. Grows only where the header undercounts."""
+
+    def __init__(self, size: int):
+        self.data, self.size = np.empty(size, np.float32), 0
+
+    def append(self, block: np.ndarray) -> None:
+        end = self.size + len(block)
+        if end > len(self.data):
+            grown = np.empty(max(end, len(self.data) * 3 // 2), np.float32)
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+        self.data[self.size : end] = block
+        self.size = end
+
+    def result(self) -> np.ndarray:
+        self.data.resize(self.size, refcheck=False)  # shrinks in place (realloc), no copy
+        return self.data
+
+
+def _truncation(name: str, declared: int, read: int, rate: int, log: str, stopped: str | None) -> list[str]:
+    """A warning when fewer frames could be read than the header declares (or the decoder stopped)."""
+    short = _SHORT_CHUNK.search(log)
+    if short:  # libsndfile has cut `declared` down to what the file holds: scale it back up
+        declared = round(read * int(short[1]) / max(int(short[2]), 1))
+    if read + FRAME_COUNT_SLACK >= declared:  # read to the end (a decoder may have complained on the way)
+        return [] if stopped is None else [f"{name}: the decoder reported an error ({stopped}) while reading it"]
+    how = f" (the decoder stopped: {stopped})" if stopped else ""
+    return [
+        f"{name} ends early: {read / rate:.2f} s of the {declared / rate:.2f} s its header declares could be read{how}"
+    ]
 
 
 def header_seconds(path: str | Path) -> float | None:
@@ -51,16 +211,17 @@ def header_seconds(path: str | Path) -> float | None:
     import soundfile as sf
 
     try:
-        info = sf.info(str(path))
-    except Exception:  # libsndfile's own exception types, as in load_audio
+        with open(path, "rb") as stream, _opened(stream) as sound:
+            frames, rate = sound.frames, sound.samplerate
+    except (sf.SoundFileError, OSError):  # as in read_audio, which then says why
         return None
-    return info.frames / info.samplerate if info.frames > 0 and info.samplerate > 0 else None
+    return frames / rate if frames > 0 and rate > 0 else None
 
 
 def check_audio_path(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"audio file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
+        raise UserError(f"audio file not found: {printable(path)}" + (" (it is a directory)" if path.is_dir() else ""))
     return path
 
 
@@ -74,7 +235,7 @@ def audio_files(paths: list[str | Path]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
             if not found:
-                raise UserError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in directory {path}")
+                raise UserError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in directory {printable(path)}")
             files += found
         else:
             files.append(check_audio_path(path))

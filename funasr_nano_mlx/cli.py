@@ -232,13 +232,18 @@ def transcribe(
 
     Long recordings are cut into segments at pauses, and segments of all files are decoded in batches.
     A segment that stopped at its token budget or in a repetition loop is flagged in the JSON output
-    (hit_token_limit, repetition) and reported on stderr.
+    (hit_token_limit, repetition) and reported on stderr. A file that ends before its header says (cut
+    off) is transcribed as far as it goes, with a warning on stderr and in the JSON `warnings`.
+
+    A file that cannot be transcribed (unreadable, shorter than 25 ms, NaN or infinite samples) does not
+    stop the others: every other file's result is written, each bad file is named in one `error:` line
+    at the end, and the exit status is 2.
     """
-    from .audio import audio_files
+    from .audio import audio_files, printable
     from .files import check_destination, write_text_atomic
     from .subtitles import timed_cues, to_srt, to_vtt
     from .languages import resolve_language
-    from .transcribe import hotword_list, load, transcribe_many
+    from .transcribe import Failure, hotword_list, load, transcribe_many
 
     if no_segment and vad:
         raise UserError("--no-segment and --vad contradict each other: choose one")
@@ -285,16 +290,27 @@ def transcribe(
         batch_size=batch_size,
         progress=None,
         timestamps=timestamps,
+        keep_going=True,
     )
+    failures = []
     for path, result in zip(files, results):
+        if isinstance(result, Failure):
+            failures.append(result.error)
+            continue
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}", err=True)
         for segment in result.segments:
             if segment.hit_token_limit or segment.repetition:
                 why = "hit its token budget" if segment.hit_token_limit else "was stopped repeating itself"
-                click.echo(f"warning: {path} {segment.start:.2f}-{segment.end:.2f} s {why}", err=True)
+                click.echo(f"warning: {printable(path)} {segment.start:.2f}-{segment.end:.2f} s {why}", err=True)
         if output_dir is None:
             click.echo(render(result), nl=False)
-        else:
+        else:  # the output's name keeps the input's bytes (Path holds them): writable wherever the input was
             write_text_atomic(Path(output_dir) / f"{path.stem}.{FORMAT_SUFFIX[fmt]}", render(result))
+    if failures:  # named after every good result is out, so that none is lost to a bad file
+        for error in failures:
+            click.echo(f"error: {error}", err=True)
+        sys.exit(2)
 
 
 @main.command()

@@ -61,20 +61,28 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
 def load_samples(item: Item) -> np.ndarray:
     """16 kHz mono samples of the row's audio; a UserError says why they cannot be had."""
     # audio and transcribe load MLX: imported where used, so merge-reports and plot-reports start at once.
-    from .audio import check_duration, load_audio
+    from .audio import check_duration, read_audio
 
     if isinstance(item.audio, bytes):  # through a file, so that one loader reads every format
         with tempfile.TemporaryDirectory() as tmp:
             file = Path(tmp) / f"audio{item.suffix}"
             file.write_bytes(item.audio)
             try:
-                samples = load_audio(file)
+                samples = _whole(read_audio(file))
             except UserError as err:
                 raise UserError(str(err).replace(str(file), item.id)) from None
     else:
-        samples = load_audio(item.audio)
+        samples = _whole(read_audio(item.audio))
     check_duration(samples, item.id)
     return samples
+
+
+def _whole(audio) -> np.ndarray:
+    """The samples of a file read to its end: a cut-off file, scored against the whole reference,
+    would count the missing words as deletions, so its row is skipped, saying why."""
+    if audio.warnings:
+        raise UserError(audio.warnings[0])
+    return audio.samples
 
 
 def decode(

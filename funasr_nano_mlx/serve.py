@@ -31,7 +31,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.background import BackgroundTask
 from starlette.routing import Route
 
-from .audio import AUDIO_EXTENSIONS, SAMPLE_RATE, check_duration, header_seconds, load_audio
+from .audio import AUDIO_EXTENSIONS, SAMPLE_RATE, check_duration, header_seconds
+from .audio import read_audio as read_file
 from .errors import UserError
 from .languages import resolve_language
 from .scheduler import Scheduler, Work
@@ -225,15 +226,17 @@ def read_audio(form: Form, limits: Limits) -> np.ndarray:
     if declared is not None and declared > limits.max_audio_seconds:
         raise _too_long(declared, limits)
     try:
-        samples = load_audio(form.file)
-        check_duration(samples, repr(form.filename))
+        audio = read_file(form.file)
+        check_duration(audio.samples, repr(form.filename))
+        if audio.warnings:  # a cut-off upload: OpenAI's responses have no place for a warning, so refuse it
+            raise UserError(audio.warnings[0])
     except UserError as err:  # name the client's file, not our temporary path
         message = str(err).replace(str(form.file), form.filename)
         raise ApiError(400, message, param="file", code="invalid_audio") from None
-    seconds = len(samples) / SAMPLE_RATE
+    seconds = len(audio.samples) / SAMPLE_RATE
     if seconds > limits.max_audio_seconds:
         raise _too_long(seconds, limits)
-    return samples
+    return audio.samples
 
 
 def _too_long(seconds: float, limits: Limits) -> ApiError:

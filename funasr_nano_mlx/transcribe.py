@@ -25,7 +25,17 @@ from mlx_lm.utils import load_model, load_tokenizer
 from tqdm import tqdm
 
 from . import align, ctc
-from .audio import FRAME_LENGTH, SAMPLE_RATE, check_duration, features, features_mx, frontend_on_device, load_audio
+from .audio import (
+    FRAME_LENGTH,
+    SAMPLE_RATE,
+    Audio,
+    check_duration,
+    features,
+    features_mx,
+    frontend_on_device,
+    printable,
+    read_audio,
+)
 from .decode_step import make_decoder
 from .decoding import (
     DEFAULT_BATCH_SIZE,
@@ -107,9 +117,20 @@ class Transcription:
     timestamps: list[dict] | None = None
     words: list[dict] | None = None
     ctc_text: str | None = None
+    # What the user must know about how the input was read (audio.read_audio), e.g. that the file ends
+    # before its header says; also printed on stderr by the CLI.
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Failure:
+    """An input that could not be transcribed (`transcribe_many(..., keep_going=True)`): its name and why."""
+
+    audio: str
+    error: str
 
 
 def stop_token_ids(config: dict, tokenizer) -> list[int]:
@@ -272,12 +293,18 @@ def hotword_list(hotwords: Sequence[str] | str | None) -> list[str]:
     return check_hotwords([hotwords] if isinstance(hotwords, str) else [w for w in hotwords or () if w])
 
 
-def _samples(audio: str | Path | np.ndarray) -> np.ndarray:
-    if not isinstance(audio, np.ndarray):
-        return load_audio(audio)
-    if not np.issubdtype(audio.dtype, np.floating):
-        raise UserError(f"audio arrays must be float samples in [-1, 1] at 16 kHz, got dtype {audio.dtype}")
-    return audio.astype(np.float32, copy=False)
+def _read(audio: str | Path | np.ndarray, name: str) -> Audio:
+    """The input's samples, checked as the model needs them: long enough, and finite."""
+    if isinstance(audio, np.ndarray):
+        if not np.issubdtype(audio.dtype, np.floating):
+            raise UserError(f"audio arrays must be float samples in [-1, 1] at 16 kHz, got dtype {audio.dtype}")
+        if not np.isfinite(audio).all():  # a file's samples are checked as read (audio.read_audio)
+            raise UserError(f"{name} holds NaN or infinite samples: it is not audio")
+        read = Audio(audio.astype(np.float32, copy=False))
+    else:
+        read = read_audio(audio)
+    check_duration(read.samples, name)  # now, not after the rest of its group has been decoded
+    return read
 
 
 @dataclass
@@ -419,7 +446,9 @@ def add_timings(total: dict, batch: dict, share: float) -> None:
         total["rate_weight"] = total.get("rate_weight", 0.0) + share
 
 
-def finish_transcription(name: str, duration: float, segments: list[Segment], timings: dict) -> Transcription:
+def finish_transcription(
+    name: str, duration: float, segments: list[Segment], timings: dict, warnings: Sequence[str] = ()
+) -> Transcription:
     weight = timings.pop("rate_weight", 0.0)
     if weight:
         timings["decode_ms_per_token"] /= weight
@@ -436,6 +465,7 @@ def finish_transcription(name: str, duration: float, segments: list[Segment], ti
         duration=duration,
         segments=segments,
         timings=timings,
+        warnings=list(warnings),
     )
 
 
@@ -454,7 +484,8 @@ def transcribe_many(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool | None = False,
     timestamps: bool | None = None,
-) -> Iterator[Transcription]:
+    keep_going: bool = False,
+) -> Iterator[Transcription | Failure]:
     """Transcribe files or 16 kHz float arrays in batches; yields one Transcription per input, in order.
 
     Inputs are read a few batches' worth at a time, cut into segments (see `_segment_spans`), sorted by
@@ -463,6 +494,10 @@ def transcribe_many(
     a budget scaled to its length (`token_budget`); `stop_loops` stops a segment caught in a repetition
     loop. `progress=None` shows a bar on a terminal only. `timestamps`: align every segment's text with the
     CTC head (None: when the model has one; True on a model without one is a UserError).
+
+    An input that cannot be read (a UserError: unreadable, too short, NaN samples) raises once the inputs
+    read before it have been yielded; with `keep_going`, a `Failure` is yielded in its place and the
+    inputs after it are transcribed (bad inputs never enter a batch, so their batch-mates are unaffected).
     """
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise UserError(f"batch_size must be in 1..{MAX_BATCH_SIZE}, got {batch_size}")
@@ -477,21 +512,24 @@ def transcribe_many(
         disable=None if progress is None else not progress,
         bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]",
     )
-    group: list[tuple[str, np.ndarray]] = []
+    group: list[tuple[str, Audio | Failure]] = []
     jobs: list[SegmentJob] = []
     try:
         for index, audio in enumerate(audios):
-            name = str(audio) if not isinstance(audio, np.ndarray) else f"<array {index}>"
+            name = printable(audio) if not isinstance(audio, np.ndarray) else f"<array {index}>"
             try:
-                samples = _samples(audio)
-                check_duration(samples, name)  # now, not after the rest of its group has been decoded
-            except UserError:
+                read = _read(audio, name)
+                found = segment_jobs(len(group), name, read.samples, segmenter, max_segment_ms)
+            except UserError as err:
+                if keep_going:
+                    group.append((name, Failure(name, str(err))))
+                    continue
                 yield from _run_group(pipeline, group, jobs, batch_size, bar)  # what was read is not lost
                 raise
-            for job in segment_jobs(len(group), name, samples, segmenter, max_segment_ms):
+            for job in found:
                 jobs.append(job)
                 bar.total += job.seconds
-            group.append((name, samples))
+            group.append((name, read))
             bar.refresh()
             if len(jobs) >= BATCHES_PER_GROUP * batch_size or len(group) >= BATCHES_PER_GROUP * batch_size:
                 yield from _run_group(pipeline, group, jobs, batch_size, bar)
@@ -501,7 +539,9 @@ def transcribe_many(
         bar.close()
 
 
-def _run_group(pipeline: BatchDecoder, group, jobs: list[SegmentJob], batch_size: int, bar) -> Iterator[Transcription]:
+def _run_group(
+    pipeline: BatchDecoder, group, jobs: list[SegmentJob], batch_size: int, bar
+) -> Iterator[Transcription | Failure]:
     """Decode the jobs of these inputs in length-sorted batches; yield the inputs' results in order."""
     segments: list[list[Segment]] = [[] for _ in group]
     timings: list[dict] = [{} for _ in group]
@@ -520,9 +560,12 @@ def _run_group(pipeline: BatchDecoder, group, jobs: list[SegmentJob], batch_size
         for job in batch:
             add_timings(timings[job.item], batch_timings, job.seconds / batch_seconds)
         bar.update(batch_seconds)
-    for (name, samples), found, spent in zip(group, segments, timings):
+    for (name, read), found, spent in zip(group, segments, timings):
+        if isinstance(read, Failure):
+            yield read
+            continue
         found.sort(key=lambda segment: segment.start)
-        yield finish_transcription(name, len(samples) / SAMPLE_RATE, found, spent)
+        yield finish_transcription(name, len(read.samples) / SAMPLE_RATE, found, spent, read.warnings)
 
 
 def transcribe(

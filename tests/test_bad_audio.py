@@ -1,0 +1,200 @@
+"""Audio that is not what it says, many files with some bad, and reading long files in blocks.
+
+Each bad input costs one line on stderr and no traceback; the good inputs' results are all written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from funasr_nano_mlx.errors import UserError
+from tests.helpers import files_of, invoke_cli
+
+TOKENS = ("--max-new-tokens", "2", "--no-timestamps")  # the tiny model's tokens are noise: few are enough
+
+
+def truncated(path: Path, keep: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def written(folder: Path, name: str, samples: np.ndarray, rate: int = 16000, subtype: str | None = None) -> Path:
+    with open(folder / name, "wb") as file:  # libsndfile opens no name that is not UTF-8; Python does
+        sf.write(file, samples, rate, subtype=subtype, format=Path(name).suffix[1:])
+    return folder / name
+
+
+def stderr_lines(done) -> list[str]:
+    """stderr's lines, less the tiny model's "hit its token budget" flags (its tokens never stop)."""
+    assert "Traceback" not in done.stderr, done.stderr
+    return [line for line in done.stderr.strip().splitlines() if not line.endswith("hit its token budget")]
+
+
+# -- audio that is not what it says ---------------------------------------------------------------------
+
+
+def _with(samples: np.ndarray, index: int, value: float) -> np.ndarray:
+    samples = samples.copy()
+    samples[index] = value
+    return samples
+
+
+# name, how the file is made from 7 s of speech, and what a user must see: an `error:` (refused, nothing
+# written) or a `warning:` (transcribed as far as the file goes, flagged in JSON); None: neither.
+AUDIO_CASES = {
+    "nan-float.wav": (lambda d, x: written(d, "nan-float.wav", _with(x, 20000, np.nan), subtype="FLOAT"), "error"),
+    "inf-double.wav": (lambda d, x: written(d, "inf-double.wav", _with(x, 5, np.inf), subtype="DOUBLE"), "error"),
+    "neg-inf-44k-stereo.wav": (
+        lambda d, x: written(
+            d, "neg-inf-44k-stereo.wav", np.stack([x, _with(x, 90000, -np.inf)], 1), 44100, subtype="FLOAT"
+        ),
+        "error",
+    ),
+    "cut.wav": (lambda d, x: truncated(written(d, "cut.wav", x)), "warning"),
+    "cut.flac": (lambda d, x: truncated(written(d, "cut.flac", x)), "warning"),
+    "cut.mp3": (lambda d, x: truncated(written(d, "cut.mp3", x)), "warning"),
+    os.fsdecode(b"caf\xe9-\xff.wav"): (lambda d, x: written(d, os.fsdecode(b"caf\xe9-\xff.wav"), x), None),
+}
+
+
+@pytest.mark.parametrize("case", list(AUDIO_CASES), ids=lambda c: os.fsencode(c).decode("ascii", "replace"))
+def test_audio_that_is_not_what_it_says(tiny_f32, tiny_model, clips, tmp_path, capfd, case):
+    """NaN or infinite samples are refused in one line (the API raises a UserError, the server answers
+    400); a file cut short is transcribed as far as it goes with one warning line and JSON `warnings`;
+    a file name with bytes that are not UTF-8 is read, and its output written under the same bytes.
+    An evaluation skips a row with either (a cut-off file would score its missing words as deletions)."""
+    from funasr_nano_mlx import transcribe
+    from funasr_nano_mlx.evaluate import load_samples
+    from funasr_nano_mlx.evalsets import Item
+    from funasr_nano_mlx.serve import ApiError, Form, Limits, read_audio
+
+    make, expected = AUDIO_CASES[case]
+    path = make(tmp_path, clips["7s"])
+    if expected is not None:
+        with pytest.raises(UserError, match="NaN or infinite" if expected == "error" else "ends early"):
+            load_samples(Item(0, "row-1", "a reference", None, path))
+    out = tmp_path / "out"
+    done = invoke_cli("transcribe", tiny_f32, path, "--format", "json", "--output-dir", out, *TOKENS)
+    lines = stderr_lines(done)
+    # libmpg123 prints its own note on the process's stderr for a cut MP3: it must not reach the user.
+    assert "Xing" not in capfd.readouterr().err
+    shown = os.fsencode(path.name).decode("utf-8", "backslashreplace")
+    if expected == "error":
+        assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+        assert shown in lines[0] and "NaN or infinite" in lines[0]
+        assert not out.exists() or not files_of(out)
+        with pytest.raises(UserError, match="NaN or infinite"):
+            transcribe(*tiny_model, path, max_new_tokens=2)
+        form = Form(file=path, filename="upload.wav", file_bytes=path.stat().st_size, file_complete=True)
+        with pytest.raises(ApiError) as refused:
+            read_audio(form, Limits(10**9, 3600.0, 60.0, 4))
+        assert refused.value.status == 400 and "upload.wav" in str(refused.value.message)
+        return
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / f"{path.stem}.json").read_text(encoding="utf-8", errors="surrogateescape"))
+    assert result["audio"] == str(tmp_path / shown)
+    if expected == "warning":
+        assert len(lines) == 1 and lines[0].startswith("warning: ") and "ends early" in lines[0], lines
+        assert result["warnings"] == [lines[0].removeprefix("warning: ")]
+        assert 2.0 < result["duration"] < 4.5  # about half of the 7 s survives
+    else:
+        assert lines == [] and result["warnings"] == [] and result["duration"] == pytest.approx(7.0)
+
+
+# -- many files, some bad -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory, clips) -> tuple[Path, list[str], list[str]]:
+    """Five good files of different lengths and three bad ones between them, sorted by name as
+    `transcribe DIR` reads them: (folder, good names, bad names)."""
+    folder = tmp_path_factory.mktemp("mixed")
+    speech = clips["7s"]
+    for index, seconds in enumerate([1.0, 2.5, 4.0, 5.5, 7.0]):
+        written(folder, f"{2 * index}-good.wav", np.roll(speech, 3000 * index)[: int(seconds * 16000)])
+    (folder / "1-notes.wav").write_text("not audio\n")
+    written(folder, "3-blip.flac", np.zeros(100, np.float32))  # 6 ms: less than one 25 ms frame
+    written(folder, "5-nan.wav", _with(speech, 100, np.nan), subtype="FLOAT")
+    names = sorted(p.name for p in folder.iterdir())
+    return folder, [n for n in names if "good" in n], [n for n in names if "good" not in n]
+
+
+@pytest.fixture(scope="module")
+def good_alone(tiny_model, mixed_folder) -> dict[str, list[int]]:
+    """Each good file's tokens, transcribed without the bad ones."""
+    from funasr_nano_mlx.transcribe import transcribe_many
+
+    folder, good, _ = mixed_folder
+    results = transcribe_many(*tiny_model, [folder / n for n in good], max_new_tokens=2, timestamps=False)
+    return {n: r.token_ids for n, r in zip(good, results)}
+
+
+@pytest.mark.parametrize(
+    ("how", "batch_size"),
+    [("directory", 1), ("directory", 4), ("files", 3), ("api", 4)],
+)
+def test_one_bad_file_loses_no_other(tiny_f32, tiny_model, mixed_folder, good_alone, tmp_path, how, batch_size):
+    """Bad files among good ones, one at a time or in batches: every good file's result is written (the
+    same tokens as without the bad files), each bad file is named in one `error:` line at the end, and
+    the exit status is 2. The API with keep_going yields a Failure in each bad input's place."""
+    folder, good, bad = mixed_folder
+    if how == "api":
+        from funasr_nano_mlx.transcribe import Failure, transcribe_many
+
+        inputs = sorted(folder.iterdir())
+        results = list(transcribe_many(*tiny_model, inputs, max_new_tokens=2, batch_size=batch_size, keep_going=True))
+        assert [isinstance(r, Failure) for r in results] == ["good" not in p.name for p in inputs]
+        assert {Path(r.audio).name: r.token_ids for r in results if not isinstance(r, Failure)} == good_alone
+        assert all(Path(r.audio).name in r.error for r in results if isinstance(r, Failure))
+        return
+    inputs = [folder] if how == "directory" else [folder / n for n in reversed(bad + good)]
+    out = tmp_path / "out"
+    options = ("--output-dir", out) if how == "directory" else ()
+    done = invoke_cli(
+        "transcribe", tiny_f32, *inputs, "--format", "json", "--batch-size", batch_size, *TOKENS, *options
+    )
+    assert done.returncode == 2
+    lines = stderr_lines(done)
+    assert len(lines) == len(bad) and all(line.startswith("error: ") for line in lines), lines
+    assert sorted(next(n for n in bad if n in line) for line in lines) == bad
+    if how == "directory":
+        rows = {name: json.loads(path.read_text()) for name, path in files_of(out).items()}
+        assert sorted(rows) == [n.replace(".wav", ".json") for n in good]
+    else:  # to stdout, in the order given
+        rows = {Path(row["audio"]).stem + ".json": row for row in map(json.loads, done.stdout.splitlines())}
+        assert list(rows) == [n.replace(".wav", ".json") for n in reversed(good)]
+    assert {name: row["token_ids"] for name, row in rows.items()} == {
+        n.replace(".wav", ".json"): tokens for n, tokens in good_alone.items()
+    }
+
+
+# -- long files: read in blocks -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels", "subtype"),
+    [(44100, 2, "FLOAT"), (44100, 2, "PCM_16"), (16000, 1, "PCM_16"), (8000, 3, "PCM_24"), (48000, 1, "FLOAT")],
+)
+def test_reading_in_blocks_equals_reading_at_once(tmp_path, clips, rate, channels, subtype):
+    """The block-wise reader (downmix and soxr streaming per block) gives exactly the samples of reading
+    the whole file, averaging its channels and resampling it in one call, as the loader did before."""
+    import soxr
+
+    from funasr_nano_mlx.audio import load_audio
+
+    mono = soxr.resample(clips["7s"], 16000, rate)
+    samples = np.stack([mono * (0.5 + 0.25 * c) for c in range(channels)], axis=1)
+    path = written(tmp_path, "long.wav", samples, rate, subtype)
+    whole, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    expected = whole.mean(axis=1, dtype=np.float32)
+    if file_rate != 16000:
+        expected = soxr.resample(expected, file_rate, 16000, quality="HQ")
+    for block_frames in (1000, 4096, 1 << 16):  # 7 s at 44.1 kHz: 309 blocks, 76 blocks, 5 blocks
+        np.testing.assert_array_equal(load_audio(path, block_frames), expected)
