@@ -24,7 +24,7 @@ from .errors import UserError
 from .evalsets import check_sets, set_files
 from .evaluate import answers, evaluate
 from .files import link_or_copy, sha256, staged_output
-from .hub import COMMIT, REPO_ID
+from .hub import COMMIT, check_repo_id
 from .hub import download as fetch
 from .hub import download_from_modelscope
 from .publish import publish
@@ -224,8 +224,7 @@ def _card_agrees(job: Job, out: Path) -> bool:
 
 
 def _publish_check(job: Job) -> None:
-    if not REPO_ID.fullmatch(job.repo):
-        raise UserError(f"--repo {job.repo!r}: expected ORG/NAME")
+    check_repo_id(job.repo, "--repo")
 
 
 def _publish(job: Job, src: Path, dst: Path) -> Path:
