@@ -32,9 +32,9 @@ COMMIT = re.compile(r"[0-9a-f]{40}")  # a pinned revision; branch and tag names 
 CONFIG_FILE = "config.json"
 
 # huggingface_hub retries 408/429/5xx answers and network errors 5 times, waiting 1, 2, 4, 8, 8 s
-# (huggingface_hub/utils/_http.py:459-559), and offers no setting for it; `datasets` retries a
-# streamed file 20 times, 5 to 60 s apart (datasets/config.py:256-261). This variable bounds both.
+# (huggingface_hub/utils/_http.py:459-559), and offers no setting for it: this variable sets how often.
 RETRIES_VARIABLE = "FUNASR_NANO_MLX_HUB_RETRIES"
+DEFAULT_RETRIES = 5  # huggingface_hub's own
 # huggingface_hub sends API calls and uploads without any timeout (its client has timeout=None,
 # huggingface_hub/utils/_http.py:331-339), so a hub that accepts and never answers would hang a
 # publish for ever; every request waits at most this long for any one connect, read or write.
@@ -111,18 +111,19 @@ def _configure_clients() -> None:
     hooks = session.event_hooks
     if _bound_timeouts not in hooks["request"]:
         session.event_hooks = {**hooks, "request": [*hooks["request"], _bound_timeouts]}
-    if os.environ.get(RETRIES_VARIABLE) is None:
-        return
-    retries = int(_positive_number(RETRIES_VARIABLE, 0))
+    retries = int(_positive_number(RETRIES_VARIABLE, DEFAULT_RETRIES))
     # The keyword defaults that every caller in huggingface_hub relies on (none passes max_retries);
     # http_stream_backoff is a contextmanager, whose function is __wrapped__.
     for function in (http_backoff, http_stream_backoff):
         getattr(function, "__wrapped__", function).__kwdefaults__["max_retries"] = retries
     config = sys.modules.get("datasets.config")
-    if config is not None:  # documented settings of datasets' streaming (its docs: "stream", "retries")
-        config.STREAMING_READ_MAX_RETRIES = config.STREAMING_OPEN_MAX_RETRIES = max(retries, 1)
-        config.STREAMING_READ_RETRY_INTERVAL = config.STREAMING_OPEN_RETRY_INTERVAL = 1
-        config.STREAMING_READ_SERVER_UNAVAILABLE_RETRY_INTERVAL = config.STREAMING_READ_RATE_LIMIT_RETRY_INTERVAL = 1
+    if config is not None:
+        # `datasets` retries a streamed file again, 20 times 5 to 60 s apart (datasets/config.py:256-261,
+        # datasets/utils/file_utils.py:830-870 and 960-990), around requests that huggingface_hub has
+        # retried already: 20 minutes for one rate-limited read. One attempt is enough at that level.
+        config.STREAMING_READ_MAX_RETRIES = config.STREAMING_OPEN_MAX_RETRIES = 1
+        config.STREAMING_READ_RETRY_INTERVAL = config.STREAMING_OPEN_RETRY_INTERVAL = 0
+        config.STREAMING_READ_SERVER_UNAVAILABLE_RETRY_INTERVAL = config.STREAMING_READ_RATE_LIMIT_RETRY_INTERVAL = 0
 
 
 class _RetryLog(logging.Filter):

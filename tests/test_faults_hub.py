@@ -20,6 +20,7 @@ import soundfile as sf
 
 from funasr_nano_mlx.card import write_card
 from funasr_nano_mlx.hub import RETRIES_VARIABLE, TIMEOUT_VARIABLE
+from funasr_nano_mlx.packaged import RECIPES_DIR
 from tests.helpers import assert_user_error, files_of, invoke_cli, run_cli
 from tests.hub_server import HubServer, dead_endpoint, silent_endpoint
 
@@ -178,6 +179,14 @@ def test_a_fault_while_streaming_a_set_is_one_line_and_a_rerun_completes(tiny_f3
 
 
 def test_repo_ids_the_hub_refuses_are_refused_before_any_request(carded, wav, tmp_path):
+    def recipe(old: str, new: str) -> Path:
+        """The shipped bf16 recipe with one edit, as a file of its own."""
+        text = (RECIPES_DIR / "bf16.yaml").read_text()
+        assert old in text
+        path = tmp_path / f"edited-{len(list(tmp_path.glob('edited-*')))}.yaml"
+        path.write_text(text.replace(old, new, 1))
+        return path
+
     long_name = "org/" + "n" * 97
     for args, fragment in [
         (("publish", carded, "--repo", "../.."), "--repo '../..': a hub repo id may not contain '--' or '..'"),
@@ -188,6 +197,8 @@ def test_repo_ids_the_hub_refuses_are_refused_before_any_request(carded, wav, tm
         (("transcribe", carded, wav, "--vad", "org/vad.git"), "'org/vad.git': a hub repo id may not end in .git"),
         (("convert", "org/-name", tmp_path / "out"), "'org/-name': a hub repo id has only ASCII letters"),
         (("run", "bf16", "--work", tmp_path / "w", "--repo", "a/b/c"), "--repo 'a/b/c': expected ORG/NAME"),
+        (("run", recipe("target: mlx-community/", "target: ../../"), "--work", tmp_path / "w"), "target: '../../"),
+        (("run", recipe("repo: FunAudioLLM/", "repo: Fun--Audio/"), "--work", tmp_path / "w"), "repo: 'Fun--Audio/"),
     ]:
         assert_user_error(invoke_cli(*args), fragment, alone=True)
     assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()
