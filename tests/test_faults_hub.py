@@ -1,5 +1,5 @@
-"""Hub faults, injected through the fake hub (tests/hub_server.py): a failing upload (an LFS PUT, the
-credentials, the repo's creation), a failing verification download, a failing download of a model by
+"""Hub faults, injected through the fake hub (tests/hub_server.py): a failing upload (an LFS PUT, no
+credentials), a failing verification download, a failing download of a model by
 name or of an evaluation set (5xx, 429), a refused connection and a hub that never answers. Each ends
 in one `error:` line that says what to do, with no traceback and none of huggingface_hub's retry logs
 (at most one progress line), and a re-run once the fault clears completes without redoing what was
@@ -26,6 +26,7 @@ from tests.hub_server import HubServer, dead_endpoint, silent_endpoint
 
 REPO = "tester/fun-asr-nano-tiny"
 FAST = {RETRIES_VARIABLE: "1", TIMEOUT_VARIABLE: "1"}
+NO_RETRY = {RETRIES_VARIABLE: "0"}  # where waiting is the fault: a retry would only wait again
 WEIGHTS_GET = r"/resolve/[0-9a-f]{40}/model\.safetensors$"  # a download of the weights (not their index)
 TOP_CONFIG_GET = re.compile(r"/resolve/[^/]+/config\.json$")  # the model's, not its tokenizer's
 RETRY_LOG = re.compile(r"Retrying in|thrown while requesting|Retry \d+/\d+|Rate limited")
@@ -64,14 +65,22 @@ def oid(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-# fault -> (method, what the request path contains, status), injected for the first try and its retry;
-# None: no token at all. Each is a different way the upload or its verification fails.
-PUBLISH_FAULTS = {
-    # one LFS file's PUT (huggingface_hub wraps its failure in RuntimeError); the other gets through
-    "lfs-put-503": ("PUT", lambda model: f"/lfs-upload/{oid(model / 'model.safetensors')}", 503),
-    "no-token-401": None,
-    "verify-download-503": ("GET", lambda model: WEIGHTS_GET, 503),
-}
+def publish_during(fault: str, hub: HubServer, home: Path, model: Path):
+    """`publish MODEL` while `fault` lasts: an injected answer (for the first try and its retry), no
+    token at all, or a hub that never answers (API calls and uploads have no timeout of their own)."""
+    args = ("publish", model, "--repo", REPO)
+    if fault == "no-token-401":
+        return run_cli(*args, env={**hub.client_env(home, token=None), **FAST})
+    if fault == "silent":
+        with silent_endpoint() as url:
+            return run_cli(*args, env=env(hub, home, HF_ENDPOINT=url, **NO_RETRY))
+    method, pattern, status = {
+        # one LFS file's PUT (huggingface_hub wraps its failure in RuntimeError); the other gets through
+        "lfs-put-503": ("PUT", f"/lfs-upload/{oid(model / 'model.safetensors')}", 503),
+        "verify-download-503": ("GET", WEIGHTS_GET, 503),
+    }[fault]
+    hub.fail_next(method, pattern, status, count=2)
+    return run_cli(*args, env=env(hub, home))
 
 
 @pytest.mark.parametrize(
@@ -79,18 +88,14 @@ PUBLISH_FAULTS = {
     [
         ("lfs-put-503", f"cannot upload to {REPO}: the hub answered 503 Service Unavailable (model.safetensors)"),
         ("no-token-401", f"cannot upload to {REPO}: the hub answered 401 Unauthorized"),
+        ("silent", f"cannot upload to {REPO}: the hub did not answer within 1 s"),
         ("verify-download-503", "to verify it: the hub answered 503 Service Unavailable"),
     ],
 )
 def test_a_publish_fault_is_one_line_and_a_rerun_resumes(carded, fault, fragment, tmp_path):
     with HubServer() as hub:
         home = tmp_path / "hf"
-        if PUBLISH_FAULTS[fault] is None:
-            failed = run_cli("publish", carded, "--repo", REPO, env={**hub.client_env(home, token=None), **FAST})
-        else:
-            method, where, status = PUBLISH_FAULTS[fault]
-            hub.fail_next(method, where(carded), status, count=2)
-            failed = run_cli("publish", carded, "--repo", REPO, env=env(hub, home))
+        failed = publish_during(fault, hub, home, carded)
         assert_one_line_fault(failed, fragment)
         commits, received = len(hub.commits(REPO)) if REPO in hub.repos else 0, set(lfs_puts(hub))
 
@@ -139,7 +144,7 @@ def test_a_download_fault_is_one_line_and_a_rerun_resumes(tiny_f32, wav, fault, 
                 failed = run_cli(*args, env=env(hub, home, HF_ENDPOINT=url))
         elif fault == "silent":
             with silent_endpoint() as url:
-                failed = run_cli(*args, env=env(hub, home, HF_ENDPOINT=url))
+                failed = run_cli(*args, env=env(hub, home, HF_ENDPOINT=url, **NO_RETRY))
         else:
             hub.fail_next("GET", *{"weights-503": (WEIGHTS_GET, 503), "repo-info-429": ("/api/models/", 429)}[fault], 2)
             failed = run_cli(*args, env=env(hub, home))
@@ -166,7 +171,7 @@ def test_a_fault_while_streaming_a_set_is_one_line_and_a_rerun_completes(tiny_f3
     with HubServer() as hub:
         seed_eval_sets(hub, [name])
         args = ("evaluate", tiny_f32, "--set", name, "--limit", ROWS, "--max-new-tokens", "2")
-        hub.fail_next("GET", data_file(EvalSet.load(name)), 503, count=50)  # every retry `datasets` makes
+        hub.fail_next("GET", data_file(EvalSet.load(name)), 503, count=50)  # however often asked
         failed = run_cli(*args, "--report", tmp_path / "failed", env=env(hub, tmp_path / "hf"))
         assert_one_line_fault(failed, f"set {name}: cannot open dataset ")
         assert "the hub answered 503 Service Unavailable" in failed.stderr and not (tmp_path / "failed").exists()
