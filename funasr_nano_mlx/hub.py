@@ -8,6 +8,7 @@ No MLX here: the CLI resolves names before any model is loaded.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import sys
@@ -39,7 +40,7 @@ DEFAULT_RETRIES = 5  # huggingface_hub's own
 # huggingface_hub/utils/_http.py:331-339), so a hub that accepts and never answers would hang a
 # publish for ever; every request waits at most this long for any one connect, read or write.
 TIMEOUT_VARIABLE = "FUNASR_NANO_MLX_HUB_TIMEOUT"
-DEFAULT_TIMEOUT_SECONDS = 60.0  # above every timeout huggingface_hub sets itself (10 s, 60 s)
+DEFAULT_TIMEOUT_SECONDS = 60.0  # not below any timeout huggingface_hub sets itself (10 s, 60 s)
 RESUMES = "a re-run resumes"
 
 
@@ -79,17 +80,18 @@ def one_line(err: Exception) -> str:
 
 
 def _timeout_seconds() -> float:
-    return _positive_number(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_SECONDS)
+    return _number(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_SECONDS, zero_ok=False)
 
 
-def _positive_number(variable: str, default: float) -> float:
+def _number(variable: str, default: float, zero_ok: bool = True) -> float:
+    """The finite number in environment `variable` (`default` when unset)."""
     text = os.environ.get(variable)
     try:
         value = default if text is None else float(text)
     except ValueError:
-        value = -1.0
-    if not value >= 0:  # also NaN
-        raise UserError(f"{variable}={text!r}: expected a number of 0 or more")
+        value = math.nan
+    if not (0 <= value < math.inf and (zero_ok or value > 0)):  # NaN fails every comparison
+        raise UserError(f"{variable}={text!r}: expected a number {'of 0 or more' if zero_ok else 'above 0'}")
     return value
 
 
@@ -111,7 +113,7 @@ def _configure_clients() -> None:
     hooks = session.event_hooks
     if _bound_timeouts not in hooks["request"]:
         session.event_hooks = {**hooks, "request": [*hooks["request"], _bound_timeouts]}
-    retries = int(_positive_number(RETRIES_VARIABLE, DEFAULT_RETRIES))
+    retries = int(_number(RETRIES_VARIABLE, DEFAULT_RETRIES))
     # The keyword defaults that every caller in huggingface_hub relies on (none passes max_retries);
     # http_stream_backoff is a contextmanager, whose function is __wrapped__.
     for function in (http_backoff, http_stream_backoff):
