@@ -24,7 +24,7 @@ from pathlib import Path
 
 
 from .errors import UserError
-from .hub import COMMIT, one_line
+from .hub import COMMIT, hub_errors, one_line
 from .packaged import EVAL_SETS_DIR, packaged_names
 from .strict_yaml import StrictMapping, check, read_utf8, short
 
@@ -280,13 +280,10 @@ def _recorded_sha256(evalset: EvalSet) -> dict[str, str | None]:
     paths = list(evalset.sha256 or {})
     if not evalset.is_hub:
         return {p: sha256(Path(evalset.dataset) / p) for p in paths if (Path(evalset.dataset) / p).is_file()}
-    import httpx
     from huggingface_hub import HfApi
 
-    try:
+    with hub_errors("check the SHA-256 of its files", subject=f"set {evalset.name}"):
         infos = HfApi().get_paths_info(evalset.dataset, paths, revision=evalset.revision, repo_type="dataset")
-    except (httpx.HTTPError, OSError, ValueError) as err:  # huggingface_hub's HTTP errors are the first two
-        raise UserError(f"set {evalset.name}: cannot check the SHA-256 of its files: {one_line(err)}") from None
     return {i.path: i.lfs.sha256 if getattr(i, "lfs", None) else None for i in infos if hasattr(i, "blob_id")}
 
 
@@ -329,16 +326,15 @@ def _stream(evalset: EvalSet):
 
 def _hub_items(evalset: EvalSet) -> Iterator[Item]:
     from datasets import Audio
-    import httpx
-    from datasets.exceptions import DatasetNotFoundError
 
     label = evalset.label
     evalset.require_pin()
     check_sha256(evalset)
     try:
-        stream = _stream(evalset)
-        columns = stream.column_names or list(next(iter(stream)))
-    except (DatasetNotFoundError, OSError, ValueError, StopIteration, httpx.HTTPError) as err:
+        with hub_errors(f"open {label}", subject=f"set {evalset.name}"):  # a missing dataset is an OSError
+            stream = _stream(evalset)
+            columns = stream.column_names or list(next(iter(stream)))
+    except (ValueError, StopIteration) as err:
         raise UserError(f"set {evalset.name}: cannot open {label}: {one_line(err) or 'it has no rows'}") from None
     audio_column, text_column = evalset.audio_column or HUB_COLUMNS[0], evalset.text_column or HUB_COLUMNS[1]
     wanted = [c for c in (audio_column, text_column, evalset.id_column) if c]
@@ -347,6 +343,10 @@ def _hub_items(evalset: EvalSet) -> Iterator[Item]:
     stream = stream.cast_column(audio_column, Audio(decode=False))
 
     def items():
+        with hub_errors(f"read {label}", subject=f"set {evalset.name}"):  # rows stream in as they are read
+            yield from rows()
+
+    def rows():
         for i, row in enumerate(stream):
             audio = row[audio_column] or {}
             name = audio.get("path") or ""

@@ -33,7 +33,7 @@ from .files import (
     stamp,
     staged_output,
 )
-from .hub import COMMIT, REPO_ID
+from .hub import COMMIT, check_repo_id
 from .hub import download as fetch
 from .hub import download_from_modelscope
 from .publish import publish
@@ -271,8 +271,7 @@ def _card_agrees(job: Job, out: Path) -> bool:
 
 
 def _publish_check(job: Job) -> None:
-    if not REPO_ID.fullmatch(job.repo):
-        raise UserError(f"--repo {job.repo!r}: expected ORG/NAME")
+    check_repo_id(job.repo, "--repo")
 
 
 def _publish(job: Job, src: Path, dst: Path) -> Path:

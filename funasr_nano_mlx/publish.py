@@ -26,7 +26,7 @@ from .card import (
 )
 from .errors import UserError
 from .files import package_version, sha256
-from .hub import REPO_ID, one_line
+from .hub import check_repo_id, hub_errors
 from .modeldir import ModelDir
 
 IGNORED = [".cache/**", "*.tmp", ".DS_Store"]
@@ -86,7 +86,9 @@ def verify(repo_id: str, commit: str, files: dict[str, Path]) -> None:
     from .transcribe import load, transcribe
 
     with tempfile.TemporaryDirectory(prefix="funasr-nano-mlx-verify-") as tmp:
-        snapshot_download(repo_id, revision=commit, local_dir=tmp)
+        # The upload is committed by now: a re-run finds nothing to upload and verifies again.
+        with hub_errors(f"download {repo_id}@{commit} to verify it"):
+            snapshot_download(repo_id, revision=commit, local_dir=tmp)
         remote = {k: p for k, p in local_files(Path(tmp)).items() if k not in REMOTE_ONLY}
         missing, extra = sorted(files.keys() - remote.keys()), sorted(remote.keys() - files.keys())
         if missing or extra:
@@ -119,8 +121,7 @@ def publish(
     `recipe` (a name, file or Recipe) is the one the card was written with, for a model whose
     config.json names none."""
     model_dir = Path(model_dir)
-    if not REPO_ID.fullmatch(repo_id):
-        raise UserError(f"--repo {repo_id!r}: expected ORG/NAME")
+    check_repo_id(repo_id, "--repo")
     model = check(model_dir, repo_id, recipe)
     files = local_files(model_dir)
     message = commit_message(model)
@@ -134,23 +135,17 @@ def publish(
         )
         return None
 
-    import httpx
     from huggingface_hub import HfApi
 
     api = HfApi()
-    try:
+    # One commit or none: a failed upload leaves the repo as it was. LFS files the hub already holds
+    # are not sent again (upload_folder asks first), so a re-run resumes.
+    with hub_errors(f"upload to {repo_id}"):
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.upload_folder(
             repo_id=repo_id, folder_path=model_dir, commit_message=message, ignore_patterns=IGNORED
         )
-    except (httpx.HTTPError, OSError, ValueError) as err:  # huggingface_hub's HTTP errors are both
-        raise UserError(
-            f"upload to {repo_id} failed: {one_line(err)} (nothing is half-committed: run publish again)"
-        ) from None
     commit = info.oid
-    try:
-        verify(repo_id, commit, files)
-    except (httpx.HTTPError, OSError) as err:
-        raise UserError(f"verification failed: cannot download {repo_id}@{commit}: {one_line(err)}") from None
+    verify(repo_id, commit, files)
     echo(f"verified {len(files)} files of {repo_id}@{commit}")
     return Published(repo_id, commit, info.commit_url, private, {name: sha256(path) for name, path in files.items()})

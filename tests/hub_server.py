@@ -58,8 +58,11 @@ import hashlib
 import json
 import os
 import re
+import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -167,7 +170,7 @@ class HubServer:
         self.datasets: dict[str, Repo] = {}  # dataset repositories (read-only over HTTP: see `seed`)
         self.requests: list[str] = []  # "METHOD /path?query" of every request, in arrival order
         self._blobs: dict[str, bytes] = {}
-        self._failures: list[list] = []  # [method, path substring, status, remaining count]
+        self._failures: list[list] = []  # [method, path pattern, status, remaining count]
         self._lock = threading.RLock()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -257,12 +260,18 @@ class HubServer:
         with self._lock:
             repo.tampered[(path, self._resolve(repo, "main").tree[path].sha256)] = data
 
-    def fail_next(self, method: str, path_substring: str, status: int = 500, count: int = 1) -> None:
-        """Answer the next `count` `method` requests whose path contains `path_substring` with `status`.
+    def fail_next(self, method: str, path_pattern: str, status: int = 500, count: int = 1) -> None:
+        """Answer the next `count` `method` requests whose path (query included) matches the regular
+        expression `path_pattern` (searched, so a plain substring without special characters works) with `status`.
         huggingface_hub retries 408/429/5xx by itself (after 1 s, 2 s...) on preupload, the LFS batch
         and the LFS PUT, not on POST .../commit/..., so fail the commit to make an upload raise at once."""
         with self._lock:
-            self._failures.append([method.upper(), path_substring, status, count])
+            self._failures.append([method.upper(), re.compile(path_pattern), status, count])
+
+    def clear_failures(self) -> None:
+        """Forget every failure still due from `fail_next`: the fault has cleared."""
+        with self._lock:
+            self._failures.clear()
 
     # -- storage -------------------------------------------------------------------------------
     def _store(self, data: bytes, lfs: bool, declared_sha256: str | None = None) -> Entry:
@@ -329,7 +338,7 @@ class HubServer:
     def _injected_failure(self, method: str, path: str) -> int | None:
         with self._lock:
             for rule in self._failures:
-                if rule[0] == method and rule[1] in path:
+                if rule[0] == method and rule[1].search(path):
                     rule[3] -= 1
                     if rule[3] == 0:
                         self._failures.remove(rule)
@@ -540,6 +549,25 @@ ROUTES = [  # (methods, regex on the still-quoted URL path, HubServer endpoint m
     ({"GET", "HEAD"}, rf"/(?P<kind>datasets)/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "api_resolve"),
     ({"GET", "HEAD"}, rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", "api_resolve"),
 ]
+
+
+@contextmanager
+def dead_endpoint() -> Iterator[str]:
+    """The URL of a port on 127.0.0.1 where nobody listens: every connection is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """The URL of a server that takes connections (the kernel completes them into the listen backlog)
+    and never answers a byte: a client waits until its timeout."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 class _Handler(BaseHTTPRequestHandler):
