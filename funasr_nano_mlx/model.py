@@ -275,19 +275,15 @@ class SenseVoiceEncoder(nn.Module):
         return self.tp_norm(x)
 
     def run_layers(self, layers: list[SANMEncoderLayer], x: mx.array, mask: mx.array | None) -> mx.array:
-        previous = None
         for index, layer in enumerate(layers, start=1):
             x = run_layer(layer, (layer.norm1.weight.shape[0], self.args), x, mask)  # its constructor's arguments
             if index % ENCODER_LAYERS_PER_EVAL == 0:
                 # On CUDA, intermediates of a graph submitted at once stay allocated until it has run:
                 # 70 layers held 6.9 GB above the weights for 16 x 30 s (0.3 GB for one clip).
-                # Submitting in slices of layers bounds that; it changes no number. Each slice is only
-                # waited for once the next one is submitted: waiting at once left the device idle while
-                # the host built the next slice (4.6 ms of 19 for 10 s on an H100, bench/kernels.py).
-                mx.async_eval(x)
-                if previous is not None:
-                    mx.eval(previous)
-                previous = x
+                # Evaluating in slices of layers bounds that; it changes no number. (Waiting for a slice
+                # only after submitting the next saved time for one clip but doubled the batch-32 peak,
+                # 9 -> 20 GB on an H100: BENCHMARKS.md.)
+                mx.eval(x)
         return x
 
 
