@@ -417,10 +417,11 @@ class FusedLinear:
     layer's scales and biases) concatenated along the output dimension, which is safe for quantized
     weights too because their groups run along the input dimension.
 
-    Why: a decode step at batch 1 is ~500 small kernels and costs their count more than their arithmetic
-    (see BENCHMARKS.md), so three projections in one matmul are two kernels fewer. The parts keep their
-    own parameters, now views into the fused arrays (no memory is added, saved files keep their keys);
-    if a part's weight is replaced afterwards the fused copy is stale and `current` returns None.
+    Why: a decode step at batch 1 is ~500 small kernels and costs the host's work per kernel more than
+    the arithmetic, so three projections in one matmul are two kernels fewer (on an H100: 6-9% less
+    per token, 11% per batched step; BENCHMARKS.md). FUNASR_NANO_FUSE=0 turns it off. The parts keep
+    their own parameters, now views into the fused arrays (no memory is added, saved files keep their
+    keys); if a part's weight is replaced afterwards the fused copy is stale and `current` returns None.
     """
 
     ARRAYS = ("weight", "scales", "biases")
