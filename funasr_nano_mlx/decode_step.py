@@ -24,7 +24,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import BatchKVCache
 
-from .model import use_compile
+from .model import fusion_state, use_compile
 
 WINDOW_STEP = 128  # the attention reads the buffers up to the next multiple of this: few shapes, little waste
 CAPACITY_STEP = 256  # buffers grow by this many slots, so that utterances share compiled shapes
@@ -64,9 +64,10 @@ def _compiled_step(llm):
 
     The weights are closed over, so the trace holds them as constants: passing them as inputs cost
     0.6 ms per call for a 4-bit model's 900 arrays (measured on the development CPU), more than the
-    step's arithmetic on a GPU. The trace is made again if any weight array was replaced since.
+    step's arithmetic on a GPU. The trace is made again if any weight array was replaced, or the
+    projections fused or unfused (`FunASRNano.fuse_projections`), since.
     """
-    weights = tuple(id(array) for _, array in tree_flatten(llm.parameters()))
+    weights = tuple(id(array) for _, array in tree_flatten(llm.parameters())) + fusion_state(llm)
     cached = llm.__dict__.get("_greedy_step")
     if cached is None or cached[0] != weights:
         cached = (weights, mx.compile(partial(_greedy_step, llm)))

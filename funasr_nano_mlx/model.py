@@ -7,6 +7,7 @@ No I/O here. Module names follow the upstream checkpoint keys (`audio_encoder.*`
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -15,6 +16,7 @@ from functools import lru_cache
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models import qwen3
+from mlx_lm.models.activations import swiglu
 
 ENCODER_LN_EPS = 1e-5  # SenseVoice LayerNorm default, [F] models/sense_voice/model.py:300
 ADAPTOR_LN_EPS = 1e-12  # funasr transformer LayerNorm, [F] models/transformer/layer_norm.py:24
@@ -278,7 +280,9 @@ class SenseVoiceEncoder(nn.Module):
             if index % ENCODER_LAYERS_PER_EVAL == 0:
                 # On CUDA, intermediates of a graph submitted at once stay allocated until it has run:
                 # 70 layers held 6.9 GB above the weights for 16 x 30 s (0.3 GB for one clip).
-                # Evaluating in slices of layers bounds that; it changes no number.
+                # Evaluating in slices of layers bounds that; it changes no number. (Waiting for a slice
+                # only after submitting the next saved time for one clip but doubled the batch-32 peak,
+                # 9 -> 20 GB on an H100: BENCHMARKS.md.)
                 mx.eval(x)
         return x
 
@@ -402,6 +406,119 @@ class UpstreamRoPE(nn.Module):
         return mx.fast.rope(x, self.dims, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._freqs)
 
 
+def use_fused_projections() -> bool:
+    """Whether `load` fuses the LLM's q/k/v and gate/up projections (`FunASRNano.fuse_projections`).
+    On by default; FUNASR_NANO_FUSE=0 keeps mlx-lm's separate matmuls."""
+    return os.environ.get("FUNASR_NANO_FUSE", "1") not in ("", "0")
+
+
+class FusedLinear:
+    """Linear layers that read the same input, computed by one matmul: their weights (and a quantized
+    layer's scales and biases) concatenated along the output dimension, which is safe for quantized
+    weights too because their groups run along the input dimension.
+
+    Why: a decode step at batch 1 is ~500 small kernels and costs the host's work per kernel more than
+    the arithmetic, so three projections in one matmul are two kernels fewer (on an H100: 6-9% less
+    per token, 11% per batched step; BENCHMARKS.md). FUNASR_NANO_FUSE=0 turns it off. The parts keep
+    their own parameters, now views into the fused arrays (no memory is added, saved files keep their
+    keys); if a part's weight is replaced afterwards the fused copy is stale and `current` returns None.
+    """
+
+    ARRAYS = ("weight", "scales", "biases")
+
+    def __init__(self, parts: list[nn.Module]):
+        self.linear = copy.copy(parts[0])  # same class and quantization settings: the library's own __call__
+        bounds = [0]
+        for part in parts:
+            bounds.append(bounds[-1] + part.weight.shape[0])
+        self.splits = bounds[1:-1]
+        for name in self.ARRAYS:
+            if name in parts[0]:
+                self.linear[name] = mx.concatenate([part[name] for part in parts])
+                for part, lo, hi in zip(parts, bounds, bounds[1:]):
+                    part[name] = self.linear[name][lo:hi]
+        self.parts = parts
+        self.weights = tuple(part.weight for part in parts)
+
+    @staticmethod
+    def can_fuse(parts: list[nn.Module]) -> bool:
+        """Same class, no bias, same dtype and quantization (a recipe may give v_proj more bits than q_proj)."""
+        if type(parts[0]) not in (nn.Linear, nn.QuantizedLinear) or "bias" in parts[0]:
+            return False
+
+        def settings(m: nn.Module) -> tuple:
+            quantization = tuple(getattr(m, name, None) for name in ("bits", "group_size", "mode"))
+            return type(m), m.weight.dtype, "biases" in m, "bias" in m, quantization
+
+        return all(settings(part) == settings(parts[0]) for part in parts)
+
+    def current(self) -> "FusedLinear | None":
+        return self if all(p.weight is w for p, w in zip(self.parts, self.weights)) else None
+
+    def __call__(self, x: mx.array) -> list[mx.array]:
+        return mx.split(self.linear(x), self.splits, axis=-1)
+
+
+def _fuse(module: nn.Module, attribute: str, parts: list[nn.Module], on: bool) -> None:
+    """Keep (or drop) a FusedLinear of `parts` on `module`, outside its parameter tree."""
+    fused = FusedLinear(parts) if on and FusedLinear.can_fuse(parts) else None
+    object.__setattr__(module, attribute, fused)  # a plain attribute: parameters() and saving never see it
+
+
+def _fused(module: nn.Module, attribute: str) -> FusedLinear | None:
+    fused = module.__dict__.get(attribute)
+    return None if fused is None else fused.current()
+
+
+def fusion_state(llm) -> tuple:
+    """Which fused projections the LLM's layers compute with now: a step compiled under another state
+    holds the other weights as constants, so it must be traced again."""
+    return tuple(
+        id(_fused(module, attribute))
+        for layer in llm.layers
+        for module, attribute in ((layer.self_attn, "_qkv"), (layer.mlp, "_gate_up"))
+    )
+
+
+class Qwen3Attention(qwen3.Attention):
+    """mlx-lm's Qwen3 attention, with q, k and v from one matmul once `fuse` has run (see FusedLinear)."""
+
+    def fuse(self, on: bool = True) -> None:
+        _fuse(self, "_qkv", [self.q_proj, self.k_proj, self.v_proj], on)
+
+    def __call__(self, x: mx.array, mask: mx.array | None = None, cache=None) -> mx.array:
+        qkv = _fused(self, "_qkv")
+        if qkv is None:
+            return super().__call__(x, mask, cache)
+        # The rest as mlx_lm/models/qwen3.py:76-100 (mlx-lm 0.32.2), from the fused projection's split.
+        B, L, _ = x.shape
+        queries, keys, values = qkv(x)
+        queries = self.q_norm(queries.reshape(B, L, self.n_heads, -1)).transpose(0, 2, 1, 3)
+        keys = self.k_norm(keys.reshape(B, L, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
+        values = values.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        if cache is not None:
+            queries = self.rope(queries, offset=cache.offset)
+            keys = self.rope(keys, offset=cache.offset)
+            keys, values = cache.update_and_fetch(keys, values)
+        else:
+            queries, keys = self.rope(queries), self.rope(keys)
+        output = qwen3.scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)
+        return self.o_proj(output.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+
+class Qwen3MLP(qwen3.MLP):
+    """mlx-lm's Qwen3 MLP, with gate and up from one matmul once `fuse` has run (see FusedLinear)."""
+
+    def fuse(self, on: bool = True) -> None:
+        _fuse(self, "_gate_up", [self.gate_proj, self.up_proj], on)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        gate_up = _fused(self, "_gate_up")
+        if gate_up is None:
+            return super().__call__(x)
+        return self.down_proj(swiglu(*gate_up(x)))  # as mlx_lm/models/qwen3.py:111
+
+
 class FunASRNano(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -413,10 +530,20 @@ class FunASRNano(nn.Module):
             raise ValueError(f"unsupported rope_scaling for Fun-ASR-Nano: {llm_args.rope_scaling}")
         self.llm = qwen3.Model(llm_args)
         for layer in self.llm.layers:
+            layer.self_attn = Qwen3Attention(llm_args)  # mlx-lm's, plus fusable projections
             layer.self_attn.rope = UpstreamRoPE(llm_args.head_dim, llm_args.rope_theta, args.llm_dtype)
+            layer.mlp = Qwen3MLP(llm_args.hidden_size, llm_args.intermediate_size)
         if args.ctc_decoder_conf is not None:  # [F] fun_asr_nano/model.py:152-199
             self.ctc_decoder = AudioAdaptor(args.ctc_decoder_conf)
             self.ctc = CTC(args.ctc_decoder_conf.llm_dim, args.ctc_vocab_size)
+
+    def fuse_projections(self, on: bool = True) -> None:
+        """Compute each LLM layer's q/k/v and gate/up projections with one matmul each (FusedLinear), or
+        (on=False) separately again. Layer by layer, so the concatenation adds one layer's weights at most."""
+        for layer in self.llm.layers:
+            layer.self_attn.fuse(on)
+            layer.mlp.fuse(on)
+            mx.eval(layer.parameters())  # the parts are views of the fused arrays from here on
 
     @property
     def has_ctc(self) -> bool:

@@ -48,7 +48,7 @@ from .decoding import (
 )
 from .errors import UserError
 from .languages import resolve_language
-from .model import FunASRNano, model_classes
+from .model import FunASRNano, model_classes, use_fused_projections
 from .modeldir import CTC_TOKENIZER_FILE, TOKENIZER_DIR, find_model, read_config
 from .segment import DEFAULT_MAX_SEGMENT_MS, EnergySegmenter
 
@@ -156,6 +156,8 @@ def load(path_or_repo: str | Path, revision: str | None = None) -> tuple[FunASRN
     for audio_module in (model.audio_encoder, model.audio_adaptor, *ctc_modules(model)):
         audio_module.set_dtype(mx.float32)
     mx.eval(model.parameters())
+    if use_fused_projections():
+        model.fuse_projections()
     if model.has_ctc:  # the CTC tokenizer travels with the model, as the Qwen one with `tokenizer`
         model.ctc_tokenizer = ctc.CTCTokenizer.from_file(
             path / CTC_TOKENIZER_FILE, config.get("ctc_num_languages", 8749)

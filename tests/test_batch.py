@@ -206,3 +206,25 @@ def test_compiled_paths_give_the_same_numbers(tiny_model, ten_files, monkeypatch
     np.testing.assert_array_equal(np.array(model.encode(feats)), plain)
     compiled = [r.token_ids for r in transcribe_many(model, tokenizer, ten_files[:4], batch_size=4)]
     assert compiled == plain_tokens
+
+
+def test_fused_projections_give_the_same_tokens(tiny_f32, ten_files, monkeypatch):
+    """`load` computes each LLM layer's q/k/v and gate/up with one matmul each; FUNASR_NANO_FUSE=0 keeps
+    mlx-lm's separate ones. Same tokens one at a time and batched, and a weight replaced after loading
+    is used (the fused copy is not stale)."""
+    from funasr_nano_mlx import load
+
+    fused, tokenizer = load(tiny_f32)
+    monkeypatch.setenv("FUNASR_NANO_FUSE", "0")
+    apart, _ = load(tiny_f32)
+
+    def tokens(model) -> list[list[int]]:
+        return [r.token_ids for r in transcribe_many(model, tokenizer, ten_files[:4], batch_size=2, max_new_tokens=8)]
+
+    assert tokens(fused) == tokens(apart)
+    for model in (fused, apart):
+        for layer in model.llm.layers:
+            layer.self_attn.v_proj.weight = -layer.self_attn.v_proj.weight
+            layer.mlp.up_proj.weight = -layer.mlp.up_proj.weight
+    assert tokens(fused) == tokens(apart)
+    assert tokens(fused) != tokens(load(tiny_f32)[0])
