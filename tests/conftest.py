@@ -135,6 +135,21 @@ def evaluated(tmp_path_factory, tiny_f32, tiny_bf16):
 
 
 @pytest.fixture(scope="session")
+def carded_model(evaluated, tmp_path_factory):
+    """The evaluated tiny model with its card for PUBLISH_REPO: ready to publish (copy it to change it)."""
+    import shutil
+
+    from funasr_nano_mlx.card import write_card
+    from tests.helpers import PUBLISH_REPO
+
+    model, report = evaluated
+    target = tmp_path_factory.mktemp("carded") / "model"
+    shutil.copytree(model, target)
+    write_card(target, report_dir=report, repo_id=PUBLISH_REPO)
+    return target
+
+
+@pytest.fixture(scope="session")
 def four_bit(evaluated, tiny_bf16, tmp_path_factory):
     """(model dir, report dir): the tiny model quantized by recipe 4bit-llm (acceptance bound 0.5 points),
     evaluated on the same set against the same bf16 report."""

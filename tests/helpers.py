@@ -19,6 +19,7 @@ NOISE_FLOOR = 1e-4  # a recording's noise floor under synthetic speech (about 3 
 # Clip lengths: shorter than an LLM token's worth of frames, ~1 s, a typical utterance, and just over
 # the 30 s that upstream says needs segmentation.
 CLIP_SECONDS = {"0.3s": 0.3, "1s": 1.0, "7s": 7.0, "31s": 31.0}
+PUBLISH_REPO = "tester/fun-asr-nano-tiny"  # where the publishing tests upload, on the local hub
 SHIPPED_RECIPES = (
     "bf16",
     "8bit",

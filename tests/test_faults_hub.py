@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 
-from funasr_nano_mlx.card import write_card
 from funasr_nano_mlx.hub import RETRIES_VARIABLE, TIMEOUT_VARIABLE
 from funasr_nano_mlx.packaged import RECIPES_DIR
-from tests.helpers import assert_user_error, files_of, invoke_cli, run_cli
+from tests.helpers import PUBLISH_REPO, assert_user_error, files_of, invoke_cli, run_cli
 from tests.hub_server import HubServer, dead_endpoint, silent_endpoint
 
-REPO = "tester/fun-asr-nano-tiny"
+REPO = PUBLISH_REPO
 FAST = {RETRIES_VARIABLE: "1", TIMEOUT_VARIABLE: "1"}
 NO_RETRY = {RETRIES_VARIABLE: "0"}  # where waiting is the fault: a retry would only wait again
 WEIGHTS_GET = r"/resolve/[0-9a-f]{40}/model\.safetensors$"  # a download of the weights (not their index)
@@ -50,15 +48,6 @@ def lfs_puts(hub: HubServer, since: int = 0) -> list[str]:
 
 
 # -- publish: the upload and its verification ----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def carded(evaluated, tmp_path_factory):
-    model, report = evaluated
-    target = tmp_path_factory.mktemp("carded") / "model"
-    shutil.copytree(model, target)
-    write_card(target, report_dir=report, repo_id=REPO)
-    return target
 
 
 def oid(path: Path) -> str:
@@ -92,27 +81,30 @@ def publish_during(fault: str, hub: HubServer, home: Path, model: Path):
         ("verify-download-503", "to verify it: the hub answered 503 Service Unavailable"),
     ],
 )
-def test_a_publish_fault_is_one_line_and_a_rerun_resumes(carded, fault, fragment, tmp_path):
+def test_a_publish_fault_is_one_line_and_a_rerun_resumes(carded_model, fault, fragment, tmp_path):
     with HubServer() as hub:
         home = tmp_path / "hf"
-        failed = publish_during(fault, hub, home, carded)
+        failed = publish_during(fault, hub, home, carded_model)
         assert_one_line_fault(failed, fragment)
         commits, received = len(hub.commits(REPO)) if REPO in hub.repos else 0, set(lfs_puts(hub))
 
         hub.clear_failures()  # a download is not retried on 5xx: one of the two may be left
         seen = len(hub.requests)
-        done = run_cli("publish", carded, "--repo", REPO, env=env(hub, home))
+        done = run_cli("publish", carded_model, "--repo", REPO, env=env(hub, home))
         assert done.returncode == 0, done.stderr
         served = hub.files(REPO)
         served.pop(".gitattributes")
-        assert served == {name: path.read_bytes() for name, path in files_of(carded).items()}
+        assert served == {name: path.read_bytes() for name, path in files_of(carded_model).items()}
         assert len(hub.commits(REPO)) == 2  # create_repo's, and the upload's (once)
         sent_again = lfs_puts(hub, seen)
         if fault == "verify-download-503":  # the upload was complete: the re-run only verifies
             assert commits == 2 and sent_again == []
         if fault == "lfs-put-503":  # the file the hub received is not sent again; the failed one is
-            assert received == {oid(carded / "model.safetensors"), oid(carded / "Qwen3-0.6B" / "tokenizer.json")}
-            assert sent_again == [oid(carded / "model.safetensors")]
+            assert received == {
+                oid(carded_model / "model.safetensors"),
+                oid(carded_model / "Qwen3-0.6B" / "tokenizer.json"),
+            }
+            assert sent_again == [oid(carded_model / "model.safetensors")]
 
 
 # -- a model by name ------------------------------------------------------------------------------------
@@ -183,7 +175,7 @@ def test_a_fault_while_streaming_a_set_is_one_line_and_a_rerun_completes(tiny_f3
 # -- repo ids the hub refuses: one line before anything is sent -----------------------------------------
 
 
-def test_repo_ids_the_hub_refuses_are_refused_before_any_request(carded, wav, tmp_path):
+def test_repo_ids_the_hub_refuses_are_refused_before_any_request(carded_model, wav, tmp_path):
     def recipe(old: str, new: str) -> Path:
         """The shipped bf16 recipe with one edit, as a file of its own."""
         text = (RECIPES_DIR / "bf16.yaml").read_text()
@@ -194,12 +186,12 @@ def test_repo_ids_the_hub_refuses_are_refused_before_any_request(carded, wav, tm
 
     long_name = "org/" + "n" * 97
     for args, fragment in [
-        (("publish", carded, "--repo", "../.."), "--repo '../..': a hub repo id may not contain '--' or '..'"),
-        (("publish", carded, "--repo", "org/"), "--repo 'org/': expected ORG/NAME"),
-        (("publish", carded, "--repo", "组织/模型"), "a hub repo id has only ASCII letters"),
+        (("publish", carded_model, "--repo", "../.."), "--repo '../..': a hub repo id may not contain '--' or '..'"),
+        (("publish", carded_model, "--repo", "org/"), "--repo 'org/': expected ORG/NAME"),
+        (("publish", carded_model, "--repo", "组织/模型"), "a hub repo id has only ASCII letters"),
         (("transcribe", "org/na--me", wav), "'org/na--me': a hub repo id may not contain '--' or '..'"),
         (("transcribe", long_name, wav), "ORG and NAME are at most 96 characters each"),
-        (("transcribe", carded, wav, "--vad", "org/vad.git"), "'org/vad.git': a hub repo id may not end in .git"),
+        (("transcribe", carded_model, wav, "--vad", "org/vad.git"), "'org/vad.git': a hub repo id may not end in .git"),
         (("convert", "org/-name", tmp_path / "out"), "'org/-name': a hub repo id has only ASCII letters"),
         (("run", "bf16", "--work", tmp_path / "w", "--repo", "a/b/c"), "--repo 'a/b/c': expected ORG/NAME"),
         (("run", recipe("target: mlx-community/", "target: ../../"), "--work", tmp_path / "w"), "target: '../../"),

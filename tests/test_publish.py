@@ -14,9 +14,9 @@ from funasr_nano_mlx.card import CARD, EVAL_JSON_NAME, render, write_card
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.publish import check
 from tests.hub_server import HubServer
-from tests.helpers import assert_user_error, run_cli, worst_delta
+from tests.helpers import PUBLISH_REPO, assert_user_error, run_cli, worst_delta
 
-REPO = "tester/fun-asr-nano-tiny"
+REPO = PUBLISH_REPO
 
 
 @pytest.fixture
@@ -25,18 +25,9 @@ def hub():
         yield server
 
 
-@pytest.fixture(scope="module")
-def carded_once(evaluated, tmp_path_factory):
-    model, report = evaluated
-    target = tmp_path_factory.mktemp("carded") / "model"
-    shutil.copytree(model, target)
-    write_card(target, report_dir=report, repo_id=REPO)
-    return target
-
-
 @pytest.fixture
-def carded(carded_once, tmp_path):
-    return Path(shutil.copytree(carded_once, tmp_path / "model"))
+def carded(carded_model, tmp_path):
+    return Path(shutil.copytree(carded_model, tmp_path / "model"))
 
 
 def publish(hub: HubServer, home: Path, model: Path, *extra: str):
