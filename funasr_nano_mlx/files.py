@@ -22,6 +22,9 @@ from .errors import UserError
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EFBIG}
 NAME_MAX = 255  # bytes in one path component on Linux and macOS filesystems (os.pathconf may say less)
 PARTIAL_NAME_CHARS = 48  # a partial's name keeps this much of its final name: it always fits NAME_MAX
+# How MLX's file writer (mx.save_safetensors, under mlx_lm's save_model) words a failed write, e.g. on a
+# full disk: a RuntimeError "[write] Unable to write 9979 bytes to file.", with no errno to tell it by.
+MLX_WRITE_ERROR = "[write] "
 FICLONE = 0x40049409  # Linux ioctl: a copy-on-write clone of a whole file (btrfs, XFS); <linux/fs.h>
 
 
@@ -119,8 +122,9 @@ def _remove_abandoned(dst: Path) -> None:
 
 def safetensors_shortfall(path: Path) -> int:
     """Bytes missing from a safetensors file: its header declares the size. MLX's writer
-    (mx.save_safetensors, used by mlx_lm's save_model) ignores write errors: on a full disk it leaves
-    a short file and raises nothing (seen writing to /dev/full), so a stage checks what it wrote."""
+    (mx.save_safetensors, used by mlx_lm's save_model) reports a failed write as MLX_WRITE_ERROR (MLX
+    0.32.4, on a full tmpfs and on /dev/full); a writer that reported nothing would leave a short file,
+    so a stage also checks what it wrote."""
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
@@ -163,6 +167,12 @@ def staged_output(dst: Path):
         shutil.rmtree(tmp, ignore_errors=True)
         if err.errno in WRITE_ERRNOS:
             raise _write_error(dst, err) from None
+        raise
+    except RuntimeError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if str(err).startswith(MLX_WRITE_ERROR):
+            why = str(err)[len(MLX_WRITE_ERROR) :].rstrip(".")
+            raise UserError(f"cannot write {dst}: {why} (disk full?); nothing was left behind") from None
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

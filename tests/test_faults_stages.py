@@ -307,12 +307,32 @@ def short_weights(save):
     return save_model
 
 
+def onto_a_full_disk(save):
+    """MLX's own writer on a full disk: every write to /dev/full fails (ENOSPC), and MLX raises a
+    RuntimeError that has no errno."""
+
+    def save_model(folder, *args, **kwargs):
+        (Path(folder) / "model.safetensors").symlink_to("/dev/full")
+        save(folder, *args, **kwargs)
+
+    return save_model
+
+
+FAULTS = {
+    "save_config": lambda save: no_space,
+    "save_model": short_weights,
+    "save_model onto /dev/full": onto_a_full_disk,
+}
+
+
 @pytest.mark.parametrize(
     "target, writer, fragment",
     [
         ("convert", "save_config", "No space left on device"),
         ("convert", "save_model", "bytes short (disk full?)"),
         ("quantize", "save_model", "bytes short (disk full?)"),
+        ("convert", "save_model onto /dev/full", "Unable to write"),
+        ("quantize", "save_model onto /dev/full", "Unable to write"),
         ("text", "write_bytes", "No space left on device"),
     ],
 )
@@ -331,7 +351,8 @@ def test_a_write_that_fails_at_the_end_is_one_line_and_leaves_nothing(
         out = tmp_path / "out"
         assert not out.exists() or list(out.iterdir()) == []
     else:
-        monkeypatch.setattr(module, writer, no_space if writer == "save_config" else short_weights(module.save_model))
+        name = writer.split()[0]  # the function of `module` to wrap
+        monkeypatch.setattr(module, name, FAULTS[writer](getattr(module, name)))
         args = (
             [source, tmp_path / "dst"] if target == "convert" else [tiny_bf16, tmp_path / "dst", "--recipe", "4bit-llm"]
         )
