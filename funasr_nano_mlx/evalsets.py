@@ -229,14 +229,18 @@ def _csv_items(folder: Path, evalset: EvalSet) -> Iterator[Item]:
             f"{folder} has no metadata.csv (columns: file_name and one of {', '.join(TRANSCRIPT_COLUMNS)} [,language])"
         )
     reader = csv.DictReader(io.StringIO(read_utf8(file, file.read_bytes()), newline=""))  # as open(newline="")
-    columns = reader.fieldnames or []
+    try:
+        columns = reader.fieldnames or []
+        rows = list(reader)
+    except csv.Error as err:  # e.g. a field longer than csv.field_size_limit() (128 KiB)
+        # line_num counts the lines of the records read whole: the failing record starts on the next one
+        raise UserError(f"{file}:{reader.line_num + 1}: not valid CSV: {err}") from None
     twice = next((c for c in columns if columns.count(c) > 1), None)
     if twice is not None:  # DictReader would keep the last silently: which one is meant is not known
         raise UserError(f"{file}:1: column {twice!r} is given twice; the columns are: {', '.join(columns)}")
     audio = evalset.audio_column or LOCAL_AUDIO_COLUMN[file.name]
     _require_columns(columns, [audio], str(file))
     text = _transcript_column(columns, evalset, str(file))
-    rows = list(reader)
     _require_rows(rows, file)
     return (_local_item(i, row[audio], row[text], row.get("language"), folder, evalset) for i, row in enumerate(rows))
 

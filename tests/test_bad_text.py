@@ -86,6 +86,21 @@ BROKEN_TEXT = {
         [*EVALUATE, "{tmp}/csv"],
         "no transcript column",
     ),
+    "a field past the CSV module's limit": (
+        {"csv/metadata.csv": b"file_name,text\n../a.wav," + b"x" * 200_000 + b"\n"},
+        [*EVALUATE, "{tmp}/csv"],
+        "metadata.csv:2: not valid CSV: field larger than field limit",
+    ),
+    "nested thousands deep in a recipe": (
+        {"recipe.yaml": b"source: " + b"[" * 5000 + b"]" * 5000 + b"\n"},
+        RUN,
+        "recipe.yaml:1: nested more than 32 levels deep in a recipe",
+    ),
+    "nested thousands deep in a set": (
+        {"s.yaml": b"dataset:\n  x: " + b"{a: " * 5000 + b"1" + b"}" * 5000 + b"\n"},
+        [*EVALUATE, "{tmp}/s.yaml"],
+        "s.yaml:2: nested more than 32 levels deep in a set",
+    ),
     "header only": ({"csv/metadata.csv": b"file_name,text\n"}, [*EVALUATE, "{tmp}/csv"], "the set has no rows"),
     "empty JSONL": ({"empty.jsonl": b"\n"}, [*EVALUATE, "{tmp}/empty.jsonl"], "empty.jsonl: the set has no rows"),
     "text_config lacks a field": (
