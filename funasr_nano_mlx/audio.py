@@ -220,9 +220,14 @@ def header_seconds(path: str | Path) -> float | None:
 
 def check_audio_path(path: str | Path) -> Path:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"audio file not found: {printable(path)}" + (" (it is a directory)" if path.is_dir() else ""))
-    return path
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise UserError(f"audio file not found: {printable(path)} (it is a directory)")
+    if not os.path.lexists(path):
+        raise UserError(f"audio file not found: {printable(path)}")
+    what = "a link to nothing (or a loop of links)" if path.is_symlink() and not path.exists() else "a pipe or device"
+    raise UserError(f"cannot read audio {printable(path)}: it is {what}, not a regular file")
 
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")  # what libsndfile decodes
@@ -233,7 +238,9 @@ def audio_files(paths: list[str | Path]) -> list[Path]:
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+            # Whatever is named like audio but is not a folder (a link to nothing, a pipe) is kept, to be
+            # named as a bad file with the others rather than silently left out.
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and not p.is_dir())
             if not found:
                 raise UserError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in directory {printable(path)}")
             files += found
