@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .files import printable
 
 SAMPLE_RATE = 16000
 INT16_SCALE = 32768.0  # WavFrontend "upsacle_samples": fbank sees int16-range samples
@@ -61,12 +62,6 @@ class Audio:
 
     samples: np.ndarray
     warnings: list[str] = field(default_factory=list)
-
-
-def printable(path: str | Path) -> str:
-    """A path as text any terminal or JSON encoder takes: the bytes of a file name that are not UTF-8
-    (which Python holds as lone surrogates) become backslash escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def load_audio(path: str | Path, block_frames: int = READ_FRAMES) -> np.ndarray:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 
 from .errors import UserError
+from .files import printable
 from .hub import COMMIT, one_line
 from .packaged import EVAL_SETS_DIR, packaged_names
 from .strict_yaml import StrictMapping, check, read_utf8, short
@@ -63,7 +64,8 @@ class EvalSet:
         """A set by name (eval_sets/NAME.yaml), a set YAML file, a local folder or a JSONL manifest."""
         path = Path(name_or_path)
         if path.is_dir() or (path.is_file() and path.suffix == ".jsonl"):
-            return cls(name=path.name if path.is_dir() else path.stem, path=str(path))
+            # The name labels the report's tables and plot: printable (escaped) where the file name is not UTF-8
+            return cls(name=printable(path.name if path.is_dir() else path.stem), path=str(path))
         if path.is_file() and path.suffix in (".yaml", ".yml"):
             return cls.from_yaml(path)
         if (EVAL_SETS_DIR / f"{name_or_path}.yaml").is_file():

@@ -43,6 +43,25 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def printable(path: str | Path) -> str:
+    """A path as text any terminal or JSON encoder takes: the bytes of a file name that are not UTF-8
+    (which Python holds as lone surrogates) become backslash escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def require_utf8_path(path: str | Path) -> None:
+    """Refuse a path that is not valid UTF-8 where MLX or torch will open it: both take the name as UTF-8
+    text and fail there (MLX with "std::bad_cast" after the work is done, torch as if the file were
+    corrupt). Python itself opens any name, so only these places need it."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(
+            f"{printable(path)}: the path is not valid UTF-8, and MLX and torch open only UTF-8 paths; "
+            "rename it or choose another"
+        ) from None
+
+
 # -- destinations: checked before the work, failures at the end in one line --------------------------
 
 

@@ -28,6 +28,7 @@ from .files import (
     exclusive,
     link_or_copy,
     read_json_object,
+    require_utf8_path,
     same_content,
     sha256,
     stamp,
@@ -377,6 +378,7 @@ def run(recipe: Recipe, work: str | Path = "work", until: str | None = None, opt
     if until is not None and until not in STAGES:
         raise UserError(f"unknown stage {until!r}: the stages are {', '.join(STAGES)}")
     require_pin(recipe)  # before anything is logged or created
+    require_utf8_path(work)  # every stage's files are read or written by MLX or torch
     job = Job.of(recipe, Path(work), options)
     stages = STAGES[: STAGES.index(until or STAGES[-1]) + 1]
     for stage in stages:

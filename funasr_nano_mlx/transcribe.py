@@ -47,6 +47,7 @@ from .decoding import (
     token_budget,
 )
 from .errors import UserError
+from .files import require_utf8_path
 from .languages import resolve_language
 from .model import FunASRNano, model_classes
 from .modeldir import CTC_TOKENIZER_FILE, TOKENIZER_DIR, find_model, read_config
@@ -145,6 +146,7 @@ def load(path_or_repo: str | Path, revision: str | None = None) -> tuple[FunASRN
     """Load a converted (optionally quantized) model: a local directory or a hub repo id (downloaded
     into the Hugging Face cache at `revision`, default main). Returns (model, tokenizer)."""
     path = find_model(path_or_repo, revision)
+    require_utf8_path(path)
     config = read_config(path)
     try:
         model, _ = load_model(path, get_model_classes=model_classes)

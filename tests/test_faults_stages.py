@@ -253,9 +253,13 @@ def places(tmp_path_factory, tiny_upstream, tiny_bf16):
     (card_model / "README.md").mkdir()
     (tmp / "out" / "clip.txt").mkdir(parents=True)
     local_set(tmp / "set")
+    (tmp / NOT_UTF8).mkdir()
+    (tmp / NOT_UTF8 / "upstream").symlink_to(tiny_upstream)
+    (tmp / NOT_UTF8 / "model").symlink_to(tiny_bf16)
     return tmp, tiny_upstream, tiny_bf16
 
 
+NOT_UTF8 = os.fsdecode(b"not \xff utf-8")  # a folder name Linux takes; MLX and torch cannot open it
 DESTINATIONS = {  # (args, the line's fragment) from (tmp, upstream, model)
     "convert under a file": lambda t, u, m: (["convert", u, t / "file" / "dst"], "is not a directory"),
     "convert name too long": lambda t, u, m: (["convert", u, t / ("n" * 300)], "longer than 255 bytes"),
@@ -280,6 +284,25 @@ DESTINATIONS = {  # (args, the line's fragment) from (tmp, upstream, model)
         ["run", "bf16", "--work", t / "file" / "w", "--source", u, "--until", "download"],
         "is not a directory",
     ),
+    "convert into a path not UTF-8": lambda t, u, m: (["convert", u, t / NOT_UTF8 / "c"], "is not valid UTF-8"),
+    "convert from a path not UTF-8": lambda t, u, m: (["convert", t / NOT_UTF8 / "upstream", t / "c"], "not valid UTF"),
+    "convert-vad into a path not UTF-8": lambda t, u, m: (["convert-vad", u, t / NOT_UTF8 / "v"], "is not valid UTF-8"),
+    "quantize into a path not UTF-8": lambda t, u, m: (
+        ["quantize", m, t / NOT_UTF8 / "q", "--recipe", "4bit-llm"],
+        "is not valid UTF-8",
+    ),
+    "quantize from a path not UTF-8": lambda t, u, m: (
+        ["quantize", t / NOT_UTF8 / "model", t / "q", "--recipe", "4bit-llm"],
+        "is not valid UTF-8",
+    ),
+    "transcribe with a model at a path not UTF-8": lambda t, u, m: (
+        ["transcribe", t / NOT_UTF8 / "model", t / "clip.wav"],
+        "is not valid UTF-8",
+    ),
+    "run's work at a path not UTF-8": lambda t, u, m: (
+        ["run", "bf16", "--work", t / NOT_UTF8 / "w", "--source", u, "--until", "download"],
+        "is not valid UTF-8",
+    ),
 }
 
 
@@ -289,6 +312,19 @@ def test_an_unusable_destination_is_refused_before_the_work(case, places):
     args, fragment = DESTINATIONS[case](*places)
     assert_user_error(invoke_cli(*args), fragment, alone=True)
     assert leftovers(places[0]) == []
+
+
+def test_a_report_of_a_set_whose_path_is_not_utf8_is_written_and_read_back(tiny_bf16, tmp_path):
+    """A set in a folder whose name is not UTF-8: the report is written (the name escaped, as JSON reads
+    it back), and merge-reports reads it."""
+    from tests.helpers import local_set
+
+    folder = local_set(tmp_path / "set").rename(tmp_path / NOT_UTF8)  # soundfile writes only UTF-8 names
+    done = invoke_cli("evaluate", tiny_bf16, "--set", folder, "--report", tmp_path / "r", "--max-new-tokens", "2")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    report = json.loads((tmp_path / "r" / "eval.json").read_text(encoding="utf-8"))
+    assert [s["definition"]["path"] for s in report["sets"].values()] == [str(folder)]
+    assert invoke_cli("merge-reports", tmp_path / "r", "--out", tmp_path / "m").returncode == 0
 
 
 def no_space(*args, **kwargs):
