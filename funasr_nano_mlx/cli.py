@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from click.exceptions import NoArgsIsHelpError
 
-from .decoding import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_SEGMENT_SECONDS, describe_budget
+from .decoding import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS, describe_budget
 from .errors import UserError
 
 FORMATS = ("text", "json", "srt", "vtt")
@@ -188,7 +188,7 @@ def convert_vad(src, dst, revision):
     "--max-segment-seconds",
     default=30.0,
     show_default=True,
-    type=FiniteFloatRange(1.0, MAX_SEGMENT_SECONDS),
+    type=FiniteFloatRange(MIN_SEGMENT_SECONDS, MAX_SEGMENT_SECONDS),
     help="The longest piece decoded at once (upstream advises 30 s).",
 )
 @click.option("--no-segment", is_flag=True, help="Decode every file whole, however long (upstream without a VAD).")

@@ -41,6 +41,7 @@ from .decoding import (
     DEFAULT_BATCH_SIZE,
     MAX_BATCH_SIZE,
     MAX_SEGMENT_SECONDS,
+    MIN_SEGMENT_SECONDS,
     check_hotwords,
     check_max_new_tokens,
     loop_end,
@@ -503,8 +504,10 @@ def transcribe_many(
     """
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise UserError(f"batch_size must be in 1..{MAX_BATCH_SIZE}, got {batch_size}")
-    if not 0 < max_segment_seconds <= MAX_SEGMENT_SECONDS:  # also refuses nan
-        raise UserError(f"max_segment_seconds must be in (0, {MAX_SEGMENT_SECONDS:g}], got {max_segment_seconds}")
+    if not MIN_SEGMENT_SECONDS <= max_segment_seconds <= MAX_SEGMENT_SECONDS:  # also refuses nan
+        raise UserError(
+            f"max_segment_seconds must be in {MIN_SEGMENT_SECONDS:g}..{MAX_SEGMENT_SECONDS:g}, got {max_segment_seconds}"
+        )
     max_segment_ms = round(max_segment_seconds * 1000)
     pipeline = BatchDecoder(model, tokenizer, language, hotwords, itn, max_new_tokens, stop_loops, timestamps)
     bar = tqdm(

@@ -265,6 +265,17 @@ def test_values_without_bounds_and_usage_errors_are_one_line(work, case):
     assert not (work / "report").exists()
 
 
+@pytest.mark.parametrize("seconds", [0.01, 0.5, float("nan"), 300.5])
+def test_max_segment_seconds_has_the_cli_bounds_in_python(tiny_model, seconds):
+    """The Python API takes the CLI's bounds (1-300 s): below 20 ms the segmenter raised a ValueError."""
+    from funasr_nano_mlx.errors import UserError
+    from funasr_nano_mlx.transcribe import transcribe_many
+
+    long_enough_to_cut = np.random.default_rng(0).standard_normal(2 * 16000).astype(np.float32) * 0.1
+    with pytest.raises(UserError, match=r"max_segment_seconds must be in 1\.\.300, got"):
+        list(transcribe_many(*tiny_model, [long_enough_to_cut], max_segment_seconds=seconds, max_new_tokens=2))
+
+
 def test_help_is_unchanged():
     done = invoke_cli("transcribe", "--help")
     assert done.returncode == 0 and done.stdout.startswith("Usage: ") and not done.stderr
