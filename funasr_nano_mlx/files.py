@@ -231,9 +231,9 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial.write_bytes(data)
         partial.replace(path)
-    except OSError as err:
+    except BaseException as err:  # an interrupt (Ctrl-C) too: no partial stays behind
         partial.unlink(missing_ok=True)
-        if err.errno in WRITE_ERRNOS:
+        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
             raise _write_error(path, err) from None
         raise
 

@@ -398,6 +398,23 @@ def test_a_write_that_fails_at_the_end_is_one_line_and_leaves_nothing(
     assert "nothing was left behind" in done.stderr and leftovers(tmp_path) == []
 
 
+def test_a_text_write_interrupted_midway_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C while `transcribe --output-dir`, a report or a card writes a file: no NAME.PID.tmp stays
+    (only staged_output clears a dead process's partials, and it never looks at these)."""
+    from funasr_nano_mlx.files import write_text_atomic
+
+    write = Path.write_bytes
+
+    def interrupted(self, data):
+        write(self, data[:2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_text_atomic(tmp_path / "clip.txt", "a transcript")
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- 9. promises kept exactly --------------------------------------------------------------------------
 
 
