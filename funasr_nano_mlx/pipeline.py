@@ -18,10 +18,10 @@ from pathlib import Path
 
 from huggingface_hub.utils import filter_repo_objects
 
-from .card import card_dir, is_current
+from .card import card_dir, is_current, read_benchmark
 from .convert import CHECKPOINT, UPSTREAM_FILES, convert
 from .errors import UserError
-from .evalsets import check_sets, set_files
+from .evalsets import check_sets, open_set, set_files
 from .evaluate import answers, evaluate
 from .files import (
     copy_hashed,
@@ -220,7 +220,9 @@ def _quantize(job: Job, src: Path, dst: Path) -> Path:
 def _evaluate_check(job: Job) -> None:
     if not job.sets:
         raise UserError(f"recipe {job.recipe.name} names no evaluation sets: give some with --set NAME_OR_PATH")
-    check_sets(job.sets)
+    for evalset in check_sets(job.sets):
+        if not evalset.is_hub:  # its files are read now (encoding, columns, rows), not after the stages before
+            open_set(evalset)
 
 
 def _evaluate_needs(job: Job) -> list[Path]:
@@ -257,6 +259,8 @@ def _evaluate_agrees(job: Job, out: Path) -> bool:
 def _card_check(job: Job) -> None:
     if job.options.benchmark is not None and not Path(job.options.benchmark).is_file():
         raise UserError(f"--benchmark {job.options.benchmark}: no such file")
+    if job.options.benchmark is not None:  # read as the card will read it, before the stages it follows
+        read_benchmark(Path(job.options.benchmark), {"name": job.recipe.name})
 
 
 def _card_needs(job: Job) -> list[Path]:

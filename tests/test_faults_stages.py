@@ -327,6 +327,36 @@ def test_a_report_of_a_set_whose_path_is_not_utf8_is_written_and_read_back(tiny_
     assert invoke_cli("merge-reports", tmp_path / "r", "--out", tmp_path / "m").returncode == 0
 
 
+@pytest.mark.parametrize(
+    "what, fragment",
+    [
+        ("a set not UTF-8", "metadata.csv:1: not valid UTF-8"),
+        ("a set with a field past the CSV limit", "metadata.csv:2: not valid CSV"),
+        ("a set without rows", "the set has no rows"),
+        ("a benchmark record that is not one", "is not a benchmark record"),
+    ],
+)
+def test_run_refuses_a_broken_local_set_or_benchmark_before_any_stage(what, fragment, source, tmp_path):
+    """Read as evaluate and card will read them, before download and convert are built: not after."""
+    (tmp_path / "set").mkdir()
+    metadata = {
+        "a set not UTF-8": "file_name,text\n".encode("utf-16"),
+        "a set with a field past the CSV limit": b"file_name,text\na.wav," + b"x" * 200_000 + b"\n",
+        "a set without rows": b"file_name,text\n",
+    }.get(what)
+    if metadata is None:
+        local_set_args = ["--set", "librispeech-test-clean"]
+        (tmp_path / "bench.json").write_text('{"recipe": "bf16"}')
+        more = ["--benchmark", tmp_path / "bench.json", "--until", "card"]
+    else:
+        (tmp_path / "set" / "metadata.csv").write_bytes(metadata)
+        local_set_args, more = ["--set", tmp_path / "set"], ["--until", "evaluate"]
+    work = tmp_path / "work"
+    done = invoke_cli("run", "bf16", "--work", work, "--source", source, *local_set_args, *more)
+    assert_user_error(done, fragment, alone=True)
+    assert not work.exists()
+
+
 def no_space(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
