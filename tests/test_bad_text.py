@@ -245,6 +245,10 @@ UNBOUNDED = {
     "limit negative": (["run", "bf16", "--limit", "-3"], "Invalid value for '--limit'"),
     "shard malformed": ([*EVALUATE, "{tmp}/set.jsonl", "--shard", "1/x"], "--shard '1/x': expected i/n"),
     "shard out of range": ([*EVALUATE, "{tmp}/set.jsonl", "--shard", "4/4"], "i must be in 0..3"),
+    "a --source that is not there": (  # neither a folder nor a repo id: not an unpinned repo
+        ["run", "bf16", "--work", "{tmp}/work", "--source", "{tmp}/no-such-folder"],
+        "no-such-folder not found (a local upstream directory or a hub repo id ORG/NAME)",
+    ),
 }
 # Usage errors of every kind, in the group and in subcommands: click's message, on one line.
 USAGE = {
