@@ -39,6 +39,11 @@ max_new_tokens_option = click.option(
 model_revision_option = click.option(
     "--revision", default=None, help="With a hub repo id as MODEL: the commit to use. Default: main."
 )
+limit_option = click.option(
+    "--limit",
+    type=click.IntRange(1, sys.maxsize),  # the rows are taken with itertools.islice, which takes no more
+    help="Evaluate only the first N rows of each set.",
+)
 batch_size_option = click.option(
     "--batch-size",
     default=DEFAULT_BATCH_SIZE,
@@ -484,7 +489,7 @@ def quantize(src, dst, recipe):
     help="Evaluate on this set instead of the recipe's evaluation sets (as `evaluate --set`); repeat for "
     "several. The baseline variant is evaluated on the same sets.",
 )
-@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N rows of each set.")
+@limit_option
 @max_new_tokens_option
 @click.option(
     "--benchmark",
@@ -560,7 +565,7 @@ def run(
     type=click.Path(file_okay=False),
     help="Write the report here (it must not exist): eval.json, summary.md, hypotheses.jsonl, a PNG plot.",
 )
-@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N rows of each set.")
+@limit_option
 @click.option(
     "--shard",
     metavar="I/N",

@@ -243,6 +243,7 @@ UNBOUNDED = {
     ),
     "limit 0": ([*EVALUATE, "{tmp}/set.jsonl", "--limit", "0"], "Invalid value for '--limit': 0 is not in the range"),
     "limit negative": (["run", "bf16", "--limit", "-3"], "Invalid value for '--limit'"),
+    "limit past sys.maxsize": ([*EVALUATE, "{tmp}/set.jsonl", "--limit", str(2**63)], "Invalid value for '--limit'"),
     "shard malformed": ([*EVALUATE, "{tmp}/set.jsonl", "--shard", "1/x"], "--shard '1/x': expected i/n"),
     "shard out of range": ([*EVALUATE, "{tmp}/set.jsonl", "--shard", "4/4"], "i must be in 0..3"),
     "a --source that is not there": (  # neither a folder nor a repo id: not an unpinned repo
