@@ -60,8 +60,10 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except UserError as err:
-            click.echo(f"error: {err}", err=True)
+        except UserError as err:  # flattened: a library's message (MLX, transformers) may span lines
+            from .hub import one_line
+
+            click.echo(f"error: {one_line(err)}", err=True)
             sys.exit(2)
 
     return wrapper
@@ -246,6 +248,7 @@ def transcribe(
     """
     from .audio import audio_files, printable
     from .files import check_destination, write_text_atomic
+    from .hub import one_line
     from .subtitles import timed_cues, to_srt, to_vtt
     from .languages import resolve_language
     from .transcribe import Failure, hotword_list, load, transcribe_many
@@ -314,7 +317,7 @@ def transcribe(
             write_text_atomic(Path(output_dir) / f"{path.stem}.{FORMAT_SUFFIX[fmt]}", render(result))
     if failures:  # named after every good result is out, so that none is lost to a bad file
         for error in failures:
-            click.echo(f"error: {error}", err=True)
+            click.echo(f"error: {one_line(error)}", err=True)
         sys.exit(2)
 
 

@@ -281,6 +281,16 @@ def test_max_segment_seconds_has_the_cli_bounds_in_python(tiny_model, seconds):
         list(transcribe_many(*tiny_model, [long_enough_to_cut], max_segment_seconds=seconds, max_new_tokens=2))
 
 
+def test_a_library_message_over_several_lines_is_one_line(tiny_f32, tmp_path):
+    """transformers explains a tokenizer it cannot build in five lines (mlx-lm lists unexpected weights
+    one per line): the error is still one line."""
+    model = Path(shutil.copytree(tiny_f32, tmp_path / "model"))
+    for file in (model / "Qwen3-0.6B").iterdir():
+        file.unlink()
+    sf.write(str(tmp_path / "a.wav"), np.zeros(16000, np.float32), 16000)
+    assert_user_error(invoke_cli("transcribe", model, tmp_path / "a.wav"), "cannot load the model", alone=True)
+
+
 def test_help_is_unchanged():
     done = invoke_cli("transcribe", "--help")
     assert done.returncode == 0 and done.stdout.startswith("Usage: ") and not done.stderr
