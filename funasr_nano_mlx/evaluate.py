@@ -53,6 +53,8 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
             raise UserError(f"--shard {shard!r}: expected i/n, e.g. 0/4 (shards are numbered from 0)")
         shard = int(match[1]), int(match[2])
     index, count = shard
+    if count < 1:
+        raise UserError(f"--shard {index}/{count}: n must be at least 1 (the number of shards)")
     if not 0 <= index < count:
         raise UserError(f"--shard {index}/{count}: i must be in 0..{count - 1} (shards are numbered from 0)")
     return index, count

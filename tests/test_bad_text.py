@@ -246,6 +246,7 @@ UNBOUNDED = {
     "limit past sys.maxsize": ([*EVALUATE, "{tmp}/set.jsonl", "--limit", str(2**63)], "Invalid value for '--limit'"),
     "shard malformed": ([*EVALUATE, "{tmp}/set.jsonl", "--shard", "1/x"], "--shard '1/x': expected i/n"),
     "shard out of range": ([*EVALUATE, "{tmp}/set.jsonl", "--shard", "4/4"], "i must be in 0..3"),
+    "no shards": ([*EVALUATE, "{tmp}/set.jsonl", "--shard", "0/0"], "--shard 0/0: n must be at least 1"),
     "a --source that is not there": (  # neither a folder nor a repo id: not an unpinned repo
         ["run", "bf16", "--work", "{tmp}/work", "--source", "{tmp}/no-such-folder"],
         "no-such-folder not found (a local upstream directory or a hub repo id ORG/NAME)",
