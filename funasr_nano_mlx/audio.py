@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .files import printable
 
 SAMPLE_RATE = 16000
 INT16_SCALE = 32768.0  # WavFrontend "upsacle_samples": fbank sees int16-range samples
@@ -61,12 +62,6 @@ class Audio:
 
     samples: np.ndarray
     warnings: list[str] = field(default_factory=list)
-
-
-def printable(path: str | Path) -> str:
-    """A path as text any terminal or JSON encoder takes: the bytes of a file name that are not UTF-8
-    (which Python holds as lone surrogates) become backslash escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def load_audio(path: str | Path, block_frames: int = READ_FRAMES) -> np.ndarray:
@@ -220,9 +215,14 @@ def header_seconds(path: str | Path) -> float | None:
 
 def check_audio_path(path: str | Path) -> Path:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"audio file not found: {printable(path)}" + (" (it is a directory)" if path.is_dir() else ""))
-    return path
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise UserError(f"audio file not found: {printable(path)} (it is a directory)")
+    if not os.path.lexists(path):
+        raise UserError(f"audio file not found: {printable(path)}")
+    what = "a link to nothing (or a loop of links)" if path.is_symlink() and not path.exists() else "a pipe or device"
+    raise UserError(f"cannot read audio {printable(path)}: it is {what}, not a regular file")
 
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")  # what libsndfile decodes
@@ -233,7 +233,9 @@ def audio_files(paths: list[str | Path]) -> list[Path]:
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+            # Whatever is named like audio but is not a folder (a link to nothing, a pipe) is kept, to be
+            # named as a bad file with the others rather than silently left out.
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and not p.is_dir())
             if not found:
                 raise UserError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in directory {printable(path)}")
             files += found

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from click.exceptions import NoArgsIsHelpError
 
-from .decoding import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_SEGMENT_SECONDS, describe_budget
+from .decoding import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE, MAX_SEGMENT_SECONDS, MIN_SEGMENT_SECONDS, describe_budget
 from .errors import UserError
 
 FORMATS = ("text", "json", "srt", "vtt")
@@ -39,6 +39,11 @@ max_new_tokens_option = click.option(
 model_revision_option = click.option(
     "--revision", default=None, help="With a hub repo id as MODEL: the commit to use. Default: main."
 )
+limit_option = click.option(
+    "--limit",
+    type=click.IntRange(1, sys.maxsize),  # the rows are taken with itertools.islice, which takes no more
+    help="Evaluate only the first N rows of each set.",
+)
 batch_size_option = click.option(
     "--batch-size",
     default=DEFAULT_BATCH_SIZE,
@@ -55,8 +60,10 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except UserError as err:
-            click.echo(f"error: {err}", err=True)
+        except UserError as err:  # flattened: a library's message (MLX, transformers) may span lines
+            from .hub import one_line
+
+            click.echo(f"error: {one_line(err)}", err=True)
             sys.exit(2)
 
     return wrapper
@@ -188,7 +195,7 @@ def convert_vad(src, dst, revision):
     "--max-segment-seconds",
     default=30.0,
     show_default=True,
-    type=FiniteFloatRange(1.0, MAX_SEGMENT_SECONDS),
+    type=FiniteFloatRange(MIN_SEGMENT_SECONDS, MAX_SEGMENT_SECONDS),
     help="The longest piece decoded at once (upstream advises 30 s).",
 )
 @click.option("--no-segment", is_flag=True, help="Decode every file whole, however long (upstream without a VAD).")
@@ -241,6 +248,7 @@ def transcribe(
     """
     from .audio import audio_files, printable
     from .files import check_destination, write_text_atomic
+    from .hub import one_line
     from .subtitles import timed_cues, to_srt, to_vtt
     from .languages import resolve_language
     from .transcribe import Failure, hotword_list, load, transcribe_many
@@ -309,7 +317,7 @@ def transcribe(
             write_text_atomic(Path(output_dir) / f"{path.stem}.{FORMAT_SUFFIX[fmt]}", render(result))
     if failures:  # named after every good result is out, so that none is lost to a bad file
         for error in failures:
-            click.echo(f"error: {error}", err=True)
+            click.echo(f"error: {one_line(error)}", err=True)
         sys.exit(2)
 
 
@@ -484,7 +492,7 @@ def quantize(src, dst, recipe):
     help="Evaluate on this set instead of the recipe's evaluation sets (as `evaluate --set`); repeat for "
     "several. The baseline variant is evaluated on the same sets.",
 )
-@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N rows of each set.")
+@limit_option
 @max_new_tokens_option
 @click.option(
     "--benchmark",
@@ -560,7 +568,7 @@ def run(
     type=click.Path(file_okay=False),
     help="Write the report here (it must not exist): eval.json, summary.md, hypotheses.jsonl, a PNG plot.",
 )
-@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N rows of each set.")
+@limit_option
 @click.option(
     "--shard",
     metavar="I/N",

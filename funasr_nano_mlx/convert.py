@@ -19,7 +19,7 @@ from mlx_lm.utils import save_config, save_model
 from tqdm import tqdm
 
 from .errors import UserError
-from .files import check_destination, package_version, sha256, staged_output, stamp
+from .files import check_destination, package_version, require_utf8_path, sha256, staged_output, stamp
 from .hub import download, is_repo_id
 from .model import (
     CTC,
@@ -252,7 +252,9 @@ def convert(
         )
     dst = Path(dst)
     check_destination(dst)  # before a possible download and the conversion
+    require_utf8_path(dst)
     src, label = resolve_source(src, revision=revision)
+    require_utf8_path(src)
     config = read_upstream_config(src)
     digest, before = checked_checkpoint(src, expected_sha256)
     state = read_checkpoint(src / CHECKPOINT)
@@ -377,7 +379,9 @@ def convert_vad(src: str | Path, dst: str | Path, source_id: str | None = None, 
     config.json, and model.safetensors with the float32 weights and the CMVN."""
     dst = Path(dst)
     check_destination(dst)  # before a possible download
+    require_utf8_path(dst)
     src, label = resolve_source(src, VAD_FILES, revision)
+    require_utf8_path(src)
     config = read_upstream_vad_config(src)
     try:
         model = FsmnVad(FsmnArgs.from_dict(config["encoder_conf"]))

@@ -27,6 +27,9 @@ MAX_BATCH_SIZE = 256
 # The longest piece one may ask to decode at once: 10x upstream's advice (30 s). Past 30 s words are lost,
 # the token budget caps at DEFAULT_MAX_NEW_TOKENS, and encoder attention grows with the length squared.
 MAX_SEGMENT_SECONDS = 300.0
+# The shortest: a shorter limit cuts speech into pieces too short to hold a word (and under 20 ms the
+# energy segmenter's 10 ms frames cannot make a segment at all).
+MIN_SEGMENT_SECONDS = 1.0
 # Hotwords are written into every segment's prompt, so their length is paid in prefill time and cache
 # memory per segment (100,000 characters: 57 s and 1.9 GB for a 2.8 s clip). 1,000 characters is a few
 # hundred words, far beyond the lists upstream shows (a handful of terms).

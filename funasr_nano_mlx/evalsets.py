@@ -24,6 +24,7 @@ from pathlib import Path
 
 
 from .errors import UserError
+from .files import printable
 from .hub import COMMIT, hub_errors, one_line
 from .packaged import EVAL_SETS_DIR, packaged_names
 from .strict_yaml import StrictMapping, check, read_utf8, short
@@ -63,7 +64,8 @@ class EvalSet:
         """A set by name (eval_sets/NAME.yaml), a set YAML file, a local folder or a JSONL manifest."""
         path = Path(name_or_path)
         if path.is_dir() or (path.is_file() and path.suffix == ".jsonl"):
-            return cls(name=path.name if path.is_dir() else path.stem, path=str(path))
+            # The name labels the report's tables and plot: printable (escaped) where the file name is not UTF-8
+            return cls(name=printable(path.name if path.is_dir() else path.stem), path=str(path))
         if path.is_file() and path.suffix in (".yaml", ".yml"):
             return cls.from_yaml(path)
         if (EVAL_SETS_DIR / f"{name_or_path}.yaml").is_file():
@@ -229,14 +231,18 @@ def _csv_items(folder: Path, evalset: EvalSet) -> Iterator[Item]:
             f"{folder} has no metadata.csv (columns: file_name and one of {', '.join(TRANSCRIPT_COLUMNS)} [,language])"
         )
     reader = csv.DictReader(io.StringIO(read_utf8(file, file.read_bytes()), newline=""))  # as open(newline="")
-    columns = reader.fieldnames or []
+    try:
+        columns = reader.fieldnames or []
+        rows = list(reader)
+    except csv.Error as err:  # e.g. a field longer than csv.field_size_limit() (128 KiB)
+        # line_num counts the lines of the records read whole: the failing record starts on the next one
+        raise UserError(f"{file}:{reader.line_num + 1}: not valid CSV: {err}") from None
     twice = next((c for c in columns if columns.count(c) > 1), None)
     if twice is not None:  # DictReader would keep the last silently: which one is meant is not known
         raise UserError(f"{file}:1: column {twice!r} is given twice; the columns are: {', '.join(columns)}")
     audio = evalset.audio_column or LOCAL_AUDIO_COLUMN[file.name]
     _require_columns(columns, [audio], str(file))
     text = _transcript_column(columns, evalset, str(file))
-    rows = list(reader)
     _require_rows(rows, file)
     return (_local_item(i, row[audio], row[text], row.get("language"), folder, evalset) for i, row in enumerate(rows))
 

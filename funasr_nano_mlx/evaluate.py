@@ -53,6 +53,8 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int]:
             raise UserError(f"--shard {shard!r}: expected i/n, e.g. 0/4 (shards are numbered from 0)")
         shard = int(match[1]), int(match[2])
     index, count = shard
+    if count < 1:
+        raise UserError(f"--shard {index}/{count}: n must be at least 1 (the number of shards)")
     if not 0 <= index < count:
         raise UserError(f"--shard {index}/{count}: i must be in 0..{count - 1} (shards are numbered from 0)")
     return index, count
@@ -288,13 +290,17 @@ def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], p
         for name, comparison in per_set.items():
             report["sets"][name]["comparison"] = comparison
         reports.insert(0, base_report)
+    # A path with bytes that are not UTF-8 (a set's folder, an audio file's name) is held as lone
+    # surrogates, which UTF-8 cannot encode: written as the escape \udcXX, which JSON reads back as the
+    # same path, and the summary shows as such.
+    text = {"encoding": "utf-8", "errors": "backslashreplace"}
     with staged_output(Path(report_dir)) as out:
-        (out / HYPOTHESES).write_text("".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in rows), "utf-8")
+        (out / HYPOTHESES).write_text("".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in rows), **text)
         if lines:
-            (out / COMPARISON).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), "utf-8")
-        (out / EVAL_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", "utf-8")
+            (out / COMPARISON).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), **text)
+        (out / EVAL_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", **text)
         plot_reports(reports, out / PLOT)
-        (out / SUMMARY).write_text(render_summary(report), "utf-8")
+        (out / SUMMARY).write_text(render_summary(report), **text)
     return report
 
 

@@ -22,6 +22,9 @@ from .errors import UserError
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EFBIG}
 NAME_MAX = 255  # bytes in one path component on Linux and macOS filesystems (os.pathconf may say less)
 PARTIAL_NAME_CHARS = 48  # a partial's name keeps this much of its final name: it always fits NAME_MAX
+# How MLX's file writer (mx.save_safetensors, under mlx_lm's save_model) words a failed write, e.g. on a
+# full disk: a RuntimeError "[write] Unable to write 9979 bytes to file.", with no errno to tell it by.
+MLX_WRITE_ERROR = "[write] "
 FICLONE = 0x40049409  # Linux ioctl: a copy-on-write clone of a whole file (btrfs, XFS); <linux/fs.h>
 
 
@@ -38,6 +41,25 @@ def sha256(path: Path) -> str:
         while chunk := f.read(1 << 24):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def printable(path: str | Path) -> str:
+    """A path as text any terminal or JSON encoder takes: the bytes of a file name that are not UTF-8
+    (which Python holds as lone surrogates) become backslash escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def require_utf8_path(path: str | Path) -> None:
+    """Refuse a path that is not valid UTF-8 where MLX or torch will open it: both take the name as UTF-8
+    text and fail there (MLX with "std::bad_cast" after the work is done, torch as if the file were
+    corrupt). Python itself opens any name, so only these places need it."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(
+            f"{printable(path)}: the path is not valid UTF-8, and MLX and torch open only UTF-8 paths; "
+            "rename it or choose another"
+        ) from None
 
 
 # -- destinations: checked before the work, failures at the end in one line --------------------------
@@ -119,8 +141,9 @@ def _remove_abandoned(dst: Path) -> None:
 
 def safetensors_shortfall(path: Path) -> int:
     """Bytes missing from a safetensors file: its header declares the size. MLX's writer
-    (mx.save_safetensors, used by mlx_lm's save_model) ignores write errors: on a full disk it leaves
-    a short file and raises nothing (seen writing to /dev/full), so a stage checks what it wrote."""
+    (mx.save_safetensors, used by mlx_lm's save_model) reports a failed write as MLX_WRITE_ERROR (MLX
+    0.32.4, on a full tmpfs and on /dev/full); a writer that reported nothing would leave a short file,
+    so a stage also checks what it wrote."""
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
@@ -164,6 +187,12 @@ def staged_output(dst: Path):
         if err.errno in WRITE_ERRNOS:
             raise _write_error(dst, err) from None
         raise
+    except RuntimeError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if str(err).startswith(MLX_WRITE_ERROR):
+            why = str(err)[len(MLX_WRITE_ERROR) :].rstrip(".")
+            raise UserError(f"cannot write {dst}: {why} (disk full?); nothing was left behind") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -202,9 +231,9 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial.write_bytes(data)
         partial.replace(path)
-    except OSError as err:
+    except BaseException as err:  # an interrupt (Ctrl-C) too: no partial stays behind
         partial.unlink(missing_ok=True)
-        if err.errno in WRITE_ERRNOS:
+        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
             raise _write_error(path, err) from None
         raise
 

@@ -18,16 +18,17 @@ from pathlib import Path
 
 from huggingface_hub.utils import filter_repo_objects
 
-from .card import card_dir, is_current
+from .card import card_dir, is_current, read_benchmark
 from .convert import CHECKPOINT, UPSTREAM_FILES, convert
 from .errors import UserError
-from .evalsets import check_sets, set_files
+from .evalsets import check_sets, open_set, set_files
 from .evaluate import answers, evaluate
 from .files import (
     copy_hashed,
     exclusive,
     link_or_copy,
     read_json_object,
+    require_utf8_path,
     same_content,
     sha256,
     stamp,
@@ -219,7 +220,9 @@ def _quantize(job: Job, src: Path, dst: Path) -> Path:
 def _evaluate_check(job: Job) -> None:
     if not job.sets:
         raise UserError(f"recipe {job.recipe.name} names no evaluation sets: give some with --set NAME_OR_PATH")
-    check_sets(job.sets)
+    for evalset in check_sets(job.sets):
+        if not evalset.is_hub:  # its files are read now (encoding, columns, rows), not after the stages before
+            open_set(evalset)
 
 
 def _evaluate_needs(job: Job) -> list[Path]:
@@ -256,6 +259,8 @@ def _evaluate_agrees(job: Job, out: Path) -> bool:
 def _card_check(job: Job) -> None:
     if job.options.benchmark is not None and not Path(job.options.benchmark).is_file():
         raise UserError(f"--benchmark {job.options.benchmark}: no such file")
+    if job.options.benchmark is not None:  # read as the card will read it, before the stages it follows
+        read_benchmark(Path(job.options.benchmark), {"name": job.recipe.name})
 
 
 def _card_needs(job: Job) -> list[Path]:
@@ -376,6 +381,7 @@ def run(recipe: Recipe, work: str | Path = "work", until: str | None = None, opt
     if until is not None and until not in STAGES:
         raise UserError(f"unknown stage {until!r}: the stages are {', '.join(STAGES)}")
     require_pin(recipe)  # before anything is logged or created
+    require_utf8_path(work)  # every stage's files are read or written by MLX or torch
     job = Job.of(recipe, Path(work), options)
     stages = STAGES[: STAGES.index(until or STAGES[-1]) + 1]
     for stage in stages:

@@ -19,7 +19,7 @@ from mlx_lm.utils import load_model, quantize_model, save_config, save_model
 
 from .convert import MLX_DTYPES
 from .errors import UserError
-from .files import check_destination, staged_output
+from .files import check_destination, require_utf8_path, staged_output
 from .model import FunASRNano, model_classes
 from .modeldir import MODEL_TYPE, WEIGHT_FILES, weights_size
 from .recipe import COMPONENTS, OPTIONAL_COMPONENTS, QuantSpec, Recipe, component_of
@@ -129,6 +129,8 @@ def quantize(src: str | Path, dst: str | Path, recipe: Recipe) -> Path:
     """Write a quantized copy of the converted model at `src` to `dst` (all or nothing)."""
     src, dst = Path(src), Path(dst)
     check_destination(dst)  # before the work: an unusable destination is refused at once
+    require_utf8_path(src)
+    require_utf8_path(dst)
     model, config = load_unquantized(src)
     stored = model.llm.model.embed_tokens.weight.dtype
     if stored != MLX_DTYPES[recipe.dtype]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
-from .hub import COMMIT, REPO_ID
+from .hub import COMMIT, REPO_ID, is_repo_id
 from .modeldir import DTYPES
 from .packaged import EVAL_SETS_DIR, RECIPES_DIR, packaged_names
 from .strict_yaml import StrictMapping, check, kind_of
@@ -449,6 +449,10 @@ def _parse(file: Path) -> Recipe:
 
 
 def require_pin(recipe: Recipe) -> None:
+    if not recipe.is_local and not is_repo_id(recipe.source):  # a folder that is not there (a typo)
+        raise UserError(
+            f"recipe {recipe.name}: source {recipe.source} not found (a local upstream directory or a hub repo id ORG/NAME)"
+        )
     if not recipe.is_local and recipe.revision is None:
         raise UserError(
             f"recipe {recipe.name} ({recipe.file}): source.revision of {recipe.source} is not pinned "

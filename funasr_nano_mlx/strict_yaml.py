@@ -25,20 +25,34 @@ def read_utf8(file: Path, data: bytes) -> str:
         ) from None
 
 
-class _AliasRefused(yaml.YAMLError):
-    def __init__(self, event: yaml.AliasEvent):
-        self.anchor, self.line = event.anchor, event.start_mark.line + 1
+# PyYAML composes a node by recursion, one Python frame per level, so `[[[...]]]` nested a few thousand
+# deep ends in a RecursionError. A recipe or set nests four levels at most.
+MAX_DEPTH = 32
+
+
+class _Refused(yaml.YAMLError):
+    def __init__(self, event: yaml.Event, problem: str):
+        self.problem, self.line = problem, event.start_mark.line + 1
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader without aliases. `*name` repeats the node anchored `&name`, so ten lines can stand for
-    a billion nodes ("billion laughs"), and building or printing them exhausts memory. No recipe or
-    set needs them, so the first alias is refused before any node is built."""
+    """SafeLoader without aliases and without deep nesting. `*name` repeats the node anchored `&name`, so
+    ten lines can stand for a billion nodes ("billion laughs"), and building or printing them exhausts
+    memory. No recipe or set needs them, so the first alias is refused before any node is built."""
+
+    depth = 0
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
-            raise _AliasRefused(self.peek_event())
-        return super().compose_node(parent, index)
+            event = self.peek_event()
+            raise _Refused(event, f"YAML aliases (*{event.anchor}) are not allowed")
+        if self.depth >= MAX_DEPTH:
+            raise _Refused(self.peek_event(), f"nested more than {MAX_DEPTH} levels deep")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 _SHORT = reprlib.Repr()
@@ -73,10 +87,8 @@ class StrictMapping:
             raise UserError(f"{file}: not valid YAML: {one_line(err)}") from None
         try:
             root = loader.get_single_node()
-        except _AliasRefused as err:
-            raise UserError(
-                f"{file}:{err.line}: YAML aliases (*{err.anchor}) are not allowed in a {what}: write the value out"
-            ) from None
+        except _Refused as err:
+            raise UserError(f"{file}:{err.line}: {err.problem} in a {what}: write the value out") from None
         except yaml.YAMLError as err:
             raise UserError(f"{file}: not valid YAML: {one_line(err)}") from None
         finally:

@@ -41,12 +41,14 @@ from .decoding import (
     DEFAULT_BATCH_SIZE,
     MAX_BATCH_SIZE,
     MAX_SEGMENT_SECONDS,
+    MIN_SEGMENT_SECONDS,
     check_hotwords,
     check_max_new_tokens,
     loop_end,
     token_budget,
 )
 from .errors import UserError
+from .files import require_utf8_path
 from .languages import resolve_language
 from .model import FunASRNano, model_classes, use_fused_projections
 from .modeldir import CTC_TOKENIZER_FILE, TOKENIZER_DIR, find_model, read_config
@@ -145,6 +147,7 @@ def load(path_or_repo: str | Path, revision: str | None = None) -> tuple[FunASRN
     """Load a converted (optionally quantized) model: a local directory or a hub repo id (downloaded
     into the Hugging Face cache at `revision`, default main). Returns (model, tokenizer)."""
     path = find_model(path_or_repo, revision)
+    require_utf8_path(path)
     config = read_config(path)
     try:
         model, _ = load_model(path, get_model_classes=model_classes)
@@ -503,8 +506,10 @@ def transcribe_many(
     """
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise UserError(f"batch_size must be in 1..{MAX_BATCH_SIZE}, got {batch_size}")
-    if not 0 < max_segment_seconds <= MAX_SEGMENT_SECONDS:  # also refuses nan
-        raise UserError(f"max_segment_seconds must be in (0, {MAX_SEGMENT_SECONDS:g}], got {max_segment_seconds}")
+    if not MIN_SEGMENT_SECONDS <= max_segment_seconds <= MAX_SEGMENT_SECONDS:  # also refuses nan
+        raise UserError(
+            f"max_segment_seconds must be in {MIN_SEGMENT_SECONDS:g}..{MAX_SEGMENT_SECONDS:g}, got {max_segment_seconds}"
+        )
     max_segment_ms = round(max_segment_seconds * 1000)
     pipeline = BatchDecoder(model, tokenizer, language, hotwords, itn, max_new_tokens, stop_loops, timestamps)
     bar = tqdm(

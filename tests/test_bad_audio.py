@@ -175,6 +175,27 @@ def test_one_bad_file_loses_no_other(tiny_f32, tiny_model, mixed_folder, good_al
     }
 
 
+def test_what_is_named_like_audio_but_is_no_file_is_named_not_skipped(tiny_f32, clips, tmp_path):
+    """In a directory, a link to nothing, a loop of links and a pipe named like audio are bad files like
+    any other (named at the end, exit status 2), not silently left out; given alone, each is one line
+    that says what it is ("not found" would be wrong: it is there)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    written(folder, "good.wav", clips["1s"])
+    (folder / "gone.wav").symlink_to(tmp_path / "deleted.wav")
+    (folder / "loop.wav").symlink_to(folder / "loop.wav")
+    os.mkfifo(folder / "pipe.wav")
+    done = invoke_cli("transcribe", tiny_f32, folder, "--format", "json", *TOKENS)
+    assert done.returncode == 2
+    assert [json.loads(row)["audio"] for row in done.stdout.splitlines()] == [str(folder / "good.wav")]
+    lines = stderr_lines(done)
+    assert len(lines) == 3 and all(line.startswith("error: cannot read audio") for line in lines), lines
+    for name, what in [("gone", "a link to nothing"), ("loop", "a link to nothing"), ("pipe", "a pipe or device")]:
+        assert any(f"{name}.wav: it is {what}" in line for line in lines), lines
+    lines = stderr_lines(invoke_cli("transcribe", tiny_f32, "/dev/null", *TOKENS))
+    assert lines == ["error: cannot read audio /dev/null: it is a pipe or device, not a regular file"]
+
+
 # -- long files: read in blocks -------------------------------------------------------------------------
 
 

@@ -86,6 +86,21 @@ BROKEN_TEXT = {
         [*EVALUATE, "{tmp}/csv"],
         "no transcript column",
     ),
+    "a field past the CSV module's limit": (
+        {"csv/metadata.csv": b"file_name,text\n../a.wav," + b"x" * 200_000 + b"\n"},
+        [*EVALUATE, "{tmp}/csv"],
+        "metadata.csv:2: not valid CSV: field larger than field limit",
+    ),
+    "nested thousands deep in a recipe": (
+        {"recipe.yaml": b"source: " + b"[" * 5000 + b"]" * 5000 + b"\n"},
+        RUN,
+        "recipe.yaml:1: nested more than 32 levels deep in a recipe",
+    ),
+    "nested thousands deep in a set": (
+        {"s.yaml": b"dataset:\n  x: " + b"{a: " * 5000 + b"1" + b"}" * 5000 + b"\n"},
+        [*EVALUATE, "{tmp}/s.yaml"],
+        "s.yaml:2: nested more than 32 levels deep in a set",
+    ),
     "header only": ({"csv/metadata.csv": b"file_name,text\n"}, [*EVALUATE, "{tmp}/csv"], "the set has no rows"),
     "empty JSONL": ({"empty.jsonl": b"\n"}, [*EVALUATE, "{tmp}/empty.jsonl"], "empty.jsonl: the set has no rows"),
     "text_config lacks a field": (
@@ -228,8 +243,14 @@ UNBOUNDED = {
     ),
     "limit 0": ([*EVALUATE, "{tmp}/set.jsonl", "--limit", "0"], "Invalid value for '--limit': 0 is not in the range"),
     "limit negative": (["run", "bf16", "--limit", "-3"], "Invalid value for '--limit'"),
+    "limit past sys.maxsize": ([*EVALUATE, "{tmp}/set.jsonl", "--limit", str(2**63)], "Invalid value for '--limit'"),
     "shard malformed": ([*EVALUATE, "{tmp}/set.jsonl", "--shard", "1/x"], "--shard '1/x': expected i/n"),
     "shard out of range": ([*EVALUATE, "{tmp}/set.jsonl", "--shard", "4/4"], "i must be in 0..3"),
+    "no shards": ([*EVALUATE, "{tmp}/set.jsonl", "--shard", "0/0"], "--shard 0/0: n must be at least 1"),
+    "a --source that is not there": (  # neither a folder nor a repo id: not an unpinned repo
+        ["run", "bf16", "--work", "{tmp}/work", "--source", "{tmp}/no-such-folder"],
+        "no-such-folder not found (a local upstream directory or a hub repo id ORG/NAME)",
+    ),
 }
 # Usage errors of every kind, in the group and in subcommands: click's message, on one line.
 USAGE = {
@@ -248,6 +269,27 @@ def test_values_without_bounds_and_usage_errors_are_one_line(work, case):
     args, fragment = {**UNBOUNDED, **USAGE}[case]
     assert_user_error(_invoke(args, work), fragment, alone=True)
     assert not (work / "report").exists()
+
+
+@pytest.mark.parametrize("seconds", [0.01, 0.5, float("nan"), 300.5])
+def test_max_segment_seconds_has_the_cli_bounds_in_python(tiny_model, seconds):
+    """The Python API takes the CLI's bounds (1-300 s): below 20 ms the segmenter raised a ValueError."""
+    from funasr_nano_mlx.errors import UserError
+    from funasr_nano_mlx.transcribe import transcribe_many
+
+    long_enough_to_cut = np.random.default_rng(0).standard_normal(2 * 16000).astype(np.float32) * 0.1
+    with pytest.raises(UserError, match=r"max_segment_seconds must be in 1\.\.300, got"):
+        list(transcribe_many(*tiny_model, [long_enough_to_cut], max_segment_seconds=seconds, max_new_tokens=2))
+
+
+def test_a_library_message_over_several_lines_is_one_line(tiny_f32, tmp_path):
+    """transformers explains a tokenizer it cannot build in five lines (mlx-lm lists unexpected weights
+    one per line): the error is still one line."""
+    model = Path(shutil.copytree(tiny_f32, tmp_path / "model"))
+    for file in (model / "Qwen3-0.6B").iterdir():
+        file.unlink()
+    sf.write(str(tmp_path / "a.wav"), np.zeros(16000, np.float32), 16000)
+    assert_user_error(invoke_cli("transcribe", model, tmp_path / "a.wav"), "cannot load the model", alone=True)
 
 
 def test_help_is_unchanged():

@@ -253,9 +253,13 @@ def places(tmp_path_factory, tiny_upstream, tiny_bf16):
     (card_model / "README.md").mkdir()
     (tmp / "out" / "clip.txt").mkdir(parents=True)
     local_set(tmp / "set")
+    (tmp / NOT_UTF8).mkdir()
+    (tmp / NOT_UTF8 / "upstream").symlink_to(tiny_upstream)
+    (tmp / NOT_UTF8 / "model").symlink_to(tiny_bf16)
     return tmp, tiny_upstream, tiny_bf16
 
 
+NOT_UTF8 = os.fsdecode(b"not \xff utf-8")  # a folder name Linux takes; MLX and torch cannot open it
 DESTINATIONS = {  # (args, the line's fragment) from (tmp, upstream, model)
     "convert under a file": lambda t, u, m: (["convert", u, t / "file" / "dst"], "is not a directory"),
     "convert name too long": lambda t, u, m: (["convert", u, t / ("n" * 300)], "longer than 255 bytes"),
@@ -280,6 +284,25 @@ DESTINATIONS = {  # (args, the line's fragment) from (tmp, upstream, model)
         ["run", "bf16", "--work", t / "file" / "w", "--source", u, "--until", "download"],
         "is not a directory",
     ),
+    "convert into a path not UTF-8": lambda t, u, m: (["convert", u, t / NOT_UTF8 / "c"], "is not valid UTF-8"),
+    "convert from a path not UTF-8": lambda t, u, m: (["convert", t / NOT_UTF8 / "upstream", t / "c"], "not valid UTF"),
+    "convert-vad into a path not UTF-8": lambda t, u, m: (["convert-vad", u, t / NOT_UTF8 / "v"], "is not valid UTF-8"),
+    "quantize into a path not UTF-8": lambda t, u, m: (
+        ["quantize", m, t / NOT_UTF8 / "q", "--recipe", "4bit-llm"],
+        "is not valid UTF-8",
+    ),
+    "quantize from a path not UTF-8": lambda t, u, m: (
+        ["quantize", t / NOT_UTF8 / "model", t / "q", "--recipe", "4bit-llm"],
+        "is not valid UTF-8",
+    ),
+    "transcribe with a model at a path not UTF-8": lambda t, u, m: (
+        ["transcribe", t / NOT_UTF8 / "model", t / "clip.wav"],
+        "is not valid UTF-8",
+    ),
+    "run's work at a path not UTF-8": lambda t, u, m: (
+        ["run", "bf16", "--work", t / NOT_UTF8 / "w", "--source", u, "--until", "download"],
+        "is not valid UTF-8",
+    ),
 }
 
 
@@ -289,6 +312,49 @@ def test_an_unusable_destination_is_refused_before_the_work(case, places):
     args, fragment = DESTINATIONS[case](*places)
     assert_user_error(invoke_cli(*args), fragment, alone=True)
     assert leftovers(places[0]) == []
+
+
+def test_a_report_of_a_set_whose_path_is_not_utf8_is_written_and_read_back(tiny_bf16, tmp_path):
+    """A set in a folder whose name is not UTF-8: the report is written (the name escaped, as JSON reads
+    it back), and merge-reports reads it."""
+    from tests.helpers import local_set
+
+    folder = local_set(tmp_path / "set").rename(tmp_path / NOT_UTF8)  # soundfile writes only UTF-8 names
+    done = invoke_cli("evaluate", tiny_bf16, "--set", folder, "--report", tmp_path / "r", "--max-new-tokens", "2")
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    report = json.loads((tmp_path / "r" / "eval.json").read_text(encoding="utf-8"))
+    assert [s["definition"]["path"] for s in report["sets"].values()] == [str(folder)]
+    assert invoke_cli("merge-reports", tmp_path / "r", "--out", tmp_path / "m").returncode == 0
+
+
+@pytest.mark.parametrize(
+    "what, fragment",
+    [
+        ("a set not UTF-8", "metadata.csv:1: not valid UTF-8"),
+        ("a set with a field past the CSV limit", "metadata.csv:2: not valid CSV"),
+        ("a set without rows", "the set has no rows"),
+        ("a benchmark record that is not one", "is not a benchmark record"),
+    ],
+)
+def test_run_refuses_a_broken_local_set_or_benchmark_before_any_stage(what, fragment, source, tmp_path):
+    """Read as evaluate and card will read them, before download and convert are built: not after."""
+    (tmp_path / "set").mkdir()
+    metadata = {
+        "a set not UTF-8": "file_name,text\n".encode("utf-16"),
+        "a set with a field past the CSV limit": b"file_name,text\na.wav," + b"x" * 200_000 + b"\n",
+        "a set without rows": b"file_name,text\n",
+    }.get(what)
+    if metadata is None:
+        local_set_args = ["--set", "librispeech-test-clean"]
+        (tmp_path / "bench.json").write_text('{"recipe": "bf16"}')
+        more = ["--benchmark", tmp_path / "bench.json", "--until", "card"]
+    else:
+        (tmp_path / "set" / "metadata.csv").write_bytes(metadata)
+        local_set_args, more = ["--set", tmp_path / "set"], ["--until", "evaluate"]
+    work = tmp_path / "work"
+    done = invoke_cli("run", "bf16", "--work", work, "--source", source, *local_set_args, *more)
+    assert_user_error(done, fragment, alone=True)
+    assert not work.exists()
 
 
 def no_space(*args, **kwargs):
@@ -307,12 +373,32 @@ def short_weights(save):
     return save_model
 
 
+def onto_a_full_disk(save):
+    """MLX's own writer on a full disk: every write to /dev/full fails (ENOSPC), and MLX raises a
+    RuntimeError that has no errno."""
+
+    def save_model(folder, *args, **kwargs):
+        (Path(folder) / "model.safetensors").symlink_to("/dev/full")
+        save(folder, *args, **kwargs)
+
+    return save_model
+
+
+FAULTS = {
+    "save_config": lambda save: no_space,
+    "save_model": short_weights,
+    "save_model onto /dev/full": onto_a_full_disk,
+}
+
+
 @pytest.mark.parametrize(
     "target, writer, fragment",
     [
         ("convert", "save_config", "No space left on device"),
         ("convert", "save_model", "bytes short (disk full?)"),
         ("quantize", "save_model", "bytes short (disk full?)"),
+        ("convert", "save_model onto /dev/full", "Unable to write"),
+        ("quantize", "save_model onto /dev/full", "Unable to write"),
         ("text", "write_bytes", "No space left on device"),
     ],
 )
@@ -331,7 +417,8 @@ def test_a_write_that_fails_at_the_end_is_one_line_and_leaves_nothing(
         out = tmp_path / "out"
         assert not out.exists() or list(out.iterdir()) == []
     else:
-        monkeypatch.setattr(module, writer, no_space if writer == "save_config" else short_weights(module.save_model))
+        name = writer.split()[0]  # the function of `module` to wrap
+        monkeypatch.setattr(module, name, FAULTS[writer](getattr(module, name)))
         args = (
             [source, tmp_path / "dst"] if target == "convert" else [tiny_bf16, tmp_path / "dst", "--recipe", "4bit-llm"]
         )
@@ -339,6 +426,23 @@ def test_a_write_that_fails_at_the_end_is_one_line_and_leaves_nothing(
         assert not (tmp_path / "dst").exists()
     assert_user_error(done, fragment)
     assert "nothing was left behind" in done.stderr and leftovers(tmp_path) == []
+
+
+def test_a_text_write_interrupted_midway_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C while `transcribe --output-dir`, a report or a card writes a file: no NAME.PID.tmp stays
+    (only staged_output clears a dead process's partials, and it never looks at these)."""
+    from funasr_nano_mlx.files import write_text_atomic
+
+    write = Path.write_bytes
+
+    def interrupted(self, data):
+        write(self, data[:2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_text_atomic(tmp_path / "clip.txt", "a transcript")
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- 9. promises kept exactly --------------------------------------------------------------------------
