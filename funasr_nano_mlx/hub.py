@@ -116,8 +116,11 @@ def _configure_clients() -> None:
     retries = int(_number(RETRIES_VARIABLE, DEFAULT_RETRIES))
     # The keyword defaults that every caller in huggingface_hub relies on (none passes max_retries);
     # http_stream_backoff is a contextmanager, whose function is __wrapped__.
+    # If a later huggingface_hub 1.x renames the keyword, its own default stays: fewer bounds, no crash.
     for function in (http_backoff, http_stream_backoff):
-        getattr(function, "__wrapped__", function).__kwdefaults__["max_retries"] = retries
+        defaults = getattr(function, "__wrapped__", function).__kwdefaults__ or {}
+        if "max_retries" in defaults:
+            defaults["max_retries"] = retries
     config = sys.modules.get("datasets.config")
     if config is not None:
         # `datasets` retries a streamed file again, 20 times 5 to 60 s apart (datasets/config.py:256-261,
