@@ -355,6 +355,8 @@ def evaluate(
             file=sys.stderr,
             flush=True,
         )
+    if count == 1:  # one shard of a set may hold only skipped rows; the merge checks the whole set
+        require_scored(rows, [s.name for s in evalsets], "evaluate")
     header = {
         "format": REPORT_FORMAT,
         "model": model_info(model_dir),
@@ -364,6 +366,16 @@ def evaluate(
         "settings": {"max_new_tokens": max_new_tokens, "limit": limit, "shard": index, "shards": count},
     }
     return _write_report(report_dir, header, {s.name: s.describe() for s in evalsets}, rows, peaks, baseline)
+
+
+def require_scored(rows: list[Row], set_names: list[str], command: str) -> None:
+    """Refuse a report in which a set has no scored row: it would measure nothing, and a card or an
+    acceptance check reading it would have no error rate to show."""
+    for name in set_names:
+        reasons = [row.skipped for row in rows if row.set == name]
+        if all(reasons):
+            first = reasons[0] if reasons else "the set has no rows"
+            raise UserError(f"{command}: set {name}: no row was scored (the first was skipped: {first})")
 
 
 def merge(shard_report_dirs: Sequence, out_dir, baseline=None) -> dict:
@@ -393,6 +405,7 @@ def merge(shard_report_dirs: Sequence, out_dir, baseline=None) -> dict:
     order = {name: i for i, name in enumerate(first["sets"])}
     rows = sorted((row for _, shard_rows in shards for row in shard_rows), key=lambda r: (order[r.set], r.index))
     peaks = {name: max(report["sets"][name]["peak_memory_bytes"] or 0 for report, _ in shards) for name in order}
+    require_scored(rows, list(order), "merge")
     header = {key: value for key, value in first.items() if key not in ("sets", "baseline")}
     header["settings"] = {**first["settings"], "shard": None, "merged_from": [str(d) for d in shard_report_dirs]}
     return _write_report(
