@@ -327,8 +327,6 @@ def evaluate(
     index, count = parse_shard(shard)
     report_dir = Path(report_dir)
     evalsets = check_sets(sets)
-    if report_dir.exists():
-        raise UserError(f"report directory already exists: {report_dir}")
     check_destination(report_dir)  # not after hours of decoding
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     if baseline is not None:

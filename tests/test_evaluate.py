@@ -472,3 +472,10 @@ def test_a_set_with_no_scored_row_is_refused_not_reported(tiny_f32, tmp_path):
     with pytest.raises(UserError, match=r"merge: set blank: no row was scored \(the first was skipped"):
         merge(shards, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
+
+
+def test_an_existing_report_directory_is_refused_as_every_destination_is(tmp_path):
+    (tmp_path / "set.jsonl").write_text('{"audio": "a.wav", "text": "hello"}\n')
+    (tmp_path / "report").mkdir()
+    with pytest.raises(UserError, match=f"^destination already exists: {re.escape(str(tmp_path / 'report'))}$"):
+        evaluate("no-model-needed", [str(tmp_path / "set.jsonl")], tmp_path / "report")
