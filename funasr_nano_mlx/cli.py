@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 import sys
 from contextlib import contextmanager
@@ -292,6 +291,7 @@ def transcribe(
     at the end, and the exit status is 2.
     """
     from .audio import audio_files
+    from .files import json_text
     from .hub import one_line
     from .subtitles import timed_cues, to_srt, to_vtt
     from .languages import resolve_language
@@ -317,7 +317,7 @@ def transcribe(
         "text": lambda r: r.text.strip() + "\n",
         "srt": lambda r: to_srt(timed_cues(r)),
         "vtt": lambda r: to_vtt(timed_cues(r)),
-        "json": lambda r: json.dumps(r.to_dict(), ensure_ascii=False) + "\n",
+        "json": lambda r: json_text(r.to_dict()) + "\n",
     }[fmt]
     results = transcribe_many(
         loaded,

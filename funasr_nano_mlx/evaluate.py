@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .decoding import DEFAULT_BATCH_SIZE, check_max_new_tokens, describe_budget
 from .errors import UserError
-from .files import check_destination, package_version, staged_output
+from .files import check_destination, json_text, package_version, staged_output
 from .modeldir import ModelDir, find_model
 from .normalize import normalize, scoring_for
 from .report import OPTIONAL, PLOT, REPORT_SHAPE, percent, plot_reports, render_summary, shape_problem
@@ -290,17 +290,15 @@ def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], p
         for name, comparison in per_set.items():
             report["sets"][name]["comparison"] = comparison
         reports.insert(0, base_report)
-    # A path with bytes that are not UTF-8 (a set's folder, an audio file's name) is held as lone
-    # surrogates, which UTF-8 cannot encode: written as the escape \udcXX, which JSON reads back as the
-    # same path, and the summary shows as such.
-    text = {"encoding": "utf-8", "errors": "backslashreplace"}
+    # A path with bytes that are not UTF-8 (a set's folder) is held as lone surrogates: the JSON files
+    # write them as json_text does (read back as the same path), the summary as the same \udcXX escapes.
     with staged_output(Path(report_dir)) as out:
-        (out / HYPOTHESES).write_text("".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in rows), **text)
+        (out / HYPOTHESES).write_text("".join(json_text(asdict(r)) + "\n" for r in rows), encoding="utf-8")
         if lines:
-            (out / COMPARISON).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), **text)
-        (out / EVAL_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", **text)
+            (out / COMPARISON).write_text("".join(json_text(x) + "\n" for x in lines), encoding="utf-8")
+        (out / EVAL_JSON).write_text(json_text(report, indent=2) + "\n", encoding="utf-8")
         plot_reports(reports, out / PLOT)
-        (out / SUMMARY).write_text(render_summary(report), **text)
+        (out / SUMMARY).write_text(render_summary(report), encoding="utf-8", errors="backslashreplace")
     return report
 
 

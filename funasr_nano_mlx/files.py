@@ -49,6 +49,13 @@ def printable(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def json_text(value, **dumps) -> str:
+    """JSON as every output of ours writes it: UTF-8 text, non-ASCII kept. A file name's bytes that are
+    not UTF-8 (lone surrogates, as os.fsdecode holds them) become \\udcXX escapes, which any JSON reader
+    takes and which read back (os.fsencode) to the same bytes: the name stays the path it was."""
+    return json.dumps(value, ensure_ascii=False, **dumps).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def require_utf8_path(path: str | Path) -> None:
     """Refuse a path that is not valid UTF-8 where MLX or torch will open it: both take the name as UTF-8
     text and fail there (MLX with "std::bad_cast" after the work is done, torch as if the file were
