@@ -108,6 +108,18 @@ def test_audio_that_is_not_what_it_says(tiny_f32, tiny_model, clips, tmp_path, c
         assert lines == [] and result["warnings"] == [] and result["duration"] == pytest.approx(7.0)
 
 
+@pytest.mark.parametrize("rate", [1, 4000])
+def test_a_rate_too_low_for_speech_is_flagged(tiny_f32, clips, tmp_path, rate):
+    """Resampled and transcribed as any rate is, but the user is told: one warning line and the JSON
+    `warnings`, as for a file cut off."""
+    path = written(tmp_path, "low.wav", clips["1s"][:: 16000 // rate][: max(rate, 8)], rate)
+    done = invoke_cli("transcribe", tiny_f32, path, "--format", "json", *TOKENS)
+    lines = stderr_lines(done)
+    assert done.returncode == 0 and len(lines) == 1 and lines[0].startswith("warning: "), lines
+    assert f"low.wav is sampled at {rate} Hz: speech needs at least 8 kHz" in lines[0]
+    assert json.loads(done.stdout)["warnings"] == [lines[0].removeprefix("warning: ")]
+
+
 # -- many files, some bad -------------------------------------------------------------------------------
 
 
