@@ -113,6 +113,26 @@ BROKEN_TEXT = {
         [*EVALUATE, "{tmp}/set.jsonl"],
         "config.json: text_config.num_hidden_layers: expected int, found '28'",
     ),
+    "text_config epsilon NaN": (
+        {"model/config.json": _config(rms_norm_eps=float("nan"))},
+        TRANSCRIBE,
+        "config.json: text_config.rms_norm_eps: expected a positive finite number, found nan",
+    ),
+    "text_config epsilon 0": (
+        {"model/config.json": _config(rms_norm_eps=0.0)},
+        TRANSCRIBE,
+        "config.json: text_config.rms_norm_eps: expected a positive finite number, found 0.0",
+    ),
+    "text_config RoPE base negative": (
+        {"model/config.json": _config(rope_theta=-1e6)},
+        [*EVALUATE, "{tmp}/set.jsonl"],
+        "config.json: text_config.rope_theta: expected a positive finite number, found -1000000.0",
+    ),
+    "text_config RoPE base infinite": (
+        {"model/config.json": _config(rope_theta=float("inf"))},
+        TRANSCRIBE,
+        "config.json: text_config.rope_theta: expected a positive finite number, found inf",
+    ),
 }
 
 
