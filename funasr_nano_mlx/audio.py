@@ -33,6 +33,9 @@ LOW_FREQ, HIGH_FREQ = 20.0, SAMPLE_RATE / 2
 PREEMPHASIS = 0.97
 LOG_FLOOR = 1.1920929e-07  # float32 epsilon, Kaldi's floor before log
 LFR_M, LFR_N = 7, 6  # low frame rate: stack 7 frames, hop 6 (60 ms per output frame)
+# Telephone speech (8 kHz, content up to 4 kHz) is the least that stays intelligible; below it the
+# consonants are gone, and resampling up to 16 kHz cannot bring them back.
+MIN_SPEECH_RATE = 8000
 
 
 # Files are read in blocks so that memory does not grow with a file's rate or channel count: only the
@@ -70,7 +73,8 @@ def load_audio(path: str | Path, block_frames: int = READ_FRAMES) -> np.ndarray:
 
 
 def read_audio(path: str | Path, block_frames: int = READ_FRAMES) -> Audio:
-    """`load_audio`, with a warning when the file ends before its header says.
+    """`load_audio`, with a warning when the file ends before its header says, or when its sample rate
+    is too low to hold speech (it is resampled and transcribed all the same).
 
     Such a file (a cut-off download or copy) is read as far as it goes rather than refused: what
     survives is real audio, and the warning says how much is missing. NaN or infinite samples are
@@ -90,7 +94,15 @@ def read_audio(path: str | Path, block_frames: int = READ_FRAMES) -> Audio:
         raise UserError(f"cannot read audio {name}: {why}") from None
     except OSError as err:
         raise UserError(f"cannot read audio {name}: {err.strerror or err}") from None
-    return Audio(samples, _truncation(name, declared, read, rate, log, stopped))
+    return Audio(samples, _low_rate(name, rate) + _truncation(name, declared, read, rate, log, stopped))
+
+
+def _low_rate(name: str, rate: int) -> list[str]:
+    if rate >= MIN_SPEECH_RATE:
+        return []
+    return [
+        f"{name} is sampled at {rate} Hz: speech needs at least {MIN_SPEECH_RATE // 1000} kHz, expect a poor transcript"
+    ]
 
 
 def _opened(stream):

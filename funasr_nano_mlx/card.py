@@ -26,6 +26,8 @@ from .languages import LANGUAGES
 from .modeldir import ModelDir
 from .packaged import MODEL_CARDS_DIR
 from .recipe import Acceptance, Recipe
+from .report import shape_problem
+from .strict_yaml import read_utf8
 
 TEMPLATE = MODEL_CARDS_DIR / "template.md"
 FIGURES = MODEL_CARDS_DIR / "upstream_figures.yaml"
@@ -96,21 +98,32 @@ def check_report(model_dir: str | Path | ModelDir, eval_json: str | Path) -> dic
     return report
 
 
+# What a benchmark record holds; the figures of each row are read leniently (a missing one is "not measured").
+BENCHMARK_SHAPE = {"recipe": str, "machine": str, "date": str, "command": str, "results": [dict]}
+
+
 def read_benchmark(file: Path, recipe_block: dict | None) -> dict:
     """A benchmark record of this variant: {"recipe", "machine", "date", "command", "results": [per-clip
-    figures as bench/speed.py prints them]}. One of another recipe is refused: a figure is never
-    carried over from another variant."""
+    figures as bench/speed.py prints them]}, read strictly: anything else is refused in one line naming
+    the file and the key (or line). One of another recipe is refused: a figure is never carried over
+    from another variant."""
+    file = Path(file)
+    not_one = f"{file} is not a benchmark record ({{recipe, machine, date, command, results}})"
     try:
-        record = json.loads(Path(file).read_text())
-        results = [row for row in record["results"] if row.get("impl", "ours") == "ours"]
-        fields = {key: record[key] for key in ("recipe", "machine", "date", "command")}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        data = file.read_bytes()
+    except OSError as err:
+        raise UserError(f"{not_one}: {err.strerror}") from None
+    try:
+        record = json.loads(read_utf8(file, data))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{file}:{err.lineno}: not valid JSON: {err.msg}") from None
+    if problem := shape_problem(record, BENCHMARK_SHAPE):
+        raise UserError(f"{not_one}: {problem}")
+    fields = {key: record[key] for key in ("recipe", "machine", "date", "command")}
+    results = [row for row in record["results"] if row.get("impl", "ours") == "ours"]
+    if not all(fields.values()) or not results:
         raise UserError(
-            f"{file} is not a benchmark record ({{recipe, machine, date, command, results}}): {err}"
-        ) from None
-    if not all(isinstance(value, str) and value for value in fields.values()) or not results:
-        raise UserError(
-            f"{file}: recipe, machine, date and command must be text, and results must hold this "
+            f"{file}: recipe, machine, date and command must not be empty, and results must hold this "
             'package\'s figures (impl absent or "ours")'
         )
     mine = (recipe_block or {}).get("name")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import math
 import sys
 from contextlib import contextmanager
@@ -157,6 +156,51 @@ def convert_vad(src, dst, revision):
     click.echo(run_convert_vad(src, dst, revision=revision))
 
 
+def output_file(output_dir, path: Path, fmt: str) -> Path:
+    # The output's name keeps the input's bytes (Path holds them): writable wherever the input was.
+    return Path(output_dir) / f"{path.stem}.{FORMAT_SUFFIX[fmt]}"
+
+
+def check_outputs(files: list[Path], fmt: str, output_dir) -> None:
+    """Refuse outputs that would clash or cannot be written, before the model loads."""
+    from .files import check_destination
+
+    if fmt in ("srt", "vtt") and len(files) > 1 and output_dir is None:
+        raise UserError(f"{len(files)} inputs: give --output-dir to write one .{fmt} file each")
+    stems = [path.stem for path in files]
+    if output_dir is not None and len(set(stems)) < len(stems):
+        clash = next(stem for stem in stems if stems.count(stem) > 1)
+        raise UserError(f"several inputs are named {clash!r}: their outputs would overwrite each other in {output_dir}")
+    if output_dir is not None:
+        check_destination(output_dir, exists_ok=True)
+        for path in files:
+            check_destination(output_file(output_dir, path, fmt), directory=False, exists_ok=True)
+
+
+def write_results(files: list[Path], results, render, fmt: str, output_dir) -> list:
+    """Print each result (or write it under `output_dir`) with its warnings on stderr, as it comes;
+    return the failures, for the caller to name after every good result is out."""
+    from .files import printable, write_text_atomic
+    from .transcribe import Failure
+
+    failures = []
+    for path, result in zip(files, results):
+        if isinstance(result, Failure):
+            failures.append(result)
+            continue
+        for warning in result.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        for segment in result.segments:
+            if segment.hit_token_limit or segment.repetition:
+                why = "hit its token budget" if segment.hit_token_limit else "was stopped repeating itself"
+                click.echo(f"warning: {printable(path)} {segment.start:.2f}-{segment.end:.2f} s {why}", err=True)
+        if output_dir is None:
+            click.echo(render(result), nl=False)
+        else:
+            write_text_atomic(output_file(output_dir, path, fmt), render(result))
+    return failures
+
+
 @main.command()
 @click.argument("model")
 @click.argument("audio", nargs=-1, required=True, type=click.Path())
@@ -246,28 +290,19 @@ def transcribe(
     stop the others: every other file's result is written, each bad file is named in one `error:` line
     at the end, and the exit status is 2.
     """
-    from .audio import audio_files, printable
-    from .files import check_destination, write_text_atomic
+    from .audio import audio_files
+    from .files import json_text
     from .hub import one_line
     from .subtitles import timed_cues, to_srt, to_vtt
     from .languages import resolve_language
-    from .transcribe import Failure, hotword_list, load, transcribe_many
+    from .transcribe import hotword_list, load, transcribe_many
 
     if no_segment and vad:
         raise UserError("--no-segment and --vad contradict each other: choose one")
     resolve_language(language)  # reject bad input before the model loads
     hotword_list(hotwords)
     files = audio_files(audio)
-    if fmt in ("srt", "vtt") and len(files) > 1 and output_dir is None:
-        raise UserError(f"{len(files)} inputs: give --output-dir to write one .{fmt} file each")
-    stems = [path.stem for path in files]
-    if output_dir is not None and len(set(stems)) < len(stems):
-        clash = next(stem for stem in stems if stems.count(stem) > 1)
-        raise UserError(f"several inputs are named {clash!r}: their outputs would overwrite each other in {output_dir}")
-    if output_dir is not None:  # an unusable place is refused before the model loads
-        check_destination(output_dir, exists_ok=True)
-        for path in files:
-            check_destination(Path(output_dir) / f"{path.stem}.{FORMAT_SUFFIX[fmt]}", directory=False, exists_ok=True)
+    check_outputs(files, fmt, output_dir)
     segmenter = None if no_segment else "auto"
     if vad:
         from .vad import load_vad
@@ -282,7 +317,7 @@ def transcribe(
         "text": lambda r: r.text.strip() + "\n",
         "srt": lambda r: to_srt(timed_cues(r)),
         "vtt": lambda r: to_vtt(timed_cues(r)),
-        "json": lambda r: json.dumps(r.to_dict(), ensure_ascii=False) + "\n",
+        "json": lambda r: json_text(r.to_dict()) + "\n",
     }[fmt]
     results = transcribe_many(
         loaded,
@@ -300,21 +335,7 @@ def transcribe(
         timestamps=timestamps,
         keep_going=True,
     )
-    failures = []
-    for path, result in zip(files, results):
-        if isinstance(result, Failure):
-            failures.append(result.error)
-            continue
-        for warning in result.warnings:
-            click.echo(f"warning: {warning}", err=True)
-        for segment in result.segments:
-            if segment.hit_token_limit or segment.repetition:
-                why = "hit its token budget" if segment.hit_token_limit else "was stopped repeating itself"
-                click.echo(f"warning: {printable(path)} {segment.start:.2f}-{segment.end:.2f} s {why}", err=True)
-        if output_dir is None:
-            click.echo(render(result), nl=False)
-        else:  # the output's name keeps the input's bytes (Path holds them): writable wherever the input was
-            write_text_atomic(Path(output_dir) / f"{path.stem}.{FORMAT_SUFFIX[fmt]}", render(result))
+    failures = [result.error for result in write_results(files, results, render, fmt, output_dir)]
     if failures:  # named after every good result is out, so that none is lost to a bad file
         for error in failures:
             click.echo(f"error: {one_line(error)}", err=True)

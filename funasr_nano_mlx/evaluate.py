@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .decoding import DEFAULT_BATCH_SIZE, check_max_new_tokens, describe_budget
 from .errors import UserError
-from .files import check_destination, package_version, staged_output
+from .files import check_destination, json_text, package_version, staged_output
 from .modeldir import ModelDir, find_model
 from .normalize import normalize, scoring_for
 from .report import OPTIONAL, PLOT, REPORT_SHAPE, percent, plot_reports, render_summary, shape_problem
@@ -290,17 +290,15 @@ def _write_report(report_dir: Path, header: dict, sets: dict, rows: list[Row], p
         for name, comparison in per_set.items():
             report["sets"][name]["comparison"] = comparison
         reports.insert(0, base_report)
-    # A path with bytes that are not UTF-8 (a set's folder, an audio file's name) is held as lone
-    # surrogates, which UTF-8 cannot encode: written as the escape \udcXX, which JSON reads back as the
-    # same path, and the summary shows as such.
-    text = {"encoding": "utf-8", "errors": "backslashreplace"}
+    # A path with bytes that are not UTF-8 (a set's folder) is held as lone surrogates: the JSON files
+    # write them as json_text does (read back as the same path), the summary as the same \udcXX escapes.
     with staged_output(Path(report_dir)) as out:
-        (out / HYPOTHESES).write_text("".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in rows), **text)
+        (out / HYPOTHESES).write_text("".join(json_text(asdict(r)) + "\n" for r in rows), encoding="utf-8")
         if lines:
-            (out / COMPARISON).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), **text)
-        (out / EVAL_JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", **text)
+            (out / COMPARISON).write_text("".join(json_text(x) + "\n" for x in lines), encoding="utf-8")
+        (out / EVAL_JSON).write_text(json_text(report, indent=2) + "\n", encoding="utf-8")
         plot_reports(reports, out / PLOT)
-        (out / SUMMARY).write_text(render_summary(report), **text)
+        (out / SUMMARY).write_text(render_summary(report), encoding="utf-8", errors="backslashreplace")
     return report
 
 
@@ -327,8 +325,6 @@ def evaluate(
     index, count = parse_shard(shard)
     report_dir = Path(report_dir)
     evalsets = check_sets(sets)
-    if report_dir.exists():
-        raise UserError(f"report directory already exists: {report_dir}")
     check_destination(report_dir)  # not after hours of decoding
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     if baseline is not None:
@@ -355,6 +351,8 @@ def evaluate(
             file=sys.stderr,
             flush=True,
         )
+    if count == 1:  # one shard of a set may hold only skipped rows; the merge checks the whole set
+        require_scored(rows, [s.name for s in evalsets], "evaluate")
     header = {
         "format": REPORT_FORMAT,
         "model": model_info(model_dir),
@@ -364,6 +362,16 @@ def evaluate(
         "settings": {"max_new_tokens": max_new_tokens, "limit": limit, "shard": index, "shards": count},
     }
     return _write_report(report_dir, header, {s.name: s.describe() for s in evalsets}, rows, peaks, baseline)
+
+
+def require_scored(rows: list[Row], set_names: list[str], command: str) -> None:
+    """Refuse a report in which a set has no scored row: it would measure nothing, and a card or an
+    acceptance check reading it would have no error rate to show."""
+    for name in set_names:
+        reasons = [row.skipped for row in rows if row.set == name]
+        if all(reasons):
+            first = reasons[0] if reasons else "the set has no rows"
+            raise UserError(f"{command}: set {name}: no row was scored (the first was skipped: {first})")
 
 
 def merge(shard_report_dirs: Sequence, out_dir, baseline=None) -> dict:
@@ -393,6 +401,7 @@ def merge(shard_report_dirs: Sequence, out_dir, baseline=None) -> dict:
     order = {name: i for i, name in enumerate(first["sets"])}
     rows = sorted((row for _, shard_rows in shards for row in shard_rows), key=lambda r: (order[r.set], r.index))
     peaks = {name: max(report["sets"][name]["peak_memory_bytes"] or 0 for report, _ in shards) for name in order}
+    require_scored(rows, list(order), "merge")
     header = {key: value for key, value in first.items() if key not in ("sets", "baseline")}
     header["settings"] = {**first["settings"], "shard": None, "merged_from": [str(d) for d in shard_report_dirs]}
     return _write_report(

@@ -49,6 +49,13 @@ def printable(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def json_text(value, **dumps) -> str:
+    """JSON as every output of ours writes it: UTF-8 text, non-ASCII kept. A file name's bytes that are
+    not UTF-8 (lone surrogates, as os.fsdecode holds them) become \\udcXX escapes, which any JSON reader
+    takes and which read back (os.fsencode) to the same bytes: the name stays the path it was."""
+    return json.dumps(value, ensure_ascii=False, **dumps).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def require_utf8_path(path: str | Path) -> None:
     """Refuse a path that is not valid UTF-8 where MLX or torch will open it: both take the name as UTF-8
     text and fail there (MLX with "std::bad_cast" after the work is done, torch as if the file were
@@ -104,9 +111,18 @@ def check_destination(path: str | Path, *, directory: bool = True, exists_ok: bo
         raise UserError(f"cannot write {path}: {base} is read-only or not writable by this user")
 
 
-def _write_error(dst: Path, err: OSError) -> UserError:
-    where = f" ({err.filename})" if err.filename and str(err.filename) != str(dst) else ""
-    return UserError(f"cannot write {dst}: {err.strerror or err}{where}; nothing was left behind")
+@contextmanager
+def write_errors(dst: Path, every: bool = False):
+    """The one place an OSError met while writing DST becomes one UserError line: those the user fixes
+    (WRITE_ERRNOS), or `every` one where the body only creates folders under a checked destination.
+    Any other keeps its traceback: it is a bug."""
+    try:
+        yield
+    except OSError as err:
+        if not every and err.errno not in WRITE_ERRNOS:
+            raise
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(dst) else ""
+        raise UserError(f"cannot write {dst}: {err.strerror or err}{where}; nothing was left behind") from None
 
 
 def _partial(dst: Path) -> Path:
@@ -175,26 +191,17 @@ def staged_output(dst: Path):
     _remove_abandoned(dst)
     tmp = _partial(dst)
     shutil.rmtree(tmp, ignore_errors=True)  # this pid's own leftover: a dead process had the same pid
-    try:
+    with write_errors(dst, every=True):
         tmp.mkdir(parents=True)
-    except OSError as err:
-        raise _write_error(dst, err) from None
     try:
-        yield tmp
-        _check_complete(tmp, dst)
-    except OSError as err:
+        with write_errors(dst):
+            yield tmp
+            _check_complete(tmp, dst)
+    except BaseException as err:  # an interrupt (Ctrl-C) too: no partial stays behind
         shutil.rmtree(tmp, ignore_errors=True)
-        if err.errno in WRITE_ERRNOS:
-            raise _write_error(dst, err) from None
-        raise
-    except RuntimeError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if str(err).startswith(MLX_WRITE_ERROR):
+        if isinstance(err, RuntimeError) and str(err).startswith(MLX_WRITE_ERROR):
             why = str(err)[len(MLX_WRITE_ERROR) :].rstrip(".")
             raise UserError(f"cannot write {dst}: {why} (disk full?); nothing was left behind") from None
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     _finish(tmp, dst)
 
@@ -202,17 +209,16 @@ def staged_output(dst: Path):
 def _finish(tmp: Path, dst: Path) -> None:
     """Rename the complete partial to DST, unless another process wrote DST meanwhile."""
     try:
-        # rename(2) would replace an empty directory that appeared meanwhile: look first (a window of
-        # microseconds; `run` holds the work directory's lock, so only direct commands can race here).
-        if dst.exists():
-            raise FileExistsError(errno.EEXIST, "exists", str(dst))
-        tmp.rename(dst)
-    except OSError as err:
+        with write_errors(dst):
+            # rename(2) would replace an empty directory that appeared meanwhile: look first (a window of
+            # microseconds; `run` holds the work directory's lock, so only direct commands can race here).
+            if dst.exists():
+                raise FileExistsError(errno.EEXIST, "exists", str(dst))
+            tmp.rename(dst)
+    except (OSError, UserError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+        if isinstance(err, OSError) and err.errno in (errno.ENOTEMPTY, errno.EEXIST):
             raise UserError(f"destination already exists: {dst} (written meanwhile by another process)") from None
-        if err.errno in WRITE_ERRNOS:
-            raise _write_error(dst, err) from None
         raise
 
 
@@ -228,13 +234,12 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     check_destination(path, directory=False, exists_ok=True)
     partial = _partial(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(data)
-        partial.replace(path)
-    except BaseException as err:  # an interrupt (Ctrl-C) too: no partial stays behind
+        with write_errors(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_bytes(data)
+            partial.replace(path)
+    except BaseException:  # an interrupt (Ctrl-C) too: no partial stays behind
         partial.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
-            raise _write_error(path, err) from None
         raise
 
 
@@ -295,10 +300,8 @@ def exclusive(folder: Path, busy: str):
     behind, and the kernel releases it when the holder exits, however it dies."""
     folder = Path(folder)
     check_destination(folder, exists_ok=True)
-    try:
+    with write_errors(folder, every=True):
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise _write_error(folder, err) from None
     fd = os.open(folder, os.O_RDONLY)
     try:
         try:

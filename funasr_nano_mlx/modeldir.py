@@ -3,6 +3,7 @@ finding one by local path or hub repo id. No MLX here."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,9 @@ TEXT_CONFIG_FIELDS = {
     "head_dim": (int,),
     "tie_word_embeddings": (bool,),
 }
+# Numbers the LLM divides by or raises to a power (RMSNorm's epsilon, RoPE's base; rope_theta may be absent,
+# mlx-lm then takes its default): JSON admits NaN and Infinity, and with them a model loads and decodes noise.
+POSITIVE_TEXT_CONFIG = ("rms_norm_eps", "rope_theta")
 AUDIO_CONFIG_BLOCKS = ("frontend_conf", "audio_encoder_conf", "audio_adaptor_conf")  # mappings when present
 
 
@@ -48,6 +52,10 @@ def config_problem(config: dict) -> str | None:
         if type(value) not in kinds:  # exact types: `true` is not a number of layers
             wanted = " or ".join(k.__name__ for k in kinds)
             return f"text_config.{name}: expected {wanted}, found {short(value)}"
+    for name in POSITIVE_TEXT_CONFIG:
+        value = text_config.get(name, 1.0)
+        if type(value) not in (float, int) or not (math.isfinite(value) and value > 0):
+            return f"text_config.{name}: expected a positive finite number, found {short(value)}"
     for name in AUDIO_CONFIG_BLOCKS:
         if not isinstance(config.get(name, {}), dict):
             return f"{name}: expected a mapping, found {short(config[name])}"

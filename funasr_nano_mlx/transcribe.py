@@ -11,6 +11,7 @@ path does ([F] fun_asr_nano/model.py:810-885: left padding, per-row positions fr
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -103,7 +104,7 @@ class Segment:
 
 @dataclass
 class Transcription:
-    audio: str
+    audio: str  # the input's path (os.fsdecode: bytes that are not UTF-8 as lone surrogates)
     text: str  # the segments' texts joined by one space, as upstream joins VAD segments
     token_ids: list[int]  # all segments' generated ids, without stop tokens
     hit_token_limit: bool  # some segment stopped at its token budget
@@ -536,7 +537,8 @@ def transcribe_many(
             for job in found:
                 jobs.append(job)
                 bar.total += job.seconds
-            group.append((name, read))
+            # The result names its input as the path it is (bytes not UTF-8 kept), the messages as printable.
+            group.append((name if isinstance(audio, np.ndarray) else os.fsdecode(audio), read))
             bar.refresh()
             if len(jobs) >= BATCHES_PER_GROUP * batch_size or len(group) >= BATCHES_PER_GROUP * batch_size:
                 yield from _run_group(pipeline, group, jobs, batch_size, bar)

@@ -98,14 +98,26 @@ def test_audio_that_is_not_what_it_says(tiny_f32, tiny_model, clips, tmp_path, c
         assert refused.value.status == 400 and "upload.wav" in str(refused.value.message)
         return
     assert done.returncode == 0, done.stderr
-    result = json.loads((out / f"{path.stem}.json").read_text(encoding="utf-8", errors="surrogateescape"))
-    assert result["audio"] == str(tmp_path / shown)
+    result = json.loads((out / f"{path.stem}.json").read_text(encoding="utf-8"))
+    assert os.fsencode(result["audio"]) == os.fsencode(path)  # the field turns back into the path, bytes and all
     if expected == "warning":
         assert len(lines) == 1 and lines[0].startswith("warning: ") and "ends early" in lines[0], lines
         assert result["warnings"] == [lines[0].removeprefix("warning: ")]
         assert 2.0 < result["duration"] < 4.5  # about half of the 7 s survives
     else:
         assert lines == [] and result["warnings"] == [] and result["duration"] == pytest.approx(7.0)
+
+
+@pytest.mark.parametrize("rate", [1, 4000])
+def test_a_rate_too_low_for_speech_is_flagged(tiny_f32, clips, tmp_path, rate):
+    """Resampled and transcribed as any rate is, but the user is told: one warning line and the JSON
+    `warnings`, as for a file cut off."""
+    path = written(tmp_path, "low.wav", clips["1s"][:: 16000 // rate][: max(rate, 8)], rate)
+    done = invoke_cli("transcribe", tiny_f32, path, "--format", "json", *TOKENS)
+    lines = stderr_lines(done)
+    assert done.returncode == 0 and len(lines) == 1 and lines[0].startswith("warning: "), lines
+    assert f"low.wav is sampled at {rate} Hz: speech needs at least 8 kHz" in lines[0]
+    assert json.loads(done.stdout)["warnings"] == [lines[0].removeprefix("warning: ")]
 
 
 # -- many files, some bad -------------------------------------------------------------------------------

@@ -113,6 +113,26 @@ BROKEN_TEXT = {
         [*EVALUATE, "{tmp}/set.jsonl"],
         "config.json: text_config.num_hidden_layers: expected int, found '28'",
     ),
+    "text_config epsilon NaN": (
+        {"model/config.json": _config(rms_norm_eps=float("nan"))},
+        TRANSCRIBE,
+        "config.json: text_config.rms_norm_eps: expected a positive finite number, found nan",
+    ),
+    "text_config epsilon 0": (
+        {"model/config.json": _config(rms_norm_eps=0.0)},
+        TRANSCRIBE,
+        "config.json: text_config.rms_norm_eps: expected a positive finite number, found 0.0",
+    ),
+    "text_config RoPE base negative": (
+        {"model/config.json": _config(rope_theta=-1e6)},
+        [*EVALUATE, "{tmp}/set.jsonl"],
+        "config.json: text_config.rope_theta: expected a positive finite number, found -1000000.0",
+    ),
+    "text_config RoPE base infinite": (
+        {"model/config.json": _config(rope_theta=float("inf"))},
+        TRANSCRIBE,
+        "config.json: text_config.rope_theta: expected a positive finite number, found inf",
+    ),
 }
 
 
@@ -130,6 +150,35 @@ def test_broken_text_is_one_line(work, case):
     assert_user_error(done, fragment, alone=True)
     assert len(done.stderr) < 300, done.stderr  # nothing the file holds is printed whole
     assert not (work / "report").exists()
+
+
+# case: (the bytes of a benchmark record, a fragment of the one error line)
+BROKEN_BENCHMARKS = {
+    "results missing": (b'{"recipe": "r", "machine": "m", "date": "d", "command": "c"}', "results: is missing"),
+    "a field of a wrong type": (
+        b'{"recipe": "r", "machine": 1, "date": "d", "command": "c", "results": []}',
+        "machine: expected str, found 1",
+    ),
+    "a result not an object": (
+        b'{"recipe": "r", "machine": "m", "date": "d", "command": "c", "results": [1]}',
+        "results[0]: expected dict, found 1",
+    ),
+    "not JSON": (b'{"recipe":\n', "bench.json:2: not valid JSON"),
+    "not UTF-8": (BAD_UTF8, "bench.json:1: not valid UTF-8 (byte 0xe9)"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_BENCHMARKS)
+def test_broken_benchmark_record_is_one_line_naming_the_file_and_key(tmp_path, case):
+    from funasr_nano_mlx.card import read_benchmark
+    from funasr_nano_mlx.errors import UserError
+
+    data, fragment = BROKEN_BENCHMARKS[case]
+    (tmp_path / "bench.json").write_bytes(data)
+    with pytest.raises(UserError) as raised:
+        read_benchmark(tmp_path / "bench.json", {"name": "r"})
+    message = str(raised.value)
+    assert fragment in message and str(tmp_path / "bench.json") in message and "\n" not in message, message
 
 
 def _drop(data: dict, *path: str) -> None:

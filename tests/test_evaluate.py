@@ -31,7 +31,7 @@ from funasr_nano_mlx.evaluate import (
 from funasr_nano_mlx.packaged import EVAL_SETS_DIR, RECIPES_DIR
 from funasr_nano_mlx.report import PLOT
 from funasr_nano_mlx.scoring import Row, score
-from tests.helpers import hub_style_dataset
+from tests.helpers import assert_user_error, hub_style_dataset, invoke_cli
 from tests.speech import synthesize
 
 MAX_NEW_TOKENS = 16  # random weights rarely stop by themselves: keep decoding short
@@ -455,3 +455,27 @@ def test_a_set_yaml_watches_the_local_set_it_points_at(tmp_path):
     (tmp_path / "clips" / "metadata.csv").write_text("file_name,text\n")
     (tmp_path / "clips.yaml").write_text("path: clips\nlanguage: en\n")
     assert set_files(str(tmp_path / "clips.yaml")) == [tmp_path / "clips.yaml", tmp_path / "clips" / "metadata.csv"]
+
+
+def test_a_set_with_no_scored_row_is_refused_not_reported(tiny_f32, tmp_path):
+    """A report of nothing would pass for a measurement: refused in one line naming the set and why its
+    first row was skipped. A shard may hold only skipped rows; the merge of the shards may not."""
+    sf.write(str(tmp_path / "a.wav"), np.zeros(16000, np.float32), 16000)
+    (tmp_path / "blank.jsonl").write_text('{"audio": "a.wav", "text": " "}\n' * 2)
+    done = invoke_cli("evaluate", tiny_f32, "--set", tmp_path / "blank.jsonl", "--report", tmp_path / "report")
+    assert_user_error(done, "set blank: no row was scored (the first was skipped: empty reference)")
+    assert not (tmp_path / "report").exists()
+
+    shards = [tmp_path / f"shard{i}" for i in range(2)]
+    for i, shard in enumerate(shards):
+        evaluate(tiny_f32, [str(tmp_path / "blank.jsonl")], shard, shard=(i, 2), max_new_tokens=2)
+    with pytest.raises(UserError, match=r"merge: set blank: no row was scored \(the first was skipped"):
+        merge(shards, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_an_existing_report_directory_is_refused_as_every_destination_is(tmp_path):
+    (tmp_path / "set.jsonl").write_text('{"audio": "a.wav", "text": "hello"}\n')
+    (tmp_path / "report").mkdir()
+    with pytest.raises(UserError, match=f"^destination already exists: {re.escape(str(tmp_path / 'report'))}$"):
+        evaluate("no-model-needed", [str(tmp_path / "set.jsonl")], tmp_path / "report")

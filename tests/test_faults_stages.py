@@ -216,9 +216,9 @@ def test_no_writer_touches_another_writers_output(case, source, tmp_path, monkey
     case(source, tmp_path, monkeypatch)
 
 
-def test_two_runs_started_together_on_one_work_directory(source, tmp_path):
+def test_two_runs_started_together_on_one_work_directory(source, tmp_path, tiny_bf16, clips):
     """Started together: one builds, the other waits its turn or is refused in one line; neither prints a
-    traceback, and what is left loads and transcribes."""
+    traceback, and what is left is the model one run alone builds: it gives that model's tokens."""
     work = tmp_path / "work"
     command = [sys.executable, "-m", "funasr_nano_mlx", *map(str, run_args(source, work))]
     runs = [subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
@@ -232,8 +232,11 @@ def test_two_runs_started_together_on_one_work_directory(source, tmp_path):
     assert sorted(p.name for p in (work / "bf16").iterdir()) == ["convert", "download"]
     from funasr_nano_mlx.transcribe import load, transcribe
 
-    model, tokenizer = load(work / "bf16/convert")
-    assert transcribe(model, tokenizer, np.zeros(16000, np.float32), max_new_tokens=4).token_ids is not None
+    def tokens(model_dir: Path) -> list[int]:
+        return transcribe(*load(model_dir), clips["1s"], max_new_tokens=8).token_ids
+
+    # tiny_bf16 is the same checkpoint converted alone to the recipe's dtype
+    assert tokens(work / "bf16/convert") == tokens(tiny_bf16)
 
 
 # -- 7. destinations: checked before the work, failures at the end in one line ----------------------
