@@ -65,6 +65,7 @@ class Audio:
 
     samples: np.ndarray
     warnings: list[str] = field(default_factory=list)
+    cut_short: str | None = None  # why the samples end before the file says they do (also in warnings)
 
 
 def load_audio(path: str | Path, block_frames: int = READ_FRAMES) -> np.ndarray:
@@ -94,7 +95,8 @@ def read_audio(path: str | Path, block_frames: int = READ_FRAMES) -> Audio:
         raise UserError(f"cannot read audio {name}: {why}") from None
     except OSError as err:
         raise UserError(f"cannot read audio {name}: {err.strerror or err}") from None
-    return Audio(samples, _low_rate(name, rate) + _truncation(name, declared, read, rate, log, stopped))
+    cut = _truncation(name, declared, read, rate, log, stopped)
+    return Audio(samples, _low_rate(name, rate) + cut, cut_short=cut[0] if cut else None)
 
 
 def _low_rate(name: str, rate: int) -> list[str]:

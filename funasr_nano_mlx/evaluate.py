@@ -82,8 +82,8 @@ def load_samples(item: Item) -> np.ndarray:
 def _whole(audio) -> np.ndarray:
     """The samples of a file read to its end: a cut-off file, scored against the whole reference,
     would count the missing words as deletions, so its row is skipped, saying why."""
-    if audio.warnings:
-        raise UserError(audio.warnings[0])
+    if audio.cut_short:  # a low sample rate, say, is scored as it is: that is the set
+        raise UserError(audio.cut_short)
     return audio.samples
 
 

@@ -228,8 +228,8 @@ def read_audio(form: Form, limits: Limits) -> np.ndarray:
     try:
         audio = read_file(form.file)
         check_duration(audio.samples, repr(form.filename))
-        if audio.warnings:  # a cut-off upload: OpenAI's responses have no place for a warning, so refuse it
-            raise UserError(audio.warnings[0])
+        if audio.cut_short:  # OpenAI's responses have no place for a warning, so a cut-off upload is refused
+            raise UserError(audio.cut_short)
     except UserError as err:  # name the client's file, not our temporary path
         message = str(err).replace(str(form.file), form.filename)
         raise ApiError(400, message, param="file", code="invalid_audio") from None

@@ -111,8 +111,16 @@ def test_audio_that_is_not_what_it_says(tiny_f32, tiny_model, clips, tmp_path, c
 @pytest.mark.parametrize("rate", [1, 4000])
 def test_a_rate_too_low_for_speech_is_flagged(tiny_f32, clips, tmp_path, rate):
     """Resampled and transcribed as any rate is, but the user is told: one warning line and the JSON
-    `warnings`, as for a file cut off."""
+    `warnings`, as for a file cut off. Unlike a file cut off, an evaluation and the server take it: it
+    is all there is of that audio."""
+    from funasr_nano_mlx.evaluate import load_samples
+    from funasr_nano_mlx.evalsets import Item
+    from funasr_nano_mlx.serve import Form, Limits, read_audio
+
     path = written(tmp_path, "low.wav", clips["1s"][:: 16000 // rate][: max(rate, 8)], rate)
+    assert len(load_samples(Item(0, "row-1", "a reference", None, path))) > 0
+    form = Form(file=path, filename="low.wav", file_bytes=path.stat().st_size, file_complete=True)
+    assert len(read_audio(form, Limits(10**9, 3600.0, 60.0, 4))) > 0
     done = invoke_cli("transcribe", tiny_f32, path, "--format", "json", *TOKENS)
     lines = stderr_lines(done)
     assert done.returncode == 0 and len(lines) == 1 and lines[0].startswith("warning: "), lines
