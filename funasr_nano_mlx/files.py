@@ -141,18 +141,54 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _lock_partial(folder: Path) -> int:
+    """Hold an flock on a partial directory while it is written (the descriptor; closing it releases
+    the lock). A PID names its writer only within one PID namespace: the lock also tells a writer in
+    another container sharing the volume, whose PID means nothing here, from a dead one."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:  # locks unsupported (some NFS setups): the PID alone decides, as it can
+        if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
+            os.close(fd)
+            raise UserError(f"cannot write {folder}: another process is writing it") from None
+    return fd
+
+
+def _locked(folder: Path) -> bool:
+    """Whether a writer, of this namespace or another, holds `folder`'s partial lock now."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the close below
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _remove_abandoned(dst: Path) -> None:
-    """Partials of DST left by processes that died (kill -9, power loss); a live writer's stay."""
+    """Partials of DST left by processes that died (kill -9, power loss), this process's PID's own
+    included (an earlier process had it); a live writer's stay: one whose PID lives here or that
+    holds its partial's lock."""
     prefix = dst.name[:PARTIAL_NAME_CHARS] + "."
     if not dst.parent.is_dir():
         return
     for entry in dst.parent.iterdir():
         pid = entry.name[len(prefix) : -len(".tmp")]
-        if entry.name.startswith(prefix) and entry.name.endswith(".tmp") and pid.isdigit() and not _alive(int(pid)):
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+        if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp") and pid.isdigit()):
+            continue
+        if (int(pid) != os.getpid() and _alive(int(pid))) or (entry.is_dir() and _locked(entry)):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def safetensors_shortfall(path: Path) -> int:
@@ -190,20 +226,23 @@ def staged_output(dst: Path):
     check_destination(dst)
     _remove_abandoned(dst)
     tmp = _partial(dst)
-    shutil.rmtree(tmp, ignore_errors=True)  # this pid's own leftover: a dead process had the same pid
     with write_errors(dst, every=True):
         tmp.mkdir(parents=True)
+    lock = _lock_partial(tmp)
     try:
-        with write_errors(dst):
-            yield tmp
-            _check_complete(tmp, dst)
-    except BaseException as err:  # an interrupt (Ctrl-C) too: no partial stays behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, RuntimeError) and str(err).startswith(MLX_WRITE_ERROR):
-            why = str(err)[len(MLX_WRITE_ERROR) :].rstrip(".")
-            raise UserError(f"cannot write {dst}: {why} (disk full?); nothing was left behind") from None
-        raise
-    _finish(tmp, dst)
+        try:
+            with write_errors(dst):
+                yield tmp
+                _check_complete(tmp, dst)
+        except BaseException as err:  # an interrupt (Ctrl-C) too: no partial stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, RuntimeError) and str(err).startswith(MLX_WRITE_ERROR):
+                why = str(err)[len(MLX_WRITE_ERROR) :].rstrip(".")
+                raise UserError(f"cannot write {dst}: {why} (disk full?); nothing was left behind") from None
+            raise
+        _finish(tmp, dst)
+    finally:
+        os.close(lock)
 
 
 def _finish(tmp: Path, dst: Path) -> None:

@@ -207,8 +207,27 @@ def partials_of_live_and_dead_writers(source, tmp_path, monkeypatch):
     assert not abandoned.exists() and (dst / "config.json").is_file()
 
 
+def a_partial_whose_writer_lives_in_another_container(source, tmp_path, monkeypatch):
+    """Its PID means nothing here (it names no process, or another one), but it holds its partial's lock."""
+    import fcntl
+
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    theirs = tmp_path / f"out.{dead.pid}.tmp"
+    theirs.mkdir()
+    (theirs / "model.safetensors").write_bytes(b"half")
+    holder = os.open(theirs, os.O_RDONLY)  # as their writer holds it, in this process for the test
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert invoke_cli("convert", source, tmp_path / "out").returncode == 0
+    finally:
+        os.close(holder)
+    assert (theirs / "model.safetensors").read_bytes() == b"half"
+    assert (tmp_path / "out" / "config.json").is_file()
+
+
 WRITERS = [a_run_while_another_holds_the_work_directory, the_destination_appears_while_converting]
-WRITERS += [partials_of_live_and_dead_writers]
+WRITERS += [partials_of_live_and_dead_writers, a_partial_whose_writer_lives_in_another_container]
 
 
 @pytest.mark.parametrize("case", WRITERS, ids=[c.__name__ for c in WRITERS])
