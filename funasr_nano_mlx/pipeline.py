@@ -20,6 +20,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 from .card import card_dir, is_current, read_benchmark
 from .convert import CHECKPOINT, UPSTREAM_FILES, convert
+from .decoding import check_max_new_tokens
 from .errors import UserError
 from .evalsets import check_sets, open_set, set_files
 from .evaluate import answers, evaluate
@@ -37,6 +38,7 @@ from .files import (
 from .hub import COMMIT, check_repo_id
 from .hub import download as fetch
 from .hub import download_from_modelscope
+from .modeldir import TOKENIZER_DIR
 from .publish import publish
 from .quantize import quantize
 from .recipe import STAGES, Recipe, baseline_for, require_pin
@@ -223,6 +225,20 @@ def _evaluate_check(job: Job) -> None:
     for evalset in check_sets(job.sets):
         if not evalset.is_hub:  # its files are read now (encoding, columns, rows), not after the stages before
             open_set(evalset)
+    positions = _llm_positions(job)
+    if positions is not None:  # else evaluate checks it when it loads the model
+        check_max_new_tokens(job.options.max_new_tokens, positions)
+
+
+def _llm_positions(job: Job) -> int | None:
+    """The LLM's max_position_embeddings from the upstream files at hand before any stage runs: a local
+    source's, or a download stage's from an earlier run (None on a first run from the hub)."""
+    folders = ([Path(job.recipe.source)] if job.recipe.is_local else []) + [job.dir("download")]
+    for folder in folders:
+        positions = read_json_object(folder / TOKENIZER_DIR / "config.json").get("max_position_embeddings")
+        if isinstance(positions, int) and not isinstance(positions, bool):
+            return positions
+    return None
 
 
 def _evaluate_needs(job: Job) -> list[Path]:

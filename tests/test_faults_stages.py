@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 
 from funasr_nano_mlx.files import sha256
-from tests.helpers import assert_user_error, files_of, invoke_cli, run_cli
+from tests.helpers import SENTENCES, assert_user_error, files_of, invoke_cli, local_set, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -356,17 +356,22 @@ def test_a_report_of_a_set_whose_path_is_not_utf8_is_written_and_read_back(tiny_
         ("a set with a field past the CSV limit", "metadata.csv:2: not valid CSV"),
         ("a set without rows", "the set has no rows"),
         ("a benchmark record that is not one", "is not a benchmark record"),
+        ("a token budget past the LLM's positions", "max_new_tokens must be in 1..37420"),
     ],
 )
 def test_run_refuses_a_broken_local_set_or_benchmark_before_any_stage(what, fragment, source, tmp_path):
-    """Read as evaluate and card will read them, before download and convert are built: not after."""
+    """Read as evaluate and card will read them, before download and convert are built: not after. (A
+    token budget is checked against the LLM's config in the local source.)"""
     (tmp_path / "set").mkdir()
     metadata = {
         "a set not UTF-8": "file_name,text\n".encode("utf-16"),
         "a set with a field past the CSV limit": b"file_name,text\na.wav," + b"x" * 200_000 + b"\n",
         "a set without rows": b"file_name,text\n",
     }.get(what)
-    if metadata is None:
+    if what == "a token budget past the LLM's positions":
+        local_set_args = ["--set", local_set(tmp_path / "good-set", SENTENCES[:1])]
+        more = ["--max-new-tokens", "100000", "--until", "evaluate"]
+    elif metadata is None:
         local_set_args = ["--set", "librispeech-test-clean"]
         (tmp_path / "bench.json").write_text('{"recipe": "bf16"}')
         more = ["--benchmark", tmp_path / "bench.json", "--until", "card"]
