@@ -291,26 +291,30 @@ def transcribe(
     at the end, and the exit status is 2.
     """
     from .audio import audio_files
+    from .decoding import hotword_list
     from .files import json_text
     from .hub import one_line
-    from .subtitles import timed_cues, to_srt, to_vtt
     from .languages import resolve_language
-    from .transcribe import hotword_list, load, transcribe_many
+    from .modeldir import find_model
+    from .subtitles import timed_cues, to_srt, to_vtt
 
     if no_segment and vad:
         raise UserError("--no-segment and --vad contradict each other: choose one")
+    if vad_revision and not vad:
+        raise UserError("--vad-revision needs --vad")
     resolve_language(language)  # reject bad input before the model loads
     hotword_list(hotwords)
     files = audio_files(audio)
     check_outputs(files, fmt, output_dir)
+    model_dir = find_model(model, revision)  # a hub failure is told before MLX is even imported
     segmenter = None if no_segment else "auto"
     if vad:
         from .vad import load_vad
 
         segmenter = load_vad(vad, vad_revision)
-    elif vad_revision:
-        raise UserError("--vad-revision needs --vad")
-    loaded, tokenizer = load(model, revision)
+    from .transcribe import load, transcribe_many
+
+    loaded, tokenizer = load(model_dir)
     if timestamps is None and not loaded.has_ctc and fmt != "text":
         click.echo(f"note: {model} has no CTC head: no timestamps, subtitles have one cue per segment", err=True)
     render = {

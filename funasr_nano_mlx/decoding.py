@@ -6,6 +6,7 @@ Pure Python (no MLX), so the CLI's help texts and the reports read the same fact
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from .errors import UserError
 
@@ -84,6 +85,12 @@ def check_max_new_tokens(max_new_tokens: int | None, max_position_embeddings: in
             f"max_new_tokens must be in 1..{limit} (the LLM holds {max_position_embeddings} positions, "
             f"{PROMPT_ROOM_TOKENS} kept for the prompt), got {max_new_tokens}"
         )
+
+
+def hotword_list(hotwords: Sequence[str] | str | None) -> list[str]:
+    """The hotwords as the prompt takes them, checked (check_hotwords)."""
+    # A bare string is one hotword (the reference would join it character by character).
+    return check_hotwords([hotwords] if isinstance(hotwords, str) else [w for w in hotwords or () if w])
 
 
 def check_hotwords(hotwords: list[str]) -> list[str]:

@@ -33,11 +33,12 @@ from starlette.routing import Route
 
 from .audio import AUDIO_EXTENSIONS, SAMPLE_RATE, check_duration, header_seconds
 from .audio import read_audio as read_file
+from .decoding import hotword_list
 from .errors import UserError
 from .languages import resolve_language
 from .scheduler import Scheduler, Work
 from .subtitles import timed_cues, to_srt, to_vtt
-from .transcribe import Transcription, hotword_list
+from .transcribe import Transcription
 
 log = logging.getLogger("funasr_nano_mlx.serve")
 

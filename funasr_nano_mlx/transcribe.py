@@ -43,8 +43,8 @@ from .decoding import (
     MAX_BATCH_SIZE,
     MAX_SEGMENT_SECONDS,
     MIN_SEGMENT_SECONDS,
-    check_hotwords,
     check_max_new_tokens,
+    hotword_list,
     loop_end,
     token_budget,
 )
@@ -292,11 +292,6 @@ def greedy_batch(
     timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - start
     timings["decode_steps"] = timings.get("decode_steps", 0) + steps - 1  # tokens after the prefill's
     return results
-
-
-def hotword_list(hotwords: Sequence[str] | str | None) -> list[str]:
-    # A bare string is one hotword (the reference would join it character by character).
-    return check_hotwords([hotwords] if isinstance(hotwords, str) else [w for w in hotwords or () if w])
 
 
 def _read(audio: str | Path | np.ndarray, name: str) -> Audio:

@@ -351,7 +351,7 @@ def test_help_is_unchanged():
 def test_long_hotwords_are_refused_in_python_and_in_the_server():
     from funasr_nano_mlx.errors import UserError
     from funasr_nano_mlx.serve import ApiError, Form, parse_options
-    from funasr_nano_mlx.transcribe import hotword_list
+    from funasr_nano_mlx.decoding import hotword_list
 
     with pytest.raises(UserError, match="the hotwords come to 1001 characters"):
         hotword_list("x" * 1001)  # what transcribe() and transcribe_many() make of their `hotwords`
