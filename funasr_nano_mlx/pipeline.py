@@ -273,10 +273,11 @@ def _evaluate_agrees(job: Job, out: Path) -> bool:
 
 
 def _card_check(job: Job) -> None:
-    if job.options.benchmark is not None and not Path(job.options.benchmark).is_file():
+    if job.options.benchmark is None:
+        return
+    if not Path(job.options.benchmark).is_file():
         raise UserError(f"--benchmark {job.options.benchmark}: no such file")
-    if job.options.benchmark is not None:  # read as the card will read it, before the stages it follows
-        read_benchmark(Path(job.options.benchmark), {"name": job.recipe.name})
+    read_benchmark(Path(job.options.benchmark), {"name": job.recipe.name})  # as the card will, before the stages
 
 
 def _card_needs(job: Job) -> list[Path]:
@@ -319,13 +320,16 @@ class Stage:
     a dry run makes nothing and returns its input); what it refuses before any stage runs (`check`);
     what other jobs' stages must be built before it (`first`, e.g. the baseline's evaluation) and what
     else it reads (`needs`); what its existing output must agree with to count as up to date. A dry
-    run builds none of them: only publish is asked, to list what it would send, once the card is built."""
+    run builds none of them: a stage that `previews` (publish: what it would send) is still called in a
+    dry run, once every stage before it is up to date, to say what it would do; its build writes nothing
+    then and returns its input."""
 
     build: Callable[[Job, Path | None, Path], Path]
     check: Callable[[Job], None] = lambda job: None
     first: Callable[[Job], list[tuple[Job, str]]] = lambda job: []
     needs: Callable[[Job], list[Path]] = lambda job: []
     agrees: Callable[[Job, Path], bool] = lambda job, out: True
+    previews: bool = False
 
 
 PIPELINE = {
@@ -340,7 +344,7 @@ PIPELINE = {
         _evaluate_agrees,
     ),
     "card": Stage(_card, _card_check, needs=_card_needs, agrees=_card_agrees),
-    "publish": Stage(_publish, _publish_check, agrees=_publish_agrees),
+    "publish": Stage(_publish, _publish_check, agrees=_publish_agrees, previews=True),
 }
 assert tuple(PIPELINE) == STAGES
 
@@ -375,12 +379,12 @@ def _build(job: Job, stages: tuple[str, ...]) -> tuple[Path, str | None]:
         if stale is None and up_to_date(output, inputs) and spec.agrees(job, output):
             log(job.recipe, f"{stage}: up to date, skipped ({output})")
             previous = output
-        elif job.options.dry_run and stage == "publish" and stale is None:  # lists what it would send
+        elif job.options.dry_run and spec.previews and stale is None:
             previous = spec.build(job, previous, output)
         elif job.options.dry_run:
             after = f" after {stale}" if stale else ""
             log(job.recipe, f"{stage}: dry run: would build {output}{after}; nothing is written")
-            previous, stale = (previous if stage == "publish" else output), stale or stage
+            previous, stale = (previous if spec.previews else output), stale or stage
         else:
             _discard(output)
             log(job.recipe, f"{stage}: building {output}")
