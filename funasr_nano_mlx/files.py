@@ -141,17 +141,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive flock(2) on `fd` without waiting (closing `fd` releases it): False when another
+    process holds it. A filesystem without locks (some NFS setups) counts as taken: the caller goes
+    on unguarded, as it would without locks at all."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as err:
+        if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
+            raise
+    return True
+
+
 def _lock_partial(folder: Path) -> int:
     """Hold an flock on a partial directory while it is written (the descriptor; closing it releases
     the lock). A PID names its writer only within one PID namespace: the lock also tells a writer in
     another container sharing the volume, whose PID means nothing here, from a dead one."""
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:  # locks unsupported (some NFS setups): the PID alone decides, as it can
-        if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
-            os.close(fd)
-            raise UserError(f"cannot write {folder}: another process is writing it") from None
+        taken = _try_lock(fd)
+    except OSError:
+        taken = False
+    if not taken:
+        os.close(fd)
+        raise UserError(f"cannot write {folder}: another process is writing it")
     return fd
 
 
@@ -162,10 +177,7 @@ def _locked(folder: Path) -> bool:
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released by the close below
-        return False
-    except BlockingIOError:
-        return True
+        return not _try_lock(fd)  # a lock taken here is released by the close below
     except OSError:
         return False
     finally:
@@ -343,13 +355,8 @@ def exclusive(folder: Path, busy: str):
         folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(busy) from None
-        except OSError as err:  # a filesystem without locks (some NFS setups): go on unguarded, as before
-            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF, errno.EINVAL):
-                raise
+        if not _try_lock(fd):
+            raise UserError(busy)
         yield folder
     finally:
         os.close(fd)  # releases the lock
