@@ -10,7 +10,6 @@ formats values: all text about a variant lives in the template.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shutil
@@ -27,7 +26,7 @@ from .modeldir import ModelDir
 from .packaged import MODEL_CARDS_DIR
 from .recipe import Acceptance, Recipe
 from .report import shape_problem
-from .strict_yaml import read_utf8
+from .strict_yaml import parse_json, read_utf8
 
 TEMPLATE = MODEL_CARDS_DIR / "template.md"
 FIGURES = MODEL_CARDS_DIR / "upstream_figures.yaml"
@@ -113,10 +112,7 @@ def read_benchmark(file: Path, recipe_block: dict | None) -> dict:
         data = file.read_bytes()
     except OSError as err:
         raise UserError(f"{not_one}: {err.strerror}") from None
-    try:
-        record = json.loads(read_utf8(file, data))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{file}:{err.lineno}: not valid JSON: {err.msg}") from None
+    record = parse_json(file, read_utf8(file, data))
     if problem := shape_problem(record, BENCHMARK_SHAPE):
         raise UserError(f"{not_one}: {problem}")
     fields = {key: record[key] for key in ("recipe", "machine", "date", "command")}

@@ -35,7 +35,7 @@ from .normalize import normalize, scoring_for
 from .report import OPTIONAL, PLOT, REPORT_SHAPE, percent, plot_reports, render_summary, shape_problem
 from .scoring import Row, aggregate, compare, score
 from .evalsets import EvalSet, Item, check_sets, open_set
-from .strict_yaml import read_utf8
+from .strict_yaml import parse_json, read_utf8
 
 HYPOTHESES, COMPARISON, EVAL_JSON, SUMMARY = "hypotheses.jsonl", "comparison.jsonl", "eval.json", "summary.md"
 REPORT_FORMAT = 1
@@ -217,16 +217,9 @@ def _text(file: Path, report_dir: Path) -> str:
         ) from None
 
 
-def _json(file: Path, line: int, text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{file}:{line + err.lineno - 1}: not valid JSON: {err.msg}") from None
-
-
 def read_eval_json(file: Path, report_dir: Path | None = None) -> dict:
     """eval.json, refused in one line naming the file (and line or key) unless it has REPORT_SHAPE."""
-    report = _json(file, 1, _text(file, report_dir or file.parent))
+    report = parse_json(file, _text(file, report_dir or file.parent))
     if problem := shape_problem(report, REPORT_SHAPE):
         raise UserError(f"{file}: {problem}")
     return report
@@ -239,7 +232,7 @@ def read_report(report_dir: str | Path) -> tuple[dict, list[Row]]:
     file = report_dir / HYPOTHESES
     for number, line in enumerate(_text(file, report_dir).splitlines(), 1):
         if line.strip():
-            data = _json(file, number, line)
+            data = parse_json(file, line, number)
             problem = shape_problem(data, ROW_SHAPE, "row")
             unknown = set(data) - {f.name for f in fields(Row)} if isinstance(data, dict) else set()
             if problem or unknown:

@@ -1,9 +1,11 @@
 """YAML read strictly, for the files people write by hand (recipes, evaluation-set definitions): every
 key of a mapping must be known and given once, every value of the expected type, and every error names
-the file, the line and the field (FILE:LINE: field: problem). No MLX, no stage."""
+the file, the line and the field (FILE:LINE: field: problem). Also the UTF-8 and JSON of such files and
+of reports read back, refused as FILE:LINE. No MLX, no stage."""
 
 from __future__ import annotations
 
+import json
 import reprlib
 from pathlib import Path
 
@@ -23,6 +25,15 @@ def read_utf8(file: Path, data: bytes) -> str:
         raise UserError(
             f"{file}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x}): save the file as UTF-8"
         ) from None
+
+
+def parse_json(file: Path, text: str, line: int = 1):
+    """JSON `text` read from `file` (starting at `line` of it: one line of a JSONL file), refused in one
+    line naming FILE:LINE where it is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{file}:{line + err.lineno - 1}: not valid JSON: {err.msg}") from None
 
 
 # PyYAML composes a node by recursion, one Python frame per level, so `[[[...]]]` nested a few thousand
