@@ -24,6 +24,7 @@ import os
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlx.core as mx
@@ -32,10 +33,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import synthetic_audio  # noqa: E402
 
-from funasr_nano_mlx import load, model as model_module  # noqa: E402
+from funasr_nano_mlx import cuda_kernels, load, model as model_module  # noqa: E402
 from funasr_nano_mlx.audio import features  # noqa: E402
-from funasr_nano_mlx.decode_step import StaticDecoder, make_decoder  # noqa: E402
+from funasr_nano_mlx.decode_step import make_decoder  # noqa: E402
 from funasr_nano_mlx.transcribe import greedy_batch, prompt_inputs  # noqa: E402
+
+
+KERNELS = ("qk_norm_rope", "add_rms_norm")  # cuda_kernels' functions that have an `_ops` twin
 
 
 def report(**row) -> None:
@@ -81,54 +85,60 @@ def encoder_variants(model, feats, label: str) -> None:
     report(stage="encoder+adaptor, slices vs one graph", label=label, identical=bool((first == second).all()))
 
 
+@contextmanager
+def decode_kernels(llm, on: bool, parts: tuple[str, ...] = KERNELS):
+    """The decode step with the CUDA kernels off, or on with only `parts` of them (the others as MLX ops)."""
+    saved = {name: getattr(cuda_kernels, name) for name in KERNELS}
+    os.environ["FUNASR_NANO_KERNELS"] = "1" if on else "0"
+    for name in KERNELS:
+        if name not in parts:
+            setattr(cuda_kernels, name, getattr(cuda_kernels, f"{name}_ops"))
+    llm.__dict__.pop("_greedy_step", None)  # traced again under these kernels
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(cuda_kernels, name, function)
+        os.environ.pop("FUNASR_NANO_KERNELS", None)
+        llm.__dict__.pop("_greedy_step", None)
+
+
+# Cumulative: the compiled step over preallocated buffers needs the attention kernel; the others add to it.
+DECODE_VARIANTS = {
+    "mlx-lm cache, kernels off": (False, ()),
+    "compiled step + attention kernel": (True, ()),
+    "+ q/k norm and RoPE kernel": (True, ("qk_norm_rope",)),
+    "+ add and RMSNorm kernel (all)": (True, KERNELS),
+}
+
+
 def decode_one(model, embeddings, tokens: int, label: str) -> None:
-    results = {}
-    for fused in (False, True):
-        model.fuse_projections(fused)
-        greedy_batch(model.llm, [embeddings], [8], [], stop_loops=False)  # warm-up
-        runs = []
-        for _ in range(3):
-            timings: dict = {}
-            result = greedy_batch(model.llm, [embeddings], [tokens], [], stop_loops=False, timings=timings)
-            runs.append(1e3 * timings["decode"] / timings["decode_steps"])
-        results[fused] = result[0].token_ids
-        report(stage="decode batch 1", label=label, fused=fused, ms_per_token=statistics.median(runs), runs=runs)
-        host_share(model, embeddings, tokens, label, fused)
-    same = sum(a == b for a, b in zip(results[False], results[True]))
-    report(stage="decode batch 1 agreement (fused vs not)", label=label, same_tokens=same, of=len(results[False]))
-    static_one_row(model, embeddings, tokens, label)
+    """One clip's greedy decoding under each variant: ms/token, the host's share, tokens against the first."""
+    reference = None
+    for name, (on, parts) in DECODE_VARIANTS.items():
+        with decode_kernels(model.llm, on, parts):
+            greedy_batch(model.llm, [embeddings], [8], [], stop_loops=False)  # warm-up, traces
+            runs = []
+            for _ in range(3):
+                timings: dict = {}
+                result = greedy_batch(model.llm, [embeddings], [tokens], [], stop_loops=False, timings=timings)
+                runs.append(1e3 * timings["decode"] / timings["decode_steps"])
+            ids = result[0].token_ids
+            reference = ids if reference is None else reference
+            same = sum(a == b for a, b in zip(reference, ids))
+            report(
+                stage="decode batch 1",
+                label=label,
+                variant=name,
+                ms_per_token=statistics.median(runs),
+                runs=runs,
+                same_tokens=same,
+                of=len(reference),
+            )
+            host_share(model, embeddings, tokens, label, name)
 
 
-def static_one_row(model, embeddings, tokens: int, label: str) -> None:
-    """One row through the compiled static-cache step (the batched path), fused: rejected before at
-    3.9-4.1 against 3.2 ms/token with mlx-lm's cache; measured again with fewer matmuls."""
-    from mlx_lm.models.cache import make_prompt_cache
-
-    llm = model.llm
-    runs = []
-    for _ in range(3):
-        cache = make_prompt_cache(llm)
-        hidden = llm.model(mx.zeros((1, embeddings.shape[0]), mx.int32), cache=cache, input_embeddings=embeddings[None])
-        token = mx.argmax(llm.model.embed_tokens.as_linear(hidden[:, -1]), axis=-1)
-        decoder = StaticDecoder(llm, cache, [0])
-        mx.eval(token)
-        start = time.perf_counter()
-        for _ in range(tokens):
-            next_token = decoder.step(token)
-            mx.async_eval(next_token)
-            token.item()
-            token = next_token
-        runs.append(1e3 * (time.perf_counter() - start) / tokens)
-    report(
-        stage="decode batch 1, static compiled step",
-        label=label,
-        fused=True,
-        ms_per_token=statistics.median(runs[1:]),
-        runs=runs,
-    )
-
-
-def host_share(model, embeddings, tokens: int, label: str, fused: bool) -> None:
+def host_share(model, embeddings, tokens: int, label: str, variant: str) -> None:
     """Per step: building the graph in Python, submitting it (MLX encodes the kernels), the whole step."""
     from mlx_lm.models.cache import make_prompt_cache
 
@@ -152,7 +162,8 @@ def host_share(model, embeddings, tokens: int, label: str, fused: bool) -> None:
     report(
         stage="decode batch 1 host share (synchronous steps)",
         label=label,
-        fused=fused,
+        variant=variant,
+        decoder=type(decoder).__name__,
         build_ms=1e3 * build / tokens,
         submit_ms=1e3 * submit / tokens,
         step_ms=1e3 * total / tokens,
@@ -160,19 +171,72 @@ def host_share(model, embeddings, tokens: int, label: str, fused: bool) -> None:
 
 
 def decode_batched(model, embeddings, tokens: int, label: str) -> None:
-    for fused in (False, True):
-        model.fuse_projections(fused)
-        for batch in (8, 32):
-            rows = [embeddings] * batch
-            greedy_batch(model.llm, rows, [tokens // 2] * batch, [], stop_loops=False)  # traces
-            timings: dict = {}
-            greedy_batch(model.llm, rows, [tokens // 2] * batch, [], stop_loops=False, timings=timings)
+    """Batches of 8 and 32 rows (left-padded: the rows' prompts differ in length), kernels off and on."""
+    for batch in (8, 32):
+        rows = [embeddings[: embeddings.shape[0] - 7 * (i % 4)] for i in range(batch)]
+        reference = None
+        for on in (False, True):
+            with decode_kernels(model.llm, on):
+                greedy_batch(model.llm, rows, [tokens // 2] * batch, [], stop_loops=False)  # traces
+                timings: dict = {}
+                result = greedy_batch(model.llm, rows, [tokens // 2] * batch, [], stop_loops=False, timings=timings)
+            ids = [r.token_ids for r in result]
+            reference = ids if reference is None else reference
+            same = sum(a == b for ref, row in zip(reference, ids) for a, b in zip(ref, row))
             report(
                 stage=f"decode batch {batch}",
                 label=label,
-                fused=fused,
+                kernels=on,
                 ms_per_step=1e3 * timings["decode"] / timings["decode_steps"],
+                same_tokens=same,
+                of=sum(len(r) for r in reference),
             )
+
+
+def kernel_agreement(model, label: str) -> None:
+    """Each kernel against the MLX ops it replaces, on random bf16 inputs at the model's shapes: the
+    largest difference, and the share of outputs that are bit-identical."""
+    from funasr_nano_mlx.decode_step import _StepCache
+
+    mx.random.seed(0)
+    layer = model.llm.model.layers[0]
+    attention, dtype = layer.self_attn, mx.bfloat16
+    heads, kv_heads, dims = attention.n_heads, attention.n_kv_heads, attention.rope.dims
+    batch = 4
+
+    def compare(name, kernel_out, ops_out):
+        for i, (a, b) in enumerate(zip(kernel_out, ops_out)):
+            a, b = np.array(a.astype(mx.float32)), np.array(b.astype(mx.float32))
+            report(
+                stage="kernel vs ops",
+                label=label,
+                kernel=name,
+                output=i,
+                max_abs_diff=float(np.abs(a - b).max()),
+                max_abs=float(np.abs(b).max()),
+                identical_share=float((a == b).mean()),
+            )
+
+    queries = mx.random.normal((batch, heads, 1, dims)).astype(dtype)
+    keys, values = (mx.random.normal((batch, kv_heads, 512, dims)).astype(dtype) for _ in range(2))
+    first, last = mx.array([0, 3, 17, 100], mx.int32), mx.array([300], mx.int32)
+    cache = _StepCache(keys, values, last, None, first, 384)
+    kernel_out = cuda_kernels.decode_attention(queries, keys, values, first, last, attention.scale)
+    os.environ["FUNASR_NANO_KERNELS"] = "0"
+    ops_out = cache.attend(queries, attention.scale)
+    os.environ.pop("FUNASR_NANO_KERNELS")
+    compare("decode_attention", [kernel_out], [ops_out])
+
+    qkv = mx.random.normal((batch, 1, (heads + 2 * kv_heads) * dims)).astype(dtype) * 3
+    positions = mx.array([0, 5, 300, 40000], mx.int32)
+    args = (qkv, attention.q_norm, attention.k_norm, attention.rope, positions, heads, kv_heads)
+    compare("qk_norm_rope", cuda_kernels.qk_norm_rope(*args), cuda_kernels.qk_norm_rope_ops(*args))
+
+    x, residual = (mx.random.normal((batch, 1, layer.mlp.down_proj.weight.shape[0])).astype(dtype) for _ in range(2))
+    norm = layer.post_attention_layernorm
+    compare(
+        "add_rms_norm", cuda_kernels.add_rms_norm(x, residual, norm), cuda_kernels.add_rms_norm_ops(x, residual, norm)
+    )
 
 
 def main() -> None:
@@ -187,6 +251,8 @@ def main() -> None:
     feats = mx.array(features(synthetic_audio(args.seconds)))[None]
     encoder_variants(model, feats, args.label)
     embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
+    if cuda_kernels.enabled(embeddings.dtype):
+        kernel_agreement(model, args.label)
     decode_one(model, embeddings, args.tokens, args.label)
     if not args.quick:
         decode_batched(model, embeddings, args.tokens, args.label)

@@ -24,6 +24,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import BatchKVCache
 
+from . import cuda_kernels
 from .model import fusion_state, use_compile
 
 WINDOW_STEP = 128  # the attention reads the buffers up to the next multiple of this: few shapes, little waste
@@ -31,7 +32,8 @@ CAPACITY_STEP = 256  # buffers grow by this many slots, so that utterances share
 
 
 class _StepCache:
-    """What mlx-lm's attention asks of a cache (offset, update_and_fetch, make_mask), for one step."""
+    """One layer's buffers during a step: this step's key and value written at `slot`, attention over the
+    slots written so far (minus each row's left padding)."""
 
     def __init__(self, keys, values, slot, offsets, left_padding, window: int):
         self.keys, self.values = keys, values  # (B, kv_heads, capacity, head_dim)
@@ -39,22 +41,56 @@ class _StepCache:
         self.offset = offsets  # (B,) each row's RoPE position of this step's token
         self.left_padding, self.window = left_padding, window
 
-    def update_and_fetch(self, keys, values):
+    def update(self, keys, values) -> None:
         self.keys = mx.slice_update(self.keys, keys, self.slot, axes=(2,))
         self.values = mx.slice_update(self.values, values, self.slot, axes=(2,))
-        return self.keys[..., : self.window, :], self.values[..., : self.window, :]
 
-    def make_mask(self, length: int, **_):
-        """(B, 1, 1, window): the slots written so far, minus each row's left padding."""
+    def attend(self, queries: mx.array, scale: float) -> mx.array:
+        """(B, heads, 1, head_dim) queries over the valid slots: one kernel on CUDA; elsewhere MLX's
+        attention over the buffers up to `window`, with a mask (MLX's kernel for one query takes none,
+        so this falls back to separate matmul and softmax kernels)."""
+        if cuda_kernels.enabled(queries.dtype):
+            return cuda_kernels.decode_attention(queries, self.keys, self.values, self.left_padding, self.slot, scale)
+        keys, values = self.keys[..., : self.window, :], self.values[..., : self.window, :]
         slots = mx.arange(self.window)[None]
         valid = (slots >= self.left_padding[:, None]) & (slots <= self.slot)
-        return valid[:, None, None, :]
+        return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=valid[:, None, None, :])
+
+
+def _attention(attention, x: mx.array, cache: _StepCache) -> mx.array:
+    """mlx-lm's Qwen3 attention (mlx_lm/models/qwen3.py:70-100) for one token per row over `cache`."""
+    batch, q_heads, kv_heads = x.shape[0], attention.n_heads, attention.n_kv_heads
+    qkv = attention.qkv(x)
+    queries, keys = cuda_kernels.qk_norm_rope(
+        qkv, attention.q_norm, attention.k_norm, attention.rope, cache.offset, q_heads, kv_heads
+    )
+    values = qkv[..., (q_heads + kv_heads) * attention.rope.dims :]
+    cache.update(keys, values.reshape(batch, 1, kv_heads, -1).transpose(0, 2, 1, 3))
+    output = cache.attend(queries, attention.scale)
+    return attention.o_proj(output.transpose(0, 2, 1, 3).reshape(batch, 1, -1))
+
+
+def _step_logits(llm, tokens: mx.array, caches: list[_StepCache]) -> mx.array:
+    """mlx-lm's Qwen3 forward (mlx_lm/models/qwen3.py:120-187) for one token per row, written out so that
+    each residual add and the RMSNorm that reads it are one call (`cuda_kernels.add_rms_norm`): the same
+    operations in the same order, as one kernel where the CUDA kernels are on."""
+    model = llm.model
+    layers = model.layers
+    hidden = model.embed_tokens(tokens[:, None])
+    normed = layers[0].input_layernorm(hidden)
+    for index, (layer, cache) in enumerate(zip(layers, caches)):
+        attended = _attention(layer.self_attn, normed, cache)
+        hidden, normed = cuda_kernels.add_rms_norm(hidden, attended, layer.post_attention_layernorm)
+        following = layers[index + 1].input_layernorm if index + 1 < len(layers) else model.norm
+        hidden, normed = cuda_kernels.add_rms_norm(hidden, layer.mlp(normed), following)
+    head = model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
+    return head(normed)[:, -1]
 
 
 def _greedy_step(llm, tokens, keys, values, slot, offsets, left_padding, window: int):
     """One token per row: (B,) tokens in, (B,) argmax tokens out, and the buffers with this step written."""
     caches = [_StepCache(k, v, slot, offsets, left_padding, window) for k, v in zip(keys, values)]
-    logits = llm(tokens[:, None], cache=caches)[:, -1]
+    logits = _step_logits(llm, tokens, caches)
     keys, values = [c.keys for c in caches], [c.values for c in caches]
     return mx.argmax(logits, axis=-1), keys, values, slot + 1, offsets + 1
 
@@ -106,6 +142,8 @@ class StaticDecoder:
         if self.index >= self.capacity:
             self._grow()
         window = min(self.capacity, -(-(self.index + 1) // WINDOW_STEP) * WINDOW_STEP)
+        if cuda_kernels.enabled(self.keys[0].dtype):
+            window = self.capacity  # the kernel reads only the valid slots: shapes change only as buffers grow
         args = (tokens, self.keys, self.values, self.slot, self.offsets, self.left_padding, window)
         out = self.run(*args)
         # Rebinding drops the last references to the old buffers, so the update can reuse them.
@@ -131,7 +169,8 @@ class CacheDecoder:
 
 
 def make_decoder(llm, prefilled: list, left_padding: list[int]):
-    """The faster decoder for this batch: `CacheDecoder` for one row, else `StaticDecoder`."""
-    if len(left_padding) == 1:
+    """The faster decoder for this batch: `StaticDecoder`, except for one row where the CUDA kernels are
+    off (its masked attention then costs more than compiling saves: see the module's docstring)."""
+    if len(left_padding) == 1 and not cuda_kernels.enabled(prefilled[0].keys.dtype):
         return CacheDecoder(llm, prefilled)
     return StaticDecoder(llm, prefilled, left_padding)

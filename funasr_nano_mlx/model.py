@@ -486,6 +486,13 @@ class Qwen3Attention(qwen3.Attention):
     def fuse(self, on: bool = True) -> None:
         _fuse(self, "_qkv", [self.q_proj, self.k_proj, self.v_proj], on)
 
+    def qkv(self, x: mx.array) -> mx.array:
+        """The q, k and v projections of x side by side on the last axis: one matmul once fused."""
+        fused = _fused(self, "_qkv")
+        if fused is not None:
+            return fused.linear(x)
+        return mx.concatenate([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=-1)
+
     def __call__(self, x: mx.array, mask: mx.array | None = None, cache=None) -> mx.array:
         qkv = _fused(self, "_qkv")
         if qkv is None:
