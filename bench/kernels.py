@@ -4,9 +4,11 @@
 
 One JSON line per measurement (warm medians, ms):
 
-- encoder + adaptor, compiled, submitted in slices of ENCODER_LAYERS_PER_EVAL layers or as one graph,
-  and how long the host takes to build and submit it (submit_ms) against the whole pass (an FSMN block
-  written as shifted sums was measured here and rejected: BENCHMARKS.md);
+- encoder + adaptor for one clip of --seconds, compiled, evaluated at this build's cadence (the layers
+  per evaluation that `model.encoder_layers_per_eval` picks for the input), every 10 layers (the fixed
+  cadence of earlier builds) and as one graph, whether the three give identical numbers, and how long
+  the host takes to build and submit each (submit_ms) against the whole pass (an FSMN block written as
+  shifted sums was measured here and rejected: BENCHMARKS.md);
 - greedy decoding, one clip: LLM projections fused (q/k/v and gate/up in one matmul each) or not,
   ms/token, the host's share of a step (building the graph and submitting it), and whether the
   tokens are identical;
@@ -57,32 +59,46 @@ def median_ms(fn, repeat: int) -> float:
 
 
 def encoder_variants(model, feats, label: str) -> None:
-    """Compiled encoder + adaptor, submitted in slices of ENCODER_LAYERS_PER_EVAL layers (this build) or as
-    one graph; submit_ms: until the last kernel is queued, against warm_ms until the result is there."""
+    """Compiled encoder + adaptor at three cadences: this build's (`encoder_layers_per_eval`), every 10
+    layers, one graph; submit_ms: until the last kernel is queued, against warm_ms until the result is there."""
     os.environ["FUNASR_NANO_COMPILE"] = "1"
-    outputs, default = {}, model_module.ENCODER_LAYERS_PER_EVAL
-    for per_eval in (default, 1000):
-        model_module.ENCODER_LAYERS_PER_EVAL = per_eval
-        warm = median_ms(lambda: mx.eval(model.encode(feats)), 10)
-        submits = []
-        for _ in range(5):
-            mx.synchronize()
-            start = time.perf_counter()
-            out = model.encode(feats)
-            mx.async_eval(out)
-            submits.append(1e3 * (time.perf_counter() - start))
-            mx.eval(out)
+    encoder, chosen = model.audio_encoder, model_module.encoder_layers_per_eval
+    depth = len(encoder.encoders0) + len(encoder.encoders) + len(encoder.tp_encoders)
+    cadences = {
+        "this build": chosen(feats.shape[0], feats.shape[1], encoder.args, feats.itemsize),
+        "every 10 layers": 10,
+        "one graph": depth,
+    }
+    outputs = {}
+    for cadence, per_eval in cadences.items():
+        model_module.encoder_layers_per_eval = lambda *_, per_eval=per_eval: per_eval
+        try:
+            warm = median_ms(lambda: mx.eval(model.encode(feats)), 10)
+            submits = []
+            for _ in range(5):
+                mx.synchronize()
+                start = time.perf_counter()
+                out = model.encode(feats)
+                mx.async_eval(out)
+                submits.append(1e3 * (time.perf_counter() - start))
+                mx.eval(out)
+            outputs[cadence] = np.array(model.encode(feats))
+        finally:
+            model_module.encoder_layers_per_eval = chosen
         report(
             stage="encoder+adaptor",
             label=label,
-            layers_per_eval=per_eval,
+            cadence=cadence,
+            layers_per_eval=min(per_eval, depth),
             warm_ms=warm,
             submit_ms=statistics.median(submits),
         )
-        outputs[per_eval] = np.array(model.encode(feats))
-        model_module.ENCODER_LAYERS_PER_EVAL = default
-    first, second = outputs.values()
-    report(stage="encoder+adaptor, slices vs one graph", label=label, identical=bool((first == second).all()))
+    first, *others = outputs.values()
+    report(
+        stage="encoder+adaptor, cadences compared",
+        label=label,
+        identical=all(bool((first == other).all()) for other in others),
+    )
 
 
 @contextmanager

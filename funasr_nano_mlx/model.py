@@ -21,7 +21,20 @@ from mlx_lm.models.activations import swiglu
 ENCODER_LN_EPS = 1e-5  # SenseVoice LayerNorm default, [F] models/sense_voice/model.py:300
 ADAPTOR_LN_EPS = 1e-12  # funasr transformer LayerNorm, [F] models/transformer/layer_norm.py:24
 PE_MAX_TIMESCALE = 10000.0
-ENCODER_LAYERS_PER_EVAL = 10  # see SenseVoiceEncoder.__call__
+# How much of the encoder one evaluation may submit, as `sanm_layer_bytes` estimates it (see there and
+# SenseVoiceEncoder.run_layers). The fixed 10 layers of earlier builds came to 1.96 GiB by that estimate
+# for 32 x 30 s (500 LFR frames), and that batch-32 run peaked at 9.06 GB; with this budget no slice of
+# any batch is larger (32 x 30 s: 6 layers; 16 x 30 s: 12, was 10). 1.25 is the smallest round value that
+# keeps one clip one graph up to 68 s: 70 layers of 60 s (1000 frames) come to 1.04 GiB, of 10 s to 0.12.
+ENCODER_EVAL_BUDGET = 5 * 2**28  # 1.25 GiB
+# Of the arrays a SAN-M layer creates (as `sanm_layer_bytes` counts them), the fraction alive at once
+# when the whole encoder is one graph. bench/stage_memory.py measured the 70 layers holding 6.9 GiB above
+# the weights for 16 x 30 s (500 frames) in float32, one graph, on an H100; counted, that is 70 layers x
+# 16 x 500 frames x 9680 values x 4 bytes = 20.2 GiB, and 6.9 / 20.2 = 0.34. (Evaluated every 10 layers,
+# the same batch held 3.53 GiB, half of what the 70 held at once: the GPU frees a long graph's first
+# layers while the host still submits its last ones. So the estimate ranks sizes against the budget; it
+# is no byte count of one slice.)
+SANM_LIVE_FRACTION = 0.34
 # The CTC timestamp head (ModelScope copy only): kept when the config has `ctc_decoder_conf`, else dropped.
 CTC_PREFIXES = ("ctc_decoder.", "ctc.")
 CTC_VOCAB_SIZE = 60515  # [F] fun_asr_nano/model.py:174; the blank is the last id (:198)
@@ -250,6 +263,28 @@ class SANMEncoderLayer(nn.Module):
         return x + self.feed_forward(self.norm2(x))
 
 
+def sanm_layer_bytes(batch: int, frames: int, args: EncoderArgs, itemsize: int = 4) -> int:
+    """Estimated bytes of the intermediates one SAN-M layer leaves allocated, for a (batch, frames,
+    output_size) input, while its graph has not run (CUDA frees them only then)."""
+    dims = args.output_size
+    values_per_frame = (
+        3 * dims  # the q/k/v projection
+        + 2 * dims  # the FSMN memory and the attention context
+        + args.linear_units  # the FFN's hidden layer
+        + 6 * dims  # two norms, attention and FFN outputs, two residual sums
+        # The attention scores, heads x frames per query frame: the float32 attention may take the
+        # fallback of mx.fast.scaled_dot_product_attention, which materializes them. At 300 s (5000
+        # frames) they are 2.6 times the rest.
+        + args.attention_heads * frames
+    )
+    return max(1, math.ceil(SANM_LIVE_FRACTION * batch * frames * values_per_frame * itemsize))
+
+
+def encoder_layers_per_eval(batch: int, frames: int, args: EncoderArgs, itemsize: int = 4) -> int:
+    """How many SAN-M layers to submit per evaluation: as many as ENCODER_EVAL_BUDGET holds, at least one."""
+    return max(1, ENCODER_EVAL_BUDGET // sanm_layer_bytes(batch, frames, args, itemsize))
+
+
 class SenseVoiceEncoder(nn.Module):
     """SenseVoiceEncoderSmall ([F] sense_voice/model.py:488-655).
 
@@ -270,20 +305,32 @@ class SenseVoiceEncoder(nn.Module):
     def __call__(self, feats: mx.array, mask: mx.array | None = None) -> mx.array:
         x = feats * self.input_scale
         x = x + sinusoidal_position_encoding(x.shape[1], x.shape[2]).astype(x.dtype)
-        x = self.run_layers(self.encoders0 + self.encoders, x, mask)
-        x = self.run_layers(self.tp_encoders, self.after_norm(x), mask)
+        per_eval = encoder_layers_per_eval(x.shape[0], x.shape[1], self.args, x.itemsize)
+        first = self.encoders0 + self.encoders
+        x = self.run_layers(first, x, mask, per_eval, done=0)
+        x = self.run_layers(self.tp_encoders, self.after_norm(x), mask, per_eval, done=len(first))
         return self.tp_norm(x)
 
-    def run_layers(self, layers: list[SANMEncoderLayer], x: mx.array, mask: mx.array | None) -> mx.array:
-        for index, layer in enumerate(layers, start=1):
-            x = run_layer(layer, (layer.norm1.weight.shape[0], self.args), x, mask)  # its constructor's arguments
-            if index % ENCODER_LAYERS_PER_EVAL == 0:
-                # On CUDA, intermediates of a graph submitted at once stay allocated until it has run:
-                # 70 layers held 6.9 GB above the weights for 16 x 30 s (0.3 GB for one clip).
-                # Evaluating in slices of layers bounds that; it changes no number. (Waiting for a slice
-                # only after submitting the next saved time for one clip but doubled the batch-32 peak,
-                # 9 -> 20 GB on an H100: BENCHMARKS.md.)
+    def run_layers(
+        self, layers: list[SANMEncoderLayer], x: mx.array, mask: mx.array | None, per_eval: int, done: int
+    ) -> mx.array:
+        """`layers` over `x`, evaluating before each layer whose index in the whole stack (the first
+        `done` layers come before these) is a multiple of `per_eval`."""
+        for index, layer in enumerate(layers, start=done):
+            if index > 0 and index % per_eval == 0:
+                # On CUDA, intermediates of a graph submitted at once stay allocated until it has run
+                # (70 layers held 6.9 GB above the weights for 16 x 30 s, 0.3 GB for one clip);
+                # evaluating in slices bounds that and changes no number. But each evaluation idles the
+                # GPU while the host builds the next slice, and for one clip the encoder is host-bound
+                # (10 s on an H100: 14.7 ms as one graph, 19.3 in slices of 10), so slices are sized by
+                # the input (ENCODER_EVAL_BUDGET) and one clip is one graph. Slices are not pipelined
+                # (the next submitted before waiting on this one): two would be alive, so each would
+                # have to be half as large for the same bound (with fixed 10-layer slices it doubled the
+                # batch-32 peak), and inputs large enough to be sliced (a batch, or one clip over 68 s)
+                # give the GPU more work per host-built layer, so its idle gaps weigh less; in batches
+                # the encoder is a small share anyway (0.85 s of an 8.8 s run at batch 16: BENCHMARKS.md).
                 mx.eval(x)
+            x = run_layer(layer, (layer.norm1.weight.shape[0], self.args), x, mask)  # its constructor's arguments
         return x
 
 

@@ -1,5 +1,5 @@
-"""Batched decoding: padded encoder batches, left-padded LLM batches, budgets, the repetition guard,
-and memory on a 20-minute recording."""
+"""Batched decoding: padded encoder batches and how often the encoder is evaluated, left-padded LLM
+batches, budgets, the repetition guard, and memory on a 20-minute recording."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from funasr_nano_mlx import model as model_module
 from funasr_nano_mlx.audio import features
 from funasr_nano_mlx.decoding import DEFAULT_MAX_NEW_TOKENS, loop_end, token_budget
+from funasr_nano_mlx.model import EncoderArgs, encoder_layers_per_eval, sanm_layer_bytes
 from funasr_nano_mlx.transcribe import Decoded, transcribe, transcribe_many
 from tests.helpers import clip
 
@@ -25,14 +27,19 @@ def ten_files(speech):
     return [np.roll(clip(speech, 12.0), -4000 * i)[: int(s * 16000)] for i, s in enumerate(TEN_LENGTHS_S)]
 
 
-def test_padded_encoder_batch_matches_one_at_a_time(tiny_model, ten_files):
-    model, _ = tiny_model
-    feats = [features(x) for x in ten_files]
+def padded_batch(feats: list[np.ndarray]) -> tuple[mx.array, mx.array]:
+    """Features of different lengths as one zero-padded (B, T, 560) batch, and their lengths."""
     padded = np.zeros((len(feats), max(len(f) for f in feats), feats[0].shape[1]), np.float32)
     for row, f in enumerate(feats):
         padded[row, : len(f)] = f
-    lengths = mx.array([len(f) for f in feats])
-    batched = model.encode(mx.array(padded), lengths)
+    return mx.array(padded), mx.array([len(f) for f in feats])
+
+
+def test_padded_encoder_batch_matches_one_at_a_time(tiny_model, ten_files):
+    model, _ = tiny_model
+    feats = [features(x) for x in ten_files]
+    batch, lengths = padded_batch(feats)
+    batched = model.encode(batch, lengths)
     valid = model.audio_adaptor.output_lengths(lengths).tolist()
     for row, f in enumerate(feats):
         alone = np.array(model.encode(mx.array(f)[None])[0])
@@ -40,6 +47,44 @@ def test_padded_encoder_batch_matches_one_at_a_time(tiny_model, ten_files):
         assert together.shape == alone.shape
         # Padding is masked, so only float rounding differs (GEMM blocking over a different row count).
         assert np.abs(together - alone).max() <= 1e-5 * np.abs(alone).max()
+
+
+def test_one_clip_is_one_encoder_graph_and_a_large_batch_is_sliced():
+    """The full-size encoder's cadence: one clip of 10 s or 60 s is submitted whole (the encoder is
+    host-bound there, and every evaluation idles the GPU); 32 x 30 s in slices smaller than the fixed 10
+    layers of earlier builds (whose batch-32 peak was accepted); 300 s in slices, the attention scores
+    growing with the square of the length. The estimate reproduces the measurement it was calibrated on."""
+    from tests.reference import FULL
+
+    full = EncoderArgs.from_dict(FULL["encoder"])
+    depth = full.num_blocks + full.tp_blocks
+    frames = {seconds: round(seconds * 100 / 6) for seconds in (10, 30, 60, 300)}  # LFR: 6 frames of 10 ms
+    assert encoder_layers_per_eval(1, frames[10], full) >= depth
+    assert encoder_layers_per_eval(1, frames[60], full) >= depth
+    assert encoder_layers_per_eval(16, frames[30], full) < depth
+    assert 1 <= encoder_layers_per_eval(32, frames[30], full) < 10
+    assert encoder_layers_per_eval(1, frames[300], full) < depth
+    assert encoder_layers_per_eval(32, frames[300], full) == 1
+    assert depth * sanm_layer_bytes(16, frames[30], full) == pytest.approx(6.9 * 2**30, rel=0.01)
+
+
+def test_encoder_slices_change_no_number(tiny_model, ten_files, monkeypatch):
+    """A padded batch encoded one layer per evaluation (a budget of one byte) and as one graph (a budget
+    nothing reaches): identical numbers, and the evaluations did happen in the first and not the second."""
+    model, _ = tiny_model
+    batch, lengths = padded_batch([features(x) for x in ten_files])
+    encoder = model.audio_encoder
+    depth = len(encoder.encoders0) + len(encoder.encoders) + len(encoder.tp_encoders)
+    evaluations, evaluate = [], mx.eval
+    monkeypatch.setattr(mx, "eval", lambda *arrays: evaluations.append(len(arrays)) or evaluate(*arrays))
+    outputs, counts = {}, {}
+    for budget in (1, 2**62):
+        monkeypatch.setattr(model_module, "ENCODER_EVAL_BUDGET", budget)
+        evaluations.clear()
+        outputs[budget] = np.array(model.encode(batch, lengths))
+        counts[budget] = len(evaluations)
+    assert counts == {1: depth - 1, 2**62: 0}
+    np.testing.assert_array_equal(outputs[1], outputs[2**62])
 
 
 @pytest.mark.parametrize("batch_size", [3, 10])
