@@ -37,11 +37,11 @@ from speed import synthetic_audio  # noqa: E402
 
 from funasr_nano_mlx import cuda_kernels, load, model as model_module  # noqa: E402
 from funasr_nano_mlx.audio import features  # noqa: E402
-from funasr_nano_mlx.decode_step import make_decoder  # noqa: E402
-from funasr_nano_mlx.transcribe import greedy_batch, prompt_inputs  # noqa: E402
+from funasr_nano_mlx.decode_step import StaticDecoder, make_decoder  # noqa: E402
+from funasr_nano_mlx.transcribe import prompt_inputs  # noqa: E402
 
 
-KERNELS = ("qk_norm_rope", "add_rms_norm")  # cuda_kernels' functions that have an `_ops` twin
+KERNELS = ("qk_norm_rope",)  # cuda_kernels' functions that have an `_ops` twin
 
 
 def report(**row) -> None:
@@ -102,68 +102,145 @@ def encoder_variants(model, feats, label: str) -> None:
 
 
 @contextmanager
-def decode_kernels(llm, on: bool, parts: tuple[str, ...] = KERNELS):
-    """The decode step with the CUDA kernels off, or on with only `parts` of them (the others as MLX ops)."""
-    saved = {name: getattr(cuda_kernels, name) for name in KERNELS}
+def decode_kernels(llm, on: bool, parts: tuple[str, ...] = KERNELS, traced: dict | None = None, name: str = ""):
+    """The decode step with the CUDA kernels off, or on with only `parts` of them (the others as MLX ops).
+    `traced` keeps each variant's compiled step (under `name`), so that variants can be interleaved."""
+    traced = {} if traced is None else traced
+    saved = {kernel: getattr(cuda_kernels, kernel) for kernel in KERNELS}
     os.environ["FUNASR_NANO_KERNELS"] = "1" if on else "0"
-    for name in KERNELS:
-        if name not in parts:
-            setattr(cuda_kernels, name, getattr(cuda_kernels, f"{name}_ops"))
-    llm.__dict__.pop("_greedy_step", None)  # traced again under these kernels
+    for kernel in KERNELS:
+        if kernel not in parts:
+            setattr(cuda_kernels, kernel, getattr(cuda_kernels, f"{kernel}_ops"))
+    llm.__dict__.pop("_greedy_step", None)
+    if name in traced:
+        object.__setattr__(llm, "_greedy_step", traced[name])
     try:
         yield
     finally:
-        for name, function in saved.items():
-            setattr(cuda_kernels, name, function)
+        if "_greedy_step" in llm.__dict__:
+            traced[name] = llm.__dict__.pop("_greedy_step")
+        for kernel, function in saved.items():
+            setattr(cuda_kernels, kernel, function)
         os.environ.pop("FUNASR_NANO_KERNELS", None)
-        llm.__dict__.pop("_greedy_step", None)
 
 
 # Cumulative: the compiled step over preallocated buffers needs the attention kernel; the others add to it.
 DECODE_VARIANTS = {
     "mlx-lm cache, kernels off": (False, ()),
-    "compiled step + attention kernel": (True, ()),
-    "+ q/k norm and RoPE kernel": (True, ("qk_norm_rope",)),
-    "+ add and RMSNorm kernel (all)": (True, KERNELS),
+    "compiled step, kernels off (masked MLX attention)": (False, ()),
+    "compiled step, attention kernel": (True, ()),
+    "compiled step, attention and q/k norm + RoPE kernels": (True, KERNELS),
 }
 
 
-def decode_one(model, embeddings, tokens: int, label: str) -> None:
-    """One clip's greedy decoding under each variant: ms/token, the host's share, tokens against the first."""
-    reference = None
-    for name, (on, parts) in DECODE_VARIANTS.items():
-        with decode_kernels(model.llm, on, parts):
-            greedy_batch(model.llm, [embeddings], [8], [], stop_loops=False)  # warm-up, traces
-            runs = []
-            for _ in range(3):
-                timings: dict = {}
-                result = greedy_batch(model.llm, [embeddings], [tokens], [], stop_loops=False, timings=timings)
-                runs.append(1e3 * timings["decode"] / timings["decode_steps"])
-            ids = result[0].token_ids
+def prefilled(llm, rows: list[mx.array]):
+    """The prompt cache after the prefill and the first tokens, as greedy_batch makes them."""
+    from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
+
+    longest = max(row.shape[0] for row in rows)
+    padding = [longest - row.shape[0] for row in rows]
+    cache = make_prompt_cache(llm) if len(rows) == 1 else [BatchKVCache(padding) for _ in llm.layers]
+    x = mx.stack([mx.pad(row, [(pad, 0), (0, 0)]) for row, pad in zip(rows, padding)])
+    hidden = llm.model(mx.zeros(x.shape[:2], mx.int32), cache=cache, input_embeddings=x)
+    tokens = mx.argmax(llm.model.embed_tokens.as_linear(hidden[:, -1]), axis=-1)
+    mx.eval(tokens)
+    return cache, padding, tokens
+
+
+def decoder_for(llm, variant: str, cache, padding):
+    if variant.startswith("compiled step"):  # for one row too
+        return StaticDecoder(llm, cache, padding)
+    return make_decoder(llm, cache, padding)
+
+
+def teacher_forced(llm, variant: str, rows: list[mx.array], reference: list[list[int]]) -> list[list[bool]]:
+    """Feed every row the reference's tokens; per step and row, whether the argmax is the reference's next
+    token: agreement that one early difference cannot turn into a different sequence."""
+    cache, padding, _ = prefilled(llm, rows)
+    decoder = decoder_for(llm, variant, cache, padding)
+    agree = []
+    for step in range(len(reference[0]) - 1):
+        out = decoder.step(mx.array([ids[step] for ids in reference], mx.int32)).tolist()
+        agree.append([a == ids[step + 1] for a, ids in zip(out, reference)])
+    return agree
+
+
+def reference_margins(llm, rows: list[mx.array], reference: list[list[int]]) -> np.ndarray:
+    """Per step and row, teacher-forced through mlx-lm's cache: the bf16 logits' gap between the largest
+    and the second largest, in units of the bf16 spacing at the largest (0: a tie, broken by index).
+    With random weights the logits are flat, so a step whose gap is a unit or two can flip on any
+    change of rounding order."""
+    cache, _, _ = prefilled(llm, rows)
+    head = llm.model.embed_tokens.as_linear
+    gaps = []
+    for step in range(len(reference[0]) - 1):
+        tokens = mx.array([[ids[step]] for ids in reference], mx.int32)
+        hidden = llm.model(tokens, cache=cache)
+        logits = np.array(head(hidden)[:, -1].astype(mx.float32))
+        top = np.sort(logits, axis=-1)[:, -2:]
+        spacing = np.spacing(np.abs(top[:, 1]).astype(np.float32)) * 2**16  # bf16 keeps 8 of float32's 24 bits
+        gaps.append((top[:, 1] - top[:, 0]) / spacing)
+    return np.array(gaps)
+
+
+def run_greedy(llm, variant: str, rows: list[mx.array], tokens: int) -> tuple[list[list[int]], float]:
+    """Free-running greedy tokens per row and ms per step after the first token, with the loop of
+    transcribe.greedy_batch (the next step queued before the current tokens are read), for a decoder of
+    this variant."""
+    cache, padding, token = prefilled(llm, rows)
+    decoder = decoder_for(llm, variant, cache, padding)
+    ids = [[] for _ in rows]
+    start = time.perf_counter()
+    for _ in range(tokens):
+        next_token = decoder.step(token)
+        mx.async_eval(next_token)
+        for row, value in zip(ids, token.tolist()):
+            row.append(value)
+        token = next_token
+    return ids, 1e3 * (time.perf_counter() - start) / tokens
+
+
+def decode_variants(model, rows: list[mx.array], tokens: int, label: str, variants: dict, rounds: int = 5) -> None:
+    """Each variant in turn, `rounds` times (the first a warm-up that traces), so that a host's drift hits
+    all alike: median ms per step, the host's share (one row), and agreement with the first variant,
+    free-running and teacher-forced."""
+    llm, traced, times, reference = model.llm, {}, {name: [] for name in variants}, None
+    for round_ in range(rounds):
+        for name, (on, parts) in variants.items():
+            with decode_kernels(llm, on, parts, traced, name):
+                ids, ms = run_greedy(llm, name, rows, tokens)
+            if round_ > 0:
+                times[name].append(ms)
             reference = ids if reference is None else reference
-            same = sum(a == b for a, b in zip(reference, ids))
+    gaps = reference_margins(llm, rows, reference)  # through mlx-lm's caches, whatever the first variant
+    for name, (on, parts) in variants.items():
+        with decode_kernels(llm, on, parts, traced, name):
+            ids, _ = run_greedy(llm, name, rows, tokens)
+            free = sum(a == b for ref, row in zip(reference, ids) for a, b in zip(ref, row))
+            agree = np.array(teacher_forced(llm, name, rows, reference))
             report(
-                stage="decode batch 1",
+                stage=f"decode batch {len(rows)}",
                 label=label,
                 variant=name,
-                ms_per_token=statistics.median(runs),
-                runs=runs,
-                same_tokens=same,
-                of=len(reference),
+                ms_per_step=statistics.median(times[name]),
+                runs=times[name],
+                same_tokens_free=free,
+                of_free=sum(len(ref) for ref in reference),
+                same_next_token_forced=int(agree.sum()),
+                of_forced=int(agree.size),
+                # the reference's top-2 gap (bf16 spacings) where this variant chose another token
+                gaps_where_different=sorted(round(float(g), 2) for g in gaps[~agree]),
+                median_gap=float(np.median(gaps)),
             )
-            host_share(model, embeddings, tokens, label, name)
+            if len(rows) == 1:
+                host_share(model, rows[0], tokens, label, name)
 
 
 def host_share(model, embeddings, tokens: int, label: str, variant: str) -> None:
     """Per step: building the graph in Python, submitting it (MLX encodes the kernels), the whole step."""
-    from mlx_lm.models.cache import make_prompt_cache
-
     llm = model.llm
-    cache = make_prompt_cache(llm)
-    hidden = llm.model(mx.zeros((1, embeddings.shape[0]), mx.int32), cache=cache, input_embeddings=embeddings[None])
-    token = mx.argmax(llm.model.embed_tokens.as_linear(hidden[:, -1]), axis=-1)
-    decoder = make_decoder(llm, cache, [0])
-    mx.eval(token)
+    cache, padding, token = prefilled(llm, [embeddings])
+    decoder = decoder_for(llm, variant, cache, padding)
     build = submit = 0.0
     start = time.perf_counter()
     for _ in range(tokens):
@@ -188,32 +265,32 @@ def host_share(model, embeddings, tokens: int, label: str, variant: str) -> None
 
 def decode_batched(model, embeddings, tokens: int, label: str) -> None:
     """Batches of 8 and 32 rows (left-padded: the rows' prompts differ in length), kernels off and on."""
+    variants = {
+        "compiled step, kernels off (masked MLX attention)": (False, ()),
+        "compiled step, attention and q/k norm + RoPE kernels": (True, KERNELS),
+    }
     for batch in (8, 32):
         rows = [embeddings[: embeddings.shape[0] - 7 * (i % 4)] for i in range(batch)]
-        reference = None
-        for on in (False, True):
-            with decode_kernels(model.llm, on):
-                greedy_batch(model.llm, rows, [tokens // 2] * batch, [], stop_loops=False)  # traces
-                timings: dict = {}
-                result = greedy_batch(model.llm, rows, [tokens // 2] * batch, [], stop_loops=False, timings=timings)
-            ids = [r.token_ids for r in result]
-            reference = ids if reference is None else reference
-            same = sum(a == b for ref, row in zip(reference, ids) for a, b in zip(ref, row))
-            report(
-                stage=f"decode batch {batch}",
-                label=label,
-                kernels=on,
-                ms_per_step=1e3 * timings["decode"] / timings["decode_steps"],
-                same_tokens=same,
-                of=sum(len(r) for r in reference),
-            )
+        decode_variants(model, rows, tokens // 2, label, variants, rounds=3)
+
+
+def attention_truth(queries, keys, values, first: list[int], last: int, scale: float) -> np.ndarray:
+    """Attention in float64 (numpy) over each row's slots first[row]..last, grouped query heads."""
+    q, k, v = (np.array(a.astype(mx.float32)).astype(np.float64) for a in (queries, keys, values))
+    group = q.shape[1] // k.shape[1]
+    out = np.zeros(q.shape)
+    for row, lo in enumerate(first):
+        for head in range(q.shape[1]):
+            kk, vv = k[row, head // group, lo : last + 1], v[row, head // group, lo : last + 1]
+            scores = kk @ (q[row, head, 0] * scale)
+            weights = np.exp(scores - scores.max())
+            out[row, head, 0] = weights @ vv / weights.sum()
+    return out
 
 
 def kernel_agreement(model, label: str) -> None:
     """Each kernel against the MLX ops it replaces, on random bf16 inputs at the model's shapes: the
     largest difference, and the share of outputs that are bit-identical."""
-    from funasr_nano_mlx.decode_step import _StepCache
-
     mx.random.seed(0)
     layer = model.llm.model.layers[0]
     attention, dtype = layer.self_attn, mx.bfloat16
@@ -235,24 +312,38 @@ def kernel_agreement(model, label: str) -> None:
 
     queries = mx.random.normal((batch, heads, 1, dims)).astype(dtype)
     keys, values = (mx.random.normal((batch, kv_heads, 512, dims)).astype(dtype) for _ in range(2))
-    first, last = mx.array([0, 3, 17, 100], mx.int32), mx.array([300], mx.int32)
-    cache = _StepCache(keys, values, last, None, first, 384)
-    kernel_out = cuda_kernels.decode_attention(queries, keys, values, first, last, attention.scale)
-    os.environ["FUNASR_NANO_KERNELS"] = "0"
-    ops_out = cache.attend(queries, attention.scale)
-    os.environ.pop("FUNASR_NANO_KERNELS")
-    compare("decode_attention", [kernel_out], [ops_out])
+    first, last = [0, 3, 17, 100], 300
+    kernel_out = cuda_kernels.decode_attention(
+        queries, keys, values, mx.array(first, mx.int32), mx.array([last], mx.int32), attention.scale
+    )
+    # MLX's own kernel for one query (float32 inside, as ours), over each row's exact slots, no mask.
+    exact = mx.concatenate(
+        [
+            mx.fast.scaled_dot_product_attention(
+                queries[r : r + 1],
+                keys[r : r + 1, :, lo : last + 1],
+                values[r : r + 1, :, lo : last + 1],
+                scale=attention.scale,
+            )
+            for r, lo in enumerate(first)
+        ]
+    )
+    compare("decode_attention vs MLX's kernel on exact slots", [kernel_out], [exact])
+    truth = attention_truth(queries, keys, values, first, last, attention.scale)
+    for name, out in (("ours", kernel_out), ("MLX's", exact)):
+        error = np.abs(np.array(out.astype(mx.float32)) - truth)
+        report(
+            stage="decode_attention vs float64",
+            label=label,
+            kernel=name,
+            max_abs_error=float(error.max()),
+            mean_abs_error=float(error.mean()),
+        )
 
     qkv = mx.random.normal((batch, 1, (heads + 2 * kv_heads) * dims)).astype(dtype) * 3
     positions = mx.array([0, 5, 300, 40000], mx.int32)
     args = (qkv, attention.q_norm, attention.k_norm, attention.rope, positions, heads, kv_heads)
     compare("qk_norm_rope", cuda_kernels.qk_norm_rope(*args), cuda_kernels.qk_norm_rope_ops(*args))
-
-    x, residual = (mx.random.normal((batch, 1, layer.mlp.down_proj.weight.shape[0])).astype(dtype) for _ in range(2))
-    norm = layer.post_attention_layernorm
-    compare(
-        "add_rms_norm", cuda_kernels.add_rms_norm(x, residual, norm), cuda_kernels.add_rms_norm_ops(x, residual, norm)
-    )
 
 
 def main() -> None:
@@ -269,7 +360,7 @@ def main() -> None:
     embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
     if cuda_kernels.enabled(embeddings.dtype):
         kernel_agreement(model, args.label)
-    decode_one(model, embeddings, args.tokens, args.label)
+    decode_variants(model, [embeddings], args.tokens, args.label, DECODE_VARIANTS)
     if not args.quick:
         decode_batched(model, embeddings, args.tokens, args.label)
 

@@ -1,9 +1,9 @@
-"""Three CUDA kernels for the greedy decode step, each replacing several MLX kernels, with the MLX ops they
+"""Two CUDA kernels for the greedy decode step, each replacing several MLX kernels, with the MLX ops they
 replace as the path everywhere else.
 
 Why by hand: a decode step of Qwen3-0.6B is bound by the host, not the GPU. MLX spends a few microseconds
 of CPU per kernel it submits, and a step was about 500 kernels (3.1 ms on an H100, while the weights take
-~0.4 ms to read). MLX has no fused form of these three patterns, and its attention kernel for a single
+~0.4 ms to read). MLX has no fused form of these patterns, and its attention kernel for a single
 query takes no array mask, so a preallocated cache (which the compiled step needs) sent every layer to
 separate matmul and softmax kernels. Each function here computes what its `*_ops` twin computes, in the
 same float32 steps and the same roundings to the model's dtype, so that the two agree to float32 rounding
@@ -160,44 +160,6 @@ _QK_NORM_ROPE = """
   }
 """
 
-# One block of 256 threads per row: h = x + r (rounded to T, as MLX's add), then RMSNorm of h times the
-# weight, rounded as MLX's rms_norm kernel rounds.
-_ADD_RMS_NORM = """
-  constexpr int THREADS = 256;
-  constexpr int PER_THREAD = (N + THREADS - 1) / THREADS;
-  const size_t base = (size_t)blockIdx.x * N;
-  float h[PER_THREAD], squares = 0.0f;
-#pragma unroll
-  for (int t = 0; t < PER_THREAD; ++t) {
-    const int i = threadIdx.x + THREADS * t;
-    if (i < N) {
-      const T sum = x[base + i] + r[base + i];
-      sum_out[base + i] = sum;
-      h[t] = static_cast<float>(sum);
-      squares += h[t] * h[t];
-    }
-  }
-  __shared__ float partial[THREADS / 32];
-  squares = warp_total(squares);
-  if (threadIdx.x % 32 == 0) {
-    partial[threadIdx.x / 32] = squares;
-  }
-  __syncthreads();
-  float total = 0.0f;
-#pragma unroll
-  for (int w = 0; w < THREADS / 32; ++w) {
-    total += partial[w];
-  }
-  const float normalizer = rsqrt(total / N + EPS);
-#pragma unroll
-  for (int t = 0; t < PER_THREAD; ++t) {
-    const int i = threadIdx.x + THREADS * t;
-    if (i < N) {
-      normed_out[base + i] = weight[i] * static_cast<T>(h[t] * normalizer);
-    }
-  }
-"""
-
 
 def enabled(dtype: mx.Dtype) -> bool:
     """Whether the decode step uses these kernels for activations of this dtype (see the module's docstring)."""
@@ -281,33 +243,3 @@ def qk_norm_rope_ops(qkv, q_norm, k_norm, rope, positions, q_heads: int, kv_head
     queries = q_norm(queries.reshape(batch, length, q_heads, -1)).transpose(0, 2, 1, 3)
     keys = k_norm(keys.reshape(batch, length, kv_heads, -1)).transpose(0, 2, 1, 3)
     return rope(queries, offset=positions), rope(keys, offset=positions)
-
-
-def add_rms_norm(x: mx.array, residual: mx.array, norm) -> tuple[mx.array, mx.array]:
-    """(x + residual, norm(x + residual)) for a norm `nn.RMSNorm`: a decoder layer's residual add and the
-    RMSNorm that reads it, in one kernel on CUDA. x, residual (B, 1, N)."""
-    if not enabled(x.dtype):
-        return add_rms_norm_ops(x, residual, norm)
-    batch, length, width = x.shape
-    kernel = _kernel(
-        f"add_rms_norm_{width}",
-        ("x", "r", "weight"),
-        ("sum_out", "normed_out"),
-        f"  constexpr float EPS = {_float_literal(norm.eps)};\n" + _ADD_RMS_NORM,
-    )
-    return tuple(
-        kernel(
-            inputs=[x, residual, norm.weight],
-            template=[("T", x.dtype), ("N", width)],
-            grid=(batch * length * 256, 1, 1),
-            threadgroup=(256, 1, 1),
-            output_shapes=[x.shape, x.shape],
-            output_dtypes=[x.dtype, x.dtype],
-        )
-    )
-
-
-def add_rms_norm_ops(x: mx.array, residual: mx.array, norm) -> tuple[mx.array, mx.array]:
-    """`add_rms_norm` as mlx-lm's Qwen3 decoder layer computes it (mlx_lm/models/qwen3.py:126-130)."""
-    total = x + residual
-    return total, norm(total)

@@ -71,20 +71,14 @@ def _attention(attention, x: mx.array, cache: _StepCache) -> mx.array:
 
 
 def _step_logits(llm, tokens: mx.array, caches: list[_StepCache]) -> mx.array:
-    """mlx-lm's Qwen3 forward (mlx_lm/models/qwen3.py:120-187) for one token per row, written out so that
-    each residual add and the RMSNorm that reads it are one call (`cuda_kernels.add_rms_norm`): the same
-    operations in the same order, as one kernel where the CUDA kernels are on."""
+    """mlx-lm's Qwen3 forward (mlx_lm/models/qwen3.py:120-187) for one token per row over the step's caches."""
     model = llm.model
-    layers = model.layers
     hidden = model.embed_tokens(tokens[:, None])
-    normed = layers[0].input_layernorm(hidden)
-    for index, (layer, cache) in enumerate(zip(layers, caches)):
-        attended = _attention(layer.self_attn, normed, cache)
-        hidden, normed = cuda_kernels.add_rms_norm(hidden, attended, layer.post_attention_layernorm)
-        following = layers[index + 1].input_layernorm if index + 1 < len(layers) else model.norm
-        hidden, normed = cuda_kernels.add_rms_norm(hidden, layer.mlp(normed), following)
+    for layer, cache in zip(model.layers, caches):
+        hidden = hidden + _attention(layer.self_attn, layer.input_layernorm(hidden), cache)
+        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     head = model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
-    return head(normed)[:, -1]
+    return head(model.norm(hidden))[:, -1]
 
 
 def _greedy_step(llm, tokens, keys, values, slot, offsets, left_padding, window: int):
