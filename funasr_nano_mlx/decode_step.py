@@ -1,19 +1,21 @@
-"""Greedy decode steps for batches: over a preallocated KV cache, one compiled function per batch shape.
+"""Greedy decode steps over a preallocated KV cache, one compiled function per batch shape.
 
 mlx-lm's caches grow in steps of 256 positions and slice by the current length, so every step has new
-shapes and cannot be compiled; each token then pays Python and MLX's per-op cost for ~700 operations,
-while a bf16 0.6B model reads its 1.2 GB of weights in ~0.4 ms on an H100 (a step took 3.3-7 ms on
-the lent H100/H200 hosts). Here the prompt's keys and values, once prefilled by mlx-lm's cache (so the prompt's
-numbers are unchanged), go into buffers that grow in steps of `CAPACITY_STEP`, and each step writes its
-slot with a dynamic `slice_update` and reads the buffer up to a window that grows in steps of
-`WINDOW_STEP`, with a mask for the slots not written yet (and for left padding). Shapes change only
-when the window grows, so a step is one compiled graph (`mx.compile`), replayed without Python.
+shapes and cannot be compiled; each token then pays Python and MLX's per-op cost for ~500 operations,
+while a bf16 0.6B model reads its 1.2 GB of weights in ~0.4 ms on an H100 (a step took 3.1-7 ms on
+the lent H100/H200 hosts). Here the prompt's keys and values, once prefilled by mlx-lm's cache (so the
+prompt's numbers are unchanged), go into buffers that grow in steps of `CAPACITY_STEP`, and each step
+writes its slot with a dynamic `slice_update`. Shapes change only when the buffers grow, so a step is
+one compiled graph (`mx.compile`), replayed without Python.
 
-A single row keeps mlx-lm's cache (`make_decoder`): its exact-length keys need no mask, and MLX's CUDA
-attention kernel for one query takes no array mask; with one it falls back to separate matmul and
-softmax kernels in every layer, which cost more than compiling saved (measured on an H100, bf16:
-3.2 ms/token with mlx-lm's cache, 3.9-4.1 compiled over the masked buffer). Batches need the mask
-anyway (left padding), so for them the compiled step is the faster one.
+Attention must skip the slots not written yet (and each row's left padding). On CUDA, for bf16 and fp16
+models, one kernel reads just the valid slots (`cuda_kernels.decode_attention`), and another does the
+q/k RMSNorms and RoPE; one clip then decodes 20-23% faster than through mlx-lm's cache, batches
+24-35% (H100, BENCHMARKS.md). Elsewhere the step reads the buffers up to a window that grows in steps
+of `WINDOW_STEP`, with a mask; MLX's attention kernel for one query takes no array mask and falls back
+to separate matmul and softmax kernels, which cost a single row more than compiling saves (3.2
+ms/token with mlx-lm's cache, 3.9-4.3 over the masked buffer, on an H100), so there a single row keeps
+mlx-lm's cache (`make_decoder`) and only batches, which need a mask anyway, take this step.
 """
 
 from __future__ import annotations

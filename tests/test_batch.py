@@ -273,3 +273,35 @@ def test_fused_projections_give_the_same_tokens(tiny_f32, ten_files, monkeypatch
             layer.mlp.up_proj.weight = -layer.mlp.up_proj.weight
     assert tokens(fused) == tokens(apart)
     assert tokens(fused) != tokens(load(tiny_f32)[0])
+
+
+@pytest.mark.parametrize("compiled", ["0", "1"])
+@pytest.mark.parametrize("fused", ["1", "0"])
+def test_one_row_through_the_static_step_decodes_as_mlx_lm(tiny_f32, ten_files, monkeypatch, compiled, fused):
+    """On CUDA a single clip decodes through the step over preallocated buffers (decode_step.StaticDecoder,
+    its forward written out) instead of mlx-lm's model and cache. Here, with MLX's ops in place of the
+    CUDA kernels: the same tokens, compiled or not, projections fused or not, across a buffer's growth."""
+    import importlib
+
+    from funasr_nano_mlx import load
+    from funasr_nano_mlx.decode_step import CAPACITY_STEP, StaticDecoder
+
+    transcribe_module = importlib.import_module(
+        "funasr_nano_mlx.transcribe"
+    )  # the package exports a function of that name
+
+    monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
+    monkeypatch.setenv("FUNASR_NANO_FUSE", fused)
+    model, tokenizer = load(tiny_f32)
+    embeddings = transcribe_module.prompt_inputs(
+        model, tokenizer, model.encode(mx.array(features(ten_files[0]))[None])[0]
+    )[1]
+    budget = CAPACITY_STEP + 20 - embeddings.shape[0]  # the buffers grow once on the way
+
+    def tokens() -> list[int]:
+        return transcribe_module.greedy_batch(model.llm, [embeddings], [budget], [], stop_loops=False)[0].token_ids
+
+    with_cache = tokens()
+    monkeypatch.setattr(transcribe_module, "make_decoder", StaticDecoder)
+    assert tokens() == with_cache
+    assert len(with_cache) == budget
