@@ -112,14 +112,14 @@ class StaticDecoder:
 
     def __init__(self, llm, prefilled: list, left_padding: list[int]):
         self.run = _compiled_step(llm) if use_compile() else partial(_greedy_step, llm)
-        self.keys, self.values = [], []
-        for cache in prefilled:
-            # BatchKVCache counts its filled slots in _idx (its offsets are per row), KVCache in offset.
-            filled = cache._idx if isinstance(cache, BatchKVCache) else cache.offset
-            self.keys.append(cache.keys[..., :filled, :])
-            self.values.append(cache.values[..., :filled, :])
-        self.index = filled  # the next slot to write (host copy, for the window and the capacity)
-        self.capacity = filled
+        # mlx-lm's own buffers, adopted rather than copied: it allocates them in steps of 256 slots
+        # (mlx_lm/models/cache.py, KVCache.update_and_fetch), zeros past the filled ones, which attention
+        # never reads. BatchKVCache counts its filled slots in _idx (its offsets are per row), KVCache in offset.
+        self.keys = [cache.keys for cache in prefilled]
+        self.values = [cache.values for cache in prefilled]
+        first = prefilled[0]
+        self.index = first._idx if isinstance(first, BatchKVCache) else first.offset  # the next slot to write
+        self.capacity = self.keys[0].shape[2]
         self.slot = mx.array([self.index], mx.int32)
         self.left_padding = mx.array(left_padding, mx.int32)
         self.offsets = self.index - self.left_padding
