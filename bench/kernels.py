@@ -9,10 +9,15 @@ One JSON line per measurement (warm medians, ms):
   cadence of earlier builds) and as one graph, whether the three give identical numbers, and how long
   the host takes to build and submit each (submit_ms) against the whole pass (an FSMN block written as
   shifted sums was measured here and rejected: BENCHMARKS.md);
-- greedy decoding, one clip: LLM projections fused (q/k/v and gate/up in one matmul each) or not,
-  ms/token, the host's share of a step (building the graph and submitting it), and whether the
-  tokens are identical;
-- batched decoding (8 and 32 rows, compiled step): fused or not, ms/step.
+- on CUDA, each decode kernel of `funasr_nano_mlx.cuda_kernels` against the MLX ops it replaces, on
+  random inputs at the model's shapes (largest difference, share bit-identical; attention also against
+  MLX's own one-query kernel on exact slots and a float64 reference);
+- greedy decoding, one clip, under each of DECODE_VARIANTS (mlx-lm's cache, the compiled step with
+  masked MLX attention, with the attention kernel, with both kernels), interleaved over rounds so that
+  a host's drift hits all alike: ms/token, the host's share of a step (building the graph and
+  submitting it), and agreement with mlx-lm's tokens, free-running and teacher-forced, with mlx-lm's
+  top-2 logit gap at the steps that differ;
+- batched decoding (8 and 32 left-padded rows, compiled step): kernels off and on, the same.
 
 `--quick` measures the first two only (for process-wide settings such as MLX_MAX_OPS_PER_BUFFER or
 MLX_USE_CUDA_GRAPHS, which MLX reads once, so each value needs its own process).

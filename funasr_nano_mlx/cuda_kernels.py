@@ -9,8 +9,9 @@ separate matmul and softmax kernels. Each function here computes what its `*_ops
 same float32 steps and the same roundings to the model's dtype, so that the two agree to float32 rounding
 order (measured in bench/kernels.py; BENCHMARKS.md).
 
-Used only where `enabled(dtype)`: the default device is a CUDA GPU, the activations are bf16 or fp16 (a
-float32 model stays the exact path, op for op as on the CPU) and FUNASR_NANO_KERNELS is not 0. Metal has
+Used only where `enabled(dtype)`: the default device is a CUDA GPU, the activations are bf16 (the dtype
+they were verified in; a float32 model stays the exact path, op for op as on the CPU) and
+FUNASR_NANO_KERNELS is not 0. Metal has
 no twin of these kernels yet (no Mac to verify one on), so Apple silicon runs the ops.
 """
 
@@ -163,7 +164,7 @@ _QK_NORM_ROPE = """
 
 def enabled(dtype: mx.Dtype) -> bool:
     """Whether the decode step uses these kernels for activations of this dtype (see the module's docstring)."""
-    if os.environ.get("FUNASR_NANO_KERNELS", "1") in ("", "0") or dtype not in (mx.bfloat16, mx.float16):
+    if os.environ.get("FUNASR_NANO_KERNELS", "1") in ("", "0") or dtype != mx.bfloat16:
         return False
     return mx.default_device().type == mx.DeviceType.gpu and mx.cuda.is_available()
 

@@ -8,7 +8,7 @@ prompt's numbers are unchanged), go into buffers that grow in steps of `CAPACITY
 writes its slot with a dynamic `slice_update`. Shapes change only when the buffers grow, so a step is
 one compiled graph (`mx.compile`), replayed without Python.
 
-Attention must skip the slots not written yet (and each row's left padding). On CUDA, for bf16 and fp16
+Attention must skip the slots not written yet (and each row's left padding). On CUDA, for bf16
 models, one kernel reads just the valid slots (`cuda_kernels.decode_attention`), and another does the
 q/k RMSNorms and RoPE; one clip then decodes 20-23% faster than through mlx-lm's cache, batches
 24-35% (H100, BENCHMARKS.md). Elsewhere the step reads the buffers up to a window that grows in steps
