@@ -138,8 +138,9 @@ DECODE_VARIANTS = {
 }
 
 
-def prefilled(llm, rows: list[mx.array]):
-    """The prompt cache after the prefill and the first tokens, as greedy_batch makes them."""
+def prefilled(llm, rows: list[mx.array], wait: bool = True):
+    """The prompt cache after the prefill and the first tokens, as greedy_batch makes them (computed, or
+    with `wait=False` still lazy)."""
     from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
     longest = max(row.shape[0] for row in rows)
@@ -148,7 +149,8 @@ def prefilled(llm, rows: list[mx.array]):
     x = mx.stack([mx.pad(row, [(pad, 0), (0, 0)]) for row, pad in zip(rows, padding)])
     hidden = llm.model(mx.zeros(x.shape[:2], mx.int32), cache=cache, input_embeddings=x)
     tokens = mx.argmax(llm.model.embed_tokens.as_linear(hidden[:, -1]), axis=-1)
-    mx.eval(tokens)
+    if wait:
+        mx.eval(tokens)
     return cache, padding, tokens
 
 
@@ -188,39 +190,44 @@ def reference_margins(llm, rows: list[mx.array], reference: list[list[int]]) -> 
     return np.array(gaps)
 
 
-def run_greedy(llm, variant: str, rows: list[mx.array], tokens: int) -> tuple[list[list[int]], float]:
-    """Free-running greedy tokens per row and ms per step after the first token, with the loop of
-    transcribe.greedy_batch (the next step queued before the current tokens are read), for a decoder of
-    this variant."""
-    cache, padding, token = prefilled(llm, rows)
+def run_greedy(llm, variant: str, rows: list[mx.array], tokens: int) -> tuple[list[list[int]], float, float]:
+    """Free-running greedy tokens per row, ms from the prefill's start to the first tokens (as
+    transcribe.greedy_batch times its prefill: the decoder made and its first step queued on the way),
+    and ms per step after that; the loop of greedy_batch (the next step queued before the current
+    tokens are read), with a decoder of this variant."""
+    start = time.perf_counter()
+    cache, padding, token = prefilled(llm, rows, wait=False)
     decoder = decoder_for(llm, variant, cache, padding)
     ids = [[] for _ in rows]
-    start = time.perf_counter()
-    for _ in range(tokens):
+    for step in range(tokens):
         next_token = decoder.step(token)
         mx.async_eval(next_token)
         for row, value in zip(ids, token.tolist()):
             row.append(value)
+        if step == 0:
+            first, start = time.perf_counter() - start, time.perf_counter()
         token = next_token
-    return ids, 1e3 * (time.perf_counter() - start) / tokens
+    return ids, 1e3 * first, 1e3 * (time.perf_counter() - start) / (tokens - 1)
 
 
 def decode_variants(model, rows: list[mx.array], tokens: int, label: str, variants: dict, rounds: int = 5) -> None:
     """Each variant in turn, `rounds` times (the first a warm-up that traces), so that a host's drift hits
     all alike: median ms per step, the host's share (one row), and agreement with the first variant,
     free-running and teacher-forced."""
-    llm, traced, times, reference = model.llm, {}, {name: [] for name in variants}, None
+    llm, traced, reference = model.llm, {}, None
+    times, firsts = {name: [] for name in variants}, {name: [] for name in variants}
     for round_ in range(rounds):
         for name, (on, parts) in variants.items():
             with decode_kernels(llm, on, parts, traced, name):
-                ids, ms = run_greedy(llm, name, rows, tokens)
+                ids, first_ms, ms = run_greedy(llm, name, rows, tokens)
             if round_ > 0:
                 times[name].append(ms)
+                firsts[name].append(first_ms)
             reference = ids if reference is None else reference
     gaps = reference_margins(llm, rows, reference)  # through mlx-lm's caches, whatever the first variant
     for name, (on, parts) in variants.items():
         with decode_kernels(llm, on, parts, traced, name):
-            ids, _ = run_greedy(llm, name, rows, tokens)
+            ids, _, _ = run_greedy(llm, name, rows, tokens)
             free = sum(a == b for ref, row in zip(reference, ids) for a, b in zip(ref, row))
             agree = np.array(teacher_forced(llm, name, rows, reference))
             report(
@@ -229,6 +236,7 @@ def decode_variants(model, rows: list[mx.array], tokens: int, label: str, varian
                 variant=name,
                 ms_per_step=statistics.median(times[name]),
                 runs=times[name],
+                prefill_to_first_tokens_ms=statistics.median(firsts[name]),
                 same_tokens_free=free,
                 of_free=sum(len(ref) for ref in reference),
                 same_next_token_forced=int(agree.sum()),
