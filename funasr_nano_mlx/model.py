@@ -41,7 +41,7 @@ CTC_VOCAB_SIZE = 60515  # [F] fun_asr_nano/model.py:174; the blank is the last i
 LM_HEAD, EMBEDDINGS = "llm.lm_head.weight", "llm.model.embed_tokens.weight"
 
 
-def _from_dict(cls, params: dict, aliases: dict[str, str] | None = None):
+def dataclass_from_dict(cls, params: dict, aliases: dict[str, str] | None = None):
     """Lenient dataclass construction: upstream spellings via `aliases`, unknown keys ignored."""
     params = dict(params)
     for upstream, ours in (aliases or {}).items():
@@ -65,7 +65,7 @@ class EncoderArgs:
 
     @classmethod
     def from_dict(cls, params: dict) -> "EncoderArgs":
-        return _from_dict(cls, params, {"sanm_shfit": "sanm_shift"})  # upstream typo
+        return dataclass_from_dict(cls, params, {"sanm_shfit": "sanm_shift"})  # upstream typo
 
 
 @dataclass
@@ -82,7 +82,7 @@ class AdaptorArgs:
 
     @classmethod
     def from_dict(cls, params: dict) -> "AdaptorArgs":
-        return _from_dict(cls, params)
+        return dataclass_from_dict(cls, params)
 
 
 @dataclass
@@ -100,7 +100,7 @@ class FrontendArgs:
 
     @classmethod
     def from_dict(cls, params: dict) -> "FrontendArgs":
-        return _from_dict(cls, params)
+        return dataclass_from_dict(cls, params)
 
 
 @dataclass
@@ -121,7 +121,7 @@ class ModelArgs:
 
     @classmethod
     def from_dict(cls, params: dict) -> "ModelArgs":
-        args = _from_dict(cls, params)
+        args = dataclass_from_dict(cls, params)
         args.frontend_conf = FrontendArgs.from_dict(params.get("frontend_conf", {}))
         args.audio_encoder_conf = EncoderArgs.from_dict(params.get("audio_encoder_conf", {}))
         args.audio_adaptor_conf = AdaptorArgs.from_dict(params.get("audio_adaptor_conf", {}))

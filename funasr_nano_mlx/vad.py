@@ -35,7 +35,7 @@ from .audio import FRAME_LENGTH, FRAME_SHIFT, SAMPLE_RATE, fbank
 from .errors import UserError
 from .files import read_json_object
 from .hub import CONFIG_FILE, model_dir
-from .model import _from_dict
+from .model import dataclass_from_dict
 
 MODEL_TYPE = "fsmn_vad"
 WEIGHTS = "model.safetensors"
@@ -95,7 +95,7 @@ class FsmnArgs:
 
     @classmethod
     def from_dict(cls, params: dict) -> FsmnArgs:
-        return _from_dict(cls, params)
+        return dataclass_from_dict(cls, params)
 
     @property
     def context(self) -> int:
@@ -131,7 +131,7 @@ class VadOptions:
 
     @classmethod
     def from_dict(cls, params: dict) -> VadOptions:
-        return _from_dict(cls, params)
+        return dataclass_from_dict(cls, params)
 
 
 def unsupported_settings(config: dict) -> list[str]:
