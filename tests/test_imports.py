@@ -11,8 +11,19 @@ PACKAGE = Path(__file__).resolve().parent.parent / "funasr_nano_mlx"
 # Lowest first. A module may import modules of its own layer or of a lower one, never of a higher one.
 LAYERS = [
     # facts and helpers that know nothing of the rest: no stage, no model
-    {"errors", "decoding", "packaged", "subtitles", "files", "hub", "languages", "strict_yaml", "model", "ctc"}
-    | {"cuda_kernels"},
+    {
+        "errors",
+        "decoding",
+        "packaged",
+        "subtitles",
+        "files",
+        "hub",
+        "languages",
+        "strict_yaml",
+        "model",
+        "ctc",
+        "cuda_kernels",
+    },
     {"modeldir", "audio", "normalize", "scoring", "recipe", "evalsets", "segment"},
     # inference
     {"vad", "transcribe", "decode_step", "scheduler", "align"},
