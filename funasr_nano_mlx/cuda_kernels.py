@@ -1,5 +1,6 @@
 """Two CUDA kernels for the greedy decode step, each replacing several MLX kernels, with the MLX ops they
-replace as the path everywhere else.
+replace (`*_ops`; for `decode_attention`, the masked attention of decode_step._StepCache) as the path
+everywhere else.
 
 Why by hand: a decode step of Qwen3-0.6B is bound by the host, not the GPU. MLX spends a few microseconds
 of CPU per kernel it submits, and a step was about 500 kernels (3.1 ms on an H100, while the weights take
@@ -46,7 +47,8 @@ __device__ inline void load_floats(const T* p, float (&out)[E]) {
 # One block of 8 warps per (row, query head). Each warp walks every 8th key of the row's valid slots
 # [first[row], last[0]] with an online softmax (running maximum, sum and weighted values, in float32);
 # the 8 partial results are then merged. Keys past `last` (not written yet) and before `first` (left
-# padding) are never read, which is the mask. Queries are scaled before the product, as MLX's kernel does.
+# padding) are never read, which is the mask; the slot being written is always valid, so no row is empty.
+# Queries are scaled before the product, as MLX's kernel does.
 _ATTENTION = """
   constexpr int E = D / 32;
   constexpr int WARPS = 8;
@@ -120,7 +122,9 @@ _ATTENTION = """
 # weight, then RoPE at the row's position (non-traditional: element i pairs with i + D/2). Lane l holds
 # elements l, l + 32, ... The roundings are those of MLX's rms_norm and rope kernels
 # (mlx/backend/cuda/rms_norm.cu, rope.cu): normalized in float32, rounded to T, times the weight in T;
-# rotated in float32 and rounded to T.
+# rotated in float32 and rounded to T. Only the sum of squares is added in another order than MLX's
+# (a warp's butterfly against its block reduce), so a normalizer can differ in its last float32 bit and,
+# rarely, round one output the other way.
 _QK_NORM_ROPE = """
   constexpr int E = D / 32;
   constexpr int HEADS = HQ + HKV;
@@ -169,6 +173,12 @@ def enabled(dtype: mx.Dtype) -> bool:
     return mx.default_device().type == mx.DeviceType.gpu and mx.cuda.is_available()
 
 
+def fits(head_dim: int, q_heads: int, kv_heads: int) -> bool:
+    """Whether the kernels are written for these shapes: a warp's lanes split a head into aligned vector
+    loads of 1, 2, 4 or 8 elements (Qwen3-0.6B: 128 = 32 x 4), and query heads share key heads evenly."""
+    return head_dim in (32, 64, 128, 256) and q_heads % kv_heads == 0
+
+
 def _float_literal(value: float) -> str:
     return f"{float(value)!r}f"  # the double's repr, rounded to float by the compiler as MLX rounds a Python float
 
@@ -203,20 +213,11 @@ def decode_attention(
     )[0]
 
 
-def qk_norm_rope(
-    qkv: mx.array,
-    q_norm,
-    k_norm,
-    rope,
-    positions: mx.array,
-    q_heads: int,
-    kv_heads: int,
-) -> tuple[mx.array, mx.array]:
+def qk_norm_rope(qkv: mx.array, q_norm, k_norm, rope, positions: mx.array, q_heads: int, kv_heads: int):
     """From a fused q/k/v projection of one token per row, qkv (B, 1, (HQ + 2 HKV) D): the queries
-    (B, HQ, 1, D) and keys (B, HKV, 1, D) after their RMSNorms (`q_norm`, `k_norm`, nn.RMSNorm) and RoPE
-    (`rope`, model.UpstreamRoPE) at each row's position, positions (B,) int32."""
-    if not enabled(qkv.dtype):
-        return qk_norm_rope_ops(qkv, q_norm, k_norm, rope, positions, q_heads, kv_heads)
+    (B, HQ, 1, D) and keys (B, HKV, 1, D) after their RMSNorms (`q_norm`, `k_norm`, nn.RMSNorm, one eps)
+    and RoPE (`rope`, model.UpstreamRoPE: all D dims rotated, not traditional, no scaling) at each row's
+    position, positions (B,) int32."""
     batch, dims = qkv.shape[0], rope.dims
     kernel = _kernel(
         f"qk_norm_rope_{dims}",
@@ -227,7 +228,7 @@ def qk_norm_rope(
     warps = batch * (q_heads + kv_heads)
     return tuple(
         kernel(
-            inputs=[qkv, q_norm.weight, k_norm.weight, rope._freqs, positions],
+            inputs=[qkv, q_norm.weight, k_norm.weight, rope.periods, positions],
             template=[("T", qkv.dtype), ("D", dims), ("HQ", q_heads), ("HKV", kv_heads)],
             grid=(warps * 32, 1, 1),
             threadgroup=(256, 1, 1),
@@ -237,8 +238,9 @@ def qk_norm_rope(
     )
 
 
-def qk_norm_rope_ops(qkv, q_norm, k_norm, rope, positions, q_heads: int, kv_heads: int):
-    """`qk_norm_rope` as mlx-lm's Qwen3 attention computes it (mlx_lm/models/qwen3.py:79-90)."""
+def qk_norm_rope_ops(qkv: mx.array, q_norm, k_norm, rope, positions, q_heads: int, kv_heads: int):
+    """`qk_norm_rope` as mlx-lm's Qwen3 attention computes it (mlx_lm/models/qwen3.py:79-90), for any
+    length L: qkv (B, L, (HQ + 2 HKV) D), positions an int or (B,), returns (B, HQ, L, D), (B, HKV, L, D)."""
     batch, length, _ = qkv.shape
     queries, keys, _ = mx.split(qkv, [q_heads * rope.dims, (q_heads + kv_heads) * rope.dims], axis=-1)
     queries = q_norm(queries.reshape(batch, length, q_heads, -1)).transpose(0, 2, 1, 3)

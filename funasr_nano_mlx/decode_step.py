@@ -37,11 +37,13 @@ class _StepCache:
     """One layer's buffers during a step: this step's key and value written at `slot`, attention over the
     slots written so far (minus each row's left padding)."""
 
-    def __init__(self, keys, values, slot, offsets, left_padding, window: int):
+    def __init__(self, keys, values, slot, offsets, left_padding, window: int, kernels: bool):
         self.keys, self.values = keys, values  # (B, kv_heads, capacity, head_dim)
         self.slot = slot  # (1,) int32: where this step's key and value go; the same for every row
         self.offset = offsets  # (B,) each row's RoPE position of this step's token
-        self.left_padding, self.window = left_padding, window
+        self.left_padding = left_padding
+        self.window = window  # how far the masked attention reads (the kernel reads just the valid slots)
+        self.kernels = kernels  # whether the CUDA kernels compute this step (`kernels_fit`)
 
     def update(self, keys, values) -> None:
         self.keys = mx.slice_update(self.keys, keys, self.slot, axes=(2,))
@@ -51,7 +53,7 @@ class _StepCache:
         """(B, heads, 1, head_dim) queries over the valid slots: one kernel on CUDA; elsewhere MLX's
         attention over the buffers up to `window`, with a mask (MLX's kernel for one query takes none,
         so this falls back to separate matmul and softmax kernels)."""
-        if cuda_kernels.enabled(queries.dtype):
+        if self.kernels:
             return cuda_kernels.decode_attention(queries, self.keys, self.values, self.left_padding, self.slot, scale)
         keys, values = self.keys[..., : self.window, :], self.values[..., : self.window, :]
         slots = mx.arange(self.window)[None]
@@ -59,17 +61,24 @@ class _StepCache:
         return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=valid[:, None, None, :])
 
 
+def kernels_fit(llm, dtype: mx.Dtype) -> bool:
+    """Whether the CUDA kernels compute the steps of this LLM with activations of this dtype."""
+    attention = llm.layers[0].self_attn
+    same_eps = attention.q_norm.eps == attention.k_norm.eps  # the q/k kernel takes one
+    shapes = cuda_kernels.fits(attention.rope.dims, attention.n_heads, attention.n_kv_heads)
+    return cuda_kernels.enabled(dtype) and same_eps and shapes
+
+
 def _attention(attention, x: mx.array, cache: _StepCache) -> mx.array:
     """mlx-lm's Qwen3 attention (mlx_lm/models/qwen3.py:70-100) for one token per row over `cache`."""
-    batch, q_heads, kv_heads = x.shape[0], attention.n_heads, attention.n_kv_heads
     qkv = attention.qkv(x)
-    queries, keys = cuda_kernels.qk_norm_rope(
-        qkv, attention.q_norm, attention.k_norm, attention.rope, cache.offset, q_heads, kv_heads
+    norm_rope = cuda_kernels.qk_norm_rope if cache.kernels else cuda_kernels.qk_norm_rope_ops
+    queries, keys = norm_rope(
+        qkv, attention.q_norm, attention.k_norm, attention.rope, cache.offset, attention.n_heads, attention.n_kv_heads
     )
-    values = qkv[..., (q_heads + kv_heads) * attention.rope.dims :]
-    cache.update(keys, values.reshape(batch, 1, kv_heads, -1).transpose(0, 2, 1, 3))
+    cache.update(keys, attention.values(qkv))
     output = cache.attend(queries, attention.scale)
-    return attention.o_proj(output.transpose(0, 2, 1, 3).reshape(batch, 1, -1))
+    return attention.o_proj(output.transpose(0, 2, 1, 3).reshape(x.shape[0], 1, -1))
 
 
 def _step_logits(llm, tokens: mx.array, caches: list[_StepCache]) -> mx.array:
@@ -83,9 +92,10 @@ def _step_logits(llm, tokens: mx.array, caches: list[_StepCache]) -> mx.array:
     return head(model.norm(hidden))[:, -1]
 
 
-def _greedy_step(llm, tokens, keys, values, slot, offsets, left_padding, window: int):
-    """One token per row: (B,) tokens in, (B,) argmax tokens out, and the buffers with this step written."""
-    caches = [_StepCache(k, v, slot, offsets, left_padding, window) for k, v in zip(keys, values)]
+def _greedy_step(llm, tokens, keys, values, slot, offsets, left_padding, window: int, kernels: bool):
+    """One token per row: (B,) tokens in, (B,) argmax tokens out, and the buffers with this step written.
+    `window` and `kernels` are constants of the trace (a new value traces again)."""
+    caches = [_StepCache(k, v, slot, offsets, left_padding, window, kernels) for k, v in zip(keys, values)]
     logits = _step_logits(llm, tokens, caches)
     keys, values = [c.keys for c in caches], [c.values for c in caches]
     return mx.argmax(logits, axis=-1), keys, values, slot + 1, offsets + 1
@@ -112,14 +122,17 @@ class StaticDecoder:
 
     def __init__(self, llm, prefilled: list, left_padding: list[int]):
         self.run = _compiled_step(llm) if use_compile() else partial(_greedy_step, llm)
-        # mlx-lm's own buffers, adopted rather than copied: it allocates them in steps of 256 slots
-        # (mlx_lm/models/cache.py, KVCache.update_and_fetch), zeros past the filled ones, which attention
-        # never reads. BatchKVCache counts its filled slots in _idx (its offsets are per row), KVCache in offset.
+        # mlx-lm's own buffers, taken over: it allocates them in steps of 256 slots (mlx_lm/models/cache.py,
+        # KVCache.update_and_fetch), zeros past the filled ones, which attention never reads. The first
+        # step's update still copies each (the prefill reads it too); later updates write in place, once
+        # the caller has dropped the caches (transcribe.greedy_batch does). BatchKVCache counts its filled
+        # slots in _idx (its offsets are per row), KVCache in offset.
         self.keys = [cache.keys for cache in prefilled]
         self.values = [cache.values for cache in prefilled]
         first = prefilled[0]
         self.index = first._idx if isinstance(first, BatchKVCache) else first.offset  # the next slot to write
         self.capacity = self.keys[0].shape[2]
+        self.kernels = kernels_fit(llm, self.keys[0].dtype)
         self.slot = mx.array([self.index], mx.int32)
         self.left_padding = mx.array(left_padding, mx.int32)
         self.offsets = self.index - self.left_padding
@@ -138,9 +151,9 @@ class StaticDecoder:
         if self.index >= self.capacity:
             self._grow()
         window = min(self.capacity, -(-(self.index + 1) // WINDOW_STEP) * WINDOW_STEP)
-        if cuda_kernels.enabled(self.keys[0].dtype):
-            window = self.capacity  # the kernel reads only the valid slots: shapes change only as buffers grow
-        args = (tokens, self.keys, self.values, self.slot, self.offsets, self.left_padding, window)
+        if self.kernels:
+            window = self.capacity  # unused by the kernel: one trace per capacity, not per window
+        args = (tokens, self.keys, self.values, self.slot, self.offsets, self.left_padding, window, self.kernels)
         out = self.run(*args)
         # Rebinding drops the last references to the old buffers, so the update can reuse them.
         next_tokens, self.keys, self.values, self.slot, self.offsets = out
@@ -167,6 +180,6 @@ class CacheDecoder:
 def make_decoder(llm, prefilled: list, left_padding: list[int]):
     """The faster decoder for this batch: `StaticDecoder`, except for one row where the CUDA kernels are
     off (its masked attention then costs more than compiling saves: see the module's docstring)."""
-    if len(left_padding) == 1 and not cuda_kernels.enabled(prefilled[0].keys.dtype):
+    if len(left_padding) == 1 and not (use_compile() and kernels_fit(llm, prefilled[0].keys.dtype)):
         return CacheDecoder(llm, prefilled)
     return StaticDecoder(llm, prefilled, left_padding)

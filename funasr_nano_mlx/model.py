@@ -18,6 +18,8 @@ import mlx.nn as nn
 from mlx_lm.models import qwen3
 from mlx_lm.models.activations import swiglu
 
+from .cuda_kernels import qk_norm_rope_ops
+
 ENCODER_LN_EPS = 1e-5  # SenseVoice LayerNorm default, [F] models/sense_voice/model.py:300
 ADAPTOR_LN_EPS = 1e-12  # funasr transformer LayerNorm, [F] models/transformer/layer_norm.py:24
 PE_MAX_TIMESCALE = 10000.0
@@ -449,6 +451,10 @@ class UpstreamRoPE(nn.Module):
         inv_freq = (1.0 / mx.power(mx.array(base, mx.float32), exponents)).astype(self.ROUNDING[llm_dtype])
         self._freqs = 1.0 / inv_freq.astype(mx.float32)  # mx.fast.rope takes periods, not inverses
 
+    @property
+    def periods(self) -> mx.array:
+        return self._freqs  # underscored, so that MLX does not count it among the parameters
+
     def __call__(self, x: mx.array, offset: int | mx.array = 0) -> mx.array:
         return mx.fast.rope(x, self.dims, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._freqs)
 
@@ -540,24 +546,27 @@ class Qwen3Attention(qwen3.Attention):
             return fused.linear(x)
         return mx.concatenate([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=-1)
 
+    def values(self, qkv: mx.array) -> mx.array:
+        """The v part of `qkv` (B, L, ...) as (B, kv_heads, L, head_dim)."""
+        batch, length, _ = qkv.shape
+        values = qkv[..., (self.n_heads + self.n_kv_heads) * self.rope.dims :]
+        return values.reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+
     def __call__(self, x: mx.array, mask: mx.array | None = None, cache=None) -> mx.array:
-        qkv = _fused(self, "_qkv")
-        if qkv is None:
+        if _fused(self, "_qkv") is None:
             return super().__call__(x, mask, cache)
-        # The rest as mlx_lm/models/qwen3.py:76-100 (mlx-lm 0.32.2), from the fused projection's split.
-        B, L, _ = x.shape
-        queries, keys, values = qkv(x)
-        queries = self.q_norm(queries.reshape(B, L, self.n_heads, -1)).transpose(0, 2, 1, 3)
-        keys = self.k_norm(keys.reshape(B, L, self.n_kv_heads, -1)).transpose(0, 2, 1, 3)
-        values = values.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        # As mlx_lm/models/qwen3.py:76-100 (mlx-lm 0.32.2), from the fused projection.
+        batch, length, _ = x.shape
+        qkv = self.qkv(x)
+        offset = 0 if cache is None else cache.offset
+        queries, keys = qk_norm_rope_ops(
+            qkv, self.q_norm, self.k_norm, self.rope, offset, self.n_heads, self.n_kv_heads
+        )
+        values = self.values(qkv)
         if cache is not None:
-            queries = self.rope(queries, offset=cache.offset)
-            keys = self.rope(keys, offset=cache.offset)
             keys, values = cache.update_and_fetch(keys, values)
-        else:
-            queries, keys = self.rope(queries), self.rope(keys)
         output = qwen3.scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)
-        return self.o_proj(output.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        return self.o_proj(output.transpose(0, 2, 1, 3).reshape(batch, length, -1))
 
 
 class Qwen3MLP(qwen3.MLP):

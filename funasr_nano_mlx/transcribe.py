@@ -252,10 +252,11 @@ def greedy_batch(
     Written here rather than with mlx-lm's BatchGenerator, which takes token prompts, not embeddings.
     Rows are left-padded and use mlx-lm's BatchKVCache (per-row positions from 0, padding masked), as
     upstream's batched path does; a single row uses a plain KV cache, without masks. The whole prompt
-    is prefilled in one pass and only the last position goes through the 151936-wide head. For several
-    rows, the steps after it run compiled over a preallocated cache (decode_step.StaticDecoder); a
-    finished row then stays in the batch (its tokens are ignored) until at most half the rows are left,
-    so that the batch changes shape, and the step is traced again, only a few times. The next step is
+    is prefilled in one pass and only the last position goes through the 151936-wide head. The steps
+    after it run as decode_step.make_decoder chooses: compiled over preallocated buffers for several
+    rows, and for one row where the CUDA kernels are on, else through mlx-lm's cache. A finished row
+    stays in the batch (its tokens are ignored) until at most half the rows are left, so that the batch
+    changes shape, and the step is traced again, only a few times. The next step is
     queued before the current tokens are read, so the device is never idle waiting for Python (the
     overlap mlx-lm's generate_step has).
     """
@@ -269,6 +270,7 @@ def greedy_batch(
     head = llm.model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
     tokens = mx.argmax(head(hidden)[:, -1], axis=-1)
     decoder = make_decoder(llm, cache, padding)
+    del cache  # the decoder holds what it needs: buffers it replaces are freed, not kept to the end
     rows, results = list(range(len(embeddings))), [Decoded(budget) for budget in budgets]
     done = [False] * len(rows)
     stop_ids, steps = set(stop_ids), 0
