@@ -19,7 +19,7 @@ One JSON line per measurement (warm medians, ms):
   top-2 logit gap at the steps that differ;
 - batched decoding (8 and 32 left-padded rows, compiled step): kernels off and on, the same.
 
-`--quick` measures the first two only (for process-wide settings such as MLX_MAX_OPS_PER_BUFFER or
+`--quick` leaves out the batches (for process-wide settings such as MLX_MAX_OPS_PER_BUFFER or
 MLX_USE_CUDA_GRAPHS, which MLX reads once, so each value needs its own process).
 """
 
@@ -112,6 +112,7 @@ def decode_kernels(llm, on: bool, parts: tuple[str, ...] = KERNELS, traced: dict
     `traced` keeps each variant's compiled step (under `name`), so that variants can be interleaved."""
     traced = {} if traced is None else traced
     saved = {kernel: getattr(cuda_kernels, kernel) for kernel in KERNELS}
+    setting = os.environ.get("FUNASR_NANO_KERNELS")
     os.environ["FUNASR_NANO_KERNELS"] = "1" if on else "0"
     for kernel in KERNELS:
         if kernel not in parts:
@@ -126,7 +127,14 @@ def decode_kernels(llm, on: bool, parts: tuple[str, ...] = KERNELS, traced: dict
             traced[name] = llm.__dict__.pop("_greedy_step")
         for kernel, function in saved.items():
             setattr(cuda_kernels, kernel, function)
+        restore_setting(setting)
+
+
+def restore_setting(setting: str | None) -> None:
+    if setting is None:
         os.environ.pop("FUNASR_NANO_KERNELS", None)
+    else:
+        os.environ["FUNASR_NANO_KERNELS"] = setting
 
 
 # Cumulative: the compiled step over preallocated buffers needs the attention kernel; the others add to it.
@@ -250,7 +258,8 @@ def decode_variants(model, rows: list[mx.array], tokens: int, label: str, varian
 
 
 def host_share(model, embeddings, tokens: int, label: str, variant: str) -> None:
-    """Per step: building the graph in Python, submitting it (MLX encodes the kernels), the whole step."""
+    """Per synchronous step: building the graph (Python, or replaying the compiled trace), submitting it
+    (MLX encodes the kernels), the whole step."""
     llm = model.llm
     cache, padding, token = prefilled(llm, [embeddings])
     decoder = decoder_for(llm, variant, cache, padding)
@@ -373,6 +382,12 @@ def main() -> None:
     embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
     if cuda_kernels.enabled(embeddings.dtype):
         kernel_agreement(model, args.label)
+    else:
+        report(
+            stage="kernel vs ops",
+            label=args.label,
+            skipped="the CUDA kernels are off here (not a CUDA GPU, or not bf16)",
+        )
     decode_variants(model, [embeddings], args.tokens, args.label, DECODE_VARIANTS)
     if not args.quick:
         decode_batched(model, embeddings, args.tokens, args.label)
