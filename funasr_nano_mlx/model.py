@@ -25,8 +25,9 @@ ADAPTOR_LN_EPS = 1e-12  # funasr transformer LayerNorm, [F] models/transformer/l
 PE_MAX_TIMESCALE = 10000.0
 # How much of the encoder one evaluation may submit, as `sanm_layer_bytes` estimates it (see there and
 # SenseVoiceEncoder.run_layers). The fixed 10 layers of earlier builds came to 1.96 GiB by that estimate
-# for 32 x 30 s (500 LFR frames), and that batch-32 run peaked at 9.06 GB; with this budget no slice of
-# any batch is larger (32 x 30 s: 6 layers; 16 x 30 s: 12, was 10). 1.25 is the smallest round value that
+# for 32 x 30 s (500 LFR frames), and that batch-32 run peaked at 9.06 GB; with this budget a slice is no
+# larger than that (32 x 30 s: 6 layers; 16 x 30 s: 12, was 10), except where one layer alone is over
+# the budget (32 x 300 s: one layer a slice, as small as slices go). 1.25 is the smallest round value that
 # keeps one clip one graph up to 68 s: 70 layers of 60 s (1000 frames) come to 1.04 GiB, of 10 s to 0.12.
 ENCODER_EVAL_BUDGET = 5 * 2**28  # 1.25 GiB
 # Of the arrays a SAN-M layer creates (as `sanm_layer_bytes` counts them), the fraction alive at once
