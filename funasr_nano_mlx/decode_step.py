@@ -8,14 +8,14 @@ prompt's numbers are unchanged), go into buffers that grow in steps of `CAPACITY
 writes its slot with a dynamic `slice_update`. Shapes change only when the buffers grow, so a step is
 one compiled graph (`mx.compile`), replayed without Python.
 
-Attention must skip the slots not written yet (and each row's left padding). On CUDA, for bf16
-models, one kernel reads just the valid slots (`cuda_kernels.decode_attention`), and another does the
-q/k RMSNorms and RoPE; one clip then decodes 20-23% faster than through mlx-lm's cache, batches
-24-35% (H100, BENCHMARKS.md). Elsewhere the step reads the buffers up to a window that grows in steps
-of `WINDOW_STEP`, with a mask; MLX's attention kernel for one query takes no array mask and falls back
-to separate matmul and softmax kernels, which cost a single row more than compiling saves (3.2
-ms/token with mlx-lm's cache, 3.9-4.3 over the masked buffer, on an H100), so there a single row keeps
-mlx-lm's cache (`make_decoder`) and only batches, which need a mask anyway, take this step.
+Attention must skip the slots not written yet (and each row's left padding). Where the CUDA kernels
+fit (`kernels_fit`: a CUDA GPU, bf16 activations), one kernel reads just the valid slots
+(`cuda_kernels.decode_attention`) and another does the q/k RMSNorms and RoPE, and a single clip takes
+this step too: faster than mlx-lm's cache, for one clip and for batches (BENCHMARKS.md). Elsewhere the
+step reads the buffers up to a window that grows in steps of `WINDOW_STEP`, with a mask; MLX's
+attention kernel for one query takes no array mask and falls back to separate matmul and softmax
+kernels, which cost a single row more than compiling saves, so there one row keeps mlx-lm's cache
+(`make_decoder`) and only batches, which need a mask anyway, take this step.
 """
 
 from __future__ import annotations
