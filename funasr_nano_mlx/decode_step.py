@@ -76,7 +76,7 @@ def _attention(attention, x: mx.array, cache: _StepCache) -> mx.array:
     queries, keys = norm_rope(
         qkv, attention.q_norm, attention.k_norm, attention.rope, cache.offset, attention.n_heads, attention.n_kv_heads
     )
-    cache.update(keys, attention.values(qkv))
+    cache.update(keys, attention.value_heads(qkv))
     output = cache.attend(queries, attention.scale)
     return attention.o_proj(output.transpose(0, 2, 1, 3).reshape(x.shape[0], 1, -1))
 

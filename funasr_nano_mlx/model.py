@@ -547,8 +547,9 @@ class Qwen3Attention(qwen3.Attention):
             return fused.linear(x)
         return mx.concatenate([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=-1)
 
-    def values(self, qkv: mx.array) -> mx.array:
-        """The v part of `qkv` (B, L, ...) as (B, kv_heads, L, head_dim)."""
+    def value_heads(self, qkv: mx.array) -> mx.array:
+        """The v part of `qkv` (B, L, ...) as (B, kv_heads, L, head_dim). (Not `values`: a Module is a dict,
+        and MLX's tree utilities call its dict methods.)"""
         batch, length, _ = qkv.shape
         values = qkv[..., (self.n_heads + self.n_kv_heads) * self.rope.dims :]
         return values.reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
@@ -563,7 +564,7 @@ class Qwen3Attention(qwen3.Attention):
         queries, keys = qk_norm_rope_ops(
             qkv, self.q_norm, self.k_norm, self.rope, offset, self.n_heads, self.n_kv_heads
         )
-        values = self.values(qkv)
+        values = self.value_heads(qkv)
         if cache is not None:
             keys, values = cache.update_and_fetch(keys, values)
         output = qwen3.scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)
