@@ -305,3 +305,23 @@ def test_one_row_through_the_static_step_decodes_as_mlx_lm(tiny_f32, ten_files, 
     monkeypatch.setattr(transcribe_module, "make_decoder", StaticDecoder)
     assert tokens() == with_cache
     assert len(with_cache) == budget
+
+
+def test_the_cuda_kernels_take_only_the_shapes_they_are_written_for(tiny_model, monkeypatch):
+    """The decode kernels split a head into aligned loads of 1-8 elements per lane and share key heads
+    evenly among query heads; any other model keeps MLX's ops (the tiny model: heads of 16), as does a
+    model whose q and k norms differ in eps (the q/k kernel takes one) or whose activations are not bf16."""
+    from funasr_nano_mlx import cuda_kernels
+    from funasr_nano_mlx.decode_step import kernels_fit
+
+    assert cuda_kernels.fits(128, 16, 8)  # Qwen3-0.6B
+    assert not any(cuda_kernels.fits(*shape) for shape in [(16, 4, 2), (96, 16, 8), (512, 16, 8), (128, 16, 6)])
+    assert not cuda_kernels.enabled(mx.bfloat16)  # no CUDA GPU here
+    model, _ = tiny_model
+    monkeypatch.setattr(cuda_kernels, "enabled", lambda dtype: dtype == mx.bfloat16)
+    assert not kernels_fit(model.llm, mx.bfloat16)  # heads of 16
+    monkeypatch.setattr(cuda_kernels, "fits", lambda *shape: True)
+    assert kernels_fit(model.llm, mx.bfloat16) and not kernels_fit(model.llm, mx.float32)
+    attention = model.llm.layers[0].self_attn
+    monkeypatch.setattr(attention.k_norm, "eps", attention.q_norm.eps * 2)
+    assert not kernels_fit(model.llm, mx.bfloat16)
