@@ -42,8 +42,8 @@ from speed import synthetic_audio  # noqa: E402
 
 from funasr_nano_mlx import cuda_kernels, load, model as model_module  # noqa: E402
 from funasr_nano_mlx.audio import features  # noqa: E402
-from funasr_nano_mlx.decode_step import StaticDecoder, make_decoder  # noqa: E402
-from funasr_nano_mlx.transcribe import prompt_inputs  # noqa: E402
+from funasr_nano_mlx.decode_step import StaticDecoder, make_decoder, output_head  # noqa: E402
+from funasr_nano_mlx.transcribe import prefill, prompt_inputs  # noqa: E402
 
 
 KERNELS = ("qk_norm_rope",)  # cuda_kernels' functions that have an `_ops` twin
@@ -147,16 +147,8 @@ DECODE_VARIANTS = {
 
 
 def prefilled(llm, rows: list[mx.array], wait: bool = True):
-    """The prompt cache after the prefill and the first tokens, as greedy_batch makes them (computed, or
-    with `wait=False` still lazy)."""
-    from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
-
-    longest = max(row.shape[0] for row in rows)
-    padding = [longest - row.shape[0] for row in rows]
-    cache = make_prompt_cache(llm) if len(rows) == 1 else [BatchKVCache(padding) for _ in llm.layers]
-    x = mx.stack([mx.pad(row, [(pad, 0), (0, 0)]) for row, pad in zip(rows, padding)])
-    hidden = llm.model(mx.zeros(x.shape[:2], mx.int32), cache=cache, input_embeddings=x)
-    tokens = mx.argmax(llm.model.embed_tokens.as_linear(hidden[:, -1]), axis=-1)
+    """transcribe.prefill's caches, padding and first tokens (computed, or with `wait=False` still lazy)."""
+    cache, padding, tokens = prefill(llm, rows)
     if wait:
         mx.eval(tokens)
     return cache, padding, tokens
@@ -186,7 +178,7 @@ def reference_margins(llm, rows: list[mx.array], reference: list[list[int]]) -> 
     With random weights the logits are flat, so a step whose gap is a unit or two can flip on any
     change of rounding order."""
     cache, _, _ = prefilled(llm, rows)
-    head = llm.model.embed_tokens.as_linear
+    head = output_head(llm)
     gaps = []
     for step in range(len(reference[0]) - 1):
         tokens = mx.array([[ids[step]] for ids in reference], mx.int32)

@@ -88,8 +88,12 @@ def _step_logits(llm, tokens: mx.array, caches: list[_StepCache]) -> mx.array:
     for layer, cache in zip(model.layers, caches):
         hidden = hidden + _attention(layer.self_attn, layer.input_layernorm(hidden), cache)
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    head = model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
-    return head(model.norm(hidden))[:, -1]
+    return output_head(llm)(model.norm(hidden))[:, -1]
+
+
+def output_head(llm):
+    """The LLM's projection to the vocabulary: the embeddings, transposed, when tied (Qwen3-0.6B), else lm_head."""
+    return llm.model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
 
 
 def _greedy_step(llm, tokens, keys, values, slot, offsets, left_padding, window: int, kernels: bool):

@@ -37,7 +37,7 @@ from .audio import (
     printable,
     read_audio,
 )
-from .decode_step import make_decoder
+from .decode_step import make_decoder, output_head
 from .decoding import (
     DEFAULT_BATCH_SIZE,
     MAX_BATCH_SIZE,
@@ -235,8 +235,16 @@ class Decoded:
         return self.hit_token_limit
 
 
-def _left_padded(rows: list[mx.array], padding: list[int]) -> mx.array:
-    return mx.stack([mx.pad(row, [(pad, 0), (0, 0)]) for row, pad in zip(rows, padding)])
+def prefill(llm, embeddings: list[mx.array]) -> tuple[list, list[int], mx.array]:
+    """The prompts (each (L_i, D) input embeddings) through the LLM in one pass, left-padded: mlx-lm's
+    caches (a plain KV cache for one row, BatchKVCache for several), each row's padding, and the (B,)
+    first tokens (lazy). Only the last position goes through the 151936-wide head."""
+    longest = max(row.shape[0] for row in embeddings)
+    padding = [longest - row.shape[0] for row in embeddings]
+    cache = make_prompt_cache(llm) if len(embeddings) == 1 else [BatchKVCache(padding) for _ in llm.layers]
+    x = mx.stack([mx.pad(row, [(pad, 0), (0, 0)]) for row, pad in zip(embeddings, padding)])
+    hidden = llm.model(mx.zeros(x.shape[:2], mx.int32), cache=cache, input_embeddings=x)[:, -1:]
+    return cache, padding, mx.argmax(output_head(llm)(hidden)[:, -1], axis=-1)
 
 
 def greedy_batch(
@@ -251,8 +259,7 @@ def greedy_batch(
 
     Written here rather than with mlx-lm's BatchGenerator, which takes token prompts, not embeddings.
     Rows are left-padded and use mlx-lm's BatchKVCache (per-row positions from 0, padding masked), as
-    upstream's batched path does; a single row uses a plain KV cache, without masks. The whole prompt
-    is prefilled in one pass and only the last position goes through the 151936-wide head. The steps
+    upstream's batched path does; a single row uses a plain KV cache, without masks (`prefill`). The steps
     after it run as decode_step.make_decoder chooses: compiled over preallocated buffers for several
     rows, and for one row where the CUDA kernels are on, else through mlx-lm's cache. A finished row
     stays in the batch (its tokens are ignored) until at most half the rows are left, so that the batch
@@ -262,13 +269,7 @@ def greedy_batch(
     """
     timings = {} if timings is None else timings
     start = time.perf_counter()
-    longest = max(row.shape[0] for row in embeddings)
-    padding = [longest - row.shape[0] for row in embeddings]
-    cache = make_prompt_cache(llm) if len(embeddings) == 1 else [BatchKVCache(padding) for _ in llm.layers]
-    x = _left_padded(embeddings, padding)
-    hidden = llm.model(mx.zeros(x.shape[:2], mx.int32), cache=cache, input_embeddings=x)[:, -1:]
-    head = llm.model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
-    tokens = mx.argmax(head(hidden)[:, -1], axis=-1)
+    cache, padding, tokens = prefill(llm, embeddings)
     decoder = make_decoder(llm, cache, padding)
     del cache  # the decoder holds what it needs: buffers it replaces are freed, not kept to the end
     rows, results = list(range(len(embeddings))), [Decoded(budget) for budget in budgets]
