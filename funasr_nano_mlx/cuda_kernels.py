@@ -12,8 +12,8 @@ order (measured in bench/kernels.py; BENCHMARKS.md).
 
 Used only where `enabled(dtype)`: the default device is a CUDA GPU, the activations are bf16 (the dtype
 they were verified in; a float32 model stays the exact path, op for op as on the CPU) and
-FUNASR_NANO_KERNELS is not 0. Metal has
-no twin of these kernels yet (no Mac to verify one on), so Apple silicon runs the ops.
+FUNASR_NANO_KERNELS is not 0. Metal has no twin of these kernels yet (no Mac to verify one on), so
+Apple silicon runs the ops.
 """
 
 from __future__ import annotations
