@@ -26,7 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from funasr_nano_mlx import cuda_kernels  # noqa: E402
 from funasr_nano_mlx.model import UpstreamRoPE  # noqa: E402
 
-CUDA_TYPES = {mx.int32: "int32_t", mx.float16: "__half", mx.bfloat16: "__nv_bfloat16", mx.float32: "float"}
+CUDA_TYPES = {
+    mx.int32: "int32_t",
+    mx.uint32: "uint32_t",
+    mx.float16: "__half",
+    mx.bfloat16: "__nv_bfloat16",
+    mx.float32: "float",
+}
 
 
 def wrapped(name, header, source, input_names, inputs, output_names, output_dtypes, template) -> str:
@@ -79,6 +85,24 @@ class Recorder:
         return launch
 
 
+def project_kernels(hidden: int, intermediate: int, attention: int, dtype: mx.Dtype) -> None:
+    """The projection kernels of one decoder layer, bf16 and at 4 and 8 bits."""
+    norm = nn.RMSNorm(hidden)
+    norm.weight = norm.weight.astype(dtype)
+    row = mx.zeros((1, 1, hidden), dtype)
+    for bits in (None, 4, 8):
+        gate_up, down = nn.Linear(hidden, 2 * intermediate, bias=False), nn.Linear(intermediate, hidden, bias=False)
+        out = nn.Linear(attention, hidden, bias=False)
+        for linear in (gate_up, down, out):
+            linear.set_dtype(dtype)
+        if bits:
+            gate_up, down, out = (nn.QuantizedLinear.from_linear(m, bits=bits) for m in (gate_up, down, out))
+        cuda_kernels.norm_project(row, norm, gate_up)
+        cuda_kernels.norm_swiglu(row, norm, gate_up)
+        cuda_kernels.project_add(mx.zeros((1, 1, attention), dtype), out, row)
+        cuda_kernels.project_add(mx.zeros((1, 1, intermediate), dtype), down, row)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mlx-src", type=Path, required=True, help="an MLX source checkout")
@@ -86,6 +110,8 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--q-heads", type=int, default=16)
     parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--intermediate", type=int, default=3072)
     args = parser.parse_args()
     if not (args.mlx_src / "mlx/backend/cuda/device/utils.cuh").is_file():
         parser.error(f"{args.mlx_src} holds no mlx/backend/cuda/device/utils.cuh: not an MLX source checkout")
@@ -99,6 +125,7 @@ def main() -> None:
     norm.weight = norm.weight.astype(dtype)
     qkv = mx.zeros((batch, 1, (heads + 2 * kv_heads) * dims), dtype)
     cuda_kernels.qk_norm_rope(qkv, norm, norm, UpstreamRoPE(dims, 1e6, "bf16"), rows, heads, kv_heads)
+    project_kernels(args.hidden, args.intermediate, heads * dims, dtype)
     sys.exit(1 if recorder.failed else 0)
 
 

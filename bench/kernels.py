@@ -40,13 +40,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import synthetic_audio  # noqa: E402
 
-from funasr_nano_mlx import cuda_kernels, load, model as model_module  # noqa: E402
+from funasr_nano_mlx import cuda_kernels, decode_step, load, model as model_module  # noqa: E402
 from funasr_nano_mlx.audio import features  # noqa: E402
 from funasr_nano_mlx.decode_step import StaticDecoder, make_decoder, output_head  # noqa: E402
 from funasr_nano_mlx.transcribe import prefill, prompt_inputs  # noqa: E402
 
 
 KERNELS = ("qk_norm_rope",)  # cuda_kernels' functions that have an `_ops` twin
+PROJECTIONS = "projections"  # the projection kernels: each layer of one row in 8 kernels (decode_step.projections_fit)
 
 
 def report(**row) -> None:
@@ -112,6 +113,9 @@ def decode_kernels(llm, on: bool, parts: tuple[str, ...] = KERNELS, traced: dict
     `traced` keeps each variant's compiled step (under `name`), so that variants can be interleaved."""
     traced = {} if traced is None else traced
     saved = {kernel: getattr(cuda_kernels, kernel) for kernel in KERNELS}
+    projections_fit = decode_step.projections_fit
+    if PROJECTIONS not in parts:
+        decode_step.projections_fit = lambda *_: False
     setting = os.environ.get("FUNASR_NANO_KERNELS")
     os.environ["FUNASR_NANO_KERNELS"] = "1" if on else "0"
     for kernel in KERNELS:
@@ -127,6 +131,7 @@ def decode_kernels(llm, on: bool, parts: tuple[str, ...] = KERNELS, traced: dict
             traced[name] = llm.__dict__.pop("_greedy_step")
         for kernel, function in saved.items():
             setattr(cuda_kernels, kernel, function)
+        decode_step.projections_fit = projections_fit
         restore_setting(setting)
 
 
@@ -143,6 +148,7 @@ DECODE_VARIANTS = {
     "compiled step, kernels off (masked MLX attention)": (False, ()),
     "compiled step, attention kernel": (True, ()),
     "compiled step, attention and q/k norm + RoPE kernels": (True, KERNELS),
+    "compiled step, all kernels (projections too)": (True, (*KERNELS, PROJECTIONS)),
 }
 
 
@@ -358,6 +364,24 @@ def kernel_agreement(model, label: str) -> None:
     positions = mx.array([0, 5, 300, 40000], mx.int32)
     args = (qkv, attention.q_norm, attention.k_norm, attention.rope, positions, heads, kv_heads)
     compare("qk_norm_rope", cuda_kernels.qk_norm_rope(*args), cuda_kernels.qk_norm_rope_ops(*args))
+
+    if not decode_step.projections_fit(model.llm, 1, dtype):
+        report(stage="kernel vs ops", label=label, kernel="projections", skipped="the layers do not fit")
+        return
+    mlp, hidden_size = layer.mlp, model.llm.args.hidden_size
+    for trial in range(3):
+        hidden = mx.random.normal((1, 1, hidden_size)).astype(dtype) * (1 + 4 * trial)
+        attention_out = mx.random.normal((1, 1, heads * dims)).astype(dtype)
+        act = mx.random.normal((1, 1, model.llm.args.intermediate_size)).astype(dtype)
+        calls = {
+            "norm_project (q/k/v)": (hidden, layer.input_layernorm, attention.fused_qkv()),
+            "project_add (o)": (attention_out, attention.o_proj, hidden),
+            "norm_swiglu (gate/up)": (hidden, layer.post_attention_layernorm, mlp.fused_gate_up()),
+            "project_add (down)": (act, mlp.down_proj, hidden),
+        }
+        for name, args in calls.items():
+            function = name.split()[0]
+            compare(name, [getattr(cuda_kernels, function)(*args)], [getattr(cuda_kernels, f"{function}_ops")(*args)])
 
 
 def main() -> None:

@@ -22,6 +22,8 @@ import os
 from functools import lru_cache
 
 import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.activations import swiglu
 
 _HEADER = """
 // Sum over the 32 lanes of a warp; every lane gets the total.
@@ -165,6 +167,187 @@ _QK_NORM_ROPE = """
   }
 """
 
+# One decoder layer of a single row in four kernels of its own plus MLX's: each RMSNorm is computed inside
+# the matrix-vector product that reads it, each residual add inside the product whose output it adds, and
+# the gate/up product hands on silu(gate) * up. Every number is MLX's: the products repeat MLX's one-row
+# kernels step for step (mlx/backend/cuda/gemms/gemv.cu, gemv_impl; quantized/qmm/qmv.cu,
+# qmv_kernel_impl), the norm repeats rms_norm_small (rms_norm.cu) and the elementwise steps call the
+# functors MLX's compiled kernels call, each rounded to T where MLX's intermediate is T.
+_PROJECTION_HEADER = """
+#include <cooperative_groups/reduce.h>
+#include "mlx/backend/cuda/device/binary_ops.cuh"
+#include "mlx/backend/cuda/device/unary_ops.cuh"
+
+namespace projection {
+namespace cg = cooperative_groups;
+using mlx::core::cu::unsafe_load_vector;
+constexpr int ROWS_PER_BLOCK = 8;  // one warp per output row, as MLX's gemv and qmv
+
+// The RMSNorm of x (K elements) into `out` (shared), as MLX's rms_norm_small<T, NORM_BLOCK, CHUNKS>: threads
+// [0, NORM_BLOCK) each add the squares of CHUNKS vectors of 8, a warp reduce, then a reduce of the warps'.
+template <typename T, int K, int NORM_BLOCK, int CHUNKS>
+__device__ void rms_norm(const T* x, const T* weight, float eps, T* out) {
+  __shared__ float warp_sums[32];
+  __shared__ float normalizer;
+  auto warp = cg::tiled_partition<32>(cg::this_thread_block());
+  const int index = threadIdx.x;
+  if (index < NORM_BLOCK) {
+    float sum = 0;
+#pragma unroll
+    for (int i = 0; i < CHUNKS; i++) {
+      auto v = unsafe_load_vector<8>(x, NORM_BLOCK * i + index);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float t = static_cast<float>(v[j]);
+        sum += t * t;
+      }
+    }
+    sum = cg::reduce(warp, sum, cg::plus<float>{});
+    if (warp.thread_rank() == 0) {
+      warp_sums[warp.meta_group_rank()] = sum;
+    }
+  }
+  __syncthreads();
+  if (index < 32) {
+    float sum = warp_sums[0];
+    if constexpr (NORM_BLOCK > 32) {
+      sum = cg::reduce(warp, index < NORM_BLOCK / 32 ? warp_sums[index] : 0.0f, cg::plus<float>{});
+    }
+    if (index == 0) {
+      normalizer = rsqrt(sum / static_cast<float>(K) + eps);
+    }
+  }
+  __syncthreads();
+  if (index < NORM_BLOCK) {
+#pragma unroll
+    for (int i = 0; i < CHUNKS; i++) {
+      auto v = unsafe_load_vector<8>(x, NORM_BLOCK * i + index);
+      auto w = unsafe_load_vector<8>(weight, NORM_BLOCK * i + index);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float y = static_cast<float>(v[j]) * normalizer;
+        out[(NORM_BLOCK * i + index) * 8 + j] = w[j] * static_cast<T>(y);
+      }
+    }
+  }
+  __syncthreads();
+}
+
+// Rows of a bf16/fp16 weight (N, K): MLX's gemv_impl<T, 8, NP> for one row.
+template <typename T, int K, int NP>
+struct DenseRows {
+  const T* weight;
+  __device__ float dot(int row, const T* vec) const {
+    auto warp = cg::tiled_partition<32>(cg::this_thread_block());
+    float sum = 0;
+    for (int col = NP * warp.thread_rank(); col < K; col += 32 * NP) {
+      auto m = unsafe_load_vector<NP>(weight + (size_t)row * K + col, 0);
+      auto v = unsafe_load_vector<NP>(vec + col, 0);
+#pragma unroll
+      for (int j = 0; j < NP; ++j) {
+        sum += static_cast<float>(m[j]) * static_cast<float>(v[j]);
+      }
+    }
+    return cg::reduce(warp, sum, cg::plus<float>{});
+  }
+};
+
+// Rows of MLX's affine quantization (weight packed BITS to an element, low bits first; a scale and a bias
+// per GROUP): MLX's qmv_kernel_impl for one row. Below 8 bits it keeps its per-lane sums in T.
+template <typename T, int K, int BITS, int GROUP>
+struct AffineRows {
+  const uint32_t* weight;
+  const T* scales;
+  const T* biases;
+  static constexpr int PER_LANE = (sizeof(T) <= 2 && BITS <= 4) ? 16 : 8;
+  using Sum = cuda::std::conditional_t<(BITS >= 8), float, T>;
+  __device__ float dot(int row, const T* vec) const {
+    auto warp = cg::tiled_partition<32>(cg::this_thread_block());
+    const auto* packed = reinterpret_cast<const uint8_t*>(weight) + (size_t)row * (K * BITS / 8);
+    const T* row_scales = scales + (size_t)row * (K / GROUP);
+    const T* row_biases = biases + (size_t)row * (K / GROUP);
+    Sum sums[PER_LANE];
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+      sums[i] = static_cast<Sum>(0.0f);
+    }
+    for (int r = 0; r < K / (32 * PER_LANE); ++r) {
+      const int idx = warp.thread_rank() * PER_LANE + r * 32 * PER_LANE;
+      const T scale = row_scales[idx / GROUP], bias = row_biases[idx / GROUP];
+      const uint64_t bits = *reinterpret_cast<const uint64_t*>(packed + idx * BITS / 8);
+      T x[PER_LANE];
+#pragma unroll
+      for (int i = 0; i < PER_LANE; i += 8) {
+        auto v = unsafe_load_vector<8>(vec + idx + i, 0);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          x[i + j] = v[j];
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < PER_LANE; ++i) {
+        const T q = static_cast<T>(static_cast<float>((bits >> (BITS * i)) & ((1u << BITS) - 1)));
+        const T w = __hadd(__hmul(q, scale), bias);
+        if constexpr (BITS >= 8) {
+          sums[i] = fmaf(static_cast<float>(x[i]), static_cast<float>(w), sums[i]);
+        } else {
+          sums[i] = __hfma(x[i], w, sums[i]);
+        }
+      }
+    }
+    float sum = 0;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+      sum += static_cast<float>(sums[i]);
+    }
+    return cg::reduce(warp, sum, cg::plus<float>{});
+  }
+};
+
+// out = Rows . rms_norm(x): N outputs.
+template <typename T, int K, int NORM_BLOCK, int CHUNKS, typename Rows>
+__device__ void norm_project(const T* x, const T* norm_weight, float eps, Rows rows, T* out, int n) {
+  __shared__ alignas(16) T normed[K];
+  rms_norm<T, K, NORM_BLOCK, CHUNKS>(x, norm_weight, eps, normed);
+  const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+  if (row < n) {
+    const float sum = rows.dot(row, normed);
+    if (threadIdx.x % 32 == 0) {
+      out[row] = static_cast<T>(sum);
+    }
+  }
+}
+
+// out = residual + Rows . x: N outputs.
+template <typename T, typename Rows>
+__device__ void project_add(const T* x, Rows rows, const T* residual, T* out, int n) {
+  const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+  if (row < n) {
+    const float sum = rows.dot(row, x);
+    if (threadIdx.x % 32 == 0) {
+      out[row] = mlx::core::cu::Add{}(residual[row], static_cast<T>(sum));
+    }
+  }
+}
+
+// out = silu(gate) * up, gate and up the two halves (N each) of Rows . rms_norm(x): mlx-lm's swiglu.
+template <typename T, int K, int NORM_BLOCK, int CHUNKS, typename Rows>
+__device__ void norm_swiglu(const T* x, const T* norm_weight, float eps, Rows rows, T* out, int n) {
+  __shared__ alignas(16) T normed[K];
+  rms_norm<T, K, NORM_BLOCK, CHUNKS>(x, norm_weight, eps, normed);
+  const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+  if (row < n) {
+    const T gate = static_cast<T>(rows.dot(row, normed));
+    const T up = static_cast<T>(rows.dot(row + n, normed));
+    if (threadIdx.x % 32 == 0) {
+      const T silu = mlx::core::cu::Multiply{}(gate, mlx::core::cu::Sigmoid{}(gate));
+      out[row] = mlx::core::cu::Multiply{}(silu, up);
+    }
+  }
+}
+}  // namespace projection
+"""
+
 
 def enabled(dtype: mx.Dtype) -> bool:
     """Whether the decode step uses these kernels for activations of this dtype (see the module's docstring)."""
@@ -184,9 +367,9 @@ def _float_literal(value: float) -> str:
 
 
 @lru_cache(maxsize=None)
-def _kernel(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...], body: str):
+def _kernel(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...], body: str, header: str = _HEADER):
     return mx.fast.cuda_kernel(
-        name=name, input_names=list(inputs), output_names=list(outputs), source=body, header=_HEADER
+        name=name, input_names=list(inputs), output_names=list(outputs), source=body, header=header
     )
 
 
@@ -211,6 +394,16 @@ def decode_attention(
         output_shapes=[queries.shape],
         output_dtypes=[queries.dtype],
     )[0]
+
+
+def decode_attention_ops(
+    queries: mx.array, keys: mx.array, values: mx.array, first: mx.array, last: mx.array, scale: float
+) -> mx.array:
+    """`decode_attention` as MLX's ops: attention over all the buffers' slots with a mask of the valid ones.
+    MLX's kernel for one query takes no array mask, so this falls back to separate matmul and softmax kernels."""
+    slots = mx.arange(keys.shape[2])[None]
+    valid = (slots >= first[:, None]) & (slots <= last)
+    return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=valid[:, None, None, :])
 
 
 def qk_norm_rope(qkv: mx.array, q_norm, k_norm, rope, positions: mx.array, q_heads: int, kv_heads: int):
@@ -246,3 +439,102 @@ def qk_norm_rope_ops(qkv: mx.array, q_norm, k_norm, rope, positions, q_heads: in
     queries = q_norm(queries.reshape(batch, length, q_heads, -1)).transpose(0, 2, 1, 3)
     keys = k_norm(keys.reshape(batch, length, kv_heads, -1)).transpose(0, 2, 1, 3)
     return rope(queries, offset=positions), rope(keys, offset=positions)
+
+
+def _norm_layout(k: int) -> tuple[int, int] | None:
+    """MLX's rms_norm launch for rows of k bf16 elements (mlx/backend/cuda/rms_norm.cu, dispatch_num_chunks
+    with 8 elements a load): (threads, loads per thread), or None where MLX takes a kernel not repeated here
+    (rows not a whole number of loads per thread, or longer than 8192)."""
+    vectors, remainder = divmod(k, 8)
+    if remainder:
+        return None
+    if k <= 8 * 64:
+        block, chunks = 64, 1
+    elif vectors % 128 == 0 and vectors // 128 <= 8:
+        block, chunks = 128, vectors // 128
+    elif vectors % 64 == 0 and vectors // 64 <= 8:
+        block, chunks = 64, vectors // 64
+    else:
+        return None
+    return (block, chunks) if k == 8 * block * chunks else None
+
+
+def _rows(linear, k: int, dtype: mx.Dtype) -> tuple[dict, str, list] | None:
+    """How the projection kernels read this layer's weight at input length k: its arrays, the C++ reader
+    and its template arguments; None for a layer they do not take (a bias, another dtype, a quantization
+    other than MLX's affine at 4 or 8 bits)."""
+    if "bias" in linear:
+        return None
+    if type(linear) is nn.Linear and linear.weight.dtype == dtype:
+        per_thread = 4 if k % 128 == 0 else 2 if k % 64 == 0 else 1  # as MLX's gemv picks (8-byte aligned arrays)
+        return {"weight": linear.weight}, "DenseRows<T, K, NP>{weight}", [("NP", per_thread)]
+    if type(linear) is not nn.QuantizedLinear or getattr(linear, "mode", "affine") != "affine":
+        return None
+    bits, group = linear.bits, linear.group_size
+    per_lane = 16 if bits == 4 else 8
+    if bits not in (4, 8) or group not in (32, 64, 128) or k % (32 * per_lane) or linear.scales.dtype != dtype:
+        return None
+    arrays = {"weight": linear.weight, "scales": linear.scales, "biases": linear.biases}
+    return arrays, "AffineRows<T, K, BITS, GROUP>{weight, scales, biases}", [("BITS", bits), ("GROUP", group)]
+
+
+def projections_fit(norm_inputs: list[int], linears: list, dtype: mx.Dtype) -> bool:
+    """Whether the projection kernels take these layers (`linears`, each with its input length) and
+    RMSNorms of these lengths, with activations of this dtype."""
+    return all(_norm_layout(k) for k in norm_inputs) and all(_rows(linear, k, dtype) for linear, k in linears)
+
+
+def _project(kind: str, x: mx.array, linear, norm=None, residual: mx.array | None = None) -> mx.array:
+    """Launch one of the projection kernels (`_PROJECTION_HEADER`) for one row x (1, 1, K)."""
+    k = x.shape[-1]
+    arrays, rows, rows_template = _rows(linear, k, x.dtype)
+    n = linear.weight.shape[0] // (2 if kind == "norm_swiglu" else 1)
+    inputs = {"x": x, **({"norm_weight": norm.weight} if norm is not None else {}), **arrays}
+    template = [("T", x.dtype), ("K", k), ("N", n), *rows_template]
+    if norm is None:
+        call = f"project_add<T>(x, projection::{rows}, residual, out, N)"
+        inputs["residual"] = residual
+    else:
+        eps = _float_literal(norm.eps)
+        call = f"{kind}<T, K, NORM_BLOCK, CHUNKS>(x, norm_weight, {eps}, projection::{rows}, out, N)"
+        block, chunks = _norm_layout(k)
+        template += [("NORM_BLOCK", block), ("CHUNKS", chunks)]
+    name = f"{kind}_{rows.split('<')[0]}"
+    kernel = _kernel(name, tuple(inputs), ("out",), f"  projection::{call};\n", _HEADER + _PROJECTION_HEADER)
+    return kernel(
+        inputs=list(inputs.values()),
+        template=template,
+        grid=(-(-n // 8) * 256, 1, 1),
+        threadgroup=(256, 1, 1),
+        output_shapes=[(*x.shape[:-1], n)],
+        output_dtypes=[x.dtype],
+    )[0]
+
+
+def norm_project(x: mx.array, norm, linear) -> mx.array:
+    """linear(norm(x)) for one row x (1, 1, K), in one kernel: `norm` an nn.RMSNorm, `linear` a layer
+    `projections_fit` takes."""
+    return _project("norm_project", x, linear, norm=norm)
+
+
+def project_add(x: mx.array, linear, residual: mx.array) -> mx.array:
+    """residual + linear(x) for one row x (1, 1, K), in one kernel."""
+    return _project("project_add", x, linear, residual=residual)
+
+
+def norm_swiglu(x: mx.array, norm, linear) -> mx.array:
+    """mlx-lm's swiglu(gate, up) of linear(norm(x)) split in halves, for one row x (1, 1, K), in one kernel:
+    `linear` the gate and up projections fused (model.FusedLinear)."""
+    return _project("norm_swiglu", x, linear, norm=norm)
+
+
+def norm_project_ops(x: mx.array, norm, linear) -> mx.array:
+    return linear(norm(x))
+
+
+def project_add_ops(x: mx.array, linear, residual: mx.array) -> mx.array:
+    return residual + linear(x)
+
+
+def norm_swiglu_ops(x: mx.array, norm, linear) -> mx.array:
+    return swiglu(*mx.split(linear(norm(x)), 2, axis=-1))

@@ -56,9 +56,7 @@ class _StepCache:
         if self.kernels:
             return cuda_kernels.decode_attention(queries, self.keys, self.values, self.left_padding, self.slot, scale)
         keys, values = self.keys[..., : self.window, :], self.values[..., : self.window, :]
-        slots = mx.arange(self.window)[None]
-        valid = (slots >= self.left_padding[:, None]) & (slots <= self.slot)
-        return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=valid[:, None, None, :])
+        return cuda_kernels.decode_attention_ops(queries, keys, values, self.left_padding, self.slot, scale)
 
 
 def kernels_fit(llm, dtype: mx.Dtype) -> bool:
@@ -67,6 +65,40 @@ def kernels_fit(llm, dtype: mx.Dtype) -> bool:
     same_eps = attention.q_norm.eps == attention.k_norm.eps  # the q/k kernel takes one
     shapes = cuda_kernels.fits(attention.rope.dims, attention.n_heads, attention.n_kv_heads)
     return cuda_kernels.enabled(dtype) and same_eps and shapes
+
+
+def projections_fit(llm, rows: int, dtype: mx.Dtype) -> bool:
+    """Whether the projection kernels (`cuda_kernels.norm_project` and its kin) compute the layers of
+    this LLM's step: one row, where the attention kernels run too, with each layer's q/k/v and gate/up
+    projections fused and every projection of a kind the kernels take."""
+    if rows != 1 or not kernels_fit(llm, dtype):
+        return False
+    args, linears = llm.args, []
+    for layer in llm.layers:
+        attention, mlp = layer.self_attn, layer.mlp
+        qkv, gate_up = attention.fused_qkv(), mlp.fused_gate_up()
+        if qkv is None or gate_up is None:
+            return False
+        attention_width = attention.n_heads * attention.rope.dims
+        linears += [(qkv, args.hidden_size), (attention.o_proj, attention_width)]
+        linears += [(gate_up, args.hidden_size), (mlp.down_proj, args.intermediate_size)]
+    return cuda_kernels.projections_fit([args.hidden_size], linears, dtype)
+
+
+def _layer_in_kernels(layer, hidden: mx.array, cache: _StepCache) -> mx.array:
+    """One decoder layer for one row, 8 kernels instead of 13: each RMSNorm inside the projection that
+    reads it, each residual add inside the projection it adds, swiglu inside gate/up (cuda_kernels:
+    the same numbers as `_attention` and mlx-lm's MLP)."""
+    attention = layer.self_attn
+    qkv = cuda_kernels.norm_project(hidden, layer.input_layernorm, attention.fused_qkv())
+    queries, keys = cuda_kernels.qk_norm_rope(
+        qkv, attention.q_norm, attention.k_norm, attention.rope, cache.offset, attention.n_heads, attention.n_kv_heads
+    )
+    cache.update(keys, attention.value_heads(qkv))
+    output = cache.attend(queries, attention.scale).reshape(1, 1, -1)  # one row: (1, heads, 1, D) is (1, 1, heads D)
+    hidden = cuda_kernels.project_add(output, attention.o_proj, hidden)
+    act = cuda_kernels.norm_swiglu(hidden, layer.post_attention_layernorm, layer.mlp.fused_gate_up())
+    return cuda_kernels.project_add(act, layer.mlp.down_proj, hidden)
 
 
 def _attention(attention, x: mx.array, cache: _StepCache) -> mx.array:
@@ -81,11 +113,15 @@ def _attention(attention, x: mx.array, cache: _StepCache) -> mx.array:
     return attention.o_proj(output.transpose(0, 2, 1, 3).reshape(x.shape[0], 1, -1))
 
 
-def _step_logits(llm, tokens: mx.array, caches: list[_StepCache]) -> mx.array:
-    """mlx-lm's Qwen3 forward (mlx_lm/models/qwen3.py:120-187) for one token per row over the step's caches."""
+def _step_logits(llm, tokens: mx.array, caches: list[_StepCache], projections: bool) -> mx.array:
+    """mlx-lm's Qwen3 forward (mlx_lm/models/qwen3.py:120-187) for one token per row over the step's caches,
+    each layer in the projection kernels if `projections` (`projections_fit`)."""
     model = llm.model
     hidden = model.embed_tokens(tokens[:, None])
     for layer, cache in zip(model.layers, caches):
+        if projections:
+            hidden = _layer_in_kernels(layer, hidden, cache)
+            continue
         hidden = hidden + _attention(layer.self_attn, layer.input_layernorm(hidden), cache)
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     return output_head(llm)(model.norm(hidden))[:, -1]
@@ -96,11 +132,11 @@ def output_head(llm):
     return llm.model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
 
 
-def _greedy_step(llm, tokens, keys, values, slot, offsets, left_padding, window: int, kernels: bool):
+def _greedy_step(llm, tokens, keys, values, slot, offsets, left_padding, window: int, kernels: bool, projections: bool):
     """One token per row: (B,) tokens in, (B,) argmax tokens out, and the buffers with this step written.
-    `window` and `kernels` are constants of the trace (a new value traces again)."""
+    `window`, `kernels` and `projections` are constants of the trace (a new value traces again)."""
     caches = [_StepCache(k, v, slot, offsets, left_padding, window, kernels) for k, v in zip(keys, values)]
-    logits = _step_logits(llm, tokens, caches)
+    logits = _step_logits(llm, tokens, caches, projections)
     keys, values = [c.keys for c in caches], [c.values for c in caches]
     return mx.argmax(logits, axis=-1), keys, values, slot + 1, offsets + 1
 
@@ -137,6 +173,7 @@ class StaticDecoder:
         self.index = first._idx if isinstance(first, BatchKVCache) else first.offset  # the next slot to write
         self.capacity = self.keys[0].shape[2]
         self.kernels = kernels_fit(llm, self.keys[0].dtype)
+        self.projections = projections_fit(llm, len(left_padding), self.keys[0].dtype)
         self.slot = mx.array([self.index], mx.int32)
         self.left_padding = mx.array(left_padding, mx.int32)
         self.offsets = self.index - self.left_padding
@@ -157,7 +194,8 @@ class StaticDecoder:
         window = min(self.capacity, -(-(self.index + 1) // WINDOW_STEP) * WINDOW_STEP)
         if self.kernels:
             window = self.capacity  # unused by the kernel: one trace per capacity, not per window
-        args = (tokens, self.keys, self.values, self.slot, self.offsets, self.left_padding, window, self.kernels)
+        args = (tokens, self.keys, self.values, self.slot, self.offsets, self.left_padding, window)
+        args += (self.kernels, self.projections)
         out = self.run(*args)
         # Rebinding drops the last references to the old buffers, so the update can reuse them.
         next_tokens, self.keys, self.values, self.slot, self.offsets = out

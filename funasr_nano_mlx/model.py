@@ -540,6 +540,11 @@ class Qwen3Attention(qwen3.Attention):
     def fuse(self, on: bool = True) -> None:
         _fuse(self, "_qkv", [self.q_proj, self.k_proj, self.v_proj], on)
 
+    def fused_qkv(self) -> nn.Module | None:
+        """The one layer that computes q, k and v side by side, if fused (FusedLinear)."""
+        fused = _fused(self, "_qkv")
+        return None if fused is None else fused.linear
+
     def qkv(self, x: mx.array) -> mx.array:
         """The q, k and v projections of x side by side on the last axis: one matmul once fused."""
         fused = _fused(self, "_qkv")
@@ -576,6 +581,11 @@ class Qwen3MLP(qwen3.MLP):
 
     def fuse(self, on: bool = True) -> None:
         _fuse(self, "_gate_up", [self.gate_proj, self.up_proj], on)
+
+    def fused_gate_up(self) -> nn.Module | None:
+        """The one layer that computes gate and up side by side, if fused (FusedLinear)."""
+        fused = _fused(self, "_gate_up")
+        return None if fused is None else fused.linear
 
     def __call__(self, x: mx.array) -> mx.array:
         gate_up = _fused(self, "_gate_up")

@@ -275,36 +275,73 @@ def test_fused_projections_give_the_same_tokens(tiny_f32, ten_files, monkeypatch
     assert tokens(fused) != tokens(load(tiny_f32)[0])
 
 
+def one_row_decoder(model_dir, clip_audio):
+    """The tokens of `greedy_batch` for one clip of the model in `model_dir`, with a budget that makes the
+    step's buffers grow once on the way: a function of the decoder to use (None: the default)."""
+    import importlib
+
+    from funasr_nano_mlx import load
+    from funasr_nano_mlx.decode_step import CAPACITY_STEP
+
+    transcribe_module = importlib.import_module("funasr_nano_mlx.transcribe")  # the package exports a function so named
+    model, tokenizer = load(model_dir)
+    encoded = model.encode(mx.array(features(clip_audio))[None])[0]
+    embeddings = transcribe_module.prompt_inputs(model, tokenizer, encoded)[1]
+    budget = CAPACITY_STEP + 20 - embeddings.shape[0]
+
+    def tokens(decoder=None) -> list[int]:
+        original = transcribe_module.make_decoder
+        transcribe_module.make_decoder = decoder or original
+        try:
+            ids = transcribe_module.greedy_batch(model.llm, [embeddings], [budget], [], stop_loops=False)[0].token_ids
+        finally:
+            transcribe_module.make_decoder = original
+        assert len(ids) == budget
+        return ids
+
+    return model, tokens
+
+
 @pytest.mark.parametrize("compiled", ["0", "1"])
 @pytest.mark.parametrize("fused", ["1", "0"])
 def test_one_row_through_the_static_step_decodes_as_mlx_lm(tiny_f32, ten_files, monkeypatch, compiled, fused):
     """On CUDA a single clip decodes through the step over preallocated buffers (decode_step.StaticDecoder,
     its forward written out) instead of mlx-lm's model and cache. Here, with MLX's ops in place of the
     CUDA kernels: the same tokens, compiled or not, projections fused or not, across a buffer's growth."""
-    import importlib
-
-    from funasr_nano_mlx import load
-    from funasr_nano_mlx.decode_step import CAPACITY_STEP, StaticDecoder
-
-    transcribe_module = importlib.import_module(
-        "funasr_nano_mlx.transcribe"
-    )  # the package exports a function of that name
+    from funasr_nano_mlx.decode_step import StaticDecoder
 
     monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
     monkeypatch.setenv("FUNASR_NANO_FUSE", fused)
-    model, tokenizer = load(tiny_f32)
-    embeddings = transcribe_module.prompt_inputs(
-        model, tokenizer, model.encode(mx.array(features(ten_files[0]))[None])[0]
-    )[1]
-    budget = CAPACITY_STEP + 20 - embeddings.shape[0]  # the buffers grow once on the way
+    _, tokens = one_row_decoder(tiny_f32, ten_files[0])
+    assert tokens(StaticDecoder) == tokens()
 
-    def tokens() -> list[int]:
-        return transcribe_module.greedy_batch(model.llm, [embeddings], [budget], [], stop_loops=False)[0].token_ids
 
+@pytest.mark.parametrize("compiled", ["0", "1"])
+def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, monkeypatch, compiled):
+    """On CUDA at bf16 one clip's step runs each layer in 8 kernels (decode_step._layer_in_kernels: the
+    norms, residual adds and swiglu inside the projections). Here each CUDA kernel is replaced by its
+    MLX-ops twin and the layer, so written, decodes mlx-lm's tokens, compiled or not; a residual left
+    out would not."""
+    from funasr_nano_mlx import cuda_kernels, decode_step
+
+    monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
+    model, tokens = one_row_decoder(tiny_f32, ten_files[0])
     with_cache = tokens()
-    monkeypatch.setattr(transcribe_module, "make_decoder", StaticDecoder)
-    assert tokens() == with_cache
-    assert len(with_cache) == budget
+    monkeypatch.setattr(cuda_kernels, "enabled", lambda dtype: True)
+    monkeypatch.setattr(cuda_kernels, "fits", lambda *shape: True)
+    monkeypatch.setattr(cuda_kernels, "projections_fit", lambda *layers: True)
+    assert decode_step.projections_fit(model.llm, 1, mx.float32) and not decode_step.projections_fit(
+        model.llm, 2, mx.float32
+    )
+    calls = []
+    for name in ("decode_attention", "qk_norm_rope", "norm_project", "project_add", "norm_swiglu"):
+        twin = getattr(cuda_kernels, f"{name}_ops")
+        monkeypatch.setattr(cuda_kernels, name, lambda *a, twin=twin, name=name: calls.append(name) or twin(*a))
+    assert tokens(decode_step.StaticDecoder) == with_cache
+    assert {"norm_project", "project_add", "norm_swiglu", "decode_attention"} <= set(calls)
+    monkeypatch.setattr(cuda_kernels, "project_add", lambda x, linear, residual: linear(x))
+    model.llm.__dict__.pop("_greedy_step", None)  # the compiled step holds the old function
+    assert tokens(decode_step.StaticDecoder) != with_cache
 
 
 def test_the_cuda_kernels_take_only_the_shapes_they_are_written_for(tiny_model, monkeypatch):
