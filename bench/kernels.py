@@ -11,14 +11,14 @@ One JSON line per measurement (warm medians, ms):
   shifted sums was measured here and rejected: BENCHMARKS.md);
 - on CUDA, each decode kernel of `funasr_nano_mlx.cuda_kernels` against the MLX ops it replaces, on
   random inputs at the model's shapes, the projections with the model's first layer (largest
-  difference, share bit-identical; attention also against
-  MLX's own one-query kernel on exact slots and a float64 reference);
-- greedy decoding, one clip, under each of DECODE_VARIANTS (mlx-lm's cache, the compiled step with
-  masked MLX attention, with the attention kernel, with the q/k kernel too, with the projection kernels
-  too: each layer in 8 kernels), interleaved over rounds so that
-  a host's drift hits all alike: ms/token, the host's share of a step (building the graph and
-  submitting it), and agreement with mlx-lm's tokens, free-running and teacher-forced, with mlx-lm's
-  top-2 logit gap at the steps that differ;
+  difference, share bit-identical; attention also against MLX's own one-query kernel on exact slots
+  and a float64 reference);
+- greedy decoding, one clip, under each of DECODE_VARIANTS (mlx-lm's cache; the compiled step with
+  masked MLX attention, with the attention kernel, with the q/k kernel too, with the projection
+  kernels too: each layer in 8 kernels), interleaved over rounds so that a host's drift hits all
+  alike: ms/token, the host's share of a step (building the graph and submitting it), and agreement
+  with mlx-lm's tokens, free-running and teacher-forced, with mlx-lm's top-2 logit gap at the steps
+  that differ;
 - batched decoding (8 and 32 left-padded rows, compiled step): kernels off and on, the same.
 
 `--quick` leaves out the batches (for process-wide settings such as MLX_MAX_OPS_PER_BUFFER or
