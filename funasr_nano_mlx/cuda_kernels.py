@@ -167,12 +167,16 @@ _QK_NORM_ROPE = """
   }
 """
 
-# One decoder layer of a single row in four kernels of its own plus MLX's: each RMSNorm is computed inside
-# the matrix-vector product that reads it, each residual add inside the product whose output it adds, and
-# the gate/up product hands on silu(gate) * up. Every number is MLX's: the products repeat MLX's one-row
-# kernels step for step (mlx/backend/cuda/gemms/gemv.cu, gemv_impl; quantized/qmm/qmv.cu,
-# qmv_kernel_impl), the norm repeats rms_norm_small (rms_norm.cu) and the elementwise steps call the
-# functors MLX's compiled kernels call, each rounded to T where MLX's intermediate is T.
+# One decoder layer of a single row in kernels of its own plus MLX's: each RMSNorm is computed inside the
+# matrix-vector product that reads it, each residual add inside the product whose output it adds, and the
+# gate/up product hands on silu(gate) * up. Every number is MLX's: the products repeat MLX's one-row kernels
+# step for step (mlx/backend/cuda/gemms/gemv.cu, gemv_impl with 4 elements a load; quantized/qmm/qmv.cu,
+# qmv_kernel_impl), the norm repeats rms_norm_small (rms_norm.cu) and the elementwise steps call the functors
+# MLX's compiled kernels call, each rounded to T where MLX's intermediate is T.
+#
+# One source serves every projection of a model (its shapes and which of the three it computes are read at
+# run time: `layout`), because MLX compiles each distinct kernel source once per process and keeps no copy
+# on disk, and a compile costs about a second, mostly MLX's own header.
 _PROJECTION_HEADER = """
 #include <cooperative_groups/reduce.h>
 #include "mlx/backend/cuda/device/binary_ops.cuh"
@@ -182,20 +186,21 @@ namespace projection {
 namespace cg = cooperative_groups;
 using mlx::core::cu::unsafe_load_vector;
 constexpr int ROWS_PER_BLOCK = 8;  // one warp per output row, as MLX's gemv and qmv
+constexpr int MAX_NORMED = 8192;  // the longest row MLX's rms_norm_small takes: 128 threads x 8 loads of 8
+enum Mode { PROJECT_ADD = 0, NORM_PROJECT = 1, NORM_SWIGLU = 2 };
 
-// The RMSNorm of x (K elements) into `out` (shared), as MLX's rms_norm_small<T, NORM_BLOCK, CHUNKS>: threads
-// [0, NORM_BLOCK) each add the squares of CHUNKS vectors of 8, a warp reduce, then a reduce of the warps'.
-template <typename T, int K, int NORM_BLOCK, int CHUNKS>
-__device__ void rms_norm(const T* x, const T* weight, float eps, T* out) {
+// The RMSNorm of x (k elements) into `out` (shared), as MLX's rms_norm_small<T, norm_block, chunks>: threads
+// [0, norm_block) each add the squares of `chunks` vectors of 8, a warp reduce, then a reduce of the warps'.
+template <typename T>
+__device__ void rms_norm(const T* x, const T* weight, float eps, int k, int norm_block, int chunks, T* out) {
   __shared__ float warp_sums[32];
   __shared__ float normalizer;
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
   const int index = threadIdx.x;
-  if (index < NORM_BLOCK) {
+  if (index < norm_block) {
     float sum = 0;
-#pragma unroll
-    for (int i = 0; i < CHUNKS; i++) {
-      auto v = unsafe_load_vector<8>(x, NORM_BLOCK * i + index);
+    for (int i = 0; i < chunks; i++) {
+      auto v = unsafe_load_vector<8>(x, norm_block * i + index);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         float t = static_cast<float>(v[j]);
@@ -209,42 +214,39 @@ __device__ void rms_norm(const T* x, const T* weight, float eps, T* out) {
   }
   __syncthreads();
   if (index < 32) {
-    float sum = warp_sums[0];
-    if constexpr (NORM_BLOCK > 32) {
-      sum = cg::reduce(warp, index < NORM_BLOCK / 32 ? warp_sums[index] : 0.0f, cg::plus<float>{});
-    }
+    const float sum = cg::reduce(warp, index < norm_block / 32 ? warp_sums[index] : 0.0f, cg::plus<float>{});
     if (index == 0) {
-      normalizer = rsqrt(sum / static_cast<float>(K) + eps);
+      normalizer = rsqrt(sum / static_cast<float>(k) + eps);
     }
   }
   __syncthreads();
-  if (index < NORM_BLOCK) {
-#pragma unroll
-    for (int i = 0; i < CHUNKS; i++) {
-      auto v = unsafe_load_vector<8>(x, NORM_BLOCK * i + index);
-      auto w = unsafe_load_vector<8>(weight, NORM_BLOCK * i + index);
+  if (index < norm_block) {
+    for (int i = 0; i < chunks; i++) {
+      auto v = unsafe_load_vector<8>(x, norm_block * i + index);
+      auto w = unsafe_load_vector<8>(weight, norm_block * i + index);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         float y = static_cast<float>(v[j]) * normalizer;
-        out[(NORM_BLOCK * i + index) * 8 + j] = w[j] * static_cast<T>(y);
+        out[(norm_block * i + index) * 8 + j] = w[j] * static_cast<T>(y);
       }
     }
   }
   __syncthreads();
 }
 
-// Rows of a bf16/fp16 weight (N, K): MLX's gemv_impl<T, 8, NP> for one row.
-template <typename T, int K, int NP>
+// Row `row` of a bf16/fp16 weight (n, k) times vec: MLX's gemv_impl<T, 8, 4> for one row.
+template <typename T>
 struct DenseRows {
   const T* weight;
+  int k;
   __device__ float dot(int row, const T* vec) const {
     auto warp = cg::tiled_partition<32>(cg::this_thread_block());
     float sum = 0;
-    for (int col = NP * warp.thread_rank(); col < K; col += 32 * NP) {
-      auto m = unsafe_load_vector<NP>(weight + (size_t)row * K + col, 0);
-      auto v = unsafe_load_vector<NP>(vec + col, 0);
+    for (int col = 4 * warp.thread_rank(); col < k; col += 32 * 4) {
+      auto m = unsafe_load_vector<4>(weight + (size_t)row * k + col, 0);
+      auto v = unsafe_load_vector<4>(vec + col, 0);
 #pragma unroll
-      for (int j = 0; j < NP; ++j) {
+      for (int j = 0; j < 4; ++j) {
         sum += static_cast<float>(m[j]) * static_cast<float>(v[j]);
       }
     }
@@ -252,101 +254,183 @@ struct DenseRows {
   }
 };
 
-// Rows of MLX's affine quantization (weight packed BITS to an element, low bits first; a scale and a bias
-// per GROUP): MLX's qmv_kernel_impl for one row. Below 8 bits it keeps its per-lane sums in T.
-template <typename T, int K, int BITS, int GROUP>
+// Row `row` of MLX's affine quantization (BITS to an element, low bits first; a scale and a bias per `group`)
+// times vec: MLX's qmv_kernel_impl for one row. Below 8 bits it keeps its per-lane sums in T.
+template <typename T, int BITS>
+__device__ float affine_dot(const uint32_t* weight, const T* scales, const T* biases, int k, int group, int row,
+                            const T* vec) {
+  constexpr int PER_LANE = (sizeof(T) <= 2 && BITS <= 4) ? 16 : 8;
+  using Sum = cuda::std::conditional_t<(BITS >= 8), float, T>;
+  auto warp = cg::tiled_partition<32>(cg::this_thread_block());
+  const auto* packed = reinterpret_cast<const uint8_t*>(weight) + (size_t)row * (k * BITS / 8);
+  const T* row_scales = scales + (size_t)row * (k / group);
+  const T* row_biases = biases + (size_t)row * (k / group);
+  Sum sums[PER_LANE];
+#pragma unroll
+  for (int i = 0; i < PER_LANE; ++i) {
+    sums[i] = static_cast<Sum>(0.0f);
+  }
+  for (int r = 0; r < k / (32 * PER_LANE); ++r) {
+    const int idx = warp.thread_rank() * PER_LANE + r * 32 * PER_LANE;
+    const T scale = row_scales[idx / group], bias = row_biases[idx / group];
+    const uint64_t bits = *reinterpret_cast<const uint64_t*>(packed + idx * BITS / 8);
+    T x[PER_LANE];
+#pragma unroll
+    for (int i = 0; i < PER_LANE; i += 8) {
+      auto v = unsafe_load_vector<8>(vec + idx + i, 0);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        x[i + j] = v[j];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+      const T q = static_cast<T>(static_cast<float>((bits >> (BITS * i)) & ((1u << BITS) - 1)));
+      const T w = __hadd(__hmul(q, scale), bias);
+      if constexpr (BITS >= 8) {
+        sums[i] = fmaf(static_cast<float>(x[i]), static_cast<float>(w), sums[i]);
+      } else {
+        sums[i] = __hfma(x[i], w, sums[i]);
+      }
+    }
+  }
+  float sum = 0;
+#pragma unroll
+  for (int i = 0; i < PER_LANE; ++i) {
+    sum += static_cast<float>(sums[i]);
+  }
+  return cg::reduce(warp, sum, cg::plus<float>{});
+}
+
+template <typename T>
 struct AffineRows {
   const uint32_t* weight;
   const T* scales;
   const T* biases;
-  static constexpr int PER_LANE = (sizeof(T) <= 2 && BITS <= 4) ? 16 : 8;
-  using Sum = cuda::std::conditional_t<(BITS >= 8), float, T>;
+  int k, bits, group;
   __device__ float dot(int row, const T* vec) const {
-    auto warp = cg::tiled_partition<32>(cg::this_thread_block());
-    const auto* packed = reinterpret_cast<const uint8_t*>(weight) + (size_t)row * (K * BITS / 8);
-    const T* row_scales = scales + (size_t)row * (K / GROUP);
-    const T* row_biases = biases + (size_t)row * (K / GROUP);
-    Sum sums[PER_LANE];
-#pragma unroll
-    for (int i = 0; i < PER_LANE; ++i) {
-      sums[i] = static_cast<Sum>(0.0f);
-    }
-    for (int r = 0; r < K / (32 * PER_LANE); ++r) {
-      const int idx = warp.thread_rank() * PER_LANE + r * 32 * PER_LANE;
-      const T scale = row_scales[idx / GROUP], bias = row_biases[idx / GROUP];
-      const uint64_t bits = *reinterpret_cast<const uint64_t*>(packed + idx * BITS / 8);
-      T x[PER_LANE];
-#pragma unroll
-      for (int i = 0; i < PER_LANE; i += 8) {
-        auto v = unsafe_load_vector<8>(vec + idx + i, 0);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          x[i + j] = v[j];
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < PER_LANE; ++i) {
-        const T q = static_cast<T>(static_cast<float>((bits >> (BITS * i)) & ((1u << BITS) - 1)));
-        const T w = __hadd(__hmul(q, scale), bias);
-        if constexpr (BITS >= 8) {
-          sums[i] = fmaf(static_cast<float>(x[i]), static_cast<float>(w), sums[i]);
-        } else {
-          sums[i] = __hfma(x[i], w, sums[i]);
-        }
-      }
-    }
-    float sum = 0;
-#pragma unroll
-    for (int i = 0; i < PER_LANE; ++i) {
-      sum += static_cast<float>(sums[i]);
-    }
-    return cg::reduce(warp, sum, cg::plus<float>{});
+    return bits == 4 ? affine_dot<T, 4>(weight, scales, biases, k, group, row, vec)
+                     : affine_dot<T, 8>(weight, scales, biases, k, group, row, vec);
   }
 };
 
-// out = Rows . rms_norm(x): N outputs.
-template <typename T, int K, int NORM_BLOCK, int CHUNKS, typename Rows>
-__device__ void norm_project(const T* x, const T* norm_weight, float eps, Rows rows, T* out, int n) {
-  __shared__ alignas(16) T normed[K];
-  rms_norm<T, K, NORM_BLOCK, CHUNKS>(x, norm_weight, eps, normed);
-  const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
-  if (row < n) {
-    const float sum = rows.dot(row, normed);
-    if (threadIdx.x % 32 == 0) {
-      out[row] = static_cast<T>(sum);
-    }
-  }
-}
-
-// out = residual + Rows . x: N outputs.
+// One warp per output row of `mode` (n outputs):
+//   PROJECT_ADD   out = residual + rows . x
+//   NORM_PROJECT  out = rows . rms_norm(x)
+//   NORM_SWIGLU   out = silu(gate) * up, gate and up the halves (n rows each) of rows . rms_norm(x): mlx-lm's swiglu
 template <typename T, typename Rows>
-__device__ void project_add(const T* x, Rows rows, const T* residual, T* out, int n) {
-  const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
-  if (row < n) {
-    const float sum = rows.dot(row, x);
-    if (threadIdx.x % 32 == 0) {
-      out[row] = mlx::core::cu::Add{}(residual[row], static_cast<T>(sum));
-    }
+__device__ void project(int mode, const T* x, const T* norm_weight, float eps, int norm_block, int chunks, Rows rows,
+                        const T* residual, T* out, int k, int n) {
+  __shared__ alignas(16) T normed[MAX_NORMED];
+  const T* vec = x;
+  if (mode != PROJECT_ADD) {
+    rms_norm<T>(x, norm_weight, eps, k, norm_block, chunks, normed);
+    vec = normed;
   }
-}
-
-// out = silu(gate) * up, gate and up the two halves (N each) of Rows . rms_norm(x): mlx-lm's swiglu.
-template <typename T, int K, int NORM_BLOCK, int CHUNKS, typename Rows>
-__device__ void norm_swiglu(const T* x, const T* norm_weight, float eps, Rows rows, T* out, int n) {
-  __shared__ alignas(16) T normed[K];
-  rms_norm<T, K, NORM_BLOCK, CHUNKS>(x, norm_weight, eps, normed);
   const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
-  if (row < n) {
-    const T gate = static_cast<T>(rows.dot(row, normed));
-    const T up = static_cast<T>(rows.dot(row + n, normed));
+  if (row >= n) {
+    return;
+  }
+  const T value = static_cast<T>(rows.dot(row, vec));
+  if (mode == NORM_SWIGLU) {
+    const T up = static_cast<T>(rows.dot(row + n, vec));
     if (threadIdx.x % 32 == 0) {
-      const T silu = mlx::core::cu::Multiply{}(gate, mlx::core::cu::Sigmoid{}(gate));
+      const T silu = mlx::core::cu::Multiply{}(value, mlx::core::cu::Sigmoid{}(value));
       out[row] = mlx::core::cu::Multiply{}(silu, up);
     }
+  } else if (threadIdx.x % 32 == 0) {
+    out[row] = mode == PROJECT_ADD ? mlx::core::cu::Add{}(residual[row], value) : value;
   }
 }
 }  // namespace projection
 """
+
+# The kernel bodies, one per weight kind: `layout` is [mode, norm threads, norm loads per thread, bits, group].
+_PROJECTION_BODY = """
+  const int mode = layout[0], k = x_shape[2], rows = weight_shape[0];
+  const int n = mode == projection::NORM_SWIGLU ? rows / 2 : rows;
+  projection::project<T>(mode, x, norm_weight, eps[0], layout[1], layout[2], {ROWS}, residual, out, k, n);
+"""
+_ROWS = {
+    "dense": "projection::DenseRows<T>{weight, k}",
+    "affine": "projection::AffineRows<T>{weight, scales, biases, k, layout[3], layout[4]}",
+}
+_MODES = {"project_add": 0, "norm_project": 1, "norm_swiglu": 2}  # projection::Mode
+
+
+def _norm_layout(k: int) -> tuple[int, int] | None:
+    """MLX's rms_norm launch for rows of k bf16 elements (mlx/backend/cuda/rms_norm.cu, dispatch_num_chunks
+    with 8 elements a load): (threads, loads per thread), or None where MLX takes a kernel not repeated here
+    (rows not a whole number of loads per thread, or longer than 8192)."""
+    vectors, remainder = divmod(k, 8)
+    if remainder:
+        return None
+    if k <= 8 * 64:
+        block, chunks = 64, 1
+    elif vectors % 128 == 0 and vectors // 128 <= 8:
+        block, chunks = 128, vectors // 128
+    elif vectors % 64 == 0 and vectors // 64 <= 8:
+        block, chunks = 64, vectors // 64
+    else:
+        return None
+    return (block, chunks) if k == 8 * block * chunks else None
+
+
+def _weight_kind(linear, k: int, dtype: mx.Dtype) -> str | None:
+    """Which reader of `_ROWS` takes this layer's weight at input length k; None for a layer the kernels do
+    not take (a bias, another dtype, a row length MLX's gemv reads other than 4 elements a load, a
+    quantization other than MLX's affine at 4 or 8 bits)."""
+    if "bias" in linear:
+        return None
+    if type(linear) is nn.Linear:
+        return "dense" if linear.weight.dtype == dtype and k % 128 == 0 else None
+    if type(linear) is not nn.QuantizedLinear or getattr(linear, "mode", "affine") != "affine":
+        return None
+    bits, group = linear.bits, linear.group_size
+    per_lane = 16 if bits == 4 else 8  # elements a lane reads per step in MLX's qmv
+    fits = bits in (4, 8) and group in (32, 64, 128) and k % (32 * per_lane) == 0 and linear.scales.dtype == dtype
+    return "affine" if fits else None
+
+
+def projections_fit(norm_inputs: list[int], linears: list, dtype: mx.Dtype) -> bool:
+    """Whether the projection kernels take these layers (`linears`, each with its input length) and
+    RMSNorms of these lengths, with activations of this dtype."""
+    return all(_norm_layout(k) for k in norm_inputs) and all(_weight_kind(linear, k, dtype) for linear, k in linears)
+
+
+@lru_cache(maxsize=None)
+def _constant(values: tuple, dtype: mx.Dtype) -> mx.array:
+    """A small array of these values, made once: an uncompiled step would otherwise copy it to the device
+    at every call."""
+    return mx.array(values, dtype)
+
+
+def _project(mode: str, x: mx.array, linear, norm=None, residual: mx.array | None = None) -> mx.array:
+    """One projection kernel (`_PROJECTION_HEADER`) for one row x (1, 1, K)."""
+    k = x.shape[-1]
+    kind = _weight_kind(linear, k, x.dtype)
+    block, chunks = _norm_layout(k) if norm is not None else (0, 0)
+    bits, group = (linear.bits, linear.group_size) if kind == "affine" else (0, 0)
+    weights = {name: linear[name] for name in ("weight", "scales", "biases") if name in linear}
+    inputs = {
+        "x": x,
+        "norm_weight": x if norm is None else norm.weight,  # unread without a norm, as residual is with one
+        **weights,
+        "residual": x if residual is None else residual,
+        "layout": _constant((_MODES[mode], block, chunks, bits, group), mx.int32),
+        "eps": _constant((norm.eps if norm is not None else 0.0,), mx.float32),
+    }
+    body = _PROJECTION_BODY.replace("{ROWS}", _ROWS[kind])
+    kernel = _kernel(f"project_{kind}", tuple(inputs), ("out",), body, _HEADER + _PROJECTION_HEADER)
+    n = linear.weight.shape[0] // (2 if mode == "norm_swiglu" else 1)
+    return kernel(
+        inputs=list(inputs.values()),
+        template=[("T", x.dtype)],
+        grid=(-(-n // 8) * 256, 1, 1),
+        threadgroup=(256, 1, 1),
+        output_shapes=[(*x.shape[:-1], n)],
+        output_dtypes=[x.dtype],
+    )[0]
 
 
 def enabled(dtype: mx.Dtype) -> bool:
@@ -439,76 +523,6 @@ def qk_norm_rope_ops(qkv: mx.array, q_norm, k_norm, rope, positions, q_heads: in
     queries = q_norm(queries.reshape(batch, length, q_heads, -1)).transpose(0, 2, 1, 3)
     keys = k_norm(keys.reshape(batch, length, kv_heads, -1)).transpose(0, 2, 1, 3)
     return rope(queries, offset=positions), rope(keys, offset=positions)
-
-
-def _norm_layout(k: int) -> tuple[int, int] | None:
-    """MLX's rms_norm launch for rows of k bf16 elements (mlx/backend/cuda/rms_norm.cu, dispatch_num_chunks
-    with 8 elements a load): (threads, loads per thread), or None where MLX takes a kernel not repeated here
-    (rows not a whole number of loads per thread, or longer than 8192)."""
-    vectors, remainder = divmod(k, 8)
-    if remainder:
-        return None
-    if k <= 8 * 64:
-        block, chunks = 64, 1
-    elif vectors % 128 == 0 and vectors // 128 <= 8:
-        block, chunks = 128, vectors // 128
-    elif vectors % 64 == 0 and vectors // 64 <= 8:
-        block, chunks = 64, vectors // 64
-    else:
-        return None
-    return (block, chunks) if k == 8 * block * chunks else None
-
-
-def _rows(linear, k: int, dtype: mx.Dtype) -> tuple[dict, str, list] | None:
-    """How the projection kernels read this layer's weight at input length k: its arrays, the C++ reader
-    and its template arguments; None for a layer they do not take (a bias, another dtype, a quantization
-    other than MLX's affine at 4 or 8 bits)."""
-    if "bias" in linear:
-        return None
-    if type(linear) is nn.Linear and linear.weight.dtype == dtype:
-        per_thread = 4 if k % 128 == 0 else 2 if k % 64 == 0 else 1  # as MLX's gemv picks (8-byte aligned arrays)
-        return {"weight": linear.weight}, "DenseRows<T, K, NP>{weight}", [("NP", per_thread)]
-    if type(linear) is not nn.QuantizedLinear or getattr(linear, "mode", "affine") != "affine":
-        return None
-    bits, group = linear.bits, linear.group_size
-    per_lane = 16 if bits == 4 else 8
-    if bits not in (4, 8) or group not in (32, 64, 128) or k % (32 * per_lane) or linear.scales.dtype != dtype:
-        return None
-    arrays = {"weight": linear.weight, "scales": linear.scales, "biases": linear.biases}
-    return arrays, "AffineRows<T, K, BITS, GROUP>{weight, scales, biases}", [("BITS", bits), ("GROUP", group)]
-
-
-def projections_fit(norm_inputs: list[int], linears: list, dtype: mx.Dtype) -> bool:
-    """Whether the projection kernels take these layers (`linears`, each with its input length) and
-    RMSNorms of these lengths, with activations of this dtype."""
-    return all(_norm_layout(k) for k in norm_inputs) and all(_rows(linear, k, dtype) for linear, k in linears)
-
-
-def _project(kind: str, x: mx.array, linear, norm=None, residual: mx.array | None = None) -> mx.array:
-    """Launch one of the projection kernels (`_PROJECTION_HEADER`) for one row x (1, 1, K)."""
-    k = x.shape[-1]
-    arrays, rows, rows_template = _rows(linear, k, x.dtype)
-    n = linear.weight.shape[0] // (2 if kind == "norm_swiglu" else 1)
-    inputs = {"x": x, **({"norm_weight": norm.weight} if norm is not None else {}), **arrays}
-    template = [("T", x.dtype), ("K", k), ("N", n), *rows_template]
-    if norm is None:
-        call = f"project_add<T>(x, projection::{rows}, residual, out, N)"
-        inputs["residual"] = residual
-    else:
-        eps = _float_literal(norm.eps)
-        call = f"{kind}<T, K, NORM_BLOCK, CHUNKS>(x, norm_weight, {eps}, projection::{rows}, out, N)"
-        block, chunks = _norm_layout(k)
-        template += [("NORM_BLOCK", block), ("CHUNKS", chunks)]
-    name = f"{kind}_{rows.split('<')[0]}"
-    kernel = _kernel(name, tuple(inputs), ("out",), f"  projection::{call};\n", _HEADER + _PROJECTION_HEADER)
-    return kernel(
-        inputs=list(inputs.values()),
-        template=template,
-        grid=(-(-n // 8) * 256, 1, 1),
-        threadgroup=(256, 1, 1),
-        output_shapes=[(*x.shape[:-1], n)],
-        output_dtypes=[x.dtype],
-    )[0]
 
 
 def norm_project(x: mx.array, norm, linear) -> mx.array:

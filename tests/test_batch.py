@@ -344,6 +344,33 @@ def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, mon
     assert tokens(decode_step.StaticDecoder) != with_cache
 
 
+def test_the_projection_kernels_take_only_the_layers_they_repeat_mlx_for():
+    """The projection kernels repeat MLX's one-row gemv (4 elements a load), qmv (affine, 4 or 8 bits) and
+    rms_norm_small step for step; a layer MLX would compute another way keeps MLX's ops."""
+    import mlx.nn as nn
+
+    from funasr_nano_mlx import cuda_kernels
+
+    def linear(k: int, n: int = 256, bits: int | None = None, bias: bool = False, dtype=mx.bfloat16):
+        layer = nn.Linear(k, n, bias=bias)
+        layer.set_dtype(dtype)
+        return nn.QuantizedLinear.from_linear(layer, bits=bits) if bits else layer
+
+    def fit(*linears, norm: int = 1024) -> bool:
+        return cuda_kernels.projections_fit(
+            [norm], [(m, m.weight.shape[1] * 32 // getattr(m, "bits", 32)) for m in linears], mx.bfloat16
+        )
+
+    assert fit(linear(1024), linear(2048), linear(3072))  # Qwen3-0.6B's q/k/v, o, down
+    assert fit(linear(1024, bits=4), linear(3072, bits=4), linear(2048, bits=8))
+    assert not fit(linear(1024), norm=1000)  # MLX's norm takes a padded kernel for rows not a multiple of 512
+    assert not fit(linear(1024, bias=True))
+    assert not fit(linear(1024, dtype=mx.float32))
+    assert not fit(linear(1056))  # 1056 % 128: MLX's gemv reads 2 elements a load
+    assert not fit(linear(1024, bits=3))
+    assert not fit(linear(256, bits=4))  # shorter than one step of 32 lanes x 16 elements
+
+
 def test_the_cuda_kernels_take_only_the_shapes_they_are_written_for(tiny_model, monkeypatch):
     """The decode kernels split a head into aligned loads of 1-8 elements per lane and share key heads
     evenly among query heads; any other model keeps MLX's ops (the tiny model: heads of 16), as does a
