@@ -1,6 +1,6 @@
-"""Two CUDA kernels for the greedy decode step, each replacing several MLX kernels, with the MLX ops they
-replace (`*_ops`; for `decode_attention`, the masked attention of decode_step._StepCache) as the path
-everywhere else.
+"""CUDA kernels for the greedy decode step, each replacing several MLX kernels, with the MLX ops they replace
+(`*_ops`) as the path everywhere else: attention of one query over the written slots, the q/k RMSNorms with
+RoPE, and, for one row, the projections with the RMSNorm, residual add or swiglu around them inside.
 
 Why by hand: a decode step of Qwen3-0.6B is bound by the host, not the GPU. MLX spends a few microseconds
 of CPU per kernel it submits, and a step was about 500 kernels (3.1 ms on an H100, while the weights take
@@ -8,7 +8,8 @@ of CPU per kernel it submits, and a step was about 500 kernels (3.1 ms on an H10
 query takes no array mask, so a preallocated cache (which the compiled step needs) sent every layer to
 separate matmul and softmax kernels. Each function here computes what its `*_ops` twin computes, in the
 same float32 steps and the same roundings to the model's dtype, so that the two agree to float32 rounding
-order (measured in bench/kernels.py; BENCHMARKS.md).
+order; the projections repeat MLX's own kernels' order too, and agree bit for bit (measured in
+bench/kernels.py; BENCHMARKS.md).
 
 Used only where `enabled(dtype)`: the default device is a CUDA GPU, the activations are bf16 (the dtype
 they were verified in; a float32 model stays the exact path, op for op as on the CPU) and

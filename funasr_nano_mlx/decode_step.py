@@ -11,7 +11,8 @@ one compiled graph (`mx.compile`), replayed without Python.
 Attention must skip the slots not written yet (and each row's left padding). Where the CUDA kernels
 fit (`kernels_fit`: a CUDA GPU, bf16 activations), one kernel reads just the valid slots
 (`cuda_kernels.decode_attention`) and another does the q/k RMSNorms and RoPE, and a single clip takes
-this step too: faster than mlx-lm's cache, for one clip and for batches (BENCHMARKS.md). Elsewhere the
+this step too, each layer in 8 kernels (`projections_fit`, `_layer_in_kernels`): faster than mlx-lm's
+cache, for one clip and for batches (BENCHMARKS.md). Elsewhere the
 step reads the buffers up to a window that grows in steps of `WINDOW_STEP`, with a mask; MLX's
 attention kernel for one query takes no array mask and falls back to separate matmul and softmax
 kernels, which cost a single row more than compiling saves, so there one row keeps mlx-lm's cache
