@@ -8,8 +8,9 @@ of CPU per kernel it submits, and a step was about 500 kernels (3.1 ms on an H10
 query takes no array mask, so a preallocated cache (which the compiled step needs) sent every layer to
 separate matmul and softmax kernels. Each function here computes what its `*_ops` twin computes, in the
 same float32 steps and the same roundings to the model's dtype, so that the two agree to float32 rounding
-order; the projections repeat MLX's own kernels' order too, and agree bit for bit (measured in
-bench/kernels.py; BENCHMARKS.md).
+order; the projections repeat MLX's own kernels' order too, and agreed bit for bit in their first form,
+with the shapes as compile-time constants (measured in bench/kernels.py; BENCHMARKS.md: the present form,
+one source for all shapes, is not yet measured on a GPU).
 
 Used only where `enabled(dtype)`: the default device is a CUDA GPU, the activations are bf16 (the dtype
 they were verified in; a float32 model stays the exact path, op for op as on the CPU) and
@@ -408,6 +409,8 @@ def _constant(values: tuple, dtype: mx.Dtype) -> mx.array:
 
 def _project(mode: str, x: mx.array, linear, norm=None, residual: mx.array | None = None) -> mx.array:
     """One projection kernel (`_PROJECTION_HEADER`) for one row x (1, 1, K)."""
+    if x.ndim != 3 or x.shape[:2] != (1, 1):
+        raise ValueError(f"the projection kernels take one row (1, 1, K), got {x.shape}")  # the kernel reads K there
     k = x.shape[-1]
     kind = _weight_kind(linear, k, x.dtype)
     block, chunks = _norm_layout(k) if norm is not None else (0, 0)
