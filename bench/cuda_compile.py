@@ -1,6 +1,7 @@
 """Compile the package's CUDA kernels with a local nvcc, wrapped as MLX wraps them, before spending GPU time.
 
     python bench/cuda_compile.py --mlx-src DIR [--arch sm_90a] [--head-dim 128 --q-heads 16 --kv-heads 8]
+                                 [--nvrtc LIBNVRTC --cuda-include DIR]
 
 DIR is an MLX source checkout of the installed version (the kernels include its
 mlx/backend/cuda/device headers). Each kernel of `funasr_nano_mlx.cuda_kernels` is called once on the
@@ -9,14 +10,21 @@ the recorded source is wrapped as MLX 0.32's `build_kernel` does (mlx/backend/cu
 the inputs' pointers, `NAME_shape` where the source mentions it, the outputs, the template arguments)
 and compiled to PTX. A compile error costs seconds here instead of a GPU machine's start. Exit status 1
 if any kernel fails to compile. Needs nvcc on PATH (CUDA 12.8 or newer for sm_90a).
+
+Like MLX, each distinct source is compiled once. With --nvrtc (a libnvrtc.so, e.g. from the
+nvidia-cuda-nvrtc wheel, no GPU needed) the sources are compiled with NVRTC and the options MLX's JIT
+passes (mlx/backend/cuda/jit_module.cpp), and timed: MLX keeps no disk copy of a custom kernel, so every
+process pays this at its first decode.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -53,33 +61,66 @@ def wrapped(name, header, source, input_names, inputs, output_names, output_dtyp
     return text + "\n" + source + "\n}\n\n} // namespace mlx::core::cu\n"
 
 
-class Recorder:
-    """Stands in for mx.fast.cuda_kernel: compiles what each kernel launch would compile, returns zeros."""
+def nvcc_errors(name: str, text: str, include: Path, arch: str) -> str:
+    """nvcc's errors for this source ("" if it compiles to PTX)."""
+    with tempfile.TemporaryDirectory() as work:
+        file = Path(work) / f"{name}.cu"
+        file.write_text(text)
+        command = ["nvcc", f"-arch={arch}", "--ptx", "-std=c++17", f"-I{include}", "-o", "/dev/null", str(file)]
+        done = subprocess.run(command, capture_output=True, text=True)
+    return done.stderr if done.returncode else ""
 
-    def __init__(self, include: Path, arch: str):
-        self.include, self.arch, self.failed = include, arch, []
+
+class Nvrtc:
+    """NVRTC through ctypes, with the options of MLX's JIT: the device as the default execution space, the
+    architecture, include paths (MLX passes its device headers from memory; here from the source tree)."""
+
+    def __init__(self, library: Path, includes: list[Path], arch: str):
+        self.lib = ctypes.CDLL(str(library))
+        paths = [f"--include-path={path}" for path in includes]
+        self.options = [b"--device-as-default-execution-space", f"--gpu-architecture={arch}".encode()]
+        self.options += [path.encode() for path in paths]
+
+    def errors(self, name: str, text: str) -> str:
+        program = ctypes.c_void_p()
+        created = self.lib.nvrtcCreateProgram(
+            ctypes.byref(program), text.encode(), f"{name}.cu".encode(), 0, None, None
+        )
+        if created:
+            return f"nvrtcCreateProgram failed ({created})"
+        options = (ctypes.c_char_p * len(self.options))(*self.options)
+        failed = self.lib.nvrtcCompileProgram(program, len(self.options), options)
+        size = ctypes.c_size_t()
+        self.lib.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        self.lib.nvrtcGetProgramLog(program, log)
+        self.lib.nvrtcDestroyProgram(ctypes.byref(program))
+        return log.value.decode(errors="replace") if failed else ""
+
+
+class Recorder:
+    """Stands in for mx.fast.cuda_kernel: compiles each distinct source a kernel launch would compile (with
+    nvcc, or timed with NVRTC), returns zeros."""
+
+    def __init__(self, include: Path, arch: str, nvrtc: Nvrtc | None = None):
+        self.include, self.arch, self.nvrtc = include, arch, nvrtc
+        self.failed, self.seconds = [], {}
 
     def __call__(self, name, input_names, output_names, source, header="", **_):
         def launch(*, inputs, output_shapes, output_dtypes, template=(), **_):
             text = wrapped(name, header, source, input_names, inputs, output_names, output_dtypes, template)
-            with tempfile.TemporaryDirectory() as work:
-                file = Path(work) / f"{name}.cu"
-                file.write_text(text)
-                command = [
-                    "nvcc",
-                    f"-arch={self.arch}",
-                    "--ptx",
-                    "-std=c++17",
-                    f"-I{self.include}",
-                    "-o",
-                    "/dev/null",
-                    str(file),
-                ]
-                done = subprocess.run(command, capture_output=True, text=True)
-            print(f"{name}: {'compiles' if done.returncode == 0 else 'FAILS'}", flush=True)
-            if done.returncode:
-                print(done.stderr[-4000:])
-                self.failed.append(name)
+            if text not in self.seconds:
+                start = time.perf_counter()
+                if self.nvrtc:
+                    errors = self.nvrtc.errors(name, text)
+                else:
+                    errors = nvcc_errors(name, text, self.include, self.arch)
+                self.seconds[text] = time.perf_counter() - start
+                took = f" in {self.seconds[text]:.2f} s (NVRTC)" if self.nvrtc else ""
+                print(f"{name}: {'FAILS' if errors else 'compiles'}{took}", flush=True)
+                if errors:
+                    print(errors[-4000:])
+                    self.failed.append(name)
             return [mx.zeros(shape, dtype) for shape, dtype in zip(output_shapes, output_dtypes)]
 
         return launch
@@ -112,10 +153,18 @@ def main() -> None:
     parser.add_argument("--kv-heads", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--intermediate", type=int, default=3072)
+    parser.add_argument("--nvrtc", type=Path, help="a libnvrtc.so: compile with NVRTC, as MLX does, and time it")
+    parser.add_argument("--cuda-include", type=Path, help="the CUDA headers NVRTC needs (with --nvrtc)")
     args = parser.parse_args()
     if not (args.mlx_src / "mlx/backend/cuda/device/utils.cuh").is_file():
         parser.error(f"{args.mlx_src} holds no mlx/backend/cuda/device/utils.cuh: not an MLX source checkout")
-    recorder = Recorder(args.mlx_src, args.arch)
+    nvrtc = None
+    if args.nvrtc:
+        if not args.cuda_include:
+            parser.error("--nvrtc needs --cuda-include (the directory of cuda_runtime.h)")
+        includes = [args.mlx_src, args.cuda_include, args.cuda_include / "cccl"]
+        nvrtc = Nvrtc(args.nvrtc, includes, args.arch)
+    recorder = Recorder(args.mlx_src, args.arch, nvrtc)
     mx.fast.cuda_kernel = recorder
     dims, heads, kv_heads, batch, dtype = args.head_dim, args.q_heads, args.kv_heads, 2, mx.bfloat16
     buffers = mx.zeros((batch, kv_heads, 256, dims), dtype)
@@ -126,6 +175,9 @@ def main() -> None:
     qkv = mx.zeros((batch, 1, (heads + 2 * kv_heads) * dims), dtype)
     cuda_kernels.qk_norm_rope(qkv, norm, norm, UpstreamRoPE(dims, 1e6, "bf16"), rows, heads, kv_heads)
     project_kernels(args.hidden, args.intermediate, heads * dims, dtype)
+    if nvrtc:
+        total = sum(recorder.seconds.values())
+        print(f"{len(recorder.seconds)} distinct sources, {total:.1f} s with NVRTC (bf16 and quantized projections)")
     sys.exit(1 if recorder.failed else 0)
 
 
