@@ -68,6 +68,7 @@ class Stats:
     requests_failed: int = 0
     requests_cancelled: int = 0
     segments_dropped: int = 0  # segments of cancelled requests that were never decoded
+    warm_up_seconds: float = 0.0  # the short clip decoded before the first request (BatchDecoder.warm_up)
 
     def as_dict(self) -> dict:
         return {
@@ -79,6 +80,7 @@ class Stats:
             "requests_failed": self.requests_failed,
             "requests_cancelled": self.requests_cancelled,
             "segments_dropped": self.segments_dropped,
+            "warm_up_seconds": round(self.warm_up_seconds, 3),
         }
 
 
@@ -166,6 +168,9 @@ class Scheduler:
                 self.segmenter = self.segmenter()
             # The server's settings are transcribe's defaults: duration-scaled budgets, the repetition guard.
             self.pipeline = BatchDecoder(model, tokenizer, None, (), True, None, True)
+            start = time.monotonic()
+            self.pipeline.warm_up()
+            self.stats.warm_up_seconds = time.monotonic() - start
         except BaseException as err:  # raised in the thread that built the scheduler, after the clean-up
             self._load_error = err
             return False

@@ -417,6 +417,17 @@ class BatchDecoder:
             decoded.ctc = em
         return results
 
+    def warm_up(self, seconds: float = 1.0, steps: int = 4) -> None:
+        """Run a short clip of faint noise through the frontend, encoder, prefill and `steps` decode steps,
+        so that a server's first request does not pay for what MLX compiles at first use: its kernels
+        (a CUDA kernel of ours at every process start: about a second a source, BENCHMARKS.md), the
+        compiled encoder layers and the compiled decode step at their first shapes."""
+        samples = np.random.default_rng(0).normal(0.0, 1e-3, int(seconds * SAMPLE_RATE)).astype(np.float32)
+        feats, _ = _batch_features([SegmentJob(0, samples, 0, round(seconds * 1000), "warm-up")])
+        frames = self.model.encode(feats)[0]
+        embeddings = prompt_inputs(self.model, self.tokenizer, frames, **self.prompt)[1]
+        greedy_batch(self.model.llm, [embeddings], [steps], [], stop_loops=False)  # no stop token: every step runs
+
     def segment(self, job: SegmentJob, decoded: Decoded) -> Segment:
         # Upstream decodes all that generate() returned, the stop token included (skipped as special).
         stop = [] if decoded.stop_token is None else [decoded.stop_token]

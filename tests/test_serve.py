@@ -158,6 +158,28 @@ def test_stream_sends_segments_in_time_order(server, files, expected):
     assert len(deltas) == sum(1 for segment in want.segments if segment.text)
 
 
+def test_the_server_has_decoded_before_its_first_request(tiny_f32, tmp_path, files, expected):
+    """What MLX compiles at first use (its kernels, ours at every start, the compiled layers and step)
+    is paid before the server listens, by a short warm-up clip that no counter or answer sees."""
+    decoded = []
+
+    def decode(pipeline, batch, timings):
+        decoded.append(len(batch))
+        return BatchDecoder.run(pipeline, batch, timings)
+
+    running = Running(tiny_f32, tmp_path / "uploads", decode=decode)
+    try:
+        metrics = running.metrics()
+        assert metrics["warm_up_seconds"] > 0 and metrics["batches"] == 0 and decoded == [], metrics
+        answer = running.client().audio.transcriptions.create(
+            file=files["clip3"], model="tiny", response_format="verbose_json"
+        )
+        assert tokens(answer) == expected["clip3"].token_ids
+        assert decoded == [1]
+    finally:
+        running.stop()
+
+
 def test_32_concurrent_clients_share_batches(server, files, expected):
     names = [f"clip{i % 8}" for i in range(32)]
     before = server.metrics()
