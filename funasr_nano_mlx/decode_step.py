@@ -92,25 +92,26 @@ def _layer_in_kernels(layer, hidden: mx.array, cache: _StepCache) -> mx.array:
     the same numbers as `_attention` and mlx-lm's MLP)."""
     attention = layer.self_attn
     qkv = cuda_kernels.norm_project(hidden, layer.input_layernorm, attention.fused_qkv())
-    queries, keys = cuda_kernels.qk_norm_rope(
-        qkv, attention.q_norm, attention.k_norm, attention.rope, cache.offset, attention.n_heads, attention.n_kv_heads
-    )
-    cache.update(keys, attention.value_heads(qkv))
-    output = cache.attend(queries, attention.scale).reshape(1, 1, -1)  # one row: (1, heads, 1, D) is (1, 1, heads D)
+    output = _attend(attention, qkv, cache).reshape(1, 1, -1)  # one row: (1, heads, 1, D) is (1, 1, heads D)
     hidden = cuda_kernels.project_add(output, attention.o_proj, hidden)
     act = cuda_kernels.norm_swiglu(hidden, layer.post_attention_layernorm, layer.mlp.fused_gate_up())
     return cuda_kernels.project_add(act, layer.mlp.down_proj, hidden)
 
 
-def _attention(attention, x: mx.array, cache: _StepCache) -> mx.array:
-    """mlx-lm's Qwen3 attention (mlx_lm/models/qwen3.py:70-100) for one token per row over `cache`."""
-    qkv = attention.qkv(x)
+def _attend(attention, qkv: mx.array, cache: _StepCache) -> mx.array:
+    """From the fused q/k/v projection: the q/k norms and RoPE, this step's key and value written to the
+    cache, attention over it: (B, heads, 1, head_dim)."""
     norm_rope = cuda_kernels.qk_norm_rope if cache.kernels else cuda_kernels.qk_norm_rope_ops
     queries, keys = norm_rope(
         qkv, attention.q_norm, attention.k_norm, attention.rope, cache.offset, attention.n_heads, attention.n_kv_heads
     )
     cache.update(keys, attention.value_heads(qkv))
-    output = cache.attend(queries, attention.scale)
+    return cache.attend(queries, attention.scale)
+
+
+def _attention(attention, x: mx.array, cache: _StepCache) -> mx.array:
+    """mlx-lm's Qwen3 attention (mlx_lm/models/qwen3.py:70-100) for one token per row over `cache`."""
+    output = _attend(attention, attention.qkv(x), cache)
     return attention.o_proj(output.transpose(0, 2, 1, 3).reshape(x.shape[0], 1, -1))
 
 

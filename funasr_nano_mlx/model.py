@@ -547,9 +547,9 @@ class Qwen3Attention(qwen3.Attention):
 
     def qkv(self, x: mx.array) -> mx.array:
         """The q, k and v projections of x side by side on the last axis: one matmul once fused."""
-        fused = _fused(self, "_qkv")
+        fused = self.fused_qkv()
         if fused is not None:
-            return fused.linear(x)
+            return fused(x)
         return mx.concatenate([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=-1)
 
     def value_heads(self, qkv: mx.array) -> mx.array:
