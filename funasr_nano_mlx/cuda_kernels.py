@@ -189,7 +189,7 @@ namespace cg = cooperative_groups;
 using mlx::core::cu::unsafe_load_vector;
 constexpr int ROWS_PER_BLOCK = 8;  // one warp per output row, as MLX's gemv and qmv
 constexpr int MAX_NORMED = 8192;  // the longest row MLX's rms_norm_small takes: 128 threads x 8 loads of 8
-enum Mode { PROJECT_ADD = 0, NORM_PROJECT = 1, NORM_SWIGLU = 2 };
+enum Mode { MODES };
 
 // The RMSNorm of x (k elements) into `out` (shared), as MLX's rms_norm_small<T, norm_block, chunks>: threads
 // [0, norm_block) each add the squares of `chunks` vectors of 8, a warp reduce, then a reduce of the warps'.
@@ -357,7 +357,13 @@ _ROWS = {
     "dense": "projection::DenseRows<T>{weight, k}",
     "affine": "projection::AffineRows<T>{weight, scales, biases, k, layout[3], layout[4]}",
 }
-_MODES = {"project_add": 0, "norm_project": 1, "norm_swiglu": 2}  # projection::Mode
+_MODES = {"project_add": 0, "norm_project": 1, "norm_swiglu": 2}  # projection::Mode, written from here
+_PROJECTION_HEADER = _PROJECTION_HEADER.replace(
+    "MODES", ", ".join(f"{name.upper()} = {value}" for name, value in _MODES.items())
+)
+# The quantizations (bits, group size) whose products were compared with MLX's on a GPU. The reader takes
+# 8 bits and other groups as MLX's qmv does, but nothing has compared those yet, so they keep MLX's ops.
+MEASURED_QUANTIZATIONS = {(4, 64)}
 
 
 def _norm_layout(k: int) -> tuple[int, int] | None:
@@ -381,7 +387,7 @@ def _norm_layout(k: int) -> tuple[int, int] | None:
 def _weight_kind(linear, k: int, dtype: mx.Dtype) -> str | None:
     """Which reader of `_ROWS` takes this layer's weight at input length k; None for a layer the kernels do
     not take (a bias, another dtype, a row length MLX's gemv reads other than 4 elements a load, a
-    quantization other than MLX's affine at 4 or 8 bits)."""
+    quantization other than MLX's affine in MEASURED_QUANTIZATIONS)."""
     if "bias" in linear:
         return None
     if type(linear) is nn.Linear:
@@ -390,14 +396,15 @@ def _weight_kind(linear, k: int, dtype: mx.Dtype) -> str | None:
         return None
     bits, group = linear.bits, linear.group_size
     per_lane = 16 if bits == 4 else 8  # elements a lane reads per step in MLX's qmv
-    fits = bits in (4, 8) and group in (32, 64, 128) and k % (32 * per_lane) == 0 and linear.scales.dtype == dtype
-    return "affine" if fits else None
+    measured = (bits, group) in MEASURED_QUANTIZATIONS
+    return "affine" if measured and k % (32 * per_lane) == 0 and linear.scales.dtype == dtype else None
 
 
-def projections_fit(norm_inputs: list[int], linears: list, dtype: mx.Dtype) -> bool:
-    """Whether the projection kernels take these layers (`linears`, each with its input length) and
-    RMSNorms of these lengths, with activations of this dtype."""
-    return all(_norm_layout(k) for k in norm_inputs) and all(_weight_kind(linear, k, dtype) for linear, k in linears)
+def projections_fit(norms: list, linears: list, dtype: mx.Dtype) -> bool:
+    """Whether the projection kernels take these RMSNorms and layers (`linears`, each with its input
+    length), with activations of this dtype."""
+    norms_fit = all(norm.weight.dtype == dtype and _norm_layout(norm.weight.shape[0]) for norm in norms)
+    return norms_fit and all(_weight_kind(linear, k, dtype) for linear, k in linears)
 
 
 @lru_cache(maxsize=None)
@@ -413,6 +420,8 @@ def _project(mode: str, x: mx.array, linear, norm=None, residual: mx.array | Non
         raise ValueError(f"the projection kernels take one row (1, 1, K), got {x.shape}")  # the kernel reads K there
     k = x.shape[-1]
     kind = _weight_kind(linear, k, x.dtype)
+    if kind is None:
+        raise ValueError(f"the projection kernels do not take this layer ({linear}): see projections_fit")
     block, chunks = _norm_layout(k) if norm is not None else (0, 0)
     bits, group = (linear.bits, linear.group_size) if kind == "affine" else (0, 0)
     weights = {name: linear[name] for name in ("weight", "scales", "biases") if name in linear}

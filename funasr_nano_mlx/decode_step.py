@@ -74,16 +74,17 @@ def projections_fit(llm, rows: int, dtype: mx.Dtype) -> bool:
     projections fused and every projection of a kind the kernels take."""
     if rows != 1 or not kernels_fit(llm, dtype):
         return False
-    args, linears = llm.args, []
+    args, norms, linears = llm.args, [], []
     for layer in llm.layers:
         attention, mlp = layer.self_attn, layer.mlp
         qkv, gate_up = attention.fused_qkv(), mlp.fused_gate_up()
         if qkv is None or gate_up is None:
             return False
+        norms += [layer.input_layernorm, layer.post_attention_layernorm]
         attention_width = attention.n_heads * attention.rope.dims
         linears += [(qkv, args.hidden_size), (attention.o_proj, attention_width)]
         linears += [(gate_up, args.hidden_size), (mlp.down_proj, args.intermediate_size)]
-    return cuda_kernels.projections_fit([args.hidden_size], linears, dtype)
+    return cuda_kernels.projections_fit(norms, linears, dtype)
 
 
 def _layer_in_kernels(layer, hidden: mx.array, cache: _StepCache) -> mx.array:

@@ -418,10 +418,11 @@ class BatchDecoder:
         return results
 
     def warm_up(self, seconds: float = 1.0, steps: int = 4) -> None:
-        """Run a short clip of faint noise through the frontend, encoder, prefill and `steps` decode steps,
-        so that a server's first request does not pay for what MLX compiles at first use: its kernels
-        (a CUDA kernel of ours at every process start: about a second a source, BENCHMARKS.md), the
-        compiled encoder layers and the compiled decode step at their first shapes."""
+        """Run a short clip of faint noise through the frontend, encoder, prefill and `steps` decode steps
+        of one row, so that a server's first request does not pay for what MLX compiles at first use for
+        such a clip: its kernels (a CUDA kernel of ours at every process start: about a second a source,
+        BENCHMARKS.md), the compiled encoder layers and decode step at their first shapes. Batched steps,
+        other lengths and the CTC head still compile at their first use."""
         samples = np.random.default_rng(0).normal(0.0, 1e-3, int(seconds * SAMPLE_RATE)).astype(np.float32)
         feats, _ = _batch_features([SegmentJob(0, samples, 0, round(seconds * 1000), "warm-up")])
         frames = self.model.encode(feats)[0]

@@ -275,7 +275,7 @@ def test_fused_projections_give_the_same_tokens(tiny_f32, ten_files, monkeypatch
     assert tokens(fused) != tokens(load(tiny_f32)[0])
 
 
-def one_row_decoder(model_dir, clip_audio):
+def one_row_decoder(model_dir, clip_audio, monkeypatch):
     """The tokens of `greedy_batch` for one clip of the model in `model_dir`, with a budget that makes the
     step's buffers grow once on the way: a function of the decoder to use (None: the default)."""
     import importlib
@@ -288,14 +288,11 @@ def one_row_decoder(model_dir, clip_audio):
     encoded = model.encode(mx.array(features(clip_audio))[None])[0]
     embeddings = transcribe_module.prompt_inputs(model, tokenizer, encoded)[1]
     budget = CAPACITY_STEP + 20 - embeddings.shape[0]
+    default = transcribe_module.make_decoder
 
     def tokens(decoder=None) -> list[int]:
-        original = transcribe_module.make_decoder
-        transcribe_module.make_decoder = decoder or original
-        try:
-            ids = transcribe_module.greedy_batch(model.llm, [embeddings], [budget], [], stop_loops=False)[0].token_ids
-        finally:
-            transcribe_module.make_decoder = original
+        monkeypatch.setattr(transcribe_module, "make_decoder", decoder or default)
+        ids = transcribe_module.greedy_batch(model.llm, [embeddings], [budget], [], stop_loops=False)[0].token_ids
         assert len(ids) == budget
         return ids
 
@@ -312,7 +309,7 @@ def test_one_row_through_the_static_step_decodes_as_mlx_lm(tiny_f32, ten_files, 
 
     monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
     monkeypatch.setenv("FUNASR_NANO_FUSE", fused)
-    _, tokens = one_row_decoder(tiny_f32, ten_files[0])
+    _, tokens = one_row_decoder(tiny_f32, ten_files[0], monkeypatch)
     assert tokens(StaticDecoder) == tokens()
 
 
@@ -325,7 +322,7 @@ def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, mon
     from funasr_nano_mlx import cuda_kernels, decode_step
 
     monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
-    model, tokens = one_row_decoder(tiny_f32, ten_files[0])
+    model, tokens = one_row_decoder(tiny_f32, ten_files[0], monkeypatch)
     with_cache = tokens()
     monkeypatch.setattr(cuda_kernels, "enabled", lambda dtype: True)
     monkeypatch.setattr(cuda_kernels, "fits", lambda *shape: True)
@@ -333,6 +330,9 @@ def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, mon
     assert decode_step.projections_fit(model.llm, 1, mx.float32) and not decode_step.projections_fit(
         model.llm, 2, mx.float32
     )
+    model.fuse_projections(False)  # the kernels read q/k/v and gate/up as one matrix each
+    assert not decode_step.projections_fit(model.llm, 1, mx.float32)
+    model.fuse_projections(True)
     calls = []
     for name in ("decode_attention", "qk_norm_rope", "norm_project", "project_add", "norm_swiglu"):
         twin = getattr(cuda_kernels, f"{name}_ops")
@@ -345,29 +345,39 @@ def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, mon
 
 
 def test_the_projection_kernels_take_only_the_layers_they_repeat_mlx_for():
-    """The projection kernels repeat MLX's one-row gemv (4 elements a load), qmv (affine, 4 or 8 bits) and
-    rms_norm_small step for step; a layer MLX would compute another way keeps MLX's ops."""
+    """The projection kernels repeat MLX's one-row gemv (4 elements a load), qmv (affine; only the
+    quantizations compared on a GPU) and rms_norm_small step for step; a layer MLX would compute
+    another way keeps MLX's ops."""
     import mlx.nn as nn
 
     from funasr_nano_mlx import cuda_kernels
 
-    def linear(k: int, n: int = 256, bits: int | None = None, bias: bool = False, dtype=mx.bfloat16):
+    def linear(k: int, n: int = 256, bias: bool = False, dtype=mx.bfloat16, **quantization):
         layer = nn.Linear(k, n, bias=bias)
         layer.set_dtype(dtype)
-        return nn.QuantizedLinear.from_linear(layer, bits=bits) if bits else layer
+        return nn.QuantizedLinear.from_linear(layer, **quantization) if quantization else layer
 
-    def fit(*linears, norm: int = 1024) -> bool:
+    def norm(k: int = 1024, dtype=mx.bfloat16) -> nn.RMSNorm:
+        layer = nn.RMSNorm(k)
+        layer.set_dtype(dtype)
+        return layer
+
+    def fit(*linears, norms=(norm(),)) -> bool:
         return cuda_kernels.projections_fit(
-            [norm], [(m, m.weight.shape[1] * 32 // getattr(m, "bits", 32)) for m in linears], mx.bfloat16
+            list(norms), [(m, m.weight.shape[1] * 32 // getattr(m, "bits", 32)) for m in linears], mx.bfloat16
         )
 
     assert fit(linear(1024), linear(2048), linear(3072))  # Qwen3-0.6B's q/k/v, o, down
-    assert fit(linear(1024, bits=4), linear(3072, bits=4), linear(2048, bits=8))
-    assert not fit(linear(1024), norm=1000)  # MLX's norm takes a padded kernel for rows not a multiple of 512
+    assert fit(linear(1024, bits=4, group_size=64), linear(3072, bits=4, group_size=64))
+    assert not fit(linear(1024), norms=[norm(1000)])  # MLX's norm takes a padded kernel for rows not a multiple of 512
+    assert not fit(linear(1024), norms=[norm(dtype=mx.float32)])
     assert not fit(linear(1024, bias=True))
     assert not fit(linear(1024, dtype=mx.float32))
-    assert not fit(linear(1056))  # 1056 % 128: MLX's gemv reads 2 elements a load
+    assert not fit(linear(1088))  # 1088 % 128 = 64: MLX's gemv reads 2 elements a load
     assert not fit(linear(1024, bits=3))
+    assert not fit(linear(1024, bits=8))  # repeated as MLX computes it, but never compared on a GPU
+    assert not fit(linear(1024, bits=4, group_size=32))
+    assert not fit(linear(1024, mode="mxfp4"))
     assert not fit(linear(256, bits=4))  # shorter than one step of 32 lanes x 16 elements
 
 

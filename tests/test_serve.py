@@ -158,24 +158,34 @@ def test_stream_sends_segments_in_time_order(server, files, expected):
     assert len(deltas) == sum(1 for segment in want.segments if segment.text)
 
 
-def test_the_server_has_decoded_before_its_first_request(tiny_f32, tmp_path, files, expected):
-    """What MLX compiles at first use (its kernels, ours at every start, the compiled layers and step)
-    is paid before the server listens, by a short warm-up clip that no counter or answer sees."""
-    decoded = []
+def test_the_server_has_decoded_before_its_first_request(tiny_f32, tmp_path, files, expected, monkeypatch):
+    """What MLX compiles at first use for one row (its kernels, ours at every start, the compiled layers
+    and step) is paid before the server listens, by a short warm-up clip that no counter, injected
+    decoder or answer sees."""
+    import importlib
+
+    transcribe_module = importlib.import_module("funasr_nano_mlx.transcribe")  # the package exports a function so named
+    greedy, decoded, decodes = transcribe_module.greedy_batch, [], []
+
+    def recorded_greedy(llm, embeddings, budgets, *args, **kwargs):
+        decodes.append((len(embeddings), list(budgets)))
+        return greedy(llm, embeddings, budgets, *args, **kwargs)
 
     def decode(pipeline, batch, timings):
         decoded.append(len(batch))
         return BatchDecoder.run(pipeline, batch, timings)
 
+    monkeypatch.setattr(transcribe_module, "greedy_batch", recorded_greedy)
     running = Running(tiny_f32, tmp_path / "uploads", decode=decode)
     try:
+        assert decodes == [(1, [4])]  # one row, four steps, before any request
         metrics = running.metrics()
         assert metrics["warm_up_seconds"] > 0 and metrics["batches"] == 0 and decoded == [], metrics
         answer = running.client().audio.transcriptions.create(
             file=files["clip3"], model="tiny", response_format="verbose_json"
         )
         assert tokens(answer) == expected["clip3"].token_ids
-        assert decoded == [1]
+        assert decoded == [1] and len(decodes) == 2
     finally:
         running.stop()
 
