@@ -48,7 +48,7 @@ from funasr_nano_mlx.decode_step import StaticDecoder, make_decoder, output_head
 from funasr_nano_mlx.transcribe import prefill, prompt_inputs  # noqa: E402
 
 
-KERNELS = ("qk_norm_rope",)  # cuda_kernels' functions that have an `_ops` twin
+KERNELS = ("qk_norm_rope",)  # cuda_kernels' functions a variant may swap for their `_ops` twin
 PROJECTIONS = "projections"  # the projection kernels: each layer of one row in 8 kernels (decode_step.projections_fit)
 
 

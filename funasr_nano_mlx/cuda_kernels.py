@@ -434,7 +434,7 @@ def _project(mode: str, x: mx.array, linear, norm=None, residual: mx.array | Non
         "eps": _constant((norm.eps if norm is not None else 0.0,), mx.float32),
     }
     body = _PROJECTION_BODY.replace("{ROWS}", _ROWS[kind])
-    kernel = _kernel(f"project_{kind}", tuple(inputs), ("out",), body, _HEADER + _PROJECTION_HEADER)
+    kernel = _kernel(f"project_{kind}", tuple(inputs), ("out",), body, _PROJECTION_HEADER)
     n = linear.weight.shape[0] // (2 if mode == "norm_swiglu" else 1)
     return kernel(
         inputs=list(inputs.values()),

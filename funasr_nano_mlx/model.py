@@ -560,7 +560,7 @@ class Qwen3Attention(qwen3.Attention):
         return values.reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
 
     def __call__(self, x: mx.array, mask: mx.array | None = None, cache=None) -> mx.array:
-        if _fused(self, "_qkv") is None:
+        if self.fused_qkv() is None:
             return super().__call__(x, mask, cache)
         # As mlx_lm/models/qwen3.py:76-100 (mlx-lm 0.32.2), from the fused projection.
         batch, length, _ = x.shape
