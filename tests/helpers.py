@@ -3,6 +3,7 @@ spoken sets, and reading reports."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import subprocess
@@ -144,3 +145,9 @@ def shifted(stamps: list[dict], offset: float) -> list[dict]:
         {**s, "start_time": round(offset + s["start_time"], 3), "end_time": round(offset + s["end_time"], 3)}
         for s in stamps
     ]
+
+
+def transcribe_module():
+    """The module funasr_nano_mlx.transcribe, to patch its globals: the package exports a function so
+    named, which `import funasr_nano_mlx.transcribe as ...` would give instead."""
+    return importlib.import_module("funasr_nano_mlx.transcribe")

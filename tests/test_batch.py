@@ -16,7 +16,7 @@ from funasr_nano_mlx.audio import features
 from funasr_nano_mlx.decoding import DEFAULT_MAX_NEW_TOKENS, loop_end, token_budget
 from funasr_nano_mlx.model import EncoderArgs, encoder_layers_per_eval, sanm_layer_bytes
 from funasr_nano_mlx.transcribe import Decoded, transcribe, transcribe_many
-from tests.helpers import clip
+from tests.helpers import clip, transcribe_module
 
 TEN_LENGTHS_S = [0.4, 1.0, 1.7, 2.5, 3.2, 4.0, 5.5, 7.0, 9.0, 12.0]
 
@@ -278,21 +278,19 @@ def test_fused_projections_give_the_same_tokens(tiny_f32, ten_files, monkeypatch
 def one_row_decoder(model_dir, clip_audio, monkeypatch):
     """The tokens of `greedy_batch` for one clip of the model in `model_dir`, with a budget that makes the
     step's buffers grow once on the way: a function of the decoder to use (None: the default)."""
-    import importlib
-
     from funasr_nano_mlx import load
     from funasr_nano_mlx.decode_step import CAPACITY_STEP
 
-    transcribe_module = importlib.import_module("funasr_nano_mlx.transcribe")  # the package exports a function so named
+    module = transcribe_module()
     model, tokenizer = load(model_dir)
     encoded = model.encode(mx.array(features(clip_audio))[None])[0]
-    embeddings = transcribe_module.prompt_inputs(model, tokenizer, encoded)[1]
+    embeddings = module.prompt_inputs(model, tokenizer, encoded)[1]
     budget = CAPACITY_STEP + 20 - embeddings.shape[0]
-    default = transcribe_module.make_decoder
+    default = module.make_decoder
 
     def tokens(decoder=None) -> list[int]:
-        monkeypatch.setattr(transcribe_module, "make_decoder", decoder or default)
-        ids = transcribe_module.greedy_batch(model.llm, [embeddings], [budget], [], stop_loops=False)[0].token_ids
+        monkeypatch.setattr(module, "make_decoder", decoder or default)
+        ids = module.greedy_batch(model.llm, [embeddings], [budget], [], stop_loops=False)[0].token_ids
         assert len(ids) == budget
         return ids
 

@@ -27,7 +27,7 @@ from funasr_nano_mlx.scheduler import Scheduler
 from funasr_nano_mlx.serve import Limits, Server, split_hotwords, verbose_json, Options
 from funasr_nano_mlx.subtitles import to_srt, to_vtt
 from funasr_nano_mlx.transcribe import Segment, Transcription, BatchDecoder, transcribe
-from tests.helpers import clip
+from tests.helpers import clip, transcribe_module
 
 API_KEY = "test-key"
 LIMITS = Limits(max_upload_bytes=1024 * 1024, max_audio_seconds=120.0, request_timeout=120.0, max_queue=64)
@@ -162,10 +162,8 @@ def test_the_server_has_decoded_before_its_first_request(tiny_f32, tmp_path, fil
     """What MLX compiles at first use for one row (its kernels, ours at every start, the compiled layers
     and step) is paid before the server listens, by a short warm-up clip that no counter, injected
     decoder or answer sees."""
-    import importlib
-
-    transcribe_module = importlib.import_module("funasr_nano_mlx.transcribe")  # the package exports a function so named
-    greedy, decoded, decodes = transcribe_module.greedy_batch, [], []
+    module = transcribe_module()
+    greedy, decoded, decodes = module.greedy_batch, [], []
 
     def recorded_greedy(llm, embeddings, budgets, *args, **kwargs):
         decodes.append((len(embeddings), list(budgets)))
@@ -175,7 +173,7 @@ def test_the_server_has_decoded_before_its_first_request(tiny_f32, tmp_path, fil
         decoded.append(len(batch))
         return BatchDecoder.run(pipeline, batch, timings)
 
-    monkeypatch.setattr(transcribe_module, "greedy_batch", recorded_greedy)
+    monkeypatch.setattr(module, "greedy_batch", recorded_greedy)
     running = Running(tiny_f32, tmp_path / "uploads", decode=decode)
     try:
         assert decodes == [(1, [4])]  # one row, four steps, before any request
