@@ -8,9 +8,8 @@ of CPU per kernel it submits, and a step was about 500 kernels (3.1 ms on an H10
 query takes no array mask, so a preallocated cache (which the compiled step needs) sent every layer to
 separate matmul and softmax kernels. Each function here computes what its `*_ops` twin computes, in the
 same float32 steps and the same roundings to the model's dtype, so that the two agree to float32 rounding
-order; the projections repeat MLX's own kernels' order too, and agreed bit for bit in their first form,
-with the shapes as compile-time constants (measured in bench/kernels.py; BENCHMARKS.md: the present form,
-one source for all shapes, is not yet measured on a GPU).
+order; the projections repeat MLX's own kernels' order too, and agree with them bit for bit (measured in
+bench/kernels.py; BENCHMARKS.md).
 
 Used only where `enabled(dtype)`: the default device is a CUDA GPU, the activations are bf16 (the dtype
 they were verified in; a float32 model stays the exact path, op for op as on the CPU) and
@@ -22,6 +21,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import NamedTuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -176,9 +176,11 @@ _QK_NORM_ROPE = """
 # qmv_kernel_impl), the norm repeats rms_norm_small (rms_norm.cu) and the elementwise steps call the functors
 # MLX's compiled kernels call, each rounded to T where MLX's intermediate is T.
 #
-# One source serves every projection of a model (its shapes and which of the three it computes are read at
-# run time: `layout`), because MLX compiles each distinct kernel source once per process and keeps no copy
-# on disk, and a compile costs about a second, mostly MLX's own header.
+# The row lengths are compile-time constants: read at run time instead, the loops are not unrolled and a
+# decode step took 2.77 ms instead of 2.02 on an H100 (BENCHMARKS.md). MLX compiles each distinct kernel
+# source once per process, keeps no copy on disk and pays about a second for it, mostly for its own header;
+# so one source holds every projection shape of a model (`ProjectionShape`), each an instantiation of the
+# templates below picked at run time by its index (`_projection_body`).
 _PROJECTION_HEADER = """
 #include <cooperative_groups/reduce.h>
 #include "mlx/backend/cuda/device/binary_ops.cuh"
@@ -188,21 +190,20 @@ namespace projection {
 namespace cg = cooperative_groups;
 using mlx::core::cu::unsafe_load_vector;
 constexpr int ROWS_PER_BLOCK = 8;  // one warp per output row, as MLX's gemv and qmv
-constexpr int MAX_NORMED = 8192;  // the longest row MLX's rms_norm_small takes: 128 threads x 8 loads of 8
-enum Mode { MODES };
 
-// The RMSNorm of x (k elements) into `out` (shared), as MLX's rms_norm_small<T, norm_block, chunks>: threads
-// [0, norm_block) each add the squares of `chunks` vectors of 8, a warp reduce, then a reduce of the warps'.
-template <typename T>
-__device__ void rms_norm(const T* x, const T* weight, float eps, int k, int norm_block, int chunks, T* out) {
+// The RMSNorm of x (K elements) into `out` (shared), as MLX's rms_norm_small<T, NORM_BLOCK, CHUNKS>: threads
+// [0, NORM_BLOCK) each add the squares of CHUNKS vectors of 8, a warp reduce, then a reduce of the warps'.
+template <typename T, int K, int NORM_BLOCK, int CHUNKS>
+__device__ void rms_norm(const T* x, const T* weight, float eps, T* out) {
   __shared__ float warp_sums[32];
   __shared__ float normalizer;
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
   const int index = threadIdx.x;
-  if (index < norm_block) {
+  if (index < NORM_BLOCK) {
     float sum = 0;
-    for (int i = 0; i < chunks; i++) {
-      auto v = unsafe_load_vector<8>(x, norm_block * i + index);
+#pragma unroll
+    for (int i = 0; i < CHUNKS; i++) {
+      auto v = unsafe_load_vector<8>(x, NORM_BLOCK * i + index);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         float t = static_cast<float>(v[j]);
@@ -216,36 +217,39 @@ __device__ void rms_norm(const T* x, const T* weight, float eps, int k, int norm
   }
   __syncthreads();
   if (index < 32) {
-    const float sum = cg::reduce(warp, index < norm_block / 32 ? warp_sums[index] : 0.0f, cg::plus<float>{});
+    float sum = warp_sums[0];
+    if constexpr (NORM_BLOCK > 32) {
+      sum = cg::reduce(warp, index < NORM_BLOCK / 32 ? warp_sums[index] : 0.0f, cg::plus<float>{});
+    }
     if (index == 0) {
-      normalizer = rsqrt(sum / static_cast<float>(k) + eps);
+      normalizer = rsqrt(sum / static_cast<float>(K) + eps);
     }
   }
   __syncthreads();
-  if (index < norm_block) {
-    for (int i = 0; i < chunks; i++) {
-      auto v = unsafe_load_vector<8>(x, norm_block * i + index);
-      auto w = unsafe_load_vector<8>(weight, norm_block * i + index);
+  if (index < NORM_BLOCK) {
+#pragma unroll
+    for (int i = 0; i < CHUNKS; i++) {
+      auto v = unsafe_load_vector<8>(x, NORM_BLOCK * i + index);
+      auto w = unsafe_load_vector<8>(weight, NORM_BLOCK * i + index);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         float y = static_cast<float>(v[j]) * normalizer;
-        out[(norm_block * i + index) * 8 + j] = w[j] * static_cast<T>(y);
+        out[(NORM_BLOCK * i + index) * 8 + j] = w[j] * static_cast<T>(y);
       }
     }
   }
   __syncthreads();
 }
 
-// Row `row` of a bf16/fp16 weight (n, k) times vec: MLX's gemv_impl<T, 8, 4> for one row.
-template <typename T>
+// Rows of a bf16/fp16 weight (n, K): MLX's gemv_impl<T, 8, 4> for one row.
+template <typename T, int K>
 struct DenseRows {
   const T* weight;
-  int k;
   __device__ float dot(int row, const T* vec) const {
     auto warp = cg::tiled_partition<32>(cg::this_thread_block());
     float sum = 0;
-    for (int col = 4 * warp.thread_rank(); col < k; col += 32 * 4) {
-      auto m = unsafe_load_vector<4>(weight + (size_t)row * k + col, 0);
+    for (int col = 4 * warp.thread_rank(); col < K; col += 32 * 4) {
+      auto m = unsafe_load_vector<4>(weight + (size_t)row * K + col, 0);
       auto v = unsafe_load_vector<4>(vec + col, 0);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -256,114 +260,117 @@ struct DenseRows {
   }
 };
 
-// Row `row` of MLX's affine quantization (BITS to an element, low bits first; a scale and a bias per `group`)
-// times vec: MLX's qmv_kernel_impl for one row. Below 8 bits it keeps its per-lane sums in T.
-template <typename T, int BITS>
-__device__ float affine_dot(const uint32_t* weight, const T* scales, const T* biases, int k, int group, int row,
-                            const T* vec) {
-  constexpr int PER_LANE = (sizeof(T) <= 2 && BITS <= 4) ? 16 : 8;
-  using Sum = cuda::std::conditional_t<(BITS >= 8), float, T>;
-  auto warp = cg::tiled_partition<32>(cg::this_thread_block());
-  const auto* packed = reinterpret_cast<const uint8_t*>(weight) + (size_t)row * (k * BITS / 8);
-  const T* row_scales = scales + (size_t)row * (k / group);
-  const T* row_biases = biases + (size_t)row * (k / group);
-  Sum sums[PER_LANE];
-#pragma unroll
-  for (int i = 0; i < PER_LANE; ++i) {
-    sums[i] = static_cast<Sum>(0.0f);
-  }
-  for (int r = 0; r < k / (32 * PER_LANE); ++r) {
-    const int idx = warp.thread_rank() * PER_LANE + r * 32 * PER_LANE;
-    const T scale = row_scales[idx / group], bias = row_biases[idx / group];
-    const uint64_t bits = *reinterpret_cast<const uint64_t*>(packed + idx * BITS / 8);
-    T x[PER_LANE];
-#pragma unroll
-    for (int i = 0; i < PER_LANE; i += 8) {
-      auto v = unsafe_load_vector<8>(vec + idx + i, 0);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        x[i + j] = v[j];
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < PER_LANE; ++i) {
-      const T q = static_cast<T>(static_cast<float>((bits >> (BITS * i)) & ((1u << BITS) - 1)));
-      const T w = __hadd(__hmul(q, scale), bias);
-      if constexpr (BITS >= 8) {
-        sums[i] = fmaf(static_cast<float>(x[i]), static_cast<float>(w), sums[i]);
-      } else {
-        sums[i] = __hfma(x[i], w, sums[i]);
-      }
-    }
-  }
-  float sum = 0;
-#pragma unroll
-  for (int i = 0; i < PER_LANE; ++i) {
-    sum += static_cast<float>(sums[i]);
-  }
-  return cg::reduce(warp, sum, cg::plus<float>{});
-}
-
-template <typename T>
+// Rows of MLX's affine quantization (weight packed BITS to an element, low bits first; a scale and a bias
+// per GROUP): MLX's qmv_kernel_impl for one row. Below 8 bits it keeps its per-lane sums in T.
+template <typename T, int K, int BITS, int GROUP>
 struct AffineRows {
   const uint32_t* weight;
   const T* scales;
   const T* biases;
-  int k, bits, group;
+  static constexpr int PER_LANE = (sizeof(T) <= 2 && BITS <= 4) ? 16 : 8;
+  using Sum = cuda::std::conditional_t<(BITS >= 8), float, T>;
   __device__ float dot(int row, const T* vec) const {
-    return bits == 4 ? affine_dot<T, 4>(weight, scales, biases, k, group, row, vec)
-                     : affine_dot<T, 8>(weight, scales, biases, k, group, row, vec);
+    auto warp = cg::tiled_partition<32>(cg::this_thread_block());
+    const auto* packed = reinterpret_cast<const uint8_t*>(weight) + (size_t)row * (K * BITS / 8);
+    const T* row_scales = scales + (size_t)row * (K / GROUP);
+    const T* row_biases = biases + (size_t)row * (K / GROUP);
+    Sum sums[PER_LANE];
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+      sums[i] = static_cast<Sum>(0.0f);
+    }
+    for (int r = 0; r < K / (32 * PER_LANE); ++r) {
+      const int idx = warp.thread_rank() * PER_LANE + r * 32 * PER_LANE;
+      const T scale = row_scales[idx / GROUP], bias = row_biases[idx / GROUP];
+      const uint64_t bits = *reinterpret_cast<const uint64_t*>(packed + idx * BITS / 8);
+      T x[PER_LANE];
+#pragma unroll
+      for (int i = 0; i < PER_LANE; i += 8) {
+        auto v = unsafe_load_vector<8>(vec + idx + i, 0);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          x[i + j] = v[j];
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < PER_LANE; ++i) {
+        const T q = static_cast<T>(static_cast<float>((bits >> (BITS * i)) & ((1u << BITS) - 1)));
+        const T w = __hadd(__hmul(q, scale), bias);
+        if constexpr (BITS >= 8) {
+          sums[i] = fmaf(static_cast<float>(x[i]), static_cast<float>(w), sums[i]);
+        } else {
+          sums[i] = __hfma(x[i], w, sums[i]);
+        }
+      }
+    }
+    float sum = 0;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+      sum += static_cast<float>(sums[i]);
+    }
+    return cg::reduce(warp, sum, cg::plus<float>{});
   }
 };
 
-// One warp per output row of `mode` (n outputs):
-//   PROJECT_ADD   out = residual + rows . x
-//   NORM_PROJECT  out = rows . rms_norm(x)
-//   NORM_SWIGLU   out = silu(gate) * up, gate and up the halves (n rows each) of rows . rms_norm(x): mlx-lm's swiglu
-template <typename T, typename Rows>
-__device__ void project(int mode, const T* x, const T* norm_weight, float eps, int norm_block, int chunks, Rows rows,
-                        const T* residual, T* out, int k, int n) {
-  __shared__ alignas(16) T normed[MAX_NORMED];
-  const T* vec = x;
-  if (mode != PROJECT_ADD) {
-    rms_norm<T>(x, norm_weight, eps, k, norm_block, chunks, normed);
-    vec = normed;
-  }
+// out = Rows . rms_norm(x): n outputs.
+template <typename T, int K, int NORM_BLOCK, int CHUNKS, typename Rows>
+__device__ void norm_project(const T* x, const T* norm_weight, float eps, Rows rows, T* out, int n) {
+  __shared__ alignas(16) T normed[K];
+  rms_norm<T, K, NORM_BLOCK, CHUNKS>(x, norm_weight, eps, normed);
   const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
-  if (row >= n) {
-    return;
-  }
-  const T value = static_cast<T>(rows.dot(row, vec));
-  if (mode == NORM_SWIGLU) {
-    const T up = static_cast<T>(rows.dot(row + n, vec));
+  if (row < n) {
+    const float sum = rows.dot(row, normed);
     if (threadIdx.x % 32 == 0) {
-      const T silu = mlx::core::cu::Multiply{}(value, mlx::core::cu::Sigmoid{}(value));
+      out[row] = static_cast<T>(sum);
+    }
+  }
+}
+
+// out = residual + Rows . x: n outputs.
+template <typename T, typename Rows>
+__device__ void project_add(const T* x, Rows rows, const T* residual, T* out, int n) {
+  const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+  if (row < n) {
+    const float sum = rows.dot(row, x);
+    if (threadIdx.x % 32 == 0) {
+      out[row] = mlx::core::cu::Add{}(residual[row], static_cast<T>(sum));
+    }
+  }
+}
+
+// out = silu(gate) * up, gate and up the two halves (n each) of Rows . rms_norm(x): mlx-lm's swiglu.
+template <typename T, int K, int NORM_BLOCK, int CHUNKS, typename Rows>
+__device__ void norm_swiglu(const T* x, const T* norm_weight, float eps, Rows rows, T* out, int n) {
+  __shared__ alignas(16) T normed[K];
+  rms_norm<T, K, NORM_BLOCK, CHUNKS>(x, norm_weight, eps, normed);
+  const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+  if (row < n) {
+    const T gate = static_cast<T>(rows.dot(row, normed));
+    const T up = static_cast<T>(rows.dot(row + n, normed));
+    if (threadIdx.x % 32 == 0) {
+      const T silu = mlx::core::cu::Multiply{}(gate, mlx::core::cu::Sigmoid{}(gate));
       out[row] = mlx::core::cu::Multiply{}(silu, up);
     }
-  } else if (threadIdx.x % 32 == 0) {
-    out[row] = mode == PROJECT_ADD ? mlx::core::cu::Add{}(residual[row], value) : value;
   }
 }
 }  // namespace projection
 """
-
-# The kernel bodies, one per weight kind: `layout` is [mode, norm threads, norm loads per thread, bits, group].
-_PROJECTION_BODY = """
-  const int mode = layout[0], k = x_shape[2], rows = weight_shape[0];
-  const int n = mode == projection::NORM_SWIGLU ? rows / 2 : rows;
-  projection::project<T>(mode, x, norm_weight, eps[0], layout[1], layout[2], {ROWS}, residual, out, k, n);
-"""
-_ROWS = {
-    "dense": "projection::DenseRows<T>{weight, k}",
-    "affine": "projection::AffineRows<T>{weight, scales, biases, k, layout[3], layout[4]}",
-}
-_MODES = {"project_add": 0, "norm_project": 1, "norm_swiglu": 2}  # projection::Mode, written from here
-_PROJECTION_HEADER = _PROJECTION_HEADER.replace(
-    "MODES", ", ".join(f"{name.upper()} = {value}" for name, value in _MODES.items())
-)
 # The quantizations (bits, group size) whose products were compared with MLX's on a GPU. The reader takes
 # 8 bits and other groups as MLX's qmv does, but nothing has compared those yet, so they keep MLX's ops.
 MEASURED_QUANTIZATIONS = {(4, 64)}
+
+
+class ProjectionShape(NamedTuple):
+    """One projection as the kernels compute it, everything its instantiation is compiled for (a tuple, so
+    that a compiled step can take a model's shapes as a constant of its trace)."""
+
+    mode: str  # "norm_project", "project_add" or "norm_swiglu" (`norm_project` and its kin)
+    kind: str  # the weight's reader: "dense" or "affine"
+    k: int  # input length
+    norm_block: int  # MLX's rms_norm launch for k (`_norm_layout`), 0 without a norm
+    chunks: int
+    bits: int  # the affine quantization, 0 for dense
+    group: int
 
 
 def _norm_layout(k: int) -> tuple[int, int] | None:
@@ -385,9 +392,9 @@ def _norm_layout(k: int) -> tuple[int, int] | None:
 
 
 def _weight_kind(linear, k: int, dtype: mx.Dtype) -> str | None:
-    """Which reader of `_ROWS` takes this layer's weight at input length k; None for a layer the kernels do
-    not take (a bias, another dtype, a row length MLX's gemv reads other than 4 elements a load, a
-    quantization other than MLX's affine in MEASURED_QUANTIZATIONS)."""
+    """Which reader takes this layer's weight at input length k; None for a layer the kernels do not take
+    (a bias, another dtype, a row length MLX's gemv reads other than 4 elements a load, a quantization
+    other than MLX's affine in MEASURED_QUANTIZATIONS)."""
     if "bias" in linear:
         return None
     if type(linear) is nn.Linear:
@@ -400,41 +407,65 @@ def _weight_kind(linear, k: int, dtype: mx.Dtype) -> str | None:
     return "affine" if measured and k % (32 * per_lane) == 0 and linear.scales.dtype == dtype else None
 
 
-def projections_fit(norms: list, linears: list, dtype: mx.Dtype) -> bool:
-    """Whether the projection kernels take these RMSNorms and layers (`linears`, each with its input
-    length), with activations of this dtype."""
-    norms_fit = all(norm.weight.dtype == dtype and _norm_layout(norm.weight.shape[0]) for norm in norms)
-    return norms_fit and all(_weight_kind(linear, k, dtype) for linear, k in linears)
+def projection_shape(mode: str, linear, k: int, norm, dtype: mx.Dtype) -> ProjectionShape | None:
+    """The shape of `mode` (`norm_project`, `project_add` or `norm_swiglu`) over this layer at input length k,
+    after the RMSNorm `norm` (None for project_add), with activations of this dtype; None where the kernels do
+    not repeat MLX's numbers for it."""
+    kind = _weight_kind(linear, k, dtype)
+    layout = (0, 0) if norm is None else _norm_layout(k)
+    if kind is None or layout is None or (norm is not None and norm.weight.dtype != dtype):
+        return None
+    bits, group = (linear.bits, linear.group_size) if kind == "affine" else (0, 0)
+    return ProjectionShape(mode, kind, k, *layout, bits, group)
+
+
+def _projection_body(shapes: tuple[ProjectionShape, ...]) -> str:
+    """A kernel body for projections of one weight kind: case i of `shape[0]` is shapes[i]'s instantiation."""
+    cases = []
+    for i, s in enumerate(shapes):
+        if s.kind == "dense":
+            rows = f"projection::DenseRows<T, {s.k}>{{weight}}"
+        else:
+            rows = f"projection::AffineRows<T, {s.k}, {s.bits}, {s.group}>{{weight, scales, biases}}"
+        if s.mode == "project_add":
+            call = f"projection::project_add<T>(x, {rows}, residual, out, rows)"
+        else:
+            n = "rows / 2" if s.mode == "norm_swiglu" else "rows"
+            call = f"projection::{s.mode}<T, {s.k}, {s.norm_block}, {s.chunks}>(x, norm_weight, eps[0], {rows}, out, {n})"
+        cases.append(f"    case {i}:\n      {call};\n      break;")
+    return "  const int rows = weight_shape[0];\n  switch (shape[0]) {\n" + "\n".join(cases) + "\n  }\n"
 
 
 @lru_cache(maxsize=None)
 def _constant(values: tuple, dtype: mx.Dtype) -> mx.array:
-    """A small array of these values, made once: an uncompiled step would otherwise copy it to the device
-    at every call."""
-    return mx.array(values, dtype)
+    """A small array of these values, made once (an uncompiled step would otherwise copy it at every call)
+    and kept in device memory: padded past 8 bytes and made by a device op, since MLX keeps smaller arrays,
+    and arrays made from host data, in CUDA managed memory, which a kernel reads across the host link."""
+    padded = mx.array([*values, *[0] * (4 - len(values))], dtype)
+    constant = padded + mx.array(0, dtype)
+    mx.eval(constant)
+    return constant
 
 
-def _project(mode: str, x: mx.array, linear, norm=None, residual: mx.array | None = None) -> mx.array:
-    """One projection kernel (`_PROJECTION_HEADER`) for one row x (1, 1, K)."""
+def _project(mode: str, x: mx.array, linear, norm=None, residual=None, shapes=()) -> mx.array:
+    """One projection kernel for one row x (1, 1, K), from the source that instantiates `shapes` (a model's
+    projection shapes, its own added if missing: one compile per process for every projection of a model)."""
     if x.ndim != 3 or x.shape[:2] != (1, 1):
-        raise ValueError(f"the projection kernels take one row (1, 1, K), got {x.shape}")  # the kernel reads K there
-    k = x.shape[-1]
-    kind = _weight_kind(linear, k, x.dtype)
-    if kind is None:
-        raise ValueError(f"the projection kernels do not take this layer ({linear}): see projections_fit")
-    block, chunks = _norm_layout(k) if norm is not None else (0, 0)
-    bits, group = (linear.bits, linear.group_size) if kind == "affine" else (0, 0)
+        raise ValueError(f"the projection kernels take one row (1, 1, K), got {x.shape}")
+    shape = projection_shape(mode, linear, x.shape[-1], norm, x.dtype)
+    if shape is None:
+        raise ValueError(f"the projection kernels do not take this layer ({linear}): see projection_shape")
+    same_kind = tuple(s for s in dict.fromkeys((*shapes, shape)) if s.kind == shape.kind)
     weights = {name: linear[name] for name in ("weight", "scales", "biases") if name in linear}
     inputs = {
         "x": x,
         "norm_weight": x if norm is None else norm.weight,  # unread without a norm, as residual is with one
         **weights,
         "residual": x if residual is None else residual,
-        "layout": _constant((_MODES[mode], block, chunks, bits, group), mx.int32),
+        "shape": _constant((same_kind.index(shape),), mx.int32),
         "eps": _constant((norm.eps if norm is not None else 0.0,), mx.float32),
     }
-    body = _PROJECTION_BODY.replace("{ROWS}", _ROWS[kind])
-    kernel = _kernel(f"project_{kind}", tuple(inputs), ("out",), body, _PROJECTION_HEADER)
+    kernel = _kernel(f"project_{shape.kind}", tuple(inputs), ("out",), _projection_body(same_kind), _PROJECTION_HEADER)
     n = linear.weight.shape[0] // (2 if mode == "norm_swiglu" else 1)
     return kernel(
         inputs=list(inputs.values()),
@@ -538,30 +569,31 @@ def qk_norm_rope_ops(qkv: mx.array, q_norm, k_norm, rope, positions, q_heads: in
     return rope(queries, offset=positions), rope(keys, offset=positions)
 
 
-def norm_project(x: mx.array, norm, linear) -> mx.array:
+def norm_project(x: mx.array, norm, linear, shapes: tuple[ProjectionShape, ...] = ()) -> mx.array:
     """linear(norm(x)) for one row x (1, 1, K), in one kernel: `norm` an nn.RMSNorm, `linear` a layer
-    `projections_fit` takes."""
-    return _project("norm_project", x, linear, norm=norm)
+    `projection_shape` takes; `shapes`, the model's projection shapes, to share one source (`_project`)."""
+    return _project("norm_project", x, linear, norm=norm, shapes=shapes)
 
 
-def project_add(x: mx.array, linear, residual: mx.array) -> mx.array:
+def project_add(x: mx.array, linear, residual: mx.array, shapes: tuple[ProjectionShape, ...] = ()) -> mx.array:
     """residual + linear(x) for one row x (1, 1, K), in one kernel."""
-    return _project("project_add", x, linear, residual=residual)
+    return _project("project_add", x, linear, residual=residual, shapes=shapes)
 
 
-def norm_swiglu(x: mx.array, norm, linear) -> mx.array:
+def norm_swiglu(x: mx.array, norm, linear, shapes: tuple[ProjectionShape, ...] = ()) -> mx.array:
     """mlx-lm's swiglu(gate, up) of linear(norm(x)) split in halves, for one row x (1, 1, K), in one kernel:
     `linear` the gate and up projections fused (model.FusedLinear)."""
-    return _project("norm_swiglu", x, linear, norm=norm)
+    return _project("norm_swiglu", x, linear, norm=norm, shapes=shapes)
 
 
-def norm_project_ops(x: mx.array, norm, linear) -> mx.array:
+# The twins take the kernels' arguments, so that either can stand for the other; `shapes` only chooses a source.
+def norm_project_ops(x: mx.array, norm, linear, shapes=()) -> mx.array:
     return linear(norm(x))
 
 
-def project_add_ops(x: mx.array, linear, residual: mx.array) -> mx.array:
+def project_add_ops(x: mx.array, linear, residual: mx.array, shapes=()) -> mx.array:
     return residual + linear(x)
 
 
-def norm_swiglu_ops(x: mx.array, norm, linear) -> mx.array:
+def norm_swiglu_ops(x: mx.array, norm, linear, shapes=()) -> mx.array:
     return swiglu(*mx.split(linear(norm(x)), 2, axis=-1))

@@ -11,7 +11,7 @@ one compiled graph (`mx.compile`), replayed without Python.
 Attention must skip the slots not written yet (and each row's left padding). Where the CUDA kernels
 fit (`kernels_fit`: a CUDA GPU, bf16 activations), one kernel reads just the valid slots
 (`cuda_kernels.decode_attention`) and another does the q/k RMSNorms and RoPE, and a single clip takes
-this step too, each layer in 8 kernels (`projections_fit`, `_layer_in_kernels`): faster than mlx-lm's
+this step too, each layer in 8 kernels (`projection_shapes`, `_layer_in_kernels`): faster than mlx-lm's
 cache, for one clip and for batches (BENCHMARKS.md). Elsewhere the
 step reads the buffers up to a window that grows in steps of `WINDOW_STEP`, with a mask; MLX's
 attention kernel for one query takes no array mask and falls back to separate matmul and softmax
@@ -68,35 +68,38 @@ def kernels_fit(llm, dtype: mx.Dtype) -> bool:
     return cuda_kernels.enabled(dtype) and same_eps and shapes
 
 
-def projections_fit(llm, rows: int, dtype: mx.Dtype) -> bool:
-    """Whether the projection kernels (`cuda_kernels.norm_project` and its kin) compute the layers of
-    this LLM's step: one row, where the attention kernels run too, with each layer's q/k/v and gate/up
-    projections fused and every projection of a kind the kernels take."""
+def projection_shapes(llm, rows: int, dtype: mx.Dtype) -> tuple[cuda_kernels.ProjectionShape, ...] | None:
+    """The shapes of this LLM's projections when the projection kernels (`cuda_kernels.norm_project` and
+    its kin) compute its step, else None: one row, where the attention kernels run too, with each layer's
+    q/k/v and gate/up projections fused and every projection of a shape the kernels take."""
     if rows != 1 or not kernels_fit(llm, dtype):
-        return False
-    args, norms, linears = llm.args, [], []
+        return None
+    hidden_size, calls = llm.args.hidden_size, []
     for layer in llm.layers:
         attention, mlp = layer.self_attn, layer.mlp
         qkv, gate_up = attention.fused_qkv(), mlp.fused_gate_up()
         if qkv is None or gate_up is None:
-            return False
-        norms += [layer.input_layernorm, layer.post_attention_layernorm]
-        attention_width = attention.n_heads * attention.rope.dims
-        linears += [(qkv, args.hidden_size), (attention.o_proj, attention_width)]
-        linears += [(gate_up, args.hidden_size), (mlp.down_proj, args.intermediate_size)]
-    return cuda_kernels.projections_fit(norms, linears, dtype)
+            return None
+        calls += [
+            ("norm_project", qkv, hidden_size, layer.input_layernorm),
+            ("project_add", attention.o_proj, attention.n_heads * attention.rope.dims, None),
+            ("norm_swiglu", gate_up, hidden_size, layer.post_attention_layernorm),
+            ("project_add", mlp.down_proj, llm.args.intermediate_size, None),
+        ]
+    shapes = [cuda_kernels.projection_shape(mode, linear, k, norm, dtype) for mode, linear, k, norm in calls]
+    return None if None in shapes else tuple(dict.fromkeys(shapes))
 
 
-def _layer_in_kernels(layer, hidden: mx.array, cache: _StepCache) -> mx.array:
+def _layer_in_kernels(layer, hidden: mx.array, cache: _StepCache, shapes: tuple) -> mx.array:
     """One decoder layer for one row, 8 kernels instead of 13: each RMSNorm inside the projection that
     reads it, each residual add inside the projection it adds, swiglu inside gate/up (cuda_kernels:
-    the same numbers as `_attention` and mlx-lm's MLP)."""
+    the same numbers as `_attention` and mlx-lm's MLP). `shapes`: the model's (`projection_shapes`)."""
     attention = layer.self_attn
-    qkv = cuda_kernels.norm_project(hidden, layer.input_layernorm, attention.fused_qkv())
+    qkv = cuda_kernels.norm_project(hidden, layer.input_layernorm, attention.fused_qkv(), shapes)
     output = _attend(attention, qkv, cache).reshape(1, 1, -1)  # one row: (1, heads, 1, D) is (1, 1, heads D)
-    hidden = cuda_kernels.project_add(output, attention.o_proj, hidden)
-    act = cuda_kernels.norm_swiglu(hidden, layer.post_attention_layernorm, layer.mlp.fused_gate_up())
-    return cuda_kernels.project_add(act, layer.mlp.down_proj, hidden)
+    hidden = cuda_kernels.project_add(output, attention.o_proj, hidden, shapes)
+    act = cuda_kernels.norm_swiglu(hidden, layer.post_attention_layernorm, layer.mlp.fused_gate_up(), shapes)
+    return cuda_kernels.project_add(act, layer.mlp.down_proj, hidden, shapes)
 
 
 def _attend(attention, qkv: mx.array, cache: _StepCache) -> mx.array:
@@ -116,14 +119,14 @@ def _attention(attention, x: mx.array, cache: _StepCache) -> mx.array:
     return attention.o_proj(output.transpose(0, 2, 1, 3).reshape(x.shape[0], 1, -1))
 
 
-def _step_logits(llm, tokens: mx.array, caches: list[_StepCache], projections: bool) -> mx.array:
+def _step_logits(llm, tokens: mx.array, caches: list[_StepCache], projections: tuple | None) -> mx.array:
     """mlx-lm's Qwen3 forward (mlx_lm/models/qwen3.py:120-187) for one token per row over the step's caches,
-    each layer in the projection kernels if `projections` (`projections_fit`)."""
+    each layer in the projection kernels if `projections`, the model's shapes (`projection_shapes`)."""
     model = llm.model
     hidden = model.embed_tokens(tokens[:, None])
     for layer, cache in zip(model.layers, caches):
         if projections:
-            hidden = _layer_in_kernels(layer, hidden, cache)
+            hidden = _layer_in_kernels(layer, hidden, cache, projections)
             continue
         hidden = hidden + _attention(layer.self_attn, layer.input_layernorm(hidden), cache)
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
@@ -135,13 +138,16 @@ def output_head(llm):
     return llm.model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
 
 
-def _greedy_step(llm, tokens, keys, values, slot, offsets, left_padding, window: int, kernels: bool, projections: bool):
-    """One token per row: (B,) tokens in, (B,) argmax tokens out, and the buffers with this step written.
-    `window`, `kernels` and `projections` are constants of the trace (a new value traces again)."""
-    caches = [_StepCache(k, v, slot, offsets, left_padding, window, kernels) for k, v in zip(keys, values)]
+def _greedy_step(llm, tokens, keys, values, counters, left_padding, window: int, kernels: bool, projections):
+    """One token per row: (B,) tokens in, (B,) argmax tokens out, the buffers with this step written and
+    the counters advanced (`StaticDecoder`: the slot, then each row's position; `left_padding`, the rows'
+    first). `window`, `kernels` and `projections` are constants of the trace (a new value traces again)."""
+    rows = tokens.shape[0]
+    slot, offsets, first = counters[:1], counters[1 : 1 + rows], left_padding[:rows]
+    caches = [_StepCache(k, v, slot, offsets, first, window, kernels) for k, v in zip(keys, values)]
     logits = _step_logits(llm, tokens, caches, projections)
     keys, values = [c.keys for c in caches], [c.values for c in caches]
-    return mx.argmax(logits, axis=-1), keys, values, slot + 1, offsets + 1
+    return mx.argmax(logits, axis=-1), keys, values, counters + 1
 
 
 def _compiled_step(llm):
@@ -160,6 +166,16 @@ def _compiled_step(llm):
     return cached[1]
 
 
+def _device_ints(*parts: mx.array) -> mx.array:
+    """The int32 `parts` end to end, padded to 4 entries and made by a device op. MLX keeps an array of 8
+    bytes or less, and one made from host data, in CUDA managed memory (mlx/backend/cuda/allocator.cpp,
+    small_block_size), which a kernel then reads across the host link: the step's kernels that read such
+    scalars took several times as long on an H100 (BENCHMARKS.md). Slices of this array stay on the device."""
+    count = sum(part.size for part in parts)
+    padding = mx.zeros((max(0, 4 - count),), mx.int32)
+    return mx.concatenate([*(part.astype(mx.int32) for part in parts), padding])
+
+
 class StaticDecoder:
     """Greedy decoding state after a prefill: buffers, the next slot, each row's position and padding."""
 
@@ -176,10 +192,10 @@ class StaticDecoder:
         self.index = first._idx if isinstance(first, BatchKVCache) else first.offset  # the next slot to write
         self.capacity = self.keys[0].shape[2]
         self.kernels = kernels_fit(llm, self.keys[0].dtype)
-        self.projections = projections_fit(llm, len(left_padding), self.keys[0].dtype)
-        self.slot = mx.array([self.index], mx.int32)
-        self.left_padding = mx.array(left_padding, mx.int32)
-        self.offsets = self.index - self.left_padding
+        self.projections = projection_shapes(llm, len(left_padding), self.keys[0].dtype)
+        padding = mx.array(left_padding, mx.int32)
+        self.counters = _device_ints(mx.array([self.index]), self.index - padding)  # the slot, each row's position
+        self.left_padding = _device_ints(padding)  # its first entries: each row's first slot
 
     def _grow(self) -> None:
         """Room for CAPACITY_STEP more slots: grown as used, so rows that stop early never pay for
@@ -197,19 +213,21 @@ class StaticDecoder:
         window = min(self.capacity, -(-(self.index + 1) // WINDOW_STEP) * WINDOW_STEP)
         if self.kernels:
             window = self.capacity  # unused by the kernel: one trace per capacity, not per window
-        args = (tokens, self.keys, self.values, self.slot, self.offsets, self.left_padding, window)
+        args = (tokens, self.keys, self.values, self.counters, self.left_padding, window)
         args += (self.kernels, self.projections)
         out = self.run(*args)
         # Rebinding drops the last references to the old buffers, so the update can reuse them.
-        next_tokens, self.keys, self.values, self.slot, self.offsets = out
+        next_tokens, self.keys, self.values, self.counters = out
         self.index += 1
         return next_tokens
 
     def filter(self, rows: mx.array) -> None:
         """Keep only these rows of the batch."""
+        count = self.keys[0].shape[0]
         self.keys = [k[rows] for k in self.keys]
         self.values = [v[rows] for v in self.values]
-        self.offsets, self.left_padding = self.offsets[rows], self.left_padding[rows]
+        self.counters = _device_ints(self.counters[:1], self.counters[1 : 1 + count][rows])
+        self.left_padding = _device_ints(self.left_padding[:count][rows])
 
 
 class CacheDecoder:

@@ -451,6 +451,9 @@ class UpstreamRoPE(nn.Module):
         exponents = mx.arange(0, dims, 2, dtype=mx.float32) / dims
         inv_freq = (1.0 / mx.power(mx.array(base, mx.float32), exponents)).astype(self.ROUNDING[llm_dtype])
         self._freqs = 1.0 / inv_freq.astype(mx.float32)  # mx.fast.rope takes periods, not inverses
+        # Computed now: a compiled decode step traced while they were still lazy would hold their graph
+        # and compute them again at every call (two kernels a layer a token, seen in a GPU profile).
+        mx.eval(self._freqs)
 
     @property
     def periods(self) -> mx.array:

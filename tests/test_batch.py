@@ -297,6 +297,17 @@ def one_row_decoder(model_dir, clip_audio, monkeypatch):
     return model, tokens
 
 
+def test_rope_periods_are_computed_when_the_model_is_made(tmp_path):
+    """A compiled decode step traced before anything is evaluated (greedy_batch queues its first step
+    while the prefill is still lazy) holds the arrays it closes over as they are; lazy RoPE periods
+    would be computed again at every step."""
+    from funasr_nano_mlx.model import UpstreamRoPE
+
+    graph = tmp_path / "periods.dot"
+    mx.export_to_dot(str(graph), UpstreamRoPE(128, 1e6, "bf16").periods)
+    assert "label" not in graph.read_text()  # no operation: an array with its values
+
+
 @pytest.mark.parametrize("compiled", ["0", "1"])
 @pytest.mark.parametrize("fused", ["1", "0"])
 def test_one_row_through_the_static_step_decodes_as_mlx_lm(tiny_f32, ten_files, monkeypatch, compiled, fused):
@@ -324,12 +335,11 @@ def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, mon
     with_cache = tokens()
     monkeypatch.setattr(cuda_kernels, "enabled", lambda dtype: True)
     monkeypatch.setattr(cuda_kernels, "fits", lambda *shape: True)
-    monkeypatch.setattr(cuda_kernels, "projections_fit", lambda *layers: True)
-    assert decode_step.projections_fit(model.llm, 1, mx.float32) and not decode_step.projections_fit(
-        model.llm, 2, mx.float32
-    )
+    monkeypatch.setattr(cuda_kernels, "projection_shape", lambda mode, *layer: mode)
+    assert decode_step.projection_shapes(model.llm, 1, mx.float32) == ("norm_project", "project_add", "norm_swiglu")
+    assert decode_step.projection_shapes(model.llm, 2, mx.float32) is None
     model.fuse_projections(False)  # the kernels read q/k/v and gate/up as one matrix each
-    assert not decode_step.projections_fit(model.llm, 1, mx.float32)
+    assert decode_step.projection_shapes(model.llm, 1, mx.float32) is None
     model.fuse_projections(True)
     calls = []
     for name in ("decode_attention", "qk_norm_rope", "norm_project", "project_add", "norm_swiglu"):
@@ -337,7 +347,7 @@ def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, mon
         monkeypatch.setattr(cuda_kernels, name, lambda *a, twin=twin, name=name: calls.append(name) or twin(*a))
     assert tokens(decode_step.StaticDecoder) == with_cache
     assert {"norm_project", "project_add", "norm_swiglu", "decode_attention"} <= set(calls)
-    monkeypatch.setattr(cuda_kernels, "project_add", lambda x, linear, residual: linear(x))
+    monkeypatch.setattr(cuda_kernels, "project_add", lambda x, linear, residual, shapes: linear(x))
     model.llm.__dict__.pop("_greedy_step", None)  # the compiled step holds the old function
     assert tokens(decode_step.StaticDecoder) != with_cache
 
@@ -360,15 +370,16 @@ def test_the_projection_kernels_take_only_the_layers_they_repeat_mlx_for():
         layer.set_dtype(dtype)
         return layer
 
-    def fit(*linears, norms=(norm(),)) -> bool:
-        return cuda_kernels.projections_fit(
-            list(norms), [(m, m.weight.shape[1] * 32 // getattr(m, "bits", 32)) for m in linears], mx.bfloat16
-        )
+    def fit(layer, norm=None) -> bool:
+        k = layer.weight.shape[1] * 32 // getattr(layer, "bits", 32)
+        mode = "project_add" if norm is None else "norm_project"
+        return cuda_kernels.projection_shape(mode, layer, k, norm, mx.bfloat16) is not None
 
-    assert fit(linear(1024), linear(2048), linear(3072))  # Qwen3-0.6B's q/k/v, o, down
-    assert fit(linear(1024, bits=4, group_size=64), linear(3072, bits=4, group_size=64))
-    assert not fit(linear(1024), norms=[norm(1000)])  # MLX's norm takes a padded kernel for rows not a multiple of 512
-    assert not fit(linear(1024), norms=[norm(dtype=mx.float32)])
+    assert fit(linear(1024), norm()) and fit(linear(2048)) and fit(linear(3072))  # Qwen3-0.6B's q/k/v, o, down
+    assert fit(linear(1024, bits=4, group_size=64), norm()) and fit(linear(3072, bits=4, group_size=64))
+    assert fit(linear(256)) and not fit(linear(256), norm(256))  # MLX's norm pads rows shorter than 512
+    assert not fit(linear(9216), norm(9216))  # nor a whole number of 64 or 128 threads' loads up to 8 each
+    assert not fit(linear(1024), norm(dtype=mx.float32))
     assert not fit(linear(1024, bias=True))
     assert not fit(linear(1024, dtype=mx.float32))
     assert not fit(linear(1088))  # 1088 % 128 = 64: MLX's gemv reads 2 elements a load
@@ -377,6 +388,44 @@ def test_the_projection_kernels_take_only_the_layers_they_repeat_mlx_for():
     assert not fit(linear(1024, bits=4, group_size=32))
     assert not fit(linear(1024, mode="mxfp4"))
     assert not fit(linear(256, bits=4))  # shorter than one step of 32 lanes x 16 elements
+
+
+def test_one_source_holds_every_projection_shape_of_a_model(monkeypatch):
+    """MLX compiles each distinct kernel source once per process (about a second each): a model's
+    projections of one weight kind share one source, with each shape a compile-time instantiation, and
+    every launch picks its own."""
+    import mlx.nn as nn
+
+    from funasr_nano_mlx import cuda_kernels
+
+    launches = []
+
+    def record(name, input_names, output_names, source, header):
+        def launch(*, inputs, output_shapes, output_dtypes, **_):
+            launches.append((name, source, inputs[input_names.index("shape")].tolist()[0]))
+            return [mx.zeros(shape, dtype) for shape, dtype in zip(output_shapes, output_dtypes)]
+
+        return launch
+
+    monkeypatch.setattr(cuda_kernels, "_kernel", record)
+    norm = nn.RMSNorm(1024)
+    norm.set_dtype(mx.bfloat16)
+    layers = {k: nn.Linear(k, 512, bias=False) for k in (1024, 2048, 3072)}
+    for layer in layers.values():
+        layer.set_dtype(mx.bfloat16)
+    calls = [("norm_project", layers[1024], norm), ("project_add", layers[2048], None)]
+    calls += [("norm_swiglu", layers[1024], norm), ("project_add", layers[3072], None)]
+    shapes = tuple(cuda_kernels.projection_shape(m, layer, layer.weight.shape[1], n, mx.bfloat16) for m, layer, n in calls)
+    rows = {k: mx.zeros((1, 1, k), mx.bfloat16) for k in layers}
+    cuda_kernels.norm_project(rows[1024], norm, layers[1024], shapes)
+    cuda_kernels.project_add(rows[2048], layers[2048], rows[1024], shapes)
+    cuda_kernels.norm_swiglu(rows[1024], norm, layers[1024], shapes)
+    cuda_kernels.project_add(rows[3072], layers[3072], rows[1024], shapes)
+    assert len({(name, source) for name, source, _ in launches}) == 1
+    source = launches[0][1]
+    picked = [source.split(f"case {index}:")[1].split(";")[0] for _, _, index in launches]
+    assert "norm_project<T, 1024, 128, 1>" in picked[0] and "DenseRows<T, 2048>" in picked[1]
+    assert "norm_swiglu<T, 1024, 128, 1>" in picked[2] and "DenseRows<T, 3072>" in picked[3]
 
 
 def test_the_cuda_kernels_take_only_the_shapes_they_are_written_for(tiny_model, monkeypatch):
