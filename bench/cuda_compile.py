@@ -127,8 +127,7 @@ class Recorder:
 
 
 def project_kernels(hidden: int, intermediate: int, attention: int, dtype: mx.Dtype) -> None:
-    """The projection kernels of one decoder layer, bf16 and at 4 bits (cuda_kernels.MEASURED_QUANTIZATIONS),
-    each kind from the one source of the layer's shapes, as the decode step launches them."""
+    """The projection kernels of one decoder layer, bf16 and at 4 bits (cuda_kernels.MEASURED_QUANTIZATIONS)."""
     norm = nn.RMSNorm(hidden)
     norm.weight = norm.weight.astype(dtype)
     row, attended, act = (mx.zeros((1, 1, k), dtype) for k in (hidden, attention, intermediate))
@@ -139,13 +138,10 @@ def project_kernels(hidden: int, intermediate: int, attention: int, dtype: mx.Dt
             linear.set_dtype(dtype)
         if bits:
             gate_up, down, out = (nn.QuantizedLinear.from_linear(m, bits=bits) for m in (gate_up, down, out))
-        calls = [("norm_project", gate_up, row, norm), ("norm_swiglu", gate_up, row, norm)]
-        calls += [("project_add", out, attended, None), ("project_add", down, act, None)]
-        shapes = tuple(cuda_kernels.projection_shape(m, linear, x.shape[-1], n, dtype) for m, linear, x, n in calls)
-        cuda_kernels.norm_project(row, norm, gate_up, shapes)
-        cuda_kernels.norm_swiglu(row, norm, gate_up, shapes)
-        cuda_kernels.project_add(attended, out, row, shapes)
-        cuda_kernels.project_add(act, down, row, shapes)
+        cuda_kernels.norm_project(row, norm, gate_up)
+        cuda_kernels.norm_swiglu(row, norm, gate_up)
+        cuda_kernels.project_add(attended, out, row)
+        cuda_kernels.project_add(act, down, row)
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ from funasr_nano_mlx.transcribe import prefill, prompt_inputs  # noqa: E402
 
 
 KERNELS = ("qk_norm_rope",)  # cuda_kernels' functions a variant may swap for their `_ops` twin
-PROJECTIONS = "projections"  # the projection kernels: each layer of one row in 8 kernels (decode_step.projection_shapes)
+PROJECTIONS = "projections"  # the projection kernels: each layer of one row in 8 kernels (decode_step.projections_fit)
 
 
 def report(**row) -> None:
@@ -115,9 +115,9 @@ def decode_kernels(llm, on: bool, parts: tuple[str, ...] = KERNELS, traced: dict
     `traced` keeps each variant's compiled step (under `name`), so that variants can be interleaved."""
     traced = {} if traced is None else traced
     saved = {kernel: getattr(cuda_kernels, kernel) for kernel in KERNELS}
-    projection_shapes = decode_step.projection_shapes
+    projections_fit = decode_step.projections_fit
     if PROJECTIONS not in parts:
-        decode_step.projection_shapes = lambda *_: None
+        decode_step.projections_fit = lambda *_: False
     setting = os.environ.get("FUNASR_NANO_KERNELS")
     os.environ["FUNASR_NANO_KERNELS"] = "1" if on else "0"
     for kernel in KERNELS:
@@ -133,7 +133,7 @@ def decode_kernels(llm, on: bool, parts: tuple[str, ...] = KERNELS, traced: dict
             traced[name] = llm.__dict__.pop("_greedy_step")
         for kernel, function in saved.items():
             setattr(cuda_kernels, kernel, function)
-        decode_step.projection_shapes = projection_shapes
+        decode_step.projections_fit = projections_fit
         restore_setting(setting)
 
 
@@ -367,8 +367,7 @@ def kernel_agreement(model, label: str) -> None:
     args = (qkv, attention.q_norm, attention.k_norm, attention.rope, positions, heads, kv_heads)
     compare("qk_norm_rope", cuda_kernels.qk_norm_rope(*args), cuda_kernels.qk_norm_rope_ops(*args))
 
-    shapes = decode_step.projection_shapes(model.llm, 1, dtype)
-    if shapes is None:
+    if not decode_step.projections_fit(model.llm, 1, dtype):
         report(stage="kernel vs ops", label=label, kernel="projections", skipped="the layers do not fit")
         return
     mlp, hidden_size = layer.mlp, model.llm.args.hidden_size
@@ -377,10 +376,10 @@ def kernel_agreement(model, label: str) -> None:
         attention_out = mx.random.normal((1, 1, heads * dims)).astype(dtype)
         act = mx.random.normal((1, 1, model.llm.args.intermediate_size)).astype(dtype)
         calls = {
-            "norm_project (q/k/v)": (hidden, layer.input_layernorm, attention.fused_qkv(), shapes),
-            "project_add (o)": (attention_out, attention.o_proj, hidden, shapes),
-            "norm_swiglu (gate/up)": (hidden, layer.post_attention_layernorm, mlp.fused_gate_up(), shapes),
-            "project_add (down)": (act, mlp.down_proj, hidden, shapes),
+            "norm_project (q/k/v)": (hidden, layer.input_layernorm, attention.fused_qkv()),
+            "project_add (o)": (attention_out, attention.o_proj, hidden),
+            "norm_swiglu (gate/up)": (hidden, layer.post_attention_layernorm, mlp.fused_gate_up()),
+            "project_add (down)": (act, mlp.down_proj, hidden),
         }
         for name, args in calls.items():
             function = name.split()[0]

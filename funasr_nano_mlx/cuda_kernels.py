@@ -176,11 +176,12 @@ _QK_NORM_ROPE = """
 # qmv_kernel_impl), the norm repeats rms_norm_small (rms_norm.cu) and the elementwise steps call the functors
 # MLX's compiled kernels call, each rounded to T where MLX's intermediate is T.
 #
-# The row lengths are compile-time constants: read at run time instead, the loops are not unrolled and a
-# decode step took 2.77 ms instead of 2.02 on an H100 (BENCHMARKS.md). MLX compiles each distinct kernel
-# source once per process, keeps no copy on disk and pays about a second for it, mostly for its own header;
-# so one source holds every projection shape of a model (`ProjectionShape`), each an instantiation of the
-# templates below picked at run time by its index (`_projection_body`).
+# Each projection shape (`ProjectionShape`) is a source of its own, everything in it a compile-time constant,
+# and the kernel reads no array but its operands. Two forms that shared one source among shapes read their
+# shape or case and the norm's eps from small arrays, which MLX keeps in CUDA managed memory, and they made
+# a decode step slower on an H100 (2.77 and 4.33 ms a token against 2.02 and 2.19 in the same processes,
+# BENCHMARKS.md). The price: MLX compiles each distinct source at its first use in a process (about a
+# second each, mostly for its own header; it keeps no copy on disk), four for Qwen3-0.6B.
 _PROJECTION_HEADER = """
 #include <cooperative_groups/reduce.h>
 #include "mlx/backend/cuda/device/binary_ops.cuh"
@@ -361,8 +362,8 @@ MEASURED_QUANTIZATIONS = {(4, 64)}
 
 
 class ProjectionShape(NamedTuple):
-    """One projection as the kernels compute it, everything its instantiation is compiled for (a tuple, so
-    that a compiled step can take a model's shapes as a constant of its trace)."""
+    """One projection as the kernels compute it: what its source is compiled for, with the norm's eps and the
+    output length."""
 
     mode: str  # "norm_project", "project_add" or "norm_swiglu" (`norm_project` and its kin)
     kind: str  # the weight's reader: "dense" or "affine"
@@ -419,57 +420,35 @@ def projection_shape(mode: str, linear, k: int, norm, dtype: mx.Dtype) -> Projec
     return ProjectionShape(mode, kind, k, *layout, bits, group)
 
 
-def _projection_body(shapes: tuple[ProjectionShape, ...]) -> str:
-    """A kernel body for projections of one weight kind: case i of `shape[0]` is shapes[i]'s instantiation."""
-    cases = []
-    for i, s in enumerate(shapes):
-        if s.kind == "dense":
-            rows = f"projection::DenseRows<T, {s.k}>{{weight}}"
-        else:
-            rows = f"projection::AffineRows<T, {s.k}, {s.bits}, {s.group}>{{weight, scales, biases}}"
-        if s.mode == "project_add":
-            call = f"projection::project_add<T>(x, {rows}, residual, out, rows)"
-        else:
-            n = "rows / 2" if s.mode == "norm_swiglu" else "rows"
-            call = f"projection::{s.mode}<T, {s.k}, {s.norm_block}, {s.chunks}>(x, norm_weight, eps[0], {rows}, out, {n})"
-        cases.append(f"    case {i}:\n      {call};\n      break;")
-    return "  const int rows = weight_shape[0];\n  switch (shape[0]) {\n" + "\n".join(cases) + "\n  }\n"
+def _projection_call(shape: ProjectionShape, eps: float) -> str:
+    """The kernel body for this shape: one call of the templates above, with its constants."""
+    if shape.kind == "dense":
+        rows = f"projection::DenseRows<T, {shape.k}>{{weight}}"
+    else:
+        rows = f"projection::AffineRows<T, {shape.k}, {shape.bits}, {shape.group}>{{weight, scales, biases}}"
+    if shape.mode == "project_add":
+        return f"  projection::project_add<T>(x, {rows}, residual, out, N);\n"
+    template = f"T, {shape.k}, {shape.norm_block}, {shape.chunks}"
+    return f"  projection::{shape.mode}<{template}>(x, norm_weight, {_float_literal(eps)}, {rows}, out, N);\n"
 
 
-@lru_cache(maxsize=None)
-def _constant(values: tuple, dtype: mx.Dtype) -> mx.array:
-    """A small array of these values, made once (an uncompiled step would otherwise copy it at every call)
-    and kept in device memory: padded past 8 bytes and made by a device op, since MLX keeps smaller arrays,
-    and arrays made from host data, in CUDA managed memory, which a kernel reads across the host link."""
-    padded = mx.array([*values, *[0] * (4 - len(values))], dtype)
-    constant = padded + mx.array(0, dtype)
-    mx.eval(constant)
-    return constant
-
-
-def _project(mode: str, x: mx.array, linear, norm=None, residual=None, shapes=()) -> mx.array:
-    """One projection kernel for one row x (1, 1, K), from the source that instantiates `shapes` (a model's
-    projection shapes, its own added if missing: one compile per process for every projection of a model)."""
+def _project(mode: str, x: mx.array, linear, norm=None, residual: mx.array | None = None) -> mx.array:
+    """One projection kernel for one row x (1, 1, K)."""
     if x.ndim != 3 or x.shape[:2] != (1, 1):
         raise ValueError(f"the projection kernels take one row (1, 1, K), got {x.shape}")
     shape = projection_shape(mode, linear, x.shape[-1], norm, x.dtype)
     if shape is None:
         raise ValueError(f"the projection kernels do not take this layer ({linear}): see projection_shape")
-    same_kind = tuple(s for s in dict.fromkeys((*shapes, shape)) if s.kind == shape.kind)
-    weights = {name: linear[name] for name in ("weight", "scales", "biases") if name in linear}
-    inputs = {
-        "x": x,
-        "norm_weight": x if norm is None else norm.weight,  # unread without a norm, as residual is with one
-        **weights,
-        "residual": x if residual is None else residual,
-        "shape": _constant((same_kind.index(shape),), mx.int32),
-        "eps": _constant((norm.eps if norm is not None else 0.0,), mx.float32),
-    }
-    kernel = _kernel(f"project_{shape.kind}", tuple(inputs), ("out",), _projection_body(same_kind), _PROJECTION_HEADER)
+    inputs = {"x": x, **({"norm_weight": norm.weight} if norm is not None else {})}
+    inputs.update({name: linear[name] for name in ("weight", "scales", "biases") if name in linear})
+    if residual is not None:
+        inputs["residual"] = residual
+    body = _projection_call(shape, norm.eps if norm is not None else 0.0)
+    kernel = _kernel(f"{mode}_{shape.kind}", tuple(inputs), ("out",), body, _PROJECTION_HEADER)
     n = linear.weight.shape[0] // (2 if mode == "norm_swiglu" else 1)
     return kernel(
         inputs=list(inputs.values()),
-        template=[("T", x.dtype)],
+        template=[("T", x.dtype), ("N", n)],
         grid=(-(-n // 8) * 256, 1, 1),
         threadgroup=(256, 1, 1),
         output_shapes=[(*x.shape[:-1], n)],
@@ -569,31 +548,30 @@ def qk_norm_rope_ops(qkv: mx.array, q_norm, k_norm, rope, positions, q_heads: in
     return rope(queries, offset=positions), rope(keys, offset=positions)
 
 
-def norm_project(x: mx.array, norm, linear, shapes: tuple[ProjectionShape, ...] = ()) -> mx.array:
+def norm_project(x: mx.array, norm, linear) -> mx.array:
     """linear(norm(x)) for one row x (1, 1, K), in one kernel: `norm` an nn.RMSNorm, `linear` a layer
-    `projection_shape` takes; `shapes`, the model's projection shapes, to share one source (`_project`)."""
-    return _project("norm_project", x, linear, norm=norm, shapes=shapes)
+    `projection_shape` takes."""
+    return _project("norm_project", x, linear, norm=norm)
 
 
-def project_add(x: mx.array, linear, residual: mx.array, shapes: tuple[ProjectionShape, ...] = ()) -> mx.array:
+def project_add(x: mx.array, linear, residual: mx.array) -> mx.array:
     """residual + linear(x) for one row x (1, 1, K), in one kernel."""
-    return _project("project_add", x, linear, residual=residual, shapes=shapes)
+    return _project("project_add", x, linear, residual=residual)
 
 
-def norm_swiglu(x: mx.array, norm, linear, shapes: tuple[ProjectionShape, ...] = ()) -> mx.array:
+def norm_swiglu(x: mx.array, norm, linear) -> mx.array:
     """mlx-lm's swiglu(gate, up) of linear(norm(x)) split in halves, for one row x (1, 1, K), in one kernel:
     `linear` the gate and up projections fused (model.FusedLinear)."""
-    return _project("norm_swiglu", x, linear, norm=norm, shapes=shapes)
+    return _project("norm_swiglu", x, linear, norm=norm)
 
 
-# The twins take the kernels' arguments, so that either can stand for the other; `shapes` only chooses a source.
-def norm_project_ops(x: mx.array, norm, linear, shapes=()) -> mx.array:
+def norm_project_ops(x: mx.array, norm, linear) -> mx.array:
     return linear(norm(x))
 
 
-def project_add_ops(x: mx.array, linear, residual: mx.array, shapes=()) -> mx.array:
+def project_add_ops(x: mx.array, linear, residual: mx.array) -> mx.array:
     return residual + linear(x)
 
 
-def norm_swiglu_ops(x: mx.array, norm, linear, shapes=()) -> mx.array:
+def norm_swiglu_ops(x: mx.array, norm, linear) -> mx.array:
     return swiglu(*mx.split(linear(norm(x)), 2, axis=-1))

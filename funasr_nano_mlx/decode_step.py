@@ -11,7 +11,7 @@ one compiled graph (`mx.compile`), replayed without Python.
 Attention must skip the slots not written yet (and each row's left padding). Where the CUDA kernels
 fit (`kernels_fit`: a CUDA GPU, bf16 activations), one kernel reads just the valid slots
 (`cuda_kernels.decode_attention`) and another does the q/k RMSNorms and RoPE, and a single clip takes
-this step too, each layer in 8 kernels (`projection_shapes`, `_layer_in_kernels`): faster than mlx-lm's
+this step too, each layer in 8 kernels (`projections_fit`, `_layer_in_kernels`): faster than mlx-lm's
 cache, for one clip and for batches (BENCHMARKS.md). Elsewhere the
 step reads the buffers up to a window that grows in steps of `WINDOW_STEP`, with a mask; MLX's
 attention kernel for one query takes no array mask and falls back to separate matmul and softmax
@@ -68,38 +68,37 @@ def kernels_fit(llm, dtype: mx.Dtype) -> bool:
     return cuda_kernels.enabled(dtype) and same_eps and shapes
 
 
-def projection_shapes(llm, rows: int, dtype: mx.Dtype) -> tuple[cuda_kernels.ProjectionShape, ...] | None:
-    """The shapes of this LLM's projections when the projection kernels (`cuda_kernels.norm_project` and
-    its kin) compute its step, else None: one row, where the attention kernels run too, with each layer's
-    q/k/v and gate/up projections fused and every projection of a shape the kernels take."""
+def projections_fit(llm, rows: int, dtype: mx.Dtype) -> bool:
+    """Whether the projection kernels (`cuda_kernels.norm_project` and its kin) compute the layers of this
+    LLM's step: one row, where the attention kernels run too, with each layer's q/k/v and gate/up
+    projections fused and every projection of a shape the kernels take (`cuda_kernels.projection_shape`)."""
     if rows != 1 or not kernels_fit(llm, dtype):
-        return None
+        return False
     hidden_size, calls = llm.args.hidden_size, []
     for layer in llm.layers:
         attention, mlp = layer.self_attn, layer.mlp
         qkv, gate_up = attention.fused_qkv(), mlp.fused_gate_up()
         if qkv is None or gate_up is None:
-            return None
+            return False
         calls += [
             ("norm_project", qkv, hidden_size, layer.input_layernorm),
             ("project_add", attention.o_proj, attention.n_heads * attention.rope.dims, None),
             ("norm_swiglu", gate_up, hidden_size, layer.post_attention_layernorm),
             ("project_add", mlp.down_proj, llm.args.intermediate_size, None),
         ]
-    shapes = [cuda_kernels.projection_shape(mode, linear, k, norm, dtype) for mode, linear, k, norm in calls]
-    return None if None in shapes else tuple(dict.fromkeys(shapes))
+    return all(cuda_kernels.projection_shape(mode, linear, k, norm, dtype) for mode, linear, k, norm in calls)
 
 
-def _layer_in_kernels(layer, hidden: mx.array, cache: _StepCache, shapes: tuple) -> mx.array:
+def _layer_in_kernels(layer, hidden: mx.array, cache: _StepCache) -> mx.array:
     """One decoder layer for one row, 8 kernels instead of 13: each RMSNorm inside the projection that
     reads it, each residual add inside the projection it adds, swiglu inside gate/up (cuda_kernels:
-    the same numbers as `_attention` and mlx-lm's MLP). `shapes`: the model's (`projection_shapes`)."""
+    the same numbers as `_attention` and mlx-lm's MLP)."""
     attention = layer.self_attn
-    qkv = cuda_kernels.norm_project(hidden, layer.input_layernorm, attention.fused_qkv(), shapes)
+    qkv = cuda_kernels.norm_project(hidden, layer.input_layernorm, attention.fused_qkv())
     output = _attend(attention, qkv, cache).reshape(1, 1, -1)  # one row: (1, heads, 1, D) is (1, 1, heads D)
-    hidden = cuda_kernels.project_add(output, attention.o_proj, hidden, shapes)
-    act = cuda_kernels.norm_swiglu(hidden, layer.post_attention_layernorm, layer.mlp.fused_gate_up(), shapes)
-    return cuda_kernels.project_add(act, layer.mlp.down_proj, hidden, shapes)
+    hidden = cuda_kernels.project_add(output, attention.o_proj, hidden)
+    act = cuda_kernels.norm_swiglu(hidden, layer.post_attention_layernorm, layer.mlp.fused_gate_up())
+    return cuda_kernels.project_add(act, layer.mlp.down_proj, hidden)
 
 
 def _attend(attention, qkv: mx.array, cache: _StepCache) -> mx.array:
@@ -119,14 +118,14 @@ def _attention(attention, x: mx.array, cache: _StepCache) -> mx.array:
     return attention.o_proj(output.transpose(0, 2, 1, 3).reshape(x.shape[0], 1, -1))
 
 
-def _step_logits(llm, tokens: mx.array, caches: list[_StepCache], projections: tuple | None) -> mx.array:
+def _step_logits(llm, tokens: mx.array, caches: list[_StepCache], projections: bool) -> mx.array:
     """mlx-lm's Qwen3 forward (mlx_lm/models/qwen3.py:120-187) for one token per row over the step's caches,
-    each layer in the projection kernels if `projections`, the model's shapes (`projection_shapes`)."""
+    each layer in the projection kernels if `projections` (`projections_fit`)."""
     model = llm.model
     hidden = model.embed_tokens(tokens[:, None])
     for layer, cache in zip(model.layers, caches):
         if projections:
-            hidden = _layer_in_kernels(layer, hidden, cache, projections)
+            hidden = _layer_in_kernels(layer, hidden, cache)
             continue
         hidden = hidden + _attention(layer.self_attn, layer.input_layernorm(hidden), cache)
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
@@ -138,7 +137,7 @@ def output_head(llm):
     return llm.model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
 
 
-def _greedy_step(llm, tokens, keys, values, counters, left_padding, window: int, kernels: bool, projections):
+def _greedy_step(llm, tokens, keys, values, counters, left_padding, window: int, kernels: bool, projections: bool):
     """One token per row: (B,) tokens in, (B,) argmax tokens out, the buffers with this step written and
     the counters advanced (`StaticDecoder`: the slot, then each row's position; `left_padding`, the rows'
     first). `window`, `kernels` and `projections` are constants of the trace (a new value traces again)."""
@@ -192,7 +191,7 @@ class StaticDecoder:
         self.index = first._idx if isinstance(first, BatchKVCache) else first.offset  # the next slot to write
         self.capacity = self.keys[0].shape[2]
         self.kernels = kernels_fit(llm, self.keys[0].dtype)
-        self.projections = projection_shapes(llm, len(left_padding), self.keys[0].dtype)
+        self.projections = projections_fit(llm, len(left_padding), self.keys[0].dtype)
         padding = mx.array(left_padding, mx.int32)
         self.counters = _device_ints(mx.array([self.index]), self.index - padding)  # the slot, each row's position
         self.left_padding = _device_ints(padding)  # its first entries: each row's first slot
