@@ -257,15 +257,12 @@ def decode_variants(model, rows: list[mx.array], tokens: int, label: str, varian
                 host_share(model, rows[0], tokens, label, name)
 
 
-def host_share(model, embeddings, tokens: int, label: str, variant: str) -> None:
-    """Per synchronous step: building the graph (Python, or replaying the compiled trace), submitting it
-    (MLX encodes the kernels), the whole step."""
-    llm = model.llm
-    cache, padding, token = prefilled(llm, [embeddings])
-    decoder = decoder_for(llm, variant, cache, padding)
+def synchronous_steps(decoder, token: mx.array, steps: int) -> dict:
+    """Per synchronous step, ms: building the graph (Python, or replaying the compiled trace), submitting
+    it (MLX encodes the kernels), the whole step."""
     build = submit = 0.0
     start = time.perf_counter()
-    for _ in range(tokens):
+    for _ in range(steps):
         t0 = time.perf_counter()
         token = decoder.step(token)
         t1 = time.perf_counter()
@@ -274,14 +271,19 @@ def host_share(model, embeddings, tokens: int, label: str, variant: str) -> None
         build, submit = build + t1 - t0, submit + t2 - t1
         mx.eval(token)
     total = time.perf_counter() - start
+    return {"build_ms": 1e3 * build / steps, "submit_ms": 1e3 * submit / steps, "step_ms": 1e3 * total / steps}
+
+
+def host_share(model, embeddings, tokens: int, label: str, variant: str) -> None:
+    llm = model.llm
+    cache, padding, token = prefilled(llm, [embeddings])
+    decoder = decoder_for(llm, variant, cache, padding)
     report(
         stage="decode batch 1 host share (synchronous steps)",
         label=label,
         variant=variant,
         decoder=type(decoder).__name__,
-        build_ms=1e3 * build / tokens,
-        submit_ms=1e3 * submit / tokens,
-        step_ms=1e3 * total / tokens,
+        **synchronous_steps(decoder, token, tokens),
     )
 
 

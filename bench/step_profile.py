@@ -23,6 +23,7 @@ from pathlib import Path
 import mlx.core as mx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernels import synchronous_steps  # noqa: E402
 from speed import synthetic_audio  # noqa: E402
 
 from funasr_nano_mlx import decode_step, load  # noqa: E402
@@ -51,20 +52,6 @@ def tokens_and_ms(llm, embeddings, tokens: int) -> tuple[list[int], float]:
             start = time.perf_counter()
         token = next_token
     return ids, 1e3 * (time.perf_counter() - start) / (tokens - 1)
-
-
-def host_share(llm, embeddings, steps: int = 32) -> dict:
-    step, token = decoder(llm, embeddings)
-    build = submit = whole = 0.0
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        token = step.step(token)
-        t1 = time.perf_counter()
-        mx.async_eval(token)
-        t2 = time.perf_counter()
-        mx.eval(token)
-        build, submit, whole = build + t1 - t0, submit + t2 - t1, whole + time.perf_counter() - t0
-    return {"build_ms": 1e3 * build / steps, "submit_ms": 1e3 * submit / steps, "sync_step_ms": 1e3 * whole / steps}
 
 
 def gpu_kernels(llm, embeddings, steps: int = 16) -> dict:
@@ -130,7 +117,7 @@ def main() -> None:
         object.__setattr__(llm, "_greedy_step", traced[name])
         row = {"variant": name, "ms_per_token": statistics.median(times[name]), "runs": times[name]}
         row["same_tokens_as_first_variant"] = sum(a == b for a, b in zip(ids[name], ids[first]))
-        row.update(host_share(llm, embeddings), **gpu_kernels(llm, embeddings))
+        row.update(synchronous_steps(*decoder(llm, embeddings), 32), **gpu_kernels(llm, embeddings))
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     decode_step.projections_fit = PROJECTIONS_FIT
 
