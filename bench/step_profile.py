@@ -2,12 +2,14 @@
 
     python bench/step_profile.py MODEL_DIR [--seconds 10] [--tokens 128]
 
-For the step with and without the projection kernels (`decode_step.projections_fit`), interleaved over
-rounds: ms/token in greedy_batch's loop, the host's share of a synchronous step (building it, submitting
-it), and the GPU time of each kernel per step, read with CUPTI through torch.profiler (it records every
-kernel of the process, MLX's included), with the tokens of the two compared. Needs torch with CUDA.
-The prefill is left lazy when the decoder is made, as greedy_batch leaves it, so that the compiled step
-is traced as in a transcription. One JSON line per variant.
+For the step as it is, without the projection kernels (`decode_step.projections_fit`) and with each
+candidate change (CANDIDATES), interleaved over rounds: ms/token in greedy_batch's loop, the first
+round's seconds (the trace and the compiles of the variant's new kernel sources), the host's share of a
+synchronous step (building it, submitting it), the GPU time of each kernel per step, read with CUPTI
+through torch.profiler (it records every kernel of the process, MLX's included), and the tokens against
+the first variant's. Needs torch with CUDA. The prefill is left lazy when the decoder is made, as
+greedy_batch leaves it, so that the compiled step is traced as in a transcription. One JSON line per
+variant.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlx.core as mx
@@ -26,13 +29,90 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import synchronous_steps  # noqa: E402
 from speed import synthetic_audio  # noqa: E402
 
-from funasr_nano_mlx import decode_step, load  # noqa: E402
+from funasr_nano_mlx import cuda_kernels, decode_step, load  # noqa: E402
 from funasr_nano_mlx.audio import features  # noqa: E402
 from funasr_nano_mlx.decode_step import StaticDecoder  # noqa: E402
 from funasr_nano_mlx.transcribe import prefill, prompt_inputs  # noqa: E402
 
-PROJECTIONS_FIT = decode_step.projections_fit
-VARIANTS = {"projection kernels": PROJECTIONS_FIT, "attention and q/k kernels only": lambda *_: False}
+
+@contextmanager
+def patched(*changes):
+    """(object, attribute, value) set for the duration."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in changes]
+    for owner, name, value in changes:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
+def one_hot_update(cache, keys, values) -> None:
+    """Candidate for `_StepCache.update`: each buffer rewritten by a select against a one-hot mask of the
+    slot, instead of MLX's dynamic slice_update (an offset kernel, whose result MLX keeps in managed
+    memory, and a copy that reads it: about 12 us a write on an H100). One elementwise kernel a buffer,
+    reading only device memory; it rewrites the whole buffer, 28 x 2 x 0.5 MB a step at 256 slots."""
+    mask = (mx.arange(cache.keys.shape[2]) == cache.slot)[:, None]  # the same in every layer: one per trace
+    cache.keys = mx.where(mask, keys, cache.keys)
+    cache.values = mx.where(mask, values, cache.values)
+
+
+def shared_source(llm, dtype=mx.bfloat16):
+    """Candidate for `cuda_kernels._project`: every projection shape of the model in one source per weight
+    kind, the case chosen from the lengths MLX passes as kernel parameters (x_shape, weight_shape), so
+    that nothing is read from memory (the forms that read their case from a small array were slow): a
+    process would compile 3 sources instead of 6. None where two shapes share their lengths."""
+    cases = {}  # (kind, k, weight rows) -> the call
+    for layer in llm.layers:
+        attention, mlp = layer.self_attn, layer.mlp
+        calls = [("norm_project", attention.fused_qkv(), layer.input_layernorm, llm.args.hidden_size)]
+        calls += [("project_add", attention.o_proj, None, attention.n_heads * attention.rope.dims)]
+        calls += [("norm_swiglu", mlp.fused_gate_up(), layer.post_attention_layernorm, llm.args.hidden_size)]
+        calls += [("project_add", mlp.down_proj, None, llm.args.intermediate_size)]
+        for mode, linear, norm, k in calls:
+            shape = cuda_kernels.projection_shape(mode, linear, k, norm, dtype)
+            if shape is None:
+                return None
+            n = "weight_shape[0] / 2" if mode == "norm_swiglu" else "weight_shape[0]"
+            call = f"    const int N = {n};\n  " + cuda_kernels._projection_call(shape, norm.eps if norm else 0.0)
+            if cases.setdefault((shape.kind, k, linear.weight.shape[0]), call) != call:
+                return None
+    bodies = defaultdict(str)
+    for (kind, k, rows), call in cases.items():
+        bodies[kind] += f"  if (x_shape[2] == {k} && weight_shape[0] == {rows}) {{\n  {call}    return;\n  }}\n"
+
+    def project(mode, x, linear, norm=None, residual=None):
+        kind = cuda_kernels.projection_shape(mode, linear, x.shape[-1], norm, x.dtype).kind
+        inputs = {"x": x, "norm_weight": x if norm is None else norm.weight}  # unread where not needed
+        inputs.update({name: linear[name] for name in ("weight", "scales", "biases") if name in linear})
+        inputs["residual"] = x if residual is None else residual
+        header = cuda_kernels._PROJECTION_HEADER
+        kernel = cuda_kernels._kernel(f"project_shared_{kind}", tuple(inputs), ("out",), bodies[kind], header)
+        n = linear.weight.shape[0] // (2 if mode == "norm_swiglu" else 1)
+        return kernel(
+            inputs=list(inputs.values()),
+            template=[("T", x.dtype)],
+            grid=(-(-n // 8) * 256, 1, 1),
+            threadgroup=(256, 1, 1),
+            output_shapes=[(*x.shape[:-1], n)],
+            output_dtypes=[x.dtype],
+        )[0]
+
+    return project
+
+
+def variants(llm) -> dict:
+    """Each variant's changes (see `patched`): the step as it is first."""
+    table = {
+        "projection kernels": (),
+        "attention and q/k kernels only": ((decode_step, "projections_fit", lambda *_: False),),
+        "candidate: cache writes as one-hot selects": ((decode_step._StepCache, "update", one_hot_update),),
+    }
+    project = shared_source(llm)
+    if project is not None:
+        table["candidate: one projection source per weight kind"] = ((cuda_kernels, "_project", project),)
+    return table
 
 
 def decoder(llm, embeddings):
@@ -100,26 +180,29 @@ def main() -> None:
         model, tokenizer, model.encode(mx.array(features(synthetic_audio(args.seconds)))[None])[0]
     )[1]
     mx.eval(embeddings)
-    traced, times, ids = {}, {name: [] for name in VARIANTS}, {}
+    table = variants(llm)
+    traced, times, ids, first_round = {}, {name: [] for name in table}, {}, {}
     for round_ in range(args.rounds):
-        for name, fit in VARIANTS.items():
-            decode_step.projections_fit = fit
+        for name, changes in table.items():
             llm.__dict__.pop("_greedy_step", None)
             if name in traced:
                 object.__setattr__(llm, "_greedy_step", traced[name])  # each variant keeps its own trace
-            ids[name], ms = tokens_and_ms(llm, embeddings, args.tokens)
+            start = time.perf_counter()
+            with patched(*changes):
+                ids[name], ms = tokens_and_ms(llm, embeddings, args.tokens)
+            first_round.setdefault(name, time.perf_counter() - start)
             traced[name] = llm.__dict__.pop("_greedy_step")
             if round_:
                 times[name].append(ms)
-    first = next(iter(VARIANTS))
-    for name, fit in VARIANTS.items():
-        decode_step.projections_fit = fit
+    reference = ids[next(iter(table))]
+    for name, changes in table.items():
         object.__setattr__(llm, "_greedy_step", traced[name])
         row = {"variant": name, "ms_per_token": statistics.median(times[name]), "runs": times[name]}
-        row["same_tokens_as_first_variant"] = sum(a == b for a, b in zip(ids[name], ids[first]))
-        row.update(synchronous_steps(*decoder(llm, embeddings), 32), **gpu_kernels(llm, embeddings))
+        row["first_round_s"] = first_round[name]
+        row["same_tokens_as_first_variant"] = sum(a == b for a, b in zip(ids[name], reference))
+        with patched(*changes):
+            row.update(synchronous_steps(*decoder(llm, embeddings), 32), **gpu_kernels(llm, embeddings))
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    decode_step.projections_fit = PROJECTIONS_FIT
 
 
 if __name__ == "__main__":
