@@ -362,7 +362,7 @@ MEASURED_QUANTIZATIONS = {(4, 64)}
 
 
 class ProjectionShape(NamedTuple):
-    """One projection as the kernels compute it: what its source is compiled for, with the norm's eps and the
+    """One projection as the kernels compute it: what its source is compiled for, besides the norm's eps and the
     output length."""
 
     mode: str  # "norm_project", "project_add" or "norm_swiglu" (`norm_project` and its kin)
