@@ -184,11 +184,14 @@ def bench_official(upstream: Path, wave: np.ndarray, tokens: int, bf16: bool) ->
     )
 
 
-def prepare(workdir: Path, size: str, dtype: str) -> tuple[Path, Path]:
+def prepare(workdir: Path, size: str, dtype: str, official: bool) -> tuple[Path, Path]:
+    """The upstream checkpoint and its conversion under `workdir`, each made if missing; the checkpoint only
+    where an official implementation runs or nothing is converted yet, so that a converted directory alone
+    (bench/random_model.py's, where funasr cannot be installed) serves ours and mlx-audio."""
     from funasr_nano_mlx.convert import convert
 
     upstream, converted = workdir / f"upstream-{size}", workdir / f"mlx-{size}-{dtype}"
-    if not (upstream / "model.pt").exists():
+    if (official or not converted.exists()) and not (upstream / "model.pt").exists():
         from tests.reference import write_upstream_dir  # the official package: only to build the model
 
         write_upstream_dir(upstream, size, seed=0)
@@ -208,7 +211,8 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one implementation here
     args = parser.parse_args()
 
-    upstream, converted = prepare(args.workdir, args.size, args.dtype)
+    impls = [args.child] if args.child else args.impl
+    upstream, converted = prepare(args.workdir, args.size, args.dtype, any(i.startswith("official") for i in impls))
     if args.child:
         for seconds in args.seconds:
             wave = synthetic_audio(seconds)

@@ -75,7 +75,8 @@ def shared_source(llm, dtype=mx.bfloat16):
             if shape is None:
                 return None
             n = "weight_shape[0] / 2" if mode == "norm_swiglu" else "weight_shape[0]"
-            call = f"    const int N = {n};\n  " + cuda_kernels._projection_call(shape, norm.eps if norm else 0.0)
+            eps = norm.eps if norm is not None else 0.0
+            call = f"    const int N = {n};\n  " + cuda_kernels._projection_call(shape, eps)
             if cases.setdefault((shape.kind, k, linear.weight.shape[0]), call) != call:
                 return None
     bodies = defaultdict(str)
@@ -136,9 +137,11 @@ def tokens_and_ms(llm, embeddings, tokens: int) -> tuple[list[int], float]:
 
 def gpu_kernels(llm, embeddings, steps: int = 16) -> dict:
     """CUPTI's kernel times over `steps` warm steps, per step: the total, the launches, the heaviest kernels."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return {"gpu_us_per_step": None}  # read through torch's profiler: without torch, not read
     if not torch.cuda.is_available():
         return {"gpu_us_per_step": None}  # CUPTI needs a CUDA device
     step, token = decoder(llm, embeddings)
@@ -174,6 +177,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=4, help="the first traces and is not counted")
     args = parser.parse_args()
+    if args.tokens < 2:
+        parser.error("--tokens must be at least 2 (ms/token is timed from the second)")
     model, tokenizer = load(args.model)
     llm = model.llm
     embeddings = prompt_inputs(
@@ -185,18 +190,19 @@ def main() -> None:
     for round_ in range(args.rounds):
         for name, changes in table.items():
             llm.__dict__.pop("_greedy_step", None)
-            if name in traced:
+            if traced.get(name) is not None:
                 object.__setattr__(llm, "_greedy_step", traced[name])  # each variant keeps its own trace
             start = time.perf_counter()
             with patched(*changes):
                 ids[name], ms = tokens_and_ms(llm, embeddings, args.tokens)
             first_round.setdefault(name, time.perf_counter() - start)
-            traced[name] = llm.__dict__.pop("_greedy_step")
+            traced[name] = llm.__dict__.pop("_greedy_step", None)  # None where compiling is off
             if round_:
                 times[name].append(ms)
     reference = ids[next(iter(table))]
     for name, changes in table.items():
-        object.__setattr__(llm, "_greedy_step", traced[name])
+        if traced[name] is not None:
+            object.__setattr__(llm, "_greedy_step", traced[name])
         row = {"variant": name, "ms_per_token": statistics.median(times[name]), "runs": times[name]}
         row["first_round_s"] = first_round[name]
         row["same_tokens_as_first_variant"] = sum(a == b for a, b in zip(ids[name], reference))

@@ -8,8 +8,8 @@ of CPU per kernel it submits, and a step was about 500 kernels (3.1 ms on an H10
 query takes no array mask, so a preallocated cache (which the compiled step needs) sent every layer to
 separate matmul and softmax kernels. Each function here computes what its `*_ops` twin computes, in the
 same float32 steps and the same roundings to the model's dtype, so that the two agree to float32 rounding
-order; the projections repeat MLX's own kernels' order too, and agree with them bit for bit (measured in
-bench/kernels.py; BENCHMARKS.md).
+order; the projections repeat MLX's own kernels' order too, and agreed with them bit for bit on an H100 in
+this form (b99b70d) and in two later ones (bench/kernels.py; BENCHMARKS.md).
 
 Used only where `enabled(dtype)`: the default device is a CUDA GPU, the activations are bf16 (the dtype
 they were verified in; a float32 model stays the exact path, op for op as on the CPU) and
@@ -444,7 +444,7 @@ def _project(mode: str, x: mx.array, linear, norm=None, residual: mx.array | Non
     if residual is not None:
         inputs["residual"] = residual
     body = _projection_call(shape, norm.eps if norm is not None else 0.0)
-    kernel = _kernel(f"{mode}_{shape.kind}", tuple(inputs), ("out",), body, _PROJECTION_HEADER)
+    kernel = _kernel(f"{mode}_{shape.kind}_{shape.k}", tuple(inputs), ("out",), body, _PROJECTION_HEADER)
     n = linear.weight.shape[0] // (2 if mode == "norm_swiglu" else 1)
     return kernel(
         inputs=list(inputs.values()),

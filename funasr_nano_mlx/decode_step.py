@@ -166,11 +166,12 @@ def _compiled_step(llm):
 
 
 def _device_ints(*parts: mx.array) -> mx.array:
-    """The int32 `parts` end to end, padded to 4 entries and made by a device op, so that it lives in device
-    memory: MLX keeps an array of 8 bytes or less, and one made from host data, in CUDA managed memory
-    (mlx/backend/cuda/allocator.cpp, small_block_size), which a kernel reads across the host link. In a
-    GPU profile the step's kernels that read such scalars took several times their work; whether this
-    cures it is not measured yet (BENCHMARKS.md). Slices of this array stay on the device."""
+    """The int32 `parts` end to end, padded to 4 entries and made by a device op: MLX keeps an array of 8
+    bytes or less, and one made from host data, in CUDA managed memory (mlx/backend/cuda/allocator.cpp,
+    small_block_size), which a kernel reads across the host link, and allocates a device op's larger
+    output in device memory (unless it reuses a cached buffer of the same size, which may be managed).
+    In a GPU profile the step's kernels that read such scalars took several times their work; whether
+    this cures it is not measured yet (BENCHMARKS.md)."""
     count = sum(part.size for part in parts)
     padding = mx.zeros((max(0, 4 - count),), mx.int32)
     return mx.concatenate([*(part.astype(mx.int32) for part in parts), padding])
