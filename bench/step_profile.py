@@ -63,22 +63,19 @@ def shared_source(llm, dtype=mx.bfloat16):
     kind, the case chosen from the lengths MLX passes as kernel parameters (x_shape, weight_shape), so
     that nothing is read from memory (the forms that read their case from a small array were slow): a
     process would compile 3 sources instead of 6. None where two shapes share their lengths."""
+    calls = decode_step.projection_calls(llm)
+    if calls is None:
+        return None
     cases = {}  # (kind, k, weight rows) -> the call
-    for layer in llm.layers:
-        attention, mlp = layer.self_attn, layer.mlp
-        calls = [("norm_project", attention.fused_qkv(), layer.input_layernorm, llm.args.hidden_size)]
-        calls += [("project_add", attention.o_proj, None, attention.n_heads * attention.rope.dims)]
-        calls += [("norm_swiglu", mlp.fused_gate_up(), layer.post_attention_layernorm, llm.args.hidden_size)]
-        calls += [("project_add", mlp.down_proj, None, llm.args.intermediate_size)]
-        for mode, linear, norm, k in calls:
-            shape = cuda_kernels.projection_shape(mode, linear, k, norm, dtype)
-            if shape is None:
-                return None
-            n = "weight_shape[0] / 2" if mode == "norm_swiglu" else "weight_shape[0]"
-            eps = norm.eps if norm is not None else 0.0
-            call = f"    const int N = {n};\n  " + cuda_kernels._projection_call(shape, eps)
-            if cases.setdefault((shape.kind, k, linear.weight.shape[0]), call) != call:
-                return None
+    for mode, linear, k, norm in calls:
+        shape = cuda_kernels.projection_shape(mode, linear, k, norm, dtype)
+        if shape is None:
+            return None
+        n = "weight_shape[0] / 2" if mode == "norm_swiglu" else "weight_shape[0]"
+        eps = norm.eps if norm is not None else 0.0
+        call = f"    const int N = {n};\n  " + cuda_kernels._projection_call(shape, eps)
+        if cases.setdefault((shape.kind, k, linear.weight.shape[0]), call) != call:
+            return None
     bodies = defaultdict(str)
     for (kind, k, rows), call in cases.items():
         bodies[kind] += f"  if (x_shape[2] == {k} && weight_shape[0] == {rows}) {{\n  {call}    return;\n  }}\n"

@@ -68,25 +68,32 @@ def kernels_fit(llm, dtype: mx.Dtype) -> bool:
     return cuda_kernels.enabled(dtype) and same_eps and shapes
 
 
-def projections_fit(llm, rows: int, dtype: mx.Dtype) -> bool:
-    """Whether the projection kernels (`cuda_kernels.norm_project` and its kin) compute the layers of this
-    LLM's step: one row, where the attention kernels run too, with each layer's q/k/v and gate/up
-    projections fused and every projection of a shape the kernels take (`cuda_kernels.projection_shape`)."""
-    if rows != 1 or not kernels_fit(llm, dtype):
-        return False
+def projection_calls(llm) -> list[tuple] | None:
+    """Every projection kernel call of `_layer_in_kernels` over the LLM's layers, as (mode, layer, input
+    length, RMSNorm or None); None unless each layer's q/k/v and gate/up projections are fused."""
     hidden_size, calls = llm.args.hidden_size, []
     for layer in llm.layers:
         attention, mlp = layer.self_attn, layer.mlp
         qkv, gate_up = attention.fused_qkv(), mlp.fused_gate_up()
         if qkv is None or gate_up is None:
-            return False
+            return None
         calls += [
             ("norm_project", qkv, hidden_size, layer.input_layernorm),
             ("project_add", attention.o_proj, attention.n_heads * attention.rope.dims, None),
             ("norm_swiglu", gate_up, hidden_size, layer.post_attention_layernorm),
             ("project_add", mlp.down_proj, llm.args.intermediate_size, None),
         ]
-    return all(cuda_kernels.projection_shape(mode, linear, k, norm, dtype) for mode, linear, k, norm in calls)
+    return calls
+
+
+def projections_fit(llm, rows: int, dtype: mx.Dtype) -> bool:
+    """Whether the projection kernels (`cuda_kernels.norm_project` and its kin) compute the layers of this
+    LLM's step: one row, where the attention kernels run too, with each layer's q/k/v and gate/up
+    projections fused and every projection of a shape the kernels take (`cuda_kernels.projection_shape`)."""
+    if rows != 1 or not kernels_fit(llm, dtype):
+        return False
+    calls = projection_calls(llm)
+    return calls is not None and all(cuda_kernels.projection_shape(*call, dtype) for call in calls)
 
 
 def _layer_in_kernels(layer, hidden: mx.array, cache: _StepCache) -> mx.array:
