@@ -26,7 +26,7 @@ from pathlib import Path
 import mlx.core as mx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import synchronous_steps  # noqa: E402
+from kernels import run_greedy, synchronous_steps  # noqa: E402
 from speed import synthetic_audio  # noqa: E402
 
 from funasr_nano_mlx import cuda_kernels, decode_step, load  # noqa: E402
@@ -118,20 +118,6 @@ def decoder(llm, embeddings):
     return StaticDecoder(llm, cache, padding), token
 
 
-def tokens_and_ms(llm, embeddings, tokens: int) -> tuple[list[int], float]:
-    """greedy_batch's loop: the next step queued before the current token is read."""
-    step, token = decoder(llm, embeddings)
-    ids, start = [], 0.0
-    for index in range(tokens):
-        next_token = step.step(token)
-        mx.async_eval(next_token)
-        ids.append(token.item())
-        if index == 0:
-            start = time.perf_counter()
-        token = next_token
-    return ids, 1e3 * (time.perf_counter() - start) / (tokens - 1)
-
-
 def gpu_kernels(llm, embeddings, steps: int = 16) -> dict:
     """CUPTI's kernel times over `steps` warm steps, per step: the total, the launches, the heaviest kernels."""
     try:
@@ -191,7 +177,8 @@ def main() -> None:
                 object.__setattr__(llm, "_greedy_step", traced[name])  # each variant keeps its own trace
             start = time.perf_counter()
             with patched(*changes):
-                ids[name], ms = tokens_and_ms(llm, embeddings, args.tokens)
+                rows, _, ms = run_greedy(llm, "compiled step", [embeddings], args.tokens)  # greedy_batch's loop
+                ids[name] = rows[0]
             first_round.setdefault(name, time.perf_counter() - start)
             traced[name] = llm.__dict__.pop("_greedy_step", None)  # None where compiling is off
             if round_:
