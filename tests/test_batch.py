@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
@@ -353,28 +354,29 @@ def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, mon
     assert tokens(decode_step.StaticDecoder) != with_cache
 
 
+def linear(k: int, n: int = 256, bias: bool = False, dtype=mx.bfloat16, **quantization):
+    """A projection from k to n, in `dtype`, quantized with `quantization` if any (nn.QuantizedLinear)."""
+    layer = nn.Linear(k, n, bias=bias)
+    layer.set_dtype(dtype)
+    return nn.QuantizedLinear.from_linear(layer, **quantization) if quantization else layer
+
+
+def norm(k: int = 1024, dtype=mx.bfloat16) -> nn.RMSNorm:
+    layer = nn.RMSNorm(k)
+    layer.set_dtype(dtype)
+    return layer
+
+
 def test_the_projection_kernels_take_only_the_layers_they_repeat_mlx_for():
     """The projection kernels repeat MLX's one-row gemv (4 elements a load), qmv (affine; only the
     quantizations compared on a GPU) and rms_norm_small step for step; a layer MLX would compute
     another way keeps MLX's ops."""
-    import mlx.nn as nn
-
     from funasr_nano_mlx import cuda_kernels
 
-    def linear(k: int, n: int = 256, bias: bool = False, dtype=mx.bfloat16, **quantization):
-        layer = nn.Linear(k, n, bias=bias)
-        layer.set_dtype(dtype)
-        return nn.QuantizedLinear.from_linear(layer, **quantization) if quantization else layer
-
-    def norm(k: int = 1024, dtype=mx.bfloat16) -> nn.RMSNorm:
-        layer = nn.RMSNorm(k)
-        layer.set_dtype(dtype)
-        return layer
-
-    def fit(layer, norm=None) -> bool:
+    def fit(layer, rms_norm=None) -> bool:
         k = layer.weight.shape[1] * 32 // getattr(layer, "bits", 32)
-        mode = "project_add" if norm is None else "norm_project"
-        return cuda_kernels.projection_shape(mode, layer, k, norm, mx.bfloat16) is not None
+        mode = "project_add" if rms_norm is None else "norm_project"
+        return cuda_kernels.projection_shape(mode, layer, k, rms_norm, mx.bfloat16) is not None
 
     assert fit(linear(1024), norm()) and fit(linear(2048)) and fit(linear(3072))  # Qwen3-0.6B's q/k/v, o, down
     assert fit(linear(1024, bits=4, group_size=64), norm()) and fit(linear(3072, bits=4, group_size=64))
@@ -396,8 +398,6 @@ def test_each_projection_shape_is_a_source_of_constants_reading_only_its_operand
     unrolled) and the kernel reads no array but its operands: small arrays live in CUDA managed memory,
     and kernels that read them made a GPU step slower (BENCHMARKS.md). The same shape gives the same
     source (MLX compiles a source once per process)."""
-    import mlx.nn as nn
-
     from funasr_nano_mlx import cuda_kernels
 
     sources = []
@@ -412,14 +412,10 @@ def test_each_projection_shape_is_a_source_of_constants_reading_only_its_operand
         return launch
 
     monkeypatch.setattr(cuda_kernels, "_kernel", record)
-    norm = nn.RMSNorm(1024)
-    norm.set_dtype(mx.bfloat16)
-    layers = {k: nn.Linear(k, 512, bias=False) for k in (1024, 2048, 3072)}
-    for layer in layers.values():
-        layer.set_dtype(mx.bfloat16)
+    layers = {k: linear(k, 512) for k in (1024, 2048, 3072)}
     rows = {k: mx.zeros((1, 1, k), mx.bfloat16) for k in layers}
-    cuda_kernels.norm_project(rows[1024], norm, layers[1024])
-    cuda_kernels.norm_swiglu(rows[1024], norm, layers[1024])
+    cuda_kernels.norm_project(rows[1024], norm(), layers[1024])
+    cuda_kernels.norm_swiglu(rows[1024], norm(), layers[1024])
     for k in (2048, 2048, 3072):
         cuda_kernels.project_add(rows[k], layers[k], rows[1024])
     assert "norm_project<T, 1024, 128, 1>(x, norm_weight, 1e-05f, projection::DenseRows<T, 1024>" in sources[0][1]
