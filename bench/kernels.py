@@ -372,20 +372,16 @@ def kernel_agreement(model, label: str) -> None:
     if not decode_step.projections_fit(model.llm, 1, dtype):
         report(stage="kernel vs ops", label=label, kernel="projections", skipped="the layers do not fit")
         return
-    mlp, hidden_size = layer.mlp, model.llm.args.hidden_size
+    first_layer = decode_step.projection_calls(model.llm)[:4]  # as _layer_in_kernels makes them
     for trial in range(3):
-        hidden = mx.random.normal((1, 1, hidden_size)).astype(dtype) * (1 + 4 * trial)
-        attention_out = mx.random.normal((1, 1, heads * dims)).astype(dtype)
-        act = mx.random.normal((1, 1, model.llm.args.intermediate_size)).astype(dtype)
-        calls = {
-            "norm_project (q/k/v)": (hidden, layer.input_layernorm, attention.fused_qkv()),
-            "project_add (o)": (attention_out, attention.o_proj, hidden),
-            "norm_swiglu (gate/up)": (hidden, layer.post_attention_layernorm, mlp.fused_gate_up()),
-            "project_add (down)": (act, mlp.down_proj, hidden),
-        }
-        for name, args in calls.items():
-            function = name.split()[0]
-            compare(name, [getattr(cuda_kernels, function)(*args)], [getattr(cuda_kernels, f"{function}_ops")(*args)])
+        hidden = mx.random.normal((1, 1, model.llm.args.hidden_size)).astype(dtype) * (1 + 4 * trial)
+        for (mode, linear, k, norm), part in zip(first_layer, ("q/k/v", "o", "gate/up", "down")):
+            if norm is None:  # the residual add: x is the attention's or the MLP's output
+                args = (mx.random.normal((1, 1, k)).astype(dtype), linear, hidden)
+            else:
+                args = (hidden, norm, linear)
+            kernel, twin = getattr(cuda_kernels, mode), getattr(cuda_kernels, f"{mode}_ops")
+            compare(f"{mode} ({part})", [kernel(*args)], [twin(*args)])
 
 
 def main() -> None:
