@@ -167,13 +167,13 @@ def main() -> None:
     recorder = Recorder(args.mlx_src, args.arch, nvrtc)
     mx.fast.cuda_kernel = recorder
     dims, heads, kv_heads, batch, dtype = args.head_dim, args.q_heads, args.kv_heads, 2, mx.bfloat16
-    buffers = mx.zeros((batch, kv_heads, 256, dims), dtype)
+    buffer, step_kv = (mx.zeros((2, batch, kv_heads, slots, dims), dtype) for slots in (256, 1))
     rows, slot = mx.zeros((batch,), mx.int32), mx.array([3], mx.int32)
-    cuda_kernels.decode_attention(mx.zeros((batch, heads, 1, dims), dtype), buffers, buffers, rows, slot, dims**-0.5)
+    cuda_kernels.decode_attention(mx.zeros((batch, heads, 1, dims), dtype), buffer, step_kv, rows, slot, dims**-0.5)
     norm = nn.RMSNorm(dims, eps=1e-6)
     norm.weight = norm.weight.astype(dtype)
     qkv = mx.zeros((batch, 1, (heads + 2 * kv_heads) * dims), dtype)
-    cuda_kernels.qk_norm_rope(qkv, norm, norm, UpstreamRoPE(dims, 1e6, "bf16"), rows, heads, kv_heads)
+    cuda_kernels.step_heads(qkv, norm, norm, UpstreamRoPE(dims, 1e6, "bf16"), rows, heads, kv_heads)
     project_kernels(args.hidden, args.intermediate, heads * dims, dtype)
     if nvrtc:
         total = sum(recorder.seconds.values())

@@ -15,7 +15,7 @@ One JSON line per measurement (warm medians, ms):
   and a float64 reference);
 - greedy decoding, one clip, under each of DECODE_VARIANTS (mlx-lm's cache; the compiled step with
   masked MLX attention, with the attention kernel, with the q/k kernel too, with the projection
-  kernels too: each layer in 8 kernels), interleaved over rounds so that a host's drift hits all
+  kernels too: each layer in 6 kernels), interleaved over rounds so that a host's drift hits all
   alike: ms/token, the host's share of a step (building the graph and submitting it), and agreement
   with mlx-lm's tokens, free-running and teacher-forced, with mlx-lm's top-2 logit gap at the steps
   that differ;
@@ -48,8 +48,8 @@ from funasr_nano_mlx.decode_step import StaticDecoder, make_decoder, output_head
 from funasr_nano_mlx.transcribe import prefill, prompt_inputs  # noqa: E402
 
 
-KERNELS = ("qk_norm_rope",)  # cuda_kernels' functions a variant may swap for their `_ops` twin
-PROJECTIONS = "projections"  # the projection kernels: each layer of one row in 8 kernels (decode_step.projections_fit)
+KERNELS = ("step_heads",)  # cuda_kernels' functions a variant may swap for their `_ops` twin
+PROJECTIONS = "projections"  # the projection kernels: each layer of one row in 6 kernels (decode_step.projections_fit)
 
 
 def report(**row) -> None:
@@ -337,8 +337,12 @@ def kernel_agreement(model, label: str) -> None:
     queries = mx.random.normal((batch, heads, 1, dims)).astype(dtype)
     keys, values = (mx.random.normal((batch, kv_heads, 512, dims)).astype(dtype) for _ in range(2))
     first, last = [0, 3, 17, 100], 300
+    # The kernel reads slot `last` from the step's key and value, not the buffer: there it is left zero.
+    buffer = mx.stack([keys, values])
+    step_kv = buffer[..., last : last + 1, :]
+    unwritten = mx.slice_update(buffer, mx.zeros_like(step_kv), mx.array([last]), axes=(3,))
     kernel_out = cuda_kernels.decode_attention(
-        queries, keys, values, mx.array(first, mx.int32), mx.array([last], mx.int32), attention.scale
+        queries, unwritten, step_kv, mx.array(first, mx.int32), mx.array([last], mx.int32), attention.scale
     )
     # MLX's own kernel for one query (float32 inside, as ours), over each row's exact slots, no mask.
     exact = mx.concatenate(
@@ -367,7 +371,7 @@ def kernel_agreement(model, label: str) -> None:
     qkv = mx.random.normal((batch, 1, (heads + 2 * kv_heads) * dims)).astype(dtype) * 3
     positions = mx.array([0, 5, 300, 40000], mx.int32)
     args = (qkv, attention.q_norm, attention.k_norm, attention.rope, positions, heads, kv_heads)
-    compare("qk_norm_rope", cuda_kernels.qk_norm_rope(*args), cuda_kernels.qk_norm_rope_ops(*args))
+    compare("step_heads", cuda_kernels.step_heads(*args), cuda_kernels.step_heads_ops(*args))
 
     if not decode_step.projections_fit(model.llm, 1, dtype):
         report(stage="kernel vs ops", label=label, kernel="projections", skipped="the layers do not fit")

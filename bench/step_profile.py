@@ -48,16 +48,6 @@ def patched(*changes):
             setattr(owner, name, value)
 
 
-def one_hot_update(cache, keys, values) -> None:
-    """Candidate for `_StepCache.update`: each buffer rewritten by a select against a one-hot mask of the
-    slot, instead of MLX's dynamic slice_update (an offset kernel, whose result MLX keeps in managed
-    memory, and a copy that reads it: about 12 us a write on an H100). One elementwise kernel a buffer,
-    reading only device memory; it rewrites the whole buffer, 28 x 2 x 0.5 MB a step at 256 slots."""
-    mask = (mx.arange(cache.keys.shape[2]) == cache.slot)[:, None]  # the same in every layer: one per trace
-    cache.keys = mx.where(mask, keys, cache.keys)
-    cache.values = mx.where(mask, values, cache.values)
-
-
 def shared_source(llm, dtype=mx.bfloat16):
     """Candidate for `cuda_kernels._project`: every projection shape of the model in one source per weight
     kind, the case chosen from the lengths MLX passes as kernel parameters (x_shape, weight_shape), so
@@ -105,7 +95,6 @@ def variants(llm) -> dict:
     table = {
         "projection kernels": (),
         "attention and q/k kernels only": ((decode_step, "projections_fit", lambda *_: False),),
-        "candidate: cache writes as one-hot selects": ((decode_step._StepCache, "update", one_hot_update),),
     }
     project = shared_source(llm)
     if project is not None:

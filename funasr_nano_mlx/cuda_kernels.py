@@ -51,8 +51,9 @@ __device__ inline void load_floats(const T* p, float (&out)[E]) {
 # One block of 8 warps per (row, query head). Each warp walks every 8th key of the row's valid slots
 # [first[row], last[0]] with an online softmax (running maximum, sum and weighted values, in float32);
 # the 8 partial results are then merged. Keys past `last` (not written yet) and before `first` (left
-# padding) are never read, which is the mask; the slot being written is always valid, so no row is empty.
-# Queries are scaled before the product, as MLX's kernel does.
+# padding) are never read, which is the mask; this step's slot `last` is always valid, so no row is empty.
+# Its key and value are read from `step_kv`, since the buffer's slot is written only after the step's
+# last layer (decode_step: one write a step). Queries are scaled before the product, as MLX's kernel does.
 _ATTENTION = """
   constexpr int E = D / 32;
   constexpr int WARPS = 8;
@@ -62,7 +63,9 @@ _ATTENTION = """
   const int kv_head = (row_head % HQ) / (HQ / HKV);
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
-  const int capacity = keys_shape[2];
+  const int batch = kv_shape[1];
+  const int capacity = kv_shape[3];
+  const int newest = last[0];
 
   float q[E];
   load_floats<E>(queries + (size_t)row_head * D + lane * E, q);
@@ -71,21 +74,25 @@ _ATTENTION = """
     q[i] *= SCALE;
   }
   const size_t head_base = (size_t)(row * HKV + kv_head) * capacity * D + lane * E;
+  const size_t values_base = (size_t)batch * HKV * capacity * D;  // the values follow the keys
+  const T* step_key = step_kv + (size_t)(row * HKV + kv_head) * D + lane * E;
+  const T* step_value = step_key + (size_t)batch * HKV * D;
   float running_max = NEG_INF, total = 0.0f, acc[E];
 #pragma unroll
   for (int i = 0; i < E; ++i) {
     acc[i] = 0.0f;
   }
-  for (int slot = first[row] + warp; slot <= last[0]; slot += WARPS) {
+  for (int slot = first[row] + warp; slot <= newest; slot += WARPS) {
+    const bool stepped = slot == newest;
     float k[E], v[E];
-    load_floats<E>(keys + head_base + (size_t)slot * D, k);
+    load_floats<E>(stepped ? step_key : kv + head_base + (size_t)slot * D, k);
     float score = 0.0f;
 #pragma unroll
     for (int i = 0; i < E; ++i) {
       score += q[i] * k[i];
     }
     score = warp_total(score);
-    load_floats<E>(values + head_base + (size_t)slot * D, v);
+    load_floats<E>(stepped ? step_value : kv + values_base + head_base + (size_t)slot * D, v);
     const float new_max = fmaxf(running_max, score);
     const float rescale = expf(running_max - new_max);
     const float weight = expf(score - new_max);
@@ -128,8 +135,9 @@ _ATTENTION = """
 # (mlx/backend/cuda/rms_norm.cu, rope.cu): normalized in float32, rounded to T, times the weight in T;
 # rotated in float32 and rounded to T. Only the sum of squares is added in another order than MLX's
 # (a warp's butterfly against its block reduce), so a normalizer can differ in its last float32 bit and,
-# rarely, round one output the other way.
-_QK_NORM_ROPE = """
+# rarely, round one output the other way. A key head's warp also copies the value head of its index, so
+# that the step's key and value leave in one array, (2, B, HKV, 1, D).
+_STEP_HEADS = """
   constexpr int E = D / 32;
   constexpr int HEADS = HQ + HKV;
   const int global_warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
@@ -156,7 +164,7 @@ _QK_NORM_ROPE = """
     normed[t] = weight[lane + 32 * t] * static_cast<T>(values[t] * normalizer);
   }
 
-  T* y = is_query ? q_out + ((size_t)row * HQ + head) * D : k_out + ((size_t)row * HKV + head - HQ) * D;
+  T* y = is_query ? q_out + ((size_t)row * HQ + head) * D : kv_out + ((size_t)row * HKV + head - HQ) * D;
   const float position = static_cast<float>(positions[row]);
 #pragma unroll
   for (int t = 0; t < E / 2; ++t) {
@@ -166,6 +174,14 @@ _QK_NORM_ROPE = """
     const float x1 = static_cast<float>(normed[t]), x2 = static_cast<float>(normed[t + E / 2]);
     y[i] = static_cast<T>(x1 * c - x2 * s);
     y[i + D / 2] = static_cast<T>(x1 * s + x2 * c);
+  }
+  if (!is_query) {
+    const T* value = x + HKV * D;  // value heads follow the key heads in the fused projection
+    T* value_out = kv_out + ((size_t)(qkv_shape[0] + row) * HKV + head - HQ) * D;
+#pragma unroll
+    for (int t = 0; t < E; ++t) {
+      value_out[lane + 32 * t] = value[lane + 32 * t];
+    }
   }
 """
 
@@ -481,21 +497,22 @@ def _kernel(name: str, inputs: tuple[str, ...], outputs: tuple[str, ...], body: 
 
 
 def decode_attention(
-    queries: mx.array, keys: mx.array, values: mx.array, first: mx.array, last: mx.array, scale: float
+    queries: mx.array, kv: mx.array, step_kv: mx.array, first: mx.array, last: mx.array, scale: float
 ) -> mx.array:
-    """Attention of one query per row over the slots first[row]..last[0] of preallocated key and value
-    buffers: queries (B, HQ, 1, D); keys, values (B, HKV, capacity, D); first (B,) and last (1,) int32.
+    """Attention of one query per row over the slots first[row]..last[0] of a preallocated buffer whose
+    slot last[0] is not written yet: queries (B, HQ, 1, D); kv (2, B, HKV, capacity, D), keys then values;
+    step_kv (2, B, HKV, 1, D), this step's key and value (`step_heads`); first (B,) and last (1,) int32.
     Returns (B, HQ, 1, D), as `mx.fast.scaled_dot_product_attention` with the mask those slots make."""
     batch, heads, _, dims = queries.shape
     kernel = _kernel(
         f"decode_attention_{dims}",
-        ("queries", "keys", "values", "first", "last"),
+        ("queries", "kv", "step_kv", "first", "last"),
         ("out",),
         f"  constexpr float SCALE = {_float_literal(scale)};\n" + _ATTENTION,
     )
     return kernel(
-        inputs=[queries, keys, values, first, last],
-        template=[("T", queries.dtype), ("D", dims), ("HQ", heads), ("HKV", keys.shape[1])],
+        inputs=[queries, kv, step_kv, first, last],
+        template=[("T", queries.dtype), ("D", dims), ("HQ", heads), ("HKV", kv.shape[2])],
         grid=(batch * heads * 256, 1, 1),
         threadgroup=(256, 1, 1),
         output_shapes=[queries.shape],
@@ -504,26 +521,36 @@ def decode_attention(
 
 
 def decode_attention_ops(
+    queries: mx.array, kv: mx.array, step_kv: mx.array, first: mx.array, last: mx.array, scale: float
+) -> mx.array:
+    """`decode_attention` as MLX's ops: the step's key and value written to a copy of the buffer, then
+    `masked_attention` over it."""
+    keys, values = mx.slice_update(kv, step_kv, last, axes=(3,))
+    return masked_attention(queries, keys, values, first, last, scale)
+
+
+def masked_attention(
     queries: mx.array, keys: mx.array, values: mx.array, first: mx.array, last: mx.array, scale: float
 ) -> mx.array:
-    """`decode_attention` as MLX's ops: attention over all the buffers' slots with a mask of the valid ones.
-    MLX's kernel for one query takes no array mask, so this falls back to separate matmul and softmax kernels."""
+    """Attention of one query per row over the slots first[row]..last[0] of keys and values (B, HKV, S, D),
+    with a mask of those slots. MLX's kernel for one query takes no array mask, so this falls back to
+    separate matmul and softmax kernels."""
     slots = mx.arange(keys.shape[2])[None]
     valid = (slots >= first[:, None]) & (slots <= last)
     return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=valid[:, None, None, :])
 
 
-def qk_norm_rope(qkv: mx.array, q_norm, k_norm, rope, positions: mx.array, q_heads: int, kv_heads: int):
+def step_heads(qkv: mx.array, q_norm, k_norm, rope, positions: mx.array, q_heads: int, kv_heads: int):
     """From a fused q/k/v projection of one token per row, qkv (B, 1, (HQ + 2 HKV) D): the queries
-    (B, HQ, 1, D) and keys (B, HKV, 1, D) after their RMSNorms (`q_norm`, `k_norm`, nn.RMSNorm, one eps)
-    and RoPE (`rope`, model.UpstreamRoPE: all D dims rotated, not traditional, no scaling) at each row's
-    position, positions (B,) int32."""
+    (B, HQ, 1, D) after their RMSNorm and RoPE, and the step's key and value (2, B, HKV, 1, D), the key
+    after its RMSNorm and RoPE (`q_norm`, `k_norm`, nn.RMSNorm, one eps; `rope`, model.UpstreamRoPE: all
+    D dims rotated, not traditional, no scaling) at each row's position, positions (B,) int32."""
     batch, dims = qkv.shape[0], rope.dims
     kernel = _kernel(
-        f"qk_norm_rope_{dims}",
+        f"step_heads_{dims}",
         ("qkv", "q_weight", "k_weight", "freqs", "positions"),
-        ("q_out", "k_out"),
-        f"  constexpr float EPS = {_float_literal(q_norm.eps)};\n" + _QK_NORM_ROPE,
+        ("q_out", "kv_out"),
+        f"  constexpr float EPS = {_float_literal(q_norm.eps)};\n" + _STEP_HEADS,
     )
     warps = batch * (q_heads + kv_heads)
     return tuple(
@@ -532,20 +559,34 @@ def qk_norm_rope(qkv: mx.array, q_norm, k_norm, rope, positions: mx.array, q_hea
             template=[("T", qkv.dtype), ("D", dims), ("HQ", q_heads), ("HKV", kv_heads)],
             grid=(warps * 32, 1, 1),
             threadgroup=(256, 1, 1),
-            output_shapes=[(batch, q_heads, 1, dims), (batch, kv_heads, 1, dims)],
+            output_shapes=[(batch, q_heads, 1, dims), (2, batch, kv_heads, 1, dims)],
             output_dtypes=[qkv.dtype, qkv.dtype],
         )
     )
 
 
+def step_heads_ops(qkv: mx.array, q_norm, k_norm, rope, positions, q_heads: int, kv_heads: int):
+    """`step_heads` as MLX's ops, for any length L: (B, HQ, L, D) queries and (2, B, HKV, L, D) keys and values."""
+    queries, keys = qk_norm_rope_ops(qkv, q_norm, k_norm, rope, positions, q_heads, kv_heads)
+    return queries, mx.stack([keys, value_heads(qkv, q_heads, kv_heads, rope.dims)])
+
+
 def qk_norm_rope_ops(qkv: mx.array, q_norm, k_norm, rope, positions, q_heads: int, kv_heads: int):
-    """`qk_norm_rope` as mlx-lm's Qwen3 attention computes it (mlx_lm/models/qwen3.py:79-90), for any
-    length L: qkv (B, L, (HQ + 2 HKV) D), positions an int or (B,), returns (B, HQ, L, D), (B, HKV, L, D)."""
+    """The queries and keys of a fused q/k/v projection as mlx-lm's Qwen3 attention computes them
+    (mlx_lm/models/qwen3.py:79-90), for any length L: qkv (B, L, (HQ + 2 HKV) D), positions an int or (B,),
+    returns (B, HQ, L, D), (B, HKV, L, D)."""
     batch, length, _ = qkv.shape
     queries, keys, _ = mx.split(qkv, [q_heads * rope.dims, (q_heads + kv_heads) * rope.dims], axis=-1)
     queries = q_norm(queries.reshape(batch, length, q_heads, -1)).transpose(0, 2, 1, 3)
     keys = k_norm(keys.reshape(batch, length, kv_heads, -1)).transpose(0, 2, 1, 3)
     return rope(queries, offset=positions), rope(keys, offset=positions)
+
+
+def value_heads(qkv: mx.array, q_heads: int, kv_heads: int, head_dim: int) -> mx.array:
+    """The v part of a fused q/k/v projection (B, L, (HQ + 2 HKV) D) as (B, HKV, L, D)."""
+    batch, length, _ = qkv.shape
+    values = qkv[..., (q_heads + kv_heads) * head_dim :]
+    return values.reshape(batch, length, kv_heads, -1).transpose(0, 2, 1, 3)
 
 
 def norm_project(x: mx.array, norm, linear) -> mx.array:

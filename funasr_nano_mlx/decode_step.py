@@ -11,12 +11,15 @@ one compiled graph (`mx.compile`), replayed without Python.
 Attention must skip the slots not written yet (and each row's left padding). Where the CUDA kernels
 fit (`kernels_fit`: a CUDA GPU, bf16 activations), one kernel reads just the valid slots
 (`cuda_kernels.decode_attention`) and another does the q/k RMSNorms and RoPE, and a single clip takes
-this step too, each layer in 8 kernels (`projections_fit`, `_layer_in_kernels`): faster than mlx-lm's
-cache, for one clip and for batches (BENCHMARKS.md). Elsewhere the
-step reads the buffers up to a window that grows in steps of `WINDOW_STEP`, with a mask; MLX's
-attention kernel for one query takes no array mask and falls back to separate matmul and softmax
-kernels, which cost a single row more than compiling saves, so there one row keeps mlx-lm's cache
-(`make_decoder`) and only batches, which need a mask anyway, take this step.
+this step too, each layer in 6 kernels (`projections_fit`, `_layer_in_kernels`): faster than mlx-lm's
+cache, for one clip and for batches (BENCHMARKS.md). There every layer's keys and values are one buffer,
+written once a step after the last layer: a dynamic write costs MLX a kernel that computes the offset and
+a copy that reads it, about 12 us on an H100, 56 a step when each layer wrote its key and its value.
+Elsewhere each layer has its own buffer, written before its attention, which reads it up to a window that
+grows in steps of `WINDOW_STEP`, with a mask; MLX's attention kernel for one query takes no array mask and
+falls back to separate matmul and softmax kernels, which cost a single row more than compiling saves, so
+there one row keeps mlx-lm's cache (`make_decoder`) and only batches, which need a mask anyway, take
+this step.
 """
 
 from __future__ import annotations
@@ -35,29 +38,34 @@ CAPACITY_STEP = 256  # buffers grow by this many slots, so that utterances share
 
 
 class _StepCache:
-    """One layer's buffers during a step: this step's key and value written at `slot`, attention over the
-    slots written so far (minus each row's left padding)."""
+    """One layer's buffer during a step: this step's key and value, attention over the slots written so far
+    and this step's (minus each row's left padding)."""
 
-    def __init__(self, keys, values, slot, offsets, left_padding, window: int, kernels: bool):
-        self.keys, self.values = keys, values  # (B, kv_heads, capacity, head_dim)
+    def __init__(self, buffer, slot, offsets, left_padding, window: int, kernels: bool):
+        self.buffer = buffer  # (2, B, kv_heads, capacity, head_dim): keys, then values
         self.slot = slot  # (1,) int32: where this step's key and value go; the same for every row
         self.offset = offsets  # (B,) each row's RoPE position of this step's token
         self.left_padding = left_padding
         self.window = window  # how far the masked attention reads (the kernel reads just the valid slots)
         self.kernels = kernels  # whether the CUDA kernels compute this step (`kernels_fit`)
+        self.step_kv = None  # (2, B, kv_heads, 1, head_dim): this step's key and value, once computed
 
-    def update(self, keys, values) -> None:
-        self.keys = mx.slice_update(self.keys, keys, self.slot, axes=(2,))
-        self.values = mx.slice_update(self.values, values, self.slot, axes=(2,))
+    def add(self, step_kv: mx.array) -> None:
+        """This step's key and value. The kernels read them beside the buffer, which `_greedy_step` writes
+        for all layers at once; MLX's ops read the buffer, so they are written to it now."""
+        self.step_kv = step_kv
+        if not self.kernels:
+            self.buffer = mx.slice_update(self.buffer, step_kv, self.slot, axes=(3,))
 
     def attend(self, queries: mx.array, scale: float) -> mx.array:
         """(B, heads, 1, head_dim) queries over the valid slots: one kernel on CUDA; elsewhere MLX's
-        attention over the buffers up to `window`, with a mask (MLX's kernel for one query takes none,
-        so this falls back to separate matmul and softmax kernels)."""
+        attention over the buffer up to `window`, with a mask."""
         if self.kernels:
-            return cuda_kernels.decode_attention(queries, self.keys, self.values, self.left_padding, self.slot, scale)
-        keys, values = self.keys[..., : self.window, :], self.values[..., : self.window, :]
-        return cuda_kernels.decode_attention_ops(queries, keys, values, self.left_padding, self.slot, scale)
+            return cuda_kernels.decode_attention(
+                queries, self.buffer, self.step_kv, self.left_padding, self.slot, scale
+            )
+        keys, values = self.buffer[..., : self.window, :]
+        return cuda_kernels.masked_attention(queries, keys, values, self.left_padding, self.slot, scale)
 
 
 def kernels_fit(llm, dtype: mx.Dtype) -> bool:
@@ -97,7 +105,7 @@ def projections_fit(llm, rows: int, dtype: mx.Dtype) -> bool:
 
 
 def _layer_in_kernels(layer, hidden: mx.array, cache: _StepCache) -> mx.array:
-    """One decoder layer for one row, 8 kernels instead of 13: each RMSNorm inside the projection that
+    """One decoder layer for one row, 6 kernels instead of 11: each RMSNorm inside the projection that
     reads it, each residual add inside the projection it adds, swiglu inside gate/up (cuda_kernels:
     the same numbers as `_attention` and mlx-lm's MLP)."""
     attention = layer.self_attn
@@ -109,13 +117,13 @@ def _layer_in_kernels(layer, hidden: mx.array, cache: _StepCache) -> mx.array:
 
 
 def _attend(attention, qkv: mx.array, cache: _StepCache) -> mx.array:
-    """From the fused q/k/v projection: the q/k norms and RoPE, this step's key and value written to the
+    """From the fused q/k/v projection: the q/k norms and RoPE, this step's key and value added to the
     cache, attention over it: (B, heads, 1, head_dim)."""
-    norm_rope = cuda_kernels.qk_norm_rope if cache.kernels else cuda_kernels.qk_norm_rope_ops
-    queries, keys = norm_rope(
+    heads = cuda_kernels.step_heads if cache.kernels else cuda_kernels.step_heads_ops
+    queries, step_kv = heads(
         qkv, attention.q_norm, attention.k_norm, attention.rope, cache.offset, attention.n_heads, attention.n_kv_heads
     )
-    cache.update(keys, attention.value_heads(qkv))
+    cache.add(step_kv)
     return cache.attend(queries, attention.scale)
 
 
@@ -144,16 +152,21 @@ def output_head(llm):
     return llm.model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
 
 
-def _greedy_step(llm, tokens, keys, values, counters, left_padding, window: int, kernels: bool, projections: bool):
+def _greedy_step(llm, tokens, buffers, counters, left_padding, window: int, kernels: bool, projections: bool):
     """One token per row: (B,) tokens in, (B,) argmax tokens out, the buffers with this step written and
-    the counters advanced (`StaticDecoder`: the slot, then each row's position; `left_padding`, the rows'
-    first). `window`, `kernels` and `projections` are constants of the trace (a new value traces again)."""
+    the counters advanced (`StaticDecoder`: the buffers; the slot, then each row's position;
+    `left_padding`, the rows' first). `window`, `kernels` and `projections` are constants of the trace
+    (a new value traces again)."""
     rows = tokens.shape[0]
     slot, offsets, first = counters[:1], counters[1 : 1 + rows], left_padding[:rows]
-    caches = [_StepCache(k, v, slot, offsets, first, window, kernels) for k, v in zip(keys, values)]
+    layers = list(buffers[0]) if kernels else buffers
+    caches = [_StepCache(layer, slot, offsets, first, window, kernels) for layer in layers]
     logits = _step_logits(llm, tokens, caches, projections)
-    keys, values = [c.keys for c in caches], [c.values for c in caches]
-    return mx.argmax(logits, axis=-1), keys, values, counters + 1
+    if kernels:  # every layer's key and value in one write (see the module's docstring)
+        buffers = [mx.slice_update(buffers[0], mx.stack([c.step_kv for c in caches]), slot, axes=(4,))]
+    else:
+        buffers = [c.buffer for c in caches]
+    return mx.argmax(logits, axis=-1), buffers, counters + 1
 
 
 def _compiled_step(llm):
@@ -189,18 +202,22 @@ class StaticDecoder:
 
     def __init__(self, llm, prefilled: list, left_padding: list[int]):
         self.run = _compiled_step(llm) if use_compile() else partial(_greedy_step, llm)
-        # mlx-lm's own buffers, taken over: it allocates them in steps of 256 slots (mlx_lm/models/cache.py,
-        # KVCache.update_and_fetch), zeros past the filled ones, which attention never reads. The first
-        # step's update still copies each (the prefill reads it too); later updates write in place, once
-        # the caller has dropped the caches (transcribe.greedy_batch does). BatchKVCache counts its filled
-        # slots in _idx (its offsets are per row), KVCache in offset.
-        self.keys = [cache.keys for cache in prefilled]
-        self.values = [cache.values for cache in prefilled]
         first = prefilled[0]
+        self.kernels = kernels_fit(llm, first.keys.dtype)
+        self.projections = projections_fit(llm, len(left_padding), first.keys.dtype)
+        # mlx-lm's buffers, copied once into ours: it allocates them in steps of 256 slots
+        # (mlx_lm/models/cache.py, KVCache.update_and_fetch), zeros past the filled ones, which attention
+        # never reads. Each layer's keys and values are one (2, B, kv_heads, capacity, head_dim) array;
+        # for the kernels all layers' are one array. The caller drops the caches (transcribe.greedy_batch
+        # does), so that each write is in place.
+        if self.kernels:
+            parts = [part for cache in prefilled for part in (cache.keys, cache.values)]
+            self.buffers = [mx.stack(parts).reshape(len(prefilled), 2, *first.keys.shape)]
+        else:
+            self.buffers = [mx.stack([cache.keys, cache.values]) for cache in prefilled]
+        # BatchKVCache counts its filled slots in _idx (its offsets are per row), KVCache in offset.
         self.index = first._idx if isinstance(first, BatchKVCache) else first.offset  # the next slot to write
-        self.capacity = self.keys[0].shape[2]
-        self.kernels = kernels_fit(llm, self.keys[0].dtype)
-        self.projections = projections_fit(llm, len(left_padding), self.keys[0].dtype)
+        self.capacity = first.keys.shape[2]
         padding = mx.array(left_padding, mx.int32)
         self.counters = _device_ints(mx.array([self.index]), self.index - padding)  # the slot, each row's position
         self.left_padding = _device_ints(padding)  # its first entries: each row's first slot
@@ -209,9 +226,8 @@ class StaticDecoder:
         """Room for CAPACITY_STEP more slots: grown as used, so rows that stop early never pay for
         their budget (32 rows x 768 slots would hold 2.8 GB in bf16)."""
         capacity = (self.index // CAPACITY_STEP + 1) * CAPACITY_STEP
-        pad = [(0, 0), (0, 0), (0, capacity - self.capacity), (0, 0)]
-        self.keys = [mx.pad(k, pad) for k in self.keys]
-        self.values = [mx.pad(v, pad) for v in self.values]
+        pad = [(0, 0)] * (self.buffers[0].ndim - 2) + [(0, capacity - self.capacity), (0, 0)]
+        self.buffers = [mx.pad(buffer, pad) for buffer in self.buffers]
         self.capacity = capacity
 
     def step(self, tokens: mx.array) -> mx.array:
@@ -221,19 +237,16 @@ class StaticDecoder:
         window = min(self.capacity, -(-(self.index + 1) // WINDOW_STEP) * WINDOW_STEP)
         if self.kernels:
             window = self.capacity  # unused by the kernel: one trace per capacity, not per window
-        args = (tokens, self.keys, self.values, self.counters, self.left_padding, window)
-        args += (self.kernels, self.projections)
-        out = self.run(*args)
+        args = (tokens, self.buffers, self.counters, self.left_padding, window, self.kernels, self.projections)
         # Rebinding drops the last references to the old buffers, so the update can reuse them.
-        next_tokens, self.keys, self.values, self.counters = out
+        next_tokens, self.buffers, self.counters = self.run(*args)
         self.index += 1
         return next_tokens
 
     def filter(self, rows: mx.array) -> None:
         """Keep only these rows of the batch."""
-        count = self.keys[0].shape[0]
-        self.keys = [k[rows] for k in self.keys]
-        self.values = [v[rows] for v in self.values]
+        count = self.buffers[0].shape[-4]
+        self.buffers = [mx.take(buffer, rows, axis=-4) for buffer in self.buffers]
         self.counters = _device_ints(self.counters[:1], self.counters[1 : 1 + count][rows])
         self.left_padding = _device_ints(self.left_padding[:count][rows])
 

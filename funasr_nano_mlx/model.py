@@ -18,7 +18,7 @@ import mlx.nn as nn
 from mlx_lm.models import qwen3
 from mlx_lm.models.activations import swiglu
 
-from .cuda_kernels import qk_norm_rope_ops
+from .cuda_kernels import qk_norm_rope_ops, value_heads
 
 ENCODER_LN_EPS = 1e-5  # SenseVoice LayerNorm default, [F] models/sense_voice/model.py:300
 ADAPTOR_LN_EPS = 1e-12  # funasr transformer LayerNorm, [F] models/transformer/layer_norm.py:24
@@ -555,13 +555,6 @@ class Qwen3Attention(qwen3.Attention):
             return fused(x)
         return mx.concatenate([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=-1)
 
-    def value_heads(self, qkv: mx.array) -> mx.array:
-        """The v part of `qkv` (B, L, ...) as (B, kv_heads, L, head_dim). (Not `values`: a Module is a dict,
-        and MLX's tree utilities call its dict methods.)"""
-        batch, length, _ = qkv.shape
-        values = qkv[..., (self.n_heads + self.n_kv_heads) * self.rope.dims :]
-        return values.reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-
     def __call__(self, x: mx.array, mask: mx.array | None = None, cache=None) -> mx.array:
         if self.fused_qkv() is None:
             return super().__call__(x, mask, cache)
@@ -572,7 +565,7 @@ class Qwen3Attention(qwen3.Attention):
         queries, keys = qk_norm_rope_ops(
             qkv, self.q_norm, self.k_norm, self.rope, offset, self.n_heads, self.n_kv_heads
         )
-        values = self.value_heads(qkv)
+        values = value_heads(qkv, self.n_heads, self.n_kv_heads, self.rope.dims)
         if cache is not None:
             keys, values = cache.update_and_fetch(keys, values)
         output = qwen3.scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)

@@ -323,9 +323,37 @@ def test_one_row_through_the_static_step_decodes_as_mlx_lm(tiny_f32, ten_files, 
     assert tokens(StaticDecoder) == tokens()
 
 
+def cuda_kernel_twins(monkeypatch, names=("decode_attention", "step_heads")) -> list[str]:
+    """The decode step as on CUDA at bf16 (`decode_step.kernels_fit`), each of these CUDA kernels replaced
+    by its MLX-ops twin: the names of the kernels called, as they are."""
+    from funasr_nano_mlx import cuda_kernels
+
+    monkeypatch.setattr(cuda_kernels, "enabled", lambda dtype: True)
+    monkeypatch.setattr(cuda_kernels, "fits", lambda *shape: True)
+    calls = []
+    for name in names:
+        twin = getattr(cuda_kernels, f"{name}_ops")
+        monkeypatch.setattr(cuda_kernels, name, lambda *a, twin=twin, name=name: calls.append(name) or twin(*a))
+    return calls
+
+
+@pytest.mark.parametrize("compiled", ["0", "1"])
+def test_a_batch_in_the_cuda_step_decodes_as_one_clip_at_a_time(tiny_model, ten_files, monkeypatch, compiled):
+    """On CUDA every layer's keys and values are one buffer, written once a step after the last layer, and
+    the kernels read the step's key and value beside it. Here, with MLX-ops twins of the kernels, a batch
+    whose rows stop at different lengths (and are dropped) decodes each clip's tokens alone."""
+    model, tokenizer = tiny_model
+    clips = ten_files[:6]
+    alone = [transcribe(model, tokenizer, clip).token_ids for clip in clips]
+    monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
+    calls = cuda_kernel_twins(monkeypatch)
+    together = [r.token_ids for r in transcribe_many(model, tokenizer, clips, batch_size=len(clips))]
+    assert together == alone and {"decode_attention", "step_heads"} == set(calls)
+
+
 @pytest.mark.parametrize("compiled", ["0", "1"])
 def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, monkeypatch, compiled):
-    """On CUDA at bf16 one clip's step runs each layer in 8 kernels (decode_step._layer_in_kernels: the
+    """On CUDA at bf16 one clip's step runs each layer in 6 kernels (decode_step._layer_in_kernels: the
     norms, residual adds and swiglu inside the projections). Here each CUDA kernel is replaced by its
     MLX-ops twin and the layer, so written, decodes mlx-lm's tokens, compiled or not; a residual left
     out would not."""
@@ -334,8 +362,8 @@ def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, mon
     monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
     model, tokens = one_row_decoder(tiny_f32, ten_files[0], monkeypatch)
     with_cache = tokens()
-    monkeypatch.setattr(cuda_kernels, "enabled", lambda dtype: True)
-    monkeypatch.setattr(cuda_kernels, "fits", lambda *shape: True)
+    kernels = ("decode_attention", "step_heads", "norm_project", "project_add", "norm_swiglu")
+    calls = cuda_kernel_twins(monkeypatch, kernels)
     monkeypatch.setattr(cuda_kernels, "projection_shape", lambda mode, *layer: mode)
     assert decode_step.projections_fit(model.llm, 1, mx.float32) and not decode_step.projections_fit(
         model.llm, 2, mx.float32
@@ -343,12 +371,8 @@ def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, mon
     model.fuse_projections(False)  # the kernels read q/k/v and gate/up as one matrix each
     assert not decode_step.projections_fit(model.llm, 1, mx.float32)
     model.fuse_projections(True)
-    calls = []
-    for name in ("decode_attention", "qk_norm_rope", "norm_project", "project_add", "norm_swiglu"):
-        twin = getattr(cuda_kernels, f"{name}_ops")
-        monkeypatch.setattr(cuda_kernels, name, lambda *a, twin=twin, name=name: calls.append(name) or twin(*a))
     assert tokens(decode_step.StaticDecoder) == with_cache
-    assert {"norm_project", "project_add", "norm_swiglu", "decode_attention"} <= set(calls)
+    assert set(kernels) == set(calls)
     monkeypatch.setattr(cuda_kernels, "project_add", lambda x, linear, residual: linear(x))
     model.llm.__dict__.pop("_greedy_step", None)  # the compiled step holds the old function
     assert tokens(decode_step.StaticDecoder) != with_cache
