@@ -11,7 +11,8 @@ compiles for a new input length; of the next WARM_PASSES, the median one is repo
 line per (implementation, clip):
 
     frontend_ms, encoder_ms (encoder + adaptor), prefill_ms (LLM prompt -> first token),
-    ttft_ms (audio in -> first token), decode_ms_per_token, total_ms, tokens, peak_mem_gb
+    ttft_ms (audio in -> first token), decode_ms_per_token, total_ms, tokens, peak_mem_gb,
+    and for ours token_digest (the decoded ids' SHA-1, to compare builds run in separate processes)
 
 Implementations: ours (this package, MLX); official (funasr 1.4.16 `FunASRNano.inference`, the LLM in
 fp32 as its default inference does); official-bf16 (the same with bf16=True, its autocast path);
@@ -21,6 +22,7 @@ mlx-audio (mlx-audio 0.6.2's port, loading our converted directory).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import resource
 import subprocess
@@ -84,6 +86,7 @@ def bench_ours(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
         total_ms=1e3 * total,
         cold_total_ms=1e3 * cold,
         tokens=len(result.token_ids),
+        token_digest=hashlib.sha1(str(result.token_ids).encode()).hexdigest()[:12],
         peak_mem_gb=max(mx.get_peak_memory() / 2**30, 0) or rss_gb(),
     )
 
