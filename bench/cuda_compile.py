@@ -173,7 +173,8 @@ def main() -> None:
     norm = nn.RMSNorm(dims, eps=1e-6)
     norm.weight = norm.weight.astype(dtype)
     qkv = mx.zeros((batch, 1, (heads + 2 * kv_heads) * dims), dtype)
-    cuda_kernels.step_heads(qkv, norm, norm, UpstreamRoPE(dims, 1e6, "bf16"), rows, heads, kv_heads)
+    carried = mx.zeros((3, 2, batch, kv_heads, 1, dims), dtype)
+    cuda_kernels.step_heads(qkv, norm, norm, UpstreamRoPE(dims, 1e6, "bf16"), rows, heads, kv_heads, carried)
     project_kernels(args.hidden, args.intermediate, heads * dims, dtype)
     if nvrtc:
         total = sum(recorder.seconds.values())

@@ -32,8 +32,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     args = parser.parse_args()
 
-    upstream, f32 = prepare(args.workdir, "full", "float32")
-    _, bf16 = prepare(args.workdir, "full", "bfloat16")
+    upstream, f32 = prepare(args.workdir, "full", "float32", official=True)  # the official model is the reference
+    _, bf16 = prepare(args.workdir, "full", "bfloat16", official=True)
     wave = synthetic_audio(args.seconds)
 
     from tests.reference import Reference

@@ -2,19 +2,19 @@
 # A GPU session's decode measurements in few commands: a lent machine stays warm only a short while
 # between calls, so everything runs in one or two.
 #
-#   [STEPS="profile kernels speed first_call"] bash bench/gpu_round.sh SKELETON OUT [BEFORE]
+#   [STEPS="profile kernels speed throughput first_call"] bash bench/gpu_round.sh SKELETON OUT [BEFORE]
 #
 # SKELETON  a model directory for bench/random_model.py (the full-size skeleton; random weights).
-# OUT       where the JSON lines go (step_profile, kernels, speed, first_call .jsonl).
+# OUT       where the JSON lines go (step_profile, kernels, speed, throughput, first_call .jsonl).
 # BEFORE    optional: a directory holding another build's funasr_nano_mlx package, measured in separate
-#           processes alternately with this one (step profile, speed, first call).
-# STEPS     which of the four parts run, in that order (default: all). The random weights are made once
+#           processes alternately with this one (step profile, speed, throughput, first call).
+# STEPS     which of the five parts run, in that order (default: all). The random weights are made once
 #           under WORK (default /tmp/gpu_round) and kept, so that a second call can run the other parts.
 # PYTHONPATH must already find mlx, mlx-lm and mlx-audio (and this checkout first). Every step has a
 # time limit, so that one that hangs does not take the rest with it.
 set -u
 skeleton=$1 out=$2 before=${3:-}
-steps=" ${STEPS:-profile kernels speed first_call} "
+steps=" ${STEPS:-profile kernels speed throughput first_call} "
 bench=$(cd "$(dirname "$0")" && pwd)
 work=${WORK:-/tmp/gpu_round}
 mkdir -p "$out" "$work"
@@ -71,6 +71,17 @@ if wants speed; then
   done
 fi
 
+limit=240
+if wants throughput; then
+  step "throughput: 100 clips of 5-30 s, 64 tokens each (one at a time: the first 12)"
+  args=(--workdir "$work/bf16" --batch-sizes 1 32 --sequential-files 12)
+  ours "$bench/throughput.py" "${args[@]}" --impl ours mlx-audio 2>&1 | grep '^{' | labelled ours | tee -a "$out/throughput.jsonl"
+  if [ -n "$before" ]; then
+    theirs throughput.py "${args[@]}" --impl ours 2>&1 | grep '^{' | labelled theirs | tee -a "$out/throughput.jsonl"
+  fi
+fi
+
+limit=150
 if wants first_call; then
   step "first call in a fresh process"
   for run in ours ${before:+theirs} ours ${before:+theirs}; do

@@ -3,7 +3,7 @@
     python bench/step_profile.py MODEL_DIR [--seconds 10] [--tokens 128]
 
 For the step as it is, without the projection kernels (`decode_step.projections_fit`) and with each
-candidate change (CANDIDATES), interleaved over rounds: ms/token in greedy_batch's loop, the first
+candidate change (`variants`), interleaved over rounds: ms/token in greedy_batch's loop, the first
 round's seconds (the trace and the compiles of the variant's new kernel sources), the host's share of a
 synchronous step (building it, submitting it), the GPU time of each kernel per step, read with CUPTI
 through torch.profiler (it records every kernel of the process, MLX's included), and the tokens against
@@ -95,6 +95,7 @@ def variants(llm) -> dict:
     table = {
         "projection kernels": (),
         "attention and q/k kernels only": ((decode_step, "projections_fit", lambda *_: False),),
+        "candidate: attention in blocks of 32 warps": ((cuda_kernels, "ATTENTION_WARPS", 32),),
     }
     project = shared_source(llm)
     if project is not None:

@@ -146,7 +146,8 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)  # internal: IMPL BATCH_SIZE, run here
     args = parser.parse_args()
 
-    upstream, converted = prepare(args.workdir, args.size, args.dtype)
+    impls = [args.child[0]] if args.child else args.impl
+    upstream, converted = prepare(args.workdir, args.size, args.dtype, any(i.startswith("official") for i in impls))
     if args.child:
         impl, batch_size = args.child[0], int(args.child[1])
         waves = clips(args.files, args.min_s, args.max_s)
