@@ -95,8 +95,9 @@ def variants(llm) -> dict:
     table = {
         "projection kernels": (),
         "attention and q/k kernels only": ((decode_step, "projections_fit", lambda *_: False),),
-        "candidate: attention in blocks of 32 warps": ((cuda_kernels, "ATTENTION_WARPS", 32),),
     }
+    if hasattr(cuda_kernels, "ATTENTION_WARPS"):  # a build from before it has 8, fixed
+        table["candidate: attention in blocks of 32 warps"] = ((cuda_kernels, "ATTENTION_WARPS", 32),)
     project = shared_source(llm)
     if project is not None:
         table["candidate: one projection source per weight kind"] = ((cuda_kernels, "_project", project),)

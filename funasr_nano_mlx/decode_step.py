@@ -76,7 +76,7 @@ class _StepCache:
         layer's key and value from `step_kv`; elsewhere MLX's attention over the buffer up to `window`,
         with a mask."""
         if self.step_kv is not None:
-            newest = self.step_kv.array[-1]  # this layer's, put last by `heads`
+            newest = self.step_kv.array[-1:].squeeze(0)  # this layer's, put last by `heads` (a view: [-1] gathers)
             return cuda_kernels.decode_attention(queries, self.buffer, newest, self.left_padding, self.slot, scale)
         keys, values = self.buffer[..., : self.window, :]
         return cuda_kernels.masked_attention(queries, keys, values, self.left_padding, self.slot, scale)

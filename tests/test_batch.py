@@ -351,6 +351,26 @@ def test_a_batch_in_the_cuda_step_decodes_as_one_clip_at_a_time(tiny_model, ten_
     assert together == alone and {"decode_attention", "step_heads"} == set(calls)
 
 
+def test_the_cuda_step_reads_the_cache_through_views(tiny_model, ten_files, monkeypatch, tmp_path):
+    """Indexing an MLX array with an integer is a gather kernel of its own: the step on CUDA reads each
+    layer's buffer, and its newest key and value, through views, so that its one gather is the token
+    embedding's (28 more took 74 us a step on an H100)."""
+    from funasr_nano_mlx import decode_step
+
+    model, tokenizer = tiny_model
+    module = transcribe_module()
+    embeddings = module.prompt_inputs(model, tokenizer, model.encode(mx.array(features(ten_files[3]))[None])[0])[1]
+    cuda_kernel_twins(monkeypatch)
+    cache, padding, token = module.prefill(model.llm, [embeddings])
+    decoder = decode_step.StaticDecoder(model.llm, cache, padding)
+    state = (token, decoder.buffers, decoder.step_kv, decoder.counters, decoder.left_padding)
+    mx.eval(state)  # the step's graph alone, not the prefill's
+    out = decode_step._greedy_step(model.llm, *state, decoder.capacity, False)
+    graph = tmp_path / "step.dot"
+    mx.export_to_dot(str(graph), out[0], *out[1], out[2])
+    assert graph.read_text().count('label ="Gather"') == 1
+
+
 @pytest.mark.parametrize("compiled", ["0", "1"])
 def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, monkeypatch, compiled):
     """On CUDA at bf16 one clip's step runs each layer in 6 kernels (decode_step._layer_in_kernels: the
