@@ -341,9 +341,6 @@ def kernel_agreement(model, label: str) -> None:
     buffer = mx.stack([keys, values])
     step_kv = buffer[..., last : last + 1, :]
     unwritten = mx.slice_update(buffer, mx.zeros_like(step_kv), mx.array([last]), axes=(3,))
-    kernel_out = cuda_kernels.decode_attention(
-        queries, unwritten, step_kv, mx.array(first, mx.int32), mx.array([last], mx.int32), attention.scale
-    )
     # MLX's own kernel for one query (float32 inside, as ours), over each row's exact slots, no mask.
     exact = mx.concatenate(
         [
@@ -356,14 +353,28 @@ def kernel_agreement(model, label: str) -> None:
             for r, lo in enumerate(first)
         ]
     )
-    compare("decode_attention vs MLX's kernel on exact slots", [kernel_out], [exact])
     truth = attention_truth(queries, keys, values, first, last, attention.scale)
-    for name, out in (("ours", kernel_out), ("MLX's", exact)):
-        error = np.abs(np.array(out.astype(mx.float32)) - truth)
+    error = np.abs(np.array(exact.astype(mx.float32)) - truth)
+    report(
+        stage="decode_attention vs float64",
+        label=label,
+        kernel="MLX's",
+        max_abs_error=float(error.max()),
+        mean_abs_error=float(error.mean()),
+    )
+    shipped = cuda_kernels.ATTENTION_WARPS
+    for warps in sorted({shipped, 32}):  # the order of the sums depends on the warps a block
+        cuda_kernels.ATTENTION_WARPS = warps
+        kernel_out = cuda_kernels.decode_attention(
+            queries, unwritten, step_kv, mx.array(first, mx.int32), mx.array([last], mx.int32), attention.scale
+        )
+        cuda_kernels.ATTENTION_WARPS = shipped
+        compare(f"decode_attention ({warps} warps) vs MLX's kernel on exact slots", [kernel_out], [exact])
+        error = np.abs(np.array(kernel_out.astype(mx.float32)) - truth)
         report(
             stage="decode_attention vs float64",
             label=label,
-            kernel=name,
+            kernel=f"ours, {warps} warps",
             max_abs_error=float(error.max()),
             mean_abs_error=float(error.mean()),
         )
