@@ -34,7 +34,7 @@ labelled() { sed "s/^/{\"run\": \"$1\", \"row\": /; s/$/}/"; }  # a script's las
 wants() { [[ $steps == *" $1 "* ]]; }
 
 step "random weights"
-for bits in bf16 q4; do
+for bits in ${WEIGHTS:-bf16 q4}; do  # WEIGHTS=bf16 leaves out the 4-bit copy where no part needs it
   model=$work/$bits/mlx-full-bfloat16
   [ -f "$model/config.json" ] && continue
   quantize=$([ $bits = q4 ] && echo --bits 4)
