@@ -173,8 +173,7 @@ def main() -> None:
     norm = nn.RMSNorm(dims, eps=1e-6)
     norm.weight = norm.weight.astype(dtype)
     qkv = mx.zeros((batch, 1, (heads + 2 * kv_heads) * dims), dtype)
-    carried = mx.zeros((3, 2, batch, kv_heads, 1, dims), dtype)
-    cuda_kernels.step_heads(qkv, norm, norm, UpstreamRoPE(dims, 1e6, "bf16"), rows, heads, kv_heads, carried)
+    cuda_kernels.step_heads(qkv, norm, norm, UpstreamRoPE(dims, 1e6, "bf16"), rows, heads, kv_heads)
     project_kernels(args.hidden, args.intermediate, heads * dims, dtype)
     if nvrtc:
         total = sum(recorder.seconds.values())

@@ -381,8 +381,7 @@ def kernel_agreement(model, label: str) -> None:
 
     qkv = mx.random.normal((batch, 1, (heads + 2 * kv_heads) * dims)).astype(dtype) * 3
     positions = mx.array([0, 5, 300, 40000], mx.int32)
-    carried = mx.random.normal((3, 2, batch, kv_heads, 1, dims)).astype(dtype)  # earlier layers' keys and values
-    args = (qkv, attention.q_norm, attention.k_norm, attention.rope, positions, heads, kv_heads, carried)
+    args = (qkv, attention.q_norm, attention.k_norm, attention.rope, positions, heads, kv_heads)
     compare("step_heads", cuda_kernels.step_heads(*args), cuda_kernels.step_heads_ops(*args))
 
     if not decode_step.projections_fit(model.llm, 1, dtype):

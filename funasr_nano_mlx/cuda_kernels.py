@@ -135,28 +135,14 @@ _ATTENTION = """
 # (mlx/backend/cuda/rms_norm.cu, rope.cu): normalized in float32, rounded to T, times the weight in T;
 # rotated in float32 and rounded to T. Only the sum of squares is added in another order than MLX's
 # (a warp's butterfly against its block reduce), so a normalizer can differ in its last float32 bit and,
-# rarely, round one output the other way. A key head's warp also copies the value head of its index.
-#
-# The step's keys and values pass from layer to layer in one array, (layers, 2, B, HKV, 1, D): each layer's
-# kernel moves the earlier layers' entries down one (every thread copies 16-byte pieces) and puts its own
-# last, so that after the last layer they stand in layer order, ready for the step's one cache write,
-# without a copy of their own (stacking 28 arrays cost 28 copy kernels).
+# rarely, round one output the other way. A key head's warp also copies the value head of its index, so
+# that the step's key and value leave in one array, (2, B, HKV, 1, D).
 _STEP_HEADS = """
   constexpr int E = D / 32;
   constexpr int HEADS = HQ + HKV;
-  const int batch = qkv_shape[0];
-  const size_t layer_size = (size_t)2 * batch * HKV * D;  // one layer's keys and values
-  const size_t pieces = (carried_shape[0] - 1) * layer_size / 8;  // 16-byte pieces of the earlier layers
-  const uint4* earlier = reinterpret_cast<const uint4*>(carried + layer_size);
-  uint4* moved = reinterpret_cast<uint4*>(kv_out);
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < pieces; i += (size_t)gridDim.x * blockDim.x) {
-    moved[i] = earlier[i];
-  }
-  T* newest = kv_out + (carried_shape[0] - 1) * layer_size;
-
   const int global_warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
-  if (global_warp >= batch * HEADS) {
+  if (global_warp >= qkv_shape[0] * HEADS) {
     return;
   }
   const int row = global_warp / HEADS;
@@ -178,7 +164,7 @@ _STEP_HEADS = """
     normed[t] = weight[lane + 32 * t] * static_cast<T>(values[t] * normalizer);
   }
 
-  T* y = is_query ? q_out + ((size_t)row * HQ + head) * D : newest + ((size_t)row * HKV + head - HQ) * D;
+  T* y = is_query ? q_out + ((size_t)row * HQ + head) * D : kv_out + ((size_t)row * HKV + head - HQ) * D;
   const float position = static_cast<float>(positions[row]);
 #pragma unroll
   for (int t = 0; t < E / 2; ++t) {
@@ -191,7 +177,7 @@ _STEP_HEADS = """
   }
   if (!is_query) {
     const T* value = x + HKV * D;  // value heads follow the key heads in the fused projection
-    T* value_out = newest + ((size_t)(batch + row) * HKV + head - HQ) * D;
+    T* value_out = kv_out + ((size_t)(qkv_shape[0] + row) * HKV + head - HQ) * D;
 #pragma unroll
     for (int t = 0; t < E; ++t) {
       value_out[lane + 32 * t] = value[lane + 32 * t];
@@ -555,44 +541,33 @@ def masked_attention(
     return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=valid[:, None, None, :])
 
 
-def step_heads(
-    qkv: mx.array, q_norm, k_norm, rope, positions: mx.array, q_heads: int, kv_heads: int, carried: mx.array
-):
+def step_heads(qkv: mx.array, q_norm, k_norm, rope, positions: mx.array, q_heads: int, kv_heads: int):
     """From a fused q/k/v projection of one token per row, qkv (B, 1, (HQ + 2 HKV) D): the queries
-    (B, HQ, 1, D) after their RMSNorm and RoPE, and the step's keys and values so far, carried
-    (layers, 2, B, HKV, 1, D), moved down one layer with this layer's key and value last (`_STEP_HEADS`):
-    the key after its RMSNorm and RoPE (`q_norm`, `k_norm`, nn.RMSNorm, one eps; `rope`,
-    model.UpstreamRoPE: all D dims rotated, not traditional, no scaling) at each row's position,
-    positions (B,) int32."""
+    (B, HQ, 1, D) after their RMSNorm and RoPE, and the step's key and value (2, B, HKV, 1, D), the key
+    after its RMSNorm and RoPE (`q_norm`, `k_norm`, nn.RMSNorm, one eps; `rope`, model.UpstreamRoPE: all
+    D dims rotated, not traditional, no scaling) at each row's position, positions (B,) int32."""
     batch, dims = qkv.shape[0], rope.dims
     kernel = _kernel(
         f"step_heads_{dims}",
-        ("qkv", "q_weight", "k_weight", "freqs", "positions", "carried"),
+        ("qkv", "q_weight", "k_weight", "freqs", "positions"),
         ("q_out", "kv_out"),
         f"  constexpr float EPS = {_float_literal(q_norm.eps)};\n" + _STEP_HEADS,
     )
     warps = batch * (q_heads + kv_heads)
     return tuple(
         kernel(
-            inputs=[qkv, q_norm.weight, k_norm.weight, rope.periods, positions, carried],
+            inputs=[qkv, q_norm.weight, k_norm.weight, rope.periods, positions],
             template=[("T", qkv.dtype), ("D", dims), ("HQ", q_heads), ("HKV", kv_heads)],
             grid=(warps * 32, 1, 1),
             threadgroup=(256, 1, 1),
-            output_shapes=[(batch, q_heads, 1, dims), carried.shape],
+            output_shapes=[(batch, q_heads, 1, dims), (2, batch, kv_heads, 1, dims)],
             output_dtypes=[qkv.dtype, qkv.dtype],
         )
     )
 
 
-def step_heads_ops(qkv: mx.array, q_norm, k_norm, rope, positions, q_heads: int, kv_heads: int, carried: mx.array):
-    """`step_heads` as MLX's ops."""
-    queries, step_kv = qkv_heads_ops(qkv, q_norm, k_norm, rope, positions, q_heads, kv_heads)
-    return queries, mx.concatenate([carried[1:], step_kv[None]])
-
-
-def qkv_heads_ops(qkv: mx.array, q_norm, k_norm, rope, positions, q_heads: int, kv_heads: int):
-    """The queries (B, HQ, L, D), and the keys and values together (2, B, HKV, L, D), of a fused q/k/v
-    projection, qkv (B, L, (HQ + 2 HKV) D), as mlx-lm's Qwen3 attention computes them (`qk_norm_rope_ops`)."""
+def step_heads_ops(qkv: mx.array, q_norm, k_norm, rope, positions, q_heads: int, kv_heads: int):
+    """`step_heads` as MLX's ops, for any length L: (B, HQ, L, D) queries and (2, B, HKV, L, D) keys and values."""
     queries, keys = qk_norm_rope_ops(qkv, q_norm, k_norm, rope, positions, q_heads, kv_heads)
     return queries, mx.stack([keys, value_heads(qkv, q_heads, kv_heads, rope.dims)])
 

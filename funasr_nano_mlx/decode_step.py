@@ -37,47 +37,33 @@ WINDOW_STEP = 128  # the attention reads the buffers up to the next multiple of 
 CAPACITY_STEP = 256  # buffers grow by this many slots, so that utterances share compiled shapes
 
 
-class _StepKV:
-    """For the kernels: the step's keys and values so far, (layers, 2, B, kv_heads, 1, head_dim), passed
-    through each layer's `cuda_kernels.step_heads`, which moves the earlier layers' down one and adds its
-    own last; after the last layer they are in layer order, for the step's one write."""
-
-    def __init__(self, array: mx.array):
-        self.array = array
-
-
 class _StepCache:
     """One layer's buffer during a step: this step's key and value, attention over the slots written so far
     and this step's (minus each row's left padding)."""
 
-    def __init__(self, buffer, slot, offsets, left_padding, window: int, step_kv: _StepKV | None):
+    def __init__(self, buffer, slot, offsets, left_padding, window: int, kernels: bool):
         self.buffer = buffer  # (2, B, kv_heads, capacity, head_dim): keys, then values
         self.slot = slot  # (1,) int32: where this step's key and value go; the same for every row
         self.offset = offsets  # (B,) each row's RoPE position of this step's token
         self.left_padding = left_padding
         self.window = window  # how far the masked attention reads (the kernel reads just the valid slots)
-        self.step_kv = step_kv  # where the CUDA kernels compute this step (`kernels_fit`), else None
+        self.kernels = kernels  # whether the CUDA kernels compute this step (`kernels_fit`)
+        self.step_kv = None  # (2, B, kv_heads, 1, head_dim): this step's key and value, once computed
 
-    def heads(self, attention, qkv: mx.array) -> mx.array:
-        """The step's queries from the fused q/k/v projection, (B, heads, 1, head_dim), after the q norm and
-        RoPE; its key (normed, rotated) and value go to `step_kv` for the kernels (`_greedy_step` writes
-        them to the buffer after the last layer), else to the buffer now, which MLX's attention reads."""
-        args = (qkv, attention.q_norm, attention.k_norm, attention.rope, self.offset)
-        args += (attention.n_heads, attention.n_kv_heads)
-        if self.step_kv is not None:
-            queries, self.step_kv.array = cuda_kernels.step_heads(*args, self.step_kv.array)
-            return queries
-        queries, step_kv = cuda_kernels.qkv_heads_ops(*args)
-        self.buffer = mx.slice_update(self.buffer, step_kv, self.slot, axes=(3,))
-        return queries
+    def add(self, step_kv: mx.array) -> None:
+        """This step's key and value. The kernels read them beside the buffer, which `_greedy_step` writes
+        for all layers at once; MLX's ops read the buffer, so they are written to it now."""
+        self.step_kv = step_kv
+        if not self.kernels:
+            self.buffer = mx.slice_update(self.buffer, step_kv, self.slot, axes=(3,))
 
     def attend(self, queries: mx.array, scale: float) -> mx.array:
-        """(B, heads, 1, head_dim) queries over the valid slots: one kernel on CUDA, which reads this
-        layer's key and value from `step_kv`; elsewhere MLX's attention over the buffer up to `window`,
-        with a mask."""
-        if self.step_kv is not None:
-            newest = self.step_kv.array[-1:].squeeze(0)  # this layer's, put last by `heads` (a view: [-1] gathers)
-            return cuda_kernels.decode_attention(queries, self.buffer, newest, self.left_padding, self.slot, scale)
+        """(B, heads, 1, head_dim) queries over the valid slots: one kernel on CUDA; elsewhere MLX's
+        attention over the buffer up to `window`, with a mask."""
+        if self.kernels:
+            return cuda_kernels.decode_attention(
+                queries, self.buffer, self.step_kv, self.left_padding, self.slot, scale
+            )
         keys, values = self.buffer[..., : self.window, :]
         return cuda_kernels.masked_attention(queries, keys, values, self.left_padding, self.slot, scale)
 
@@ -133,7 +119,12 @@ def _layer_in_kernels(layer, hidden: mx.array, cache: _StepCache) -> mx.array:
 def _attend(attention, qkv: mx.array, cache: _StepCache) -> mx.array:
     """From the fused q/k/v projection: the q/k norms and RoPE, this step's key and value added to the
     cache, attention over it: (B, heads, 1, head_dim)."""
-    return cache.attend(cache.heads(attention, qkv), attention.scale)
+    heads = cuda_kernels.step_heads if cache.kernels else cuda_kernels.step_heads_ops
+    queries, step_kv = heads(
+        qkv, attention.q_norm, attention.k_norm, attention.rope, cache.offset, attention.n_heads, attention.n_kv_heads
+    )
+    cache.add(step_kv)
+    return cache.attend(queries, attention.scale)
 
 
 def _attention(attention, x: mx.array, cache: _StepCache) -> mx.array:
@@ -161,26 +152,21 @@ def output_head(llm):
     return llm.model.embed_tokens.as_linear if llm.args.tie_word_embeddings else llm.lm_head
 
 
-def _greedy_step(llm, tokens, buffers, step_kv, counters, left_padding, window: int, projections: bool):
-    """One token per row: (B,) tokens in, (B,) argmax tokens out, the buffers with this step written,
-    its keys and values and the counters advanced (`StaticDecoder`: the buffers, the chain of the step's
-    keys and values or None where the CUDA kernels are off; the slot, then each row's position;
-    `left_padding`, the rows' first). `window` and `projections` are constants of the trace (a new value
-    traces again)."""
+def _greedy_step(llm, tokens, buffers, counters, left_padding, window: int, kernels: bool, projections: bool):
+    """One token per row: (B,) tokens in, (B,) argmax tokens out, the buffers with this step written and
+    the counters advanced (`StaticDecoder`: the buffers; the slot, then each row's position;
+    `left_padding`, the rows' first). `window`, `kernels` and `projections` are constants of the trace
+    (a new value traces again)."""
     rows = tokens.shape[0]
     slot, offsets, first = counters[:1], counters[1 : 1 + rows], left_padding[:rows]
-    if step_kv is None:
-        caches = [_StepCache(buffer, slot, offsets, first, window, None) for buffer in buffers]
-    else:
-        chain = _StepKV(step_kv)
-        caches = [_StepCache(buffer, slot, offsets, first, window, chain) for buffer in buffers[0]]
+    layers = list(buffers[0]) if kernels else buffers
+    caches = [_StepCache(layer, slot, offsets, first, window, kernels) for layer in layers]
     logits = _step_logits(llm, tokens, caches, projections)
-    if step_kv is None:
+    if kernels:  # every layer's key and value in one write (see the module's docstring)
+        buffers = [mx.slice_update(buffers[0], mx.stack([c.step_kv for c in caches]), slot, axes=(4,))]
+    else:
         buffers = [c.buffer for c in caches]
-    else:  # every layer's key and value in one write (see the module's docstring)
-        step_kv = chain.array
-        buffers = [mx.slice_update(buffers[0], step_kv, slot, axes=(4,))]
-    return mx.argmax(logits, axis=-1), buffers, step_kv, counters + 1
+    return mx.argmax(logits, axis=-1), buffers, counters + 1
 
 
 def _compiled_step(llm):
@@ -229,21 +215,12 @@ class StaticDecoder:
             self.buffers = [mx.stack(parts).reshape(len(prefilled), 2, *first.keys.shape)]
         else:
             self.buffers = [mx.stack([cache.keys, cache.values]) for cache in prefilled]
-        self.step_kv = self._step_kv()
         # BatchKVCache counts its filled slots in _idx (its offsets are per row), KVCache in offset.
         self.index = first._idx if isinstance(first, BatchKVCache) else first.offset  # the next slot to write
         self.capacity = first.keys.shape[2]
         padding = mx.array(left_padding, mx.int32)
         self.counters = _device_ints(mx.array([self.index]), self.index - padding)  # the slot, each row's position
         self.left_padding = _device_ints(padding)  # its first entries: each row's first slot
-
-    def _step_kv(self) -> mx.array | None:
-        """The first step's chain of keys and values for the kernels (`_StepKV`; each later step takes
-        the one before's); None where they are off."""
-        if not self.kernels:
-            return None
-        layers, _, rows, kv_heads, _, head_dim = self.buffers[0].shape
-        return mx.zeros((layers, 2, rows, kv_heads, 1, head_dim), self.buffers[0].dtype)
 
     def _grow(self) -> None:
         """Room for CAPACITY_STEP more slots: grown as used, so rows that stop early never pay for
@@ -260,9 +237,9 @@ class StaticDecoder:
         window = min(self.capacity, -(-(self.index + 1) // WINDOW_STEP) * WINDOW_STEP)
         if self.kernels:
             window = self.capacity  # unused by the kernel: one trace per capacity, not per window
-        args = (tokens, self.buffers, self.step_kv, self.counters, self.left_padding, window, self.projections)
+        args = (tokens, self.buffers, self.counters, self.left_padding, window, self.kernels, self.projections)
         # Rebinding drops the last references to the old buffers, so the update can reuse them.
-        next_tokens, self.buffers, self.step_kv, self.counters = self.run(*args)
+        next_tokens, self.buffers, self.counters = self.run(*args)
         self.index += 1
         return next_tokens
 
@@ -270,7 +247,6 @@ class StaticDecoder:
         """Keep only these rows of the batch."""
         count = self.buffers[0].shape[-4]
         self.buffers = [mx.take(buffer, rows, axis=-4) for buffer in self.buffers]
-        self.step_kv = self._step_kv()
         self.counters = _device_ints(self.counters[:1], self.counters[1 : 1 + count][rows])
         self.left_padding = _device_ints(self.left_padding[:count][rows])
 

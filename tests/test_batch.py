@@ -353,8 +353,8 @@ def test_a_batch_in_the_cuda_step_decodes_as_one_clip_at_a_time(tiny_model, ten_
 
 def test_the_cuda_step_reads_the_cache_through_views(tiny_model, ten_files, monkeypatch, tmp_path):
     """Indexing an MLX array with an integer is a gather kernel of its own: the step on CUDA reads each
-    layer's buffer, and its newest key and value, through views, so that its one gather is the token
-    embedding's (28 more took 74 us a step on an H100)."""
+    layer's part of the buffer through views, so that its one gather is the token embedding's (28 more
+    took 74 us a step on an H100)."""
     from funasr_nano_mlx import decode_step
 
     model, tokenizer = tiny_model
@@ -363,9 +363,9 @@ def test_the_cuda_step_reads_the_cache_through_views(tiny_model, ten_files, monk
     cuda_kernel_twins(monkeypatch)
     cache, padding, token = module.prefill(model.llm, [embeddings])
     decoder = decode_step.StaticDecoder(model.llm, cache, padding)
-    state = (token, decoder.buffers, decoder.step_kv, decoder.counters, decoder.left_padding)
+    state = (token, decoder.buffers, decoder.counters, decoder.left_padding)
     mx.eval(state)  # the step's graph alone, not the prefill's
-    out = decode_step._greedy_step(model.llm, *state, decoder.capacity, False)
+    out = decode_step._greedy_step(model.llm, *state, decoder.capacity, True, False)
     graph = tmp_path / "step.dot"
     mx.export_to_dot(str(graph), out[0], *out[1], out[2])
     assert graph.read_text().count('label ="Gather"') == 1
