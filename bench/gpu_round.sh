@@ -45,7 +45,7 @@ if wants profile; then
   step "step profile, bf16"
   limit=240
   for run in ours ${before:+theirs}; do
-    $run "$bench/step_profile.py" "$work/bf16/mlx-full-bfloat16" 2>&1 | grep '^{' | labelled "$run" | tee -a "$out/step_profile.jsonl"
+    $run "$bench/step_profile.py" "$work/bf16/mlx-full-bfloat16" --stages 2>&1 | grep '^{' | labelled "$run" | tee -a "$out/step_profile.jsonl"
   done
 fi
 

@@ -1,6 +1,6 @@
 """Where one clip's decode step spends its time on a CUDA GPU: the host and each kernel, in one process.
 
-    python bench/step_profile.py MODEL_DIR [--seconds 10] [--tokens 128]
+    python bench/step_profile.py MODEL_DIR [--seconds 10] [--tokens 128] [--stages]
 
 For the step as it is, without the projection kernels (`decode_step.projections_fit`) and with each
 candidate change (`variants`), interleaved over rounds: ms/token in greedy_batch's loop, the first
@@ -9,7 +9,7 @@ synchronous step (building it, submitting it), the GPU time of each kernel per s
 through torch.profiler (it records every kernel of the process, MLX's included), and the tokens against
 the first variant's. Needs torch with CUDA. The prefill is left lazy when the decoder is made, as
 greedy_batch leaves it, so that the compiled step is traced as in a transcription. One JSON line per
-variant.
+variant; with --stages first one per stage before the first token (`first_token_stages`).
 """
 
 from __future__ import annotations
@@ -109,25 +109,22 @@ def decoder(llm, embeddings):
     return StaticDecoder(llm, cache, padding), token
 
 
-def gpu_kernels(llm, embeddings, steps: int = 16) -> dict:
-    """CUPTI's kernel times over `steps` warm steps, per step: the total, the launches, the heaviest kernels."""
+def cupti_kernels(run, calls: int) -> dict:
+    """CUPTI's kernel times over `calls` calls of `run` (whose arrays are evaluated asynchronously, one call
+    after another), per call: the total, the launches, the heaviest kernels. Empty without torch's CUDA."""
     try:
         import torch
         from torch.profiler import ProfilerActivity, profile
     except ImportError:
-        return {"gpu_us_per_step": None}  # read through torch's profiler: without torch, not read
+        return {"gpu_us_per_call": None}  # read through torch's profiler: without torch, not read
     if not torch.cuda.is_available():
-        return {"gpu_us_per_step": None}  # CUPTI needs a CUDA device
-    step, token = decoder(llm, embeddings)
-    for _ in range(8):
-        token = step.step(token)
-    mx.eval(token)
+        return {"gpu_us_per_call": None}  # CUPTI needs a CUDA device
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as profiled:
-        for _ in range(steps):
-            token = step.step(token)
-            mx.async_eval(token)
-        mx.eval(token)
+        for _ in range(calls):
+            out = run()
+            mx.async_eval(out)
+        mx.eval(out)
         torch.cuda.synchronize()
     times, counts = defaultdict(float), defaultdict(int)
     for event in profiled.events():
@@ -136,12 +133,51 @@ def gpu_kernels(llm, embeddings, steps: int = 16) -> dict:
             counts[event.name] += 1
     heaviest = sorted(times, key=times.get, reverse=True)[:10]
     return {
-        "gpu_us_per_step": sum(times.values()) / steps,
-        "launches_per_step": sum(counts.values()) / steps,
+        "gpu_us_per_call": sum(times.values()) / calls,
+        "launches_per_call": sum(counts.values()) / calls,
         "heaviest_us_and_launches": {
-            name[:80]: [round(times[name] / steps, 1), counts[name] // steps] for name in heaviest
+            name[:80]: [round(times[name] / calls, 1), counts[name] // calls] for name in heaviest
         },
     }
+
+
+def gpu_kernels(llm, embeddings, steps: int = 16) -> dict:
+    """The decode step's kernels (`cupti_kernels`), over `steps` warm steps."""
+    step, token = decoder(llm, embeddings)
+    for _ in range(8):
+        token = step.step(token)
+    mx.eval(token)
+    tokens = [token]
+
+    def run():
+        tokens[0] = step.step(tokens[0])
+        return tokens[0]
+
+    return cupti_kernels(run, steps)
+
+
+def first_token_stages(model, feats: mx.array, embeddings: mx.array, calls: int = 8) -> list[dict]:
+    """Where the time to the first token goes on the device: encoder + adaptor, and the prompt's prefill to
+    the first token, each warm: the median wall time of a synchronous call, the host's share of it (until
+    the work is submitted) and its kernels (`cupti_kernels`)."""
+    stages = {
+        "encoder+adaptor": lambda: model.encode(feats),
+        "prefill": lambda: prefill(model.llm, [embeddings])[2],
+    }
+    rows = []
+    for name, run in stages.items():
+        walls, submits = [], []
+        for _ in range(calls + 1):
+            start = time.perf_counter()
+            out = run()
+            mx.async_eval(out)
+            submitted = time.perf_counter()
+            mx.eval(out)
+            walls.append(1e3 * (time.perf_counter() - start))
+            submits.append(1e3 * (submitted - start))
+        row = {"stage": name, "ms": statistics.median(walls[1:]), "submit_ms": statistics.median(submits[1:])}
+        rows.append(row | cupti_kernels(run, calls))
+    return rows
 
 
 def main() -> None:
@@ -150,15 +186,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=4, help="the first traces and is not counted")
+    parser.add_argument("--stages", action="store_true", help="also profile encoder + adaptor and the prefill")
     args = parser.parse_args()
     if args.tokens < 2:
         parser.error("--tokens must be at least 2 (ms/token is timed from the second)")
     model, tokenizer = load(args.model)
     llm = model.llm
-    embeddings = prompt_inputs(
-        model, tokenizer, model.encode(mx.array(features(synthetic_audio(args.seconds)))[None])[0]
-    )[1]
+    feats = mx.array(features(synthetic_audio(args.seconds)))[None]
+    embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
     mx.eval(embeddings)
+    if args.stages:
+        for row in first_token_stages(model, feats, embeddings):
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     table = variants(llm)
     traced, times, ids, first_round = {}, {name: [] for name in table}, {}, {}
     for round_ in range(args.rounds):
