@@ -303,18 +303,27 @@ def download_from_modelscope(repo_id: str, revision: str, patterns: list[str]) -
         raise UserError(f"cannot download {repo_id}@{revision} from ModelScope: {one_line(err)}") from None
 
 
-def _remote_config(repo_id: str, revision: str | None) -> tuple[dict, str | None]:
-    """The repo's config.json alone (one small file), so that a repo of something else is refused
-    before its weights are fetched ({} when the repo has none), and the commit it came from."""
+def remote_file(repo_id: str, filename: str, revision: str | None) -> Path | None:
+    """One file of a hub repo at `revision` (None where the repo has no such file), through the hub
+    client's cache, so that a later download of the same commit takes it from there; any hub or network
+    failure is one UserError line."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
     check_repo_id(repo_id)
     with hub_errors(f"download {repo_id}@{revision or 'main'}"):
         try:
-            path = Path(hf_hub_download(repo_id, CONFIG_FILE, revision=revision))
+            return Path(hf_hub_download(repo_id, filename, revision=revision))
         except RemoteEntryNotFoundError:
-            return {}, None
+            return None
+
+
+def _remote_config(repo_id: str, revision: str | None) -> tuple[dict, str | None]:
+    """The repo's config.json alone (one small file), so that a repo of something else is refused
+    before its weights are fetched ({} when the repo has none), and the commit it came from."""
+    path = remote_file(repo_id, CONFIG_FILE, revision)
+    if path is None:
+        return {}, None
     # The cache keeps a file under snapshots/COMMIT/ (huggingface_hub/file_download.py, _get_pointer_path).
     return read_json_object(path), path.parent.name if COMMIT.fullmatch(path.parent.name) else None
 

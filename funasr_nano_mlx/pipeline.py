@@ -37,7 +37,7 @@ from .files import (
 )
 from .hub import COMMIT, check_repo_id
 from .hub import download as fetch
-from .hub import download_from_modelscope
+from .hub import download_from_modelscope, remote_file
 from .modeldir import TOKENIZER_DIR
 from .publish import publish
 from .quantize import quantize
@@ -45,6 +45,7 @@ from .recipe import STAGES, Recipe, baseline_for, require_pin
 
 SOURCE_RECORD = "source.json"  # in the download stage: what was fetched, so an overridden source is noticed
 PUBLISH_RECORD = "publish.json"  # the publish stage's output: repo, commit, URL and the files sent
+LLM_CONFIG = f"{TOKENIZER_DIR}/config.json"  # among the upstream files: the Qwen3 config
 
 
 def log(recipe: Recipe, message: str) -> None:
@@ -225,17 +226,23 @@ def _evaluate_check(job: Job) -> None:
     for evalset in check_sets(job.sets):
         if not evalset.is_hub:  # its files are read now (encoding, columns, rows), not after the stages before
             open_set(evalset)
-    positions = _llm_positions(job)
-    if positions is not None:  # else evaluate checks it when it loads the model
-        check_max_new_tokens(job.options.max_new_tokens, positions)
+    if job.options.max_new_tokens is not None:
+        positions = _llm_positions(job)
+        if positions is not None:  # else evaluate checks it when it loads the model
+            check_max_new_tokens(job.options.max_new_tokens, positions)
 
 
 def _llm_positions(job: Job) -> int | None:
-    """The LLM's max_position_embeddings from the upstream files at hand before any stage runs: a local
-    source's, or a download stage's from an earlier run (None on a first run from the hub)."""
-    folders = ([Path(job.recipe.source)] if job.recipe.is_local else []) + [job.dir("download")]
-    for folder in folders:
-        positions = read_json_object(folder / TOKENIZER_DIR / "config.json").get("max_position_embeddings")
+    """The LLM's max_position_embeddings before any stage runs: from a local source, a download stage of
+    an earlier run, or on a first run from the Hugging Face hub its one small file (not after gigabytes of
+    download); None from ModelScope, whose client fetches no single file."""
+    recipe = job.recipe
+    configs = ([Path(recipe.source)] if recipe.is_local else []) + [job.dir("download")]
+    configs = [folder / LLM_CONFIG for folder in configs]
+    if not recipe.is_local and recipe.hub == "huggingface" and recipe.revision and not configs[-1].exists():
+        configs.append(remote_file(recipe.source, LLM_CONFIG, recipe.revision))
+    for config in filter(None, configs):
+        positions = read_json_object(config).get("max_position_embeddings")
         if isinstance(positions, int) and not isinstance(positions, bool):
             return positions
     return None

@@ -189,6 +189,18 @@ def test_an_unpinned_recipe_is_refused_before_any_request(hub, cli, tmp_path):
     assert len(server.requests) == before and not (tmp_path / "work").exists()
 
 
+def test_a_token_budget_past_the_llm_is_refused_before_a_first_hub_download(hub, cli, tiny_upstream, speech, tmp_path):
+    """On a first run from the hub the LLM's positions are read from its one small config file, not from
+    the download stage: the budget is refused before gigabytes arrive."""
+    server, _ = hub
+    work, before = tmp_path / "work", len(server.requests)
+    args = ["--work", work, *pinned(hub, tiny_upstream, "bf16"), "--set", speech, "--max-new-tokens", "100000"]
+    assert_user_error(cli("run", "bf16", *args), "max_new_tokens must be in 1..", alone=True)
+    paths = [r.split("?")[0] for r in server.requests[before:] if r.startswith("GET ")]
+    assert any(p.endswith("/Qwen3-0.6B/config.json") for p in paths)
+    assert not any(p.endswith("/model.pt") for p in paths) and not work.exists()
+
+
 def test_a_pin_by_content_follows_main_records_its_commit_and_refuses_other_bytes(hub, cli, tiny_upstream, tmp_path):
     """The MLT recipes follow `main` with model.pt's SHA-256 (no public commit is known): the served
     tiny model.pt is not the real one and is refused before conversion; accepted under its own SHA-256,
