@@ -12,14 +12,21 @@ Attention must skip the slots not written yet (and each row's left padding). Whe
 fit (`kernels_fit`: a CUDA GPU, bf16 activations), one kernel reads just the valid slots
 (`cuda_kernels.decode_attention`) and another does the q/k RMSNorms and RoPE, and a single clip takes
 this step too, each layer in 6 kernels (`projections_fit`, `_layer_in_kernels`): faster than mlx-lm's
-cache, for one clip and for batches (BENCHMARKS.md). There every layer's keys and values are one buffer,
-written once a step after the last layer: a dynamic write costs MLX a kernel that computes the offset and
-a copy that reads it, about 12 us on an H100, 56 a step when each layer wrote its key and its value.
-Elsewhere each layer has its own buffer, written before its attention, which reads it up to a window that
-grows in steps of `WINDOW_STEP`, with a mask; MLX's attention kernel for one query takes no array mask and
-falls back to separate matmul and softmax kernels, which cost a single row more than compiling saves, so
-there one row keeps mlx-lm's cache (`make_decoder`) and only batches, which need a mask anyway, take
-this step.
+cache, for one clip and for batches (BENCHMARKS.md). Elsewhere the attention reads the buffers up to a
+window that grows in steps of `WINDOW_STEP`, with a mask; MLX's attention kernel for one query takes no
+array mask and falls back to separate matmul and softmax kernels, which cost a single row more than
+compiling saves, so there one row keeps mlx-lm's cache (`make_decoder`) and only batches, which need a
+mask anyway, take this step.
+
+Writes. Each layer's keys and values are one buffer, written with this step's before its attention reads
+it. For one clip on CUDA every layer's are one buffer, written once a step after the last layer (the
+kernel reads the step's key and value beside it): a dynamic write costs MLX a kernel that computes the
+offset and a copy that reads it, about 12 us on an H100, and one clip's step is short of everything else.
+That write is in place only once the GPU has finished the step before's attention kernels, which read the
+buffer (MLX keeps a kernel's inputs until it completes), and the next step is queued before: in a profile
+MLX copied the whole buffer in 15 of 16 steps, about 18 us for one clip's 29 MB at 256 slots. A batch's
+buffer is that many times larger, so batches keep a write per layer: in GPU profiles of one clip with
+writes per layer, no step copied a buffer (batches in this form are not measured yet).
 """
 
 from __future__ import annotations
@@ -41,20 +48,21 @@ class _StepCache:
     """One layer's buffer during a step: this step's key and value, attention over the slots written so far
     and this step's (minus each row's left padding)."""
 
-    def __init__(self, buffer, slot, offsets, left_padding, window: int, kernels: bool):
+    def __init__(self, buffer, slot, offsets, left_padding, window: int, kernels: bool, one_write: bool):
         self.buffer = buffer  # (2, B, kv_heads, capacity, head_dim): keys, then values
         self.slot = slot  # (1,) int32: where this step's key and value go; the same for every row
         self.offset = offsets  # (B,) each row's RoPE position of this step's token
         self.left_padding = left_padding
         self.window = window  # how far the masked attention reads (the kernel reads just the valid slots)
         self.kernels = kernels  # whether the CUDA kernels compute this step (`kernels_fit`)
+        self.one_write = one_write  # whether `_greedy_step` writes every layer's buffer at once, after the last
         self.step_kv = None  # (2, B, kv_heads, 1, head_dim): this step's key and value, once computed
 
     def add(self, step_kv: mx.array) -> None:
-        """This step's key and value. The kernels read them beside the buffer, which `_greedy_step` writes
-        for all layers at once; MLX's ops read the buffer, so they are written to it now."""
+        """This step's key and value: written to the buffer now, unless `_greedy_step` writes every layer's
+        at once (then only the kernel reads them, beside the buffer: it reads the newest slot there)."""
         self.step_kv = step_kv
-        if not self.kernels:
+        if not self.one_write:
             self.buffer = mx.slice_update(self.buffer, step_kv, self.slot, axes=(3,))
 
     def attend(self, queries: mx.array, scale: float) -> mx.array:
@@ -159,10 +167,11 @@ def _greedy_step(llm, tokens, buffers, counters, left_padding, window: int, kern
     (a new value traces again)."""
     rows = tokens.shape[0]
     slot, offsets, first = counters[:1], counters[1 : 1 + rows], left_padding[:rows]
-    layers = list(buffers[0]) if kernels else buffers
-    caches = [_StepCache(layer, slot, offsets, first, window, kernels) for layer in layers]
+    one_write = buffers[0].ndim == 6  # every layer's in one buffer (`StaticDecoder`)
+    layers = list(buffers[0]) if one_write else buffers
+    caches = [_StepCache(layer, slot, offsets, first, window, kernels, one_write) for layer in layers]
     logits = _step_logits(llm, tokens, caches, projections)
-    if kernels:  # every layer's key and value in one write (see the module's docstring)
+    if one_write:  # every layer's key and value in one write (see the module's docstring)
         buffers = [mx.slice_update(buffers[0], mx.stack([c.step_kv for c in caches]), slot, axes=(4,))]
     else:
         buffers = [c.buffer for c in caches]
@@ -208,9 +217,9 @@ class StaticDecoder:
         # mlx-lm's buffers, copied once into ours: it allocates them in steps of 256 slots
         # (mlx_lm/models/cache.py, KVCache.update_and_fetch), zeros past the filled ones, which attention
         # never reads. Each layer's keys and values are one (2, B, kv_heads, capacity, head_dim) array;
-        # for the kernels all layers' are one array. The caller drops the caches (transcribe.greedy_batch
-        # does), so that each write is in place.
-        if self.kernels:
+        # for one clip on CUDA all layers' are one array, written once a step (see the module's docstring).
+        # The caller drops the caches (transcribe.greedy_batch does), so that the writes can be in place.
+        if self.kernels and len(left_padding) == 1:
             parts = [part for cache in prefilled for part in (cache.keys, cache.values)]
             self.buffers = [mx.stack(parts).reshape(len(prefilled), 2, *first.keys.shape)]
         else:

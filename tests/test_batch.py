@@ -339,16 +339,22 @@ def cuda_kernel_twins(monkeypatch, names=("decode_attention", "step_heads")) -> 
 
 @pytest.mark.parametrize("compiled", ["0", "1"])
 def test_a_batch_in_the_cuda_step_decodes_as_one_clip_at_a_time(tiny_model, ten_files, monkeypatch, compiled):
-    """On CUDA every layer's keys and values are one buffer, written once a step after the last layer, and
-    the kernels read the step's key and value beside it. Here, with MLX-ops twins of the kernels, a batch
-    whose rows stop at different lengths (and are dropped) decodes each clip's tokens alone."""
+    """On CUDA a batch's step writes each layer's keys and values before the attention kernel, which reads
+    the step's key and value beside the buffer. Here, with MLX-ops twins of the kernels, a batch whose
+    rows stop at different lengths (and are dropped) and whose buffers grow on the way decodes each
+    clip's tokens alone."""
+    from funasr_nano_mlx.decode_step import CAPACITY_STEP, StaticDecoder
+
     model, tokenizer = tiny_model
-    clips = ten_files[:6]
-    alone = [transcribe(model, tokenizer, clip).token_ids for clip in clips]
+    clips, budget = ten_files[:6], CAPACITY_STEP - 16  # the longest prompts pass the first capacity
+    alone = [transcribe(model, tokenizer, clip, max_new_tokens=budget).token_ids for clip in clips]
     monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
     calls = cuda_kernel_twins(monkeypatch)
-    together = [r.token_ids for r in transcribe_many(model, tokenizer, clips, batch_size=len(clips))]
-    assert together == alone and {"decode_attention", "step_heads"} == set(calls)
+    grown = []
+    monkeypatch.setattr(StaticDecoder, "_grow", lambda self, grow=StaticDecoder._grow: grown.append(1) or grow(self))
+    batch = transcribe_many(model, tokenizer, clips, batch_size=len(clips), max_new_tokens=budget)
+    assert [r.token_ids for r in batch] == alone and {"decode_attention", "step_heads"} == set(calls)
+    assert grown and len({len(ids) for ids in alone}) > 1
 
 
 def test_the_cuda_step_reads_the_cache_through_views(tiny_model, ten_files, monkeypatch, tmp_path):
