@@ -197,8 +197,7 @@ def test_a_token_budget_past_the_llm_is_refused_before_a_first_hub_download(hub,
     args = ["--work", work, *pinned(hub, tiny_upstream, "bf16"), "--set", speech, "--max-new-tokens", "100000"]
     assert_user_error(cli("run", "bf16", *args), "max_new_tokens must be in 1..", alone=True)
     paths = [r.split("?")[0] for r in server.requests[before:] if r.startswith("GET ")]
-    assert any(p.endswith("/Qwen3-0.6B/config.json") for p in paths)
-    assert not any(p.endswith("/model.pt") for p in paths) and not work.exists()
+    assert not any(p.endswith("/model.pt") for p in paths) and not work.exists()  # (the config may be cached)
 
 
 def test_a_pin_by_content_follows_main_records_its_commit_and_refuses_other_bytes(hub, cli, tiny_upstream, tmp_path):
