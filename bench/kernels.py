@@ -56,14 +56,19 @@ def report(**row) -> None:
     print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
 
-def median_ms(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
+def warm_ms(run, repeat: int) -> tuple[float, float]:
+    """Medians over `repeat` synchronous calls of `run` after a warm-up one, ms: until its arrays are
+    computed, and until they are submitted (the host's share: building the graph, queuing its kernels)."""
+    walls, submits = [], []
+    for _ in range(repeat + 1):
         start = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+        out = run()
+        mx.async_eval(out)
+        submitted = time.perf_counter()
+        mx.eval(out)
+        walls.append(1e3 * (time.perf_counter() - start))
+        submits.append(1e3 * (submitted - start))
+    return statistics.median(walls[1:]), statistics.median(submits[1:])
 
 
 def encoder_variants(model, feats, label: str) -> None:
@@ -81,15 +86,7 @@ def encoder_variants(model, feats, label: str) -> None:
     for cadence, per_eval in cadences.items():
         model_module.encoder_layers_per_eval = lambda *_, per_eval=per_eval: per_eval
         try:
-            warm = median_ms(lambda: mx.eval(model.encode(feats)), 10)
-            submits = []
-            for _ in range(5):
-                mx.synchronize()
-                start = time.perf_counter()
-                out = model.encode(feats)
-                mx.async_eval(out)
-                submits.append(1e3 * (time.perf_counter() - start))
-                mx.eval(out)
+            warm, submit = warm_ms(lambda: model.encode(feats), 10)
             outputs[cadence] = np.array(model.encode(feats))
         finally:
             model_module.encoder_layers_per_eval = chosen
@@ -99,7 +96,7 @@ def encoder_variants(model, feats, label: str) -> None:
             cadence=cadence,
             layers_per_eval=min(per_eval, depth),
             warm_ms=warm,
-            submit_ms=statistics.median(submits),
+            submit_ms=submit,
         )
     first, *others = outputs.values()
     report(

@@ -26,7 +26,7 @@ from pathlib import Path
 import mlx.core as mx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import run_greedy, synchronous_steps  # noqa: E402
+from kernels import run_greedy, synchronous_steps, warm_ms  # noqa: E402
 from speed import synthetic_audio  # noqa: E402
 
 from funasr_nano_mlx import cuda_kernels, decode_step, load  # noqa: E402
@@ -166,17 +166,8 @@ def first_token_stages(model, feats: mx.array, embeddings: mx.array, calls: int 
     }
     rows = []
     for name, run in stages.items():
-        walls, submits = [], []
-        for _ in range(calls + 1):
-            start = time.perf_counter()
-            out = run()
-            mx.async_eval(out)
-            submitted = time.perf_counter()
-            mx.eval(out)
-            walls.append(1e3 * (time.perf_counter() - start))
-            submits.append(1e3 * (submitted - start))
-        row = {"stage": name, "ms": statistics.median(walls[1:]), "submit_ms": statistics.median(submits[1:])}
-        rows.append(row | cupti_kernels(run, calls))
+        wall, submit = warm_ms(run, calls)
+        rows.append({"stage": name, "ms": wall, "submit_ms": submit} | cupti_kernels(run, calls))
     return rows
 
 
