@@ -444,10 +444,10 @@ def test_the_projection_kernels_take_only_the_layers_they_repeat_mlx_for():
 
 
 def test_each_projection_shape_is_a_source_of_constants_reading_only_its_operands(monkeypatch):
-    """Each projection shape is compiled with its lengths as constants (read at run time, the loops were not
-    unrolled) and the kernel reads no array but its operands: small arrays live in CUDA managed memory,
-    and kernels that read them made a GPU step slower (BENCHMARKS.md). The same shape gives the same
-    source (MLX compiles a source once per process)."""
+    """Each projection shape is compiled with its lengths as constants and the kernel reads no array but its
+    operands: forms that read their shape or case from small arrays (which MLX keeps in CUDA managed
+    memory) made a GPU step slower (BENCHMARKS.md). The same shape gives the same source (MLX compiles a
+    source once per process)."""
     from funasr_nano_mlx import cuda_kernels
 
     sources = []
