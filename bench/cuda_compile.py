@@ -175,6 +175,10 @@ def main() -> None:
     qkv = mx.zeros((batch, 1, (heads + 2 * kv_heads) * dims), dtype)
     cuda_kernels.step_heads(qkv, norm, norm, UpstreamRoPE(dims, 1e6, "bf16"), rows, heads, kv_heads)
     project_kernels(args.hidden, args.intermediate, heads * dims, dtype)
+    for encoder_dtype in (mx.float32, mx.bfloat16):  # the encoder's FSMN block, in a float32 and a bf16 model
+        qkv, taps = mx.zeros((batch, 50, 3 * 512), encoder_dtype), mx.zeros((512, 11, 1), encoder_dtype)
+        for mask in (None, mx.ones((batch, 50), encoder_dtype)):
+            cuda_kernels.fsmn_memory(qkv, taps, 5, mask)
     if nvrtc:
         total = sum(recorder.seconds.values())
         print(f"{len(recorder.seconds)} distinct sources, {total:.1f} s with NVRTC (bf16 and quantized projections)")

@@ -309,6 +309,45 @@ def attention_truth(queries, keys, values, first: list[int], last: int, scale: f
     return out
 
 
+def fsmn_agreement(model, label: str, frames: int = 167) -> None:
+    """The FSMN kernel against MLX's pad and convolution, in float32 and bf16, one clip and a padded batch
+    (rows of frames, 100 and 5 valid frames), on random inputs at the encoder's shapes; and both against a
+    float64 convolution: the largest difference, the share of identical outputs, the largest errors."""
+    attention = model.audio_encoder.encoders[0].self_attn
+    weight, left = attention.fsmn_block.weight, attention.left_pad
+    mx.random.seed(0)
+    for dtype in (mx.float32, mx.bfloat16):
+        for lengths in ([frames], [frames, 100, 5]):
+            qkv = mx.random.normal((len(lengths), frames, 3 * weight.shape[0])).astype(dtype)
+            mask = model_module.frame_mask(mx.array(lengths), frames, dtype) if len(lengths) > 1 else None
+            taps = weight.astype(dtype)
+            kernel, ops = (f(qkv, taps, left, mask) for f in (cuda_kernels.fsmn_memory, cuda_kernels.fsmn_memory_ops))
+            a, b = np.array(kernel.astype(mx.float32)), np.array(ops.astype(mx.float32))
+            truth = fsmn_truth(qkv, taps, left, mask)
+            report(
+                stage="kernel vs ops",
+                label=label,
+                kernel=f"fsmn_memory, {dtype}, rows {len(lengths)}",
+                max_abs_diff=float(np.abs(a - b).max()),
+                max_abs=float(np.abs(b).max()),
+                identical_share=float((a == b).mean()),
+                kernel_max_abs_error=float(np.abs(a - truth).max()),
+                ops_max_abs_error=float(np.abs(b - truth).max()),
+            )
+
+
+def fsmn_truth(qkv, weight, left: int, mask) -> np.ndarray:
+    """The FSMN memory block in float64 (numpy), from the inputs as given."""
+    values = np.array(qkv.astype(mx.float32)).astype(np.float64)[..., 2 * weight.shape[0] :]
+    keep = np.ones(values.shape[:2]) if mask is None else np.array(mask.astype(mx.float32)).astype(np.float64)
+    values = values * keep[..., None]
+    taps = np.array(weight.astype(mx.float32)).astype(np.float64)[:, :, 0]  # (C, K)
+    padded = np.pad(values, [(0, 0), (left, taps.shape[1] - 1 - left), (0, 0)])
+    frames = values.shape[1]
+    memory = sum(padded[:, k : k + frames] * taps[:, k] for k in range(taps.shape[1])) + values
+    return memory * keep[..., None]
+
+
 def kernel_agreement(model, label: str) -> None:
     """Each kernel against the MLX ops it replaces, on random bf16 inputs at the model's shapes: the
     largest difference, and the share of outputs that are bit-identical."""
@@ -408,6 +447,8 @@ def main() -> None:
     feats = mx.array(features(synthetic_audio(args.seconds)))[None]
     encoder_variants(model, feats, args.label)
     embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
+    if cuda_kernels.available():
+        fsmn_agreement(model, args.label)
     if cuda_kernels.enabled(embeddings.dtype):
         kernel_agreement(model, args.label)
     else:

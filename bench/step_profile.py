@@ -1,6 +1,6 @@
 """Where one clip's decode step spends its time on a CUDA GPU: the host and each kernel, in one process.
 
-    python bench/step_profile.py MODEL_DIR [--seconds 10] [--tokens 128] [--stages]
+    python bench/step_profile.py MODEL_DIR [--seconds 10] [--tokens 128] [--stages | --only-stages]
 
 For the step as it is, without the projection kernels (`decode_step.projections_fit`) and with each
 candidate change (`variants`), interleaved over rounds: ms/token in greedy_batch's loop, the first
@@ -9,12 +9,14 @@ synchronous step (building it, submitting it), the GPU time of each kernel per s
 through torch.profiler (it records every kernel of the process, MLX's included), and the tokens against
 the first variant's. Needs torch with CUDA. The prefill is left lazy when the decoder is made, as
 greedy_batch leaves it, so that the compiled step is traced as in a transcription. One JSON line per
-variant; with --stages first one per stage before the first token (`first_token_stages`).
+variant; with --stages first one per variant of each stage before the first token (`first_token_stages`:
+encoder + adaptor, the prompt's prefill; warm and at a new length), with --only-stages only those.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import sys
@@ -30,6 +32,7 @@ from kernels import run_greedy, synchronous_steps, warm_ms  # noqa: E402
 from speed import synthetic_audio  # noqa: E402
 
 from funasr_nano_mlx import cuda_kernels, decode_step, load  # noqa: E402
+from funasr_nano_mlx import model as model_module  # noqa: E402
 from funasr_nano_mlx.audio import features  # noqa: E402
 from funasr_nano_mlx.decode_step import StaticDecoder  # noqa: E402
 from funasr_nano_mlx.transcribe import prefill, prompt_inputs  # noqa: E402
@@ -109,7 +112,7 @@ def decoder(llm, embeddings):
     return StaticDecoder(llm, cache, padding), token
 
 
-def cupti_kernels(run, calls: int) -> dict:
+def cupti_kernels(run, calls: int, top: int = 10) -> dict:
     """CUPTI's kernel times over `calls` calls of `run` (whose arrays are evaluated asynchronously, one call
     after another), per call: the total, the launches, the heaviest kernels. Empty without torch's CUDA."""
     try:
@@ -131,7 +134,7 @@ def cupti_kernels(run, calls: int) -> dict:
         if event.device_type == torch.autograd.DeviceType.CUDA:
             times[event.name] += event.device_time_total
             counts[event.name] += 1
-    heaviest = sorted(times, key=times.get, reverse=True)[:10]
+    heaviest = sorted(times, key=times.get, reverse=True)[:top]
     return {
         "gpu_us_per_call": sum(times.values()) / calls,
         "launches_per_call": sum(counts.values()) / calls,
@@ -156,18 +159,66 @@ def gpu_kernels(llm, embeddings, steps: int = 16) -> dict:
     return cupti_kernels(run, steps)
 
 
+def stage_variants(model, feats: mx.array, embeddings: mx.array) -> dict:
+    """The stages before the first token, each as it is and with what it replaced, where this build has it:
+    name -> (stage, run, changes for `patched`, its output to compare). Every run takes a length (frames or
+    prompt positions), so that a first call at a new length can be timed too."""
+    encode = lambda frames: model.encode(feats[:, :frames])  # noqa: E731
+    prefill_to = lambda length: prefill(model.llm, [embeddings[:length]])  # noqa: E731
+    table = {"encoder+adaptor": ("encoder", encode, ())}
+    if hasattr(cuda_kernels, "fsmn_memory_ops"):
+        ops = ((cuda_kernels, "fsmn_memory", cuda_kernels.fsmn_memory_ops),)
+        table["encoder+adaptor, FSMN block as MLX ops"] = ("encoder", encode, ops)
+    table["prefill"] = ("prefill", prefill_to, ())
+    if hasattr(decode_step, "prefill_one"):
+        transcribe = importlib.import_module("funasr_nano_mlx.transcribe")  # the package's name is a function
+        uncompiled = ((transcribe, "use_compile", lambda: False),)
+        table["prefill through mlx-lm's cache, uncompiled"] = ("prefill", prefill_to, uncompiled)
+    return table
+
+
+def arrays(output):
+    """A stage's output as arrays: the prefill's (caches, padding, token) as its keys, values and token."""
+    if isinstance(output, tuple):
+        return [output[2]] + [[cache.keys, cache.values] for cache in output[0]]
+    return output
+
+
+def compared(output, reference) -> dict:
+    """How far a stage's output is from the first variant's: the encoder's array, or the prefill's first
+    token and last layer's keys."""
+    if isinstance(output, tuple):  # prefill: (caches, padding, token)
+        keys = [caches[-1].keys[..., : caches[-1].offset, :].astype(mx.float32) for caches in (output[0], reference[0])]
+        same_token = output[2].tolist() == reference[2].tolist()
+        return {"same_first_token": same_token, "keys_identical_share": mx.mean(keys[0] == keys[1]).item()}
+    a, b = output.astype(mx.float32), reference.astype(mx.float32)
+    relative = (mx.linalg.norm((a - b).reshape(-1)) / mx.linalg.norm(b.reshape(-1))).item()
+    return {"max_abs_difference": mx.max(mx.abs(a - b)).item(), "relative_l2": relative}
+
+
 def first_token_stages(model, feats: mx.array, embeddings: mx.array, calls: int = 8) -> list[dict]:
-    """Where the time to the first token goes on the device: encoder + adaptor, and the prompt's prefill to
-    the first token, each warm: the median wall time of a synchronous call, the host's share of it (until
-    the work is submitted) and its kernels (`cupti_kernels`)."""
-    stages = {
-        "encoder+adaptor": lambda: model.encode(feats),
-        "prefill": lambda: prefill(model.llm, [embeddings])[2],
-    }
-    rows = []
-    for name, run in stages.items():
-        wall, submit = warm_ms(run, calls)
-        rows.append({"stage": name, "ms": wall, "submit_ms": submit} | cupti_kernels(run, calls))
+    """Where the time to the first token goes on the device, per variant of each stage (`stage_variants`):
+    warm, the median wall time of a synchronous call, the host's share of it (until the work is submitted)
+    and its kernels (`cupti_kernels`); the first call at a length not seen before (a new trace), and the
+    output against the stage's first variant."""
+    full = {"encoder": feats.shape[1], "prefill": embeddings.shape[0]}
+    rows, references = [], {}
+    for index, (name, (stage, run, changes)) in enumerate(stage_variants(model, feats, embeddings).items()):
+        with patched(*changes):
+            model_module.compiled_layer.cache_clear()  # a trace keeps the functions it was traced with
+            start = time.perf_counter()
+            mx.eval(arrays(run(full[stage] - 1 - index)))
+            new_length = 1e3 * (time.perf_counter() - start)
+            output = run(full[stage])
+            mx.eval(arrays(output))
+            references.setdefault(stage, output)
+            last = (lambda out: out[2]) if stage == "prefill" else (lambda out: out)  # noqa: E731
+            wall, submit = warm_ms(lambda: last(run(full[stage])), calls)
+            row = {"stage": name, "ms": wall, "submit_ms": submit, "new_length_ms": new_length}
+            kernels = cupti_kernels(lambda: last(run(full[stage])), calls, top=20)
+            row |= compared(output, references[stage]) | kernels
+        rows.append(row)
+    model_module.compiled_layer.cache_clear()
     return rows
 
 
@@ -178,6 +229,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=4, help="the first traces and is not counted")
     parser.add_argument("--stages", action="store_true", help="also profile encoder + adaptor and the prefill")
+    parser.add_argument("--only-stages", action="store_true", help="profile only encoder + adaptor and the prefill")
     args = parser.parse_args()
     if args.tokens < 2:
         parser.error("--tokens must be at least 2 (ms/token is timed from the second)")
@@ -186,9 +238,11 @@ def main() -> None:
     feats = mx.array(features(synthetic_audio(args.seconds)))[None]
     embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
     mx.eval(embeddings)
-    if args.stages:
+    if args.stages or args.only_stages:
         for row in first_token_stages(model, feats, embeddings):
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    if args.only_stages:
+        return
     table = variants(llm)
     traced, times, ids, first_round = {}, {name: [] for name in table}, {}, {}
     for round_ in range(args.rounds):

@@ -185,6 +185,48 @@ _STEP_HEADS = """
   }
 """
 
+# SAN-M's FSMN memory block ([F] sense_voice/model.py:152-165; model.SANMAttention.fsmn) from the fused q/k/v
+# projection, one thread per output: the value third of qkv (B, T, 3C), masked by the frame mask if FSMN_MASKED,
+# through the depthwise convolution of K taps (zero outside the utterance's frames, LEFT of them before), plus
+# itself, masked again. The taps are summed in float32 in order; the sum rounds to T, as MLX's convolution
+# output does, before the residual add in T. Frames and rows are read from the input's shape, so one compiled
+# source serves every length. It replaces MLX's pad (2 kernels), the two copies its convolution makes to put
+# the channel groups first (mlx/backend/cuda/conv.cpp, group_transpose), cuDNN's convolution (captured into
+# the CUDA graph at each call) and the add.
+_FSMN = """
+  const size_t index = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const int frames = qkv_shape[1];
+  if (index >= (size_t)qkv_shape[0] * frames * C) {
+    return;
+  }
+  const int channel = index % C;
+  const int frame = (index / C) % frames;
+  const size_t row = index / ((size_t)C * frames);
+  const T* values = qkv + row * frames * 3 * C + 2 * C + channel;  // frame s's value: values[s * 3 * C]
+  float sum = 0.0f;
+#pragma unroll
+  for (int tap = 0; tap < K; ++tap) {
+    const int source = frame + tap - LEFT;
+    if (source >= 0 && source < frames) {
+      float value = static_cast<float>(values[(size_t)source * 3 * C]);
+#if FSMN_MASKED
+      value = static_cast<float>(static_cast<T>(value * static_cast<float>(mask[row * frames + source])));
+#endif
+      sum += value * static_cast<float>(weight[channel * K + tap]);
+    }
+  }
+  T own = values[(size_t)frame * 3 * C];
+#if FSMN_MASKED
+  const float keep = static_cast<float>(mask[row * frames + frame]);
+  own = static_cast<T>(static_cast<float>(own) * keep);
+#endif
+  T memory = static_cast<T>(static_cast<float>(static_cast<T>(sum)) + static_cast<float>(own));
+#if FSMN_MASKED
+  memory = static_cast<T>(static_cast<float>(memory) * keep);
+#endif
+  out[index] = memory;
+"""
+
 # One decoder layer of a single row in kernels of its own plus MLX's: each RMSNorm is computed inside the
 # matrix-vector product that reads it, each residual add inside the product whose output it adds, and the
 # gate/up product hands on silu(gate) * up. Every number is MLX's: the products repeat MLX's one-row kernels
@@ -472,11 +514,16 @@ def _project(mode: str, x: mx.array, linear, norm=None, residual: mx.array | Non
     )[0]
 
 
-def enabled(dtype: mx.Dtype) -> bool:
-    """Whether the decode step uses these kernels for activations of this dtype (see the module's docstring)."""
-    if os.environ.get("FUNASR_NANO_KERNELS", "1") in ("", "0") or dtype != mx.bfloat16:
+def available() -> bool:
+    """Whether the default device is a CUDA GPU and FUNASR_NANO_KERNELS is not 0."""
+    if os.environ.get("FUNASR_NANO_KERNELS", "1") in ("", "0"):
         return False
     return mx.default_device().type == mx.DeviceType.gpu and mx.cuda.is_available()
+
+
+def enabled(dtype: mx.Dtype) -> bool:
+    """Whether the decode step uses these kernels for activations of this dtype (see the module's docstring)."""
+    return dtype == mx.bfloat16 and available()
 
 
 def fits(head_dim: int, q_heads: int, kv_heads: int) -> bool:
@@ -617,3 +664,38 @@ def project_add_ops(x: mx.array, linear, residual: mx.array) -> mx.array:
 
 def norm_swiglu_ops(x: mx.array, norm, linear) -> mx.array:
     return swiglu(*mx.split(linear(norm(x)), 2, axis=-1))
+
+
+def fsmn_memory(qkv: mx.array, weight: mx.array, left: int, mask: mx.array | None = None) -> mx.array:
+    """`model.SANMAttention.fsmn` of the value third of a fused q/k/v projection qkv (B, T, 3C), in one kernel:
+    weight the depthwise convolution's (C, K, 1), `left` its zero frames before the first, mask (B, T) or None.
+    Returns (B, T, C) in qkv's dtype."""
+    batch, frames, width = qkv.shape
+    channels, taps, _ = weight.shape
+    if width != 3 * channels:
+        raise ValueError(f"qkv's last axis should be 3 x {channels}, got {width}")
+    masked = mask is not None
+    inputs = {"qkv": qkv, "weight": weight, **({"mask": mask} if masked else {})}
+    source = f"#define FSMN_MASKED {int(masked)}\n" + _FSMN  # the masked form reads a third input
+    kernel = _kernel(f"fsmn_memory_{'masked' if masked else 'whole'}", tuple(inputs), ("out",), source)
+    threads = batch * frames * channels
+    return kernel(
+        inputs=list(inputs.values()),
+        template=[("T", qkv.dtype), ("C", channels), ("K", taps), ("LEFT", left)],
+        grid=(-(-threads // 256) * 256, 1, 1),
+        threadgroup=(256, 1, 1),
+        output_shapes=[(batch, frames, channels)],
+        output_dtypes=[qkv.dtype],
+    )[0]
+
+
+def fsmn_memory_ops(qkv: mx.array, weight: mx.array, left: int, mask: mx.array | None = None) -> mx.array:
+    """`fsmn_memory` as MLX's ops: SAN-M's FSMN memory block ([F] sense_voice/model.py:152-165). Upstream zeroes
+    padded frames before and after it, so a valid frame sees zeros past its utterance's end, as at B = 1."""
+    values = mx.split(qkv, 3, axis=-1)[2]
+    if mask is not None:
+        values = values * mask[..., None]
+    taps = weight.shape[1]
+    padded = mx.pad(values, [(0, 0), (left, taps - 1 - left), (0, 0)])
+    memory = mx.conv1d(padded, weight, groups=weight.shape[0]) + values
+    return memory if mask is None else memory * mask[..., None]

@@ -18,6 +18,7 @@ import mlx.nn as nn
 from mlx_lm.models import qwen3
 from mlx_lm.models.activations import swiglu
 
+from . import cuda_kernels
 from .cuda_kernels import qk_norm_rope_ops, value_heads
 
 ENCODER_LN_EPS = 1e-5  # SenseVoice LayerNorm default, [F] models/sense_voice/model.py:300
@@ -154,8 +155,9 @@ def use_compile() -> bool:
 
 
 @lru_cache(maxsize=None)
-def compiled_layer(layer_class: type, *init_args):
-    """One compiled `(parameters, x, mask) -> y` function for every layer of this class and shape.
+def compiled_layer(layer_class: type, *init_args, kernels: bool = False):
+    """One compiled `(parameters, x, mask) -> y` function for every layer of this class and shape, and for
+    whether the CUDA kernels are on (`cuda_kernels.available`: a trace keeps what it was traced with).
 
     The layers of a stack differ only in their weights, so a template module is traced once with the
     weights as inputs and the trace serves all of them (70 SAN-M layers: two traces, encoders0 being
@@ -180,7 +182,8 @@ def run_layer(layer: nn.Module, init_args: tuple, x: mx.array, mask: mx.array | 
     A quantized layer (an `8bit` encoder) runs as it is: the template holds no quantization parameters."""
     if not use_compile() or _is_quantized(layer):
         return layer(x, mask)
-    return compiled_layer(type(layer), *init_args)(layer.parameters(), x, mask)
+    compiled = compiled_layer(type(layer), *init_args, kernels=cuda_kernels.available())
+    return compiled(layer.parameters(), x, mask)
 
 
 def sinusoidal_position_encoding(length: int, depth: int) -> mx.array:
@@ -228,19 +231,13 @@ class SANMAttention(nn.Module):
         if self.right_pad < 0:
             raise ValueError(f"sanm_shift {sanm_shift} too large for kernel_size {kernel_size}")
 
-    def fsmn(self, v: mx.array, mask: mx.array | None = None) -> mx.array:
-        # Upstream zeroes padded frames before and after the memory block ([F] sense_voice/model.py:
-        # 152-165), so a valid frame sees zeros past its utterance's end, as at B = 1.
-        if mask is not None:
-            v = v * mask[..., None]
-        padded = mx.pad(v, [(0, 0), (self.left_pad, self.right_pad), (0, 0)])
-        memory = self.fsmn_block(padded) + v
-        return memory if mask is None else memory * mask[..., None]
-
     def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
         batch, length, _ = x.shape
-        q, k, v = mx.split(self.linear_q_k_v(x), 3, axis=-1)
-        memory = self.fsmn(v, mask)
+        qkv = self.linear_q_k_v(x)
+        q, k, v = mx.split(qkv, 3, axis=-1)
+        # On CUDA one kernel computes the memory block, which MLX's ops take five or more for.
+        fsmn = cuda_kernels.fsmn_memory if cuda_kernels.available() else cuda_kernels.fsmn_memory_ops
+        memory = fsmn(qkv, self.fsmn_block.weight, self.left_pad, mask)
         q, k, v = (t.reshape(batch, length, self.heads, -1).transpose(0, 2, 1, 3) for t in (q, k, v))
         # SAN-M scales q before the q @ k^T product (the adaptor scales after it).
         q = q * (q.shape[-1] ** -0.5)

@@ -37,7 +37,7 @@ from .audio import (
     printable,
     read_audio,
 )
-from .decode_step import make_decoder, output_head
+from .decode_step import make_decoder, output_head, prefill_one
 from .decoding import (
     DEFAULT_BATCH_SIZE,
     MAX_BATCH_SIZE,
@@ -51,7 +51,7 @@ from .decoding import (
 from .errors import UserError
 from .files import require_utf8_path
 from .languages import resolve_language
-from .model import FunASRNano, model_classes, use_fused_projections
+from .model import FunASRNano, model_classes, use_compile, use_fused_projections
 from .modeldir import CTC_TOKENIZER_FILE, TOKENIZER_DIR, find_model, read_config
 from .segment import DEFAULT_MAX_SEGMENT_MS, EnergySegmenter
 
@@ -238,7 +238,11 @@ class Decoded:
 def prefill(llm, embeddings: list[mx.array]) -> tuple[list, list[int], mx.array]:
     """The prompts (each (L_i, D) input embeddings) through the LLM in one pass, left-padded: mlx-lm's
     caches (a plain KV cache for one row, BatchKVCache for several), each row's padding, and the (B,)
-    first tokens (lazy). Only the last position goes through the 151936-wide head."""
+    first tokens (lazy). Only the last position goes through the 151936-wide head. One row goes through
+    the compiled pass where layers are compiled (`decode_step.prefill_one`)."""
+    if len(embeddings) == 1 and use_compile():
+        cache, token = prefill_one(llm, embeddings[0])
+        return cache, [0], token
     longest = max(row.shape[0] for row in embeddings)
     padding = [longest - row.shape[0] for row in embeddings]
     cache = make_prompt_cache(llm) if len(embeddings) == 1 else [BatchKVCache(padding) for _ in llm.layers]

@@ -151,3 +151,19 @@ def transcribe_module():
     """The module funasr_nano_mlx.transcribe, to patch its globals: the package exports a function so
     named, which `import funasr_nano_mlx.transcribe as ...` would give instead."""
     return importlib.import_module("funasr_nano_mlx.transcribe")
+
+
+def cuda_kernel_twins(monkeypatch, names=("decode_attention", "step_heads")) -> list[str]:
+    """The model as on a CUDA GPU (`cuda_kernels.available`, and `enabled` at bf16 for the decode step), each
+    of these CUDA kernels replaced by its MLX-ops twin: the names of the kernels called, as they are. The
+    encoder's `fsmn_memory` is one of them wherever the encoder runs, since it is on for every dtype."""
+    from funasr_nano_mlx import cuda_kernels
+
+    monkeypatch.setattr(cuda_kernels, "available", lambda: "fsmn_memory" in names)
+    monkeypatch.setattr(cuda_kernels, "enabled", lambda dtype: True)
+    monkeypatch.setattr(cuda_kernels, "fits", lambda *shape: True)
+    calls = []
+    for name in names:
+        twin = getattr(cuda_kernels, f"{name}_ops")
+        monkeypatch.setattr(cuda_kernels, name, lambda *a, twin=twin, name=name: calls.append(name) or twin(*a))
+    return calls

@@ -17,7 +17,7 @@ from funasr_nano_mlx.audio import features
 from funasr_nano_mlx.decoding import DEFAULT_MAX_NEW_TOKENS, loop_end, token_budget
 from funasr_nano_mlx.model import EncoderArgs, encoder_layers_per_eval, sanm_layer_bytes
 from funasr_nano_mlx.transcribe import Decoded, transcribe, transcribe_many
-from tests.helpers import clip, transcribe_module
+from tests.helpers import clip, cuda_kernel_twins, transcribe_module
 
 TEN_LENGTHS_S = [0.4, 1.0, 1.7, 2.5, 3.2, 4.0, 5.5, 7.0, 9.0, 12.0]
 
@@ -323,20 +323,6 @@ def test_one_row_through_the_static_step_decodes_as_mlx_lm(tiny_f32, ten_files, 
     assert tokens(StaticDecoder) == tokens()
 
 
-def cuda_kernel_twins(monkeypatch, names=("decode_attention", "step_heads")) -> list[str]:
-    """The decode step as on CUDA at bf16 (`decode_step.kernels_fit`), each of these CUDA kernels replaced
-    by its MLX-ops twin: the names of the kernels called, as they are."""
-    from funasr_nano_mlx import cuda_kernels
-
-    monkeypatch.setattr(cuda_kernels, "enabled", lambda dtype: True)
-    monkeypatch.setattr(cuda_kernels, "fits", lambda *shape: True)
-    calls = []
-    for name in names:
-        twin = getattr(cuda_kernels, f"{name}_ops")
-        monkeypatch.setattr(cuda_kernels, name, lambda *a, twin=twin, name=name: calls.append(name) or twin(*a))
-    return calls
-
-
 @pytest.mark.parametrize("compiled", ["0", "1"])
 def test_a_batch_in_the_cuda_step_decodes_as_one_clip_at_a_time(tiny_model, ten_files, monkeypatch, compiled):
     """On CUDA a batch's step writes each layer's keys and values before the attention kernel, which reads
@@ -491,3 +477,45 @@ def test_the_cuda_kernels_take_only_the_shapes_they_are_written_for(tiny_model, 
     attention = model.llm.layers[0].self_attn
     monkeypatch.setattr(attention.k_norm, "eps", attention.q_norm.eps * 2)
     assert not kernels_fit(model.llm, mx.bfloat16)
+
+
+def test_one_prompt_through_the_compiled_pass_leaves_mlx_lms_cache(tiny_bf16, ten_files, monkeypatch):
+    """Where layers are compiled (a GPU), one clip's prompt goes through the LLM as one compiled pass
+    (decode_step.prefill_one). It leaves what mlx-lm's own prefill leaves: the first token, and caches of
+    the same capacity holding the same keys and values, zeros past the prompt."""
+    from funasr_nano_mlx import load
+
+    module = transcribe_module()
+    model, tokenizer = load(tiny_bf16)
+    encoded = model.encode(mx.array(features(ten_files[2]))[None])[0]
+    embeddings = module.prompt_inputs(model, tokenizer, encoded)[1]
+    passes = {}
+    for compiled in ("0", "1"):
+        monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
+        passes[compiled] = module.prefill(model.llm, [embeddings])
+    (mlx_lm_caches, _, mlx_lm_token), (caches, padding, token) = passes["0"], passes["1"]
+    assert "_prompt_pass" in model.llm.__dict__ and padding == [0]  # the compiled pass ran
+    assert token.tolist() == mlx_lm_token.tolist()
+    for ours, theirs in zip(caches, mlx_lm_caches, strict=True):
+        assert ours.offset == theirs.offset == embeddings.shape[0]
+        for a, b in ((ours.keys, theirs.keys), (ours.values, theirs.values)):
+            assert a.shape == b.shape and mx.array_equal(a, b).item()
+
+
+@pytest.mark.parametrize("compiled", ["0", "1"])
+def test_the_encoder_on_cuda_computes_the_fsmn_block_in_one_kernel(tiny_model, ten_files, monkeypatch, compiled):
+    """On a CUDA GPU each SAN-M layer's FSMN memory block is one kernel (cuda_kernels.fsmn_memory) taking the
+    fused q/k/v projection, for every dtype. Here the kernel is replaced by its MLX-ops twin: a clip, and a
+    padded batch with its mask, encode as on the CPU, compiled or not."""
+    model, _ = tiny_model
+    monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
+    feats = [mx.array(features(ten_files[i])) for i in (0, 4)]
+    frames = max(f.shape[0] for f in feats)
+    batch = mx.stack([mx.pad(f, [(0, frames - f.shape[0]), (0, 0)]) for f in feats])
+    lengths = mx.array([f.shape[0] for f in feats])
+    expected = [model.encode(feats[0][None]), model.encode(batch, lengths)]
+    calls = cuda_kernel_twins(monkeypatch, ("fsmn_memory",))
+    got = [model.encode(feats[0][None]), model.encode(batch, lengths)]
+    assert calls.count("fsmn_memory") >= 2  # at least a trace each for the clip and the batch
+    for a, b in zip(got, expected):
+        assert mx.array_equal(a, b).item()
