@@ -3,10 +3,10 @@
 mlx-lm's caches grow in steps of 256 positions and slice by the current length, so every step has new
 shapes and cannot be compiled; each token then pays Python and MLX's per-op cost for ~500 operations,
 while a bf16 0.6B model reads its 1.2 GB of weights in ~0.4 ms on an H100 (a step took 3.1-7 ms on
-the lent H100/H200 hosts). Here the prompt's keys and values, once prefilled by mlx-lm's cache (so the
-prompt's numbers are unchanged), go into buffers that grow in steps of `CAPACITY_STEP`, and each step
-writes its slot with a dynamic `slice_update`. Shapes change only when the buffers grow, so a step is
-one compiled graph (`mx.compile`), replayed without Python.
+the lent H100/H200 hosts). Here the prompt's keys and values, once prefilled by mlx-lm's model (one clip's
+prompt in a compiled pass where layers are compiled, `prefill_one`), go into buffers that grow in steps of
+`CAPACITY_STEP`, and each step writes its slot with a dynamic `slice_update`. Shapes change only when the
+buffers grow, so a step is one compiled graph (`mx.compile`), replayed without Python.
 
 Attention must skip the slots not written yet (and each row's left padding). Where the CUDA kernels
 fit (`kernels_fit`: a CUDA GPU, bf16 activations), one kernel reads just the valid slots
