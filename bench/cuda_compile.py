@@ -179,6 +179,7 @@ def main() -> None:
         qkv, taps = mx.zeros((batch, 50, 3 * 512), encoder_dtype), mx.zeros((512, 11, 1), encoder_dtype)
         for mask in (None, mx.ones((batch, 50), encoder_dtype)):
             cuda_kernels.fsmn_memory(qkv, taps, 5, mask)
+            cuda_kernels.frame_attention(qkv, 4, mask)
     if nvrtc:
         total = sum(recorder.seconds.values())
         print(f"{len(recorder.seconds)} distinct sources, {total:.1f} s with NVRTC (bf16 and quantized projections)")

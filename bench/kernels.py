@@ -336,6 +336,50 @@ def fsmn_agreement(model, label: str, frames: int = 167) -> None:
             )
 
 
+def frame_attention_agreement(model, label: str, frames: int = 167) -> None:
+    """The encoder's attention kernel against MLX's ops (a fallback of matmuls and softmax in float32), in
+    float32 and bf16, one clip and a padded batch, on random inputs at the encoder's shapes; and both
+    against float64."""
+    attention = model.audio_encoder.encoders[0].self_attn
+    width = attention.linear_q_k_v.weight.shape[0]
+    mx.random.seed(0)
+    for dtype in (mx.float32, mx.bfloat16):
+        for lengths in ([frames], [frames, 100, 5]):
+            qkv = (mx.random.normal((len(lengths), frames, width)) * 2).astype(dtype)
+            mask = model_module.frame_mask(mx.array(lengths), frames, dtype) if len(lengths) > 1 else None
+            outs = [f(qkv, attention.heads, mask) for f in (cuda_kernels.frame_attention, cuda_kernels.frame_attention_ops)]
+            a, b = (np.array(out.astype(mx.float32)) for out in outs)
+            truth = frame_attention_truth(qkv, attention.heads, lengths)
+            valid = np.arange(frames)[None, :] < np.array(lengths)[:, None]  # padded query frames are discarded
+            report(
+                stage="kernel vs ops",
+                label=label,
+                kernel=f"frame_attention, {dtype}, rows {len(lengths)}",
+                max_abs_diff=float(np.abs(a - b)[valid].max()),
+                max_abs=float(np.abs(b).max()),
+                identical_share=float((a == b)[valid].mean()),
+                kernel_max_abs_error=float(np.abs(a - truth)[valid].max()),
+                ops_max_abs_error=float(np.abs(b - truth)[valid].max()),
+            )
+
+
+def frame_attention_truth(qkv, heads: int, lengths: list[int]) -> np.ndarray:
+    """SAN-M's attention in float64 (numpy), the query scaled as the model scales it (in its dtype)."""
+    batch, frames, width = qkv.shape
+    dims = width // (3 * heads)
+    q, k, v = (np.array(t.astype(mx.float32)).astype(np.float64) for t in mx.split(qkv, 3, axis=-1))
+    scale = mx.array(dims**-0.5, qkv.dtype)
+    q = np.array((mx.array(q.astype(np.float32)).astype(qkv.dtype) * scale).astype(mx.float32)).astype(np.float64)
+    out = np.zeros((batch, frames, heads * dims))
+    for row, length in enumerate(lengths):
+        for head in range(heads):
+            part = slice(head * dims, (head + 1) * dims)
+            scores = q[row, :, part] @ k[row, :length, part].T
+            weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+            out[row, :, part] = weights @ v[row, :length, part] / weights.sum(axis=1, keepdims=True)
+    return out
+
+
 def fsmn_truth(qkv, weight, left: int, mask) -> np.ndarray:
     """The FSMN memory block in float64 (numpy), from the inputs as given."""
     values = np.array(qkv.astype(mx.float32)).astype(np.float64)[..., 2 * weight.shape[0] :]
@@ -449,6 +493,7 @@ def main() -> None:
     embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
     if cuda_kernels.available():
         fsmn_agreement(model, args.label)
+        frame_attention_agreement(model, args.label)
     if cuda_kernels.enabled(embeddings.dtype):
         kernel_agreement(model, args.label)
     else:

@@ -166,9 +166,10 @@ def stage_variants(model, feats: mx.array, embeddings: mx.array) -> dict:
     encode = lambda frames: model.encode(feats[:, :frames])  # noqa: E731
     prefill_to = lambda length: prefill(model.llm, [embeddings[:length]])  # noqa: E731
     table = {"encoder+adaptor": ("encoder", encode, ())}
-    if hasattr(cuda_kernels, "fsmn_memory_ops"):
-        ops = ((cuda_kernels, "fsmn_memory", cuda_kernels.fsmn_memory_ops),)
-        table["encoder+adaptor, FSMN block as MLX ops"] = ("encoder", encode, ops)
+    for kernel in ("frame_attention", "fsmn_memory"):
+        if hasattr(cuda_kernels, f"{kernel}_ops"):
+            ops = ((cuda_kernels, kernel, getattr(cuda_kernels, f"{kernel}_ops")),)
+            table[f"encoder+adaptor, {kernel} as MLX ops"] = ("encoder", encode, ops)
     table["prefill"] = ("prefill", prefill_to, ())
     if hasattr(decode_step, "prefill_one"):
         transcribe = importlib.import_module("funasr_nano_mlx.transcribe")  # the package's name is a function

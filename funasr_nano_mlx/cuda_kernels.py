@@ -227,6 +227,90 @@ _FSMN = """
   out[index] = memory;
 """
 
+# SAN-M's self-attention over every frame ([F] sense_voice/model.py:230-258; model.SANMAttention) from the
+# fused q/k/v projection, (B, T, 3C) with C = HEADS x D: one block of WARPS warps per (row, head, query frame),
+# each warp walking every WARPS-th key frame with an online softmax in float32 (running maximum, sum and weighted
+# values), merged in warp order, as the decode attention above. The query is scaled in T before the products,
+# as the model scales it (`q * D ** -0.5`, the scale rounded to T as MLX rounds a Python float). With
+# FRAMES_MASKED, key frames whose mask is 0 (a padded batch's) are skipped. The context is written as
+# (B, T, C), the layout the output projection reads: MLX's ops take three copies to put the heads first, two
+# matmuls, a softmax and a copy back (float32 has no fused attention kernel in MLX on CUDA).
+ENCODER_ATTENTION_WARPS = 4
+_FRAME_ATTENTION = """
+  constexpr int E = D / 32;
+  constexpr int C = HEADS * D;
+  const float NEG_INF = -cuda::std::numeric_limits<float>::infinity();
+  const int frames = qkv_shape[1];
+  const int frame = blockIdx.x % frames;
+  const int head = (blockIdx.x / frames) % HEADS;
+  const size_t row = blockIdx.x / ((size_t)frames * HEADS);
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const T* heads = qkv + row * frames * 3 * C + head * D + lane * E;  // frame f's q at f * 3C, its k C after, v 2C
+
+  float q[E];
+  load_floats<E>(heads + (size_t)frame * 3 * C, q);
+  const T scale = static_cast<T>(SCALE);
+#pragma unroll
+  for (int i = 0; i < E; ++i) {
+    q[i] = static_cast<float>(static_cast<T>(q[i] * static_cast<float>(scale)));
+  }
+  float running_max = NEG_INF, total = 0.0f, acc[E];
+#pragma unroll
+  for (int i = 0; i < E; ++i) {
+    acc[i] = 0.0f;
+  }
+  for (int key = warp; key < frames; key += WARPS) {
+#if FRAMES_MASKED
+    if (static_cast<float>(mask[row * frames + key]) == 0.0f) {
+      continue;
+    }
+#endif
+    float k[E], v[E];
+    load_floats<E>(heads + (size_t)key * 3 * C + C, k);
+    float score = 0.0f;
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+      score += q[i] * k[i];
+    }
+    score = warp_total(score);
+    load_floats<E>(heads + (size_t)key * 3 * C + 2 * C, v);
+    const float new_max = fmaxf(running_max, score);
+    const float rescale = expf(running_max - new_max);
+    const float weight = expf(score - new_max);
+    total = total * rescale + weight;
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+      acc[i] = acc[i] * rescale + weight * v[i];
+    }
+    running_max = new_max;
+  }
+
+  __shared__ float warp_max[WARPS], warp_sum[WARPS], warp_acc[WARPS][D];
+  if (lane == 0) {
+    warp_max[warp] = running_max;
+    warp_sum[warp] = total;
+  }
+#pragma unroll
+  for (int i = 0; i < E; ++i) {
+    warp_acc[warp][lane * E + i] = acc[i];
+  }
+  __syncthreads();
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float m = NEG_INF;
+    for (int w = 0; w < WARPS; ++w) {
+      m = fmaxf(m, warp_max[w]);
+    }
+    float sum = 0.0f, value = 0.0f;
+    for (int w = 0; w < WARPS; ++w) {
+      const float factor = warp_max[w] == NEG_INF ? 0.0f : expf(warp_max[w] - m);  // a warp that saw no key
+      sum += warp_sum[w] * factor;
+      value += warp_acc[w][d] * factor;
+    }
+    out[((row * frames) + frame) * C + head * D + d] = static_cast<T>(value / sum);
+  }
+"""
+
 # One decoder layer of a single row in kernels of its own plus MLX's: each RMSNorm is computed inside the
 # matrix-vector product that reads it, each residual add inside the product whose output it adds, and the
 # gate/up product hands on silu(gate) * up. Every number is MLX's: the products repeat MLX's one-row kernels
@@ -699,3 +783,34 @@ def fsmn_memory_ops(qkv: mx.array, weight: mx.array, left: int, mask: mx.array |
     padded = mx.pad(values, [(0, 0), (left, taps - 1 - left), (0, 0)])
     memory = mx.conv1d(padded, weight, groups=weight.shape[0]) + values
     return memory if mask is None else memory * mask[..., None]
+
+
+def frame_attention(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
+    """SAN-M's multi-head self-attention of a fused q/k/v projection qkv (B, T, 3C) in one kernel: every frame's
+    query, scaled by head_dim ** -0.5, over the key frames (those whose mask (B, T) is not 0). Returns the
+    context (B, T, C), heads side by side, in qkv's dtype."""
+    batch, frames, width = qkv.shape
+    dims = width // (3 * heads)
+    masked = mask is not None
+    inputs = {"qkv": qkv, **({"mask": mask} if masked else {})}
+    source = f"#define FRAMES_MASKED {int(masked)}\n  constexpr float SCALE = {_float_literal(dims**-0.5)};\n"
+    source += f"  constexpr int WARPS = {ENCODER_ATTENTION_WARPS};\n" + _FRAME_ATTENTION
+    kernel = _kernel(f"frame_attention_{'masked' if masked else 'whole'}", tuple(inputs), ("out",), source)
+    return kernel(
+        inputs=list(inputs.values()),
+        template=[("T", qkv.dtype), ("D", dims), ("HEADS", heads)],
+        grid=(batch * heads * frames * 32 * ENCODER_ATTENTION_WARPS, 1, 1),
+        threadgroup=(32 * ENCODER_ATTENTION_WARPS, 1, 1),
+        output_shapes=[(batch, frames, heads * dims)],
+        output_dtypes=[qkv.dtype],
+    )[0]
+
+
+def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
+    """`frame_attention` as MLX's ops: SAN-M scales q before the q @ k^T product (the adaptor scales after it)."""
+    batch, frames, _ = qkv.shape
+    q, k, v = (t.reshape(batch, frames, heads, -1).transpose(0, 2, 1, 3) for t in mx.split(qkv, 3, axis=-1))
+    q = q * (q.shape[-1] ** -0.5)
+    keys = None if mask is None else (mask > 0)[:, None, None, :]
+    context = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=keys)
+    return context.transpose(0, 2, 1, 3).reshape(batch, frames, -1)

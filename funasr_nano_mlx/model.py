@@ -232,18 +232,15 @@ class SANMAttention(nn.Module):
             raise ValueError(f"sanm_shift {sanm_shift} too large for kernel_size {kernel_size}")
 
     def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
-        batch, length, _ = x.shape
         qkv = self.linear_q_k_v(x)
-        q, k, v = mx.split(qkv, 3, axis=-1)
-        # On CUDA one kernel computes the memory block, which MLX's ops take five or more for.
-        fsmn = cuda_kernels.fsmn_memory if cuda_kernels.available() else cuda_kernels.fsmn_memory_ops
+        # On CUDA one kernel each computes the memory block and the attention, which MLX's ops take five or
+        # more and seven for (cuda_kernels.fsmn_memory, frame_attention).
+        if cuda_kernels.available():
+            fsmn, attention = cuda_kernels.fsmn_memory, cuda_kernels.frame_attention
+        else:
+            fsmn, attention = cuda_kernels.fsmn_memory_ops, cuda_kernels.frame_attention_ops
         memory = fsmn(qkv, self.fsmn_block.weight, self.left_pad, mask)
-        q, k, v = (t.reshape(batch, length, self.heads, -1).transpose(0, 2, 1, 3) for t in (q, k, v))
-        # SAN-M scales q before the q @ k^T product (the adaptor scales after it).
-        q = q * (q.shape[-1] ** -0.5)
-        context = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=key_mask(mask))
-        context = context.transpose(0, 2, 1, 3).reshape(batch, length, -1)
-        return self.linear_out(context) + memory
+        return self.linear_out(attention(qkv, self.heads, mask)) + memory
 
 
 class SANMEncoderLayer(nn.Module):

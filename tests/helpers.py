@@ -153,13 +153,16 @@ def transcribe_module():
     return importlib.import_module("funasr_nano_mlx.transcribe")
 
 
+ENCODER_KERNELS = ("fsmn_memory", "frame_attention")  # cuda_kernels' kernels of a SAN-M layer
+
+
 def cuda_kernel_twins(monkeypatch, names=("decode_attention", "step_heads")) -> list[str]:
     """The model as on a CUDA GPU (`cuda_kernels.available`, and `enabled` at bf16 for the decode step), each
     of these CUDA kernels replaced by its MLX-ops twin: the names of the kernels called, as they are. The
-    encoder's `fsmn_memory` is one of them wherever the encoder runs, since it is on for every dtype."""
+    encoder's kernels (ENCODER_KERNELS, on for every dtype) are on only if named, and then both must be."""
     from funasr_nano_mlx import cuda_kernels
 
-    monkeypatch.setattr(cuda_kernels, "available", lambda: "fsmn_memory" in names)
+    monkeypatch.setattr(cuda_kernels, "available", lambda: bool(set(names) & set(ENCODER_KERNELS)))
     monkeypatch.setattr(cuda_kernels, "enabled", lambda dtype: True)
     monkeypatch.setattr(cuda_kernels, "fits", lambda *shape: True)
     calls = []

@@ -17,7 +17,7 @@ from funasr_nano_mlx.audio import features
 from funasr_nano_mlx.decoding import DEFAULT_MAX_NEW_TOKENS, loop_end, token_budget
 from funasr_nano_mlx.model import EncoderArgs, encoder_layers_per_eval, sanm_layer_bytes
 from funasr_nano_mlx.transcribe import Decoded, transcribe, transcribe_many
-from tests.helpers import clip, cuda_kernel_twins, transcribe_module
+from tests.helpers import ENCODER_KERNELS, clip, cuda_kernel_twins, transcribe_module
 
 TEN_LENGTHS_S = [0.4, 1.0, 1.7, 2.5, 3.2, 4.0, 5.5, 7.0, 9.0, 12.0]
 
@@ -503,10 +503,11 @@ def test_one_prompt_through_the_compiled_pass_leaves_mlx_lms_cache(tiny_bf16, te
 
 
 @pytest.mark.parametrize("compiled", ["0", "1"])
-def test_the_encoder_on_cuda_computes_the_fsmn_block_in_one_kernel(tiny_model, ten_files, monkeypatch, compiled):
-    """On a CUDA GPU each SAN-M layer's FSMN memory block is one kernel (cuda_kernels.fsmn_memory) taking the
-    fused q/k/v projection, for every dtype. Here the kernel is replaced by its MLX-ops twin: a clip, and a
-    padded batch with its mask, encode as on the CPU, compiled or not."""
+def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(tiny_model, ten_files, monkeypatch, compiled):
+    """On a CUDA GPU each SAN-M layer's FSMN memory block and self-attention are a kernel each
+    (cuda_kernels.fsmn_memory, frame_attention) reading the fused q/k/v projection, for every dtype. Here the
+    kernels are replaced by their MLX-ops twins: a clip, and a padded batch with its mask, encode as on the
+    CPU, compiled or not."""
     model, _ = tiny_model
     monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
     feats = [mx.array(features(ten_files[i])) for i in (0, 4)]
@@ -514,8 +515,9 @@ def test_the_encoder_on_cuda_computes_the_fsmn_block_in_one_kernel(tiny_model, t
     batch = mx.stack([mx.pad(f, [(0, frames - f.shape[0]), (0, 0)]) for f in feats])
     lengths = mx.array([f.shape[0] for f in feats])
     expected = [model.encode(feats[0][None]), model.encode(batch, lengths)]
-    calls = cuda_kernel_twins(monkeypatch, ("fsmn_memory",))
+    calls = cuda_kernel_twins(monkeypatch, ENCODER_KERNELS)
     got = [model.encode(feats[0][None]), model.encode(batch, lengths)]
-    assert calls.count("fsmn_memory") >= 2  # at least a trace each for the clip and the batch
+    for kernel in ENCODER_KERNELS:
+        assert calls.count(kernel) >= 2  # at least a trace each for the clip and the batch
     for a, b in zip(got, expected):
         assert mx.array_equal(a, b).item()
