@@ -49,7 +49,7 @@ def plain_matmul(x: mx.array, w: mx.array) -> mx.array:
 def operations() -> dict:
     """name -> (first input, one operation of the chain)."""
     mx.random.seed(0)
-    f32, bf16 = mx.float32, mx.bfloat16
+    bf16 = mx.bfloat16
     frames = mx.random.normal((167, 512)) * 0.1
     w512 = mx.random.normal((512, 512)) * 0.04
     bias = mx.zeros((512,))
@@ -68,8 +68,14 @@ def operations() -> dict:
         "plain CUDA kernel matmul, f32 167x512 @ 512x512": (frames, lambda y: plain_matmul(y, w512)),
         "layer_norm, f32 167x512": (frames, lambda y: mx.fast.layer_norm(y, norm_w, norm_b, 1e-5)),
         "softmax, f32 167x512": (frames, lambda y: mx.softmax(y, axis=-1, precise=True)),
-        "transpose copy, f32 167x512": (frames, lambda y: mx.contiguous(y.reshape(167, 4, 128).transpose(1, 0, 2)).reshape(167, 512)),
-        "sdpa (fallback), f32 4 heads x 167": (heads, lambda y: mx.fast.scaled_dot_product_attention(y, y, y, scale=1.0)),
+        "transpose copy, f32 167x512": (
+            frames,
+            lambda y: mx.contiguous(y.reshape(167, 4, 128).transpose(1, 0, 2)).reshape(167, 512),
+        ),
+        "sdpa (fallback), f32 4 heads x 167": (
+            heads,
+            lambda y: mx.fast.scaled_dot_product_attention(y, y, y, scale=1.0),
+        ),
         "depthwise conv1d (cuDNN), f32 167x512, 11 taps": (
             frames[None],
             lambda y: mx.conv1d(mx.pad(y, [(0, 0), (5, 5), (0, 0)]), taps, groups=512),
@@ -80,7 +86,10 @@ def operations() -> dict:
             prompt_heads,
             lambda y: mx.fast.scaled_dot_product_attention(y, y, y, scale=0.088, mask="causal"),
         ),
-        "rope, bf16 16 heads x 60": (prompt_heads, lambda y: mx.fast.rope(y, 128, traditional=False, base=1e6, scale=1.0, offset=0)),
+        "rope, bf16 16 heads x 60": (
+            prompt_heads,
+            lambda y: mx.fast.rope(y, 128, traditional=False, base=1e6, scale=1.0, offset=0),
+        ),
     }
 
 

@@ -347,7 +347,9 @@ def frame_attention_agreement(model, label: str, frames: int = 167) -> None:
         for lengths in ([frames], [frames, 100, 5]):
             qkv = (mx.random.normal((len(lengths), frames, width)) * 2).astype(dtype)
             mask = model_module.frame_mask(mx.array(lengths), frames, dtype) if len(lengths) > 1 else None
-            outs = [f(qkv, attention.heads, mask) for f in (cuda_kernels.frame_attention, cuda_kernels.frame_attention_ops)]
+            outs = [
+                f(qkv, attention.heads, mask) for f in (cuda_kernels.frame_attention, cuda_kernels.frame_attention_ops)
+            ]
             a, b = (np.array(out.astype(mx.float32)) for out in outs)
             truth = frame_attention_truth(qkv, attention.heads, lengths)
             valid = np.arange(frames)[None, :] < np.array(lengths)[:, None]  # padded query frames are discarded

@@ -503,7 +503,9 @@ def test_one_prompt_through_the_compiled_pass_leaves_mlx_lms_cache(tiny_bf16, te
 
 
 @pytest.mark.parametrize("compiled", ["0", "1"])
-def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(tiny_model, ten_files, monkeypatch, compiled):
+def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
+    tiny_model, ten_files, monkeypatch, compiled
+):
     """On a CUDA GPU each SAN-M layer's FSMN memory block and self-attention are a kernel each
     (cuda_kernels.fsmn_memory, frame_attention) reading the fused q/k/v projection, for every dtype. Here the
     kernels are replaced by their MLX-ops twins: a clip, and a padded batch with its mask, encode as on the
