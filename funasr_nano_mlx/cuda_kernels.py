@@ -616,6 +616,13 @@ def fits(head_dim: int, q_heads: int, kv_heads: int) -> bool:
     return head_dim in (32, 64, 128, 256) and q_heads % kv_heads == 0
 
 
+def heads_fit(attention) -> bool:
+    """Whether `step_heads` computes the queries, keys and values of this Qwen3 attention layer (model.Qwen3Attention):
+    shapes it is written for, and one eps for the q and k norms (the kernel takes one)."""
+    same_eps = attention.q_norm.eps == attention.k_norm.eps
+    return same_eps and fits(attention.rope.dims, attention.n_heads, attention.n_kv_heads)
+
+
 def _float_literal(value: float) -> str:
     return f"{float(value)!r}f"  # the double's repr, rounded to float by the compiler as MLX rounds a Python float
 
@@ -695,6 +702,22 @@ def step_heads(qkv: mx.array, q_norm, k_norm, rope, positions: mx.array, q_heads
             output_dtypes=[qkv.dtype, qkv.dtype],
         )
     )
+
+
+def prompt_heads(qkv: mx.array, q_norm, k_norm, rope, offset, q_heads: int, kv_heads: int):
+    """`qk_norm_rope_ops` and `value_heads` of L tokens per row, qkv (B, L, (HQ + 2 HKV) D), at positions from
+    `offset` (an int, or (B,) int32 per row), through `step_heads` with each token as a row: the queries
+    (B, HQ, L, D) and the keys and values (B, HKV, L, D) each, as views (one kernel instead of two norms,
+    two RoPEs and the copies that put the heads first)."""
+    batch, length, width = qkv.shape
+    offsets = mx.array(offset, mx.int32) if isinstance(offset, int) else offset.astype(mx.int32)
+    positions = mx.broadcast_to(offsets.reshape(-1, 1) + mx.arange(length, dtype=mx.int32), (batch, length))
+    queries, kv = step_heads(
+        qkv.reshape(batch * length, 1, width), q_norm, k_norm, rope, positions.reshape(-1), q_heads, kv_heads
+    )
+    queries = queries.reshape(batch, length, q_heads, -1).transpose(0, 2, 1, 3)
+    keys, values = kv.reshape(2, batch, length, kv_heads, -1).transpose(0, 1, 3, 2, 4)
+    return queries, keys, values
 
 
 def step_heads_ops(qkv: mx.array, q_norm, k_norm, rope, positions, q_heads: int, kv_heads: int):

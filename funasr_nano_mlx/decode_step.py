@@ -78,10 +78,7 @@ class _StepCache:
 
 def kernels_fit(llm, dtype: mx.Dtype) -> bool:
     """Whether the CUDA kernels compute the steps of this LLM with activations of this dtype."""
-    attention = llm.layers[0].self_attn
-    same_eps = attention.q_norm.eps == attention.k_norm.eps  # the q/k kernel takes one
-    shapes = cuda_kernels.fits(attention.rope.dims, attention.n_heads, attention.n_kv_heads)
-    return cuda_kernels.enabled(dtype) and same_eps and shapes
+    return cuda_kernels.enabled(dtype) and cuda_kernels.heads_fit(llm.layers[0].self_attn)
 
 
 def projection_calls(llm) -> list[tuple] | None:

@@ -556,10 +556,12 @@ class Qwen3Attention(qwen3.Attention):
         batch, length, _ = x.shape
         qkv = self.qkv(x)
         offset = 0 if cache is None else cache.offset
-        queries, keys = qk_norm_rope_ops(
-            qkv, self.q_norm, self.k_norm, self.rope, offset, self.n_heads, self.n_kv_heads
-        )
-        values = value_heads(qkv, self.n_heads, self.n_kv_heads, self.rope.dims)
+        args = (qkv, self.q_norm, self.k_norm, self.rope, offset, self.n_heads, self.n_kv_heads)
+        if cuda_kernels.enabled(x.dtype) and cuda_kernels.heads_fit(self):  # a prompt's pass on CUDA
+            queries, keys, values = cuda_kernels.prompt_heads(*args)
+        else:
+            queries, keys = qk_norm_rope_ops(*args)
+            values = value_heads(qkv, self.n_heads, self.n_kv_heads, self.rope.dims)
         if cache is not None:
             keys, values = cache.update_and_fetch(keys, values)
         output = qwen3.scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)

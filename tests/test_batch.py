@@ -523,3 +523,30 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
         assert calls.count(kernel) >= 2  # at least a trace each for the clip and the batch
     for a, b in zip(got, expected):
         assert mx.array_equal(a, b).item()
+
+
+@pytest.mark.parametrize("compiled", ["0", "1"])
+def test_a_prompt_pass_on_cuda_computes_its_heads_in_one_kernel(tiny_bf16, ten_files, monkeypatch, compiled):
+    """On CUDA at bf16 a prompt's queries, keys and values come from the q/k/v projection through one kernel
+    (cuda_kernels.prompt_heads: step_heads with each token as a row, at its position). Here the kernel is its
+    MLX-ops twin: one prompt, and two left-padded ones (positions from each row's offset), leave the first
+    tokens and the keys and values of the plain ops."""
+    from funasr_nano_mlx import load
+
+    module = transcribe_module()
+    monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
+    model, tokenizer = load(tiny_bf16)
+    prompts = [
+        module.prompt_inputs(model, tokenizer, model.encode(mx.array(features(ten_files[i]))[None])[0])[1]
+        for i in (2, 5)
+    ]
+    assert prompts[0].shape[0] != prompts[1].shape[0]  # the batch is left-padded
+    rows = ([prompts[0]], prompts)
+    expected = [module.prefill(model.llm, row) for row in rows]
+    calls = cuda_kernel_twins(monkeypatch, ("step_heads",))
+    got = [module.prefill(model.llm, row) for row in rows]
+    assert "step_heads" in calls
+    for (caches, _, tokens), (mlx_caches, _, mlx_tokens) in zip(got, expected):
+        assert tokens.tolist() == mlx_tokens.tolist()
+        for ours, theirs in zip(caches, mlx_caches, strict=True):
+            assert mx.array_equal(ours.keys, theirs.keys).item() and mx.array_equal(ours.values, theirs.values).item()
