@@ -236,6 +236,13 @@ _FSMN = """
 # (B, T, C), the layout the output projection reads: MLX's ops take three copies to put the heads first, two
 # matmuls, a softmax and a copy back (float32 has no fused attention kernel in MLX on CUDA).
 ENCODER_ATTENTION_WARPS = 4
+# Each query's block reads every key and value (from L2: no tile is shared between queries), so the kernel's
+# work grows as frames squared while MLX's matmuls do it in tiles. One clip is bound by the host (about 22
+# kernels a layer), where one kernel instead of seven wins; a batch of long clips is bound by the GPU. Up to
+# this many frames a call (rows x frames; 30 s of one clip is 500) the kernel runs, above it MLX's ops. The
+# crossover is not measured yet: the kernel's GPU time was estimated from its L2 traffic (about 16 us a layer
+# for 10 s of one clip, against 25 us for MLX's matmuls, softmax and copies there).
+FRAME_ATTENTION_MAX_FRAMES = 512
 _FRAME_ATTENTION = """
   constexpr int E = D / 32;
   constexpr int C = HEADS * D;

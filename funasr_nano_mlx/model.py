@@ -233,12 +233,13 @@ class SANMAttention(nn.Module):
 
     def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
         qkv = self.linear_q_k_v(x)
-        # On CUDA one kernel each computes the memory block and the attention, which MLX's ops take five or
-        # more and seven for (cuda_kernels.fsmn_memory, frame_attention).
-        if cuda_kernels.available():
-            fsmn, attention = cuda_kernels.fsmn_memory, cuda_kernels.frame_attention
-        else:
-            fsmn, attention = cuda_kernels.fsmn_memory_ops, cuda_kernels.frame_attention_ops
+        # On CUDA one kernel computes the memory block, and for up to FRAME_ATTENTION_MAX_FRAMES one the
+        # attention, which MLX's ops take five or more and seven for (cuda_kernels.fsmn_memory,
+        # frame_attention).
+        kernels = cuda_kernels.available()
+        fsmn = cuda_kernels.fsmn_memory if kernels else cuda_kernels.fsmn_memory_ops
+        few_frames = x.shape[0] * x.shape[1] <= cuda_kernels.FRAME_ATTENTION_MAX_FRAMES
+        attention = cuda_kernels.frame_attention if kernels and few_frames else cuda_kernels.frame_attention_ops
         memory = fsmn(qkv, self.fsmn_block.weight, self.left_pad, mask)
         return self.linear_out(attention(qkv, self.heads, mask)) + memory
 

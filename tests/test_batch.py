@@ -510,6 +510,8 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
     (cuda_kernels.fsmn_memory, frame_attention) reading the fused q/k/v projection, for every dtype. Here the
     kernels are replaced by their MLX-ops twins: a clip, and a padded batch with its mask, encode as on the
     CPU, compiled or not."""
+    from funasr_nano_mlx import cuda_kernels
+
     model, _ = tiny_model
     monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
     feats = [mx.array(features(ten_files[i])) for i in (0, 4)]
@@ -523,6 +525,12 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
         assert calls.count(kernel) >= 2  # at least a trace each for the clip and the batch
     for a, b in zip(got, expected):
         assert mx.array_equal(a, b).item()
+    # Above FRAME_ATTENTION_MAX_FRAMES (rows x frames) the attention is MLX's ops again.
+    monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_FRAMES", batch.shape[0] * frames - 1)
+    model_module.compiled_layer.cache_clear()  # a trace keeps the choice it was made with
+    calls.clear()
+    assert mx.array_equal(model.encode(batch, lengths), expected[1]).item()
+    assert "fsmn_memory" in calls and "frame_attention" not in calls
 
 
 @pytest.mark.parametrize("compiled", ["0", "1"])
