@@ -166,18 +166,19 @@ def stage_variants(model, feats: mx.array, embeddings: mx.array) -> dict:
     encode = lambda frames: model.encode(feats[:, :frames])  # noqa: E731
     prefill_to = lambda length: prefill(model.llm, [embeddings[:length]])  # noqa: E731
     table = {"encoder+adaptor": ("encoder", encode, ())}
-    for kernel in ("frame_attention", "fsmn_memory"):
-        if hasattr(cuda_kernels, f"{kernel}_ops"):
-            ops = ((cuda_kernels, kernel, getattr(cuda_kernels, f"{kernel}_ops")),)
-            table[f"encoder+adaptor, {kernel} as MLX ops"] = ("encoder", encode, ops)
+    if hasattr(cuda_kernels, "fsmn_memory_ops"):
+        ops = ((cuda_kernels, "fsmn_memory", cuda_kernels.fsmn_memory_ops),)
+        table["encoder+adaptor, FSMN block as MLX ops"] = ("encoder", encode, ops)
+    if hasattr(cuda_kernels, "FRAME_ATTENTION_MAX_FRAMES"):
+        kernel = ((cuda_kernels, "FRAME_ATTENTION_MAX_FRAMES", 512),)
+        table["candidate: encoder attention kernel up to 512 frames"] = ("encoder", encode, kernel)
     table["prefill"] = ("prefill", prefill_to, ())
-    if hasattr(cuda_kernels, "prompt_heads"):
-        ops = ((cuda_kernels, "heads_fit", lambda attention: False),)
-        table["prefill, q/k norms and RoPE as MLX ops"] = ("prefill", prefill_to, ops)
+    if hasattr(cuda_kernels, "PROMPT_HEADS"):
+        table["candidate: prompt heads kernel"] = ("prefill", prefill_to, ((cuda_kernels, "PROMPT_HEADS", True),))
     if hasattr(decode_step, "prefill_one"):
         transcribe = importlib.import_module("funasr_nano_mlx.transcribe")  # the package's name is a function
-        uncompiled = ((transcribe, "use_compile", lambda: False), *ops)
-        table["prefill through mlx-lm's cache, uncompiled, ops"] = ("prefill", prefill_to, uncompiled)
+        uncompiled = ((transcribe, "use_compile", lambda: False),)
+        table["prefill through mlx-lm's cache, uncompiled"] = ("prefill", prefill_to, uncompiled)
     return table
 
 

@@ -236,13 +236,14 @@ _FSMN = """
 # (B, T, C), the layout the output projection reads: MLX's ops take three copies to put the heads first, two
 # matmuls, a softmax and a copy back (float32 has no fused attention kernel in MLX on CUDA).
 ENCODER_ATTENTION_WARPS = 4
-# Each query's block reads every key and value (from L2: no tile is shared between queries), so the kernel's
-# work grows as frames squared while MLX's matmuls do it in tiles. One clip is bound by the host (about 22
-# kernels a layer), where one kernel instead of seven wins; a batch of long clips is bound by the GPU. Up to
-# this many frames a call (rows x frames; 30 s of one clip is 500) the kernel runs, above it MLX's ops. The
-# crossover is not measured yet: the kernel's GPU time was estimated from its L2 traffic (about 16 us a layer
-# for 10 s of one clip, against 25 us for MLX's matmuls, softmax and copies there).
-FRAME_ATTENTION_MAX_FRAMES = 512
+# Up to this many frames a call (rows x frames) the kernel computes the attention, above it MLX's ops: 0 for
+# now, a candidate (bench/step_profile.py runs it at 512), since the kernel has not run on a GPU yet, so
+# neither its numbers against MLX's nor its speed are measured. Why a bound: each query's block reads every
+# key and value (from L2: no tile is shared between queries), so the kernel's work grows as frames squared
+# while MLX's matmuls do it in tiles. One clip is bound by the host (about 22 kernels a layer), where one
+# kernel instead of seven should win; a batch of long clips is bound by the GPU. By its L2 traffic the kernel
+# would take about 16 us a layer for 10 s of one clip, against 25 us for MLX's matmuls, softmax and copies.
+FRAME_ATTENTION_MAX_FRAMES = 0
 _FRAME_ATTENTION = """
   constexpr int E = D / 32;
   constexpr int C = HEADS * D;
@@ -709,6 +710,13 @@ def step_heads(qkv: mx.array, q_norm, k_norm, rope, positions: mx.array, q_heads
             output_dtypes=[qkv.dtype, qkv.dtype],
         )
     )
+
+
+# Whether a prompt's pass computes its heads through `prompt_heads`: off for now, a candidate (bench/
+# step_profile.py runs it), since that pass has not run on a GPU yet. `step_heads` itself is measured (its
+# numbers are MLX's, BENCHMARKS.md); whether one kernel for the prompt's heads beats MLX's norms, RoPEs and
+# copies there, once MLX's attention has copied the transposed views it gets, is not.
+PROMPT_HEADS = False
 
 
 def prompt_heads(qkv: mx.array, q_norm, k_norm, rope, offset, q_heads: int, kv_heads: int):

@@ -233,9 +233,9 @@ class SANMAttention(nn.Module):
 
     def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
         qkv = self.linear_q_k_v(x)
-        # On CUDA one kernel computes the memory block, and for up to FRAME_ATTENTION_MAX_FRAMES one the
-        # attention, which MLX's ops take five or more and seven for (cuda_kernels.fsmn_memory,
-        # frame_attention).
+        # On CUDA one kernel computes the memory block, which MLX's ops take five or more for
+        # (cuda_kernels.fsmn_memory); for up to FRAME_ATTENTION_MAX_FRAMES one the attention, which they
+        # take seven for (frame_attention: a candidate, off until measured on a GPU).
         kernels = cuda_kernels.available()
         fsmn = cuda_kernels.fsmn_memory if kernels else cuda_kernels.fsmn_memory_ops
         few_frames = x.shape[0] * x.shape[1] <= cuda_kernels.FRAME_ATTENTION_MAX_FRAMES
@@ -558,7 +558,7 @@ class Qwen3Attention(qwen3.Attention):
         qkv = self.qkv(x)
         offset = 0 if cache is None else cache.offset
         args = (qkv, self.q_norm, self.k_norm, self.rope, offset, self.n_heads, self.n_kv_heads)
-        if cuda_kernels.enabled(x.dtype) and cuda_kernels.heads_fit(self):  # a prompt's pass on CUDA
+        if cuda_kernels.PROMPT_HEADS and cuda_kernels.enabled(x.dtype) and cuda_kernels.heads_fit(self):
             queries, keys, values = cuda_kernels.prompt_heads(*args)
         else:
             queries, keys = qk_norm_rope_ops(*args)

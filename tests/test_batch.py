@@ -506,10 +506,10 @@ def test_one_prompt_through_the_compiled_pass_leaves_mlx_lms_cache(tiny_bf16, te
 def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
     tiny_model, ten_files, monkeypatch, compiled
 ):
-    """On a CUDA GPU each SAN-M layer's FSMN memory block and self-attention are a kernel each
-    (cuda_kernels.fsmn_memory, frame_attention) reading the fused q/k/v projection, for every dtype. Here the
-    kernels are replaced by their MLX-ops twins: a clip, and a padded batch with its mask, encode as on the
-    CPU, compiled or not."""
+    """On a CUDA GPU each SAN-M layer's FSMN memory block is one kernel (cuda_kernels.fsmn_memory) reading the
+    fused q/k/v projection, for every dtype, and so is its self-attention up to FRAME_ATTENTION_MAX_FRAMES
+    (frame_attention, a candidate: set here). Here the kernels are replaced by their MLX-ops twins: a clip,
+    and a padded batch with its mask, encode as on the CPU, compiled or not."""
     from funasr_nano_mlx import cuda_kernels
 
     model, _ = tiny_model
@@ -520,6 +520,7 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
     lengths = mx.array([f.shape[0] for f in feats])
     expected = [model.encode(feats[0][None]), model.encode(batch, lengths)]
     calls = cuda_kernel_twins(monkeypatch, ENCODER_KERNELS)
+    monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_FRAMES", batch.shape[0] * frames)
     got = [model.encode(feats[0][None]), model.encode(batch, lengths)]
     for kernel in ENCODER_KERNELS:
         assert calls.count(kernel) >= 2  # at least a trace each for the clip and the batch
@@ -534,12 +535,13 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
 
 
 @pytest.mark.parametrize("compiled", ["0", "1"])
-def test_a_prompt_pass_on_cuda_computes_its_heads_in_one_kernel(tiny_bf16, ten_files, monkeypatch, compiled):
-    """On CUDA at bf16 a prompt's queries, keys and values come from the q/k/v projection through one kernel
-    (cuda_kernels.prompt_heads: step_heads with each token as a row, at its position). Here the kernel is its
-    MLX-ops twin: one prompt, and two left-padded ones (positions from each row's offset), leave the first
-    tokens and the keys and values of the plain ops."""
-    from funasr_nano_mlx import load
+def test_a_prompt_pass_on_cuda_can_compute_its_heads_in_one_kernel(tiny_bf16, ten_files, monkeypatch, compiled):
+    """With PROMPT_HEADS (a candidate, off until measured on a GPU), on CUDA at bf16 a prompt's queries, keys
+    and values come from the q/k/v projection through one kernel (cuda_kernels.prompt_heads: step_heads with
+    each token as a row, at its position). Here the kernel is its MLX-ops twin: one prompt, and two
+    left-padded ones (positions from each row's offset), leave the first tokens and the keys and values of
+    the plain ops."""
+    from funasr_nano_mlx import cuda_kernels, load
 
     module = transcribe_module()
     monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
@@ -552,6 +554,7 @@ def test_a_prompt_pass_on_cuda_computes_its_heads_in_one_kernel(tiny_bf16, ten_f
     rows = ([prompts[0]], prompts)
     expected = [module.prefill(model.llm, row) for row in rows]
     calls = cuda_kernel_twins(monkeypatch, ("step_heads",))
+    monkeypatch.setattr(cuda_kernels, "PROMPT_HEADS", True)
     got = [module.prefill(model.llm, row) for row in rows]
     assert "step_heads" in calls
     for (caches, _, tokens), (mlx_caches, _, mlx_tokens) in zip(got, expected):
