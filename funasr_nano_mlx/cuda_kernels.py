@@ -46,6 +46,36 @@ __device__ inline void load_floats(const T* p, float (&out)[E]) {
     out[i] = static_cast<float>(v[i]);
   }
 }
+// One key into a warp's online softmax, in float32: its score and value (this lane's E elements) rescale the
+// running maximum, the sum of weights and the weighted values.
+template <int E>
+__device__ inline void softmax_add(float score, const float (&v)[E], float& running_max, float& total, float (&acc)[E]) {
+  const float new_max = fmaxf(running_max, score);
+  const float rescale = expf(running_max - new_max);
+  const float weight = expf(score - new_max);
+  total = total * rescale + weight;
+#pragma unroll
+  for (int i = 0; i < E; ++i) {
+    acc[i] = acc[i] * rescale + weight * v[i];
+  }
+  running_max = new_max;
+}
+
+// A warp's online softmax into the block's shared arrays, for the merge across warps after the barrier.
+template <int WARPS, int D, int E>
+__device__ inline void share_softmax(
+    int warp, int lane, float running_max, float total, const float (&acc)[E],
+    float (&warp_max)[WARPS], float (&warp_sum)[WARPS], float (&warp_acc)[WARPS][D]) {
+  if (lane == 0) {
+    warp_max[warp] = running_max;
+    warp_sum[warp] = total;
+  }
+#pragma unroll
+  for (int i = 0; i < E; ++i) {
+    warp_acc[warp][lane * E + i] = acc[i];
+  }
+  __syncthreads();
+}
 """
 
 # One block of WARPS warps per (row, query head). Each warp walks every WARPS-th key of the row's valid slots
@@ -93,27 +123,11 @@ _ATTENTION = """
     }
     score = warp_total(score);
     load_floats<E>(stepped ? step_value : kv + values_base + head_base + (size_t)slot * D, v);
-    const float new_max = fmaxf(running_max, score);
-    const float rescale = expf(running_max - new_max);
-    const float weight = expf(score - new_max);
-    total = total * rescale + weight;
-#pragma unroll
-    for (int i = 0; i < E; ++i) {
-      acc[i] = acc[i] * rescale + weight * v[i];
-    }
-    running_max = new_max;
+    softmax_add<E>(score, v, running_max, total, acc);
   }
 
   __shared__ float warp_max[WARPS], warp_sum[WARPS], warp_acc[WARPS][D];
-  if (lane == 0) {
-    warp_max[warp] = running_max;
-    warp_sum[warp] = total;
-  }
-#pragma unroll
-  for (int i = 0; i < E; ++i) {
-    warp_acc[warp][lane * E + i] = acc[i];
-  }
-  __syncthreads();
+  share_softmax<WARPS, D, E>(warp, lane, running_max, total, acc, warp_max, warp_sum, warp_acc);
   if (threadIdx.x < D) {
     float m = NEG_INF;
     for (int w = 0; w < WARPS; ++w) {
@@ -283,27 +297,11 @@ _FRAME_ATTENTION = """
     }
     score = warp_total(score);
     load_floats<E>(heads + (size_t)key * 3 * C + 2 * C, v);
-    const float new_max = fmaxf(running_max, score);
-    const float rescale = expf(running_max - new_max);
-    const float weight = expf(score - new_max);
-    total = total * rescale + weight;
-#pragma unroll
-    for (int i = 0; i < E; ++i) {
-      acc[i] = acc[i] * rescale + weight * v[i];
-    }
-    running_max = new_max;
+    softmax_add<E>(score, v, running_max, total, acc);
   }
 
   __shared__ float warp_max[WARPS], warp_sum[WARPS], warp_acc[WARPS][D];
-  if (lane == 0) {
-    warp_max[warp] = running_max;
-    warp_sum[warp] = total;
-  }
-#pragma unroll
-  for (int i = 0; i < E; ++i) {
-    warp_acc[warp][lane * E + i] = acc[i];
-  }
-  __syncthreads();
+  share_softmax<WARPS, D, E>(warp, lane, running_max, total, acc, warp_max, warp_sum, warp_acc);
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float m = NEG_INF;
     for (int w = 0; w < WARPS; ++w) {
