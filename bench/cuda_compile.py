@@ -1,14 +1,16 @@
 """Compile the package's CUDA kernels with a local nvcc, wrapped as MLX wraps them, before spending GPU time.
 
     python bench/cuda_compile.py --mlx-src DIR [--arch sm_90a] [--head-dim 128 --q-heads 16 --kv-heads 8]
-                                 [--nvrtc LIBNVRTC --cuda-include DIR]
+                                 [--nvrtc LIBNVRTC --cuda-include DIR [--ptx DIR]]
 
 DIR is an MLX source checkout of the installed version (the kernels include its
 mlx/backend/cuda/device headers). Each kernel of `funasr_nano_mlx.cuda_kernels` is called once on the
 CPU at the given shapes (Qwen3-0.6B's by default) with a recorder in place of `mx.fast.cuda_kernel`;
 the recorded source is wrapped as MLX 0.32's `build_kernel` does (mlx/backend/cuda/custom_kernel.cpp:
 the inputs' pointers, `NAME_shape` where the source mentions it, the outputs, the template arguments)
-and compiled to PTX. A compile error costs seconds here instead of a GPU machine's start. Exit status 1
+and compiled to PTX (written out with --ptx: a refactor that leaves a kernel's instructions alone, up to
+register numbers, leaves its measured numbers alone). A compile error costs seconds here instead of a GPU
+machine's start. Exit status 1
 if any kernel fails to compile. Needs nvcc on PATH (CUDA 12.8 or newer for sm_90a).
 
 Like MLX, each distinct source is compiled once. With --nvrtc (a libnvrtc.so, e.g. from the
@@ -81,7 +83,8 @@ class Nvrtc:
         self.options = [b"--device-as-default-execution-space", f"--gpu-architecture={arch}".encode()]
         self.options += [path.encode() for path in paths]
 
-    def errors(self, name: str, text: str) -> str:
+    def errors(self, name: str, text: str, ptx: Path | None = None) -> str:
+        """NVRTC's errors for this source ("" if it compiles); with `ptx`, its PTX is written there."""
         program = ctypes.c_void_p()
         created = self.lib.nvrtcCreateProgram(
             ctypes.byref(program), text.encode(), f"{name}.cu".encode(), 0, None, None
@@ -94,6 +97,11 @@ class Nvrtc:
         self.lib.nvrtcGetProgramLogSize(program, ctypes.byref(size))
         log = ctypes.create_string_buffer(size.value)
         self.lib.nvrtcGetProgramLog(program, log)
+        if ptx is not None and not failed:
+            self.lib.nvrtcGetPTXSize(program, ctypes.byref(size))
+            code = ctypes.create_string_buffer(size.value)
+            self.lib.nvrtcGetPTX(program, code)
+            ptx.write_text(code.value.decode())
         self.lib.nvrtcDestroyProgram(ctypes.byref(program))
         return log.value.decode(errors="replace") if failed else ""
 
@@ -102,8 +110,8 @@ class Recorder:
     """Stands in for mx.fast.cuda_kernel: compiles each distinct source a kernel launch would compile (with
     nvcc, or timed with NVRTC), returns zeros."""
 
-    def __init__(self, include: Path, arch: str, nvrtc: Nvrtc | None = None):
-        self.include, self.arch, self.nvrtc = include, arch, nvrtc
+    def __init__(self, include: Path, arch: str, nvrtc: Nvrtc | None = None, ptx: Path | None = None):
+        self.include, self.arch, self.nvrtc, self.ptx = include, arch, nvrtc, ptx
         self.failed, self.seconds = [], {}
 
     def __call__(self, name, input_names, output_names, source, header="", **_):
@@ -112,7 +120,13 @@ class Recorder:
             if text not in self.seconds:
                 start = time.perf_counter()
                 if self.nvrtc:
-                    errors = self.nvrtc.errors(name, text)
+                    # One file a source: the kernel's name and its template arguments.
+                    file = (
+                        self.ptx / f"{name}_{'_'.join(str(CUDA_TYPES.get(value, value)) for _, value in template)}.ptx"
+                        if self.ptx
+                        else None
+                    )
+                    errors = self.nvrtc.errors(name, text, file)
                 else:
                     errors = nvcc_errors(name, text, self.include, self.arch)
                 self.seconds[text] = time.perf_counter() - start
@@ -155,6 +169,9 @@ def main() -> None:
     parser.add_argument("--intermediate", type=int, default=3072)
     parser.add_argument("--nvrtc", type=Path, help="a libnvrtc.so: compile with NVRTC, as MLX does, and time it")
     parser.add_argument("--cuda-include", type=Path, help="the CUDA headers NVRTC needs (with --nvrtc)")
+    parser.add_argument(
+        "--ptx", type=Path, help="with --nvrtc: write each source's PTX here, to compare device code across a change"
+    )
     args = parser.parse_args()
     if not (args.mlx_src / "mlx/backend/cuda/device/utils.cuh").is_file():
         parser.error(f"{args.mlx_src} holds no mlx/backend/cuda/device/utils.cuh: not an MLX source checkout")
@@ -164,7 +181,11 @@ def main() -> None:
             parser.error("--nvrtc needs --cuda-include (the directory of cuda_runtime.h)")
         includes = [args.mlx_src, args.cuda_include, args.cuda_include / "cccl"]
         nvrtc = Nvrtc(args.nvrtc, includes, args.arch)
-    recorder = Recorder(args.mlx_src, args.arch, nvrtc)
+    if args.ptx:
+        if not nvrtc:
+            parser.error("--ptx needs --nvrtc")
+        args.ptx.mkdir(parents=True, exist_ok=True)
+    recorder = Recorder(args.mlx_src, args.arch, nvrtc, args.ptx)
     mx.fast.cuda_kernel = recorder
     dims, heads, kv_heads, batch, dtype = args.head_dim, args.q_heads, args.kv_heads, 2, mx.bfloat16
     buffer, step_kv = (mx.zeros((2, batch, kv_heads, slots, dims), dtype) for slots in (256, 1))
