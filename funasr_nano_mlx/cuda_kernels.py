@@ -616,10 +616,34 @@ def enabled(dtype: mx.Dtype) -> bool:
     return dtype == mx.bfloat16 and available()
 
 
+HEAD_DIMS = (32, 64, 128, 256)  # a warp's lanes split a head into aligned vector loads of 1, 2, 4 or 8 elements
+
+
 def fits(head_dim: int, q_heads: int, kv_heads: int) -> bool:
-    """Whether the kernels are written for these shapes: a warp's lanes split a head into aligned vector
-    loads of 1, 2, 4 or 8 elements (Qwen3-0.6B: 128 = 32 x 4), and query heads share key heads evenly."""
-    return head_dim in (32, 64, 128, 256) and q_heads % kv_heads == 0
+    """Whether the kernels are written for these shapes: a head size in HEAD_DIMS (Qwen3-0.6B: 128 = 32 x 4),
+    and query heads that share key heads evenly."""
+    return head_dim in HEAD_DIMS and q_heads % kv_heads == 0
+
+
+# The dtypes the encoder's kernels were compared with MLX's ops in on a GPU (bench/kernels.py).
+ENCODER_DTYPES = (mx.float32, mx.bfloat16)
+
+
+def encoder_choices() -> tuple:
+    """What the encoder's layers take from here when traced (model.compiled_layer keys its traces by it):
+    whether the kernels are on, and up to how many frames the attention kernel runs."""
+    return available(), FRAME_ATTENTION_MAX_FRAMES
+
+
+def fsmn_fits(dtype: mx.Dtype) -> bool:
+    """Whether `fsmn_memory` computes the FSMN block of activations of this dtype here."""
+    return available() and dtype in ENCODER_DTYPES
+
+
+def frame_attention_fits(rows: int, frames: int, head_dim: int, dtype: mx.Dtype) -> bool:
+    """Whether `frame_attention` computes SAN-M's attention of this call here (FRAME_ATTENTION_MAX_FRAMES)."""
+    small = rows * frames <= FRAME_ATTENTION_MAX_FRAMES
+    return available() and small and head_dim in HEAD_DIMS and dtype in ENCODER_DTYPES
 
 
 def heads_fit(attention) -> bool:
@@ -827,6 +851,8 @@ def frame_attention(qkv: mx.array, heads: int, mask: mx.array | None = None) -> 
     context (B, T, C), heads side by side, in qkv's dtype."""
     batch, frames, width = qkv.shape
     dims = width // (3 * heads)
+    if dims not in HEAD_DIMS:
+        raise ValueError(f"frame_attention takes heads of {HEAD_DIMS} elements, got {dims}")
     masked = mask is not None
     inputs = {"qkv": qkv, **({"mask": mask} if masked else {})}
     source = f"#define FRAMES_MASKED {int(masked)}\n  constexpr float SCALE = {_float_literal(dims**-0.5)};\n"

@@ -4,7 +4,7 @@ mlx-lm's caches grow in steps of 256 positions and slice by the current length, 
 shapes and cannot be compiled; each token then pays Python and MLX's per-op cost for ~500 operations,
 while a bf16 0.6B model reads its 1.2 GB of weights in ~0.4 ms on an H100 (a step took 3.1-7 ms on
 the lent H100/H200 hosts). Here the prompt's keys and values, once prefilled by mlx-lm's model (one clip's
-prompt in a compiled pass where layers are compiled, `prefill_one`), go into buffers that grow in steps of
+prompt without its cache's writes, `prefill_one`), go into buffers that grow in steps of
 `CAPACITY_STEP`, and each step writes its slot with a dynamic `slice_update`. Shapes change only when the
 buffers grow, so a step is one compiled graph (`mx.compile`), replayed without Python.
 
@@ -175,32 +175,26 @@ def _greedy_step(llm, tokens, buffers, counters, left_padding, window: int, kern
     return mx.argmax(logits, axis=-1), buffers, counters + 1
 
 
-def _compiled(llm, function, attribute: str):
-    """`function` with `llm` bound, compiled for this model and kept on it as `attribute` (MLX's compile
-    cache is keyed by the function).
+def _compiled_step(llm):
+    """`_greedy_step` compiled for this model, kept on it (MLX's compile cache is keyed by the function).
 
     The weights are closed over, so the trace holds them as constants: passing them as inputs cost
-    0.6 ms per call for a 4-bit model's 900 arrays (measured on the development CPU), more than a decode
+    0.6 ms per call for a 4-bit model's 900 arrays (measured on the development CPU), more than the
     step's arithmetic on a GPU. The trace is made again if any weight array was replaced, or the
     projections fused or unfused (`FunASRNano.fuse_projections`), since.
     """
     weights = tuple(id(array) for _, array in tree_flatten(llm.parameters())) + fusion_state(llm)
-    cached = llm.__dict__.get(attribute)
+    cached = llm.__dict__.get("_greedy_step")
     if cached is None or cached[0] != weights:
-        cached = (weights, mx.compile(partial(function, llm)))
-        object.__setattr__(llm, attribute, cached)  # a plain attribute: not part of the module tree
+        cached = (weights, mx.compile(partial(_greedy_step, llm)))
+        object.__setattr__(llm, "_greedy_step", cached)  # a plain attribute: not part of the module tree
     return cached[1]
-
-
-def _compiled_step(llm):
-    """`_greedy_step` compiled for this model (`_compiled`)."""
-    return _compiled(llm, _greedy_step, "_greedy_step")
 
 
 class _PromptKeys:
     """Stands in for mlx-lm's cache in one layer during a prompt's pass from position 0: it keeps the layer's
-    keys and values, which attention over the prompt reads as they are (mlx-lm's KVCache would first copy
-    them into a buffer of zeros)."""
+    keys and values, which attention over the prompt reads as they are. mlx-lm's KVCache would first write
+    them into a buffer of zeros, two kernels a layer a tensor (114 of a pass's 621 kernels on an H100)."""
 
     offset = 0
 
@@ -209,31 +203,30 @@ class _PromptKeys:
         return keys, values
 
 
-def _prompt_pass(llm, embeddings: mx.array) -> tuple[mx.array, mx.array]:
-    """One prompt, embeddings (1, L, D), through mlx-lm's model: the first token (1,), and every layer's keys
-    and values in one array (layers, 2, 1, kv_heads, capacity, head_dim), zeros past L up to mlx-lm's
-    KVCache capacity (the next multiple of its step): one stack and one pad, not one each a layer."""
-    caches = [_PromptKeys() for _ in llm.layers]
-    hidden = llm.model(mx.zeros(embeddings.shape[:2], mx.int32), cache=caches, input_embeddings=embeddings)
-    token = mx.argmax(output_head(llm)(hidden[:, -1:])[:, -1], axis=-1)
-    length = embeddings.shape[1]
-    capacity = -(-length // KVCache.step) * KVCache.step
-    keys_values = mx.stack([mx.stack([c.keys, c.values]) for c in caches])
-    return token, mx.pad(keys_values, [(0, 0)] * 4 + [(0, capacity - length), (0, 0)])
-
-
 def prefill_one(llm, embeddings: mx.array) -> tuple[list[KVCache], mx.array]:
-    """`_prompt_pass` of one prompt (L, D), compiled (a trace per prompt length): mlx-lm's caches holding its
-    keys and values as mlx-lm's own prefill leaves them, and the (lazy) first token. Compiled, the pass is
-    built and submitted without Python's and MLX's per-op work for each of the 28 layers' operations."""
-    token, keys_values = _compiled(llm, _prompt_pass, "_prompt_pass")(embeddings[None])
-    caches = []
+    """One prompt, embeddings (L, D), through mlx-lm's model: mlx-lm's caches holding its keys and values as
+    mlx-lm's own prefill leaves them (capacity the next multiple of KVCache's step, zeros past L), and the
+    (lazy) first token. Every layer's keys and values are stacked and padded at once, into one array whose
+    views the caches hold: three kernels in all instead of four a layer.
+
+    Not compiled: a compiled pass gave the same kernels on an H100 (the saving is the cache writes), and
+    tracing it took 16-21 ms at each new prompt length on the development CPU, which nearly every clip has.
+    """
+    length = embeddings.shape[0]
+    caches = [_PromptKeys() for _ in llm.layers]
+    hidden = llm.model(mx.zeros((1, length), mx.int32), cache=caches, input_embeddings=embeddings[None])
+    token = mx.argmax(output_head(llm)(hidden[:, -1:])[:, -1], axis=-1)
+    capacity = -(-length // KVCache.step) * KVCache.step
+    keys_values = mx.stack([part for c in caches for part in (c.keys, c.values)])
+    keys_values = keys_values.reshape(len(caches), 2, *keys_values.shape[1:])
+    keys_values = mx.pad(keys_values, [(0, 0)] * 4 + [(0, capacity - length), (0, 0)])
+    prefilled = []
     for layer in keys_values:  # iterating splits an array into views; an integer index would gather
         cache = KVCache()
         cache.keys, cache.values = layer
-        cache.offset = embeddings.shape[0]
-        caches.append(cache)
-    return caches, token
+        cache.offset = length
+        prefilled.append(cache)
+    return prefilled, token
 
 
 def _device_ints(*parts: mx.array) -> mx.array:

@@ -155,9 +155,10 @@ def use_compile() -> bool:
 
 
 @lru_cache(maxsize=None)
-def compiled_layer(layer_class: type, *init_args, kernels: bool = False):
+def compiled_layer(layer_class: type, *init_args, kernels: tuple = ()):
     """One compiled `(parameters, x, mask) -> y` function for every layer of this class and shape, and for
-    whether the CUDA kernels are on (`cuda_kernels.available`: a trace keeps what it was traced with).
+    what the layers take from cuda_kernels (`cuda_kernels.encoder_choices`: a trace keeps what it was traced
+    with).
 
     The layers of a stack differ only in their weights, so a template module is traced once with the
     weights as inputs and the trace serves all of them (70 SAN-M layers: two traces, encoders0 being
@@ -182,7 +183,7 @@ def run_layer(layer: nn.Module, init_args: tuple, x: mx.array, mask: mx.array | 
     A quantized layer (an `8bit` encoder) runs as it is: the template holds no quantization parameters."""
     if not use_compile() or _is_quantized(layer):
         return layer(x, mask)
-    compiled = compiled_layer(type(layer), *init_args, kernels=cuda_kernels.available())
+    compiled = compiled_layer(type(layer), *init_args, kernels=cuda_kernels.encoder_choices())
     return compiled(layer.parameters(), x, mask)
 
 
@@ -236,10 +237,10 @@ class SANMAttention(nn.Module):
         # On CUDA one kernel computes the memory block, which MLX's ops take five or more for
         # (cuda_kernels.fsmn_memory); for up to FRAME_ATTENTION_MAX_FRAMES one the attention, which they
         # take seven for (frame_attention: a candidate, off until measured on a GPU).
-        kernels = cuda_kernels.available()
-        fsmn = cuda_kernels.fsmn_memory if kernels else cuda_kernels.fsmn_memory_ops
-        few_frames = x.shape[0] * x.shape[1] <= cuda_kernels.FRAME_ATTENTION_MAX_FRAMES
-        attention = cuda_kernels.frame_attention if kernels and few_frames else cuda_kernels.frame_attention_ops
+        fsmn = cuda_kernels.fsmn_memory if cuda_kernels.fsmn_fits(qkv.dtype) else cuda_kernels.fsmn_memory_ops
+        batch, frames, width = qkv.shape
+        kernel = cuda_kernels.frame_attention_fits(batch, frames, width // (3 * self.heads), qkv.dtype)
+        attention = cuda_kernels.frame_attention if kernel else cuda_kernels.frame_attention_ops
         memory = fsmn(qkv, self.fsmn_block.weight, self.left_pad, mask)
         return self.linear_out(attention(qkv, self.heads, mask)) + memory
 

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, Sequence
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
+from mlx_lm.models.cache import BatchKVCache
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import load_model, load_tokenizer
 from tqdm import tqdm
@@ -51,7 +51,7 @@ from .decoding import (
 from .errors import UserError
 from .files import require_utf8_path
 from .languages import resolve_language
-from .model import FunASRNano, model_classes, use_compile, use_fused_projections
+from .model import FunASRNano, model_classes, use_fused_projections
 from .modeldir import CTC_TOKENIZER_FILE, TOKENIZER_DIR, find_model, read_config
 from .segment import DEFAULT_MAX_SEGMENT_MS, EnergySegmenter
 
@@ -237,15 +237,15 @@ class Decoded:
 
 def prefill(llm, embeddings: list[mx.array]) -> tuple[list, list[int], mx.array]:
     """The prompts (each (L_i, D) input embeddings) through the LLM in one pass, left-padded: mlx-lm's
-    caches (a plain KV cache for one row, BatchKVCache for several), each row's padding, and the (B,)
-    first tokens (lazy). Only the last position goes through the 151936-wide head. One row goes through
-    the compiled pass where layers are compiled (`decode_step.prefill_one`)."""
-    if len(embeddings) == 1 and use_compile():
+    caches (a plain KVCache for one row, BatchKVCache for several), each row's padding, and the (B,)
+    first tokens (lazy). Only the last position goes through the 151936-wide head; one row's cache is
+    written once, after the pass (`decode_step.prefill_one`)."""
+    if len(embeddings) == 1:
         cache, token = prefill_one(llm, embeddings[0])
         return cache, [0], token
     longest = max(row.shape[0] for row in embeddings)
     padding = [longest - row.shape[0] for row in embeddings]
-    cache = make_prompt_cache(llm) if len(embeddings) == 1 else [BatchKVCache(padding) for _ in llm.layers]
+    cache = [BatchKVCache(padding) for _ in llm.layers]
     x = mx.stack([mx.pad(row, [(pad, 0), (0, 0)]) for row, pad in zip(embeddings, padding)])
     hidden = llm.model(mx.zeros(x.shape[:2], mx.int32), cache=cache, input_embeddings=x)[:, -1:]
     return cache, padding, mx.argmax(output_head(llm)(hidden)[:, -1], axis=-1)
