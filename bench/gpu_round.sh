@@ -2,19 +2,19 @@
 # A GPU session's decode measurements in few commands: a lent machine stays warm only a short while
 # between calls, so everything runs in one or two.
 #
-#   [STEPS="profile kernels speed throughput first_call"] bash bench/gpu_round.sh SKELETON OUT [BEFORE]
+#   [STEPS="host_cost profile kernels speed throughput first_call"] bash bench/gpu_round.sh SKELETON OUT [BEFORE]
 #
 # SKELETON  a model directory for bench/random_model.py (the full-size skeleton; random weights).
-# OUT       where the JSON lines go (step_profile, kernels, speed, throughput, first_call .jsonl).
+# OUT       where the JSON lines go (host_cost, step_profile, kernels, speed, throughput, first_call .jsonl).
 # BEFORE    optional: a directory holding another build's funasr_nano_mlx package, measured in separate
 #           processes alternately with this one (step profile, speed, throughput, first call).
-# STEPS     which of the five parts run, in that order (default: all). The random weights are made once
+# STEPS     which of the six parts run, in that order (default: all). The random weights are made once
 #           under WORK (default /tmp/gpu_round) and kept, so that a second call can run the other parts.
 # PYTHONPATH must already find mlx, mlx-lm and mlx-audio (and this checkout first). Every step has a
 # time limit, so that one that hangs does not take the rest with it.
 set -u
 skeleton=$1 out=$2 before=${3:-}
-steps=" ${STEPS:-profile kernels speed throughput first_call} "
+steps=" ${STEPS:-host_cost profile kernels speed throughput first_call} "
 bench=$(cd "$(dirname "$0")" && pwd)
 work=${WORK:-/tmp/gpu_round}
 mkdir -p "$out" "$work"
@@ -40,6 +40,12 @@ for bits in ${WEIGHTS:-bf16 q4}; do  # WEIGHTS=bf16 leaves out the 4-bit copy wh
   quantize=$([ $bits = q4 ] && echo --bits 4)
   timeout 120 python3 "$bench/random_model.py" "$skeleton" "$model" $quantize > /dev/null || exit 1
 done
+
+if wants host_cost; then
+  step "host cost of one operation by kind, with and without CUDA graphs"
+  ours "$bench/host_cost.py" --label graphs 2>&1 | grep '^{' | tee -a "$out/host_cost.jsonl"
+  MLX_USE_CUDA_GRAPHS=0 ours "$bench/host_cost.py" --label "no graphs" 2>&1 | grep '^{' | tee -a "$out/host_cost.jsonl"
+fi
 
 if wants profile; then
   step "step profile, bf16"
