@@ -7,8 +7,9 @@ float32 channels; a 60-token prompt of 1024 bf16 channels), a chain of --chain c
 the next) is built, submitted and computed; one JSON line per kind with the medians over 5 chains, per
 operation: build_us (Python making the graph), submit_us (MLX encoding its kernels, until async_eval
 returns) and wall_us (until the result is there). A chain that finishes no sooner than it is submitted
-is bound by the host. MLX reads MLX_USE_CUDA_GRAPHS and MLX_MAX_OPS_PER_BUFFER once a process, so each
-value needs a process of its own.
+is bound by the host. Then, for the kinds whose library plans for each shape, a first call at a new
+length against a warm one (`new_length_costs`). MLX reads MLX_USE_CUDA_GRAPHS and MLX_MAX_OPS_PER_BUFFER
+once a process, so each value needs a process of its own.
 """
 
 from __future__ import annotations
@@ -116,6 +117,38 @@ def chain_costs(first: mx.array, op, length: int, chains: int = 5) -> dict:
     return {"build_us": per_op(build), "submit_us": per_op(submit), "wall_us": per_op(wall)}
 
 
+def new_length_costs() -> dict:
+    """The first call at a length not seen before, against a warm call, per kind whose library plans for each
+    shape (cuDNN's attention and convolution) and a matmul: ms, after a call at another length."""
+    mx.random.seed(0)
+    taps = mx.random.normal((512, 11, 1)) * 0.1
+    kinds = {
+        "sdpa causal (cuDNN), bf16 16 heads": lambda n: mx.fast.scaled_dot_product_attention(
+            *[mx.random.normal((1, 16, n, 128)).astype(mx.bfloat16)] * 3, scale=0.088, mask="causal"
+        ),
+        "depthwise conv1d (cuDNN), f32 512 channels": lambda n: mx.conv1d(
+            mx.random.normal((1, n + 10, 512)), taps, groups=512
+        ),
+        "matmul (cuBLAS), bf16 n x 1024 @ 1024x1024": lambda n: (
+            mx.random.normal((n, 1024)).astype(mx.bfloat16) @ mx.ones((1024, 1024), mx.bfloat16)
+        ),
+    }
+    rows = {}
+    for name, op in kinds.items():
+        mx.eval(op(40))  # the library's first call in the process, at another length
+        times = []
+        for n in (60, 60, 61):  # new, warm, new
+            start = time.perf_counter()
+            mx.eval(op(n))
+            times.append(1e3 * (time.perf_counter() - start))
+        rows[name] = {
+            "new_length_ms": round(times[0], 2),
+            "warm_ms": round(times[1], 2),
+            "another_new_ms": round(times[2], 2),
+        }
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chain", type=int, default=200)
@@ -127,6 +160,11 @@ def main() -> None:
         except Exception as error:  # noqa: BLE001 (a kind this device lacks, e.g. a CUDA kernel on the CPU)
             row = {"error": str(error).splitlines()[0][:120]}
         print(json.dumps({"label": args.label, "op": name, **row}), flush=True)
+    try:
+        for name, row in new_length_costs().items():
+            print(json.dumps({"label": args.label, "op": name, **row}), flush=True)
+    except Exception as error:  # noqa: BLE001 (as above)
+        print(json.dumps({"label": args.label, "op": "new lengths", "error": str(error).splitlines()[0][:120]}))
 
 
 if __name__ == "__main__":
