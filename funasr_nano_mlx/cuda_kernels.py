@@ -199,7 +199,7 @@ _STEP_HEADS = """
   }
 """
 
-# SAN-M's FSMN memory block ([F] sense_voice/model.py:152-165; model.SANMAttention.fsmn) from the fused q/k/v
+# SAN-M's FSMN memory block ([F] sense_voice/model.py:152-165; `fsmn_memory_ops`) from the fused q/k/v
 # projection, one thread per output: the value third of qkv (B, T, 3C), masked by the frame mask if FSMN_MASKED,
 # through the depthwise convolution of K taps (zero outside the utterance's frames, LEFT of them before), plus
 # itself, masked again. The taps are summed in float32 in order; the sum rounds to T, as MLX's convolution
@@ -811,7 +811,7 @@ def norm_swiglu_ops(x: mx.array, norm, linear) -> mx.array:
 
 
 def fsmn_memory(qkv: mx.array, weight: mx.array, left: int, mask: mx.array | None = None) -> mx.array:
-    """`model.SANMAttention.fsmn` of the value third of a fused q/k/v projection qkv (B, T, 3C), in one kernel:
+    """SAN-M's FSMN memory block (`fsmn_memory_ops`) of the value third of a fused q/k/v projection qkv (B, T, 3C), in one kernel:
     weight the depthwise convolution's (C, K, 1), `left` its zero frames before the first, mask (B, T) or None.
     Returns (B, T, C) in qkv's dtype."""
     batch, frames, width = qkv.shape
@@ -868,11 +868,15 @@ def frame_attention(qkv: mx.array, heads: int, mask: mx.array | None = None) -> 
     )[0]
 
 
+def key_mask(mask: mx.array | None) -> mx.array | None:
+    """A (B, T) frame mask as an attention mask over keys, (B, 1, 1, T) boolean."""
+    return None if mask is None else (mask > 0)[:, None, None, :]
+
+
 def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
     """`frame_attention` as MLX's ops: SAN-M scales q before the q @ k^T product (the adaptor scales after it)."""
     batch, frames, _ = qkv.shape
     q, k, v = (t.reshape(batch, frames, heads, -1).transpose(0, 2, 1, 3) for t in mx.split(qkv, 3, axis=-1))
     q = q * (q.shape[-1] ** -0.5)
-    keys = None if mask is None else (mask > 0)[:, None, None, :]
-    context = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=keys)
+    context = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=key_mask(mask))
     return context.transpose(0, 2, 1, 3).reshape(batch, frames, -1)

@@ -19,7 +19,7 @@ from mlx_lm.models import qwen3
 from mlx_lm.models.activations import swiglu
 
 from . import cuda_kernels
-from .cuda_kernels import qk_norm_rope_ops, value_heads
+from .cuda_kernels import key_mask, qk_norm_rope_ops, value_heads
 
 ENCODER_LN_EPS = 1e-5  # SenseVoice LayerNorm default, [F] models/sense_voice/model.py:300
 ADAPTOR_LN_EPS = 1e-12  # funasr transformer LayerNorm, [F] models/transformer/layer_norm.py:24
@@ -201,11 +201,6 @@ def frame_mask(lengths: mx.array, length: int, dtype=mx.float32) -> mx.array:
     return (mx.arange(length)[None, :] < lengths[:, None]).astype(dtype)
 
 
-def key_mask(mask: mx.array | None) -> mx.array | None:
-    """A (B, T) frame mask as an attention mask over keys, (B, 1, 1, T) boolean."""
-    return None if mask is None else (mask > 0)[:, None, None, :]
-
-
 class FeedForward(nn.Module):
     def __init__(self, dims: int, hidden: int):
         super().__init__()
@@ -228,8 +223,7 @@ class SANMAttention(nn.Module):
         self.fsmn_block = nn.Conv1d(dims, dims, kernel_size, groups=dims, bias=False)
         # Upstream applies only a positive shift ([F] sense_voice/model.py:140-143).
         self.left_pad = (kernel_size - 1) // 2 + max(sanm_shift, 0)
-        self.right_pad = kernel_size - 1 - self.left_pad
-        if self.right_pad < 0:
+        if kernel_size - 1 - self.left_pad < 0:  # the frames of zeros after the last
             raise ValueError(f"sanm_shift {sanm_shift} too large for kernel_size {kernel_size}")
 
     def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
