@@ -309,65 +309,51 @@ def attention_truth(queries, keys, values, first: list[int], last: int, scale: f
     return out
 
 
-def fsmn_agreement(model, label: str, frames: int = 167) -> None:
-    """The FSMN kernel against MLX's pad and convolution, in float32 and bf16, one clip and a padded batch
-    (rows of frames, 100 and 5 valid frames), on random inputs at the encoder's shapes; and both against a
-    float64 convolution: the largest difference, the share of identical outputs, the largest errors."""
-    attention = model.audio_encoder.encoders[0].self_attn
-    weight, left = attention.fsmn_block.weight, attention.left_pad
-    mx.random.seed(0)
-    for dtype in (mx.float32, mx.bfloat16):
-        for lengths in ([frames], [frames, 100, 5]):
-            qkv = mx.random.normal((len(lengths), frames, 3 * weight.shape[0])).astype(dtype)
-            mask = model_module.frame_mask(mx.array(lengths), frames, dtype) if len(lengths) > 1 else None
-            taps = weight.astype(dtype)
-            kernel, ops = (f(qkv, taps, left, mask) for f in (cuda_kernels.fsmn_memory, cuda_kernels.fsmn_memory_ops))
-            a, b = np.array(kernel.astype(mx.float32)), np.array(ops.astype(mx.float32))
-            truth = fsmn_truth(qkv, taps, left, mask)
-            report(
-                stage="kernel vs ops",
-                label=label,
-                kernel=f"fsmn_memory, {dtype}, rows {len(lengths)}",
-                max_abs_diff=float(np.abs(a - b).max()),
-                max_abs=float(np.abs(b).max()),
-                identical_share=float((a == b).mean()),
-                kernel_max_abs_error=float(np.abs(a - truth).max()),
-                ops_max_abs_error=float(np.abs(b - truth).max()),
-            )
-
-
-def frame_attention_agreement(model, label: str, frames: int = 167) -> None:
-    """The encoder's attention kernel against MLX's ops (a fallback of matmuls and softmax in float32), in
-    float32 and bf16, one clip and a padded batch, on random inputs at the encoder's shapes; and both
-    against float64."""
+def encoder_kernel_agreement(model, label: str, frames: int = 167) -> None:
+    """Each encoder kernel (the FSMN block, the attention) against the MLX ops it replaces (a pad and
+    cuDNN's convolution; matmuls and a softmax, in float32), in float32 and bf16, one clip and a padded
+    batch (rows of frames, 100 and 5 valid frames), on random inputs at the encoder's shapes; and both
+    against float64: the largest difference, the share of identical outputs, the largest errors. The
+    attention is compared on the valid query frames only (a padded frame's context is discarded)."""
     attention = model.audio_encoder.encoders[0].self_attn
     width = attention.linear_q_k_v.weight.shape[0]
-    mx.random.seed(0)
-    for dtype in (mx.float32, mx.bfloat16):
-        for lengths in ([frames], [frames, 100, 5]):
-            qkv = (mx.random.normal((len(lengths), frames, width)) * 2).astype(dtype)
-            mask = model_module.frame_mask(mx.array(lengths), frames, dtype) if len(lengths) > 1 else None
-            outs = [
-                f(qkv, attention.heads, mask) for f in (cuda_kernels.frame_attention, cuda_kernels.frame_attention_ops)
-            ]
-            a, b = (np.array(out.astype(mx.float32)) for out in outs)
-            truth = frame_attention_truth(qkv, attention.heads, lengths)
-            valid = np.arange(frames)[None, :] < np.array(lengths)[:, None]  # padded query frames are discarded
-            report(
-                stage="kernel vs ops",
-                label=label,
-                kernel=f"frame_attention, {dtype}, rows {len(lengths)}",
-                max_abs_diff=float(np.abs(a - b)[valid].max()),
-                max_abs=float(np.abs(b).max()),
-                identical_share=float((a == b)[valid].mean()),
-                kernel_max_abs_error=float(np.abs(a - truth)[valid].max()),
-                ops_max_abs_error=float(np.abs(b - truth)[valid].max()),
-            )
+    cases = {  # kernel -> (its arguments from a projection and a mask, its float64 truth, valid frames only)
+        "fsmn_memory": (
+            lambda qkv, mask: (qkv, attention.fsmn_block.weight.astype(qkv.dtype), attention.left_pad, mask),
+            fsmn_truth,
+            False,
+        ),
+        "frame_attention": (lambda qkv, mask: (2 * qkv, attention.heads, mask), frame_attention_truth, True),
+    }
+    for name, (arguments, truth_of, valid_only) in cases.items():
+        kernel, twin = getattr(cuda_kernels, name), getattr(cuda_kernels, f"{name}_ops")
+        mx.random.seed(0)
+        for dtype in (mx.float32, mx.bfloat16):
+            for lengths in ([frames], [frames, 100, 5]):
+                qkv = mx.random.normal((len(lengths), frames, width)).astype(dtype)
+                mask = model_module.frame_mask(mx.array(lengths), frames, dtype) if len(lengths) > 1 else None
+                args = arguments(qkv, mask)
+                a, b = (np.array(f(*args).astype(mx.float32)) for f in (kernel, twin))
+                truth = truth_of(*args)
+                valid = np.arange(frames)[None, :] < np.array(lengths)[:, None]
+                keep = valid if valid_only else np.ones_like(valid)
+                report(
+                    stage="kernel vs ops",
+                    label=label,
+                    kernel=f"{name}, {dtype}, rows {len(lengths)}",
+                    max_abs_diff=float(np.abs(a - b)[keep].max()),
+                    max_abs=float(np.abs(b).max()),
+                    identical_share=float((a == b)[keep].mean()),
+                    kernel_max_abs_error=float(np.abs(a - truth)[keep].max()),
+                    ops_max_abs_error=float(np.abs(b - truth)[keep].max()),
+                )
 
 
-def frame_attention_truth(qkv, heads: int, lengths: list[int]) -> np.ndarray:
-    """SAN-M's attention in float64 (numpy), the query scaled as the model scales it (in its dtype)."""
+def frame_attention_truth(qkv, heads: int, mask) -> np.ndarray:
+    """SAN-M's attention in float64 (numpy), the query scaled as the model scales it (in its dtype), over
+    each row's valid key frames (a mask's leading ones, as `model.frame_mask` makes them)."""
     batch, frames, width = qkv.shape
+    lengths = [frames] * batch if mask is None else np.array(mask.astype(mx.float32)).sum(axis=1).astype(int)
     dims = width // (3 * heads)
     q, k, v = (np.array(t.astype(mx.float32)).astype(np.float64) for t in mx.split(qkv, 3, axis=-1))
     scale = mx.array(dims**-0.5, qkv.dtype)
@@ -494,8 +480,7 @@ def main() -> None:
     encoder_variants(model, feats, args.label)
     embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
     if cuda_kernels.available():
-        fsmn_agreement(model, args.label)
-        frame_attention_agreement(model, args.label)
+        encoder_kernel_agreement(model, args.label)
     if cuda_kernels.enabled(embeddings.dtype):
         kernel_agreement(model, args.label)
     else:
