@@ -526,9 +526,8 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
     calls = cuda_kernel_twins(monkeypatch, ENCODER_KERNELS)
     attention = model.audio_encoder.encoders[0].self_attn
     head_dim = attention.linear_out.weight.shape[0] // attention.heads
-    monkeypatch.setattr(
-        cuda_kernels, "HEAD_DIMS", (head_dim,)
-    )  # the tiny encoder's heads are smaller than any real one
+    # The tiny encoder's heads are smaller than any real one.
+    monkeypatch.setattr(cuda_kernels, "HEAD_DIMS", (head_dim,))
     monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_FRAMES", batch.shape[0] * frames)
     got = [model.encode(feats[0][None]), model.encode(batch, lengths)]
     for kernel in ENCODER_KERNELS:
