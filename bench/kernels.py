@@ -349,6 +349,31 @@ def encoder_kernel_agreement(model, label: str, frames: int = 167) -> None:
                 )
 
 
+CROSSOVER_SHAPES = ((1, 167), (1, 500), (1, 1000), (4, 167), (8, 300), (32, 300))  # (rows, frames)
+
+
+def frame_attention_crossover(model, label: str) -> None:
+    """Encoder + adaptor with SAN-M's attention as MLX ops and as `cuda_kernels.frame_attention`, at
+    CROSSOVER_SHAPES (random features, every row full length), warm medians: where the kernel's
+    frames-squared work stops paying for its fewer launches (FRAME_ATTENTION_MAX_FRAMES holds rows x frames)."""
+    bound = cuda_kernels.FRAME_ATTENTION_MAX_FRAMES
+    mx.random.seed(0)
+    for rows, frames in CROSSOVER_SHAPES:
+        feats = mx.random.normal((rows, frames, model.args.input_size))
+        lengths = mx.array([frames] * rows) if rows > 1 else None
+        times = {}
+        for name, limit in (("ops", 0), ("kernel", rows * frames)):
+            cuda_kernels.FRAME_ATTENTION_MAX_FRAMES = limit
+            model_module.compiled_layer.cache_clear()
+            try:
+                times[name] = warm_ms(lambda: model.encode(feats, lengths), 5)[0]
+            finally:
+                cuda_kernels.FRAME_ATTENTION_MAX_FRAMES = bound
+        model_module.compiled_layer.cache_clear()
+        report(stage="frame attention crossover", label=label, rows=rows, frames=frames, ops_ms=times["ops"],
+               kernel_ms=times["kernel"], kernel_over_ops=times["kernel"] / times["ops"])
+
+
 def frame_attention_truth(qkv, heads: int, mask) -> np.ndarray:
     """SAN-M's attention in float64 (numpy), the query scaled as the model scales it (in its dtype), over
     each row's valid key frames (a mask's leading ones, as `model.frame_mask` makes them)."""
@@ -481,6 +506,7 @@ def main() -> None:
     embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
     if cuda_kernels.available():
         encoder_kernel_agreement(model, args.label)
+        frame_attention_crossover(model, args.label)
     if cuda_kernels.enabled(embeddings.dtype):
         kernel_agreement(model, args.label)
     else:
