@@ -274,6 +274,11 @@ def greedy_batch(
     timings = {} if timings is None else timings
     start = time.perf_counter()
     cache, padding, tokens = prefill(llm, embeddings)
+    # The first tokens are computed before the decoder is made and its first step queued, which would
+    # otherwise delay them by the host's time for both (the device is idle meanwhile either way).
+    mx.eval(tokens)
+    timings["prefill"] = timings.get("prefill", 0.0) + time.perf_counter() - start
+    start = time.perf_counter()
     decoder = make_decoder(llm, cache, padding)
     del cache  # the decoder holds what it needs: buffers it replaces are freed, not kept to the end
     rows, results = list(range(len(embeddings))), [Decoded(budget) for budget in budgets]
@@ -283,9 +288,6 @@ def greedy_batch(
         next_tokens = decoder.step(tokens)
         mx.async_eval(next_tokens)
         values = tokens.tolist()
-        if steps == 0:
-            timings["prefill"] = timings.get("prefill", 0.0) + time.perf_counter() - start
-            start = time.perf_counter()
         steps += 1
         for row, token in zip(rows, values):
             done[row] = done[row] or results[row].add(token, stop_ids, stop_loops)
@@ -409,11 +411,13 @@ class BatchDecoder:
             emitted = align.emissions(self.model, encoded[0], lengths)
             timings["ctc"] = time.perf_counter() - start
 
+        start = time.perf_counter()  # the prompt is the prefill's first part: its time is counted there
         embeddings = [
             prompt_inputs(self.model, self.tokenizer, f, **(job.prompt or self.prompt))[1]
             for job, f in zip(batch, frames)
         ]
         budgets = [token_budget(job.seconds, self.max_new_tokens) for job in batch]
+        timings["prefill"] = time.perf_counter() - start
         results = greedy_batch(
             self.model.llm, embeddings, budgets, self.tokenizer.eos_token_ids, self.stop_loops, timings
         )
