@@ -355,20 +355,21 @@ CROSSOVER_SHAPES = ((1, 167), (1, 500), (1, 1000), (4, 167), (8, 300), (32, 300)
 def frame_attention_crossover(model, label: str) -> None:
     """Encoder + adaptor with SAN-M's attention as MLX ops and as `cuda_kernels.frame_attention`, at
     CROSSOVER_SHAPES (random features, every row full length), warm medians: where the kernel's
-    frames-squared work stops paying for its fewer launches (FRAME_ATTENTION_MAX_FRAMES holds rows x frames)."""
-    bound = cuda_kernels.FRAME_ATTENTION_MAX_FRAMES
+    frames-squared work stops paying for its fewer launches (FRAME_ATTENTION_MAX_WORK bounds rows x frames^2)."""
+    chosen, bound = cuda_kernels.frame_attention_chosen, cuda_kernels.FRAME_ATTENTION_MAX_WORK
     mx.random.seed(0)
     for rows, frames in CROSSOVER_SHAPES:
         feats = mx.random.normal((rows, frames, model.args.input_size))
         lengths = mx.array([frames] * rows) if rows > 1 else None
         times = {}
-        for name, limit in (("ops", 0), ("kernel", rows * frames)):
-            cuda_kernels.FRAME_ATTENTION_MAX_FRAMES = limit
+        for name, on in (("ops", False), ("kernel", True)):
+            cuda_kernels.frame_attention_chosen = lambda on=on: on
+            cuda_kernels.FRAME_ATTENTION_MAX_WORK = rows * frames * frames
             model_module.compiled_layer.cache_clear()
             try:
                 times[name] = warm_ms(lambda: model.encode(feats, lengths), 5)[0]
             finally:
-                cuda_kernels.FRAME_ATTENTION_MAX_FRAMES = bound
+                cuda_kernels.frame_attention_chosen, cuda_kernels.FRAME_ATTENTION_MAX_WORK = chosen, bound
         model_module.compiled_layer.cache_clear()
         report(stage="frame attention crossover", label=label, rows=rows, frames=frames, ops_ms=times["ops"],
                kernel_ms=times["kernel"], kernel_over_ops=times["kernel"] / times["ops"])

@@ -170,9 +170,9 @@ def stage_variants(model, feats: mx.array, embeddings: mx.array) -> dict:
     if hasattr(cuda_kernels, "fsmn_memory_ops"):
         ops = ((cuda_kernels, "fsmn_memory", cuda_kernels.fsmn_memory_ops),)
         table["encoder+adaptor, FSMN block as MLX ops"] = ("encoder", encode, ops)
-    if hasattr(cuda_kernels, "FRAME_ATTENTION_MAX_FRAMES"):
-        kernel = ((cuda_kernels, "FRAME_ATTENTION_MAX_FRAMES", 512),)
-        table["candidate: encoder attention kernel up to 512 frames"] = ("encoder", encode, kernel)
+    if hasattr(cuda_kernels, "frame_attention_chosen"):
+        kernel = ((cuda_kernels, "frame_attention_chosen", lambda: True),)
+        table["encoder+adaptor, attention kernel (opt-in)"] = ("encoder", encode, kernel)
     table["prefill"] = ("prefill", prefill_to, ())
     if hasattr(cuda_kernels, "PROMPT_HEADS"):
         table["candidate: prompt heads kernel"] = ("prefill", prefill_to, ((cuda_kernels, "PROMPT_HEADS", True),))

@@ -250,14 +250,16 @@ _FSMN = """
 # (B, T, C), the layout the output projection reads: MLX's ops take three copies to put the heads first, two
 # matmuls, a softmax and a copy back (float32 has no fused attention kernel in MLX on CUDA).
 ENCODER_ATTENTION_WARPS = 4
-# Up to this many frames a call (rows x frames) the kernel computes the attention, above it MLX's ops: 0 for
-# now, a candidate (bench/step_profile.py runs it at 512), since the kernel has not run on a GPU yet, so
-# neither its numbers against MLX's nor its speed are measured. Why a bound: each query's block reads every
-# key and value (from L2: no tile is shared between queries), so the kernel's work grows as frames squared
-# while MLX's matmuls do it in tiles. One clip is bound by the host (about 22 kernels a layer), where one
-# kernel instead of seven should win; a batch of long clips is bound by the GPU. By its L2 traffic the kernel
-# would take about 16 us a layer for 10 s of one clip, against 25 us for MLX's matmuls, softmax and copies.
-FRAME_ATTENTION_MAX_FRAMES = 0
+# Opt-in (FUNASR_NANO_ENCODER_ATTENTION_KERNEL=1): its float32 numbers are not MLX's (bench/kernels.py on an
+# H100: at most 1.7e-5 from them for values up to 7.4, and 3.3e-6 from float64 where they are 1.5e-5; in
+# bf16, 80% identical, and as far from float64 as they are), and float32 stays the exact path by default.
+# Used up to FRAME_ATTENTION_MAX_WORK query-key pairs a head (rows x frames^2), MLX's ops above it: each
+# query's block reads every key and value (from L2: no tile is shared between queries), so the kernel's work
+# grows as frames squared, while MLX's matmuls do it in tiles and one clip's short encoder is bound by the
+# host (about 22 kernels a layer; the kernel replaces seven). Measured on an H100 (encoder + adaptor, warm,
+# the kernel's time over the ops'): 0.80 at 1 x 167 frames (10 s), 0.93 at 4 x 167; 1.17 at 1 x 500,
+# 1.19 at 8 x 300, 1.35 at 32 x 300, 1.66 at 1 x 1000 (BENCHMARKS.md). The bound lies between the two groups.
+FRAME_ATTENTION_MAX_WORK = 2**17
 _FRAME_ATTENTION = """
   constexpr int E = D / 32;
   constexpr int C = HEADS * D;
@@ -631,8 +633,8 @@ ENCODER_DTYPES = (mx.float32, mx.bfloat16)
 
 def encoder_choices() -> tuple:
     """What the encoder's layers take from here when traced (model.compiled_layer keys its traces by it):
-    whether the kernels are on, and up to how many frames the attention kernel runs."""
-    return available(), FRAME_ATTENTION_MAX_FRAMES
+    whether the kernels are on, whether the attention kernel is chosen, and up to how much work."""
+    return available(), frame_attention_chosen(), FRAME_ATTENTION_MAX_WORK
 
 
 def fsmn_fits(dtype: mx.Dtype) -> bool:
@@ -640,10 +642,15 @@ def fsmn_fits(dtype: mx.Dtype) -> bool:
     return available() and dtype in ENCODER_DTYPES
 
 
+def frame_attention_chosen() -> bool:
+    """Whether FUNASR_NANO_ENCODER_ATTENTION_KERNEL=1 opts in to `frame_attention` (see FRAME_ATTENTION_MAX_WORK)."""
+    return os.environ.get("FUNASR_NANO_ENCODER_ATTENTION_KERNEL", "0") == "1"
+
+
 def frame_attention_fits(rows: int, frames: int, head_dim: int, dtype: mx.Dtype) -> bool:
-    """Whether `frame_attention` computes SAN-M's attention of this call here (FRAME_ATTENTION_MAX_FRAMES)."""
-    small = rows * frames <= FRAME_ATTENTION_MAX_FRAMES
-    return available() and small and head_dim in HEAD_DIMS and dtype in ENCODER_DTYPES
+    """Whether `frame_attention` computes SAN-M's attention of this call here: chosen, and small enough."""
+    small = rows * frames * frames <= FRAME_ATTENTION_MAX_WORK
+    return available() and frame_attention_chosen() and small and head_dim in HEAD_DIMS and dtype in ENCODER_DTYPES
 
 
 def heads_fit(attention) -> bool:

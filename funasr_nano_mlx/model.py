@@ -229,8 +229,8 @@ class SANMAttention(nn.Module):
     def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
         qkv = self.linear_q_k_v(x)
         # On CUDA one kernel computes the memory block, which MLX's ops take five or more for
-        # (cuda_kernels.fsmn_memory); for up to FRAME_ATTENTION_MAX_FRAMES one the attention, which they
-        # take seven for (frame_attention: a candidate, off until measured on a GPU).
+        # (cuda_kernels.fsmn_memory); where chosen and small enough one the attention, which they take
+        # seven for (cuda_kernels.frame_attention_fits: opt-in, it changes float32's numbers).
         fsmn = cuda_kernels.fsmn_memory if cuda_kernels.fsmn_fits(qkv.dtype) else cuda_kernels.fsmn_memory_ops
         batch, frames, width = qkv.shape
         kernel = cuda_kernels.frame_attention_fits(batch, frames, width // (3 * self.heads), qkv.dtype)

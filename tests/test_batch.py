@@ -511,9 +511,10 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
     tiny_model, ten_files, monkeypatch, compiled
 ):
     """On a CUDA GPU each SAN-M layer's FSMN memory block is one kernel (cuda_kernels.fsmn_memory) reading the
-    fused q/k/v projection, in float32 and bf16, and so is its self-attention up to FRAME_ATTENTION_MAX_FRAMES
-    (frame_attention, a candidate: set here). Here the kernels are replaced by their MLX-ops twins: a clip,
-    and a padded batch with its mask, encode as on the CPU, compiled or not."""
+    fused q/k/v projection, in float32 and bf16, and so is its self-attention where a user opts in
+    (FUNASR_NANO_ENCODER_ATTENTION_KERNEL=1: it changes float32's numbers) up to FRAME_ATTENTION_MAX_WORK.
+    Here the kernels are replaced by their MLX-ops twins: a clip, and a padded batch with its mask, encode
+    as on the CPU, compiled or not."""
     from funasr_nano_mlx import cuda_kernels
 
     model, _ = tiny_model
@@ -528,25 +529,31 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
     head_dim = attention.linear_out.weight.shape[0] // attention.heads
     # The tiny encoder's heads are smaller than any real one.
     monkeypatch.setattr(cuda_kernels, "HEAD_DIMS", (head_dim,))
-    monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_FRAMES", batch.shape[0] * frames)
-    got = [model.encode(feats[0][None]), model.encode(batch, lengths)]
-    for kernel in ENCODER_KERNELS:
-        assert calls.count(kernel) >= 2  # at least a trace each for the clip and the batch
-    for a, b in zip(got, expected):
-        assert mx.array_equal(a, b).item()
-    # Above FRAME_ATTENTION_MAX_FRAMES (rows x frames) the attention is MLX's ops again: the bound is part of
-    # what the compiled layers are traced for, so changing it traces again.
-    monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_FRAMES", batch.shape[0] * frames - 1)
-    calls.clear()
-    assert mx.array_equal(model.encode(batch, lengths), expected[1]).item()
-    assert "fsmn_memory" in calls and "frame_attention" not in calls
+    work = batch.shape[0] * frames * frames
+    monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_WORK", work)
+
+    def encoded_calls(*inputs) -> list[str]:
+        """The kernels one encoding called, after checking its output against the CPU's."""
+        calls.clear()
+        assert mx.array_equal(model.encode(*inputs), expected[len(inputs) - 1]).item()
+        return list(calls)
+
+    # Not chosen: the attention stays MLX's ops (float32's exact path), the memory block is the kernel.
+    for inputs in ((feats[0][None],), (batch, lengths)):
+        assert "fsmn_memory" in encoded_calls(*inputs) and "frame_attention" not in calls
+    # Chosen, within the bound: both kernels. The choice is part of what the compiled layers are traced
+    # for, so opting in traces again.
+    monkeypatch.setenv("FUNASR_NANO_ENCODER_ATTENTION_KERNEL", "1")
+    for inputs in ((feats[0][None],), (batch, lengths)):
+        assert {"fsmn_memory", "frame_attention"} <= set(encoded_calls(*inputs))
+    # Above FRAME_ATTENTION_MAX_WORK (rows x frames^2) the attention is MLX's ops again; the bound is traced for too.
+    monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_WORK", work - 1)
+    assert "fsmn_memory" in encoded_calls(batch, lengths) and "frame_attention" not in calls
     # So is it for a head size the kernel is not written for (a constant: traced again only by hand here).
-    monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_FRAMES", batch.shape[0] * frames)
+    monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_WORK", work)
     monkeypatch.setattr(cuda_kernels, "HEAD_DIMS", (2 * head_dim,))
     model_module.compiled_layer.cache_clear()
-    calls.clear()
-    assert mx.array_equal(model.encode(batch, lengths), expected[1]).item()
-    assert "fsmn_memory" in calls and "frame_attention" not in calls
+    assert "fsmn_memory" in encoded_calls(batch, lengths) and "frame_attention" not in calls
 
 
 def test_a_prompt_pass_on_cuda_can_compute_its_heads_in_one_kernel(tiny_bf16, ten_files, monkeypatch):
