@@ -371,8 +371,15 @@ def frame_attention_crossover(model, label: str) -> None:
             finally:
                 cuda_kernels.frame_attention_chosen, cuda_kernels.FRAME_ATTENTION_MAX_WORK = chosen, bound
         model_module.compiled_layer.cache_clear()
-        report(stage="frame attention crossover", label=label, rows=rows, frames=frames, ops_ms=times["ops"],
-               kernel_ms=times["kernel"], kernel_over_ops=times["kernel"] / times["ops"])
+        report(
+            stage="frame attention crossover",
+            label=label,
+            rows=rows,
+            frames=frames,
+            ops_ms=times["ops"],
+            kernel_ms=times["kernel"],
+            kernel_over_ops=times["kernel"] / times["ops"],
+        )
 
 
 def frame_attention_truth(qkv, heads: int, mask) -> np.ndarray:
