@@ -2,19 +2,20 @@
 # A GPU session's decode measurements in few commands: a lent machine stays warm only a short while
 # between calls, so everything runs in one or two.
 #
-#   [STEPS="host_cost profile kernels speed throughput first_call"] bash bench/gpu_round.sh SKELETON OUT [BEFORE]
+#   [STEPS="host_cost profile kernels speed throughput attention_plans first_call"] bash bench/gpu_round.sh SKELETON OUT [BEFORE]
 #
 # SKELETON  a model directory for bench/random_model.py (the full-size skeleton; random weights).
-# OUT       where the JSON lines go (host_cost, step_profile, kernels, speed, throughput, first_call .jsonl).
+# OUT       where the JSON lines go (host_cost, step_profile, kernels, speed, throughput, attention_plans,
+#           first_call .jsonl).
 # BEFORE    optional: a directory holding another build's funasr_nano_mlx package, measured in separate
 #           processes alternately with this one (step profile, speed, throughput, first call).
-# STEPS     which of the six parts run, in that order (default: all). The random weights are made once
+# STEPS     which of the seven parts run, in that order (default: all). The random weights are made once
 #           under WORK (default /tmp/gpu_round) and kept, so that a second call can run the other parts.
 # PYTHONPATH must already find mlx, mlx-lm and mlx-audio (and this checkout first). Every step has a
 # time limit, so that one that hangs does not take the rest with it.
 set -u
 skeleton=$1 out=$2 before=${3:-}
-steps=" ${STEPS:-host_cost profile kernels speed throughput first_call} "
+steps=" ${STEPS:-host_cost profile kernels speed throughput attention_plans first_call} "
 bench=$(cd "$(dirname "$0")" && pwd)
 work=${WORK:-/tmp/gpu_round}
 mkdir -p "$out" "$work"
@@ -88,6 +89,18 @@ if wants throughput; then
   if [ -n "$before" ]; then
     theirs throughput.py "${args[@]}" --impl ours 2>&1 | grep '^{' | labelled theirs | tee -a "$out/throughput.jsonl"
   fi
+fi
+
+if wants attention_plans; then
+  step "cuDNN's attention on and off (it plans each new prompt length; off, MLX's matmuls and softmax)"
+  for setting in 1 0 1 0; do
+    MLX_CUDA_USE_CUDNN_SDPA=$setting ours "$bench/speed.py" --workdir "$work/bf16" --impl ours --seconds 10 --tokens 128 2>&1 |
+      tail -1 | labelled "ours, MLX_CUDA_USE_CUDNN_SDPA=$setting" | tee -a "$out/attention_plans.jsonl"
+  done
+  for setting in 1 0; do
+    MLX_CUDA_USE_CUDNN_SDPA=$setting ours "$bench/throughput.py" --workdir "$work/bf16" --batch-sizes 1 32 --sequential-files 25 --impl ours 2>&1 |
+      grep '^{' | labelled "ours, MLX_CUDA_USE_CUDNN_SDPA=$setting" | tee -a "$out/attention_plans.jsonl"
+  done
 fi
 
 limit=150
