@@ -484,6 +484,13 @@ def kernel_agreement(model, label: str) -> None:
     positions = mx.array([0, 5, 300, 40000], mx.int32)
     args = (qkv, attention.q_norm, attention.k_norm, attention.rope, positions, heads, kv_heads)
     compare("step_heads", cuda_kernels.step_heads(*args), cuda_kernels.step_heads_ops(*args))
+    # A prompt's heads (each token a row of step_heads) against MLX's rope and norms over the sequence,
+    # as the prompt's pass computes them without it (their CUDA kernels take another path for L > 1).
+    prompt = mx.random.normal((1, 60, qkv.shape[-1])).astype(dtype) * 3
+    args = (prompt, attention.q_norm, attention.k_norm, attention.rope, 0, heads, kv_heads)
+    queries, keys = cuda_kernels.qk_norm_rope_ops(*args)
+    sequence = (queries, keys, cuda_kernels.value_heads(prompt, heads, kv_heads, dims))
+    compare("prompt_heads (60 tokens)", cuda_kernels.prompt_heads(*args), sequence)
 
     if not decode_step.projections_fit(model.llm, 1, dtype):
         report(stage="kernel vs ops", label=label, kernel="projections", skipped="the layers do not fit")
