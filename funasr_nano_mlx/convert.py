@@ -217,11 +217,16 @@ def check_keys(model: FunASRNano, weights: dict) -> None:
         raise UserError("checkpoint does not match the configuration: " + "; ".join(p for p in problems if p))
 
 
-def checked_checkpoint(src: Path, expected_sha256: str | None) -> tuple[str, list[int]]:
+def checked_checkpoint(
+    src: Path, expected_sha256: str | None, hashed_stamp: list[int] | None = None
+) -> tuple[str, list[int]]:
     """model.pt's SHA-256, refused when it is not `expected_sha256`, and its stamp: conversion reads the
-    file after this, and `unchanged_since` proves after the reading that these were the bytes read."""
+    file after this, and `unchanged_since` proves after the reading that these were the bytes read.
+    `hashed_stamp` is the file's stamp when `expected_sha256` was computed from it (as the download stage
+    records it): an equal stamp means no write since (files.stamp), so 2 GB are not read twice."""
     before = stamp(src / CHECKPOINT)
-    digest = sha256(src / CHECKPOINT)
+    known = expected_sha256 is not None and before == hashed_stamp
+    digest = expected_sha256.lower() if known else sha256(src / CHECKPOINT)
     if expected_sha256 is not None and digest != expected_sha256.lower():
         raise UserError(
             f"{src / CHECKPOINT} has SHA-256 {digest}, but {expected_sha256} is expected: another file, or "
@@ -242,9 +247,11 @@ def convert(
     source_id: str | None = None,
     revision: str | None = None,
     expected_sha256: str | None = None,
+    hashed_stamp: list[int] | None = None,
 ) -> Path:
     """Convert an upstream directory (or hub repo id) to an MLX model directory at `dst`; with
-    `expected_sha256`, only a model.pt of that SHA-256 (checked on the bytes converted)."""
+    `expected_sha256`, only a model.pt of that SHA-256 (checked on the bytes converted, or known from
+    `hashed_stamp`: see `checked_checkpoint`)."""
     if dtype not in DTYPES:
         raise UserError(
             f"dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)} "
@@ -256,7 +263,7 @@ def convert(
     src, label = resolve_source(src, revision=revision)
     require_utf8_path(src)
     config = read_upstream_config(src)
-    digest, before = checked_checkpoint(src, expected_sha256)
+    digest, before = checked_checkpoint(src, expected_sha256, hashed_stamp)
     state = read_checkpoint(src / CHECKPOINT)
     head_differs = _head_differs(state, config["text_config"])
     try:

@@ -202,10 +202,17 @@ def _download(job: Job, src: None, dst: Path) -> Path:
 
 def _convert(job: Job, src: Path, dst: Path) -> Path:
     """Conversion of the downloaded files, checked against the SHA-256 the download recorded (and
-    pinned): what is converted is what was verified."""
-    expected = _source_record(src).get("model_pt_sha256")
+    pinned): what is converted is what was verified. model.pt is hashed again only if its stamp moved
+    since the download hashed it."""
+    record = _source_record(src)
+    stamps = record.get("stamps") if isinstance(record.get("stamps"), dict) else {}
     return convert(
-        src, dst, dtype=job.recipe.dtype, source_id=downloaded_label(job.recipe, src), expected_sha256=expected
+        src,
+        dst,
+        dtype=job.recipe.dtype,
+        source_id=downloaded_label(job.recipe, src),
+        expected_sha256=record.get("model_pt_sha256"),
+        hashed_stamp=stamps.get(CHECKPOINT),
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from funasr_nano_mlx.convert import convert
-from funasr_nano_mlx.files import sha256
+from funasr_nano_mlx.files import sha256, stamp
 from funasr_nano_mlx.errors import UserError
 from funasr_nano_mlx.transcribe import load, transcribe
 from tests.reference import Reference, write_upstream_dir
@@ -124,6 +124,27 @@ def test_refusals_leave_nothing_behind(tmp_path, tiny_upstream):
     with pytest.raises(UserError, match="not found"):
         convert(tmp_path / "nowhere", tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "truncated"]
+
+
+def test_a_checkpoint_hashed_before_is_not_read_again_until_it_changes(tmp_path, tiny_upstream, monkeypatch):
+    """Given the SHA-256 and the stamp model.pt had when it was hashed (as the download stage records them),
+    conversion does not hash it again (2 GB for the real model); once the file was written since, it does,
+    and refuses other bytes."""
+    import funasr_nano_mlx.convert as convert_module
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_upstream, src)
+    digest, hashed_stamp = sha256(src / "model.pt"), stamp(src / "model.pt")
+    hashed = []
+    monkeypatch.setattr(convert_module, "sha256", lambda path: hashed.append(path.name) or sha256(path))
+    convert(src, tmp_path / "a", expected_sha256=digest, hashed_stamp=hashed_stamp)
+    assert hashed == []
+    data = bytearray((src / "model.pt").read_bytes())
+    data[-1] ^= 1  # other bytes, the same size
+    (src / "model.pt").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="has SHA-256"):
+        convert(src, tmp_path / "b", expected_sha256=digest, hashed_stamp=hashed_stamp)
+    assert hashed == ["model.pt"] and not (tmp_path / "b").exists()
 
 
 def test_interrupted_write_leaves_nothing(tmp_path, tiny_upstream, monkeypatch):

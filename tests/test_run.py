@@ -356,6 +356,20 @@ def test_a_changed_recipe_rebuilds_its_stages(tiny_upstream, tmp_path):
     assert (tmp_path / "work/mine/download").stat().st_mtime_ns > before
 
 
+def test_conversion_trusts_the_download_stages_hash_of_model_pt(tiny_upstream, tmp_path, monkeypatch):
+    """The download stage hashes model.pt as it copies it; the convert stage does not read it a second time
+    to hash it (checked_checkpoint: its stamp is unchanged), and still converts what was verified."""
+    import funasr_nano_mlx.convert as convert_module
+
+    hashed = []
+    monkeypatch.setattr(convert_module, "sha256", lambda path: hashed.append(path.name) or sha256(path))
+    out = run(Recipe.load("bf16").override(source=str(tiny_upstream)), tmp_path / "work", until="convert")
+    assert hashed == []
+    assert json.loads((out / "config.json").read_text())["conversion"]["model_pt_sha256"] == sha256(
+        tiny_upstream / "model.pt"
+    )
+
+
 def test_unpinned_evaluation_sets_are_refused_before_any_stage(cli, tiny_upstream, speech, tmp_path):
     """A hub set with no pinned revision: `run` says so in one line, building nothing."""
     unpinned = tmp_path / "unpinned.yaml"
