@@ -383,7 +383,7 @@ class BatchDecoder:
     """The settings shared by every segment, and the batched run over one group of jobs."""
 
     def __init__(self, model, tokenizer, language, hotwords, itn, max_new_tokens, stop_loops, timestamps=None):
-        check_max_new_tokens(max_new_tokens, model.args.llm_args().max_position_embeddings)
+        check_max_new_tokens(max_new_tokens, model.llm.args.max_position_embeddings)  # built once, at load
         resolve_language(language)
         self.model, self.tokenizer = model, tokenizer
         self.timestamps = use_timestamps(model, timestamps)
