@@ -194,7 +194,10 @@ def main() -> None:
     norm = nn.RMSNorm(dims, eps=1e-6)
     norm.weight = norm.weight.astype(dtype)
     qkv = mx.zeros((batch, 1, (heads + 2 * kv_heads) * dims), dtype)
-    cuda_kernels.step_heads(qkv, norm, norm, UpstreamRoPE(dims, 1e6, "bf16"), rows, heads, kv_heads)
+    rope = UpstreamRoPE(dims, 1e6, "bf16")
+    cuda_kernels.step_heads(qkv, norm, norm, rope, rows, heads, kv_heads)
+    prompt = mx.zeros((1, 60, (heads + 2 * kv_heads) * dims), dtype)
+    cuda_kernels.prompt_attention(prompt, norm, norm, rope, heads, kv_heads, dims**-0.5)
     project_kernels(args.hidden, args.intermediate, heads * dims, dtype)
     for encoder_dtype in (mx.float32, mx.bfloat16):  # the encoder's FSMN block, in a float32 and a bf16 model
         qkv, taps = mx.zeros((batch, 50, 3 * 512), encoder_dtype), mx.zeros((512, 11, 1), encoder_dtype)

@@ -309,6 +309,19 @@ def attention_truth(queries, keys, values, first: list[int], last: int, scale: f
     return out
 
 
+def causal_truth(queries, keys, values, scale: float) -> np.ndarray:
+    """Causal attention of one prompt in float64: queries (1, HQ, L, D), keys and values (1, HKV, L, D);
+    returns (1, L, HQ D), the layout `cuda_kernels.prompt_attention` writes."""
+    q, k, v = (np.array(a.astype(mx.float32)).astype(np.float64)[0] for a in (queries, keys, values))
+    heads, length, _ = q.shape
+    k, v = (np.repeat(a, heads // a.shape[0], axis=0) for a in (k, v))
+    scores = np.einsum("hld,hmd->hlm", q * scale, k)
+    scores[:, np.triu_indices(length, 1)[0], np.triu_indices(length, 1)[1]] = -np.inf
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    context = np.einsum("hlm,hmd->hld", weights / weights.sum(axis=-1, keepdims=True), v)
+    return context.transpose(1, 0, 2).reshape(1, length, -1)
+
+
 def encoder_kernel_agreement(model, label: str, frames: int = 167) -> None:
     """Each encoder kernel (the FSMN block, the attention) against the MLX ops it replaces (a pad and
     cuDNN's convolution; matmuls and a softmax, in float32), in float32 and bf16, one clip and a padded
@@ -491,6 +504,15 @@ def kernel_agreement(model, label: str) -> None:
     queries, keys = cuda_kernels.qk_norm_rope_ops(*args)
     sequence = (queries, keys, cuda_kernels.value_heads(prompt, heads, kv_heads, dims))
     compare("prompt_heads (60 tokens)", cuda_kernels.prompt_heads(*args), sequence)
+    # The prompt's causal attention in one kernel (from step_heads' rows) against MLX's path (cuDNN's attention
+    # on a GPU), and both against float64 from the same queries, keys and values.
+    args = (prompt, attention.q_norm, attention.k_norm, attention.rope, heads, kv_heads, attention.scale)
+    kernel_out, ops_out = cuda_kernels.prompt_attention(*args), cuda_kernels.prompt_attention_ops(*args)
+    compare("prompt_attention (60 tokens)", kernel_out[:1], ops_out[:1])
+    truth = causal_truth(*sequence, attention.scale)
+    for name, out in (("ours", kernel_out[0]), ("MLX's", ops_out[0])):
+        error = np.abs(np.array(out.astype(mx.float32)) - truth)
+        report(stage="prompt_attention vs float64", label=label, kernel=name, max_abs_error=float(error.max()))
 
     if not decode_step.projections_fit(model.llm, 1, dtype):
         report(stage="kernel vs ops", label=label, kernel="projections", skipped="the layers do not fit")

@@ -1,6 +1,8 @@
 """CUDA kernels for the greedy decode step, each replacing several MLX kernels, with the MLX ops they replace
 (`*_ops`) as the path everywhere else: attention of one query over the written slots, the q/k RMSNorms with
-RoPE, and, for one row, the projections with the RMSNorm, residual add or swiglu around them inside.
+RoPE, and, for one row, the projections with the RMSNorm, residual add or swiglu around them inside. Also,
+for the encoder, its FSMN memory block and (opt-in) its attention; and, as candidates not yet run on a GPU,
+one prompt's heads and causal attention.
 
 Why by hand: a decode step of Qwen3-0.6B is bound by the host, not the GPU. MLX spends a few microseconds
 of CPU per kernel it submits, and a step was about 500 kernels (3.1 ms on an H100, while the weights take
@@ -78,6 +80,26 @@ __device__ inline void share_softmax(
 }
 """
 
+# The end of an attention kernel whose block is one query of one head (blockIdx.x): each warp's online softmax
+# (running_max, total, acc) merged in warp order, and the context written at out[row_head * D + d], row_head being
+# the block's index. A warp that saw no key (running maximum -inf) adds 0, as long as one warp saw one.
+_WARP_MERGE = """  __shared__ float warp_max[WARPS], warp_sum[WARPS], warp_acc[WARPS][D];
+  share_softmax<WARPS, D, E>(warp, lane, running_max, total, acc, warp_max, warp_sum, warp_acc);
+  if (threadIdx.x < D) {
+    float m = NEG_INF;
+    for (int w = 0; w < WARPS; ++w) {
+      m = fmaxf(m, warp_max[w]);
+    }
+    float sum = 0.0f, value = 0.0f;
+    for (int w = 0; w < WARPS; ++w) {
+      const float factor = expf(warp_max[w] - m);  // 0 for a warp that saw no key
+      sum += warp_sum[w] * factor;
+      value += warp_acc[w][threadIdx.x] * factor;
+    }
+    out[(size_t)row_head * D + threadIdx.x] = static_cast<T>(value / sum);
+  }
+"""
+
 # One block of WARPS warps per (row, query head). Each warp walks every WARPS-th key of the row's valid slots
 # [first[row], last[0]] with an online softmax (running maximum, sum and weighted values, in float32);
 # the partial results are then merged in warp order. Keys past `last` (not written yet) and before `first` (left
@@ -85,7 +107,8 @@ __device__ inline void share_softmax(
 # Its key and value are read from `step_kv`, since the buffer's slot is written only after the step's
 # last layer (decode_step: one write a step). Queries are scaled before the product, as MLX's kernel does.
 ATTENTION_WARPS = 8  # warps a block; each walks every WARPS-th slot, so the order of the sums depends on it
-_ATTENTION = """
+_ATTENTION = (
+    """
   constexpr int E = D / 32;
   const float NEG_INF = -cuda::std::numeric_limits<float>::infinity();
   const int row_head = blockIdx.x;
@@ -126,22 +149,9 @@ _ATTENTION = """
     softmax_add<E>(score, v, running_max, total, acc);
   }
 
-  __shared__ float warp_max[WARPS], warp_sum[WARPS], warp_acc[WARPS][D];
-  share_softmax<WARPS, D, E>(warp, lane, running_max, total, acc, warp_max, warp_sum, warp_acc);
-  if (threadIdx.x < D) {
-    float m = NEG_INF;
-    for (int w = 0; w < WARPS; ++w) {
-      m = fmaxf(m, warp_max[w]);
-    }
-    float sum = 0.0f, value = 0.0f;
-    for (int w = 0; w < WARPS; ++w) {
-      const float factor = expf(warp_max[w] - m);  // 0 for a warp that saw no key
-      sum += warp_sum[w] * factor;
-      value += warp_acc[w][threadIdx.x] * factor;
-    }
-    out[(size_t)row_head * D + threadIdx.x] = static_cast<T>(value / sum);
-  }
 """
+    + _WARP_MERGE
+)
 
 # One warp per (row, head) of the fused q/k/v projection's q and k parts: RMSNorm with the head's norm
 # weight, then RoPE at the row's position (non-traditional: element i pairs with i + D/2). Lane l holds
@@ -753,15 +763,118 @@ def prompt_heads(qkv: mx.array, q_norm, k_norm, rope, offset, q_heads: int, kv_h
     `offset` (an int, or (B,) int32 per row), through `step_heads` with each token as a row: the queries
     (B, HQ, L, D) and the keys and values (B, HKV, L, D) each, as views (one kernel instead of two norms,
     two RoPEs and the copies that put the heads first)."""
+    batch, length, _ = qkv.shape
+    queries, kv = _token_heads(qkv, q_norm, k_norm, rope, offset, q_heads, kv_heads)
+    queries = queries.reshape(batch, length, q_heads, -1).transpose(0, 2, 1, 3)
+    return (queries, *_cache_views(kv, batch, length))
+
+
+def _token_heads(qkv: mx.array, q_norm, k_norm, rope, offset, q_heads: int, kv_heads: int):
+    """`step_heads` of qkv (B, L, W) with each token as a row, at positions offset + 0..L-1: token-major queries
+    (B L, HQ, 1, D) and keys and values (2, B L, HKV, 1, D)."""
     batch, length, width = qkv.shape
     offsets = mx.array(offset, mx.int32) if isinstance(offset, int) else offset.astype(mx.int32)
     positions = mx.broadcast_to(offsets.reshape(-1, 1) + mx.arange(length, dtype=mx.int32), (batch, length))
-    queries, kv = step_heads(
-        qkv.reshape(batch * length, 1, width), q_norm, k_norm, rope, positions.reshape(-1), q_heads, kv_heads
+    rows = qkv.reshape(batch * length, 1, width)
+    return step_heads(rows, q_norm, k_norm, rope, positions.reshape(-1), q_heads, kv_heads)
+
+
+def _cache_views(kv: mx.array, batch: int, length: int) -> tuple[mx.array, mx.array]:
+    """Token-major keys and values (2, B L, HKV, 1, D) as a cache holds them: (B, HKV, L, D) each, views."""
+    keys, values = kv.reshape(2, batch, length, kv.shape[2], -1).transpose(0, 1, 3, 2, 4)
+    return keys, values
+
+
+# One prompt's causal attention from position 0 in one kernel, reading `step_heads`' token-major outputs (each
+# token a row): one block of PROMPT_ATTENTION_WARPS warps per (token, query head), each warp walking every
+# WARPS-th key up to the token's own with an online softmax in float32, merged in warp order, as the decode
+# attention. The context is written (1, L, HQ x D), the layout the output projection reads. It would replace
+# MLX's two norms, two RoPEs, the copies around the attention and cuDNN's attention, which plans again for every
+# new prompt length (37-59 ms on an H100, BENCHMARKS.md): nearly every clip has a new one.
+# A candidate (PROMPT_ATTENTION, off): not run on a GPU yet, so neither its numbers nor its speed are measured.
+# Bounded (PROMPT_ATTENTION_MAX_TOKENS): each query reads all its keys (no tile shared), so work grows as L^2.
+PROMPT_ATTENTION = False
+PROMPT_ATTENTION_MAX_TOKENS = 256
+PROMPT_ATTENTION_WARPS = 4
+_PROMPT_ATTENTION = (
+    """
+  constexpr int E = D / 32;
+  const float NEG_INF = -cuda::std::numeric_limits<float>::infinity();
+  const int row_head = blockIdx.x;  // (token, query head), as _WARP_MERGE names the block
+  const int token = row_head / HQ;
+  const int kv_head = (row_head % HQ) / (HQ / HKV);
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int length = kv_shape[1];
+
+  float q[E];
+  load_floats<E>(queries + (size_t)row_head * D + lane * E, q);
+#pragma unroll
+  for (int i = 0; i < E; ++i) {
+    q[i] *= SCALE;
+  }
+  const T* keys = kv + (size_t)kv_head * D + lane * E;  // token s's key at s * HKV * D
+  const T* values = keys + (size_t)length * HKV * D;  // the values follow the keys
+  float running_max = NEG_INF, total = 0.0f, acc[E];
+#pragma unroll
+  for (int i = 0; i < E; ++i) {
+    acc[i] = 0.0f;
+  }
+  for (int key = warp; key <= token; key += WARPS) {
+    float k[E], v[E];
+    load_floats<E>(keys + (size_t)key * HKV * D, k);
+    float score = 0.0f;
+#pragma unroll
+    for (int i = 0; i < E; ++i) {
+      score += q[i] * k[i];
+    }
+    score = warp_total(score);
+    load_floats<E>(values + (size_t)key * HKV * D, v);
+    softmax_add<E>(score, v, running_max, total, acc);
+  }
+"""
+    + _WARP_MERGE
+)
+
+
+def prompt_attention_fits(attention, batch: int, length: int, offset, mask, dtype: mx.Dtype) -> bool:
+    """Whether `prompt_attention` computes this call of a Qwen3 attention layer: one prompt from position 0
+    (mlx-lm's "causal" mask, no padding), within PROMPT_ATTENTION_MAX_TOKENS, where the decode kernels run."""
+    one_prompt = batch == 1 and isinstance(offset, int) and offset == 0 and isinstance(mask, str) and mask == "causal"
+    small = length <= PROMPT_ATTENTION_MAX_TOKENS
+    return PROMPT_ATTENTION and one_prompt and small and enabled(dtype) and heads_fit(attention)
+
+
+def prompt_attention(qkv: mx.array, q_norm, k_norm, rope, q_heads: int, kv_heads: int, scale: float):
+    """One prompt from position 0, qkv (1, L, (HQ + 2 HKV) D), in two kernels (`step_heads` with each token a
+    row, then the causal attention): the context (1, L, HQ D) and, for the cache, the keys and values
+    (1, HKV, L, D) each, as views."""
+    length, dims = qkv.shape[1], rope.dims
+    queries, kv = _token_heads(qkv, q_norm, k_norm, rope, 0, q_heads, kv_heads)
+    constants = (
+        f"  constexpr float SCALE = {_float_literal(scale)};\n  constexpr int WARPS = {PROMPT_ATTENTION_WARPS};\n"
     )
-    queries = queries.reshape(batch, length, q_heads, -1).transpose(0, 2, 1, 3)
-    keys, values = kv.reshape(2, batch, length, kv_heads, -1).transpose(0, 1, 3, 2, 4)
-    return queries, keys, values
+    kernel = _kernel(
+        f"prompt_attention_{dims}_{PROMPT_ATTENTION_WARPS}", ("queries", "kv"), ("out",), constants + _PROMPT_ATTENTION
+    )
+    context = kernel(
+        inputs=[queries, kv],
+        template=[("T", qkv.dtype), ("D", dims), ("HQ", q_heads), ("HKV", kv_heads)],
+        grid=(length * q_heads * 32 * PROMPT_ATTENTION_WARPS, 1, 1),
+        threadgroup=(32 * PROMPT_ATTENTION_WARPS, 1, 1),
+        output_shapes=[(1, length, q_heads * dims)],
+        output_dtypes=[qkv.dtype],
+    )[0]
+    return (context, *_cache_views(kv, 1, length))
+
+
+def prompt_attention_ops(qkv: mx.array, q_norm, k_norm, rope, q_heads: int, kv_heads: int, scale: float):
+    """`prompt_attention` as MLX's ops: as mlx-lm's Qwen3 attention computes a prompt from position 0."""
+    length = qkv.shape[1]
+    queries, keys = qk_norm_rope_ops(qkv, q_norm, k_norm, rope, 0, q_heads, kv_heads)
+    values = value_heads(qkv, q_heads, kv_heads, rope.dims)
+    context = mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask="causal")
+    return context.transpose(0, 2, 1, 3).reshape(1, length, -1), keys, values
 
 
 def step_heads_ops(qkv: mx.array, q_norm, k_norm, rope, positions, q_heads: int, kv_heads: int):

@@ -584,3 +584,39 @@ def test_a_prompt_pass_on_cuda_can_compute_its_heads_in_one_kernel(tiny_bf16, te
         assert tokens.tolist() == mlx_tokens.tolist()
         for ours, theirs in zip(caches, mlx_caches, strict=True):
             assert mx.array_equal(ours.keys, theirs.keys).item() and mx.array_equal(ours.values, theirs.values).item()
+
+
+def test_one_prompt_on_cuda_can_attend_in_one_kernel(tiny_bf16, ten_files, monkeypatch):
+    """With PROMPT_ATTENTION (a candidate, off until measured on a GPU), on CUDA at bf16 one prompt's pass from
+    position 0 computes each layer's heads and causal attention in two kernels (cuda_kernels.prompt_attention),
+    up to PROMPT_ATTENTION_MAX_TOKENS. Here the kernel is its MLX-ops twin: the first token and every layer's
+    keys and values are those of the plain ops; a left-padded batch, and a prompt past the bound, take the ops."""
+    from funasr_nano_mlx import cuda_kernels, load
+
+    module = transcribe_module()
+    model, tokenizer = load(tiny_bf16)
+    prompts = [
+        module.prompt_inputs(model, tokenizer, model.encode(mx.array(features(ten_files[i]))[None])[0])[1]
+        for i in (2, 5)
+    ]
+    rows = ([prompts[0]], prompts)
+    expected = [module.prefill(model.llm, row) for row in rows]
+    calls = cuda_kernel_twins(monkeypatch, ("prompt_attention",))
+    monkeypatch.setattr(cuda_kernels, "PROMPT_ATTENTION", True)
+    got = []
+    for row, attends in zip(rows, (True, False)):
+        calls.clear()
+        got.append(module.prefill(model.llm, row))
+        assert calls.count("prompt_attention") == (len(model.llm.layers) if attends else 0)
+    for (caches, _, tokens), (mlx_caches, _, mlx_tokens) in zip(got, expected):
+        assert tokens.tolist() == mlx_tokens.tolist()
+        for ours, theirs in zip(caches, mlx_caches, strict=True):
+            assert mx.array_equal(ours.keys, theirs.keys).item() and mx.array_equal(ours.values, theirs.values).item()
+    # The kernel reads one row: rows without padding (mlx-lm's plain cache, which transcribe gives one row) are refused.
+    attention, length = model.llm.layers[0].self_attn, prompts[0].shape[0]
+    assert cuda_kernels.prompt_attention_fits(attention, 1, length, 0, "causal", mx.bfloat16)
+    assert not cuda_kernels.prompt_attention_fits(attention, 2, length, 0, "causal", mx.bfloat16)
+    monkeypatch.setattr(cuda_kernels, "PROMPT_ATTENTION_MAX_TOKENS", length - 1)
+    calls.clear()
+    module.prefill(model.llm, [prompts[0]])
+    assert "prompt_attention" not in calls
