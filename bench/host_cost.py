@@ -19,6 +19,7 @@ import argparse
 import json
 import statistics
 import time
+from functools import lru_cache
 
 import mlx.core as mx
 
@@ -35,8 +36,14 @@ _MATMUL = """
 """
 
 
+@lru_cache(maxsize=None)
+def custom_kernel(name: str, inputs: tuple[str, ...], source: str):
+    """One kernel object a source, made once, as the package's kernels are (cuda_kernels._kernel)."""
+    return mx.fast.cuda_kernel(name=name, input_names=list(inputs), output_names=["out"], source=source)
+
+
 def plain_matmul(x: mx.array, w: mx.array) -> mx.array:
-    kernel = mx.fast.cuda_kernel(name="plain_matmul", input_names=["x", "w"], output_names=["out"], source=_MATMUL)
+    kernel = custom_kernel("plain_matmul", ("x", "w"), _MATMUL)
     rows, cols = x.shape[0], w.shape[1]
     return kernel(
         inputs=[x, w],
@@ -57,7 +64,7 @@ def summing_kernel(y: mx.array, extra: list[mx.array]) -> mx.array:
   if (i >= y_shape[0] * y_shape[1]) return;
   out[i] = {" + ".join(f"{name}[i]" for name in names)};
 """
-    kernel = mx.fast.cuda_kernel(name=f"sum_{len(names)}", input_names=names, output_names=["out"], source=source)
+    kernel = custom_kernel(f"sum_{len(names)}", tuple(names), source)
     return kernel(
         inputs=[y, *extra],
         grid=(-(-y.size // 256) * 256, 1, 1),

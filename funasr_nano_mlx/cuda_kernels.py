@@ -842,7 +842,8 @@ def prompt_attention_fits(attention, batch: int, length: int, offset, mask, dtyp
     (mlx-lm's "causal" mask, no padding), within PROMPT_ATTENTION_MAX_TOKENS, where the decode kernels run."""
     one_prompt = batch == 1 and isinstance(offset, int) and offset == 0 and isinstance(mask, str) and mask == "causal"
     small = length <= PROMPT_ATTENTION_MAX_TOKENS
-    return PROMPT_ATTENTION and one_prompt and small and enabled(dtype) and heads_fit(attention)
+    merged = attention.rope.dims <= 32 * PROMPT_ATTENTION_WARPS  # _WARP_MERGE writes one element a thread
+    return PROMPT_ATTENTION and one_prompt and small and merged and enabled(dtype) and heads_fit(attention)
 
 
 def prompt_attention(qkv: mx.array, q_norm, k_norm, rope, q_heads: int, kv_heads: int, scale: float):
@@ -850,6 +851,8 @@ def prompt_attention(qkv: mx.array, q_norm, k_norm, rope, q_heads: int, kv_heads
     row, then the causal attention): the context (1, L, HQ D) and, for the cache, the keys and values
     (1, HKV, L, D) each, as views."""
     length, dims = qkv.shape[1], rope.dims
+    if dims > 32 * PROMPT_ATTENTION_WARPS:
+        raise ValueError(f"prompt_attention merges heads of up to {32 * PROMPT_ATTENTION_WARPS} elements, got {dims}")
     queries, kv = _token_heads(qkv, q_norm, k_norm, rope, 0, q_heads, kv_heads)
     constants = (
         f"  constexpr float SCALE = {_float_literal(scale)};\n  constexpr int WARPS = {PROMPT_ATTENTION_WARPS};\n"

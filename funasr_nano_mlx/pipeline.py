@@ -74,13 +74,16 @@ def download(recipe: Recipe, dst: Path) -> Path:
     src = _fetch(recipe)
     with staged_output(dst) as out:
         files = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
-        hashes = {}
+        hashes, stamps = {}, {}
         for name in filter_repo_objects(files, allow_patterns=UPSTREAM_FILES):
             if recipe.is_local:  # the user's folder can be rewritten in place: a link would follow it
                 hashes[name] = copy_hashed(src / name, out / name)
+                stamps[name] = stamp(out / name)  # our copy, written once
             else:  # the hub cache's blobs are written once, named by their content: a link costs no space
-                # (an edit through it is still noticed: the SHA-256 recorded here is checked by later runs)
+                # (an edit through it is still noticed: the SHA-256 recorded here is checked by later runs,
+                # and the stamp is taken before hashing, so a write during the hash makes them hash again)
                 link_or_copy(src / name, out / name)
+                stamps[name] = stamp(out / name)
                 hashes[name] = sha256(out / name)
         if CHECKPOINT not in hashes:
             raise UserError(f"{recipe.source_label} has no {CHECKPOINT}")
@@ -102,7 +105,7 @@ def download(recipe: Recipe, dst: Path) -> Path:
             "commit": commit,
             "model_pt_sha256": digest,
             "files": hashes,
-            "stamps": {name: stamp(out / name) for name in hashes},
+            "stamps": stamps,
             "source_stamps": {name: stamp(src / name) for name in hashes} if recipe.is_local else None,
         }
         (out / SOURCE_RECORD).write_text(json.dumps(record, indent=2) + "\n")

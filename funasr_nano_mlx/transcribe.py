@@ -281,6 +281,8 @@ def greedy_batch(
     start = time.perf_counter()
     decoder = make_decoder(llm, cache, padding)
     del cache  # the decoder holds what it needs: buffers it replaces are freed, not kept to the end
+    # Counted in decode's time, but not in its rate per token (add_timings), which short outputs would skew.
+    timings["decode_setup"] = timings.get("decode_setup", 0.0) + time.perf_counter() - start
     rows, results = list(range(len(embeddings))), [Decoded(budget) for budget in budgets]
     done = [False] * len(rows)
     stop_ids, steps = set(stop_ids), 0
@@ -464,8 +466,9 @@ def add_timings(total: dict, batch: dict, share: float) -> None:
         if key in batch:
             total[key] = total.get(key, 0.0) + batch[key] * share
     if batch["decode_steps"]:
+        steps_seconds = batch["decode"] - batch.get("decode_setup", 0.0)
         total["decode_ms_per_token"] = total.get("decode_ms_per_token", 0.0) + share * (
-            1000 * batch["decode"] / batch["decode_steps"]
+            1000 * steps_seconds / batch["decode_steps"]
         )
         total["rate_weight"] = total.get("rate_weight", 0.0) + share
 

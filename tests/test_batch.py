@@ -219,6 +219,17 @@ def test_batched_tokens_equal_the_official_batched_path(tiny_model, reference, t
     assert [r.token_ids for r in ours] == official
 
 
+def test_the_decoding_rate_leaves_out_making_the_decoder():
+    """ms per token is the steps' rate: the decoder's setup (its compiled step's lookup, buffers) is in the
+    decode stage's time but not in its rate, which a few tokens would otherwise inflate."""
+    from funasr_nano_mlx.transcribe import add_timings
+
+    total: dict = {}
+    add_timings(total, {"decode": 0.010, "decode_setup": 0.002, "decode_steps": 4}, 1.0)
+    assert total["decode"] == pytest.approx(0.010)
+    assert total["decode_ms_per_token"] == pytest.approx(2.0)
+
+
 def test_a_short_clip_in_a_batch_reports_the_batch_decoding_rate(tiny_model, ten_files):
     """Timings are shared by audio length, but ms per token is a rate: every clip of one batch has
     the batch's (a 0.4 s clip beside a 12 s one once reported a fraction of it)."""
@@ -519,6 +530,7 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
 
     model, _ = tiny_model
     monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
+    monkeypatch.delenv("FUNASR_NANO_ENCODER_ATTENTION_KERNEL", raising=False)  # the default, whatever the shell says
     feats = [mx.array(features(ten_files[i])) for i in (0, 4)]
     frames = max(f.shape[0] for f in feats)
     batch = mx.stack([mx.pad(f, [(0, frames - f.shape[0]), (0, 0)]) for f in feats])
@@ -616,6 +628,11 @@ def test_one_prompt_on_cuda_can_attend_in_one_kernel(tiny_bf16, ten_files, monke
     attention, length = model.llm.layers[0].self_attn, prompts[0].shape[0]
     assert cuda_kernels.prompt_attention_fits(attention, 1, length, 0, "causal", mx.bfloat16)
     assert not cuda_kernels.prompt_attention_fits(attention, 2, length, 0, "causal", mx.bfloat16)
+    # Nor are heads wider than the block's threads, which merge one element each.
+    narrow = (attention.rope.dims - 1) // 32
+    with monkeypatch.context() as patch:
+        patch.setattr(cuda_kernels, "PROMPT_ATTENTION_WARPS", narrow)
+        assert not cuda_kernels.prompt_attention_fits(attention, 1, length, 0, "causal", mx.bfloat16)
     monkeypatch.setattr(cuda_kernels, "PROMPT_ATTENTION_MAX_TOKENS", length - 1)
     calls.clear()
     module.prefill(model.llm, [prompts[0]])
