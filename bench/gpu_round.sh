@@ -92,7 +92,7 @@ if wants throughput; then
 fi
 
 if wants attention_plans; then
-  step "cuDNN's attention on and off (it plans each new prompt length; off, MLX's matmuls and softmax)"
+  step "cuDNN's attention on and off (it planned some new prompt lengths; off, MLX's matmuls and softmax)"
   for setting in 1 0 1 0; do
     MLX_CUDA_USE_CUDNN_SDPA=$setting ours "$bench/speed.py" --workdir "$work/bf16" --impl ours --seconds 10 --tokens 128 2>&1 |
       tail -1 | labelled "ours, MLX_CUDA_USE_CUDNN_SDPA=$setting" | tee -a "$out/attention_plans.jsonl"

@@ -7,9 +7,9 @@ Builds a random-weight upstream checkpoint with the official code (tests/referen
 it with our converter, once, under --workdir. Each implementation then runs in its own process (so
 peak-memory figures are its own) on the same seeded audio: one warm-up pass, then timed passes per
 clip that decode exactly --tokens tokens: the first (cold_total_ms, and its cold_ttft_ms) includes
-whatever the backend compiles or plans for a new input length (cuDNN plans its attention for each new
-prompt length: about 40-60 ms on an H100); of the next WARM_PASSES, the median one is reported in full. One JSON
-line per (implementation, clip):
+whatever the backend compiles or plans for a new input length (cuDNN planned its attention for some new
+prompt lengths: 37-59 ms on an H100); of the next WARM_PASSES, the median one is reported in full. One
+JSON line per (implementation, clip):
 
     frontend_ms, encoder_ms (encoder + adaptor), prefill_ms (LLM prompt -> first token),
     ttft_ms (audio in -> first token), decode_ms_per_token, total_ms, tokens, peak_mem_gb,

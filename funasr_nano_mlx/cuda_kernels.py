@@ -789,8 +789,8 @@ def _cache_views(kv: mx.array, batch: int, length: int) -> tuple[mx.array, mx.ar
 # token a row): one block of PROMPT_ATTENTION_WARPS warps per (token, query head), each warp walking every
 # WARPS-th key up to the token's own with an online softmax in float32, merged in warp order, as the decode
 # attention. The context is written (1, L, HQ x D), the layout the output projection reads. It would replace
-# MLX's two norms, two RoPEs, the copies around the attention and cuDNN's attention, which plans again for every
-# new prompt length (37-59 ms on an H100, BENCHMARKS.md): nearly every clip has a new one.
+# MLX's two norms, two RoPEs, the copies around the attention and cuDNN's attention, which planned again for some
+# new prompt lengths (37-59 ms on an H100, BENCHMARKS.md): nearly every clip has a new one.
 # A candidate (PROMPT_ATTENTION, off): not run on a GPU yet, so neither its numbers nor its speed are measured.
 # Bounded (PROMPT_ATTENTION_MAX_TOKENS): each query reads all its keys (no tile shared), so work grows as L^2.
 PROMPT_ATTENTION = False
