@@ -653,8 +653,8 @@ def fsmn_fits(dtype: mx.Dtype) -> bool:
 
 
 def frame_attention_chosen() -> bool:
-    """Whether FUNASR_NANO_ENCODER_ATTENTION_KERNEL=1 opts in to `frame_attention` (see FRAME_ATTENTION_MAX_WORK)."""
-    return os.environ.get("FUNASR_NANO_ENCODER_ATTENTION_KERNEL", "0") == "1"
+    """Whether FUNASR_NANO_ENCODER_ATTENTION_KERNEL (set, and not 0) opts in to `frame_attention` (FRAME_ATTENTION_MAX_WORK)."""
+    return os.environ.get("FUNASR_NANO_ENCODER_ATTENTION_KERNEL", "0") not in ("", "0")  # as FUNASR_NANO_KERNELS reads
 
 
 def frame_attention_fits(rows: int, frames: int, head_dim: int, dtype: mx.Dtype) -> bool:

@@ -555,6 +555,8 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
         assert "fsmn_memory" in encoded_calls(*inputs) and "frame_attention" not in calls
     # Chosen, within the bound: both kernels. The choice is part of what the compiled layers are traced
     # for, so opting in traces again.
+    monkeypatch.setenv("FUNASR_NANO_ENCODER_ATTENTION_KERNEL", "0")
+    assert not cuda_kernels.frame_attention_chosen()  # 0 is off, as for FUNASR_NANO_KERNELS
     monkeypatch.setenv("FUNASR_NANO_ENCODER_ATTENTION_KERNEL", "1")
     for inputs in ((feats[0][None],), (batch, lengths)):
         assert {"fsmn_memory", "frame_attention"} <= set(encoded_calls(*inputs))
