@@ -199,7 +199,7 @@ def main() -> None:
     prompt = mx.zeros((1, 60, (heads + 2 * kv_heads) * dims), dtype)
     cuda_kernels.prompt_attention(prompt, norm, norm, rope, heads, kv_heads, dims**-0.5)
     project_kernels(args.hidden, args.intermediate, heads * dims, dtype)
-    for encoder_dtype in (mx.float32, mx.bfloat16):  # the encoder's FSMN block, in a float32 and a bf16 model
+    for encoder_dtype in (mx.float32, mx.bfloat16):  # the encoder's kernels, in a float32 and a bf16 model
         qkv, taps = mx.zeros((batch, 50, 3 * 512), encoder_dtype), mx.zeros((512, 11, 1), encoder_dtype)
         for mask in (None, mx.ones((batch, 50), encoder_dtype)):
             cuda_kernels.fsmn_memory(qkv, taps, 5, mask)

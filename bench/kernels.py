@@ -503,16 +503,14 @@ def kernel_agreement(model, label: str) -> None:
     args = (prompt, attention.q_norm, attention.k_norm, attention.rope, 0, heads, kv_heads)
     queries, keys = cuda_kernels.qk_norm_rope_ops(*args)
     sequence = (queries, keys, cuda_kernels.value_heads(prompt, heads, kv_heads, dims))
-    compare("prompt_heads (60 tokens)", cuda_kernels.prompt_heads(*args), sequence)
+    kernel_heads = cuda_kernels.prompt_heads(*args)
+    compare("prompt_heads (60 tokens)", kernel_heads, sequence)
     # The prompt's causal attention in one kernel (from step_heads' rows) against MLX's path (cuDNN's attention
     # on a GPU), and each against float64 from its own queries, keys and values (step_heads' and MLX's rope and
     # norms' differ in rounding).
     args = (prompt, attention.q_norm, attention.k_norm, attention.rope, heads, kv_heads, attention.scale)
     kernel_out, ops_out = cuda_kernels.prompt_attention(*args), cuda_kernels.prompt_attention_ops(*args)
     compare("prompt_attention (60 tokens)", kernel_out[:1], ops_out[:1])
-    kernel_heads = cuda_kernels.prompt_heads(
-        prompt, attention.q_norm, attention.k_norm, attention.rope, 0, heads, kv_heads
-    )
     for name, out, inputs in (("ours", kernel_out[0], kernel_heads), ("MLX's", ops_out[0], sequence)):
         error = np.abs(np.array(out.astype(mx.float32)) - causal_truth(*inputs, attention.scale))
         report(stage="prompt_attention vs float64", label=label, kernel=name, max_abs_error=float(error.max()))

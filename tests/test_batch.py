@@ -570,21 +570,38 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
     assert "fsmn_memory" in encoded_calls(batch, lengths) and "frame_attention" not in calls
 
 
+def two_prompts(model_dir, files) -> tuple:
+    """The model at `model_dir` and the prompts (input embeddings) of two clips of different lengths, so
+    that together they make a left-padded batch."""
+    from funasr_nano_mlx import load
+
+    module = transcribe_module()
+    model, tokenizer = load(model_dir)
+    prompts = [
+        module.prompt_inputs(model, tokenizer, model.encode(mx.array(features(files[i]))[None])[0])[1] for i in (2, 5)
+    ]
+    assert prompts[0].shape[0] != prompts[1].shape[0]
+    return model, prompts
+
+
+def assert_same_prefills(got: list, expected: list) -> None:
+    """`transcribe.prefill`'s results pairwise: the same first tokens, every layer's keys and values equal."""
+    for (caches, _, tokens), (mlx_caches, _, mlx_tokens) in zip(got, expected, strict=True):
+        assert tokens.tolist() == mlx_tokens.tolist()
+        for ours, theirs in zip(caches, mlx_caches, strict=True):
+            assert mx.array_equal(ours.keys, theirs.keys).item() and mx.array_equal(ours.values, theirs.values).item()
+
+
 def test_a_prompt_pass_on_cuda_can_compute_its_heads_in_one_kernel(tiny_bf16, ten_files, monkeypatch):
     """With PROMPT_HEADS (a candidate, off until measured on a GPU), on CUDA at bf16 a prompt's queries, keys
     and values come from the q/k/v projection through one kernel (cuda_kernels.prompt_heads: step_heads with
     each token as a row, at its position). Here the kernel is its MLX-ops twin: one prompt, and two
     left-padded ones (positions from each row's offset), leave the first tokens and the keys and values of
     the plain ops."""
-    from funasr_nano_mlx import cuda_kernels, load
+    from funasr_nano_mlx import cuda_kernels
 
     module = transcribe_module()
-    model, tokenizer = load(tiny_bf16)
-    prompts = [
-        module.prompt_inputs(model, tokenizer, model.encode(mx.array(features(ten_files[i]))[None])[0])[1]
-        for i in (2, 5)
-    ]
-    assert prompts[0].shape[0] != prompts[1].shape[0]  # the batch is left-padded
+    model, prompts = two_prompts(tiny_bf16, ten_files)
     rows = ([prompts[0]], prompts)
     expected = [module.prefill(model.llm, row) for row in rows]
     calls = cuda_kernel_twins(monkeypatch, ("step_heads",))
@@ -594,10 +611,7 @@ def test_a_prompt_pass_on_cuda_can_compute_its_heads_in_one_kernel(tiny_bf16, te
         calls.clear()
         got.append(module.prefill(model.llm, row))
         assert "step_heads" in calls
-    for (caches, _, tokens), (mlx_caches, _, mlx_tokens) in zip(got, expected):
-        assert tokens.tolist() == mlx_tokens.tolist()
-        for ours, theirs in zip(caches, mlx_caches, strict=True):
-            assert mx.array_equal(ours.keys, theirs.keys).item() and mx.array_equal(ours.values, theirs.values).item()
+    assert_same_prefills(got, expected)
 
 
 def test_one_prompt_on_cuda_can_attend_in_one_kernel(tiny_bf16, ten_files, monkeypatch):
@@ -605,14 +619,10 @@ def test_one_prompt_on_cuda_can_attend_in_one_kernel(tiny_bf16, ten_files, monke
     position 0 computes each layer's heads and causal attention in two kernels (cuda_kernels.prompt_attention),
     up to PROMPT_ATTENTION_MAX_TOKENS. Here the kernel is its MLX-ops twin: the first token and every layer's
     keys and values are those of the plain ops; a left-padded batch, and a prompt past the bound, take the ops."""
-    from funasr_nano_mlx import cuda_kernels, load
+    from funasr_nano_mlx import cuda_kernels
 
     module = transcribe_module()
-    model, tokenizer = load(tiny_bf16)
-    prompts = [
-        module.prompt_inputs(model, tokenizer, model.encode(mx.array(features(ten_files[i]))[None])[0])[1]
-        for i in (2, 5)
-    ]
+    model, prompts = two_prompts(tiny_bf16, ten_files)
     rows = ([prompts[0]], prompts)
     expected = [module.prefill(model.llm, row) for row in rows]
     calls = cuda_kernel_twins(monkeypatch, ("prompt_attention",))
@@ -622,10 +632,7 @@ def test_one_prompt_on_cuda_can_attend_in_one_kernel(tiny_bf16, ten_files, monke
         calls.clear()
         got.append(module.prefill(model.llm, row))
         assert calls.count("prompt_attention") == (len(model.llm.layers) if attends else 0)
-    for (caches, _, tokens), (mlx_caches, _, mlx_tokens) in zip(got, expected):
-        assert tokens.tolist() == mlx_tokens.tolist()
-        for ours, theirs in zip(caches, mlx_caches, strict=True):
-            assert mx.array_equal(ours.keys, theirs.keys).item() and mx.array_equal(ours.values, theirs.values).item()
+    assert_same_prefills(got, expected)
     # The kernel reads one row: rows without padding (mlx-lm's plain cache, which transcribe gives one row) are refused.
     attention, length = model.llm.layers[0].self_attn, prompts[0].shape[0]
     assert cuda_kernels.prompt_attention_fits(attention, 1, length, 0, "causal", mx.bfloat16)
