@@ -584,12 +584,26 @@ def two_prompts(model_dir, files) -> tuple:
     return model, prompts
 
 
-def assert_same_prefills(got: list, expected: list) -> None:
-    """`transcribe.prefill`'s results pairwise: the same first tokens, every layer's keys and values equal."""
-    for (caches, _, tokens), (mlx_caches, _, mlx_tokens) in zip(got, expected, strict=True):
+def assert_candidate_prefills_as_ops(monkeypatch, model, prompts: list, kernel: str, flag: str) -> list[list[str]]:
+    """`transcribe.prefill` of the first prompt alone and of all of them (a left-padded batch), as on a CUDA GPU
+    with cuda_kernels' candidate `flag` on and `kernel` as its MLX-ops twin: the same first tokens and every
+    layer's keys and values as with the flag off. Returns the kernels each of the two prefills called."""
+    from funasr_nano_mlx import cuda_kernels
+
+    module = transcribe_module()
+    rows = ([prompts[0]], prompts)
+    expected = [module.prefill(model.llm, row) for row in rows]
+    calls = cuda_kernel_twins(monkeypatch, (kernel,))
+    monkeypatch.setattr(cuda_kernels, flag, True)
+    called = []
+    for row, (mlx_caches, _, mlx_tokens) in zip(rows, expected):
+        calls.clear()
+        caches, _, tokens = module.prefill(model.llm, row)
+        called.append(list(calls))
         assert tokens.tolist() == mlx_tokens.tolist()
         for ours, theirs in zip(caches, mlx_caches, strict=True):
             assert mx.array_equal(ours.keys, theirs.keys).item() and mx.array_equal(ours.values, theirs.values).item()
+    return called
 
 
 def test_a_prompt_pass_on_cuda_can_compute_its_heads_in_one_kernel(tiny_bf16, ten_files, monkeypatch):
@@ -598,20 +612,9 @@ def test_a_prompt_pass_on_cuda_can_compute_its_heads_in_one_kernel(tiny_bf16, te
     each token as a row, at its position). Here the kernel is its MLX-ops twin: one prompt, and two
     left-padded ones (positions from each row's offset), leave the first tokens and the keys and values of
     the plain ops."""
-    from funasr_nano_mlx import cuda_kernels
-
-    module = transcribe_module()
     model, prompts = two_prompts(tiny_bf16, ten_files)
-    rows = ([prompts[0]], prompts)
-    expected = [module.prefill(model.llm, row) for row in rows]
-    calls = cuda_kernel_twins(monkeypatch, ("step_heads",))
-    monkeypatch.setattr(cuda_kernels, "PROMPT_HEADS", True)
-    got = []
-    for row in rows:
-        calls.clear()
-        got.append(module.prefill(model.llm, row))
-        assert "step_heads" in calls
-    assert_same_prefills(got, expected)
+    called = assert_candidate_prefills_as_ops(monkeypatch, model, prompts, "step_heads", "PROMPT_HEADS")
+    assert all("step_heads" in calls for calls in called)
 
 
 def test_one_prompt_on_cuda_can_attend_in_one_kernel(tiny_bf16, ten_files, monkeypatch):
@@ -621,18 +624,9 @@ def test_one_prompt_on_cuda_can_attend_in_one_kernel(tiny_bf16, ten_files, monke
     keys and values are those of the plain ops; a left-padded batch, and a prompt past the bound, take the ops."""
     from funasr_nano_mlx import cuda_kernels
 
-    module = transcribe_module()
     model, prompts = two_prompts(tiny_bf16, ten_files)
-    rows = ([prompts[0]], prompts)
-    expected = [module.prefill(model.llm, row) for row in rows]
-    calls = cuda_kernel_twins(monkeypatch, ("prompt_attention",))
-    monkeypatch.setattr(cuda_kernels, "PROMPT_ATTENTION", True)
-    got = []
-    for row, attends in zip(rows, (True, False)):
-        calls.clear()
-        got.append(module.prefill(model.llm, row))
-        assert calls.count("prompt_attention") == (len(model.llm.layers) if attends else 0)
-    assert_same_prefills(got, expected)
+    called = assert_candidate_prefills_as_ops(monkeypatch, model, prompts, "prompt_attention", "PROMPT_ATTENTION")
+    assert [calls.count("prompt_attention") for calls in called] == [len(model.llm.layers), 0]  # one prompt; a batch
     # The kernel reads one row: rows without padding (mlx-lm's plain cache, which transcribe gives one row) are refused.
     attention, length = model.llm.layers[0].self_attn, prompts[0].shape[0]
     assert cuda_kernels.prompt_attention_fits(attention, 1, length, 0, "causal", mx.bfloat16)
@@ -643,6 +637,6 @@ def test_one_prompt_on_cuda_can_attend_in_one_kernel(tiny_bf16, ten_files, monke
         patch.setattr(cuda_kernels, "PROMPT_ATTENTION_WARPS", narrow)
         assert not cuda_kernels.prompt_attention_fits(attention, 1, length, 0, "causal", mx.bfloat16)
     monkeypatch.setattr(cuda_kernels, "PROMPT_ATTENTION_MAX_TOKENS", length - 1)
-    calls.clear()
-    module.prefill(model.llm, [prompts[0]])
+    calls = cuda_kernel_twins(monkeypatch, ("prompt_attention",))
+    transcribe_module().prefill(model.llm, [prompts[0]])
     assert "prompt_attention" not in calls
