@@ -497,14 +497,16 @@ def kernel_agreement(model, label: str) -> None:
     positions = mx.array([0, 5, 300, 40000], mx.int32)
     args = (qkv, attention.q_norm, attention.k_norm, attention.rope, positions, heads, kv_heads)
     compare("step_heads", cuda_kernels.step_heads(*args), cuda_kernels.step_heads_ops(*args))
-    # A prompt's heads (each token a row of step_heads) against MLX's rope and norms over the sequence,
-    # as the prompt's pass computes them without it (their CUDA kernels take another path for L > 1).
+    # A prompt's heads as prompt_attention computes them (each token a row of step_heads) against MLX's rope
+    # and norms over the sequence, as its ops twin does (their CUDA kernels take another path for L > 1).
     prompt = mx.random.normal((1, 60, qkv.shape[-1])).astype(dtype) * 3
     args = (prompt, attention.q_norm, attention.k_norm, attention.rope, 0, heads, kv_heads)
     queries, keys = cuda_kernels.qk_norm_rope_ops(*args)
     sequence = (queries, keys, cuda_kernels.value_heads(prompt, heads, kv_heads, dims))
-    kernel_heads = cuda_kernels.prompt_heads(*args)
-    compare("prompt_heads (60 tokens)", kernel_heads, sequence)
+    token_rows = (prompt[0][:, None], *args[1:4], mx.arange(60, dtype=mx.int32), heads, kv_heads)
+    row_queries, row_kv = cuda_kernels.step_heads(*token_rows)
+    kernel_heads = (row_queries.transpose(2, 1, 0, 3), *row_kv.transpose(0, 3, 2, 1, 4))
+    compare("prompt heads (60 tokens as step_heads rows)", kernel_heads, sequence)
     # The prompt's causal attention in one kernel (from step_heads' rows) against MLX's path (cuDNN's attention
     # on a GPU), and each against float64 from its own queries, keys and values (step_heads' and MLX's rope and
     # norms' differ in rounding).

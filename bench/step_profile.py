@@ -174,11 +174,9 @@ def stage_variants(model, feats: mx.array, embeddings: mx.array) -> dict:
         kernel = ((cuda_kernels, "frame_attention_chosen", lambda: True),)
         table["encoder+adaptor, attention kernel (opt-in)"] = ("encoder", encode, kernel)
     table["prefill"] = ("prefill", prefill_to, ())
-    if hasattr(cuda_kernels, "PROMPT_HEADS"):
-        table["candidate: prompt heads kernel"] = ("prefill", prefill_to, ((cuda_kernels, "PROMPT_HEADS", True),))
     if hasattr(cuda_kernels, "PROMPT_ATTENTION"):
-        kernel = ((cuda_kernels, "PROMPT_ATTENTION", True),)
-        table["candidate: prompt heads and attention kernels"] = ("prefill", prefill_to, kernel)
+        ops = ((cuda_kernels, "PROMPT_ATTENTION", False),)
+        table["prefill, attention as MLX's ops"] = ("prefill", prefill_to, ops)
     if hasattr(decode_step, "prefill_one"):
         transcribe = importlib.import_module("funasr_nano_mlx.transcribe")  # the package's name is a function
         mlx_lm_cache = ((transcribe, "prefill_one", mlx_lm_prefill),)

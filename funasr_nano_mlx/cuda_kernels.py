@@ -1,8 +1,8 @@
 """CUDA kernels for the greedy decode step, each replacing several MLX kernels, with the MLX ops they replace
 (`*_ops`) as the path everywhere else: attention of one query over the written slots, the q/k RMSNorms with
 RoPE, and, for one row, the projections with the RMSNorm, residual add or swiglu around them inside. Also,
-for the encoder, its FSMN memory block and (opt-in) its attention; and, as candidates not yet run on a GPU,
-one prompt's heads and causal attention.
+for the encoder, its FSMN memory block and (opt-in) its attention; and one prompt's heads and causal
+attention.
 
 Why by hand: a decode step of Qwen3-0.6B is bound by the host, not the GPU. MLX spends a few microseconds
 of CPU per kernel it submits, and a step was about 500 kernels (3.1 ms on an H100, while the weights take
@@ -751,24 +751,6 @@ def step_heads(qkv: mx.array, q_norm, k_norm, rope, positions: mx.array, q_heads
     )
 
 
-# Whether a prompt's pass computes its heads through `prompt_heads`: off for now, a candidate (bench/
-# step_profile.py runs it), since that pass has not run on a GPU yet. `step_heads` itself is measured (its
-# numbers are MLX's, BENCHMARKS.md); whether one kernel for the prompt's heads beats MLX's norms, RoPEs and
-# copies there, once MLX's attention has copied the transposed views it gets, is not.
-PROMPT_HEADS = False
-
-
-def prompt_heads(qkv: mx.array, q_norm, k_norm, rope, offset, q_heads: int, kv_heads: int):
-    """`qk_norm_rope_ops` and `value_heads` of L tokens per row, qkv (B, L, (HQ + 2 HKV) D), at positions from
-    `offset` (an int, or (B,) int32 per row), through `step_heads` with each token as a row: the queries
-    (B, HQ, L, D) and the keys and values (B, HKV, L, D) each, as views (one kernel instead of two norms,
-    two RoPEs and the copies that put the heads first)."""
-    batch, length, _ = qkv.shape
-    queries, kv = _token_heads(qkv, q_norm, k_norm, rope, offset, q_heads, kv_heads)
-    queries = queries.reshape(batch, length, q_heads, -1).transpose(0, 2, 1, 3)
-    return (queries, *_cache_views(kv, batch, length))
-
-
 def _token_heads(qkv: mx.array, q_norm, k_norm, rope, offset, q_heads: int, kv_heads: int):
     """`step_heads` of qkv (B, L, W) with each token as a row, at positions offset + 0..L-1: token-major queries
     (B L, HQ, 1, D) and keys and values (2, B L, HKV, 1, D)."""
@@ -788,12 +770,14 @@ def _cache_views(kv: mx.array, batch: int, length: int) -> tuple[mx.array, mx.ar
 # One prompt's causal attention from position 0 in one kernel, reading `step_heads`' token-major outputs (each
 # token a row): one block of PROMPT_ATTENTION_WARPS warps per (token, query head), each warp walking every
 # WARPS-th key up to the token's own with an online softmax in float32, merged in warp order, as the decode
-# attention. The context is written (1, L, HQ x D), the layout the output projection reads. It would replace
-# MLX's two norms, two RoPEs, the copies around the attention and cuDNN's attention, which planned again for some
-# new prompt lengths (37-59 ms on an H100, BENCHMARKS.md): nearly every clip has a new one.
-# A candidate (PROMPT_ATTENTION, off): not run on a GPU yet, so neither its numbers nor its speed are measured.
+# attention. The context is written (1, L, HQ x D), the layout the output projection reads. It replaces MLX's
+# two norms, two RoPEs, the copies around the attention and cuDNN's attention, which plans again at each new
+# prompt length (31-35 ms at most lengths from 61 to 97 tokens, 470 ms at 128, on an H200): nearly every clip
+# has a new one. Measured on an H200 (BENCHMARKS.md): bf16 error against float64 the same as MLX's path (at most
+# 0.029), a warm prefill 5.6 against 6.1 ms, a prefill at a new length 10.5 against 54 ms, and the first token
+# of a fresh process after 36-42 against 76-81 ms.
 # Bounded (PROMPT_ATTENTION_MAX_TOKENS): each query reads all its keys (no tile shared), so work grows as L^2.
-PROMPT_ATTENTION = False
+PROMPT_ATTENTION = True
 PROMPT_ATTENTION_MAX_TOKENS = 256
 PROMPT_ATTENTION_WARPS = 4
 _PROMPT_ATTENTION = (

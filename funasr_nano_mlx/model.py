@@ -561,18 +561,15 @@ class Qwen3Attention(qwen3.Attention):
         batch, length, _ = x.shape
         qkv = self.qkv(x)
         offset = 0 if cache is None else cache.offset
-        if cuda_kernels.prompt_attention_fits(self, batch, length, offset, mask, x.dtype):  # a candidate, off
+        if cuda_kernels.prompt_attention_fits(self, batch, length, offset, mask, x.dtype):  # one prompt, on CUDA
             heads = (self.q_norm, self.k_norm, self.rope, self.n_heads, self.n_kv_heads, self.scale)
             context, keys, values = cuda_kernels.prompt_attention(qkv, *heads)
             if cache is not None:
                 cache.update_and_fetch(keys, values)  # kept for the steps after; the kernel has read them
             return self.o_proj(context)
         args = (qkv, self.q_norm, self.k_norm, self.rope, offset, self.n_heads, self.n_kv_heads)
-        if cuda_kernels.PROMPT_HEADS and cuda_kernels.enabled(x.dtype) and cuda_kernels.heads_fit(self):
-            queries, keys, values = cuda_kernels.prompt_heads(*args)
-        else:
-            queries, keys = qk_norm_rope_ops(*args)
-            values = value_heads(qkv, self.n_heads, self.n_kv_heads, self.rope.dims)
+        queries, keys = qk_norm_rope_ops(*args)
+        values = value_heads(qkv, self.n_heads, self.n_kv_heads, self.rope.dims)
         if cache is not None:
             keys, values = cache.update_and_fetch(keys, values)
         output = qwen3.scaled_dot_product_attention(queries, keys, values, cache=cache, scale=self.scale, mask=mask)

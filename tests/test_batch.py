@@ -385,7 +385,7 @@ def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, mon
     monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
     model, tokens = one_row_decoder(tiny_f32, ten_files[0], monkeypatch)
     with_cache = tokens()
-    kernels = ("decode_attention", "step_heads", "norm_project", "project_add", "norm_swiglu")
+    kernels = ("prompt_attention", "decode_attention", "step_heads", "norm_project", "project_add", "norm_swiglu")
     calls = cuda_kernel_twins(monkeypatch, kernels)
     monkeypatch.setattr(cuda_kernels, "projection_shape", lambda mode, *layer: mode)
     assert decode_step.projections_fit(model.llm, 1, mx.float32) and not decode_step.projections_fit(
@@ -570,64 +570,33 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
     assert "fsmn_memory" in encoded_calls(batch, lengths) and "frame_attention" not in calls
 
 
-def two_prompts(model_dir, files) -> tuple:
-    """The model at `model_dir` and the prompts (input embeddings) of two clips of different lengths, so
-    that together they make a left-padded batch."""
-    from funasr_nano_mlx import load
+def test_one_prompt_on_cuda_attends_in_one_kernel(tiny_bf16, ten_files, monkeypatch):
+    """On CUDA at bf16 one prompt's pass from position 0 computes each layer's heads and causal attention in
+    two kernels (cuda_kernels.prompt_attention), up to PROMPT_ATTENTION_MAX_TOKENS. Here the kernel is its
+    MLX-ops twin: the first token and every layer's keys and values are those of the plain ops; a left-padded
+    batch, and a prompt past the bound, take the ops."""
+    from funasr_nano_mlx import cuda_kernels, load
 
     module = transcribe_module()
-    model, tokenizer = load(model_dir)
+    model, tokenizer = load(tiny_bf16)
     prompts = [
-        module.prompt_inputs(model, tokenizer, model.encode(mx.array(features(files[i]))[None])[0])[1] for i in (2, 5)
+        module.prompt_inputs(model, tokenizer, model.encode(mx.array(features(ten_files[i]))[None])[0])[1]
+        for i in (2, 5)
     ]
+    rows = ([prompts[0]], prompts)  # one prompt, and a left-padded batch of two lengths
     assert prompts[0].shape[0] != prompts[1].shape[0]
-    return model, prompts
-
-
-def assert_candidate_prefills_as_ops(monkeypatch, model, prompts: list, kernel: str, flag: str) -> list[list[str]]:
-    """`transcribe.prefill` of the first prompt alone and of all of them (a left-padded batch), as on a CUDA GPU
-    with cuda_kernels' candidate `flag` on and `kernel` as its MLX-ops twin: the same first tokens and every
-    layer's keys and values as with the flag off. Returns the kernels each of the two prefills called."""
-    from funasr_nano_mlx import cuda_kernels
-
-    module = transcribe_module()
-    rows = ([prompts[0]], prompts)
-    expected = [module.prefill(model.llm, row) for row in rows]
-    calls = cuda_kernel_twins(monkeypatch, (kernel,))
-    monkeypatch.setattr(cuda_kernels, flag, True)
+    expected = [module.prefill(model.llm, row) for row in rows]  # the CPU: MLX's ops
+    calls = cuda_kernel_twins(monkeypatch, ("prompt_attention",))
     called = []
     for row, (mlx_caches, _, mlx_tokens) in zip(rows, expected):
         calls.clear()
         caches, _, tokens = module.prefill(model.llm, row)
-        called.append(list(calls))
+        called.append(calls.count("prompt_attention"))
         assert tokens.tolist() == mlx_tokens.tolist()
         for ours, theirs in zip(caches, mlx_caches, strict=True):
             assert mx.array_equal(ours.keys, theirs.keys).item() and mx.array_equal(ours.values, theirs.values).item()
-    return called
-
-
-def test_a_prompt_pass_on_cuda_can_compute_its_heads_in_one_kernel(tiny_bf16, ten_files, monkeypatch):
-    """With PROMPT_HEADS (a candidate, off until measured on a GPU), on CUDA at bf16 a prompt's queries, keys
-    and values come from the q/k/v projection through one kernel (cuda_kernels.prompt_heads: step_heads with
-    each token as a row, at its position). Here the kernel is its MLX-ops twin: one prompt, and two
-    left-padded ones (positions from each row's offset), leave the first tokens and the keys and values of
-    the plain ops."""
-    model, prompts = two_prompts(tiny_bf16, ten_files)
-    called = assert_candidate_prefills_as_ops(monkeypatch, model, prompts, "step_heads", "PROMPT_HEADS")
-    assert all("step_heads" in calls for calls in called)
-
-
-def test_one_prompt_on_cuda_can_attend_in_one_kernel(tiny_bf16, ten_files, monkeypatch):
-    """With PROMPT_ATTENTION (a candidate, off until measured on a GPU), on CUDA at bf16 one prompt's pass from
-    position 0 computes each layer's heads and causal attention in two kernels (cuda_kernels.prompt_attention),
-    up to PROMPT_ATTENTION_MAX_TOKENS. Here the kernel is its MLX-ops twin: the first token and every layer's
-    keys and values are those of the plain ops; a left-padded batch, and a prompt past the bound, take the ops."""
-    from funasr_nano_mlx import cuda_kernels
-
-    model, prompts = two_prompts(tiny_bf16, ten_files)
-    called = assert_candidate_prefills_as_ops(monkeypatch, model, prompts, "prompt_attention", "PROMPT_ATTENTION")
-    assert [calls.count("prompt_attention") for calls in called] == [len(model.llm.layers), 0]  # one prompt; a batch
-    # The kernel reads one row: rows without padding (mlx-lm's plain cache, which transcribe gives one row) are refused.
+    assert called == [len(model.llm.layers), 0]
+    # The kernel reads one row without padding (mlx-lm's plain cache, which transcribe gives one row): two are refused.
     attention, length = model.llm.layers[0].self_attn, prompts[0].shape[0]
     assert cuda_kernels.prompt_attention_fits(attention, 1, length, 0, "causal", mx.bfloat16)
     assert not cuda_kernels.prompt_attention_fits(attention, 2, length, 0, "causal", mx.bfloat16)
@@ -637,6 +606,6 @@ def test_one_prompt_on_cuda_can_attend_in_one_kernel(tiny_bf16, ten_files, monke
         patch.setattr(cuda_kernels, "PROMPT_ATTENTION_WARPS", narrow)
         assert not cuda_kernels.prompt_attention_fits(attention, 1, length, 0, "causal", mx.bfloat16)
     monkeypatch.setattr(cuda_kernels, "PROMPT_ATTENTION_MAX_TOKENS", length - 1)
-    calls = cuda_kernel_twins(monkeypatch, ("prompt_attention",))
-    transcribe_module().prefill(model.llm, [prompts[0]])
+    calls.clear()
+    module.prefill(model.llm, [prompts[0]])
     assert "prompt_attention" not in calls
