@@ -775,7 +775,7 @@ def _cache_views(kv: mx.array, batch: int, length: int) -> tuple[mx.array, mx.ar
 # prompt length (31-35 ms at most lengths from 61 to 97 tokens, 470 ms at 128, on an H200): nearly every clip
 # has a new one. Measured on an H200 (BENCHMARKS.md): bf16 error against float64 the same as MLX's path (at most
 # 0.029), a warm prefill 5.6 against 6.1 ms, a prefill at a new length 10.5 against 54 ms, and the first token
-# of a fresh process after 36-42 against 76-81 ms.
+# at a new clip length after 36-42 against 76-81 ms.
 # Bounded (PROMPT_ATTENTION_MAX_TOKENS): each query reads all its keys (no tile shared), so work grows as L^2.
 PROMPT_ATTENTION = True
 PROMPT_ATTENTION_MAX_TOKENS = 256
