@@ -157,7 +157,7 @@ ENCODER_KERNELS = ("fsmn_memory", "frame_attention")  # cuda_kernels' kernels of
 
 
 def cuda_kernel_twins(monkeypatch, names=("prompt_attention", "decode_attention", "step_heads")) -> list[str]:
-    """The model as on a CUDA GPU (`cuda_kernels.available`, and `enabled` at bf16 for the LLM's kernels), each
+    """The model as on a CUDA GPU (`cuda_kernels.available`, and `enabled` for the LLM's kernels in any dtype), each
     of these CUDA kernels replaced by its MLX-ops twin: the names of the kernels called, as they are. The
     encoder's kernels (ENCODER_KERNELS, on in float32 and bf16) are on only if named, and then both must be."""
     from funasr_nano_mlx import cuda_kernels
