@@ -10,7 +10,8 @@ through torch.profiler (it records every kernel of the process, MLX's included),
 the first variant's. Needs torch with CUDA. The prefill is left lazy when the decoder is made, as
 greedy_batch leaves it, so that the compiled step is traced as in a transcription. One JSON line per
 variant; with --stages first one per variant of each stage before the first token (`first_token_stages`:
-encoder + adaptor, the prompt's prefill; warm and at a new length), with --only-stages only those.
+encoder + adaptor, the prompt's prefill; warm and at a new length) and the same stages as `transcribe`
+times them in a transcription, with --only-stages only those.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from mlx_lm.models.cache import make_prompt_cache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import run_greedy, synchronous_steps, warm_ms  # noqa: E402
-from speed import synthetic_audio  # noqa: E402
+from speed import FIXED_LENGTH, synthetic_audio  # noqa: E402
 
-from funasr_nano_mlx import cuda_kernels, decode_step, load  # noqa: E402
+from funasr_nano_mlx import cuda_kernels, decode_step, load, transcribe  # noqa: E402
 from funasr_nano_mlx import model as model_module  # noqa: E402
 from funasr_nano_mlx.audio import features  # noqa: E402
 from funasr_nano_mlx.decode_step import StaticDecoder  # noqa: E402
@@ -237,6 +238,25 @@ def first_token_stages(model, feats: mx.array, embeddings: mx.array, calls: int 
     return rows
 
 
+def stages_in_transcriptions(model, tokenizer, seconds: float, passes: int = 5) -> list[dict]:
+    """The first token's stages as `transcribe` reports them (its `timings`), medians over `passes` after a
+    warm-up, for a transcription of 1 token and of 128: `speed.py` timed the encoder at 13-17 ms where
+    `first_token_stages` times it at 12, and this tells whether the call around it or the decode before
+    (the GPU and host idle or busy) makes the difference."""
+    wave, rows, stop_ids = synthetic_audio(seconds), [], tokenizer.eos_token_ids
+    tokenizer.eos_token_ids = []  # decode exactly the budget, as speed.py does
+    for tokens in (1, 128):
+        timed = []
+        for _ in range(passes + 1):
+            timed.append(transcribe(model, tokenizer, wave, max_new_tokens=tokens, **FIXED_LENGTH).timings)
+        row = {"stage": f"inside transcribe, {tokens} token(s) a pass"}
+        for stage in ("frontend", "encoder", "prefill"):
+            row[f"{stage}_ms"] = 1e3 * statistics.median(t[stage] for t in timed[1:])
+        rows.append(row)
+    tokenizer.eos_token_ids = stop_ids
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
@@ -254,7 +274,7 @@ def main() -> None:
     embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
     mx.eval(embeddings)
     if args.stages or args.only_stages:
-        for row in first_token_stages(model, feats, embeddings):
+        for row in first_token_stages(model, feats, embeddings) + stages_in_transcriptions(model, tokenizer, args.seconds):
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     if args.only_stages:
         return

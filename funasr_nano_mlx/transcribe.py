@@ -234,6 +234,10 @@ class Decoded:
         self.hit_token_limit = len(self.token_ids) >= self.budget
         return self.hit_token_limit
 
+    def ends_with_next(self) -> bool:
+        """Whether the next token finishes this row, whatever it is: it is the last the budget allows."""
+        return len(self.token_ids) + 1 >= self.budget
+
 
 def prefill(llm, embeddings: list[mx.array]) -> tuple[list, list[int], mx.array]:
     """The prompts (each (L_i, D) input embeddings) through the LLM in one pass, left-padded: mlx-lm's
@@ -269,7 +273,7 @@ def greedy_batch(
     stays in the batch (its tokens are ignored) until at most half the rows are left, so that the batch
     changes shape, and the step is traced again, only a few times. The next step is
     queued before the current tokens are read, so the device is never idle waiting for Python (the
-    overlap mlx-lm's generate_step has).
+    overlap mlx-lm's generate_step has), unless no row can use it (its budget ends).
     """
     timings = {} if timings is None else timings
     start = time.perf_counter()
@@ -287,8 +291,11 @@ def greedy_batch(
     done = [False] * len(rows)
     stop_ids, steps = set(stop_ids), 0
     while True:
-        next_tokens = decoder.step(tokens)
-        mx.async_eval(next_tokens)
+        # No step is queued after the last token a budget allows: it would never be read, and the device
+        # would compute it before whatever comes next (the next clip's frontend and encoder).
+        if not all(done[row] or results[row].ends_with_next() for row in rows):
+            next_tokens = decoder.step(tokens)
+            mx.async_eval(next_tokens)
         values = tokens.tolist()
         steps += 1
         for row, token in zip(rows, values):

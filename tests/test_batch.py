@@ -309,6 +309,32 @@ def one_row_decoder(model_dir, clip_audio, monkeypatch):
     return model, tokens
 
 
+def test_decoding_computes_no_token_past_the_budget(tiny_model, ten_files, monkeypatch):
+    """Each decode step is queued before the tokens it follows are read, but none after the last token a
+    budget allows: it would never be read, and the device would compute it before the next clip's work.
+    One clip, and a batch whose rows have different budgets, step as often as the longest budget needs."""
+    module = transcribe_module()
+    model, tokenizer = tiny_model
+    prompts = [
+        module.prompt_inputs(model, tokenizer, model.encode(mx.array(features(ten_files[i]))[None])[0])[1]
+        for i in (0, 1)
+    ]
+    steps, default = [], module.make_decoder
+
+    def counted(*args):
+        decoder = default(*args)
+        step = decoder.step
+        decoder.step = lambda tokens: steps.append(tokens.shape[0]) or step(tokens)
+        return decoder
+
+    monkeypatch.setattr(module, "make_decoder", counted)
+    for rows, budgets in (([prompts[0]], [5]), (prompts, [3, 5])):
+        steps.clear()
+        results = module.greedy_batch(model.llm, rows, budgets, [], stop_loops=False)
+        assert [len(result.token_ids) for result in results] == budgets
+        assert len(steps) == max(budgets) - 1  # the first token is the prefill's
+
+
 def test_rope_periods_are_computed_when_the_model_is_made(tmp_path):
     """A compiled decode step traced before anything is evaluated (greedy_batch queues its first step
     while the prefill is still lazy) holds the arrays it closes over as they are; lazy RoPE periods
