@@ -274,7 +274,8 @@ def main() -> None:
     embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
     mx.eval(embeddings)
     if args.stages or args.only_stages:
-        for row in first_token_stages(model, feats, embeddings) + stages_in_transcriptions(model, tokenizer, args.seconds):
+        rows = first_token_stages(model, feats, embeddings) + stages_in_transcriptions(model, tokenizer, args.seconds)
+        for row in rows:
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     if args.only_stages:
         return
