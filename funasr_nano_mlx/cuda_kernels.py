@@ -772,11 +772,12 @@ def _cache_views(kv: mx.array, batch: int, length: int) -> tuple[mx.array, mx.ar
 # WARPS-th key up to the token's own with an online softmax in float32, merged in warp order, as the decode
 # attention. The context is written (1, L, HQ x D), the layout the output projection reads. It replaces MLX's
 # two norms, two RoPEs, the copies around the attention and cuDNN's attention, which planned again at each new
-# prompt length tried (31-35 ms from 61 to 97 tokens, 470 ms at 128, on an H200): nearly every clip has a new one. Measured on an H200 (BENCHMARKS.md): bf16 error against float64 the same as MLX's path (at most
-# 0.029), a warm prefill 5.6 against 6.1 ms, a prefill at a new length 10.5 against 54 ms, and the first token
-# at a new clip length after 36-42 against 76-81 ms. Its attention alone took more GPU time than cuDNN's (7.1
-# against 6.0 us a layer at 44 tokens, a 10 s clip's prompt): the gain is the launches it saves. Speed near the bound is not
-# measured.
+# prompt length tried (31-35 ms from 61 to 97 tokens, 470 ms at 128, on an H200): nearly every clip has a new
+# one. Measured on an H200 (BENCHMARKS.md): bf16 error against float64 the same as MLX's path (at most 0.029),
+# a warm prefill 5.6 against 6.1 ms, a prefill at a new length 10.5 against 54 ms, and the first token at a
+# new clip length after 36-42 against 76-81 ms. Its attention alone took more GPU time than cuDNN's (7.1
+# against 6.0 us a layer at 44 tokens, a 10 s clip's prompt): the gain is the launches it saves. Its speed
+# near the bound is not measured.
 # Bounded (PROMPT_ATTENTION_MAX_TOKENS): each query reads all its keys (no tile shared), so work grows as L^2.
 PROMPT_ATTENTION = True
 PROMPT_ATTENTION_MAX_TOKENS = 256
