@@ -503,9 +503,8 @@ def kernel_agreement(model, label: str) -> None:
     args = (prompt, attention.q_norm, attention.k_norm, attention.rope, 0, heads, kv_heads)
     queries, keys = cuda_kernels.qk_norm_rope_ops(*args)
     sequence = (queries, keys, cuda_kernels.value_heads(prompt, heads, kv_heads, dims))
-    token_rows = (prompt[0][:, None], *args[1:4], mx.arange(60, dtype=mx.int32), heads, kv_heads)
-    row_queries, row_kv = cuda_kernels.step_heads(*token_rows)
-    kernel_heads = (row_queries.transpose(2, 1, 0, 3), *row_kv.transpose(0, 3, 2, 1, 4))
+    row_queries, row_kv = cuda_kernels.prompt_token_heads(prompt, *args[1:4], heads, kv_heads)
+    kernel_heads = (row_queries.transpose(2, 1, 0, 3), *cuda_kernels.prompt_cache_views(row_kv))
     compare("prompt heads (60 tokens as step_heads rows)", kernel_heads, sequence)
     # The prompt's causal attention in one kernel (from step_heads' rows) against MLX's path (cuDNN's attention
     # on a GPU), and each against float64 from its own queries, keys and values (step_heads' and MLX's rope and

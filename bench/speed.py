@@ -64,6 +64,11 @@ def median_pass(run, total=None, passes: int = WARM_PASSES):
     return timed[len(timed) // 2]
 
 
+def first_token_seconds(timings: dict) -> float:
+    """Audio in to the first token, from `transcribe`'s stage timings."""
+    return timings["frontend"] + timings["encoder"] + timings["prefill"]
+
+
 def bench_ours(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
     import mlx.core as mx
 
@@ -82,11 +87,11 @@ def bench_ours(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
         frontend_ms=1e3 * t["frontend"],
         encoder_ms=1e3 * t["encoder"],
         prefill_ms=1e3 * t["prefill"],
-        ttft_ms=1e3 * (t["frontend"] + t["encoder"] + t["prefill"]),
+        ttft_ms=1e3 * first_token_seconds(t),
         decode_ms_per_token=t["decode_ms_per_token"],
         total_ms=1e3 * total,
         cold_total_ms=1e3 * cold,
-        cold_ttft_ms=1e3 * sum(first.timings[stage] for stage in ("frontend", "encoder", "prefill")),
+        cold_ttft_ms=1e3 * first_token_seconds(first.timings),
         tokens=len(result.token_ids),
         token_digest=hashlib.sha1(str(result.token_ids).encode()).hexdigest()[:12],
         peak_mem_gb=max(mx.get_peak_memory() / 2**30, 0) or rss_gb(),

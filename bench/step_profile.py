@@ -179,8 +179,8 @@ def stage_variants(model, feats: mx.array, embeddings: mx.array) -> dict:
         ops = ((cuda_kernels, "PROMPT_ATTENTION", False),)
         table["prefill, attention as MLX's ops"] = ("prefill", prefill_to, ops)
     if hasattr(decode_step, "prefill_one"):
-        transcribe = importlib.import_module("funasr_nano_mlx.transcribe")  # the package's name is a function
-        mlx_lm_cache = ((transcribe, "prefill_one", mlx_lm_prefill),)
+        transcribe_module = importlib.import_module("funasr_nano_mlx.transcribe")  # `transcribe` is the function
+        mlx_lm_cache = ((transcribe_module, "prefill_one", mlx_lm_prefill),)
         table["prefill through mlx-lm's cache"] = ("prefill", prefill_to, mlx_lm_cache)
     return table
 

@@ -751,19 +751,18 @@ def step_heads(qkv: mx.array, q_norm, k_norm, rope, positions: mx.array, q_heads
     )
 
 
-def _token_heads(qkv: mx.array, q_norm, k_norm, rope, offset, q_heads: int, kv_heads: int):
-    """`step_heads` of qkv (B, L, W) with each token as a row, at positions offset + 0..L-1: token-major queries
-    (B L, HQ, 1, D) and keys and values (2, B L, HKV, 1, D)."""
-    batch, length, width = qkv.shape
-    offsets = mx.array(offset, mx.int32) if isinstance(offset, int) else offset.astype(mx.int32)
-    positions = mx.broadcast_to(offsets.reshape(-1, 1) + mx.arange(length, dtype=mx.int32), (batch, length))
-    rows = qkv.reshape(batch * length, 1, width)
-    return step_heads(rows, q_norm, k_norm, rope, positions.reshape(-1), q_heads, kv_heads)
+def prompt_token_heads(qkv: mx.array, q_norm, k_norm, rope, q_heads: int, kv_heads: int):
+    """`step_heads` of one prompt from position 0, qkv (1, L, W), each token a row: token-major queries
+    (L, HQ, 1, D) and keys and values (2, L, HKV, 1, D), as `prompt_attention` reads them."""
+    length = qkv.shape[1]
+    positions = mx.arange(length, dtype=mx.int32)
+    return step_heads(qkv.reshape(length, 1, -1), q_norm, k_norm, rope, positions, q_heads, kv_heads)
 
 
-def _cache_views(kv: mx.array, batch: int, length: int) -> tuple[mx.array, mx.array]:
-    """Token-major keys and values (2, B L, HKV, 1, D) as a cache holds them: (B, HKV, L, D) each, views."""
-    keys, values = kv.reshape(2, batch, length, kv.shape[2], -1).transpose(0, 1, 3, 2, 4)
+def prompt_cache_views(kv: mx.array) -> tuple[mx.array, mx.array]:
+    """One prompt's token-major keys and values (2, L, HKV, 1, D) as a cache holds them: (1, HKV, L, D) each,
+    views."""
+    keys, values = kv.transpose(0, 3, 2, 1, 4)
     return keys, values
 
 
@@ -839,7 +838,7 @@ def prompt_attention(qkv: mx.array, q_norm, k_norm, rope, q_heads: int, kv_heads
     length, dims = qkv.shape[1], rope.dims
     if dims > 32 * PROMPT_ATTENTION_WARPS:
         raise ValueError(f"prompt_attention merges heads of up to {32 * PROMPT_ATTENTION_WARPS} elements, got {dims}")
-    queries, kv = _token_heads(qkv, q_norm, k_norm, rope, 0, q_heads, kv_heads)
+    queries, kv = prompt_token_heads(qkv, q_norm, k_norm, rope, q_heads, kv_heads)
     constants = (
         f"  constexpr float SCALE = {_float_literal(scale)};\n  constexpr int WARPS = {PROMPT_ATTENTION_WARPS};\n"
     )
@@ -854,7 +853,7 @@ def prompt_attention(qkv: mx.array, q_norm, k_norm, rope, q_heads: int, kv_heads
         output_shapes=[(1, length, q_heads * dims)],
         output_dtypes=[qkv.dtype],
     )[0]
-    return (context, *_cache_views(kv, 1, length))
+    return (context, *prompt_cache_views(kv))
 
 
 def prompt_attention_ops(qkv: mx.array, q_norm, k_norm, rope, q_heads: int, kv_heads: int, scale: float):
