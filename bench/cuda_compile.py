@@ -196,6 +196,9 @@ def main() -> None:
     qkv = mx.zeros((batch, 1, (heads + 2 * kv_heads) * dims), dtype)
     rope = UpstreamRoPE(dims, 1e6, "bf16")
     cuda_kernels.step_heads(qkv, norm, norm, rope, rows, heads, kv_heads)
+    cuda_kernels.step_attention(
+        qkv[:1], norm, norm, rope, rows[:1], buffer[:, :1], rows[:1], slot, heads, kv_heads, dims**-0.5
+    )
     prompt = mx.zeros((1, 60, (heads + 2 * kv_heads) * dims), dtype)
     cuda_kernels.prompt_attention(prompt, norm, norm, rope, heads, kv_heads, dims**-0.5)
     project_kernels(args.hidden, args.intermediate, heads * dims, dtype)

@@ -497,6 +497,12 @@ def kernel_agreement(model, label: str) -> None:
     positions = mx.array([0, 5, 300, 40000], mx.int32)
     args = (qkv, attention.q_norm, attention.k_norm, attention.rope, positions, heads, kv_heads)
     compare("step_heads", cuda_kernels.step_heads(*args), cuda_kernels.step_heads_ops(*args))
+    # The heads and the attention in one kernel (one clip's step) against the two kernels it joins: identical.
+    slots = (unwritten, mx.array(first, mx.int32), mx.array([last], mx.int32))
+    separate_queries, separate_kv = cuda_kernels.step_heads(*args)
+    separate = (cuda_kernels.decode_attention(separate_queries, unwritten, separate_kv, *slots[1:], attention.scale),)
+    joined = cuda_kernels.step_attention(*args[:5], *slots, heads, kv_heads, attention.scale)
+    compare("step_attention vs step_heads + decode_attention", joined, (*separate, separate_kv))
     # A prompt's heads as prompt_attention computes them (each token a row of step_heads) against MLX's rope
     # and norms over the sequence, as its ops twin does (their CUDA kernels take another path for L > 1).
     prompt = mx.random.normal((1, 60, qkv.shape[-1])).astype(dtype) * 3

@@ -78,6 +78,40 @@ __device__ inline void share_softmax(
   }
   __syncthreads();
 }
+
+// One head of a fused q/k/v projection's q or k part, x (D elements), through its RMSNorm (weight, eps) and
+// RoPE at `position` (non-traditional: element i pairs with i + D/2; `periods` as mx.fast.rope takes them),
+// by one warp, into y (D elements of T). Lane l holds elements l, l + 32, ... The roundings are those of MLX's
+// rms_norm and rope kernels (mlx/backend/cuda/rms_norm.cu, rope.cu): normalized in float32, rounded to T,
+// times the weight in T; rotated in float32 and rounded to T. Only the sum of squares is added in another
+// order than MLX's (a warp's butterfly against its block reduce), so a normalizer can differ in its last
+// float32 bit and, rarely, round one output the other way.
+template <typename T, int D>
+__device__ inline void norm_rope_head(
+    const T* x, const T* weight, float eps, const float* periods, float position, int lane, T* y) {
+  constexpr int E = D / 32;
+  float values[E], squares = 0.0f;
+#pragma unroll
+  for (int t = 0; t < E; ++t) {
+    values[t] = static_cast<float>(x[lane + 32 * t]);
+    squares += values[t] * values[t];
+  }
+  const float normalizer = rsqrt(warp_total(squares) / D + eps);
+  T normed[E];
+#pragma unroll
+  for (int t = 0; t < E; ++t) {
+    normed[t] = weight[lane + 32 * t] * static_cast<T>(values[t] * normalizer);
+  }
+#pragma unroll
+  for (int t = 0; t < E / 2; ++t) {
+    const int i = lane + 32 * t;
+    const float theta = position * (float)(1.0 / periods[i]);
+    const float c = cos(theta), s = sin(theta);
+    const float x1 = static_cast<float>(normed[t]), x2 = static_cast<float>(normed[t + E / 2]);
+    y[i] = static_cast<T>(x1 * c - x2 * s);
+    y[i + D / 2] = static_cast<T>(x1 * s + x2 * c);
+  }
+}
 """
 
 # The end of an attention kernel whose block is one query of one head (blockIdx.x): each warp's online softmax
@@ -104,11 +138,12 @@ _WARP_MERGE = """  __shared__ float warp_max[WARPS], warp_sum[WARPS], warp_acc[W
 # [first[row], last[0]] with an online softmax (running maximum, sum and weighted values, in float32);
 # the partial results are then merged in warp order. Keys past `last` (not written yet) and before `first` (left
 # padding) are never read, which is the mask; this step's slot `last` is always valid, so no row is empty.
-# Its key and value are read from `step_kv`, since the buffer's slot is written only after the step's
-# last layer (decode_step: one write a step). Queries are scaled before the product, as MLX's kernel does.
+# Its key and value are read from `step_key` and `step_value`, since the buffer's slot is written only after the
+# step's last layer (decode_step: one write a step). Queries are scaled before the product, as MLX's kernel does.
+# The walk and merge; the block's indices, its query q[E] and the step's key and value come first
+# (_ATTENTION_FROM_HEADS, _STEP_ATTENTION_HEADS).
 ATTENTION_WARPS = 8  # warps a block; each walks every WARPS-th slot, so the order of the sums depends on it
-_ATTENTION = (
-    """
+_ATTENTION_INDICES = """
   constexpr int E = D / 32;
   const float NEG_INF = -cuda::std::numeric_limits<float>::infinity();
   const int row_head = blockIdx.x;
@@ -119,17 +154,15 @@ _ATTENTION = (
   const int batch = kv_shape[1];
   const int capacity = kv_shape[3];
   const int newest = last[0];
-
-  float q[E];
-  load_floats<E>(queries + (size_t)row_head * D + lane * E, q);
+"""
+_ATTENTION_WALK = (
+    """
 #pragma unroll
   for (int i = 0; i < E; ++i) {
     q[i] *= SCALE;
   }
   const size_t head_base = (size_t)(row * HKV + kv_head) * capacity * D + lane * E;
   const size_t values_base = (size_t)batch * HKV * capacity * D;  // the values follow the keys
-  const T* step_key = step_kv + (size_t)(row * HKV + kv_head) * D + lane * E;
-  const T* step_value = step_key + (size_t)batch * HKV * D;
   float running_max = NEG_INF, total = 0.0f, acc[E];
 #pragma unroll
   for (int i = 0; i < E; ++i) {
@@ -152,17 +185,46 @@ _ATTENTION = (
 """
     + _WARP_MERGE
 )
+# `decode_attention`: the queries and the step's key and value from `step_heads`' outputs.
+_ATTENTION_FROM_HEADS = """
+  float q[E];
+  load_floats<E>(queries + (size_t)row_head * D + lane * E, q);
+  const T* step_key = step_kv + (size_t)(row * HKV + kv_head) * D + lane * E;
+  const T* step_value = step_key + (size_t)batch * HKV * D;
+"""
+# `step_attention`: the block computes its query head and the step's key head from the fused q/k/v projection
+# first (`norm_rope_head`, warps 0 and 1, into shared memory), and the block of each key head's first query head
+# writes that key and the value to step_kv, as `step_heads` does: the same numbers, one kernel fewer a layer.
+_STEP_ATTENTION_HEADS = """
+  __shared__ alignas(16) T query_head[D], key_head[D];
+  const T* x = qkv + (size_t)row * (HQ + 2 * HKV) * D;
+  const float position = static_cast<float>(positions[row]);
+  const bool writes_kv = (row_head % HQ) % (HQ / HKV) == 0;
+  T* kv_out = step_kv + (size_t)(row * HKV + kv_head) * D;
+  const T* value = x + (HQ + HKV + kv_head) * D;  // value heads follow the key heads in the fused projection
+  if (warp == 0) {
+    norm_rope_head<T, D>(x + (row_head % HQ) * D, q_weight, EPS, freqs, position, lane, query_head);
+  } else if (warp == 1) {
+    norm_rope_head<T, D>(x + (HQ + kv_head) * D, k_weight, EPS, freqs, position, lane, key_head);
+  }
+  __syncthreads();
+  if (warp == 1 && writes_kv) {
+#pragma unroll
+    for (int t = 0; t < E; ++t) {
+      kv_out[lane + 32 * t] = key_head[lane + 32 * t];
+      kv_out[(size_t)batch * HKV * D + lane + 32 * t] = value[lane + 32 * t];
+    }
+  }
+  float q[E];
+  load_floats<E>(query_head + lane * E, q);
+  const T* step_key = key_head + lane * E;
+  const T* step_value = value + lane * E;
+"""
 
-# One warp per (row, head) of the fused q/k/v projection's q and k parts: RMSNorm with the head's norm
-# weight, then RoPE at the row's position (non-traditional: element i pairs with i + D/2). Lane l holds
-# elements l, l + 32, ... The roundings are those of MLX's rms_norm and rope kernels
-# (mlx/backend/cuda/rms_norm.cu, rope.cu): normalized in float32, rounded to T, times the weight in T;
-# rotated in float32 and rounded to T. Only the sum of squares is added in another order than MLX's
-# (a warp's butterfly against its block reduce), so a normalizer can differ in its last float32 bit and,
-# rarely, round one output the other way. A key head's warp also copies the value head of its index, so
-# that the step's key and value leave in one array, (2, B, HKV, 1, D).
+# One warp per (row, head) of the fused q/k/v projection's q and k parts: `norm_rope_head` at the row's position.
+# A key head's warp also copies the value head of its index, so that the step's key and value leave in one
+# array, (2, B, HKV, 1, D).
 _STEP_HEADS = """
-  constexpr int E = D / 32;
   constexpr int HEADS = HQ + HKV;
   const int global_warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
@@ -173,37 +235,13 @@ _STEP_HEADS = """
   const int head = global_warp % HEADS;  // q heads, then k heads: the order of the fused projection
   const bool is_query = head < HQ;
   const T* x = qkv + ((size_t)row * (HQ + 2 * HKV) + head) * D;
-  const T* weight = is_query ? q_weight : k_weight;
-
-  float values[E], squares = 0.0f;
-#pragma unroll
-  for (int t = 0; t < E; ++t) {
-    values[t] = static_cast<float>(x[lane + 32 * t]);
-    squares += values[t] * values[t];
-  }
-  const float normalizer = rsqrt(warp_total(squares) / D + EPS);
-  T normed[E];
-#pragma unroll
-  for (int t = 0; t < E; ++t) {
-    normed[t] = weight[lane + 32 * t] * static_cast<T>(values[t] * normalizer);
-  }
-
   T* y = is_query ? q_out + ((size_t)row * HQ + head) * D : kv_out + ((size_t)row * HKV + head - HQ) * D;
-  const float position = static_cast<float>(positions[row]);
-#pragma unroll
-  for (int t = 0; t < E / 2; ++t) {
-    const int i = lane + 32 * t;
-    const float theta = position * (float)(1.0 / freqs[i]);
-    const float c = cos(theta), s = sin(theta);
-    const float x1 = static_cast<float>(normed[t]), x2 = static_cast<float>(normed[t + E / 2]);
-    y[i] = static_cast<T>(x1 * c - x2 * s);
-    y[i + D / 2] = static_cast<T>(x1 * s + x2 * c);
-  }
+  norm_rope_head<T, D>(x, is_query ? q_weight : k_weight, EPS, freqs, static_cast<float>(positions[row]), lane, y);
   if (!is_query) {
     const T* value = x + HKV * D;  // value heads follow the key heads in the fused projection
     T* value_out = kv_out + ((size_t)(qkv_shape[0] + row) * HKV + head - HQ) * D;
 #pragma unroll
-    for (int t = 0; t < E; ++t) {
+    for (int t = 0; t < D / 32; ++t) {
       value_out[lane + 32 * t] = value[lane + 32 * t];
     }
   }
@@ -694,7 +732,7 @@ def decode_attention(
         f"decode_attention_{dims}_{ATTENTION_WARPS}",
         ("queries", "kv", "step_kv", "first", "last"),
         ("out",),
-        constants + _ATTENTION,
+        constants + _ATTENTION_INDICES + _ATTENTION_FROM_HEADS + _ATTENTION_WALK,
     )
     return kernel(
         inputs=[queries, kv, step_kv, first, last],
@@ -704,6 +742,66 @@ def decode_attention(
         output_shapes=[queries.shape],
         output_dtypes=[queries.dtype],
     )[0]
+
+
+def step_attention(
+    qkv: mx.array,
+    q_norm,
+    k_norm,
+    rope,
+    positions: mx.array,
+    kv: mx.array,
+    first: mx.array,
+    last: mx.array,
+    q_heads: int,
+    kv_heads: int,
+    scale: float,
+) -> tuple[mx.array, mx.array]:
+    """`step_heads` and `decode_attention` in one kernel: from the fused q/k/v projection of one token per row,
+    qkv (B, 1, (HQ + 2 HKV) D), at positions (B,), over the buffer kv (2, B, HKV, capacity, D) whose slots
+    first[row]..last[0] - 1 are written. Returns the context (B, HQ, 1, D) and the step's key and value
+    (2, B, HKV, 1, D), for the buffer's slot last[0]."""
+    batch, dims = qkv.shape[0], rope.dims
+    if dims > 32 * ATTENTION_WARPS:
+        raise ValueError(f"step_attention merges heads of up to {32 * ATTENTION_WARPS} elements, got {dims}")
+    constants = (
+        f"  constexpr float SCALE = {_float_literal(scale)};\n  constexpr int WARPS = {ATTENTION_WARPS};\n"
+        f"  constexpr float EPS = {_float_literal(q_norm.eps)};\n"
+    )
+    kernel = _kernel(
+        f"step_attention_{dims}_{ATTENTION_WARPS}",
+        ("qkv", "q_weight", "k_weight", "freqs", "positions", "kv", "first", "last"),
+        ("out", "step_kv"),
+        constants + _ATTENTION_INDICES + _STEP_ATTENTION_HEADS + _ATTENTION_WALK,
+    )
+    return tuple(
+        kernel(
+            inputs=[qkv, q_norm.weight, k_norm.weight, rope.periods, positions, kv, first, last],
+            template=[("T", qkv.dtype), ("D", dims), ("HQ", q_heads), ("HKV", kv_heads)],
+            grid=(batch * q_heads * 32 * ATTENTION_WARPS, 1, 1),
+            threadgroup=(32 * ATTENTION_WARPS, 1, 1),
+            output_shapes=[(batch, q_heads, 1, dims), (2, batch, kv_heads, 1, dims)],
+            output_dtypes=[qkv.dtype, qkv.dtype],
+        )
+    )
+
+
+def step_attention_ops(
+    qkv: mx.array,
+    q_norm,
+    k_norm,
+    rope,
+    positions,
+    kv: mx.array,
+    first: mx.array,
+    last: mx.array,
+    q_heads: int,
+    kv_heads: int,
+    scale: float,
+) -> tuple[mx.array, mx.array]:
+    """`step_attention` as MLX's ops: `step_heads_ops`, then `decode_attention_ops`."""
+    queries, step_kv = step_heads_ops(qkv, q_norm, k_norm, rope, positions, q_heads, kv_heads)
+    return decode_attention_ops(queries, kv, step_kv, first, last, scale), step_kv
 
 
 def decode_attention_ops(

@@ -10,8 +10,9 @@ buffers grow, so a step is one compiled graph (`mx.compile`), replayed without P
 
 Attention must skip the slots not written yet (and each row's left padding). Where the CUDA kernels
 fit (`kernels_fit`: a CUDA GPU, bf16 activations), one kernel reads just the valid slots
-(`cuda_kernels.decode_attention`) and another does the q/k RMSNorms and RoPE, and a single clip takes
-this step too, each layer in 6 kernels (`projections_fit`, `_layer_in_kernels`): faster than mlx-lm's
+(`cuda_kernels.decode_attention`) and another does the q/k RMSNorms and RoPE; for a single clip one
+kernel does both (`cuda_kernels.step_attention`), and a single clip takes this step too, each layer in
+5 kernels (`projections_fit`, `_layer_in_kernels`): faster than mlx-lm's
 cache, for one clip and for batches (BENCHMARKS.md). Elsewhere the attention reads the buffers up to a
 window that grows in steps of `WINDOW_STEP`, with a mask; MLX's attention kernel for one query takes no
 array mask and falls back to separate matmul and softmax kernels, which cost a single row more than
@@ -110,9 +111,9 @@ def projections_fit(llm, rows: int, dtype: mx.Dtype) -> bool:
 
 
 def _layer_in_kernels(layer, hidden: mx.array, cache: _StepCache) -> mx.array:
-    """One decoder layer for one row, 6 kernels instead of 11: each RMSNorm inside the projection that
-    reads it, each residual add inside the projection it adds, swiglu inside gate/up (cuda_kernels:
-    the same numbers as `_attention` and mlx-lm's MLP)."""
+    """One decoder layer for one row, 5 kernels instead of 11: each RMSNorm inside the projection that
+    reads it, each residual add inside the projection it adds, swiglu inside gate/up, the q/k norms and
+    RoPE inside the attention (cuda_kernels: the same numbers as `_attention` and mlx-lm's MLP)."""
     attention = layer.self_attn
     qkv = cuda_kernels.norm_project(hidden, layer.input_layernorm, attention.fused_qkv())
     output = _attend(attention, qkv, cache).reshape(1, 1, -1)  # one row: (1, heads, 1, D) is (1, 1, heads D)
@@ -123,11 +124,20 @@ def _layer_in_kernels(layer, hidden: mx.array, cache: _StepCache) -> mx.array:
 
 def _attend(attention, qkv: mx.array, cache: _StepCache) -> mx.array:
     """From the fused q/k/v projection: the q/k norms and RoPE, this step's key and value added to the
-    cache, attention over it: (B, heads, 1, head_dim)."""
-    heads = cuda_kernels.step_heads if cache.kernels else cuda_kernels.step_heads_ops
-    queries, step_kv = heads(
-        qkv, attention.q_norm, attention.k_norm, attention.rope, cache.offset, attention.n_heads, attention.n_kv_heads
-    )
+    cache, attention over it: (B, heads, 1, head_dim).
+
+    Where the buffer is written once after the last layer, one kernel does it all (`step_attention`). Where
+    each layer writes its buffer, the write must come before the attention reads the buffer: a kernel that
+    read the buffer before its write would leave MLX two readers of it, and the write would copy it."""
+    heads = (attention.q_norm, attention.k_norm, attention.rope, cache.offset)
+    counts = (attention.n_heads, attention.n_kv_heads)
+    if cache.kernels and cache.one_write:
+        slots = (cache.buffer, cache.left_padding, cache.slot)
+        context, step_kv = cuda_kernels.step_attention(qkv, *heads, *slots, *counts, attention.scale)
+        cache.add(step_kv)
+        return context
+    step_heads = cuda_kernels.step_heads if cache.kernels else cuda_kernels.step_heads_ops
+    queries, step_kv = step_heads(qkv, *heads, *counts)
     cache.add(step_kv)
     return cache.attend(queries, attention.scale)
 

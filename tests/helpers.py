@@ -156,7 +156,9 @@ def transcribe_module():
 ENCODER_KERNELS = ("fsmn_memory", "frame_attention")  # cuda_kernels' kernels of a SAN-M layer
 
 
-def cuda_kernel_twins(monkeypatch, names=("prompt_attention", "decode_attention", "step_heads")) -> list[str]:
+def cuda_kernel_twins(
+    monkeypatch, names=("prompt_attention", "step_attention", "decode_attention", "step_heads")
+) -> list[str]:
     """The model as on a CUDA GPU (`cuda_kernels.available`, and `enabled` for the LLM's kernels in any dtype), each
     of these CUDA kernels replaced by its MLX-ops twin: the names of the kernels called, as they are. The
     encoder's kernels (ENCODER_KERNELS, on in float32 and bf16) are on only if named, and then both must be."""

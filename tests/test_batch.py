@@ -402,8 +402,8 @@ def test_the_cuda_step_reads_the_cache_through_views(tiny_model, ten_files, monk
 
 @pytest.mark.parametrize("compiled", ["0", "1"])
 def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, monkeypatch, compiled):
-    """On CUDA at bf16 one clip's step runs each layer in 6 kernels (decode_step._layer_in_kernels: the
-    norms, residual adds and swiglu inside the projections). Here each CUDA kernel is replaced by its
+    """On CUDA at bf16 one clip's step runs each layer in 5 kernels (decode_step._layer_in_kernels: the
+    norms, residual adds and swiglu inside the projections, the heads inside the attention). Here each CUDA kernel is replaced by its
     MLX-ops twin and the layer, so written, decodes mlx-lm's tokens, compiled or not; a residual left
     out would not."""
     from funasr_nano_mlx import cuda_kernels, decode_step
@@ -411,7 +411,7 @@ def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, mon
     monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
     model, tokens = one_row_decoder(tiny_f32, ten_files[0], monkeypatch)
     with_cache = tokens()
-    kernels = ("prompt_attention", "decode_attention", "step_heads", "norm_project", "project_add", "norm_swiglu")
+    kernels = ("prompt_attention", "step_attention", "norm_project", "project_add", "norm_swiglu")
     calls = cuda_kernel_twins(monkeypatch, kernels)
     monkeypatch.setattr(cuda_kernels, "projection_shape", lambda mode, *layer: mode)
     assert decode_step.projections_fit(model.llm, 1, mx.float32) and not decode_step.projections_fit(
