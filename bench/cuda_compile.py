@@ -152,6 +152,8 @@ def project_kernels(hidden: int, intermediate: int, attention: int, dtype: mx.Dt
             linear.set_dtype(dtype)
         if bits:
             gate_up, down, out = (nn.QuantizedLinear.from_linear(m, bits=bits) for m in (gate_up, down, out))
+            for linear in (gate_up, down, out):
+                cuda_kernels.pack_quantized(linear)  # as the model's are at load
         cuda_kernels.norm_project(row, norm, gate_up)
         cuda_kernels.norm_swiglu(row, norm, gate_up)
         cuda_kernels.project_add(attended, out, row)

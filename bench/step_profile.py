@@ -53,59 +53,24 @@ def patched(*changes):
             setattr(owner, name, value)
 
 
-def shared_source(llm, dtype=mx.bfloat16):
-    """Candidate for `cuda_kernels._project`: every projection shape of the model in one source per weight
-    kind, the case chosen from the lengths MLX passes as kernel parameters (x_shape, weight_shape), so
-    that nothing is read from memory (the forms that read their case from a small array were slow): a
-    process would compile 3 sources instead of 6. None where two shapes share their lengths."""
-    calls = decode_step.projection_calls(llm)
-    if calls is None:
-        return None
-    cases = {}  # (kind, k, weight rows) -> the call
-    for mode, linear, k, norm in calls:
-        shape = cuda_kernels.projection_shape(mode, linear, k, norm, dtype)
-        if shape is None:
-            return None
-        n = "weight_shape[0] / 2" if mode == "norm_swiglu" else "weight_shape[0]"
-        eps = norm.eps if norm is not None else 0.0
-        call = f"    const int N = {n};\n  " + cuda_kernels._projection_call(shape, eps)
-        if cases.setdefault((shape.kind, k, linear.weight.shape[0]), call) != call:
-            return None
-    bodies = defaultdict(str)
-    for (kind, k, rows), call in cases.items():
-        bodies[kind] += f"  if (x_shape[2] == {k} && weight_shape[0] == {rows}) {{\n  {call}    return;\n  }}\n"
-
-    def project(mode, x, linear, norm=None, residual=None):
-        kind = cuda_kernels.projection_shape(mode, linear, x.shape[-1], norm, x.dtype).kind
-        inputs = {"x": x, "norm_weight": x if norm is None else norm.weight}  # unread where not needed
-        inputs.update({name: linear[name] for name in ("weight", "scales", "biases") if name in linear})
-        inputs["residual"] = x if residual is None else residual
-        header = cuda_kernels._PROJECTION_HEADER
-        kernel = cuda_kernels._kernel(f"project_shared_{kind}", tuple(inputs), ("out",), bodies[kind], header)
-        n = linear.weight.shape[0] // (2 if mode == "norm_swiglu" else 1)
-        return kernel(
-            inputs=list(inputs.values()),
-            template=[("T", x.dtype)],
-            grid=(-(-n // 8) * 256, 1, 1),
-            threadgroup=(256, 1, 1),
-            output_shapes=[(*x.shape[:-1], n)],
-            output_dtypes=[x.dtype],
-        )[0]
-
-    return project
+def separate_heads(qkv, q_norm, k_norm, rope, positions, kv, first, last, q_heads, kv_heads, scale):
+    """`cuda_kernels.step_attention` as the two kernels it joins, `step_heads` then `decode_attention`."""
+    queries, step_kv = cuda_kernels.step_heads(qkv, q_norm, k_norm, rope, positions, q_heads, kv_heads)
+    return cuda_kernels.decode_attention(queries, kv, step_kv, first, last, scale), step_kv
 
 
-def variants(llm) -> dict:
+def variants() -> dict:
     """Each variant's changes (see `patched`): the step as it is first."""
     table = {
         "projection kernels": (),
         "attention and q/k kernels only": ((decode_step, "projections_fit", lambda *_: False),),
     }
+    if hasattr(cuda_kernels, "step_attention"):  # a build from before it has the two kernels
+        table["heads in a kernel of their own (before step_attention)"] = (
+            (cuda_kernels, "step_attention", separate_heads),
+        )
     if hasattr(cuda_kernels, "ATTENTION_WARPS"):  # a build from before it has 8, fixed
         table["candidate: attention in blocks of 32 warps"] = ((cuda_kernels, "ATTENTION_WARPS", 32),)
-    project = shared_source(llm)
-    if project is not None:
-        table["candidate: one projection source per weight kind"] = ((cuda_kernels, "_project", project),)
     return table
 
 
@@ -279,7 +244,7 @@ def main() -> None:
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     if args.only_stages:
         return
-    table = variants(llm)
+    table = variants()
     traced, times, ids, first_round = {}, {name: [] for name in table}, {}, {}
     for round_ in range(args.rounds):
         for name, changes in table.items():

@@ -466,6 +466,11 @@ struct AffineRows {
   const uint32_t* weight;
   const T* scales;
   const T* biases;
+  // From one buffer of `rows` rows (pack_quantized): the weight, then the scales, then the biases.
+  static __device__ AffineRows packed(const uint32_t* buffer, size_t rows) {
+    const T* scales = reinterpret_cast<const T*>(buffer + rows * (K * BITS / 32));
+    return {buffer, scales, scales + rows * (K / GROUP)};
+  }
   static constexpr int PER_LANE = (sizeof(T) <= 2 && BITS <= 4) ? 16 : 8;
   using Sum = cuda::std::conditional_t<(BITS >= 8), float, T>;
   __device__ float dot(int row, const T* vec) const {
@@ -602,8 +607,37 @@ def _weight_kind(linear, k: int, dtype: mx.Dtype) -> str | None:
         return None
     bits, group = linear.bits, linear.group_size
     per_lane = 16 if bits == 4 else 8  # elements a lane reads per step in MLX's qmv
-    measured = (bits, group) in MEASURED_QUANTIZATIONS
+    measured = (bits, group) in MEASURED_QUANTIZATIONS and packed_quantized(linear) is not None
     return "affine" if measured and k % (32 * per_lane) == 0 and linear.scales.dtype == dtype else None
+
+
+def pack_quantized(linear) -> None:
+    """Keep an affine-quantized layer's weight, scales and biases in one buffer, each a view into it (no memory
+    added): the projection kernels then take one input where they took three, as for a dense layer. Why: MLX's
+    host work for a kernel grows with its inputs (about 0.45 us each on an H200, BENCHMARKS.md), and a decode
+    step at 4 bits had 2 x 112 more than at bf16 while its GPU work was less. A layer it cannot pack (another
+    kind, an odd number of scales) is left as it is, and the kernels leave it to MLX's ops."""
+    if type(linear) is not nn.QuantizedLinear or getattr(linear, "mode", "affine") != "affine" or "bias" in linear:
+        return
+    weight, scales, biases = linear.weight, linear.scales, linear.biases
+    if scales.dtype.size != 2 or scales.size % 2 or weight.dtype != mx.uint32:
+        return
+    parts = [weight.reshape(-1), *(mx.view(part.reshape(-1), mx.uint32) for part in (scales, biases))]
+    buffer = mx.concatenate(parts)
+    ends = [0]
+    for part in parts:
+        ends.append(ends[-1] + part.size)
+    linear.weight = buffer[: ends[1]].reshape(weight.shape)
+    linear.scales = mx.view(buffer[ends[1] : ends[2]], scales.dtype).reshape(scales.shape)
+    linear.biases = mx.view(buffer[ends[2] :], biases.dtype).reshape(biases.shape)
+    mx.eval(linear.weight, linear.scales, linear.biases)
+    object.__setattr__(linear, "_packed", (buffer, linear.weight))  # a plain attribute: not a parameter
+
+
+def packed_quantized(linear) -> mx.array | None:
+    """The buffer `pack_quantized` made for this layer, if its weight has not been replaced since."""
+    buffer, weight = linear.__dict__.get("_packed", (None, None))
+    return buffer if buffer is not None and linear.weight is weight else None
 
 
 def projection_shape(mode: str, linear, k: int, norm, dtype: mx.Dtype) -> ProjectionShape | None:
@@ -623,7 +657,7 @@ def _projection_call(shape: ProjectionShape, eps: float) -> str:
     if shape.kind == "dense":
         rows = f"projection::DenseRows<T, {shape.k}>{{weight}}"
     else:
-        rows = f"projection::AffineRows<T, {shape.k}, {shape.bits}, {shape.group}>{{weight, scales, biases}}"
+        rows = f"projection::AffineRows<T, {shape.k}, {shape.bits}, {shape.group}>::packed(weight, ROWS)"
     if shape.mode == "project_add":
         return f"  projection::project_add<T>(x, {rows}, residual, out, N);\n"
     template = f"T, {shape.k}, {shape.norm_block}, {shape.chunks}"
@@ -637,16 +671,17 @@ def _project(mode: str, x: mx.array, linear, norm=None, residual: mx.array | Non
     shape = projection_shape(mode, linear, x.shape[-1], norm, x.dtype)
     if shape is None:
         raise ValueError(f"the projection kernels do not take this layer ({linear}): see projection_shape")
+    rows = linear.weight.shape[0]
     inputs = {"x": x, **({"norm_weight": norm.weight} if norm is not None else {})}
-    inputs.update({name: linear[name] for name in ("weight", "scales", "biases") if name in linear})
+    inputs["weight"] = linear.weight if shape.kind == "dense" else packed_quantized(linear)
     if residual is not None:
         inputs["residual"] = residual
     body = _projection_call(shape, norm.eps if norm is not None else 0.0)
     kernel = _kernel(f"{mode}_{shape.kind}_{shape.k}", tuple(inputs), ("out",), body, _PROJECTION_HEADER)
-    n = linear.weight.shape[0] // (2 if mode == "norm_swiglu" else 1)
+    n = rows // (2 if mode == "norm_swiglu" else 1)
     return kernel(
         inputs=list(inputs.values()),
-        template=[("T", x.dtype), ("N", n)],
+        template=[("T", x.dtype), ("N", n), *([("ROWS", rows)] if shape.kind == "affine" else [])],
         grid=(-(-n // 8) * 256, 1, 1),
         threadgroup=(256, 1, 1),
         output_shapes=[(*x.shape[:-1], n)],

@@ -488,11 +488,13 @@ class FusedLinear:
         for part in parts:
             bounds.append(bounds[-1] + part.weight.shape[0])
         self.splits = bounds[1:-1]
-        for name in self.ARRAYS:
-            if name in parts[0]:
-                self.linear[name] = mx.concatenate([part[name] for part in parts])
-                for part, lo, hi in zip(parts, bounds, bounds[1:]):
-                    part[name] = self.linear[name][lo:hi]
+        names = [name for name in self.ARRAYS if name in parts[0]]
+        for name in names:
+            self.linear[name] = mx.concatenate([part[name] for part in parts])
+        cuda_kernels.pack_quantized(self.linear)  # a quantized layer's arrays in one buffer, for the kernels
+        for name in names:
+            for part, lo, hi in zip(parts, bounds, bounds[1:]):
+                part[name] = self.linear[name][lo:hi]
         self.parts = parts
         self.weights = tuple(part.weight for part in parts)
 
@@ -541,6 +543,8 @@ class Qwen3Attention(qwen3.Attention):
 
     def fuse(self, on: bool = True) -> None:
         _fuse(self, "_qkv", [self.q_proj, self.k_proj, self.v_proj], on)
+        if on:
+            cuda_kernels.pack_quantized(self.o_proj)
 
     def fused_qkv(self) -> nn.Module | None:
         """The one layer that computes q, k and v side by side, if fused (FusedLinear)."""
@@ -581,6 +585,8 @@ class Qwen3MLP(qwen3.MLP):
 
     def fuse(self, on: bool = True) -> None:
         _fuse(self, "_gate_up", [self.gate_proj, self.up_proj], on)
+        if on:
+            cuda_kernels.pack_quantized(self.down_proj)
 
     def fused_gate_up(self) -> nn.Module | None:
         """The one layer that computes gate and up side by side, if fused (FusedLinear)."""
@@ -614,7 +620,9 @@ class FunASRNano(nn.Module):
 
     def fuse_projections(self, on: bool = True) -> None:
         """Compute each LLM layer's q/k/v and gate/up projections with one matmul each (FusedLinear), or
-        (on=False) separately again. Layer by layer, so the concatenation adds one layer's weights at most."""
+        (on=False) separately again; on, each quantized projection's arrays are also kept in one buffer for
+        the CUDA kernels (cuda_kernels.pack_quantized). Layer by layer, so the concatenation adds one layer's
+        weights at most."""
         for layer in self.llm.layers:
             layer.self_attn.fuse(on)
             layer.mlp.fuse(on)

@@ -427,11 +427,19 @@ def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, mon
     assert tokens(decode_step.StaticDecoder) != with_cache
 
 
-def linear(k: int, n: int = 256, bias: bool = False, dtype=mx.bfloat16, **quantization):
-    """A projection from k to n, in `dtype`, quantized with `quantization` if any (nn.QuantizedLinear)."""
+def linear(k: int, n: int = 256, bias: bool = False, dtype=mx.bfloat16, packed: bool = True, **quantization):
+    """A projection from k to n, in `dtype`, quantized with `quantization` if any (nn.QuantizedLinear), its arrays
+    then in one buffer (`cuda_kernels.pack_quantized`, as the model's are at load) unless `packed` is False."""
+    from funasr_nano_mlx import cuda_kernels
+
     layer = nn.Linear(k, n, bias=bias)
     layer.set_dtype(dtype)
-    return nn.QuantizedLinear.from_linear(layer, **quantization) if quantization else layer
+    if not quantization:
+        return layer
+    layer = nn.QuantizedLinear.from_linear(layer, **quantization)
+    if packed:
+        cuda_kernels.pack_quantized(layer)
+    return layer
 
 
 def norm(k: int = 1024, dtype=mx.bfloat16) -> nn.RMSNorm:
@@ -453,6 +461,7 @@ def test_the_projection_kernels_take_only_the_layers_they_repeat_mlx_for():
 
     assert fit(linear(1024), norm()) and fit(linear(2048)) and fit(linear(3072))  # Qwen3-0.6B's q/k/v, o, down
     assert fit(linear(1024, bits=4, group_size=64), norm()) and fit(linear(3072, bits=4, group_size=64))
+    assert not fit(linear(1024, bits=4, group_size=64, packed=False), norm())  # the kernels read one buffer
     assert fit(linear(256)) and not fit(linear(256), norm(256))  # MLX's norm pads rows shorter than 512
     assert not fit(linear(9216), norm(9216))  # nor a whole number of 64 or 128 threads' loads up to 8 each
     assert not fit(linear(1024), norm(dtype=mx.float32))

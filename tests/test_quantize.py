@@ -201,6 +201,51 @@ def test_loads_and_transcribes(name, recipes, quantized, clips, unquantized_run,
     print(f"{name}: adaptor output rel. error vs bf16 {error:.2e}; first {same}/{TOKENS} tokens equal to bf16")
 
 
+def test_loading_keeps_each_quantized_llm_projection_in_one_buffer(quantized, clips, monkeypatch):
+    """At load each quantized projection of the LLM keeps its weight, scales and biases as views into one
+    buffer, the layout the CUDA projection kernels read (cuda_kernels.pack_quantized): the same tokens as
+    mlx-lm's separate arrays (FUNASR_NANO_FUSE=0), in the same memory."""
+    from funasr_nano_mlx import cuda_kernels
+
+    model, tokenizer = load(quantized("4bit-llm"))
+    layers = model.llm.layers
+    projections = [layer.self_attn.fused_qkv() for layer in layers] + [layer.mlp.down_proj for layer in layers]
+    projections += [layer.self_attn.o_proj for layer in layers] + [layer.mlp.fused_gate_up() for layer in layers]
+    buffers = [cuda_kernels.packed_quantized(linear) for linear in projections]
+    assert all(buffer is not None for buffer in buffers)
+    for linear, buffer in zip(projections, buffers):
+        assert buffer.nbytes == sum(linear[name].nbytes for name in ("weight", "scales", "biases"))
+    packed = transcribe(model, tokenizer, clips["1s"], max_new_tokens=TOKENS).token_ids
+    monkeypatch.setenv("FUNASR_NANO_FUSE", "0")
+    apart, _ = load(quantized("4bit-llm"))
+    assert cuda_kernels.packed_quantized(apart.llm.layers[0].self_attn.o_proj) is None
+    assert transcribe(apart, tokenizer, clips["1s"], max_new_tokens=TOKENS).token_ids == packed
+
+
+def test_a_packed_layer_computes_the_same_without_adding_memory():
+    """`cuda_kernels.pack_quantized` moves a layer's arrays into one buffer without copying them twice: the
+    layer's output is bit-identical, the memory in use is the same once the old arrays are gone, and a
+    weight replaced afterwards makes the buffer stale (the kernels then leave the layer to MLX's ops)."""
+    import mlx.nn as nn
+
+    from funasr_nano_mlx import cuda_kernels
+
+    layer = nn.Linear(1024, 512, bias=False)
+    layer.set_dtype(mx.bfloat16)
+    layer = nn.QuantizedLinear.from_linear(layer, group_size=64, bits=4)
+    x = mx.random.normal((1, 1, 1024)).astype(mx.bfloat16)
+    expected = layer(x)
+    mx.eval(expected)
+    size = sum(layer[name].nbytes for name in ("weight", "scales", "biases"))
+    before = mx.get_active_memory()
+    cuda_kernels.pack_quantized(layer)
+    assert abs(mx.get_active_memory() - before) < size / 10  # a second copy would add `size`
+    assert mx.array_equal(layer(x), expected).item()
+    assert cuda_kernels.packed_quantized(layer) is not None
+    layer.weight = layer.weight + 0
+    assert cuda_kernels.packed_quantized(layer) is None
+
+
 def only_llm_quantized(recipe: Recipe) -> bool:
     return (
         recipe.audio_encoder is None
