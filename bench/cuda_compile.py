@@ -201,6 +201,8 @@ def main() -> None:
     cuda_kernels.step_attention(
         qkv[:1], norm, norm, rope, rows[:1], buffer[:, :1], rows[:1], slot, heads, kv_heads, dims**-0.5
     )
+    layers = mx.zeros((28, 2, 1, kv_heads, 256, dims), dtype)
+    cuda_kernels.write_step_kv(layers, [step_kv[:, :1]] * 28, slot)
     prompt = mx.zeros((1, 60, (heads + 2 * kv_heads) * dims), dtype)
     cuda_kernels.prompt_attention(prompt, norm, norm, rope, heads, kv_heads, dims**-0.5)
     project_kernels(args.hidden, args.intermediate, heads * dims, dtype)

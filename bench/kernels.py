@@ -503,6 +503,14 @@ def kernel_agreement(model, label: str) -> None:
     separate = (cuda_kernels.decode_attention(separate_queries, unwritten, separate_kv, *slots[1:], attention.scale),)
     joined = cuda_kernels.step_attention(*args[:5], *slots, heads, kv_heads, attention.scale)
     compare("step_attention vs step_heads + decode_attention", joined, (*separate, separate_kv))
+    # One clip's write of every layer's step key and value (a copy of the buffer) against MLX's stack and write.
+    layers = mx.random.normal((6, 2, 1, kv_heads, 256, dims)).astype(dtype)
+    parts = [mx.random.normal((2, 1, kv_heads, 1, dims)).astype(dtype) for _ in range(6)]
+    for slot in (mx.array([0], mx.int32), mx.array([201], mx.int32)):
+        written = cuda_kernels.write_step_kv(layers, parts, slot)
+        compare(
+            "write_step_kv vs stack + slice_update", [written], [cuda_kernels.write_step_kv_ops(layers, parts, slot)]
+        )
     # A prompt's heads as prompt_attention computes them (each token a row of step_heads) against MLX's rope
     # and norms over the sequence, as its ops twin does (their CUDA kernels take another path for L > 1).
     prompt = mx.random.normal((1, 60, qkv.shape[-1])).astype(dtype) * 3

@@ -69,6 +69,10 @@ def variants() -> dict:
         table["heads in a kernel of their own (before step_attention)"] = (
             (cuda_kernels, "step_attention", separate_heads),
         )
+    if hasattr(cuda_kernels, "write_step_kv"):  # a build from before it stacks and writes with MLX's ops
+        table["MLX's stack and write (before write_step_kv)"] = (
+            (cuda_kernels, "write_step_kv", cuda_kernels.write_step_kv_ops),
+        )
     if hasattr(cuda_kernels, "ATTENTION_WARPS"):  # a build from before it has 8, fixed
         table["candidate: attention in blocks of 32 warps"] = ((cuda_kernels, "ATTENTION_WARPS", 32),)
     return table

@@ -247,6 +247,30 @@ _STEP_HEADS = """
   }
 """
 
+# One clip's step keys and values, one (2, 1, HKV, 1, D) array a layer (`parts`, LAYERS of them), written into
+# slot slot[0] of a copy of every layer's buffer (LAYERS, 2, 1, HKV, capacity, D): each thread copies 8 elements.
+# It replaces stacking the layers' arrays (a copy kernel each) and MLX's dynamic write (a kernel for the offset,
+# a copy): 30 kernels a step for Qwen3-0.6B. The copy of the whole buffer costs what MLX's write cost too: it was
+# in place only where the GPU had finished the step before's attention, which reads the buffer, and in a profile
+# MLX copied the buffer in 15 of 16 steps (BENCHMARKS.md).
+_WRITE_STEP = """
+  constexpr int V = 8;
+  const int hkv = buffer_shape[3], capacity = buffer_shape[4];
+  const size_t element = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * V;
+  const size_t total = (size_t)buffer_shape[0] * 2 * hkv * capacity * D;
+  if (element >= total) {
+    return;
+  }
+  const int d = element % D;
+  const int s = (element / D) % capacity;
+  const size_t rest = element / ((size_t)D * capacity);  // (layer, key or value, head)
+  const T* source = buffer + element;
+  if (s == slot[0]) {
+    source = parts[rest / (2 * hkv)] + (rest % (2 * hkv)) * D + d;
+  }
+  mlx::core::cu::unsafe_store_vector<V>(out + element, 0, mlx::core::cu::unsafe_load_vector<V>(source, 0));
+"""
+
 # SAN-M's FSMN memory block ([F] sense_voice/model.py:152-165; `fsmn_memory_ops`) from the fused q/k/v
 # projection, one thread per output: the value third of qkv (B, T, 3C), masked by the frame mask if FSMN_MASKED,
 # through the depthwise convolution of K taps (zero outside the utterance's frames, LEFT of them before), plus
@@ -837,6 +861,30 @@ def step_attention_ops(
     """`step_attention` as MLX's ops: `step_heads_ops`, then `decode_attention_ops`."""
     queries, step_kv = step_heads_ops(qkv, q_norm, k_norm, rope, positions, q_heads, kv_heads)
     return decode_attention_ops(queries, kv, step_kv, first, last, scale), step_kv
+
+
+def write_step_kv(buffer: mx.array, step_kvs: list[mx.array], slot: mx.array) -> mx.array:
+    """One clip's buffer of every layer's keys and values, buffer (layers, 2, 1, HKV, capacity, D), with each
+    layer's step key and value, step_kvs (2, 1, HKV, 1, D) each, written at slot slot[0] (1,) int32: a copy, in
+    one kernel."""
+    layers, dims = len(step_kvs), buffer.shape[-1]
+    names = tuple(f"kv_{layer}" for layer in range(layers))
+    source = f"  const T* parts[{layers}] = {{{', '.join(names)}}};\n" + _WRITE_STEP
+    kernel = _kernel(f"write_step_kv_{layers}", ("buffer", "slot", *names), ("out",), source)
+    threads = buffer.size // 8
+    return kernel(
+        inputs=[buffer, slot, *step_kvs],
+        template=[("T", buffer.dtype), ("D", dims)],
+        grid=(-(-threads // 256) * 256, 1, 1),
+        threadgroup=(256, 1, 1),
+        output_shapes=[buffer.shape],
+        output_dtypes=[buffer.dtype],
+    )[0]
+
+
+def write_step_kv_ops(buffer: mx.array, step_kvs: list[mx.array], slot: mx.array) -> mx.array:
+    """`write_step_kv` as MLX's ops: the step's keys and values stacked, then written at the slot."""
+    return mx.slice_update(buffer, mx.stack(step_kvs), slot, axes=(4,))
 
 
 def decode_attention_ops(

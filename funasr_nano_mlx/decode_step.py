@@ -25,9 +25,11 @@ kernel reads the step's key and value beside it): a dynamic write costs MLX a ke
 offset and a copy that reads it, about 12 us on an H100: 56 of them were a third of one clip's step.
 That write is in place only once the GPU has finished the step before's attention kernels, which read the
 buffer (MLX keeps a kernel's inputs until it completes), and the next step is queued before: in a profile
-MLX copied the whole buffer in 15 of 16 steps, about 18 us for one clip's 29 MB at 256 slots. A batch's
-buffer is that many times larger, so batches keep a write per layer: in GPU profiles of one clip with
-writes per layer, no step copied a buffer (batches in this form are not measured yet).
+MLX copied the whole buffer in 15 of 16 steps, about 18 us for one clip's 29 MB at 256 slots. So one
+kernel copies it with the step's slot written (`cuda_kernels.write_step_kv`), where stacking the layers'
+keys and values and MLX's write took 30 kernels. A batch's buffer is that many times larger, so batches
+keep a write per layer: in GPU profiles of one clip with writes per layer, no step copied a buffer
+(batches in this form are not measured yet).
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ def _greedy_step(llm, tokens, buffers, counters, left_padding, window: int, kern
     caches = [_StepCache(layer, slot, offsets, first, window, kernels, one_write) for layer in layers]
     logits = _step_logits(llm, tokens, caches, projections)
     if one_write:  # every layer's key and value in one write (see the module's docstring)
-        buffers = [mx.slice_update(buffers[0], mx.stack([c.step_kv for c in caches]), slot, axes=(4,))]
+        buffers = [cuda_kernels.write_step_kv(buffers[0], [c.step_kv for c in caches], slot)]
     else:
         buffers = [c.buffer for c in caches]
     return mx.argmax(logits, axis=-1), buffers, counters + 1

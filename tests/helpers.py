@@ -157,7 +157,7 @@ ENCODER_KERNELS = ("fsmn_memory", "frame_attention")  # cuda_kernels' kernels of
 
 
 def cuda_kernel_twins(
-    monkeypatch, names=("prompt_attention", "step_attention", "decode_attention", "step_heads")
+    monkeypatch, names=("prompt_attention", "step_attention", "decode_attention", "step_heads", "write_step_kv")
 ) -> list[str]:
     """The model as on a CUDA GPU (`cuda_kernels.available`, and `enabled` for the LLM's kernels in any dtype), each
     of these CUDA kernels replaced by its MLX-ops twin: the names of the kernels called, as they are. The

@@ -411,7 +411,7 @@ def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, mon
     monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
     model, tokens = one_row_decoder(tiny_f32, ten_files[0], monkeypatch)
     with_cache = tokens()
-    kernels = ("prompt_attention", "step_attention", "norm_project", "project_add", "norm_swiglu")
+    kernels = ("prompt_attention", "step_attention", "write_step_kv", "norm_project", "project_add", "norm_swiglu")
     calls = cuda_kernel_twins(monkeypatch, kernels)
     monkeypatch.setattr(cuda_kernels, "projection_shape", lambda mode, *layer: mode)
     assert decode_step.projections_fit(model.llm, 1, mx.float32) and not decode_step.projections_fit(
