@@ -803,19 +803,7 @@ def decode_attention(
     )[0]
 
 
-def step_attention(
-    qkv: mx.array,
-    q_norm,
-    k_norm,
-    rope,
-    positions: mx.array,
-    kv: mx.array,
-    first: mx.array,
-    last: mx.array,
-    q_heads: int,
-    kv_heads: int,
-    scale: float,
-) -> tuple[mx.array, mx.array]:
+def step_attention(qkv, q_norm, k_norm, rope, positions, kv, first, last, q_heads: int, kv_heads: int, scale: float):
     """`step_heads` and `decode_attention` in one kernel: from the fused q/k/v projection of one token per row,
     qkv (B, 1, (HQ + 2 HKV) D), at positions (B,), over the buffer kv (2, B, HKV, capacity, D) whose slots
     first[row]..last[0] - 1 are written. Returns the context (B, HQ, 1, D) and the step's key and value
@@ -846,18 +834,8 @@ def step_attention(
 
 
 def step_attention_ops(
-    qkv: mx.array,
-    q_norm,
-    k_norm,
-    rope,
-    positions,
-    kv: mx.array,
-    first: mx.array,
-    last: mx.array,
-    q_heads: int,
-    kv_heads: int,
-    scale: float,
-) -> tuple[mx.array, mx.array]:
+    qkv, q_norm, k_norm, rope, positions, kv, first, last, q_heads: int, kv_heads: int, scale: float
+):
     """`step_attention` as MLX's ops: `step_heads_ops`, then `decode_attention_ops`."""
     queries, step_kv = step_heads_ops(qkv, q_norm, k_norm, rope, positions, q_heads, kv_heads)
     return decode_attention_ops(queries, kv, step_kv, first, last, scale), step_kv
