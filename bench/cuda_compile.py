@@ -206,6 +206,10 @@ def main() -> None:
     prompt = mx.zeros((1, 60, (heads + 2 * kv_heads) * dims), dtype)
     cuda_kernels.prompt_attention(prompt, norm, norm, rope, heads, kv_heads, dims**-0.5)
     project_kernels(args.hidden, args.intermediate, heads * dims, dtype)
+    embedding = nn.QuantizedEmbedding.from_embedding(nn.Embedding(1000, args.hidden), group_size=64, bits=4)
+    embedding.set_dtype(dtype)
+    cuda_kernels.pack_quantized(embedding)
+    cuda_kernels.embed_affine(rows, embedding)
     for encoder_dtype in (mx.float32, mx.bfloat16):  # the encoder's kernels, in a float32 and a bf16 model
         qkv, taps = mx.zeros((batch, 50, 3 * 512), encoder_dtype), mx.zeros((512, 11, 1), encoder_dtype)
         for mask in (None, mx.ones((batch, 50), encoder_dtype)):

@@ -530,6 +530,14 @@ def kernel_agreement(model, label: str) -> None:
         error = np.abs(np.array(out.astype(mx.float32)) - causal_truth(*inputs, attention.scale))
         report(stage="prompt_attention vs float64", label=label, kernel=name, max_abs_error=float(error.max()))
 
+    embedding = model.llm.model.embed_tokens
+    if cuda_kernels.embedding_fits(embedding, dtype):  # a 4-bit model's embedding rows, dequantized in one kernel
+        tokens = mx.array([0, 7, 151643, embedding.weight.shape[0] - 1], mx.int32)
+        compare(
+            "embed_affine",
+            [cuda_kernels.embed_affine(tokens, embedding)],
+            [cuda_kernels.embed_affine_ops(tokens, embedding)],
+        )
     if not decode_step.projections_fit(model.llm, 1, dtype):
         report(stage="kernel vs ops", label=label, kernel="projections", skipped="the layers do not fit")
         return

@@ -59,7 +59,7 @@ def separate_heads(qkv, q_norm, k_norm, rope, positions, kv, first, last, q_head
     return cuda_kernels.decode_attention(queries, kv, step_kv, first, last, scale), step_kv
 
 
-def variants() -> dict:
+def variants(llm) -> dict:
     """Each variant's changes (see `patched`): the step as it is first."""
     table = {
         "projection kernels": (),
@@ -73,6 +73,9 @@ def variants() -> dict:
         table["MLX's stack and write (before write_step_kv)"] = (
             (cuda_kernels, "write_step_kv", cuda_kernels.write_step_kv_ops),
         )
+    fits = getattr(cuda_kernels, "embedding_fits", None)  # a build from before it has MLX's gathers and dequantize
+    if fits and fits(llm.model.embed_tokens, mx.bfloat16):
+        table["MLX's embedding (before embed_affine)"] = ((cuda_kernels, "embedding_fits", lambda *_: False),)
     if hasattr(cuda_kernels, "ATTENTION_WARPS"):  # a build from before it has 8, fixed
         table["candidate: attention in blocks of 32 warps"] = ((cuda_kernels, "ATTENTION_WARPS", 32),)
     return table
@@ -248,7 +251,7 @@ def main() -> None:
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     if args.only_stages:
         return
-    table = variants()
+    table = variants(llm)
     traced, times, ids, first_round = {}, {name: [] for name in table}, {}, {}
     for round_ in range(args.rounds):
         for name, changes in table.items():

@@ -271,6 +271,29 @@ _WRITE_STEP = """
   mlx::core::cu::unsafe_store_vector<V>(out + element, 0, mlx::core::cu::unsafe_load_vector<V>(source, 0));
 """
 
+# Rows `tokens` (B,) of a 4-bit affine-quantized embedding, from `pack_quantized`'s buffer (ROWS rows of K: the
+# weight, then the scales, then the biases), dequantized as MLX's affine_dequantize computes each element
+# (mlx/backend/cuda/quantized/affine_quantize.cu: scale * T(q) + bias, in T): one thread per 8 elements, a word.
+# It replaces MLX's three gathers (weight, scales, biases) and its dequantize.
+_EMBED_AFFINE = """
+  const size_t thread = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (thread >= (size_t)tokens_shape[0] * (K / 8)) {
+    return;
+  }
+  const size_t row = thread / (K / 8), word_index = thread % (K / 8);
+  const size_t token = tokens[row];
+  const T* scales = reinterpret_cast<const T*>(buffer + (size_t)ROWS * (K / 8));
+  const T* biases = scales + (size_t)ROWS * (K / GROUP);
+  const uint32_t word = buffer[token * (K / 8) + word_index];
+  const size_t group = token * (K / GROUP) + word_index * 8 / GROUP;
+  const T scale = scales[group], bias = biases[group];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const uint8_t q = (word >> (4 * i)) & 0x0f;
+    out[row * K + word_index * 8 + i] = scale * static_cast<T>(q) + bias;
+  }
+"""
+
 # SAN-M's FSMN memory block ([F] sense_voice/model.py:152-165; `fsmn_memory_ops`) from the fused q/k/v
 # projection, one thread per output: the value third of qkv (B, T, 3C), masked by the frame mask if FSMN_MASKED,
 # through the depthwise convolution of K taps (zero outside the utterance's frames, LEFT of them before), plus
@@ -635,13 +658,45 @@ def _weight_kind(linear, k: int, dtype: mx.Dtype) -> str | None:
     return "affine" if measured and k % (32 * per_lane) == 0 and linear.scales.dtype == dtype else None
 
 
+def embedding_fits(embedding, dtype: mx.Dtype) -> bool:
+    """Whether `embed_affine` computes this embedding's rows for activations of this dtype: 4 bits, affine, a
+    group size compared on a GPU, packed (`pack_quantized`), scales of this dtype."""
+    if type(embedding) is not nn.QuantizedEmbedding or getattr(embedding, "mode", "affine") != "affine":
+        return False
+    measured = (embedding.bits, embedding.group_size) in MEASURED_QUANTIZATIONS and embedding.bits == 4
+    return measured and packed_quantized(embedding) is not None and embedding.scales.dtype == dtype
+
+
+def embed_affine(tokens: mx.array, embedding) -> mx.array:
+    """embedding(tokens[:, None]) for tokens (B,) int32, in one kernel: (B, 1, K), an embedding
+    `embedding_fits` takes."""
+    rows, k = embedding.weight.shape[0], embedding.weight.shape[1] * 8
+    kernel = _kernel(f"embed_affine_{k}", ("tokens", "buffer"), ("out",), _EMBED_AFFINE)
+    threads = tokens.shape[0] * (k // 8)
+    return kernel(
+        inputs=[tokens, packed_quantized(embedding)],
+        template=[("T", embedding.scales.dtype), ("K", k), ("GROUP", embedding.group_size), ("ROWS", rows)],
+        grid=(-(-threads // 256) * 256, 1, 1),
+        threadgroup=(256, 1, 1),
+        output_shapes=[(tokens.shape[0], 1, k)],
+        output_dtypes=[embedding.scales.dtype],
+    )[0]
+
+
+def embed_affine_ops(tokens: mx.array, embedding) -> mx.array:
+    """`embed_affine` as MLX's ops: the embedding layer's own call."""
+    return embedding(tokens[:, None])
+
+
 def pack_quantized(linear) -> None:
-    """Keep an affine-quantized layer's weight, scales and biases in one buffer, each a view into it (no memory
-    added): the projection kernels then take one input where they took three, as for a dense layer. Why: MLX's
+    """Keep an affine-quantized layer's (or embedding's) weight, scales and biases in one buffer, each a view into
+    it (no memory added): the projection kernels then take one input where they took three, as for a dense layer
+    (`embed_affine` likewise). Why: MLX's
     host work for a kernel grows with its inputs (about 0.45 us each on an H200, BENCHMARKS.md), and a decode
     step at 4 bits had 2 x 112 more than at bf16 while its GPU work was less. A layer it cannot pack (another
     kind, an odd number of scales) is left as it is, and the kernels leave it to MLX's ops."""
-    if type(linear) is not nn.QuantizedLinear or getattr(linear, "mode", "affine") != "affine" or "bias" in linear:
+    kinds = (nn.QuantizedLinear, nn.QuantizedEmbedding)
+    if type(linear) not in kinds or getattr(linear, "mode", "affine") != "affine" or "bias" in linear:
         return
     weight, scales, biases = linear.weight, linear.scales, linear.biases
     if scales.dtype.size != 2 or scales.size % 2 or weight.dtype != mx.uint32:

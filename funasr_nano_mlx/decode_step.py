@@ -154,7 +154,10 @@ def _step_logits(llm, tokens: mx.array, caches: list[_StepCache], projections: b
     """mlx-lm's Qwen3 forward (mlx_lm/models/qwen3.py:120-187) for one token per row over the step's caches,
     each layer in the projection kernels if `projections` (`projections_fit`)."""
     model = llm.model
-    hidden = model.embed_tokens(tokens[:, None])
+    if projections and cuda_kernels.embedding_fits(model.embed_tokens, caches[0].buffer.dtype):
+        hidden = cuda_kernels.embed_affine(tokens, model.embed_tokens)  # a 4-bit embedding's rows in one kernel
+    else:
+        hidden = model.embed_tokens(tokens[:, None])
     for layer, cache in zip(model.layers, caches):
         if projections:
             hidden = _layer_in_kernels(layer, hidden, cache)

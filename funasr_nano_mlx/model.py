@@ -620,13 +620,15 @@ class FunASRNano(nn.Module):
 
     def fuse_projections(self, on: bool = True) -> None:
         """Compute each LLM layer's q/k/v and gate/up projections with one matmul each (FusedLinear), or
-        (on=False) separately again; on, each quantized projection's arrays are also kept in one buffer for
-        the CUDA kernels (cuda_kernels.pack_quantized). Layer by layer, so the concatenation adds one layer's
-        weights at most."""
+        (on=False) separately again; on, each quantized projection's (and the embedding's) arrays are also
+        kept in one buffer for the CUDA kernels (cuda_kernels.pack_quantized). Layer by layer, so the
+        concatenation adds one layer's weights at most."""
         for layer in self.llm.layers:
             layer.self_attn.fuse(on)
             layer.mlp.fuse(on)
             mx.eval(layer.parameters())  # the parts are views of the fused arrays from here on
+        if on:
+            cuda_kernels.pack_quantized(self.llm.model.embed_tokens)
 
     @property
     def has_ctc(self) -> bool:

@@ -25,7 +25,7 @@ from funasr_nano_mlx.quantize import quantize
 from funasr_nano_mlx.recipe import Recipe, component_of
 from funasr_nano_mlx.transcribe import prompt_inputs
 from tests.helpers import SHIPPED_RECIPES as SHIPPED
-from tests.helpers import assert_user_error, run_cli
+from tests.helpers import assert_user_error, cuda_kernel_twins, run_cli
 
 # Every float mode, group sizes other than the default, and a rule: per-layer entries of all kinds.
 FLOAT_MODES = """\
@@ -220,6 +220,23 @@ def test_loading_keeps_each_quantized_llm_projection_in_one_buffer(quantized, cl
     apart, _ = load(quantized("4bit-llm"))
     assert cuda_kernels.packed_quantized(apart.llm.layers[0].self_attn.o_proj) is None
     assert transcribe(apart, tokenizer, clips["1s"], max_new_tokens=TOKENS).token_ids == packed
+
+
+def test_a_4bit_clip_through_the_cuda_step_decodes_as_mlx_lm(quantized, clips, monkeypatch):
+    """On CUDA a 4-bit model's step reads the embedding's rows in one kernel (cuda_kernels.embed_affine) and each
+    layer through the projection kernels, from the packed buffers. Here each kernel is its MLX-ops twin: the
+    tokens of mlx-lm's path, and every kernel called."""
+    from funasr_nano_mlx import cuda_kernels
+
+    model, tokenizer = load(quantized("4bit-llm"))
+    expected = transcribe(model, tokenizer, clips["1s"], max_new_tokens=TOKENS).token_ids
+    kernels = ("prompt_attention", "step_attention", "write_step_kv", "embed_affine")
+    projections = ("norm_project", "project_add", "norm_swiglu")
+    monkeypatch.setenv("FUNASR_NANO_COMPILE", "1")  # as on a GPU
+    calls = cuda_kernel_twins(monkeypatch, kernels + projections)
+    monkeypatch.setattr(cuda_kernels, "projection_shape", lambda mode, *layer: mode)
+    assert transcribe(model, tokenizer, clips["1s"], max_new_tokens=TOKENS).token_ids == expected
+    assert set(calls) == set(kernels + projections)
 
 
 def test_a_packed_layer_computes_the_same_without_adding_memory():
