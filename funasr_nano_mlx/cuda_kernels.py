@@ -266,6 +266,7 @@ _WRITE_STEP = """
   const size_t rest = element / ((size_t)D * capacity);  // (layer, key or value, head)
   const T* source = buffer + element;
   if (s == slot[0]) {
+    PARTS  // the layers' pointers, parts[]: indexed at run time, so in local memory, filled by the slot's threads only
     source = parts[rest / (2 * hkv)] + (rest % (2 * hkv)) * D + d;
   }
   mlx::core::cu::unsafe_store_vector<V>(out + element, 0, mlx::core::cu::unsafe_load_vector<V>(source, 0));
@@ -710,13 +711,16 @@ def pack_quantized(linear) -> None:
     linear.scales = mx.view(buffer[ends[1] : ends[2]], scales.dtype).reshape(scales.shape)
     linear.biases = mx.view(buffer[ends[2] :], biases.dtype).reshape(biases.shape)
     mx.eval(linear.weight, linear.scales, linear.biases)
-    object.__setattr__(linear, "_packed", (buffer, linear.weight))  # a plain attribute: not a parameter
+    views = (linear.weight, linear.scales, linear.biases)
+    object.__setattr__(linear, "_packed", (buffer, views))  # a plain attribute: not a parameter
 
 
 def packed_quantized(linear) -> mx.array | None:
-    """The buffer `pack_quantized` made for this layer, if its weight has not been replaced since."""
-    buffer, weight = linear.__dict__.get("_packed", (None, None))
-    return buffer if buffer is not None and linear.weight is weight else None
+    """The buffer `pack_quantized` made for this layer, if none of its arrays has been replaced since (a cast
+    of the layer, `set_dtype`, replaces the scales and biases only)."""
+    buffer, views = linear.__dict__.get("_packed", (None, ()))
+    current = (linear.weight, linear.scales, linear.biases) if buffer is not None else ()
+    return buffer if buffer is not None and all(a is b for a, b in zip(current, views, strict=True)) else None
 
 
 def projection_shape(mode: str, linear, k: int, norm, dtype: mx.Dtype) -> ProjectionShape | None:
@@ -901,8 +905,13 @@ def write_step_kv(buffer: mx.array, step_kvs: list[mx.array], slot: mx.array) ->
     layer's step key and value, step_kvs (2, 1, HKV, 1, D) each, written at slot slot[0] (1,) int32: a copy, in
     one kernel."""
     layers, dims = len(step_kvs), buffer.shape[-1]
+    expected = (2, 1, *buffer.shape[3:4], 1, dims)
+    if buffer.ndim != 6 or buffer.shape[:3] != (layers, 2, 1) or any(kv.shape != expected for kv in step_kvs):
+        raise ValueError(
+            f"write_step_kv writes one clip's step: got {buffer.shape} and {[kv.shape for kv in step_kvs]}"
+        )
     names = tuple(f"kv_{layer}" for layer in range(layers))
-    source = f"  const T* parts[{layers}] = {{{', '.join(names)}}};\n" + _WRITE_STEP
+    source = _WRITE_STEP.replace("PARTS", f"const T* parts[{layers}] = {{{', '.join(names)}}};")
     kernel = _kernel(f"write_step_kv_{layers}", ("buffer", "slot", *names), ("out",), source)
     threads = buffer.size // 8
     return kernel(
