@@ -560,8 +560,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--label", default="")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--agreement-only", action="store_true", help="only the LLM kernels against their MLX ops")
     args = parser.parse_args()
     model, tokenizer = load(args.model)
+    if args.agreement_only:
+        kernel_agreement(model, args.label)
+        return
     feats = mx.array(features(synthetic_audio(args.seconds)))[None]
     encoder_variants(model, feats, args.label)
     embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
