@@ -1,8 +1,8 @@
 """CUDA kernels for the greedy decode step, each replacing several MLX kernels, with the MLX ops they replace
 (`*_ops`) as the path everywhere else: attention of one query over the written slots, the q/k RMSNorms with
-RoPE, and, for one row, the projections with the RMSNorm, residual add or swiglu around them inside. Also,
-for the encoder, its FSMN memory block and (opt-in) its attention; and one prompt's heads and causal
-attention.
+RoPE, and, for one row, the two in one kernel, the projections with the RMSNorm, residual add or swiglu
+around them inside, the write of every layer's key and value, and a 4-bit embedding's rows. Also, for the
+encoder, its FSMN memory block and (opt-in) its attention; and one prompt's heads and causal attention.
 
 Why by hand: a decode step of Qwen3-0.6B is bound by the host, not the GPU. MLX spends a few microseconds
 of CPU per kernel it submits, and a step was about 500 kernels (3.1 ms on an H100, while the weights take
@@ -784,7 +784,9 @@ def enabled(dtype: mx.Dtype) -> bool:
     return dtype == mx.bfloat16 and available()
 
 
-HEAD_DIMS = (32, 64, 128, 256)  # a warp's lanes split a head into aligned vector loads of 1, 2, 4 or 8 elements
+# A warp's lanes split a head into aligned vector loads of 2, 4 or 8 elements; `norm_rope_head` needs 2 at least,
+# since a lane rotates pairs (i, i + D/2) it holds both of (with 1, a head of 32, it would write nothing).
+HEAD_DIMS = (64, 128, 256)
 
 
 def fits(head_dim: int, q_heads: int, kv_heads: int) -> bool:

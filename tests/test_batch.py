@@ -506,14 +506,16 @@ def test_each_projection_shape_is_a_source_of_constants_reading_only_its_operand
 
 
 def test_the_cuda_kernels_take_only_the_shapes_they_are_written_for(tiny_model, monkeypatch):
-    """The decode kernels split a head into aligned loads of 1-8 elements per lane and share key heads
+    """The decode kernels split a head into aligned loads of 2-8 elements per lane and share key heads
     evenly among query heads; any other model keeps MLX's ops (the tiny model: heads of 16), as does a
     model whose q and k norms differ in eps (the q/k kernel takes one) or whose activations are not bf16."""
     from funasr_nano_mlx import cuda_kernels
     from funasr_nano_mlx.decode_step import kernels_fit
 
     assert cuda_kernels.fits(128, 16, 8)  # Qwen3-0.6B
-    assert not any(cuda_kernels.fits(*shape) for shape in [(16, 4, 2), (96, 16, 8), (512, 16, 8), (128, 16, 6)])
+    assert not any(
+        cuda_kernels.fits(*shape) for shape in [(16, 4, 2), (32, 4, 2), (96, 16, 8), (512, 16, 8), (128, 16, 6)]
+    )
     assert not cuda_kernels.enabled(mx.bfloat16)  # no CUDA GPU here
     model, _ = tiny_model
     monkeypatch.setattr(cuda_kernels, "enabled", lambda dtype: dtype == mx.bfloat16)
