@@ -439,12 +439,18 @@ class BatchDecoder:
         of one row, so that a server's first request does not pay for what MLX compiles at first use for
         such a clip: its kernels (a CUDA kernel of ours at every process start: about a second a source,
         BENCHMARKS.md), the compiled encoder layers and decode step at their first shapes. Batched steps,
-        other lengths and the CTC head still compile at their first use."""
+        other lengths and the CTC head still compile at their first use.
+
+        The prompt's pass also runs at twice this prompt's length: MLX builds its quantized matmul on CUDA for
+        prompts of up to 16, 32 and more rows each at its first use (mlx/backend/cuda/quantized/qmm/qmm_sm80.cu,
+        make_cta_tiler), and a 1 s clip's prompt (about 25 tokens) takes only the 32-row one. A 4-bit model's
+        first token at a new clip length, after a 1 s clip, took 89-93 ms against bf16's 37-39 (BENCHMARKS.md)."""
         samples = np.random.default_rng(0).normal(0.0, 1e-3, int(seconds * SAMPLE_RATE)).astype(np.float32)
         feats, _ = _batch_features([SegmentJob(0, samples, 0, round(seconds * 1000), "warm-up")])
         frames = self.model.encode(feats)[0]
         embeddings = prompt_inputs(self.model, self.tokenizer, frames, **self.prompt)[1]
         greedy_batch(self.model.llm, [embeddings], [steps], [], stop_loops=False)  # no stop token: every step runs
+        mx.eval(prefill(self.model.llm, [mx.concatenate([embeddings, embeddings])])[2])
 
     def segment(self, job: SegmentJob, decoded: Decoded) -> Segment:
         # Upstream decodes all that generate() returned, the stop token included (skipped as special).

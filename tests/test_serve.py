@@ -164,6 +164,8 @@ def test_the_server_has_decoded_before_its_first_request(tiny_f32, tmp_path, fil
     decoder or answer sees."""
     module = transcribe_module()
     greedy, decoded, decodes = module.greedy_batch, [], []
+    prefill, prompts = module.prefill, []
+    monkeypatch.setattr(module, "prefill", lambda llm, rows: prompts.append(rows[0].shape[0]) or prefill(llm, rows))
 
     def recorded_greedy(llm, embeddings, budgets, *args, **kwargs):
         decodes.append((len(embeddings), list(budgets)))
@@ -177,6 +179,7 @@ def test_the_server_has_decoded_before_its_first_request(tiny_f32, tmp_path, fil
     running = Running(tiny_f32, tmp_path / "uploads", decode=decode)
     try:
         assert decodes == [(1, [4])]  # one row, four steps, before any request
+        assert prompts == [prompts[0], 2 * prompts[0]]  # and a prompt twice as long (MLX's quantized matmul)
         metrics = running.metrics()
         assert metrics["warm_up_seconds"] > 0 and metrics["batches"] == 0 and decoded == [], metrics
         answer = running.client().audio.transcriptions.create(
