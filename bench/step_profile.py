@@ -113,7 +113,7 @@ def cupti_kernels(run, calls: int, top: int = 10) -> dict:
         "gpu_us_per_call": sum(times.values()) / calls,
         "launches_per_call": sum(counts.values()) / calls,
         "heaviest_us_and_launches": {
-            name[:80]: [round(times[name] / calls, 1), round(counts[name] / calls, 2)] for name in heaviest
+            name[:160]: [round(times[name] / calls, 1), round(counts[name] / calls, 2)] for name in heaviest
         },
     }
 
