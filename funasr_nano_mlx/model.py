@@ -511,7 +511,8 @@ class FusedLinear:
         return all(settings(part) == settings(parts[0]) for part in parts)
 
     def current(self) -> "FusedLinear | None":
-        return self if all(p.weight is w for p, w in zip(self.parts, self.weights)) else None
+        # Item access, not attributes: nn.Module's __getattr__ is Python, and every layer of a prompt's pass asks.
+        return self if all(p["weight"] is w for p, w in zip(self.parts, self.weights)) else None
 
     def __call__(self, x: mx.array) -> list[mx.array]:
         return mx.split(self.linear(x), self.splits, axis=-1)
@@ -559,11 +560,12 @@ class Qwen3Attention(qwen3.Attention):
         return mx.concatenate([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=-1)
 
     def __call__(self, x: mx.array, mask: mx.array | None = None, cache=None) -> mx.array:
-        if self.fused_qkv() is None:
+        fused = self.fused_qkv()
+        if fused is None:
             return super().__call__(x, mask, cache)
         # As mlx_lm/models/qwen3.py:76-100 (mlx-lm 0.32.2), from the fused projection.
         batch, length, _ = x.shape
-        qkv = self.qkv(x)
+        qkv = fused(x)
         offset = 0 if cache is None else cache.offset
         if cuda_kernels.prompt_attention_fits(self, batch, length, offset, mask, x.dtype):  # one prompt, on CUDA
             heads = (self.q_norm, self.k_norm, self.rope, self.n_heads, self.n_kv_heads, self.scale)
