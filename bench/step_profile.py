@@ -154,7 +154,43 @@ def stage_variants(model, feats: mx.array, embeddings: mx.array) -> dict:
         transcribe_module = importlib.import_module("funasr_nano_mlx.transcribe")  # `transcribe` is the function
         mlx_lm_cache = ((transcribe_module, "prefill_one", mlx_lm_prefill),)
         table["prefill through mlx-lm's cache"] = ("prefill", prefill_to, mlx_lm_cache)
+        compiled = ((transcribe_module, "prefill_one", bucketed_prefill(model.llm)),)
+        table["candidate: prefill compiled, in buckets of 16 positions"] = ("prefill", prefill_to, compiled)
     return table
+
+
+def bucketed_prefill(llm, bucket: int = 16):
+    """Candidate for `decode_step.prefill_one`: one prompt's pass compiled, the prompt right-padded to a multiple
+    of `bucket` positions so that one trace serves every length in a bucket (a trace per length cost 16-21 ms on
+    the development CPU). Causal attention keeps the padding out of the real positions; the first token is read
+    at the last real one (an index array, so the trace does not depend on it) and the caches hold the real
+    positions only. cuBLAS may choose other kernels for the longer matmuls: `compared` tells."""
+    from mlx_lm.models.cache import KVCache
+
+    def arrays(embeddings, last):
+        caches = [decode_step._PromptKeys() for _ in llm.layers]
+        zeros = mx.zeros((1, embeddings.shape[0]), mx.int32)
+        hidden = llm.model(zeros, cache=caches, input_embeddings=embeddings[None])
+        token = mx.argmax(decode_step.output_head(llm)(mx.take(hidden, last, axis=1))[:, -1], axis=-1)
+        return token, mx.stack([mx.stack([c.keys, c.values]) for c in caches])
+
+    compiled = mx.compile(arrays)
+
+    def prefill_one(llm_, embeddings):
+        length = embeddings.shape[0]
+        padded = mx.pad(embeddings, [(0, -(-length // bucket) * bucket - length), (0, 0)])
+        token, keys_values = compiled(padded, mx.array([length - 1]))
+        capacity = -(-length // KVCache.step) * KVCache.step
+        keys_values = mx.pad(keys_values[..., :length, :], [(0, 0)] * 4 + [(0, capacity - length), (0, 0)])
+        prefilled = []
+        for layer in keys_values:  # views, as prefill_one's
+            cache = KVCache()
+            cache.keys, cache.values = layer
+            cache.offset = length
+            prefilled.append(cache)
+        return prefilled, token
+
+    return prefill_one
 
 
 def mlx_lm_prefill(llm, embeddings: mx.array):
