@@ -272,10 +272,10 @@ _WRITE_STEP = """
   mlx::core::cu::unsafe_store_vector<V>(out + element, 0, mlx::core::cu::unsafe_load_vector<V>(source, 0));
 """
 
-# Rows `tokens` (B,) of a 4-bit affine-quantized embedding, from `pack_quantized`'s buffer (ROWS rows of K: the
-# weight, then the scales, then the biases), dequantized as MLX's affine_dequantize computes each element
-# (mlx/backend/cuda/quantized/affine_quantize.cu: scale * T(q) + bias, in T): one thread per 8 elements, a word.
-# It replaces MLX's three gathers (weight, scales, biases) and its dequantize.
+# Rows `tokens` (B,) of a 4-bit affine-quantized embedding, from `pack_quantized`'s buffer of ROWS rows of K
+# (read through the projection header's `AffineRows::packed`), dequantized as MLX's affine_dequantize computes
+# each element (mlx/backend/cuda/quantized/affine_quantize.cu: scale * T(q) + bias, in T): one thread per 8
+# elements, a word. It replaces MLX's three gathers (weight, scales, biases) and its dequantize.
 _EMBED_AFFINE = """
   const size_t thread = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (thread >= (size_t)tokens_shape[0] * (K / 8)) {
@@ -283,11 +283,10 @@ _EMBED_AFFINE = """
   }
   const size_t row = thread / (K / 8), word_index = thread % (K / 8);
   const size_t token = tokens[row];
-  const T* scales = reinterpret_cast<const T*>(buffer + (size_t)ROWS * (K / 8));
-  const T* biases = scales + (size_t)ROWS * (K / GROUP);
-  const uint32_t word = buffer[token * (K / 8) + word_index];
+  const auto packed = projection::AffineRows<T, K, 4, GROUP>::packed(buffer, ROWS);
+  const uint32_t word = packed.weight[token * (K / 8) + word_index];
   const size_t group = token * (K / GROUP) + word_index * 8 / GROUP;
-  const T scale = scales[group], bias = biases[group];
+  const T scale = packed.scales[group], bias = packed.biases[group];
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
     const uint8_t q = (word >> (4 * i)) & 0x0f;
@@ -651,28 +650,31 @@ def _weight_kind(linear, k: int, dtype: mx.Dtype) -> str | None:
         return None
     if type(linear) is nn.Linear:
         return "dense" if linear.weight.dtype == dtype and k % 128 == 0 else None
-    if type(linear) is not nn.QuantizedLinear or getattr(linear, "mode", "affine") != "affine":
+    if type(linear) is not nn.QuantizedLinear:
         return None
-    bits, group = linear.bits, linear.group_size
-    per_lane = 16 if bits == 4 else 8  # elements a lane reads per step in MLX's qmv
-    measured = (bits, group) in MEASURED_QUANTIZATIONS and packed_quantized(linear) is not None
-    return "affine" if measured and k % (32 * per_lane) == 0 and linear.scales.dtype == dtype else None
+    per_lane = 16 if linear.bits == 4 else 8  # elements a lane reads per step in MLX's qmv
+    return "affine" if _packed_affine(linear, dtype) and k % (32 * per_lane) == 0 else None
+
+
+def _packed_affine(layer, dtype: mx.Dtype) -> bool:
+    """Whether the kernels read this quantized layer (or embedding): MLX's affine mode, a quantization in
+    MEASURED_QUANTIZATIONS, packed (`pack_quantized`), scales of the activations' dtype."""
+    measured = (layer.bits, layer.group_size) in MEASURED_QUANTIZATIONS
+    affine = getattr(layer, "mode", "affine") == "affine"
+    return affine and measured and packed_quantized(layer) is not None and layer.scales.dtype == dtype
 
 
 def embedding_fits(embedding, dtype: mx.Dtype) -> bool:
-    """Whether `embed_affine` computes this embedding's rows for activations of this dtype: 4 bits, affine, a
-    group size compared on a GPU, packed (`pack_quantized`), scales of this dtype."""
-    if type(embedding) is not nn.QuantizedEmbedding or getattr(embedding, "mode", "affine") != "affine":
-        return False
-    measured = (embedding.bits, embedding.group_size) in MEASURED_QUANTIZATIONS and embedding.bits == 4
-    return measured and packed_quantized(embedding) is not None and embedding.scales.dtype == dtype
+    """Whether `embed_affine` computes this embedding's rows for activations of this dtype: a 4-bit embedding the
+    kernels read (`_packed_affine`)."""
+    return type(embedding) is nn.QuantizedEmbedding and embedding.bits == 4 and _packed_affine(embedding, dtype)
 
 
 def embed_affine(tokens: mx.array, embedding) -> mx.array:
     """embedding(tokens[:, None]) for tokens (B,) int32, in one kernel: (B, 1, K), an embedding
     `embedding_fits` takes."""
     rows, k = embedding.weight.shape[0], embedding.weight.shape[1] * 8
-    kernel = _kernel(f"embed_affine_{k}", ("tokens", "buffer"), ("out",), _EMBED_AFFINE)
+    kernel = _kernel(f"embed_affine_{k}", ("tokens", "buffer"), ("out",), _EMBED_AFFINE, _PROJECTION_HEADER)
     threads = tokens.shape[0] * (k // 8)
     return kernel(
         inputs=[tokens, packed_quantized(embedding)],
@@ -692,10 +694,10 @@ def embed_affine_ops(tokens: mx.array, embedding) -> mx.array:
 def pack_quantized(linear) -> None:
     """Keep an affine-quantized layer's (or embedding's) weight, scales and biases in one buffer, each a view into
     it (no memory added): the projection kernels then take one input where they took three, as for a dense layer
-    (`embed_affine` likewise). Why: MLX's
-    host work for a kernel grows with its inputs (about 0.45 us each on an H200, BENCHMARKS.md), and a decode
-    step at 4 bits had 2 x 112 more than at bf16 while its GPU work was less. A layer it cannot pack (another
-    kind, an odd number of scales) is left as it is, and the kernels leave it to MLX's ops."""
+    (`embed_affine` likewise). Why: MLX's host work for a kernel grows with its inputs (about 0.45 us each on an
+    H200, BENCHMARKS.md), and a decode step at 4 bits had 2 x 112 more than at bf16 while its GPU work was less.
+    A layer it cannot pack (another kind, an odd number of scales) is left as it is, and the kernels leave it to
+    MLX's ops."""
     kinds = (nn.QuantizedLinear, nn.QuantizedEmbedding)
     if type(linear) not in kinds or getattr(linear, "mode", "affine") != "affine" or "bias" in linear:
         return
@@ -718,9 +720,11 @@ def pack_quantized(linear) -> None:
 def packed_quantized(linear) -> mx.array | None:
     """The buffer `pack_quantized` made for this layer, if none of its arrays has been replaced since (a cast
     of the layer, `set_dtype`, replaces the scales and biases only)."""
-    buffer, views = linear.__dict__.get("_packed", (None, ()))
-    current = (linear.weight, linear.scales, linear.biases) if buffer is not None else ()
-    return buffer if buffer is not None and all(a is b for a, b in zip(current, views, strict=True)) else None
+    packed = linear.__dict__.get("_packed")
+    if packed is None:
+        return None
+    buffer, views = packed
+    return buffer if all(a is b for a, b in zip((linear.weight, linear.scales, linear.biases), views)) else None
 
 
 def projection_shape(mode: str, linear, k: int, norm, dtype: mx.Dtype) -> ProjectionShape | None:
