@@ -165,7 +165,6 @@ def bucketed_prefill(llm, bucket: int = 16):
     the development CPU). Causal attention keeps the padding out of the real positions; the first token is read
     at the last real one (an index array, so the trace does not depend on it) and the caches hold the real
     positions only. cuBLAS may choose other kernels for the longer matmuls: `compared` tells."""
-    from mlx_lm.models.cache import KVCache
 
     def arrays(embeddings, last):
         caches = [decode_step._PromptKeys() for _ in llm.layers]
@@ -180,15 +179,7 @@ def bucketed_prefill(llm, bucket: int = 16):
         length = embeddings.shape[0]
         padded = mx.pad(embeddings, [(0, -(-length // bucket) * bucket - length), (0, 0)])
         token, keys_values = compiled(padded, mx.array([length - 1]))
-        capacity = -(-length // KVCache.step) * KVCache.step
-        keys_values = mx.pad(keys_values[..., :length, :], [(0, 0)] * 4 + [(0, capacity - length), (0, 0)])
-        prefilled = []
-        for layer in keys_values:  # views, as prefill_one's
-            cache = KVCache()
-            cache.keys, cache.values = layer
-            cache.offset = length
-            prefilled.append(cache)
-        return prefilled, token
+        return decode_step.prompt_caches(keys_values[..., :length, :]), token
 
     return prefill_one
 

@@ -231,9 +231,16 @@ def prefill_one(llm, embeddings: mx.array) -> tuple[list[KVCache], mx.array]:
     caches = [_PromptKeys() for _ in llm.layers]
     hidden = llm.model(mx.zeros((1, length), mx.int32), cache=caches, input_embeddings=embeddings[None])
     token = mx.argmax(output_head(llm)(hidden[:, -1:])[:, -1], axis=-1)
-    capacity = -(-length // KVCache.step) * KVCache.step
     keys_values = mx.stack([part for c in caches for part in (c.keys, c.values)])
-    keys_values = keys_values.reshape(len(caches), 2, *keys_values.shape[1:])
+    return prompt_caches(keys_values.reshape(len(caches), 2, *keys_values.shape[1:])), token
+
+
+def prompt_caches(keys_values: mx.array) -> list[KVCache]:
+    """A prompt's keys and values, keys_values (layers, 2, 1, HKV, L, D), as mlx-lm's caches hold them after its
+    own prefill (capacity the next multiple of KVCache's step, zeros past L): padded at once, each cache
+    holding views of the one padded array."""
+    length = keys_values.shape[-2]
+    capacity = -(-length // KVCache.step) * KVCache.step
     keys_values = mx.pad(keys_values, [(0, 0)] * 4 + [(0, capacity - length), (0, 0)])
     prefilled = []
     for layer in keys_values:  # iterating splits an array into views; an integer index would gather
@@ -241,7 +248,7 @@ def prefill_one(llm, embeddings: mx.array) -> tuple[list[KVCache], mx.array]:
         cache.keys, cache.values = layer
         cache.offset = length
         prefilled.append(cache)
-    return prefilled, token
+    return prefilled
 
 
 def _device_ints(*parts: mx.array) -> mx.array:
