@@ -403,9 +403,9 @@ def test_the_cuda_step_reads_the_cache_through_views(tiny_model, ten_files, monk
 @pytest.mark.parametrize("compiled", ["0", "1"])
 def test_one_row_in_the_kernels_layer_decodes_as_mlx_lm(tiny_f32, ten_files, monkeypatch, compiled):
     """On CUDA at bf16 one clip's step runs each layer in 5 kernels (decode_step._layer_in_kernels: the
-    norms, residual adds and swiglu inside the projections, the heads inside the attention). Here each CUDA kernel is replaced by its
-    MLX-ops twin and the layer, so written, decodes mlx-lm's tokens, compiled or not; a residual left
-    out would not."""
+    norms, residual adds and swiglu inside the projections, the heads inside the attention). Here each CUDA
+    kernel is replaced by its MLX-ops twin and the layer, so written, decodes mlx-lm's tokens, compiled or not;
+    a residual left out would not."""
     from funasr_nano_mlx import cuda_kernels, decode_step
 
     monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
