@@ -805,8 +805,9 @@ ENCODER_DTYPES = (mx.float32, mx.bfloat16)
 
 def encoder_choices() -> tuple:
     """What the encoder's layers take from here when traced (model.compiled_layer keys its traces by it):
-    whether the kernels are on, whether the attention kernel is chosen, and up to how much work."""
-    return available(), frame_attention_chosen(), FRAME_ATTENTION_MAX_WORK
+    whether the kernels are on, whether the attention kernel is chosen, up to how much work, and whether the
+    matmul kernels are on."""
+    return available(), frame_attention_chosen(), FRAME_ATTENTION_MAX_WORK, EXACT_MATMULS
 
 
 def fsmn_fits(dtype: mx.Dtype) -> bool:
@@ -1217,3 +1218,201 @@ def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None)
     q = q * (q.shape[-1] ** -0.5)
     context = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=key_mask(mask))
     return context.transpose(0, 2, 1, 3).reshape(batch, frames, -1)
+
+
+# The encoder's float32 matmuls in a kernel of our own, with the number's of MLX's (cuBLAS's) where cuBLAS keeps
+# one accumulator per output and adds the products in k order (no split-K; bench/exact_gemm.py checks which of
+# the encoder's shapes that holds for). Each output is one fma chain over ascending k from 0, then the bias
+# added once (cublasLt's bias epilogue, as MLX's addmm asks for it), then what MLX's ops do next, each rounded
+# to float32 as they are: relu (MLX's Maximum functor), the FSMN memory added, the residual added. Why by hand:
+# MLX builds a cublasLt descriptor and runs its heuristic at every matmul, then captures the call into its
+# CUDA graph (mlx/backend/cuda/gemms/cublas_gemm.cpp, cublas_utils.cpp), 17-24 us of host time a call against
+# 3-4 for a custom kernel, and one clip's encoder (6 matmuls a layer, 70 layers) is bound by the host; the
+# attention's products read q, k and v where the fused projection wrote them (MLX copies them to put the heads
+# first) and write the context where the output projection reads it.
+#
+# Tiles: BM x BN outputs a block, BK of k at a time through shared memory, TM x TN outputs a thread (rows
+# ty + i * BM / TM, columns tx + j * BN / TN). MODE 0, a linear layer: a = x (rows, K), b = its weight (N, K);
+# MODE 1, the attention's scores of one (row, head) a block column: q scaled as the model scales it (rounded
+# to float32), k, both read from the fused projection qkv (B, T, 3C); with FRAMES_MASKED a key frame whose
+# mask is not > 0 scores finfo(float32).min (MLX's fallback attention, mlx/fast.cpp); MODE 2, the context:
+# the softmax weights (B, HEADS, T, T) times v from qkv, written as (B, T, C). Rows, frames and k are read
+# from the inputs' shapes, so one source serves every length.
+EXACT_MATMULS = False  # candidate: off until bench/exact_gemm.py and bench/kernels.py show the same numbers
+_FRAME_MATMUL = """
+  constexpr int THREADS_N = BN / TN, THREADS = (BM / TM) * THREADS_N;
+  __shared__ float as[BK][BM + 1], bs[BK][BN + 1];
+  const int tx = threadIdx.x % THREADS_N, ty = threadIdx.x / THREADS_N;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN, z = blockIdx.z;
+#if MODE == 0
+  const int rows = a_shape[0], K = a_shape[1], N = b_shape[0];
+  const float* pa = a;
+  const float* pb = b;
+#else
+  const int frames = a_shape[1], width = a_shape[2] / 3, head = z % HEADS;
+  const size_t row = z / HEADS;
+  const float* frame_rows = a + row * frames * 3 * width + head * D;  // frame f's q at f * 3C, k at + C, v at + 2C
+#endif
+#if MODE == 1
+  const int rows = frames, K = D, N = frames;
+  const float* pa = frame_rows;
+  const float* pb = frame_rows + width;
+  const int a_row = 3 * width, b_row = 3 * width;
+#elif MODE == 2
+  const int rows = frames, K = frames, N = D;
+  const float* pa = b + (size_t)z * frames * frames;  // the weights
+  const float* pb = frame_rows + 2 * width;
+  const int a_row = frames, b_k = 3 * width;
+#else
+  const int a_row = K, b_row = K;
+#endif
+  float acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      acc[i][j] = 0.0f;
+    }
+  }
+  for (int k0 = 0; k0 < K; k0 += BK) {
+    // The tiles into shared memory, consecutive threads along each operand's contiguous axis; zeros outside.
+    for (int e = threadIdx.x; e < BM * BK; e += THREADS) {
+      const int r = e / BK, kk = e % BK, m = m0 + r, k = k0 + kk;
+      float value = (m < rows && k < K) ? pa[(size_t)m * a_row + k] : 0.0f;
+#if MODE == 1
+      value = __fmul_rn(value, SCALE);
+#endif
+      as[kk][r] = value;
+    }
+    for (int e = threadIdx.x; e < BN * BK; e += THREADS) {
+#if MODE == 2
+      const int c = e % BN, kk = e / BN, n = n0 + c, k = k0 + kk;
+      bs[kk][c] = (n < N && k < K) ? pb[(size_t)k * b_k + n] : 0.0f;
+#else
+      const int c = e / BK, kk = e % BK, n = n0 + c, k = k0 + kk;
+      bs[kk][c] = (n < N && k < K) ? pb[(size_t)n * b_row + k] : 0.0f;
+#endif
+    }
+    __syncthreads();
+    const int steps = min(BK, K - k0);  // nothing is added past K: each chain is exactly K products long
+    for (int kk = 0; kk < steps; ++kk) {
+      float x[TM], y[TN];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) {
+        x[i] = as[kk][ty + i * (BM / TM)];
+      }
+#pragma unroll
+      for (int j = 0; j < TN; ++j) {
+        y[j] = bs[kk][tx + j * THREADS_N];
+      }
+#pragma unroll
+      for (int i = 0; i < TM; ++i) {
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+          acc[i][j] = __fmaf_rn(x[i], y[j], acc[i][j]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int m = m0 + ty + i * (BM / TM);
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      const int n = n0 + tx + j * THREADS_N;
+      if (m >= rows || n >= N) {
+        continue;
+      }
+      float value = acc[i][j];
+#if MODE == 0
+      const size_t at = (size_t)m * N + n;
+      value = __fadd_rn(value, bias[n]);
+#if RELU
+      value = Maximum{}(value, 0.0f);
+#endif
+#if ADD
+      value = __fadd_rn(value, add[at]);
+#endif
+#if RESIDUAL
+      value = __fadd_rn(residual[at], value);
+#endif
+      out[at] = value;
+#elif MODE == 1
+#if FRAMES_MASKED
+      if (!(mask[row * frames + n] > 0.0f)) {
+        value = cuda::std::numeric_limits<float>::lowest();
+      }
+#endif
+      out[((size_t)z * frames + m) * frames + n] = value;
+#else
+      out[(row * frames + m) * HEADS * D + head * D + n] = value;
+#endif
+    }
+  }
+"""
+
+
+def _frame_matmul(mode: int, inputs: dict, rows: int, columns: int, planes: int, out_shape: tuple, shape=(), **flags):
+    """One `_FRAME_MATMUL` launch: `rows` x `columns` outputs in each of `planes` (row and head, MODE 1 and 2), in
+    64 x 64 tiles where they make enough blocks for the GPU's SMs, else 32 x 32. `shape`: HEADS and D."""
+    bm, bn, tm, tn = (64, 64, 4, 4) if -(-rows // 64) * -(-columns // 64) * planes >= 128 else (32, 32, 2, 2)
+    threads = (bm // tm) * (bn // tn)
+    defines = {"MODE": mode, **flags}
+    source = "".join(f"#define {key} {int(value)}\n" for key, value in defines.items())
+    if mode == 1:  # SAN-M scales q before the product, by head_dim ** -0.5 rounded to float32
+        source += f"  constexpr float SCALE = {_float_literal(dict(shape)['D'] ** -0.5)};\n"
+    name = "frame_matmul_" + "_".join(f"{key.lower()}{int(value)}" for key, value in defines.items())
+    kernel = _kernel(name, tuple(inputs), ("out",), source + _FRAME_MATMUL, header=_PROJECTION_HEADER)
+    return kernel(
+        inputs=list(inputs.values()),
+        template=[("BM", bm), ("BN", bn), ("BK", 16), ("TM", tm), ("TN", tn), *shape],
+        grid=(-(-columns // bn) * threads, -(-rows // bm), planes),
+        threadgroup=(threads, 1, 1),
+        output_shapes=[out_shape],
+        output_dtypes=[mx.float32],
+    )[0]
+
+
+def frame_matmuls_fit(dtype: mx.Dtype) -> bool:
+    """Whether the encoder's float32 matmuls run through `_FRAME_MATMUL` here (EXACT_MATMULS, a candidate)."""
+    return EXACT_MATMULS and available() and dtype == mx.float32
+
+
+def project_frames(x: mx.array, linear, relu: bool = False, add=None, residual=None) -> mx.array:
+    """`linear(x)`, then relu, then `+ add`, then `residual +`, each step where asked: in one `_FRAME_MATMUL`
+    kernel for a float32 nn.Linear with a bias where `frame_matmuls_fit`, else as MLX's ops."""
+    plain = type(linear) is nn.Linear and "bias" in linear and linear.weight.dtype == mx.float32
+    if not (plain and frame_matmuls_fit(x.dtype)):
+        return project_frames_ops(x, linear, relu, add, residual)
+    n, k = linear.weight.shape
+    rows = x.size // k
+    extra = {"add": add, "residual": residual}
+    inputs = {"a": x.reshape(rows, k), "b": linear.weight, "bias": linear.bias}
+    inputs.update({name: value.reshape(rows, n) for name, value in extra.items() if value is not None})
+    flags = {"RELU": relu, "ADD": add is not None, "RESIDUAL": residual is not None}
+    return _frame_matmul(0, inputs, rows, n, 1, (rows, n), **flags).reshape(*x.shape[:-1], n)
+
+
+def project_frames_ops(x: mx.array, linear, relu: bool = False, add=None, residual=None) -> mx.array:
+    y = linear(x)
+    if relu:
+        y = nn.relu(y)
+    if add is not None:
+        y = y + add
+    return y if residual is None else residual + y
+
+
+def frame_attention_exact(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
+    """`frame_attention_ops` with its two products in `_FRAME_MATMUL` kernels and MLX's softmax between them:
+    the same numbers where the kernels' chains are cuBLAS's, in 3 kernels instead of about 7."""
+    batch, frames, width = qkv.shape
+    shape = (("HEADS", heads), ("D", width // (3 * heads)))
+    masked = mask is not None
+    inputs = {"a": qkv, **({"mask": mask} if masked else {})}
+    planes = batch * heads
+    scores = _frame_matmul(
+        1, inputs, frames, frames, planes, (batch, heads, frames, frames), shape, FRAMES_MASKED=masked
+    )
+    weights = mx.softmax(scores, axis=-1, precise=True)
+    return _frame_matmul(2, {"a": qkv, "b": weights}, frames, shape[1][1], planes, (batch, frames, width // 3), shape)
