@@ -807,7 +807,7 @@ def encoder_choices() -> tuple:
     """What the encoder's layers take from here when traced (model.compiled_layer keys its traces by it):
     whether the kernels are on, whether the attention kernel is chosen, up to how much work, and whether the
     matmul kernels are on."""
-    return available(), frame_attention_chosen(), FRAME_ATTENTION_MAX_WORK, EXACT_MATMULS
+    return available(), frame_attention_chosen(), FRAME_ATTENTION_MAX_WORK, ATTENTION_PRODUCTS, LINEAR_KERNELS
 
 
 def fsmn_fits(dtype: mx.Dtype) -> bool:
@@ -1231,23 +1231,29 @@ def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None)
 # attention's products read q, k and v where the fused projection wrote them (MLX copies them to put the heads
 # first) and write the context where the output projection reads it.
 #
-# Tiles: BM x BN outputs a block, BK of k at a time through shared memory, TM x TN outputs a thread (rows
-# ty + i * BM / TM, columns tx + j * BN / TN). MODE 0, a linear layer: a = x (rows, K), b = its weight (N, K);
+# Tiles: BM x BN outputs a block, BK of k at a time through shared memory, TM x TN adjacent outputs a thread
+# (32 x 32 and 4 x 4: the tiles of cuBLAS's kernel for the attention's products at 167 frames). MODE 0, a linear layer: a = x (rows, K), b = its weight (N, K);
 # MODE 1, the attention's scores of one (row, head) a block column: q scaled as the model scales it (rounded
 # to float32), k, both read from the fused projection qkv (B, T, 3C); with FRAMES_MASKED a key frame whose
 # mask is not > 0 scores finfo(float32).min (MLX's fallback attention, mlx/fast.cpp); MODE 2, the context:
 # the softmax weights (B, HEADS, T, T) times v from qkv, written as (B, T, C). Rows, frames and k are read
 # from the inputs' shapes, so one source serves every length.
-EXACT_MATMULS = False  # candidate: off until bench/exact_gemm.py and bench/kernels.py show the same numbers
+# Candidates, off until bench/exact_gemm.py shows the same numbers and a gain: the attention's two products (on
+# an H100 at 167 frames cuBLAS's are single chains, bit for bit), and the linear layers (cuBLAS splits their k
+# over 2 or more blocks at these shapes, e.g. 4 interleaved parts for the FFN's first at 167 frames, so one
+# chain is not its numbers: measured for speed only).
+ATTENTION_PRODUCTS = False
+LINEAR_KERNELS = False
 _FRAME_MATMUL = """
   constexpr int THREADS_N = BN / TN, THREADS = (BM / TM) * THREADS_N;
-  __shared__ float as[BK][BM + 1], bs[BK][BN + 1];
+  __shared__ __align__(16) float as[BK][BM + 4], bs[BK][BN + 4];  // k-major; rows padded, 16-byte aligned
   const int tx = threadIdx.x % THREADS_N, ty = threadIdx.x / THREADS_N;
   const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN, z = blockIdx.z;
 #if MODE == 0
   const int rows = a_shape[0], K = a_shape[1], N = b_shape[0];
   const float* pa = a;
   const float* pb = b;
+  const int a_row = K, b_row = K;
 #else
   const int frames = a_shape[1], width = a_shape[2] / 3, head = z % HEADS;
   const size_t row = z / HEADS;
@@ -1263,8 +1269,6 @@ _FRAME_MATMUL = """
   const float* pa = b + (size_t)z * frames * frames;  // the weights
   const float* pb = frame_rows + 2 * width;
   const int a_row = frames, b_k = 3 * width;
-#else
-  const int a_row = K, b_row = K;
 #endif
   float acc[TM][TN];
 #pragma unroll
@@ -1274,6 +1278,27 @@ _FRAME_MATMUL = """
       acc[i][j] = 0.0f;
     }
   }
+  // One k: this thread's TM rows of a and TN columns of b from shared memory, four at a load.
+  auto step = [&](int kk) {
+    float x[TM], y[TN];
+#pragma unroll
+    for (int i = 0; i < TM; i += 4) {
+      const float4 v = *reinterpret_cast<const float4*>(&as[kk][ty * TM + i]);
+      x[i] = v.x, x[i + 1] = v.y, x[i + 2] = v.z, x[i + 3] = v.w;
+    }
+#pragma unroll
+    for (int j = 0; j < TN; j += 4) {
+      const float4 v = *reinterpret_cast<const float4*>(&bs[kk][tx * TN + j]);
+      y[j] = v.x, y[j + 1] = v.y, y[j + 2] = v.z, y[j + 3] = v.w;
+    }
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+#pragma unroll
+      for (int j = 0; j < TN; ++j) {
+        acc[i][j] = __fmaf_rn(x[i], y[j], acc[i][j]);
+      }
+    }
+  };
   for (int k0 = 0; k0 < K; k0 += BK) {
     // The tiles into shared memory, consecutive threads along each operand's contiguous axis; zeros outside.
     for (int e = threadIdx.x; e < BM * BK; e += THREADS) {
@@ -1294,33 +1319,24 @@ _FRAME_MATMUL = """
 #endif
     }
     __syncthreads();
-    const int steps = min(BK, K - k0);  // nothing is added past K: each chain is exactly K products long
-    for (int kk = 0; kk < steps; ++kk) {
-      float x[TM], y[TN];
+    if (k0 + BK <= K) {
 #pragma unroll
-      for (int i = 0; i < TM; ++i) {
-        x[i] = as[kk][ty + i * (BM / TM)];
+      for (int kk = 0; kk < BK; ++kk) {
+        step(kk);
       }
-#pragma unroll
-      for (int j = 0; j < TN; ++j) {
-        y[j] = bs[kk][tx + j * THREADS_N];
-      }
-#pragma unroll
-      for (int i = 0; i < TM; ++i) {
-#pragma unroll
-        for (int j = 0; j < TN; ++j) {
-          acc[i][j] = __fmaf_rn(x[i], y[j], acc[i][j]);
-        }
+    } else {
+      for (int kk = 0; kk < K - k0; ++kk) {  // nothing is added past K: each chain is exactly K products long
+        step(kk);
       }
     }
     __syncthreads();
   }
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
-    const int m = m0 + ty + i * (BM / TM);
+    const int m = m0 + ty * TM + i;
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-      const int n = n0 + tx + j * THREADS_N;
+      const int n = n0 + tx * TN + j;
       if (m >= rows || n >= N) {
         continue;
       }
@@ -1355,8 +1371,10 @@ _FRAME_MATMUL = """
 
 def _frame_matmul(mode: int, inputs: dict, rows: int, columns: int, planes: int, out_shape: tuple, shape=(), **flags):
     """One `_FRAME_MATMUL` launch: `rows` x `columns` outputs in each of `planes` (row and head, MODE 1 and 2), in
-    64 x 64 tiles where they make enough blocks for the GPU's SMs, else 32 x 32. `shape`: HEADS and D."""
-    bm, bn, tm, tn = (64, 64, 4, 4) if -(-rows // 64) * -(-columns // 64) * planes >= 128 else (32, 32, 2, 2)
+    64 x 64 tiles of 8 x 4 a thread where they make a block for each of an H100's 132 SMs, else 32 x 32 of 4 x 4.
+    `shape`: HEADS and D."""
+    big = -(-rows // 64) * -(-columns // 64) * planes >= 132
+    bm, bn, tm, tn = (64, 64, 8, 4) if big else (32, 32, 4, 4)
     threads = (bm // tm) * (bn // tn)
     defines = {"MODE": mode, **flags}
     source = "".join(f"#define {key} {int(value)}\n" for key, value in defines.items())
@@ -1374,16 +1392,16 @@ def _frame_matmul(mode: int, inputs: dict, rows: int, columns: int, planes: int,
     )[0]
 
 
-def frame_matmuls_fit(dtype: mx.Dtype) -> bool:
-    """Whether the encoder's float32 matmuls run through `_FRAME_MATMUL` here (EXACT_MATMULS, a candidate)."""
-    return EXACT_MATMULS and available() and dtype == mx.float32
+def attention_products_fit(dtype: mx.Dtype) -> bool:
+    """Whether SAN-M's attention products run through `_FRAME_MATMUL` here (ATTENTION_PRODUCTS, a candidate)."""
+    return ATTENTION_PRODUCTS and available() and dtype == mx.float32
 
 
 def project_frames(x: mx.array, linear, relu: bool = False, add=None, residual=None) -> mx.array:
     """`linear(x)`, then relu, then `+ add`, then `residual +`, each step where asked: in one `_FRAME_MATMUL`
-    kernel for a float32 nn.Linear with a bias where `frame_matmuls_fit`, else as MLX's ops."""
+    kernel for a float32 nn.Linear with a bias where LINEAR_KERNELS (a candidate), else as MLX's ops."""
     plain = type(linear) is nn.Linear and "bias" in linear and linear.weight.dtype == mx.float32
-    if not (plain and frame_matmuls_fit(x.dtype)):
+    if not (LINEAR_KERNELS and available() and plain and x.dtype == mx.float32):
         return project_frames_ops(x, linear, relu, add, residual)
     n, k = linear.weight.shape
     rows = x.size // k
@@ -1403,16 +1421,29 @@ def project_frames_ops(x: mx.array, linear, relu: bool = False, add=None, residu
     return y if residual is None else residual + y
 
 
-def frame_attention_exact(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
-    """`frame_attention_ops` with its two products in `_FRAME_MATMUL` kernels and MLX's softmax between them:
-    the same numbers where the kernels' chains are cuBLAS's, in 3 kernels instead of about 7."""
+def attention_scores(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
+    """SAN-M's attention scores (B, heads, T, T) from a fused q/k/v projection qkv (B, T, 3C) in one `_FRAME_MATMUL`
+    kernel: q scaled by head_dim ** -0.5, times k; with a frame mask (B, T), a key frame whose mask is not > 0
+    scores float32's lowest, as MLX's fallback attention masks (`frame_attention_ops`)."""
     batch, frames, width = qkv.shape
     shape = (("HEADS", heads), ("D", width // (3 * heads)))
     masked = mask is not None
     inputs = {"a": qkv, **({"mask": mask} if masked else {})}
-    planes = batch * heads
-    scores = _frame_matmul(
-        1, inputs, frames, frames, planes, (batch, heads, frames, frames), shape, FRAMES_MASKED=masked
-    )
-    weights = mx.softmax(scores, axis=-1, precise=True)
-    return _frame_matmul(2, {"a": qkv, "b": weights}, frames, shape[1][1], planes, (batch, frames, width // 3), shape)
+    out_shape = (batch, heads, frames, frames)
+    return _frame_matmul(1, inputs, frames, frames, batch * heads, out_shape, shape, FRAMES_MASKED=masked)
+
+
+def attention_context(weights: mx.array, qkv: mx.array) -> mx.array:
+    """The attention's weights (B, heads, T, T) times v of qkv (B, T, 3C) in one `_FRAME_MATMUL` kernel, as
+    (B, T, C), the heads side by side."""
+    batch, heads, frames, _ = weights.shape
+    dims = qkv.shape[-1] // (3 * heads)
+    shape = (("HEADS", heads), ("D", dims))
+    return _frame_matmul(2, {"a": qkv, "b": weights}, frames, dims, batch * heads, (batch, frames, heads * dims), shape)
+
+
+def frame_attention_exact(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
+    """`frame_attention_ops` as `attention_scores`, MLX's softmax and `attention_context`: the same numbers where
+    the kernels' chains are cuBLAS's, in 3 kernels instead of about 7."""
+    weights = mx.softmax(attention_scores(qkv, heads, mask), axis=-1, precise=True)
+    return attention_context(weights, qkv)

@@ -247,7 +247,7 @@ class SANMAttention(nn.Module):
         batch, frames, width = qkv.shape
         kernel = cuda_kernels.frame_attention_fits(batch, frames, width // (3 * self.heads), qkv.dtype)
         attention = cuda_kernels.frame_attention if kernel else cuda_kernels.frame_attention_ops
-        if not kernel and cuda_kernels.frame_matmuls_fit(qkv.dtype):
+        if not kernel and cuda_kernels.attention_products_fit(qkv.dtype):
             attention = cuda_kernels.frame_attention_exact
         memory = fsmn(qkv, self.fsmn_block.weight, self.left_pad, mask)
         context = attention(qkv, self.heads, mask)
