@@ -1,23 +1,27 @@
 """Can a float32 matmul kernel of our own give cuBLAS's numbers bit for bit at the encoder's shapes?
 
-    python bench/exact_gemm.py [--frames 167 ...] [--model MODEL_DIR [--seconds 10 30 3]]
+    python bench/exact_gemm.py [--frames 167 500] [--model MODEL_DIR [--seconds 10 30 3]]
 
-The encoder's float32 path is exact by contract, and about half of its host time is cuBLAS: MLX builds a
-cublasLt descriptor and asks its heuristic at every call, then captures the call into the CUDA graph
+The encoder's float32 path is exact by contract, and much of its host time is cuBLAS: MLX builds a cublasLt
+descriptor and asks its heuristic at every call, then captures the call into the CUDA graph
 (mlx/backend/cuda/gemms/cublas_gemm.cpp, cublas_utils.cpp: 17-24 us of host a matmul against 3-4 for a
 custom kernel, BENCHMARKS.md). A kernel of our own is cheaper to launch and can read q, k and v where the
 fused projection left them (MLX copies them first), but it may replace cuBLAS only if it gives the same
 numbers. cuBLAS's SIMT float32 kernels (no TF32: funasr_nano_mlx sets MLX_ENABLE_TF32=0) keep one
 accumulator per output and add the products in k order, unless the heuristic splits k over blocks
-(split-K), whose partial sums are then added in some order. So for each of the encoder's matmuls (the
-four projections with their bias, the attention's two products) at several lengths, this compares MLX's
-result with one fma chain over ascending k, with k split into S runs whose partial sums are added in
-order (split-K), and with k tiles split among warps (sliced-K: every W-th group), and names the kernels cuBLAS ran (CUPTI through torch.profiler, where torch has CUDA).
-The package's kernels (`cuda_kernels.project_frames` with LINEAR_KERNELS, `attention_scores`,
-`attention_context`), which keep one chain per output, are checked against the chain and MLX and timed
-against MLX's call (70 calls submitted at once, as the encoder's layers are). One JSON line per shape. With --model, the encoder + adaptor with the matmul kernels of
-`funasr_nano_mlx.cuda_kernels` (`ATTENTION_PRODUCTS`, `LINEAR_KERNELS`) off and on: the same numbers or not, and how fast.
-Needs a CUDA GPU.
+(split-K), whose partial sums are then added in some order. So for each of the encoder's matmuls (the four
+projections with their bias, the attention's two products) at each --frames, this compares MLX's result
+with:
+- one fma chain over ascending k;
+- k split into S runs whose partial sums are added in order (split-K);
+- k's tiles of 8 dealt in turn to W parts, added in order (what cuBLAS's split-K kernels turned out to do).
+It names the kernels cuBLAS ran (CUPTI through torch.profiler, where torch has CUDA) and, for the linears,
+the configuration cuBLASLt's heuristic gives MLX (bench/cublas_heuristic.py: SPLITK_NUM against W). The
+package's kernels for the attention's products (`cuda_kernels.attention_scores`, `attention_context`), one
+chain per output, are checked against the chain and MLX and timed against MLX's call (70 calls submitted at
+once, as the encoder's layers are). One JSON line per shape. With --model, the encoder + adaptor with those
+kernels off and on (`cuda_kernels.ATTENTION_PRODUCTS`): the same numbers or not, and how fast. Needs a CUDA
+GPU.
 """
 
 from __future__ import annotations
@@ -83,6 +87,83 @@ def layout(kind: str, frames: int) -> dict:
     raise ValueError(kind)
 
 
+# A candidate for the linears, here only: cuBLAS's split-K order in tiles. Block z of the grid's third axis
+# adds k's tiles of 8 numbered z, z + W, z + 2W, ... (W = gridDim.z) into one fma chain per output, in
+# ascending k, its next tile's operands loaded into registers while it computes this one; each part's
+# sums go to partial[z]. `_PARTS_ADDED` then adds the parts in order and the bias, as the split-K run did.
+# x (rows, K) and the weight (N, K) row-major; BM x BN outputs a block, TM x TN adjacent ones a thread.
+_SPLIT_LINEAR = """
+  constexpr int BK = 8, THREADS_N = BN / TN, THREADS = (BM / TM) * THREADS_N;
+  constexpr int A_LOADS = BM * BK / THREADS, B_LOADS = BN * BK / THREADS;
+  __shared__ __align__(16) float as[BK][BM + 4], bs[BK][BN + 4];
+  const int rows = x_shape[0], K = x_shape[1], N = w_shape[0];
+  const int tx = threadIdx.x % THREADS_N, ty = threadIdx.x / THREADS_N;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN, z = blockIdx.z, parts = gridDim.z;
+  float acc[TM][TN] = {};
+  float ra[A_LOADS], rb[B_LOADS];
+  auto fetch = [&](int k0) {
+#pragma unroll
+    for (int i = 0; i < A_LOADS; ++i) {
+      const int e = threadIdx.x + i * THREADS, m = m0 + e / BK, k = k0 + e % BK;
+      ra[i] = (m < rows && k < K) ? x[(size_t)m * K + k] : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < B_LOADS; ++i) {
+      const int e = threadIdx.x + i * THREADS, n = n0 + e / BK, k = k0 + e % BK;
+      rb[i] = (n < N && k < K) ? w[(size_t)n * K + k] : 0.0f;
+    }
+  };
+  int k0 = z * BK;
+  if (k0 < K) {
+    fetch(k0);
+  }
+  for (; k0 < K; k0 += parts * BK) {
+#pragma unroll
+    for (int i = 0; i < A_LOADS; ++i) {
+      const int e = threadIdx.x + i * THREADS;
+      as[e % BK][e / BK] = ra[i];
+    }
+#pragma unroll
+    for (int i = 0; i < B_LOADS; ++i) {
+      const int e = threadIdx.x + i * THREADS;
+      bs[e % BK][e / BK] = rb[i];
+    }
+    __syncthreads();
+    if (k0 + parts * BK < K) {
+      fetch(k0 + parts * BK);  // in flight while this tile is added
+    }
+    const int steps = min(BK, K - k0);
+    for (int kk = 0; kk < steps; ++kk) {
+      tile_step(as, bs, kk, tx, ty, acc);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      const int m = m0 + ty * TM + i, n = n0 + tx * TN + j;
+      if (m < rows && n < N) {
+        partial[((size_t)z * rows + m) * N + n] = acc[i][j];
+      }
+    }
+  }
+"""
+_PARTS_ADDED = """
+  const size_t index = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const int parts = partials_shape[0], N = bias_shape[0];
+  const size_t outputs = (size_t)partials_shape[1] * N;
+  if (index >= outputs) {
+    return;
+  }
+  float sum = partials[index];
+  for (int z = 1; z < parts; ++z) {
+    sum = __fadd_rn(sum, partials[(size_t)z * outputs + index]);
+  }
+  out[index] = __fadd_rn(sum, bias[index % N]);
+"""
+
+
 def chain(a, b, m: int, n: int, k: int, batch: int, strides: dict, splits: int, chunk: int, sliced=False) -> mx.array:
     """Partial sums (splits, batch, m, n): runs of `chunk` k, or with `sliced` every splits-th group of `chunk`."""
     source = f"#define SLICED {int(sliced)}\n" + _CHAIN
@@ -95,6 +176,38 @@ def chain(a, b, m: int, n: int, k: int, batch: int, strides: dict, splits: int, 
         grid=(-(-m * n // 256) * 256, splits, batch),
         threadgroup=(256, 1, 1),
         output_shapes=[(splits, batch, m, n)],
+        output_dtypes=[mx.float32],
+    )[0]
+
+
+def split_linear(x: mx.array, weight: mx.array, bias: mx.array, parts: int) -> mx.array:
+    """x (rows, K) @ weight.T + bias with k's tiles of 8 dealt to `parts` parts (`_SPLIT_LINEAR`), then added."""
+    rows, n = x.shape[0], weight.shape[0]
+    bm, bn, tm, tn = (64, 64, 8, 4) if -(-rows // 64) * -(-n // 64) * parts >= 132 else (32, 32, 4, 4)
+    threads = (bm // tm) * (bn // tn)
+    split = mx.fast.cuda_kernel(
+        name="split_linear",
+        input_names=["x", "w"],
+        output_names=["partial"],
+        source=_SPLIT_LINEAR,
+        header=cuda_kernels.TILE_STEP,  # the step of the package's attention products
+    )
+    partials = split(
+        inputs=[x, weight],
+        template=[("BM", bm), ("BN", bn), ("TM", tm), ("TN", tn)],
+        grid=(-(-n // bn) * threads, -(-rows // bm), parts),
+        threadgroup=(threads, 1, 1),
+        output_shapes=[(parts, rows, n)],
+        output_dtypes=[mx.float32],
+    )[0]
+    added = mx.fast.cuda_kernel(
+        name="parts_added", input_names=["partials", "bias"], output_names=["out"], source=_PARTS_ADDED
+    )
+    return added(
+        inputs=[partials, bias],
+        grid=(-(-rows * n // 256) * 256, 1, 1),
+        threadgroup=(256, 1, 1),
+        output_shapes=[(rows, n)],
         output_dtypes=[mx.float32],
     )[0]
 
@@ -123,6 +236,16 @@ def cublas_kernels(run) -> list[str]:
     return [e.name[:140] for e in profiled.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
+def heuristic_config(rows: int, n: int, k: int) -> dict | str:
+    """cuBLASLt's algorithm for this linear layer as MLX asks for it (bench/cublas_heuristic.py), or why not."""
+    try:
+        from cublas_heuristic import linear_algorithm
+
+        return linear_algorithm(rows, n, k)
+    except (OSError, RuntimeError) as error:
+        return str(error)
+
+
 def per_call_us(run, calls: int = 70, repeat: int = 7) -> float:
     """Wall time per call of `calls` calls submitted together (as the encoder's 70 layers are), median, us."""
     mx.eval(run())
@@ -135,8 +258,8 @@ def per_call_us(run, calls: int = 70, repeat: int = 7) -> float:
 
 
 def cases(frames: int, rng: np.random.Generator):
-    """(name, MLX's thunk, the package kernel's thunk, operands for the chain) for each of a layer's matmuls;
-    the kernel's output in the chain's layout (batch, m, n)."""
+    """(name, MLX's thunk, the package kernel's thunk or None, operands for the chain) for each of a layer's
+    matmuls; the kernel's output in the chain's layout (batch, m, n)."""
     qkv = mx.array(rng.standard_normal((1, frames, 3 * WIDTH), dtype=np.float32))
     for name, k, n in (("qkv0", FEATS, 3 * WIDTH), ("qkv", WIDTH, 3 * WIDTH), ("out", WIDTH, WIDTH),
                        ("ffn1", WIDTH, HIDDEN), ("ffn2", HIDDEN, WIDTH)):  # fmt: skip
@@ -145,11 +268,10 @@ def cases(frames: int, rng: np.random.Generator):
         linear.weight = mx.array(rng.standard_normal((n, k), dtype=np.float32) * k**-0.5)
         linear.bias = mx.array(rng.standard_normal((n,), dtype=np.float32))
         strides = dict(A_OFF=0, A_BATCH=0, A_ROW=k, A_K=1, B_OFF=0, B_BATCH=0, B_ROW=k, B_K=1)
-        ours = lambda x=x, linear=linear: cuda_kernels.project_frames(x, linear)  # noqa: E731
         yield (
             name,
             lambda x=x, linear=linear: linear(x),
-            ours,
+            None,  # no kernel of ours: cuBLAS splits these products' k (see the probe's identical_share)
             (x, linear.weight, linear.bias, frames, n, k, 1, strides),
         )
     # The attention as MLX's fallback computes it (mlx/fast.cpp, scaled_dot_product_attention): q scaled
@@ -166,8 +288,24 @@ def cases(frames: int, rng: np.random.Generator):
                                                       layout("context", frames))  # fmt: skip
 
 
+def split_candidate(x, weight, bias, truth: np.ndarray, found: dict, k: int) -> dict:
+    """`split_linear` with the number of parts that gave MLX's numbers (`found`): the share identical to MLX's,
+    and its time per call against MLX's."""
+    parts = [int(key.split("W=")[1].split()[0]) for key, share in found.items() if share == 1.0 and "sliced" in key]
+    parts += [1] if found.get(f"S=1 chunk={k} bias last") == 1.0 else []
+    if not parts:
+        return {"split_candidate": "no order found"}
+    rows = x.size // k
+    run = lambda: split_linear(x.reshape(rows, k), weight, bias, parts[0])  # noqa: E731
+    got = np.array(run()).reshape(truth.shape)
+    return {
+        "split_parts": parts[0],
+        "split_share_mlx": float(np.mean(got == truth)),
+        "split_us_per_call": per_call_us(run),
+    }
+
+
 def probe(frames: int, rng: np.random.Generator) -> None:
-    cuda_kernels.LINEAR_KERNELS = True  # project_frames through the kernel (the attention's are called directly)
     for name, reference, ours, (a, b, bias, m, n, k, batch, strides) in cases(frames, rng):
         expected = reference()
         mx.eval(expected)
@@ -189,27 +327,30 @@ def probe(frames: int, rng: np.random.Generator) -> None:
                 found[f"sliced W={slices} group=8 {order}"] = float(np.mean(got == truth))
         one_chain = combined(chain(a, b, m, n, k, batch, strides, 1, k), bias, "bias last")
         found[f"S=1 chunk={k} bias last"] = float(np.mean(np.array(one_chain).reshape(batch, m, n) == truth))
-        kernel = np.array(ours()).reshape(batch, m, n)
+        kernel = np.array(ours()).reshape(batch, m, n) if ours else None
         row = {
             "case": name,
             "frames": frames,
             "shape": [batch, m, k, n],
             "identical_share": {key: value for key, value in found.items() if value > 0.5} or max(found.values()),
             "chain_share": found[f"S=1 chunk={k} bias last"],
-            "kernel_equals_chain": bool((kernel == np.array(one_chain).reshape(batch, m, n)).all()),
-            "kernel_share_mlx": float(np.mean(kernel == truth)),
+            "kernel_equals_chain": None
+            if ours is None
+            else bool((kernel == np.array(one_chain).reshape(batch, m, n)).all()),
+            "kernel_share_mlx": None if ours is None else float(np.mean(kernel == truth)),
             "max_abs_diff_chain": float(np.max(np.abs(np.array(one_chain).reshape(batch, m, n) - truth))),
             "cublas_kernels": cublas_kernels(reference),
+            "cublas_config": heuristic_config(m, n, k) if ours is None else None,
+            **(split_candidate(a, b, bias, truth, found, k) if ours is None else {}),
             "mlx_us_per_call": per_call_us(reference),
-            "kernel_us_per_call": per_call_us(ours),
+            "kernel_us_per_call": per_call_us(ours) if ours else None,
         }
         print(json.dumps(row), flush=True)
-    cuda_kernels.LINEAR_KERNELS = False
 
 
 def encoder_candidate(model_dir: Path, seconds: list[float], batch: int = 4) -> None:
-    """Encoder + adaptor with MLX's ops, the attention product kernels (`cuda_kernels.ATTENTION_PRODUCTS`) and
-    also the linear kernels (`LINEAR_KERNELS`), alternating: identical output to the ops' or not,
+    """Encoder + adaptor with the attention's products as MLX's ops and as kernels (`cuda_kernels.ATTENTION_PRODUCTS`;
+    ATTENTION_PRODUCTS_MAX_WORK lifted for the measurement), alternating: identical output to the ops' or not,
     warm ms (median of 10), host ms to submit, CUPTI's GPU time and launches; one clip of each length, then
     a padded batch of `batch` (lengths 100% to 55% of the longest, so the masked kernels run)."""
     from step_profile import cupti_kernels
@@ -219,23 +360,24 @@ def encoder_candidate(model_dir: Path, seconds: list[float], batch: int = 4) -> 
     from funasr_nano_mlx.audio import features
 
     os.environ["FUNASR_NANO_COMPILE"] = "1"
+    cuda_kernels.ATTENTION_PRODUCTS_MAX_WORK = 2**40  # measured at every size here
     model, _ = load(model_dir)
     inputs = {f"1 x {s:g} s": (mx.array(features(synthetic_audio(s)))[None], None) for s in seconds}
     rows = [features(synthetic_audio(seconds[0] * (1 - 0.15 * i))) for i in range(batch)]
     longest = max(len(r) for r in rows)
     padded = np.stack([np.pad(r, [(0, longest - len(r)), (0, 0)]) for r in rows])
     inputs[f"{batch} x {seconds[0]:g} s, padded"] = (mx.array(padded), mx.array([len(r) for r in rows]))
-    variants = {"MLX's ops": (False, False), "attention products": (True, False), "and linears": (True, True)}
+    variants = {"MLX's ops": False, "attention products": True}
     for name, (feats, lengths) in inputs.items():
         outputs, rows_out = {}, []
         for _ in range(2):  # alternating, so that a host's drift hits all alike
-            for variant, (products, linears) in variants.items():
-                cuda_kernels.ATTENTION_PRODUCTS, cuda_kernels.LINEAR_KERNELS = products, linears
+            for variant, products in variants.items():
+                cuda_kernels.ATTENTION_PRODUCTS = products
                 warm, submit = warm_ms(lambda: model.encode(feats, lengths), 10)
                 outputs[variant] = np.array(model.encode(feats, lengths))
                 kernels = cupti_kernels(lambda: model.encode(feats, lengths), 4, top=12)
                 rows_out.append({"input": name, "variant": variant, "warm_ms": warm, "submit_ms": submit, **kernels})
-        cuda_kernels.ATTENTION_PRODUCTS = cuda_kernels.LINEAR_KERNELS = False
+        cuda_kernels.ATTENTION_PRODUCTS = True
         for row in rows_out:
             print(json.dumps(row), flush=True)
         reference = outputs["MLX's ops"]

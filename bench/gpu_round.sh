@@ -2,20 +2,20 @@
 # A GPU session's decode measurements in few commands: a lent machine stays warm only a short while
 # between calls, so everything runs in one or two.
 #
-#   [STEPS="host_cost profile kernels speed throughput attention_plans first_call"] bash bench/gpu_round.sh SKELETON OUT [BEFORE]
+#   [STEPS="host_cost profile kernels exact speed throughput attention_plans first_call"] bash bench/gpu_round.sh SKELETON OUT [BEFORE]
 #
 # SKELETON  a model directory for bench/random_model.py (the full-size skeleton; random weights).
-# OUT       where the JSON lines go (host_cost, step_profile, kernels, speed, throughput, attention_plans,
-#           first_call .jsonl).
+# OUT       where the JSON lines go (host_cost, step_profile, kernels, exact_gemm, speed, throughput,
+#           attention_plans, first_call .jsonl).
 # BEFORE    optional: a directory holding another build's funasr_nano_mlx package, measured in separate
 #           processes alternately with this one (step profile, speed, throughput, first call).
-# STEPS     which of the seven parts run, in that order (default: all). The random weights are made once
+# STEPS     which of the eight parts run, in that order (default: all). The random weights are made once
 #           under WORK (default /tmp/gpu_round) and kept, so that a second call can run the other parts.
 # PYTHONPATH must already find mlx, mlx-lm and mlx-audio (and this checkout first). Every step has a
 # time limit, so that one that hangs does not take the rest with it.
 set -u
 skeleton=$1 out=$2 before=${3:-}
-steps=" ${STEPS:-host_cost profile kernels speed throughput attention_plans first_call} "
+steps=" ${STEPS:-host_cost profile kernels exact speed throughput attention_plans first_call} "
 bench=$(cd "$(dirname "$0")" && pwd)
 work=${WORK:-/tmp/gpu_round}
 mkdir -p "$out" "$work"
@@ -64,6 +64,13 @@ if wants kernels; then
     ours "$bench/kernels.py" "$work/q4/mlx-full-bfloat16" --quick --tokens 32 --seconds 2 --label 4bit >> "$out/kernels.jsonl"
   fi
   grep -c . "$out/kernels.jsonl"
+fi
+
+if wants exact; then
+  step "the encoder's matmuls against cuBLAS's numbers; encoder + adaptor with the attention's product kernels off and on"
+  limit=330
+  ours "$bench/exact_gemm.py" --frames 167 500 --model "$work/bf16/mlx-full-bfloat16" 2>/dev/null | tee -a "$out/exact_gemm.jsonl" | cut -c1-300
+  limit=150
 fi
 
 if wants speed; then

@@ -143,6 +143,9 @@ def stage_variants(model, feats: mx.array, embeddings: mx.array) -> dict:
     if hasattr(cuda_kernels, "fsmn_memory_ops"):
         ops = ((cuda_kernels, "fsmn_memory", cuda_kernels.fsmn_memory_ops),)
         table["encoder+adaptor, FSMN block as MLX ops"] = ("encoder", encode, ops)
+    if hasattr(cuda_kernels, "ATTENTION_PRODUCTS"):  # a build from before it has MLX's ops for the products
+        ops = ((cuda_kernels, "ATTENTION_PRODUCTS", False),)
+        table["encoder+adaptor, attention products as MLX's ops"] = ("encoder", encode, ops)
     if hasattr(cuda_kernels, "frame_attention_chosen"):
         kernel = ((cuda_kernels, "frame_attention_chosen", lambda: True),)
         table["encoder+adaptor, attention kernel (opt-in)"] = ("encoder", encode, kernel)

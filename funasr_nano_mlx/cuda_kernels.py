@@ -805,9 +805,15 @@ ENCODER_DTYPES = (mx.float32, mx.bfloat16)
 
 def encoder_choices() -> tuple:
     """What the encoder's layers take from here when traced (model.compiled_layer keys its traces by it):
-    whether the kernels are on, whether the attention kernel is chosen, up to how much work, and whether the
-    matmul kernels are on."""
-    return available(), frame_attention_chosen(), FRAME_ATTENTION_MAX_WORK, ATTENTION_PRODUCTS, LINEAR_KERNELS
+    whether the kernels are on, whether the attention kernel is chosen and up to how much work, whether the
+    attention's product kernels are on and up to how much work."""
+    return (
+        available(),
+        frame_attention_chosen(),
+        FRAME_ATTENTION_MAX_WORK,
+        ATTENTION_PRODUCTS,
+        ATTENTION_PRODUCTS_MAX_WORK,
+    )
 
 
 def fsmn_fits(dtype: mx.Dtype) -> bool:
@@ -1220,53 +1226,75 @@ def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None)
     return context.transpose(0, 2, 1, 3).reshape(batch, frames, -1)
 
 
-# The encoder's float32 matmuls in a kernel of our own, with the number's of MLX's (cuBLAS's) where cuBLAS keeps
-# one accumulator per output and adds the products in k order (no split-K; bench/exact_gemm.py checks which of
-# the encoder's shapes that holds for). Each output is one fma chain over ascending k from 0, then the bias
-# added once (cublasLt's bias epilogue, as MLX's addmm asks for it), then what MLX's ops do next, each rounded
-# to float32 as they are: relu (MLX's Maximum functor), the FSMN memory added, the residual added. Why by hand:
-# MLX builds a cublasLt descriptor and runs its heuristic at every matmul, then captures the call into its
-# CUDA graph (mlx/backend/cuda/gemms/cublas_gemm.cpp, cublas_utils.cpp), 17-24 us of host time a call against
-# 3-4 for a custom kernel, and one clip's encoder (6 matmuls a layer, 70 layers) is bound by the host; the
-# attention's products read q, k and v where the fused projection wrote them (MLX copies them to put the heads
-# first) and write the context where the output projection reads it.
+# SAN-M's attention products in float32 with the numbers of MLX's (cuBLAS's) by default: MLX's fallback attention
+# (float32 has no fused attention kernel in MLX on CUDA; mlx/fast.cpp) copies q, k and v to put the heads first,
+# multiplies q by its scale, runs two cuBLAS matmuls around its softmax and copies the context back. cuBLAS ran
+# both products at the encoder's shapes as single chains, one accumulator per output adding the products in k
+# order from 0 (no split-K: bench/exact_gemm.py, on an H100 at 167 and 500 frames), so the kernels here keep that
+# order: `attention_scores` reads q and k where the fused projection wrote them, scaling q as the model does
+# (rounded to float32), and `attention_context` writes the context where the output projection reads it. With
+# MLX's softmax between them a layer's attention is 3 kernels instead of about 7, the same numbers bit for bit
+# (a clip of 3, 10 and 30 s and a padded batch of 4 x 10 s, and the transcription's tokens: BENCHMARKS.md).
+# Why by hand: MLX builds a cublasLt descriptor and runs its heuristic at every matmul, then captures the call
+# into its CUDA graph (mlx/backend/cuda/gemms/cublas_gemm.cpp, cublas_utils.cpp: several times a custom kernel's
+# host time), and one clip's encoder is bound by the host. The kernels' GPU time is above cuBLAS's (no pipelined
+# loads: +0.7 ms over 70 layers at 10 s, +2.9 ms at 30 s), so they are used up to ATTENTION_PRODUCTS_MAX_WORK
+# (rows x frames^2: one clip of up to about 21 s, 4 of 10 s); MLX's ops above it.
 #
-# Tiles: BM x BN outputs a block, BK of k at a time through shared memory, TM x TN adjacent outputs a thread
-# (32 x 32 and 4 x 4: the tiles of cuBLAS's kernel for the attention's products at 167 frames). MODE 0, a linear layer: a = x (rows, K), b = its weight (N, K);
-# MODE 1, the attention's scores of one (row, head) a block column: q scaled as the model scales it (rounded
-# to float32), k, both read from the fused projection qkv (B, T, 3C); with FRAMES_MASKED a key frame whose
-# mask is not > 0 scores finfo(float32).min (MLX's fallback attention, mlx/fast.cpp); MODE 2, the context:
-# the softmax weights (B, HEADS, T, T) times v from qkv, written as (B, T, C). Rows, frames and k are read
-# from the inputs' shapes, so one source serves every length.
-# Candidates, off until bench/exact_gemm.py shows the same numbers and a gain: the attention's two products (on
-# an H100 at 167 frames cuBLAS's are single chains, bit for bit), and the linear layers (cuBLAS splits their k
-# over 2 or more blocks at these shapes, e.g. 4 interleaved parts for the FFN's first at 167 frames, so one
-# chain is not its numbers: measured for speed only).
-ATTENTION_PRODUCTS = False
-LINEAR_KERNELS = False
-_FRAME_MATMUL = """
+# The linear layers are not done so: there cuBLAS splits k (tiles of 8 dealt in turn to 2 to 5 blocks whose
+# partial sums are added in order, then the bias; how many depends on the shape), so one chain is not its numbers.
+#
+# Tiles: 32 x 32 outputs a block (64 x 64 where that still gives a block to each of an H100's 132 SMs), BK of k at
+# a time through shared memory, 4 x 4 (8 x 4) adjacent outputs a thread read four at a time. MODE 1, the scores of
+# one (row, head) per grid plane: q scaled times k; with FRAMES_MASKED a key frame whose mask is not > 0 scores
+# float32's lowest (MLX's fallback: `where(mask, scores, finfo.min)`). MODE 2, the softmax weights (B, HEADS, T, T)
+# times v, written as (B, T, C). Frames are read from qkv's shape, so one source serves every length.
+ATTENTION_PRODUCTS = True
+ATTENTION_PRODUCTS_MAX_WORK = 2**17
+# One k of a tiled float32 product: this thread's TM rows of a and TN columns of b (adjacent, four at a load) from
+# k-major tiles in shared memory (rows padded by 4), each product added to its output's fma chain.
+TILE_STEP = """
+template <int BK, int A_WIDTH, int B_WIDTH, int TM, int TN>
+__device__ inline void tile_step(
+    const float (&as)[BK][A_WIDTH], const float (&bs)[BK][B_WIDTH], int kk, int tx, int ty, float (&acc)[TM][TN]) {
+  float x[TM], y[TN];
+#pragma unroll
+  for (int i = 0; i < TM; i += 4) {
+    const float4 v = *reinterpret_cast<const float4*>(&as[kk][ty * TM + i]);
+    x[i] = v.x, x[i + 1] = v.y, x[i + 2] = v.z, x[i + 3] = v.w;
+  }
+#pragma unroll
+  for (int j = 0; j < TN; j += 4) {
+    const float4 v = *reinterpret_cast<const float4*>(&bs[kk][tx * TN + j]);
+    y[j] = v.x, y[j + 1] = v.y, y[j + 2] = v.z, y[j + 3] = v.w;
+  }
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      acc[i][j] = __fmaf_rn(x[i], y[j], acc[i][j]);
+    }
+  }
+}
+"""
+_ATTENTION_PRODUCTS = """
   constexpr int THREADS_N = BN / TN, THREADS = (BM / TM) * THREADS_N;
   __shared__ __align__(16) float as[BK][BM + 4], bs[BK][BN + 4];  // k-major; rows padded, 16-byte aligned
   const int tx = threadIdx.x % THREADS_N, ty = threadIdx.x / THREADS_N;
   const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN, z = blockIdx.z;
-#if MODE == 0
-  const int rows = a_shape[0], K = a_shape[1], N = b_shape[0];
-  const float* pa = a;
-  const float* pb = b;
-  const int a_row = K, b_row = K;
-#else
-  const int frames = a_shape[1], width = a_shape[2] / 3, head = z % HEADS;
+  const int frames = qkv_shape[1], width = qkv_shape[2] / 3, head = z % HEADS;
   const size_t row = z / HEADS;
-  const float* frame_rows = a + row * frames * 3 * width + head * D;  // frame f's q at f * 3C, k at + C, v at + 2C
-#endif
+  const float* frame_rows = qkv + row * frames * 3 * width + head * D;  // frame f's q at f * 3C, k at + C, v at + 2C
 #if MODE == 1
-  const int rows = frames, K = D, N = frames;
+  constexpr int K = D;
+  const int N = frames;
   const float* pa = frame_rows;
   const float* pb = frame_rows + width;
   const int a_row = 3 * width, b_row = 3 * width;
-#elif MODE == 2
-  const int rows = frames, K = frames, N = D;
-  const float* pa = b + (size_t)z * frames * frames;  // the weights
+#else
+  const int K = frames;
+  constexpr int N = D;
+  const float* pa = weights + (size_t)z * frames * frames;
   const float* pb = frame_rows + 2 * width;
   const int a_row = frames, b_k = 3 * width;
 #endif
@@ -1278,55 +1306,34 @@ _FRAME_MATMUL = """
       acc[i][j] = 0.0f;
     }
   }
-  // One k: this thread's TM rows of a and TN columns of b from shared memory, four at a load.
-  auto step = [&](int kk) {
-    float x[TM], y[TN];
-#pragma unroll
-    for (int i = 0; i < TM; i += 4) {
-      const float4 v = *reinterpret_cast<const float4*>(&as[kk][ty * TM + i]);
-      x[i] = v.x, x[i + 1] = v.y, x[i + 2] = v.z, x[i + 3] = v.w;
-    }
-#pragma unroll
-    for (int j = 0; j < TN; j += 4) {
-      const float4 v = *reinterpret_cast<const float4*>(&bs[kk][tx * TN + j]);
-      y[j] = v.x, y[j + 1] = v.y, y[j + 2] = v.z, y[j + 3] = v.w;
-    }
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-#pragma unroll
-      for (int j = 0; j < TN; ++j) {
-        acc[i][j] = __fmaf_rn(x[i], y[j], acc[i][j]);
-      }
-    }
-  };
   for (int k0 = 0; k0 < K; k0 += BK) {
     // The tiles into shared memory, consecutive threads along each operand's contiguous axis; zeros outside.
     for (int e = threadIdx.x; e < BM * BK; e += THREADS) {
       const int r = e / BK, kk = e % BK, m = m0 + r, k = k0 + kk;
-      float value = (m < rows && k < K) ? pa[(size_t)m * a_row + k] : 0.0f;
+      float value = (m < frames && k < K) ? pa[(size_t)m * a_row + k] : 0.0f;
 #if MODE == 1
       value = __fmul_rn(value, SCALE);
 #endif
       as[kk][r] = value;
     }
     for (int e = threadIdx.x; e < BN * BK; e += THREADS) {
-#if MODE == 2
-      const int c = e % BN, kk = e / BN, n = n0 + c, k = k0 + kk;
-      bs[kk][c] = (n < N && k < K) ? pb[(size_t)k * b_k + n] : 0.0f;
-#else
+#if MODE == 1
       const int c = e / BK, kk = e % BK, n = n0 + c, k = k0 + kk;
       bs[kk][c] = (n < N && k < K) ? pb[(size_t)n * b_row + k] : 0.0f;
+#else
+      const int c = e % BN, kk = e / BN, n = n0 + c, k = k0 + kk;
+      bs[kk][c] = (n < N && k < K) ? pb[(size_t)k * b_k + n] : 0.0f;
 #endif
     }
     __syncthreads();
     if (k0 + BK <= K) {
 #pragma unroll
       for (int kk = 0; kk < BK; ++kk) {
-        step(kk);
+        tile_step(as, bs, kk, tx, ty, acc);
       }
     } else {
       for (int kk = 0; kk < K - k0; ++kk) {  // nothing is added past K: each chain is exactly K products long
-        step(kk);
+        tile_step(as, bs, kk, tx, ty, acc);
       }
     }
     __syncthreads();
@@ -1337,24 +1344,11 @@ _FRAME_MATMUL = """
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
       const int n = n0 + tx * TN + j;
-      if (m >= rows || n >= N) {
+      if (m >= frames || n >= N) {
         continue;
       }
+#if MODE == 1
       float value = acc[i][j];
-#if MODE == 0
-      const size_t at = (size_t)m * N + n;
-      value = __fadd_rn(value, bias[n]);
-#if RELU
-      value = Maximum{}(value, 0.0f);
-#endif
-#if ADD
-      value = __fadd_rn(value, add[at]);
-#endif
-#if RESIDUAL
-      value = __fadd_rn(residual[at], value);
-#endif
-      out[at] = value;
-#elif MODE == 1
 #if FRAMES_MASKED
       if (!(mask[row * frames + n] > 0.0f)) {
         value = cuda::std::numeric_limits<float>::lowest();
@@ -1362,88 +1356,78 @@ _FRAME_MATMUL = """
 #endif
       out[((size_t)z * frames + m) * frames + n] = value;
 #else
-      out[(row * frames + m) * HEADS * D + head * D + n] = value;
+      out[(row * frames + m) * HEADS * D + head * D + n] = acc[i][j];
 #endif
     }
   }
 """
 
 
-def _frame_matmul(mode: int, inputs: dict, rows: int, columns: int, planes: int, out_shape: tuple, shape=(), **flags):
-    """One `_FRAME_MATMUL` launch: `rows` x `columns` outputs in each of `planes` (row and head, MODE 1 and 2), in
-    64 x 64 tiles of 8 x 4 a thread where they make a block for each of an H100's 132 SMs, else 32 x 32 of 4 x 4.
-    `shape`: HEADS and D."""
-    big = -(-rows // 64) * -(-columns // 64) * planes >= 132
+def attention_products_fit(rows: int, frames: int, dtype: mx.Dtype) -> bool:
+    """Whether SAN-M's attention products of this call run in `attention_scores` and `attention_context` here.
+    Not under 4 frames (a quarter of a second), where MLX's own vector kernel computes the attention instead of
+    its fallback (mlx/backend/cuda/scaled_dot_product_attention.cu, supports_sdpa_vector), in another order."""
+    small = 4 <= frames and rows * frames * frames <= ATTENTION_PRODUCTS_MAX_WORK
+    return ATTENTION_PRODUCTS and available() and dtype == mx.float32 and small
+
+
+def _attention_product(mode: int, inputs: dict, columns: int, weights_shape: tuple, **flags) -> mx.array:
+    """One `_ATTENTION_PRODUCTS` launch; weights_shape (B, HEADS, T, T), the planes and their rows."""
+    batch, heads, frames, _ = weights_shape
+    dims = inputs["qkv"].shape[-1] // (3 * heads)
+    planes = batch * heads
+    big = -(-frames // 64) * -(-columns // 64) * planes >= 132
     bm, bn, tm, tn = (64, 64, 8, 4) if big else (32, 32, 4, 4)
     threads = (bm // tm) * (bn // tn)
     defines = {"MODE": mode, **flags}
     source = "".join(f"#define {key} {int(value)}\n" for key, value in defines.items())
-    if mode == 1:  # SAN-M scales q before the product, by head_dim ** -0.5 rounded to float32
-        source += f"  constexpr float SCALE = {_float_literal(dict(shape)['D'] ** -0.5)};\n"
-    name = "frame_matmul_" + "_".join(f"{key.lower()}{int(value)}" for key, value in defines.items())
-    kernel = _kernel(name, tuple(inputs), ("out",), source + _FRAME_MATMUL, header=_PROJECTION_HEADER)
+    source += f"  constexpr float SCALE = {_float_literal(dims**-0.5)};\n"  # SAN-M scales q by head_dim ** -0.5
+    name = "attention_product_" + "_".join(f"{key.lower()}{int(value)}" for key, value in defines.items())
+    kernel = _kernel(name, tuple(inputs), ("out",), source + _ATTENTION_PRODUCTS, header=_HEADER + TILE_STEP)
+    out_shape = weights_shape if mode == 1 else (batch, frames, heads * dims)
     return kernel(
         inputs=list(inputs.values()),
-        template=[("BM", bm), ("BN", bn), ("BK", 16), ("TM", tm), ("TN", tn), *shape],
-        grid=(-(-columns // bn) * threads, -(-rows // bm), planes),
+        template=[("BM", bm), ("BN", bn), ("BK", 16), ("TM", tm), ("TN", tn), ("HEADS", heads), ("D", dims)],
+        grid=(-(-columns // bn) * threads, -(-frames // bm), planes),
         threadgroup=(threads, 1, 1),
         output_shapes=[out_shape],
         output_dtypes=[mx.float32],
     )[0]
 
 
-def attention_products_fit(dtype: mx.Dtype) -> bool:
-    """Whether SAN-M's attention products run through `_FRAME_MATMUL` here (ATTENTION_PRODUCTS, a candidate)."""
-    return ATTENTION_PRODUCTS and available() and dtype == mx.float32
-
-
-def project_frames(x: mx.array, linear, relu: bool = False, add=None, residual=None) -> mx.array:
-    """`linear(x)`, then relu, then `+ add`, then `residual +`, each step where asked: in one `_FRAME_MATMUL`
-    kernel for a float32 nn.Linear with a bias where LINEAR_KERNELS (a candidate), else as MLX's ops."""
-    plain = type(linear) is nn.Linear and "bias" in linear and linear.weight.dtype == mx.float32
-    if not (LINEAR_KERNELS and available() and plain and x.dtype == mx.float32):
-        return project_frames_ops(x, linear, relu, add, residual)
-    n, k = linear.weight.shape
-    rows = x.size // k
-    extra = {"add": add, "residual": residual}
-    inputs = {"a": x.reshape(rows, k), "b": linear.weight, "bias": linear.bias}
-    inputs.update({name: value.reshape(rows, n) for name, value in extra.items() if value is not None})
-    flags = {"RELU": relu, "ADD": add is not None, "RESIDUAL": residual is not None}
-    return _frame_matmul(0, inputs, rows, n, 1, (rows, n), **flags).reshape(*x.shape[:-1], n)
-
-
-def project_frames_ops(x: mx.array, linear, relu: bool = False, add=None, residual=None) -> mx.array:
-    y = linear(x)
-    if relu:
-        y = nn.relu(y)
-    if add is not None:
-        y = y + add
-    return y if residual is None else residual + y
-
-
 def attention_scores(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
-    """SAN-M's attention scores (B, heads, T, T) from a fused q/k/v projection qkv (B, T, 3C) in one `_FRAME_MATMUL`
-    kernel: q scaled by head_dim ** -0.5, times k; with a frame mask (B, T), a key frame whose mask is not > 0
-    scores float32's lowest, as MLX's fallback attention masks (`frame_attention_ops`)."""
-    batch, frames, width = qkv.shape
-    shape = (("HEADS", heads), ("D", width // (3 * heads)))
+    """`attention_scores_ops` in one kernel: SAN-M's attention scores (B, heads, T, T) from a fused float32 q/k/v
+    projection qkv (B, T, 3C), mask (B, T) or None."""
+    batch, frames, _ = qkv.shape
     masked = mask is not None
-    inputs = {"a": qkv, **({"mask": mask} if masked else {})}
-    out_shape = (batch, heads, frames, frames)
-    return _frame_matmul(1, inputs, frames, frames, batch * heads, out_shape, shape, FRAMES_MASKED=masked)
+    inputs = {"qkv": qkv, **({"mask": mask} if masked else {})}
+    return _attention_product(1, inputs, frames, (batch, heads, frames, frames), FRAMES_MASKED=masked)
+
+
+def attention_scores_ops(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
+    """The scores as MLX's fallback attention computes them in `frame_attention_ops` (mlx/fast.cpp): q scaled
+    by head_dim ** -0.5 times k^T; a key frame whose mask is not > 0 scores float32's lowest."""
+    batch, frames, _ = qkv.shape
+    q, k, _ = (t.reshape(batch, frames, heads, -1).transpose(0, 2, 1, 3) for t in mx.split(qkv, 3, axis=-1))
+    scores = (q * (q.shape[-1] ** -0.5)) @ k.swapaxes(-1, -2)
+    return scores if mask is None else mx.where(key_mask(mask), scores, mx.array(mx.finfo(scores.dtype).min))
 
 
 def attention_context(weights: mx.array, qkv: mx.array) -> mx.array:
-    """The attention's weights (B, heads, T, T) times v of qkv (B, T, 3C) in one `_FRAME_MATMUL` kernel, as
-    (B, T, C), the heads side by side."""
+    """`attention_context_ops` in one kernel: the softmax weights (B, heads, T, T) times v of the fused float32
+    projection qkv (B, T, 3C), as (B, T, C), the heads side by side."""
+    return _attention_product(
+        2, {"qkv": qkv, "weights": weights}, qkv.shape[-1] // (3 * weights.shape[1]), weights.shape
+    )
+
+
+def attention_context_ops(weights: mx.array, qkv: mx.array) -> mx.array:
     batch, heads, frames, _ = weights.shape
-    dims = qkv.shape[-1] // (3 * heads)
-    shape = (("HEADS", heads), ("D", dims))
-    return _frame_matmul(2, {"a": qkv, "b": weights}, frames, dims, batch * heads, (batch, frames, heads * dims), shape)
+    v = mx.split(qkv, 3, axis=-1)[2].reshape(batch, frames, heads, -1).transpose(0, 2, 1, 3)
+    return (weights @ v).transpose(0, 2, 1, 3).reshape(batch, frames, -1)
 
 
-def frame_attention_exact(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
-    """`frame_attention_ops` as `attention_scores`, MLX's softmax and `attention_context`: the same numbers where
-    the kernels' chains are cuBLAS's, in 3 kernels instead of about 7."""
+def frame_attention_products(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
+    """`frame_attention_ops` as `attention_scores`, MLX's softmax and `attention_context`."""
     weights = mx.softmax(attention_scores(qkv, heads, mask), axis=-1, precise=True)
     return attention_context(weights, qkv)

@@ -216,10 +216,8 @@ class FeedForward(nn.Module):
         self.w_1 = nn.Linear(dims, hidden)
         self.w_2 = nn.Linear(hidden, dims)
 
-    def __call__(self, x: mx.array, residual: mx.array | None = None) -> mx.array:
-        """`residual + w_2(relu(w_1(x)))` (without the residual where it is None)."""
-        hidden = cuda_kernels.project_frames(x, self.w_1, relu=True)
-        return cuda_kernels.project_frames(hidden, self.w_2, residual=residual)
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.w_2(nn.relu(self.w_1(x)))
 
 
 class SANMAttention(nn.Module):
@@ -237,21 +235,22 @@ class SANMAttention(nn.Module):
         if kernel_size - 1 - self.left_pad < 0:  # the frames of zeros after the last
             raise ValueError(f"sanm_shift {sanm_shift} too large for kernel_size {kernel_size}")
 
-    def __call__(self, x: mx.array, mask: mx.array | None = None, residual: mx.array | None = None) -> mx.array:
-        """The attention plus the memory block, plus `residual` where it is not None."""
-        qkv = cuda_kernels.project_frames(x, self.linear_q_k_v)
+    def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
+        qkv = self.linear_q_k_v(x)
         # On CUDA one kernel computes the memory block, which MLX's ops take five or more for
         # (cuda_kernels.fsmn_memory); where chosen and small enough one the attention, which they take
-        # seven for (cuda_kernels.frame_attention_fits: opt-in, it changes float32's numbers).
+        # seven for (cuda_kernels.frame_attention_fits: opt-in, it changes float32's numbers); else, small
+        # enough, two its products with MLX's numbers and MLX's softmax (cuda_kernels.attention_products_fit).
         fsmn = cuda_kernels.fsmn_memory if cuda_kernels.fsmn_fits(qkv.dtype) else cuda_kernels.fsmn_memory_ops
         batch, frames, width = qkv.shape
-        kernel = cuda_kernels.frame_attention_fits(batch, frames, width // (3 * self.heads), qkv.dtype)
-        attention = cuda_kernels.frame_attention if kernel else cuda_kernels.frame_attention_ops
-        if not kernel and cuda_kernels.attention_products_fit(qkv.dtype):
-            attention = cuda_kernels.frame_attention_exact
+        if cuda_kernels.frame_attention_fits(batch, frames, width // (3 * self.heads), qkv.dtype):
+            attention = cuda_kernels.frame_attention
+        elif cuda_kernels.attention_products_fit(batch, frames, qkv.dtype):
+            attention = cuda_kernels.frame_attention_products
+        else:
+            attention = cuda_kernels.frame_attention_ops
         memory = fsmn(qkv, self.fsmn_block.weight, self.left_pad, mask)
-        context = attention(qkv, self.heads, mask)
-        return cuda_kernels.project_frames(context, self.linear_out, add=memory, residual=residual)
+        return self.linear_out(attention(qkv, self.heads, mask)) + memory
 
 
 class SANMEncoderLayer(nn.Module):
@@ -266,8 +265,9 @@ class SANMEncoderLayer(nn.Module):
         self.attention_residual = in_dims == dims
 
     def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
-        x = self.self_attn(self.norm1(x), mask, residual=x if self.attention_residual else None)
-        return self.feed_forward(self.norm2(x), residual=x)
+        attended = self.self_attn(self.norm1(x), mask)
+        x = x + attended if self.attention_residual else attended
+        return x + self.feed_forward(self.norm2(x))
 
 
 def sanm_layer_bytes(batch: int, frames: int, args: EncoderArgs, itemsize: int = 4) -> int:
@@ -377,7 +377,7 @@ class AdaptorBlock(nn.Module):
 
     def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
         x = x + self.self_attn(self.norm1(x), mask)
-        return self.feed_forward(self.norm2(x), residual=x)
+        return x + self.feed_forward(self.norm2(x))
 
 
 class AudioAdaptor(nn.Module):

@@ -153,7 +153,8 @@ def transcribe_module():
     return importlib.import_module("funasr_nano_mlx.transcribe")
 
 
-ENCODER_KERNELS = ("fsmn_memory", "frame_attention")  # cuda_kernels' kernels of a SAN-M layer
+# cuda_kernels' kernels of a SAN-M layer: the memory block, the attention (opt-in) or its two products
+ENCODER_KERNELS = ("fsmn_memory", "frame_attention", "attention_scores", "attention_context")
 
 
 def cuda_kernel_twins(
@@ -161,7 +162,7 @@ def cuda_kernel_twins(
 ) -> list[str]:
     """The model as on a CUDA GPU (`cuda_kernels.available`, and `enabled` for the LLM's kernels in any dtype), each
     of these CUDA kernels replaced by its MLX-ops twin: the names of the kernels called, as they are. The
-    encoder's kernels (ENCODER_KERNELS, on in float32 and bf16) are on only if named, and then both must be."""
+    encoder's kernels (ENCODER_KERNELS, on in float32 and bf16) are on only if named, and then all must be."""
     from funasr_nano_mlx import cuda_kernels
 
     monkeypatch.setattr(cuda_kernels, "available", lambda: bool(set(names) & set(ENCODER_KERNELS)))

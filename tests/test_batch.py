@@ -555,14 +555,13 @@ def test_one_prompt_leaves_the_cache_mlx_lms_prefill_leaves(tiny_bf16, ten_files
 
 
 @pytest.mark.parametrize("compiled", ["0", "1"])
-def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
-    tiny_model, ten_files, monkeypatch, compiled
-):
+def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model, ten_files, monkeypatch, compiled):
     """On a CUDA GPU each SAN-M layer's FSMN memory block is one kernel (cuda_kernels.fsmn_memory) reading the
-    fused q/k/v projection, in float32 and bf16, and so is its self-attention where a user opts in
-    (FUNASR_NANO_ENCODER_ATTENTION_KERNEL=1: it changes float32's numbers) up to FRAME_ATTENTION_MAX_WORK.
-    Here the kernels are replaced by their MLX-ops twins: a clip, and a padded batch with its mask, encode
-    as on the CPU, compiled or not."""
+    fused q/k/v projection, in float32 and bf16; its self-attention's two products are a kernel each in float32
+    (attention_scores, attention_context: MLX's numbers) up to ATTENTION_PRODUCTS_MAX_WORK, and the whole
+    attention one kernel where a user opts in (FUNASR_NANO_ENCODER_ATTENTION_KERNEL=1: it changes float32's
+    numbers) up to FRAME_ATTENTION_MAX_WORK. Here the kernels are replaced by their MLX-ops twins: a clip, and
+    a padded batch with its mask, encode as on the CPU, compiled or not."""
     from funasr_nano_mlx import cuda_kernels
 
     model, _ = tiny_model
@@ -580,31 +579,40 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_a_kernel_each(
     monkeypatch.setattr(cuda_kernels, "HEAD_DIMS", (head_dim,))
     work = batch.shape[0] * frames * frames
     monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_WORK", work)
+    monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MAX_WORK", work)
+    products = {"fsmn_memory", "attention_scores", "attention_context"}
 
-    def encoded_calls(*inputs) -> list[str]:
+    def encoded_calls(*inputs) -> set[str]:
         """The kernels one encoding called, after checking its output against the CPU's."""
         calls.clear()
         assert mx.array_equal(model.encode(*inputs), expected[len(inputs) - 1]).item()
-        return list(calls)
+        return set(calls)
 
-    # Not chosen: the attention stays MLX's ops (float32's exact path), the memory block is the kernel.
+    # Products in kernels: float32 only, and not under 4 frames, where MLX's own vector attention runs.
+    fits = cuda_kernels.attention_products_fit
+    assert fits(1, 4, mx.float32) and not fits(1, 3, mx.float32) and not fits(1, 4, mx.bfloat16)
+    # By default: the memory block and the attention's products (float32's exact path).
     for inputs in ((feats[0][None],), (batch, lengths)):
-        assert "fsmn_memory" in encoded_calls(*inputs) and "frame_attention" not in calls
-    # Chosen, within the bound: both kernels. The choice is part of what the compiled layers are traced
-    # for, so opting in traces again.
+        assert encoded_calls(*inputs) == products
+    # Above ATTENTION_PRODUCTS_MAX_WORK (rows x frames^2) the products are MLX's ops; the bound is traced for.
+    monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MAX_WORK", work - 1)
+    assert encoded_calls(batch, lengths) == {"fsmn_memory"}
+    assert encoded_calls(feats[0][None]) == products
+    # Chosen, within the bound: the whole attention in one kernel. The choice is part of what the compiled
+    # layers are traced for, so opting in traces again.
     monkeypatch.setenv("FUNASR_NANO_ENCODER_ATTENTION_KERNEL", "0")
     assert not cuda_kernels.frame_attention_chosen()  # 0 is off, as for FUNASR_NANO_KERNELS
     monkeypatch.setenv("FUNASR_NANO_ENCODER_ATTENTION_KERNEL", "1")
     for inputs in ((feats[0][None],), (batch, lengths)):
-        assert {"fsmn_memory", "frame_attention"} <= set(encoded_calls(*inputs))
-    # Above FRAME_ATTENTION_MAX_WORK (rows x frames^2) the attention is MLX's ops again; the bound is traced for too.
+        assert encoded_calls(*inputs) == {"fsmn_memory", "frame_attention"}
+    # Above FRAME_ATTENTION_MAX_WORK the attention is MLX's ops again (the products' bound is below it here).
     monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_WORK", work - 1)
-    assert "fsmn_memory" in encoded_calls(batch, lengths) and "frame_attention" not in calls
+    assert encoded_calls(batch, lengths) == {"fsmn_memory"}
     # So is it for a head size the kernel is not written for (a constant: traced again only by hand here).
     monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_WORK", work)
     monkeypatch.setattr(cuda_kernels, "HEAD_DIMS", (2 * head_dim,))
     model_module.compiled_layer.cache_clear()
-    assert "fsmn_memory" in encoded_calls(batch, lengths) and "frame_attention" not in calls
+    assert encoded_calls(batch, lengths) == {"fsmn_memory"}
 
 
 def test_one_prompt_on_cuda_attends_in_one_kernel(tiny_bf16, ten_files, monkeypatch):
