@@ -23,7 +23,8 @@ OP_N, OP_T, EPILOGUE_BIAS, POINTER_MODE_HOST = 0, 1, 4, 0
 PREF_MAX_WORKSPACE_BYTES = 1
 CONFIG = {"algo_id": 0, "tile_id": 1, "splitk_num": 2, "reduction_scheme": 3, "cta_swizzling": 4, "custom_option": 5,
           "stages_id": 6, "inner_shape_id": 7, "cluster_shape_id": 8}  # fmt: skip
-WORKSPACE = 32 * 2**20  # MLX's for compute capability 9 and above
+SIXTEEN_BITS = ("inner_shape_id", "cluster_shape_id")  # uint16_t attributes; the others are 32 bits
+WORKSPACE = 32 * 2**20  # MLX's for compute capability 9 and above (H100, H200); 4 MiB below
 
 
 class HeuristicResult(ctypes.Structure):
@@ -96,9 +97,10 @@ def linear_algorithm(rows: int, n: int, k: int, bias_address: int = 256) -> dict
     )
     config = {"workspace_size": result.workspace_size, "waves_count": result.waves_count, "found": found.value}
     for name, attribute in CONFIG.items():
-        value, written = ctypes.c_uint32(), ctypes.c_size_t()
+        value = ctypes.c_uint16() if name in SIXTEEN_BITS else ctypes.c_uint32()
+        written = ctypes.c_size_t()
         status = lib.cublasLtMatmulAlgoConfigGetAttribute(
-            ctypes.byref(result.algo), attribute, ctypes.byref(value), 4, ctypes.byref(written)
+            ctypes.byref(result.algo), attribute, ctypes.byref(value), ctypes.sizeof(value), ctypes.byref(written)
         )
         config[name] = value.value if status == 0 else None
     for layout in (a, b, out):

@@ -19,7 +19,8 @@ It names the kernels cuBLAS ran (CUPTI through torch.profiler, where torch has C
 the configuration cuBLASLt's heuristic gives MLX (bench/cublas_heuristic.py: SPLITK_NUM against W). The
 package's kernels for the attention's products (`cuda_kernels.attention_scores`, `attention_context`), one
 chain per output, are checked against the chain and MLX and timed against MLX's call (70 calls submitted at
-once, as the encoder's layers are). One JSON line per shape. With --model, the encoder + adaptor with those
+once, as the encoder's layers are). One JSON line per shape. First, the attention in those kernels against
+MLX's at every size of a sweep the default admits (`attention_sweep`). With --model, the encoder + adaptor with those
 kernels off and on (`cuda_kernels.ATTENTION_PRODUCTS`): the same numbers or not, and how fast. Needs a CUDA
 GPU.
 """
@@ -291,7 +292,11 @@ def cases(frames: int, rng: np.random.Generator):
 def split_candidate(x, weight, bias, truth: np.ndarray, found: dict, k: int) -> dict:
     """`split_linear` with the number of parts that gave MLX's numbers (`found`): the share identical to MLX's,
     and its time per call against MLX's."""
-    parts = [int(key.split("W=")[1].split()[0]) for key, share in found.items() if share == 1.0 and "sliced" in key]
+    parts = [
+        int(key.split("W=")[1].split()[0])
+        for key, share in found.items()
+        if share == 1.0 and "sliced" in key and key.endswith("bias last")
+    ]  # the kernel adds the bias last
     parts += [1] if found.get(f"S=1 chunk={k} bias last") == 1.0 else []
     if not parts:
         return {"split_candidate": "no order found"}
@@ -348,6 +353,24 @@ def probe(frames: int, rng: np.random.Generator) -> None:
         print(json.dumps(row), flush=True)
 
 
+SWEEP = [(1, f) for f in (4, 5, 8, 13, 17, 33, 50, 84, 100, 128, 167, 200, 256, 300, 362)]
+SWEEP += [(b, f) for b in (2, 4, 8, 16, 32) for f in (17, 50, 64, 90, 128, 181) if b * f * f <= 2**17]
+
+
+def attention_sweep(cases: list[tuple[int, int]], rng: np.random.Generator) -> None:
+    """The attention's product kernels with MLX's softmax (`cuda_kernels.frame_attention_products`) against MLX's
+    float32 attention (`frame_attention_ops`) at each (rows, frames) the default admits (ATTENTION_PRODUCTS_MAX_WORK),
+    a padded batch's rows masked to 100% down to 50% of the frames: the share of outputs bit-identical."""
+    for rows, frames in cases:
+        qkv = mx.array(rng.standard_normal((rows, frames, 3 * WIDTH), dtype=np.float32))
+        lengths = np.linspace(frames, max(1, frames // 2), rows).astype(int)
+        mask = mx.array(np.arange(frames)[None, :] < lengths[:, None], mx.float32) if rows > 1 else None
+        ours = np.array(cuda_kernels.frame_attention_products(qkv, HEADS, mask))
+        theirs = np.array(cuda_kernels.frame_attention_ops(qkv, HEADS, mask))
+        same = float(np.mean(ours == theirs))
+        print(json.dumps({"sweep": "attention products", "rows": rows, "frames": frames, "identical_share": same}))
+
+
 def encoder_candidate(model_dir: Path, seconds: list[float], batch: int = 4) -> None:
     """Encoder + adaptor with the attention's products as MLX's ops and as kernels (`cuda_kernels.ATTENTION_PRODUCTS`;
     ATTENTION_PRODUCTS_MAX_WORK lifted for the measurement), alternating: identical output to the ops' or not,
@@ -398,6 +421,7 @@ def main() -> None:
         raise SystemExit("exact_gemm.py needs MLX's CUDA backend")
 
     rng = np.random.default_rng(0)
+    attention_sweep(SWEEP, rng)
     for frames in args.frames:
         probe(frames, rng)
     if args.model:

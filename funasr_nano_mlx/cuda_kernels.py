@@ -1350,7 +1350,7 @@ _ATTENTION_PRODUCTS = """
 #if MODE == 1
       float value = acc[i][j];
 #if FRAMES_MASKED
-      if (!(mask[row * frames + n] > 0.0f)) {
+      if (!(static_cast<float>(mask[row * frames + n]) > 0.0f)) {
         value = cuda::std::numeric_limits<float>::lowest();
       }
 #endif
@@ -1366,9 +1366,11 @@ _ATTENTION_PRODUCTS = """
 def attention_products_fit(rows: int, frames: int, dtype: mx.Dtype) -> bool:
     """Whether SAN-M's attention products of this call run in `attention_scores` and `attention_context` here.
     Not under 4 frames (a quarter of a second), where MLX's own vector kernel computes the attention instead of
-    its fallback (mlx/backend/cuda/scaled_dot_product_attention.cu, supports_sdpa_vector), in another order."""
+    its fallback (mlx/backend/cuda/scaled_dot_product_attention.cu, supports_sdpa_vector), in another order;
+    nor where a user turned TF32 on (MLX_ENABLE_TF32=1: cuBLAS's products are no longer float32 chains)."""
     small = 4 <= frames and rows * frames * frames <= ATTENTION_PRODUCTS_MAX_WORK
-    return ATTENTION_PRODUCTS and available() and dtype == mx.float32 and small
+    exact_float32 = os.environ.get("MLX_ENABLE_TF32") == "0"  # the package's default (funasr_nano_mlx/__init__.py)
+    return ATTENTION_PRODUCTS and available() and dtype == mx.float32 and small and exact_float32
 
 
 def _attention_product(mode: int, inputs: dict, columns: int, weights_shape: tuple, **flags) -> mx.array:
@@ -1376,6 +1378,8 @@ def _attention_product(mode: int, inputs: dict, columns: int, weights_shape: tup
     batch, heads, frames, _ = weights_shape
     dims = inputs["qkv"].shape[-1] // (3 * heads)
     planes = batch * heads
+    if planes > 65535:  # CUDA's grid: a row and head a block in z
+        raise ValueError(f"the attention's product kernels take at most 65535 rows x heads, got {planes}")
     big = -(-frames // 64) * -(-columns // 64) * planes >= 132
     bm, bn, tm, tn = (64, 64, 8, 4) if big else (32, 32, 4, 4)
     threads = (bm // tm) * (bn // tn)

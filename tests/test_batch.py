@@ -588,12 +588,20 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
         assert mx.array_equal(model.encode(*inputs), expected[len(inputs) - 1]).item()
         return set(calls)
 
-    # Products in kernels: float32 only, and not under 4 frames, where MLX's own vector attention runs.
+    # Products in kernels: float32 only, not under 4 frames, where MLX's own vector attention runs, and not with
+    # TF32 turned on, where cuBLAS's products are not float32 chains.
     fits = cuda_kernels.attention_products_fit
     assert fits(1, 4, mx.float32) and not fits(1, 3, mx.float32) and not fits(1, 4, mx.bfloat16)
+    monkeypatch.setenv("MLX_ENABLE_TF32", "1")
+    assert not fits(1, 4, mx.float32)
+    monkeypatch.setenv("MLX_ENABLE_TF32", "0")
     # By default: the memory block and the attention's products (float32's exact path).
     for inputs in ((feats[0][None],), (batch, lengths)):
         assert encoded_calls(*inputs) == products
+    # Switched off, the products are MLX's ops: the switch is part of what the layers are traced for.
+    monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS", False)
+    assert encoded_calls(feats[0][None]) == {"fsmn_memory"}
+    monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS", True)
     # Above ATTENTION_PRODUCTS_MAX_WORK (rows x frames^2) the products are MLX's ops; the bound is traced for.
     monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MAX_WORK", work - 1)
     assert encoded_calls(batch, lengths) == {"fsmn_memory"}
@@ -613,6 +621,21 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     monkeypatch.setattr(cuda_kernels, "HEAD_DIMS", (2 * head_dim,))
     model_module.compiled_layer.cache_clear()
     assert encoded_calls(batch, lengths) == {"fsmn_memory"}
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_attention_products_twins_are_mlx_attention_at_the_encoders_head_size(masked):
+    """The MLX-ops twins of the attention's product kernels (what the kernels are checked against on a GPU),
+    with MLX's softmax between them, give MLX's float32 attention bit for bit at the real encoder's heads
+    (4 x 128, where the scale 128 ** -0.5 rounds; the tiny model's 16 do not show where it is applied)."""
+    from funasr_nano_mlx import cuda_kernels
+
+    rng = np.random.default_rng(0)
+    qkv = mx.array(rng.standard_normal((2, 37, 3 * 512), dtype=np.float32))
+    mask = mx.array(np.arange(37)[None, :] < np.array([[37], [29]]), mx.float32) if masked else None
+    weights = mx.softmax(cuda_kernels.attention_scores_ops(qkv, 4, mask), axis=-1, precise=True)
+    products = cuda_kernels.attention_context_ops(weights, qkv)
+    assert mx.array_equal(products, cuda_kernels.frame_attention_ops(qkv, 4, mask)).item()
 
 
 def test_one_prompt_on_cuda_attends_in_one_kernel(tiny_bf16, ten_files, monkeypatch):
