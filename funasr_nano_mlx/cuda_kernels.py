@@ -806,12 +806,13 @@ ENCODER_DTYPES = (mx.float32, mx.bfloat16)
 def encoder_choices() -> tuple:
     """What the encoder's layers take from here when traced (model.compiled_layer keys its traces by it):
     whether the kernels are on, whether the attention kernel is chosen and up to how much work, whether the
-    attention's product kernels are on and up to how much work."""
+    attention's product kernels are on and from how many frames up to how much work."""
     return (
         available(),
         frame_attention_chosen(),
         FRAME_ATTENTION_MAX_WORK,
         ATTENTION_PRODUCTS,
+        ATTENTION_PRODUCTS_MIN_FRAMES,
         ATTENTION_PRODUCTS_MAX_WORK,
     )
 
@@ -1251,6 +1252,9 @@ def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None)
 # times v, written as (B, T, C). Frames are read from qkv's shape, so one source serves every length.
 ATTENTION_PRODUCTS = True
 ATTENTION_PRODUCTS_MAX_WORK = 2**17
+# From 50 frames (3 s), the shortest measured the same as cuBLAS's; at fewer, cuBLAS's heuristic may split the
+# products' k (as it does the linears' at small shapes) until bench/exact_gemm.py's sweep shows otherwise.
+ATTENTION_PRODUCTS_MIN_FRAMES = 50
 # One k of a tiled float32 product: this thread's TM rows of a and TN columns of b (adjacent, four at a load) from
 # k-major tiles in shared memory (rows padded by 4), each product added to its output's fma chain.
 TILE_STEP = """
@@ -1364,11 +1368,13 @@ _ATTENTION_PRODUCTS = """
 
 
 def attention_products_fit(rows: int, frames: int, dtype: mx.Dtype) -> bool:
-    """Whether SAN-M's attention products of this call run in `attention_scores` and `attention_context` here.
-    Not under 4 frames (a quarter of a second), where MLX's own vector kernel computes the attention instead of
-    its fallback (mlx/backend/cuda/scaled_dot_product_attention.cu, supports_sdpa_vector), in another order;
-    nor where a user turned TF32 on (MLX_ENABLE_TF32=1: cuBLAS's products are no longer float32 chains)."""
-    small = 4 <= frames and rows * frames * frames <= ATTENTION_PRODUCTS_MAX_WORK
+    """Whether SAN-M's attention products of this call run in `attention_scores` and `attention_context` here:
+    from ATTENTION_PRODUCTS_MIN_FRAMES up to ATTENTION_PRODUCTS_MAX_WORK. Never under 4 frames (a quarter of a
+    second), where MLX's own vector kernel computes the attention instead of its fallback
+    (mlx/backend/cuda/scaled_dot_product_attention.cu, supports_sdpa_vector), in another order; nor where a user
+    turned TF32 on (MLX_ENABLE_TF32=1: cuBLAS's products are no longer float32 chains)."""
+    measured = 4 <= frames and ATTENTION_PRODUCTS_MIN_FRAMES <= frames
+    small = measured and rows * frames * frames <= ATTENTION_PRODUCTS_MAX_WORK
     exact_float32 = os.environ.get("MLX_ENABLE_TF32") == "0"  # the package's default (funasr_nano_mlx/__init__.py)
     return ATTENTION_PRODUCTS and available() and dtype == mx.float32 and small and exact_float32
 

@@ -580,6 +580,7 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     work = batch.shape[0] * frames * frames
     monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_WORK", work)
     monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MAX_WORK", work)
+    monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MIN_FRAMES", 4)  # the tiny clips are short
     products = {"fsmn_memory", "attention_scores", "attention_context"}
 
     def encoded_calls(*inputs) -> set[str]:
@@ -588,13 +589,16 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
         assert mx.array_equal(model.encode(*inputs), expected[len(inputs) - 1]).item()
         return set(calls)
 
-    # Products in kernels: float32 only, not under 4 frames, where MLX's own vector attention runs, and not with
-    # TF32 turned on, where cuBLAS's products are not float32 chains.
+    # Products in kernels: float32 only, never under 4 frames, where MLX's own vector attention runs (nor under
+    # ATTENTION_PRODUCTS_MIN_FRAMES), and not with TF32 turned on, where cuBLAS's products are not float32 chains.
     fits = cuda_kernels.attention_products_fit
     assert fits(1, 4, mx.float32) and not fits(1, 3, mx.float32) and not fits(1, 4, mx.bfloat16)
     monkeypatch.setenv("MLX_ENABLE_TF32", "1")
     assert not fits(1, 4, mx.float32)
     monkeypatch.setenv("MLX_ENABLE_TF32", "0")
+    with monkeypatch.context() as measured:  # the default starts where the products were measured exact
+        measured.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MIN_FRAMES", 50)
+        assert fits(1, 50, mx.float32) and not fits(1, 49, mx.float32)
     # By default: the memory block and the attention's products (float32's exact path).
     for inputs in ((feats[0][None],), (batch, lengths)):
         assert encoded_calls(*inputs) == products
