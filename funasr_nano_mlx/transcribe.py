@@ -434,17 +434,19 @@ class BatchDecoder:
             decoded.ctc = em
         return results
 
-    def warm_up(self, seconds: float = 1.0, steps: int = 4) -> None:
+    def warm_up(self, seconds: float = 3.0, steps: int = 4) -> None:
         """Run a short clip of faint noise through the frontend, encoder, prefill and `steps` decode steps
         of one row, so that a server's first request does not pay for what MLX compiles at first use for
         such a clip: its kernels (a CUDA kernel of ours at every process start: about a second a source,
         BENCHMARKS.md), the compiled encoder layers and decode step at their first shapes. Batched steps,
-        other lengths and the CTC head still compile at their first use.
+        other lengths and the CTC head still compile at their first use. 3 s: the shortest clip whose
+        encoder runs the attention's product kernels (cuda_kernels.ATTENTION_PRODUCTS_MIN_FRAMES, 50 frames).
 
         The prompt's pass also runs at twice this prompt's length: MLX builds its quantized matmul on CUDA for
         prompts of up to 16, 32 and more rows each at its first use (mlx/backend/cuda/quantized/qmm/qmm_sm80.cu,
-        make_cta_tiler), and a 1 s clip's prompt (about 25 tokens) takes only the 32-row one. A 4-bit model's
-        first token at a new clip length, after a 1 s clip, took 89-93 ms against bf16's 37-39 (BENCHMARKS.md)."""
+        make_cta_tiler), and a short clip's prompt (about 25 tokens for 1 s, 29 for 3 s) takes only the 32-row one.
+        A 4-bit model's first token at a new clip length, after a 1 s clip, took 89-93 ms against bf16's 37-39
+        (BENCHMARKS.md)."""
         samples = np.random.default_rng(0).normal(0.0, 1e-3, int(seconds * SAMPLE_RATE)).astype(np.float32)
         feats, _ = _batch_features([SegmentJob(0, samples, 0, round(seconds * 1000), "warm-up")])
         frames = self.model.encode(feats)[0]
