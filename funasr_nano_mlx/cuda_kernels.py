@@ -2,7 +2,8 @@
 (`*_ops`) as the path everywhere else: attention of one query over the written slots, the q/k RMSNorms with
 RoPE, and, for one row, the two in one kernel, the projections with the RMSNorm, residual add or swiglu
 around them inside, the write of every layer's key and value, and a 4-bit embedding's rows. Also, for the
-encoder, its FSMN memory block and (opt-in) its attention; and one prompt's heads and causal attention.
+encoder, its FSMN memory block, its attention's two float32 products (MLX's numbers) and (opt-in) its whole
+attention; and one prompt's heads and causal attention.
 
 Why by hand: a decode step of Qwen3-0.6B is bound by the host, not the GPU. MLX spends a few microseconds
 of CPU per kernel it submits, and a step was about 500 kernels (3.1 ms on an H100, while the weights take
