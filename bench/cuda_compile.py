@@ -215,7 +215,7 @@ def main() -> None:
         for mask in (None, mx.ones((batch, 50), encoder_dtype)):
             cuda_kernels.fsmn_memory(qkv, taps, 5, mask)
             cuda_kernels.frame_attention(qkv, 4, mask)
-    for rows, frames in ((1, 50), (4, 500)):  # the attention's float32 products, in 32 x 32 and in 64 x 64 tiles
+    for rows, frames in ((1, 50), (4, 500)):  # the attention's float32 products; the scores in 64 x 64 tiles too
         qkv = mx.zeros((rows, frames, 3 * 512), mx.float32)
         for mask in (None, mx.ones((rows, frames), mx.float32), mx.ones((rows, frames), mx.bfloat16)):
             cuda_kernels.frame_attention_products(qkv, 4, mask)

@@ -1246,11 +1246,12 @@ def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None)
 # The linear layers are not done so: there cuBLAS splits k (tiles of 8 dealt in turn to 2 to 5 blocks whose
 # partial sums are added in order, then the bias; how many depends on the shape), so one chain is not its numbers.
 #
-# Tiles: 32 x 32 outputs a block (64 x 64 where that still gives a block to each of an H100's 132 SMs), BK of k at
-# a time through shared memory, 4 x 4 (8 x 4) adjacent outputs a thread read four at a time. MODE 1, the scores of
-# one (row, head) per grid plane: q scaled times k; with FRAMES_MASKED a key frame whose mask is not > 0 scores
-# float32's lowest (MLX's fallback: `where(mask, scores, finfo.min)`). MODE 2, the softmax weights (B, HEADS, T, T)
-# times v, written as (B, T, C). Frames are read from qkv's shape, so one source serves every length.
+# Tiles: 32 x 32 outputs a block (the scores in 64 x 64 where that still gives a block to each of an H100's 132
+# SMs), BK of k at a time through shared memory, 4 x 4 (8 x 4) adjacent outputs a thread read four at a time.
+# MODE 1, the scores of one (row, head) per grid plane: q scaled times k; with FRAMES_MASKED a key frame whose mask
+# is not > 0 scores float32's lowest (MLX's fallback: `where(mask, scores, finfo.min)`). MODE 2, the softmax
+# weights (B, HEADS, T, T) times v, written as (B, T, C). Frames are read from qkv's shape, so one source serves
+# every length.
 ATTENTION_PRODUCTS = True
 ATTENTION_PRODUCTS_MAX_WORK = 2**17
 # From 50 frames (3 s), the shortest measured the same as cuBLAS's; at fewer, cuBLAS's heuristic may split the
@@ -1387,7 +1388,9 @@ def _attention_product(mode: int, inputs: dict, columns: int, weights_shape: tup
     planes = batch * heads
     if planes > 65535:  # CUDA's grid: a row and head a block in z
         raise ValueError(f"the attention's product kernels take at most 65535 rows x heads, got {planes}")
-    big = -(-frames // 64) * -(-columns // 64) * planes >= 132
+    # The context in 32 x 32 tiles only: its 64 x 64 form (a batch of 16 short clips would take it) has not
+    # been run on a GPU, and the products are on by default.
+    big = mode == 1 and -(-frames // 64) * -(-columns // 64) * planes >= 132
     bm, bn, tm, tn = (64, 64, 8, 4) if big else (32, 32, 4, 4)
     threads = (bm // tm) * (bn // tn)
     defines = {"MODE": mode, **flags}
