@@ -277,7 +277,7 @@ def cases(frames: int, rng: np.random.Generator):
         )
     # The attention as MLX's fallback computes it (mlx/fast.cpp, scaled_dot_product_attention): q scaled
     # (the model's scale, then the fallback's 1.0), the products of head-first copies.
-    q, key, v = (t.reshape(1, frames, HEADS, HEAD_DIM).transpose(0, 2, 1, 3) for t in mx.split(qkv, 3, axis=-1))
+    q, key, v = cuda_kernels.frame_heads(qkv, HEADS)
     q = (q * HEAD_DIM**-0.5) * 1.0
     weights = mx.softmax(q @ key.swapaxes(-1, -2), axis=-1, precise=True)
     mx.eval(q, weights)

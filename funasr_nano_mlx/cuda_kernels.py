@@ -1219,10 +1219,16 @@ def key_mask(mask: mx.array | None) -> mx.array | None:
     return None if mask is None else (mask > 0)[:, None, None, :]
 
 
+def frame_heads(qkv: mx.array, heads: int) -> tuple[mx.array, mx.array, mx.array]:
+    """q, k and v of a fused projection qkv (B, T, 3C), each (B, heads, T, C / heads)."""
+    batch, frames, _ = qkv.shape
+    return tuple(t.reshape(batch, frames, heads, -1).transpose(0, 2, 1, 3) for t in mx.split(qkv, 3, axis=-1))
+
+
 def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
     """`frame_attention` as MLX's ops: SAN-M scales q before the q @ k^T product (the adaptor scales after it)."""
     batch, frames, _ = qkv.shape
-    q, k, v = (t.reshape(batch, frames, heads, -1).transpose(0, 2, 1, 3) for t in mx.split(qkv, 3, axis=-1))
+    q, k, v = frame_heads(qkv, heads)
     q = q * (q.shape[-1] ** -0.5)
     context = mx.fast.scaled_dot_product_attention(q, k, v, scale=1.0, mask=key_mask(mask))
     return context.transpose(0, 2, 1, 3).reshape(batch, frames, -1)
@@ -1375,16 +1381,16 @@ def attention_products_fit(rows: int, frames: int, dtype: mx.Dtype) -> bool:
     second), where MLX's own vector kernel computes the attention instead of its fallback
     (mlx/backend/cuda/scaled_dot_product_attention.cu, supports_sdpa_vector), in another order; nor where a user
     turned TF32 on (MLX_ENABLE_TF32=1: cuBLAS's products are no longer float32 chains)."""
-    measured = 4 <= frames and ATTENTION_PRODUCTS_MIN_FRAMES <= frames
-    small = measured and rows * frames * frames <= ATTENTION_PRODUCTS_MAX_WORK
-    exact_float32 = os.environ.get("MLX_ENABLE_TF32") == "0"  # the package's default (funasr_nano_mlx/__init__.py)
-    return ATTENTION_PRODUCTS and available() and dtype == mx.float32 and small and exact_float32
+    sized = max(4, ATTENTION_PRODUCTS_MIN_FRAMES) <= frames and rows * frames * frames <= ATTENTION_PRODUCTS_MAX_WORK
+    exact = dtype == mx.float32 and os.environ.get("MLX_ENABLE_TF32") == "0"  # the package's default (__init__.py)
+    return ATTENTION_PRODUCTS and available() and sized and exact
 
 
-def _attention_product(mode: int, inputs: dict, columns: int, weights_shape: tuple, **flags) -> mx.array:
+def _attention_product(mode: int, inputs: dict, weights_shape: tuple, **flags) -> mx.array:
     """One `_ATTENTION_PRODUCTS` launch; weights_shape (B, HEADS, T, T), the planes and their rows."""
     batch, heads, frames, _ = weights_shape
     dims = inputs["qkv"].shape[-1] // (3 * heads)
+    columns = frames if mode == 1 else dims
     planes = batch * heads
     if planes > 65535:  # CUDA's grid: a row and head a block in z
         raise ValueError(f"the attention's product kernels take at most 65535 rows x heads, got {planes}")
@@ -1397,7 +1403,7 @@ def _attention_product(mode: int, inputs: dict, columns: int, weights_shape: tup
     source = "".join(f"#define {key} {int(value)}\n" for key, value in defines.items())
     source += f"  constexpr float SCALE = {_float_literal(dims**-0.5)};\n"  # SAN-M scales q by head_dim ** -0.5
     name = "attention_product_" + "_".join(f"{key.lower()}{int(value)}" for key, value in defines.items())
-    kernel = _kernel(name, tuple(inputs), ("out",), source + _ATTENTION_PRODUCTS, header=_HEADER + TILE_STEP)
+    kernel = _kernel(name, tuple(inputs), ("out",), source + _ATTENTION_PRODUCTS, header=TILE_STEP)
     out_shape = weights_shape if mode == 1 else (batch, frames, heads * dims)
     return kernel(
         inputs=list(inputs.values()),
@@ -1415,14 +1421,13 @@ def attention_scores(qkv: mx.array, heads: int, mask: mx.array | None = None) ->
     batch, frames, _ = qkv.shape
     masked = mask is not None
     inputs = {"qkv": qkv, **({"mask": mask} if masked else {})}
-    return _attention_product(1, inputs, frames, (batch, heads, frames, frames), FRAMES_MASKED=masked)
+    return _attention_product(1, inputs, (batch, heads, frames, frames), FRAMES_MASKED=masked)
 
 
 def attention_scores_ops(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
     """The scores as MLX's fallback attention computes them in `frame_attention_ops` (mlx/fast.cpp): q scaled
     by head_dim ** -0.5 times k^T; a key frame whose mask is not > 0 scores float32's lowest."""
-    batch, frames, _ = qkv.shape
-    q, k, _ = (t.reshape(batch, frames, heads, -1).transpose(0, 2, 1, 3) for t in mx.split(qkv, 3, axis=-1))
+    q, k, _ = frame_heads(qkv, heads)
     scores = (q * (q.shape[-1] ** -0.5)) @ k.swapaxes(-1, -2)
     return scores if mask is None else mx.where(key_mask(mask), scores, mx.array(mx.finfo(scores.dtype).min))
 
@@ -1430,15 +1435,12 @@ def attention_scores_ops(qkv: mx.array, heads: int, mask: mx.array | None = None
 def attention_context(weights: mx.array, qkv: mx.array) -> mx.array:
     """`attention_context_ops` in one kernel: the softmax weights (B, heads, T, T) times v of the fused float32
     projection qkv (B, T, 3C), as (B, T, C), the heads side by side."""
-    return _attention_product(
-        2, {"qkv": qkv, "weights": weights}, qkv.shape[-1] // (3 * weights.shape[1]), weights.shape
-    )
+    return _attention_product(2, {"qkv": qkv, "weights": weights}, weights.shape)
 
 
 def attention_context_ops(weights: mx.array, qkv: mx.array) -> mx.array:
     batch, heads, frames, _ = weights.shape
-    v = mx.split(qkv, 3, axis=-1)[2].reshape(batch, frames, heads, -1).transpose(0, 2, 1, 3)
-    return (weights @ v).transpose(0, 2, 1, 3).reshape(batch, frames, -1)
+    return (weights @ frame_heads(qkv, heads)[2]).transpose(0, 2, 1, 3).reshape(batch, frames, -1)
 
 
 def frame_attention_products(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
