@@ -5,8 +5,8 @@
 
 Builds a random-weight upstream checkpoint with the official code (tests/reference.py) and converts
 it with our converter, once, under --workdir. Each implementation then runs in its own process (so
-peak-memory figures are its own) on the same seeded audio: one warm-up pass (WARM_UP_SECONDS), then timed passes per
-clip that decode exactly --tokens tokens: the first (cold_total_ms, and its cold_ttft_ms) includes
+peak-memory figures are its own) on the same seeded audio: one warm-up pass (WARM_UP_SECONDS), then timed
+passes per clip that decode exactly --tokens tokens: the first (cold_total_ms, and its cold_ttft_ms) includes
 whatever the backend compiles or plans for a new input length (cuDNN planned its attention for some new
 prompt lengths: 37-59 ms on an H100); of the next WARM_PASSES, the median one is reported in full. One
 JSON line per (implementation, clip):
@@ -41,7 +41,7 @@ FIXED_LENGTH = {"segmenter": None, "stop_loops": False}
 WARM_PASSES = 3  # per clip after the cold one; the median pass is reported
 # The load-time warm-up clip of every implementation: 3 s, the shortest whose encoder runs all of our kernels
 # (cuda_kernels.ATTENTION_PRODUCTS_MIN_FRAMES), so that "cold" is a new length's cost, not a kernel's compile
-# (1 s before 2026-12-07's second run).
+# (BENCHMARKS.md's runs before 2026-12-07's last section warmed up with 1 s).
 WARM_UP_SECONDS = 3
 
 
@@ -80,9 +80,8 @@ def bench_ours(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
 
     model, tokenizer = load(model_dir)
     tokenizer.eos_token_ids = []  # decode exactly `tokens` tokens, whatever random weights say
-    transcribe(
-        model, tokenizer, wave[: WARM_UP_SECONDS * SAMPLE_RATE], max_new_tokens=4, **FIXED_LENGTH
-    )  # load-time warm-up
+    warm_up = wave[: WARM_UP_SECONDS * SAMPLE_RATE]
+    transcribe(model, tokenizer, warm_up, max_new_tokens=4, **FIXED_LENGTH)  # load-time warm-up
     mx.reset_peak_memory()
     cold = time.perf_counter()
     first = transcribe(model, tokenizer, wave, max_new_tokens=tokens, **FIXED_LENGTH)  # first time at this length
