@@ -15,7 +15,7 @@ with:
 - one fma chain over ascending k;
 - k split into S runs whose partial sums are added in order (split-K);
 - k's tiles of 8 dealt in turn to W parts, added in order (what cuBLAS's split-K kernels turned out to do).
-It names the kernels cuBLAS ran (CUPTI through torch.profiler, where torch has CUDA) and, for the linears,
+It names the kernels cuBLAS ran (`step_profile.cupti_kernels`, where torch has CUDA) and, for the linears,
 the configuration cuBLASLt's heuristic gives MLX (bench/cublas_heuristic.py: SPLITK_NUM against W). The
 package's kernels for the attention's products (`cuda_kernels.attention_scores`, `attention_context`), one
 chain per output, are checked against the chain and MLX and timed against MLX's call (70 calls submitted at
@@ -43,6 +43,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 import funasr_nano_mlx  # noqa: E402,F401  (sets MLX_ENABLE_TF32=0 before MLX's first matmul)
 from funasr_nano_mlx import cuda_kernels  # noqa: E402
 from kernels import warm_ms  # noqa: E402
+from step_profile import cupti_kernels  # noqa: E402
 
 HEADS, HEAD_DIM, WIDTH, HIDDEN, FEATS = 4, 128, 512, 2048, 560  # the encoder's (model.EncoderArgs; LFR's 560)
 
@@ -221,22 +222,6 @@ def combined(partials: mx.array, bias: mx.array | None, order: str) -> mx.array:
     return total + bias if (order == "bias last" and bias is not None) else total
 
 
-def cublas_kernels(run) -> list[str]:
-    """The kernels one evaluation of `run()` launched (names, CUPTI through torch.profiler), or [] without it."""
-    try:
-        import torch
-        from torch.profiler import ProfilerActivity, profile
-    except ImportError:
-        return []
-    if not torch.cuda.is_available():
-        return []
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as profiled:
-        mx.eval(run())
-        torch.cuda.synchronize()
-    return [e.name[:140] for e in profiled.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-
-
 def heuristic_config(rows: int, n: int, k: int) -> dict | str:
     """cuBLASLt's algorithm for this linear layer as MLX asks for it (bench/cublas_heuristic.py), or why not."""
     try:
@@ -344,7 +329,8 @@ def probe(frames: int, rng: np.random.Generator) -> None:
             else bool((kernel == np.array(one_chain).reshape(batch, m, n)).all()),
             "kernel_share_mlx": None if ours is None else float(np.mean(kernel == truth)),
             "max_abs_diff_chain": float(np.max(np.abs(np.array(one_chain).reshape(batch, m, n) - truth))),
-            "cublas_kernels": cublas_kernels(reference),
+            # MLX's kernels for the matmul, with their us (CUPTI): cuBLAS's names tell split-K and tiles.
+            "mlx_kernels": cupti_kernels(reference, 1, top=6).get("heaviest_us_and_launches"),
             "cublas_config": heuristic_config(m, n, k) if ours is None else None,
             **(split_candidate(a, b, bias, truth, found, k) if ours is None else {}),
             "mlx_us_per_call": per_call_us(reference),
@@ -376,7 +362,6 @@ def encoder_candidate(model_dir: Path, seconds: list[float], batch: int = 4) -> 
     ATTENTION_PRODUCTS_MAX_WORK lifted for the measurement), alternating: identical output to the ops' or not,
     warm ms (median of 10), host ms to submit, CUPTI's GPU time and launches; one clip of each length, then
     a padded batch of `batch` (lengths 100% to 55% of the longest, so the masked kernels run)."""
-    from step_profile import cupti_kernels
     from speed import synthetic_audio
 
     from funasr_nano_mlx import load
