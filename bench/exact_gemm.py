@@ -46,6 +46,9 @@ from kernels import warm_ms  # noqa: E402
 from step_profile import cupti_kernels  # noqa: E402
 
 HEADS, HEAD_DIM, WIDTH, HIDDEN, FEATS = 4, 128, 512, 2048, 560  # the encoder's (model.EncoderArgs; LFR's 560)
+# (name, k, n) of the encoder's linear layers: q/k/v of the first layer and of the others, output, FFN up and down
+LINEARS = (("qkv0", FEATS, 3 * WIDTH), ("qkv", WIDTH, 3 * WIDTH), ("out", WIDTH, WIDTH), ("ffn1", WIDTH, HIDDEN),
+           ("ffn2", HIDDEN, WIDTH))  # fmt: skip
 
 # out[z, h, m, n] = sum over k in part z of a[h, m, k] * b[h, n, k], one fma chain in ascending k. Operands
 # are addressed by strides (template constants): a[A_OFF + h * A_BATCH + m * A_ROW + k * A_K], b likewise.
@@ -247,8 +250,7 @@ def cases(frames: int, rng: np.random.Generator):
     """(name, MLX's thunk, the package kernel's thunk or None, operands for the chain) for each of a layer's
     matmuls; the kernel's output in the chain's layout (batch, m, n)."""
     qkv = mx.array(rng.standard_normal((1, frames, 3 * WIDTH), dtype=np.float32))
-    for name, k, n in (("qkv0", FEATS, 3 * WIDTH), ("qkv", WIDTH, 3 * WIDTH), ("out", WIDTH, WIDTH),
-                       ("ffn1", WIDTH, HIDDEN), ("ffn2", HIDDEN, WIDTH)):  # fmt: skip
+    for name, k, n in LINEARS:
         x = mx.array(rng.standard_normal((1, frames, k), dtype=np.float32))
         linear = nn.Linear(k, n)
         linear.weight = mx.array(rng.standard_normal((n, k), dtype=np.float32) * k**-0.5)
@@ -357,6 +359,39 @@ def attention_sweep(cases: list[tuple[int, int]], rng: np.random.Generator) -> N
         print(json.dumps({"sweep": "attention products", "rows": rows, "frames": frames, "identical_share": same}))
 
 
+LINEAR_ROWS = (17, 50, 84, 128, 167, 250, 334, 500, 668, 1000, 2000, 4000, 8000, 16000)  # batch x frames
+
+
+def linear_sweep(rows_list, rng: np.random.Generator) -> None:
+    """For each of the encoder's linear layers at each number of rows: the configuration cuBLASLt's heuristic gives
+    MLX, and `split_linear` with W = its SPLITK_NUM against MLX's numbers (share identical, time per call of 20
+    submitted together). Where they differ, the interleaved chains with W = 1 to 16 find the W that holds, if any."""
+    for rows in rows_list:
+        for name, k, n in LINEARS:
+            x = mx.array(rng.standard_normal((rows, k), dtype=np.float32))
+            weight = mx.array(rng.standard_normal((n, k), dtype=np.float32) * k**-0.5)
+            bias = mx.array(rng.standard_normal((n,), dtype=np.float32))
+            reference = lambda: mx.addmm(bias, x, weight.T)  # noqa: E731  (nn.Linear's call)
+            truth = np.array(reference())
+            config = heuristic_config(rows, n, k)
+            parts = (config.get("splitk_num") or 1) if isinstance(config, dict) else None  # 0 or 1: k not split
+            row = {"sweep": "linear", "case": name, "rows": rows, "k": k, "n": n, "cublas_config": config}
+            if parts:
+                candidate = lambda: split_linear(x, weight, bias, parts)  # noqa: E731
+                row["split_share_mlx"] = share = float(np.mean(np.array(candidate()) == truth))
+                row["split_us_per_call"] = per_call_us(candidate, calls=20, repeat=5)
+                row["mlx_us_per_call"] = per_call_us(reference, calls=20, repeat=5)
+                if share < 1.0:
+                    row["mlx_kernels"] = cupti_kernels(reference, 1, top=4).get("heaviest_us_and_launches")
+                    strides = dict(A_OFF=0, A_BATCH=0, A_ROW=k, A_K=1, B_OFF=0, B_BATCH=0, B_ROW=k, B_K=1)
+                    for slices in range(1, 17):
+                        partials = chain(x, weight, rows, n, k, 1, strides, slices, 8, sliced=True)
+                        if np.array_equal(np.array(combined(partials, bias, "bias last")).reshape(truth.shape), truth):
+                            row["w_found"] = slices
+                            break
+            print(json.dumps(row), flush=True)
+
+
 def encoder_candidate(model_dir: Path, seconds: list[float], batch: int = 4) -> None:
     """Encoder + adaptor with the attention's products as MLX's ops and as kernels (`cuda_kernels.ATTENTION_PRODUCTS`;
     ATTENTION_PRODUCTS_MAX_WORK lifted for the measurement), alternating: identical output to the ops' or not,
@@ -401,11 +436,15 @@ def main() -> None:
         "--model", type=Path, help="also the encoder + adaptor of this model with the kernels off and on"
     )
     parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 30.0, 3.0])
+    parser.add_argument(
+        "--linear-rows", type=int, nargs="*", default=list(LINEAR_ROWS), help="rows of the linear sweep"
+    )
     args = parser.parse_args()
     if mx.default_device().type != mx.DeviceType.gpu:
         raise SystemExit("exact_gemm.py needs MLX's CUDA backend")
 
     rng = np.random.default_rng(0)
+    linear_sweep(args.linear_rows, rng)
     attention_sweep(SWEEP, rng)
     for frames in args.frames:
         probe(frames, rng)
