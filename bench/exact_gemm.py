@@ -1,6 +1,7 @@
 """Can a float32 matmul kernel of our own give cuBLAS's numbers bit for bit at the encoder's shapes?
 
-    python bench/exact_gemm.py [--frames 167 500] [--model MODEL_DIR [--seconds 10 30 3]]
+    python bench/exact_gemm.py [--linear-rows 17 50 ...] [--no-attention-sweep] [--frames 167 500]
+                               [--model MODEL_DIR [--seconds 10 30 3]]
 
 The encoder's float32 path is exact by contract, and much of its host time is cuBLAS: MLX builds a cublasLt
 descriptor and asks its heuristic at every call, then captures the call into the CUDA graph
@@ -16,13 +17,16 @@ with:
 - k split into S runs whose partial sums are added in order (split-K);
 - k's tiles of 8 dealt in turn to W parts, added in order (what cuBLAS's split-K kernels turned out to do).
 It names the kernels cuBLAS ran (`step_profile.cupti_kernels`, where torch has CUDA) and, for the linears,
-the configuration cuBLASLt's heuristic gives MLX (bench/cublas_heuristic.py: SPLITK_NUM against W). The
+the configuration cuBLASLt's heuristic gives MLX (funasr_nano_mlx.cublas_heuristic: SPLITK_NUM against W). The
 package's kernels for the attention's products (`cuda_kernels.attention_scores`, `attention_context`), one
 chain per output, are checked against the chain and MLX and timed against MLX's call (70 calls submitted at
-once, as the encoder's layers are). One JSON line per shape. First, the attention in those kernels against
-MLX's at every size of a sweep the default admits (`attention_sweep`). With --model, the encoder + adaptor with those
-kernels off and on (`cuda_kernels.ATTENTION_PRODUCTS`): the same numbers or not, and how fast. Needs a CUDA
-GPU.
+once, as the encoder's layers are). One JSON line per shape.
+
+Before that, two sweeps: the package's `cuda_kernels.split_linear` with the heuristic's SPLITK_NUM against MLX's
+linear at each of the encoder's linear shapes over --linear-rows (`linear_sweep`), and the attention in the
+product kernels against MLX's at every size the default admits (`attention_sweep`). With --model, the encoder +
+adaptor with the product and linear kernels off and on (VARIANTS): the same numbers or not, and how fast.
+Needs a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import numpy as np
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 import funasr_nano_mlx  # noqa: E402,F401  (sets MLX_ENABLE_TF32=0 before MLX's first matmul)
-from funasr_nano_mlx import cuda_kernels  # noqa: E402
+from funasr_nano_mlx import cublas_heuristic, cuda_kernels  # noqa: E402
 from kernels import warm_ms  # noqa: E402
 from step_profile import cupti_kernels  # noqa: E402
 
@@ -92,83 +96,6 @@ def layout(kind: str, frames: int) -> dict:
     raise ValueError(kind)
 
 
-# A candidate for the linears, here only: cuBLAS's split-K order in tiles. Block z of the grid's third axis
-# adds k's tiles of 8 numbered z, z + W, z + 2W, ... (W = gridDim.z) into one fma chain per output, in
-# ascending k, its next tile's operands loaded into registers while it computes this one; each part's
-# sums go to partial[z]. `_PARTS_ADDED` then adds the parts in order and the bias, as the split-K run did.
-# x (rows, K) and the weight (N, K) row-major; BM x BN outputs a block, TM x TN adjacent ones a thread.
-_SPLIT_LINEAR = """
-  constexpr int BK = 8, THREADS_N = BN / TN, THREADS = (BM / TM) * THREADS_N;
-  constexpr int A_LOADS = BM * BK / THREADS, B_LOADS = BN * BK / THREADS;
-  __shared__ __align__(16) float as[BK][BM + 4], bs[BK][BN + 4];
-  const int rows = x_shape[0], K = x_shape[1], N = w_shape[0];
-  const int tx = threadIdx.x % THREADS_N, ty = threadIdx.x / THREADS_N;
-  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN, z = blockIdx.z, parts = gridDim.z;
-  float acc[TM][TN] = {};
-  float ra[A_LOADS], rb[B_LOADS];
-  auto fetch = [&](int k0) {
-#pragma unroll
-    for (int i = 0; i < A_LOADS; ++i) {
-      const int e = threadIdx.x + i * THREADS, m = m0 + e / BK, k = k0 + e % BK;
-      ra[i] = (m < rows && k < K) ? x[(size_t)m * K + k] : 0.0f;
-    }
-#pragma unroll
-    for (int i = 0; i < B_LOADS; ++i) {
-      const int e = threadIdx.x + i * THREADS, n = n0 + e / BK, k = k0 + e % BK;
-      rb[i] = (n < N && k < K) ? w[(size_t)n * K + k] : 0.0f;
-    }
-  };
-  int k0 = z * BK;
-  if (k0 < K) {
-    fetch(k0);
-  }
-  for (; k0 < K; k0 += parts * BK) {
-#pragma unroll
-    for (int i = 0; i < A_LOADS; ++i) {
-      const int e = threadIdx.x + i * THREADS;
-      as[e % BK][e / BK] = ra[i];
-    }
-#pragma unroll
-    for (int i = 0; i < B_LOADS; ++i) {
-      const int e = threadIdx.x + i * THREADS;
-      bs[e % BK][e / BK] = rb[i];
-    }
-    __syncthreads();
-    if (k0 + parts * BK < K) {
-      fetch(k0 + parts * BK);  // in flight while this tile is added
-    }
-    const int steps = min(BK, K - k0);
-    for (int kk = 0; kk < steps; ++kk) {
-      tile_step(as, bs, kk, tx, ty, acc);
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < TM; ++i) {
-#pragma unroll
-    for (int j = 0; j < TN; ++j) {
-      const int m = m0 + ty * TM + i, n = n0 + tx * TN + j;
-      if (m < rows && n < N) {
-        partial[((size_t)z * rows + m) * N + n] = acc[i][j];
-      }
-    }
-  }
-"""
-_PARTS_ADDED = """
-  const size_t index = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  const int parts = partials_shape[0], N = bias_shape[0];
-  const size_t outputs = (size_t)partials_shape[1] * N;
-  if (index >= outputs) {
-    return;
-  }
-  float sum = partials[index];
-  for (int z = 1; z < parts; ++z) {
-    sum = __fadd_rn(sum, partials[(size_t)z * outputs + index]);
-  }
-  out[index] = __fadd_rn(sum, bias[index % N]);
-"""
-
-
 def chain(a, b, m: int, n: int, k: int, batch: int, strides: dict, splits: int, chunk: int, sliced=False) -> mx.array:
     """Partial sums (splits, batch, m, n): runs of `chunk` k, or with `sliced` every splits-th group of `chunk`."""
     source = f"#define SLICED {int(sliced)}\n" + _CHAIN
@@ -185,38 +112,6 @@ def chain(a, b, m: int, n: int, k: int, batch: int, strides: dict, splits: int, 
     )[0]
 
 
-def split_linear(x: mx.array, weight: mx.array, bias: mx.array, parts: int) -> mx.array:
-    """x (rows, K) @ weight.T + bias with k's tiles of 8 dealt to `parts` parts (`_SPLIT_LINEAR`), then added."""
-    rows, n = x.shape[0], weight.shape[0]
-    bm, bn, tm, tn = (64, 64, 8, 4) if -(-rows // 64) * -(-n // 64) * parts >= 132 else (32, 32, 4, 4)
-    threads = (bm // tm) * (bn // tn)
-    split = mx.fast.cuda_kernel(
-        name="split_linear",
-        input_names=["x", "w"],
-        output_names=["partial"],
-        source=_SPLIT_LINEAR,
-        header=cuda_kernels.TILE_STEP,  # the step of the package's attention products
-    )
-    partials = split(
-        inputs=[x, weight],
-        template=[("BM", bm), ("BN", bn), ("TM", tm), ("TN", tn)],
-        grid=(-(-n // bn) * threads, -(-rows // bm), parts),
-        threadgroup=(threads, 1, 1),
-        output_shapes=[(parts, rows, n)],
-        output_dtypes=[mx.float32],
-    )[0]
-    added = mx.fast.cuda_kernel(
-        name="parts_added", input_names=["partials", "bias"], output_names=["out"], source=_PARTS_ADDED
-    )
-    return added(
-        inputs=[partials, bias],
-        grid=(-(-rows * n // 256) * 256, 1, 1),
-        threadgroup=(256, 1, 1),
-        output_shapes=[(rows, n)],
-        output_dtypes=[mx.float32],
-    )[0]
-
-
 def combined(partials: mx.array, bias: mx.array | None, order: str) -> mx.array:
     """Partial sums (S, ...) added in chunk order, the bias last ("bias last") or first ("bias first")."""
     total = bias + partials[0] if (order == "bias first" and bias is not None) else partials[0]
@@ -226,11 +121,9 @@ def combined(partials: mx.array, bias: mx.array | None, order: str) -> mx.array:
 
 
 def heuristic_config(rows: int, n: int, k: int) -> dict | str:
-    """cuBLASLt's algorithm for this linear layer as MLX asks for it (bench/cublas_heuristic.py), or why not."""
+    """cuBLASLt's algorithm for this linear layer as MLX asks for it (funasr_nano_mlx.cublas_heuristic), or why not."""
     try:
-        from cublas_heuristic import linear_algorithm
-
-        return linear_algorithm(rows, n, k)
+        return cublas_heuristic.linear_algorithm(rows, n, k)
     except (OSError, RuntimeError) as error:
         return str(error)
 
@@ -288,7 +181,7 @@ def split_candidate(x, weight, bias, truth: np.ndarray, found: dict, k: int) -> 
     if not parts:
         return {"split_candidate": "no order found"}
     rows = x.size // k
-    run = lambda: split_linear(x.reshape(rows, k), weight, bias, parts[0])  # noqa: E731
+    run = lambda: cuda_kernels.split_linear(x.reshape(rows, k), weight, bias, parts[0])  # noqa: E731
     got = np.array(run()).reshape(truth.shape)
     return {
         "split_parts": parts[0],
@@ -377,8 +270,11 @@ def linear_sweep(rows_list, rng: np.random.Generator) -> None:
             parts = (config.get("splitk_num") or 1) if isinstance(config, dict) else None  # 0 or 1: k not split
             row = {"sweep": "linear", "case": name, "rows": rows, "k": k, "n": n, "cublas_config": config}
             if parts:
-                candidate = lambda: split_linear(x, weight, bias, parts)  # noqa: E731
+                candidate = lambda: cuda_kernels.split_linear(x, weight, bias, parts)  # noqa: E731
                 row["split_share_mlx"] = share = float(np.mean(np.array(candidate()) == truth))
+                if name == "ffn1":  # the FFN's first layer has relu in the kernel
+                    relu = cuda_kernels.split_linear(x, weight, bias, parts, relu=True)
+                    row["split_relu_share_mlx"] = float(np.mean(np.array(relu) == np.array(nn.relu(reference()))))
                 row["split_us_per_call"] = per_call_us(candidate, calls=20, repeat=5)
                 row["mlx_us_per_call"] = per_call_us(reference, calls=20, repeat=5)
                 if share < 1.0:
@@ -392,35 +288,46 @@ def linear_sweep(rows_list, rng: np.random.Generator) -> None:
             print(json.dumps(row), flush=True)
 
 
+# What `encoder_candidate` compares: the encoder's float32 matmuls in cuBLAS (MLX's ops), the attention's products in
+# kernels of ours, and its linear layers too (`cuda_kernels.ATTENTION_PRODUCTS`, `EXACT_LINEARS`).
+VARIANTS = {
+    "MLX's ops": dict(ATTENTION_PRODUCTS=False, EXACT_LINEARS=False),
+    "attention products": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=False),
+    "products and linears": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True),
+}
+
+
 def encoder_candidate(model_dir: Path, seconds: list[float], batch: int = 4) -> None:
-    """Encoder + adaptor with the attention's products as MLX's ops and as kernels (`cuda_kernels.ATTENTION_PRODUCTS`;
-    ATTENTION_PRODUCTS_MAX_WORK lifted for the measurement), alternating: identical output to the ops' or not,
-    warm ms (median of 10), host ms to submit, CUPTI's GPU time and launches; one clip of each length, then
-    a padded batch of `batch` (lengths 100% to 55% of the longest, so the masked kernels run)."""
+    """Encoder + adaptor in each of VARIANTS (their bounds, ATTENTION_PRODUCTS_MAX_WORK and LINEAR_MAX_ROWS, lifted
+    for the measurement), alternating: identical output to MLX's ops or not, warm ms (median of 10), host ms to
+    submit, CUPTI's GPU time and launches; one clip of each length, then a padded batch of `batch` (lengths 100%
+    to 55% of the longest, so the masked kernels run)."""
     from speed import synthetic_audio
 
     from funasr_nano_mlx import load
     from funasr_nano_mlx.audio import features
 
     os.environ["FUNASR_NANO_COMPILE"] = "1"
-    cuda_kernels.ATTENTION_PRODUCTS_MAX_WORK = 2**40  # measured at every size here
+    cuda_kernels.ATTENTION_PRODUCTS_MAX_WORK = cuda_kernels.LINEAR_MAX_ROWS = 2**40  # measured at every size here
     model, _ = load(model_dir)
     inputs = {f"1 x {s:g} s": (mx.array(features(synthetic_audio(s)))[None], None) for s in seconds}
     rows = [features(synthetic_audio(seconds[0] * (1 - 0.15 * i))) for i in range(batch)]
     longest = max(len(r) for r in rows)
     padded = np.stack([np.pad(r, [(0, longest - len(r)), (0, 0)]) for r in rows])
     inputs[f"{batch} x {seconds[0]:g} s, padded"] = (mx.array(padded), mx.array([len(r) for r in rows]))
-    variants = {"MLX's ops": False, "attention products": True}
+    defaults = {name: getattr(cuda_kernels, name) for name in VARIANTS["MLX's ops"]}
     for name, (feats, lengths) in inputs.items():
         outputs, rows_out = {}, []
         for _ in range(2):  # alternating, so that a host's drift hits all alike
-            for variant, products in variants.items():
-                cuda_kernels.ATTENTION_PRODUCTS = products
+            for variant, settings in VARIANTS.items():
+                for setting, value in settings.items():
+                    setattr(cuda_kernels, setting, value)
                 warm, submit = warm_ms(lambda: model.encode(feats, lengths), 10)
                 outputs[variant] = np.array(model.encode(feats, lengths))
                 kernels = cupti_kernels(lambda: model.encode(feats, lengths), 4, top=12)
                 rows_out.append({"input": name, "variant": variant, "warm_ms": warm, "submit_ms": submit, **kernels})
-        cuda_kernels.ATTENTION_PRODUCTS = True
+        for setting, value in defaults.items():
+            setattr(cuda_kernels, setting, value)
         for row in rows_out:
             print(json.dumps(row), flush=True)
         reference = outputs["MLX's ops"]
@@ -431,7 +338,7 @@ def encoder_candidate(model_dir: Path, seconds: list[float], batch: int = 4) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, nargs="+", default=[167, 500])
+    parser.add_argument("--frames", type=int, nargs="*", default=[167, 500], help="frames of the matmul probe")
     parser.add_argument(
         "--model", type=Path, help="also the encoder + adaptor of this model with the kernels off and on"
     )
@@ -439,13 +346,15 @@ def main() -> None:
     parser.add_argument(
         "--linear-rows", type=int, nargs="*", default=list(LINEAR_ROWS), help="rows of the linear sweep"
     )
+    parser.add_argument("--no-attention-sweep", action="store_true", help="leave out the attention's sweep")
     args = parser.parse_args()
     if mx.default_device().type != mx.DeviceType.gpu:
         raise SystemExit("exact_gemm.py needs MLX's CUDA backend")
 
     rng = np.random.default_rng(0)
     linear_sweep(args.linear_rows, rng)
-    attention_sweep(SWEEP, rng)
+    if not args.no_attention_sweep:
+        attention_sweep(SWEEP, rng)
     for frames in args.frames:
         probe(frames, rng)
     if args.model:

@@ -40,7 +40,7 @@ SAMPLE_RATE = 16000
 FIXED_LENGTH = {"segmenter": None, "stop_loops": False}
 WARM_PASSES = 3  # per clip after the cold one; the median pass is reported
 # The load-time warm-up clip of every implementation: 3 s, the shortest whose encoder runs all of our kernels
-# (cuda_kernels.ATTENTION_PRODUCTS_MIN_FRAMES), so that "cold" is a new length's cost, not a kernel's compile
+# (cuda_kernels.LINEAR_MIN_ROWS), so that "cold" is a new length's cost, not a kernel's compile
 # (every run in BENCHMARKS.md up to 2026-12-07 warmed up with 1 s).
 WARM_UP_SECONDS = 3
 

@@ -2,8 +2,8 @@
 (`*_ops`) as the path everywhere else: attention of one query over the written slots, the q/k RMSNorms with
 RoPE, and, for one row, the two in one kernel, the projections with the RMSNorm, residual add or swiglu
 around them inside, the write of every layer's key and value, and a 4-bit embedding's rows. Also, for the
-encoder, its FSMN memory block, its attention's two float32 products (MLX's numbers) and (opt-in) its whole
-attention; and one prompt's heads and causal attention.
+encoder, its FSMN memory block, its attention's two float32 products and its float32 linear layers (MLX's numbers,
+bit for bit) and (opt-in) its whole attention; and one prompt's heads and causal attention.
 
 Why by hand: a decode step of Qwen3-0.6B is bound by the host, not the GPU. MLX spends a few microseconds
 of CPU per kernel it submits, and a step was about 500 kernels (3.1 ms on an H100, while the weights take
@@ -29,6 +29,8 @@ from typing import NamedTuple
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.activations import swiglu
+
+from . import cublas_heuristic
 
 _HEADER = """
 // Sum over the 32 lanes of a warp; every lane gets the total.
@@ -807,7 +809,8 @@ ENCODER_DTYPES = (mx.float32, mx.bfloat16)
 def encoder_choices() -> tuple:
     """What the encoder's layers take from here when traced (model.compiled_layer keys its traces by it):
     whether the kernels are on, whether the attention kernel is chosen and up to how much work, whether the
-    attention's product kernels are on and from how many frames up to how much work."""
+    attention's product kernels are on and from how many frames up to how much work, and whether the linear
+    layers' kernels are on and for how many rows."""
     return (
         available(),
         frame_attention_chosen(),
@@ -815,6 +818,9 @@ def encoder_choices() -> tuple:
         ATTENTION_PRODUCTS,
         ATTENTION_PRODUCTS_MIN_FRAMES,
         ATTENTION_PRODUCTS_MAX_WORK,
+        EXACT_LINEARS,
+        LINEAR_MIN_ROWS,
+        LINEAR_MAX_ROWS,
     )
 
 
@@ -1249,8 +1255,7 @@ def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None)
 # loads: +0.7 ms over 70 layers at 10 s, +2.9 ms at 30 s), so they are used up to ATTENTION_PRODUCTS_MAX_WORK
 # (rows x frames^2: one clip of up to about 21 s, 4 of 10 s); MLX's ops above it.
 #
-# The linear layers are not done so: there cuBLAS splits k (tiles of 8 dealt in turn to 2 to 5 blocks whose
-# partial sums are added in order, then the bias; how many depends on the shape), so one chain is not its numbers.
+# The linear layers are not single chains: cuBLAS splits their k by shape (`split_linear`, below).
 #
 # Tiles: 32 x 32 outputs a block (the scores in 64 x 64 where that still gives a block to each of an H100's 132
 # SMs), BK of k at a time through shared memory, 4 x 4 (8 x 4) adjacent outputs a thread read four at a time.
@@ -1260,9 +1265,9 @@ def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None)
 # every length.
 ATTENTION_PRODUCTS = True
 ATTENTION_PRODUCTS_MAX_WORK = 2**17
-# From 50 frames (3 s), the shortest measured the same as cuBLAS's; at fewer, cuBLAS's heuristic may split the
-# products' k (as it does the linears' at small shapes) until bench/exact_gemm.py's sweep shows otherwise.
-ATTENTION_PRODUCTS_MIN_FRAMES = 50
+# From 4 frames: bench/exact_gemm.py's sweep found MLX's numbers at every size it tried on an H100 (one clip of 4 to
+# 362 frames, masked batches of 2 to 32 rows from 17 frames). Under 4, MLX computes the attention in another kernel.
+ATTENTION_PRODUCTS_MIN_FRAMES = 4
 # One k of a tiled float32 product: this thread's TM rows of a and TN columns of b (adjacent, four at a load) from
 # k-major tiles in shared memory (rows padded by 4), each product added to its output's fma chain.
 TILE_STEP = """
@@ -1396,8 +1401,7 @@ def _attention_product(mode: int, inputs: dict, weights_shape: tuple, **flags) -
         raise ValueError(f"the attention's product kernels take at most 65535 rows x heads, got {planes}")
     # The context in 32 x 32 tiles only: its 64 x 64 form (a batch of 16 short clips would take it) has not
     # been run on a GPU, and the products are on by default.
-    big = mode == 1 and -(-frames // 64) * -(-columns // 64) * planes >= 132
-    bm, bn, tm, tn = (64, 64, 8, 4) if big else (32, 32, 4, 4)
+    bm, bn, tm, tn = _tile_shape(frames, columns, planes) if mode == 1 else (32, 32, 4, 4)
     threads = (bm // tm) * (bn // tn)
     defines = {"MODE": mode, **flags}
     source = "".join(f"#define {key} {int(value)}\n" for key, value in defines.items())
@@ -1447,3 +1451,167 @@ def frame_attention_products(qkv: mx.array, heads: int, mask: mx.array | None = 
     """`frame_attention_ops` as `attention_scores`, MLX's softmax and `attention_context`."""
     weights = mx.softmax(attention_scores(qkv, heads, mask), axis=-1, precise=True)
     return attention_context(weights, qkv)
+
+
+# The encoder's linear layers in float32 with cuBLAS's numbers, bit for bit, by default. cuBLAS runs them as SIMT
+# float32 GEMMs that split k (split-K) where its heuristic finds the output too small to fill the GPU: k's tiles of 8
+# are dealt in turn to SPLITK_NUM parts, each part one fma chain per output in ascending k, and the parts are added
+# in order, then the bias (its epilogue); unsplit, one chain plus the bias. `split_linear` adds the same products
+# in the same order, with the number of parts the heuristic gives MLX (cublas_heuristic.split_k_parts, asked once
+# per shape): on an H100 its numbers were MLX's at every shape of the encoder's five linears from 50 to 16000 rows
+# (bench/exact_gemm.py's linear sweep; BENCHMARKS.md). At 17 rows one shape took another kernel whose order no
+# form tried reproduced, so the kernels start at LINEAR_MIN_ROWS. Why by hand: as for the attention's products,
+# MLX builds a cublasLt descriptor and runs the heuristic at every matmul (several times a custom kernel's host
+# time) and one clip's encoder is bound by the host; 4 of its 7 matmuls a layer are these linears. Their GPU time
+# is above cuBLAS's (1.2-1.4x a call at 500 rows, 1.7x at 16000: no pipelined stages), so the encoder gained where
+# the host bounds it and lost where the GPU does (on an H100, encoder + adaptor with the attention's products:
+# 3 s 13.3 -> 10.7 ms, 10 s 13.2-13.3 -> 13.0-13.1, 30 s 20.9 -> 22.6-23.1, a batch of 4 x 10 s 20.3 -> 23.7-24.5;
+# BENCHMARKS.md). So they run up to LINEAR_MAX_ROWS, one clip of 10 s, the longest measured no slower.
+EXACT_LINEARS = True
+LINEAR_MIN_ROWS = 50
+LINEAR_MAX_ROWS = 167
+# Where a layer's split products land: BM x BN outputs a block (`_tile_shape`), TM x TN adjacent ones a thread,
+# block z of the grid's third axis adding k's tiles z, z + parts, z + 2 parts, ... of BK = 8 (cuBLAS's k tile), the
+# next tile's operands loaded into registers while this one is added. With SPLIT the part's sums go to out[z] for
+# `_PARTS_ADDED`; without, the bias is added here (`biased`). x (rows, K) and the weight (N, K) row-major.
+_SPLIT_LINEAR = """
+  constexpr int BK = 8, THREADS_N = BN / TN, THREADS = (BM / TM) * THREADS_N;
+  constexpr int A_LOADS = BM * BK / THREADS, B_LOADS = BN * BK / THREADS;
+  __shared__ __align__(16) float as[BK][BM + 4], bs[BK][BN + 4];
+  const int rows = x_shape[0], K = x_shape[1], N = weight_shape[0];
+  const int tx = threadIdx.x % THREADS_N, ty = threadIdx.x / THREADS_N;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN, z = blockIdx.z, parts = gridDim.z;
+  float acc[TM][TN] = {};
+  float ra[A_LOADS], rb[B_LOADS];
+  auto fetch = [&](int k0) {
+#pragma unroll
+    for (int i = 0; i < A_LOADS; ++i) {
+      const int e = threadIdx.x + i * THREADS, m = m0 + e / BK, k = k0 + e % BK;
+      ra[i] = (m < rows && k < K) ? x[(size_t)m * K + k] : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < B_LOADS; ++i) {
+      const int e = threadIdx.x + i * THREADS, n = n0 + e / BK, k = k0 + e % BK;
+      rb[i] = (n < N && k < K) ? weight[(size_t)n * K + k] : 0.0f;
+    }
+  };
+  int k0 = z * BK;
+  if (k0 < K) {
+    fetch(k0);
+  }
+  for (; k0 < K; k0 += parts * BK) {
+#pragma unroll
+    for (int i = 0; i < A_LOADS; ++i) {
+      const int e = threadIdx.x + i * THREADS;
+      as[e % BK][e / BK] = ra[i];
+    }
+#pragma unroll
+    for (int i = 0; i < B_LOADS; ++i) {
+      const int e = threadIdx.x + i * THREADS;
+      bs[e % BK][e / BK] = rb[i];
+    }
+    __syncthreads();
+    if (k0 + parts * BK < K) {
+      fetch(k0 + parts * BK);  // in flight while this tile is added
+    }
+    const int steps = min(BK, K - k0);  // nothing is added past K
+    for (int kk = 0; kk < steps; ++kk) {
+      tile_step(as, bs, kk, tx, ty, acc);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      const int m = m0 + ty * TM + i, n = n0 + tx * TN + j;
+      if (m < rows && n < N) {
+#if SPLIT
+        out[((size_t)z * rows + m) * N + n] = acc[i][j];
+#else
+        out[(size_t)m * N + n] = biased(acc[i][j], bias[n]);
+#endif
+      }
+    }
+  }
+"""
+# The parts (parts, rows, N) added in order, then the bias.
+_PARTS_ADDED = """
+  const size_t index = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const int parts = partials_shape[0], N = bias_shape[0];
+  const size_t outputs = (size_t)partials_shape[1] * N;
+  if (index >= outputs) {
+    return;
+  }
+  float sum = partials[index];
+  for (int z = 1; z < parts; ++z) {
+    sum = __fadd_rn(sum, partials[(size_t)z * outputs + index]);
+  }
+  out[index] = biased(sum, bias[index % N]);
+"""
+# cuBLAS's bias epilogue, then with RELU MLX's relu (maximum(x, 0): NaN kept, -0 to +0; device/binary_ops.cuh).
+_BIASED = """
+__device__ inline float biased(float sum, float bias) {
+  const float value = __fadd_rn(sum, bias);
+#if RELU
+  return isnan(value) ? value : (value > 0.0f ? value : 0.0f);
+#else
+  return value;
+#endif
+}
+"""
+
+
+def _tile_shape(rows: int, columns: int, planes: int) -> tuple[int, int, int, int]:
+    """BM, BN, TM, TN of a tiled float32 product: 64 x 64 outputs a block (8 x 4 a thread) where that still gives
+    each of an H100's 132 SMs a block, else 32 x 32 (4 x 4)."""
+    big = -(-rows // 64) * -(-columns // 64) * planes >= 132
+    return (64, 64, 8, 4) if big else (32, 32, 4, 4)
+
+
+def linear_parts(rows: int, n: int, k: int, dtype: mx.Dtype) -> int | None:
+    """In how many parts `split_linear` adds a float32 linear layer's products for `rows` rows (1: unsplit), or None
+    where it does not compute this layer here: switched off, outside LINEAR_MIN_ROWS..LINEAR_MAX_ROWS, not float32
+    or with TF32 on (see `attention_products_fit`), or cuBLAS's choice not known (cublas_heuristic.split_k_parts)."""
+    exact = dtype == mx.float32 and os.environ.get("MLX_ENABLE_TF32") == "0"
+    if not (EXACT_LINEARS and available() and exact and LINEAR_MIN_ROWS <= rows <= LINEAR_MAX_ROWS):
+        return None
+    return cublas_heuristic.split_k_parts(rows, n, k)
+
+
+def split_linear(x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu: bool = False) -> mx.array:
+    """`split_linear_ops` in one kernel (`parts` 1) or two: x (..., K) @ weight.T + bias, weight (N, K), with k's
+    tiles of 8 dealt in turn to `parts` parts (`linear_parts`), then relu if asked."""
+    k, n = x.shape[-1], weight.shape[0]
+    rows = x.size // k
+    bm, bn, tm, tn = _tile_shape(rows, n, parts)
+    threads = (bm // tm) * (bn // tn)
+    split = parts > 1
+    header = f"#define RELU {int(relu)}\n" + TILE_STEP + _BIASED
+    inputs = {"x": x.reshape(rows, k), "weight": weight, **({} if split else {"bias": bias})}
+    source = f"#define SPLIT {int(split)}\n" + _SPLIT_LINEAR
+    kernel = _kernel(f"split_linear_{int(split)}_{int(relu)}", tuple(inputs), ("out",), source, header=header)
+    out = kernel(
+        inputs=list(inputs.values()),
+        template=[("BM", bm), ("BN", bn), ("TM", tm), ("TN", tn)],
+        grid=(-(-n // bn) * threads, -(-rows // bm), parts),
+        threadgroup=(threads, 1, 1),
+        output_shapes=[(parts, rows, n) if split else (*x.shape[:-1], n)],
+        output_dtypes=[mx.float32],
+    )[0]
+    if not split:
+        return out
+    added = _kernel(f"parts_added_{int(relu)}", ("partials", "bias"), ("out",), _PARTS_ADDED, header=header)
+    return added(
+        inputs=[out, bias],
+        grid=(-(-rows * n // 256) * 256, 1, 1),
+        threadgroup=(256, 1, 1),
+        output_shapes=[(*x.shape[:-1], n)],
+        output_dtypes=[mx.float32],
+    )[0]
+
+
+def split_linear_ops(x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu: bool = False) -> mx.array:
+    """The layer as MLX computes it (nn.Linear: one addmm, cuBLAS on CUDA), then MLX's relu if asked; `parts` unused."""
+    y = mx.addmm(bias, x, weight.T)
+    return nn.relu(y) if relu else y

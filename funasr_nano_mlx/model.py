@@ -210,13 +210,29 @@ def frame_mask(lengths: mx.array, length: int, dtype=mx.float32) -> mx.array:
     return (mx.arange(length)[None, :] < lengths[:, None]).astype(dtype)
 
 
+def exact_linear(layer: nn.Linear, x: mx.array, relu: bool = False) -> mx.array:
+    """`layer(x)`, then relu if asked: in `cuda_kernels.split_linear` where it gives MLX's numbers at a smaller launch
+    cost (`cuda_kernels.linear_parts`: a float32 layer with a bias, on CUDA), else in MLX's ops."""
+    dense = type(layer) is nn.Linear and "bias" in layer and layer.weight.dtype == x.dtype
+    parts = cuda_kernels.linear_parts(x.size // x.shape[-1], *layer.weight.shape, x.dtype) if dense else None
+    if parts:
+        return cuda_kernels.split_linear(x, layer.weight, layer.bias, parts, relu)
+    y = layer(x)
+    return nn.relu(y) if relu else y
+
+
 class FeedForward(nn.Module):
-    def __init__(self, dims: int, hidden: int):
+    """`exact_linears`: its layers through `exact_linear` (the SAN-M encoder's, whose shapes that was measured at)."""
+
+    def __init__(self, dims: int, hidden: int, exact_linears: bool = False):
         super().__init__()
         self.w_1 = nn.Linear(dims, hidden)
         self.w_2 = nn.Linear(hidden, dims)
+        self.exact_linears = exact_linears
 
     def __call__(self, x: mx.array) -> mx.array:
+        if self.exact_linears:
+            return exact_linear(self.w_2, exact_linear(self.w_1, x, relu=True))
         return self.w_2(nn.relu(self.w_1(x)))
 
 
@@ -236,7 +252,7 @@ class SANMAttention(nn.Module):
             raise ValueError(f"sanm_shift {sanm_shift} too large for kernel_size {kernel_size}")
 
     def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
-        qkv = self.linear_q_k_v(x)
+        qkv = exact_linear(self.linear_q_k_v, x)
         # On CUDA one kernel computes the memory block, which MLX's ops take five or more for
         # (cuda_kernels.fsmn_memory); where chosen and small enough one the attention, which they take
         # seven for (cuda_kernels.frame_attention_fits: opt-in, it changes float32's numbers); else, small
@@ -250,7 +266,7 @@ class SANMAttention(nn.Module):
         else:
             attention = cuda_kernels.frame_attention_ops
         memory = fsmn(qkv, self.fsmn_block.weight, self.left_pad, mask)
-        return self.linear_out(attention(qkv, self.heads, mask)) + memory
+        return exact_linear(self.linear_out, attention(qkv, self.heads, mask)) + memory
 
 
 class SANMEncoderLayer(nn.Module):
@@ -258,7 +274,7 @@ class SANMEncoderLayer(nn.Module):
         super().__init__()
         dims = args.output_size
         self.self_attn = SANMAttention(in_dims, dims, args.attention_heads, args.kernel_size, args.sanm_shift)
-        self.feed_forward = FeedForward(dims, args.linear_units)
+        self.feed_forward = FeedForward(dims, args.linear_units, exact_linears=True)
         self.norm1 = nn.LayerNorm(in_dims, eps=ENCODER_LN_EPS)
         self.norm2 = nn.LayerNorm(dims, eps=ENCODER_LN_EPS)
         # encoders0 changes width (560 -> 512), so it has no attention residual.

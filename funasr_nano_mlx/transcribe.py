@@ -440,7 +440,7 @@ class BatchDecoder:
         such a clip: its kernels (a CUDA kernel of ours at every process start: about a second a source,
         BENCHMARKS.md), the compiled encoder layers and decode step at their first shapes. Batched steps,
         other lengths and the CTC head still compile at their first use. 3 s: the shortest clip whose
-        encoder runs the attention's product kernels (cuda_kernels.ATTENTION_PRODUCTS_MIN_FRAMES, 50 frames).
+        encoder runs the linear layers' kernels (cuda_kernels.LINEAR_MIN_ROWS, 50 frames).
 
         The prompt's pass also runs at twice this prompt's length: MLX builds its quantized matmul on CUDA for
         prompts of up to 16, 32 and more rows each at its first use (mlx/backend/cuda/quantized/qmm/qmm_sm80.cu,

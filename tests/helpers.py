@@ -153,8 +153,8 @@ def transcribe_module():
     return importlib.import_module("funasr_nano_mlx.transcribe")
 
 
-# cuda_kernels' kernels of a SAN-M layer: the memory block, the attention (opt-in) or its two products
-ENCODER_KERNELS = ("fsmn_memory", "frame_attention", "attention_scores", "attention_context")
+# cuda_kernels' kernels of a SAN-M layer: the memory block, the attention (opt-in) or its two products, the linears
+ENCODER_KERNELS = ("fsmn_memory", "frame_attention", "attention_scores", "attention_context", "split_linear")
 
 
 def cuda_kernel_twins(

@@ -558,11 +558,12 @@ def test_one_prompt_leaves_the_cache_mlx_lms_prefill_leaves(tiny_bf16, ten_files
 def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model, ten_files, monkeypatch, compiled):
     """On a CUDA GPU each SAN-M layer's FSMN memory block is one kernel (cuda_kernels.fsmn_memory) reading the
     fused q/k/v projection, in float32 and bf16; its self-attention's two products are a kernel each in float32
-    (attention_scores, attention_context: MLX's numbers) up to ATTENTION_PRODUCTS_MAX_WORK, and the whole
-    attention one kernel where a user opts in (FUNASR_NANO_ENCODER_ATTENTION_KERNEL=1: it changes float32's
+    (attention_scores, attention_context: MLX's numbers) up to ATTENTION_PRODUCTS_MAX_WORK, its four linear layers
+    too (split_linear, MLX's numbers where cuBLAS's order is known) from LINEAR_MIN_ROWS to LINEAR_MAX_ROWS, and the
+    whole attention one kernel where a user opts in (FUNASR_NANO_ENCODER_ATTENTION_KERNEL=1: it changes float32's
     numbers) up to FRAME_ATTENTION_MAX_WORK. Here the kernels are replaced by their MLX-ops twins: a clip, and
     a padded batch with its mask, encode as on the CPU, compiled or not."""
-    from funasr_nano_mlx import cuda_kernels
+    from funasr_nano_mlx import cublas_heuristic, cuda_kernels
 
     model, _ = tiny_model
     monkeypatch.setenv("FUNASR_NANO_COMPILE", compiled)
@@ -580,8 +581,11 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     work = batch.shape[0] * frames * frames
     monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_WORK", work)
     monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MAX_WORK", work)
-    monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MIN_FRAMES", 4)  # the tiny clips are short
-    products = {"fsmn_memory", "attention_scores", "attention_context"}
+    # cuBLAS's order as its heuristic would give it on a GPU; the rows of one clip and of the batch
+    monkeypatch.setattr(cublas_heuristic, "split_k_parts", lambda rows, n, k: 3)
+    monkeypatch.setattr(cuda_kernels, "LINEAR_MIN_ROWS", feats[0].shape[0])
+    monkeypatch.setattr(cuda_kernels, "LINEAR_MAX_ROWS", batch.shape[0] * frames)
+    products = {"fsmn_memory", "attention_scores", "attention_context", "split_linear"}
 
     def encoded_calls(*inputs) -> set[str]:
         """The kernels one encoding called, after checking its output against the CPU's."""
@@ -596,35 +600,54 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     monkeypatch.setenv("MLX_ENABLE_TF32", "1")
     assert not fits(1, 4, mx.float32)
     monkeypatch.setenv("MLX_ENABLE_TF32", "0")
-    with monkeypatch.context() as measured:  # the default starts where the products were measured exact
+    with monkeypatch.context() as measured:  # a minimum is kept
         measured.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MIN_FRAMES", 50)
         assert fits(1, 50, mx.float32) and not fits(1, 49, mx.float32)
-    # By default: the memory block and the attention's products (float32's exact path).
+    # The linears likewise: float32 without TF32, from LINEAR_MIN_ROWS to LINEAR_MAX_ROWS rows (batch x frames).
+    parts, low, high = cuda_kernels.linear_parts, cuda_kernels.LINEAR_MIN_ROWS, cuda_kernels.LINEAR_MAX_ROWS
+    assert parts(low, 512, 512, mx.float32) == parts(high, 512, 512, mx.float32) == 3
+    assert parts(low - 1, 512, 512, mx.float32) is parts(high + 1, 512, 512, mx.float32) is None
+    assert parts(low, 512, 512, mx.bfloat16) is None
+    monkeypatch.setenv("MLX_ENABLE_TF32", "1")
+    assert parts(low, 512, 512, mx.float32) is None
+    monkeypatch.setenv("MLX_ENABLE_TF32", "0")
+    # By default: the memory block, the attention's products and the linears (float32's exact path).
     for inputs in ((feats[0][None],), (batch, lengths)):
         assert encoded_calls(*inputs) == products
-    # Switched off, the products are MLX's ops: the switch is part of what the layers are traced for.
+    # Switched off, the products or the linears are MLX's ops: the switches are part of what the layers are traced for.
     monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS", False)
-    assert encoded_calls(feats[0][None]) == {"fsmn_memory"}
+    assert encoded_calls(feats[0][None]) == {"fsmn_memory", "split_linear"}
     monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS", True)
-    # Above ATTENTION_PRODUCTS_MAX_WORK (rows x frames^2) the products are MLX's ops; the bound is traced for.
+    monkeypatch.setattr(cuda_kernels, "EXACT_LINEARS", False)
+    assert encoded_calls(feats[0][None]) == products - {"split_linear"}
+    monkeypatch.setattr(cuda_kernels, "EXACT_LINEARS", True)
+    # Above ATTENTION_PRODUCTS_MAX_WORK (rows x frames^2) the products are MLX's ops, above LINEAR_MAX_ROWS the
+    # linears; the bounds are traced for.
     monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MAX_WORK", work - 1)
+    monkeypatch.setattr(cuda_kernels, "LINEAR_MAX_ROWS", batch.shape[0] * frames - 1)
     assert encoded_calls(batch, lengths) == {"fsmn_memory"}
     assert encoded_calls(feats[0][None]) == products
+    monkeypatch.setattr(cuda_kernels, "LINEAR_MAX_ROWS", batch.shape[0] * frames)
+    # Where cuBLAS's order is not known (no cuBLASLt, or a reduction in no fixed order), the linears are MLX's ops.
+    monkeypatch.setattr(cublas_heuristic, "split_k_parts", lambda rows, n, k: None)
+    model_module.compiled_layer.cache_clear()  # what the heuristic said is not part of the key: it is the GPU's
+    assert encoded_calls(feats[0][None]) == products - {"split_linear"}
+    monkeypatch.setattr(cublas_heuristic, "split_k_parts", lambda rows, n, k: 3)
     # Chosen, within the bound: the whole attention in one kernel. The choice is part of what the compiled
     # layers are traced for, so opting in traces again.
     monkeypatch.setenv("FUNASR_NANO_ENCODER_ATTENTION_KERNEL", "0")
     assert not cuda_kernels.frame_attention_chosen()  # 0 is off, as for FUNASR_NANO_KERNELS
     monkeypatch.setenv("FUNASR_NANO_ENCODER_ATTENTION_KERNEL", "1")
     for inputs in ((feats[0][None],), (batch, lengths)):
-        assert encoded_calls(*inputs) == {"fsmn_memory", "frame_attention"}
+        assert encoded_calls(*inputs) == {"fsmn_memory", "frame_attention", "split_linear"}
     # Above FRAME_ATTENTION_MAX_WORK the attention is MLX's ops again (the products' bound is below it here).
     monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_WORK", work - 1)
-    assert encoded_calls(batch, lengths) == {"fsmn_memory"}
+    assert encoded_calls(batch, lengths) == {"fsmn_memory", "split_linear"}
     # So is it for a head size the kernel is not written for (a constant: traced again only by hand here).
     monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_WORK", work)
     monkeypatch.setattr(cuda_kernels, "HEAD_DIMS", (2 * head_dim,))
     model_module.compiled_layer.cache_clear()
-    assert encoded_calls(batch, lengths) == {"fsmn_memory"}
+    assert encoded_calls(batch, lengths) == {"fsmn_memory", "split_linear"}
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -640,6 +663,34 @@ def test_the_attention_products_twins_are_mlx_attention_at_the_encoders_head_siz
     weights = mx.softmax(cuda_kernels.attention_scores_ops(qkv, 4, mask), axis=-1, precise=True)
     products = cuda_kernels.attention_context_ops(weights, qkv)
     assert mx.array_equal(products, cuda_kernels.frame_attention_ops(qkv, 4, mask)).item()
+
+
+@pytest.mark.parametrize(
+    "config, parts",
+    [
+        ({"found": 1, "splitk_num": 5, "reduction_scheme": 2}, 5),  # split, the parts added in order
+        ({"found": 1, "splitk_num": 0, "reduction_scheme": 0}, 1),  # not split
+        ({"found": 1, "splitk_num": 4, "reduction_scheme": 1}, None),  # added in place with atomics: no fixed order
+        ({"found": 0, "splitk_num": 1, "reduction_scheme": 0}, None),  # no algorithm
+        (OSError("libcublasLt.so.13: cannot open shared object file"), None),
+    ],
+)
+def test_the_linears_follow_cublas_only_where_its_order_is_known(monkeypatch, config, parts):
+    """`split_linear` takes its number of parts from cuBLASLt's heuristic (cublas_heuristic.split_k_parts); where
+    the heuristic's answer does not say in which order cuBLAS adds them, or there is none, the linears stay MLX's."""
+    from funasr_nano_mlx import cublas_heuristic
+
+    def algorithm(rows, n, k):
+        if isinstance(config, Exception):
+            raise config
+        return config
+
+    monkeypatch.setattr(cublas_heuristic, "linear_algorithm", algorithm)
+    cublas_heuristic.split_k_parts.cache_clear()
+    try:
+        assert cublas_heuristic.split_k_parts(167, 512, 512) == parts
+    finally:
+        cublas_heuristic.split_k_parts.cache_clear()
 
 
 def test_one_prompt_on_cuda_attends_in_one_kernel(tiny_bf16, ten_files, monkeypatch):

@@ -23,6 +23,7 @@ LAYERS = [
         "model",
         "ctc",
         "cuda_kernels",
+        "cublas_heuristic",
     },
     {"modeldir", "audio", "normalize", "scoring", "recipe", "evalsets", "segment"},
     # inference

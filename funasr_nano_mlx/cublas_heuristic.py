@@ -1,20 +1,22 @@
 """What cuBLASLt's heuristic picks for MLX's float32 linear layer (`addmm(bias, x, w.T)`), read through ctypes.
 
-    from cublas_heuristic import linear_algorithm; linear_algorithm(rows, n, k)
-
 MLX asks cublasLtMatmulAlgoGetHeuristic for one algorithm at every matmul (mlx/backend/cuda/gemms/cublas_gemm.cpp,
 cublas_utils.cpp: CublasMatmulBase::init_base, execute_matmul, set_bias). This repeats its descriptors for a
 row-major x (rows, k) times w.T (w (n, k) row-major, so MLX's b is transposed) with the bias epilogue, float32
 without TF32 (CUBLAS_COMPUTE_32F), and returns the algorithm's configuration: how many parts cuBLAS splits k
-into (SPLITK_NUM) and how it adds them (REDUCTION_SCHEME), its tile and stages. bench/exact_gemm.py compares
-SPLITK_NUM with the number of interleaved parts whose sums reproduce MLX's numbers. Needs a CUDA device (the
-library is the one MLX loaded: libcublasLt.so.13 on LD_LIBRARY_PATH).
+into (SPLITK_NUM) and how it adds them (REDUCTION_SCHEME), its tile and stages. `cuda_kernels.split_linear`
+adds a linear layer's products in the order of those parts, so that its numbers are cuBLAS's
+(bench/exact_gemm.py: the heuristic's SPLITK_NUM was the order found at 69 of 70 shapes, all but one of 17 rows,
+on an H100). Why by hand: no library exposes cuBLASLt's heuristic. Needs a CUDA device (the library is the one
+MLX loaded: libcublasLt.so.13).
 """
 
 from __future__ import annotations
 
 import ctypes
 from functools import lru_cache
+
+import mlx.core as mx
 
 # cublasLt.h (CUDA 12 and 13)
 CUBLAS_COMPUTE_32F, CUDA_R_32F = 68, 0
@@ -24,7 +26,6 @@ PREF_MAX_WORKSPACE_BYTES = 1
 CONFIG = {"algo_id": 0, "tile_id": 1, "splitk_num": 2, "reduction_scheme": 3, "cta_swizzling": 4, "custom_option": 5,
           "stages_id": 6, "inner_shape_id": 7, "cluster_shape_id": 8}  # fmt: skip
 SIXTEEN_BITS = ("inner_shape_id", "cluster_shape_id")  # uint16_t attributes; the others are 32 bits
-WORKSPACE = 32 * 2**20  # MLX's for compute capability 9 and above (H100, H200); 4 MiB below
 
 
 class HeuristicResult(ctypes.Structure):
@@ -42,13 +43,19 @@ def _check(status: int, what: str) -> None:
         raise RuntimeError(f"{what} failed with cuBLAS status {status}")
 
 
+def workspace_bytes() -> int:
+    """MLX's workspace limit, which the heuristic reads: 32 MiB from compute capability 9 (H100, H200), else 4 MiB."""
+    major = int(mx.device_info().get("compute_capability_major", 9))
+    return (32 if major >= 9 else 4) * 2**20
+
+
 @lru_cache(maxsize=1)
 def _library():
     lib = ctypes.CDLL("libcublasLt.so.13")
     handle, pref = ctypes.c_void_p(), ctypes.c_void_p()
     _check(lib.cublasLtCreate(ctypes.byref(handle)), "cublasLtCreate")
     _check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "cublasLtMatmulPreferenceCreate")
-    size = ctypes.c_uint64(WORKSPACE)
+    size = ctypes.c_uint64(workspace_bytes())
     _check(
         lib.cublasLtMatmulPreferenceSetAttribute(pref, PREF_MAX_WORKSPACE_BYTES, ctypes.byref(size), 8),
         "cublasLtMatmulPreferenceSetAttribute",
@@ -107,3 +114,22 @@ def linear_algorithm(rows: int, n: int, k: int, bias_address: int = 256) -> dict
         lib.cublasLtMatrixLayoutDestroy(layout)
     lib.cublasLtMatmulDescDestroy(desc)
     return config
+
+
+# How cuBLAS adds split-K parts in the algorithms seen at the encoder's shapes: none (k not split) and in the compute
+# type, in order (bench/exact_gemm.py). In place (1) adds them with atomics, in no fixed order.
+ORDERED_REDUCTIONS = (0, 2)
+
+
+@lru_cache(maxsize=None)  # a failure too: an encoder pass asks for each of its linears when not compiled
+def split_k_parts(rows: int, n: int, k: int) -> int | None:
+    """In how many interleaved parts cuBLAS adds the products of MLX's float32 linear layer x (rows, k) @ w.T + bias
+    (1: one chain), or None where that is not known: no cuBLASLt here, a failed query, or a reduction not in
+    ORDERED_REDUCTIONS."""
+    try:
+        config = linear_algorithm(rows, n, k)
+    except (OSError, RuntimeError, AttributeError):  # no library, or one without these functions
+        return None
+    if not config["found"] or config["reduction_scheme"] not in ORDERED_REDUCTIONS:
+        return None
+    return max(1, config["splitk_num"] or 1)
