@@ -219,10 +219,11 @@ def main() -> None:
         qkv = mx.zeros((rows, frames, 3 * 512), mx.float32)
         for mask in (None, mx.ones((rows, frames), mx.float32), mx.ones((rows, frames), mx.bfloat16)):
             cuda_kernels.frame_attention_products(qkv, 4, mask)
-    weight, bias = mx.zeros((2048, 512), mx.float32), mx.zeros((2048,), mx.float32)
-    for rows, parts in ((167, 1), (167, 4), (500, 2)):  # the linears, unsplit and split, 32 x 32 and 64 x 64 tiles
-        for relu in (False, True):
-            cuda_kernels.split_linear(mx.zeros((1, rows, 512), mx.float32), weight, bias, parts, relu)
+    for n, k in ((2048, 512), (512, 2048)):  # the linears, unsplit and split, in 64 x 64 and 32 x 32 tiles
+        weight, bias = mx.zeros((n, k), mx.float32), mx.zeros((n,), mx.float32)
+        for parts in (1, 4):
+            for relu in (False, True):
+                cuda_kernels.split_linear(mx.zeros((1, 167, k), mx.float32), weight, bias, parts, relu)
     if nvrtc:
         total = sum(recorder.seconds.values())
         print(f"{len(recorder.seconds)} distinct sources, {total:.1f} s with NVRTC (bf16 and quantized projections)")

@@ -1391,6 +1391,13 @@ def attention_products_fit(rows: int, frames: int, dtype: mx.Dtype) -> bool:
     return ATTENTION_PRODUCTS and available() and sized and exact
 
 
+def _tile_shape(rows: int, columns: int, planes: int) -> tuple[int, int, int, int]:
+    """BM, BN, TM, TN of a tiled float32 product: 64 x 64 outputs a block (8 x 4 a thread) where that still gives
+    each of an H100's 132 SMs a block, else 32 x 32 (4 x 4)."""
+    big = -(-rows // 64) * -(-columns // 64) * planes >= 132
+    return (64, 64, 8, 4) if big else (32, 32, 4, 4)
+
+
 def _attention_product(mode: int, inputs: dict, weights_shape: tuple, **flags) -> mx.array:
     """One `_ATTENTION_PRODUCTS` launch; weights_shape (B, HEADS, T, T), the planes and their rows."""
     batch, heads, frames, _ = weights_shape
@@ -1470,7 +1477,7 @@ def frame_attention_products(qkv: mx.array, heads: int, mask: mx.array | None = 
 EXACT_LINEARS = True
 LINEAR_MIN_ROWS = 50
 LINEAR_MAX_ROWS = 167
-# Where a layer's split products land: BM x BN outputs a block (`_tile_shape`), TM x TN adjacent ones a thread,
+# Where a layer's split products land: BM x BN outputs a block, TM x TN adjacent ones a thread,
 # block z of the grid's third axis adding k's tiles z, z + parts, z + 2 parts, ... of BK = 8 (cuBLAS's k tile), the
 # next tile's operands loaded into registers while this one is added. With SPLIT the part's sums go to out[z] for
 # `_PARTS_ADDED`; without, the bias is added here (`biased`). x (rows, K) and the weight (N, K) row-major.
@@ -1562,13 +1569,6 @@ __device__ inline float biased(float sum, float bias) {
 """
 
 
-def _tile_shape(rows: int, columns: int, planes: int) -> tuple[int, int, int, int]:
-    """BM, BN, TM, TN of a tiled float32 product: 64 x 64 outputs a block (8 x 4 a thread) where that still gives
-    each of an H100's 132 SMs a block, else 32 x 32 (4 x 4)."""
-    big = -(-rows // 64) * -(-columns // 64) * planes >= 132
-    return (64, 64, 8, 4) if big else (32, 32, 4, 4)
-
-
 def linear_parts(rows: int, n: int, k: int, dtype: mx.Dtype) -> int | None:
     """In how many parts `split_linear` adds a float32 linear layer's products for `rows` rows (1: unsplit), or None
     where it does not compute this layer here: switched off, outside LINEAR_MIN_ROWS..LINEAR_MAX_ROWS, not float32
@@ -1584,7 +1584,10 @@ def split_linear(x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu
     tiles of 8 dealt in turn to `parts` parts (`linear_parts`), then relu if asked."""
     k, n = x.shape[-1], weight.shape[0]
     rows = x.size // k
-    bm, bn, tm, tn = _tile_shape(rows, n, parts)
+    # Tiles by the layer's width alone, not its rows: a source per tile shape is compiled at its first use (about a
+    # second), so every length of a clip then runs what the first one compiled. The order of each output's sum,
+    # and so the numbers, do not depend on the tiles.
+    bm, bn, tm, tn = (64, 64, 8, 4) if n >= 1024 else (32, 32, 4, 4)
     threads = (bm // tm) * (bn // tn)
     split = parts > 1
     header = f"#define RELU {int(relu)}\n" + TILE_STEP + _BIASED
