@@ -1265,9 +1265,9 @@ def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None)
 # every length.
 ATTENTION_PRODUCTS = True
 ATTENTION_PRODUCTS_MAX_WORK = 2**17
-# From 4 frames: bench/exact_gemm.py's sweep found MLX's numbers at every size it tried on an H100 (one clip of 4 to
-# 362 frames, masked batches of 2 to 32 rows from 17 frames). Under 4, MLX computes the attention in another kernel.
-ATTENTION_PRODUCTS_MIN_FRAMES = 4
+# From 17 frames (1 s): bench/exact_gemm.py's sweep found MLX's numbers at every size it tried on an H100, one clip
+# of 4 to 362 frames and masked batches of 2 to 32 rows from 17 frames. (Under 4, MLX runs another kernel.)
+ATTENTION_PRODUCTS_MIN_FRAMES = 17
 # One k of a tiled float32 product: this thread's TM rows of a and TN columns of b (adjacent, four at a load) from
 # k-major tiles in shared memory (rows padded by 4), each product added to its output's fma chain.
 TILE_STEP = """
@@ -1465,12 +1465,13 @@ def frame_attention_products(qkv: mx.array, heads: int, mask: mx.array | None = 
 # are dealt in turn to SPLITK_NUM parts, each part one fma chain per output in ascending k, and the parts are added
 # in order, then the bias (its epilogue); unsplit, one chain plus the bias. `split_linear` adds the same products
 # in the same order, with the number of parts the heuristic gives MLX (cublas_heuristic.split_k_parts, asked once
-# per shape): on an H100 its numbers were MLX's at every shape of the encoder's five linears from 50 to 16000 rows
-# (bench/exact_gemm.py's linear sweep; BENCHMARKS.md). At 17 rows one shape took another kernel whose order no
-# form tried reproduced, so the kernels start at LINEAR_MIN_ROWS. Why by hand: as for the attention's products,
+# per shape, and only for the GPU and algorithms measured): on an H100 its numbers were MLX's for the encoder's five
+# linear shapes at every row count tried from 50 to 16000 (bench/exact_gemm.py's linear sweep; BENCHMARKS.md). At
+# 17 rows one shape took another algorithm, whose order no form tried reproduced; the kernels start at
+# LINEAR_MIN_ROWS, the shortest measured. Why by hand: as for the attention's products,
 # MLX builds a cublasLt descriptor and runs the heuristic at every matmul (several times a custom kernel's host
-# time) and one clip's encoder is bound by the host; 4 of its 7 matmuls a layer are these linears. Their GPU time
-# is above cuBLAS's (1.2-1.4x a call at 500 rows, 1.7x at 16000: no pipelined stages), so the encoder gained where
+# time) and one clip's encoder is bound by the host; 4 of its 7 matmuls a layer are these linears. They take longer
+# than cuBLAS's (a call's wall time 1.2-1.3x at 500 rows, 1.7x at 16000: no pipelined stages), so the encoder gained where
 # the host bounds it and lost where the GPU does (on an H100, encoder + adaptor with the attention's products:
 # 3 s 13.3 -> 10.7 ms, 10 s 13.2-13.3 -> 13.0-13.1, 30 s 20.9 -> 22.6-23.1, a batch of 4 x 10 s 20.3 -> 23.7-24.5;
 # BENCHMARKS.md). So they run up to LINEAR_MAX_ROWS, one clip of 10 s, the longest measured no slower.
@@ -1585,8 +1586,8 @@ def split_linear(x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu
     k, n = x.shape[-1], weight.shape[0]
     rows = x.size // k
     # Tiles by the layer's width alone, not its rows: a source per tile shape is compiled at its first use (about a
-    # second), so every length of a clip then runs what the first one compiled. The order of each output's sum,
-    # and so the numbers, do not depend on the tiles.
+    # second), so every length that cuBLAS splits (every one measured from 50 to 167 rows) runs what the first
+    # compiled. The order of each output's sum, and so the numbers, do not depend on the tiles.
     bm, bn, tm, tn = (64, 64, 8, 4) if n >= 1024 else (32, 32, 4, 4)
     threads = (bm // tm) * (bn // tn)
     split = parts > 1

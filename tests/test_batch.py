@@ -581,6 +581,7 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     work = batch.shape[0] * frames * frames
     monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_WORK", work)
     monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MAX_WORK", work)
+    monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MIN_FRAMES", 4)  # the tiny clips are short
     # cuBLAS's order as its heuristic would give it on a GPU; the rows of one clip and of the batch
     monkeypatch.setattr(cublas_heuristic, "split_k_parts", lambda rows, n, k: 3)
     monkeypatch.setattr(cuda_kernels, "LINEAR_MIN_ROWS", feats[0].shape[0])
@@ -600,9 +601,9 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     monkeypatch.setenv("MLX_ENABLE_TF32", "1")
     assert not fits(1, 4, mx.float32)
     monkeypatch.setenv("MLX_ENABLE_TF32", "0")
-    with monkeypatch.context() as measured:  # a minimum is kept
-        measured.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MIN_FRAMES", 50)
-        assert fits(1, 50, mx.float32) and not fits(1, 49, mx.float32)
+    with monkeypatch.context() as measured:  # a minimum above the 4-frame floor applies (the default: 17)
+        measured.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MIN_FRAMES", 17)
+        assert fits(1, 17, mx.float32) and not fits(1, 16, mx.float32)
     # The linears likewise: float32 without TF32, from LINEAR_MIN_ROWS to LINEAR_MAX_ROWS rows (batch x frames).
     parts, low, high = cuda_kernels.linear_parts, cuda_kernels.LINEAR_MIN_ROWS, cuda_kernels.LINEAR_MAX_ROWS
     assert parts(low, 512, 512, mx.float32) == parts(high, 512, 512, mx.float32) == 3
@@ -614,6 +615,9 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     # By default: the memory block, the attention's products and the linears (float32's exact path).
     for inputs in ((feats[0][None],), (batch, lengths)):
         assert encoded_calls(*inputs) == products
+    if compiled == "0":  # each layer's four linears (q/k/v, output, the FFN's two), none left to MLX
+        encoder = model.audio_encoder
+        assert calls.count("split_linear") == 4 * len(encoder.encoders0 + encoder.encoders + encoder.tp_encoders)
     # Switched off, the products or the linears are MLX's ops: the switches are part of what the layers are traced for.
     monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS", False)
     assert encoded_calls(feats[0][None]) == {"fsmn_memory", "split_linear"}
@@ -665,19 +669,25 @@ def test_the_attention_products_twins_are_mlx_attention_at_the_encoders_head_siz
     assert mx.array_equal(products, cuda_kernels.frame_attention_ops(qkv, 4, mask)).item()
 
 
+SPLIT = {"found": 1, "algo_id": 55, "splitk_num": 5, "reduction_scheme": 2}  # split, the parts added in order
+
+
 @pytest.mark.parametrize(
-    "config, parts",
+    "config, capability, parts",
     [
-        ({"found": 1, "splitk_num": 5, "reduction_scheme": 2}, 5),  # split, the parts added in order
-        ({"found": 1, "splitk_num": 0, "reduction_scheme": 0}, 1),  # not split
-        ({"found": 1, "splitk_num": 4, "reduction_scheme": 1}, None),  # added in place with atomics: no fixed order
-        ({"found": 0, "splitk_num": 1, "reduction_scheme": 0}, None),  # no algorithm
-        (OSError("libcublasLt.so.13: cannot open shared object file"), None),
+        (SPLIT, 9, 5),
+        ({**SPLIT, "splitk_num": 1, "reduction_scheme": 0}, 9, 1),  # not split
+        ({**SPLIT, "splitk_num": None}, 9, None),  # the count not read
+        ({**SPLIT, "reduction_scheme": 1}, 9, None),  # added in place with atomics: in no fixed order
+        ({**SPLIT, "algo_id": 20}, 9, None),  # another algorithm (the one whose order was not found)
+        ({**SPLIT, "found": 0}, 9, None),  # no algorithm
+        (SPLIT, 8, None),  # another GPU generation: not measured
+        (OSError("libcublasLt.so.13: cannot open shared object file"), 9, None),
     ],
 )
-def test_the_linears_follow_cublas_only_where_its_order_is_known(monkeypatch, config, parts):
-    """`split_linear` takes its number of parts from cuBLASLt's heuristic (cublas_heuristic.split_k_parts); where
-    the heuristic's answer does not say in which order cuBLAS adds them, or there is none, the linears stay MLX's."""
+def test_the_linears_follow_cublas_only_where_its_order_is_known(monkeypatch, config, capability, parts):
+    """`split_linear` takes its number of parts from cuBLASLt's heuristic (cublas_heuristic.split_k_parts) only
+    where the order of cuBLAS's sums was measured to be its own: else, or with no answer, the linears stay MLX's."""
     from funasr_nano_mlx import cublas_heuristic
 
     def algorithm(rows, n, k):
@@ -686,6 +696,7 @@ def test_the_linears_follow_cublas_only_where_its_order_is_known(monkeypatch, co
         return config
 
     monkeypatch.setattr(cublas_heuristic, "linear_algorithm", algorithm)
+    monkeypatch.setattr(cublas_heuristic, "compute_capability", lambda: capability)
     cublas_heuristic.split_k_parts.cache_clear()
     try:
         assert cublas_heuristic.split_k_parts(167, 512, 512) == parts
