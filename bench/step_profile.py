@@ -146,6 +146,9 @@ def stage_variants(model, feats: mx.array, embeddings: mx.array) -> dict:
     if hasattr(cuda_kernels, "ATTENTION_PRODUCTS"):  # a build from before it has MLX's ops for the products
         ops = ((cuda_kernels, "ATTENTION_PRODUCTS", False),)
         table["encoder+adaptor, attention products as MLX's ops"] = ("encoder", encode, ops)
+    if hasattr(cuda_kernels, "EXACT_LINEARS"):  # likewise for the linear layers
+        ops = ((cuda_kernels, "EXACT_LINEARS", False),)
+        table["encoder+adaptor, linears as MLX's ops"] = ("encoder", encode, ops)
     if hasattr(cuda_kernels, "frame_attention_chosen"):
         kernel = ((cuda_kernels, "frame_attention_chosen", lambda: True),)
         table["encoder+adaptor, attention kernel (opt-in)"] = ("encoder", encode, kernel)
