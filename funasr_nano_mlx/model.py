@@ -213,7 +213,7 @@ def frame_mask(lengths: mx.array, length: int, dtype=mx.float32) -> mx.array:
 def exact_linear(layer: nn.Linear, x: mx.array, relu: bool = False) -> mx.array:
     """`layer(x)`, then relu if asked: in `cuda_kernels.split_linear` where it gives MLX's numbers at a smaller launch
     cost (`cuda_kernels.linear_parts`: a float32 layer with a bias, on CUDA), else in MLX's ops."""
-    dense = type(layer) is nn.Linear and "bias" in layer and layer.weight.dtype == x.dtype
+    dense = type(layer) is nn.Linear and "bias" in layer and layer.weight.dtype == layer.bias.dtype == x.dtype
     parts = cuda_kernels.linear_parts(x.size // x.shape[-1], *layer.weight.shape, x.dtype) if dense else None
     if parts:
         return cuda_kernels.split_linear(x, layer.weight, layer.bias, parts, relu)
@@ -222,7 +222,8 @@ def exact_linear(layer: nn.Linear, x: mx.array, relu: bool = False) -> mx.array:
 
 
 class FeedForward(nn.Module):
-    """`exact_linears`: its layers through `exact_linear` (the SAN-M encoder's, whose shapes that was measured at)."""
+    """Position-wise feed-forward; with `exact_linears` its two layers go through `exact_linear` (the SAN-M encoder's:
+    its kernels were measured at those shapes, not at the adaptor's)."""
 
     def __init__(self, dims: int, hidden: int, exact_linears: bool = False):
         super().__init__()
