@@ -166,4 +166,4 @@ def split_k_parts(rows: int, n: int, k: int) -> int | None:
         and config["reduction_scheme"] in ORDERED_REDUCTIONS
     )
     parts = config["splitk_num"]
-    return parts if measured and parts and parts >= 1 else None
+    return parts if measured and parts else None  # 0 or unread: not known

@@ -1380,6 +1380,12 @@ _ATTENTION_PRODUCTS = """
 """
 
 
+def cublas_float32(dtype: mx.Dtype) -> bool:
+    """Whether MLX's matmuls of this dtype are cuBLAS's float32 ones, which the encoder's product and linear kernels
+    repeat: float32 without TF32 (the package's default, __init__.py; MLX_ENABLE_TF32=1 makes them TF32)."""
+    return dtype == mx.float32 and os.environ.get("MLX_ENABLE_TF32") == "0"
+
+
 def attention_products_fit(rows: int, frames: int, dtype: mx.Dtype) -> bool:
     """Whether SAN-M's attention products of this call run in `attention_scores` and `attention_context` here:
     from ATTENTION_PRODUCTS_MIN_FRAMES up to ATTENTION_PRODUCTS_MAX_WORK. Never under 4 frames (a quarter of a
@@ -1387,8 +1393,7 @@ def attention_products_fit(rows: int, frames: int, dtype: mx.Dtype) -> bool:
     (mlx/backend/cuda/scaled_dot_product_attention.cu, supports_sdpa_vector), in another order; nor where a user
     turned TF32 on (MLX_ENABLE_TF32=1: cuBLAS's products are no longer float32 chains)."""
     sized = max(4, ATTENTION_PRODUCTS_MIN_FRAMES) <= frames and rows * frames * frames <= ATTENTION_PRODUCTS_MAX_WORK
-    exact = dtype == mx.float32 and os.environ.get("MLX_ENABLE_TF32") == "0"  # the package's default (__init__.py)
-    return ATTENTION_PRODUCTS and available() and sized and exact
+    return ATTENTION_PRODUCTS and available() and sized and cublas_float32(dtype)
 
 
 def _tile_shape(rows: int, columns: int, planes: int) -> tuple[int, int, int, int]:
@@ -1462,26 +1467,26 @@ def frame_attention_products(qkv: mx.array, heads: int, mask: mx.array | None = 
 
 # The encoder's linear layers in float32 with cuBLAS's numbers, bit for bit, by default. cuBLAS runs them as SIMT
 # float32 GEMMs that split k (split-K) where its heuristic finds the output too small to fill the GPU: k's tiles of 8
-# are dealt in turn to SPLITK_NUM parts, each part one fma chain per output in ascending k, and the parts are added
-# in order, then the bias (its epilogue); unsplit, one chain plus the bias. `split_linear` adds the same products
-# in the same order, with the number of parts the heuristic gives MLX (cublas_heuristic.split_k_parts, asked once
-# per shape, and only for the GPU and algorithms measured): on an H100 its numbers were MLX's for the encoder's five
-# linear shapes at every row count tried from 50 to 16000 (bench/exact_gemm.py's linear sweep; BENCHMARKS.md). At
-# 17 rows one shape took another algorithm, whose order no form tried reproduced; the kernels start at
-# LINEAR_MIN_ROWS, the shortest measured. Why by hand: as for the attention's products,
-# MLX builds a cublasLt descriptor and runs the heuristic at every matmul (several times a custom kernel's host
-# time) and one clip's encoder is bound by the host; 4 of its 7 matmuls a layer are these linears. They take longer
-# than cuBLAS's (a call's wall time 1.2-1.3x at 500 rows, 1.7x at 16000: no pipelined stages), so the encoder gained where
-# the host bounds it and lost where the GPU does (on an H100, encoder + adaptor with the attention's products:
-# 3 s 13.3 -> 10.7 ms, 10 s 13.2-13.3 -> 13.0-13.1, 30 s 20.9 -> 22.6-23.1, a batch of 4 x 10 s 20.3 -> 23.7-24.5;
-# BENCHMARKS.md). So they run up to LINEAR_MAX_ROWS, one clip of 10 s, the longest measured no slower.
+# are dealt in turn to SPLITK_NUM parts, each part one fma chain per output in ascending k, and the parts are added in
+# order, then the bias (its epilogue); unsplit, one chain plus the bias. `split_linear` adds the same products in the
+# same order, with the number of parts the heuristic gives MLX (cublas_heuristic.split_k_parts, asked once per shape,
+# and only for the GPU and algorithms measured): on an H100 its numbers were MLX's for the encoder's five linear
+# shapes at every row count tried from 50 to 16000 (bench/exact_gemm.py's linear sweep; BENCHMARKS.md). At 17 rows one
+# shape took another algorithm, whose order no form tried reproduced; the kernels start at LINEAR_MIN_ROWS, the
+# shortest measured. Why by hand: as for the attention's products, MLX builds a cublasLt descriptor and runs the
+# heuristic at every matmul (several times a custom kernel's host time) and one clip's encoder is bound by the host; 4
+# of its 7 matmuls a layer are these linears. They take longer than cuBLAS's (a call's wall time 1.2-1.3x at 500 rows,
+# 1.7x at 16000: no pipelined stages), so the encoder gained where the host bounds it and lost where the GPU does (on
+# an H100, encoder + adaptor with the attention's products: 3 s 13.3 -> 10.7 ms, 10 s 13.2-13.3 -> 13.0-13.1, 30 s
+# 20.9 -> 22.6-23.1, a batch of 4 x 10 s 20.3 -> 23.7-24.5; BENCHMARKS.md). So they run up to LINEAR_MAX_ROWS, one
+# clip of 10 s, the longest measured no slower.
 EXACT_LINEARS = True
 LINEAR_MIN_ROWS = 50
 LINEAR_MAX_ROWS = 167
-# Where a layer's split products land: BM x BN outputs a block, TM x TN adjacent ones a thread,
-# block z of the grid's third axis adding k's tiles z, z + parts, z + 2 parts, ... of BK = 8 (cuBLAS's k tile), the
-# next tile's operands loaded into registers while this one is added. With SPLIT the part's sums go to out[z] for
-# `_PARTS_ADDED`; without, the bias is added here (`biased`). x (rows, K) and the weight (N, K) row-major.
+# Where a layer's split products land: BM x BN outputs a block, TM x TN adjacent ones a thread, block z of the grid's
+# third axis adding k's tiles z, z + parts, z + 2 parts, ... of BK = 8 (cuBLAS's k tile), the next tile's operands
+# loaded into registers while this one is added. With SPLIT the part's sums go to out[z] for `_PARTS_ADDED`; without,
+# the bias is added here (`biased`). x (rows, K) and the weight (N, K) row-major.
 _SPLIT_LINEAR = """
   constexpr int BK = 8, THREADS_N = BN / TN, THREADS = (BM / TM) * THREADS_N;
   constexpr int A_LOADS = BM * BK / THREADS, B_LOADS = BN * BK / THREADS;
@@ -1570,12 +1575,17 @@ __device__ inline float biased(float sum, float bias) {
 """
 
 
+def _biased(relu: bool) -> str:
+    """`_BIASED` with relu or without, for a kernel's header."""
+    return f"#define RELU {int(relu)}\n" + _BIASED
+
+
 def linear_parts(rows: int, n: int, k: int, dtype: mx.Dtype) -> int | None:
     """In how many parts `split_linear` adds a float32 linear layer's products for `rows` rows (1: unsplit), or None
     where it does not compute this layer here: switched off, outside LINEAR_MIN_ROWS..LINEAR_MAX_ROWS, not float32
-    or with TF32 on (see `attention_products_fit`), or cuBLAS's choice not known (cublas_heuristic.split_k_parts)."""
-    exact = dtype == mx.float32 and os.environ.get("MLX_ENABLE_TF32") == "0"
-    if not (EXACT_LINEARS and available() and exact and LINEAR_MIN_ROWS <= rows <= LINEAR_MAX_ROWS):
+    or with TF32 on (`cublas_float32`), or cuBLAS's choice not known (cublas_heuristic.split_k_parts)."""
+    sized = LINEAR_MIN_ROWS <= rows <= LINEAR_MAX_ROWS
+    if not (EXACT_LINEARS and available() and sized and cublas_float32(dtype)):
         return None
     return cublas_heuristic.split_k_parts(rows, n, k)
 
@@ -1591,10 +1601,12 @@ def split_linear(x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu
     bm, bn, tm, tn = (64, 64, 8, 4) if n >= 1024 else (32, 32, 4, 4)
     threads = (bm // tm) * (bn // tn)
     split = parts > 1
-    header = f"#define RELU {int(relu)}\n" + TILE_STEP + _BIASED
+    # Split, this kernel only sums each part and `_PARTS_ADDED` adds the bias and relu: one source, relu or not.
+    epilogue = relu and not split
     inputs = {"x": x.reshape(rows, k), "weight": weight, **({} if split else {"bias": bias})}
     source = f"#define SPLIT {int(split)}\n" + _SPLIT_LINEAR
-    kernel = _kernel(f"split_linear_{int(split)}_{int(relu)}", tuple(inputs), ("out",), source, header=header)
+    header = TILE_STEP + _biased(epilogue)
+    kernel = _kernel(f"split_linear_{int(split)}_{int(epilogue)}", tuple(inputs), ("out",), source, header=header)
     out = kernel(
         inputs=list(inputs.values()),
         template=[("BM", bm), ("BN", bn), ("TM", tm), ("TN", tn)],
@@ -1605,7 +1617,7 @@ def split_linear(x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu
     )[0]
     if not split:
         return out
-    added = _kernel(f"parts_added_{int(relu)}", ("partials", "bias"), ("out",), _PARTS_ADDED, header=header)
+    added = _kernel(f"parts_added_{int(relu)}", ("partials", "bias"), ("out",), _PARTS_ADDED, header=_biased(relu))
     return added(
         inputs=[out, bias],
         grid=(-(-rows * n // 256) * 256, 1, 1),
