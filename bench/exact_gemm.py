@@ -83,10 +83,15 @@ _CHAIN = """
 """
 
 
+def linear_layout(k: int) -> dict:
+    """Strides of a linear layer's operands for `chain`: a = x (M, K), b = the weight (N, K), both row-major."""
+    return dict(A_OFF=0, A_BATCH=0, A_ROW=k, A_K=1, B_OFF=0, B_BATCH=0, B_ROW=k, B_K=1)
+
+
 def layout(kind: str, frames: int) -> dict:
-    """Strides of the operands as the encoder's arrays hold them. Linear: a = x (M, K), b = the weight (N, K).
-    Scores: a = q, b = k, both heads of the fused projection (frames, 3C). Context: a = the weights
-    (heads, frames, frames), b = v of the fused projection, read down its frames."""
+    """Strides of the attention's operands as the encoder's arrays hold them. Scores: a = q, b = k, both heads of
+    the fused projection (frames, 3C). Context: a = the weights (heads, frames, frames), b = v of the fused
+    projection, read down its frames."""
     c3 = 3 * WIDTH
     if kind == "scores":
         return dict(A_OFF=0, A_BATCH=HEAD_DIM, A_ROW=c3, A_K=1, B_OFF=WIDTH, B_BATCH=HEAD_DIM, B_ROW=c3, B_K=1)
@@ -148,12 +153,11 @@ def cases(frames: int, rng: np.random.Generator):
         linear = nn.Linear(k, n)
         linear.weight = mx.array(rng.standard_normal((n, k), dtype=np.float32) * k**-0.5)
         linear.bias = mx.array(rng.standard_normal((n,), dtype=np.float32))
-        strides = dict(A_OFF=0, A_BATCH=0, A_ROW=k, A_K=1, B_OFF=0, B_BATCH=0, B_ROW=k, B_K=1)
         yield (
             name,
             lambda x=x, linear=linear: linear(x),
             None,  # no kernel of ours: cuBLAS splits these products' k (see the probe's identical_share)
-            (x, linear.weight, linear.bias, frames, n, k, 1, strides),
+            (x, linear.weight, linear.bias, frames, n, k, 1, linear_layout(k)),
         )
     # The attention as MLX's fallback computes it (mlx/fast.cpp, scaled_dot_product_attention): q scaled
     # (the model's scale, then the fallback's 1.0), the products of head-first copies.
@@ -167,27 +171,6 @@ def cases(frames: int, rng: np.random.Generator):
     context = lambda: cuda_kernels.attention_context(weights, qkv).reshape(frames, HEADS, HEAD_DIM).transpose(1, 0, 2)  # noqa: E731
     yield "context", (lambda: weights @ v), context, (weights, qkv, None, frames, HEAD_DIM, frames, HEADS,
                                                       layout("context", frames))  # fmt: skip
-
-
-def split_candidate(x, weight, bias, truth: np.ndarray, found: dict, k: int) -> dict:
-    """`split_linear` with the number of parts that gave MLX's numbers (`found`): the share identical to MLX's,
-    and its time per call against MLX's."""
-    parts = [
-        int(key.split("W=")[1].split()[0])
-        for key, share in found.items()
-        if share == 1.0 and "sliced" in key and key.endswith("bias last")
-    ]  # the kernel adds the bias last
-    parts += [1] if found.get(f"S=1 chunk={k} bias last") == 1.0 else []
-    if not parts:
-        return {"split_candidate": "no order found"}
-    rows = x.size // k
-    run = lambda: cuda_kernels.split_linear(x.reshape(rows, k), weight, bias, parts[0])  # noqa: E731
-    got = np.array(run()).reshape(truth.shape)
-    return {
-        "split_parts": parts[0],
-        "split_share_mlx": float(np.mean(got == truth)),
-        "split_us_per_call": per_call_us(run),
-    }
 
 
 def probe(frames: int, rng: np.random.Generator) -> None:
@@ -227,7 +210,6 @@ def probe(frames: int, rng: np.random.Generator) -> None:
             # MLX's kernels for the matmul, with their us (CUPTI): cuBLAS's names tell split-K and tiles.
             "mlx_kernels": cupti_kernels(reference, 1, top=6).get("heaviest_us_and_launches"),
             "cublas_config": heuristic_config(m, n, k) if ours is None else None,
-            **(split_candidate(a, b, bias, truth, found, k) if ours is None else {}),
             "mlx_us_per_call": per_call_us(reference),
             "kernel_us_per_call": per_call_us(ours) if ours else None,
         }
@@ -279,9 +261,8 @@ def linear_sweep(rows_list, rng: np.random.Generator) -> None:
                 row["mlx_us_per_call"] = per_call_us(reference, calls=20, repeat=5)
                 if share < 1.0:
                     row["mlx_kernels"] = cupti_kernels(reference, 1, top=4).get("heaviest_us_and_launches")
-                    strides = dict(A_OFF=0, A_BATCH=0, A_ROW=k, A_K=1, B_OFF=0, B_BATCH=0, B_ROW=k, B_K=1)
                     for slices in range(1, 17):
-                        partials = chain(x, weight, rows, n, k, 1, strides, slices, 8, sliced=True)
+                        partials = chain(x, weight, rows, n, k, 1, linear_layout(k), slices, 8, sliced=True)
                         if np.array_equal(np.array(combined(partials, bias, "bias last")).reshape(truth.shape), truth):
                             row["w_found"] = slices
                             break

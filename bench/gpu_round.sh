@@ -67,7 +67,7 @@ if wants kernels; then
 fi
 
 if wants exact; then
-  step "the encoder's matmuls against cuBLAS's numbers; encoder + adaptor with the attention's product kernels off and on"
+  step "the encoder's matmuls against cuBLAS's numbers; encoder + adaptor with the product and linear kernels off and on"
   limit=330
   ours "$bench/exact_gemm.py" --frames 167 500 --model "$work/bf16/mlx-full-bfloat16" 2>/dev/null | tee -a "$out/exact_gemm.jsonl" | cut -c1-300
   limit=150
