@@ -1,6 +1,7 @@
 """Can a float32 matmul kernel of our own give cuBLAS's numbers bit for bit at the encoder's shapes?
 
-    python bench/exact_gemm.py [--linear-rows 17 50 ...] [--no-attention-sweep] [--frames 167 500]
+    python bench/exact_gemm.py [--linear-rows 17 50 ...] [--timing-frames 17 167 ...] [--stage-k 64 32]
+                               [--no-attention-sweep] [--frames 167 500]
                                [--model MODEL_DIR [--seconds 10 30 3]]
 
 The encoder's float32 path is exact by contract, and much of its host time is cuBLAS: MLX builds a cublasLt
@@ -23,8 +24,9 @@ chain per output, are checked against the chain and MLX and timed against MLX's 
 once, as the encoder's layers are). One JSON line per shape.
 
 Before that, two sweeps: the package's `cuda_kernels.split_linear` with the heuristic's SPLITK_NUM against MLX's
-linear at each of the encoder's linear shapes over --linear-rows (`linear_sweep`), and the attention in the
-product kernels against MLX's at every size the default admits (`attention_sweep`). With --model, the encoder +
+linear at each of the encoder's linear shapes over --linear-rows (`linear_sweep`) and the product kernels' time
+at --timing-frames (`attention_timing`), each at every --stage-k; then the attention in the product kernels
+against MLX's at every size the default admits (`attention_sweep`). With --model, the encoder +
 adaptor with the product and linear kernels off and on (VARIANTS): the same numbers or not, and how fast.
 Needs a CUDA GPU.
 """
@@ -239,8 +241,9 @@ LINEAR_ROWS = (17, 50, 84, 128, 167, 250, 334, 500, 668, 1000, 2000, 4000, 8000,
 
 def linear_sweep(rows_list, rng: np.random.Generator) -> None:
     """For each of the encoder's linear layers at each number of rows: the configuration cuBLASLt's heuristic gives
-    MLX, and `split_linear` with W = its SPLITK_NUM against MLX's numbers (share identical, time per call of 20
-    submitted together). Where they differ, the interleaved chains with W = 1 to 16 find the W that holds, if any."""
+    MLX, and `split_linear` with W = its SPLITK_NUM (at cuda_kernels.STAGE_K) against MLX's numbers (share
+    identical; wall time per call of 20 submitted together; CUPTI's GPU time per call). Where they differ, the
+    interleaved chains with W = 1 to 16 find the W that holds, if any."""
     for rows in rows_list:
         for name, k, n in LINEARS:
             x = mx.array(rng.standard_normal((rows, k), dtype=np.float32))
@@ -250,15 +253,15 @@ def linear_sweep(rows_list, rng: np.random.Generator) -> None:
             truth = np.array(reference())
             config = heuristic_config(rows, n, k)
             parts = (config.get("splitk_num") or 1) if isinstance(config, dict) else None  # 0 or 1: k not split
-            row = {"sweep": "linear", "case": name, "rows": rows, "k": k, "n": n, "cublas_config": config}
+            row = {"sweep": "linear", "case": name, "rows": rows, "k": k, "n": n, "stage_k": cuda_kernels.STAGE_K}
+            row["cublas_config"] = config
             if parts:
                 candidate = lambda: cuda_kernels.split_linear(x, weight, bias, parts)  # noqa: E731
                 row["split_share_mlx"] = share = float(np.mean(np.array(candidate()) == truth))
                 if name == "ffn1":  # the FFN's first layer has relu in the kernel
                     relu = cuda_kernels.split_linear(x, weight, bias, parts, relu=True)
                     row["split_relu_share_mlx"] = float(np.mean(np.array(relu) == np.array(nn.relu(reference()))))
-                row["split_us_per_call"] = per_call_us(candidate, calls=20, repeat=5)
-                row["mlx_us_per_call"] = per_call_us(reference, calls=20, repeat=5)
+                row.update(timed("split", candidate), **timed("mlx", reference))
                 if share < 1.0:
                     row["mlx_kernels"] = cupti_kernels(reference, 1, top=4).get("heaviest_us_and_launches")
                     for slices in range(1, 17):
@@ -266,6 +269,30 @@ def linear_sweep(rows_list, rng: np.random.Generator) -> None:
                         if np.array_equal(np.array(combined(partials, bias, "bias last")).reshape(truth.shape), truth):
                             row["w_found"] = slices
                             break
+            print(json.dumps(row), flush=True)
+
+
+def timed(label: str, run) -> dict:
+    """`run`'s wall time per call of 20 submitted together and CUPTI's GPU time per call (us), keyed by label."""
+    gpu = cupti_kernels(run, 20, top=1).get("gpu_us_per_call")
+    return {f"{label}_us_per_call": per_call_us(run, calls=20, repeat=5), f"{label}_gpu_us": gpu}
+
+
+def attention_timing(frames_list, rng: np.random.Generator) -> None:
+    """The attention's two product kernels (at cuda_kernels.STAGE_K) against MLX's matmuls for one clip of each
+    length: identical or not, and `timed`."""
+    for frames in frames_list:
+        qkv = mx.array(rng.standard_normal((1, frames, 3 * WIDTH), dtype=np.float32))
+        weights = mx.softmax(cuda_kernels.attention_scores_ops(qkv, HEADS), axis=-1, precise=True)
+        mx.eval(weights)
+        pairs = {
+            "scores": (lambda: cuda_kernels.attention_scores(qkv, HEADS), lambda: cuda_kernels.attention_scores_ops(qkv, HEADS)),
+            "context": (lambda: cuda_kernels.attention_context(weights, qkv), lambda: cuda_kernels.attention_context_ops(weights, qkv)),
+        }  # fmt: skip
+        for name, (ours, theirs) in pairs.items():
+            row = {"sweep": "attention timing", "case": name, "frames": frames, "stage_k": cuda_kernels.STAGE_K}
+            row["identical_share"] = float(np.mean(np.array(ours()) == np.array(theirs())))
+            row.update(timed("kernel", ours), **timed("mlx", theirs))
             print(json.dumps(row), flush=True)
 
 
@@ -278,8 +305,8 @@ VARIANTS = {
 }
 
 
-def encoder_candidate(model_dir: Path, seconds: list[float], batch: int = 4) -> None:
-    """Encoder + adaptor in each of VARIANTS (their bounds, ATTENTION_PRODUCTS_MAX_WORK and LINEAR_MAX_ROWS, lifted
+def encoder_candidate(model_dir: Path, seconds: list[float], variants: dict, batch: int = 4) -> None:
+    """Encoder + adaptor in each of `variants` (VARIANTS and others: cuda_kernels settings; their bounds, ATTENTION_PRODUCTS_MAX_WORK and LINEAR_MAX_ROWS, lifted
     for the measurement), alternating: identical output to MLX's ops or not, warm ms (median of 10), host ms to
     submit, CUPTI's GPU time and launches; one clip of each length, then a padded batch of `batch` (lengths 100%
     to 55% of the longest, so the masked kernels run)."""
@@ -296,11 +323,11 @@ def encoder_candidate(model_dir: Path, seconds: list[float], batch: int = 4) -> 
     longest = max(len(r) for r in rows)
     padded = np.stack([np.pad(r, [(0, longest - len(r)), (0, 0)]) for r in rows])
     inputs[f"{batch} x {seconds[0]:g} s, padded"] = (mx.array(padded), mx.array([len(r) for r in rows]))
-    defaults = {name: getattr(cuda_kernels, name) for name in VARIANTS["MLX's ops"]}
+    defaults = {name: getattr(cuda_kernels, name) for settings in variants.values() for name in settings}
     for name, (feats, lengths) in inputs.items():
         outputs, rows_out = {}, []
         for _ in range(2):  # alternating, so that a host's drift hits all alike
-            for variant, settings in VARIANTS.items():
+            for variant, settings in variants.items():
                 for setting, value in settings.items():
                     setattr(cuda_kernels, setting, value)
                 warm, submit = warm_ms(lambda: model.encode(feats, lengths), 10)
@@ -328,18 +355,35 @@ def main() -> None:
         "--linear-rows", type=int, nargs="*", default=list(LINEAR_ROWS), help="rows of the linear sweep"
     )
     parser.add_argument("--no-attention-sweep", action="store_true", help="leave out the attention's sweep")
+    parser.add_argument(
+        "--timing-frames", type=int, nargs="*", default=[17, 50, 167, 362], help="frames of the attention's timing"
+    )
+    parser.add_argument(
+        "--stage-k",
+        type=int,
+        nargs="+",
+        default=[cuda_kernels.STAGE_K],
+        help="cuda_kernels.STAGE_K values for the linear sweep, the attention's timing and the encoder (the first "
+        "for the attention's sweep; the others as more variants of the encoder)",
+    )
     args = parser.parse_args()
     if mx.default_device().type != mx.DeviceType.gpu:
         raise SystemExit("exact_gemm.py needs MLX's CUDA backend")
 
     rng = np.random.default_rng(0)
-    linear_sweep(args.linear_rows, rng)
+    for stage_k in reversed(args.stage_k):  # the first last, so that it stays set
+        cuda_kernels.STAGE_K = stage_k
+        linear_sweep(args.linear_rows, rng)
+        attention_timing(args.timing_frames, rng)
     if not args.no_attention_sweep:
         attention_sweep(SWEEP, rng)
     for frames in args.frames:
         probe(frames, rng)
     if args.model:
-        encoder_candidate(args.model, args.seconds)
+        variants = dict(VARIANTS)
+        for stage_k in args.stage_k[1:]:
+            variants[f"products and linears, stage {stage_k}"] = dict(VARIANTS["products and linears"], STAGE_K=stage_k)
+        encoder_candidate(args.model, args.seconds, variants)
 
 
 if __name__ == "__main__":

@@ -809,8 +809,8 @@ ENCODER_DTYPES = (mx.float32, mx.bfloat16)
 def encoder_choices() -> tuple:
     """What the encoder's layers take from here when traced (model.compiled_layer keys its traces by it):
     whether the kernels are on, whether the attention kernel is chosen and up to how much work, whether the
-    attention's product kernels are on and from how many frames up to how much work, and whether the linear
-    layers' kernels are on and for how many rows."""
+    attention's product kernels are on and from how many frames up to how much work, whether the linear
+    layers' kernels are on and for how many rows, and the k a stage of both (a template constant of theirs)."""
     return (
         available(),
         frame_attention_chosen(),
@@ -821,6 +821,7 @@ def encoder_choices() -> tuple:
         EXACT_LINEARS,
         LINEAR_MIN_ROWS,
         LINEAR_MAX_ROWS,
+        STAGE_K,
     )
 
 
@@ -1258,8 +1259,8 @@ def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None)
 # The linear layers are not single chains: cuBLAS splits their k by shape (`split_linear`, below).
 #
 # Tiles: 32 x 32 outputs a block (the scores in 64 x 64 where that still gives a block to each of an H100's 132
-# SMs), BK of k at a time through shared memory, 4 x 4 (8 x 4) adjacent outputs a thread read four at a time.
-# MODE 1, the scores of one (row, head) per grid plane: q scaled times k; with FRAMES_MASKED a key frame whose mask
+# SMs), STAGE_K of k a stage through shared memory (`staged_product`), 4 x 4 (8 x 4) adjacent outputs a thread read
+# four at a time. MODE 1, the scores of one (row, head) per grid plane: q scaled times k; with FRAMES_MASKED a key frame whose mask
 # is not > 0 scores float32's lowest (MLX's fallback: `where(mask, scores, finfo.min)`). MODE 2, the softmax
 # weights (B, HEADS, T, T) times v, written as (B, T, C). Frames are read from qkv's shape, so one source serves
 # every length.
@@ -1268,6 +1269,9 @@ ATTENTION_PRODUCTS_MAX_WORK = 2**17
 # From 17 frames (1 s): bench/exact_gemm.py's sweep found MLX's numbers at every size it tried on an H100, one clip
 # of 4 to 362 frames and masked batches of 2 to 32 rows from 17 frames. (Under 4, MLX runs another kernel.)
 ATTENTION_PRODUCTS_MIN_FRAMES = 17
+# The k a stage of `staged_product` in the encoder's product and linear kernels: a multiple of cuBLAS's k tile (8), and
+# two operands' 64 x 64 tiles of it (35 KB) within the 48 KB of shared memory a block declares at most statically.
+STAGE_K = 64
 # One k of a tiled float32 product: this thread's TM rows of a and TN columns of b (adjacent, four at a load) from
 # k-major tiles in shared memory (rows padded by 4), each product added to its output's fma chain.
 TILE_STEP = """
@@ -1293,68 +1297,104 @@ __device__ inline void tile_step(
     }
   }
 }
-"""
-_ATTENTION_PRODUCTS = """
+
+// A block's BM x BN outputs of a float32 product, this thread's TM x TN of them added into acc: k runs through shared
+// memory in stages of BK rows, stage s's row kk being k = k_at(s, kk), of which the first stage_rows(s) are added
+// (a prefix: nothing past the end, not even a zero). a_at(m, k) and b_at(n, k) read the operands (zero past their
+// rows). Each output is one fma chain over the stages' rows in order, whatever BK is: BK sets only how many loads
+// are in flight at once, all of the next stage's, into registers while this one is added (one stage at a time
+// left the kernels waiting on memory: 15-22 us a call where cuBLAS's pipelined kernels take 6). B_N_MAJOR: b's
+// consecutive n are adjacent in memory (else its consecutive k), so consecutive threads load along it.
+template <int BM, int BN, int BK, int TM, int TN, bool B_N_MAJOR, class Rows, class KAt, class AAt, class BAt>
+__device__ inline void staged_product(
+    int stages, Rows stage_rows, KAt k_at, AAt a_at, BAt b_at, int m0, int n0, float (&acc)[TM][TN]) {
   constexpr int THREADS_N = BN / TN, THREADS = (BM / TM) * THREADS_N;
+  // A thread loads one k of a stage at rows (or columns) a fixed step apart; with B_N_MAJOR, b's one column at k a
+  // fixed step apart.
+  constexpr int A_LOADS = BM * BK / THREADS, A_STEP = THREADS / BK;
+  constexpr int B_LOADS = BN * BK / THREADS, B_STEP = B_N_MAJOR ? THREADS / BN : THREADS / BK;
+  static_assert(THREADS % BK == 0 && THREADS % (B_N_MAJOR ? BN : BK) == 0, "each thread loads alike");
   __shared__ __align__(16) float as[BK][BM + 4], bs[BK][BN + 4];  // k-major; rows padded, 16-byte aligned
   const int tx = threadIdx.x % THREADS_N, ty = threadIdx.x / THREADS_N;
-  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN, z = blockIdx.z;
-  const int frames = qkv_shape[1], width = qkv_shape[2] / 3, head = z % HEADS;
-  const size_t row = z / HEADS;
-  const float* frame_rows = qkv + row * frames * 3 * width + head * D;  // frame f's q at f * 3C, k at + C, v at + 2C
-#if MODE == 1
-  constexpr int K = D;
-  const int N = frames;
-  const float* pa = frame_rows;
-  const float* pb = frame_rows + width;
-  const int a_row = 3 * width, b_row = 3 * width;
-#else
-  const int K = frames;
-  constexpr int N = D;
-  const float* pa = weights + (size_t)z * frames * frames;
-  const float* pb = frame_rows + 2 * width;
-  const int a_row = frames, b_k = 3 * width;
-#endif
-  float acc[TM][TN];
+  const int a_k = threadIdx.x % BK, a_m = threadIdx.x / BK;
+  const int b_k = B_N_MAJOR ? threadIdx.x / BN : threadIdx.x % BK, b_n = B_N_MAJOR ? threadIdx.x % BN : threadIdx.x / BK;
+  float ra[A_LOADS], rb[B_LOADS];
+  auto fetch = [&](int s) {
+    const int rows = stage_rows(s);
+    const bool a_in = a_k < rows;
+    const int a_at_k = k_at(s, a_k);
 #pragma unroll
-  for (int i = 0; i < TM; ++i) {
-#pragma unroll
-    for (int j = 0; j < TN; ++j) {
-      acc[i][j] = 0.0f;
+    for (int i = 0; i < A_LOADS; ++i) {
+      ra[i] = a_in ? a_at(m0 + a_m + i * A_STEP, a_at_k) : 0.0f;
     }
+#pragma unroll
+    for (int i = 0; i < B_LOADS; ++i) {
+      if (B_N_MAJOR) {
+        const int kk = b_k + i * B_STEP;
+        rb[i] = kk < rows ? b_at(n0 + b_n, k_at(s, kk)) : 0.0f;
+      } else {
+        rb[i] = b_k < rows ? b_at(n0 + b_n + i * B_STEP, k_at(s, b_k)) : 0.0f;
+      }
+    }
+  };
+  if (stages > 0) {
+    fetch(0);
   }
-  for (int k0 = 0; k0 < K; k0 += BK) {
-    // The tiles into shared memory, consecutive threads along each operand's contiguous axis; zeros outside.
-    for (int e = threadIdx.x; e < BM * BK; e += THREADS) {
-      const int r = e / BK, kk = e % BK, m = m0 + r, k = k0 + kk;
-      float value = (m < frames && k < K) ? pa[(size_t)m * a_row + k] : 0.0f;
-#if MODE == 1
-      value = __fmul_rn(value, SCALE);
-#endif
-      as[kk][r] = value;
+  for (int s = 0; s < stages; ++s) {
+#pragma unroll
+    for (int i = 0; i < A_LOADS; ++i) {
+      as[a_k][a_m + i * A_STEP] = ra[i];
     }
-    for (int e = threadIdx.x; e < BN * BK; e += THREADS) {
-#if MODE == 1
-      const int c = e / BK, kk = e % BK, n = n0 + c, k = k0 + kk;
-      bs[kk][c] = (n < N && k < K) ? pb[(size_t)n * b_row + k] : 0.0f;
-#else
-      const int c = e % BN, kk = e / BN, n = n0 + c, k = k0 + kk;
-      bs[kk][c] = (n < N && k < K) ? pb[(size_t)k * b_k + n] : 0.0f;
-#endif
+#pragma unroll
+    for (int i = 0; i < B_LOADS; ++i) {
+      if (B_N_MAJOR) {
+        bs[b_k + i * B_STEP][b_n] = rb[i];
+      } else {
+        bs[b_k][b_n + i * B_STEP] = rb[i];
+      }
     }
     __syncthreads();
-    if (k0 + BK <= K) {
+    const int rows = stage_rows(s);
+    if (s + 1 < stages) {
+      fetch(s + 1);  // in flight while this stage is added
+    }
+    if (rows == BK) {
 #pragma unroll
       for (int kk = 0; kk < BK; ++kk) {
         tile_step(as, bs, kk, tx, ty, acc);
       }
     } else {
-      for (int kk = 0; kk < K - k0; ++kk) {  // nothing is added past K: each chain is exactly K products long
+      for (int kk = 0; kk < rows; ++kk) {
         tile_step(as, bs, kk, tx, ty, acc);
       }
     }
     __syncthreads();
   }
+}
+"""
+_ATTENTION_PRODUCTS = """
+  constexpr int THREADS_N = BN / TN;
+  const int tx = threadIdx.x % THREADS_N, ty = threadIdx.x / THREADS_N;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN, z = blockIdx.z;
+  const int frames = qkv_shape[1], width = qkv_shape[2] / 3, head = z % HEADS;
+  const size_t row = z / HEADS, frame = 3 * width;
+  const float* frame_rows = qkv + row * frames * frame + head * D;  // frame f's q at f * 3C, k at + C, v at + 2C
+#if MODE == 1
+  constexpr int K = D;
+  const int N = frames;
+  auto a_at = [&](int m, int k) { return m < frames ? __fmul_rn(frame_rows[m * frame + k], SCALE) : 0.0f; };
+  auto b_at = [&](int n, int k) { return n < N ? frame_rows[n * frame + width + k] : 0.0f; };
+#else
+  const int K = frames;
+  constexpr int N = D;
+  const float* weights_plane = weights + (size_t)z * frames * frames;
+  auto a_at = [&](int m, int k) { return m < frames ? weights_plane[(size_t)m * frames + k] : 0.0f; };
+  auto b_at = [&](int n, int k) { return n < N ? frame_rows[k * frame + 2 * width + n] : 0.0f; };
+#endif
+  float acc[TM][TN] = {};
+  staged_product<BM, BN, BK, TM, TN, MODE == 2>(
+      (K + BK - 1) / BK, [&](int s) { return min(BK, K - s * BK); }, [](int s, int kk) { return s * BK + kk; },
+      a_at, b_at, m0, n0, acc);
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
     const int m = m0 + ty * TM + i;
@@ -1423,7 +1463,7 @@ def _attention_product(mode: int, inputs: dict, weights_shape: tuple, **flags) -
     out_shape = weights_shape if mode == 1 else (batch, frames, heads * dims)
     return kernel(
         inputs=list(inputs.values()),
-        template=[("BM", bm), ("BN", bn), ("BK", 16), ("TM", tm), ("TN", tn), ("HEADS", heads), ("D", dims)],
+        template=[("BM", bm), ("BN", bn), ("BK", STAGE_K), ("TM", tm), ("TN", tn), ("HEADS", heads), ("D", dims)],
         grid=(-(-columns // bn) * threads, -(-frames // bm), planes),
         threadgroup=(threads, 1, 1),
         output_shapes=[out_shape],
@@ -1484,55 +1524,26 @@ EXACT_LINEARS = True
 LINEAR_MIN_ROWS = 50
 LINEAR_MAX_ROWS = 167
 # Where a layer's split products land: BM x BN outputs a block, TM x TN adjacent ones a thread, block z of the grid's
-# third axis adding k's tiles z, z + parts, z + 2 parts, ... of BK = 8 (cuBLAS's k tile), the next tile's operands
-# loaded into registers while this one is added. With SPLIT the part's sums go to out[z] for `_PARTS_ADDED`; without,
-# the bias is added here (`biased`). x (rows, K) and the weight (N, K) row-major.
+# third axis adding k's tiles z, z + parts, z + 2 parts, ... of 8 (cuBLAS's k tile), BK / 8 of its tiles a stage of
+# `staged_product`. With SPLIT the part's sums go to out[z] for `_PARTS_ADDED`; without, the bias is added here
+# (`biased`). x (rows, K) and the weight (N, K) row-major.
 _SPLIT_LINEAR = """
-  constexpr int BK = 8, THREADS_N = BN / TN, THREADS = (BM / TM) * THREADS_N;
-  constexpr int A_LOADS = BM * BK / THREADS, B_LOADS = BN * BK / THREADS;
-  __shared__ __align__(16) float as[BK][BM + 4], bs[BK][BN + 4];
+  constexpr int TILES_A_STAGE = BK / 8;
   const int rows = x_shape[0], K = x_shape[1], N = weight_shape[0];
-  const int tx = threadIdx.x % THREADS_N, ty = threadIdx.x / THREADS_N;
   const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN, z = blockIdx.z, parts = gridDim.z;
-  float acc[TM][TN] = {};
-  float ra[A_LOADS], rb[B_LOADS];
-  auto fetch = [&](int k0) {
-#pragma unroll
-    for (int i = 0; i < A_LOADS; ++i) {
-      const int e = threadIdx.x + i * THREADS, m = m0 + e / BK, k = k0 + e % BK;
-      ra[i] = (m < rows && k < K) ? x[(size_t)m * K + k] : 0.0f;
-    }
-#pragma unroll
-    for (int i = 0; i < B_LOADS; ++i) {
-      const int e = threadIdx.x + i * THREADS, n = n0 + e / BK, k = k0 + e % BK;
-      rb[i] = (n < N && k < K) ? weight[(size_t)n * K + k] : 0.0f;
-    }
+  const int tiles = (K + 7) / 8, own = z < tiles ? (tiles - z + parts - 1) / parts : 0;  // this part's tiles
+  auto k_at = [=](int s, int kk) { return (z + (s * TILES_A_STAGE + kk / 8) * parts) * 8 + kk % 8; };
+  auto stage_rows = [=](int s) {  // whole tiles, but K's last tile may be short: it is its part's last
+    const int last = min((s + 1) * TILES_A_STAGE, own) - 1;
+    return (last - s * TILES_A_STAGE) * 8 + min(8, K - (z + last * parts) * 8);
   };
-  int k0 = z * BK;
-  if (k0 < K) {
-    fetch(k0);
-  }
-  for (; k0 < K; k0 += parts * BK) {
-#pragma unroll
-    for (int i = 0; i < A_LOADS; ++i) {
-      const int e = threadIdx.x + i * THREADS;
-      as[e % BK][e / BK] = ra[i];
-    }
-#pragma unroll
-    for (int i = 0; i < B_LOADS; ++i) {
-      const int e = threadIdx.x + i * THREADS;
-      bs[e % BK][e / BK] = rb[i];
-    }
-    __syncthreads();
-    if (k0 + parts * BK < K) {
-      fetch(k0 + parts * BK);  // in flight while this tile is added
-    }
-    const int steps = min(BK, K - k0);  // nothing is added past K
-    for (int kk = 0; kk < steps; ++kk) {
-      tile_step(as, bs, kk, tx, ty, acc);
-    }
-    __syncthreads();
-  }
+  auto a_at = [&](int m, int k) { return m < rows ? x[(size_t)m * K + k] : 0.0f; };
+  auto b_at = [&](int n, int k) { return n < N ? weight[(size_t)n * K + k] : 0.0f; };
+  float acc[TM][TN] = {};
+  staged_product<BM, BN, BK, TM, TN, false>(
+      (own + TILES_A_STAGE - 1) / TILES_A_STAGE, stage_rows, k_at, a_at, b_at, m0, n0, acc);
+  constexpr int THREADS_N = BN / TN;
+  const int tx = threadIdx.x % THREADS_N, ty = threadIdx.x / THREADS_N;
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
 #pragma unroll
@@ -1609,7 +1620,7 @@ def split_linear(x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu
     kernel = _kernel(f"split_linear_{int(split)}_{int(epilogue)}", tuple(inputs), ("out",), source, header=header)
     out = kernel(
         inputs=list(inputs.values()),
-        template=[("BM", bm), ("BN", bn), ("TM", tm), ("TN", tn)],
+        template=[("BM", bm), ("BN", bn), ("BK", STAGE_K), ("TM", tm), ("TN", tn)],
         grid=(-(-n // bn) * threads, -(-rows // bm), parts),
         threadgroup=(threads, 1, 1),
         output_shapes=[(parts, rows, n) if split else (*x.shape[:-1], n)],

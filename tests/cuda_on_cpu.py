@@ -1,0 +1,195 @@
+"""The package's CUDA kernels run on the CPU, so that their arithmetic is checked without a GPU.
+
+`launches(call)` records the kernels a function of `funasr_nano_mlx.cuda_kernels` launches (MLX's
+`mx.fast.cuda_kernel` replaced by a recorder); `run_on_cpu(launches)` wraps each one's source as MLX's
+build_kernel does (mlx/backend/cuda/custom_kernel.cpp: the inputs, `NAME_shape` where the source reads it, the
+outputs, the template constants) into a C++ function, compiles them with g++ against `SHIM` (the few CUDA
+built-ins these kernels use), runs the grid one block at a time with one host thread per CUDA thread, a barrier
+standing in for `__syncthreads`, and returns the last launch's output. A launch may read an earlier one's output.
+
+Why by hand: no CUDA emulator is packaged for a CPU-only machine, and these kernels exist to repeat cuBLAS's
+order of float32 additions bit for bit, which only running their own text can check. The float operations map
+one to one: `__fmaf_rn` is `std::fmaf`, correctly rounded like the GPU's fma, and g++ contracts nothing
+(-ffp-contract=off), so the CPU's numbers are the GPU's. Memory ordering, warps and timing are not modelled:
+kernels that use warp shuffles or atomics are not for this.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import mlx.core as mx
+import numpy as np
+
+SHIM = r"""
+#include <algorithm>
+#include <array>
+#include <barrier>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <limits>
+#include <thread>
+#include <vector>
+
+struct Dim3 { int x = 0, y = 0, z = 0; };
+thread_local Dim3 threadIdx, blockIdx;
+Dim3 blockDim, gridDim;
+std::barrier<>* block_barrier;
+
+#define __device__
+#define __global__
+#define __grid_constant__
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+inline void __syncthreads() { block_barrier->arrive_and_wait(); }
+inline float __fmaf_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+struct alignas(16) float4 { float x, y, z, w; };
+using std::isnan;
+using std::max;
+using std::min;
+namespace cuda::std { using ::std::numeric_limits; }
+using Shape = std::array<int32_t, 10>;
+
+// Every block of the grid, one after another, each with blockDim.x host threads.
+template <class Kernel>
+void launch(Dim3 grid, int threads, Kernel kernel) {
+  gridDim = grid;
+  blockDim = {threads, 1, 1};
+  std::barrier<> barrier(threads);
+  block_barrier = &barrier;
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      threadIdx = {t, 0, 0};
+      for (int z = 0; z < grid.z; ++z)
+        for (int y = 0; y < grid.y; ++y)
+          for (int x = 0; x < grid.x; ++x) {
+            blockIdx = {x, y, z};
+            kernel();
+            barrier.arrive_and_wait();  // the block's shared memory is the next one's
+          }
+    });
+  }
+  for (auto& thread : pool) thread.join();
+}
+
+std::vector<float> read_floats(const char* path, size_t count) {
+  std::vector<float> values(count);
+  FILE* file = std::fopen(path, "rb");
+  if (!file || std::fread(values.data(), sizeof(float), count, file) != count) std::abort();
+  std::fclose(file);
+  return values;
+}
+"""
+
+
+class Launch(NamedTuple):
+    name: str
+    header: str
+    source: str
+    input_names: list[str]
+    inputs: list[mx.array]
+    output_name: str
+    output_shape: tuple[int, ...]
+    template: list[tuple[str, int]]
+    blocks: tuple[int, int, int]
+    threads: int
+    output: mx.array  # what the recorder returned, so that a later launch reading it is known
+
+
+def launches(call, monkeypatch) -> list[Launch]:
+    """The kernels `call()` launches, in order (`mx.fast.cuda_kernel` recorded; float32 outputs only)."""
+    recorded: list[Launch] = []
+
+    def cuda_kernel(name, input_names, output_names, source, header="", **_):
+        def launch(*, inputs, output_shapes, output_dtypes, grid, threadgroup, template=(), **_):
+            assert len(output_names) == 1 and output_dtypes == [mx.float32], name
+            assert threadgroup[1:] == (1, 1), name
+            output = mx.zeros(output_shapes[0], mx.float32)
+            blocks = tuple(-(-g // t) for g, t in zip(grid, threadgroup))
+            recorded.append(
+                Launch(
+                    name,
+                    header,
+                    source,
+                    list(input_names),
+                    list(inputs),
+                    output_names[0],
+                    tuple(output_shapes[0]),
+                    list(template),
+                    blocks,
+                    threadgroup[0],
+                    output,
+                )  # fmt: skip
+            )
+            return [output]
+
+        return launch
+
+    monkeypatch.setattr(mx.fast, "cuda_kernel", cuda_kernel)
+    call()
+    return recorded
+
+
+def _function(index: int, launch: Launch) -> str:
+    """The launch's header and source as a C++ function of its inputs and output, as MLX's build_kernel wraps it
+    (in a namespace of its own, its macros undefined after it: MLX compiles each kernel alone)."""
+    parameters = []
+    for name in launch.input_names:
+        parameters.append(f"const float* {name}")
+        if f"{name}_shape" in launch.source:
+            parameters.append(f"const Shape {name}_shape")
+    parameters.append(f"float* {launch.output_name}")
+    constants = "".join(f"  constexpr int {key} = {int(value)};\n" for key, value in launch.template)
+    text = launch.header + f"void kernel({', '.join(parameters)}) {{\n{constants}{launch.source}\n}}\n"
+    macros = re.findall(r"^\s*#define (\w+)", text, flags=re.MULTILINE)
+    return f"namespace launch_{index} {{\n{text}}}\n" + "".join(f"#undef {macro}\n" for macro in macros)
+
+
+def _shape(array: mx.array) -> str:
+    return "Shape{" + ", ".join(str(d) for d in array.shape) + "}"
+
+
+def run_on_cpu(recorded: list[Launch]) -> np.ndarray:
+    """The last launch's output, every launch run on the CPU in order (see the module's docstring)."""
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        program = SHIM + "".join(_function(i, launch) for i, launch in enumerate(recorded))
+        program += "int main() {\n"
+        buffers: dict[int, str] = {}  # id of a recorded output -> its buffer
+        files = 0
+        for i, launch in enumerate(recorded):
+            arguments = []
+            for name, array in zip(launch.input_names, launch.inputs):
+                buffer = buffers.get(id(array))
+                if buffer is None:
+                    buffer = f"input_{files}"
+                    np.asarray(array, dtype=np.float32).tofile(work / f"{buffer}.bin")
+                    program += f'  auto {buffer} = read_floats("{work / buffer}.bin", {array.size});\n'
+                    files += 1
+                arguments.append(f"{buffer}.data()")
+                if f"{name}_shape" in launch.source:
+                    arguments.append(_shape(array))
+            program += f"  std::vector<float> output_{i}({int(np.prod(launch.output_shape))});\n"
+            arguments.append(f"output_{i}.data()")
+            buffers[id(launch.output)] = f"output_{i}"
+            blocks = ", ".join(str(b) for b in launch.blocks)
+            program += f"  launch(Dim3{{{blocks}}}, {launch.threads}, [&] {{ launch_{i}::kernel({', '.join(arguments)}); }});\n"
+        last = len(recorded) - 1
+        program += f"  std::fwrite(output_{last}.data(), sizeof(float), output_{last}.size(), stdout);\n}}\n"
+        (work / "kernels.cpp").write_text(program)
+        binary = work / "kernels"
+        compile_command = ["g++", "-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-o", str(binary)]
+        built = subprocess.run([*compile_command, str(work / "kernels.cpp")], capture_output=True, text=True)
+        if built.returncode:
+            raise RuntimeError(f"g++ could not compile the kernels:\n{built.stderr[-4000:]}")
+        out = subprocess.run([str(binary)], check=True, capture_output=True).stdout
+    return np.frombuffer(out, dtype=np.float32).reshape(recorded[-1].output_shape)

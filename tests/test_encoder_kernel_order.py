@@ -1,0 +1,151 @@
+"""The encoder's float32 product and linear kernels (`cuda_kernels.attention_scores`, `attention_context`,
+`split_linear`) add each output's products in the order that gives cuBLAS's numbers bit for bit (measured on an
+H100: bench/exact_gemm.py, BENCHMARKS.md). Here their own CUDA text runs on the CPU (tests/cuda_on_cpu.py) against
+that order written out plainly, one thread an output:
+- the attention's products: one fma chain over ascending k (the scores' q scaled first, masked keys float32's lowest);
+- a linear layer: k's tiles of 8 dealt in turn to `parts` parts, each an fma chain over ascending k, the parts added
+  in order, then the bias, then relu if asked (MLX's: NaN kept).
+Shapes cover both tile sizes, rows and columns that do not fill a tile, a k that does not fill a stage, and a k
+that does not fill cuBLAS's tile of 8."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from funasr_nano_mlx import cuda_kernels
+from tests.cuda_on_cpu import Launch, launches, run_on_cpu
+
+HEADS = 4
+
+_REFERENCE_LINEAR = """
+  const int rows = x_shape[0], K = x_shape[1], N = bias_shape[0];
+  const int index = blockIdx.x * blockDim.x + threadIdx.x, m = index / N, n = index % N;
+  if (index >= rows * N) {
+    return;
+  }
+  float sum = 0.0f;
+  for (int z = 0; z < PARTS; ++z) {
+    float part = 0.0f;
+    for (int k0 = 8 * z; k0 < K; k0 += 8 * PARTS) {
+      for (int k = k0; k < min(K, k0 + 8); ++k) {
+        part = __fmaf_rn(x[m * K + k], weight[n * K + k], part);
+      }
+    }
+    sum = z == 0 ? part : __fadd_rn(sum, part);
+  }
+  sum = __fadd_rn(sum, bias[n]);
+  out[index] = RELU && !isnan(sum) && !(sum > 0.0f) ? 0.0f : sum;
+"""
+
+_REFERENCE_ATTENTION = """
+  const int frames = qkv_shape[1], width = qkv_shape[2] / 3, frame = 3 * width;
+  const int columns = SCORES ? frames : D, index = blockIdx.x * blockDim.x + threadIdx.x;
+  const int plane = index / (frames * columns), m = index / columns % frames, n = index % columns;
+  const int row = plane / HEADS, head = plane % HEADS;
+  if (plane >= qkv_shape[0] * HEADS) {
+    return;
+  }
+  const float* frame_rows = qkv + (size_t)row * frames * frame + head * D;
+  float acc = 0.0f;
+  if (SCORES) {
+    for (int k = 0; k < D; ++k) {
+      acc = __fmaf_rn(__fmul_rn(frame_rows[m * frame + k], SCALE), frame_rows[n * frame + width + k], acc);
+    }
+    out[index] = MASKED && !(mask[row * frames + n] > 0.0f) ? std::numeric_limits<float>::lowest() : acc;
+  } else {
+    for (int k = 0; k < frames; ++k) {
+      acc = __fmaf_rn(weights[(size_t)plane * frames * frames + m * frames + k], frame_rows[k * frame + 2 * width + n], acc);
+    }
+    out[(row * frames + m) * HEADS * D + head * D + n] = acc;
+  }
+"""
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """`launches` of a call, the package's compiled-kernel cache emptied around it (it holds MLX's or the recorder's)."""
+    cuda_kernels._kernel.cache_clear()
+    yield lambda call: launches(call, monkeypatch)
+    cuda_kernels._kernel.cache_clear()
+
+
+def reference(source: str, inputs: dict[str, mx.array], output_shape: tuple, outputs: int, **constants) -> Launch:
+    """A launch of `source` over `outputs` threads, 64 a block: the order written out, one thread an output."""
+    blocks = (-(-outputs // 64), 1, 1)
+    template = list(constants.items())
+    placeholder = mx.zeros(output_shape)
+    return Launch(
+        "reference",
+        "",
+        source,
+        list(inputs),
+        list(inputs.values()),
+        "out",
+        output_shape,
+        template,
+        blocks,
+        64,
+        placeholder,
+    )
+
+
+@pytest.mark.parametrize(
+    "rows, n, k, parts, relu",
+    [
+        (50, 512, 512, 8, False),  # the output layer: 32 x 32 tiles, the last row tile partly filled
+        (67, 1536, 560, 5, False),  # the first layer's q/k/v: 64 x 64 tiles
+        (53, 2048, 512, 4, True),  # the FFN's up layer, relu with the bias after the parts
+        (50, 512, 2048, 11, False),  # the FFN's down layer: three stages a part, the last partly filled
+        (45, 512, 100, 3, True),  # k not a multiple of cuBLAS's tile of 8
+        (50, 1024, 512, 1, True),  # unsplit: one kernel, the bias and relu in it
+    ],
+)
+def test_split_linear_adds_in_cublas_order(recorded, rows, n, k, parts, relu):
+    rng = np.random.default_rng(rows + n + k + parts)
+    x = mx.array(rng.standard_normal((rows, k), dtype=np.float32))
+    weight = mx.array(rng.standard_normal((n, k), dtype=np.float32) * k**-0.5)
+    bias = mx.array(rng.standard_normal(n, dtype=np.float32))
+    ours = run_on_cpu(recorded(lambda: cuda_kernels.split_linear(x, weight, bias, parts, relu)))
+    inputs = {"x": x, "weight": weight, "bias": bias}
+    order = reference(_REFERENCE_LINEAR, inputs, (rows, n), rows * n, PARTS=parts, RELU=int(relu))
+    expected = run_on_cpu([order])
+    assert ours.shape == (rows, n)
+    assert np.array_equal(ours, expected)
+    assert not relu or (ours == 0).mean() > 0.3  # relu did something
+
+
+@pytest.mark.parametrize(
+    "rows, frames, masked",
+    [
+        (1, 70, False),  # one clip: the context's k (frames) over two stages, the second partly filled
+        (3, 45, True),  # a padded batch, its keys masked
+        (9, 70, True),  # enough planes for the scores' 64 x 64 tiles
+    ],
+)
+def test_attention_products_are_single_chains(recorded, rows, frames, masked):
+    rng = np.random.default_rng(rows * frames)
+    qkv = mx.array(rng.standard_normal((rows, frames, 3 * 512), dtype=np.float32))
+    lengths = np.linspace(frames, frames // 2, rows).astype(int)
+    mask = mx.array(np.arange(frames)[None, :] < lengths[:, None], mx.float32) if masked else None
+    dims = 512 // HEADS
+    scale = cuda_kernels._float_literal(dims**-0.5)
+    constants = dict(HEADS=HEADS, D=dims, MASKED=int(masked))
+    weights = mx.array(rng.uniform(0, 1, (rows, HEADS, frames, frames)).astype(np.float32))
+    # The reference reads all three (the mask only where masked, the weights only for the context).
+    inputs = {"qkv": qkv, "mask": mask if masked else mx.zeros(1), "weights": weights}
+
+    scores = run_on_cpu(recorded(lambda: cuda_kernels.attention_scores(qkv, HEADS, mask)))
+    order = reference(
+        _REFERENCE_ATTENTION.replace("SCALE", scale), inputs, scores.shape, scores.size, SCORES=1, **constants
+    )
+    assert np.array_equal(scores, run_on_cpu([order]))
+    assert not masked or (scores == np.finfo(np.float32).min).any()
+
+    context = run_on_cpu(recorded(lambda: cuda_kernels.attention_context(weights, qkv)))
+    order = reference(
+        _REFERENCE_ATTENTION.replace("SCALE", scale), inputs, context.shape, context.size, SCORES=0, **constants
+    )
+    assert context.shape == (rows, frames, 512)
+    assert np.array_equal(context, run_on_cpu([order]))
