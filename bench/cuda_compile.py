@@ -221,9 +221,10 @@ def main() -> None:
             cuda_kernels.frame_attention_products(qkv, 4, mask)
     for n, k in ((2048, 512), (512, 2048)):  # the linears, unsplit and split, in 64 x 64 and 32 x 32 tiles
         weight, bias = mx.zeros((n, k), mx.float32), mx.zeros((n,), mx.float32)
+        residual = mx.zeros((1, 167, n), mx.float32)
         for parts in (1, 4):
-            for relu in (False, True):
-                cuda_kernels.split_linear(mx.zeros((1, 167, k), mx.float32), weight, bias, parts, relu)
+            for relu, addends in ((False, ()), (True, ()), (False, (residual,)), (False, (residual, residual))):
+                cuda_kernels.split_linear(mx.zeros((1, 167, k), mx.float32), weight, bias, parts, relu, addends)
     if nvrtc:
         total = sum(recorder.seconds.values())
         print(f"{len(recorder.seconds)} distinct sources, {total:.1f} s with NVRTC (bf16 and quantized projections)")

@@ -1526,7 +1526,7 @@ LINEAR_MAX_ROWS = 167
 # Where a layer's split products land: BM x BN outputs a block, TM x TN adjacent ones a thread, block z of the grid's
 # third axis adding k's tiles z, z + parts, z + 2 parts, ... of 8 (cuBLAS's k tile), BK / 8 of its tiles a stage of
 # `staged_product`. With SPLIT the part's sums go to out[z] for `_PARTS_ADDED`; without, the bias is added here
-# (`biased`). x (rows, K) and the weight (N, K) row-major.
+# (`biased`) and the addends (`ADDED`). x (rows, K) and the weight (N, K) row-major.
 _SPLIT_LINEAR = """
   constexpr int TILES_A_STAGE = BK / 8;
   const int rows = x_shape[0], K = x_shape[1], N = weight_shape[0];
@@ -1553,13 +1553,14 @@ _SPLIT_LINEAR = """
 #if SPLIT
         out[((size_t)z * rows + m) * N + n] = acc[i][j];
 #else
-        out[(size_t)m * N + n] = biased(acc[i][j], bias[n]);
+        const size_t index = (size_t)m * N + n;
+        out[index] = ADDED(biased(acc[i][j], bias[n]));
 #endif
       }
     }
   }
 """
-# The parts (parts, rows, N) added in order, then the bias.
+# The parts (parts, rows, N) added in order, then the bias and relu, then the addends.
 _PARTS_ADDED = """
   const size_t index = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int parts = partials_shape[0], N = bias_shape[0];
@@ -1571,7 +1572,7 @@ _PARTS_ADDED = """
   for (int z = 1; z < parts; ++z) {
     sum = __fadd_rn(sum, partials[(size_t)z * outputs + index]);
   }
-  out[index] = biased(sum, bias[index % N]);
+  out[index] = ADDED(biased(sum, bias[index % N]));
 """
 # cuBLAS's bias epilogue, then with RELU MLX's relu (maximum(x, 0): NaN kept, -0 to +0; device/binary_ops.cuh).
 _BIASED = """
@@ -1586,9 +1587,18 @@ __device__ inline float biased(float sum, float bias) {
 """
 
 
-def _biased(relu: bool) -> str:
-    """`_BIASED` with relu or without, for a kernel's header."""
-    return f"#define RELU {int(relu)}\n" + _BIASED
+# ADDED(value): value plus the addends of the output's index, in order: the layer's residuals, as
+# `(linear(x) + addend0) + addend1` in MLX's ops (float32 additions, each rounded; MLX's compiled kernels fuse them
+# alike), so that the kernel that adds the bias writes the sum instead of one more elementwise kernel doing it.
+_ADDENDS = ("addend0", "addend1")
+
+
+def _biased(relu: bool = False, addends: int = 0) -> str:
+    """`_BIASED` with relu or without and ADDED for `addends` addends, for a kernel's header."""
+    added = "value"
+    for name in _ADDENDS[:addends]:
+        added = f"__fadd_rn({added}, {name}[index])"
+    return f"#define RELU {int(relu)}\n#define ADDED(value) {added}\n" + _BIASED
 
 
 def linear_parts(rows: int, n: int, k: int, dtype: mx.Dtype) -> int | None:
@@ -1601,23 +1611,30 @@ def linear_parts(rows: int, n: int, k: int, dtype: mx.Dtype) -> int | None:
     return cublas_heuristic.split_k_parts(rows, n, k)
 
 
-def split_linear(x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu: bool = False) -> mx.array:
+def split_linear(
+    x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu: bool = False, addends: tuple = ()
+) -> mx.array:
     """`split_linear_ops` in one kernel (`parts` 1) or two: x (..., K) @ weight.T + bias, weight (N, K), with k's
-    tiles of 8 dealt in turn to `parts` parts (`linear_parts`), then relu if asked."""
+    tiles of 8 dealt in turn to `parts` parts (`linear_parts`), then relu if asked, then plus each of `addends`
+    (float32 arrays of the output's shape) in order."""
     k, n = x.shape[-1], weight.shape[0]
     rows = x.size // k
+    if len(addends) > len(_ADDENDS) or any(a.shape != (*x.shape[:-1], n) or a.dtype != mx.float32 for a in addends):
+        raise ValueError(f"split_linear adds at most {len(_ADDENDS)} float32 arrays of the output's shape")
     # Tiles by the layer's width alone, not its rows: a source per tile shape is compiled at its first use (about a
     # second), so every length that cuBLAS splits (every one measured from 50 to 167 rows) runs what the first
     # compiled. The order of each output's sum, and so the numbers, do not depend on the tiles.
     bm, bn, tm, tn = (64, 64, 8, 4) if n >= 1024 else (32, 32, 4, 4)
     threads = (bm // tm) * (bn // tn)
     split = parts > 1
-    # Split, this kernel only sums each part and `_PARTS_ADDED` adds the bias and relu: one source, relu or not.
-    epilogue = relu and not split
-    inputs = {"x": x.reshape(rows, k), "weight": weight, **({} if split else {"bias": bias})}
+    added = dict(zip(_ADDENDS, addends))
+    # Split, this kernel only sums each part, and `_PARTS_ADDED` adds the bias, relu and the addends: one source.
+    epilogue = {} if split else dict(relu=relu, addends=len(addends))
+    inputs = {"x": x.reshape(rows, k), "weight": weight, **({} if split else {"bias": bias, **added})}
     source = f"#define SPLIT {int(split)}\n" + _SPLIT_LINEAR
-    header = TILE_STEP + _biased(epilogue)
-    kernel = _kernel(f"split_linear_{int(split)}_{int(epilogue)}", tuple(inputs), ("out",), source, header=header)
+    header = TILE_STEP + _biased(**epilogue)
+    name = "split_linear_" + "_".join(str(int(value)) for value in (split, *epilogue.values()))
+    kernel = _kernel(name, tuple(inputs), ("out",), source, header=header)
     out = kernel(
         inputs=list(inputs.values()),
         template=[("BM", bm), ("BN", bn), ("BK", STAGE_K), ("TM", tm), ("TN", tn)],
@@ -1628,9 +1645,11 @@ def split_linear(x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu
     )[0]
     if not split:
         return out
-    added = _kernel(f"parts_added_{int(relu)}", ("partials", "bias"), ("out",), _PARTS_ADDED, header=_biased(relu))
-    return added(
-        inputs=[out, bias],
+    name = f"parts_added_{int(relu)}_{len(addends)}"
+    header = _biased(relu, len(addends))
+    added_kernel = _kernel(name, ("partials", "bias", *added), ("out",), _PARTS_ADDED, header=header)
+    return added_kernel(
+        inputs=[out, bias, *addends],
         grid=(-(-rows * n // 256) * 256, 1, 1),
         threadgroup=(256, 1, 1),
         output_shapes=[(*x.shape[:-1], n)],
@@ -1638,7 +1657,17 @@ def split_linear(x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu
     )[0]
 
 
-def split_linear_ops(x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu: bool = False) -> mx.array:
-    """The layer as MLX computes it (nn.Linear: one addmm, cuBLAS on CUDA), then MLX's relu if asked; `parts` unused."""
+def split_linear_ops(
+    x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu: bool = False, addends: tuple = ()
+) -> mx.array:
+    """The layer as MLX computes it (nn.Linear: one addmm, cuBLAS on CUDA), then MLX's relu if asked, then the addends
+    in order; `parts` unused."""
     y = mx.addmm(bias, x, weight.T)
-    return nn.relu(y) if relu else y
+    return added(nn.relu(y) if relu else y, addends)
+
+
+def added(y: mx.array, addends: tuple = ()) -> mx.array:
+    """y plus each of `addends` in order, in MLX's ops."""
+    for addend in addends:
+        y = y + addend
+    return y

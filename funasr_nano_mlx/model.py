@@ -210,20 +210,22 @@ def frame_mask(lengths: mx.array, length: int, dtype=mx.float32) -> mx.array:
     return (mx.arange(length)[None, :] < lengths[:, None]).astype(dtype)
 
 
-def exact_linear(layer: nn.Linear, x: mx.array, relu: bool = False) -> mx.array:
-    """`layer(x)`, then relu if asked: in `cuda_kernels.split_linear` where it gives MLX's numbers at a smaller launch
-    cost (`cuda_kernels.linear_parts`: a float32 layer with a bias, on CUDA), else in MLX's ops."""
+def exact_linear(layer: nn.Linear, x: mx.array, relu: bool = False, addends: tuple = ()) -> mx.array:
+    """`layer(x)`, then relu if asked, then plus each of `addends` (residuals) in order: in `cuda_kernels.split_linear`
+    where it gives MLX's numbers at a smaller launch cost (`cuda_kernels.linear_parts`: a float32 layer with a bias,
+    on CUDA), else in MLX's ops."""
     dense = type(layer) is nn.Linear and "bias" in layer and layer.weight.dtype == layer.bias.dtype == x.dtype
     parts = cuda_kernels.linear_parts(x.size // x.shape[-1], *layer.weight.shape, x.dtype) if dense else None
     if parts:
-        return cuda_kernels.split_linear(x, layer.weight, layer.bias, parts, relu)
+        return cuda_kernels.split_linear(x, layer.weight, layer.bias, parts, relu, addends)
     y = layer(x)
-    return nn.relu(y) if relu else y
+    return cuda_kernels.added(nn.relu(y) if relu else y, addends)
 
 
 class FeedForward(nn.Module):
     """Position-wise feed-forward; with `exact_linears` its two layers go through `exact_linear` (the SAN-M encoder's:
-    its kernels were measured at those shapes, not at the adaptor's)."""
+    its kernels were measured at those shapes, not at the adaptor's), and a residual, if given, is added in its last
+    kernel."""
 
     def __init__(self, dims: int, hidden: int, exact_linears: bool = False):
         super().__init__()
@@ -231,10 +233,11 @@ class FeedForward(nn.Module):
         self.w_2 = nn.Linear(hidden, dims)
         self.exact_linears = exact_linears
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, residual: mx.array | None = None) -> mx.array:
+        addends = () if residual is None else (residual,)
         if self.exact_linears:
-            return exact_linear(self.w_2, exact_linear(self.w_1, x, relu=True))
-        return self.w_2(nn.relu(self.w_1(x)))
+            return exact_linear(self.w_2, exact_linear(self.w_1, x, relu=True), addends=addends)
+        return cuda_kernels.added(self.w_2(nn.relu(self.w_1(x))), addends)
 
 
 class SANMAttention(nn.Module):
@@ -252,7 +255,8 @@ class SANMAttention(nn.Module):
         if kernel_size - 1 - self.left_pad < 0:  # the frames of zeros after the last
             raise ValueError(f"sanm_shift {sanm_shift} too large for kernel_size {kernel_size}")
 
-    def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | None = None, residual: mx.array | None = None) -> mx.array:
+        """The attention plus the memory block, plus `residual` if given (added last, in the output layer's kernel)."""
         qkv = exact_linear(self.linear_q_k_v, x)
         # On CUDA one kernel computes the memory block, which MLX's ops take five or more for
         # (cuda_kernels.fsmn_memory); where chosen and small enough one the attention, which they take
@@ -267,7 +271,8 @@ class SANMAttention(nn.Module):
         else:
             attention = cuda_kernels.frame_attention_ops
         memory = fsmn(qkv, self.fsmn_block.weight, self.left_pad, mask)
-        return exact_linear(self.linear_out, attention(qkv, self.heads, mask)) + memory
+        addends = (memory,) if residual is None else (memory, residual)
+        return exact_linear(self.linear_out, attention(qkv, self.heads, mask), addends=addends)
 
 
 class SANMEncoderLayer(nn.Module):
@@ -282,9 +287,10 @@ class SANMEncoderLayer(nn.Module):
         self.attention_residual = in_dims == dims
 
     def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
-        attended = self.self_attn(self.norm1(x), mask)
-        x = x + attended if self.attention_residual else attended
-        return x + self.feed_forward(self.norm2(x))
+        # Each residual is added in the kernel that adds its branch's last bias (exact_linear's addends): the same
+        # float32 additions in the same order as `x + branch`.
+        x = self.self_attn(self.norm1(x), mask, residual=x if self.attention_residual else None)
+        return self.feed_forward(self.norm2(x), residual=x)
 
 
 def sanm_layer_bytes(batch: int, frames: int, args: EncoderArgs, itemsize: int = 4) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -617,7 +618,16 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
         assert encoded_calls(*inputs) == products
     if compiled == "0":  # each layer's four linears (q/k/v, output, the FFN's two), none left to MLX
         encoder = model.audio_encoder
-        assert calls.count("split_linear") == 4 * len(encoder.encoders0 + encoder.encoders + encoder.tp_encoders)
+        layers = len(encoder.encoders0 + encoder.encoders + encoder.tp_encoders)
+        assert calls.count("split_linear") == 4 * layers
+        # The residuals are added in the kernels: the memory block and the residual after the attention's output
+        # layer (encoders0, which changes width, has no residual), the residual after the FFN's second layer.
+        addends = []
+        twin = cuda_kernels.split_linear_ops
+        recorded = lambda *a: calls.append("split_linear") or addends.append(len(a[5])) or twin(*a)  # noqa: E731
+        monkeypatch.setattr(cuda_kernels, "split_linear", recorded)
+        encoded_calls(feats[0][None])
+        assert Counter(addends) == {0: 2 * layers, 1: layers + 1, 2: layers - 1}
     # Switched off, the products or the linears are MLX's ops: the switches are part of what the layers are traced for.
     monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS", False)
     assert encoded_calls(feats[0][None]) == {"fsmn_memory", "split_linear"}

@@ -4,7 +4,7 @@ H100: bench/exact_gemm.py, BENCHMARKS.md). Here their own CUDA text runs on the 
 that order written out plainly, one thread an output:
 - the attention's products: one fma chain over ascending k (the scores' q scaled first, masked keys float32's lowest);
 - a linear layer: k's tiles of 8 dealt in turn to `parts` parts, each an fma chain over ascending k, the parts added
-  in order, then the bias, then relu if asked (MLX's: NaN kept).
+  in order, then the bias, then relu if asked (MLX's: NaN kept), then the addends (residuals) in order.
 Shapes cover both tile sizes, rows and columns that do not fill a tile, a k that does not fill a stage, and a k
 that does not fill cuBLAS's tile of 8."""
 
@@ -36,7 +36,14 @@ _REFERENCE_LINEAR = """
     sum = z == 0 ? part : __fadd_rn(sum, part);
   }
   sum = __fadd_rn(sum, bias[n]);
-  out[index] = RELU && !isnan(sum) && !(sum > 0.0f) ? 0.0f : sum;
+  sum = RELU && !isnan(sum) && !(sum > 0.0f) ? 0.0f : sum;
+  if (ADDENDS > 0) {
+    sum = __fadd_rn(sum, addend0[index]);
+  }
+  if (ADDENDS > 1) {
+    sum = __fadd_rn(sum, addend1[index]);
+  }
+  out[index] = sum;
 """
 
 _REFERENCE_ATTENTION = """
@@ -92,24 +99,27 @@ def reference(source: str, inputs: dict[str, mx.array], output_shape: tuple, out
 
 
 @pytest.mark.parametrize(
-    "rows, n, k, parts, relu",
+    "rows, n, k, parts, relu, addends",
     [
-        (50, 512, 512, 8, False),  # the output layer: 32 x 32 tiles, the last row tile partly filled
-        (67, 1536, 560, 5, False),  # the first layer's q/k/v: 64 x 64 tiles
-        (53, 2048, 512, 4, True),  # the FFN's up layer, relu with the bias after the parts
-        (50, 512, 2048, 11, False),  # the FFN's down layer: three stages a part, the last partly filled
-        (45, 512, 100, 3, True),  # k not a multiple of cuBLAS's tile of 8
-        (50, 1024, 512, 1, True),  # unsplit: one kernel, the bias and relu in it
+        (50, 512, 512, 8, False, 2),  # the output layer (32 x 32 tiles), plus the memory block and the residual
+        (67, 1536, 560, 5, False, 0),  # the first layer's q/k/v: 64 x 64 tiles, the last row tile partly filled
+        (53, 2048, 512, 4, True, 0),  # the FFN's up layer, relu with the bias after the parts
+        (50, 512, 2048, 11, False, 1),  # the FFN's down layer (three stages a part, the last partly filled), residual
+        (45, 512, 100, 3, True, 0),  # k not a multiple of cuBLAS's tile of 8
+        (50, 1024, 512, 1, True, 0),  # unsplit: one kernel, the bias and relu in it
+        (40, 512, 512, 1, False, 2),  # unsplit, with two addends
     ],
 )
-def test_split_linear_adds_in_cublas_order(recorded, rows, n, k, parts, relu):
+def test_split_linear_adds_in_cublas_order(recorded, rows, n, k, parts, relu, addends):
     rng = np.random.default_rng(rows + n + k + parts)
     x = mx.array(rng.standard_normal((rows, k), dtype=np.float32))
     weight = mx.array(rng.standard_normal((n, k), dtype=np.float32) * k**-0.5)
     bias = mx.array(rng.standard_normal(n, dtype=np.float32))
-    ours = run_on_cpu(recorded(lambda: cuda_kernels.split_linear(x, weight, bias, parts, relu)))
-    inputs = {"x": x, "weight": weight, "bias": bias}
-    order = reference(_REFERENCE_LINEAR, inputs, (rows, n), rows * n, PARTS=parts, RELU=int(relu))
+    terms = tuple(mx.array(rng.standard_normal((rows, n), dtype=np.float32)) for _ in range(addends))
+    ours = run_on_cpu(recorded(lambda: cuda_kernels.split_linear(x, weight, bias, parts, relu, terms)))
+    unused = (mx.zeros(1),) * (2 - addends)
+    inputs = {"x": x, "weight": weight, "bias": bias, **dict(zip(("addend0", "addend1"), terms + unused))}
+    order = reference(_REFERENCE_LINEAR, inputs, (rows, n), rows * n, PARTS=parts, RELU=int(relu), ADDENDS=addends)
     expected = run_on_cpu([order])
     assert ours.shape == (rows, n)
     assert np.array_equal(ours, expected)
