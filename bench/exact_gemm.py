@@ -26,7 +26,7 @@ once, as the encoder's layers are). One JSON line per shape.
 Before that, two sweeps: the package's `cuda_kernels.split_linear` with the heuristic's SPLITK_NUM against MLX's
 linear at each of the encoder's linear shapes over --linear-rows (`linear_sweep`) and the product kernels' time
 at --timing-frames (`attention_timing`), each at every --stage-k; then the attention in the product kernels
-against MLX's at every size the default admits (`attention_sweep`). With --model, the encoder +
+against MLX's up to twice the size the default admits (`attention_sweep`). With --model, the encoder +
 adaptor with the product and linear kernels off and on (VARIANTS): the same numbers or not, and how fast.
 Needs a CUDA GPU.
 """
@@ -218,13 +218,14 @@ def probe(frames: int, rng: np.random.Generator) -> None:
         print(json.dumps(row), flush=True)
 
 
-SWEEP = [(1, f) for f in (4, 5, 8, 13, 17, 33, 50, 84, 100, 128, 167, 200, 256, 300, 362)]
-SWEEP += [(b, f) for b in (2, 4, 8, 16, 32) for f in (17, 50, 64, 90, 128, 181) if b * f * f <= 2**17]
+SWEEP_WORK = 2**18  # twice ATTENTION_PRODUCTS_MAX_WORK's 2**17: the sizes a higher bound would admit too
+SWEEP = [(1, f) for f in (4, 5, 8, 13, 17, 33, 50, 84, 100, 128, 167, 200, 256, 300, 362, 400, 450, 512)]
+SWEEP += [(b, f) for b in (2, 4, 8, 16, 32) for f in (17, 50, 64, 90, 128, 181, 256, 362) if b * f * f <= SWEEP_WORK]
 
 
 def attention_sweep(cases: list[tuple[int, int]], rng: np.random.Generator) -> None:
     """The attention's product kernels with MLX's softmax (`cuda_kernels.frame_attention_products`) against MLX's
-    float32 attention (`frame_attention_ops`) at each (rows, frames) the default admits (ATTENTION_PRODUCTS_MAX_WORK),
+    float32 attention (`frame_attention_ops`) at each (rows, frames) up to SWEEP_WORK rows x frames^2,
     a padded batch's rows masked to 100% down to 50% of the frames: the share of outputs bit-identical."""
     for rows, frames in cases:
         qkv = mx.array(rng.standard_normal((rows, frames, 3 * WIDTH), dtype=np.float32))
@@ -241,7 +242,7 @@ LINEAR_ROWS = (17, 50, 84, 128, 167, 250, 334, 500, 668, 1000, 2000, 4000, 8000,
 
 def linear_sweep(rows_list, rng: np.random.Generator) -> None:
     """For each of the encoder's linear layers at each number of rows: the configuration cuBLASLt's heuristic gives
-    MLX, and `split_linear` with W = its SPLITK_NUM (at cuda_kernels.STAGE_K) against MLX's numbers (share
+    MLX, and `split_linear` with W = its SPLITK_NUM (at cuda_kernels.STAGE_K["linear"]) against MLX's numbers (share
     identical; wall time per call of 20 submitted together; CUPTI's GPU time per call). Where they differ, the
     interleaved chains with W = 1 to 16 find the W that holds, if any."""
     for rows in rows_list:
@@ -253,7 +254,14 @@ def linear_sweep(rows_list, rng: np.random.Generator) -> None:
             truth = np.array(reference())
             config = heuristic_config(rows, n, k)
             parts = (config.get("splitk_num") or 1) if isinstance(config, dict) else None  # 0 or 1: k not split
-            row = {"sweep": "linear", "case": name, "rows": rows, "k": k, "n": n, "stage_k": cuda_kernels.STAGE_K}
+            row = {
+                "sweep": "linear",
+                "case": name,
+                "rows": rows,
+                "k": k,
+                "n": n,
+                "stage_k": cuda_kernels.STAGE_K["linear"],
+            }
             row["cublas_config"] = config
             if parts:
                 candidate = lambda: cuda_kernels.split_linear(x, weight, bias, parts)  # noqa: E731
@@ -279,7 +287,7 @@ def timed(label: str, run) -> dict:
 
 
 def attention_timing(frames_list, rng: np.random.Generator) -> None:
-    """The attention's two product kernels (at cuda_kernels.STAGE_K) against MLX's matmuls for one clip of each
+    """The attention's two product kernels (at their cuda_kernels.STAGE_K) against MLX's matmuls for one clip of each
     length: identical or not, and `timed`."""
     for frames in frames_list:
         qkv = mx.array(rng.standard_normal((1, frames, 3 * WIDTH), dtype=np.float32))
@@ -290,7 +298,7 @@ def attention_timing(frames_list, rng: np.random.Generator) -> None:
             "context": (lambda: cuda_kernels.attention_context(weights, qkv), lambda: cuda_kernels.attention_context_ops(weights, qkv)),
         }  # fmt: skip
         for name, (ours, theirs) in pairs.items():
-            row = {"sweep": "attention timing", "case": name, "frames": frames, "stage_k": cuda_kernels.STAGE_K}
+            row = {"sweep": "attention timing", "case": name, "frames": frames, "stage_k": cuda_kernels.STAGE_K[name]}
             row["identical_share"] = float(np.mean(np.array(ours()) == np.array(theirs())))
             row.update(timed("kernel", ours), **timed("mlx", theirs))
             print(json.dumps(row), flush=True)
@@ -362,17 +370,20 @@ def main() -> None:
         "--stage-k",
         type=int,
         nargs="+",
-        default=[cuda_kernels.STAGE_K],
-        help="cuda_kernels.STAGE_K values for the linear sweep, the attention's timing and the encoder (the first "
-        "for the attention's sweep; the others as more variants of the encoder)",
+        default=[0],
+        help="k a stage for every kernel (cuda_kernels.STAGE_K) in the linear sweep, the attention's timing and the "
+        "encoder; 0: the package's own (the first is kept for the attention's sweep; the others are more variants "
+        "of the encoder)",
     )
     args = parser.parse_args()
     if mx.default_device().type != mx.DeviceType.gpu:
         raise SystemExit("exact_gemm.py needs MLX's CUDA backend")
 
     rng = np.random.default_rng(0)
+    own = dict(cuda_kernels.STAGE_K)
+    stages = {k: dict.fromkeys(own, k) if k else own for k in args.stage_k}
     for stage_k in reversed(args.stage_k):  # the first last, so that it stays set
-        cuda_kernels.STAGE_K = stage_k
+        cuda_kernels.STAGE_K = stages[stage_k]
         linear_sweep(args.linear_rows, rng)
         attention_timing(args.timing_frames, rng)
     if not args.no_attention_sweep:
@@ -382,7 +393,8 @@ def main() -> None:
     if args.model:
         variants = dict(VARIANTS)
         for stage_k in args.stage_k[1:]:
-            variants[f"products and linears, stage {stage_k}"] = dict(VARIANTS["products and linears"], STAGE_K=stage_k)
+            name = f"products and linears, stage {stage_k or 'own'}"
+            variants[name] = dict(VARIANTS["products and linears"], STAGE_K=stages[stage_k])
         encoder_candidate(args.model, args.seconds, variants)
 
 

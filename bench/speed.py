@@ -13,7 +13,8 @@ JSON line per (implementation, clip):
 
     frontend_ms, encoder_ms (encoder + adaptor), prefill_ms (LLM prompt -> first token),
     ttft_ms (audio in -> first token), decode_ms_per_token, total_ms, tokens, peak_mem_gb,
-    and for ours token_digest (the decoded ids' SHA-1, to compare builds run in separate processes)
+    and for ours token_digest (the decoded ids' SHA-1, to compare builds run in separate processes) and
+    cold_stages_ms (the first pass's frontend, encoder and prefill ms: where a new length costs)
 
 Implementations: ours (this package, MLX); official (funasr 1.4.16 `FunASRNano.inference`, the LLM in
 fp32 as its default inference does); official-bf16 (the same with bf16=True, its autocast path);
@@ -97,6 +98,7 @@ def bench_ours(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
         total_ms=1e3 * total,
         cold_total_ms=1e3 * cold,
         cold_ttft_ms=1e3 * first_token_seconds(first.timings),
+        cold_stages_ms={stage: round(1e3 * first.timings[stage], 2) for stage in ("frontend", "encoder", "prefill")},
         tokens=len(result.token_ids),
         token_digest=hashlib.sha1(str(result.token_ids).encode()).hexdigest()[:12],
         peak_mem_gb=max(mx.get_peak_memory() / 2**30, 0) or rss_gb(),

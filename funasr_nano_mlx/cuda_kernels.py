@@ -821,7 +821,7 @@ def encoder_choices() -> tuple:
         EXACT_LINEARS,
         LINEAR_MIN_ROWS,
         LINEAR_MAX_ROWS,
-        STAGE_K,
+        tuple(STAGE_K.items()),
     )
 
 
@@ -1260,18 +1260,22 @@ def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None)
 #
 # Tiles: 32 x 32 outputs a block (the scores in 64 x 64 where that still gives a block to each of an H100's 132
 # SMs), STAGE_K of k a stage through shared memory (`staged_product`), 4 x 4 (8 x 4) adjacent outputs a thread read
-# four at a time. MODE 1, the scores of one (row, head) per grid plane: q scaled times k; with FRAMES_MASKED a key frame whose mask
-# is not > 0 scores float32's lowest (MLX's fallback: `where(mask, scores, finfo.min)`). MODE 2, the softmax
-# weights (B, HEADS, T, T) times v, written as (B, T, C). Frames are read from qkv's shape, so one source serves
-# every length.
+# four at a time. MODE 1, the scores of one (row, head) per grid plane: q scaled times k; with FRAMES_MASKED a key
+# frame whose mask is not > 0 scores float32's lowest (MLX's fallback: `where(mask, scores, finfo.min)`). MODE 2, the
+# softmax weights (B, HEADS, T, T) times v, written as (B, T, C). Frames are read from qkv's shape, so one source
+# serves every length.
 ATTENTION_PRODUCTS = True
 ATTENTION_PRODUCTS_MAX_WORK = 2**17
 # From 17 frames (1 s): bench/exact_gemm.py's sweep found MLX's numbers at every size it tried on an H100, one clip
 # of 4 to 362 frames and masked batches of 2 to 32 rows from 17 frames. (Under 4, MLX runs another kernel.)
 ATTENTION_PRODUCTS_MIN_FRAMES = 17
-# The k a stage of `staged_product` in the encoder's product and linear kernels: a multiple of cuBLAS's k tile (8), and
-# two operands' 64 x 64 tiles of it (35 KB) within the 48 KB of shared memory a block declares at most statically.
-STAGE_K = 64
+# The k a stage of `staged_product` in each of the encoder's product and linear kernels: a multiple of cuBLAS's k tile
+# (8), at most 64 (two operands' 64 x 64 tiles of it, 35 KB, within the 48 KB of shared memory a block declares
+# statically). The numbers do not depend on it; the time does. Measured in the encoder at 10 s on an H100, a kernel's
+# GPU time (us) with stages of 64 / 32 / the first form's (16 for the products, 8 for the linears): the scores 9.8 /
+# 12.6 / 15.3, the context 10.1 / 8.5 / 21.8, the 64 x 64 and 32 x 32 linears 18.4, 17.7 / 17.4, 16.8 / 16.1, 15.0
+# (BENCHMARKS.md). So each takes its fastest.
+STAGE_K = {"scores": 64, "context": 32, "linear": 8}
 # One k of a tiled float32 product: this thread's TM rows of a and TN columns of b (adjacent, four at a load) from
 # k-major tiles in shared memory (rows padded by 4), each product added to its output's fma chain.
 TILE_STEP = """
@@ -1454,6 +1458,7 @@ def _attention_product(mode: int, inputs: dict, weights_shape: tuple, **flags) -
     # The context in 32 x 32 tiles only: its 64 x 64 form (a batch of 16 short clips would take it) has not
     # been run on a GPU, and the products are on by default.
     bm, bn, tm, tn = _tile_shape(frames, columns, planes) if mode == 1 else (32, 32, 4, 4)
+    stage = STAGE_K["scores" if mode == 1 else "context"]
     threads = (bm // tm) * (bn // tn)
     defines = {"MODE": mode, **flags}
     source = "".join(f"#define {key} {int(value)}\n" for key, value in defines.items())
@@ -1463,7 +1468,7 @@ def _attention_product(mode: int, inputs: dict, weights_shape: tuple, **flags) -
     out_shape = weights_shape if mode == 1 else (batch, frames, heads * dims)
     return kernel(
         inputs=list(inputs.values()),
-        template=[("BM", bm), ("BN", bn), ("BK", STAGE_K), ("TM", tm), ("TN", tn), ("HEADS", heads), ("D", dims)],
+        template=[("BM", bm), ("BN", bn), ("BK", stage), ("TM", tm), ("TN", tn), ("HEADS", heads), ("D", dims)],
         grid=(-(-columns // bn) * threads, -(-frames // bm), planes),
         threadgroup=(threads, 1, 1),
         output_shapes=[out_shape],
@@ -1637,7 +1642,7 @@ def split_linear(
     kernel = _kernel(name, tuple(inputs), ("out",), source, header=header)
     out = kernel(
         inputs=list(inputs.values()),
-        template=[("BM", bm), ("BN", bn), ("BK", STAGE_K), ("TM", tm), ("TN", tn)],
+        template=[("BM", bm), ("BN", bn), ("BK", STAGE_K["linear"]), ("TM", tm), ("TN", tn)],
         grid=(-(-n // bn) * threads, -(-rows // bm), parts),
         threadgroup=(threads, 1, 1),
         output_shapes=[(parts, rows, n) if split else (*x.shape[:-1], n)],

@@ -99,18 +99,22 @@ def reference(source: str, inputs: dict[str, mx.array], output_shape: tuple, out
 
 
 @pytest.mark.parametrize(
-    "rows, n, k, parts, relu, addends",
+    "rows, n, k, parts, relu, addends, stage",
     [
-        (50, 512, 512, 8, False, 2),  # the output layer (32 x 32 tiles), plus the memory block and the residual
-        (67, 1536, 560, 5, False, 0),  # the first layer's q/k/v: 64 x 64 tiles, the last row tile partly filled
-        (53, 2048, 512, 4, True, 0),  # the FFN's up layer, relu with the bias after the parts
-        (50, 512, 2048, 11, False, 1),  # the FFN's down layer (three stages a part, the last partly filled), residual
-        (45, 512, 100, 3, True, 0),  # k not a multiple of cuBLAS's tile of 8
-        (50, 1024, 512, 1, True, 0),  # unsplit: one kernel, the bias and relu in it
-        (40, 512, 512, 1, False, 2),  # unsplit, with two addends
+        (50, 512, 512, 8, False, 2, None),  # the output layer (32 x 32 tiles), plus the memory block and the residual
+        (67, 1536, 560, 5, False, 0, None),  # the first layer's q/k/v: 64 x 64 tiles, the last row tile partly filled
+        (53, 2048, 512, 4, True, 0, None),  # the FFN's up layer, relu with the bias after the parts
+        (50, 512, 2048, 11, False, 1, None),  # the FFN's down layer, plus the residual
+        (50, 512, 2048, 11, False, 0, 64),  # in stages of 8 tiles: three a part, the last partly filled
+        (45, 512, 100, 3, True, 0, None),  # k not a multiple of cuBLAS's tile of 8
+        (45, 512, 100, 3, True, 0, 32),  # ... in stages of 4 tiles
+        (50, 1024, 512, 1, True, 0, None),  # unsplit: one kernel, the bias and relu in it
+        (40, 512, 512, 1, False, 2, None),  # unsplit, with two addends
     ],
 )
-def test_split_linear_adds_in_cublas_order(recorded, rows, n, k, parts, relu, addends):
+def test_split_linear_adds_in_cublas_order(recorded, monkeypatch, rows, n, k, parts, relu, addends, stage):
+    if stage:  # the k a stage changes only how many loads are in flight, never the order
+        monkeypatch.setitem(cuda_kernels.STAGE_K, "linear", stage)
     rng = np.random.default_rng(rows + n + k + parts)
     x = mx.array(rng.standard_normal((rows, k), dtype=np.float32))
     weight = mx.array(rng.standard_normal((n, k), dtype=np.float32) * k**-0.5)
@@ -127,14 +131,17 @@ def test_split_linear_adds_in_cublas_order(recorded, rows, n, k, parts, relu, ad
 
 
 @pytest.mark.parametrize(
-    "rows, frames, masked",
+    "rows, frames, masked, stage",
     [
-        (1, 70, False),  # one clip: the context's k (frames) over two stages, the second partly filled
-        (3, 45, True),  # a padded batch, its keys masked
-        (9, 70, True),  # enough planes for the scores' 64 x 64 tiles
+        (1, 70, False, None),  # one clip: the context's k (frames) over stages, the last partly filled
+        (3, 45, True, None),  # a padded batch, its keys masked
+        (9, 70, True, None),  # enough planes for the scores' 64 x 64 tiles
+        (1, 70, False, 16),  # stages of 16
     ],
 )
-def test_attention_products_are_single_chains(recorded, rows, frames, masked):
+def test_attention_products_are_single_chains(recorded, monkeypatch, rows, frames, masked, stage):
+    if stage:
+        monkeypatch.setattr(cuda_kernels, "STAGE_K", dict.fromkeys(cuda_kernels.STAGE_K, stage))
     rng = np.random.default_rng(rows * frames)
     qkv = mx.array(rng.standard_normal((rows, frames, 3 * 512), dtype=np.float32))
     lengths = np.linspace(frames, frames // 2, rows).astype(int)
