@@ -293,10 +293,12 @@ def attention_timing(frames_list, rng: np.random.Generator) -> None:
         qkv = mx.array(rng.standard_normal((1, frames, 3 * WIDTH), dtype=np.float32))
         weights = mx.softmax(cuda_kernels.attention_scores_ops(qkv, HEADS), axis=-1, precise=True)
         mx.eval(weights)
+        scores = (cuda_kernels.attention_scores, cuda_kernels.attention_scores_ops)
+        context = (cuda_kernels.attention_context, cuda_kernels.attention_context_ops)
         pairs = {
-            "scores": (lambda: cuda_kernels.attention_scores(qkv, HEADS), lambda: cuda_kernels.attention_scores_ops(qkv, HEADS)),
-            "context": (lambda: cuda_kernels.attention_context(weights, qkv), lambda: cuda_kernels.attention_context_ops(weights, qkv)),
-        }  # fmt: skip
+            "scores": [lambda f=f: f(qkv, HEADS) for f in scores],
+            "context": [lambda f=f: f(weights, qkv) for f in context],
+        }
         for name, (ours, theirs) in pairs.items():
             row = {"sweep": "attention timing", "case": name, "frames": frames, "stage_k": cuda_kernels.STAGE_K[name]}
             row["identical_share"] = float(np.mean(np.array(ours()) == np.array(theirs())))
@@ -314,10 +316,10 @@ VARIANTS = {
 
 
 def encoder_candidate(model_dir: Path, seconds: list[float], variants: dict, batch: int = 4) -> None:
-    """Encoder + adaptor in each of `variants` (VARIANTS and others: cuda_kernels settings; their bounds, ATTENTION_PRODUCTS_MAX_WORK and LINEAR_MAX_ROWS, lifted
-    for the measurement), alternating: identical output to MLX's ops or not, warm ms (median of 10), host ms to
-    submit, CUPTI's GPU time and launches; one clip of each length, then a padded batch of `batch` (lengths 100%
-    to 55% of the longest, so the masked kernels run)."""
+    """Encoder + adaptor in each of `variants` (VARIANTS and others: cuda_kernels settings), the bounds
+    ATTENTION_PRODUCTS_MAX_WORK and LINEAR_MAX_ROWS lifted for the measurement, alternating: identical output to MLX's
+    ops or not, warm ms (median of 10), host ms to submit, CUPTI's GPU time and launches; one clip of each length,
+    then a padded batch of `batch` (lengths 100% to 55% of the longest, so the masked kernels run)."""
     from speed import synthetic_audio
 
     from funasr_nano_mlx import load

@@ -1252,9 +1252,11 @@ def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None)
 # (a clip of 3, 10 and 30 s and a padded batch of 4 x 10 s, and the transcription's tokens: BENCHMARKS.md).
 # Why by hand: MLX builds a cublasLt descriptor and runs its heuristic at every matmul, then captures the call
 # into its CUDA graph (mlx/backend/cuda/gemms/cublas_gemm.cpp, cublas_utils.cpp: several times a custom kernel's
-# host time), and one clip's encoder is bound by the host. The kernels' GPU time is above cuBLAS's (no pipelined
-# loads: +0.7 ms over 70 layers at 10 s, +2.9 ms at 30 s), so they are used up to ATTENTION_PRODUCTS_MAX_WORK
-# (rows x frames^2: one clip of up to about 21 s, 4 of 10 s); MLX's ops above it.
+# host time), and one clip's encoder is bound by the host. With their operands staged (`staged_product`) the two
+# kernels take less GPU time than MLX's copies and matmuls at 10 s (on an H100, 9.7 + 8.5 us a layer) and as much at
+# 30 s (the encoder's GPU time 13.7 ms either way), so they are used up to ATTENTION_PRODUCTS_MAX_WORK (rows x
+# frames^2: one clip of up to about 31 s, 4 of 15 s, where the sweep found MLX's numbers at every size tried); MLX's
+# ops above it, where the time was not measured.
 #
 # The linear layers are not single chains: cuBLAS splits their k by shape (`split_linear`, below).
 #
@@ -1265,9 +1267,10 @@ def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None)
 # softmax weights (B, HEADS, T, T) times v, written as (B, T, C). Frames are read from qkv's shape, so one source
 # serves every length.
 ATTENTION_PRODUCTS = True
-ATTENTION_PRODUCTS_MAX_WORK = 2**17
+ATTENTION_PRODUCTS_MAX_WORK = 2**18
 # From 17 frames (1 s): bench/exact_gemm.py's sweep found MLX's numbers at every size it tried on an H100, one clip
-# of 4 to 362 frames and masked batches of 2 to 32 rows from 17 frames. (Under 4, MLX runs another kernel.)
+# of 4 to 512 frames and masked batches of 2 to 32 rows from 17 frames, up to 2^18. (Under 4, MLX runs another
+# kernel.)
 ATTENTION_PRODUCTS_MIN_FRAMES = 17
 # The k a stage of `staged_product` in each of the encoder's product and linear kernels: a multiple of cuBLAS's k tile
 # (8), at most 64 (two operands' 64 x 64 tiles of it, 35 KB, within the 48 KB of shared memory a block declares
@@ -1321,7 +1324,8 @@ __device__ inline void staged_product(
   __shared__ __align__(16) float as[BK][BM + 4], bs[BK][BN + 4];  // k-major; rows padded, 16-byte aligned
   const int tx = threadIdx.x % THREADS_N, ty = threadIdx.x / THREADS_N;
   const int a_k = threadIdx.x % BK, a_m = threadIdx.x / BK;
-  const int b_k = B_N_MAJOR ? threadIdx.x / BN : threadIdx.x % BK, b_n = B_N_MAJOR ? threadIdx.x % BN : threadIdx.x / BK;
+  const int b_k = B_N_MAJOR ? threadIdx.x / BN : threadIdx.x % BK;
+  const int b_n = B_N_MAJOR ? threadIdx.x % BN : threadIdx.x / BK;
   float ra[A_LOADS], rb[B_LOADS];
   auto fetch = [&](int s) {
     const int rows = stage_rows(s);
@@ -1520,11 +1524,12 @@ def frame_attention_products(qkv: mx.array, heads: int, mask: mx.array | None = 
 # shape took another algorithm, whose order no form tried reproduced; the kernels start at LINEAR_MIN_ROWS, the
 # shortest measured. Why by hand: as for the attention's products, MLX builds a cublasLt descriptor and runs the
 # heuristic at every matmul (several times a custom kernel's host time) and one clip's encoder is bound by the host; 4
-# of its 7 matmuls a layer are these linears. They take longer than cuBLAS's (a call's wall time 1.2-1.3x at 500 rows,
-# 1.7x at 16000: no pipelined stages), so the encoder gained where the host bounds it and lost where the GPU does (on
-# an H100, encoder + adaptor with the attention's products: 3 s 13.3 -> 10.7 ms, 10 s 13.2-13.3 -> 13.0-13.1, 30 s
-# 20.9 -> 22.6-23.1, a batch of 4 x 10 s 20.3 -> 23.7-24.5; BENCHMARKS.md). So they run up to LINEAR_MAX_ROWS, one
-# clip of 10 s, the longest measured no slower.
+# of its 7 matmuls a layer are these linears. They take more GPU time than cuBLAS's (15.6-15.9 us a call at 10 s on an
+# H100 against its 14.3 plus 4.2 for split-K's reduction on another), more so with more rows, so the encoder gains
+# where the host bounds it and loses where the GPU does (on an H100, encoder + adaptor with the attention's products
+# against with the linears too: 3 s 12.9-13.9 -> 9.3-9.4 ms, 10 s 12.6-12.7 -> 12.0-12.1, 30 s 17.4-17.7 -> 19.9-20.5,
+# a batch of 4 x 10 s 18.5-18.7 -> 22.3-22.8; BENCHMARKS.md). So they run up to LINEAR_MAX_ROWS, one clip of 10 s,
+# the longest measured faster.
 EXACT_LINEARS = True
 LINEAR_MIN_ROWS = 50
 LINEAR_MAX_ROWS = 167

@@ -182,7 +182,8 @@ def run_on_cpu(recorded: list[Launch]) -> np.ndarray:
             arguments.append(f"output_{i}.data()")
             buffers[id(launch.output)] = f"output_{i}"
             blocks = ", ".join(str(b) for b in launch.blocks)
-            program += f"  launch(Dim3{{{blocks}}}, {launch.threads}, [&] {{ launch_{i}::kernel({', '.join(arguments)}); }});\n"
+            call = f"launch_{i}::kernel({', '.join(arguments)})"
+            program += f"  launch(Dim3{{{blocks}}}, {launch.threads}, [&] {{ {call}; }});\n"
         last = len(recorded) - 1
         program += f"  std::fwrite(output_{last}.data(), sizeof(float), output_{last}.size(), stdout);\n}}\n"
         (work / "kernels.cpp").write_text(program)

@@ -63,7 +63,8 @@ _REFERENCE_ATTENTION = """
     out[index] = MASKED && !(mask[row * frames + n] > 0.0f) ? std::numeric_limits<float>::lowest() : acc;
   } else {
     for (int k = 0; k < frames; ++k) {
-      acc = __fmaf_rn(weights[(size_t)plane * frames * frames + m * frames + k], frame_rows[k * frame + 2 * width + n], acc);
+      const float weight = weights[(size_t)plane * frames * frames + m * frames + k];
+      acc = __fmaf_rn(weight, frame_rows[k * frame + 2 * width + n], acc);
     }
     out[(row * frames + m) * HEADS * D + head * D + n] = acc;
   }
@@ -72,7 +73,7 @@ _REFERENCE_ATTENTION = """
 
 @pytest.fixture
 def recorded(monkeypatch):
-    """`launches` of a call, the package's compiled-kernel cache emptied around it (it holds MLX's or the recorder's)."""
+    """`launches` of a call, the package's kernel cache emptied around it (it holds MLX's kernels or the recorder's)."""
     cuda_kernels._kernel.cache_clear()
     yield lambda call: launches(call, monkeypatch)
     cuda_kernels._kernel.cache_clear()
