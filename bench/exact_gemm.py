@@ -26,7 +26,7 @@ once, as the encoder's layers are). One JSON line per shape.
 Before that, two sweeps: the package's `cuda_kernels.split_linear` with the heuristic's SPLITK_NUM against MLX's
 linear at each of the encoder's linear shapes over --linear-rows (`linear_sweep`) and the product kernels' time
 at --timing-frames (`attention_timing`), each at every --stage-k; then the attention in the product kernels
-against MLX's up to twice the size the default admits (`attention_sweep`). With --model, the encoder +
+against MLX's up to SWEEP_WORK rows x frames^2 (`attention_sweep`). With --model, the encoder +
 adaptor with the product and linear kernels off and on (VARIANTS): the same numbers or not, and how fast.
 Needs a CUDA GPU.
 """
@@ -218,7 +218,7 @@ def probe(frames: int, rng: np.random.Generator) -> None:
         print(json.dumps(row), flush=True)
 
 
-SWEEP_WORK = 2**18  # twice ATTENTION_PRODUCTS_MAX_WORK's 2**17: the sizes a higher bound would admit too
+SWEEP_WORK = 2**18  # ATTENTION_PRODUCTS_MAX_WORK, raised from 2**17 after this sweep found MLX's numbers up to it
 SWEEP = [(1, f) for f in (4, 5, 8, 13, 17, 33, 50, 84, 100, 128, 167, 200, 256, 300, 362, 400, 450, 512)]
 SWEEP += [(b, f) for b in (2, 4, 8, 16, 32) for f in (17, 50, 64, 90, 128, 181, 256, 362) if b * f * f <= SWEEP_WORK]
 

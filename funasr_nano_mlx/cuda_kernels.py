@@ -1255,8 +1255,8 @@ def frame_attention_ops(qkv: mx.array, heads: int, mask: mx.array | None = None)
 # host time), and one clip's encoder is bound by the host. With their operands staged (`staged_product`) the two
 # kernels take less GPU time than MLX's copies and matmuls at 10 s (on an H100, 9.7 + 8.5 us a layer) and as much at
 # 30 s (the encoder's GPU time 13.7 ms either way), so they are used up to ATTENTION_PRODUCTS_MAX_WORK (rows x
-# frames^2: one clip of up to about 31 s, 4 of 15 s, where the sweep found MLX's numbers at every size tried); MLX's
-# ops above it, where the time was not measured.
+# frames^2: one clip of up to about 31 s, 4 of 15 s, where the sweep found MLX's numbers at every size tried; timed
+# above 2^17 only for one clip of 30 s); MLX's ops above it.
 #
 # The linear layers are not single chains: cuBLAS splits their k by shape (`split_linear`, below).
 #
@@ -1321,6 +1321,8 @@ __device__ inline void staged_product(
   constexpr int A_LOADS = BM * BK / THREADS, A_STEP = THREADS / BK;
   constexpr int B_LOADS = BN * BK / THREADS, B_STEP = B_N_MAJOR ? THREADS / BN : THREADS / BK;
   static_assert(THREADS % BK == 0 && THREADS % (B_N_MAJOR ? BN : BK) == 0, "each thread loads alike");
+  static_assert(A_LOADS * THREADS == BM * BK && B_LOADS * THREADS == BN * BK && A_LOADS > 0 && B_LOADS > 0,
+                "the threads load every element of a stage");
   __shared__ __align__(16) float as[BK][BM + 4], bs[BK][BN + 4];  // k-major; rows padded, 16-byte aligned
   const int tx = threadIdx.x % THREADS_N, ty = threadIdx.x / THREADS_N;
   const int a_k = threadIdx.x % BK, a_m = threadIdx.x / BK;
@@ -1524,12 +1526,12 @@ def frame_attention_products(qkv: mx.array, heads: int, mask: mx.array | None = 
 # shape took another algorithm, whose order no form tried reproduced; the kernels start at LINEAR_MIN_ROWS, the
 # shortest measured. Why by hand: as for the attention's products, MLX builds a cublasLt descriptor and runs the
 # heuristic at every matmul (several times a custom kernel's host time) and one clip's encoder is bound by the host; 4
-# of its 7 matmuls a layer are these linears. They take more GPU time than cuBLAS's (15.6-15.9 us a call at 10 s on an
-# H100 against its 14.3 plus 4.2 for split-K's reduction on another), more so with more rows, so the encoder gains
-# where the host bounds it and loses where the GPU does (on an H100, encoder + adaptor with the attention's products
-# against with the linears too: 3 s 12.9-13.9 -> 9.3-9.4 ms, 10 s 12.6-12.7 -> 12.0-12.1, 30 s 17.4-17.7 -> 19.9-20.5,
-# a batch of 4 x 10 s 18.5-18.7 -> 22.3-22.8; BENCHMARKS.md). So they run up to LINEAR_MAX_ROWS, one clip of 10 s,
-# the longest measured faster.
+# of its 7 matmuls a layer are these linears. At 10 s their GPU time is about cuBLAS's (on an H100, 15.6-15.9 us a
+# split kernel and 2.2-3.9 adding its parts, against cuBLAS's 14.3 and 4.2 on another), above it with more rows, so
+# the encoder gains where the host bounds it and loses where the GPU does (encoder + adaptor on an H100 with the
+# attention's products, against with the linears too: 3 s 12.9-13.9 -> 9.3-9.4 ms, 10 s 12.6-12.7 -> 12.0-12.1, 30 s
+# 17.4-17.7 -> 19.9-20.5 with stages of 64; on a noisier H100 with STAGE_K's, 3 s 16.5-17.0 -> 11.3, 20 s 16.7-16.8
+# -> 18.0-18.9; BENCHMARKS.md). So they run up to LINEAR_MAX_ROWS, one clip of 10 s, the longest measured faster.
 EXACT_LINEARS = True
 LINEAR_MIN_ROWS = 50
 LINEAR_MAX_ROWS = 167
@@ -1538,6 +1540,7 @@ LINEAR_MAX_ROWS = 167
 # `staged_product`. With SPLIT the part's sums go to out[z] for `_PARTS_ADDED`; without, the bias is added here
 # (`biased`) and the addends (`ADDED`). x (rows, K) and the weight (N, K) row-major.
 _SPLIT_LINEAR = """
+  static_assert(BK % 8 == 0, "a stage holds whole tiles of cuBLAS's 8");
   constexpr int TILES_A_STAGE = BK / 8;
   const int rows = x_shape[0], K = x_shape[1], N = weight_shape[0];
   const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN, z = blockIdx.z, parts = gridDim.z;
@@ -1637,13 +1640,12 @@ def split_linear(
     bm, bn, tm, tn = (64, 64, 8, 4) if n >= 1024 else (32, 32, 4, 4)
     threads = (bm // tm) * (bn // tn)
     split = parts > 1
-    added = dict(zip(_ADDENDS, addends))
+    addend_inputs = dict(zip(_ADDENDS, addends))
     # Split, this kernel only sums each part, and `_PARTS_ADDED` adds the bias, relu and the addends: one source.
-    epilogue = {} if split else dict(relu=relu, addends=len(addends))
-    inputs = {"x": x.reshape(rows, k), "weight": weight, **({} if split else {"bias": bias, **added})}
+    inputs = {"x": x.reshape(rows, k), "weight": weight, **({} if split else {"bias": bias, **addend_inputs})}
     source = f"#define SPLIT {int(split)}\n" + _SPLIT_LINEAR
-    header = TILE_STEP + _biased(**epilogue)
-    name = "split_linear_" + "_".join(str(int(value)) for value in (split, *epilogue.values()))
+    header = TILE_STEP + (_biased() if split else _biased(relu, len(addends)))
+    name = "split_linear_1" if split else f"split_linear_0_{int(relu)}_{len(addends)}"
     kernel = _kernel(name, tuple(inputs), ("out",), source, header=header)
     out = kernel(
         inputs=list(inputs.values()),
@@ -1657,7 +1659,7 @@ def split_linear(
         return out
     name = f"parts_added_{int(relu)}_{len(addends)}"
     header = _biased(relu, len(addends))
-    added_kernel = _kernel(name, ("partials", "bias", *added), ("out",), _PARTS_ADDED, header=header)
+    added_kernel = _kernel(name, ("partials", "bias", *addend_inputs), ("out",), _PARTS_ADDED, header=header)
     return added_kernel(
         inputs=[out, bias, *addends],
         grid=(-(-rows * n // 256) * 256, 1, 1),

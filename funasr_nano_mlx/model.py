@@ -256,7 +256,8 @@ class SANMAttention(nn.Module):
             raise ValueError(f"sanm_shift {sanm_shift} too large for kernel_size {kernel_size}")
 
     def __call__(self, x: mx.array, mask: mx.array | None = None, residual: mx.array | None = None) -> mx.array:
-        """The attention plus the memory block, plus `residual` if given (added last, in the output layer's kernel)."""
+        """The attention plus the memory block, plus `residual` if given (added last: in the output layer's kernel
+        where `exact_linear` runs one)."""
         qkv = exact_linear(self.linear_q_k_v, x)
         # On CUDA one kernel computes the memory block, which MLX's ops take five or more for
         # (cuda_kernels.fsmn_memory); where chosen and small enough one the attention, which they take

@@ -4,18 +4,22 @@
 `mx.fast.cuda_kernel` replaced by a recorder); `run_on_cpu(launches)` wraps each one's source as MLX's
 build_kernel does (mlx/backend/cuda/custom_kernel.cpp: the inputs, `NAME_shape` where the source reads it, the
 outputs, the template constants) into a C++ function, compiles them with g++ against `SHIM` (the few CUDA
-built-ins these kernels use), runs the grid one block at a time with one host thread per CUDA thread, a barrier
+built-ins these kernels use) and its address and undefined-behaviour sanitizers (a read past an array, a
+misaligned vector load), runs the grid one block at a time with one host thread per CUDA thread, a barrier
 standing in for `__syncthreads`, and returns the last launch's output. A launch may read an earlier one's output.
 
 Why by hand: no CUDA emulator is packaged for a CPU-only machine, and these kernels exist to repeat cuBLAS's
 order of float32 additions bit for bit, which only running their own text can check. The float operations map
 one to one: `__fmaf_rn` is `std::fmaf`, correctly rounded like the GPU's fma, and g++ contracts nothing
-(-ffp-contract=off), so the CPU's numbers are the GPU's. Memory ordering, warps and timing are not modelled:
-kernels that use warp shuffles or atomics are not for this.
+(-ffp-contract=off), so the CPU's numbers are the GPU's for kernels that, like these, spell every rounding that
+matters with an intrinsic. Not modelled, so not checked here: NVRTC's own contraction of a plain `a * b + c`
+into an fma (its default), shared memory left unwritten (zero here as a static, garbage on a GPU), races that
+depend on timing, warps (shuffles) and atomics.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tempfile
@@ -188,9 +192,23 @@ def run_on_cpu(recorded: list[Launch]) -> np.ndarray:
         program += f"  std::fwrite(output_{last}.data(), sizeof(float), output_{last}.size(), stdout);\n}}\n"
         (work / "kernels.cpp").write_text(program)
         binary = work / "kernels"
-        compile_command = ["g++", "-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-o", str(binary)]
+        compile_command = [
+            "g++",
+            "-std=c++20",
+            "-O1",
+            "-ffp-contract=off",
+            "-pthread",
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+            "-o",
+            str(binary),
+        ]
         built = subprocess.run([*compile_command, str(work / "kernels.cpp")], capture_output=True, text=True)
         if built.returncode:
             raise RuntimeError(f"g++ could not compile the kernels:\n{built.stderr[-4000:]}")
-        out = subprocess.run([str(binary)], check=True, capture_output=True).stdout
+        env = {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"}
+        ran = subprocess.run([str(binary)], capture_output=True, env=env)
+        if ran.returncode:  # the sanitizers' report: a read or write out of bounds, a misaligned load
+            raise RuntimeError(f"the kernels failed on the CPU:\n{ran.stderr.decode(errors='replace')[-4000:]}")
+        out = ran.stdout
     return np.frombuffer(out, dtype=np.float32).reshape(recorded[-1].output_shape)
