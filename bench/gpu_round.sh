@@ -2,20 +2,21 @@
 # A GPU session's decode measurements in few commands: a lent machine stays warm only a short while
 # between calls, so everything runs in one or two.
 #
-#   [STEPS="host_cost profile kernels exact speed throughput attention_plans first_call"] bash bench/gpu_round.sh SKELETON OUT [BEFORE]
+#   [STEPS="host_cost profile kernels exact speed throughput attention_plans cold_graphs first_call"]
+#   [BEFORE_OWN_BENCH=1] bash bench/gpu_round.sh SKELETON OUT [BEFORE]
 #
 # SKELETON  a model directory for bench/random_model.py (the full-size skeleton; random weights).
 # OUT       where the JSON lines go (host_cost, step_profile, kernels, exact_gemm, speed, throughput,
-#           attention_plans, first_call .jsonl).
+#           attention_plans, cold_graphs, first_call .jsonl).
 # BEFORE    optional: a directory holding another build's funasr_nano_mlx package, measured in separate
 #           processes alternately with this one (step profile, speed, throughput, first call).
-# STEPS     which of the eight parts run, in that order (default: all). The random weights are made once
+# STEPS     which of the nine parts run, in that order (default: all). The random weights are made once
 #           under WORK (default /tmp/gpu_round) and kept, so that a second call can run the other parts.
 # PYTHONPATH must already find mlx, mlx-lm and mlx-audio (and this checkout first). Every step has a
 # time limit, so that one that hangs does not take the rest with it.
 set -u
 skeleton=$1 out=$2 before=${3:-}
-steps=" ${STEPS:-host_cost profile kernels exact speed throughput attention_plans first_call} "
+steps=" ${STEPS:-host_cost profile kernels exact speed throughput attention_plans cold_graphs first_call} "
 bench=$(cd "$(dirname "$0")" && pwd)
 work=${WORK:-/tmp/gpu_round}
 mkdir -p "$out" "$work"
@@ -25,9 +26,12 @@ if [ -n "$before" ]; then  # the before build runs this checkout's bench scripts
   rm -rf "$work/bench" && cp -r "$bench" "$work/bench"
 fi
 theirs() {
-  local script=$1
+  local script=$1 bench_dir=$work/bench
   shift
-  PYTHONPATH="$before:${PYTHONPATH:-}" timeout $limit python3 "$work/bench/$(basename "$script")" "$@"
+  # BEFORE_OWN_BENCH=1: the before build's own bench scripts (under BEFORE/bench), for a build whose package today's
+  # scripts no longer fit (e.g. 5ff45ef, the build the batch-32 target is measured against).
+  [ "${BEFORE_OWN_BENCH:-0}" = 1 ] && bench_dir=$before/bench
+  PYTHONPATH="$before:${PYTHONPATH:-}" timeout $limit python3 "$bench_dir/$(basename "$script")" "$@"
 }
 step() { echo "== $1 ($(date -u +%H:%M:%S))"; }
 labelled() { sed "s/^/{\"run\": \"$1\", \"row\": /; s/$/}/"; }  # a script's last line, with whose run it was
@@ -107,6 +111,14 @@ if wants attention_plans; then
   for setting in 1 0; do
     MLX_CUDA_USE_CUDNN_SDPA=$setting ours "$bench/throughput.py" --workdir "$work/bf16" --batch-sizes 1 32 --sequential-files 25 --impl ours 2>&1 |
       grep '^{' | labelled "ours, MLX_CUDA_USE_CUDNN_SDPA=$setting" | tee -a "$out/attention_plans.jsonl"
+  done
+fi
+
+if wants cold_graphs; then
+  step "a new length's first pass with MLX's CUDA graphs on and off (cold_stages_ms: where the first pass costs)"
+  for setting in 1 0 1 0; do
+    MLX_USE_CUDA_GRAPHS=$setting ours "$bench/speed.py" --workdir "$work/bf16" --impl ours --seconds 10 --tokens 32 2>&1 |
+      tail -1 | labelled "ours, MLX_USE_CUDA_GRAPHS=$setting" | tee -a "$out/cold_graphs.jsonl"
   done
 fi
 
