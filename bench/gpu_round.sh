@@ -37,6 +37,12 @@ step() { echo "== $1 ($(date -u +%H:%M:%S))"; }
 labelled() { sed "s/^/{\"run\": \"$1\", \"row\": /; s/$/}/"; }  # a script's last line, with whose run it was
 
 wants() { [[ $steps == *" $1 "* ]]; }
+# speed.py on 10 s of this build with the environment variable $1 set to $2, $3 tokens, its line labelled with the
+# setting and appended to $out/$4.
+speed_with() {
+  env "$1=$2" timeout $limit python3 "$bench/speed.py" --workdir "$work/bf16" --impl ours --seconds 10 --tokens "$3" 2>&1 |
+    tail -1 | labelled "ours, $1=$2" | tee -a "$out/$4"
+}
 
 step "random weights"
 for bits in ${WEIGHTS:-bf16 q4}; do  # WEIGHTS=bf16 leaves out the 4-bit copy where no part needs it
@@ -105,8 +111,7 @@ fi
 if wants attention_plans; then
   step "cuDNN's attention on and off (it planned some new prompt lengths; off, MLX's matmuls and softmax)"
   for setting in 1 0 1 0; do
-    MLX_CUDA_USE_CUDNN_SDPA=$setting ours "$bench/speed.py" --workdir "$work/bf16" --impl ours --seconds 10 --tokens 128 2>&1 |
-      tail -1 | labelled "ours, MLX_CUDA_USE_CUDNN_SDPA=$setting" | tee -a "$out/attention_plans.jsonl"
+    speed_with MLX_CUDA_USE_CUDNN_SDPA $setting 128 attention_plans.jsonl
   done
   for setting in 1 0; do
     MLX_CUDA_USE_CUDNN_SDPA=$setting ours "$bench/throughput.py" --workdir "$work/bf16" --batch-sizes 1 32 --sequential-files 25 --impl ours 2>&1 |
@@ -117,8 +122,7 @@ fi
 if wants cold_graphs; then
   step "a new length's first pass with MLX's CUDA graphs on and off (cold_stages_ms: where the first pass costs)"
   for setting in 1 0 1 0; do
-    MLX_USE_CUDA_GRAPHS=$setting ours "$bench/speed.py" --workdir "$work/bf16" --impl ours --seconds 10 --tokens 32 2>&1 |
-      tail -1 | labelled "ours, MLX_USE_CUDA_GRAPHS=$setting" | tee -a "$out/cold_graphs.jsonl"
+    speed_with MLX_USE_CUDA_GRAPHS $setting 32 cold_graphs.jsonl
   done
 fi
 
