@@ -115,15 +115,20 @@ def reference(source: str, inputs: dict[str, mx.array], output_shape: tuple, out
         (40, 512, 512, 1, False, 2, None),  # unsplit, with two addends
     ],
 )
-def test_split_linear_adds_in_cublas_order(recorded, monkeypatch, rows, n, k, parts, relu, addends, stage):
+@pytest.mark.parametrize("in_block", [True, False], ids=["one block", "blocks"])
+def test_split_linear_adds_in_cublas_order(recorded, monkeypatch, rows, n, k, parts, relu, addends, stage, in_block):
     if stage:  # the k a stage changes only how many loads are in flight, never the order
         monkeypatch.setitem(cuda_kernels.STAGE_K, "linear", stage)
+    monkeypatch.setattr(cuda_kernels, "LINEAR_PARTS_IN_BLOCK", in_block)
     rng = np.random.default_rng(rows + n + k + parts)
     x = mx.array(rng.standard_normal((rows, k), dtype=np.float32))
     weight = mx.array(rng.standard_normal((n, k), dtype=np.float32) * k**-0.5)
     bias = mx.array(rng.standard_normal(n, dtype=np.float32))
     terms = tuple(mx.array(rng.standard_normal((rows, n), dtype=np.float32)) for _ in range(addends))
-    ours = run_on_cpu(recorded(lambda: cuda_kernels.split_linear(x, weight, bias, parts, relu, terms)))
+    kernels = recorded(lambda: cuda_kernels.split_linear(x, weight, bias, parts, relu, terms))
+    # A block holds these parts (at most 16, 8 from 1024 wide), but not a stage of 64 k in the narrow tile's 32 threads.
+    assert len(kernels) == (1 if parts == 1 or (in_block and not (n < 1024 and stage == 64)) else 2)
+    ours = run_on_cpu(kernels)
     unused = (mx.zeros(1),) * (2 - addends)
     inputs = {"x": x, "weight": weight, "bias": bias, **dict(zip(("addend0", "addend1"), terms + unused))}
     order = reference(_REFERENCE_LINEAR, inputs, (rows, n), rows * n, PARTS=parts, RELU=int(relu), ADDENDS=addends)
