@@ -24,8 +24,7 @@ chain per output, are checked against the chain and MLX and timed against MLX's 
 once, as the encoder's layers are). One JSON line per shape.
 
 Before that, two sweeps: the package's `cuda_kernels.split_linear` with the heuristic's SPLITK_NUM against MLX's
-linear at each of the encoder's linear shapes over --linear-rows (`linear_sweep`; a split layer's parts in one block
-where it holds them, and then in a block each too) and the product kernels' time
+linear at each of the encoder's linear shapes over --linear-rows (`linear_sweep`) and the product kernels' time
 at --timing-frames (`attention_timing`), each at every --stage-k; then the attention in the product kernels
 against MLX's up to SWEEP_WORK rows x frames^2 (`attention_sweep`). With --model, the encoder +
 adaptor with the product and linear kernels off and on (VARIANTS): the same numbers or not, and how fast.
@@ -266,17 +265,11 @@ def linear_sweep(rows_list, rng: np.random.Generator) -> None:
             row["cublas_config"] = config
             if parts:
                 candidate = lambda: cuda_kernels.split_linear(x, weight, bias, parts)  # noqa: E731
-                row["parts_in_block"] = parts > 1 and cuda_kernels._grouped_fits(n, parts)
                 row["split_share_mlx"] = share = float(np.mean(np.array(candidate()) == truth))
                 if name == "ffn1":  # the FFN's first layer has relu in the kernel
                     relu = cuda_kernels.split_linear(x, weight, bias, parts, relu=True)
                     row["split_relu_share_mlx"] = float(np.mean(np.array(relu) == np.array(nn.relu(reference()))))
                 row.update(timed("split", candidate), **timed("mlx", reference))
-                if row["parts_in_block"]:  # the other form too: a block a part, a second kernel adding them
-                    cuda_kernels.LINEAR_PARTS_IN_BLOCK = False
-                    row["blocks_share_mlx"] = float(np.mean(np.array(candidate()) == truth))
-                    row.update(timed("blocks", candidate))
-                    cuda_kernels.LINEAR_PARTS_IN_BLOCK = True
                 if share < 1.0:
                     row["mlx_kernels"] = cupti_kernels(reference, 1, top=4).get("heaviest_us_and_launches")
                     for slices in range(1, 17):
@@ -314,13 +307,11 @@ def attention_timing(frames_list, rng: np.random.Generator) -> None:
 
 
 # What `encoder_candidate` compares: the encoder's float32 matmuls in cuBLAS (MLX's ops), the attention's products in
-# kernels of ours, and its linear layers too (`cuda_kernels.ATTENTION_PRODUCTS`, `EXACT_LINEARS`), a split layer's
-# parts in one block or in a block each and a second kernel (`LINEAR_PARTS_IN_BLOCK`).
+# kernels of ours, and its linear layers too (`cuda_kernels.ATTENTION_PRODUCTS`, `EXACT_LINEARS`).
 VARIANTS = {
     "MLX's ops": dict(ATTENTION_PRODUCTS=False, EXACT_LINEARS=False),
     "attention products": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=False),
-    "products and linears": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, LINEAR_PARTS_IN_BLOCK=True),
-    "linears' parts in blocks": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, LINEAR_PARTS_IN_BLOCK=False),
+    "products and linears": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True),
 }
 
 

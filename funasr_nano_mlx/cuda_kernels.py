@@ -810,8 +810,7 @@ def encoder_choices() -> tuple:
     """What the encoder's layers take from here when traced (model.compiled_layer keys its traces by it):
     whether the kernels are on, whether the attention kernel is chosen and up to how much work, whether the
     attention's product kernels are on and from how many frames up to how much work, whether the linear
-    layers' kernels are on, for how many rows and whether a block adds a layer's parts (in up to how many threads),
-    and the k a stage of both (a template constant of theirs)."""
+    layers' kernels are on and for how many rows, and the k a stage of both (a template constant of theirs)."""
     return (
         available(),
         frame_attention_chosen(),
@@ -822,8 +821,6 @@ def encoder_choices() -> tuple:
         EXACT_LINEARS,
         LINEAR_MIN_ROWS,
         LINEAR_MAX_ROWS,
-        LINEAR_PARTS_IN_BLOCK,
-        LINEAR_BLOCK_THREADS,
         tuple(STAGE_K.items()),
     )
 
@@ -1314,12 +1311,8 @@ __device__ inline void tile_step(
 // rows). Each output is one fma chain over the stages' rows in order, whatever BK is: BK sets only how many loads
 // are in flight at once, all of the next stage's, into registers while this one is added (one stage at a time
 // left the kernels waiting on memory: 15-22 us a call where cuBLAS's pipelined kernels take 6). B_N_MAJOR: b's
-// consecutive n are adjacent in memory (else its consecutive k), so consecutive threads load along it. A block may
-// hold up to GROUPS such products side by side, its threads' consecutive runs of (BM / TM) * (BN / TN), each with
-// shared memory of its own; they share the barriers, so every group runs all `stages` (adding nothing from a stage
-// whose stage_rows is 0).
-template <int BM, int BN, int BK, int TM, int TN, bool B_N_MAJOR, int GROUPS, class Rows, class KAt, class AAt,
-          class BAt>
+// consecutive n are adjacent in memory (else its consecutive k), so consecutive threads load along it.
+template <int BM, int BN, int BK, int TM, int TN, bool B_N_MAJOR, class Rows, class KAt, class AAt, class BAt>
 __device__ inline void staged_product(
     int stages, Rows stage_rows, KAt k_at, AAt a_at, BAt b_at, int m0, int n0, float (&acc)[TM][TN]) {
   constexpr int THREADS_N = BN / TN, THREADS = (BM / TM) * THREADS_N;
@@ -1330,15 +1323,11 @@ __device__ inline void staged_product(
   static_assert(THREADS % BK == 0 && THREADS % (B_N_MAJOR ? BN : BK) == 0, "each thread loads alike");
   static_assert(A_LOADS * THREADS == BM * BK && B_LOADS * THREADS == BN * BK && A_LOADS > 0 && B_LOADS > 0,
                 "the threads load every element of a stage");
-  // k-major; rows padded, 16-byte aligned
-  __shared__ __align__(16) float group_as[GROUPS][BK][BM + 4], group_bs[GROUPS][BK][BN + 4];
-  const int lane = threadIdx.x % THREADS;
-  float (&as)[BK][BM + 4] = group_as[threadIdx.x / THREADS];
-  float (&bs)[BK][BN + 4] = group_bs[threadIdx.x / THREADS];
-  const int tx = lane % THREADS_N, ty = lane / THREADS_N;
-  const int a_k = lane % BK, a_m = lane / BK;
-  const int b_k = B_N_MAJOR ? lane / BN : lane % BK;
-  const int b_n = B_N_MAJOR ? lane % BN : lane / BK;
+  __shared__ __align__(16) float as[BK][BM + 4], bs[BK][BN + 4];  // k-major; rows padded, 16-byte aligned
+  const int tx = threadIdx.x % THREADS_N, ty = threadIdx.x / THREADS_N;
+  const int a_k = threadIdx.x % BK, a_m = threadIdx.x / BK;
+  const int b_k = B_N_MAJOR ? threadIdx.x / BN : threadIdx.x % BK;
+  const int b_n = B_N_MAJOR ? threadIdx.x % BN : threadIdx.x / BK;
   float ra[A_LOADS], rb[B_LOADS];
   auto fetch = [&](int s) {
     const int rows = stage_rows(s);
@@ -1413,7 +1402,7 @@ _ATTENTION_PRODUCTS = """
   auto b_at = [&](int n, int k) { return n < N ? frame_rows[k * frame + 2 * width + n] : 0.0f; };
 #endif
   float acc[TM][TN] = {};
-  staged_product<BM, BN, BK, TM, TN, MODE == 2, 1>(
+  staged_product<BM, BN, BK, TM, TN, MODE == 2>(
       (K + BK - 1) / BK, [&](int s) { return min(BK, K - s * BK); }, [](int s, int kk) { return s * BK + kk; },
       a_at, b_at, m0, n0, acc);
 #pragma unroll
@@ -1546,72 +1535,28 @@ def frame_attention_products(qkv: mx.array, heads: int, mask: mx.array | None = 
 EXACT_LINEARS = True
 LINEAR_MIN_ROWS = 50
 LINEAR_MAX_ROWS = 167
-# A split layer's parts in one block, its groups of threads adding them in order (`_SPLIT_LINEAR`, GROUPED), instead of
-# a block a part and a second kernel adding them: one launch a layer instead of two (the encoder's time at 10 s went
-# more to the gaps between its launches than to its kernels). At most LINEAR_BLOCK_THREADS threads a block: with up to
-# 128 registers a thread (the split kernels take 96 on an H100, nvcc's count), its registers fit an SM's 65536, so
-# that the launch cannot fail for them; more parts than that take the two kernels.
-LINEAR_PARTS_IN_BLOCK = True
-LINEAR_BLOCK_THREADS = 512
-# Where a layer's split products land: BM x BN outputs a block, TM x TN adjacent ones a thread, part z adding k's
-# tiles z, z + parts, z + 2 parts, ... of 8 (cuBLAS's k tile), BK / 8 of its tiles a stage of `staged_product`. The
-# parts are either blocks along the grid's third axis (SPLIT: each part's sums go to out[z] for `_PARTS_ADDED`) or,
-# GROUPED, a block's groups of threads, which add them in order themselves, one part at a time through shared memory,
-# then the bias (`biased`) and the addends (`ADDED`), as unsplit. x (rows, K) and the weight (N, K) row-major.
+# Where a layer's split products land: BM x BN outputs a block, TM x TN adjacent ones a thread, block z of the grid's
+# third axis adding k's tiles z, z + parts, z + 2 parts, ... of 8 (cuBLAS's k tile), BK / 8 of its tiles a stage of
+# `staged_product`. With SPLIT the part's sums go to out[z] for `_PARTS_ADDED`; without, the bias is added here
+# (`biased`) and the addends (`ADDED`). x (rows, K) and the weight (N, K) row-major.
 _SPLIT_LINEAR = """
   static_assert(BK % 8 == 0, "a stage holds whole tiles of cuBLAS's 8");
-  constexpr int TILES_A_STAGE = BK / 8, THREADS_N = BN / TN, THREADS = (BM / TM) * THREADS_N;
+  constexpr int TILES_A_STAGE = BK / 8;
   const int rows = x_shape[0], K = x_shape[1], N = weight_shape[0];
-  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-  const int lane = threadIdx.x % THREADS, tx = lane % THREADS_N, ty = lane / THREADS_N;
-#if GROUPED
-  const int z = threadIdx.x / THREADS, parts = blockDim.x / THREADS;
-#else
-  const int z = blockIdx.z, parts = gridDim.z;
-#endif
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN, z = blockIdx.z, parts = gridDim.z;
   const int tiles = (K + 7) / 8, own = z < tiles ? (tiles - z + parts - 1) / parts : 0;  // this part's tiles
-  const int most = GROUPED ? (tiles + parts - 1) / parts : own;  // the block's part with the most: the first
   auto k_at = [=](int s, int kk) { return (z + (s * TILES_A_STAGE + kk / 8) * parts) * 8 + kk % 8; };
   auto stage_rows = [=](int s) {  // whole tiles, but K's last tile may be short: it is its part's last
-    if (s * TILES_A_STAGE >= own) {
-      return 0;  // past this part's tiles, in a stage that the block's first part still adds
-    }
     const int last = min((s + 1) * TILES_A_STAGE, own) - 1;
     return (last - s * TILES_A_STAGE) * 8 + min(8, K - (z + last * parts) * 8);
   };
   auto a_at = [&](int m, int k) { return m < rows ? x[(size_t)m * K + k] : 0.0f; };
   auto b_at = [&](int n, int k) { return n < N ? weight[(size_t)n * K + k] : 0.0f; };
   float acc[TM][TN] = {};
-  staged_product<BM, BN, BK, TM, TN, false, GROUPS>(
-      (most + TILES_A_STAGE - 1) / TILES_A_STAGE, stage_rows, k_at, a_at, b_at, m0, n0, acc);
-#if GROUPED
-  __shared__ float part_sums[BM][BN];
-  for (int p = 1; p < parts; ++p) {  // part p's sums added to the first's, in order (as `_PARTS_ADDED` does)
-    if (z == p) {
-#pragma unroll
-      for (int i = 0; i < TM; ++i) {
-#pragma unroll
-        for (int j = 0; j < TN; ++j) {
-          part_sums[ty * TM + i][tx * TN + j] = acc[i][j];
-        }
-      }
-    }
-    __syncthreads();
-    if (z == 0) {
-#pragma unroll
-      for (int i = 0; i < TM; ++i) {
-#pragma unroll
-        for (int j = 0; j < TN; ++j) {
-          acc[i][j] = __fadd_rn(acc[i][j], part_sums[ty * TM + i][tx * TN + j]);
-        }
-      }
-    }
-    __syncthreads();
-  }
-  if (z > 0) {
-    return;
-  }
-#endif
+  staged_product<BM, BN, BK, TM, TN, false>(
+      (own + TILES_A_STAGE - 1) / TILES_A_STAGE, stage_rows, k_at, a_at, b_at, m0, n0, acc);
+  constexpr int THREADS_N = BN / TN;
+  const int tx = threadIdx.x % THREADS_N, ty = threadIdx.x / THREADS_N;
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
 #pragma unroll
@@ -1679,29 +1624,6 @@ def linear_parts(rows: int, n: int, k: int, dtype: mx.Dtype) -> int | None:
     return cublas_heuristic.split_k_parts(rows, n, k)
 
 
-def _linear_tile(n: int, grouped: bool) -> tuple[int, int, int, int]:
-    """BM, BN, TM, TN of `split_linear` for a layer n wide: as a block holding the parts (grouped), 32 x 32 outputs
-    from 1024 wide, else 16 x 32 (4 x 4 a thread: 64 and 32 threads a part); else 64 x 64 (8 x 4 a thread) from
-    1024 wide, else 32 x 32 (4 x 4)."""
-    if grouped:
-        return (32, 32, 4, 4) if n >= 1024 else (16, 32, 4, 4)
-    return (64, 64, 8, 4) if n >= 1024 else (32, 32, 4, 4)
-
-
-def _most_groups(n: int) -> int:
-    """How many parts a block holds at most in `split_linear` for a layer n wide (LINEAR_BLOCK_THREADS)."""
-    bm, bn, tm, tn = _linear_tile(n, grouped=True)
-    return LINEAR_BLOCK_THREADS // ((bm // tm) * (bn // tn))
-
-
-def _grouped_fits(n: int, parts: int) -> bool:
-    """Whether one block holds a layer's `parts` parts in `split_linear` (LINEAR_PARTS_IN_BLOCK): at most
-    `_most_groups`, and a part's threads load a stage's every k alike (STAGE_K up to 32 for the narrow tile)."""
-    bm, bn, tm, tn = _linear_tile(n, grouped=True)
-    stage_loads_alike = (bm // tm) * (bn // tn) % STAGE_K["linear"] == 0
-    return LINEAR_PARTS_IN_BLOCK and parts <= _most_groups(n) and stage_loads_alike
-
-
 def split_linear(
     x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu: bool = False, addends: tuple = ()
 ) -> mx.array:
@@ -1715,24 +1637,21 @@ def split_linear(
     # Tiles by the layer's width alone, not its rows: a source per tile shape is compiled at its first use (about a
     # second), so every length that cuBLAS splits (every one measured from 50 to 167 rows) runs what the first
     # compiled. The order of each output's sum, and so the numbers, do not depend on the tiles.
-    grouped = parts > 1 and _grouped_fits(n, parts)
-    bm, bn, tm, tn = _linear_tile(n, grouped)
+    bm, bn, tm, tn = (64, 64, 8, 4) if n >= 1024 else (32, 32, 4, 4)
     threads = (bm // tm) * (bn // tn)
-    split = parts > 1 and not grouped
+    split = parts > 1
     addend_inputs = dict(zip(_ADDENDS, addends))
     # Split, this kernel only sums each part, and `_PARTS_ADDED` adds the bias, relu and the addends: one source.
     inputs = {"x": x.reshape(rows, k), "weight": weight, **({} if split else {"bias": bias, **addend_inputs})}
-    source = f"#define SPLIT {int(split)}\n#define GROUPED {int(grouped)}\n" + _SPLIT_LINEAR
+    source = f"#define SPLIT {int(split)}\n" + _SPLIT_LINEAR
     header = TILE_STEP + (_biased() if split else _biased(relu, len(addends)))
-    form = "1" if split else f"{'g' if grouped else 0}_{int(relu)}_{len(addends)}"
-    kernel = _kernel(f"split_linear_{form}", tuple(inputs), ("out",), source, header=header)
-    groups = parts if grouped else 1  # the threads of a block, and the grid's third axis
+    name = "split_linear_1" if split else f"split_linear_0_{int(relu)}_{len(addends)}"
+    kernel = _kernel(name, tuple(inputs), ("out",), source, header=header)
     out = kernel(
         inputs=list(inputs.values()),
-        template=[("BM", bm), ("BN", bn), ("BK", STAGE_K["linear"]), ("TM", tm), ("TN", tn)]
-        + [("GROUPS", _most_groups(n) if grouped else 1)],
-        grid=(-(-n // bn) * threads * groups, -(-rows // bm), parts // groups),
-        threadgroup=(threads * groups, 1, 1),
+        template=[("BM", bm), ("BN", bn), ("BK", STAGE_K["linear"]), ("TM", tm), ("TN", tn)],
+        grid=(-(-n // bn) * threads, -(-rows // bm), parts),
+        threadgroup=(threads, 1, 1),
         output_shapes=[(parts, rows, n) if split else (*x.shape[:-1], n)],
         output_dtypes=[mx.float32],
     )[0]

@@ -5,8 +5,8 @@ that order written out plainly, one thread an output:
 - the attention's products: one fma chain over ascending k (the scores' q scaled first, masked keys float32's lowest);
 - a linear layer: k's tiles of 8 dealt in turn to `parts` parts, each an fma chain over ascending k, the parts added
   in order, then the bias, then relu if asked (MLX's: NaN kept), then the addends (residuals) in order.
-Shapes cover both tile sizes, a split layer's parts in one block and in a block each, rows and columns that do not
-fill a tile, a k that does not fill a stage, and a k that does not fill cuBLAS's tile of 8."""
+Shapes cover both tile sizes, rows and columns that do not fill a tile, a k that does not fill a stage, and a k
+that does not fill cuBLAS's tile of 8."""
 
 from __future__ import annotations
 
@@ -99,43 +99,31 @@ def reference(source: str, inputs: dict[str, mx.array], output_shape: tuple, out
     )
 
 
-# in_block: the package's choice (LINEAR_PARTS_IN_BLOCK), a split layer's parts in one block where it holds them (at
-# most 16 parts 32 threads each under 1024 wide, else 8 of 64), else a block a part and a kernel adding them; off, the
-# latter always. kernels: how many launches that takes.
 @pytest.mark.parametrize(
-    "rows, n, k, parts, relu, addends, stage, in_block, kernels",
+    "rows, n, k, parts, relu, addends, stage",
     [
-        (50, 512, 512, 8, False, 2, None, True, 1),  # the output layer, plus the memory block and the residual
-        (50, 512, 512, 8, False, 2, None, False, 2),  # ... its parts in a block each (32 x 32 tiles)
-        (67, 1536, 560, 5, False, 0, None, True, 1),  # the first layer's q/k/v, the last row tile partly filled
-        (67, 1536, 560, 5, False, 0, None, False, 2),  # ... in a block each (64 x 64 tiles)
-        (67, 1536, 560, 5, False, 0, 64, True, 1),  # ... in stages of 8 tiles
-        (67, 1536, 560, 5, False, 0, 64, False, 2),
-        (53, 2048, 512, 4, True, 0, None, True, 1),  # the FFN's up layer, relu with the bias after the parts
-        (50, 2048, 512, 9, True, 0, None, True, 2),  # more parts than its block holds: a block each
-        (50, 512, 2048, 16, False, 1, None, True, 1),  # the FFN's down layer, plus the residual: 16 parts
-        (50, 512, 2048, 11, False, 0, 64, True, 2),  # stages of 64 k, more than the narrow tile's 32 threads load
-        (45, 512, 100, 3, True, 0, None, True, 1),  # k not a multiple of cuBLAS's tile of 8
-        (45, 512, 100, 3, True, 0, 32, False, 2),  # ... in stages of 4 tiles
-        (45, 520, 100, 3, True, 1, 32, True, 1),  # the last column tile partly filled; relu, then an addend
-        (50, 1024, 512, 1, True, 0, None, True, 1),  # unsplit: one kernel, the bias and relu in it
-        (40, 512, 512, 1, False, 2, None, True, 1),  # unsplit, with two addends
+        (50, 512, 512, 8, False, 2, None),  # the output layer (32 x 32 tiles), plus the memory block and the residual
+        (67, 1536, 560, 5, False, 0, None),  # the first layer's q/k/v: 64 x 64 tiles, the last row tile partly filled
+        (67, 1536, 560, 5, False, 0, 64),  # ... in stages of 8 tiles
+        (53, 2048, 512, 4, True, 0, None),  # the FFN's up layer, relu with the bias after the parts
+        (50, 512, 2048, 11, False, 1, None),  # the FFN's down layer, plus the residual
+        (50, 512, 2048, 11, False, 0, 64),  # in stages of 8 tiles: three a part, the last partly filled
+        (45, 512, 100, 3, True, 0, None),  # k not a multiple of cuBLAS's tile of 8
+        (45, 512, 100, 3, True, 0, 32),  # ... in stages of 4 tiles
+        (45, 520, 100, 3, True, 1, 32),  # the last column tile partly filled; relu, then an addend
+        (50, 1024, 512, 1, True, 0, None),  # unsplit: one kernel, the bias and relu in it
+        (40, 512, 512, 1, False, 2, None),  # unsplit, with two addends
     ],
 )
-def test_split_linear_adds_in_cublas_order(
-    recorded, monkeypatch, rows, n, k, parts, relu, addends, stage, in_block, kernels
-):
+def test_split_linear_adds_in_cublas_order(recorded, monkeypatch, rows, n, k, parts, relu, addends, stage):
     if stage:  # the k a stage changes only how many loads are in flight, never the order
         monkeypatch.setitem(cuda_kernels.STAGE_K, "linear", stage)
-    monkeypatch.setattr(cuda_kernels, "LINEAR_PARTS_IN_BLOCK", in_block)
     rng = np.random.default_rng(rows + n + k + parts)
     x = mx.array(rng.standard_normal((rows, k), dtype=np.float32))
     weight = mx.array(rng.standard_normal((n, k), dtype=np.float32) * k**-0.5)
     bias = mx.array(rng.standard_normal(n, dtype=np.float32))
     terms = tuple(mx.array(rng.standard_normal((rows, n), dtype=np.float32)) for _ in range(addends))
-    launched = recorded(lambda: cuda_kernels.split_linear(x, weight, bias, parts, relu, terms))
-    assert len(launched) == kernels
-    ours = run_on_cpu(launched)
+    ours = run_on_cpu(recorded(lambda: cuda_kernels.split_linear(x, weight, bias, parts, relu, terms)))
     unused = (mx.zeros(1),) * (2 - addends)
     inputs = {"x": x, "weight": weight, "bias": bias, **dict(zip(("addend0", "addend1"), terms + unused))}
     order = reference(_REFERENCE_LINEAR, inputs, (rows, n), rows * n, PARTS=parts, RELU=int(relu), ADDENDS=addends)
