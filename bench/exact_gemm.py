@@ -307,11 +307,13 @@ def attention_timing(frames_list, rng: np.random.Generator) -> None:
 
 
 # What `encoder_candidate` compares: the encoder's float32 matmuls in cuBLAS (MLX's ops), the attention's products in
-# kernels of ours, and its linear layers too (`cuda_kernels.ATTENTION_PRODUCTS`, `EXACT_LINEARS`).
+# kernels of ours, and its linear layers too (`cuda_kernels.ATTENTION_PRODUCTS`, `EXACT_LINEARS`), with the FFN's norm
+# in the output layer's last kernel or in MLX's (`NORM_IN_LINEAR`).
 VARIANTS = {
     "MLX's ops": dict(ATTENTION_PRODUCTS=False, EXACT_LINEARS=False),
     "attention products": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=False),
-    "products and linears": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True),
+    "products and linears": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, NORM_IN_LINEAR=True),
+    "norms apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, NORM_IN_LINEAR=False),
 }
 
 

@@ -155,7 +155,9 @@ def main() -> None:
         for rows in args.rows:
             # Rows like a residual stream's: an offset and a spread per row, so that the mean matters.
             scale = rng.uniform(0.5, 4.0, (rows, 1))
-            x = mx.array((rng.standard_normal((rows, width)) * scale + rng.uniform(-1, 1, (rows, 1))).astype(np.float32))
+            x = mx.array(
+                (rng.standard_normal((rows, width)) * scale + rng.uniform(-1, 1, (rows, 1))).astype(np.float32)
+            )
             weight = mx.array(rng.uniform(0.5, 1.5, width).astype(np.float32))
             bias = mx.array(rng.standard_normal(width).astype(np.float32) * 0.1)
             truth = np.array(mx.fast.layer_norm(x, weight, bias, ENCODER_LN_EPS))

@@ -810,7 +810,8 @@ def encoder_choices() -> tuple:
     """What the encoder's layers take from here when traced (model.compiled_layer keys its traces by it):
     whether the kernels are on, whether the attention kernel is chosen and up to how much work, whether the
     attention's product kernels are on and from how many frames up to how much work, whether the linear
-    layers' kernels are on and for how many rows, and the k a stage of both (a template constant of theirs)."""
+    layers' kernels are on and for how many rows, whether a norm after one comes from its last kernel, and the k a
+    stage of both (a template constant of theirs)."""
     return (
         available(),
         frame_attention_chosen(),
@@ -821,6 +822,7 @@ def encoder_choices() -> tuple:
         EXACT_LINEARS,
         LINEAR_MIN_ROWS,
         LINEAR_MAX_ROWS,
+        NORM_IN_LINEAR,
         tuple(STAGE_K.items()),
     )
 
@@ -1587,6 +1589,77 @@ _PARTS_ADDED = """
   }
   out[index] = ADDED(biased(sum, bias[index % N]));
 """
+# With a LayerNorm after the layer (SAN-M's output layer, whose sum with the residual the FFN's norm reads), the kernel
+# adding the parts holds whole rows, one a block, and writes the norm's output too, saving the norm's launch
+# (NORM_IN_LINEAR; off, MLX's layer_norm follows). It
+# repeats MLX's float32 layer_norm (mlx/backend/cuda/layer_norm.cu, layer_norm) for a row: BD threads (the launch's,
+# kernel_utils.cuh's dispatch_block_dim over N / 4), thread t holding values 4t..4t+3 and adding them from 0 in turn;
+# each warp's sums by cooperative groups' reduce (details/coalesced_reduce.h: shuffles xor 16, 8, 4, 2, 1), then the
+# warps' by one more (zeros past them); mean = sum / N; the squares of (x - mean) the same way (a thread past the row
+# adds none); inv = rsqrtf(squares / N + eps); out = w * ((x - mean) * inv) + b. The squares and the output are fmas
+# where nvcc contracted MLX's kernel: bench/norm_probe.py found this form, and only it, bit for bit on an H100 (widths
+# 512 and 560, 50 to 500 rows; BENCHMARKS.md).
+NORM_IN_LINEAR = True
+_ROW_NORM = """
+__device__ inline float warp_sum(float v) {
+#pragma unroll
+  for (int mask = 16; mask > 0; mask /= 2) {
+    v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, mask));
+  }
+  return v;
+}
+
+template <int BD>
+__device__ inline float block_sum(float v) {  // every thread gets the sum
+  __shared__ float warp_sums[BD / 32];
+  v = warp_sum(v);
+  if (threadIdx.x % 32 == 0) {
+    warp_sums[threadIdx.x / 32] = v;
+  }
+  __syncthreads();
+  v = warp_sum(threadIdx.x % 32 < BD / 32 ? warp_sums[threadIdx.x % 32] : 0.0f);
+  __syncthreads();  // before the next call writes warp_sums
+  return v;
+}
+"""
+_PARTS_ADDED_NORMED = """
+  const int parts = partials_shape[0], N = bias_shape[0], k0 = 4 * threadIdx.x;
+  const size_t outputs = (size_t)partials_shape[1] * N, row = blockIdx.x;
+  float values[4], sum = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int k = k0 + i;
+    values[i] = 0.0f;
+    if (k < N) {
+      const size_t index = row * N + k;
+      float parts_sum = partials[index];
+      for (int z = 1; z < parts; ++z) {
+        parts_sum = __fadd_rn(parts_sum, partials[(size_t)z * outputs + index]);
+      }
+      values[i] = ADDED(biased(parts_sum, bias[k]));
+      out[index] = values[i];
+    }
+    sum = __fadd_rn(sum, values[i]);
+  }
+  const float mean = __fdiv_rn(block_sum<BD>(sum), (float)N);
+  float squares = 0.0f;
+  for (int i = 0; i < 4 && k0 + i < N; ++i) {
+    const float d = __fsub_rn(values[i], mean);
+    squares = __fmaf_rn(d, d, squares);
+  }
+  const float inv = rsqrtf(__fadd_rn(__fdiv_rn(block_sum<BD>(squares), (float)N), EPS));
+  for (int i = 0; i < 4 && k0 + i < N; ++i) {
+    const int k = k0 + i;
+    normed[row * N + k] = __fmaf_rn(norm_weight[k], __fmul_rn(__fsub_rn(values[i], mean), inv), norm_bias[k]);
+  }
+"""
+
+
+def layer_norm_threads(n: int) -> int:
+    """The threads a row of MLX's float32 layer_norm on CUDA takes for width n (dispatch_block_dim over n / 4)."""
+    return next((d for d in (32, 64, 128, 256, 512) if -(-n // 4) <= d), 1024)
+
+
 # cuBLAS's bias epilogue, then with RELU MLX's relu (maximum(x, 0): NaN kept, -0 to +0; device/binary_ops.cuh).
 _BIASED = """
 __device__ inline float biased(float sum, float bias) {
@@ -1625,11 +1698,18 @@ def linear_parts(rows: int, n: int, k: int, dtype: mx.Dtype) -> int | None:
 
 
 def split_linear(
-    x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu: bool = False, addends: tuple = ()
-) -> mx.array:
+    x: mx.array,
+    weight: mx.array,
+    bias: mx.array,
+    parts: int,
+    relu: bool = False,
+    addends: tuple = (),
+    norm: tuple | None = None,
+):
     """`split_linear_ops` in one kernel (`parts` 1) or two: x (..., K) @ weight.T + bias, weight (N, K), with k's
     tiles of 8 dealt in turn to `parts` parts (`linear_parts`), then relu if asked, then plus each of `addends`
-    (float32 arrays of the output's shape) in order."""
+    (float32 arrays of the output's shape) in order. With `norm` (a LayerNorm's float32 weight, bias and eps), the
+    output and the norm of it (`_PARTS_ADDED_NORMED` where the layer is split, else MLX's layer_norm)."""
     k, n = x.shape[-1], weight.shape[0]
     rows = x.size // k
     if len(addends) > len(_ADDENDS) or any(a.shape != (*x.shape[:-1], n) or a.dtype != mx.float32 for a in addends):
@@ -1656,26 +1736,63 @@ def split_linear(
         output_dtypes=[mx.float32],
     )[0]
     if not split:
-        return out
-    name = f"parts_added_{int(relu)}_{len(addends)}"
+        return normed(out, norm)
     header = _biased(relu, len(addends))
-    added_kernel = _kernel(name, ("partials", "bias", *addend_inputs), ("out",), _PARTS_ADDED, header=header)
-    return added_kernel(
-        inputs=[out, bias, *addends],
-        grid=(-(-rows * n // 256) * 256, 1, 1),
-        threadgroup=(256, 1, 1),
-        output_shapes=[(*x.shape[:-1], n)],
-        output_dtypes=[mx.float32],
-    )[0]
+    if norm is None or not NORM_IN_LINEAR:
+        added_kernel = _kernel(
+            f"parts_added_{int(relu)}_{len(addends)}",
+            ("partials", "bias", *addend_inputs),
+            ("out",),
+            _PARTS_ADDED,
+            header,
+        )
+        summed = added_kernel(
+            inputs=[out, bias, *addends],
+            grid=(-(-rows * n // 256) * 256, 1, 1),
+            threadgroup=(256, 1, 1),
+            output_shapes=[(*x.shape[:-1], n)],
+            output_dtypes=[mx.float32],
+        )[0]
+        return normed(summed, norm)
+    norm_weight, norm_bias, eps = norm
+    threads = layer_norm_threads(n)
+    normed_kernel = _kernel(
+        f"parts_added_normed_{int(relu)}_{len(addends)}",
+        ("partials", "bias", *addend_inputs, "norm_weight", "norm_bias"),
+        ("out", "normed"),
+        _PARTS_ADDED_NORMED,
+        f"#define EPS {_float_literal(eps)}\n" + header + _ROW_NORM,
+    )
+    return tuple(
+        normed_kernel(
+            inputs=[out, bias, *addends, norm_weight, norm_bias],
+            template=[("BD", threads)],
+            grid=(rows * threads, 1, 1),
+            threadgroup=(threads, 1, 1),
+            output_shapes=[(*x.shape[:-1], n)] * 2,
+            output_dtypes=[mx.float32] * 2,
+        )
+    )
 
 
 def split_linear_ops(
-    x: mx.array, weight: mx.array, bias: mx.array, parts: int, relu: bool = False, addends: tuple = ()
-) -> mx.array:
+    x: mx.array,
+    weight: mx.array,
+    bias: mx.array,
+    parts: int,
+    relu: bool = False,
+    addends: tuple = (),
+    norm: tuple | None = None,
+):
     """The layer as MLX computes it (nn.Linear: one addmm, cuBLAS on CUDA), then MLX's relu if asked, then the addends
-    in order; `parts` unused."""
+    in order, then with `norm` (weight, bias, eps) the output and its LayerNorm; `parts` unused."""
     y = mx.addmm(bias, x, weight.T)
-    return added(nn.relu(y) if relu else y, addends)
+    return normed(added(nn.relu(y) if relu else y, addends), norm)
+
+
+def normed(y: mx.array, norm: tuple | None = None):
+    """y, or with `norm` (a LayerNorm's weight, bias and eps) y and its norm as nn.LayerNorm computes it."""
+    return y if norm is None else (y, mx.fast.layer_norm(y, *norm))
 
 
 def added(y: mx.array, addends: tuple = ()) -> mx.array:

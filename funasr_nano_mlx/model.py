@@ -210,16 +210,19 @@ def frame_mask(lengths: mx.array, length: int, dtype=mx.float32) -> mx.array:
     return (mx.arange(length)[None, :] < lengths[:, None]).astype(dtype)
 
 
-def exact_linear(layer: nn.Linear, x: mx.array, relu: bool = False, addends: tuple = ()) -> mx.array:
+def exact_linear(
+    layer: nn.Linear, x: mx.array, relu: bool = False, addends: tuple = (), norm: nn.LayerNorm | None = None
+):
     """`layer(x)`, then relu if asked, then plus each of `addends` (residuals) in order: in `cuda_kernels.split_linear`
     where it gives MLX's numbers at a smaller launch cost (`cuda_kernels.linear_parts`: a float32 layer with a bias,
-    on CUDA), else in MLX's ops."""
+    on CUDA), else in MLX's ops. With `norm`, that and `norm` of it (in the same kernel where the layer is split)."""
     dense = type(layer) is nn.Linear and "bias" in layer and layer.weight.dtype == layer.bias.dtype == x.dtype
     parts = cuda_kernels.linear_parts(x.size // x.shape[-1], *layer.weight.shape, x.dtype) if dense else None
-    if parts:
-        return cuda_kernels.split_linear(x, layer.weight, layer.bias, parts, relu, addends)
-    y = layer(x)
-    return cuda_kernels.added(nn.relu(y) if relu else y, addends)
+    norm_args = None if norm is None else (norm.weight, norm.bias, norm.eps)
+    if parts and (norm is None or norm.weight.dtype == mx.float32):
+        return cuda_kernels.split_linear(x, layer.weight, layer.bias, parts, relu, addends, norm_args)
+    y = cuda_kernels.added(nn.relu(layer(x)) if relu else layer(x), addends)
+    return y if norm is None else (y, norm(y))
 
 
 class FeedForward(nn.Module):
@@ -255,9 +258,9 @@ class SANMAttention(nn.Module):
         if kernel_size - 1 - self.left_pad < 0:  # the frames of zeros after the last
             raise ValueError(f"sanm_shift {sanm_shift} too large for kernel_size {kernel_size}")
 
-    def __call__(self, x: mx.array, mask: mx.array | None = None, residual: mx.array | None = None) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | None = None, residual: mx.array | None = None, norm=None):
         """The attention plus the memory block, plus `residual` if given (added last: in the output layer's kernel
-        where `exact_linear` runs one)."""
+        where `exact_linear` runs one); with `norm` (a LayerNorm), that and `norm` of it."""
         qkv = exact_linear(self.linear_q_k_v, x)
         # On CUDA one kernel computes the memory block, which MLX's ops take five or more for
         # (cuda_kernels.fsmn_memory); where chosen and small enough one the attention, which they take
@@ -273,7 +276,7 @@ class SANMAttention(nn.Module):
             attention = cuda_kernels.frame_attention_ops
         memory = fsmn(qkv, self.fsmn_block.weight, self.left_pad, mask)
         addends = (memory,) if residual is None else (memory, residual)
-        return exact_linear(self.linear_out, attention(qkv, self.heads, mask), addends=addends)
+        return exact_linear(self.linear_out, attention(qkv, self.heads, mask), addends=addends, norm=norm)
 
 
 class SANMEncoderLayer(nn.Module):
@@ -289,9 +292,11 @@ class SANMEncoderLayer(nn.Module):
 
     def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
         # Each residual is added in the kernel that adds its branch's last bias (exact_linear's addends): the same
-        # float32 additions in the same order as `x + branch`.
-        x = self.self_attn(self.norm1(x), mask, residual=x if self.attention_residual else None)
-        return self.feed_forward(self.norm2(x), residual=x)
+        # float32 additions in the same order as `x + branch`; the FFN's norm comes from the attention's last kernel.
+        x, normed = self.self_attn(
+            self.norm1(x), mask, residual=x if self.attention_residual else None, norm=self.norm2
+        )
+        return self.feed_forward(normed, residual=x)
 
 
 def sanm_layer_bytes(batch: int, frames: int, args: EncoderArgs, itemsize: int = 4) -> int:

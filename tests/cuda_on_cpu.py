@@ -6,7 +6,8 @@ build_kernel does (mlx/backend/cuda/custom_kernel.cpp: the inputs, `NAME_shape` 
 outputs, the template constants) into a C++ function, compiles them with g++ against `SHIM` (the few CUDA
 built-ins these kernels use) and its address and undefined-behaviour sanitizers (a read past an array, a
 misaligned vector load), runs the grid one block at a time with one host thread per CUDA thread, a barrier
-standing in for `__syncthreads`, and returns the last launch's output. A launch may read an earlier one's output.
+standing in for `__syncthreads` (and one a warp for `__shfl_xor_sync`, a full warp's exchange through memory), and
+returns the last launch's outputs. A launch may read an earlier one's outputs.
 
 Why by hand: no CUDA emulator is packaged for a CPU-only machine, and these kernels exist to repeat cuBLAS's
 order of float32 additions bit for bit, which only running their own text can check. The float operations map
@@ -14,7 +15,8 @@ one to one: `__fmaf_rn` is `std::fmaf`, correctly rounded like the GPU's fma, an
 (-ffp-contract=off), so the CPU's numbers are the GPU's for kernels that, like these, spell every rounding that
 matters with an intrinsic. Not modelled, so not checked here: NVRTC's own contraction of a plain `a * b + c`
 into an fma (its default), shared memory left unwritten (zero here as a static, garbage on a GPU), races that
-depend on timing, warps (shuffles) and atomics.
+depend on timing, shuffles other than a full warp's xor, and atomics; `rsqrtf` is the correctly rounded 1 / sqrt
+here and an approximation on a GPU, so a kernel using it is checked for its order, not for the GPU's bits.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ SHIM = r"""
 #include <cstdint>
 #include <cstdio>
 #include <limits>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -55,6 +58,20 @@ inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 inline float __fmaf_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
+constexpr int MAX_WARPS = 32;
+float warp_slots[MAX_WARPS][32];
+std::barrier<>* warp_barriers[MAX_WARPS];
+inline float __shfl_xor_sync(unsigned, float value, int mask) {  // every lane of a full warp takes part
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  warp_slots[warp][lane] = value;
+  warp_barriers[warp]->arrive_and_wait();
+  const float other = warp_slots[warp][lane ^ mask];
+  warp_barriers[warp]->arrive_and_wait();
+  return other;
+}
 struct alignas(16) float4 { float x, y, z, w; };
 using std::isnan;
 using std::max;
@@ -69,6 +86,11 @@ void launch(Dim3 grid, int threads, Kernel kernel) {
   blockDim = {threads, 1, 1};
   std::barrier<> barrier(threads);
   block_barrier = &barrier;
+  std::vector<std::unique_ptr<std::barrier<>>> warps;
+  for (int first = 0; first < threads; first += 32) {
+    warps.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - first)));
+    warp_barriers[first / 32] = warps.back().get();
+  }
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
@@ -101,12 +123,12 @@ class Launch(NamedTuple):
     source: str
     input_names: list[str]
     inputs: list[mx.array]
-    output_name: str
-    output_shape: tuple[int, ...]
+    output_names: list[str]
+    output_shapes: list[tuple[int, ...]]
     template: list[tuple[str, int]]
     blocks: tuple[int, int, int]
     threads: int
-    output: mx.array  # what the recorder returned, so that a later launch reading it is known
+    outputs: list[mx.array]  # what the recorder returned, so that a later launch reading one is known
 
 
 def launches(call, monkeypatch) -> list[Launch]:
@@ -115,9 +137,9 @@ def launches(call, monkeypatch) -> list[Launch]:
 
     def cuda_kernel(name, input_names, output_names, source, header="", **_):
         def launch(*, inputs, output_shapes, output_dtypes, grid, threadgroup, template=(), **_):
-            assert len(output_names) == 1 and output_dtypes == [mx.float32], name
+            assert all(dtype == mx.float32 for dtype in output_dtypes), name
             assert threadgroup[1:] == (1, 1), name
-            output = mx.zeros(output_shapes[0], mx.float32)
+            outputs = [mx.zeros(shape, mx.float32) for shape in output_shapes]
             blocks = tuple(-(-g // t) for g, t in zip(grid, threadgroup))
             recorded.append(
                 Launch(
@@ -126,15 +148,15 @@ def launches(call, monkeypatch) -> list[Launch]:
                     source,
                     list(input_names),
                     list(inputs),
-                    output_names[0],
-                    tuple(output_shapes[0]),
+                    list(output_names),
+                    [tuple(shape) for shape in output_shapes],
                     list(template),
                     blocks,
                     threadgroup[0],
-                    output,
+                    outputs,
                 )  # fmt: skip
             )
-            return [output]
+            return outputs
 
         return launch
 
@@ -151,7 +173,7 @@ def _function(index: int, launch: Launch) -> str:
         parameters.append(f"const float* {name}")
         if f"{name}_shape" in launch.source:
             parameters.append(f"const Shape {name}_shape")
-    parameters.append(f"float* {launch.output_name}")
+    parameters += [f"float* {name}" for name in launch.output_names]
     constants = "".join(f"  constexpr int {key} = {int(value)};\n" for key, value in launch.template)
     text = launch.header + f"void kernel({', '.join(parameters)}) {{\n{constants}{launch.source}\n}}\n"
     macros = re.findall(r"^\s*#define (\w+)", text, flags=re.MULTILINE)
@@ -163,7 +185,8 @@ def _shape(array: mx.array) -> str:
 
 
 def run_on_cpu(recorded: list[Launch]) -> np.ndarray:
-    """The last launch's output, every launch run on the CPU in order (see the module's docstring)."""
+    """The last launch's output (a tuple of its outputs where it has several), every launch run on the CPU in order
+    (see the module's docstring)."""
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         program = SHIM + "".join(_function(i, launch) for i, launch in enumerate(recorded))
@@ -182,14 +205,17 @@ def run_on_cpu(recorded: list[Launch]) -> np.ndarray:
                 arguments.append(f"{buffer}.data()")
                 if f"{name}_shape" in launch.source:
                     arguments.append(_shape(array))
-            program += f"  std::vector<float> output_{i}({int(np.prod(launch.output_shape))});\n"
-            arguments.append(f"output_{i}.data()")
-            buffers[id(launch.output)] = f"output_{i}"
+            for j, (shape, output) in enumerate(zip(launch.output_shapes, launch.outputs)):
+                program += f"  std::vector<float> output_{i}_{j}({int(np.prod(shape))});\n"
+                arguments.append(f"output_{i}_{j}.data()")
+                buffers[id(output)] = f"output_{i}_{j}"
             blocks = ", ".join(str(b) for b in launch.blocks)
             call = f"launch_{i}::kernel({', '.join(arguments)})"
             program += f"  launch(Dim3{{{blocks}}}, {launch.threads}, [&] {{ {call}; }});\n"
         last = len(recorded) - 1
-        program += f"  std::fwrite(output_{last}.data(), sizeof(float), output_{last}.size(), stdout);\n}}\n"
+        for j in range(len(recorded[last].outputs)):
+            program += f"  std::fwrite(output_{last}_{j}.data(), sizeof(float), output_{last}_{j}.size(), stdout);\n"
+        program += "}\n"
         (work / "kernels.cpp").write_text(program)
         binary = work / "kernels"
         compile_command = [
@@ -211,4 +237,7 @@ def run_on_cpu(recorded: list[Launch]) -> np.ndarray:
         if ran.returncode:  # the sanitizers' report: a read or write out of bounds, a misaligned load
             raise RuntimeError(f"the kernels failed on the CPU:\n{ran.stderr.decode(errors='replace')[-4000:]}")
         out = ran.stdout
-    return np.frombuffer(out, dtype=np.float32).reshape(recorded[-1].output_shape)
+    values, shapes = np.frombuffer(out, dtype=np.float32), recorded[-1].output_shapes
+    ends = np.cumsum([int(np.prod(shape)) for shape in shapes])
+    arrays = [part.reshape(shape) for part, shape in zip(np.split(values, ends[:-1]), shapes)]
+    return arrays[0] if len(arrays) == 1 else tuple(arrays)

@@ -621,13 +621,21 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
         layers = len(encoder.encoders0 + encoder.encoders + encoder.tp_encoders)
         assert calls.count("split_linear") == 4 * layers
         # The residuals are added in the kernels: the memory block and the residual after the attention's output
-        # layer (encoders0, which changes width, has no residual), the residual after the FFN's second layer.
-        addends = []
+        # layer (encoders0, which changes width, has no residual), the residual after the FFN's second layer; the
+        # output layer's kernel also writes the FFN's norm.
+        addends, norms = [], []
         twin = cuda_kernels.split_linear_ops
-        recorded = lambda *a: calls.append("split_linear") or addends.append(len(a[5])) or twin(*a)  # noqa: E731
+
+        def recorded(x, weight, bias, parts, relu, terms, norm):
+            calls.append("split_linear")
+            addends.append(len(terms))
+            norms.append(norm is not None and norm[2] == model_module.ENCODER_LN_EPS)
+            return twin(x, weight, bias, parts, relu, terms, norm)
+
         monkeypatch.setattr(cuda_kernels, "split_linear", recorded)
         encoded_calls(feats[0][None])
         assert Counter(addends) == {0: 2 * layers, 1: layers + 1, 2: layers - 1}
+        assert Counter(norms) == {True: layers, False: 3 * layers}
     # Switched off, the products or the linears are MLX's ops: the switches are part of what the layers are traced for.
     monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS", False)
     assert encoded_calls(feats[0][None]) == {"fsmn_memory", "split_linear"}

@@ -90,12 +90,12 @@ def reference(source: str, inputs: dict[str, mx.array], output_shape: tuple, out
         source,
         list(inputs),
         list(inputs.values()),
-        "out",
-        output_shape,
+        ["out"],
+        [output_shape],
         template,
         blocks,
         64,
-        placeholder,
+        [placeholder],
     )
 
 
@@ -131,6 +131,88 @@ def test_split_linear_adds_in_cublas_order(recorded, monkeypatch, rows, n, k, pa
     assert ours.shape == (rows, n)
     assert np.array_equal(ours, expected)
     assert not relu or addends or (ours == 0).mean() > 0.3  # relu did something
+
+
+# MLX's float32 layer_norm (mlx/backend/cuda/layer_norm.cu) of a row written out plainly, one thread a row: BD
+# threads' sums (thread t adding values 4t..4t+3 from 0), each warp's added as cooperative groups' butterfly does (lane
+# l adding lane l ^ mask's, for masks 16 down to 1), the warps' the same with zeros past them.
+_REFERENCE_NORM = """
+  const int rows = y_shape[0], N = y_shape[1], row = blockIdx.x * blockDim.x + threadIdx.x;
+  if (row >= rows) {
+    return;
+  }
+  const float* v = y + (size_t)row * N;
+  auto butterfly = [](float (&lanes)[32]) {
+    for (int mask = 16; mask > 0; mask /= 2) {
+      float next[32];
+      for (int l = 0; l < 32; ++l) {
+        next[l] = __fadd_rn(lanes[l], lanes[l ^ mask]);
+      }
+      std::copy(next, next + 32, lanes);
+    }
+    return lanes[0];
+  };
+  auto reduced = [&](auto thread_sum) {
+    float warps[32] = {};
+    for (int w = 0; w < BD / 32; ++w) {
+      float lanes[32];
+      for (int l = 0; l < 32; ++l) {
+        lanes[l] = thread_sum(32 * w + l);
+      }
+      warps[w] = butterfly(lanes);
+    }
+    return butterfly(warps);
+  };
+  const float mean = reduced([&](int t) {
+    float sum = 0.0f;
+    for (int k = 4 * t; k < 4 * t + 4; ++k) {
+      sum = __fadd_rn(sum, k < N ? v[k] : 0.0f);
+    }
+    return sum;
+  }) / N;
+  const float squares = reduced([&](int t) {
+    float sum = 0.0f;
+    for (int k = 4 * t; k < std::min(4 * t + 4, N); ++k) {
+      sum = __fmaf_rn(v[k] - mean, v[k] - mean, sum);
+    }
+    return sum;
+  });
+  const float inv = rsqrtf(squares / N + EPS);
+  for (int k = 0; k < N; ++k) {
+    out[row * N + k] = __fmaf_rn(weight[k], (v[k] - mean) * inv, bias[k]);
+  }
+"""
+
+
+@pytest.mark.parametrize(
+    "rows, n, k, parts, addends",
+    [
+        (50, 512, 512, 8, 2),  # SAN-M's output layer: plus the memory block and the residual, then the FFN's norm
+        (45, 520, 100, 3, 0),  # a width that leaves threads of MLX's 256 without values (130 hold them)
+    ],
+)
+def test_split_linear_adds_the_norm_in_mlx_order(recorded, rows, n, k, parts, addends):
+    rng = np.random.default_rng(rows + n)
+    x = mx.array(rng.standard_normal((rows, k), dtype=np.float32))
+    weight = mx.array(rng.standard_normal((n, k), dtype=np.float32) * k**-0.5)
+    bias = mx.array(rng.standard_normal(n, dtype=np.float32))
+    terms = tuple(mx.array(rng.standard_normal((rows, n), dtype=np.float32) + 1.0) for _ in range(addends))
+    norm = (mx.array(rng.uniform(0.5, 1.5, n).astype(np.float32)), mx.array(rng.standard_normal(n, dtype=np.float32)))
+    launched = recorded(lambda: cuda_kernels.split_linear(x, weight, bias, parts, False, terms, (*norm, 1e-5)))
+    assert len(launched) == 2  # the parts, then one kernel adding them that writes the norm too
+    y, normed = run_on_cpu(launched)
+
+    unused = (mx.zeros(1),) * (2 - addends)
+    inputs = {"x": x, "weight": weight, "bias": bias, **dict(zip(("addend0", "addend1"), terms + unused))}
+    linear = reference(_REFERENCE_LINEAR, inputs, (rows, n), rows * n, PARTS=parts, RELU=0, ADDENDS=addends)
+    threads = cuda_kernels.layer_norm_threads(n)
+    norm_source = f"#define EPS {cuda_kernels._float_literal(1e-5)}\n" + _REFERENCE_NORM
+    norm_inputs = {"y": linear.outputs[0], "weight": norm[0], "bias": norm[1]}
+    norm_order = reference(norm_source, norm_inputs, (rows, n), rows, BD=threads)
+    expected_y, expected_normed = run_on_cpu([linear]), run_on_cpu([linear, norm_order])
+    assert np.array_equal(y, expected_y)
+    assert np.array_equal(normed, expected_normed)
+    assert abs(float(normed.mean())) < 0.5  # normalized: each row's mean near the norm's bias's
 
 
 @pytest.mark.parametrize(
