@@ -1589,8 +1589,9 @@ _PARTS_ADDED = """
   }
   out[index] = ADDED(biased(sum, bias[index % N]));
 """
-# With a LayerNorm after the layer (SAN-M's output layer, whose sum with the residual the FFN's norm reads), the kernel
-# adding the parts holds whole rows, one a block, and writes the norm's output too, saving the norm's launch
+# With a LayerNorm after the layer (in SAN-M, the FFN's norm after the attention's output layer, the next layer's norm1
+# or the stack's last norm after the FFN's second layer, each reading the sum with the residual), the kernel adding
+# the parts holds whole rows, one a block, and writes the norm's output too, saving the norm's launch
 # (NORM_IN_LINEAR; off, MLX's layer_norm follows). It
 # repeats MLX's float32 layer_norm (mlx/backend/cuda/layer_norm.cu, layer_norm) for a row: BD threads (the launch's,
 # kernel_utils.cuh's dispatch_block_dim over N / 4), thread t holding values 4t..4t+3 and adding them from 0 in turn;

@@ -155,10 +155,11 @@ def use_compile() -> bool:
 
 
 @lru_cache(maxsize=None)
-def compiled_layer(layer_class: type, *init_args, kernels: tuple = ()):
+def compiled_layer(layer_class: type, *init_args, kernels: tuple = (), next_norm_eps: float | None = None):
     """One compiled `(parameters, x, mask) -> y` function for every layer of this class and shape, and for
     what the layers take from cuda_kernels (`cuda_kernels.encoder_choices`: a trace keeps what it was traced
-    with).
+    with). With `next_norm_eps` (a SAN-M layer in a stack: `SANMEncoderLayer.__call__`),
+    `(parameters, x, mask, normed, next_norm) -> (y, next_norm(y))`, next_norm a LayerNorm's parameters.
 
     The layers of a stack differ only in their weights, so a template module is traced once with the
     weights as inputs and the trace serves all of them (70 SAN-M layers: two traces, encoders0 being
@@ -166,12 +167,21 @@ def compiled_layer(layer_class: type, *init_args, kernels: tuple = ()):
     generic, so nothing is compiled again on the device). Fusing changes only float rounding order.
     """
     template = layer_class(*init_args)  # its own random weights stay lazy: never computed
+    if next_norm_eps is None:
 
-    def forward(parameters, x, mask):
+        def forward(parameters, x, mask):
+            template.update(parameters)
+            return template(x, mask)
+
+        return mx.compile(forward)
+    next_template = nn.LayerNorm(template.norm2.weight.shape[0], eps=next_norm_eps)
+
+    def chained(parameters, x, mask, normed, next_norm):
         template.update(parameters)
-        return template(x, mask)
+        next_template.update(next_norm)
+        return template(x, mask, normed, next_template)
 
-    return mx.compile(forward)
+    return mx.compile(chained)
 
 
 def _holds_quantized(parameters: dict) -> bool:
@@ -184,16 +194,26 @@ def _holds_quantized(parameters: dict) -> bool:
     )
 
 
-def run_layer(layer: nn.Module, init_args: tuple, x: mx.array, mask: mx.array | None) -> mx.array:
-    """`layer(x, mask)`, through the compiled function of its class and `init_args` where compiling is on.
-    A quantized layer (an `8bit` encoder) runs as it is: the template holds no quantization parameters."""
-    if not use_compile():
-        return layer(x, mask)
-    parameters = layer.parameters()
-    if _holds_quantized(parameters):
-        return layer(x, mask)
-    compiled = compiled_layer(type(layer), *init_args, kernels=cuda_kernels.encoder_choices())
-    return compiled(parameters, x, mask)
+def run_layer(
+    layer: nn.Module,
+    init_args: tuple,
+    x: mx.array,
+    mask: mx.array | None,
+    normed: mx.array | None = None,
+    next_norm: nn.LayerNorm | None = None,
+):
+    """`layer(x, mask)`, through the compiled function of its class and `init_args` where compiling is on; with
+    `next_norm` (a SAN-M layer in a stack, `normed` its norm1 of x), `layer(x, mask, normed, next_norm)`. A quantized
+    layer (an `8bit` encoder) runs as it is: the template holds no quantization parameters."""
+    chained = () if next_norm is None else (normed, next_norm)
+    parameters = layer.parameters() if use_compile() else None
+    if parameters is None or _holds_quantized(parameters):
+        return layer(x, mask, *chained)
+    eps = None if next_norm is None else next_norm.eps
+    compiled = compiled_layer(type(layer), *init_args, kernels=cuda_kernels.encoder_choices(), next_norm_eps=eps)
+    if next_norm is None:
+        return compiled(parameters, x, mask)
+    return compiled(parameters, x, mask, normed, next_norm.parameters())
 
 
 def sinusoidal_position_encoding(length: int, depth: int) -> mx.array:
@@ -236,10 +256,11 @@ class FeedForward(nn.Module):
         self.w_2 = nn.Linear(hidden, dims)
         self.exact_linears = exact_linears
 
-    def __call__(self, x: mx.array, residual: mx.array | None = None) -> mx.array:
+    def __call__(self, x: mx.array, residual: mx.array | None = None, norm: nn.LayerNorm | None = None):
+        """The FFN of x, plus `residual` if given; with `norm`, that and `norm` of it (exact linears only)."""
         addends = () if residual is None else (residual,)
         if self.exact_linears:
-            return exact_linear(self.w_2, exact_linear(self.w_1, x, relu=True), addends=addends)
+            return exact_linear(self.w_2, exact_linear(self.w_1, x, relu=True), addends=addends, norm=norm)
         return cuda_kernels.added(self.w_2(nn.relu(self.w_1(x))), addends)
 
 
@@ -290,13 +311,15 @@ class SANMEncoderLayer(nn.Module):
         # encoders0 changes width (560 -> 512), so it has no attention residual.
         self.attention_residual = in_dims == dims
 
-    def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | None = None, normed: mx.array | None = None, next_norm=None):
+        """The layer's output; with `next_norm` (a LayerNorm: the next layer's norm1, or the stack's last norm), that
+        and `next_norm` of it. `normed`: this layer's norm1 of x, where the layer before wrote it."""
         # Each residual is added in the kernel that adds its branch's last bias (exact_linear's addends): the same
-        # float32 additions in the same order as `x + branch`; the FFN's norm comes from the attention's last kernel.
-        x, normed = self.self_attn(
-            self.norm1(x), mask, residual=x if self.attention_residual else None, norm=self.norm2
-        )
-        return self.feed_forward(normed, residual=x)
+        # float32 additions in the same order as `x + branch`; each norm comes from the kernel writing its input.
+        normed = self.norm1(x) if normed is None else normed
+        residual = x if self.attention_residual else None
+        x, ffn_input = self.self_attn(normed, mask, residual=residual, norm=self.norm2)
+        return self.feed_forward(ffn_input, residual=x, norm=next_norm)
 
 
 def sanm_layer_bytes(batch: int, frames: int, args: EncoderArgs, itemsize: int = 4) -> int:
@@ -343,16 +366,25 @@ class SenseVoiceEncoder(nn.Module):
         x = x + sinusoidal_position_encoding(x.shape[1], x.shape[2]).astype(x.dtype)
         per_eval = encoder_layers_per_eval(x.shape[0], x.shape[1], self.args, x.itemsize)
         first = self.encoders0 + self.encoders
-        x = self.run_layers(first, x, mask, per_eval, done=0)
-        x = self.run_layers(self.tp_encoders, self.after_norm(x), mask, per_eval, done=len(first))
-        return self.tp_norm(x)
+        x = self.run_layers(first, x, mask, per_eval, done=0, last_norm=self.after_norm)
+        return self.run_layers(self.tp_encoders, x, mask, per_eval, done=len(first), last_norm=self.tp_norm)
 
     def run_layers(
-        self, layers: list[SANMEncoderLayer], x: mx.array, mask: mx.array | None, per_eval: int, done: int
+        self,
+        layers: list[SANMEncoderLayer],
+        x: mx.array,
+        mask: mx.array | None,
+        per_eval: int,
+        done: int,
+        last_norm: nn.LayerNorm,
     ) -> mx.array:
-        """`layers` over `x`, evaluating before each layer whose index in the whole stack (the first
-        `done` layers come before these) is a multiple of `per_eval`."""
+        """`last_norm` of `layers` over `x`, evaluating before each layer whose index in the whole stack (the first
+        `done` layers come before these) is a multiple of `per_eval`. Each layer hands the next its norm1 of its
+        output (the last, `last_norm`'s), which the kernel writing the output computes where it can."""
+        normed = layers[0].norm1(x)
         for index, layer in enumerate(layers, start=done):
+            following = index - done + 1
+            next_norm = layers[following].norm1 if following < len(layers) else last_norm
             if index > 0 and index % per_eval == 0:
                 # On CUDA, intermediates of a graph submitted at once stay allocated until it has run
                 # (70 layers held 6.9 GB above the weights for 16 x 30 s, 0.3 GB for one clip);
@@ -365,9 +397,10 @@ class SenseVoiceEncoder(nn.Module):
                 # batch-32 peak), and inputs large enough to be sliced (a batch, or one clip over 68 s)
                 # give the GPU more work per host-built layer, so its idle gaps weigh less; in batches
                 # the encoder is a small share anyway (0.85 s of an 8.8 s run at batch 16: BENCHMARKS.md).
-                mx.eval(x)
-            x = run_layer(layer, (layer.norm1.weight.shape[0], self.args), x, mask)  # its constructor's arguments
-        return x
+                mx.eval(x, normed)
+            init_args = (layer.norm1.weight.shape[0], self.args)  # its constructor's arguments
+            x, normed = run_layer(layer, init_args, x, mask, normed, next_norm)
+        return normed
 
 
 class AdaptorAttention(nn.Module):
