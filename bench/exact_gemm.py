@@ -307,8 +307,8 @@ def attention_timing(frames_list, rng: np.random.Generator) -> None:
 
 
 # What `encoder_candidate` compares: the encoder's float32 matmuls in cuBLAS (MLX's ops), the attention's products in
-# kernels of ours, and its linear layers too (`cuda_kernels.ATTENTION_PRODUCTS`, `EXACT_LINEARS`), with the FFN's norm
-# in the output layer's last kernel or in MLX's (`NORM_IN_LINEAR`).
+# kernels of ours, and its linear layers too (`cuda_kernels.ATTENTION_PRODUCTS`, `EXACT_LINEARS`), with the norms
+# after the output and FFN-down layers in their last kernel or in MLX's (`NORM_IN_LINEAR`).
 VARIANTS = {
     "MLX's ops": dict(ATTENTION_PRODUCTS=False, EXACT_LINEARS=False),
     "attention products": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=False),

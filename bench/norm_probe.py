@@ -1,5 +1,5 @@
-"""Can a kernel of ours compute MLX's float32 LayerNorm bit for bit, so that a layer's norm could move into the
-kernel that reads its output (the encoder's q/k/v and FFN-up linears) and save its launch?
+"""Can a kernel of ours compute MLX's float32 LayerNorm bit for bit, so that a norm can move into the kernel that
+writes its input (the encoder's split linears' last kernel: `cuda_kernels._PARTS_ADDED_NORMED`) and save its launch?
 
     python bench/norm_probe.py [--rows 50 167 500] [--widths 512 560]
 
@@ -24,20 +24,14 @@ import mlx.core as mx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from funasr_nano_mlx.cuda_kernels import _ROW_NORM, _float_literal, layer_norm_threads  # noqa: E402
 from funasr_nano_mlx.model import ENCODER_LN_EPS  # noqa: E402
 
 ROWS_A_BLOCK = 8
 THREADS = 256
 
-_ROW_NORM = """
-__device__ inline float butterfly_sum(float v) {  // cooperative groups' reduce of a warp (coalesced_reduce)
-#pragma unroll
-  for (int mask = 16; mask > 0; mask /= 2) {
-    v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, mask));
-  }
-  return v;
-}
-
+# The package's warp_sum (cooperative groups' reduce of a warp), with several rows a block.
+_ROWS_NORM = """
 // Row r's mean and 1 / sqrt(variance + eps) of ROWS rows of x (width K) into mean[r], inv[r], in MLX's order, BD
 // threads a row as MLX's kernel (4 values a thread); called by every thread of the block, ends with a barrier.
 template <int ROWS, int BD>
@@ -54,14 +48,14 @@ __device__ void row_norm_stats(
     for (int i = 0; i < 4; ++i) {
       sum = __fadd_rn(sum, at(r, 4 * t + i));
     }
-    sum = butterfly_sum(sum);
+    sum = warp_sum(sum);
     if (lane == 0) {
       partial[r][job % WARPS_A_ROW] = sum;
     }
   }
   __syncthreads();
   for (int r = warp; r < ROWS; r += warps) {
-    const float sum = butterfly_sum(lane < WARPS_A_ROW ? partial[r][lane] : 0.0f);
+    const float sum = warp_sum(lane < WARPS_A_ROW ? partial[r][lane] : 0.0f);
     if (lane == 0) {
       mean[r] = __fdiv_rn(sum, (float)K);
     }
@@ -78,14 +72,14 @@ __device__ void row_norm_stats(
       squares = __fadd_rn(squares, __fmul_rn(d, d));
 #endif
     }
-    squares = butterfly_sum(squares);
+    squares = warp_sum(squares);
     if (lane == 0) {
       partial[r][job % WARPS_A_ROW] = squares;
     }
   }
   __syncthreads();
   for (int r = warp; r < ROWS; r += warps) {
-    const float squares = butterfly_sum(lane < WARPS_A_ROW ? partial[r][lane] : 0.0f);
+    const float squares = warp_sum(lane < WARPS_A_ROW ? partial[r][lane] : 0.0f);
     if (lane == 0) {
       inv[r] = rsqrtf(__fadd_rn(__fdiv_rn(squares, (float)K), eps));
     }
@@ -116,26 +110,20 @@ _PROBE = """
 """
 
 
-def mlx_block_dim(width: int) -> int:
-    """MLX's threads a row for a float32 width (dispatch_block_dim over ceil(width / 4), 32 to 1024)."""
-    threads = -(-width // 4)
-    return next((d for d in (32, 64, 128, 256, 512) if threads <= d), 1024)
-
-
 def ours(x: mx.array, weight: mx.array, bias: mx.array, square_fma: bool, out_fma: bool) -> mx.array:
     defines = f"#define SQUARE_FMA {int(square_fma)}\n#define OUT_FMA {int(out_fma)}\n"
-    eps = f"#define EPS {float(np.float32(ENCODER_LN_EPS))!r}f\n"
+    eps = f"#define EPS {_float_literal(ENCODER_LN_EPS)}\n"
     kernel = mx.fast.cuda_kernel(
         name=f"norm_probe_{int(square_fma)}{int(out_fma)}",
         input_names=["x", "weight", "bias"],
         output_names=["out"],
         source=_PROBE,
-        header=defines + eps + _ROW_NORM,
+        header=defines + eps + _ROW_NORM + _ROWS_NORM,
     )
     rows = x.shape[0]
     return kernel(
         inputs=[x, weight, bias],
-        template=[("ROWS", ROWS_A_BLOCK), ("BD", mlx_block_dim(x.shape[1]))],
+        template=[("ROWS", ROWS_A_BLOCK), ("BD", layer_norm_threads(x.shape[1]))],
         grid=(-(-rows // ROWS_A_BLOCK) * THREADS, 1, 1),
         threadgroup=(THREADS, 1, 1),
         output_shapes=[x.shape],

@@ -1592,8 +1592,7 @@ _PARTS_ADDED = """
 # With a LayerNorm after the layer (in SAN-M, the FFN's norm after the attention's output layer, the next layer's norm1
 # or the stack's last norm after the FFN's second layer, each reading the sum with the residual), the kernel adding
 # the parts holds whole rows, one a block, and writes the norm's output too, saving the norm's launch
-# (NORM_IN_LINEAR; off, MLX's layer_norm follows). It
-# repeats MLX's float32 layer_norm (mlx/backend/cuda/layer_norm.cu, layer_norm) for a row: BD threads (the launch's,
+# (NORM_IN_LINEAR; off, MLX's layer_norm follows), for rows of up to NORM_MAX_WIDTH. It repeats MLX's float32 layer_norm (mlx/backend/cuda/layer_norm.cu, layer_norm) for a row: BD threads (the launch's,
 # kernel_utils.cuh's dispatch_block_dim over N / 4), thread t holding values 4t..4t+3 and adding them from 0 in turn;
 # each warp's sums by cooperative groups' reduce (details/coalesced_reduce.h: shuffles xor 16, 8, 4, 2, 1), then the
 # warps' by one more (zeros past them); mean = sum / N; the squares of (x - mean) the same way (a thread past the row
@@ -1601,6 +1600,7 @@ _PARTS_ADDED = """
 # where nvcc contracted MLX's kernel: bench/norm_probe.py found this form, and only it, bit for bit on an H100 (widths
 # 512 and 560, 50 to 500 rows; BENCHMARKS.md).
 NORM_IN_LINEAR = True
+NORM_MAX_WIDTH = 4 * 1024  # one pass of MLX's largest block (1024 threads, 4 values each): MLX loops past that
 _ROW_NORM = """
 __device__ inline float warp_sum(float v) {
 #pragma unroll
@@ -1644,14 +1644,20 @@ _PARTS_ADDED_NORMED = """
   }
   const float mean = __fdiv_rn(block_sum<BD>(sum), (float)N);
   float squares = 0.0f;
-  for (int i = 0; i < 4 && k0 + i < N; ++i) {
-    const float d = __fsub_rn(values[i], mean);
-    squares = __fmaf_rn(d, d, squares);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if (k0 + i < N) {
+      const float d = __fsub_rn(values[i], mean);
+      squares = __fmaf_rn(d, d, squares);
+    }
   }
   const float inv = rsqrtf(__fadd_rn(__fdiv_rn(block_sum<BD>(squares), (float)N), EPS));
-  for (int i = 0; i < 4 && k0 + i < N; ++i) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
     const int k = k0 + i;
-    normed[row * N + k] = __fmaf_rn(norm_weight[k], __fmul_rn(__fsub_rn(values[i], mean), inv), norm_bias[k]);
+    if (k < N) {
+      normed[row * N + k] = __fmaf_rn(norm_weight[k], __fmul_rn(__fsub_rn(values[i], mean), inv), norm_bias[k]);
+    }
   }
 """
 
@@ -1739,7 +1745,7 @@ def split_linear(
     if not split:
         return normed(out, norm)
     header = _biased(relu, len(addends))
-    if norm is None or not NORM_IN_LINEAR:
+    if norm is None or not NORM_IN_LINEAR or n > NORM_MAX_WIDTH:
         added_kernel = _kernel(
             f"parts_added_{int(relu)}_{len(addends)}",
             ("partials", "bias", *addend_inputs),

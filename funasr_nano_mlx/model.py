@@ -238,10 +238,13 @@ def exact_linear(
     on CUDA), else in MLX's ops. With `norm`, that and `norm` of it (in the same kernel where the layer is split)."""
     dense = type(layer) is nn.Linear and "bias" in layer and layer.weight.dtype == layer.bias.dtype == x.dtype
     parts = cuda_kernels.linear_parts(x.size // x.shape[-1], *layer.weight.shape, x.dtype) if dense else None
-    norm_args = None if norm is None else (norm.weight, norm.bias, norm.eps)
-    if parts and (norm is None or norm.weight.dtype == mx.float32):
+    if parts and norm is not None and norm.weight.dtype == mx.float32:  # the kernels' norm is float32's
+        norm_args = (norm.weight, norm.bias, norm.eps)
         return cuda_kernels.split_linear(x, layer.weight, layer.bias, parts, relu, addends, norm_args)
-    y = cuda_kernels.added(nn.relu(layer(x)) if relu else layer(x), addends)
+    if parts:
+        y = cuda_kernels.split_linear(x, layer.weight, layer.bias, parts, relu, addends)
+    else:
+        y = cuda_kernels.added(nn.relu(layer(x)) if relu else layer(x), addends)
     return y if norm is None else (y, norm(y))
 
 
@@ -261,7 +264,8 @@ class FeedForward(nn.Module):
         addends = () if residual is None else (residual,)
         if self.exact_linears:
             return exact_linear(self.w_2, exact_linear(self.w_1, x, relu=True), addends=addends, norm=norm)
-        return cuda_kernels.added(self.w_2(nn.relu(self.w_1(x))), addends)
+        y = cuda_kernels.added(self.w_2(nn.relu(self.w_1(x))), addends)
+        return y if norm is None else (y, norm(y))
 
 
 class SANMAttention(nn.Module):
@@ -381,10 +385,11 @@ class SenseVoiceEncoder(nn.Module):
         """`last_norm` of `layers` over `x`, evaluating before each layer whose index in the whole stack (the first
         `done` layers come before these) is a multiple of `per_eval`. Each layer hands the next its norm1 of its
         output (the last, `last_norm`'s), which the kernel writing the output computes where it can."""
+        if not layers:
+            return last_norm(x)
         normed = layers[0].norm1(x)
-        for index, layer in enumerate(layers, start=done):
-            following = index - done + 1
-            next_norm = layers[following].norm1 if following < len(layers) else last_norm
+        next_norms = [layer.norm1 for layer in layers[1:]] + [last_norm]
+        for index, (layer, next_norm) in enumerate(zip(layers, next_norms), start=done):
             if index > 0 and index % per_eval == 0:
                 # On CUDA, intermediates of a graph submitted at once stay allocated until it has run
                 # (70 layers held 6.9 GB above the weights for 16 x 30 s, 0.3 GB for one clip);

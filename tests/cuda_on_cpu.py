@@ -15,8 +15,8 @@ one to one: `__fmaf_rn` is `std::fmaf`, correctly rounded like the GPU's fma, an
 (-ffp-contract=off), so the CPU's numbers are the GPU's for kernels that, like these, spell every rounding that
 matters with an intrinsic. Not modelled, so not checked here: NVRTC's own contraction of a plain `a * b + c`
 into an fma (its default), shared memory left unwritten (zero here as a static, garbage on a GPU), races that
-depend on timing, shuffles other than a full warp's xor, and atomics; `rsqrtf` is the correctly rounded 1 / sqrt
-here and an approximation on a GPU, so a kernel using it is checked for its order, not for the GPU's bits.
+depend on timing, shuffles other than a full warp's xor, and atomics; `rsqrtf` is 1 / sqrt (each rounded) here and an
+approximation on a GPU, so a kernel using it is checked for its order, not for the GPU's bits.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ constexpr int MAX_WARPS = 32;
 float warp_slots[MAX_WARPS][32];
 std::barrier<>* warp_barriers[MAX_WARPS];
 inline float __shfl_xor_sync(unsigned, float value, int mask) {  // every lane of a full warp takes part
+  if (blockDim.x % 32) std::abort();  // a partial warp's lane ^ mask would read a lane that is not there
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   warp_slots[warp][lane] = value;
   warp_barriers[warp]->arrive_and_wait();
@@ -184,7 +185,7 @@ def _shape(array: mx.array) -> str:
     return "Shape{" + ", ".join(str(d) for d in array.shape) + "}"
 
 
-def run_on_cpu(recorded: list[Launch]) -> np.ndarray:
+def run_on_cpu(recorded: list[Launch]) -> np.ndarray | tuple[np.ndarray, ...]:
     """The last launch's output (a tuple of its outputs where it has several), every launch run on the CPU in order
     (see the module's docstring)."""
     with tempfile.TemporaryDirectory() as work:

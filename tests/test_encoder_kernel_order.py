@@ -4,7 +4,9 @@ H100: bench/exact_gemm.py, BENCHMARKS.md). Here their own CUDA text runs on the 
 that order written out plainly, one thread an output:
 - the attention's products: one fma chain over ascending k (the scores' q scaled first, masked keys float32's lowest);
 - a linear layer: k's tiles of 8 dealt in turn to `parts` parts, each an fma chain over ascending k, the parts added
-  in order, then the bias, then relu if asked (MLX's: NaN kept), then the addends (residuals) in order.
+  in order, then the bias, then relu if asked (MLX's: NaN kept), then the addends (residuals) in order;
+- a LayerNorm after it, in the kernel adding the parts: MLX's layer_norm's order (its threads' sums, each warp's
+  butterfly, the warps' with zeros past them; fmas for the squares and the output).
 Shapes cover both tile sizes, rows and columns that do not fill a tile, a k that does not fill a stage, and a k
 that does not fill cuBLAS's tile of 8."""
 
@@ -185,26 +187,27 @@ _REFERENCE_NORM = """
 
 
 @pytest.mark.parametrize(
-    "rows, n, k, parts, addends",
+    "rows, n, k, parts, relu, addends",
     [
-        (50, 512, 512, 8, 2),  # SAN-M's output layer: plus the memory block and the residual, then the FFN's norm
-        (45, 520, 100, 3, 0),  # a width that leaves threads of MLX's 256 without values (130 hold them)
+        (50, 512, 512, 8, False, 2),  # SAN-M's output layer: plus the memory block and the residual, then a norm
+        (45, 520, 100, 3, False, 0),  # a width that leaves threads of MLX's 256 without values (130 hold them)
+        (200, 518, 64, 3, True, 1),  # a width not a multiple of 4 (a thread holds 2); enough rows to tell fmas apart
     ],
 )
-def test_split_linear_adds_the_norm_in_mlx_order(recorded, rows, n, k, parts, addends):
+def test_split_linear_adds_the_norm_in_mlx_order(recorded, rows, n, k, parts, relu, addends):
     rng = np.random.default_rng(rows + n)
     x = mx.array(rng.standard_normal((rows, k), dtype=np.float32))
     weight = mx.array(rng.standard_normal((n, k), dtype=np.float32) * k**-0.5)
     bias = mx.array(rng.standard_normal(n, dtype=np.float32))
     terms = tuple(mx.array(rng.standard_normal((rows, n), dtype=np.float32) + 1.0) for _ in range(addends))
     norm = (mx.array(rng.uniform(0.5, 1.5, n).astype(np.float32)), mx.array(rng.standard_normal(n, dtype=np.float32)))
-    launched = recorded(lambda: cuda_kernels.split_linear(x, weight, bias, parts, False, terms, (*norm, 1e-5)))
+    launched = recorded(lambda: cuda_kernels.split_linear(x, weight, bias, parts, relu, terms, (*norm, 1e-5)))
     assert len(launched) == 2  # the parts, then one kernel adding them that writes the norm too
     y, normed = run_on_cpu(launched)
 
     unused = (mx.zeros(1),) * (2 - addends)
     inputs = {"x": x, "weight": weight, "bias": bias, **dict(zip(("addend0", "addend1"), terms + unused))}
-    linear = reference(_REFERENCE_LINEAR, inputs, (rows, n), rows * n, PARTS=parts, RELU=0, ADDENDS=addends)
+    linear = reference(_REFERENCE_LINEAR, inputs, (rows, n), rows * n, PARTS=parts, RELU=int(relu), ADDENDS=addends)
     threads = cuda_kernels.layer_norm_threads(n)
     norm_source = f"#define EPS {cuda_kernels._float_literal(1e-5)}\n" + _REFERENCE_NORM
     norm_inputs = {"y": linear.outputs[0], "weight": norm[0], "bias": norm[1]}
