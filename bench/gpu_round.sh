@@ -2,21 +2,21 @@
 # A GPU session's decode measurements in few commands: a lent machine stays warm only a short while
 # between calls, so everything runs in one or two.
 #
-#   [STEPS="host_cost profile kernels exact speed throughput attention_plans cold_graphs first_call"]
+#   [STEPS="probes host_cost profile kernels exact speed throughput attention_plans cold_graphs first_call"]
 #   [BEFORE_OWN_BENCH=1] bash bench/gpu_round.sh SKELETON OUT [BEFORE]
 #
 # SKELETON  a model directory for bench/random_model.py (the full-size skeleton; random weights).
-# OUT       where the JSON lines go (host_cost, step_profile, kernels, exact_gemm, speed, throughput,
+# OUT       where the JSON lines go (probes, host_cost, step_profile, kernels, exact_gemm, speed, throughput,
 #           attention_plans, cold_graphs, first_call .jsonl).
 # BEFORE    optional: a directory holding another build's funasr_nano_mlx package, measured in separate
 #           processes alternately with this one (step profile, speed, throughput, first call).
-# STEPS     which of the nine parts run, in that order (default: all). The random weights are made once
+# STEPS     which of the ten parts run, in that order (default: all). The random weights are made once
 #           under WORK (default /tmp/gpu_round) and kept, so that a second call can run the other parts.
 # PYTHONPATH must already find mlx, mlx-lm and mlx-audio (and this checkout first). Every step has a
 # time limit, so that one that hangs does not take the rest with it.
 set -u
 skeleton=$1 out=$2 before=${3:-}
-steps=" ${STEPS:-host_cost profile kernels exact speed throughput attention_plans cold_graphs first_call} "
+steps=" ${STEPS:-probes host_cost profile kernels exact speed throughput attention_plans cold_graphs first_call} "
 bench=$(cd "$(dirname "$0")" && pwd)
 work=${WORK:-/tmp/gpu_round}
 mkdir -p "$out" "$work"
@@ -51,6 +51,13 @@ for bits in ${WEIGHTS:-bf16 q4}; do  # WEIGHTS=bf16 leaves out the 4-bit copy wh
   quantize=$([ $bits = q4 ] && echo --bits 4)
   timeout 120 python3 "$bench/random_model.py" "$skeleton" "$model" $quantize > /dev/null || exit 1
 done
+
+if wants probes; then
+  step "MLX's float32 LayerNorm and softmax in kernels of ours, against MLX's (bit for bit or not)"
+  for probe in norm_probe softmax_probe; do
+    ours "$bench/$probe.py" 2>&1 | grep '^{' | labelled "$probe" | tee -a "$out/probes.jsonl"
+  done
+fi
 
 if wants host_cost; then
   step "host cost of one operation by kind, with and without CUDA graphs"
