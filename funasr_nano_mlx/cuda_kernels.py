@@ -1592,7 +1592,8 @@ _PARTS_ADDED = """
 # With a LayerNorm after the layer (in SAN-M, the FFN's norm after the attention's output layer, the next layer's norm1
 # or the stack's last norm after the FFN's second layer, each reading the sum with the residual), the kernel adding
 # the parts holds whole rows, one a block, and writes the norm's output too, saving the norm's launch
-# (NORM_IN_LINEAR; off, MLX's layer_norm follows), for rows of up to NORM_MAX_WIDTH. It repeats MLX's float32 layer_norm (mlx/backend/cuda/layer_norm.cu, layer_norm) for a row: BD threads (the launch's,
+# (NORM_IN_LINEAR; off, MLX's layer_norm follows), for float32 norms of rows up to NORM_MAX_WIDTH. It repeats MLX's
+# float32 layer_norm (mlx/backend/cuda/layer_norm.cu, layer_norm) for a row: BD threads (the launch's,
 # kernel_utils.cuh's dispatch_block_dim over N / 4), thread t holding values 4t..4t+3 and adding them from 0 in turn;
 # each warp's sums by cooperative groups' reduce (details/coalesced_reduce.h: shuffles xor 16, 8, 4, 2, 1), then the
 # warps' by one more (zeros past them); mean = sum / N; the squares of (x - mean) the same way (a thread past the row
@@ -1715,8 +1716,8 @@ def split_linear(
 ):
     """`split_linear_ops` in one kernel (`parts` 1) or two: x (..., K) @ weight.T + bias, weight (N, K), with k's
     tiles of 8 dealt in turn to `parts` parts (`linear_parts`), then relu if asked, then plus each of `addends`
-    (float32 arrays of the output's shape) in order. With `norm` (a LayerNorm's float32 weight, bias and eps), the
-    output and the norm of it (`_PARTS_ADDED_NORMED` where the layer is split, else MLX's layer_norm)."""
+    (float32 arrays of the output's shape) in order. With `norm` (a LayerNorm's weight, bias and eps), the output and
+    the norm of it (`_PARTS_ADDED_NORMED` where the layer is split and the norm float32, else MLX's layer_norm)."""
     k, n = x.shape[-1], weight.shape[0]
     rows = x.size // k
     if len(addends) > len(_ADDENDS) or any(a.shape != (*x.shape[:-1], n) or a.dtype != mx.float32 for a in addends):
@@ -1745,7 +1746,7 @@ def split_linear(
     if not split:
         return normed(out, norm)
     header = _biased(relu, len(addends))
-    if norm is None or not NORM_IN_LINEAR or n > NORM_MAX_WIDTH:
+    if norm is None or not NORM_IN_LINEAR or n > NORM_MAX_WIDTH or norm[0].dtype != mx.float32:
         added_kernel = _kernel(
             f"parts_added_{int(relu)}_{len(addends)}",
             ("partials", "bias", *addend_inputs),

@@ -238,14 +238,10 @@ def exact_linear(
     on CUDA), else in MLX's ops. With `norm`, that and `norm` of it (in the same kernel where the layer is split)."""
     dense = type(layer) is nn.Linear and "bias" in layer and layer.weight.dtype == layer.bias.dtype == x.dtype
     parts = cuda_kernels.linear_parts(x.size // x.shape[-1], *layer.weight.shape, x.dtype) if dense else None
-    if parts and norm is not None and norm.weight.dtype == mx.float32:  # the kernels' norm is float32's
-        norm_args = (norm.weight, norm.bias, norm.eps)
-        return cuda_kernels.split_linear(x, layer.weight, layer.bias, parts, relu, addends, norm_args)
+    norm_args = None if norm is None else (norm.weight, norm.bias, norm.eps)  # as nn.LayerNorm calls layer_norm
     if parts:
-        y = cuda_kernels.split_linear(x, layer.weight, layer.bias, parts, relu, addends)
-    else:
-        y = cuda_kernels.added(nn.relu(layer(x)) if relu else layer(x), addends)
-    return y if norm is None else (y, norm(y))
+        return cuda_kernels.split_linear(x, layer.weight, layer.bias, parts, relu, addends, norm_args)
+    return cuda_kernels.normed(cuda_kernels.added(nn.relu(layer(x)) if relu else layer(x), addends), norm_args)
 
 
 class FeedForward(nn.Module):
