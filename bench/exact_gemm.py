@@ -308,12 +308,14 @@ def attention_timing(frames_list, rng: np.random.Generator) -> None:
 
 # What `encoder_candidate` compares: the encoder's float32 matmuls in cuBLAS (MLX's ops), the attention's products in
 # kernels of ours, and its linear layers too (`cuda_kernels.ATTENTION_PRODUCTS`, `EXACT_LINEARS`), with the norms
-# after the output and FFN-down layers in their last kernel or in MLX's (`NORM_IN_LINEAR`).
+# after the output and FFN-down layers in their last kernel or in MLX's (`NORM_IN_LINEAR`), the FSMN memory in the
+# scores' launch or in its own (`SCORES_WITH_MEMORY`).
 VARIANTS = {
     "MLX's ops": dict(ATTENTION_PRODUCTS=False, EXACT_LINEARS=False),
     "attention products": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=False),
     "products and linears": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, NORM_IN_LINEAR=True),
     "norms apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, NORM_IN_LINEAR=False),
+    "memory apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SCORES_WITH_MEMORY=False),
 }
 
 

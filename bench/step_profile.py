@@ -142,6 +142,8 @@ def stage_variants(model, feats: mx.array, embeddings: mx.array) -> dict:
     table = {"encoder+adaptor": ("encoder", encode, ())}
     if hasattr(cuda_kernels, "fsmn_memory_ops"):
         ops = ((cuda_kernels, "fsmn_memory", cuda_kernels.fsmn_memory_ops),)
+        if hasattr(cuda_kernels, "SCORES_WITH_MEMORY"):  # else the memory comes from the scores' launch
+            ops += ((cuda_kernels, "SCORES_WITH_MEMORY", False),)
         table["encoder+adaptor, FSMN block as MLX ops"] = ("encoder", encode, ops)
     if hasattr(cuda_kernels, "ATTENTION_PRODUCTS"):  # a build from before it has MLX's ops for the products
         ops = ((cuda_kernels, "ATTENTION_PRODUCTS", False),)

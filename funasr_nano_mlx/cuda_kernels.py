@@ -305,8 +305,9 @@ _EMBED_AFFINE = """
 # source serves every length. It replaces MLX's pad (2 kernels), the two copies its convolution makes to put
 # the channel groups first (mlx/backend/cuda/conv.cpp, group_transpose), cuDNN's convolution (captured into
 # the CUDA graph at each call) and the add.
+# `index` is the output this thread computes (set before the source: `fsmn_memory`'s a thread of its grid, and
+# `scores_and_memory`'s a thread of the blocks past the scores').
 _FSMN = """
-  const size_t index = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int frames = qkv_shape[1];
   if (index >= (size_t)qkv_shape[0] * frames * C) {
     return;
@@ -317,14 +318,14 @@ _FSMN = """
   const T* values = qkv + row * frames * 3 * C + 2 * C + channel;  // frame s's value: values[s * 3 * C]
   float sum = 0.0f;
 #pragma unroll
-  for (int tap = 0; tap < K; ++tap) {
+  for (int tap = 0; tap < TAPS; ++tap) {
     const int source = frame + tap - LEFT;
     if (source >= 0 && source < frames) {
       float value = static_cast<float>(values[(size_t)source * 3 * C]);
 #if FSMN_MASKED
       value = static_cast<float>(static_cast<T>(value * static_cast<float>(mask[row * frames + source])));
 #endif
-      sum += value * static_cast<float>(weight[channel * K + tap]);
+      sum += value * static_cast<float>(weight[channel * TAPS + tap]);
     }
   }
   T own = values[(size_t)frame * 3 * C];
@@ -336,7 +337,7 @@ _FSMN = """
 #if FSMN_MASKED
   memory = static_cast<T>(static_cast<float>(memory) * keep);
 #endif
-  out[index] = memory;
+  memory_out[index] = memory;
 """
 
 # SAN-M's self-attention over every frame ([F] sense_voice/model.py:230-258; model.SANMAttention) from the
@@ -810,8 +811,8 @@ def encoder_choices() -> tuple:
     """What the encoder's layers take from here when traced (model.compiled_layer keys its traces by it):
     whether the kernels are on, whether the attention kernel is chosen and up to how much work, whether the
     attention's product kernels are on and from how many frames up to how much work, whether the linear
-    layers' kernels are on and for how many rows, whether a norm after one comes from its last kernel, and the k a
-    stage of both (a template constant of theirs)."""
+    layers' kernels are on and for how many rows, whether a norm after one comes from its last kernel, whether the
+    FSMN memory comes from the scores' launch, and the k a stage of both (a template constant of theirs)."""
     return (
         available(),
         frame_attention_chosen(),
@@ -823,6 +824,7 @@ def encoder_choices() -> tuple:
         LINEAR_MIN_ROWS,
         LINEAR_MAX_ROWS,
         NORM_IN_LINEAR,
+        SCORES_WITH_MEMORY,
         tuple(STAGE_K.items()),
     )
 
@@ -1165,6 +1167,9 @@ def norm_swiglu_ops(x: mx.array, norm, linear) -> mx.array:
     return swiglu(*mx.split(linear(norm(x)), 2, axis=-1))
 
 
+_FSMN_THREAD = "  const size_t index = (size_t)blockIdx.x * blockDim.x + threadIdx.x;\n"
+
+
 def fsmn_memory(qkv: mx.array, weight: mx.array, left: int, mask: mx.array | None = None) -> mx.array:
     """SAN-M's FSMN memory block (`fsmn_memory_ops`) of the value third of a fused q/k/v projection qkv (B, T, 3C), in one kernel:
     weight the depthwise convolution's (C, K, 1), `left` its zero frames before the first, mask (B, T) or None.
@@ -1175,12 +1180,13 @@ def fsmn_memory(qkv: mx.array, weight: mx.array, left: int, mask: mx.array | Non
         raise ValueError(f"qkv's last axis should be 3 x {channels}, got {width}")
     masked = mask is not None
     inputs = {"qkv": qkv, "weight": weight, **({"mask": mask} if masked else {})}
-    source = f"#define FSMN_MASKED {int(masked)}\n" + _FSMN  # the masked form reads a third input
-    kernel = _kernel(f"fsmn_memory_{'masked' if masked else 'whole'}", tuple(inputs), ("out",), source)
+    source = f"#define FSMN_MASKED {int(masked)}\n" + _FSMN_THREAD + _FSMN  # the masked form reads a third input
+    name = f"fsmn_memory_{'masked' if masked else 'whole'}"
+    kernel = _kernel(name, tuple(inputs), ("memory_out",), source, header="")  # it needs none of _HEADER
     threads = batch * frames * channels
     return kernel(
         inputs=list(inputs.values()),
-        template=[("T", qkv.dtype), ("C", channels), ("K", taps), ("LEFT", left)],
+        template=[("T", qkv.dtype), ("C", channels), ("TAPS", taps), ("LEFT", left)],
         grid=(-(-threads // 256) * 256, 1, 1),
         threadgroup=(256, 1, 1),
         output_shapes=[(batch, frames, channels)],
@@ -1431,6 +1437,24 @@ _ATTENTION_PRODUCTS = """
   }
 """
 
+# The scores kernel's blocks past its planes (z from B x HEADS) compute SAN-M's FSMN memory from the same qkv, a thread
+# an output in `fsmn_memory`'s order (its source), so that the layer's two readers of the projection take one launch:
+# the blocks of the two never wait on each other, and a launch costs the host more than either's GPU time at 10 s.
+_MEMORY_BLOCKS = (
+    """
+  if (blockIdx.z >= qkv_shape[0] * HEADS) {
+    const size_t block = ((size_t)(blockIdx.z - qkv_shape[0] * HEADS) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    const size_t index = block * blockDim.x + threadIdx.x;
+"""
+    + _FSMN
+    + """
+    return;
+  }
+"""
+)
+# Whether `attention_products_and_memory` computes the memory in the scores' launch (else in `fsmn_memory`'s own).
+SCORES_WITH_MEMORY = True
+
 
 def cublas_float32(dtype: mx.Dtype) -> bool:
     """Whether MLX's matmuls of this dtype are cuBLAS's float32 ones, which the encoder's product and linear kernels
@@ -1455,33 +1479,46 @@ def _tile_shape(rows: int, columns: int, planes: int) -> tuple[int, int, int, in
     return (64, 64, 8, 4) if big else (32, 32, 4, 4)
 
 
-def _attention_product(mode: int, inputs: dict, weights_shape: tuple, **flags) -> mx.array:
-    """One `_ATTENTION_PRODUCTS` launch; weights_shape (B, HEADS, T, T), the planes and their rows."""
+def _attention_product(mode: int, inputs: dict, weights_shape: tuple, memory_taps=None, **flags) -> list[mx.array]:
+    """One `_ATTENTION_PRODUCTS` launch; weights_shape (B, HEADS, T, T), the planes and their rows. With
+    memory_taps (channels, taps, left: the scores only), blocks past the scores' compute `fsmn_memory`'s output too
+    (`_MEMORY_BLOCKS`)."""
     batch, heads, frames, _ = weights_shape
     dims = inputs["qkv"].shape[-1] // (3 * heads)
     columns = frames if mode == 1 else dims
     planes = batch * heads
-    if planes > 65535:  # CUDA's grid: a row and head a block in z
-        raise ValueError(f"the attention's product kernels take at most 65535 rows x heads, got {planes}")
     # The context in 32 x 32 tiles only: its 64 x 64 form (a batch of 16 short clips would take it) has not
     # been run on a GPU, and the products are on by default.
     bm, bn, tm, tn = _tile_shape(frames, columns, planes) if mode == 1 else (32, 32, 4, 4)
     stage = STAGE_K["scores" if mode == 1 else "context"]
     threads = (bm // tm) * (bn // tn)
+    tiles = -(-columns // bn) * -(-frames // bm)  # a plane's blocks
+    template = [("BM", bm), ("BN", bn), ("BK", stage), ("TM", tm), ("TN", tn), ("HEADS", heads), ("D", dims)]
+    outputs, output_shapes = ["out"], [weights_shape if mode == 1 else (batch, frames, heads * dims)]
+    source = ""
+    if memory_taps:
+        channels, taps, left = memory_taps
+        planes += -(-batch * frames * channels // (threads * tiles))  # the memory's planes, a thread an output
+        template += [("T", mx.float32), ("C", channels), ("TAPS", taps), ("LEFT", left)]
+        outputs.append("memory_out")
+        output_shapes.append((batch, frames, channels))
+        source = f"#define FSMN_MASKED {int(flags['FRAMES_MASKED'])}\n" + _MEMORY_BLOCKS
+    if planes > 65535:  # CUDA's grid: a row and head a block in z
+        raise ValueError(f"the attention's product kernels take at most 65535 rows x heads, got {planes}")
     defines = {"MODE": mode, **flags}
-    source = "".join(f"#define {key} {int(value)}\n" for key, value in defines.items())
+    source = "".join(f"#define {key} {int(value)}\n" for key, value in defines.items()) + source
     source += f"  constexpr float SCALE = {_float_literal(dims**-0.5)};\n"  # SAN-M scales q by head_dim ** -0.5
     name = "attention_product_" + "_".join(f"{key.lower()}{int(value)}" for key, value in defines.items())
-    kernel = _kernel(name, tuple(inputs), ("out",), source + _ATTENTION_PRODUCTS, header=TILE_STEP)
-    out_shape = weights_shape if mode == 1 else (batch, frames, heads * dims)
+    name += "_memory" if memory_taps else ""
+    kernel = _kernel(name, tuple(inputs), tuple(outputs), source + _ATTENTION_PRODUCTS, header=TILE_STEP)
     return kernel(
         inputs=list(inputs.values()),
-        template=[("BM", bm), ("BN", bn), ("BK", stage), ("TM", tm), ("TN", tn), ("HEADS", heads), ("D", dims)],
+        template=template,
         grid=(-(-columns // bn) * threads, -(-frames // bm), planes),
         threadgroup=(threads, 1, 1),
-        output_shapes=[out_shape],
-        output_dtypes=[mx.float32],
-    )[0]
+        output_shapes=output_shapes,
+        output_dtypes=[mx.float32] * len(outputs),
+    )
 
 
 def attention_scores(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
@@ -1490,7 +1527,7 @@ def attention_scores(qkv: mx.array, heads: int, mask: mx.array | None = None) ->
     batch, frames, _ = qkv.shape
     masked = mask is not None
     inputs = {"qkv": qkv, **({"mask": mask} if masked else {})}
-    return _attention_product(1, inputs, (batch, heads, frames, frames), FRAMES_MASKED=masked)
+    return _attention_product(1, inputs, (batch, heads, frames, frames), FRAMES_MASKED=masked)[0]
 
 
 def attention_scores_ops(qkv: mx.array, heads: int, mask: mx.array | None = None) -> mx.array:
@@ -1504,7 +1541,7 @@ def attention_scores_ops(qkv: mx.array, heads: int, mask: mx.array | None = None
 def attention_context(weights: mx.array, qkv: mx.array) -> mx.array:
     """`attention_context_ops` in one kernel: the softmax weights (B, heads, T, T) times v of the fused float32
     projection qkv (B, T, 3C), as (B, T, C), the heads side by side."""
-    return _attention_product(2, {"qkv": qkv, "weights": weights}, weights.shape)
+    return _attention_product(2, {"qkv": qkv, "weights": weights}, weights.shape)[0]
 
 
 def attention_context_ops(weights: mx.array, qkv: mx.array) -> mx.array:
@@ -1516,6 +1553,36 @@ def frame_attention_products(qkv: mx.array, heads: int, mask: mx.array | None = 
     """`frame_attention_ops` as `attention_scores`, MLX's softmax and `attention_context`."""
     weights = mx.softmax(attention_scores(qkv, heads, mask), axis=-1, precise=True)
     return attention_context(weights, qkv)
+
+
+def scores_and_memory(
+    qkv: mx.array, heads: int, fsmn_weight: mx.array, left: int, mask: mx.array | None = None
+) -> tuple[mx.array, mx.array]:
+    """`attention_scores` and `fsmn_memory` of a fused float32 projection qkv (B, T, 3C) in one launch, each
+    output theirs bit for bit (the same sources): fsmn_weight (C, K, 1), `left` its zero frames before the first."""
+    batch, frames, width = qkv.shape
+    channels, taps, _ = fsmn_weight.shape
+    if width != 3 * channels:
+        raise ValueError(f"qkv's last axis should be 3 x {channels}, got {width}")
+    masked = mask is not None
+    inputs = {"qkv": qkv, "weight": fsmn_weight, **({"mask": mask} if masked else {})}
+    shape = (batch, heads, frames, frames)
+    return tuple(_attention_product(1, inputs, shape, (channels, taps, left), FRAMES_MASKED=masked))
+
+
+def scores_and_memory_ops(qkv: mx.array, heads: int, fsmn_weight: mx.array, left: int, mask: mx.array | None = None):
+    return attention_scores_ops(qkv, heads, mask), fsmn_memory_ops(qkv, fsmn_weight, left, mask)
+
+
+def attention_products_and_memory(
+    qkv: mx.array, heads: int, fsmn_weight: mx.array, left: int, mask: mx.array | None = None
+) -> tuple[mx.array, mx.array]:
+    """SAN-M's attention context (`frame_attention_products`) and FSMN memory (`fsmn_memory`) of a fused float32
+    projection qkv (B, T, 3C); with SCORES_WITH_MEMORY the memory comes from the scores' launch (`scores_and_memory`)."""
+    if not SCORES_WITH_MEMORY:
+        return frame_attention_products(qkv, heads, mask), fsmn_memory(qkv, fsmn_weight, left, mask)
+    scores, memory = scores_and_memory(qkv, heads, fsmn_weight, left, mask)
+    return attention_context(mx.softmax(scores, axis=-1, precise=True), qkv), memory
 
 
 # The encoder's linear layers in float32 with cuBLAS's numbers, bit for bit, by default. cuBLAS runs them as SIMT

@@ -286,18 +286,19 @@ class SANMAttention(nn.Module):
         # On CUDA one kernel computes the memory block, which MLX's ops take five or more for
         # (cuda_kernels.fsmn_memory); where chosen and small enough one the attention, which they take
         # seven for (cuda_kernels.frame_attention_fits: opt-in, it changes float32's numbers); else, small
-        # enough, two its products with MLX's numbers and MLX's softmax (cuda_kernels.attention_products_fit).
+        # enough, two its products with MLX's numbers and MLX's softmax (cuda_kernels.attention_products_fit), the
+        # memory in the scores' launch.
         fsmn = cuda_kernels.fsmn_memory if cuda_kernels.fsmn_fits(qkv.dtype) else cuda_kernels.fsmn_memory_ops
         batch, frames, width = qkv.shape
+        taps = (self.fsmn_block.weight, self.left_pad)
         if cuda_kernels.frame_attention_fits(batch, frames, width // (3 * self.heads), qkv.dtype):
-            attention = cuda_kernels.frame_attention
+            context, memory = cuda_kernels.frame_attention(qkv, self.heads, mask), fsmn(qkv, *taps, mask)
         elif cuda_kernels.attention_products_fit(batch, frames, qkv.dtype):
-            attention = cuda_kernels.frame_attention_products
+            context, memory = cuda_kernels.attention_products_and_memory(qkv, self.heads, *taps, mask)
         else:
-            attention = cuda_kernels.frame_attention_ops
-        memory = fsmn(qkv, self.fsmn_block.weight, self.left_pad, mask)
+            context, memory = cuda_kernels.frame_attention_ops(qkv, self.heads, mask), fsmn(qkv, *taps, mask)
         addends = (memory,) if residual is None else (memory, residual)
-        return exact_linear(self.linear_out, attention(qkv, self.heads, mask), addends=addends, norm=norm)
+        return exact_linear(self.linear_out, context, addends=addends, norm=norm)
 
 
 class SANMEncoderLayer(nn.Module):

@@ -175,10 +175,18 @@ def _function(index: int, launch: Launch) -> str:
         if f"{name}_shape" in launch.source:
             parameters.append(f"const Shape {name}_shape")
     parameters += [f"float* {name}" for name in launch.output_names]
-    constants = "".join(f"  constexpr int {key} = {int(value)};\n" for key, value in launch.template)
+    constants = "".join(_constant(key, value) for key, value in launch.template)
     text = launch.header + f"void kernel({', '.join(parameters)}) {{\n{constants}{launch.source}\n}}\n"
     macros = re.findall(r"^\s*#define (\w+)", text, flags=re.MULTILINE)
     return f"namespace launch_{index} {{\n{text}}}\n" + "".join(f"#undef {macro}\n" for macro in macros)
+
+
+def _constant(key: str, value) -> str:
+    """A template argument as MLX's build_kernel gives it: a type (float32 only: every buffer here is) or an int."""
+    if isinstance(value, mx.Dtype):
+        assert value == mx.float32, f"{key}: only float32 buffers are emulated"
+        return f"  using {key} = float;\n"
+    return f"  constexpr int {key} = {int(value)};\n"
 
 
 def _shape(array: mx.array) -> str:

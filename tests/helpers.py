@@ -153,8 +153,16 @@ def transcribe_module():
     return importlib.import_module("funasr_nano_mlx.transcribe")
 
 
-# cuda_kernels' kernels of a SAN-M layer: the memory block, the attention (opt-in) or its two products, the linears
-ENCODER_KERNELS = ("fsmn_memory", "frame_attention", "attention_scores", "attention_context", "split_linear")
+# cuda_kernels' kernels of a SAN-M layer: the memory block, the attention (opt-in) or its two products (the scores with
+# the memory block in their launch, or apart), the linears
+ENCODER_KERNELS = (
+    "fsmn_memory",
+    "frame_attention",
+    "scores_and_memory",
+    "attention_scores",
+    "attention_context",
+    "split_linear",
+)
 
 
 def cuda_kernel_twins(

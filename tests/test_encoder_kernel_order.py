@@ -1,5 +1,5 @@
-"""The encoder's float32 product and linear kernels (`cuda_kernels.attention_scores`, `attention_context`,
-`split_linear`) add each output's products in the order that gives cuBLAS's numbers bit for bit (measured on an
+"""The encoder's float32 product and linear kernels (`cuda_kernels.attention_scores`, alone or with the FSMN memory
+in its launch, `attention_context`, `split_linear`) add each output's products in the order that gives cuBLAS's numbers bit for bit (measured on an
 H100: bench/exact_gemm.py, BENCHMARKS.md). Here their own CUDA text runs on the CPU (tests/cuda_on_cpu.py) against
 that order written out plainly, one thread an output:
 - the attention's products: one fma chain over ascending k (the scores' q scaled first, masked keys float32's lowest);
@@ -247,6 +247,16 @@ def test_attention_products_are_single_chains(recorded, monkeypatch, rows, frame
     )
     assert np.array_equal(scores, run_on_cpu([order]))
     assert not masked or (scores == np.finfo(np.float32).min).any()
+
+    # The FSMN memory in the scores' launch: both outputs those of the kernels apart, the memory MLX's ops' within
+    # float32's rounding (the emulator adds the taps' products unfused, NVRTC fuses them: the same source either way).
+    taps = mx.array(rng.standard_normal((512, 11, 1), dtype=np.float32) / 4)
+    both = recorded(lambda: cuda_kernels.scores_and_memory(qkv, HEADS, taps, 5, mask))
+    assert len(both) == 1 and len(both[0].output_names) == 2
+    scores_too, memory = run_on_cpu(both)
+    assert np.array_equal(scores_too, scores)
+    assert np.array_equal(memory, run_on_cpu(recorded(lambda: cuda_kernels.fsmn_memory(qkv, taps, 5, mask))))
+    assert np.allclose(memory, cuda_kernels.fsmn_memory_ops(qkv, taps, 5, mask), atol=1e-5)
 
     context = run_on_cpu(recorded(lambda: cuda_kernels.attention_context(weights, qkv)))
     order = reference(
