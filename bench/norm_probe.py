@@ -24,7 +24,7 @@ import mlx.core as mx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from funasr_nano_mlx.cuda_kernels import _ROW_NORM, _float_literal, layer_norm_threads  # noqa: E402
+from funasr_nano_mlx.cuda_kernels import _ROW_NORM, _float_literal, row_threads  # noqa: E402
 from funasr_nano_mlx.model import ENCODER_LN_EPS  # noqa: E402
 
 ROWS_A_BLOCK = 8
@@ -123,7 +123,7 @@ def ours(x: mx.array, weight: mx.array, bias: mx.array, square_fma: bool, out_fm
     rows = x.shape[0]
     return kernel(
         inputs=[x, weight, bias],
-        template=[("ROWS", ROWS_A_BLOCK), ("BD", layer_norm_threads(x.shape[1]))],
+        template=[("ROWS", ROWS_A_BLOCK), ("BD", row_threads(x.shape[1]))],
         grid=(-(-rows // ROWS_A_BLOCK) * THREADS, 1, 1),
         threadgroup=(THREADS, 1, 1),
         output_shapes=[x.shape],

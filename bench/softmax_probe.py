@@ -1,5 +1,5 @@
-"""Can a kernel of ours compute MLX's float32 softmax bit for bit, so that the encoder's attention scores kernel could
-write the softmax's weights itself and save its launch (70 a clip)?
+"""Does the package's softmax (cuda_kernels._ROW_SOFTMAX, which `weights_and_memory` runs after the attention's scores)
+compute MLX's float32 softmax bit for bit on this GPU?
 
     python bench/softmax_probe.py [--rows 668 2000] [--frames 17 50 167 362]
 
@@ -26,60 +26,23 @@ import mlx.core as mx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from funasr_nano_mlx.cuda_kernels import _ROW_NORM, layer_norm_threads  # noqa: E402
+from funasr_nano_mlx.cuda_kernels import _ROW_NORM, _ROW_SOFTMAX, row_threads  # noqa: E402
 
-# One row a block of MLX's threads (the same count as its layer_norm's: dispatch_block_dim over a quarter of the row).
+# One row a block of MLX's threads (`row_threads`: dispatch_block_dim over a quarter of the row), through the package's
+# `row_softmax` (cuda_kernels._ROW_SOFTMAX), whose reciprocal is IEEE's; FAST_RECIPROCAL swaps in the approximate one.
 _PROBE = """
   const int frames = scores_shape[1];
   const size_t row = blockIdx.x;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const float* in = scores + row * frames;
-  __shared__ float warp_max[BD / 32], warp_normalizer[BD / 32];
-  auto greater = [](float a, float b) { return a < b ? b : a; };
-  auto warp_reduce_max = [&](float v) {
-    for (int mask = 16; mask > 0; mask /= 2) {
-      v = greater(v, __shfl_xor_sync(0xffffffffu, v, mask));
-    }
-    return v;
-  };
   float values[4];
   for (int i = 0; i < 4; ++i) {
     const int k = 4 * threadIdx.x + i;
-    values[i] = k < frames ? in[k] : -cuda::std::numeric_limits<float>::infinity();
+    values[i] = k < frames ? scores[row * frames + k] : -cuda::std::numeric_limits<float>::infinity();
   }
-  float max_value = cuda::std::numeric_limits<float>::lowest(), normalizer = 0.0f;
-  float previous = max_value;
-  for (int i = 0; i < 4; ++i) {
-    max_value = greater(max_value, values[i]);
-  }
-  normalizer = __fmul_rn(normalizer, __expf(__fsub_rn(previous, max_value)));
-  for (int i = 0; i < 4; ++i) {
-    normalizer = __fadd_rn(normalizer, __expf(__fsub_rn(values[i], max_value)));
-  }
-  previous = max_value;
-  max_value = warp_reduce_max(max_value);
-  normalizer = warp_sum(__fmul_rn(normalizer, __expf(__fsub_rn(previous, max_value))));
-  previous = max_value;
-  if (lane == 0) {
-    warp_max[warp] = max_value;
-  }
-  __syncthreads();
-  max_value = warp_reduce_max(lane < BD / 32 ? warp_max[lane] : -cuda::std::numeric_limits<float>::infinity());
-  normalizer = __fmul_rn(normalizer, __expf(__fsub_rn(previous, max_value)));
-  if (lane == 0) {
-    warp_normalizer[warp] = normalizer;
-  }
-  __syncthreads();
-  normalizer = warp_sum(lane < BD / 32 ? warp_normalizer[lane] : 0.0f);
-#if FAST_RECIPROCAL
-  normalizer = __fdividef(1.0f, normalizer);
-#else
-  normalizer = __fdiv_rn(1.0f, normalizer);
-#endif
+  row_softmax<1, BD>(values, 0, threadIdx.x);
   for (int i = 0; i < 4; ++i) {
     const int k = 4 * threadIdx.x + i;
     if (k < frames) {
-      out[row * frames + k] = __fmul_rn(__expf(__fsub_rn(values[i], max_value)), normalizer);
+      out[row * frames + k] = values[i];
     }
   }
 """
@@ -87,15 +50,16 @@ _PROBE = """
 
 def ours(scores: mx.array, fast_reciprocal: bool) -> mx.array:
     """MLX's softmax over the last axis of scores (rows, frames), frames at most 4096, in a kernel of ours."""
+    row_softmax = _ROW_SOFTMAX.replace("__fdiv_rn(1.0f,", "__fdividef(1.0f,") if fast_reciprocal else _ROW_SOFTMAX
     kernel = mx.fast.cuda_kernel(
         name=f"softmax_probe_{int(fast_reciprocal)}",
         input_names=["scores"],
         output_names=["out"],
         source=_PROBE,
-        header=f"#define FAST_RECIPROCAL {int(fast_reciprocal)}\n" + _ROW_NORM,
+        header=_ROW_NORM + row_softmax,
     )
     rows, frames = scores.shape
-    threads = layer_norm_threads(frames)
+    threads = row_threads(frames)
     return kernel(
         inputs=[scores],
         template=[("BD", threads)],

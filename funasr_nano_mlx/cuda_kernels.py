@@ -812,7 +812,8 @@ def encoder_choices() -> tuple:
     whether the kernels are on, whether the attention kernel is chosen and up to how much work, whether the
     attention's product kernels are on and from how many frames up to how much work, whether the linear
     layers' kernels are on and for how many rows, whether a norm after one comes from its last kernel, whether the
-    FSMN memory comes from the scores' launch, and the k a stage of both (a template constant of theirs)."""
+    FSMN memory comes from the scores' launch and the softmax from the scores' kernel (up to how many frames), and the
+    k a stage of both (a template constant of theirs)."""
     return (
         available(),
         frame_attention_chosen(),
@@ -825,6 +826,8 @@ def encoder_choices() -> tuple:
         LINEAR_MAX_ROWS,
         NORM_IN_LINEAR,
         SCORES_WITH_MEMORY,
+        SOFTMAX_IN_SCORES,
+        SOFTMAX_IN_SCORES_MAX_FRAMES,
         tuple(STAGE_K.items()),
     )
 
@@ -1455,6 +1458,114 @@ _MEMORY_BLOCKS = (
 # Whether `attention_products_and_memory` computes the memory in the scores' launch (else in `fsmn_memory`'s own).
 SCORES_WITH_MEMORY = True
 
+# The softmax's weights straight from q and k, MLX's numbers bit for bit: a block holds R query frames of one (row,
+# head), each row with the threads MLX's softmax gives it (mlx/backend/cuda/softmax.cu: dispatch_block_dim over a
+# quarter of the frames, BD), thread t computing the scores of keys 4t..4t+3, each one fma chain over ascending k
+# from 0 (`_ATTENTION_PRODUCTS`'s order, q scaled first; a masked key float32's lowest), which are the very values
+# MLX's softmax has thread t load (-inf past the row). The softmax then runs in its order (`_ROW_SOFTMAX`). So the
+# scores never reach memory and the softmax takes no launch of its own. Each block reads all of its head's keys, so
+# its traffic grows with frames squared: used up to SOFTMAX_IN_SCORES_MAX_FRAMES (one pass of MLX's softmax is at
+# most 4096), the scores' kernel and MLX's softmax above it. With memory_taps, blocks past the planes compute the
+# FSMN memory (`_MEMORY_BLOCKS`).
+SOFTMAX_IN_SCORES = True
+SOFTMAX_IN_SCORES_MAX_FRAMES = 168
+SOFTMAX_ROWS_A_BLOCK = 4  # R, where a row's threads leave room (at most 1024 a block)
+_ATTENTION_WEIGHTS = """
+  static_assert(D % 4 == 0, "keys are read four floats at a time");
+  const int frames = qkv_shape[1], width = qkv_shape[2] / 3, z = blockIdx.z, head = z % HEADS;
+  const size_t row = z / HEADS, frame = 3 * width;
+  const float* frame_rows = qkv + row * frames * frame + head * D;  // frame f's q at f * 3C, k at + C
+  const int r = threadIdx.x / BD, t = threadIdx.x % BD, m = blockIdx.x * R + r;
+  __shared__ __align__(16) float queries[R][D];
+  for (int i = threadIdx.x; i < R * D; i += R * BD) {
+    const int query = blockIdx.x * R + i / D;
+    queries[i / D][i % D] = query < frames ? __fmul_rn(frame_rows[(size_t)query * frame + i % D], SCALE) : 0.0f;
+  }
+  __syncthreads();
+  float values[4], acc[4] = {};
+  for (int k = 0; k < D; k += 4) {
+    const float4 q = *reinterpret_cast<const float4*>(&queries[r][k]);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int n = 4 * t + i;
+      if (m < frames && n < frames) {
+        const float4 key = *reinterpret_cast<const float4*>(frame_rows + (size_t)n * frame + width + k);
+        acc[i] = __fmaf_rn(q.w, key.w, __fmaf_rn(q.z, key.z, __fmaf_rn(q.y, key.y, __fmaf_rn(q.x, key.x, acc[i]))));
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int n = 4 * t + i;
+    values[i] = n < frames ? acc[i] : -cuda::std::numeric_limits<float>::infinity();
+#if FRAMES_MASKED
+    if (n < frames && !(static_cast<float>(mask[row * frames + n]) > 0.0f)) {
+      values[i] = cuda::std::numeric_limits<float>::lowest();
+    }
+#endif
+  }
+  row_softmax<R, BD>(values, r, t);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int n = 4 * t + i;
+    if (m < frames && n < frames) {
+      out[((size_t)z * frames + m) * frames + n] = values[i];
+    }
+  }
+"""
+# MLX's float32 softmax of a row (mlx/backend/cuda/softmax.cu, one pass) held by BD threads of a block, 4 values each
+# (`values`, replaced by their weights), row r of R in the block: thread t's running max from float32's lowest
+# (cooperative groups' greater: b if a < b else a) and normalizer, rescaled by __expf(previous max - max), plus each
+# __expf(value - max); each warp's butterfly (xor 16 to 1) of the max, then of the rescaled normalizer; the same over
+# the warps' (-inf and 0 past them); the weights __expf(value - max) * (1 / normalizer). No product meets a sum that
+# nvcc could contract.
+_ROW_SOFTMAX = """
+__device__ inline float warp_max(float v) {
+#pragma unroll
+  for (int mask = 16; mask > 0; mask /= 2) {
+    const float other = __shfl_xor_sync(0xffffffffu, v, mask);
+    v = v < other ? other : v;
+  }
+  return v;
+}
+
+template <int R, int BD>
+__device__ inline void row_softmax(float (&values)[4], int r, int t) {
+  __shared__ float warp_maxes[R][BD / 32], warp_normalizers[R][BD / 32];
+  const int lane = t % 32, warp = t / 32;
+  float max_value = cuda::std::numeric_limits<float>::lowest(), normalizer = 0.0f;
+  float previous = max_value;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    max_value = max_value < values[i] ? values[i] : max_value;
+  }
+  normalizer = __fmul_rn(normalizer, __expf(__fsub_rn(previous, max_value)));
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    normalizer = __fadd_rn(normalizer, __expf(__fsub_rn(values[i], max_value)));
+  }
+  previous = max_value;
+  max_value = warp_max(max_value);
+  normalizer = warp_sum(__fmul_rn(normalizer, __expf(__fsub_rn(previous, max_value))));
+  previous = max_value;
+  if (lane == 0) {
+    warp_maxes[r][warp] = max_value;
+  }
+  __syncthreads();
+  max_value = warp_max(lane < BD / 32 ? warp_maxes[r][lane] : -cuda::std::numeric_limits<float>::infinity());
+  normalizer = __fmul_rn(normalizer, __expf(__fsub_rn(previous, max_value)));
+  if (lane == 0) {
+    warp_normalizers[r][warp] = normalizer;
+  }
+  __syncthreads();
+  normalizer = __fdiv_rn(1.0f, warp_sum(lane < BD / 32 ? warp_normalizers[r][lane] : 0.0f));
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    values[i] = __fmul_rn(__expf(__fsub_rn(values[i], max_value)), normalizer);
+  }
+}
+"""
+
 
 def cublas_float32(dtype: mx.Dtype) -> bool:
     """Whether MLX's matmuls of this dtype are cuBLAS's float32 ones, which the encoder's product and linear kernels
@@ -1479,6 +1590,28 @@ def _tile_shape(rows: int, columns: int, planes: int) -> tuple[int, int, int, in
     return (64, 64, 8, 4) if big else (32, 32, 4, 4)
 
 
+class MemoryBlocks(NamedTuple):
+    planes: int  # of the grid's z, past the attention's
+    template: list
+    shape: tuple[int, int, int]
+    source: str
+
+
+def _memory_blocks(memory_taps: tuple[int, int, int], rows_frames: tuple[int, int], plane_threads: int, masked: bool):
+    """What `_MEMORY_BLOCKS` adds to a launch whose planes (B x HEADS) hold `plane_threads` threads each: memory_taps
+    (channels, taps, left) of the FSMN block, rows_frames (B, T) of the projection."""
+    channels, taps, left = memory_taps
+    outputs = rows_frames[0] * rows_frames[1] * channels
+    template = [("T", mx.float32), ("C", channels), ("TAPS", taps), ("LEFT", left)]
+    source = f"#define FSMN_MASKED {int(masked)}\n" + _MEMORY_BLOCKS
+    return MemoryBlocks(-(-outputs // plane_threads), template, (*rows_frames, channels), source)
+
+
+def _check_planes(planes: int) -> None:
+    if planes > 65535:  # CUDA's grid: a row and head a block in z
+        raise ValueError(f"the attention's kernels take at most 65535 rows x heads, got {planes}")
+
+
 def _attention_product(mode: int, inputs: dict, weights_shape: tuple, memory_taps=None, **flags) -> list[mx.array]:
     """One `_ATTENTION_PRODUCTS` launch; weights_shape (B, HEADS, T, T), the planes and their rows. With
     memory_taps (channels, taps, left: the scores only), blocks past the scores' compute `fsmn_memory`'s output too
@@ -1497,14 +1630,14 @@ def _attention_product(mode: int, inputs: dict, weights_shape: tuple, memory_tap
     outputs, output_shapes = ["out"], [weights_shape if mode == 1 else (batch, frames, heads * dims)]
     source = ""
     if memory_taps:
-        channels, taps, left = memory_taps
-        planes += -(-batch * frames * channels // (threads * tiles))  # the memory's planes, a thread an output
-        template += [("T", mx.float32), ("C", channels), ("TAPS", taps), ("LEFT", left)]
-        outputs.append("memory_out")
-        output_shapes.append((batch, frames, channels))
-        source = f"#define FSMN_MASKED {int(flags['FRAMES_MASKED'])}\n" + _MEMORY_BLOCKS
-    if planes > 65535:  # CUDA's grid: a row and head a block in z
-        raise ValueError(f"the attention's product kernels take at most 65535 rows x heads, got {planes}")
+        memory = _memory_blocks(memory_taps, (batch, frames), threads * tiles, flags["FRAMES_MASKED"])
+        planes, source = planes + memory.planes, memory.source
+        template, outputs, output_shapes = (
+            template + memory.template,
+            outputs + ["memory_out"],
+            output_shapes + [memory.shape],
+        )
+    _check_planes(planes)
     defines = {"MODE": mode, **flags}
     source = "".join(f"#define {key} {int(value)}\n" for key, value in defines.items()) + source
     source += f"  constexpr float SCALE = {_float_literal(dims**-0.5)};\n"  # SAN-M scales q by head_dim ** -0.5
@@ -1574,15 +1707,66 @@ def scores_and_memory_ops(qkv: mx.array, heads: int, fsmn_weight: mx.array, left
     return attention_scores_ops(qkv, heads, mask), fsmn_memory_ops(qkv, fsmn_weight, left, mask)
 
 
+def softmax_in_scores_fits(frames: int) -> bool:
+    """Whether `weights_and_memory` computes the softmax's weights of rows of `frames` keys here."""
+    return SOFTMAX_IN_SCORES and frames <= min(SOFTMAX_IN_SCORES_MAX_FRAMES, 4 * 1024)
+
+
+def weights_and_memory(
+    qkv: mx.array, heads: int, fsmn_weight: mx.array, left: int, mask: mx.array | None = None
+) -> tuple[mx.array, mx.array]:
+    """`scores_and_memory` with MLX's float32 softmax (precise) of the scores in the same kernel (`_ATTENTION_WEIGHTS`):
+    the weights (B, heads, T, T) and the FSMN memory, bit for bit those of the scores' kernel, mx.softmax and
+    `fsmn_memory`, for T up to 4096."""
+    batch, frames, width = qkv.shape
+    channels, taps, _ = fsmn_weight.shape
+    dims = width // (3 * heads)
+    if width != 3 * channels or dims % 4 or frames > 4 * 1024:
+        raise ValueError(f"weights_and_memory takes qkv (B, T <= 4096, 3 x {channels}), heads of a multiple of 4")
+    masked = mask is not None
+    threads = row_threads(frames)
+    rows = max(1, min(SOFTMAX_ROWS_A_BLOCK, 1024 // threads))
+    groups = -(-frames // rows)  # of query frames, a block each
+    memory = _memory_blocks((channels, taps, left), (batch, frames), groups * rows * threads, masked)
+    planes = batch * heads + memory.planes
+    _check_planes(planes)
+    source = f"#define FRAMES_MASKED {int(masked)}\n" + memory.source
+    source += f"  constexpr float SCALE = {_float_literal(dims**-0.5)};\n" + _ATTENTION_WEIGHTS
+    inputs = {"qkv": qkv, "weight": fsmn_weight, **({"mask": mask} if masked else {})}
+    name = f"attention_weights_{'masked' if masked else 'whole'}_memory"
+    kernel = _kernel(name, tuple(inputs), ("out", "memory_out"), source, header=_ROW_NORM + _ROW_SOFTMAX)
+    return tuple(
+        kernel(
+            inputs=list(inputs.values()),
+            template=[("R", rows), ("BD", threads), ("HEADS", heads), ("D", dims), *memory.template],
+            grid=(groups * rows * threads, 1, planes),
+            threadgroup=(rows * threads, 1, 1),
+            output_shapes=[(batch, heads, frames, frames), memory.shape],
+            output_dtypes=[mx.float32, mx.float32],
+        )
+    )
+
+
+def weights_and_memory_ops(qkv: mx.array, heads: int, fsmn_weight: mx.array, left: int, mask: mx.array | None = None):
+    scores, memory = scores_and_memory_ops(qkv, heads, fsmn_weight, left, mask)
+    return mx.softmax(scores, axis=-1, precise=True), memory
+
+
 def attention_products_and_memory(
     qkv: mx.array, heads: int, fsmn_weight: mx.array, left: int, mask: mx.array | None = None
 ) -> tuple[mx.array, mx.array]:
     """SAN-M's attention context (`frame_attention_products`) and FSMN memory (`fsmn_memory`) of a fused float32
-    projection qkv (B, T, 3C); with SCORES_WITH_MEMORY the memory comes from the scores' launch (`scores_and_memory`)."""
+    projection qkv (B, T, 3C). With SCORES_WITH_MEMORY the memory comes from the launch of the scores
+    (`scores_and_memory`) or, with SOFTMAX_IN_SCORES and few enough frames, of the softmax's weights
+    (`weights_and_memory`); without, each is a launch of its own."""
     if not SCORES_WITH_MEMORY:
         return frame_attention_products(qkv, heads, mask), fsmn_memory(qkv, fsmn_weight, left, mask)
-    scores, memory = scores_and_memory(qkv, heads, fsmn_weight, left, mask)
-    return attention_context(mx.softmax(scores, axis=-1, precise=True), qkv), memory
+    if softmax_in_scores_fits(qkv.shape[1]):
+        weights, memory = weights_and_memory(qkv, heads, fsmn_weight, left, mask)
+    else:
+        scores, memory = scores_and_memory(qkv, heads, fsmn_weight, left, mask)
+        weights = mx.softmax(scores, axis=-1, precise=True)
+    return attention_context(weights, qkv), memory
 
 
 # The encoder's linear layers in float32 with cuBLAS's numbers, bit for bit, by default. cuBLAS runs them as SIMT
@@ -1730,8 +1914,8 @@ _PARTS_ADDED_NORMED = """
 """
 
 
-def layer_norm_threads(n: int) -> int:
-    """The threads a row of MLX's float32 layer_norm on CUDA takes for width n (dispatch_block_dim over n / 4)."""
+def row_threads(n: int) -> int:
+    """The threads a row of n takes in MLX's float32 layer_norm and softmax on CUDA (dispatch_block_dim over n / 4)."""
     return next((d for d in (32, 64, 128, 256, 512) if -(-n // 4) <= d), 1024)
 
 
@@ -1830,7 +2014,7 @@ def split_linear(
         )[0]
         return normed(summed, norm)
     norm_weight, norm_bias, eps = norm
-    threads = layer_norm_threads(n)
+    threads = row_threads(n)
     normed_kernel = _kernel(
         f"parts_added_normed_{int(relu)}_{len(addends)}",
         ("partials", "bias", *addend_inputs, "norm_weight", "norm_bias"),

@@ -15,8 +15,8 @@ one to one: `__fmaf_rn` is `std::fmaf`, correctly rounded like the GPU's fma, an
 (-ffp-contract=off), so the CPU's numbers are the GPU's for kernels that, like these, spell every rounding that
 matters with an intrinsic. Not modelled, so not checked here: NVRTC's own contraction of a plain `a * b + c`
 into an fma (its default), shared memory left unwritten (zero here as a static, garbage on a GPU), races that
-depend on timing, shuffles other than a full warp's xor, and atomics; `rsqrtf` is 1 / sqrt (each rounded) here and an
-approximation on a GPU, so a kernel using it is checked for its order, not for the GPU's bits.
+depend on timing, shuffles other than a full warp's xor, and atomics; `rsqrtf` is 1 / sqrt (each rounded) here and
+`__expf` exp, approximations on a GPU, so a kernel using them is checked for its order, not for the GPU's bits.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
+inline float __expf(float a) { return std::exp(a); }
 constexpr int MAX_WARPS = 32;
 float warp_slots[MAX_WARPS][32];
 std::barrier<>* warp_barriers[MAX_WARPS];

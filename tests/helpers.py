@@ -153,11 +153,12 @@ def transcribe_module():
     return importlib.import_module("funasr_nano_mlx.transcribe")
 
 
-# cuda_kernels' kernels of a SAN-M layer: the memory block, the attention (opt-in) or its two products (the scores with
-# the memory block in their launch, or apart), the linears
+# cuda_kernels' kernels of a SAN-M layer: the memory block, the attention (opt-in) or its two products (the scores, or
+# the softmax's weights, with the memory block in their launch, or each apart), the linears
 ENCODER_KERNELS = (
     "fsmn_memory",
     "frame_attention",
+    "weights_and_memory",
     "scores_and_memory",
     "attention_scores",
     "attention_context",

@@ -560,7 +560,8 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     """On a CUDA GPU each SAN-M layer's FSMN memory block is one kernel (cuda_kernels.fsmn_memory) reading the
     fused q/k/v projection, in float32 and bf16; its self-attention's two products are a kernel each in float32
     (attention_scores, attention_context: MLX's numbers) up to ATTENTION_PRODUCTS_MAX_WORK, the memory block then in
-    the scores' launch (scores_and_memory) unless SCORES_WITH_MEMORY is off, its four linear layers
+    the scores' launch (scores_and_memory) unless SCORES_WITH_MEMORY is off, and the softmax in the scores' kernel up to
+    SOFTMAX_IN_SCORES_MAX_FRAMES (weights_and_memory: MLX's numbers), its four linear layers
     too (split_linear, MLX's numbers where cuBLAS's order is known) from LINEAR_MIN_ROWS to LINEAR_MAX_ROWS, and the
     whole attention one kernel where a user opts in (FUNASR_NANO_ENCODER_ATTENTION_KERNEL=1: it changes float32's
     numbers) up to FRAME_ATTENTION_MAX_WORK. Here the kernels are replaced by their MLX-ops twins: a clip, and
@@ -588,7 +589,8 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     monkeypatch.setattr(cublas_heuristic, "split_k_parts", lambda rows, n, k: 3)
     monkeypatch.setattr(cuda_kernels, "LINEAR_MIN_ROWS", feats[0].shape[0])
     monkeypatch.setattr(cuda_kernels, "LINEAR_MAX_ROWS", batch.shape[0] * frames)
-    products = {"scores_and_memory", "attention_context", "split_linear"}  # the memory block in the scores' launch
+    # the softmax's weights from the scores' kernel, the memory block in its launch
+    products = {"weights_and_memory", "attention_context", "split_linear"}
 
     def encoded_calls(*inputs) -> set[str]:
         """The kernels one encoding called, after checking its output against the CPU's."""
@@ -617,12 +619,19 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     # By default: the memory block, the attention's products and the linears (float32's exact path).
     for inputs in ((feats[0][None],), (batch, lengths)):
         assert encoded_calls(*inputs) == products
-    # The memory block in a launch of its own where asked: a switch the layers are traced for.
-    monkeypatch.setattr(cuda_kernels, "SCORES_WITH_MEMORY", False)
-    apart = {"fsmn_memory", "attention_scores", "attention_context", "split_linear"}
-    for inputs in ((feats[0][None],), (batch, lengths)):
-        assert encoded_calls(*inputs) == apart
-    monkeypatch.setattr(cuda_kernels, "SCORES_WITH_MEMORY", True)
+    # The softmax apart (MLX's) where asked or above SOFTMAX_IN_SCORES_MAX_FRAMES, the memory still in the scores'
+    # launch; the memory block in a launch of its own where asked: switches and a bound the layers are traced for.
+    scores_apart = {"scores_and_memory", "attention_context", "split_linear"}
+    with monkeypatch.context() as apart:
+        apart.setattr(cuda_kernels, "SOFTMAX_IN_SCORES", False)
+        assert encoded_calls(feats[0][None]) == scores_apart
+        apart.undo()
+        apart.setattr(cuda_kernels, "SOFTMAX_IN_SCORES_MAX_FRAMES", frames - 1)
+        assert encoded_calls(batch, lengths) == scores_apart
+        assert encoded_calls(feats[0][None]) == products  # shorter
+        apart.setattr(cuda_kernels, "SCORES_WITH_MEMORY", False)
+        for inputs in ((feats[0][None],), (batch, lengths)):
+            assert encoded_calls(*inputs) == {"fsmn_memory", "attention_scores", "attention_context", "split_linear"}
     if compiled == "0":  # each layer's four linears (q/k/v, output, the FFN's two), none left to MLX
         encoder = model.audio_encoder
         layers = len(encoder.encoders0 + encoder.encoders + encoder.tp_encoders)

@@ -12,6 +12,8 @@ that does not fill cuBLAS's tile of 8."""
 
 from __future__ import annotations
 
+import math
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -208,7 +210,7 @@ def test_split_linear_adds_the_norm_in_mlx_order(recorded, rows, n, k, parts, re
     unused = (mx.zeros(1),) * (2 - addends)
     inputs = {"x": x, "weight": weight, "bias": bias, **dict(zip(("addend0", "addend1"), terms + unused))}
     linear = reference(_REFERENCE_LINEAR, inputs, (rows, n), rows * n, PARTS=parts, RELU=int(relu), ADDENDS=addends)
-    threads = cuda_kernels.layer_norm_threads(n)
+    threads = cuda_kernels.row_threads(n)
     norm_source = f"#define EPS {cuda_kernels._float_literal(1e-5)}\n" + _REFERENCE_NORM
     norm_inputs = {"y": linear.outputs[0], "weight": norm[0], "bias": norm[1]}
     norm_order = reference(norm_source, norm_inputs, (rows, n), rows, BD=threads)
@@ -231,26 +233,15 @@ def test_attention_products_are_single_chains(recorded, monkeypatch, rows, frame
     if stage:
         monkeypatch.setattr(cuda_kernels, "STAGE_K", dict.fromkeys(cuda_kernels.STAGE_K, stage))
     rng = np.random.default_rng(rows * frames)
-    qkv = mx.array(rng.standard_normal((rows, frames, 3 * 512), dtype=np.float32))
-    lengths = np.linspace(frames, frames // 2, rows).astype(int)
-    mask = mx.array(np.arange(frames)[None, :] < lengths[:, None], mx.float32) if masked else None
-    dims = 512 // HEADS
-    scale = cuda_kernels._float_literal(dims**-0.5)
-    constants = dict(HEADS=HEADS, D=dims, MASKED=int(masked))
+    qkv, mask, taps = attention_inputs(rows, frames, masked, rng)
     weights = mx.array(rng.uniform(0, 1, (rows, HEADS, frames, frames)).astype(np.float32))
-    # The reference reads all three (the mask only where masked, the weights only for the context).
-    inputs = {"qkv": qkv, "mask": mask if masked else mx.zeros(1), "weights": weights}
 
     scores = run_on_cpu(recorded(lambda: cuda_kernels.attention_scores(qkv, HEADS, mask)))
-    order = reference(
-        _REFERENCE_ATTENTION.replace("SCALE", scale), inputs, scores.shape, scores.size, SCORES=1, **constants
-    )
-    assert np.array_equal(scores, run_on_cpu([order]))
+    assert np.array_equal(scores, run_on_cpu([scores_order(qkv, mask)]))
     assert not masked or (scores == np.finfo(np.float32).min).any()
 
     # The FSMN memory in the scores' launch: both outputs those of the kernels apart, the memory MLX's ops' within
     # float32's rounding (the emulator adds the taps' products unfused, NVRTC fuses them: the same source either way).
-    taps = mx.array(rng.standard_normal((512, 11, 1), dtype=np.float32) / 4)
     both = recorded(lambda: cuda_kernels.scores_and_memory(qkv, HEADS, taps, 5, mask))
     assert len(both) == 1 and len(both[0].output_names) == 2
     scores_too, memory = run_on_cpu(both)
@@ -259,8 +250,130 @@ def test_attention_products_are_single_chains(recorded, monkeypatch, rows, frame
     assert np.allclose(memory, cuda_kernels.fsmn_memory_ops(qkv, taps, 5, mask), atol=1e-5)
 
     context = run_on_cpu(recorded(lambda: cuda_kernels.attention_context(weights, qkv)))
+    dims = 512 // HEADS
     order = reference(
-        _REFERENCE_ATTENTION.replace("SCALE", scale), inputs, context.shape, context.size, SCORES=0, **constants
+        _REFERENCE_ATTENTION.replace("SCALE", cuda_kernels._float_literal(dims**-0.5)),
+        {"qkv": qkv, "mask": mx.zeros(1), "weights": weights},
+        context.shape,
+        context.size,
+        SCORES=0,
+        HEADS=HEADS,
+        D=dims,
+        MASKED=0,
     )
     assert context.shape == (rows, frames, 512)
     assert np.array_equal(context, run_on_cpu([order]))
+
+
+def attention_inputs(rows: int, frames: int, masked: bool, rng) -> tuple[mx.array, mx.array | None, mx.array]:
+    """A fused q/k/v projection (rows, frames, 3 x 512), a mask of lengths from frames down to half (or None) and
+    FSMN taps (512, 11, 1)."""
+    qkv = mx.array(rng.standard_normal((rows, frames, 3 * 512), dtype=np.float32))
+    lengths = np.linspace(frames, frames // 2, rows).astype(int)
+    mask = mx.array(np.arange(frames)[None, :] < lengths[:, None], mx.float32) if masked else None
+    taps = mx.array(rng.standard_normal((512, 11, 1), dtype=np.float32) / 4)
+    return qkv, mask, taps
+
+
+def scores_order(qkv: mx.array, mask: mx.array | None) -> Launch:
+    """The scores of `_REFERENCE_ATTENTION`, one thread an output."""
+    rows, frames, _ = qkv.shape
+    dims = 512 // HEADS
+    inputs = {"qkv": qkv, "mask": mx.zeros(1) if mask is None else mask, "weights": mx.zeros(1)}
+    shape = (rows, HEADS, frames, frames)
+    source = _REFERENCE_ATTENTION.replace("SCALE", cuda_kernels._float_literal(dims**-0.5))
+    return reference(
+        source, inputs, shape, math.prod(shape), SCORES=1, HEADS=HEADS, D=dims, MASKED=int(mask is not None)
+    )
+
+
+# MLX's float32 softmax (mlx/backend/cuda/softmax.cu) written out, one thread a row: each of its BD threads' running max
+# and normalizer over values 4t..4t+3 (-inf past the row), each warp's butterfly of the max and of the normalizers
+# rescaled to it, the same over the warps' (-inf and 0 past them), then __expf(value - max) * (1 / normalizer). (A
+# butterfly leaves every lane the same value: its additions are commutative.)
+_REFERENCE_SOFTMAX = """
+  const int frames = scores_shape[3], rows = scores_shape[0] * scores_shape[1] * frames;
+  const int row = blockIdx.x * blockDim.x + threadIdx.x;
+  if (row >= rows) {
+    return;
+  }
+  const float* v = scores + (size_t)row * frames;
+  const float lowest = std::numeric_limits<float>::lowest(), inf = std::numeric_limits<float>::infinity();
+  auto value = [&](int k) { return k < frames ? v[k] : -inf; };
+  auto greater = [](float a, float b) { return a < b ? b : a; };
+  auto plus = [](float a, float b) { return __fadd_rn(a, b); };
+  auto butterfly = [](float (&lanes)[32], auto op) {
+    for (int mask = 16; mask > 0; mask /= 2) {
+      float next[32];
+      for (int l = 0; l < 32; ++l) {
+        next[l] = op(lanes[l], lanes[l ^ mask]);
+      }
+      std::copy(next, next + 32, lanes);
+    }
+    return lanes[0];
+  };
+  float maxes[BD], normalizers[BD];
+  for (int t = 0; t < BD; ++t) {
+    float m = lowest;
+    for (int k = 4 * t; k < 4 * t + 4; ++k) {
+      m = greater(m, value(k));
+    }
+    float n = __fmul_rn(0.0f, __expf(__fsub_rn(lowest, m)));
+    for (int k = 4 * t; k < 4 * t + 4; ++k) {
+      n = __fadd_rn(n, __expf(__fsub_rn(value(k), m)));
+    }
+    maxes[t] = m, normalizers[t] = n;
+  }
+  float warp_maxes[32], warp_normalizers[32], lanes[32];
+  for (int w = 0; w < BD / 32; ++w) {
+    std::copy(maxes + 32 * w, maxes + 32 * w + 32, lanes);
+    warp_maxes[w] = butterfly(lanes, greater);
+    for (int l = 0; l < 32; ++l) {
+      lanes[l] = __fmul_rn(normalizers[32 * w + l], __expf(__fsub_rn(maxes[32 * w + l], warp_maxes[w])));
+    }
+    warp_normalizers[w] = butterfly(lanes, plus);
+  }
+  for (int w = 0; w < 32; ++w) {
+    lanes[w] = w < BD / 32 ? warp_maxes[w] : -inf;
+  }
+  const float m = butterfly(lanes, greater);
+  for (int w = 0; w < 32; ++w) {
+    lanes[w] = w < BD / 32 ? __fmul_rn(warp_normalizers[w], __expf(__fsub_rn(warp_maxes[w], m))) : 0.0f;
+  }
+  const float inverse = __fdiv_rn(1.0f, butterfly(lanes, plus));
+  for (int k = 0; k < frames; ++k) {
+    out[(size_t)row * frames + k] = __fmul_rn(__expf(__fsub_rn(v[k], m)), inverse);
+  }
+"""
+
+
+@pytest.mark.parametrize(
+    "rows, frames, masked",
+    [
+        (1, 70, False),  # a warp a row (32 threads), 4 rows a block, the last block's rows partly past the end
+        (2, 167, True),  # 10 s: two warps a row, masked keys; 167 = 41 x 4 + 3 rows
+        (1, 300, False),  # three of MLX's four warps a row, the fourth past it
+    ],
+)
+def test_softmax_weights_in_mlx_order(recorded, rows, frames, masked):
+    """`weights_and_memory`: the scores' single chains and MLX's softmax order in one kernel, the FSMN memory beside."""
+    rng = np.random.default_rng(frames)
+    qkv, mask, taps = attention_inputs(rows, frames, masked, rng)
+    launched = recorded(lambda: cuda_kernels.weights_and_memory(qkv, HEADS, taps, 5, mask))
+    assert len(launched) == 1
+    weights, memory = run_on_cpu(launched)
+
+    scores = scores_order(qkv, mask)
+    softmax = reference(
+        _REFERENCE_SOFTMAX,
+        {"scores": scores.outputs[0]},
+        weights.shape,
+        rows * HEADS * frames,
+        BD=cuda_kernels.row_threads(frames),
+    )
+    assert np.array_equal(weights, run_on_cpu([scores, softmax]))
+    assert np.array_equal(memory, run_on_cpu(recorded(lambda: cuda_kernels.fsmn_memory(qkv, taps, 5, mask))))
+    # MLX's own (CPU) softmax of the same scores is within float32's rounding; masked keys weigh nothing.
+    expected = mx.softmax(cuda_kernels.attention_scores_ops(qkv, HEADS, mask), axis=-1, precise=True)
+    assert np.allclose(weights, expected, atol=1e-6)
+    assert not masked or (weights == 0).any()
