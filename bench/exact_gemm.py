@@ -345,7 +345,7 @@ def encoder_candidate(model_dir: Path, seconds: list[float], variants: dict, bat
         outputs, rows_out = {}, []
         for _ in range(2):  # alternating, so that a host's drift hits all alike
             for variant, settings in variants.items():
-                for setting, value in settings.items():
+                for setting, value in {**defaults, **settings}.items():  # what a variant leaves unnamed is the default
                     setattr(cuda_kernels, setting, value)
                 warm, submit = warm_ms(lambda: model.encode(feats, lengths), 10)
                 outputs[variant] = np.array(model.encode(feats, lengths))
