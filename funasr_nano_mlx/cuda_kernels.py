@@ -1173,16 +1173,22 @@ def norm_swiglu_ops(x: mx.array, norm, linear) -> mx.array:
 _FSMN_THREAD = "  const size_t index = (size_t)blockIdx.x * blockDim.x + threadIdx.x;\n"
 
 
+def _memory_inputs(qkv: mx.array, weight: mx.array, mask: mx.array | None) -> tuple[int, int, dict]:
+    """The FSMN block's channels and taps (weight (C, K, 1)), and a kernel's inputs for it: qkv (B, T, 3C), the weight,
+    the mask where given."""
+    channels, taps, _ = weight.shape
+    if qkv.shape[-1] != 3 * channels:
+        raise ValueError(f"qkv's last axis should be 3 x {channels}, got {qkv.shape[-1]}")
+    return channels, taps, {"qkv": qkv, "weight": weight, **({"mask": mask} if mask is not None else {})}
+
+
 def fsmn_memory(qkv: mx.array, weight: mx.array, left: int, mask: mx.array | None = None) -> mx.array:
     """SAN-M's FSMN memory block (`fsmn_memory_ops`) of the value third of a fused q/k/v projection qkv (B, T, 3C), in one kernel:
     weight the depthwise convolution's (C, K, 1), `left` its zero frames before the first, mask (B, T) or None.
     Returns (B, T, C) in qkv's dtype."""
-    batch, frames, width = qkv.shape
-    channels, taps, _ = weight.shape
-    if width != 3 * channels:
-        raise ValueError(f"qkv's last axis should be 3 x {channels}, got {width}")
+    batch, frames, _ = qkv.shape
+    channels, taps, inputs = _memory_inputs(qkv, weight, mask)
     masked = mask is not None
-    inputs = {"qkv": qkv, "weight": weight, **({"mask": mask} if masked else {})}
     source = f"#define FSMN_MASKED {int(masked)}\n" + _FSMN_THREAD + _FSMN  # the masked form reads a third input
     name = f"fsmn_memory_{'masked' if masked else 'whole'}"
     kernel = _kernel(name, tuple(inputs), ("memory_out",), source, header="")  # it needs none of _HEADER
@@ -1693,14 +1699,10 @@ def scores_and_memory(
 ) -> tuple[mx.array, mx.array]:
     """`attention_scores` and `fsmn_memory` of a fused float32 projection qkv (B, T, 3C) in one launch, each
     output theirs bit for bit (the same sources): fsmn_weight (C, K, 1), `left` its zero frames before the first."""
-    batch, frames, width = qkv.shape
-    channels, taps, _ = fsmn_weight.shape
-    if width != 3 * channels:
-        raise ValueError(f"qkv's last axis should be 3 x {channels}, got {width}")
-    masked = mask is not None
-    inputs = {"qkv": qkv, "weight": fsmn_weight, **({"mask": mask} if masked else {})}
+    batch, frames, _ = qkv.shape
+    channels, taps, inputs = _memory_inputs(qkv, fsmn_weight, mask)
     shape = (batch, heads, frames, frames)
-    return tuple(_attention_product(1, inputs, shape, (channels, taps, left), FRAMES_MASKED=masked))
+    return tuple(_attention_product(1, inputs, shape, (channels, taps, left), FRAMES_MASKED=mask is not None))
 
 
 def scores_and_memory_ops(qkv: mx.array, heads: int, fsmn_weight: mx.array, left: int, mask: mx.array | None = None):
@@ -1719,10 +1721,10 @@ def weights_and_memory(
     the weights (B, heads, T, T) and the FSMN memory, bit for bit those of the scores' kernel, mx.softmax and
     `fsmn_memory`, for T up to 4096."""
     batch, frames, width = qkv.shape
-    channels, taps, _ = fsmn_weight.shape
+    channels, taps, inputs = _memory_inputs(qkv, fsmn_weight, mask)
     dims = width // (3 * heads)
-    if width != 3 * channels or dims % 4 or frames > 4 * 1024:
-        raise ValueError(f"weights_and_memory takes qkv (B, T <= 4096, 3 x {channels}), heads of a multiple of 4")
+    if dims % 4 or frames > 4 * 1024:
+        raise ValueError(f"weights_and_memory takes up to 4096 frames, heads of a multiple of 4, got {frames}, {dims}")
     masked = mask is not None
     threads = row_threads(frames)
     rows = max(1, min(SOFTMAX_ROWS_A_BLOCK, 1024 // threads))
@@ -1732,7 +1734,6 @@ def weights_and_memory(
     _check_planes(planes)
     source = f"#define FRAMES_MASKED {int(masked)}\n" + memory.source
     source += f"  constexpr float SCALE = {_float_literal(dims**-0.5)};\n" + _ATTENTION_WEIGHTS
-    inputs = {"qkv": qkv, "weight": fsmn_weight, **({"mask": mask} if masked else {})}
     name = f"attention_weights_{'masked' if masked else 'whole'}_memory"
     kernel = _kernel(name, tuple(inputs), ("out", "memory_out"), source, header=_ROW_NORM + _ROW_SOFTMAX)
     return tuple(
