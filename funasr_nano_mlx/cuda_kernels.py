@@ -305,8 +305,8 @@ _EMBED_AFFINE = """
 # source serves every length. It replaces MLX's pad (2 kernels), the two copies its convolution makes to put
 # the channel groups first (mlx/backend/cuda/conv.cpp, group_transpose), cuDNN's convolution (captured into
 # the CUDA graph at each call) and the add.
-# `index` is the output this thread computes (set before the source: `fsmn_memory`'s a thread of its grid, and
-# `scores_and_memory`'s a thread of the blocks past the scores').
+# `index` is the output this thread computes (set before the source: `fsmn_memory`'s a thread of its grid, and a
+# thread of the blocks past the attention's in `scores_and_memory` and `weights_and_memory`: `_MEMORY_BLOCKS`).
 _FSMN = """
   const int frames = qkv_shape[1];
   if (index >= (size_t)qkv_shape[0] * frames * C) {
@@ -828,6 +828,7 @@ def encoder_choices() -> tuple:
         SCORES_WITH_MEMORY,
         SOFTMAX_IN_SCORES,
         SOFTMAX_IN_SCORES_MAX_FRAMES,
+        SOFTMAX_ROWS_A_BLOCK,
         tuple(STAGE_K.items()),
     )
 
@@ -1446,8 +1447,8 @@ _ATTENTION_PRODUCTS = """
   }
 """
 
-# The scores kernel's blocks past its planes (z from B x HEADS) compute SAN-M's FSMN memory from the same qkv, a thread
-# an output in `fsmn_memory`'s order (its source), so that the layer's two readers of the projection take one launch:
+# The attention kernels' blocks past their planes (z from B x HEADS) compute SAN-M's FSMN memory from the same qkv, a
+# thread an output in `fsmn_memory`'s order (its source), so that the layer's readers of the projection take one launch:
 # the blocks of the two never wait on each other, and a launch costs the host more than either's GPU time at 10 s.
 _MEMORY_BLOCKS = (
     """
@@ -1471,8 +1472,9 @@ SCORES_WITH_MEMORY = True
 # MLX's softmax has thread t load (-inf past the row). The softmax then runs in its order (`_ROW_SOFTMAX`). So the
 # scores never reach memory and the softmax takes no launch of its own. Each block reads all of its head's keys, so
 # its traffic grows with frames squared: used up to SOFTMAX_IN_SCORES_MAX_FRAMES (one pass of MLX's softmax is at
-# most 4096), the scores' kernel and MLX's softmax above it. With memory_taps, blocks past the planes compute the
-# FSMN memory (`_MEMORY_BLOCKS`).
+# most 4096; the bound is one clip of 10 s, not yet a measured crossover), the scores' kernel and MLX's softmax above
+# it. Blocks past the planes compute the FSMN memory (`_MEMORY_BLOCKS`). The keys are read four floats at a time, so
+# qkv's data must start 16-byte aligned: MLX's allocations do, and the model's qkv is a linear layer's fresh output.
 SOFTMAX_IN_SCORES = True
 SOFTMAX_IN_SCORES_MAX_FRAMES = 168
 SOFTMAX_ROWS_A_BLOCK = 4  # R, where a row's threads leave room (at most 1024 a block)
@@ -1523,8 +1525,9 @@ _ATTENTION_WEIGHTS = """
 # (`values`, replaced by their weights), row r of R in the block: thread t's running max from float32's lowest
 # (cooperative groups' greater: b if a < b else a) and normalizer, rescaled by __expf(previous max - max), plus each
 # __expf(value - max); each warp's butterfly (xor 16 to 1) of the max, then of the rescaled normalizer; the same over
-# the warps' (-inf and 0 past them); the weights __expf(value - max) * (1 / normalizer). No product meets a sum that
-# nvcc could contract.
+# the warps' (-inf and 0 past them); the weights __expf(value - max) * (1 / normalizer), the division IEEE's (nvcc's
+# default, as MLX is built). Of MLX's products only the thread's first rescale meets a sum that nvcc contracts (its
+# compiled kernel has an fma there), and in one pass that product is 0 x e, exact either way.
 _ROW_SOFTMAX = """
 __device__ inline float warp_max(float v) {
 #pragma unroll
@@ -1613,9 +1616,14 @@ def _memory_blocks(memory_taps: tuple[int, int, int], rows_frames: tuple[int, in
     return MemoryBlocks(-(-outputs // plane_threads), template, (*rows_frames, channels), source)
 
 
+MAX_PLANES = 65535  # CUDA's grid in z: a row and head a block, then the memory's blocks
+
+
 def _check_planes(planes: int) -> None:
-    if planes > 65535:  # CUDA's grid: a row and head a block in z
-        raise ValueError(f"the attention's kernels take at most 65535 rows x heads, got {planes}")
+    if planes > MAX_PLANES:
+        raise ValueError(
+            f"the attention's kernels take at most {MAX_PLANES} planes (rows x heads, memory), got {planes}"
+        )
 
 
 def _attention_product(mode: int, inputs: dict, weights_shape: tuple, memory_taps=None, **flags) -> list[mx.array]:
@@ -1709,9 +1717,26 @@ def scores_and_memory_ops(qkv: mx.array, heads: int, fsmn_weight: mx.array, left
     return attention_scores_ops(qkv, heads, mask), fsmn_memory_ops(qkv, fsmn_weight, left, mask)
 
 
-def softmax_in_scores_fits(frames: int) -> bool:
+def softmax_in_scores_fits(frames: int, head_dim: int) -> bool:
     """Whether `weights_and_memory` computes the softmax's weights of rows of `frames` keys here."""
-    return SOFTMAX_IN_SCORES and frames <= min(SOFTMAX_IN_SCORES_MAX_FRAMES, 4 * 1024)
+    return SOFTMAX_IN_SCORES and frames <= min(SOFTMAX_IN_SCORES_MAX_FRAMES, 4 * 1024) and head_dim % 4 == 0
+
+
+def _softmax_block(frames: int) -> tuple[int, int]:
+    """BD and R of `weights_and_memory`'s blocks for rows of `frames` keys: MLX's softmax threads a row, rows a block."""
+    threads = row_threads(frames)
+    return threads, max(1, min(SOFTMAX_ROWS_A_BLOCK, 1024 // threads))
+
+
+def _planes_with_memory(batch: int, frames: int, heads: int, channels: int, softmax: bool) -> int:
+    """The grid's planes (z) of `weights_and_memory` (softmax) or `scores_and_memory`: B x heads, then the memory's."""
+    if softmax:
+        threads, rows = _softmax_block(frames)
+        plane_threads = -(-frames // rows) * rows * threads
+    else:
+        bm, bn, tm, tn = _tile_shape(frames, frames, batch * heads)
+        plane_threads = (bm // tm) * (bn // tn) * -(-frames // bm) * -(-frames // bn)
+    return batch * heads + _memory_blocks((channels, 0, 0), (batch, frames), plane_threads, False).planes
 
 
 def weights_and_memory(
@@ -1726,8 +1751,7 @@ def weights_and_memory(
     if dims % 4 or frames > 4 * 1024:
         raise ValueError(f"weights_and_memory takes up to 4096 frames, heads of a multiple of 4, got {frames}, {dims}")
     masked = mask is not None
-    threads = row_threads(frames)
-    rows = max(1, min(SOFTMAX_ROWS_A_BLOCK, 1024 // threads))
+    threads, rows = _softmax_block(frames)
     groups = -(-frames // rows)  # of query frames, a block each
     memory = _memory_blocks((channels, taps, left), (batch, frames), groups * rows * threads, masked)
     planes = batch * heads + memory.planes
@@ -1760,9 +1784,12 @@ def attention_products_and_memory(
     projection qkv (B, T, 3C). With SCORES_WITH_MEMORY the memory comes from the launch of the scores
     (`scores_and_memory`) or, with SOFTMAX_IN_SCORES and few enough frames, of the softmax's weights
     (`weights_and_memory`); without, each is a launch of its own."""
-    if not SCORES_WITH_MEMORY:
+    batch, frames, width = qkv.shape
+    softmax = softmax_in_scores_fits(frames, width // (3 * heads))
+    planes = _planes_with_memory(batch, frames, heads, fsmn_weight.shape[0], softmax)
+    if not SCORES_WITH_MEMORY or planes > MAX_PLANES:  # the grid's z too small for the memory's blocks: apart
         return frame_attention_products(qkv, heads, mask), fsmn_memory(qkv, fsmn_weight, left, mask)
-    if softmax_in_scores_fits(qkv.shape[1]):
+    if softmax:
         weights, memory = weights_and_memory(qkv, heads, fsmn_weight, left, mask)
     else:
         scores, memory = scores_and_memory(qkv, heads, fsmn_weight, left, mask)

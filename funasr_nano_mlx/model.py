@@ -286,8 +286,8 @@ class SANMAttention(nn.Module):
         # On CUDA one kernel computes the memory block, which MLX's ops take five or more for
         # (cuda_kernels.fsmn_memory); where chosen and small enough one the attention, which they take
         # seven for (cuda_kernels.frame_attention_fits: opt-in, it changes float32's numbers); else, small
-        # enough, two its products with MLX's numbers and MLX's softmax (cuda_kernels.attention_products_fit), the
-        # memory in the scores' launch.
+        # enough, its products with MLX's numbers and its softmax with MLX's, the scores and the softmax in one kernel
+        # up to 168 frames, the memory in their launch (cuda_kernels.attention_products_fit).
         fsmn = cuda_kernels.fsmn_memory if cuda_kernels.fsmn_fits(qkv.dtype) else cuda_kernels.fsmn_memory_ops
         batch, frames, width = qkv.shape
         taps = (self.fsmn_block.weight, self.left_pad)

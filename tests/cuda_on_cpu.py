@@ -62,6 +62,7 @@ inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
 inline float __expf(float a) { return std::exp(a); }
+#define expf expf_is_not_emulated  // the GPU's expf is not __expf, which the CPU's exp stands in for
 constexpr int MAX_WARPS = 32;
 float warp_slots[MAX_WARPS][32];
 std::barrier<>* warp_barriers[MAX_WARPS];

@@ -347,16 +347,25 @@ _REFERENCE_SOFTMAX = """
 """
 
 
+def test_rows_take_mlx_threads():
+    """MLX's block for a row of n (its layer_norm's and softmax's): the warps ceil(n / 4) threads round up to."""
+    sizes = {1: 32, 128: 32, 129: 64, 256: 64, 257: 128, 512: 128, 2048: 512, 2049: 1024, 4096: 1024}
+    assert {n: cuda_kernels.row_threads(n) for n in sizes} == sizes
+
+
 @pytest.mark.parametrize(
-    "rows, frames, masked",
+    "rows, frames, masked, threads",
     [
-        (1, 70, False),  # a warp a row (32 threads), 4 rows a block, the last block's rows partly past the end
-        (2, 167, True),  # 10 s: two warps a row, masked keys; 167 = 41 x 4 + 3 rows
-        (1, 300, False),  # three of MLX's four warps a row, the fourth past it
+        (1, 70, False, 32),  # a warp a row, 4 rows a block, the last block's rows partly past the end
+        (1, 129, False, 64),  # just past a warp's 128: two warps, the second holding one value
+        (2, 167, True, 64),  # 10 s: two warps a row, masked keys; 167 = 41 x 4 + 3 rows
+        (1, 300, False, 128),  # three of MLX's four warps a row, the fourth past it
     ],
 )
-def test_softmax_weights_in_mlx_order(recorded, rows, frames, masked):
-    """`weights_and_memory`: the scores' single chains and MLX's softmax order in one kernel, the FSMN memory beside."""
+def test_softmax_weights_in_mlx_order(recorded, rows, frames, masked, threads):
+    """`weights_and_memory`: the scores' single chains and MLX's softmax order in one kernel, the FSMN memory beside.
+    `threads`: MLX's block for the row (dispatch_block_dim over ceil(frames / 4)), written out here."""
+    assert cuda_kernels.row_threads(frames) == threads
     rng = np.random.default_rng(frames)
     qkv, mask, taps = attention_inputs(rows, frames, masked, rng)
     launched = recorded(lambda: cuda_kernels.weights_and_memory(qkv, HEADS, taps, 5, mask))
@@ -365,11 +374,7 @@ def test_softmax_weights_in_mlx_order(recorded, rows, frames, masked):
 
     scores = scores_order(qkv, mask)
     softmax = reference(
-        _REFERENCE_SOFTMAX,
-        {"scores": scores.outputs[0]},
-        weights.shape,
-        rows * HEADS * frames,
-        BD=cuda_kernels.row_threads(frames),
+        _REFERENCE_SOFTMAX, {"scores": scores.outputs[0]}, weights.shape, rows * HEADS * frames, BD=threads
     )
     assert np.array_equal(weights, run_on_cpu([scores, softmax]))
     assert np.array_equal(memory, run_on_cpu(recorded(lambda: cuda_kernels.fsmn_memory(qkv, taps, 5, mask))))
