@@ -827,7 +827,7 @@ def encoder_choices() -> tuple:
         NORM_IN_LINEAR,
         SCORES_WITH_MEMORY,
         SOFTMAX_IN_SCORES,
-        SOFTMAX_IN_SCORES_MAX_FRAMES,
+        SOFTMAX_IN_SCORES_MAX_WORK,
         SOFTMAX_ROWS_A_BLOCK,
         tuple(STAGE_K.items()),
     )
@@ -1470,13 +1470,16 @@ SCORES_WITH_MEMORY = True
 # quarter of the frames, BD), thread t computing the scores of keys 4t..4t+3, each one fma chain over ascending k
 # from 0 (`_ATTENTION_PRODUCTS`'s order, q scaled first; a masked key float32's lowest), which are the very values
 # MLX's softmax has thread t load (-inf past the row). The softmax then runs in its order (`_ROW_SOFTMAX`). So the
-# scores never reach memory and the softmax takes no launch of its own. Each block reads all of its head's keys, so
-# its traffic grows with frames squared: used up to SOFTMAX_IN_SCORES_MAX_FRAMES (one pass of MLX's softmax is at
-# most 4096; the bound is one clip of 10 s, not yet a measured crossover), the scores' kernel and MLX's softmax above
-# it. Blocks past the planes compute the FSMN memory (`_MEMORY_BLOCKS`). The keys are read four floats at a time, so
-# qkv's data must start 16-byte aligned: MLX's allocations do, and the model's qkv is a linear layer's fresh output.
+# scores never reach memory and the softmax takes no launch of its own. But each thread reads its four keys' rows
+# whole, and each block all of its head's keys, so the kernel's time grows with frames where the tiled scores' hardly
+# does: on an H100, 8.4 us a layer at 50 frames (3 s) against 14.1 for the scores kernel and MLX's softmax, 25.9 against
+# 13.8 at 167 (10 s), 70.6 against 20.7 for 4 x 167 (BENCHMARKS.md). So it runs up to SOFTMAX_IN_SCORES_MAX_WORK (rows
+# x frames^2: one clip of up to 64 frames, about 3.8 s, below the crossover the two times put near 85; only 50 was
+# measured), the scores' kernel and MLX's softmax above it; every such row takes MLX's 32 threads, so one source
+# serves. Blocks past the planes compute the FSMN memory (`_MEMORY_BLOCKS`). The keys are read four floats at a time,
+# so qkv's data must start 16-byte aligned: MLX's allocations do, and the model's qkv is a linear layer's fresh output.
 SOFTMAX_IN_SCORES = True
-SOFTMAX_IN_SCORES_MAX_FRAMES = 168
+SOFTMAX_IN_SCORES_MAX_WORK = 64 * 64
 SOFTMAX_ROWS_A_BLOCK = 4  # R, where a row's threads leave room (at most 1024 a block)
 _ATTENTION_WEIGHTS = """
   static_assert(D % 4 == 0, "keys are read four floats at a time");
@@ -1717,9 +1720,10 @@ def scores_and_memory_ops(qkv: mx.array, heads: int, fsmn_weight: mx.array, left
     return attention_scores_ops(qkv, heads, mask), fsmn_memory_ops(qkv, fsmn_weight, left, mask)
 
 
-def softmax_in_scores_fits(frames: int, head_dim: int) -> bool:
-    """Whether `weights_and_memory` computes the softmax's weights of rows of `frames` keys here."""
-    return SOFTMAX_IN_SCORES and frames <= min(SOFTMAX_IN_SCORES_MAX_FRAMES, 4 * 1024) and head_dim % 4 == 0
+def softmax_in_scores_fits(rows: int, frames: int, head_dim: int) -> bool:
+    """Whether `weights_and_memory` computes the softmax's weights of `rows` clips of `frames` frames here."""
+    small = rows * frames * frames <= SOFTMAX_IN_SCORES_MAX_WORK and frames <= 4 * 1024
+    return SOFTMAX_IN_SCORES and small and head_dim % 4 == 0
 
 
 def _softmax_block(frames: int) -> tuple[int, int]:
@@ -1782,10 +1786,10 @@ def attention_products_and_memory(
 ) -> tuple[mx.array, mx.array]:
     """SAN-M's attention context (`frame_attention_products`) and FSMN memory (`fsmn_memory`) of a fused float32
     projection qkv (B, T, 3C). With SCORES_WITH_MEMORY the memory comes from the launch of the scores
-    (`scores_and_memory`) or, with SOFTMAX_IN_SCORES and few enough frames, of the softmax's weights
+    (`scores_and_memory`) or, with SOFTMAX_IN_SCORES and small enough, of the softmax's weights
     (`weights_and_memory`); without, each is a launch of its own."""
     batch, frames, width = qkv.shape
-    softmax = softmax_in_scores_fits(frames, width // (3 * heads))
+    softmax = softmax_in_scores_fits(batch, frames, width // (3 * heads))
     planes = _planes_with_memory(batch, frames, heads, fsmn_weight.shape[0], softmax)
     if not SCORES_WITH_MEMORY or planes > MAX_PLANES:  # the grid's z too small for the memory's blocks: apart
         return frame_attention_products(qkv, heads, mask), fsmn_memory(qkv, fsmn_weight, left, mask)

@@ -287,7 +287,7 @@ class SANMAttention(nn.Module):
         # (cuda_kernels.fsmn_memory); where chosen and small enough one the attention, which they take
         # seven for (cuda_kernels.frame_attention_fits: opt-in, it changes float32's numbers); else, small
         # enough, its products with MLX's numbers and its softmax with MLX's, the scores and the softmax in one kernel
-        # up to 168 frames, the memory in their launch (cuda_kernels.attention_products_fit).
+        # for short clips, the memory in their launch (cuda_kernels.attention_products_fit).
         fsmn = cuda_kernels.fsmn_memory if cuda_kernels.fsmn_fits(qkv.dtype) else cuda_kernels.fsmn_memory_ops
         batch, frames, width = qkv.shape
         taps = (self.fsmn_block.weight, self.left_pad)

@@ -561,7 +561,7 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     fused q/k/v projection, in float32 and bf16; its self-attention's two products are a kernel each in float32
     (attention_scores, attention_context: MLX's numbers) up to ATTENTION_PRODUCTS_MAX_WORK, the memory block then in
     the scores' launch (scores_and_memory) unless SCORES_WITH_MEMORY is off, and the softmax in the scores' kernel up to
-    SOFTMAX_IN_SCORES_MAX_FRAMES (weights_and_memory: MLX's numbers), its four linear layers
+    SOFTMAX_IN_SCORES_MAX_WORK (weights_and_memory: MLX's numbers), its four linear layers
     too (split_linear, MLX's numbers where cuBLAS's order is known) from LINEAR_MIN_ROWS to LINEAR_MAX_ROWS, and the
     whole attention one kernel where a user opts in (FUNASR_NANO_ENCODER_ATTENTION_KERNEL=1: it changes float32's
     numbers) up to FRAME_ATTENTION_MAX_WORK. Here the kernels are replaced by their MLX-ops twins: a clip, and
@@ -584,6 +584,7 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     work = batch.shape[0] * frames * frames
     monkeypatch.setattr(cuda_kernels, "FRAME_ATTENTION_MAX_WORK", work)
     monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MAX_WORK", work)
+    monkeypatch.setattr(cuda_kernels, "SOFTMAX_IN_SCORES_MAX_WORK", work)
     monkeypatch.setattr(cuda_kernels, "ATTENTION_PRODUCTS_MIN_FRAMES", 4)  # the tiny clips are short
     # cuBLAS's order as its heuristic would give it on a GPU; the rows of one clip and of the batch
     monkeypatch.setattr(cublas_heuristic, "split_k_parts", lambda rows, n, k: 3)
@@ -619,14 +620,14 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     # By default: the memory block, the attention's products and the linears (float32's exact path).
     for inputs in ((feats[0][None],), (batch, lengths)):
         assert encoded_calls(*inputs) == products
-    # The softmax apart (MLX's) where asked or above SOFTMAX_IN_SCORES_MAX_FRAMES, the memory still in the scores'
+    # The softmax apart (MLX's) where asked or above SOFTMAX_IN_SCORES_MAX_WORK, the memory still in the scores'
     # launch; the memory block in a launch of its own where asked: switches and a bound the layers are traced for.
     scores_apart = {"scores_and_memory", "attention_context", "split_linear"}
     with monkeypatch.context() as apart:
         apart.setattr(cuda_kernels, "SOFTMAX_IN_SCORES", False)
         assert encoded_calls(feats[0][None]) == scores_apart
         apart.undo()
-        apart.setattr(cuda_kernels, "SOFTMAX_IN_SCORES_MAX_FRAMES", frames - 1)
+        apart.setattr(cuda_kernels, "SOFTMAX_IN_SCORES_MAX_WORK", feats[0].shape[0] ** 2)
         assert encoded_calls(batch, lengths) == scores_apart
         assert encoded_calls(feats[0][None]) == products  # shorter
         apart.setattr(cuda_kernels, "SCORES_WITH_MEMORY", False)
