@@ -440,16 +440,22 @@ class BatchDecoder:
         such a clip: its kernels (a CUDA kernel of ours at every process start: about a second a source,
         BENCHMARKS.md), the compiled encoder layers and decode step at their first shapes. Batched steps,
         other lengths and the CTC head still compile at their first use. 3 s: the shortest clip whose
-        encoder runs the linear layers' kernels (cuda_kernels.LINEAR_MIN_ROWS, 50 frames).
+        encoder runs the linear layers' kernels (cuda_kernels.LINEAR_MIN_ROWS, 50 frames); the encoder also runs
+        over twice that, past the short clips' attention kernel (cuda_kernels.SOFTMAX_IN_SCORES_MAX_WORK), so that
+        both of its attention sources are compiled.
 
         The prompt's pass also runs at twice this prompt's length: MLX builds its quantized matmul on CUDA for
         prompts of up to 16, 32 and more rows each at its first use (mlx/backend/cuda/quantized/qmm/qmm_sm80.cu,
         make_cta_tiler), and a short clip's prompt (about 25 tokens for 1 s, 29 for 3 s) takes only the 32-row one.
         A 4-bit model's first token at a new clip length, after a 1 s clip, took 89-93 ms against bf16's 37-39
         (BENCHMARKS.md)."""
-        samples = np.random.default_rng(0).normal(0.0, 1e-3, int(seconds * SAMPLE_RATE)).astype(np.float32)
-        feats, _ = _batch_features([SegmentJob(0, samples, 0, round(seconds * 1000), "warm-up")])
-        frames = self.model.encode(feats)[0]
+        noise = np.random.default_rng(0).normal(0.0, 1e-3, int(2 * seconds * SAMPLE_RATE)).astype(np.float32)
+        encoded = []
+        for samples in (noise[: len(noise) // 2], noise):
+            job = SegmentJob(0, samples, 0, round(1000 * len(samples) / SAMPLE_RATE), "warm-up")
+            encoded.append(self.model.encode(_batch_features([job])[0])[0])
+        mx.eval(encoded[1])  # the longer clip: its encoder only
+        frames = encoded[0]
         embeddings = prompt_inputs(self.model, self.tokenizer, frames, **self.prompt)[1]
         greedy_batch(self.model.llm, [embeddings], [steps], [], stop_loops=False)  # no stop token: every step runs
         mx.eval(prefill(self.model.llm, [mx.concatenate([embeddings, embeddings])])[2])
