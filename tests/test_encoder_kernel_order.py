@@ -137,25 +137,32 @@ def test_split_linear_adds_in_cublas_order(recorded, monkeypatch, rows, n, k, pa
     assert not relu or addends or (ours == 0).mean() > 0.3  # relu did something
 
 
-# MLX's float32 layer_norm (mlx/backend/cuda/layer_norm.cu) of a row written out plainly, one thread a row: BD
-# threads' sums (thread t adding values 4t..4t+3 from 0), each warp's added as cooperative groups' butterfly does (lane
-# l adding lane l ^ mask's, for masks 16 down to 1), the warps' the same with zeros past them.
-_REFERENCE_NORM = """
-  const int rows = y_shape[0], N = y_shape[1], row = blockIdx.x * blockDim.x + threadIdx.x;
-  if (row >= rows) {
-    return;
-  }
-  const float* v = y + (size_t)row * N;
-  auto butterfly = [](float (&lanes)[32]) {
+# A warp's reduction by cooperative groups' butterfly: lane l combining lane l ^ mask's, for masks 16 down to 1 (which
+# leaves every lane the same value: op is commutative); the references' shared first lines.
+_BUTTERFLY = """
+  auto plus = [](float a, float b) { return __fadd_rn(a, b); };
+  auto butterfly = [](float (&lanes)[32], auto op) {
     for (int mask = 16; mask > 0; mask /= 2) {
       float next[32];
       for (int l = 0; l < 32; ++l) {
-        next[l] = __fadd_rn(lanes[l], lanes[l ^ mask]);
+        next[l] = op(lanes[l], lanes[l ^ mask]);
       }
       std::copy(next, next + 32, lanes);
     }
     return lanes[0];
   };
+"""
+# MLX's float32 layer_norm (mlx/backend/cuda/layer_norm.cu) of a row written out plainly, one thread a row: BD
+# threads' sums (thread t adding values 4t..4t+3 from 0), each warp's added by `_BUTTERFLY`, the warps' the same with
+# zeros past them.
+_REFERENCE_NORM = (
+    _BUTTERFLY
+    + """
+  const int rows = y_shape[0], N = y_shape[1], row = blockIdx.x * blockDim.x + threadIdx.x;
+  if (row >= rows) {
+    return;
+  }
+  const float* v = y + (size_t)row * N;
   auto reduced = [&](auto thread_sum) {
     float warps[32] = {};
     for (int w = 0; w < BD / 32; ++w) {
@@ -163,9 +170,9 @@ _REFERENCE_NORM = """
       for (int l = 0; l < 32; ++l) {
         lanes[l] = thread_sum(32 * w + l);
       }
-      warps[w] = butterfly(lanes);
+      warps[w] = butterfly(lanes, plus);
     }
-    return butterfly(warps);
+    return butterfly(warps, plus);
   };
   const float mean = reduced([&](int t) {
     float sum = 0.0f;
@@ -186,6 +193,7 @@ _REFERENCE_NORM = """
     out[row * N + k] = __fmaf_rn(weight[k], (v[k] - mean) * inv, bias[k]);
   }
 """
+)
 
 
 @pytest.mark.parametrize(
@@ -289,9 +297,10 @@ def scores_order(qkv: mx.array, mask: mx.array | None) -> Launch:
 
 # MLX's float32 softmax (mlx/backend/cuda/softmax.cu) written out, one thread a row: each of its BD threads' running max
 # and normalizer over values 4t..4t+3 (-inf past the row), each warp's butterfly of the max and of the normalizers
-# rescaled to it, the same over the warps' (-inf and 0 past them), then __expf(value - max) * (1 / normalizer). (A
-# butterfly leaves every lane the same value: its additions are commutative.)
-_REFERENCE_SOFTMAX = """
+# rescaled to it, the same over the warps' (-inf and 0 past them), then __expf(value - max) * (1 / normalizer).
+_REFERENCE_SOFTMAX = (
+    _BUTTERFLY
+    + """
   const int frames = scores_shape[3], rows = scores_shape[0] * scores_shape[1] * frames;
   const int row = blockIdx.x * blockDim.x + threadIdx.x;
   if (row >= rows) {
@@ -301,17 +310,6 @@ _REFERENCE_SOFTMAX = """
   const float lowest = std::numeric_limits<float>::lowest(), inf = std::numeric_limits<float>::infinity();
   auto value = [&](int k) { return k < frames ? v[k] : -inf; };
   auto greater = [](float a, float b) { return a < b ? b : a; };
-  auto plus = [](float a, float b) { return __fadd_rn(a, b); };
-  auto butterfly = [](float (&lanes)[32], auto op) {
-    for (int mask = 16; mask > 0; mask /= 2) {
-      float next[32];
-      for (int l = 0; l < 32; ++l) {
-        next[l] = op(lanes[l], lanes[l ^ mask]);
-      }
-      std::copy(next, next + 32, lanes);
-    }
-    return lanes[0];
-  };
   float maxes[BD], normalizers[BD];
   for (int t = 0; t < BD; ++t) {
     float m = lowest;
@@ -345,6 +343,7 @@ _REFERENCE_SOFTMAX = """
     out[(size_t)row * frames + k] = __fmul_rn(__expf(__fsub_rn(v[k], m)), inverse);
   }
 """
+)
 
 
 def test_rows_take_mlx_threads():
