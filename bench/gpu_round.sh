@@ -2,21 +2,21 @@
 # A GPU session's decode measurements in few commands: a lent machine stays warm only a short while
 # between calls, so everything runs in one or two.
 #
-#   [STEPS="probes host_cost profile kernels exact speed throughput attention_plans cold_graphs first_call"]
+#   [STEPS="probes host_cost profile kernels exact speed throughput attention_plans cold_graphs graph_sizes first_call"]
 #   [BEFORE_OWN_BENCH=1] bash bench/gpu_round.sh SKELETON OUT [BEFORE]
 #
 # SKELETON  a model directory for bench/random_model.py (the full-size skeleton; random weights).
 # OUT       where the JSON lines go (probes, host_cost, step_profile, kernels, exact_gemm, speed, throughput,
-#           attention_plans, cold_graphs, first_call .jsonl).
+#           attention_plans, cold_graphs, graph_sizes, first_call .jsonl).
 # BEFORE    optional: a directory holding another build's funasr_nano_mlx package, measured in separate
 #           processes alternately with this one (step profile, speed, throughput, first call).
-# STEPS     which of the ten parts run, in that order (default: all). The random weights are made once
+# STEPS     which of the eleven parts run, in that order (default: all). The random weights are made once
 #           under WORK (default /tmp/gpu_round) and kept, so that a second call can run the other parts.
 # PYTHONPATH must already find mlx, mlx-lm and mlx-audio (and this checkout first). Every step has a
 # time limit, so that one that hangs does not take the rest with it.
 set -u
 skeleton=$1 out=$2 before=${3:-}
-steps=" ${STEPS:-probes host_cost profile kernels exact speed throughput attention_plans cold_graphs first_call} "
+steps=" ${STEPS:-probes host_cost profile kernels exact speed throughput attention_plans cold_graphs graph_sizes first_call} "
 bench=$(cd "$(dirname "$0")" && pwd)
 work=${WORK:-/tmp/gpu_round}
 mkdir -p "$out" "$work"
@@ -130,6 +130,18 @@ if wants cold_graphs; then
   step "a new length's first pass with MLX's CUDA graphs on and off (cold_stages_ms: where the first pass costs)"
   for setting in 1 0 1 0; do
     speed_with MLX_USE_CUDA_GRAPHS $setting 32 cold_graphs.jsonl
+  done
+fi
+
+if wants graph_sizes; then
+  # MLX commits a CUDA graph every MLX_MAX_OPS_PER_BUFFER kernels (100 on an H100; mlx/backend/cuda/device.cpp,
+  # get_graph_limits): smaller graphs start the GPU sooner and leave a shorter tail after the host's last kernel, at
+  # more launches of graphs. The encoder's 841 kernels at 10 s and the decode's 146 a step, each size twice.
+  step "MLX's CUDA graph size: encoder and decode"
+  for round in 1 2; do
+    for size in 25 50 100 200 1000; do
+      speed_with MLX_MAX_OPS_PER_BUFFER $size 128 graph_sizes.jsonl
+    done
   done
 fi
 
