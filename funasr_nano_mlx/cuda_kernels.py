@@ -1649,11 +1649,9 @@ def _attention_product(mode: int, inputs: dict, weights_shape: tuple, memory_tap
     if memory_taps:
         memory = _memory_blocks(memory_taps, (batch, frames), threads * tiles, flags["FRAMES_MASKED"])
         planes, source = planes + memory.planes, memory.source
-        template, outputs, output_shapes = (
-            template + memory.template,
-            outputs + ["memory_out"],
-            output_shapes + [memory.shape],
-        )
+        template += memory.template
+        outputs.append("memory_out")
+        output_shapes.append(memory.shape)
     _check_planes(planes)
     defines = {"MODE": mode, **flags}
     source = "".join(f"#define {key} {int(value)}\n" for key, value in defines.items()) + source
