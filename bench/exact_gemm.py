@@ -315,9 +315,7 @@ VARIANTS = {
     "attention products": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=False),
     "products and linears": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, NORM_IN_LINEAR=True),
     "norms apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, NORM_IN_LINEAR=False),
-    "softmax apart": dict(
-        ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SCORES_WITH_MEMORY=True, SOFTMAX_IN_SCORES=False
-    ),
+    "softmax apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SOFTMAX_IN_SCORES=False),
     "memory and softmax apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SCORES_WITH_MEMORY=False),
 }
 

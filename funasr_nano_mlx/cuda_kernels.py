@@ -1629,25 +1629,30 @@ def _check_planes(planes: int) -> None:
         )
 
 
+def _product_layout(mode: int, frames: int, dims: int, planes: int) -> tuple[tuple[int, int, int, int], int, tuple]:
+    """(BM, BN, TM, TN), the threads of a block and the blocks of a plane along x and y of an `_ATTENTION_PRODUCTS`
+    launch: the scores (mode 1, frames x frames) or the context (2, frames x dims) of `planes` rows x heads."""
+    columns = frames if mode == 1 else dims
+    # The context in 32 x 32 tiles only: its 64 x 64 form (a batch of 16 short clips would take it) has not
+    # been run on a GPU, and the products are on by default.
+    bm, bn, tm, tn = _tile_shape(frames, columns, planes) if mode == 1 else (32, 32, 4, 4)
+    return (bm, bn, tm, tn), (bm // tm) * (bn // tn), (-(-columns // bn), -(-frames // bm))
+
+
 def _attention_product(mode: int, inputs: dict, weights_shape: tuple, memory_taps=None, **flags) -> list[mx.array]:
     """One `_ATTENTION_PRODUCTS` launch; weights_shape (B, HEADS, T, T), the planes and their rows. With
     memory_taps (channels, taps, left: the scores only), blocks past the scores' compute `fsmn_memory`'s output too
     (`_MEMORY_BLOCKS`)."""
     batch, heads, frames, _ = weights_shape
     dims = inputs["qkv"].shape[-1] // (3 * heads)
-    columns = frames if mode == 1 else dims
     planes = batch * heads
-    # The context in 32 x 32 tiles only: its 64 x 64 form (a batch of 16 short clips would take it) has not
-    # been run on a GPU, and the products are on by default.
-    bm, bn, tm, tn = _tile_shape(frames, columns, planes) if mode == 1 else (32, 32, 4, 4)
+    (bm, bn, tm, tn), threads, (blocks_x, blocks_y) = _product_layout(mode, frames, dims, planes)
     stage = STAGE_K["scores" if mode == 1 else "context"]
-    threads = (bm // tm) * (bn // tn)
-    tiles = -(-columns // bn) * -(-frames // bm)  # a plane's blocks
     template = [("BM", bm), ("BN", bn), ("BK", stage), ("TM", tm), ("TN", tn), ("HEADS", heads), ("D", dims)]
     outputs, output_shapes = ["out"], [weights_shape if mode == 1 else (batch, frames, heads * dims)]
     source = ""
     if memory_taps:
-        memory = _memory_blocks(memory_taps, (batch, frames), threads * tiles, flags["FRAMES_MASKED"])
+        memory = _memory_blocks(memory_taps, (batch, frames), threads * blocks_x * blocks_y, flags["FRAMES_MASKED"])
         planes, source = planes + memory.planes, memory.source
         template += memory.template
         outputs.append("memory_out")
@@ -1662,7 +1667,7 @@ def _attention_product(mode: int, inputs: dict, weights_shape: tuple, memory_tap
     return kernel(
         inputs=list(inputs.values()),
         template=template,
-        grid=(-(-columns // bn) * threads, -(-frames // bm), planes),
+        grid=(blocks_x * threads, blocks_y, planes),
         threadgroup=(threads, 1, 1),
         output_shapes=output_shapes,
         output_dtypes=[mx.float32] * len(outputs),
@@ -1724,20 +1729,22 @@ def softmax_in_scores_fits(rows: int, frames: int, head_dim: int) -> bool:
     return SOFTMAX_IN_SCORES and small and head_dim % 4 == 0
 
 
-def _softmax_block(frames: int) -> tuple[int, int]:
-    """BD and R of `weights_and_memory`'s blocks for rows of `frames` keys: MLX's softmax threads a row, rows a block."""
+def _weights_layout(frames: int) -> tuple[int, int, int]:
+    """BD, R and the blocks of a plane of `weights_and_memory` for `frames` frames: MLX's softmax threads a row, rows
+    a block, a block each R query frames."""
     threads = row_threads(frames)
-    return threads, max(1, min(SOFTMAX_ROWS_A_BLOCK, 1024 // threads))
+    rows = max(1, min(SOFTMAX_ROWS_A_BLOCK, 1024 // threads))
+    return threads, rows, -(-frames // rows)
 
 
 def _planes_with_memory(batch: int, frames: int, heads: int, channels: int, softmax: bool) -> int:
     """The grid's planes (z) of `weights_and_memory` (softmax) or `scores_and_memory`: B x heads, then the memory's."""
     if softmax:
-        threads, rows = _softmax_block(frames)
-        plane_threads = -(-frames // rows) * rows * threads
+        threads, rows, groups = _weights_layout(frames)
+        plane_threads = groups * rows * threads
     else:
-        bm, bn, tm, tn = _tile_shape(frames, frames, batch * heads)
-        plane_threads = (bm // tm) * (bn // tn) * -(-frames // bm) * -(-frames // bn)
+        _, threads, (blocks_x, blocks_y) = _product_layout(1, frames, 0, batch * heads)
+        plane_threads = threads * blocks_x * blocks_y
     return batch * heads + _memory_blocks((channels, 0, 0), (batch, frames), plane_threads, False).planes
 
 
@@ -1753,8 +1760,7 @@ def weights_and_memory(
     if dims % 4 or frames > 4 * 1024:
         raise ValueError(f"weights_and_memory takes up to 4096 frames, heads of a multiple of 4, got {frames}, {dims}")
     masked = mask is not None
-    threads, rows = _softmax_block(frames)
-    groups = -(-frames // rows)  # of query frames, a block each
+    threads, rows, groups = _weights_layout(frames)
     memory = _memory_blocks((channels, taps, left), (batch, frames), groups * rows * threads, masked)
     planes = batch * heads + memory.planes
     _check_planes(planes)
