@@ -308,13 +308,15 @@ def attention_timing(frames_list, rng: np.random.Generator) -> None:
 
 # What `encoder_candidate` compares: the encoder's float32 matmuls in cuBLAS (MLX's ops), the attention's products in
 # kernels of ours, and its linear layers too (`cuda_kernels.ATTENTION_PRODUCTS`, `EXACT_LINEARS`), with the norms
-# after the output and FFN-down layers in their last kernel or in MLX's (`NORM_IN_LINEAR`), the softmax in the scores'
+# after the output and FFN-down layers in their last kernel or in MLX's (`NORM_IN_LINEAR`), the other split layers'
+# parts added by their last blocks or in a kernel after (`PARTS_IN_LAST_BLOCK`), the softmax in the scores'
 # kernel or MLX's (`SOFTMAX_IN_SCORES`), the FSMN memory in the scores' launch or in its own (`SCORES_WITH_MEMORY`).
 VARIANTS = {
     "MLX's ops": dict(ATTENTION_PRODUCTS=False, EXACT_LINEARS=False),
     "attention products": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=False),
     "products and linears": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, NORM_IN_LINEAR=True),
     "norms apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, NORM_IN_LINEAR=False),
+    "parts added apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, PARTS_IN_LAST_BLOCK=False),
     "softmax apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SOFTMAX_IN_SCORES=False),
     "memory and softmax apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SCORES_WITH_MEMORY=False),
 }
