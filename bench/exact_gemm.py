@@ -226,15 +226,24 @@ SWEEP += [(b, f) for b in (2, 4, 8, 16, 32) for f in (17, 50, 64, 90, 128, 181, 
 def attention_sweep(cases: list[tuple[int, int]], rng: np.random.Generator) -> None:
     """The attention's product kernels with MLX's softmax (`cuda_kernels.frame_attention_products`) against MLX's
     float32 attention (`frame_attention_ops`) at each (rows, frames) up to SWEEP_WORK rows x frames^2,
-    a padded batch's rows masked to 100% down to 50% of the frames: the share of outputs bit-identical."""
+    a padded batch's rows masked to 100% down to 50% of the frames: the share of outputs bit-identical; and the
+    softmax's weights in the scores' kernel with the memory (`weights_and_memory`, whatever its bound) against MLX's
+    scores, softmax and FSMN memory (`weights_and_memory_ops`), where it takes the shape."""
+    taps = mx.array(rng.standard_normal((WIDTH, 11, 1), dtype=np.float32))
     for rows, frames in cases:
         qkv = mx.array(rng.standard_normal((rows, frames, 3 * WIDTH), dtype=np.float32))
         lengths = np.linspace(frames, max(1, frames // 2), rows).astype(int)
         mask = mx.array(np.arange(frames)[None, :] < lengths[:, None], mx.float32) if rows > 1 else None
         ours = np.array(cuda_kernels.frame_attention_products(qkv, HEADS, mask))
         theirs = np.array(cuda_kernels.frame_attention_ops(qkv, HEADS, mask))
-        same = float(np.mean(ours == theirs))
-        print(json.dumps({"sweep": "attention products", "rows": rows, "frames": frames, "identical_share": same}))
+        row = {"sweep": "attention products", "rows": rows, "frames": frames}
+        row["identical_share"] = float(np.mean(ours == theirs))
+        if cuda_kernels._keys_a_stage(frames, WIDTH // HEADS) and frames <= 4 * 1024:
+            weights = [np.array(a) for a in cuda_kernels.weights_and_memory(qkv, HEADS, taps, 5, mask)]
+            expected = [np.array(a) for a in cuda_kernels.weights_and_memory_ops(qkv, HEADS, taps, 5, mask)]
+            row["weights_identical_share"] = float(np.mean(weights[0] == expected[0]))
+            row["memory_identical_share"] = float(np.mean(weights[1] == expected[1]))
+        print(json.dumps(row), flush=True)
 
 
 LINEAR_ROWS = (17, 50, 84, 128, 167, 250, 334, 500, 668, 1000, 2000, 4000, 8000, 16000)  # batch x frames
@@ -309,8 +318,9 @@ def attention_timing(frames_list, rng: np.random.Generator) -> None:
 # What `encoder_candidate` compares: the encoder's float32 matmuls in cuBLAS (MLX's ops), the attention's products in
 # kernels of ours, and its linear layers too (`cuda_kernels.ATTENTION_PRODUCTS`, `EXACT_LINEARS`), with the norms
 # after the output and FFN-down layers in their last kernel or in MLX's (`NORM_IN_LINEAR`), the other split layers'
-# parts added by their last blocks or in a kernel after (`PARTS_IN_LAST_BLOCK`), the softmax in the scores'
-# kernel or MLX's (`SOFTMAX_IN_SCORES`), the FSMN memory in the scores' launch or in its own (`SCORES_WITH_MEMORY`).
+# parts added by their last blocks or in a kernel after (`PARTS_IN_LAST_BLOCK`), the softmax in the scores' kernel
+# (up to its bound, or at every length) or MLX's (`SOFTMAX_IN_SCORES`), the FSMN memory in the scores' launch or in
+# its own (`SCORES_WITH_MEMORY`).
 VARIANTS = {
     "MLX's ops": dict(ATTENTION_PRODUCTS=False, EXACT_LINEARS=False),
     "attention products": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=False),
@@ -318,6 +328,9 @@ VARIANTS = {
     "norms apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, NORM_IN_LINEAR=False),
     "parts added apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, PARTS_IN_LAST_BLOCK=False),
     "softmax apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SOFTMAX_IN_SCORES=False),
+    "softmax in scores, any length": dict(
+        ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SOFTMAX_IN_SCORES_MAX_WORK=2**40
+    ),
     "memory and softmax apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SCORES_WITH_MEMORY=False),
 }
 

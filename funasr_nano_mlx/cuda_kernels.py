@@ -1486,32 +1486,46 @@ SOFTMAX_IN_SCORES_MAX_WORK = 64 * 64
 SOFTMAX_ROWS_A_BLOCK = 4  # R, where a row's threads leave room (at most 1024 a block)
 _ATTENTION_WEIGHTS = """
   static_assert(D % 4 == 0, "keys are read four floats at a time");
+  constexpr int THREADS = R * BD, PITCH = D + 4;  // a staged key's row: 16-byte aligned, and 8 threads' float4
+                                                  // reads of 8 keys' rows hit distinct banks
   const int frames = qkv_shape[1], width = qkv_shape[2] / 3, z = blockIdx.z, head = z % HEADS;
   const size_t row = z / HEADS, frame = 3 * width;
   const float* frame_rows = qkv + row * frames * frame + head * D;  // frame f's q at f * 3C, k at + C
   const int r = threadIdx.x / BD, t = threadIdx.x % BD, m = blockIdx.x * R + r;
-  __shared__ __align__(16) float queries[R][D];
-  for (int i = threadIdx.x; i < R * D; i += R * BD) {
+  __shared__ __align__(16) float queries[R][D], keys[KT][PITCH], scores[R][4 * BD];
+  for (int i = threadIdx.x; i < R * D; i += THREADS) {
     const int query = blockIdx.x * R + i / D;
     queries[i / D][i % D] = query < frames ? __fmul_rn(frame_rows[(size_t)query * frame + i % D], SCALE) : 0.0f;
   }
-  __syncthreads();
-  float values[4], acc[4] = {};
-  for (int k = 0; k < D; k += 4) {
-    const float4 q = *reinterpret_cast<const float4*>(&queries[r][k]);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int n = 4 * t + i;
-      if (m < frames && n < frames) {
-        const float4 key = *reinterpret_cast<const float4*>(frame_rows + (size_t)n * frame + width + k);
-        acc[i] = __fmaf_rn(q.w, key.w, __fmaf_rn(q.z, key.z, __fmaf_rn(q.y, key.y, __fmaf_rn(q.x, key.x, acc[i]))));
+  for (int first = 0; first < frames; first += KT) {  // KT keys a stage, each read once, coalesced
+    __syncthreads();  // the queries written; the last stage's keys read
+    for (int i = threadIdx.x; i < KT * (D / 4); i += THREADS) {
+      const int j = i / (D / 4), k = 4 * (i % (D / 4)), n = first + j;
+      const float4 zero = {0.0f, 0.0f, 0.0f, 0.0f};
+      *reinterpret_cast<float4*>(&keys[j][k]) =
+          n < frames ? *reinterpret_cast<const float4*>(frame_rows + (size_t)n * frame + width + k) : zero;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < R * KT; i += THREADS) {  // a thread a score: query i / KT, key first + i % KT
+      const int query = i / KT, j = i % KT;
+      if (first + j < frames) {
+        float acc = 0.0f;
+        for (int k = 0; k < D; k += 4) {
+          const float4 q = *reinterpret_cast<const float4*>(&queries[query][k]);
+          const float4 key = *reinterpret_cast<const float4*>(&keys[j][k]);
+          acc = __fmaf_rn(q.w, key.w, __fmaf_rn(q.z, key.z, __fmaf_rn(q.y, key.y, __fmaf_rn(q.x, key.x, acc))));
+        }
+        scores[query][first + j] = acc;
       }
     }
   }
+  __syncthreads();
+  const float4 held = *reinterpret_cast<const float4*>(&scores[r][4 * t]);
+  float values[4] = {held.x, held.y, held.z, held.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int n = 4 * t + i;
-    values[i] = n < frames ? acc[i] : -cuda::std::numeric_limits<float>::infinity();
+    values[i] = n < frames ? values[i] : -cuda::std::numeric_limits<float>::infinity();
 #if FRAMES_MASKED
     if (n < frames && !(static_cast<float>(mask[row * frames + n]) > 0.0f)) {
       values[i] = cuda::std::numeric_limits<float>::lowest();
@@ -1729,7 +1743,21 @@ def scores_and_memory_ops(qkv: mx.array, heads: int, fsmn_weight: mx.array, left
 def softmax_in_scores_fits(rows: int, frames: int, head_dim: int) -> bool:
     """Whether `weights_and_memory` computes the softmax's weights of `rows` clips of `frames` frames here."""
     small = rows * frames * frames <= SOFTMAX_IN_SCORES_MAX_WORK and frames <= 4 * 1024
-    return SOFTMAX_IN_SCORES and small and head_dim % 4 == 0
+    return SOFTMAX_IN_SCORES and small and head_dim % 4 == 0 and _keys_a_stage(frames, head_dim) is not None
+
+
+SHARED_MEMORY = 48 * 1024  # bytes of a block's static shared memory
+
+
+def _keys_a_stage(frames: int, head_dim: int) -> int | None:
+    """KT, the keys `_ATTENTION_WEIGHTS` stages at a time for `frames` frames and heads of `head_dim`: 64, or 32
+    where 64 would not leave its queries, keys and scores in SHARED_MEMORY (with room for the softmax's), or None."""
+    threads, rows, _ = _weights_layout(frames)
+    for keys in (64, 32):
+        floats = rows * head_dim + keys * (head_dim + 4) + rows * 4 * threads
+        if 4 * floats + 1024 <= SHARED_MEMORY:
+            return keys
+    return None
 
 
 def _weights_layout(frames: int) -> tuple[int, int, int]:
@@ -1760,8 +1788,11 @@ def weights_and_memory(
     batch, frames, width = qkv.shape
     channels, taps, inputs = _memory_inputs(qkv, fsmn_weight, mask)
     dims = width // (3 * heads)
-    if dims % 4 or frames > 4 * 1024:
-        raise ValueError(f"weights_and_memory takes up to 4096 frames, heads of a multiple of 4, got {frames}, {dims}")
+    keys = _keys_a_stage(frames, dims)
+    if dims % 4 or frames > 4 * 1024 or keys is None:
+        raise ValueError(
+            f"weights_and_memory takes up to 4096 frames and heads of a multiple of 4 up to about 200, got {frames}, {dims}"
+        )
     masked = mask is not None
     threads, rows, groups = _weights_layout(frames)
     memory = _memory_blocks((channels, taps, left), (batch, frames), groups * rows * threads, masked)
@@ -1774,7 +1805,7 @@ def weights_and_memory(
     return tuple(
         kernel(
             inputs=list(inputs.values()),
-            template=[("R", rows), ("BD", threads), ("HEADS", heads), ("D", dims), *memory.template],
+            template=[("R", rows), ("BD", threads), ("KT", keys), ("HEADS", heads), ("D", dims), *memory.template],
             grid=(groups * rows * threads, 1, planes),
             threadgroup=(rows * threads, 1, 1),
             output_shapes=[(batch, heads, frames, frames), memory.shape],
