@@ -222,6 +222,7 @@ def main() -> None:
             taps = mx.zeros((512, 11, 1), mx.float32)
             cuda_kernels.scores_and_memory(qkv, 4, taps, 5, mask)
             cuda_kernels.weights_and_memory(qkv, 4, taps, 5, mask)
+            cuda_kernels.context_and_memory(qkv, 4, taps, 5, mask)
     for n, k in ((2048, 512), (512, 2048)):  # the linears, unsplit and split, in 64 x 64 and 32 x 32 tiles
         weight, bias = mx.zeros((n, k), mx.float32), mx.zeros((n,), mx.float32)
         residual = mx.zeros((1, 167, n), mx.float32)

@@ -228,7 +228,8 @@ def attention_sweep(cases: list[tuple[int, int]], rng: np.random.Generator) -> N
     float32 attention (`frame_attention_ops`) at each (rows, frames) up to SWEEP_WORK rows x frames^2,
     a padded batch's rows masked to 100% down to 50% of the frames: the share of outputs bit-identical; and the
     softmax's weights in the scores' kernel with the memory (`weights_and_memory`, whatever its bound) against MLX's
-    scores, softmax and FSMN memory (`weights_and_memory_ops`), where it takes the shape."""
+    scores, softmax and FSMN memory (`weights_and_memory_ops`), and the context from it (`context_and_memory`) against
+    MLX's attention, where it takes the shape."""
     taps = mx.array(rng.standard_normal((WIDTH, 11, 1), dtype=np.float32))
     for rows, frames in cases:
         qkv = mx.array(rng.standard_normal((rows, frames, 3 * WIDTH), dtype=np.float32))
@@ -243,6 +244,8 @@ def attention_sweep(cases: list[tuple[int, int]], rng: np.random.Generator) -> N
             expected = [np.array(a) for a in cuda_kernels.weights_and_memory_ops(qkv, HEADS, taps, 5, mask)]
             row["weights_identical_share"] = float(np.mean(weights[0] == expected[0]))
             row["memory_identical_share"] = float(np.mean(weights[1] == expected[1]))
+            context = np.array(cuda_kernels.context_and_memory(qkv, HEADS, taps, 5, mask)[0])
+            row["context_identical_share"] = float(np.mean(context == theirs))
         print(json.dumps(row), flush=True)
 
 
@@ -319,8 +322,8 @@ def attention_timing(frames_list, rng: np.random.Generator) -> None:
 # kernels of ours, and its linear layers too (`cuda_kernels.ATTENTION_PRODUCTS`, `EXACT_LINEARS`), with the norms
 # after the output and FFN-down layers in their last kernel or in MLX's (`NORM_IN_LINEAR`), the other split layers'
 # parts added by their last blocks or in a kernel after (`PARTS_IN_LAST_BLOCK`), the softmax in the scores' kernel
-# (up to its bound, or at every length) or MLX's (`SOFTMAX_IN_SCORES`), the FSMN memory in the scores' launch or in
-# its own (`SCORES_WITH_MEMORY`).
+# (up to its bound, or at every length) or MLX's (`SOFTMAX_IN_SCORES`), the context in that kernel too or in its own
+# (`CONTEXT_IN_WEIGHTS`), the FSMN memory in the scores' launch or in its own (`SCORES_WITH_MEMORY`).
 VARIANTS = {
     "MLX's ops": dict(ATTENTION_PRODUCTS=False, EXACT_LINEARS=False),
     "attention products": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=False),
@@ -328,6 +331,9 @@ VARIANTS = {
     "norms apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, NORM_IN_LINEAR=False),
     "parts added apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, PARTS_IN_LAST_BLOCK=False),
     "softmax apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SOFTMAX_IN_SCORES=False),
+    "context apart, any length": dict(
+        ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SOFTMAX_IN_SCORES_MAX_WORK=2**40, CONTEXT_IN_WEIGHTS=False
+    ),
     "softmax in scores, any length": dict(
         ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SOFTMAX_IN_SCORES_MAX_WORK=2**40
     ),

@@ -813,9 +813,9 @@ def encoder_choices() -> tuple:
     whether the kernels are on, whether the attention kernel is chosen and up to how much work, whether the
     attention's product kernels are on and from how many frames up to how much work, whether the linear
     layers' kernels are on and for how many rows, whether a split one's parts are added in it, whether a norm after
-    one comes from its last kernel, whether the
-    FSMN memory comes from the scores' launch and the softmax from the scores' kernel (up to how many frames), and the
-    k a stage of both (a template constant of theirs)."""
+    one comes from its last kernel, whether the FSMN memory comes from the scores' launch, the softmax from the
+    scores' kernel (up to how many frames) and the context from that kernel too, and the k a stage of the products
+    (a template constant of theirs)."""
     return (
         available(),
         frame_attention_chosen(),
@@ -832,6 +832,7 @@ def encoder_choices() -> tuple:
         SOFTMAX_IN_SCORES,
         SOFTMAX_IN_SCORES_MAX_WORK,
         SOFTMAX_ROWS_A_BLOCK,
+        CONTEXT_IN_WEIGHTS,
         tuple(STAGE_K.items()),
     )
 
@@ -1484,6 +1485,9 @@ SCORES_WITH_MEMORY = True
 SOFTMAX_IN_SCORES = True
 SOFTMAX_IN_SCORES_MAX_WORK = 64 * 64
 SOFTMAX_ROWS_A_BLOCK = 4  # R, where a row's threads leave room (at most 1024 a block)
+# With CONTEXT_IN_WEIGHTS the kernel goes on to the context (the weights times v), its order `attention_context`'s, so
+# that a SAN-M layer's attention and memory take one launch and the weights never reach memory.
+CONTEXT_IN_WEIGHTS = True
 _ATTENTION_WEIGHTS = """
   static_assert(D % 4 == 0, "keys are read four floats at a time");
   constexpr int THREADS = R * BD, PITCH = D + 4;  // a staged key's row: 16-byte aligned, and 8 threads' float4
@@ -1497,15 +1501,18 @@ _ATTENTION_WEIGHTS = """
     const int query = blockIdx.x * R + i / D;
     queries[i / D][i % D] = query < frames ? __fmul_rn(frame_rows[(size_t)query * frame + i % D], SCALE) : 0.0f;
   }
-  for (int first = 0; first < frames; first += KT) {  // KT keys a stage, each read once, coalesced
-    __syncthreads();  // the queries written; the last stage's keys read
+  auto stage = [&](int first, int offset) {  // frames first.. first + KT - 1 of k (offset C) or v (2C), coalesced
+    __syncthreads();  // what the last stage held read (and the queries, or the weights, written)
     for (int i = threadIdx.x; i < KT * (D / 4); i += THREADS) {
       const int j = i / (D / 4), k = 4 * (i % (D / 4)), n = first + j;
       const float4 zero = {0.0f, 0.0f, 0.0f, 0.0f};
       *reinterpret_cast<float4*>(&keys[j][k]) =
-          n < frames ? *reinterpret_cast<const float4*>(frame_rows + (size_t)n * frame + width + k) : zero;
+          n < frames ? *reinterpret_cast<const float4*>(frame_rows + (size_t)n * frame + offset + k) : zero;
     }
     __syncthreads();
+  };
+  for (int first = 0; first < frames; first += KT) {  // KT keys a stage, each read once
+    stage(first, width);
     for (int i = threadIdx.x; i < R * KT; i += THREADS) {  // a thread a score: query i / KT, key first + i % KT
       const int query = i / KT, j = i % KT;
       if (first + j < frames) {
@@ -1533,6 +1540,37 @@ _ATTENTION_WEIGHTS = """
 #endif
   }
   row_softmax<R, BD>(values, r, t);
+#if CONTEXT
+  // The context of the block's R query frames, each output one fma chain over the key frames in order from 0
+  // (`_ATTENTION_PRODUCTS`' context): the weights from shared memory, v staged KT frames at a time.
+  constexpr int OUTPUTS = (R * D + THREADS - 1) / THREADS;  // a thread's
+  __syncthreads();  // every thread's scores read
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    scores[r][4 * t + i] = values[i];
+  }
+  float context[OUTPUTS] = {};
+  for (int first = 0; first < frames; first += KT) {
+    stage(first, 2 * width);
+    const int staged = min(KT, frames - first);
+#pragma unroll
+    for (int o = 0; o < OUTPUTS; ++o) {
+      const int i = threadIdx.x + o * THREADS, query = i / D, d = i % D;
+      if (i < R * D) {
+        for (int j = 0; j < staged; ++j) {
+          context[o] = __fmaf_rn(scores[query][first + j], keys[j][d], context[o]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int o = 0; o < OUTPUTS; ++o) {
+    const int i = threadIdx.x + o * THREADS, query = blockIdx.x * R + i / D;
+    if (i < R * D && query < frames) {
+      out[(row * frames + query) * HEADS * D + head * D + i % D] = context[o];
+    }
+  }
+#else
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int n = 4 * t + i;
@@ -1540,6 +1578,7 @@ _ATTENTION_WEIGHTS = """
       out[((size_t)z * frames + m) * frames + n] = values[i];
     }
   }
+#endif
 """
 # MLX's float32 softmax of a row (mlx/backend/cuda/softmax.cu, one pass) held by BD threads of a block, 4 values each
 # (`values`, replaced by their weights), row r of R in the block: thread t's running max from float32's lowest
@@ -1785,30 +1824,45 @@ def weights_and_memory(
     """`scores_and_memory` with MLX's float32 softmax (precise) of the scores in the same kernel (`_ATTENTION_WEIGHTS`):
     the weights (B, heads, T, T) and the FSMN memory, bit for bit those of the scores' kernel, mx.softmax and
     `fsmn_memory`, for T up to 4096."""
+    return _attention_weights(qkv, heads, fsmn_weight, left, mask, context=False)
+
+
+def context_and_memory(
+    qkv: mx.array, heads: int, fsmn_weight: mx.array, left: int, mask: mx.array | None = None
+) -> tuple[mx.array, mx.array]:
+    """`weights_and_memory` with the weights' product with v in the same kernel too: the attention's context (B, T, C)
+    and the FSMN memory, bit for bit those of `weights_and_memory` and `attention_context`."""
+    return _attention_weights(qkv, heads, fsmn_weight, left, mask, context=True)
+
+
+def _attention_weights(qkv, heads: int, fsmn_weight, left: int, mask, context: bool) -> tuple[mx.array, mx.array]:
+    """One `_ATTENTION_WEIGHTS` launch: the weights or (`context`) the context, and the memory."""
     batch, frames, width = qkv.shape
     channels, taps, inputs = _memory_inputs(qkv, fsmn_weight, mask)
     dims = width // (3 * heads)
     keys = _keys_a_stage(frames, dims)
     if dims % 4 or frames > 4 * 1024 or keys is None:
         raise ValueError(
-            f"weights_and_memory takes up to 4096 frames and heads of a multiple of 4 up to about 200, got {frames}, {dims}"
+            f"the softmax's kernel takes up to 4096 frames and heads of a multiple of 4 up to about 200, got {frames}, "
+            f"{dims}"
         )
     masked = mask is not None
     threads, rows, groups = _weights_layout(frames)
     memory = _memory_blocks((channels, taps, left), (batch, frames), groups * rows * threads, masked)
     planes = batch * heads + memory.planes
     _check_planes(planes)
-    source = f"#define FRAMES_MASKED {int(masked)}\n" + memory.source
+    source = f"#define FRAMES_MASKED {int(masked)}\n#define CONTEXT {int(context)}\n" + memory.source
     source += f"  constexpr float SCALE = {_float_literal(dims**-0.5)};\n" + _ATTENTION_WEIGHTS
-    name = f"attention_weights_{'masked' if masked else 'whole'}_memory"
+    name = f"attention_{'context' if context else 'weights'}_{'masked' if masked else 'whole'}_memory"
     kernel = _kernel(name, tuple(inputs), ("out", "memory_out"), source, header=_ROW_NORM + _ROW_SOFTMAX)
+    shape = (batch, frames, width // 3) if context else (batch, heads, frames, frames)
     return tuple(
         kernel(
             inputs=list(inputs.values()),
             template=[("R", rows), ("BD", threads), ("KT", keys), ("HEADS", heads), ("D", dims), *memory.template],
             grid=(groups * rows * threads, 1, planes),
             threadgroup=(rows * threads, 1, 1),
-            output_shapes=[(batch, heads, frames, frames), memory.shape],
+            output_shapes=[shape, memory.shape],
             output_dtypes=[mx.float32, mx.float32],
         )
     )
@@ -1825,12 +1879,15 @@ def attention_products_and_memory(
     """SAN-M's attention context (`frame_attention_products`) and FSMN memory (`fsmn_memory`) of a fused float32
     projection qkv (B, T, 3C). With SCORES_WITH_MEMORY the memory comes from the launch of the scores
     (`scores_and_memory`) or, with SOFTMAX_IN_SCORES and small enough, of the softmax's weights
-    (`weights_and_memory`); without, each is a launch of its own."""
+    (`weights_and_memory`), with CONTEXT_IN_WEIGHTS of the context itself (`context_and_memory`); without, each is a
+    launch of its own."""
     batch, frames, width = qkv.shape
     softmax = softmax_in_scores_fits(batch, frames, width // (3 * heads))
     planes = _planes_with_memory(batch, frames, heads, fsmn_weight.shape[0], softmax)
     if not SCORES_WITH_MEMORY or planes > MAX_PLANES:  # the grid's z too small for the memory's blocks: apart
         return frame_attention_products(qkv, heads, mask), fsmn_memory(qkv, fsmn_weight, left, mask)
+    if softmax and CONTEXT_IN_WEIGHTS:
+        return context_and_memory(qkv, heads, fsmn_weight, left, mask)
     if softmax:
         weights, memory = weights_and_memory(qkv, heads, fsmn_weight, left, mask)
     else:

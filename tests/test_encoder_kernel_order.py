@@ -406,3 +406,29 @@ def test_softmax_weights_in_mlx_order(recorded, rows, frames, masked, threads):
     expected = mx.softmax(cuda_kernels.attention_scores_ops(qkv, HEADS, mask), axis=-1, precise=True)
     assert np.allclose(weights, expected, atol=1e-6)
     assert not masked or (weights == 0).any()
+
+
+@pytest.mark.parametrize(
+    "rows, frames, masked",
+    [
+        (1, 70, False),  # 32 threads a row, 4 rows a block: 4 of the context's outputs a thread; a stage partly filled
+        (2, 167, True),  # 10 s, a padded batch: 2 outputs a thread, 3 stages of 64 frames
+        (1, 300, False),  # 128 threads a row: 1 output a thread
+    ],
+)
+def test_context_in_the_weights_kernel(recorded, rows, frames, masked):
+    """`context_and_memory`: the weights kernel goes on to the context, which is `attention_context`'s of the same
+    weights (its single chains over the frames), bit for bit; the memory as before."""
+    rng = np.random.default_rng(frames + 1)
+    qkv, mask, taps = attention_inputs(rows, frames, masked, rng)
+    launched = recorded(lambda: cuda_kernels.context_and_memory(qkv, HEADS, taps, 5, mask))
+    assert len(launched) == 1
+    context, memory = run_on_cpu(launched)
+    apart = recorded(
+        lambda: cuda_kernels.attention_context(cuda_kernels.weights_and_memory(qkv, HEADS, taps, 5, mask)[0], qkv)
+    )
+    assert len(apart) == 2
+    assert np.array_equal(context, run_on_cpu(apart))
+    assert np.array_equal(memory, run_on_cpu(recorded(lambda: cuda_kernels.fsmn_memory(qkv, taps, 5, mask))))
+    expected = cuda_kernels.frame_attention_ops(qkv, HEADS, mask)  # MLX's own (CPU), within float32's rounding
+    assert np.allclose(context, expected, atol=1e-5)
