@@ -1873,6 +1873,10 @@ def weights_and_memory_ops(qkv: mx.array, heads: int, fsmn_weight: mx.array, lef
     return mx.softmax(scores, axis=-1, precise=True), memory
 
 
+def context_and_memory_ops(qkv: mx.array, heads: int, fsmn_weight: mx.array, left: int, mask: mx.array | None = None):
+    return frame_attention_ops(qkv, heads, mask), fsmn_memory_ops(qkv, fsmn_weight, left, mask)
+
+
 def attention_products_and_memory(
     qkv: mx.array, heads: int, fsmn_weight: mx.array, left: int, mask: mx.array | None = None
 ) -> tuple[mx.array, mx.array]:

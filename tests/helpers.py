@@ -154,10 +154,12 @@ def transcribe_module():
 
 
 # cuda_kernels' kernels of a SAN-M layer: the memory block, the attention (opt-in) or its two products (the scores, or
-# the softmax's weights, with the memory block in their launch, or each apart), the linears
+# the softmax's weights, with the memory block in their launch, or each apart; or the context in the weights' kernel),
+# the linears
 ENCODER_KERNELS = (
     "fsmn_memory",
     "frame_attention",
+    "context_and_memory",
     "weights_and_memory",
     "scores_and_memory",
     "attention_scores",

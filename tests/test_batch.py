@@ -561,7 +561,8 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     fused q/k/v projection, in float32 and bf16; its self-attention's two products are a kernel each in float32
     (attention_scores, attention_context: MLX's numbers) up to ATTENTION_PRODUCTS_MAX_WORK, the memory block then in
     the scores' launch (scores_and_memory) unless SCORES_WITH_MEMORY is off, and the softmax in the scores' kernel up to
-    SOFTMAX_IN_SCORES_MAX_WORK (weights_and_memory: MLX's numbers), its four linear layers
+    SOFTMAX_IN_SCORES_MAX_WORK (weights_and_memory: MLX's numbers), and there the context too unless
+    CONTEXT_IN_WEIGHTS is off (context_and_memory), its four linear layers
     too (split_linear, MLX's numbers where cuBLAS's order is known) from LINEAR_MIN_ROWS to LINEAR_MAX_ROWS, and the
     whole attention one kernel where a user opts in (FUNASR_NANO_ENCODER_ATTENTION_KERNEL=1: it changes float32's
     numbers) up to FRAME_ATTENTION_MAX_WORK. Here the kernels are replaced by their MLX-ops twins: a clip, and
@@ -590,8 +591,8 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     monkeypatch.setattr(cublas_heuristic, "split_k_parts", lambda rows, n, k: 3)
     monkeypatch.setattr(cuda_kernels, "LINEAR_MIN_ROWS", feats[0].shape[0])
     monkeypatch.setattr(cuda_kernels, "LINEAR_MAX_ROWS", batch.shape[0] * frames)
-    # the softmax's weights from the scores' kernel, the memory block in its launch
-    products = {"weights_and_memory", "attention_context", "split_linear"}
+    # the softmax's weights from the scores' kernel and the context from there, the memory block in its launch
+    products = {"context_and_memory", "split_linear"}
 
     def encoded_calls(*inputs) -> set[str]:
         """The kernels one encoding called, after checking its output against the CPU's."""
@@ -630,6 +631,8 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
         apart.setattr(cuda_kernels, "SOFTMAX_IN_SCORES_MAX_WORK", feats[0].shape[0] ** 2)
         assert encoded_calls(batch, lengths) == scores_apart
         assert encoded_calls(feats[0][None]) == products  # shorter
+        apart.setattr(cuda_kernels, "CONTEXT_IN_WEIGHTS", False)
+        assert encoded_calls(feats[0][None]) == {"weights_and_memory", "attention_context", "split_linear"}
         apart.setattr(cuda_kernels, "SCORES_WITH_MEMORY", False)
         each_apart = {"fsmn_memory", "attention_scores", "attention_context", "split_linear"}
         for inputs in ((feats[0][None],), (batch, lengths)):

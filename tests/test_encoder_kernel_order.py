@@ -1,5 +1,6 @@
 """The encoder's float32 product and linear kernels (`cuda_kernels.attention_scores`, alone or with the FSMN memory
-in its launch, `attention_context`, `split_linear`) add each output's products in the order that gives cuBLAS's numbers bit for bit (measured on an
+in its launch, `attention_context`, the softmax's weights and the context in one kernel, `split_linear`) add each
+output's products in the order that gives cuBLAS's numbers bit for bit (measured on an
 H100: bench/exact_gemm.py, BENCHMARKS.md). Here their own CUDA text runs on the CPU (tests/cuda_on_cpu.py) against
 that order written out plainly, one thread an output:
 - the attention's products: one fma chain over ascending k (the scores' q scaled first, masked keys float32's lowest);
