@@ -392,6 +392,14 @@ def main() -> None:
     )
     parser.add_argument("--no-attention-sweep", action="store_true", help="leave out the attention's sweep")
     parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        metavar="NAME",
+        help="which of the encoder's VARIANTS to run (MLX's ops always: the others are compared with it)",
+    )
+    parser.add_argument(
         "--timing-frames", type=int, nargs="*", default=[17, 50, 167, 362], help="frames of the attention's timing"
     )
     parser.add_argument(
@@ -419,7 +427,7 @@ def main() -> None:
     for frames in args.frames:
         probe(frames, rng)
     if args.model:
-        variants = dict(VARIANTS)
+        variants = {name: VARIANTS[name] for name in VARIANTS if name in {"MLX's ops", *args.variants}}
         for stage_k in args.stage_k[1:]:
             name = f"products and linears, stage {stage_k or 'own'}"
             variants[name] = dict(VARIANTS["products and linears"], STAGE_K=stages[stage_k])
