@@ -75,15 +75,15 @@ def first_token_seconds(timings: dict) -> float:
     return timings["frontend"] + timings["encoder"] + timings["prefill"]
 
 
-def bench_ours(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
+def bench_ours(model_dir: Path, wave: np.ndarray, tokens: int, warm_up=WARM_UP_SECONDS) -> dict:
     import mlx.core as mx
 
     from funasr_nano_mlx import load, transcribe
 
     model, tokenizer = load(model_dir)
     tokenizer.eos_token_ids = []  # decode exactly `tokens` tokens, whatever random weights say
-    for seconds in WARM_UP_SECONDS:  # load-time warm-up
-        transcribe(model, tokenizer, wave[: seconds * SAMPLE_RATE], max_new_tokens=4, **FIXED_LENGTH)
+    for seconds in warm_up:  # load-time warm-up
+        transcribe(model, tokenizer, wave[: int(seconds * SAMPLE_RATE)], max_new_tokens=4, **FIXED_LENGTH)
     mx.reset_peak_memory()
     cold = time.perf_counter()
     first = transcribe(model, tokenizer, wave, max_new_tokens=tokens, **FIXED_LENGTH)  # first time at this length
@@ -106,7 +106,7 @@ def bench_ours(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
     )
 
 
-def bench_mlx_audio(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
+def bench_mlx_audio(model_dir: Path, wave: np.ndarray, tokens: int, warm_up=WARM_UP_SECONDS) -> dict:
     import mlx.core as mx
     from mlx_audio.stt import load
 
@@ -119,8 +119,8 @@ def bench_mlx_audio(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
             stamps.append(time.perf_counter())
         return start, stamps
 
-    for seconds in WARM_UP_SECONDS:
-        run(wave[: seconds * SAMPLE_RATE], 4)
+    for seconds in warm_up:
+        run(wave[: int(seconds * SAMPLE_RATE)], 4)
     mx.reset_peak_memory()
     start, stamps = run(wave, tokens)
     cold, cold_ttft = stamps[-1] - start, stamps[0] - start
@@ -137,7 +137,7 @@ def bench_mlx_audio(model_dir: Path, wave: np.ndarray, tokens: int) -> dict:
     )
 
 
-def bench_official(upstream: Path, wave: np.ndarray, tokens: int, bf16: bool) -> dict:
+def bench_official(upstream: Path, wave: np.ndarray, tokens: int, bf16: bool, warm_up=WARM_UP_SECONDS) -> dict:
     import torch
 
     from tests.reference import Reference
@@ -183,8 +183,8 @@ def bench_official(upstream: Path, wave: np.ndarray, tokens: int, bf16: bool) ->
         finally:
             del llm.generate
 
-    for seconds in WARM_UP_SECONDS:
-        run(wave[: seconds * SAMPLE_RATE], 4)
+    for seconds in warm_up:
+        run(wave[: int(seconds * SAMPLE_RATE)], 4)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start, end, meta = run(wave, tokens)
@@ -229,6 +229,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, nargs="+", default=[10.0, 60.0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--impl", nargs="+", default=["ours", "official", "official-bf16", "mlx-audio"])
+    parser.add_argument(
+        "--warm-up-seconds",
+        type=float,
+        nargs="+",
+        default=list(WARM_UP_SECONDS),
+        help="the clips each implementation decodes after loading, before the first (cold) pass",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one implementation here
     args = parser.parse_args()
 
@@ -238,11 +245,11 @@ def main() -> None:
         for seconds in args.seconds:
             wave = synthetic_audio(seconds)
             if args.child == "ours":
-                row = bench_ours(converted, wave, args.tokens)
+                row = bench_ours(converted, wave, args.tokens, args.warm_up_seconds)
             elif args.child == "mlx-audio":
-                row = bench_mlx_audio(converted, wave, args.tokens)
+                row = bench_mlx_audio(converted, wave, args.tokens, args.warm_up_seconds)
             else:
-                row = bench_official(upstream, wave, args.tokens, bf16=args.child == "official-bf16")
+                row = bench_official(upstream, wave, args.tokens, args.child == "official-bf16", args.warm_up_seconds)
             print(
                 json.dumps({"impl": args.child, "size": args.size, "dtype": args.dtype, "audio_s": seconds, **row}),
                 flush=True,
@@ -264,6 +271,8 @@ def main() -> None:
             str(args.tokens),
             "--seconds",
             *map(str, args.seconds),
+            "--warm-up-seconds",
+            *map(str, args.warm_up_seconds),
         ]
         done = subprocess.run(command, capture_output=True, text=True)
         rows = [line for line in done.stdout.splitlines() if line.startswith("{")]
