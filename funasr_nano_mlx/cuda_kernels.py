@@ -1471,17 +1471,18 @@ SCORES_WITH_MEMORY = True
 
 # The softmax's weights straight from q and k, MLX's numbers bit for bit: a block holds R query frames of one (row,
 # head), each row with the threads MLX's softmax gives it (mlx/backend/cuda/softmax.cu: dispatch_block_dim over a
-# quarter of the frames, BD), thread t computing the scores of keys 4t..4t+3, each one fma chain over ascending k
-# from 0 (`_ATTENTION_PRODUCTS`'s order, q scaled first; a masked key float32's lowest), which are the very values
-# MLX's softmax has thread t load (-inf past the row). The softmax then runs in its order (`_ROW_SOFTMAX`). So the
-# scores never reach memory and the softmax takes no launch of its own. But each thread reads its four keys' rows
-# whole, and each block all of its head's keys, so the kernel's time grows with frames where the tiled scores' hardly
-# does: on an H100, 8.4 us a layer at 50 frames (3 s) against 14.1 for the scores kernel and MLX's softmax, 25.9 against
-# 13.8 at 167 (10 s), 70.6 against 20.7 for 4 x 167 (BENCHMARKS.md). So it runs up to SOFTMAX_IN_SCORES_MAX_WORK (rows
-# x frames^2: one clip of up to 64 frames, about 3.8 s, below the crossover the two times put near 85; only 50 was
-# measured), the scores' kernel and MLX's softmax above it; every such row takes MLX's 32 threads, so one source
-# serves. Blocks past the planes compute the FSMN memory (`_MEMORY_BLOCKS`). The keys are read four floats at a time,
-# so qkv's data must start 16-byte aligned: MLX's allocations do, and the model's qkv is a linear layer's fresh output.
+# quarter of the frames, BD). The block stages the head's keys through shared memory, KT frames at a time (each read
+# once, coalesced), a thread computing one score of a query and a staged key as one fma chain over ascending k from
+# 0 (`_ATTENTION_PRODUCTS`'s order, q scaled first); thread t of a row then takes the scores of keys 4t..4t+3 (a
+# masked key float32's lowest, -inf past the row), the very values MLX's softmax has thread t load, and runs the
+# softmax in its order (`_ROW_SOFTMAX`). So the scores never reach memory and the softmax takes no launch of its own.
+# Its first form read each thread's four keys' rows whole from global memory, and grew with frames where the tiled
+# scores' kernel hardly does: on an H100, 8.4 us a layer at 50 frames (3 s) against 14.1 for the scores kernel and
+# MLX's softmax, 25.9 against 13.8 at 167 (10 s), 70.6 against 20.7 for 4 x 167 (BENCHMARKS.md). So it runs up to
+# SOFTMAX_IN_SCORES_MAX_WORK (rows x frames^2: one clip of up to 64 frames, about 3.8 s), the scores' kernel and MLX's
+# softmax above it, until the staged form is measured; every such row takes MLX's 32 threads, so one source serves.
+# Blocks past the planes compute the FSMN memory (`_MEMORY_BLOCKS`). The keys are read four floats at a time, so
+# qkv's data must start 16-byte aligned: MLX's allocations do, and the model's qkv is a linear layer's fresh output.
 SOFTMAX_IN_SCORES = True
 SOFTMAX_IN_SCORES_MAX_WORK = 64 * 64
 SOFTMAX_ROWS_A_BLOCK = 4  # R, where a row's threads leave room (at most 1024 a block)
