@@ -320,16 +320,14 @@ def attention_timing(frames_list, rng: np.random.Generator) -> None:
 
 # What `encoder_candidate` compares: the encoder's float32 matmuls in cuBLAS (MLX's ops), the attention's products in
 # kernels of ours, and its linear layers too (`cuda_kernels.ATTENTION_PRODUCTS`, `EXACT_LINEARS`), with the norms
-# after the output and FFN-down layers in their last kernel or in MLX's (`NORM_IN_LINEAR`), the other split layers'
-# parts added by their last blocks or in a kernel after (`PARTS_IN_LAST_BLOCK`), the softmax in the scores' kernel
-# (up to its bound, or at every length) or MLX's (`SOFTMAX_IN_SCORES`), the context in that kernel too or in its own
-# (`CONTEXT_IN_WEIGHTS`), the FSMN memory in the scores' launch or in its own (`SCORES_WITH_MEMORY`).
+# after the output and FFN-down layers in their last kernel or in MLX's (`NORM_IN_LINEAR`), the softmax in the scores'
+# kernel (up to its bound, or at every length) or MLX's (`SOFTMAX_IN_SCORES`), the context in that kernel too or in its
+# own (`CONTEXT_IN_WEIGHTS`), the FSMN memory in the scores' launch or in its own (`SCORES_WITH_MEMORY`).
 VARIANTS = {
     "MLX's ops": dict(ATTENTION_PRODUCTS=False, EXACT_LINEARS=False),
     "attention products": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=False),
     "products and linears": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, NORM_IN_LINEAR=True),
     "norms apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, NORM_IN_LINEAR=False),
-    "parts added apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, PARTS_IN_LAST_BLOCK=False),
     "softmax apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SOFTMAX_IN_SCORES=False),
     "context apart, any length": dict(
         ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SOFTMAX_IN_SCORES_MAX_WORK=2**40, CONTEXT_IN_WEIGHTS=False

@@ -23,7 +23,6 @@ Apple silicon runs the ops.
 from __future__ import annotations
 
 import os
-import threading
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -812,10 +811,9 @@ def encoder_choices() -> tuple:
     """What the encoder's layers take from here when traced (model.compiled_layer keys its traces by it):
     whether the kernels are on, whether the attention kernel is chosen and up to how much work, whether the
     attention's product kernels are on and from how many frames up to how much work, whether the linear
-    layers' kernels are on and for how many rows, whether a split one's parts are added in it, whether a norm after
-    one comes from its last kernel, whether the FSMN memory comes from the scores' launch, the softmax from the
-    scores' kernel (up to how many frames) and the context from that kernel too, and the k a stage of the products
-    (a template constant of theirs)."""
+    layers' kernels are on and for how many rows, whether a norm after one comes from its last kernel, whether the FSMN
+    memory comes from the scores' launch, the softmax from the scores' kernel (up to how much work) and the context
+    from that kernel too, and the k a stage of the products (a template constant of theirs)."""
     return (
         available(),
         frame_attention_chosen(),
@@ -826,7 +824,6 @@ def encoder_choices() -> tuple:
         EXACT_LINEARS,
         LINEAR_MIN_ROWS,
         LINEAR_MAX_ROWS,
-        PARTS_IN_LAST_BLOCK,
         NORM_IN_LINEAR,
         SCORES_WITH_MEMORY,
         SOFTMAX_IN_SCORES,
@@ -1949,7 +1946,7 @@ _SPLIT_LINEAR = """
       const int m = m0 + ty * TM + i, n = n0 + tx * TN + j;
       if (m < rows && n < N) {
 #if SPLIT
-        partials[((size_t)z * rows + m) * N + n] = acc[i][j];
+        out[((size_t)z * rows + m) * N + n] = acc[i][j];
 #else
         const size_t index = (size_t)m * N + n;
         out[index] = ADDED(biased(acc[i][j], bias[n]));
@@ -1958,62 +1955,6 @@ _SPLIT_LINEAR = """
     }
   }
 """
-# With PARTS_IN_LAST_BLOCK, a split layer's parts are added in the kernel that sums them, by the block of each output
-# tile that finishes its part last: no second launch (a launch costs the host more than the adding costs the GPU, and
-# one clip's encoder is bound by the host). The order is `_PARTS_ADDED`'s, whichever block is last: it reads every part
-# back from memory. A classic of split-K GEMMs (CUTLASS's serial split-K resets its semaphore alike): each block
-# makes its part visible (a fence), then takes a ticket of its tile's (an atomic count); the block taking the last
-# ticket adds the parts and sets the ticket back to 0 for the next launch. The tickets (`linear_tickets`: one pool a
-# thread, made once) are shared by every such launch, so two of them must not run at once: MLX's CUDA graphs order
-# kernels only by the arrays they read, and each of these launches reads the one before's output (a clip's layers
-# are one chain) or comes in a later graph (each evaluation its own). Not for a layer with a norm after it, whose
-# norm needs whole rows (`_PARTS_ADDED_NORMED`).
-PARTS_IN_LAST_BLOCK = True
-LINEAR_TICKETS = 4096  # tiles a launch may have; 167 rows take at most 96 (2048 wide, 64 x 64 tiles)
-_TILE_PARTS_ADDED = """
-  __shared__ bool last;
-  __threadfence();  // this block's part reaches global memory, for every block, before its ticket is taken
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    unsigned int* ticket = const_cast<unsigned int*>(tickets) + blockIdx.y * gridDim.x + blockIdx.x;
-    last = atomicAdd(ticket, 1u) == (unsigned int)parts - 1;
-    if (last) {
-      atomicExch(ticket, 0u);
-    }
-  }
-  __syncthreads();
-  if (!last) {
-    return;
-  }
-  __threadfence();
-  const size_t outputs = (size_t)rows * N;
-  for (int t = threadIdx.x; t < BM * BN; t += blockDim.x) {
-    const int m = m0 + t / BN, n = n0 + t % BN;
-    if (m < rows && n < N) {
-      const size_t index = (size_t)m * N + n;
-      float sum = __ldcg(partials + index);  // through L2: other SMs wrote them
-      for (int part = 1; part < parts; ++part) {
-        sum = __fadd_rn(sum, __ldcg(partials + (size_t)part * outputs + index));
-      }
-      out[index] = ADDED(biased(sum, bias[n]));
-    }
-  }
-"""
-_tickets = threading.local()
-
-
-def linear_tickets() -> mx.array:
-    """This thread's pool of tiles' tickets for `_TILE_PARTS_ADDED` (LINEAR_TICKETS, all 0 between launches), made
-    and computed at the first call. A trace of `mx.compile` keeps a computed array as a constant, but cannot compute
-    one: so a function that traces the encoder's layers calls this first (model.compiled_layer)."""
-    pool = getattr(_tickets, "pool", None)
-    if pool is None:
-        pool = mx.zeros(LINEAR_TICKETS, mx.uint32)
-        mx.eval(pool)
-        _tickets.pool = pool
-    return pool
-
-
 # The parts (parts, rows, N) added in order, then the bias and relu, then the addends.
 _PARTS_ADDED = """
   const size_t index = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -2153,8 +2094,7 @@ def split_linear(
     addends: tuple = (),
     norm: tuple | None = None,
 ):
-    """`split_linear_ops` in one kernel (unsplit, or split with PARTS_IN_LAST_BLOCK) or two: x (..., K) @ weight.T +
-    bias, weight (N, K), with k's
+    """`split_linear_ops` in one kernel (`parts` 1) or two: x (..., K) @ weight.T + bias, weight (N, K), with k's
     tiles of 8 dealt in turn to `parts` parts (`linear_parts`), then relu if asked, then plus each of `addends`
     (float32 arrays of the output's shape) in order. With `norm` (a LayerNorm's weight, bias and eps), the output and
     the norm of it (`_PARTS_ADDED_NORMED` where the layer is split and the norm float32, else MLX's layer_norm)."""
@@ -2168,39 +2108,25 @@ def split_linear(
     bm, bn, tm, tn = (64, 64, 8, 4) if n >= 1024 else (32, 32, 4, 4)
     threads = (bm // tm) * (bn // tn)
     split = parts > 1
-    grid = (-(-n // bn) * threads, -(-rows // bm), parts)
-    norm_after = norm is not None and NORM_IN_LINEAR and n <= NORM_MAX_WIDTH and norm[0].dtype == mx.float32
-    last_adds = split and not norm_after and PARTS_IN_LAST_BLOCK and grid[0] // threads * grid[1] <= LINEAR_TICKETS
     addend_inputs = dict(zip(_ADDENDS, addends))
-    # Split, this kernel only sums each part, and the bias, relu and the addends come where the parts are added: in
-    # its last block of each tile (`_TILE_PARTS_ADDED`), or in `_PARTS_ADDED` or `_PARTS_ADDED_NORMED` after it.
-    inputs = {"x": x.reshape(rows, k), "weight": weight}
-    if not split or last_adds:
-        inputs.update(bias=bias, **addend_inputs)
-    if last_adds:
-        inputs["tickets"] = linear_tickets()
-    source = f"#define SPLIT {int(split)}\n" + _SPLIT_LINEAR + (_TILE_PARTS_ADDED if last_adds else "")
-    header = TILE_STEP + (_biased(relu, len(addends)) if not split or last_adds else _biased())
-    if not split:
-        name, outputs = f"split_linear_0_{int(relu)}_{len(addends)}", {"out": (*x.shape[:-1], n)}
-    elif last_adds:
-        name = f"split_linear_added_{int(relu)}_{len(addends)}"
-        outputs = {"partials": (parts, rows, n), "out": (*x.shape[:-1], n)}
-    else:
-        name, outputs = "split_linear_1", {"partials": (parts, rows, n)}
-    kernel = _kernel(name, tuple(inputs), tuple(outputs), source, header=header)
+    # Split, this kernel only sums each part, and `_PARTS_ADDED` adds the bias, relu and the addends: one source.
+    inputs = {"x": x.reshape(rows, k), "weight": weight, **({} if split else {"bias": bias, **addend_inputs})}
+    source = f"#define SPLIT {int(split)}\n" + _SPLIT_LINEAR
+    header = TILE_STEP + (_biased() if split else _biased(relu, len(addends)))
+    name = "split_linear_1" if split else f"split_linear_0_{int(relu)}_{len(addends)}"
+    kernel = _kernel(name, tuple(inputs), ("out",), source, header=header)
     out = kernel(
         inputs=list(inputs.values()),
         template=[("BM", bm), ("BN", bn), ("BK", STAGE_K["linear"]), ("TM", tm), ("TN", tn)],
-        grid=grid,
+        grid=(-(-n // bn) * threads, -(-rows // bm), parts),
         threadgroup=(threads, 1, 1),
-        output_shapes=list(outputs.values()),
-        output_dtypes=[mx.float32] * len(outputs),
-    )[-1]
-    if not split or last_adds:
+        output_shapes=[(parts, rows, n) if split else (*x.shape[:-1], n)],
+        output_dtypes=[mx.float32],
+    )[0]
+    if not split:
         return normed(out, norm)
     header = _biased(relu, len(addends))
-    if not norm_after:
+    if norm is None or not NORM_IN_LINEAR or n > NORM_MAX_WIDTH or norm[0].dtype != mx.float32:
         added_kernel = _kernel(
             f"parts_added_{int(relu)}_{len(addends)}",
             ("partials", "bias", *addend_inputs),

@@ -210,7 +210,6 @@ def run_layer(
     if parameters is None or _holds_quantized(parameters):
         return layer(x, mask, *chained)
     eps = None if next_norm is None else next_norm.eps
-    cuda_kernels.linear_tickets()  # made before a trace, which can keep it but not make it
     compiled = compiled_layer(type(layer), *init_args, kernels=cuda_kernels.encoder_choices(), next_norm_eps=eps)
     if next_norm is None:
         return compiled(parameters, x, mask)

@@ -7,8 +7,7 @@ outputs, the template constants) into a C++ function, compiles them with g++ aga
 built-ins these kernels use) and its address and undefined-behaviour sanitizers (a read past an array, a
 misaligned vector load), runs the grid one block at a time with one host thread per CUDA thread, a barrier
 standing in for `__syncthreads` (and one a warp for `__shfl_xor_sync`, a full warp's exchange through memory), and
-returns the last launch's outputs. A launch may read an earlier one's outputs, and an input one launch changes
-(a counter) reaches the next launch reading it changed.
+returns the last launch's outputs. A launch may read an earlier one's outputs.
 
 Why by hand: no CUDA emulator is packaged for a CPU-only machine, and these kernels exist to repeat cuBLAS's
 order of float32 additions bit for bit, which only running their own text can check. The float operations map
@@ -16,8 +15,7 @@ one to one: `__fmaf_rn` is `std::fmaf`, correctly rounded like the GPU's fma, an
 (-ffp-contract=off), so the CPU's numbers are the GPU's for kernels that, like these, spell every rounding that
 matters with an intrinsic. Not modelled, so not checked here: NVRTC's own contraction of a plain `a * b + c`
 into an fma (its default), shared memory left unwritten (zero here as a static, garbage on a GPU), races that
-depend on timing, shuffles other than a full warp's xor, and which block an atomic count finds last (blocks run in
-order here: a split layer's last part is always its last block); `rsqrtf` is 1 / sqrt (each rounded) here and
+depend on timing, shuffles other than a full warp's xor, and atomics; `rsqrtf` is 1 / sqrt (each rounded) here and
 `__expf` exp, approximations on a GPU, so a kernel using them is checked for its order, not for the GPU's bits.
 """
 
@@ -36,7 +34,6 @@ import numpy as np
 SHIM = r"""
 #include <algorithm>
 #include <array>
-#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstddef>
@@ -65,10 +62,6 @@ inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
 inline float __expf(float a) { return std::exp(a); }
-inline float __ldcg(const float* p) { return *p; }
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
-inline unsigned atomicExch(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).exchange(v); }
 #define expf expf_is_not_emulated  // the GPU's expf is not __expf, which the CPU's exp stands in for
 constexpr int MAX_WARPS = 32;
 float warp_slots[MAX_WARPS][32];
@@ -117,11 +110,10 @@ void launch(Dim3 grid, int threads, Kernel kernel) {
   for (auto& thread : pool) thread.join();
 }
 
-template <class T>
-std::vector<T> read_values(const char* path, size_t count) {
-  std::vector<T> values(count);
+std::vector<float> read_floats(const char* path, size_t count) {
+  std::vector<float> values(count);
   FILE* file = std::fopen(path, "rb");
-  if (!file || std::fread(values.data(), sizeof(T), count, file) != count) std::abort();
+  if (!file || std::fread(values.data(), sizeof(float), count, file) != count) std::abort();
   std::fclose(file);
   return values;
 }
@@ -176,16 +168,12 @@ def launches(call, monkeypatch) -> list[Launch]:
     return recorded
 
 
-# The inputs' types: float32 buffers, and uint32 counters (`cuda_kernels.linear_tickets`).
-_C_TYPES = {mx.float32: ("float", np.float32), mx.uint32: ("uint32_t", np.uint32)}
-
-
 def _function(index: int, launch: Launch) -> str:
     """The launch's header and source as a C++ function of its inputs and output, as MLX's build_kernel wraps it
     (in a namespace of its own, its macros undefined after it: MLX compiles each kernel alone)."""
     parameters = []
-    for name, array in zip(launch.input_names, launch.inputs):
-        parameters.append(f"const {_C_TYPES[array.dtype][0]}* {name}")
+    for name in launch.input_names:
+        parameters.append(f"const float* {name}")
         if f"{name}_shape" in launch.source:
             parameters.append(f"const Shape {name}_shape")
     parameters += [f"float* {name}" for name in launch.output_names]
@@ -220,11 +208,10 @@ def run_on_cpu(recorded: list[Launch]) -> np.ndarray | tuple[np.ndarray, ...]:
             arguments = []
             for name, array in zip(launch.input_names, launch.inputs):
                 buffer = buffers.get(id(array))
-                if buffer is None:  # an input's first use; a later launch reading it reads what this one left
-                    buffer = buffers[id(array)] = f"input_{files}"
-                    c_type, np_type = _C_TYPES[array.dtype]
-                    np.asarray(array, dtype=np_type).tofile(work / f"{buffer}.bin")
-                    program += f'  auto {buffer} = read_values<{c_type}>("{work / buffer}.bin", {array.size});\n'
+                if buffer is None:
+                    buffer = f"input_{files}"
+                    np.asarray(array, dtype=np.float32).tofile(work / f"{buffer}.bin")
+                    program += f'  auto {buffer} = read_floats("{work / buffer}.bin", {array.size});\n'
                     files += 1
                 arguments.append(f"{buffer}.data()")
                 if f"{name}_shape" in launch.source:

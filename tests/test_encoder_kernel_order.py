@@ -128,39 +128,14 @@ def test_split_linear_adds_in_cublas_order(recorded, monkeypatch, rows, n, k, pa
     weight = mx.array(rng.standard_normal((n, k), dtype=np.float32) * k**-0.5)
     bias = mx.array(rng.standard_normal(n, dtype=np.float32))
     terms = tuple(mx.array(rng.standard_normal((rows, n), dtype=np.float32)) for _ in range(addends))
-    launched = recorded(lambda: cuda_kernels.split_linear(x, weight, bias, parts, relu, terms))
-    assert len(launched) == 1  # split, its last block of each tile adds the parts
-    ours = run_on_cpu(launched)[-1] if parts > 1 else run_on_cpu(launched)
-    expected = run_on_cpu([linear_order(x, weight, bias, terms, parts, relu)])
+    ours = run_on_cpu(recorded(lambda: cuda_kernels.split_linear(x, weight, bias, parts, relu, terms)))
+    unused = (mx.zeros(1),) * (2 - addends)
+    inputs = {"x": x, "weight": weight, "bias": bias, **dict(zip(("addend0", "addend1"), terms + unused))}
+    order = reference(_REFERENCE_LINEAR, inputs, (rows, n), rows * n, PARTS=parts, RELU=int(relu), ADDENDS=addends)
+    expected = run_on_cpu([order])
     assert ours.shape == (rows, n)
     assert np.array_equal(ours, expected)
     assert not relu or addends or (ours == 0).mean() > 0.3  # relu did something
-
-
-def linear_order(x, weight, bias, terms: tuple, parts: int, relu: bool) -> Launch:
-    """The reference launch of a linear layer: `_REFERENCE_LINEAR` over its outputs."""
-    rows, n = x.shape[0], weight.shape[0]
-    unused = (mx.zeros(1),) * (2 - len(terms))
-    inputs = {"x": x, "weight": weight, "bias": bias, **dict(zip(("addend0", "addend1"), terms + unused))}
-    constants = {"PARTS": parts, "RELU": int(relu), "ADDENDS": len(terms)}
-    return reference(_REFERENCE_LINEAR, inputs, (rows, n), rows * n, **constants)
-
-
-@pytest.mark.parametrize("last_block", [True, False])
-def test_split_linear_adds_its_parts_again_and_again(recorded, monkeypatch, last_block):
-    """Each launch leaves its tiles' tickets as it found them, so that the next launch's last blocks add the parts
-    (a second launch, the same pool, the same numbers); and the parts added in a kernel of their own give the same."""
-    monkeypatch.setattr(cuda_kernels, "PARTS_IN_LAST_BLOCK", last_block)
-    rng = np.random.default_rng(7)
-    rows, n, k, parts = 50, 520, 100, 3  # the last column tile partly filled; k not a multiple of 8
-    x = mx.array(rng.standard_normal((rows, k), dtype=np.float32))
-    weight = mx.array(rng.standard_normal((n, k), dtype=np.float32) * k**-0.5)
-    bias = mx.array(rng.standard_normal(n, dtype=np.float32))
-    terms = (mx.array(rng.standard_normal((rows, n), dtype=np.float32)),)
-    twice = recorded(lambda: [cuda_kernels.split_linear(x, weight, bias, parts, True, terms) for _ in range(2)])
-    assert len(twice) == (2 if last_block else 4)
-    expected = run_on_cpu([linear_order(x, weight, bias, terms, parts, True)])
-    assert np.array_equal(run_on_cpu(twice)[-1] if last_block else run_on_cpu(twice), expected)
 
 
 # A warp's reduction by cooperative groups' butterfly: lane l combining lane l ^ mask's, for masks 16 down to 1 (which
