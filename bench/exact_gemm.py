@@ -329,6 +329,7 @@ VARIANTS = {
     "products and linears": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, NORM_IN_LINEAR=True),
     "norms apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, NORM_IN_LINEAR=False),
     "softmax apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SOFTMAX_IN_SCORES=False),
+    "context apart": dict(ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, CONTEXT_IN_WEIGHTS=False),
     "context apart, any length": dict(
         ATTENTION_PRODUCTS=True, EXACT_LINEARS=True, SOFTMAX_IN_SCORES_MAX_WORK=2**40, CONTEXT_IN_WEIGHTS=False
     ),

@@ -41,10 +41,11 @@ SAMPLE_RATE = 16000
 FIXED_LENGTH = {"segmenter": None, "stop_loops": False}
 WARM_PASSES = 3  # per clip after the cold one; the median pass is reported
 # The load-time warm-up clips of every implementation: 3 s, the shortest whose encoder runs the linears' kernels
-# (cuda_kernels.LINEAR_MIN_ROWS), and 5 s, past the short clips' attention kernel (SOFTMAX_IN_SCORES_MAX_WORK), so
-# that "cold" is a new length's cost, not a kernel's compile (runs in BENCHMARKS.md up to 2026-12-07 16:00 UTC
-# warmed up with 3 s alone, earlier ones with 1 s).
-WARM_UP_SECONDS = (3, 5)
+# (cuda_kernels.LINEAR_MIN_ROWS), and 8 s, whose attention takes the softmax's kernel with MLX's 64 threads a row (as
+# 10 s does; cuda_kernels.attention_sources_frames), so that "cold" is a new length's cost, not a kernel's compile
+# (runs in BENCHMARKS.md up to 2026-12-07 18:30 UTC warmed up with 3 s and 5 s, up to 16:00 UTC with 3 s alone,
+# earlier ones with 1 s).
+WARM_UP_SECONDS = (3, 8)
 
 
 def synthetic_audio(seconds: float) -> np.ndarray:

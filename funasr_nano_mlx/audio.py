@@ -319,6 +319,11 @@ def apply_lfr(feats: np.ndarray, m: int = LFR_M, n: int = LFR_N) -> np.ndarray:
     return feats[np.clip(rows, 0, len(feats) - 1)].reshape(num_out, m * feats.shape[1])
 
 
+def samples_for_frames(frames: int) -> int:
+    """The fewest samples whose features have `frames` frames (fbank's snip_edges frames, then LFR's ceil(. / n))."""
+    return FRAME_LENGTH + FRAME_SHIFT * (LFR_N * (frames - 1))
+
+
 def features(samples: np.ndarray, name: str = "audio") -> np.ndarray:
     """The model input for one utterance: LFR-stacked fbank, shape (ceil(T / 6), 560), float32."""
     return apply_lfr(fbank(samples, name))

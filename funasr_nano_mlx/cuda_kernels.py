@@ -22,6 +22,7 @@ Apple silicon runs the ops.
 
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
 from typing import NamedTuple
@@ -1472,19 +1473,21 @@ SCORES_WITH_MEMORY = True
 # once, coalesced), a thread computing one score of a query and a staged key as one fma chain over ascending k from
 # 0 (`_ATTENTION_PRODUCTS`'s order, q scaled first); thread t of a row then takes the scores of keys 4t..4t+3 (a
 # masked key float32's lowest, -inf past the row), the very values MLX's softmax has thread t load, and runs the
-# softmax in its order (`_ROW_SOFTMAX`). So the scores never reach memory and the softmax takes no launch of its own.
-# Its first form read each thread's four keys' rows whole from global memory, and grew with frames where the tiled
-# scores' kernel hardly does: on an H100, 8.4 us a layer at 50 frames (3 s) against 14.1 for the scores kernel and
-# MLX's softmax, 25.9 against 13.8 at 167 (10 s), 70.6 against 20.7 for 4 x 167 (BENCHMARKS.md). So it runs up to
-# SOFTMAX_IN_SCORES_MAX_WORK (rows x frames^2: one clip of up to 64 frames, about 3.8 s), the scores' kernel and MLX's
-# softmax above it, until the staged form is measured; every such row takes MLX's 32 threads, so one source serves.
-# Blocks past the planes compute the FSMN memory (`_MEMORY_BLOCKS`). The keys are read four floats at a time, so
-# qkv's data must start 16-byte aligned: MLX's allocations do, and the model's qkv is a linear layer's fresh output.
+# softmax in its order (`_ROW_SOFTMAX`). So the scores never reach memory and the softmax takes no launch of its own;
+# with CONTEXT_IN_WEIGHTS the context is computed there too. Blocks past the planes compute the FSMN memory
+# (`_MEMORY_BLOCKS`): a SAN-M layer's attention and memory are one launch. On an H200, GPU us a layer (CUPTI): at 167
+# frames (10 s) 20.1 for this kernel with the context, against 12.7 + 8.5 with the context apart and 11.7 + 2.3 + 8.5
+# for the scores' kernel, MLX's softmax and the context; at 50 frames (3 s) 14.9, against 8.2 + 4.6; for 4 x 167
+# padded 48, against 26 + 11.4 and 17 + 4 + 11.4 (BENCHMARKS.md). One clip's encoder is bound by the host, which the
+# two launches spared save more of than the 3 s clip's kernel costs; a batch's is bound by the GPU. So it runs up to
+# SOFTMAX_IN_SCORES_MAX_WORK (rows x frames^2: one clip of up to 167 frames, 10 s, the longest measured), the scores'
+# kernel, MLX's softmax and the context kernel above it. The keys are read four floats at a time, so qkv's data must
+# start 16-byte aligned: MLX's allocations do, and the model's qkv is a linear layer's fresh output.
 SOFTMAX_IN_SCORES = True
-SOFTMAX_IN_SCORES_MAX_WORK = 64 * 64
+SOFTMAX_IN_SCORES_MAX_WORK = 167 * 167
 SOFTMAX_ROWS_A_BLOCK = 4  # R, where a row's threads leave room (at most 1024 a block)
-# With CONTEXT_IN_WEIGHTS the kernel goes on to the context (the weights times v), its order `attention_context`'s, so
-# that a SAN-M layer's attention and memory take one launch and the weights never reach memory.
+# With CONTEXT_IN_WEIGHTS the kernel goes on to the context (the weights times v), its order `attention_context`'s:
+# the weights never reach memory.
 CONTEXT_IN_WEIGHTS = True
 _ATTENTION_WEIGHTS = """
   static_assert(D % 4 == 0, "keys are read four floats at a time");
@@ -1795,6 +1798,14 @@ def _keys_a_stage(frames: int, head_dim: int) -> int | None:
         if 4 * floats + 1024 <= SHARED_MEMORY:
             return keys
     return None
+
+
+def attention_sources_frames() -> tuple[int, ...]:
+    """Frames of one clip whose encoder compiles each of the attention's kernel sources one clip can take: the
+    softmax's kernel with MLX's 32 and 64 threads a row (its template; up to SOFTMAX_IN_SCORES_MAX_WORK), and past
+    that bound the scores' kernel. A warm-up encoding these leaves no compile for a clip's first pass."""
+    bound = math.isqrt(SOFTMAX_IN_SCORES_MAX_WORK)
+    return tuple(sorted({min(bound, 4 * 32), min(bound, 4 * 32 + 1), bound + 1}))
 
 
 def _weights_layout(frames: int) -> tuple[int, int, int]:

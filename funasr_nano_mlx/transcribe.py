@@ -25,7 +25,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import load_model, load_tokenizer
 from tqdm import tqdm
 
-from . import align, ctc
+from . import align, ctc, cuda_kernels
 from .audio import (
     FRAME_LENGTH,
     SAMPLE_RATE,
@@ -36,6 +36,7 @@ from .audio import (
     frontend_on_device,
     printable,
     read_audio,
+    samples_for_frames,
 )
 from .decode_step import make_decoder, output_head, prefill_one
 from .decoding import (
@@ -440,22 +441,24 @@ class BatchDecoder:
         such a clip: its kernels (a CUDA kernel of ours at every process start: about a second a source,
         BENCHMARKS.md), the compiled encoder layers and decode step at their first shapes. Batched steps,
         other lengths and the CTC head still compile at their first use. 3 s: the shortest clip whose
-        encoder runs the linear layers' kernels (cuda_kernels.LINEAR_MIN_ROWS, 50 frames); the encoder also runs
-        over twice that, past the short clips' attention kernel (cuda_kernels.SOFTMAX_IN_SCORES_MAX_WORK), so that
-        both of its attention sources are compiled.
+        encoder runs the linear layers' kernels (cuda_kernels.LINEAR_MIN_ROWS, 50 frames); on CUDA the encoder also
+        runs over clips that compile every other source of the attention's kernels one clip can take
+        (cuda_kernels.attention_sources_frames: up to 10 s).
 
         The prompt's pass also runs at twice this prompt's length: MLX builds its quantized matmul on CUDA for
         prompts of up to 16, 32 and more rows each at its first use (mlx/backend/cuda/quantized/qmm/qmm_sm80.cu,
         make_cta_tiler), and a short clip's prompt (about 25 tokens for 1 s, 29 for 3 s) takes only the 32-row one.
         A 4-bit model's first token at a new clip length, after a 1 s clip, took 89-93 ms against bf16's 37-39
         (BENCHMARKS.md)."""
-        noise = np.random.default_rng(0).normal(0.0, 1e-3, int(2 * seconds * SAMPLE_RATE)).astype(np.float32)
+        sources = cuda_kernels.attention_sources_frames() if cuda_kernels.available() else ()
+        lengths = [int(seconds * SAMPLE_RATE), *map(samples_for_frames, sources)]
+        noise = np.random.default_rng(0).normal(0.0, 1e-3, max(lengths)).astype(np.float32)
         encoded = []
-        for samples in (noise[: len(noise) // 2], noise):
+        for samples in (noise[:length] for length in lengths):
             job = SegmentJob(0, samples, 0, round(1000 * len(samples) / SAMPLE_RATE), "warm-up")
             encoded.append(self.model.encode(_batch_features([job])[0])[0])
-        mx.eval(encoded[1])  # the longer clip: its encoder only
-        frames = encoded[0]
+            mx.eval(encoded[-1])
+        frames = encoded[0]  # the prompt and the decode steps of the first clip
         embeddings = prompt_inputs(self.model, self.tokenizer, frames, **self.prompt)[1]
         greedy_batch(self.model.llm, [embeddings], [steps], [], stop_loops=False)  # no stop token: every step runs
         mx.eval(prefill(self.model.llm, [mx.concatenate([embeddings, embeddings])])[2])
