@@ -7,7 +7,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from funasr_nano_mlx.audio import FRAME_LENGTH, apply_lfr, fbank, features, features_mx, load_audio
+from funasr_nano_mlx.audio import (
+    FRAME_LENGTH,
+    apply_lfr,
+    fbank,
+    features,
+    features_mx,
+    load_audio,
+    samples_for_frames,
+)
 from funasr_nano_mlx.errors import UserError
 
 
@@ -29,6 +37,14 @@ def test_device_frontend_equals_numpy(samples):
     ours = np.array(features_mx(wave))
     assert ours.shape == features(wave).shape
     assert np.abs(ours - features(wave)).max() < 5e-4
+
+
+@pytest.mark.parametrize("frames", [1, 2, 50, 128, 129, 167, 168])
+def test_samples_for_frames_is_the_fewest(frames):
+    """The warm-up sizes its clips by it, to land on a kernel's boundary (128 and 129 frames take different ones)."""
+    noise = np.random.default_rng(frames).normal(0, 0.1, samples_for_frames(frames)).astype(np.float32)
+    assert len(features(noise)) == frames
+    assert frames == 1 or len(features(noise[:-1])) == frames - 1
 
 
 def test_one_frame_minimum():

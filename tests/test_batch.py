@@ -555,6 +555,25 @@ def test_one_prompt_leaves_the_cache_mlx_lms_prefill_leaves(tiny_bf16, ten_files
             assert a.shape == b.shape and mx.array_equal(a, b).item()
 
 
+def test_warm_up_lengths_take_every_attention_source_of_a_clip():
+    """`Pipeline.warm_up` encodes one clip at each of `attention_sources_frames`: between them they take each source
+    of the attention's kernels that one clip of any length takes (the softmax's kernel with each of MLX's thread
+    counts a row up to its bound; the scores' kernel past it), so that no first pass compiles one."""
+    from funasr_nano_mlx import cuda_kernels
+
+    def source(frames: int):
+        fits = cuda_kernels.softmax_in_scores_fits(1, frames, 128)
+        return (
+            ("softmax", cuda_kernels._weights_layout(frames)[0], cuda_kernels._keys_a_stage(frames, 128))
+            if fits
+            else "scores"
+        )
+
+    every = {source(frames) for frames in range(cuda_kernels.ATTENTION_PRODUCTS_MIN_FRAMES, 2000)}
+    assert {source(frames) for frames in cuda_kernels.attention_sources_frames()} == every
+    assert len(every) == 3  # MLX's 32 and 64 threads a row, and the scores' kernel
+
+
 @pytest.mark.parametrize("compiled", ["0", "1"])
 def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model, ten_files, monkeypatch, compiled):
     """On a CUDA GPU each SAN-M layer's FSMN memory block is one kernel (cuda_kernels.fsmn_memory) reading the
