@@ -1477,7 +1477,7 @@ SCORES_WITH_MEMORY = True
 # with CONTEXT_IN_WEIGHTS the context is computed there too. Blocks past the planes compute the FSMN memory
 # (`_MEMORY_BLOCKS`): a SAN-M layer's attention and memory are one launch. On an H200, GPU us a layer (CUPTI): at 167
 # frames (10 s) 20.1 for this kernel with the context, against 12.7 + 8.5 with the context apart and 11.7 + 2.3 + 8.5
-# for the scores' kernel, MLX's softmax and the context; at 50 frames (3 s) 14.9, against 8.2 + 4.6; for 4 x 167
+# for the scores' kernel, MLX's softmax and the context; at 50 frames (3 s) 11.6-14.9, against 8.2 + 4.6; for 4 x 167
 # padded 48, against 26 + 11.4 and 17 + 4 + 11.4 (BENCHMARKS.md). One clip's encoder is bound by the host, which the
 # two launches spared save more of than the 3 s clip's kernel costs; a batch's is bound by the GPU. So it runs up to
 # SOFTMAX_IN_SCORES_MAX_WORK (rows x frames^2: one clip of up to 167 frames, 10 s, the longest measured), the scores'
@@ -1802,10 +1802,11 @@ def _keys_a_stage(frames: int, head_dim: int) -> int | None:
 
 def attention_sources_frames() -> tuple[int, ...]:
     """Frames of one clip whose encoder compiles each of the attention's kernel sources one clip can take: the
-    softmax's kernel with MLX's 32 and 64 threads a row (its template; up to SOFTMAX_IN_SCORES_MAX_WORK), and past
+    softmax's kernel with each of MLX's thread counts a row (its template) up to SOFTMAX_IN_SCORES_MAX_WORK, and past
     that bound the scores' kernel. A warm-up encoding these leaves no compile for a clip's first pass."""
     bound = math.isqrt(SOFTMAX_IN_SCORES_MAX_WORK)
-    return tuple(sorted({min(bound, 4 * 32), min(bound, 4 * 32 + 1), bound + 1}))
+    firsts = (ATTENTION_PRODUCTS_MIN_FRAMES, *(4 * threads + 1 for threads in (32, 64, 128, 256, 512)))  # row_threads'
+    return (*(frames for frames in firsts if frames <= bound), bound + 1)
 
 
 def _weights_layout(frames: int) -> tuple[int, int, int]:
