@@ -55,6 +55,12 @@ def synthetic_audio(seconds: float) -> np.ndarray:
     return (0.05 * rng.standard_normal(t.size) + 0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
 
 
+def warm_up_clips(wave: np.ndarray, seconds) -> list[np.ndarray]:
+    """The beginnings of `wave` `seconds` long that are shorter than it: a warm-up at the measured length itself would
+    leave no cold pass."""
+    return [wave[: int(s * SAMPLE_RATE)] for s in seconds if int(s * SAMPLE_RATE) < len(wave)]
+
+
 def rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -83,8 +89,8 @@ def bench_ours(model_dir: Path, wave: np.ndarray, tokens: int, warm_up=WARM_UP_S
 
     model, tokenizer = load(model_dir)
     tokenizer.eos_token_ids = []  # decode exactly `tokens` tokens, whatever random weights say
-    for seconds in warm_up:  # load-time warm-up
-        transcribe(model, tokenizer, wave[: int(seconds * SAMPLE_RATE)], max_new_tokens=4, **FIXED_LENGTH)
+    for clip in warm_up_clips(wave, warm_up):  # load-time warm-up
+        transcribe(model, tokenizer, clip, max_new_tokens=4, **FIXED_LENGTH)
     mx.reset_peak_memory()
     cold = time.perf_counter()
     first = transcribe(model, tokenizer, wave, max_new_tokens=tokens, **FIXED_LENGTH)  # first time at this length
@@ -120,8 +126,8 @@ def bench_mlx_audio(model_dir: Path, wave: np.ndarray, tokens: int, warm_up=WARM
             stamps.append(time.perf_counter())
         return start, stamps
 
-    for seconds in warm_up:
-        run(wave[: int(seconds * SAMPLE_RATE)], 4)
+    for clip in warm_up_clips(wave, warm_up):
+        run(clip, 4)
     mx.reset_peak_memory()
     start, stamps = run(wave, tokens)
     cold, cold_ttft = stamps[-1] - start, stamps[0] - start
@@ -184,8 +190,8 @@ def bench_official(upstream: Path, wave: np.ndarray, tokens: int, bf16: bool, wa
         finally:
             del llm.generate
 
-    for seconds in warm_up:
-        run(wave[: int(seconds * SAMPLE_RATE)], 4)
+    for clip in warm_up_clips(wave, warm_up):
+        run(clip, 4)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start, end, meta = run(wave, tokens)

@@ -813,8 +813,8 @@ def encoder_choices() -> tuple:
     whether the kernels are on, whether the attention kernel is chosen and up to how much work, whether the
     attention's product kernels are on and from how many frames up to how much work, whether the linear
     layers' kernels are on and for how many rows, whether a norm after one comes from its last kernel, whether the FSMN
-    memory comes from the scores' launch, the softmax from the scores' kernel (up to how much work) and the context
-    from that kernel too, and the k a stage of the products (a template constant of theirs)."""
+    memory comes from the scores' launch, the softmax from the scores' kernel (up to how much work, in how much shared
+    memory) and the context from that kernel too, and the k a stage of the products (a template constant of theirs)."""
     return (
         available(),
         frame_attention_chosen(),
@@ -830,6 +830,7 @@ def encoder_choices() -> tuple:
         SOFTMAX_IN_SCORES,
         SOFTMAX_IN_SCORES_MAX_WORK,
         SOFTMAX_ROWS_A_BLOCK,
+        SHARED_MEMORY,
         CONTEXT_IN_WEIGHTS,
         tuple(STAGE_K.items()),
     )
@@ -1478,11 +1479,12 @@ SCORES_WITH_MEMORY = True
 # (`_MEMORY_BLOCKS`): a SAN-M layer's attention and memory are one launch. On an H200, GPU us a layer (CUPTI): at 167
 # frames (10 s) 20.1 for this kernel with the context, against 12.7 + 8.5 with the context apart and 11.7 + 2.3 + 8.5
 # for the scores' kernel, MLX's softmax and the context; at 50 frames (3 s) 11.6-14.9, against 8.2 + 4.6; for 4 x 167
-# padded 48, against 26 + 11.4 and 17 + 4 + 11.4 (BENCHMARKS.md). One clip's encoder is bound by the host, which the
-# two launches spared save more of than the 3 s clip's kernel costs; a batch's is bound by the GPU. So it runs up to
-# SOFTMAX_IN_SCORES_MAX_WORK (rows x frames^2: one clip of up to 167 frames, 10 s, the longest measured), the scores'
-# kernel, MLX's softmax and the context kernel above it. The keys are read four floats at a time, so qkv's data must
-# start 16-byte aligned: MLX's allocations do, and the model's qkv is a linear layer's fresh output.
+# padded 48, against 26 + 11.4 and 17 + 3.9 + 11.4 (BENCHMARKS.md). It spares a launch a layer against the weights
+# and the context apart, two against the three kernels, and one clip's encoder was bound by the host in every run so
+# far (BENCHMARKS.md), a padded batch's by the GPU. So it runs for one clip up to SOFTMAX_IN_SCORES_MAX_WORK (frames^2:
+# up to 167 frames, 10 s, the longest measured), the scores' kernel, MLX's softmax and the context kernel for a batch
+# or above it. The keys are read four floats at a time, so qkv's data must start 16-byte aligned: MLX's allocations
+# do, and the model's qkv is a linear layer's fresh output.
 SOFTMAX_IN_SCORES = True
 SOFTMAX_IN_SCORES_MAX_WORK = 167 * 167
 SOFTMAX_ROWS_A_BLOCK = 4  # R, where a row's threads leave room (at most 1024 a block)
@@ -1491,12 +1493,12 @@ SOFTMAX_ROWS_A_BLOCK = 4  # R, where a row's threads leave room (at most 1024 a 
 CONTEXT_IN_WEIGHTS = True
 _ATTENTION_WEIGHTS = """
   static_assert(D % 4 == 0, "keys are read four floats at a time");
-  constexpr int THREADS = R * BD, PITCH = D + 4;  // a staged key's row: 16-byte aligned, and 8 threads' float4
-                                                  // reads of 8 keys' rows hit distinct banks
+  constexpr int THREADS = R * BD, PITCH = D + 4;  // a staged key's row: 16-byte aligned, and (D % 8 == 0) 8
+                                                  // threads' float4 reads of 8 keys' rows hit distinct banks
   const int frames = qkv_shape[1], width = qkv_shape[2] / 3, z = blockIdx.z, head = z % HEADS;
   const size_t row = z / HEADS, frame = 3 * width;
   const float* frame_rows = qkv + row * frames * frame + head * D;  // frame f's q at f * 3C, k at + C
-  const int r = threadIdx.x / BD, t = threadIdx.x % BD, m = blockIdx.x * R + r;
+  const int r = threadIdx.x / BD, t = threadIdx.x % BD;
   __shared__ __align__(16) float queries[R][D], keys[KT][PITCH], scores[R][4 * BD];
   for (int i = threadIdx.x; i < R * D; i += THREADS) {
     const int query = blockIdx.x * R + i / D;
@@ -1545,9 +1547,8 @@ _ATTENTION_WEIGHTS = """
   // The context of the block's R query frames, each output one fma chain over the key frames in order from 0
   // (`_ATTENTION_PRODUCTS`' context): the weights from shared memory, v staged KT frames at a time.
   constexpr int OUTPUTS = (R * D + THREADS - 1) / THREADS;  // a thread's
-  __syncthreads();  // every thread's scores read
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < 4; ++i) {  // where this thread read its scores; the next stage's barrier precedes any other read
     scores[r][4 * t + i] = values[i];
   }
   float context[OUTPUTS] = {};
@@ -1572,6 +1573,7 @@ _ATTENTION_WEIGHTS = """
     }
   }
 #else
+  const int m = blockIdx.x * R + r;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int n = 4 * t + i;
@@ -1781,8 +1783,10 @@ def scores_and_memory_ops(qkv: mx.array, heads: int, fsmn_weight: mx.array, left
 
 
 def softmax_in_scores_fits(rows: int, frames: int, head_dim: int) -> bool:
-    """Whether `weights_and_memory` computes the softmax's weights of `rows` clips of `frames` frames here."""
-    small = rows * frames * frames <= SOFTMAX_IN_SCORES_MAX_WORK and frames <= 4 * 1024
+    """Whether `weights_and_memory` (or `context_and_memory`) computes the softmax's weights of `rows` clips of
+    `frames` frames here: one clip, up to SOFTMAX_IN_SCORES_MAX_WORK (a padded batch is bound by the GPU, where the
+    kernel measured slower)."""
+    small = rows == 1 and frames * frames <= SOFTMAX_IN_SCORES_MAX_WORK and frames <= 4 * 1024
     return SOFTMAX_IN_SCORES and small and head_dim % 4 == 0 and _keys_a_stage(frames, head_dim) is not None
 
 
@@ -1800,13 +1804,25 @@ def _keys_a_stage(frames: int, head_dim: int) -> int | None:
     return None
 
 
-def attention_sources_frames() -> tuple[int, ...]:
-    """Frames of one clip whose encoder compiles each of the attention's kernel sources one clip can take: the
-    softmax's kernel with each of MLX's thread counts a row (its template) up to SOFTMAX_IN_SCORES_MAX_WORK, and past
-    that bound the scores' kernel. A warm-up encoding these leaves no compile for a clip's first pass."""
-    bound = math.isqrt(SOFTMAX_IN_SCORES_MAX_WORK)
-    firsts = (ATTENTION_PRODUCTS_MIN_FRAMES, *(4 * threads + 1 for threads in (32, 64, 128, 256, 512)))  # row_threads'
-    return (*(frames for frames in firsts if frames <= bound), bound + 1)
+def attention_source(frames: int, heads: int, head_dim: int, dtype: mx.Dtype):
+    """Which source of the attention's kernels one clip of `frames` frames takes (a kernel is compiled once for each,
+    at its first use), or None where they do not run: the softmax's kernel with its template (R, BD, KT), or the
+    scores' kernel with its tiles (the context's kernel past the bound has one source)."""
+    if not attention_products_fit(1, frames, dtype):
+        return None
+    if softmax_in_scores_fits(1, frames, head_dim):
+        return ("softmax", _weights_layout(frames)[:2], _keys_a_stage(frames, head_dim))
+    return ("scores", _product_layout(1, frames, head_dim, heads)[0])
+
+
+def attention_sources_frames(heads: int, head_dim: int, dtype: mx.Dtype) -> tuple[int, ...]:
+    """The fewest frames of one clip at which each source of `attention_source` first runs: a warm-up encoding one
+    clip of each leaves no compile to a clip's first pass."""
+    firsts = {}
+    for frames in range(1, math.isqrt(ATTENTION_PRODUCTS_MAX_WORK) + 1):
+        firsts.setdefault(attention_source(frames, heads, head_dim, dtype), frames)
+    firsts.pop(None, None)
+    return tuple(firsts.values())
 
 
 def _weights_layout(frames: int) -> tuple[int, int, int]:
@@ -1833,7 +1849,7 @@ def weights_and_memory(
 ) -> tuple[mx.array, mx.array]:
     """`scores_and_memory` with MLX's float32 softmax (precise) of the scores in the same kernel (`_ATTENTION_WEIGHTS`):
     the weights (B, heads, T, T) and the FSMN memory, bit for bit those of the scores' kernel, mx.softmax and
-    `fsmn_memory`, for T up to 4096."""
+    `fsmn_memory`, for T up to 4096 where its shared memory holds the heads (`_keys_a_stage`)."""
     return _attention_weights(qkv, heads, fsmn_weight, left, mask, context=False)
 
 

@@ -286,8 +286,9 @@ class SANMAttention(nn.Module):
         # On CUDA one kernel computes the memory block, which MLX's ops take five or more for
         # (cuda_kernels.fsmn_memory); where chosen and small enough one the attention, which they take
         # seven for (cuda_kernels.frame_attention_fits: opt-in, it changes float32's numbers); else, small
-        # enough, its products with MLX's numbers and its softmax with MLX's, the scores and the softmax in one kernel
-        # for short clips, the memory in their launch (cuda_kernels.attention_products_fit).
+        # enough, its products with MLX's numbers and its softmax with MLX's, the memory in the scores' launch, and for
+        # one clip of up to 10 s the scores, the softmax, the context and the memory in one kernel
+        # (cuda_kernels.attention_products_fit, softmax_in_scores_fits).
         fsmn = cuda_kernels.fsmn_memory if cuda_kernels.fsmn_fits(qkv.dtype) else cuda_kernels.fsmn_memory_ops
         batch, frames, width = qkv.shape
         taps = (self.fsmn_block.weight, self.left_pad)
@@ -361,6 +362,15 @@ class SenseVoiceEncoder(nn.Module):
         self.after_norm = nn.LayerNorm(dims, eps=ENCODER_LN_EPS)
         self.tp_encoders = [SANMEncoderLayer(dims, args) for _ in range(args.tp_blocks)]
         self.tp_norm = nn.LayerNorm(dims, eps=ENCODER_LN_EPS)
+
+    def attention_sources_frames(self, seen: int) -> tuple[int, ...]:
+        """One clip length (frames) at which each source of the attention's CUDA kernels one clip can take first runs
+        (cuda_kernels.attention_source), but the source a clip of `seen` frames takes: what a warm-up encodes."""
+        heads = self.args.attention_heads
+        shape = (heads, self.args.output_size // heads, mx.float32)  # q/k/v of float32 features (bf16 weights too)
+        taken = cuda_kernels.attention_source(seen, *shape)
+        firsts = cuda_kernels.attention_sources_frames(*shape)
+        return tuple(frames for frames in firsts if cuda_kernels.attention_source(frames, *shape) != taken)
 
     def __call__(self, feats: mx.array, mask: mx.array | None = None) -> mx.array:
         x = feats * self.input_scale

@@ -25,7 +25,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import load_model, load_tokenizer
 from tqdm import tqdm
 
-from . import align, ctc, cuda_kernels
+from . import align, ctc
 from .audio import (
     FRAME_LENGTH,
     SAMPLE_RATE,
@@ -442,23 +442,24 @@ class BatchDecoder:
         BENCHMARKS.md), the compiled encoder layers and decode step at their first shapes. Batched steps,
         other lengths and the CTC head still compile at their first use. 3 s: the shortest clip whose
         encoder runs the linear layers' kernels (cuda_kernels.LINEAR_MIN_ROWS, 50 frames); on CUDA the encoder also
-        runs over clips that compile every other source of the attention's kernels one clip can take
-        (cuda_kernels.attention_sources_frames: up to 10 s).
+        runs over a clip for each other source of the attention's kernels one clip can take
+        (SenseVoiceEncoder.attention_sources_frames: today 7.7 s, 10.1 s and 19.3 s).
 
         The prompt's pass also runs at twice this prompt's length: MLX builds its quantized matmul on CUDA for
         prompts of up to 16, 32 and more rows each at its first use (mlx/backend/cuda/quantized/qmm/qmm_sm80.cu,
         make_cta_tiler), and a short clip's prompt (about 25 tokens for 1 s, 29 for 3 s) takes only the 32-row one.
         A 4-bit model's first token at a new clip length, after a 1 s clip, took 89-93 ms against bf16's 37-39
         (BENCHMARKS.md)."""
-        sources = cuda_kernels.attention_sources_frames() if cuda_kernels.available() else ()
-        lengths = [int(seconds * SAMPLE_RATE), *map(samples_for_frames, sources)]
-        noise = np.random.default_rng(0).normal(0.0, 1e-3, max(lengths)).astype(np.float32)
-        encoded = []
-        for samples in (noise[:length] for length in lengths):
-            job = SegmentJob(0, samples, 0, round(1000 * len(samples) / SAMPLE_RATE), "warm-up")
-            encoded.append(self.model.encode(_batch_features([job])[0])[0])
-            mx.eval(encoded[-1])
-        frames = encoded[0]  # the prompt and the decode steps of the first clip
+        rng = np.random.default_rng(0)
+
+        def encoded(samples: int) -> tuple[mx.array, int]:  # faint noise's encoding, and its features' frames
+            noise = rng.normal(0.0, 1e-3, samples).astype(np.float32)
+            feats, lengths = _batch_features([SegmentJob(0, noise, 0, round(1000 * samples / SAMPLE_RATE), "warm-up")])
+            return self.model.encode(feats)[0], lengths[0]
+
+        frames, clip_frames = encoded(int(seconds * SAMPLE_RATE))  # the prompt and decode steps below read these
+        for other in self.model.audio_encoder.attention_sources_frames(clip_frames):
+            mx.eval(encoded(samples_for_frames(other))[0])
         embeddings = prompt_inputs(self.model, self.tokenizer, frames, **self.prompt)[1]
         greedy_batch(self.model.llm, [embeddings], [steps], [], stop_loops=False)  # no stop token: every step runs
         mx.eval(prefill(self.model.llm, [mx.concatenate([embeddings, embeddings])])[2])

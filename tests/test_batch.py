@@ -555,23 +555,34 @@ def test_one_prompt_leaves_the_cache_mlx_lms_prefill_leaves(tiny_bf16, ten_files
             assert a.shape == b.shape and mx.array_equal(a, b).item()
 
 
-def test_warm_up_lengths_take_every_attention_source_of_a_clip():
-    """`Pipeline.warm_up` encodes one clip at each of `attention_sources_frames`: between them they take each source
-    of the attention's kernels that one clip of any length takes (the softmax's kernel with each of MLX's thread
-    counts a row up to its bound; the scores' kernel past it), so that no first pass compiles one."""
+def test_warm_up_lengths_take_every_attention_source_of_a_clip(monkeypatch):
+    """`BatchDecoder.warm_up` encodes its clip and one clip at each of `SenseVoiceEncoder.attention_sources_frames`:
+    between them they launch every kernel source (name and template: each is compiled at its first use) that the
+    attention of one clip of any length launches, so that no first pass compiles one."""
     from funasr_nano_mlx import cuda_kernels
+    from funasr_nano_mlx.model import EncoderArgs, SenseVoiceEncoder
+    from tests.cuda_on_cpu import launches
 
-    def source(frames: int):
-        fits = cuda_kernels.softmax_in_scores_fits(1, frames, 128)
-        return (
-            ("softmax", cuda_kernels._weights_layout(frames)[0], cuda_kernels._keys_a_stage(frames, 128))
-            if fits
-            else "scores"
-        )
+    monkeypatch.setattr(cuda_kernels, "available", lambda: True)
+    args = EncoderArgs(num_blocks=1, tp_blocks=0)
+    width, heads = args.output_size, args.attention_heads
+    taps = mx.zeros((width, args.kernel_size, 1))
 
-    every = {source(frames) for frames in range(cuda_kernels.ATTENTION_PRODUCTS_MIN_FRAMES, 2000)}
-    assert {source(frames) for frames in cuda_kernels.attention_sources_frames()} == every
-    assert len(every) == 3  # MLX's 32 and 64 threads a row, and the scores' kernel
+    def sources(frames: int) -> set:
+        qkv = mx.zeros((1, frames, 3 * width))
+        attention = lambda: cuda_kernels.attention_products_and_memory(qkv, heads, taps, 5)  # noqa: E731
+        cuda_kernels._kernel.cache_clear()  # it holds MLX's kernels or an earlier recorder's
+        return {(launch.name, str(launch.template)) for launch in launches(attention, monkeypatch)}
+
+    try:
+        fits = [f for f in range(1, 1024) if cuda_kernels.attention_products_fit(1, f, mx.float32)]
+        every = set().union(*map(sources, fits))
+        clip = 50  # the warm-up's 3 s
+        warmed = set().union(sources(clip), *map(sources, SenseVoiceEncoder(560, args).attention_sources_frames(clip)))
+    finally:
+        cuda_kernels._kernel.cache_clear()
+    assert warmed == every
+    assert len(every) >= 5  # the one-kernel attention with 32 and 64 threads a row; two tiles of scores; the context
 
 
 @pytest.mark.parametrize("compiled", ["0", "1"])
@@ -579,8 +590,8 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     """On a CUDA GPU each SAN-M layer's FSMN memory block is one kernel (cuda_kernels.fsmn_memory) reading the
     fused q/k/v projection, in float32 and bf16; its self-attention's two products are a kernel each in float32
     (attention_scores, attention_context: MLX's numbers) up to ATTENTION_PRODUCTS_MAX_WORK, the memory block then in
-    the scores' launch (scores_and_memory) unless SCORES_WITH_MEMORY is off, and the softmax in the scores' kernel up to
-    SOFTMAX_IN_SCORES_MAX_WORK (weights_and_memory: MLX's numbers), and there the context too unless
+    the scores' launch (scores_and_memory) unless SCORES_WITH_MEMORY is off, and for one clip the softmax in the scores'
+    kernel up to SOFTMAX_IN_SCORES_MAX_WORK (weights_and_memory: MLX's numbers), and there the context too unless
     CONTEXT_IN_WEIGHTS is off (context_and_memory), its four linear layers
     too (split_linear, MLX's numbers where cuBLAS's order is known) from LINEAR_MIN_ROWS to LINEAR_MAX_ROWS, and the
     whole attention one kernel where a user opts in (FUNASR_NANO_ENCODER_ATTENTION_KERNEL=1: it changes float32's
@@ -637,19 +648,21 @@ def test_the_encoder_on_cuda_computes_attention_and_memory_in_kernels(tiny_model
     monkeypatch.setenv("MLX_ENABLE_TF32", "1")
     assert parts(low, 512, 512, mx.float32) is None
     monkeypatch.setenv("MLX_ENABLE_TF32", "0")
-    # By default: the memory block, the attention's products and the linears (float32's exact path).
-    for inputs in ((feats[0][None],), (batch, lengths)):
-        assert encoded_calls(*inputs) == products
+    # By default: the memory block, the attention's products and the linears (float32's exact path); for one clip the
+    # attention in one kernel, for a padded batch the scores' kernel (with the memory), MLX's softmax and the context.
+    scores_apart = {"scores_and_memory", "attention_context", "split_linear"}
+    assert encoded_calls(feats[0][None]) == products
+    assert encoded_calls(batch, lengths) == scores_apart
     # The softmax apart (MLX's) where asked or above SOFTMAX_IN_SCORES_MAX_WORK, the memory still in the scores'
     # launch; the memory block in a launch of its own where asked: switches and a bound the layers are traced for.
-    scores_apart = {"scores_and_memory", "attention_context", "split_linear"}
     with monkeypatch.context() as apart:
         apart.setattr(cuda_kernels, "SOFTMAX_IN_SCORES", False)
         assert encoded_calls(feats[0][None]) == scores_apart
         apart.undo()
+        apart.setattr(cuda_kernels, "SOFTMAX_IN_SCORES_MAX_WORK", feats[0].shape[0] ** 2 - 1)
+        assert encoded_calls(feats[0][None]) == scores_apart
         apart.setattr(cuda_kernels, "SOFTMAX_IN_SCORES_MAX_WORK", feats[0].shape[0] ** 2)
-        assert encoded_calls(batch, lengths) == scores_apart
-        assert encoded_calls(feats[0][None]) == products  # shorter
+        assert encoded_calls(feats[0][None]) == products
         apart.setattr(cuda_kernels, "CONTEXT_IN_WEIGHTS", False)
         assert encoded_calls(feats[0][None]) == {"weights_and_memory", "attention_context", "split_linear"}
         apart.setattr(cuda_kernels, "SCORES_WITH_MEMORY", False)
