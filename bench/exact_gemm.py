@@ -239,7 +239,7 @@ def attention_sweep(cases: list[tuple[int, int]], rng: np.random.Generator) -> N
         theirs = np.array(cuda_kernels.frame_attention_ops(qkv, HEADS, mask))
         row = {"sweep": "attention products", "rows": rows, "frames": frames}
         row["identical_share"] = float(np.mean(ours == theirs))
-        if cuda_kernels._keys_a_stage(frames, WIDTH // HEADS) and frames <= 4 * 1024:
+        if cuda_kernels.softmax_kernel_takes(frames, WIDTH // HEADS):
             weights = [np.array(a) for a in cuda_kernels.weights_and_memory(qkv, HEADS, taps, 5, mask)]
             expected = [np.array(a) for a in cuda_kernels.weights_and_memory_ops(qkv, HEADS, taps, 5, mask)]
             row["weights_identical_share"] = float(np.mean(weights[0] == expected[0]))

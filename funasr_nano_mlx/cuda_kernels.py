@@ -1786,8 +1786,14 @@ def softmax_in_scores_fits(rows: int, frames: int, head_dim: int) -> bool:
     """Whether `weights_and_memory` (or `context_and_memory`) computes the softmax's weights of `rows` clips of
     `frames` frames here: one clip, up to SOFTMAX_IN_SCORES_MAX_WORK (a padded batch is bound by the GPU, where the
     kernel measured slower)."""
-    small = rows == 1 and frames * frames <= SOFTMAX_IN_SCORES_MAX_WORK and frames <= 4 * 1024
-    return SOFTMAX_IN_SCORES and small and head_dim % 4 == 0 and _keys_a_stage(frames, head_dim) is not None
+    small = rows == 1 and frames * frames <= SOFTMAX_IN_SCORES_MAX_WORK
+    return SOFTMAX_IN_SCORES and small and softmax_kernel_takes(frames, head_dim)
+
+
+def softmax_kernel_takes(frames: int, head_dim: int) -> bool:
+    """Whether `_ATTENTION_WEIGHTS` is written for rows of `frames` keys and heads of `head_dim`: one pass of MLX's
+    softmax (up to 4096), keys read four floats at a time, its arrays in shared memory (`_keys_a_stage`)."""
+    return frames <= 4 * 1024 and head_dim % 4 == 0 and _keys_a_stage(frames, head_dim) is not None
 
 
 SHARED_MEMORY = 48 * 1024  # bytes of a block's static shared memory
@@ -1815,13 +1821,14 @@ def attention_source(frames: int, heads: int, head_dim: int, dtype: mx.Dtype):
     return ("scores", _product_layout(1, frames, head_dim, heads)[0])
 
 
-def attention_sources_frames(heads: int, head_dim: int, dtype: mx.Dtype) -> tuple[int, ...]:
-    """The fewest frames of one clip at which each source of `attention_source` first runs: a warm-up encoding one
-    clip of each leaves no compile to a clip's first pass."""
+def attention_sources_frames(heads: int, head_dim: int, dtype: mx.Dtype, seen: int) -> tuple[int, ...]:
+    """The fewest frames of one clip at which each source of `attention_source` first runs, but the source a clip of
+    `seen` frames takes: a warm-up that encoded that clip and encodes one of each leaves no compile to a first pass."""
     firsts = {}
     for frames in range(1, math.isqrt(ATTENTION_PRODUCTS_MAX_WORK) + 1):
         firsts.setdefault(attention_source(frames, heads, head_dim, dtype), frames)
-    firsts.pop(None, None)
+    for taken in (None, attention_source(seen, heads, head_dim, dtype)):
+        firsts.pop(taken, None)
     return tuple(firsts.values())
 
 
@@ -1866,14 +1873,14 @@ def _attention_weights(qkv, heads: int, fsmn_weight, left: int, mask, context: b
     batch, frames, width = qkv.shape
     channels, taps, inputs = _memory_inputs(qkv, fsmn_weight, mask)
     dims = width // (3 * heads)
-    keys = _keys_a_stage(frames, dims)
-    if dims % 4 or frames > 4 * 1024 or keys is None:
+    if not softmax_kernel_takes(frames, dims):
         raise ValueError(
             f"the softmax's kernel takes up to 4096 frames and heads of a multiple of 4 up to about 200, got {frames}, "
             f"{dims}"
         )
     masked = mask is not None
     threads, rows, groups = _weights_layout(frames)
+    keys = _keys_a_stage(frames, dims)
     memory = _memory_blocks((channels, taps, left), (batch, frames), groups * rows * threads, masked)
     planes = batch * heads + memory.planes
     _check_planes(planes)

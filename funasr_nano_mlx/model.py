@@ -367,10 +367,8 @@ class SenseVoiceEncoder(nn.Module):
         """One clip length (frames) at which each source of the attention's CUDA kernels one clip can take first runs
         (cuda_kernels.attention_source), but the source a clip of `seen` frames takes: what a warm-up encodes."""
         heads = self.args.attention_heads
-        shape = (heads, self.args.output_size // heads, mx.float32)  # q/k/v of float32 features (bf16 weights too)
-        taken = cuda_kernels.attention_source(seen, *shape)
-        firsts = cuda_kernels.attention_sources_frames(*shape)
-        return tuple(frames for frames in firsts if cuda_kernels.attention_source(frames, *shape) != taken)
+        # q/k/v are float32 (the features are, whatever the weights)
+        return cuda_kernels.attention_sources_frames(heads, self.args.output_size // heads, mx.float32, seen)
 
     def __call__(self, feats: mx.array, mask: mx.array | None = None) -> mx.array:
         x = feats * self.input_scale
