@@ -132,10 +132,15 @@ def _configure_clients() -> None:
 
 
 class _RetryLog(logging.Filter):
-    """Keeps huggingface_hub's and datasets' retry warnings (two or three lines per attempt per file:
-    99 lines for one failing download of a model) off stderr, and says once that it is retrying."""
+    """Keeps huggingface_hub's, datasets' and the ModelScope client's retry warnings (two or three lines
+    per attempt per file: 99 lines for one failing download of a model) off stderr, and says once that it
+    is retrying. The ModelScope client's last word on a failed file (a dump of the request and the
+    response) is dropped too: the UserError that follows names the file."""
 
-    RETRYING = re.compile(r"thrown while requesting|Retrying in|Rate limited|Retrying\.\.|disconnected from remote")
+    RETRYING = re.compile(
+        r"thrown while requesting|Retrying in|Rate limited|Retrying\.\.|disconnected from remote"
+        r"|retry in \d|retrying in \d|^Failed to download "  # modelscope_hub/_legacy_api.py:874, _download.py:367-373, 1295
+    )
 
     def __init__(self):
         super().__init__()
@@ -151,12 +156,13 @@ class _RetryLog(logging.Filter):
 
 
 _RETRY_LOGGERS = ("huggingface_hub.utils._http", "huggingface_hub.file_download", "datasets.utils.file_utils")
+_MODELSCOPE_RETRY_LOGGERS = ("modelscope_hub.legacy_api", "modelscope_hub.download")
 
 
 @contextmanager
-def _quiet_retries() -> Iterator[None]:
+def _quiet_retries(names: tuple[str, ...] = _RETRY_LOGGERS) -> Iterator[None]:
     quiet = _RetryLog()
-    loggers = [logging.getLogger(name) for name in _RETRY_LOGGERS]
+    loggers = [logging.getLogger(name) for name in names]
     for logger in loggers:
         logger.addFilter(quiet)
     try:
@@ -298,9 +304,13 @@ def download_from_modelscope(repo_id: str, revision: str, patterns: list[str]) -
             "--source DIR"
         ) from None
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+        with _quiet_retries(_MODELSCOPE_RETRY_LOGGERS):
+            return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except Exception as err:  # the client raises requests', its own and builtin exception types
-        raise UserError(f"cannot download {repo_id}@{revision} from ModelScope: {one_line(err)}") from None
+        # Its errors say whether trying again may help (modelscope_hub/errors.py, HubError.retryable);
+        # the files already fetched stay in its cache, checked by their SHA-256, so a re-run resumes.
+        advice = f": try again later; {RESUMES}" if getattr(err, "retryable", False) else ""
+        raise UserError(f"cannot download {repo_id}@{revision} from ModelScope: {one_line(err)}{advice}") from None
 
 
 def remote_file(repo_id: str, filename: str, revision: str | None) -> Path | None:

@@ -24,13 +24,15 @@ from funasr_nano_mlx.files import sha256
 from funasr_nano_mlx.quantize import quantize
 from funasr_nano_mlx.pipeline import PUBLISH_RECORD, Options, run
 from funasr_nano_mlx.recipe import STAGES, Recipe
-from tests.hub_server import HubServer
+from tests.hub_server import HubServer, dead_endpoint
 from tests.helpers import SHIPPED_RECIPES
 from tests.helpers import assert_user_error, files_of, local_set
+from tests.modelscope_server import ModelScopeServer, client_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The recipes downloaded from Hugging Face, served here by the fake hub; the ModelScope ones are built
-# from a local directory (test_the_timestamp_recipes_build_from_a_modelscope_download).
+# from a local directory (test_the_timestamp_recipes_build_from_a_modelscope_download) and downloaded
+# from a fake ModelScope hub (tests/modelscope_server.py).
 SHIPPED = [name for name in SHIPPED_RECIPES if Recipe.load(name).hub == "huggingface"]
 BUILD = STAGES[: STAGES.index("quantize") + 1]  # what every shipped recipe builds here (until=quantize)
 TOKENS = "8"  # new tokens per utterance: random weights rarely stop by themselves
@@ -57,15 +59,16 @@ def hub(tiny_upstream):
 
 @pytest.fixture(scope="module")
 def cli(hub, tmp_path_factory):
-    """cli(*args, script=None) runs the CLI (or `script` with these args) wired to the fake hub."""
+    """cli(*args, script=None, env=None) runs the CLI (or `script` with these args) wired to the fake hub
+    (or with the environment `env`)."""
     server, _ = hub
-    env = server.client_env(tmp_path_factory.mktemp("hf-home"))
+    hub_env = server.client_env(tmp_path_factory.mktemp("hf-home"))
 
-    def call(*args, script: str | None = None):
+    def call(*args, script: str | None = None, env: dict | None = None):
         command = ["-c", script] if script else ["-m", "funasr_nano_mlx"]
         return subprocess.run(
             [sys.executable, *command, *map(str, args)],
-            env=env,
+            env=env or hub_env,
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
@@ -160,9 +163,10 @@ main(sys.argv[1:], prog_name="funasr-nano-mlx")
 
 
 def test_the_timestamp_recipes_build_from_a_modelscope_download(cli, ctc_upstream, tmp_path):
-    """The ModelScope copy carries the CTC head. Its client cannot be tested against a local server
-    here, so the timestamp recipes are built from a local directory laid out as its download leaves
-    one (`--source`); without the client, the download stage says what to do in one line."""
+    """The ModelScope copy carries the CTC head. The timestamp recipes are built here from a local
+    directory laid out as its download leaves one (`--source`); the download itself, through the real
+    client, is tested against a fake ModelScope hub below. Without the client, the download stage says
+    what to do in one line."""
     work = tmp_path / "work"
     blocked = cli("run", "bf16-timestamps", "--work", work, "--until", "download", script=WITHOUT_MODELSCOPE)
     assert_user_error(blocked, "is downloaded from ModelScope: install its client (pip install modelscope)")
@@ -178,6 +182,91 @@ def test_the_timestamp_recipes_build_from_a_modelscope_download(cli, ctc_upstrea
         assert config["timestamps"] is True and config["recipe"]["hub"] == "modelscope"
         assert (work / name / "quantize" / "multilingual.tiktoken").is_file()
         assert any(key.startswith("ctc_decoder.") for key in weights(work / name / "quantize"))
+
+
+MODELSCOPE_REPO = "FunAudioLLM/Fun-ASR-Nano-2512"
+
+
+@pytest.fixture
+def modelscope(ctc_upstream):
+    """The tiny checkpoint with the CTC head as `master` of the upstream repo on a fake ModelScope hub,
+    beside a file that the recipes' patterns leave out (the real repo has a README.md and examples)."""
+    with ModelScopeServer() as server:
+        server.seed(MODELSCOPE_REPO, {**files_of(ctc_upstream), "README.md": b"# Fun-ASR-Nano-2512\n"})
+        yield server
+
+
+def test_the_timestamp_recipes_download_through_the_modelscope_client(cli, modelscope, ctc_upstream, tmp_path):
+    """The real `modelscope` client fetches the files the patterns name from the fake hub; the recipe's
+    pin by content refuses the tiny model.pt, its own SHA-256 is accepted from the client's cache, and
+    a commit given with --revision is what the client asks for and the download stage records."""
+    work, env = tmp_path / "work", modelscope.client_env(tmp_path / "modelscope")
+    args = ["run", "bf16-timestamps", "--work", work, "--until", "download"]
+    assert_user_error(cli(*args, env=env), "expects 81fec861")
+    assert stage_dirs(work) == []
+    upstream = files_of(ctc_upstream)
+    assert sorted(modelscope.fetched()) == sorted(upstream)  # each once; not README.md
+
+    before = len(modelscope.requests)
+    done = cli(*args, "--sha256", sha256(ctc_upstream / "model.pt"), env=env)
+    assert done.returncode == 0, done.stderr
+    # The client lists the repo again and finds every file in its cache, by size and SHA-256.
+    assert [r.split("?")[0] for r in modelscope.requests[before:]] == [
+        f"GET /api/v1/models/{MODELSCOPE_REPO}/repo/files"
+    ]
+    downloaded = work / "bf16-timestamps" / "download"
+    assert done.stdout.strip().splitlines()[-1] == str(downloaded)
+    assert sorted(files_of(downloaded)) == sorted([*upstream, "source.json"])
+    record = json.loads((downloaded / "source.json").read_text())
+    assert record["files"] == {name: sha256(path) for name, path in upstream.items()}
+    # master moves and the client's snapshot folder is named by it: no commit is known to record.
+    assert (record["source"], record["revision"], record["commit"]) == (MODELSCOPE_REPO, "master", None)
+    assert record["model_pt_sha256"] == sha256(ctc_upstream / "model.pt")
+
+    before = len(modelscope.requests)
+    again = cli(*args, "--sha256", sha256(ctc_upstream / "model.pt"), env=env)
+    assert again.returncode == 0 and "download: up to date, skipped" in again.stderr, again.stderr
+    assert len(modelscope.requests) == before
+
+    # Pinned to a commit, the client asks for that commit (into another snapshot folder), and the
+    # download stage, made again for another revision, records it.
+    commit = modelscope.repos[MODELSCOPE_REPO][-1].sha
+    pinned = cli(*args, "--revision", commit, "--sha256", sha256(ctc_upstream / "model.pt"), env=env)
+    assert pinned.returncode == 0, pinned.stderr
+    assert all(f"Revision={commit}&" in r for r in modelscope.requests[before:] if "/models/" in r)
+    assert sorted(modelscope.fetched()[len(upstream) :]) == sorted(upstream)
+    record = json.loads((downloaded / "source.json").read_text())
+    assert (record["revision"], record["commit"]) == (commit, commit)
+
+
+def test_an_unreachable_modelscope_hub_is_one_line_and_leaves_no_stage_output(cli, tmp_path):
+    """Every connection refused (the client tries the listing 4 times): one line, exit status 2."""
+    work, args = tmp_path / "work", ["--until", "download"]
+    with dead_endpoint() as url:
+        done = cli("run", "bf16-timestamps", "--work", work, *args, env=client_env(url, tmp_path / "modelscope"))
+    assert_user_error(done, f"cannot download {MODELSCOPE_REPO}@master from ModelScope: ")
+    assert "Connection refused" in done.stderr and stage_dirs(work) == []
+    assert done.stderr.endswith(": try again later; a re-run resumes\n")
+    assert "WARNING" not in done.stderr  # the client's retries are one line, not one per attempt
+
+
+def test_a_modelscope_hub_error_is_one_line_and_a_rerun_resumes(cli, modelscope, ctc_upstream, tmp_path):
+    """model.pt answered 500 (the client tries it 6 times): one line, no stage output; once the hub
+    answers again, a re-run fetches only model.pt, the other files being in the client's cache."""
+    work, env = tmp_path / "work", modelscope.client_env(tmp_path / "modelscope")
+    args = ["run", "bf16-timestamps", "--work", work, "--until", "download"]
+    modelscope.fail_next(r"FilePath=model\.pt", 500, count=6)
+    failed = cli(*args, "--sha256", sha256(ctc_upstream / "model.pt"), env=env)
+    assert_user_error(failed, f"cannot download {MODELSCOPE_REPO}@master from ModelScope: ")
+    assert "model.pt" in failed.stderr.splitlines()[-1] and stage_dirs(work) == []
+    assert "WARNING" not in failed.stderr and "ERROR" not in failed.stderr, failed.stderr
+    assert modelscope.fetched().count("model.pt") == 6
+
+    before = len(modelscope.fetched())
+    done = cli(*args, "--sha256", sha256(ctc_upstream / "model.pt"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert modelscope.fetched()[before:] == ["model.pt"]
+    assert stage_dirs(work) == ["bf16-timestamps/download"]
 
 
 def test_an_unpinned_recipe_is_refused_before_any_request(hub, cli, tmp_path):
