@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,6 +69,22 @@ def user_errors(command):
     return wrapper
 
 
+STDOUT_CLOSED = "standard output is closed: nothing could be printed (redirect it to a file{})"
+
+
+def print_out(text: str, nl: bool = True) -> None:
+    """Write to standard output. click.echo writes nothing, silently, where it is closed (`>&-`), and a
+    failed write (a full disk, a closed pipe) would be a traceback: either is one UserError line."""
+    if sys.stdout is None:
+        raise UserError(STDOUT_CLOSED.format(""))
+    try:
+        click.echo(text, nl=nl)
+    except OSError as err:
+        # Python flushes standard output again at exit and would complain a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise UserError(f"cannot write standard output: {err.strerror or err}") from None
+
+
 class UsageLine(click.ClickException):
     """A usage error (bad value, missing argument, unknown option or command) as one line, like a
     UserError: click would print the usage block and a hint around it."""
@@ -96,9 +113,12 @@ class Main(click.Group):
     """The command group: usage errors of the group and of every subcommand (parsed within the group's
     invoke) become one line; --help and --version are untouched."""
 
-    def make_context(self, *args, **kwargs):
+    def make_context(self, info_name, args, *rest, **kwargs):
         with _one_line_usage():
-            return super().make_context(*args, **kwargs)
+            if "" in args:  # Path("") is the current directory: `transcribe M "$UNSET"` would read every file here
+                after = " ".join(args[: args.index("")])
+                raise click.UsageError(f"an empty argument was given{f' after {after!r}' if after else ''}")
+            return super().make_context(info_name, args, *rest, **kwargs)
 
     def invoke(self, ctx):
         with _one_line_usage():
@@ -137,7 +157,7 @@ def convert(src, dst, dtype, revision, model_pt_sha256):
     """
     from .convert import convert as run_convert
 
-    click.echo(run_convert(src, dst, dtype=dtype, revision=revision, expected_sha256=model_pt_sha256))
+    print_out(run_convert(src, dst, dtype=dtype, revision=revision, expected_sha256=model_pt_sha256))
 
 
 @main.command("convert-vad")
@@ -153,7 +173,7 @@ def convert_vad(src, dst, revision):
     """
     from .convert import convert_vad as run_convert_vad
 
-    click.echo(run_convert_vad(src, dst, revision=revision))
+    print_out(run_convert_vad(src, dst, revision=revision))
 
 
 def output_file(output_dir, path: Path, fmt: str) -> Path:
@@ -165,6 +185,8 @@ def check_outputs(files: list[Path], fmt: str, output_dir) -> None:
     """Refuse outputs that would clash or cannot be written, before the model loads."""
     from .files import check_destination
 
+    if output_dir is None and sys.stdout is None:
+        raise UserError(STDOUT_CLOSED.format(", or give --output-dir"))
     if fmt in ("srt", "vtt") and len(files) > 1 and output_dir is None:
         raise UserError(f"{len(files)} inputs: give --output-dir to write one .{fmt} file each")
     stems = [path.stem for path in files]
@@ -195,7 +217,7 @@ def write_results(files: list[Path], results, render, fmt: str, output_dir) -> l
                 why = "hit its token budget" if segment.hit_token_limit else "was stopped repeating itself"
                 click.echo(f"warning: {printable(path)} {segment.start:.2f}-{segment.end:.2f} s {why}", err=True)
         if output_dir is None:
-            click.echo(render(result), nl=False)
+            print_out(render(result), nl=False)
         else:
             write_text_atomic(output_file(output_dir, path, fmt), render(result))
     return failures
@@ -226,7 +248,8 @@ def write_results(files: list[Path], results, render, fmt: str, output_dir) -> l
     "--output-dir",
     type=click.Path(file_okay=False),
     default=None,
-    help="Write one file per input (NAME.txt, .json, .srt or .vtt) here instead of printing.",
+    help="Write one file per input (NAME.txt, .json, .srt or .vtt) here instead of printing; "
+    "a file of that name already there is replaced.",
 )
 @batch_size_option
 @click.option(
@@ -489,7 +512,7 @@ def quantize(src, dst, recipe):
     from .quantize import quantize as run_quantize
     from .recipe import Recipe
 
-    click.echo(run_quantize(src, dst, Recipe.load(recipe)))
+    print_out(run_quantize(src, dst, Recipe.load(recipe)))
 
 
 @main.command()
@@ -570,7 +593,7 @@ def run(
     options = Options(
         tuple(sets), limit, max_new_tokens, Path(benchmark) if benchmark else None, repo, private, dry_run
     )
-    click.echo(run_recipe(loaded, work, until, options))
+    print_out(run_recipe(loaded, work, until, options))
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
@@ -627,7 +650,7 @@ def evaluate(model, sets, report, limit, shard, baseline, max_new_tokens, batch_
         batch_size=batch_size,
         revision=revision,
     )
-    click.echo(f"{report}/{SUMMARY}")
+    print_out(f"{report}/{SUMMARY}")
 
 
 @main.command("merge-reports")
@@ -645,18 +668,20 @@ def merge_reports(shards, out, baseline):
     from .evaluate import SUMMARY, merge
 
     merge(shards, out, baseline=baseline)
-    click.echo(f"{out}/{SUMMARY}")
+    print_out(f"{out}/{SUMMARY}")
 
 
 @main.command("plot-reports")
 @click.argument("reports", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The PNG file to write.")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="The PNG file to write (replaced if it exists)."
+)
 @user_errors
 def plot_reports(reports, out):
     """Plot error rate against model size for the variants whose evaluation REPORTS are given."""
     from .evaluate import plot
 
-    click.echo(plot(reports, out))
+    print_out(plot(reports, out))
 
 
 # -- model card and publishing -------------------------------------------------------------------------
@@ -693,7 +718,7 @@ def card(model_dir, recipe, report, benchmark, repo):
     an error-rate delta is outside the recipe's acceptance bound."""
     from .card import write_card
 
-    click.echo(write_card(model_dir, recipe, report, repo, benchmark))
+    print_out(write_card(model_dir, recipe, report, repo, benchmark))
 
 
 @main.command()
@@ -712,4 +737,4 @@ def publish(model_dir, repo, private, dry_run, recipe):
 
     published = run_publish(model_dir, repo, private=private, dry_run=dry_run, recipe=recipe)
     if published:
-        click.echo(published.url)
+        print_out(published.url)

@@ -199,7 +199,12 @@ def _local_item(index: int, audio, text, language, base: Path, evalset: EvalSet)
     if audio_path is None:
         item.problem = "no audio path"
     elif not audio_path.is_file():
-        item.problem = f"audio file not found: {audio_path}"
+        from .audio import check_audio_path
+
+        try:  # what it is instead (missing, a folder, a pipe, a link to nothing), as `transcribe` says
+            check_audio_path(audio_path)
+        except UserError as err:
+            item.problem = str(err)
     return item
 
 
@@ -250,12 +255,13 @@ def _csv_items(folder: Path, evalset: EvalSet) -> Iterator[Item]:
 def _jsonl_items(file: Path, evalset: EvalSet) -> Iterator[Item]:
     lines = [line for line in read_utf8(file, file.read_bytes()).splitlines() if line.strip()]
     _require_rows(lines, file)
-    rows = []
-    for line in lines:
+    rows, not_json = [], {}  # a line that is not JSON: its row is None and its problem kept apart
+    for i, line in enumerate(lines):
         try:
             rows.append(json.loads(line))
         except ValueError as err:
-            rows.append(f"not valid JSON: {err}")
+            rows.append(None)
+            not_json[i] = f"not valid JSON: {err}"
     first = next((row for row in rows if isinstance(row, dict)), {})
     audio = evalset.audio_column or LOCAL_AUDIO_COLUMN[".jsonl"]
     text = evalset.text_column or JSONL_TEXT_COLUMN
@@ -264,7 +270,7 @@ def _jsonl_items(file: Path, evalset: EvalSet) -> Iterator[Item]:
     def items():
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
-                yield Item(i, f"line {i + 1}", "", None, None, problem=row if isinstance(row, str) else "not an object")
+                yield Item(i, f"line {i + 1}", "", None, None, problem=not_json.get(i, "not an object"))
             else:
                 yield _local_item(i, row.get(audio), row.get(text), row.get("language"), file.parent, evalset)
 

@@ -88,6 +88,7 @@ def check_destination(path: str | Path, *, directory: bool = True, exists_ok: bo
     too_long = [part for part in path.parts if len(os.fsencode(part)) > NAME_MAX]
     if too_long:  # before any stat: the kernel refuses the whole path (ENAMETOOLONG)
         raise UserError(f"cannot write {path}: the name {too_long[0][:40]}... is longer than {NAME_MAX} bytes")
+    _refuse_dangling(path)
     if path.exists():
         if not exists_ok:
             raise UserError(f"destination already exists: {path}")
@@ -99,6 +100,7 @@ def check_destination(path: str | Path, *, directory: bool = True, exists_ok: bo
     base = path if directory and path.is_dir() else path.parent
     missing = [] if base is path else [path.name]
     while not base.exists() and base != base.parent:
+        _refuse_dangling(base, path)
         missing.append(base.name)
         base = base.parent
     if not base.is_dir():
@@ -109,6 +111,14 @@ def check_destination(path: str | Path, *, directory: bool = True, exists_ok: bo
             raise UserError(f"cannot write {path}: the name {name[:40]}... is longer than {limit} bytes")
     if not os.access(base, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {path}: {base} is read-only or not writable by this user")
+
+
+def _refuse_dangling(link: Path, dst: Path | None = None) -> None:
+    """A symbolic link that leads nowhere (to a missing target, or in a loop) looks absent to exists(),
+    yet nothing can be created in its place: mkdir and rename(2) fail only once the work is done."""
+    if link.is_symlink() and not link.exists():
+        where = f"{link} is" if dst is not None and dst != link else "it is"
+        raise UserError(f"cannot write {dst or link}: {where} a symbolic link to nothing ({os.readlink(link)})")
 
 
 @contextmanager
@@ -285,8 +295,9 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     check_destination(path, directory=False, exists_ok=True)
     partial = _partial(path)
     try:
-        with write_errors(path):
+        with write_errors(path, every=True):  # only folders, under the destination checked above
             path.parent.mkdir(parents=True, exist_ok=True)
+        with write_errors(path):
             partial.write_bytes(data)
             partial.replace(path)
     except BaseException:  # an interrupt (Ctrl-C) too: no partial stays behind

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from funasr_nano_mlx import load, transcribe
-from tests.helpers import assert_user_error, run_cli
+from tests.helpers import assert_user_error, invoke_cli, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +80,30 @@ def test_user_errors(tiny_f32, tiny_upstream, wav_1s, tmp_path):
     (corrupt / "model.pt").write_bytes(b"\x00" * 1000)
     assert_user_error(run_cli("convert", corrupt, tmp_path / "out"), "not a readable PyTorch checkpoint", alone=True)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
+def test_an_empty_argument_is_refused_not_taken_for_the_current_directory(tiny_f32, tmp_path):
+    """Path("") is ".": `transcribe MODEL "$UNSET"` would read every audio file under the current folder."""
+    sf.write(str(tmp_path / "here.wav"), np.zeros(16000, np.float32), 16000)
+    done = run_cli("transcribe", tiny_f32, "", cwd=tmp_path)
+    assert_user_error(done, "an empty argument was given after 'transcribe", alone=True)
+    assert_user_error(invoke_cli("transcribe", "", "a.wav"), "an empty argument was given after 'transcribe'")
+    assert_user_error(invoke_cli("transcribe", tiny_f32, "a.wav", "--hotword", ""), "empty argument", alone=True)
+
+
+@pytest.mark.parametrize(
+    "stdout, fragment",
+    [
+        ("full", "cannot write standard output: No space left on device"),  # /dev/full: every write fails
+        ("closed", "standard output is closed"),  # `>&-`: click.echo would print nothing and exit 0
+    ],
+)
+def test_standard_output_that_takes_nothing_is_one_line(tiny_f32, wav_1s, stdout, fragment):
+    args = [sys.executable, "-m", "funasr_nano_mlx", "transcribe", tiny_f32, wav_1s, "--max-new-tokens", "2"]
+    with open("/dev/full", "w") as full:
+        target = {"stdout": full} if stdout == "full" else {"preexec_fn": lambda: os.close(1)}
+        done = subprocess.run(list(map(str, args)), stderr=subprocess.PIPE, text=True, timeout=300, **target)
+    assert_user_error(done, fragment)
 
 
 def test_help_explains_the_commands():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -254,12 +255,19 @@ def test_jsonl_manifest_with_bad_lines(tiny_f32, tmp_path):
         "{not json",
         json.dumps({"text": "no audio"}),
         json.dumps(["not", "an", "object"]),
+        json.dumps("a.wav"),  # a JSON string is not an object either (not a reason of its own)
+        json.dumps({"audio": "folder.wav", "text": "a folder"}),
+        json.dumps({"audio": "pipe.wav", "text": "a pipe"}),
     ]
+    (tmp_path / "folder.wav").mkdir()
+    os.mkfifo(tmp_path / "pipe.wav")
     (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     report = evaluate(tiny_f32, [str(tmp_path / "manifest.jsonl")], tmp_path / "report", max_new_tokens=4)
     data = report["sets"]["manifest"]
-    assert data["utterances"] == 1 and [s["index"] for s in data["skipped"]] == [1, 2, 3]
-    assert "not valid JSON" in data["skipped"][0]["reason"] and data["skipped"][1]["reason"] == "no audio path"
+    assert data["utterances"] == 1 and [s["index"] for s in data["skipped"]] == [1, 2, 3, 4, 5, 6]
+    reasons = [s["reason"] for s in data["skipped"]]
+    assert "not valid JSON" in reasons[0] and reasons[1:4] == ["no audio path", "not an object", "not an object"]
+    assert reasons[4].endswith("folder.wav (it is a directory)") and "it is a pipe or device" in reasons[5]
 
 
 def test_wrong_column_fails_at_once(tmp_path):

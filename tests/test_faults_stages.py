@@ -278,6 +278,9 @@ def places(tmp_path_factory, tiny_upstream, tiny_bf16):
     (tmp / NOT_UTF8).mkdir()
     (tmp / NOT_UTF8 / "upstream").symlink_to(tiny_upstream)
     (tmp / NOT_UTF8 / "model").symlink_to(tiny_bf16)
+    (tmp / "nowhere").symlink_to(tmp / "missing")  # a link to nothing: exists() is False, yet nothing fits there
+    (tmp / "loop").symlink_to(tmp / "loop2")
+    (tmp / "loop2").symlink_to(tmp / "loop")
     return tmp, tiny_upstream, tiny_bf16
 
 
@@ -305,6 +308,19 @@ DESTINATIONS = {  # (args, the line's fragment) from (tmp, upstream, model)
     "run's work under a file": lambda t, u, m: (
         ["run", "bf16", "--work", t / "file" / "w", "--source", u, "--until", "download"],
         "is not a directory",
+    ),
+    "convert onto a link to nothing": lambda t, u, m: (
+        ["convert", u, t / "nowhere"],
+        "it is a symbolic link to nothing",
+    ),
+    "quantize onto a link loop": lambda t, u, m: (["quantize", m, t / "loop", "--recipe", "bf16"], "symbolic link to"),
+    "evaluate under a link to nothing": lambda t, u, m: (
+        ["evaluate", m, "--set", t / "set", "--report", t / "nowhere" / "r"],
+        "nowhere is a symbolic link to nothing",
+    ),
+    "transcribe into a link to nothing": lambda t, u, m: (
+        ["transcribe", m, t / "clip.wav", "--output-dir", t / "nowhere"],
+        "nowhere: it is a symbolic link to nothing",
     ),
     "convert into a path not UTF-8": lambda t, u, m: (["convert", u, t / NOT_UTF8 / "c"], "is not valid UTF-8"),
     "convert from a path not UTF-8": lambda t, u, m: (["convert", t / NOT_UTF8 / "upstream", t / "c"], "not valid UTF"),
