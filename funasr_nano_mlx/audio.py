@@ -78,8 +78,8 @@ def read_audio(path: str | Path, block_frames: int = READ_FRAMES) -> Audio:
     is too low to hold speech (it is resampled and transcribed all the same).
 
     Such a file (a cut-off download or copy) is read as far as it goes rather than refused: what
-    survives is real audio, and the warning says how much is missing. NaN or infinite samples are
-    refused (a model hears nothing in them, and would answer with noise)."""
+    survives is real audio, and the warning says how much is missing. NaN, infinite or too large samples
+    are refused (`check_samples`), and so is a file whose 16 kHz samples do not fit in memory."""
     import soundfile as sf  # imported here so that pure-array users need no audio I/O stack
 
     path = check_audio_path(path)
@@ -89,12 +89,17 @@ def read_audio(path: str | Path, block_frames: int = READ_FRAMES) -> Audio:
         # encoding (a name with non-UTF-8 bytes fails there), Python's open takes any name the OS does.
         with open(path, "rb") as stream, _opened(stream) as sound:
             declared, rate, log = sound.frames, sound.samplerate, sound.extra_info
-            samples, read, stopped = _read_mono_16k(sound, name, block_frames)
+            try:
+                samples, read, stopped = _read_mono_16k(sound, name, block_frames)
+            except MemoryError:  # raised below, once this handler has let go of what was filled so far
+                samples = None
     except sf.SoundFileError as err:  # soundfile's own exception types (format problems, libsndfile's errors)
         why = err.error_string if isinstance(err, sf.LibsndfileError) else str(err)  # without the stream's repr
         raise UserError(f"cannot read audio {name}: {why}") from None
     except OSError as err:
         raise UserError(f"cannot read audio {name}: {err.strerror or err}") from None
+    if samples is None:
+        raise _too_long_for_memory(name, declared, rate)
     cut = _truncation(name, declared, read, rate, log, stopped)
     return Audio(samples, _low_rate(name, rate) + cut, cut_short=cut[0] if cut else None)
 
@@ -105,6 +110,17 @@ def _low_rate(name: str, rate: int) -> list[str]:
     return [
         f"{name} is sampled at {rate} Hz: speech needs at least {MIN_SPEECH_RATE // 1000} kHz, expect a poor transcript"
     ]
+
+
+def _too_long_for_memory(name: str, declared: int, rate: int) -> UserError:
+    """The 16 kHz result of a long file (or one at a very low rate: 1 Hz becomes 16000 times as many
+    samples) is held whole; where that memory cannot be had the file is refused, not the process."""
+    hours = declared / rate / 3600
+    size = declared * SAMPLE_RATE / rate * 4 / 1e9  # float32
+    return UserError(
+        f"{name} is too long to hold in memory: {hours:.1f} hours at {rate} Hz "
+        f"is {size:.1f} GB as the 16 kHz float32 samples the model reads"
+    )
 
 
 def _opened(stream):
@@ -145,6 +161,9 @@ def _read_mono_16k(sound, name: str, block_frames: int) -> tuple[np.ndarray, int
     rate = sound.samplerate
     # soxr "HQ" is what the reference applies (librosa's soxr_hq) where torchaudio is absent.
     resampler = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, "float32", "HQ")
+    # Frames given to the resampler at once: about a block's worth of output each. Upsampling makes a
+    # block many times larger (a block at 1 Hz would be 4 GB at 16 kHz), and only the result is held whole.
+    piece = max(1, block_frames * rate // SAMPLE_RATE)
     expected = math.ceil(max(sound.frames, 0) * SAMPLE_RATE / rate) + 1
     out = _Filled(min(expected, MAX_PREALLOCATED))
     read, stopped = 0, None
@@ -159,14 +178,18 @@ def _read_mono_16k(sound, name: str, block_frames: int) -> tuple[np.ndarray, int
             if read == 0:
                 raise
             block = block[:0]
-        finite = np.isfinite(block).all(axis=1)
-        if not finite.all():
-            first = (read + int(np.argmin(finite))) / rate
-            raise UserError(f"{name} holds NaN or infinite samples (the first at {first:.2f} s): it is not audio")
+        # Checked as stored, before the channels are summed: a sum of huge samples could overflow.
+        check_samples(block, name, read / rate, rate)
         read += len(block)
         mono = block.mean(axis=1, dtype=np.float32)  # row by row: the same numbers as a whole-file mean
         done = len(block) == 0
-        out.append(mono if resampler is None else resampler.resample_chunk(mono, last=done))
+        if resampler is None:
+            out.append(mono)
+        else:
+            for start in range(0, len(mono), piece):
+                out.append(resampler.resample_chunk(mono[start : start + piece]))
+            if done:
+                out.append(resampler.resample_chunk(mono, last=True))  # the filter's tail
         if done:
             return out.result(), read, stopped
 
@@ -259,6 +282,8 @@ def audio_files(paths: list[str | Path]) -> list[Path]:
 
 
 def check_duration(samples: np.ndarray, name: str) -> None:
+    """What the frontend needs of 16 kHz samples: mono, one frame at least, every sample in its range
+    (`check_samples`). Every path to the model calls it (transcribe, evaluate, serve, both frontends)."""
     if samples.ndim != 1:
         raise UserError(f"{name}: expected mono samples, got shape {samples.shape}")
     if len(samples) < FRAME_LENGTH:
@@ -266,6 +291,28 @@ def check_duration(samples: np.ndarray, name: str) -> None:
             f"{name} is {1000 * len(samples) / SAMPLE_RATE:.1f} ms long; "
             f"at least one {1000 * FRAME_LENGTH // SAMPLE_RATE} ms frame is needed"
         )
+    check_samples(samples, name)  # after resampling, which may overshoot a little what the file held
+
+
+def check_samples(samples: np.ndarray, name: str, start: float = 0.0, rate: int = SAMPLE_RATE) -> None:
+    """Refuse NaN or infinite samples, and samples too large for the frontend (`max_sample`): a model
+    hears nothing in them and would answer with noise. `samples` is (frames,) or (frames, channels)
+    from `start` seconds at `rate`, for the message's position."""
+    bound = max_sample()
+    # min and max make no copy (a whole file is checked too); NaN fails both comparisons.
+    if samples.size == 0 or (samples.min() >= -bound and samples.max() <= bound):
+        return
+    usable = np.abs(samples) <= bound
+    first = int(np.argmin(usable if usable.ndim == 1 else usable.all(axis=1)))
+    at = start + first / rate
+    values = samples[first]
+    if not np.isfinite(values).all():
+        raise UserError(f"{name} holds NaN or infinite samples (the first at {at:.2f} s): it is not audio")
+    peak = float(np.abs(values).max())
+    raise UserError(
+        f"{name} holds samples too large to analyse (the first at {at:.2f} s is {peak:.3g}; "
+        f"the float32 frontend takes at most {bound:.3g}): it is not audio"
+    )
 
 
 @lru_cache(maxsize=1)
@@ -290,6 +337,23 @@ def mel_filterbank() -> np.ndarray:
     bank = np.zeros((FFT_SIZE // 2 + 1, NUM_MEL_BINS), dtype=np.float32)
     bank[: FFT_SIZE // 2] = weights.T.astype(np.float32)
     return bank
+
+
+@lru_cache(maxsize=1)
+def max_sample() -> float:
+    """The largest sample magnitude whose features are finite, whatever the signal: beyond it a frame's
+    mel energy can overflow float32 (inf, then NaN in the matmul and log), and the model gets noise.
+
+    Both frontends compute in float32 (`fbank`, `fbank_mx`). With every |sample| <= B, a frame scaled to
+    int16 range is at most 32768 B; less its mean, 2 x that; after pre-emphasis, (1 + 0.97) x that;
+    windowed and transformed, each FFT bin at most sum(window) x that; a mel energy at most the largest
+    filter's sum of weights x the square of that. Half of float32's largest value is the ceiling: the
+    other half covers the rounding of the FFT and the sums (relative errors of 1e-4 at most). The bound
+    is 1.6e11, where full scale is 1.0: no recording comes near it (float WAVs hold [-1, 1] and some
+    headroom), and the worst signals measured (square waves near Nyquist) overflow only at 16 x it."""
+    largest_filter = float(mel_filterbank().sum(axis=0).max())
+    frame_peak = float(_povey_free_hamming().sum()) * (1 + PREEMPHASIS) * 2 * INT16_SCALE
+    return math.sqrt(float(np.finfo(np.float32).max) / 2 / largest_filter) / frame_peak
 
 
 def fbank(samples: np.ndarray, name: str = "audio") -> np.ndarray:

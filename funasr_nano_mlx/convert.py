@@ -34,8 +34,9 @@ from .model import (
     ModelArgs,
 )
 from .modeldir import CTC_TOKENIZER_FILE as CTC_TOKENIZER
-from .modeldir import DTYPES, MODEL_TYPE, TOKENIZER_DIR
-from .vad import CMVN_KEY, FsmnArgs, FsmnVad, unsupported_settings
+from .modeldir import DTYPES, MODEL_TYPE, TOKENIZER_DIR, config_problem
+from .strict_yaml import short
+from .vad import CMVN_KEY, FsmnArgs, FsmnVad, unsupported_settings, vad_config_problem
 from .vad import MODEL_TYPE as VAD_MODEL_TYPE
 from .vad import WEIGHTS as VAD_WEIGHTS
 
@@ -81,6 +82,7 @@ def read_upstream_config(src: Path) -> dict:
         raise UserError(f"cannot parse the configuration in {src}: {err}") from None
     if not isinstance(upstream, dict) or upstream.get("model") != "FunASRNano":
         raise UserError(f"{src}/config.yaml does not describe a FunASRNano model")
+    check_sections(src, upstream)
     check_supported(src, upstream)
     try:
         adaptor = dict(upstream.get("audio_adaptor_conf", {}))
@@ -91,7 +93,7 @@ def read_upstream_config(src: Path) -> dict:
         adaptor.setdefault("use_low_frame_rate", AdaptorArgs.use_low_frame_rate)  # written out: it decides the prompt
     except (KeyError, TypeError) as err:
         raise UserError(f"{src}: incomplete configuration, {err} is missing") from None
-    return {
+    config = {
         "model_type": MODEL_TYPE,
         "input_size": FrontendArgs().n_mels * FrontendArgs().lfr_m,
         "frontend_conf": upstream.get("frontend_conf", {}),
@@ -102,6 +104,28 @@ def read_upstream_config(src: Path) -> dict:
         "qwen_tokenizer_path": TOKENIZER_DIR,
         **ctc_config(upstream),
     }
+    refuse_config_problem(src, config)
+    return config
+
+
+# Fields of our config.json read from elsewhere in config.yaml (ctc_config), as a message names them there.
+UPSTREAM_NAMES = {
+    "llm_dtype": "llm_conf.llm_dtype",
+    "ctc_blank_id": "ctc_conf.blank_id",
+    "ctc_num_languages": "dataset_conf.ctc_tokenizer_conf.num_languages",
+}
+
+
+def refuse_config_problem(src: Path, config: dict) -> None:
+    """Refuse, before the checkpoint is read, a config.json that loading would refuse (modeldir.config_problem),
+    naming the upstream file and field the value came from."""
+    problem = config_problem(config)
+    if problem is None:
+        return
+    field, _, what = problem.partition(": ")
+    if field.startswith("text_config."):
+        raise UserError(f"{src / TOKENIZER_DIR / 'config.json'}: {field.removeprefix('text_config.')}: {what}")
+    raise UserError(f"{src / 'config.yaml'}: {UPSTREAM_NAMES.get(field, field)}: {what}")
 
 
 def ctc_config(upstream: dict) -> dict:
@@ -144,6 +168,25 @@ def _ctc_state(src: Path, config: dict, state: dict) -> tuple[bool, str | None]:
     if not (src / CTC_TOKENIZER).is_file():
         return False, f"CTC timestamp head left out: {CTC_TOKENIZER} is missing; no timestamps"
     return True, None
+
+
+# The sections of config.yaml read here: anything but a mapping was an AttributeError or a ValueError deep in
+# reading them.
+UPSTREAM_SECTIONS = (
+    "frontend_conf",
+    "audio_encoder_conf",
+    "audio_adaptor_conf",
+    "llm_conf",
+    "dataset_conf",
+    "ctc_decoder_conf",
+    "ctc_conf",
+)
+
+
+def check_sections(src: Path, upstream: dict) -> None:
+    for section in UPSTREAM_SECTIONS:
+        if section in upstream and not isinstance(upstream[section], dict):
+            raise UserError(f"{src}/config.yaml: {section}: expected a mapping, found {short(upstream[section])}")
 
 
 def check_supported(src: Path, upstream: dict) -> None:
@@ -367,17 +410,20 @@ def read_upstream_vad_config(src: Path) -> dict:
     sections = ("frontend_conf", "encoder_conf", "model_conf")
     if not all(isinstance(upstream.get(section) or {}, dict) for section in sections):
         raise UserError(f"{src}/config.yaml: {', '.join(sections)} must be mappings")
-    if problems := unsupported_settings(upstream):
-        raise UserError(f"{src}/config.yaml: settings this port does not implement: {'; '.join(problems)}")
     frontend = {
         k: v for k, v in (upstream.get("frontend_conf") or {}).items() if k != "cmvn_file"
     }  # CMVN: in the weights
-    return {
+    config = {
         "model_type": VAD_MODEL_TYPE,
         "frontend_conf": frontend,
         "encoder_conf": upstream.get("encoder_conf") or {},
         "model_conf": upstream.get("model_conf") or {},
     }
+    if problem := vad_config_problem(config):  # what loading would refuse, refused before the checkpoint is read
+        raise UserError(f"{src}/config.yaml: {problem}")
+    if problems := unsupported_settings(upstream):
+        raise UserError(f"{src}/config.yaml: settings this port does not implement: {'; '.join(problems)}")
+    return config
 
 
 def convert_vad(src: str | Path, dst: str | Path, source_id: str | None = None, revision: str | None = None) -> Path:

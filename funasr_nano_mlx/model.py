@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import mlx.core as mx
@@ -20,6 +20,7 @@ from mlx_lm.models.activations import swiglu
 
 from . import cuda_kernels
 from .cuda_kernels import key_mask, qk_norm_rope_ops, value_heads
+from .modeldir import AdaptorArgs, EncoderArgs, dataclass_from_dict
 
 ENCODER_LN_EPS = 1e-5  # SenseVoice LayerNorm default, [F] models/sense_voice/model.py:300
 ADAPTOR_LN_EPS = 1e-12  # funasr transformer LayerNorm, [F] models/transformer/layer_norm.py:24
@@ -43,50 +44,6 @@ SANM_LIVE_FRACTION = 0.34
 CTC_PREFIXES = ("ctc_decoder.", "ctc.")
 CTC_VOCAB_SIZE = 60515  # [F] fun_asr_nano/model.py:174; the blank is the last id (:198)
 LM_HEAD, EMBEDDINGS = "llm.lm_head.weight", "llm.model.embed_tokens.weight"
-
-
-def dataclass_from_dict(cls, params: dict, aliases: dict[str, str] | None = None):
-    """Lenient dataclass construction: upstream spellings via `aliases`, unknown keys ignored."""
-    params = dict(params)
-    for upstream, ours in (aliases or {}).items():
-        if upstream in params:
-            params.setdefault(ours, params.pop(upstream))
-    known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in params.items() if k in known})
-
-
-@dataclass(unsafe_hash=True)  # hashable: with the input width, the key of the layers' compiled function
-class EncoderArgs:
-    """`audio_encoder_conf` of config.yaml (SenseVoiceEncoderSmall)."""
-
-    output_size: int = 512
-    attention_heads: int = 4
-    linear_units: int = 2048
-    num_blocks: int = 50  # encoders0 (1 layer) + encoders (num_blocks - 1 layers)
-    tp_blocks: int = 20
-    kernel_size: int = 11
-    sanm_shift: int = 0
-
-    @classmethod
-    def from_dict(cls, params: dict) -> "EncoderArgs":
-        return dataclass_from_dict(cls, params, {"sanm_shfit": "sanm_shift"})  # upstream typo
-
-
-@dataclass
-class AdaptorArgs:
-    """`audio_adaptor_conf` of config.yaml (llm_asr Transformer adaptor)."""
-
-    downsample_rate: int = 1
-    use_low_frame_rate: bool = False  # upstream's default; the released config sets it to true
-    ffn_dim: int = 2048  # width of linear1/linear2; the blocks' FFN is llm_dim // 4 whatever this says
-    llm_dim: int = 1024
-    encoder_dim: int = 512
-    n_layer: int = 2
-    attention_heads: int = 8
-
-    @classmethod
-    def from_dict(cls, params: dict) -> "AdaptorArgs":
-        return dataclass_from_dict(cls, params)
 
 
 @dataclass
@@ -761,8 +718,11 @@ class FunASRNano(nn.Module):
         - CTC-head tensors (timestamps only, absent from the HF copy) are dropped unless the model has
           the CTC head.
         - A DDP `module.` prefix is removed, as the reference's loader does.
+
+        Weights of a dtype the model cannot compute in are refused (`check_weight_dtypes`).
         """
         weights = {key.removeprefix("module."): value for key, value in weights.items()}
+        check_weight_dtypes(weights)
         if self.args.llm_args().tie_word_embeddings and LM_HEAD in weights:
             weights[EMBEDDINGS] = weights.pop(LM_HEAD)
         out = {}
@@ -773,6 +733,31 @@ class FunASRNano(nn.Module):
                 value = value.transpose(0, 2, 1)
             out[key] = value
         return out
+
+
+def _packed_dtype_ok(key: str, dtype: mx.Dtype, weights: dict[str, mx.array]) -> bool:
+    """Whether `key` is part of a quantized layer as MLX stores one (nn.QuantizedLinear, nn.QuantizedEmbedding):
+    its weight packed into uint32 words beside a `scales` array, and in the mxfp4, mxfp8 and nvfp4 modes the
+    scales themselves 8-bit floats kept as uint8 (mlx-lm tells the modes apart by that: mlx_lm/utils.py:392-394)."""
+    layer, _, name = key.rpartition(".")
+    if name == "weight" and dtype == mx.uint32:
+        return f"{layer}.scales" in weights
+    if name == "scales" and dtype == mx.uint8:
+        weight = weights.get(f"{layer}.weight")
+        return weight is not None and weight.dtype == mx.uint32
+    return False
+
+
+def check_weight_dtypes(weights: dict[str, mx.array]) -> None:
+    """Refuse weights of a dtype the layers cannot compute in (ValueError, which loading reports in one line):
+    int32 norm weights, say, load and fail only at the first audio, inside an MLX kernel. Floating-point
+    weights pass, and a quantized layer's packed weight and 8-bit scales (`_packed_dtype_ok`)."""
+    for key, value in weights.items():
+        if not mx.issubdtype(value.dtype, mx.floating) and not _packed_dtype_ok(key, value.dtype, weights):
+            dtype = str(value.dtype).removeprefix("mlx.core.")
+            raise ValueError(
+                f"{key} holds {dtype} weights: expected floating point (or a quantized layer's uint32 packed weight)"
+            )
 
 
 def model_classes(config: dict) -> tuple[type, type]:

@@ -49,6 +49,10 @@ FORM_OVERHEAD_BYTES = 64 * 1024  # multipart framing and the other fields, on to
 # A prompt is a list of hotwords separated by commas, semicolons or newlines, ASCII or full-width
 # (and the ideographic enumeration comma): "Stella, 开放时间；Fun-ASR" -> Stella / 开放时间 / Fun-ASR.
 HOTWORD_SEPARATORS = re.compile(r"[,;\n，；、]")
+# The least upload limit: one second of audio as the model hears it, in the plainest file that holds it
+# (16 kHz 16-bit mono WAV: a 44-byte header and 32000 bytes). A lower limit refuses every upload a
+# client could mean; it is a slip of units (the option is in MB), not a policy.
+MIN_UPLOAD_BYTES = 44 + 2 * SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,13 @@ class Limits:
     max_audio_seconds: float = 1800.0  # 16 kHz float32: 115 MB of samples at the limit
     request_timeout: float = 600.0  # seconds from the first byte of the request to the last of the answer
     max_queue: int = 64  # requests in the server at once (uploading, waiting or decoding); 429 beyond
+
+    def __post_init__(self):
+        if self.max_upload_bytes < MIN_UPLOAD_BYTES:  # refused at startup, not with a 413 for every upload
+            raise UserError(
+                f"the upload limit is {self.max_upload_bytes} bytes; it must be at least {MIN_UPLOAD_BYTES} bytes "
+                f"(--max-upload-mb {MIN_UPLOAD_BYTES / 2**20:.3f}), one second of 16 kHz 16-bit mono WAV"
+            )
 
 
 class ApiError(Exception):
@@ -109,6 +120,7 @@ class _FormReader:
 
     def __init__(self, folder: Path, limits: Limits):
         self.form, self.folder, self.limits = Form(), folder, limits
+        self.ended = False  # the closing boundary was read: the body is whole
         self._headers: dict[bytes, bytes] = {}
         self._name = self._value = b""
         self._part: str | None = None
@@ -124,7 +136,11 @@ class _FormReader:
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
             "on_part_end": self._part_end,
+            "on_end": self._end,
         }
+
+    def _end(self):
+        self.ended = True
 
     def _begin(self):
         self._headers, self._data, self._part = {}, bytearray(), None
@@ -214,7 +230,19 @@ async def read_form(request: Request, folder: Path, limits: Limits) -> Form:
         raise ApiError(400, f"malformed multipart/form-data body: {err}") from None
     finally:
         reader.close()
+    if not reader.ended:  # else the fields cut off would be reported as missing
+        raise _incomplete(received, declared)
     return reader.form
+
+
+def _incomplete(received: int, declared: str) -> ApiError:
+    """A body that ends before multipart's closing boundary. python-multipart's finalize does not check
+    it (python_multipart/multipart.py:1621 in 0.0.34, MultipartParser.finalize: "TODO: verify that we're
+    in the state MultipartState.END"); its "end" callback, on the closing boundary, says a body is whole."""
+    message = "the upload is incomplete: the multipart/form-data body ends before its closing boundary"
+    if declared.isdigit() and received < int(declared):
+        message += f" ({received} of the {declared} bytes its Content-Length declares arrived)"
+    return ApiError(400, message, code="incomplete_upload")
 
 
 def read_audio(form: Form, limits: Limits) -> np.ndarray:
@@ -237,6 +265,10 @@ def read_audio(form: Form, limits: Limits) -> np.ndarray:
     seconds = len(audio.samples) / SAMPLE_RATE
     if seconds > limits.max_audio_seconds:
         raise _too_long(seconds, limits)
+    # The rest (a rate too low for speech) is transcribed as `transcribe` does; neither OpenAI's json nor
+    # its verbose_json has a place for a warning, so the operator's log has it instead.
+    for warning in audio.warnings:
+        log.warning("%s", warning.replace(str(form.file), form.filename))
     return audio.samples
 
 

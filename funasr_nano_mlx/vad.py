@@ -35,7 +35,18 @@ from .audio import FRAME_LENGTH, FRAME_SHIFT, SAMPLE_RATE, fbank
 from .errors import UserError
 from .files import read_json_object
 from .hub import CONFIG_FILE, model_dir
-from .model import dataclass_from_dict
+from .modeldir import (
+    COUNT,
+    FLAG,
+    NON_NEGATIVE_NUMBER,
+    NUMBER,
+    POSITIVE_INT,
+    POSITIVE_NUMBER,
+    Kind,
+    dataclass_from_dict,
+    fields_problem,
+)
+from .strict_yaml import short
 
 MODEL_TYPE = "fsmn_vad"
 WEIGHTS = "model.safetensors"
@@ -132,6 +143,85 @@ class VadOptions:
     @classmethod
     def from_dict(cls, params: dict) -> VadOptions:
         return dataclass_from_dict(cls, params)
+
+
+# What the fields of the three sections must hold (modeldir.Kind), beside what unsupported_settings refuses. A
+# wrong kind fails late and far from the file: window_size_ms 0 is a window of no frames (an IndexError at the
+# first frame; upstream's WindowDetector, [F] model.py:245-296, has the same flaw), and NaN compares false,
+# so a NaN threshold silently changes every decision.
+FSMN_FIELDS = {  # upstream's FSMN arguments ([F] encoder.py:288-305): widths, counts, the memory's reach
+    "input_dim": POSITIVE_INT,
+    "input_affine_dim": POSITIVE_INT,
+    "fsmn_layers": POSITIVE_INT,
+    "linear_dim": POSITIVE_INT,
+    "proj_dim": POSITIVE_INT,
+    "lorder": POSITIVE_INT,
+    "rorder": COUNT,
+    "lstride": POSITIVE_INT,
+    "rstride": COUNT,
+    "output_affine_dim": POSITIVE_INT,
+    "output_dim": POSITIVE_INT,
+    "use_softmax": FLAG,
+}
+DETECT_MODE = Kind("0 or 1", lambda v: type(v) is int and v in (0, 1))  # [F] model.py:66-68
+ZERO_OR_ONE = Kind("0, 1, true or false", lambda v: type(v) in (int, bool) and v in (0, 1))
+INT_LIST = Kind("a list of ints", lambda v: type(v) is list and all(type(i) is int for i in v))
+VAD_OPTION_FIELDS = {  # every field of VadOptions, upstream's VADXOptions ([F] model.py:71-173)
+    "sample_rate": POSITIVE_NUMBER,
+    "detect_mode": DETECT_MODE,
+    # This and max_single_segment_time are upstream's defaults for what the caller passes here (segments'
+    # max_end_silence_ms and max_segment_ms; vad_kwargs upstream): checked all the same, a bad value being
+    # the sign of a bad file.
+    "max_end_silence_time": NON_NEGATIVE_NUMBER,
+    "max_start_silence_time": NON_NEGATIVE_NUMBER,
+    "window_size_ms": POSITIVE_NUMBER,
+    "sil_to_speech_time_thres": NON_NEGATIVE_NUMBER,
+    "speech_to_sil_time_thres": NON_NEGATIVE_NUMBER,
+    "speech_2_noise_ratio": POSITIVE_NUMBER,  # P(silence) is raised to it: at 0 or below, no frame is speech
+    "do_extend": ZERO_OR_ONE,
+    "lookback_time_start_point": NON_NEGATIVE_NUMBER,
+    "lookahead_time_end_point": NON_NEGATIVE_NUMBER,
+    "max_single_segment_time": POSITIVE_NUMBER,
+    "snr_thres": NUMBER,
+    "noise_frame_num_used_for_snr": POSITIVE_NUMBER,  # the running noise level is averaged over it
+    "decibel_thres": NUMBER,
+    "speech_noise_thres": NUMBER,
+    "fe_prior_thres": NUMBER,
+    "sil_pdf_ids": INT_LIST,
+    "frame_in_ms": POSITIVE_NUMBER,
+    "frame_length_ms": POSITIVE_NUMBER,
+}
+VAD_SECTIONS = ("frontend_conf", "encoder_conf", "model_conf")  # what convert_vad writes, each a mapping
+INPUT_DIM = FRONTEND["n_mels"] * LFR_M  # the features' width
+
+
+def vad_config_problem(config: dict) -> str | None:
+    """What is wrong with a converted FSMN-VAD's config (None: nothing), as `field: problem`: the sections
+    present and mappings, and the fields the network and the endpoint detector are built from of their kinds.
+    `convert_vad` checks the config.json it builds with it too. Settings upstream honours and this port does
+    not implement are unsupported_settings' business, asked after this."""
+    for section in VAD_SECTIONS:
+        if section not in config:
+            return f"{section}: is missing"
+        if not isinstance(config[section], dict):
+            return f"{section}: expected a mapping, found {short(config[section])}"
+    encoder, options = config["encoder_conf"], config["model_conf"]
+    problem = fields_problem(encoder, FSMN_FIELDS, "encoder_conf.") or fields_problem(
+        options, VAD_OPTION_FIELDS, "model_conf."
+    )
+    if problem:
+        return problem
+    input_dim = FsmnArgs.from_dict(encoder).input_dim
+    if input_dim != INPUT_DIM:
+        return (
+            f"encoder_conf.input_dim: expected {INPUT_DIM} ({FRONTEND['n_mels']} mel bands x {LFR_M} frames, the "
+            f"features' width), found {input_dim}"
+        )
+    read = VadOptions.from_dict(options)
+    window, frame = read.window_size_ms, read.frame_in_ms
+    if window < frame:  # the smoothing window holds int(window_size_ms / frame_in_ms) frames
+        return f"model_conf.window_size_ms: expected at least frame_in_ms ({short(frame)}), found {short(window)}"
+    return None
 
 
 def unsupported_settings(config: dict) -> list[str]:
@@ -530,6 +620,8 @@ def read_vad_config(path: Path) -> dict:
             f"{path} is not a converted FSMN-VAD model (expected config.json with model_type "
             f"{MODEL_TYPE!r} and {WEIGHTS}); create one with `funasr-nano-mlx convert-vad`"
         )
+    if problem := vad_config_problem(config):
+        raise UserError(f"{path / CONFIG_FILE}: {problem}")
     if problems := unsupported_settings(config):
         raise UserError(f"{path}/config.json: unsupported settings: {'; '.join(problems)}")
     return config

@@ -160,7 +160,38 @@ class Repo:
     tampered: dict[tuple[str, str], bytes] = field(default_factory=dict)  # (path, sha256) -> bytes
 
 
-class HubServer:
+class LocalServer:
+    """A fake hub's HTTP side: its `handler` class (a BaseHTTPRequestHandler that reads `self.hub`) served on
+    127.0.0.1 in a background thread, started and stopped with `with`."""
+
+    handler: type[BaseHTTPRequestHandler]
+    _httpd: ThreadingHTTPServer | None = None
+
+    def start(self):
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (self.handler,), {"hub": self}))
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()  # quick stop()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None, "call start() first"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+
+class HubServer(LocalServer):
     """The fake Hub, on 127.0.0.1 in a background thread. File contents are kept by sha256 in memory,
     or as files under `root` when given; repositories and commits always live in memory."""
 
@@ -172,30 +203,6 @@ class HubServer:
         self._blobs: dict[str, bytes] = {}
         self._failures: list[list] = []  # [method, path pattern, status, remaining count]
         self._lock = threading.RLock()
-        self._httpd: ThreadingHTTPServer | None = None
-
-    def start(self) -> HubServer:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"hub": self}))
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()  # quick stop()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> HubServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None, "call start() first"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def client_env(self, home: Path, token: str | None = TOKEN) -> dict[str, str]:
         """os.environ for a subprocess whose huggingface_hub talks to this server only: every HF_*
@@ -617,3 +624,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+
+HubServer.handler = _Handler  # defined after the class it serves

@@ -43,9 +43,11 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.hub_server import LocalServer
 
 BRANCH = "master"  # ModelScope's default branch
 
@@ -56,7 +58,7 @@ class Commit:
     files: dict[str, bytes]
 
 
-class ModelScopeServer:
+class ModelScopeServer(LocalServer):
     """The fake ModelScope hub, on 127.0.0.1 in a background thread; everything lives in memory."""
 
     def __init__(self):
@@ -64,30 +66,6 @@ class ModelScopeServer:
         self.requests: list[str] = []  # "METHOD /path?query" of every request, in arrival order
         self._failures: list[list] = []  # [path pattern, status, remaining count]
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-
-    def start(self) -> ModelScopeServer:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"hub": self}))
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()  # quick stop()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> ModelScopeServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._httpd is not None, "call start() first"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def client_env(self, home: Path) -> dict[str, str]:
         return client_env(self.url, home)
@@ -240,3 +218,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+
+ModelScopeServer.handler = _Handler  # defined after the class it serves

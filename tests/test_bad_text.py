@@ -53,6 +53,11 @@ def _config(**changes) -> bytes:
     return json.dumps({"model_type": "fun_asr_nano", "text_config": text_config}).encode()
 
 
+def _with(**fields) -> bytes:
+    """config.json with TEXT_CONFIG and these top-level fields (the audio blocks, quantization...)."""
+    return json.dumps({"model_type": "fun_asr_nano", "text_config": TEXT_CONFIG, **fields}).encode()
+
+
 EVALUATE = ["evaluate", "{tmp}/model", "--report", "{tmp}/report", "--set"]
 TRANSCRIBE = ["transcribe", "{tmp}/model", "{tmp}/a.wav"]
 RUN = ["run", "{tmp}/recipe.yaml", "--work", "{tmp}/work"]
@@ -133,6 +138,83 @@ BROKEN_TEXT = {
         TRANSCRIBE,
         "config.json: text_config.rope_theta: expected a positive finite number, found inf",
     ),
+    **{
+        f"config.json {field} {value!r}": (
+            {"model/config.json": _with(**{block: {field.rpartition(".")[2]: value}})},
+            TRANSCRIBE,
+            f"config.json: {field}: expected {expected}, found {value!r}",
+        )
+        for block, field, value, expected in [
+            ("audio_encoder_conf", "audio_encoder_conf.attention_heads", 0, "a positive int"),
+            ("audio_encoder_conf", "audio_encoder_conf.attention_heads", 3, "a divisor of output_size 512"),
+            ("audio_encoder_conf", "audio_encoder_conf.output_size", "big", "a positive int"),
+            ("audio_encoder_conf", "audio_encoder_conf.kernel_size", 0, "a positive int"),
+            ("audio_encoder_conf", "audio_encoder_conf.num_blocks", True, "a positive int"),
+            ("audio_encoder_conf", "audio_encoder_conf.sanm_shfit", 6, "at most 5 with kernel_size 11"),
+            ("audio_adaptor_conf", "audio_adaptor_conf.downsample_rate", 0, "a positive int"),
+            ("audio_adaptor_conf", "audio_adaptor_conf.n_layer", -1, "an int of at least 0"),
+            ("audio_adaptor_conf", "audio_adaptor_conf.use_low_frame_rate", "yes", "true or false"),
+            ("audio_adaptor_conf", "audio_adaptor_conf.attention_heads", 7, "a divisor of llm_dim 1024"),
+            ("audio_adaptor_conf", "audio_adaptor_conf.encoder_dim", 256, "512 (audio_encoder_conf.output_size)"),
+            ("audio_adaptor_conf", "audio_adaptor_conf.llm_dim", 512, "1024 (text_config.hidden_size)"),
+            ("ctc_decoder_conf", "ctc_decoder_conf.attention_heads", 0, "a positive int"),
+        ]
+    },
+    "an audio block not a mapping": (
+        {"model/config.json": _with(audio_adaptor_conf=[1])},
+        TRANSCRIBE,
+        "config.json: audio_adaptor_conf: expected a mapping, found [1]",
+    ),
+    "input_size other than the features'": (
+        {"model/config.json": _with(input_size=400)},
+        TRANSCRIBE,
+        "config.json: input_size: expected 560 (80 mel bands x 7 frames, the features' width), found 400",
+    ),
+    "llm_dtype unknown": (
+        {"model/config.json": _with(llm_dtype="fp8")},
+        [*EVALUATE, "{tmp}/set.jsonl"],
+        "config.json: llm_dtype: expected one of bf16, fp16, fp32, found 'fp8'",
+    ),
+    "eos_token_id not an id": (
+        {"model/config.json": _config(eos_token_id="x")},
+        TRANSCRIBE,
+        "config.json: text_config.eos_token_id: expected a token id (an int in 0..151935) or a list of them, found 'x'",
+    ),
+    "eos_token_id outside the vocabulary": (
+        {"model/config.json": _config(eos_token_id=[151645, 200000])},
+        TRANSCRIBE,
+        "config.json: text_config.eos_token_id: expected a token id",
+    ),
+    "quantization not a mapping": (
+        {"model/config.json": _with(quantization="yes")},
+        TRANSCRIBE,
+        "config.json: quantization: expected a mapping, found 'yes'",
+    ),
+    "quantization group size 0": (  # MLX's quantize divides by it: SIGFPE, no exception
+        {"model/config.json": _with(quantization={"group_size": 0, "bits": 4})},
+        TRANSCRIBE,
+        "config.json: quantization.group_size: expected a positive int, found 0",
+    ),
+    "quantization without bits": (
+        {"model/config.json": _with(quantization={"group_size": 64})},
+        TRANSCRIBE,
+        "config.json: quantization.bits: is missing",
+    ),
+    "a layer's quantization broken": (
+        {"model/config.json": _with(quantization={"group_size": 64, "bits": 4, "llm.lm_head": "x"})},
+        TRANSCRIBE,
+        "config.json: quantization.llm.lm_head: expected a layer's setting (a mapping, or false), found 'x'",
+    ),
+    "a layer's group size 0": (
+        {"model/config.json": _with(quantization={"group_size": 64, "bits": 4, "llm.lm_head": {"group_size": 0}})},
+        TRANSCRIBE,
+        "config.json: quantization.llm.lm_head.group_size: expected a positive int, found 0",
+    ),
+    "serve with a broken audio block": (  # refused at load, before the server says it is up
+        {"model/config.json": _with(audio_encoder_conf={"attention_heads": 0})},
+        ["serve", "{tmp}/model", "--port", "0"],
+        "config.json: audio_encoder_conf.attention_heads: expected a positive int, found 0",
+    ),
 }
 
 
@@ -150,6 +232,87 @@ def test_broken_text_is_one_line(work, case):
     assert_user_error(done, fragment, alone=True)
     assert len(done.stderr) < 300, done.stderr  # nothing the file holds is printed whole
     assert not (work / "report").exists()
+
+
+def test_every_audio_field_has_its_kind_checked():
+    """A field of the encoder's or adaptor's arguments without a kind to check would reach MLX unchecked."""
+    from dataclasses import fields
+
+    from funasr_nano_mlx.model import ModelArgs, UpstreamRoPE
+    from funasr_nano_mlx.modeldir import ADAPTOR_KINDS, ENCODER_KINDS, INPUT_SIZE, LLM_DTYPES, AdaptorArgs, EncoderArgs
+
+    assert set(ENCODER_KINDS) - {"sanm_shfit"} == {f.name for f in fields(EncoderArgs)}
+    assert set(ADAPTOR_KINDS) == {f.name for f in fields(AdaptorArgs)}
+    assert INPUT_SIZE == ModelArgs().input_size and set(LLM_DTYPES) == set(UpstreamRoPE.ROUNDING)
+
+
+def test_the_official_full_size_config_passes(tmp_path):
+    """The released model's config.yaml and Qwen3-0.6B/config.json (tests/reference.py FULL; the tiny one is
+    converted and loaded throughout the tests), through convert's reading and the checks loading makes."""
+    from funasr_nano_mlx.convert import read_upstream_config
+    from funasr_nano_mlx.modeldir import config_problem
+    from tests.reference import FULL, _write_text_files
+
+    _write_text_files(tmp_path, FULL)
+    (tmp_path / "model.pt").write_bytes(b"")  # not read: only the configuration is
+    config = read_upstream_config(tmp_path)
+    assert config["ctc_decoder_conf"] and config_problem(config) is None
+
+
+@pytest.mark.parametrize(
+    ("qwen", "yaml_edit", "fragment"),
+    [
+        ({}, ("attention_heads: 4", "attention_heads: 0"), "config.yaml: audio_encoder_conf.attention_heads: expected"),
+        ({"eos_token_id": "x"}, None, "Qwen3-0.6B/config.json: eos_token_id: expected a token id"),
+        ({}, ("llm_conf:\n", "llm_conf: x\nllm_conf_was:\n"), "config.yaml: llm_conf: expected a mapping, found 'x'"),
+    ],
+    ids=["encoder heads 0", "eos not an id", "a section not a mapping"],
+)
+def test_convert_refuses_what_loading_would(tiny_upstream, tmp_path, qwen, yaml_edit, fragment):
+    """The same checks, on the config.json `convert` builds, naming the upstream file. model.pt here is not a
+    checkpoint at all: the configuration is refused before it is read (2 GB for the real model)."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny_upstream / "Qwen3-0.6B", src / "Qwen3-0.6B")
+    config_yaml = (tiny_upstream / "config.yaml").read_text()
+    if yaml_edit:
+        assert yaml_edit[0] in config_yaml
+        config_yaml = config_yaml.replace(*yaml_edit, 1)
+    (src / "config.yaml").write_text(config_yaml)
+    qwen_config = src / "Qwen3-0.6B" / "config.json"
+    qwen_config.write_text(json.dumps({**json.loads(qwen_config.read_text()), **qwen}))
+    (src / "model.pt").write_bytes(b"not a checkpoint")
+    assert_user_error(invoke_cli("convert", src, tmp_path / "out"), fragment, alone=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_of_a_dtype_the_model_cannot_compute_in_are_refused(tiny_f32, tmp_path):
+    """Weights re-saved as int32 loaded and failed at the first audio, in MLX's rms_norm."""
+    import mlx.core as mx
+
+    model = Path(shutil.copytree(tiny_f32, tmp_path / "model"))
+    weights = mx.load(str(model / "model.safetensors"))
+    mx.save_safetensors(str(model / "model.safetensors"), {k: v.astype(mx.int32) for k, v in weights.items()})
+    sf.write(str(tmp_path / "a.wav"), np.zeros(16000, np.float32), 16000)
+    done = invoke_cli("transcribe", model, tmp_path / "a.wav")
+    assert_user_error(done, "holds int32 weights: expected floating point", alone=True)
+
+
+def test_quantized_layers_keep_their_packed_dtypes():
+    """MLX stores a quantized layer's weight packed in uint32 beside its scales, and the scales of the
+    mxfp4/mxfp8/nvfp4 modes as uint8: those pass the dtype check, which only a lone uint32 weight fails."""
+    import mlx.core as mx
+
+    from funasr_nano_mlx.model import check_weight_dtypes
+
+    affine = {"a.weight": mx.zeros((4, 2), mx.uint32), "a.scales": mx.zeros((4, 1)), "a.biases": mx.zeros((4, 1))}
+    fp4 = {"b.weight": mx.zeros((4, 2), mx.uint32), "b.scales": mx.zeros((4, 1), mx.uint8)}
+    check_weight_dtypes({**affine, **fp4, "c.weight": mx.zeros(4, mx.bfloat16)})
+    for broken, key in [
+        ({"a.weight": mx.zeros((4, 2), mx.uint32)}, "a.weight"),
+        ({**affine, "n.bias": mx.zeros(4, mx.int32)}, "n.bias"),
+    ]:
+        with pytest.raises(ValueError, match=f"{key} holds"):
+            check_weight_dtypes(broken)
 
 
 # case: (the bytes of a benchmark record, a fragment of the one error line)

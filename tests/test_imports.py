@@ -20,12 +20,12 @@ LAYERS = [
         "hub",
         "languages",
         "strict_yaml",
-        "model",
         "ctc",
         "cuda_kernels",
         "cublas_heuristic",
     },
-    {"modeldir", "audio", "normalize", "scoring", "recipe", "evalsets", "segment"},
+    # the model, and the schemas and readers of what the stages read (modeldir: a model's config and its checks)
+    {"modeldir", "model", "audio", "normalize", "scoring", "recipe", "evalsets", "segment"},
     # inference
     {"vad", "transcribe", "decode_step", "scheduler", "align"},
     # stages, each a function from one directory to the next

@@ -5,6 +5,7 @@ clients whose results equal `transcribe` on each file alone, and bad input answe
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ import uvicorn
 
 from funasr_nano_mlx import load
 from funasr_nano_mlx.scheduler import Scheduler
-from funasr_nano_mlx.serve import Limits, Server, split_hotwords, verbose_json, Options
+from funasr_nano_mlx.serve import MIN_UPLOAD_BYTES, Limits, Options, Server, split_hotwords, verbose_json
 from funasr_nano_mlx.subtitles import to_srt, to_vtt
 from funasr_nano_mlx.transcribe import Segment, Transcription, BatchDecoder, transcribe
 from tests.helpers import clip, transcribe_module
@@ -285,6 +286,73 @@ def test_api_key_is_required(server, files):
     server.assert_serving()
 
 
+def multipart_part(name: str, content: bytes, filename: str | None = None) -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+    return f"--cut\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+
+
+@pytest.mark.parametrize("cut", ["in the file", "in a field", "before the closing boundary"])
+def test_an_incomplete_upload_is_400(server, files, cut):
+    """A body whose Content-Length matches what is sent, but which ends before multipart's closing
+    boundary (a client or proxy that cut it short), is said to be incomplete, not missing a field."""
+    file_part = multipart_part("file", files["clip0"].read_bytes(), "a.wav")
+    model_part = multipart_part("model", b"tiny")
+    body = {
+        "in the file": (file_part + model_part)[: len(file_part) // 2],
+        "in a field": file_part + model_part[:-8],
+        "before the closing boundary": model_part + file_part,
+    }[cut]
+    answer = httpx.post(
+        f"http://127.0.0.1:{server.port}/v1/audio/transcriptions",
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "multipart/form-data; boundary=cut"},
+        content=body,
+    )
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "incomplete_upload", answer.text
+    assert answer.json()["error"]["message"].startswith("the upload is incomplete")
+    whole = httpx.post(
+        f"http://127.0.0.1:{server.port}/v1/audio/transcriptions",
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "multipart/form-data; boundary=cut"},
+        content=model_part + file_part + b"--cut--\r\n",
+    )
+    assert whole.status_code == 200, whole.text
+    server.assert_serving()
+
+
+def test_a_body_shorter_than_its_content_length_is_incomplete(files, tmp_path):
+    """Where the ASGI server ends a body before its Content-Length (uvicorn instead reports the client
+    gone: see test_client_that_disconnects_mid_upload), the answer says how much arrived."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from funasr_nano_mlx.serve import ApiError, read_form
+
+    body = multipart_part("model", b"tiny") + multipart_part("file", files["clip0"].read_bytes(), "a.wav")[:5000]
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    headers = [(b"content-type", b"multipart/form-data; boundary=cut"), (b"content-length", b"200000")]
+    request = Request({"type": "http", "method": "POST", "headers": headers}, receive)
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(read_form(request, tmp_path, LIMITS))
+    assert caught.value.status == 400 and caught.value.code == "incomplete_upload"
+    assert caught.value.message.endswith(f"({len(body)} of the 200000 bytes its Content-Length declares arrived)")
+
+
+def test_a_rate_too_low_for_speech_is_answered_and_logged(server, files, tmp_path, caplog):
+    """Transcribed as `transcribe` does; the CLI's warning has no place in OpenAI's json or verbose_json,
+    so the server's log carries it, naming the client's file."""
+    path = tmp_path / "low.wav"
+    sf.write(str(path), np.random.default_rng(0).uniform(-0.5, 0.5, 8).astype(np.float32), 1, subtype="PCM_16")
+    with caplog.at_level(logging.WARNING, logger="funasr_nano_mlx.serve"):
+        answer = server.client().audio.transcriptions.create(file=path, model="tiny", response_format="verbose_json")
+    assert answer.duration == pytest.approx(8.0, abs=0.01)
+    logged = [record.getMessage() for record in caplog.records if record.name == "funasr_nano_mlx.serve"]
+    assert logged == ["low.wav is sampled at 1 Hz: speech needs at least 8 kHz, expect a poor transcript"], logged
+    server.assert_serving()
+
+
 def partial_upload(port: int) -> socket.socket:
     """A client that sends the headers and the first bytes of an upload, then nothing."""
     sock = socket.create_connection(("127.0.0.1", port))
@@ -445,6 +513,13 @@ def test_serve_command_user_errors(tmp_path):
         in_use = CliRunner().invoke(main, ["serve", str(tmp_path), "--port", str(port)])
     assert in_use.exit_code == 2 and in_use.output.startswith(f"error: cannot listen on 127.0.0.1:{port}")
     assert len(in_use.output.splitlines()) == 1
+    # 1e-9 MB rounds to 0 bytes: every upload would be 413. The least is a second of 16 kHz 16-bit WAV.
+    for tiny in ("1e-9", "0.03"):
+        no_upload = CliRunner().invoke(main, ["serve", str(tmp_path), "--max-upload-mb", tiny])
+        assert no_upload.exit_code == 2 and len(no_upload.output.splitlines()) == 1, no_upload.output
+        assert no_upload.output.startswith("error: the upload limit is ")
+        assert "--max-upload-mb 0.031" in no_upload.output
+    assert Limits(MIN_UPLOAD_BYTES).max_upload_bytes == 32044
 
 
 def test_cli_imports_the_server_stack_only_to_serve():

@@ -193,6 +193,7 @@ def test_existing_destination_is_refused(vad_upstream, vad_converted):
         ("truncated", "not a readable PyTorch checkpoint"),
         ("rorder", "encoder_conf.rorder"),
         ("lfr", "frontend_conf.lfr_m"),
+        ("window", "config.yaml: model_conf.window_size_ms: expected a positive finite number, found 0"),
     ],
 )
 def test_bad_sources_are_refused(vad_upstream, tmp_path, damage, message):
@@ -203,7 +204,11 @@ def test_bad_sources_are_refused(vad_upstream, tmp_path, damage, message):
     elif damage == "truncated":
         checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
     else:
-        edit = {"rorder": ("rorder: 0", "rorder: 1"), "lfr": ("lfr_m: 5", "lfr_m: 7")}[damage]
+        edit = {
+            "rorder": ("rorder: 0", "rorder: 1"),
+            "lfr": ("lfr_m: 5", "lfr_m: 7"),
+            "window": ("window_size_ms: 200", "window_size_ms: 0"),
+        }[damage]
         config.write_text(config.read_text().replace(*edit))
     with pytest.raises(UserError, match=message):
         convert_vad(src, tmp_path / "out")
@@ -217,6 +222,76 @@ def test_load_refuses_other_directories(tmp_path, vad_converted):
     (broken / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(UserError, match="cannot load the FSMN-VAD model"):
         load_vad(broken)
+
+
+MISSING = object()
+# case: (a field of the converted config.json, its new value, what the one error line says it expected)
+BROKEN_CONFIGS = {
+    "window of no frames": ("model_conf.window_size_ms", 0, "a positive finite number"),
+    "window under a frame": ("model_conf.window_size_ms", 5, "at least frame_in_ms (10)"),
+    "width not a number": ("encoder_conf.proj_dim", "x", "a positive int"),
+    "input width not the features'": (
+        "encoder_conf.input_dim",
+        300,
+        "400 (80 mel bands x 5 frames, the features' width)",
+    ),
+    "segment limit not a number": ("model_conf.max_single_segment_time", "x", "a positive finite number"),
+    "segment limit negative": ("model_conf.max_single_segment_time", -1, "a positive finite number"),
+    "ratio NaN": ("model_conf.speech_2_noise_ratio", float("nan"), "a positive finite number"),
+    "silence classes not ids": ("model_conf.sil_pdf_ids", ["x"], "a list of ints"),
+    "detect mode unknown": ("model_conf.detect_mode", 2, "0 or 1"),
+    "model_conf not a mapping": ("model_conf", [1], "a mapping"),
+    "no model_conf": ("model_conf", MISSING, None),
+}
+
+
+def _broken_vad(vad_converted, folder, field: str, value):
+    """A copy of the converted VAD with `field` (section.name, or a section) set to `value` or removed."""
+    broken = shutil.copytree(vad_converted, folder)
+    config = json.loads((broken / "config.json").read_text())
+    *sections, name = field.split(".")
+    holder = config[sections[0]] if sections else config
+    if value is MISSING:
+        del holder[name]
+    else:
+        holder[name] = value
+    (broken / "config.json").write_text(json.dumps(config))
+    return broken
+
+
+@pytest.mark.parametrize("case", BROKEN_CONFIGS)
+def test_a_broken_config_is_refused_at_load(vad_converted, tiny_f32, tmp_path, case):
+    """Values that failed at the first audio (an IndexError for a window of no frames) or were taken
+    silently: one line naming the file and field, before any audio is read."""
+    import soundfile as sf
+
+    from tests.helpers import assert_user_error, invoke_cli
+
+    field, value, expected = BROKEN_CONFIGS[case]
+    broken = _broken_vad(vad_converted, tmp_path / "vad", field, value)
+    sf.write(str(tmp_path / "a.wav"), np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)
+    done = invoke_cli("transcribe", tiny_f32, tmp_path / "a.wav", "--vad", broken)
+    problem = "is missing" if value is MISSING else f"expected {expected}, found {value!r}"
+    assert_user_error(done, f"{broken / 'config.json'}: {field}: {problem}", alone=True)
+
+
+def test_the_server_refuses_a_broken_vad_before_it_is_up(vad_converted, tiny_f32, tmp_path):
+    """It started and said it was healthy, then answered every transcription with HTTP 500."""
+    from tests.helpers import assert_user_error, invoke_cli
+
+    broken = _broken_vad(vad_converted, tmp_path / "vad", "model_conf.window_size_ms", 0)
+    done = invoke_cli("serve", tiny_f32, "--vad", broken, "--port", "0")
+    assert_user_error(done, "model_conf.window_size_ms: expected a positive finite number, found 0", alone=True)
+    assert "serving" not in done.stdout
+
+
+def test_the_checked_fields_are_the_models():
+    from dataclasses import fields
+
+    from funasr_nano_mlx.vad import FSMN_FIELDS, VAD_OPTION_FIELDS, FsmnArgs, VadOptions
+
+    assert list(FSMN_FIELDS) == [f.name for f in fields(FsmnArgs)]
+    assert list(VAD_OPTION_FIELDS) == [f.name for f in fields(VadOptions)]
 
 
 # -- command line -----------------------------------------------------------------------------------
