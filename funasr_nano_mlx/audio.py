@@ -89,6 +89,8 @@ def read_audio(path: str | Path, block_frames: int = READ_FRAMES) -> Audio:
         # encoding (a name with non-UTF-8 bytes fails there), Python's open takes any name the OS does.
         with open(path, "rb") as stream, _opened(stream) as sound:
             declared, rate, log = sound.frames, sound.samplerate, sound.extra_info
+            if 0 < rate and _bytes_at_16k(declared, rate) > _physical_memory():
+                raise _too_long_for_memory(name, declared, rate)  # refused before any of it is read
             try:
                 samples, read, stopped = _read_mono_16k(sound, name, block_frames)
             except MemoryError:  # raised below, once this handler has let go of what was filled so far
@@ -112,11 +114,25 @@ def _low_rate(name: str, rate: int) -> list[str]:
     ]
 
 
+def _bytes_at_16k(frames: int, rate: int) -> float:
+    return max(frames, 0) * SAMPLE_RATE / rate * 4  # float32
+
+
+def _physical_memory() -> float:
+    """This machine's memory in bytes (inf where the system does not say): more than that cannot be held.
+    Less may not be either, but allocating is the only test (Linux and macOS overcommit: a MemoryError
+    comes only under a limit such as ulimit -v, and the kernel may kill the process instead)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return math.inf
+
+
 def _too_long_for_memory(name: str, declared: int, rate: int) -> UserError:
     """The 16 kHz result of a long file (or one at a very low rate: 1 Hz becomes 16000 times as many
     samples) is held whole; where that memory cannot be had the file is refused, not the process."""
     hours = declared / rate / 3600
-    size = declared * SAMPLE_RATE / rate * 4 / 1e9  # float32
+    size = _bytes_at_16k(declared, rate) / 1e9
     return UserError(
         f"{name} is too long to hold in memory: {hours:.1f} hours at {rate} Hz "
         f"is {size:.1f} GB as the 16 kHz float32 samples the model reads"

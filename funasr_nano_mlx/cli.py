@@ -6,7 +6,7 @@ import functools
 import math
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import click
@@ -74,15 +74,39 @@ STDOUT_CLOSED = "standard output is closed: nothing could be printed (redirect i
 
 def print_out(text: str, nl: bool = True) -> None:
     """Write to standard output. click.echo writes nothing, silently, where it is closed (`>&-`), and a
-    failed write (a full disk, a closed pipe) would be a traceback: either is one UserError line."""
+    failed write (a full disk) would be a traceback: either is one UserError line. A reader that stopped
+    reading (`| head`) ends the command quietly, as it ends cat."""
     if sys.stdout is None:
         raise UserError(STDOUT_CLOSED.format(""))
     try:
         click.echo(text, nl=nl)
     except OSError as err:
-        # Python flushes standard output again at exit and would complain a second time.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with suppress(OSError, ValueError):  # Python flushes standard output again at exit: not a second complaint
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if isinstance(err, BrokenPipeError):
+            sys.exit(1)
         raise UserError(f"cannot write standard output: {err.strerror or err}") from None
+
+
+def print_result(made) -> None:
+    """Print what a command made (a path, a URL) once its work is done; a failed write says it is done."""
+    try:
+        print_out(made)
+    except UserError as err:
+        raise UserError(f"{err}; the work is done: {made}") from None
+
+
+def prints_its_result(command):
+    """A command that prints what it made at the end (`print_result`): with standard output closed, that
+    line would be lost after all the work, so the command is refused before it."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        if sys.stdout is None:
+            raise UserError(STDOUT_CLOSED.format(""))
+        return command(*args, **kwargs)
+
+    return wrapper
 
 
 class UsageLine(click.ClickException):
@@ -149,6 +173,7 @@ def main():
     help="Expected SHA-256 of model.pt: anything else is refused, checked on the bytes converted.",
 )
 @user_errors
+@prints_its_result
 def convert(src, dst, dtype, revision, model_pt_sha256):
     """Convert an upstream checkpoint to MLX.
 
@@ -157,7 +182,7 @@ def convert(src, dst, dtype, revision, model_pt_sha256):
     """
     from .convert import convert as run_convert
 
-    print_out(run_convert(src, dst, dtype=dtype, revision=revision, expected_sha256=model_pt_sha256))
+    print_result(run_convert(src, dst, dtype=dtype, revision=revision, expected_sha256=model_pt_sha256))
 
 
 @main.command("convert-vad")
@@ -165,6 +190,7 @@ def convert(src, dst, dtype, revision, model_pt_sha256):
 @click.argument("dst", type=click.Path(file_okay=False))
 @click.option("--revision", default=None, help=REVISION_HELP)
 @user_errors
+@prints_its_result
 def convert_vad(src, dst, revision):
     """Convert FunASR's FSMN-VAD (fsmn-vad) to MLX.
 
@@ -173,7 +199,7 @@ def convert_vad(src, dst, revision):
     """
     from .convert import convert_vad as run_convert_vad
 
-    print_out(run_convert_vad(src, dst, revision=revision))
+    print_result(run_convert_vad(src, dst, revision=revision))
 
 
 def output_file(output_dir, path: Path, fmt: str) -> Path:
@@ -501,6 +527,7 @@ from .recipe import STAGES  # noqa: E402  (a light module: --until's choices are
     help="A recipe name (recipes/NAME.yaml, e.g. 4bit-llm) or the path of a recipe YAML file.",
 )
 @user_errors
+@prints_its_result
 def quantize(src, dst, recipe):
     """Quantize a converted model per component, as a recipe says.
 
@@ -512,7 +539,7 @@ def quantize(src, dst, recipe):
     from .quantize import quantize as run_quantize
     from .recipe import Recipe
 
-    print_out(run_quantize(src, dst, Recipe.load(recipe)))
+    print_result(run_quantize(src, dst, Recipe.load(recipe)))
 
 
 @main.command()
@@ -556,6 +583,7 @@ def quantize(src, dst, recipe):
     "publish would upload once the card is built.",
 )
 @user_errors
+@prints_its_result
 def run(
     recipe,
     work,
@@ -593,7 +621,7 @@ def run(
     options = Options(
         tuple(sets), limit, max_new_tokens, Path(benchmark) if benchmark else None, repo, private, dry_run
     )
-    print_out(run_recipe(loaded, work, until, options))
+    print_result(run_recipe(loaded, work, until, options))
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
@@ -632,6 +660,7 @@ def run(
 @batch_size_option
 @model_revision_option
 @user_errors
+@prints_its_result
 def evaluate(model, sets, report, limit, shard, baseline, max_new_tokens, batch_size, revision):
     """Evaluate a converted MODEL (a directory or a hub repo id): WER/CER with S/D/I counts, speed and
     memory per set, and the change against a baseline variant. Rows that cannot be scored are listed in
@@ -650,7 +679,7 @@ def evaluate(model, sets, report, limit, shard, baseline, max_new_tokens, batch_
         batch_size=batch_size,
         revision=revision,
     )
-    print_out(f"{report}/{SUMMARY}")
+    print_result(f"{report}/{SUMMARY}")
 
 
 @main.command("merge-reports")
@@ -662,13 +691,14 @@ def evaluate(model, sets, report, limit, shard, baseline, max_new_tokens, batch_
     help="Compare with this report: the bf16 variant of the same source, on the same sets and --limit.",
 )
 @user_errors
+@prints_its_result
 def merge_reports(shards, out, baseline):
     """Merge the reports of shards 0..N-1 of one evaluation (made with --shard I/N) into the report an
     unsharded run writes: same rows, same counts; only timings differ."""
     from .evaluate import SUMMARY, merge
 
     merge(shards, out, baseline=baseline)
-    print_out(f"{out}/{SUMMARY}")
+    print_result(f"{out}/{SUMMARY}")
 
 
 @main.command("plot-reports")
@@ -677,11 +707,12 @@ def merge_reports(shards, out, baseline):
     "--out", required=True, type=click.Path(dir_okay=False), help="The PNG file to write (replaced if it exists)."
 )
 @user_errors
+@prints_its_result
 def plot_reports(reports, out):
     """Plot error rate against model size for the variants whose evaluation REPORTS are given."""
     from .evaluate import plot
 
-    print_out(plot(reports, out))
+    print_result(plot(reports, out))
 
 
 # -- model card and publishing -------------------------------------------------------------------------
@@ -712,13 +743,14 @@ def plot_reports(reports, out):
     "recipe's target. publish checks that the card names the repo it uploads to.",
 )
 @user_errors
+@prints_its_result
 def card(model_dir, recipe, report, benchmark, repo):
     """Write MODEL_DIR/README.md, the model card, from config.json, eval.json, the benchmark record and
     model_cards/ (figures missing from them are shown as "not measured"). Refused, writing nothing, when
     an error-rate delta is outside the recipe's acceptance bound."""
     from .card import write_card
 
-    print_out(write_card(model_dir, recipe, report, repo, benchmark))
+    print_result(write_card(model_dir, recipe, report, repo, benchmark))
 
 
 @main.command()
@@ -728,6 +760,7 @@ def card(model_dir, recipe, report, benchmark, repo):
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded; send nothing.")
 @click.option("--recipe", help="The recipe the card was written with (`card --recipe`), when config.json names none.")
 @user_errors
+@prints_its_result
 def publish(model_dir, repo, private, dry_run, recipe):
     """Upload MODEL_DIR (with its card and eval.json) in one commit, then verify it: download the repo at
     that commit, compare every file's SHA-256, load it and transcribe one clip. Refused when README.md
@@ -737,4 +770,4 @@ def publish(model_dir, repo, private, dry_run, recipe):
 
     published = run_publish(model_dir, repo, private=private, dry_run=dry_run, recipe=recipe)
     if published:
-        print_out(published.url)
+        print_result(published.url)

@@ -29,14 +29,13 @@ from .model import (
     LM_HEAD,
     AdaptorArgs,
     AudioAdaptor,
-    FrontendArgs,
     FunASRNano,
     ModelArgs,
 )
 from .modeldir import CTC_TOKENIZER_FILE as CTC_TOKENIZER
-from .modeldir import DTYPES, MODEL_TYPE, TOKENIZER_DIR, config_problem
+from .modeldir import DTYPES, INPUT_SIZE, MODEL_TYPE, TOKENIZER_DIR, FrontendArgs, config_problem
 from .strict_yaml import short
-from .vad import CMVN_KEY, FsmnArgs, FsmnVad, unsupported_settings, vad_config_problem
+from .vad import CMVN_KEY, VAD_SECTIONS, FsmnArgs, FsmnVad, unsupported_settings, vad_config_problem
 from .vad import MODEL_TYPE as VAD_MODEL_TYPE
 from .vad import WEIGHTS as VAD_WEIGHTS
 
@@ -82,7 +81,7 @@ def read_upstream_config(src: Path) -> dict:
         raise UserError(f"cannot parse the configuration in {src}: {err}") from None
     if not isinstance(upstream, dict) or upstream.get("model") != "FunASRNano":
         raise UserError(f"{src}/config.yaml does not describe a FunASRNano model")
-    check_sections(src, upstream)
+    upstream = sections_as_mappings(src, upstream)
     check_supported(src, upstream)
     try:
         adaptor = dict(upstream.get("audio_adaptor_conf", {}))
@@ -95,7 +94,7 @@ def read_upstream_config(src: Path) -> dict:
         raise UserError(f"{src}: incomplete configuration, {err} is missing") from None
     config = {
         "model_type": MODEL_TYPE,
-        "input_size": FrontendArgs().n_mels * FrontendArgs().lfr_m,
+        "input_size": INPUT_SIZE,
         "frontend_conf": upstream.get("frontend_conf", {}),
         "audio_encoder_conf": upstream["audio_encoder_conf"],
         "audio_adaptor_conf": {k: adaptor[k] for k in vars(AdaptorArgs()) if k in adaptor},
@@ -135,17 +134,19 @@ def ctc_config(upstream: dict) -> dict:
     if upstream.get("ctc_decoder") != "Transformer":
         return {}
     try:
-        decoder = dict(upstream.get("ctc_decoder_conf") or {})
+        decoder = dict(upstream.get("ctc_decoder_conf", {}))
         decoder["encoder_dim"] = upstream["audio_encoder_conf"]["output_size"]
         vocab = int(upstream.get("ctc_vocab_size", CTC_VOCAB_SIZE))
-        tokenizer_conf = (upstream.get("dataset_conf") or {}).get("ctc_tokenizer_conf") or {}
-    except (KeyError, TypeError, ValueError) as err:
+        tokenizer_conf = upstream.get("dataset_conf", {}).get("ctc_tokenizer_conf") or {}
+        languages = int(tokenizer_conf.get("num_languages", 8749))
+        blank = int(upstream.get("ctc_conf", {}).get("blank_id", vocab - 1))
+    except (AttributeError, KeyError, TypeError, ValueError) as err:  # e.g. a tokenizer conf that is no mapping
         raise UserError(f"incomplete CTC configuration in config.yaml: {err}") from None
     return {
         "ctc_decoder_conf": {k: decoder[k] for k in vars(AdaptorArgs()) if k in decoder},
         "ctc_vocab_size": vocab,
-        "ctc_blank_id": int((upstream.get("ctc_conf") or {}).get("blank_id", vocab - 1)),
-        "ctc_num_languages": int(tokenizer_conf.get("num_languages", 8749)),
+        "ctc_blank_id": blank,
+        "ctc_num_languages": languages,
     }
 
 
@@ -183,10 +184,13 @@ UPSTREAM_SECTIONS = (
 )
 
 
-def check_sections(src: Path, upstream: dict) -> None:
+def sections_as_mappings(src: Path, upstream: dict) -> dict:
+    """config.yaml with its sections checked: each a mapping, an empty one (`ctc_conf:`, YAML's null) as {}."""
+    upstream = {k: {} if v is None and k in UPSTREAM_SECTIONS else v for k, v in upstream.items()}
     for section in UPSTREAM_SECTIONS:
-        if section in upstream and not isinstance(upstream[section], dict):
+        if not isinstance(upstream.get(section, {}), dict):
             raise UserError(f"{src}/config.yaml: {section}: expected a mapping, found {short(upstream[section])}")
+    return upstream
 
 
 def check_supported(src: Path, upstream: dict) -> None:
@@ -197,7 +201,7 @@ def check_supported(src: Path, upstream: dict) -> None:
             f"{src}/config.yaml: unsupported frontend_conf {frontend}; this port implements "
             f"the released one: {vars(FrontendArgs())}"
         )
-    dataset = upstream.get("dataset_conf", {}) or {}
+    dataset = upstream.get("dataset_conf", {})
     # do_think=False would add an empty <think> block and sys_prompt=False drop the system prompt
     # ([F] fun_asr_nano/model.py:481-520); top-level max_length/llm_dtype change upstream's inference.
     changed = [key for key in ("do_think", "sys_prompt") if dataset.get(key, True) is not True]
@@ -407,9 +411,8 @@ def read_upstream_vad_config(src: Path) -> dict:
         "FSMN",
     ):
         raise UserError(f"{src}/config.yaml does not describe an FsmnVADStreaming model with an FSMN encoder")
-    sections = ("frontend_conf", "encoder_conf", "model_conf")
-    if not all(isinstance(upstream.get(section) or {}, dict) for section in sections):
-        raise UserError(f"{src}/config.yaml: {', '.join(sections)} must be mappings")
+    if not all(isinstance(upstream.get(section) or {}, dict) for section in VAD_SECTIONS):
+        raise UserError(f"{src}/config.yaml: {', '.join(VAD_SECTIONS)} must be mappings")
     frontend = {
         k: v for k, v in (upstream.get("frontend_conf") or {}).items() if k != "cmvn_file"
     }  # CMVN: in the weights

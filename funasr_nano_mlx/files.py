@@ -114,11 +114,14 @@ def check_destination(path: str | Path, *, directory: bool = True, exists_ok: bo
 
 
 def _refuse_dangling(link: Path, dst: Path | None = None) -> None:
-    """A symbolic link that leads nowhere (to a missing target, or in a loop) looks absent to exists(),
-    yet nothing can be created in its place: mkdir and rename(2) fail only once the work is done."""
+    """A symbolic link that leads nowhere (to a missing target, or in a loop) looks absent to exists(), yet
+    nothing is written where it points: mkdir and a folder's rename(2) fail, once the work is done, and a
+    file's rename replaces the link itself. Which of the two the user meant is not known: refused."""
     if link.is_symlink() and not link.exists():
         where = f"{link} is" if dst is not None and dst != link else "it is"
-        raise UserError(f"cannot write {dst or link}: {where} a symbolic link to nothing ({os.readlink(link)})")
+        raise UserError(
+            f"cannot write {dst or link}: {where} a symbolic link to nothing, or a loop of links ({os.readlink(link)})"
+        )
 
 
 @contextmanager

@@ -139,14 +139,17 @@ class _RetryLog(logging.Filter):
 
     RETRYING = re.compile(
         r"thrown while requesting|Retrying in|Rate limited|Retrying\.\.|disconnected from remote"
-        r"|retry in \d|retrying in \d|^Failed to download "  # modelscope_hub/_legacy_api.py:874, _download.py:367-373, 1295
+        r"|retry in \d|retrying in \d"  # modelscope_hub/_legacy_api.py:874, _download.py:367-373
     )
+    GIVEN_UP = re.compile(r"^Failed to download ")  # modelscope_hub/_download.py:1295, retried or not
 
     def __init__(self):
         super().__init__()
         self.said = False
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self.GIVEN_UP.search(record.getMessage()):
+            return False
         if not self.RETRYING.search(record.getMessage()):
             return True
         if not self.said:

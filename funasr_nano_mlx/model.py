@@ -20,7 +20,15 @@ from mlx_lm.models.activations import swiglu
 
 from . import cuda_kernels
 from .cuda_kernels import key_mask, qk_norm_rope_ops, value_heads
-from .modeldir import AdaptorArgs, EncoderArgs, dataclass_from_dict
+from .modeldir import (
+    INPUT_SIZE,
+    LLM_DTYPES,
+    AdaptorArgs,
+    EncoderArgs,
+    FrontendArgs,
+    dataclass_from_dict,
+    memory_left_pad,
+)
 
 ENCODER_LN_EPS = 1e-5  # SenseVoice LayerNorm default, [F] models/sense_voice/model.py:300
 ADAPTOR_LN_EPS = 1e-12  # funasr transformer LayerNorm, [F] models/transformer/layer_norm.py:24
@@ -47,29 +55,11 @@ LM_HEAD, EMBEDDINGS = "llm.lm_head.weight", "llm.model.embed_tokens.weight"
 
 
 @dataclass
-class FrontendArgs:
-    """`frontend_conf` of config.yaml; the values the frontend in audio.py implements."""
-
-    fs: int = 16000
-    window: str = "hamming"
-    n_mels: int = 80
-    frame_length: int = 25
-    frame_shift: int = 10
-    lfr_m: int = 7
-    lfr_n: int = 6
-    cmvn_file: str | None = None
-
-    @classmethod
-    def from_dict(cls, params: dict) -> "FrontendArgs":
-        return dataclass_from_dict(cls, params)
-
-
-@dataclass
 class ModelArgs:
     """The whole of config.json (mlx-audio's `fun_asr_nano` layout)."""
 
     model_type: str = "fun_asr_nano"
-    input_size: int = 560  # n_mels * lfr_m
+    input_size: int = INPUT_SIZE
     frontend_conf: FrontendArgs = field(default_factory=FrontendArgs)
     audio_encoder_conf: EncoderArgs = field(default_factory=EncoderArgs)
     audio_adaptor_conf: AdaptorArgs = field(default_factory=AdaptorArgs)
@@ -231,9 +221,8 @@ class SANMAttention(nn.Module):
         self.linear_out = nn.Linear(dims, dims)
         # Depthwise conv, weight (C, K, 1) in MLX layout; no bias.
         self.fsmn_block = nn.Conv1d(dims, dims, kernel_size, groups=dims, bias=False)
-        # Upstream applies only a positive shift ([F] sense_voice/model.py:140-143).
-        self.left_pad = (kernel_size - 1) // 2 + max(sanm_shift, 0)
-        if kernel_size - 1 - self.left_pad < 0:  # the frames of zeros after the last
+        self.left_pad = memory_left_pad(kernel_size, sanm_shift)
+        if kernel_size - 1 - self.left_pad < 0:  # the frames of zeros after the last (modeldir refuses such a config)
             raise ValueError(f"sanm_shift {sanm_shift} too large for kernel_size {kernel_size}")
 
     def __call__(self, x: mx.array, mask: mx.array | None = None, residual: mx.array | None = None, norm=None):
@@ -476,7 +465,7 @@ class UpstreamRoPE(nn.Module):
     frequencies (e.g. 0.8046875 instead of 0.80584), so they are reproduced here.
     """
 
-    ROUNDING = {"bf16": mx.bfloat16, "fp16": mx.float16, "fp32": mx.float32}
+    ROUNDING = dict(zip(LLM_DTYPES, (mx.bfloat16, mx.float16, mx.float32)))
 
     def __init__(self, dims: int, base: float, llm_dtype: str):
         super().__init__()

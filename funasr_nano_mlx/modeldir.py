@@ -8,7 +8,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
-from .audio import LFR_M, NUM_MEL_BINS
 from .errors import UserError
 from .files import read_json_object
 from .hub import CONFIG_FILE, model_dir
@@ -85,9 +84,7 @@ def fields_problem(block: dict, kinds: dict[str, Kind], prefix: str) -> str | No
     return None
 
 
-# The audio blocks' arguments (what model.py builds the encoder and adaptor from) and the kind each field must
-# hold. A wrong kind fails deep in MLX (a ZeroDivisionError in nn.Conv1d for kernel_size 0), and heads that
-# do not divide the width fail only at the first audio; an absent field takes its dataclass default.
+# The audio blocks' arguments: what model.py builds the frontend's checks, the encoder and the adaptor from.
 def dataclass_from_dict(cls, params: dict, aliases: dict[str, str] | None = None):
     """Lenient dataclass construction: upstream spellings via `aliases`, unknown keys ignored."""
     params = dict(params)
@@ -132,6 +129,33 @@ class AdaptorArgs:
         return dataclass_from_dict(cls, params)
 
 
+def memory_left_pad(kernel_size: int, sanm_shift: int) -> int:
+    """The frames of zeros SAN-M's memory block pads before the first: half the kernel's reach, plus the shift
+    where it is positive ([F] models/sense_voice/model.py:140-143); the rest of kernel_size - 1 go after the last."""
+    return (kernel_size - 1) // 2 + max(sanm_shift, 0)
+
+
+@dataclass
+class FrontendArgs:
+    """`frontend_conf` of config.yaml; the values the frontend in audio.py implements."""
+
+    fs: int = 16000
+    window: str = "hamming"
+    n_mels: int = 80
+    frame_length: int = 25
+    frame_shift: int = 10
+    lfr_m: int = 7
+    lfr_n: int = 6
+    cmvn_file: str | None = None
+
+    @classmethod
+    def from_dict(cls, params: dict) -> "FrontendArgs":
+        return dataclass_from_dict(cls, params)
+
+
+# The kind each field of the audio blocks must hold. A wrong kind fails deep in MLX (a ZeroDivisionError in
+# nn.Conv1d for kernel_size 0), and heads that do not divide the width fail only at the first audio; an absent
+# field takes its dataclass default.
 ENCODER_KINDS = {  # EncoderArgs' (SenseVoiceEncoderSmall, [F] models/sense_voice/model.py:496-516)
     "output_size": POSITIVE_INT,
     "attention_heads": POSITIVE_INT,
@@ -152,7 +176,7 @@ ADAPTOR_KINDS = {  # AdaptorArgs', also the CTC decoder's ([F] models/llm_asr/ad
     "attention_heads": POSITIVE_INT,
 }
 # The features' width: 80 mel bands, 7 frames stacked (audio.py); encoders0 is built for input_size.
-INPUT_SIZE = NUM_MEL_BINS * LFR_M
+INPUT_SIZE = FrontendArgs.n_mels * FrontendArgs.lfr_m
 LLM_DTYPES = ("bf16", "fp16", "fp32")  # upstream's dtype_map ([F] models/fun_asr_nano/model.py:29)
 CTC_FIELDS = {"ctc_vocab_size": POSITIVE_INT, "ctc_num_languages": POSITIVE_INT}
 # What mlx-lm's load_model reads of `quantization` (mlx_lm/utils.py:496-519): the default group size and bits
@@ -233,11 +257,9 @@ def _encoder_problem(encoder: dict) -> str | None:
             f"audio_encoder_conf.attention_heads: expected a divisor of output_size {args.output_size}, "
             f"found {args.attention_heads}"
         )
-    # The memory block pads kernel_size - 1 frames, (kernel_size - 1) // 2 of them before plus a positive
-    # shift ([F] models/sense_voice/model.py:140-143): a larger shift leaves none for the end (SANMAttention).
-    most = args.kernel_size - 1 - (args.kernel_size - 1) // 2
-    if args.sanm_shift > most:
+    if memory_left_pad(args.kernel_size, args.sanm_shift) > args.kernel_size - 1:  # no frames left for the end
         name = "sanm_shift" if "sanm_shift" in encoder else "sanm_shfit"  # the one from_dict took
+        most = args.kernel_size - 1 - memory_left_pad(args.kernel_size, 0)
         return (
             f"audio_encoder_conf.{name}: expected at most {most} with kernel_size {args.kernel_size}, "
             f"found {args.sanm_shift}"
@@ -262,7 +284,8 @@ def _top_level_problem(config: dict) -> str | None:
     input_size = config.get("input_size", INPUT_SIZE)
     if not (_is_int(input_size) and input_size == INPUT_SIZE):
         return (
-            f"input_size: expected {INPUT_SIZE} ({NUM_MEL_BINS} mel bands x {LFR_M} frames, the features' width), "
+            f"input_size: expected {INPUT_SIZE} ({FrontendArgs.n_mels} mel bands x {FrontendArgs.lfr_m} frames, the "
+            "features' width), "
             f"found {short(input_size)}"
         )
     llm_dtype = config.get("llm_dtype", LLM_DTYPES[0])

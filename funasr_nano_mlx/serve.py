@@ -14,6 +14,7 @@ import functools
 import hmac
 import json
 import logging
+import math
 import re
 import signal
 import socket
@@ -50,8 +51,8 @@ FORM_OVERHEAD_BYTES = 64 * 1024  # multipart framing and the other fields, on to
 # (and the ideographic enumeration comma): "Stella, 开放时间；Fun-ASR" -> Stella / 开放时间 / Fun-ASR.
 HOTWORD_SEPARATORS = re.compile(r"[,;\n，；、]")
 # The least upload limit: one second of audio as the model hears it, in the plainest file that holds it
-# (16 kHz 16-bit mono WAV: a 44-byte header and 32000 bytes). A lower limit refuses every upload a
-# client could mean; it is a slip of units (the option is in MB), not a policy.
+# (16 kHz 16-bit mono WAV: a 44-byte header and 32000 bytes). A guard against a slip of units (the option
+# is in MB: 1e-9 was 0 bytes, a 413 for every upload), not a policy: compressed audio is smaller.
 MIN_UPLOAD_BYTES = 44 + 2 * SAMPLE_RATE
 
 
@@ -66,7 +67,7 @@ class Limits:
         if self.max_upload_bytes < MIN_UPLOAD_BYTES:  # refused at startup, not with a 413 for every upload
             raise UserError(
                 f"the upload limit is {self.max_upload_bytes} bytes; it must be at least {MIN_UPLOAD_BYTES} bytes "
-                f"(--max-upload-mb {MIN_UPLOAD_BYTES / 2**20:.3f}), one second of 16 kHz 16-bit mono WAV"
+                f"(--max-upload-mb {math.ceil(MIN_UPLOAD_BYTES / 2**20 * 1000) / 1000}), one second of 16 kHz 16-bit mono WAV"
             )
 
 

@@ -31,6 +31,7 @@ from .audio import (
     SAMPLE_RATE,
     Audio,
     check_duration,
+    check_samples,
     features,
     features_mx,
     frontend_on_device,
@@ -318,7 +319,8 @@ def _read(audio: str | Path | np.ndarray, name: str) -> Audio:
     if isinstance(audio, np.ndarray):
         if not np.issubdtype(audio.dtype, np.floating):
             raise UserError(f"audio arrays must be float samples in [-1, 1] at 16 kHz, got dtype {audio.dtype}")
-        read = Audio(audio.astype(np.float32, copy=False))  # past float32's range is inf: refused below
+        check_samples(audio, name)  # before the cast, which would make a large sample inf (and warn)
+        read = Audio(audio.astype(np.float32, copy=False))
     else:
         read = read_audio(audio)
     check_duration(read.samples, name)  # now, not after the rest of its group has been decoded

@@ -350,3 +350,14 @@ def test_a_file_too_long_for_memory_is_one_error_and_loses_no_other(tiny_f32, cl
         "samples the model reads"
     )
     assert [json.loads(row)["audio"] for row in done.stdout.splitlines()] == [str(good), str(good)]
+
+
+def test_a_file_longer_than_the_machines_memory_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """More than the machine's memory cannot be held, whatever the allocator says (it may promise it)."""
+    from funasr_nano_mlx import audio
+
+    path = written(tmp_path, "two.wav", np.zeros(32000, np.float32))
+    monkeypatch.setattr(audio, "_physical_memory", lambda: 100_000)  # under its 128 kB of 16 kHz samples
+    monkeypatch.setattr(audio, "_read_mono_16k", lambda *_: pytest.fail("read"))
+    with pytest.raises(UserError, match="two.wav is too long to hold in memory"):
+        audio.read_audio(path)

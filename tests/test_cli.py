@@ -106,6 +106,14 @@ def test_standard_output_that_takes_nothing_is_one_line(tiny_f32, wav_1s, stdout
     assert_user_error(done, fragment)
 
 
+def test_a_command_whose_result_would_not_be_printed_is_refused_before_its_work(tiny_upstream, tmp_path):
+    """convert prints the folder it made once it is made: with standard output closed, it is not made."""
+    args = [sys.executable, "-m", "funasr_nano_mlx", "convert", tiny_upstream, tmp_path / "converted"]
+    done = subprocess.run(list(map(str, args)), stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
+    assert_user_error(done, "standard output is closed", alone=True)
+    assert not (tmp_path / "converted").exists()
+
+
 def test_help_explains_the_commands():
     run = run_cli("--help")
     assert run.returncode == 0 and "convert" in run.stdout and "transcribe" in run.stdout

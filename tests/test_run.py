@@ -269,6 +269,16 @@ def test_a_modelscope_hub_error_is_one_line_and_a_rerun_resumes(cli, modelscope,
     assert stage_dirs(work) == ["bf16-timestamps/download"]
 
 
+def test_a_file_the_modelscope_hub_lacks_is_one_line_and_not_retried(cli, modelscope, ctc_upstream, tmp_path):
+    """A 404 is final: one request, one line, and no word of retrying."""
+    work, env = tmp_path / "work", modelscope.client_env(tmp_path / "modelscope")
+    modelscope.fail_next(r"FilePath=model\.pt", 404)
+    failed = cli("run", "bf16-timestamps", "--work", work, "--until", "download", "--sha256", "0" * 64, env=env)
+    assert_user_error(failed, f"cannot download {MODELSCOPE_REPO}@master from ModelScope: ")
+    assert "retrying" not in failed.stderr and "ERROR" not in failed.stderr, failed.stderr
+    assert modelscope.fetched().count("model.pt") == 1 and stage_dirs(work) == []
+
+
 def test_an_unpinned_recipe_is_refused_before_any_request(hub, cli, tmp_path):
     server, _ = hub
     unpinned = tmp_path / "unpinned.yaml"
