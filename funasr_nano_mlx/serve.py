@@ -696,9 +696,10 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     segmenter = "auto"
     if vad:
-        from .vad import load_vad
+        from .vad import find_vad, load_vad
 
-        segmenter = functools.partial(load_vad, vad, vad_revision)
+        # Found (downloaded) and its config checked now, before the model loads; loaded on the scheduler's thread.
+        segmenter = functools.partial(load_vad, find_vad(vad, vad_revision))
     sock = listen(host, port)  # first: a port in use is reported before the model loads
     try:
         scheduler = Scheduler(

@@ -627,10 +627,17 @@ def read_vad_config(path: Path) -> dict:
     return config
 
 
-def load_vad(path_or_repo: str | Path, revision: str | None = None) -> VadModel:
-    """Load a directory written by `convert_vad` (funasr_nano_mlx.convert), or a hub repo id of one
-    (downloaded into the Hugging Face cache at `revision`, default main)."""
+def find_vad(path_or_repo: str | Path, revision: str | None = None) -> Path:
+    """A directory written by `convert_vad` (funasr_nano_mlx.convert), or a hub repo id of one (downloaded
+    into the Hugging Face cache at `revision`, default main), its config checked: what `load_vad` loads."""
     path = model_dir(path_or_repo, revision, [CONFIG_FILE, WEIGHTS], is_vad_config, "a converted FSMN-VAD model")
+    read_vad_config(path)
+    return path
+
+
+def load_vad(path_or_repo: str | Path, revision: str | None = None) -> VadModel:
+    """Load the FSMN-VAD that `find_vad` finds."""
+    path = find_vad(path_or_repo, revision)
     config = read_vad_config(path)
     network = FsmnVad(FsmnArgs.from_dict(config.get("encoder_conf", {})))
     try:

@@ -275,14 +275,26 @@ def test_a_broken_config_is_refused_at_load(vad_converted, tiny_f32, tmp_path, c
     assert_user_error(done, f"{broken / 'config.json'}: {field}: {problem}", alone=True)
 
 
-def test_the_server_refuses_a_broken_vad_before_it_is_up(vad_converted, tiny_f32, tmp_path):
-    """It started and said it was healthy, then answered every transcription with HTTP 500."""
+def test_the_server_refuses_a_broken_vad_before_it_is_up(vad_converted, tiny_f32, tmp_path, monkeypatch):
+    """It started and said it was healthy, then answered every transcription with HTTP 500. Now it is refused
+    before the model loads."""
+    import importlib
+
+    from funasr_nano_mlx.errors import UserError
     from tests.helpers import assert_user_error, invoke_cli
 
+    loads = []
+
+    def load(*args, **kwargs):
+        loads.append(args)
+        raise UserError("the model was loaded")
+
+    monkeypatch.setattr(importlib.import_module("funasr_nano_mlx.transcribe"), "load", load)  # the package's
+    # `transcribe` is the function
     broken = _broken_vad(vad_converted, tmp_path / "vad", "model_conf.window_size_ms", 0)
     done = invoke_cli("serve", tiny_f32, "--vad", broken, "--port", "0")
     assert_user_error(done, "model_conf.window_size_ms: expected a positive finite number, found 0", alone=True)
-    assert "serving" not in done.stdout
+    assert "serving" not in done.stdout and loads == []
 
 
 def test_the_checked_fields_are_the_models():
