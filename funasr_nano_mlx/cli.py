@@ -69,15 +69,17 @@ def user_errors(command):
     return wrapper
 
 
-STDOUT_CLOSED = "standard output is closed: nothing could be printed (redirect it to a file{})"
+def refuse_closed_stdout(hint: str = "") -> None:
+    """click.echo writes nothing, silently, where standard output is closed (`>&-`): one UserError line instead."""
+    if sys.stdout is None:
+        raise UserError(f"standard output is closed: nothing could be printed (redirect it to a file{hint})")
 
 
 def print_out(text: str, nl: bool = True) -> None:
-    """Write to standard output. click.echo writes nothing, silently, where it is closed (`>&-`), and a
-    failed write (a full disk) would be a traceback: either is one UserError line. A reader that stopped
-    reading (`| head`) ends the command quietly, as it ends cat."""
-    if sys.stdout is None:
-        raise UserError(STDOUT_CLOSED.format(""))
+    """Write to standard output: closed (`refuse_closed_stdout`), or a failed write (a full disk), which would
+    be a traceback, is one UserError line. A reader that stopped reading (`| head`) ends the command quietly,
+    as it ends cat."""
+    refuse_closed_stdout()
     try:
         click.echo(text, nl=nl)
     except OSError as err:
@@ -102,8 +104,7 @@ def prints_its_result(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        if sys.stdout is None:
-            raise UserError(STDOUT_CLOSED.format(""))
+        refuse_closed_stdout()
         return command(*args, **kwargs)
 
     return wrapper
@@ -211,8 +212,8 @@ def check_outputs(files: list[Path], fmt: str, output_dir) -> None:
     """Refuse outputs that would clash or cannot be written, before the model loads."""
     from .files import check_destination
 
-    if output_dir is None and sys.stdout is None:
-        raise UserError(STDOUT_CLOSED.format(", or give --output-dir"))
+    if output_dir is None:
+        refuse_closed_stdout(", or give --output-dir")
     if fmt in ("srt", "vtt") and len(files) > 1 and output_dir is None:
         raise UserError(f"{len(files)} inputs: give --output-dir to write one .{fmt} file each")
     stems = [path.stem for path in files]

@@ -33,8 +33,16 @@ from .model import (
     ModelArgs,
 )
 from .modeldir import CTC_TOKENIZER_FILE as CTC_TOKENIZER
-from .modeldir import DTYPES, INPUT_SIZE, MODEL_TYPE, TOKENIZER_DIR, FrontendArgs, config_problem
-from .strict_yaml import short
+from .modeldir import (
+    DTYPES,
+    INPUT_SIZE,
+    MAPPING,
+    MODEL_TYPE,
+    TOKENIZER_DIR,
+    FrontendArgs,
+    config_problem,
+    fields_problem,
+)
 from .vad import CMVN_KEY, VAD_SECTIONS, FsmnArgs, FsmnVad, unsupported_settings, vad_config_problem
 from .vad import MODEL_TYPE as VAD_MODEL_TYPE
 from .vad import WEIGHTS as VAD_WEIGHTS
@@ -81,7 +89,7 @@ def read_upstream_config(src: Path) -> dict:
         raise UserError(f"cannot parse the configuration in {src}: {err}") from None
     if not isinstance(upstream, dict) or upstream.get("model") != "FunASRNano":
         raise UserError(f"{src}/config.yaml does not describe a FunASRNano model")
-    upstream = sections_as_mappings(src, upstream)
+    upstream = sections_as_mappings(src, upstream, UPSTREAM_SECTIONS)
     check_supported(src, upstream)
     try:
         adaptor = dict(upstream.get("audio_adaptor_conf", {}))
@@ -184,12 +192,11 @@ UPSTREAM_SECTIONS = (
 )
 
 
-def sections_as_mappings(src: Path, upstream: dict) -> dict:
-    """config.yaml with its sections checked: each a mapping, an empty one (`ctc_conf:`, YAML's null) as {}."""
-    upstream = {k: {} if v is None and k in UPSTREAM_SECTIONS else v for k, v in upstream.items()}
-    for section in UPSTREAM_SECTIONS:
-        if not isinstance(upstream.get(section, {}), dict):
-            raise UserError(f"{src}/config.yaml: {section}: expected a mapping, found {short(upstream[section])}")
+def sections_as_mappings(src: Path, upstream: dict, sections: tuple[str, ...]) -> dict:
+    """config.yaml with its `sections` checked: each a mapping, an empty one (`ctc_conf:`, YAML's null) as {}."""
+    upstream = {k: {} if v is None and k in sections else v for k, v in upstream.items()}
+    if problem := fields_problem(upstream, dict.fromkeys(sections, MAPPING), ""):
+        raise UserError(f"{src}/config.yaml: {problem}")
     return upstream
 
 
@@ -411,16 +418,13 @@ def read_upstream_vad_config(src: Path) -> dict:
         "FSMN",
     ):
         raise UserError(f"{src}/config.yaml does not describe an FsmnVADStreaming model with an FSMN encoder")
-    if not all(isinstance(upstream.get(section) or {}, dict) for section in VAD_SECTIONS):
-        raise UserError(f"{src}/config.yaml: {', '.join(VAD_SECTIONS)} must be mappings")
-    frontend = {
-        k: v for k, v in (upstream.get("frontend_conf") or {}).items() if k != "cmvn_file"
-    }  # CMVN: in the weights
+    upstream = sections_as_mappings(src, upstream, VAD_SECTIONS)
+    frontend = {k: v for k, v in upstream.get("frontend_conf", {}).items() if k != "cmvn_file"}  # CMVN: in the weights
     config = {
         "model_type": VAD_MODEL_TYPE,
         "frontend_conf": frontend,
-        "encoder_conf": upstream.get("encoder_conf") or {},
-        "model_conf": upstream.get("model_conf") or {},
+        "encoder_conf": upstream.get("encoder_conf", {}),
+        "model_conf": upstream.get("model_conf", {}),
     }
     if problem := vad_config_problem(config):  # what loading would refuse, refused before the checkpoint is read
         raise UserError(f"{src}/config.yaml: {problem}")

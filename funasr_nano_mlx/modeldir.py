@@ -205,11 +205,8 @@ def _text_config_problem(text_config: dict) -> str | None:
         if type(value) not in kinds:  # exact types: `true` is not a number of layers
             wanted = " or ".join(k.__name__ for k in kinds)
             return f"text_config.{name}: expected {wanted}, found {short(value)}"
-    for name in POSITIVE_TEXT_CONFIG:
-        value = text_config.get(name, 1.0)
-        if type(value) not in (float, int) or not (math.isfinite(value) and value > 0):
-            return f"text_config.{name}: expected a positive finite number, found {short(value)}"
-    return _eos_problem(text_config)
+    positive = dict.fromkeys(POSITIVE_TEXT_CONFIG, POSITIVE_NUMBER)
+    return fields_problem(text_config, positive, "text_config.") or _eos_problem(text_config)
 
 
 def _eos_problem(text_config: dict) -> str | None:
@@ -227,11 +224,8 @@ def _eos_problem(text_config: dict) -> str | None:
 
 
 def _audio_problem(config: dict) -> str | None:
-    for name in AUDIO_CONFIG_BLOCKS:
-        if not isinstance(config.get(name, {}), dict):
-            return f"{name}: expected a mapping, found {short(config[name])}"
     encoder = config.get("audio_encoder_conf", {})
-    problem = _encoder_problem(encoder)
+    problem = fields_problem(config, dict.fromkeys(AUDIO_CONFIG_BLOCKS, MAPPING), "") or _encoder_problem(encoder)
     if problem:
         return problem
     width = EncoderArgs.from_dict(encoder).output_size
@@ -283,9 +277,9 @@ def _adaptor_problem(adaptor: dict, block: str, encoder_width: int) -> str | Non
 def _top_level_problem(config: dict) -> str | None:
     input_size = config.get("input_size", INPUT_SIZE)
     if not (_is_int(input_size) and input_size == INPUT_SIZE):
+        bands, frames = FrontendArgs.n_mels, FrontendArgs.lfr_m
         return (
-            f"input_size: expected {INPUT_SIZE} ({FrontendArgs.n_mels} mel bands x {FrontendArgs.lfr_m} frames, the "
-            "features' width), "
+            f"input_size: expected {INPUT_SIZE} ({bands} mel bands x {frames} frames, the features' width), "
             f"found {short(input_size)}"
         )
     llm_dtype = config.get("llm_dtype", LLM_DTYPES[0])
@@ -304,8 +298,8 @@ def _quantization_problem(config: dict) -> str | None:
     if "quantization" not in config:
         return None
     quantization = config["quantization"]
-    if not isinstance(quantization, dict):
-        return f"quantization: expected a mapping, found {short(quantization)}"
+    if problem := MAPPING.problem("quantization", quantization):
+        return problem
     missing = [name for name in QUANTIZATION_REQUIRED if name not in quantization]
     if missing:
         return f"quantization.{missing[0]}: is missing"

@@ -699,7 +699,7 @@ def serve(
         from .vad import find_vad, load_vad
 
         # Found (downloaded) and its config checked now, before the model loads; loaded on the scheduler's thread.
-        segmenter = functools.partial(load_vad, find_vad(vad, vad_revision))
+        segmenter = functools.partial(load_vad, find_vad(vad, vad_revision)[0])
     sock = listen(host, port)  # first: a port in use is reported before the model loads
     try:
         scheduler = Scheduler(

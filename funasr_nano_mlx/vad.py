@@ -38,6 +38,7 @@ from .hub import CONFIG_FILE, model_dir
 from .modeldir import (
     COUNT,
     FLAG,
+    MAPPING,
     NON_NEGATIVE_NUMBER,
     NUMBER,
     POSITIVE_INT,
@@ -200,11 +201,10 @@ def vad_config_problem(config: dict) -> str | None:
     present and mappings, and the fields the network and the endpoint detector are built from of their kinds.
     `convert_vad` checks the config.json it builds with it too. Settings upstream honours and this port does
     not implement are unsupported_settings' business, asked after this."""
-    for section in VAD_SECTIONS:
-        if section not in config:
-            return f"{section}: is missing"
-        if not isinstance(config[section], dict):
-            return f"{section}: expected a mapping, found {short(config[section])}"
+    if missing := next((section for section in VAD_SECTIONS if section not in config), None):
+        return f"{missing}: is missing"
+    if problem := fields_problem(config, dict.fromkeys(VAD_SECTIONS, MAPPING), ""):
+        return problem
     encoder, options = config["encoder_conf"], config["model_conf"]
     problem = fields_problem(encoder, FSMN_FIELDS, "encoder_conf.") or fields_problem(
         options, VAD_OPTION_FIELDS, "model_conf."
@@ -627,18 +627,16 @@ def read_vad_config(path: Path) -> dict:
     return config
 
 
-def find_vad(path_or_repo: str | Path, revision: str | None = None) -> Path:
+def find_vad(path_or_repo: str | Path, revision: str | None = None) -> tuple[Path, dict]:
     """A directory written by `convert_vad` (funasr_nano_mlx.convert), or a hub repo id of one (downloaded
-    into the Hugging Face cache at `revision`, default main), its config checked: what `load_vad` loads."""
+    into the Hugging Face cache at `revision`, default main), and its config, checked: what `load_vad` loads."""
     path = model_dir(path_or_repo, revision, [CONFIG_FILE, WEIGHTS], is_vad_config, "a converted FSMN-VAD model")
-    read_vad_config(path)
-    return path
+    return path, read_vad_config(path)
 
 
 def load_vad(path_or_repo: str | Path, revision: str | None = None) -> VadModel:
     """Load the FSMN-VAD that `find_vad` finds."""
-    path = find_vad(path_or_repo, revision)
-    config = read_vad_config(path)
+    path, config = find_vad(path_or_repo, revision)
     network = FsmnVad(FsmnArgs.from_dict(config.get("encoder_conf", {})))
     try:
         weights = mx.load(str(path / WEIGHTS))
