@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -264,6 +265,37 @@ def stages_in_transcriptions(model, tokenizer, seconds: float, passes: int = 5) 
     return rows
 
 
+def pipeline_rounds(model, tokenizer, feats: mx.array, embeddings: mx.array, rounds: int = 5, calls: int = 10) -> list[dict]:
+    """The encoder + adaptor and the prompt's pass submitted every K layers (`model.ENCODER_PIPELINE_LAYERS`,
+    `decode_step.PROMPT_PIPELINE_LAYERS`; 0: at the end), alternating over `rounds` so that the host's drift
+    hits every K alike: per K and input the median over rounds of each round's median wall and submit ms
+    (`warm_ms`, `calls` calls), and whether the output is identical to K = 0's. Then the stages as
+    `transcribe` times them, at the end against this build's K."""
+    encodes = {f"encoder+adaptor, 1 x {frames / 16.67:.0f} s": frames for frames in (50, feats.shape[1])}
+    runs = {name: ("encoder", lambda frames=frames: model.encode(feats[:, :frames])) for name, frames in encodes.items()}
+    runs["prefill"] = ("prefill", lambda: prefill(model.llm, [embeddings])[2])
+    settings = {"encoder": (model_module, "ENCODER_PIPELINE_LAYERS"), "prefill": (decode_step, "PROMPT_PIPELINE_LAYERS")}
+    every = {"encoder": (0, 1, 2, 5, 10), "prefill": (0, 1, 2, 4, 7)}
+    times, outputs = defaultdict(list), {}
+    for _ in range(rounds):
+        for name, (stage, run) in runs.items():
+            for k in every[stage]:
+                with patched((*settings[stage], k)):
+                    times[name, k].append(warm_ms(run, calls))
+                    outputs[name, k] = np.array(run().astype(mx.float32))
+    rows = []
+    for (name, k), measured in times.items():
+        same = bool(np.array_equal(outputs[name, k], outputs[name, 0]))
+        wall, submit = (statistics.median(m[i] for m in measured) for i in (0, 1))
+        rows.append({"stage": name, "every_k_layers": k, "ms": wall, "submit_ms": submit, "identical_to_0": same})
+    for stage in settings:
+        defaults = {"prefill": decode_step.PROMPT_PIPELINE_LAYERS, "encoder": model_module.ENCODER_PIPELINE_LAYERS}
+        for k in (0, defaults[stage]):
+            with patched((*settings[stage], k)):
+                rows += [row | {"pipelined": stage, "every_k_layers": k} for row in stages_in_transcriptions(model, tokenizer, feats.shape[1] / 16.67)]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
@@ -272,6 +304,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="the first traces and is not counted")
     parser.add_argument("--stages", action="store_true", help="also profile encoder + adaptor and the prefill")
     parser.add_argument("--only-stages", action="store_true", help="profile only encoder + adaptor and the prefill")
+    parser.add_argument("--pipeline", action="store_true", help="only the stages submitted every K layers (`pipeline_rounds`)")
     args = parser.parse_args()
     if args.tokens < 2:
         parser.error("--tokens must be at least 2 (ms/token is timed from the second)")
@@ -280,6 +313,10 @@ def main() -> None:
     feats = mx.array(features(synthetic_audio(args.seconds)))[None]
     embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
     mx.eval(embeddings)
+    if args.pipeline:
+        for row in pipeline_rounds(model, tokenizer, feats, embeddings):
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        return
     if args.stages or args.only_stages:
         rows = first_token_stages(model, feats, embeddings) + stages_in_transcriptions(model, tokenizer, args.seconds)
         for row in rows:

@@ -45,6 +45,11 @@ from .model import fusion_state, use_compile
 
 WINDOW_STEP = 128  # the attention reads the buffers up to the next multiple of this: few shapes, little waste
 CAPACITY_STEP = 256  # buffers grow by this many slots, so that utterances share compiled shapes
+# A prompt's pass submits what it has built every this many LLM layers (at that layer's keys and values,
+# `_PromptKeys`) without waiting, so that the device runs those layers while the host builds the next:
+# one prompt is bound by the host, and submitted at the end the device idled while Python built all
+# 28 layers. 0: submitted at the end. The same kernels in the same order, so the same numbers.
+PROMPT_PIPELINE_LAYERS = 0
 
 
 class _StepCache:
@@ -209,12 +214,18 @@ def _compiled_step(llm):
 class _PromptKeys:
     """Stands in for mlx-lm's cache in one layer during a prompt's pass from position 0: it keeps the layer's
     keys and values, which attention over the prompt reads as they are. mlx-lm's KVCache would first write
-    them into a buffer of zeros, two kernels a layer a tensor (114 of a pass's 621 kernels on an H100)."""
+    them into a buffer of zeros, two kernels a layer a tensor (114 of a pass's 621 kernels on an H100).
+    With `submit`, it also submits the pass built so far (see PROMPT_PIPELINE_LAYERS)."""
 
     offset = 0
 
+    def __init__(self, submit: bool = False):
+        self.submit = submit
+
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         self.keys, self.values = keys, values
+        if self.submit:
+            mx.async_eval(keys, values)
         return keys, values
 
 
@@ -228,7 +239,8 @@ def prefill_one(llm, embeddings: mx.array) -> tuple[list[KVCache], mx.array]:
     tracing it took 16-21 ms at each new prompt length on the development CPU, which nearly every clip has.
     """
     length = embeddings.shape[0]
-    caches = [_PromptKeys() for _ in llm.layers]
+    every = PROMPT_PIPELINE_LAYERS
+    caches = [_PromptKeys(submit=bool(every) and index > 0 and index % every == 0) for index in range(len(llm.layers))]
     hidden = llm.model(mx.zeros((1, length), mx.int32), cache=caches, input_embeddings=embeddings[None])
     token = mx.argmax(output_head(llm)(hidden[:, -1:])[:, -1], axis=-1)
     keys_values = mx.stack([part for c in caches for part in (c.keys, c.values)])

@@ -48,6 +48,12 @@ ENCODER_EVAL_BUDGET = 5 * 2**28  # 1.25 GiB
 # layers while the host still submits its last ones. So the estimate ranks sizes against the budget; it
 # is no byte count of one slice.)
 SANM_LIVE_FRACTION = 0.34
+# Every this many SAN-M layers the graph built so far is submitted without waiting for it
+# (`mx.async_eval`, which encodes the kernels in the calling thread and returns), so that the device runs
+# those layers while the host builds the next. One clip is one graph and bound by the host: submitted at
+# the end, the device idled while Python built all 70 layers. 0 submits only at ENCODER_EVAL_BUDGET's
+# slices. The numbers are the same either way (the same kernels, in the same order).
+ENCODER_PIPELINE_LAYERS = 5
 # The CTC timestamp head (ModelScope copy only): kept when the config has `ctc_decoder_conf`, else dropped.
 CTC_PREFIXES = ("ctc_decoder.", "ctc.")
 CTC_VOCAB_SIZE = 60515  # [F] fun_asr_nano/model.py:174; the blank is the last id (:198)
@@ -354,6 +360,8 @@ class SenseVoiceEncoder(nn.Module):
                 # give the GPU more work per host-built layer, so its idle gaps weigh less; in batches
                 # the encoder is a small share anyway (0.85 s of an 8.8 s run at batch 16: BENCHMARKS.md).
                 mx.eval(x, normed)
+            elif index > 0 and ENCODER_PIPELINE_LAYERS and index % ENCODER_PIPELINE_LAYERS == 0:
+                mx.async_eval(x, normed)
             init_args = (layer.norm1.weight.shape[0], self.args)  # its constructor's arguments
             x, normed = run_layer(layer, init_args, x, mask, normed, next_norm)
         return normed
