@@ -1,6 +1,6 @@
 """Where one clip's decode step spends its time on a CUDA GPU: the host and each kernel, in one process.
 
-    python bench/step_profile.py MODEL_DIR [--seconds 10] [--tokens 128] [--stages | --only-stages]
+    python bench/step_profile.py MODEL_DIR [--seconds 10] [--tokens 128] [--stages | --only-stages | --pipeline]
 
 For the step as it is, without the projection kernels (`decode_step.projections_fit`) and with each
 candidate change (`variants`), interleaved over rounds: ms/token in greedy_batch's loop, the first
@@ -11,7 +11,8 @@ the first variant's. Needs torch with CUDA. The prefill is left lazy when the de
 greedy_batch leaves it, so that the compiled step is traced as in a transcription. One JSON line per
 variant; with --stages first one per variant of each stage before the first token (`first_token_stages`:
 encoder + adaptor, the prompt's prefill; warm and at a new length) and the same stages as `transcribe`
-times them in a transcription, with --only-stages only those.
+times them in a transcription, with --only-stages only those; with --pipeline only the encoder submitted every K
+layers (`pipeline_rounds`).
 """
 
 from __future__ import annotations
@@ -265,34 +266,45 @@ def stages_in_transcriptions(model, tokenizer, seconds: float, passes: int = 5) 
     return rows
 
 
-def pipeline_rounds(model, tokenizer, feats: mx.array, embeddings: mx.array, rounds: int = 5, calls: int = 10) -> list[dict]:
-    """The encoder + adaptor and the prompt's pass submitted every K layers (`model.ENCODER_PIPELINE_LAYERS`,
-    `decode_step.PROMPT_PIPELINE_LAYERS`; 0: at the end), alternating over `rounds` so that the host's drift
-    hits every K alike: per K and input the median over rounds of each round's median wall and submit ms
-    (`warm_ms`, `calls` calls), and whether the output is identical to K = 0's. Then the stages as
-    `transcribe` times them, at the end against this build's K."""
-    encodes = {f"encoder+adaptor, 1 x {frames / 16.67:.0f} s": frames for frames in (50, feats.shape[1])}
-    runs = {name: ("encoder", lambda frames=frames: model.encode(feats[:, :frames])) for name, frames in encodes.items()}
-    runs["prefill"] = ("prefill", lambda: prefill(model.llm, [embeddings])[2])
-    settings = {"encoder": (model_module, "ENCODER_PIPELINE_LAYERS"), "prefill": (decode_step, "PROMPT_PIPELINE_LAYERS")}
-    every = {"encoder": (0, 1, 2, 5, 10), "prefill": (0, 1, 2, 4, 7)}
+def pipeline_rounds(model, tokenizer, feats: mx.array, rounds: int = 5, calls: int = 10) -> list[dict]:
+    """The encoder + adaptor submitted every K layers (`model.ENCODER_PIPELINE_LAYERS`; 0: at the end), alternating
+    over `rounds` so that the host's drift hits every K alike: per K and input (one clip of 3 s, of `feats`' length
+    and of 3 times that, a padded batch of 4) the median over rounds of each round's median wall and submit ms
+    (`warm_ms`, `calls` calls), and whether the output is identical to K = 0's. Then the stages as `transcribe`
+    times them, with K = 0 and this build's K alternating."""
+    three = mx.concatenate([feats] * 3, axis=1)
+    lengths = mx.array([feats.shape[1] - 25 * row for row in range(4)])
+    inputs = {"1 x 3 s": (feats[:, :50], None), "1 x 10 s": (feats, None), "1 x 30 s": (three, None)}
+    inputs["4 x 10 s, padded"] = (mx.concatenate([feats] * 4), lengths)
     times, outputs = defaultdict(list), {}
     for _ in range(rounds):
-        for name, (stage, run) in runs.items():
-            for k in every[stage]:
-                with patched((*settings[stage], k)):
-                    times[name, k].append(warm_ms(run, calls))
-                    outputs[name, k] = np.array(run().astype(mx.float32))
+        for name, (x, x_lengths) in inputs.items():
+            for k in (0, 1, 2, 5, 10):
+                with patched((model_module, "ENCODER_PIPELINE_LAYERS", k)):
+                    times[name, k].append(warm_ms(lambda: model.encode(x, x_lengths), calls))
+                    outputs[name, k] = np.array(model.encode(x, x_lengths))
     rows = []
     for (name, k), measured in times.items():
-        same = bool(np.array_equal(outputs[name, k], outputs[name, 0]))
         wall, submit = (statistics.median(m[i] for m in measured) for i in (0, 1))
-        rows.append({"stage": name, "every_k_layers": k, "ms": wall, "submit_ms": submit, "identical_to_0": same})
-    for stage in settings:
-        defaults = {"prefill": decode_step.PROMPT_PIPELINE_LAYERS, "encoder": model_module.ENCODER_PIPELINE_LAYERS}
-        for k in (0, defaults[stage]):
-            with patched((*settings[stage], k)):
-                rows += [row | {"pipelined": stage, "every_k_layers": k} for row in stages_in_transcriptions(model, tokenizer, feats.shape[1] / 16.67)]
+        same = bool(np.array_equal(outputs[name, k], outputs[name, 0]))
+        rows.append({"input": name, "every_k_layers": k, "ms": wall, "submit_ms": submit, "identical_to_0": same})
+    calls_ms, encode = [], model.encode
+
+    def timed_encode(*args):  # the host's part of the encoder in a transcription: building it, submitting parts
+        start = time.perf_counter()
+        output = encode(*args)
+        calls_ms.append(1e3 * (time.perf_counter() - start))
+        return output
+
+    for _ in range(2):
+        for k in (0, model_module.ENCODER_PIPELINE_LAYERS):
+            calls_ms.clear()
+            with patched((model_module, "ENCODER_PIPELINE_LAYERS", k), (model, "encode", timed_encode)):
+                transcribed = stages_in_transcriptions(model, tokenizer, feats.shape[1] / 16.67)
+            per_row = len(calls_ms) // len(transcribed)  # each row's passes in turn, the first a warm-up
+            for index, row in enumerate(transcribed):
+                call_ms = statistics.median(calls_ms[index * per_row + 1 : (index + 1) * per_row])
+                rows.append(row | {"every_k_layers": k, "encode_call_ms": call_ms})
     return rows
 
 
@@ -304,7 +316,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="the first traces and is not counted")
     parser.add_argument("--stages", action="store_true", help="also profile encoder + adaptor and the prefill")
     parser.add_argument("--only-stages", action="store_true", help="profile only encoder + adaptor and the prefill")
-    parser.add_argument("--pipeline", action="store_true", help="only the stages submitted every K layers (`pipeline_rounds`)")
+    parser.add_argument(
+        "--pipeline", action="store_true", help="only the encoder submitted every K layers (`pipeline_rounds`)"
+    )
     args = parser.parse_args()
     if args.tokens < 2:
         parser.error("--tokens must be at least 2 (ms/token is timed from the second)")
@@ -314,7 +328,7 @@ def main() -> None:
     embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
     mx.eval(embeddings)
     if args.pipeline:
-        for row in pipeline_rounds(model, tokenizer, feats, embeddings):
+        for row in pipeline_rounds(model, tokenizer, feats):
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         return
     if args.stages or args.only_stages:

@@ -340,7 +340,8 @@ class SenseVoiceEncoder(nn.Module):
         last_norm: nn.LayerNorm,
     ) -> mx.array:
         """`last_norm` of `layers` over `x`, evaluating before each layer whose index in the whole stack (the first
-        `done` layers come before these) is a multiple of `per_eval`. Each layer hands the next its norm1 of its
+        `done` layers come before these) is a multiple of `per_eval`, and submitting without waiting before each
+        other multiple of ENCODER_PIPELINE_LAYERS. Each layer hands the next its norm1 of its
         output (the last, `last_norm`'s), which the kernel writing the output computes where it can."""
         if not layers:
             return last_norm(x)
@@ -361,6 +362,8 @@ class SenseVoiceEncoder(nn.Module):
                 # the encoder is a small share anyway (0.85 s of an 8.8 s run at batch 16: BENCHMARKS.md).
                 mx.eval(x, normed)
             elif index > 0 and ENCODER_PIPELINE_LAYERS and index % ENCODER_PIPELINE_LAYERS == 0:
+                # Within a slice the layers built so far are submitted without waiting: no more is alive
+                # than the slice holds, and the GPU starts on them while the host builds the rest.
                 mx.async_eval(x, normed)
             init_args = (layer.norm1.weight.shape[0], self.args)  # its constructor's arguments
             x, normed = run_layer(layer, init_args, x, mask, normed, next_norm)

@@ -89,14 +89,11 @@ def test_encoder_slices_change_no_number(tiny_model, ten_files, monkeypatch):
     np.testing.assert_array_equal(outputs[1], outputs[2**62])
 
 
-def test_submitting_layers_as_they_are_built_changes_no_number(tiny_bf16, ten_files, monkeypatch):
-    """One clip's encoder and prompt pass submitted every layer without waiting (`mx.async_eval`, so that the
-    device runs them while the host builds the next) and only at the end: identical encoder output, first token
-    and keys and values, and the submissions did happen in the first and not the second."""
-    from funasr_nano_mlx import decode_step, load
-
-    module = transcribe_module()
-    model, tokenizer = load(tiny_bf16)
+def test_submitting_layers_as_they_are_built_changes_no_number(tiny_model, ten_files, monkeypatch):
+    """One clip's encoder submitted every layer without waiting (`mx.async_eval`, so that the device runs them
+    while the host builds the next) and only at the end: identical output, and the submissions did happen in
+    the first and not the second."""
+    model, _ = tiny_model
     feats = mx.array(features(ten_files[2]))[None]
     encoder = model.audio_encoder
     depth = len(encoder.encoders0) + len(encoder.encoders) + len(encoder.tp_encoders)
@@ -105,17 +102,11 @@ def test_submitting_layers_as_they_are_built_changes_no_number(tiny_bf16, ten_fi
     outputs, counts = {}, {}
     for every in (1, 0):
         monkeypatch.setattr(model_module, "ENCODER_PIPELINE_LAYERS", every)
-        monkeypatch.setattr(decode_step, "PROMPT_PIPELINE_LAYERS", every)
         submissions.clear()
-        encoded = model.encode(feats)
-        embeddings = module.prompt_inputs(model, tokenizer, encoded[0])[1]
-        caches, _, token = module.prefill(model.llm, [embeddings])
-        outputs[every] = [encoded, token] + [part for cache in caches for part in (cache.keys, cache.values)]
-        mx.eval(outputs[every])
+        outputs[every] = np.array(model.encode(feats))
         counts[every] = len(submissions)
-    assert counts == {1: depth - 1 + len(model.llm.layers) - 1, 0: 0}  # before every layer but the first
-    for pipelined, at_the_end in zip(outputs[1], outputs[0], strict=True):
-        assert mx.array_equal(pipelined, at_the_end).item()
+    assert counts == {1: depth - 1, 0: 0}  # before every layer but the first
+    np.testing.assert_array_equal(outputs[1], outputs[0])
 
 
 @pytest.mark.parametrize("batch_size", [3, 10])
