@@ -221,6 +221,9 @@ def vad_config_problem(config: dict) -> str | None:
     window, frame = read.window_size_ms, read.frame_in_ms
     if window < frame:  # the smoothing window holds int(window_size_ms / frame_in_ms) frames
         return f"model_conf.window_size_ms: expected at least frame_in_ms ({short(frame)}), found {short(window)}"
+    classes = FsmnArgs.from_dict(encoder).output_dim
+    if not read.sil_pdf_ids or not all(0 <= i < classes for i in read.sil_pdf_ids):  # upstream indexes the scores
+        return f"model_conf.sil_pdf_ids: expected classes of the {classes} the network scores, found {read.sil_pdf_ids!r}"
     return None
 
 
@@ -241,8 +244,6 @@ def unsupported_settings(config: dict) -> list[str]:
     frame_settings = (options.sample_rate, options.frame_in_ms, options.frame_length_ms)
     if frame_settings != (SAMPLE_RATE, FRONTEND["frame_shift"], FRONTEND["frame_length"]):
         problems.append(f"model_conf sample_rate/frame_in_ms/frame_length_ms: {frame_settings}")
-    if not options.sil_pdf_ids or not all(0 <= i < FsmnArgs.from_dict(encoder).output_dim for i in options.sil_pdf_ids):
-        problems.append(f"model_conf.sil_pdf_ids: {options.sil_pdf_ids}")
     return problems
 
 

@@ -239,6 +239,8 @@ BROKEN_CONFIGS = {
     "segment limit negative": ("model_conf.max_single_segment_time", -1, "a positive finite number"),
     "ratio NaN": ("model_conf.speech_2_noise_ratio", float("nan"), "a positive finite number"),
     "silence classes not ids": ("model_conf.sil_pdf_ids", ["x"], "a list of ints"),
+    "silence class past the network's": ("model_conf.sil_pdf_ids", [0, 248], "classes of the 248 the network scores"),
+    "no silence class": ("model_conf.sil_pdf_ids", [], "classes of the 248 the network scores"),
     "detect mode unknown": ("model_conf.detect_mode", 2, "0 or 1"),
     "model_conf not a mapping": ("model_conf", [1], "a mapping"),
     "no model_conf": ("model_conf", MISSING, None),
