@@ -183,9 +183,11 @@ def _read_mono_16k(sound, name: str, block_frames: int) -> tuple[np.ndarray, int
     expected = math.ceil(max(sound.frames, 0) * SAMPLE_RATE / rate) + 1
     out = _Filled(min(expected, MAX_PREALLOCATED))
     read, stopped = 0, None
+    # A float64 file is read as such and checked before the cast: cast, 1e200 would read as infinite.
+    dtype = "float64" if sound.subtype == "DOUBLE" else "float32"
     while True:
         try:
-            block = sound.read(block_frames, dtype="float32", always_2d=True)
+            block = sound.read(block_frames, dtype=dtype, always_2d=True)
         except sf.LibsndfileError as err:  # e.g. "flac decoder lost sync": keep what came before it
             stopped = stopped or err.error_string
             if block_frames > SALVAGE_FRAMES and _seek(sound, read):

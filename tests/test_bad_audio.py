@@ -67,6 +67,10 @@ AUDIO_CASES = {
     ),
     "huge-1e30.wav": (lambda d, x: written(d, "huge-1e30.wav", x * 1e30, subtype="FLOAT"), TOO_LARGE),
     "huge-1e20.wav": (lambda d, x: written(d, "huge-1e20.wav", x * 1e20, subtype="FLOAT"), TOO_LARGE),
+    "huge-1e200-double.wav": (
+        lambda d, x: written(d, "huge-1e200-double.wav", x.astype(np.float64) * 1e200, subtype="DOUBLE"),
+        TOO_LARGE,
+    ),
     "float32-max-44k-stereo.wav": (
         lambda d, x: written(
             d, "float32-max-44k-stereo.wav", np.stack([x, _with(x, 90000, FLOAT32_MAX)], 1), 44100, subtype="FLOAT"
