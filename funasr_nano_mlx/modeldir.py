@@ -296,6 +296,12 @@ def _top_level_problem(config: dict) -> str | None:
 
 def _quantization_problem(config: dict) -> str | None:
     if "quantization" not in config:
+        # Without `quantization`, mlx-lm's load_model takes a legacy quantization_config, at the top or in
+        # text_config (mlx_lm/utils.py:476-479, 521-575): AWQ, GPTQ or bitnet weights no layer of ours reads.
+        for at, part in (("", config), ("text_config.", config["text_config"])):
+            if "quantization_config" in part:
+                mine = "a quantized model of ours names its layers under quantization"
+                return f"{at}quantization_config: expected none ({mine}), found one"
         return None
     quantization = config["quantization"]
     if problem := MAPPING.problem("quantization", quantization):

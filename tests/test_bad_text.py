@@ -210,6 +210,11 @@ BROKEN_TEXT = {
         TRANSCRIBE,
         "config.json: quantization.llm.lm_head.group_size: expected a positive int, found 0",
     ),
+    "another tool's quantization_config": (  # mlx-lm's load_model would take it (AWQ, GPTQ, bitnet)
+        {"model/config.json": _with(quantization_config={"quant_method": "awq", "bits": 4})},
+        TRANSCRIBE,
+        "config.json: quantization_config: expected none (a quantized model of ours names its layers under",
+    ),
     "serve with a broken audio block": (  # refused at load, before the server says it is up
         {"model/config.json": _with(audio_encoder_conf={"attention_heads": 0})},
         ["serve", "{tmp}/model", "--port", "0"],
