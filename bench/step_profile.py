@@ -266,7 +266,7 @@ def stages_in_transcriptions(model, tokenizer, seconds: float, passes: int = 5) 
     return rows
 
 
-def pipeline_rounds(model, tokenizer, feats: mx.array, rounds: int = 5, calls: int = 10) -> list[dict]:
+def pipeline_rounds(model, tokenizer, feats: mx.array, rounds: int, calls: int = 10) -> list[dict]:
     """The encoder + adaptor submitted every K layers (`model.ENCODER_PIPELINE_LAYERS`; 0: at the end), alternating
     over `rounds` so that the host's drift hits every K alike: per K and input (one clip of 3 s, of `feats`' length
     and of 3 times that, a padded batch of 4) the median over rounds of each round's median wall and submit ms
@@ -313,7 +313,12 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=4, help="the first traces and is not counted")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="of the variants in turn (the decode step's first traces and is not counted)",
+    )
     parser.add_argument("--stages", action="store_true", help="also profile encoder + adaptor and the prefill")
     parser.add_argument("--only-stages", action="store_true", help="profile only encoder + adaptor and the prefill")
     parser.add_argument(
@@ -328,7 +333,7 @@ def main() -> None:
     embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
     mx.eval(embeddings)
     if args.pipeline:
-        for row in pipeline_rounds(model, tokenizer, feats):
+        for row in pipeline_rounds(model, tokenizer, feats, args.rounds):
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         return
     if args.stages or args.only_stages:
