@@ -52,7 +52,9 @@ SANM_LIVE_FRACTION = 0.34
 # (`mx.async_eval`, which encodes the kernels in the calling thread and returns), so that the device runs
 # those layers while the host builds the next. One clip is one graph and bound by the host: submitted at
 # the end, the device idled while Python built all 70 layers. 0 submits only at ENCODER_EVAL_BUDGET's
-# slices. The numbers are the same either way (the same kernels, in the same order).
+# slices. The numbers are the same either way (the same kernels, in the same order). 10 s on an H100: 9.1 ms
+# every 5 layers, 9.3 every 10, 10.0 every 2, 14.7 every layer (each submission costs the host too), 14.6 at
+# the end (bench/step_profile.py --pipeline, BENCHMARKS.md).
 ENCODER_PIPELINE_LAYERS = 5
 # The CTC timestamp head (ModelScope copy only): kept when the config has `ctc_decoder_conf`, else dropped.
 CTC_PREFIXES = ("ctc_decoder.", "ctc.")
