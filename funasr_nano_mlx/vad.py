@@ -223,7 +223,9 @@ def vad_config_problem(config: dict) -> str | None:
         return f"model_conf.window_size_ms: expected at least frame_in_ms ({short(frame)}), found {short(window)}"
     classes = FsmnArgs.from_dict(encoder).output_dim
     if not read.sil_pdf_ids or not all(0 <= i < classes for i in read.sil_pdf_ids):  # upstream indexes the scores
-        return f"model_conf.sil_pdf_ids: expected classes of the {classes} the network scores, found {read.sil_pdf_ids!r}"
+        return (
+            f"model_conf.sil_pdf_ids: expected classes of the {classes} the network scores, found {read.sil_pdf_ids!r}"
+        )
     return None
 
 
