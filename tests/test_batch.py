@@ -286,6 +286,35 @@ def test_compiled_paths_give_the_same_numbers(tiny_model, ten_files, monkeypatch
     assert compiled == plain_tokens
 
 
+def test_compiled_layers_compute_with_weights_replaced_after_a_pass(tiny_f32, ten_files, monkeypatch):
+    """Compiled layers keep each layer's parameters between passes (`model.layer_parameters`): a weight replaced
+    afterwards, by assignment or `update`, is what the next pass computes with (the same output as the
+    uncompiled model's), and a layer quantized afterwards runs as it is."""
+    import mlx.nn as nn
+
+    from funasr_nano_mlx import load
+    from funasr_nano_mlx.model import AdaptorBlock, run_layer
+
+    model, _ = load(tiny_f32)
+    feats = mx.array(features(ten_files[-1]))[None]
+    monkeypatch.setenv("FUNASR_NANO_COMPILE", "1")
+    before = np.array(model.encode(feats))
+    attention = model.audio_encoder.encoders[0].self_attn
+    attention.linear_out.weight = attention.linear_out.weight * 2
+    norm = model.audio_encoder.tp_encoders[0].norm1
+    model.audio_encoder.tp_encoders[0].update({"norm1": {"bias": norm.bias + 0.5}})
+    compiled = np.array(model.encode(feats))
+    monkeypatch.setenv("FUNASR_NANO_COMPILE", "0")
+    assert not np.array_equal(compiled, before)
+    np.testing.assert_array_equal(compiled, np.array(model.encode(feats)))
+
+    monkeypatch.setenv("FUNASR_NANO_COMPILE", "1")
+    block, x = AdaptorBlock(256, 4), mx.random.normal((2, 6, 256), key=mx.random.key(0))
+    assert mx.array_equal(run_layer(block, (256, 4), x, None), block(x, None))
+    nn.quantize(block, group_size=64, bits=8)
+    assert mx.array_equal(run_layer(block, (256, 4), x, None), block(x, None))
+
+
 def test_fused_projections_give_the_same_tokens(tiny_f32, ten_files, monkeypatch):
     """`load` computes each LLM layer's q/k/v and gate/up with one matmul each; FUNASR_NANO_FUSE=0 keeps
     mlx-lm's separate ones. Same tokens one at a time and batched, and a weight replaced after loading
