@@ -274,8 +274,13 @@ def pipeline_rounds(model, tokenizer, feats: mx.array, rounds: int, calls: int =
     times them, with K = 0 and this build's K alternating."""
     three = mx.concatenate([feats] * 3, axis=1)
     lengths = mx.array([feats.shape[1] - 25 * row for row in range(4)])
-    inputs = {"1 x 3 s": (feats[:, :50], None), "1 x 10 s": (feats, None), "1 x 30 s": (three, None)}
-    inputs["4 x 10 s, padded"] = (mx.concatenate([feats] * 4), lengths)
+    seconds = round(feats.shape[1] / 16.67)  # LFR frames of 60 ms
+    inputs = {
+        "1 x 3 s": (feats[:, :50], None),
+        f"1 x {seconds} s": (feats, None),
+        f"1 x {3 * seconds} s": (three, None),
+    }
+    inputs[f"4 x {seconds} s, padded"] = (mx.concatenate([feats] * 4), lengths)
     times, outputs = defaultdict(list), {}
     for _ in range(rounds):
         for name, (x, x_lengths) in inputs.items():

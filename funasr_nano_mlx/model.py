@@ -152,22 +152,39 @@ def _holds_quantized(parameters: dict) -> bool:
 
 class _ReadParameters(NamedTuple):
     """What `layer_parameters` keeps on a module: its parameters, whether they hold a quantized weight, and
-    where they were read from: (owner, key, value) for each entry of every module, dict and list in the tree,
-    and (owner, its size) for each of those containers."""
+    where they were read from: (key, value) for each of the module's own entries and its size, and (owner, key,
+    value) and (owner, size) below it, in every module, dict and list of the tree. The module itself is not
+    kept (it would hold itself, and a dropped model's weights would wait for the cycle collector)."""
 
     parameters: dict
     quantized: bool
+    own_entries: list
+    own_size: int
     entries: list
     sizes: list
 
 
 def _read_from(owner, tree, entries: list, sizes: list) -> None:
-    """Fill `entries` and `sizes` (see _ReadParameters) for `tree`, read from `owner`."""
-    sizes.append((owner, len(owner)))
+    """Append (owner, key, value) to `entries` for each entry of `tree` (read from `owner`), and (container,
+    size) to `sizes` for each module, dict or list below, recursively."""
     for key, value in tree.items() if isinstance(tree, dict) else enumerate(tree):
-        entries.append((owner, key, owner[key]))
-        if not isinstance(value, mx.array):
-            _read_from(owner[key], value, entries, sizes)
+        child = owner[key]
+        entries.append((owner, key, child))
+        if isinstance(child, (dict, list)) and not isinstance(value, mx.array):
+            sizes.append((child, len(child)))
+            _read_from(child, value, entries, sizes)
+
+
+def _still_there(module: nn.Module, kept: _ReadParameters) -> bool:
+    try:  # an entry removed since (`bias = None` pops it) raises here
+        return (
+            len(module) == kept.own_size
+            and all(module[key] is value for key, value in kept.own_entries)
+            and all(owner[key] is value for owner, key, value in kept.entries)
+            and all(len(owner) == size for owner, size in kept.sizes)
+        )
+    except (KeyError, IndexError):
+        return False
 
 
 def layer_parameters(module: nn.Module) -> tuple[dict, bool]:
@@ -177,13 +194,13 @@ def layer_parameters(module: nn.Module) -> tuple[dict, bool]:
     about 2 us a SAN-M layer on the development CPU, against 17 to walk its modules again, of the 65 it takes
     to build a layer's graph; one clip's encoder is bound by the host's building and submitting."""
     kept = module.__dict__.get("_read_parameters")
-    if kept is not None:
-        unchanged = all(owner[key] is value for owner, key, value in kept.entries)
-        if unchanged and all(len(owner) == size for owner, size in kept.sizes):
-            return kept.parameters, kept.quantized
+    if kept is not None and _still_there(module, kept):
+        return kept.parameters, kept.quantized
     parameters, entries, sizes = module.parameters(), [], []
     _read_from(module, parameters, entries, sizes)
-    kept = _ReadParameters(parameters, _holds_quantized(parameters), entries, sizes)
+    own = [(key, value) for owner, key, value in entries if owner is module]
+    below = [entry for entry in entries if entry[0] is not module]
+    kept = _ReadParameters(parameters, _holds_quantized(parameters), own, len(module), below, sizes)
     object.__setattr__(module, "_read_parameters", kept)  # a plain attribute: not part of the module tree
     return parameters, kept.quantized
 

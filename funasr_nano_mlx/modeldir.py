@@ -299,7 +299,7 @@ def _quantization_problem(config: dict) -> str | None:
         # Without `quantization`, mlx-lm's load_model takes a legacy quantization_config, at the top or in
         # text_config (mlx_lm/utils.py:476-479, 521-575): AWQ, GPTQ or bitnet weights no layer of ours reads.
         for at, part in (("", config), ("text_config.", config["text_config"])):
-            if "quantization_config" in part:
+            if part.get("quantization_config"):  # as mlx-lm reads it: an empty or null one is none
                 mine = "a quantized model of ours names its layers under quantization"
                 return f"{at}quantization_config: expected none ({mine}), found one"
         return None

@@ -301,8 +301,8 @@ def test_compiled_layers_compute_with_weights_replaced_after_a_pass(tiny_f32, te
     before = np.array(model.encode(feats))
     attention = model.audio_encoder.encoders[0].self_attn
     attention.linear_out.weight = attention.linear_out.weight * 2
-    norm = model.audio_encoder.tp_encoders[0].norm1
-    model.audio_encoder.tp_encoders[0].update({"norm1": {"bias": norm.bias + 0.5}})
+    last_ffn = model.audio_encoder.tp_encoders[-1].feed_forward
+    model.audio_encoder.tp_encoders[-1].update({"feed_forward": {"w_2": {"bias": last_ffn.w_2.bias + 0.5}}})
     compiled = np.array(model.encode(feats))
     monkeypatch.setenv("FUNASR_NANO_COMPILE", "0")
     assert not np.array_equal(compiled, before)
@@ -313,6 +313,36 @@ def test_compiled_layers_compute_with_weights_replaced_after_a_pass(tiny_f32, te
     assert mx.array_equal(run_layer(block, (256, 4), x, None), block(x, None))
     nn.quantize(block, group_size=64, bits=8)
     assert mx.array_equal(run_layer(block, (256, 4), x, None), block(x, None))
+
+
+def test_kept_parameters_follow_the_module_and_do_not_hold_it():
+    """`model.layer_parameters` gives a module's parameters as they are now, after an entry removed (`bias =
+    None` pops it) and a list shortened since the last call, and holds no reference to the module: a dropped
+    model's weights are freed at once, not when the cycle collector runs."""
+    import gc
+    import weakref
+
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    from funasr_nano_mlx.model import layer_parameters
+
+    def flat(tree) -> list:
+        return [(key, id(value)) for key, value in tree_flatten(tree)]
+
+    stack = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2))
+    assert flat(layer_parameters(stack)[0]) == flat(stack.parameters())
+    stack.layers[0].bias = None
+    stack.layers.pop()
+    stack.layers[1].weight = mx.zeros((2, 2))
+    assert flat(layer_parameters(stack)[0]) == flat(stack.parameters())
+    gc.disable()
+    try:
+        dropped = weakref.ref(stack)
+        del stack
+        assert dropped() is None
+    finally:
+        gc.enable()
 
 
 def test_fused_projections_give_the_same_tokens(tiny_f32, ten_files, monkeypatch):
