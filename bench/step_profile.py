@@ -266,21 +266,20 @@ def stages_in_transcriptions(model, tokenizer, seconds: float, passes: int = 5) 
     return rows
 
 
-def pipeline_rounds(model, tokenizer, feats: mx.array, rounds: int, calls: int = 10) -> list[dict]:
+def pipeline_rounds(model, tokenizer, feats: mx.array, seconds: float, rounds: int, calls: int = 10) -> list[dict]:
     """The encoder + adaptor submitted every K layers (`model.ENCODER_PIPELINE_LAYERS`; 0: at the end), alternating
-    over `rounds` so that the host's drift hits every K alike: per K and input (one clip of 3 s, of `feats`' length
-    and of 3 times that, a padded batch of 4) the median over rounds of each round's median wall and submit ms
+    over `rounds` so that the host's drift hits every K alike: per K and input (one clip of 3 s, `feats`, which is
+    `seconds` long, and 3 times that, a padded batch of 4) the median over rounds of each round's median wall and submit ms
     (`warm_ms`, `calls` calls), and whether the output is identical to K = 0's. Then the stages as `transcribe`
     times them, with K = 0 and this build's K alternating."""
     three = mx.concatenate([feats] * 3, axis=1)
     lengths = mx.array([feats.shape[1] - 25 * row for row in range(4)])
-    seconds = round(feats.shape[1] / 16.67)  # LFR frames of 60 ms
     inputs = {
         "1 x 3 s": (feats[:, :50], None),
-        f"1 x {seconds} s": (feats, None),
-        f"1 x {3 * seconds} s": (three, None),
+        f"1 x {seconds:g} s": (feats, None),
+        f"1 x {3 * seconds:g} s": (three, None),
     }
-    inputs[f"4 x {seconds} s, padded"] = (mx.concatenate([feats] * 4), lengths)
+    inputs[f"4 x {seconds:g} s, padded"] = (mx.concatenate([feats] * 4), lengths)
     times, outputs = defaultdict(list), {}
     for _ in range(rounds):
         for name, (x, x_lengths) in inputs.items():
@@ -305,7 +304,7 @@ def pipeline_rounds(model, tokenizer, feats: mx.array, rounds: int, calls: int =
         for k in (0, model_module.ENCODER_PIPELINE_LAYERS):
             calls_ms.clear()
             with patched((model_module, "ENCODER_PIPELINE_LAYERS", k), (model, "encode", timed_encode)):
-                transcribed = stages_in_transcriptions(model, tokenizer, feats.shape[1] / 16.67)
+                transcribed = stages_in_transcriptions(model, tokenizer, seconds)
             per_row = len(calls_ms) // len(transcribed)  # each row's passes in turn, the first a warm-up
             for index, row in enumerate(transcribed):
                 call_ms = statistics.median(calls_ms[index * per_row + 1 : (index + 1) * per_row])
@@ -338,7 +337,7 @@ def main() -> None:
     embeddings = prompt_inputs(model, tokenizer, model.encode(feats)[0])[1]
     mx.eval(embeddings)
     if args.pipeline:
-        for row in pipeline_rounds(model, tokenizer, feats, args.rounds):
+        for row in pipeline_rounds(model, tokenizer, feats, args.seconds, args.rounds):
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
         return
     if args.stages or args.only_stages:

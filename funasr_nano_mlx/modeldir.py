@@ -309,16 +309,16 @@ def _quantization_problem(config: dict) -> str | None:
     missing = [name for name in QUANTIZATION_REQUIRED if name not in quantization]
     if missing:
         return f"quantization.{missing[0]}: is missing"
-    problem = fields_problem(quantization, QUANTIZATION_FIELDS, "quantization.")
+    if problem := fields_problem(quantization, QUANTIZATION_FIELDS, "quantization."):
+        return problem
     layers = {key: value for key, value in quantization.items() if key not in QUANTIZATION_FIELDS}
     for path, setting in layers.items():  # a layer's own setting, by its module path
-        if problem:
-            break
         if isinstance(setting, dict):
-            problem = fields_problem(setting, QUANTIZATION_FIELDS, f"quantization.{path}.")
+            if problem := fields_problem(setting, QUANTIZATION_FIELDS, f"quantization.{path}."):
+                return problem
         elif type(setting) is not bool:
-            problem = f"quantization.{path}: expected a layer's setting (a mapping, or false), found {short(setting)}"
-    return problem
+            return f"quantization.{path}: expected a layer's setting (a mapping, or false), found {short(setting)}"
+    return None
 
 
 def is_model_config(config: dict) -> bool:

@@ -211,17 +211,17 @@ def vad_config_problem(config: dict) -> str | None:
     )
     if problem:
         return problem
-    input_dim = FsmnArgs.from_dict(encoder).input_dim
-    if input_dim != INPUT_DIM:
+    network = FsmnArgs.from_dict(encoder)
+    if network.input_dim != INPUT_DIM:
         return (
             f"encoder_conf.input_dim: expected {INPUT_DIM} ({FRONTEND['n_mels']} mel bands x {LFR_M} frames, the "
-            f"features' width), found {input_dim}"
+            f"features' width), found {network.input_dim}"
         )
     read = VadOptions.from_dict(options)
     window, frame = read.window_size_ms, read.frame_in_ms
     if window < frame:  # the smoothing window holds int(window_size_ms / frame_in_ms) frames
         return f"model_conf.window_size_ms: expected at least frame_in_ms ({short(frame)}), found {short(window)}"
-    classes = FsmnArgs.from_dict(encoder).output_dim
+    classes = network.output_dim
     if not read.sil_pdf_ids or not all(0 <= i < classes for i in read.sil_pdf_ids):  # upstream indexes the scores
         return (
             f"model_conf.sil_pdf_ids: expected classes of the {classes} the network scores, found {read.sil_pdf_ids!r}"
